@@ -1,0 +1,174 @@
+//! The keyed cipher of one SA direction: seal and open an ESP packet in place.
+//!
+//! Both directions see the packet as `[SPI | Seq | IV | encrypted part | ICV]`; this module only knows where the
+//! parts are, not what the encrypted part holds.
+
+use aws_lc_rs::{aead, cipher, constant_time, hmac};
+
+use crate::{KeyMaterial, Transform, ESP_HEADER_LEN};
+
+/// Why the cipher refused a packet. Only ever an authentication failure: length checks happen before.
+#[derive(Debug)]
+pub(crate) struct AuthFailed;
+
+pub(crate) enum Cipher {
+    Aead {
+        key: aead::LessSafeKey,
+        salt: [u8; 4],
+    },
+    CbcHmac {
+        enc: cipher::EncryptingKey,
+        dec: cipher::DecryptingKey,
+        mac: hmac::Key,
+    },
+}
+
+/// ESN high-order bits: present only when the SA uses 64-bit extended sequence numbers.
+pub(crate) type SeqHi = Option<u32>;
+
+impl Cipher {
+    pub(crate) fn new(t: Transform, keys: &KeyMaterial) -> Cipher {
+        let ck = keys.cipher_key(t);
+        // The key lengths are checked by KeyMaterial::new, so the constructors cannot fail.
+        match t {
+            Transform::AesGcm128 | Transform::AesGcm256 | Transform::ChaCha20Poly1305 => {
+                let alg = match t {
+                    Transform::AesGcm128 => &aead::AES_128_GCM,
+                    Transform::AesGcm256 => &aead::AES_256_GCM,
+                    _ => &aead::CHACHA20_POLY1305,
+                };
+                let key =
+                    aead::UnboundKey::new(alg, ck).expect("AEAD key length checked by KeyMaterial");
+                Cipher::Aead {
+                    key: aead::LessSafeKey::new(key),
+                    salt: keys.salt(t),
+                }
+            }
+            Transform::AesCbc128HmacSha256 | Transform::AesCbc256HmacSha256 => {
+                let alg = if t == Transform::AesCbc128HmacSha256 {
+                    &cipher::AES_128
+                } else {
+                    &cipher::AES_256
+                };
+                let unbound =
+                    || cipher::UnboundCipherKey::new(alg, ck).expect("AES key length checked");
+                Cipher::CbcHmac {
+                    enc: cipher::EncryptingKey::cbc(unbound()).expect("AES supports CBC"),
+                    dec: cipher::DecryptingKey::cbc(unbound()).expect("AES supports CBC"),
+                    mac: hmac::Key::new(hmac::HMAC_SHA256, keys.integ_key(t)),
+                }
+            }
+        }
+    }
+
+    /// Encrypts `pkt[ESP_HEADER_LEN + iv_len .. len - icv]` in place and writes IV (CBC) and ICV.
+    ///
+    /// For the AEADs the caller has already written the explicit IV; for CBC the IV is drawn from the
+    /// backend's DRBG here, because a CBC IV must be unpredictable.
+    pub(crate) fn seal(&self, t: Transform, pkt: &mut [u8], seq_hi: SeqHi) {
+        let iv_end = ESP_HEADER_LEN + t.iv_len();
+        let icv_start = pkt.len() - t.icv_len();
+        match self {
+            Cipher::Aead { key, salt } => {
+                let (head, rest) = pkt.split_at_mut(iv_end);
+                let (body, icv) = rest.split_at_mut(icv_start - iv_end);
+                let nonce = nonce(salt, &head[ESP_HEADER_LEN..iv_end]);
+                let aad = aead_aad(head, seq_hi);
+                let tag = key
+                    .seal_in_place_separate_tag(nonce, aead::Aad::from(&aad.0[..aad.1]), body)
+                    .expect("in-place seal of a bounded buffer cannot fail");
+                icv.copy_from_slice(tag.as_ref());
+            }
+            //= https://www.rfc-editor.org/rfc/rfc3602#section-2.4
+            //# The IV MUST be chosen at random, and MUST be unpredictable.
+            Cipher::CbcHmac { enc, mac, .. } => {
+                let ctx = enc
+                    .encrypt(&mut pkt[iv_end..icv_start])
+                    .expect("block-aligned by padding");
+                let iv: &[u8] = (&ctx).try_into().expect("CBC yields a 128-bit IV");
+                pkt[ESP_HEADER_LEN..iv_end].copy_from_slice(iv);
+                let tag = cbc_icv(mac, &pkt[..icv_start], seq_hi);
+                pkt[icv_start..].copy_from_slice(&tag.as_ref()[..t.icv_len()]);
+            }
+        }
+    }
+
+    /// Verifies the ICV, then decrypts the encrypted part in place. On failure the buffer may be garbage.
+    pub(crate) fn open(
+        &self,
+        t: Transform,
+        pkt: &mut [u8],
+        seq_hi: SeqHi,
+    ) -> Result<(), AuthFailed> {
+        let iv_end = ESP_HEADER_LEN + t.iv_len();
+        let icv_start = pkt.len() - t.icv_len();
+        match self {
+            Cipher::Aead { key, salt } => {
+                let (head, rest) = pkt.split_at_mut(iv_end);
+                let (body, icv) = rest.split_at_mut(icv_start - iv_end);
+                let nonce = nonce(salt, &head[ESP_HEADER_LEN..iv_end]);
+                let aad = aead_aad(head, seq_hi);
+                key.open_in_place_separate_tag(nonce, aead::Aad::from(&aad.0[..aad.1]), icv, body)
+                    .map(|_| ())
+                    .map_err(|_| AuthFailed)
+            }
+            Cipher::CbcHmac { dec, mac, .. } => {
+                //= https://www.rfc-editor.org/rfc/rfc4303#section-3.4.4.1
+                //# If a separate integrity algorithm is employed, then the receiver computes the ICV over the
+                //# ESP packet minus the ICV, using the specified integrity algorithm
+                let tag = cbc_icv(mac, &pkt[..icv_start], seq_hi);
+                constant_time::verify_slices_are_equal(
+                    &tag.as_ref()[..t.icv_len()],
+                    &pkt[icv_start..],
+                )
+                .map_err(|_| AuthFailed)?;
+                let mut iv = [0u8; 16];
+                iv.copy_from_slice(&pkt[ESP_HEADER_LEN..iv_end]);
+                let ctx = cipher::DecryptionContext::Iv128(iv.into());
+                dec.decrypt(&mut pkt[iv_end..icv_start], ctx)
+                    .map(|_| ())
+                    .map_err(|_| AuthFailed)
+            }
+        }
+    }
+}
+
+//= https://www.rfc-editor.org/rfc/rfc4106#section-4
+//# The nonce is the concatenation of the salt and the IV
+fn nonce(salt: &[u8; 4], iv: &[u8]) -> aead::Nonce {
+    let mut n = [0u8; 12];
+    n[..4].copy_from_slice(salt);
+    n[4..].copy_from_slice(iv);
+    aead::Nonce::assume_unique_for_key(n)
+}
+
+//= https://www.rfc-editor.org/rfc/rfc4106#section-5
+//# Two formats of the AAD are defined: one for 32-bit sequence numbers, and one for 64-bit extended sequence
+//# numbers.
+fn aead_aad(head: &[u8], seq_hi: SeqHi) -> ([u8; 12], usize) {
+    let mut aad = [0u8; 12];
+    aad[..4].copy_from_slice(&head[..4]);
+    match seq_hi {
+        None => {
+            aad[4..8].copy_from_slice(&head[4..8]);
+            (aad, 8)
+        }
+        Some(hi) => {
+            aad[4..8].copy_from_slice(&hi.to_be_bytes());
+            aad[8..12].copy_from_slice(&head[4..8]);
+            (aad, 12)
+        }
+    }
+}
+
+//= https://www.rfc-editor.org/rfc/rfc4303#section-2.2.1
+//# The high-order 32 bits are maintained as part of the sequence number counter by both transmitter and receiver
+//# and are included in the computation of the ICV
+fn cbc_icv(mac: &hmac::Key, covered: &[u8], seq_hi: SeqHi) -> hmac::Tag {
+    let mut ctx = hmac::Context::with_key(mac);
+    ctx.update(covered);
+    if let Some(hi) = seq_hi {
+        ctx.update(&hi.to_be_bytes());
+    }
+    ctx.sign()
+}

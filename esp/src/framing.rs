@@ -1,0 +1,116 @@
+//! How ESP packets travel: in UDP on port 4500 (RFC 3948), or as IP protocol 50.
+//!
+//! Both framings carry the same ESP packet, SPI first, so encapsulation and decapsulation never depend on
+//! the framing; these functions only find the ESP packet in what a socket delivered, or add what the other
+//! side's socket expects to find.
+
+use std::net::Ipv4Addr;
+
+/// The UDP port for IKE and UDP-encapsulated ESP.
+pub const NAT_T_PORT: u16 = 4500;
+/// IP protocol number of ESP.
+pub const IPPROTO_ESP: u8 = 50;
+/// Four zero bytes in front of an IKE message on port 4500.
+//= https://www.rfc-editor.org/rfc/rfc3948#section-2.2
+//# The Non-ESP Marker is 4 bytes of zero aligning with the SPI field of an ESP packet.
+pub const NON_ESP_MARKER: [u8; 4] = [0; 4];
+
+/// What a datagram received on UDP port 4500 holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpPayload {
+    /// A NAT keepalive: ignore it.
+    Keepalive,
+    /// An IKE message; it starts this many bytes into the datagram (after the non-ESP marker).
+    Ike {
+        /// Offset of the IKE header.
+        offset: usize,
+    },
+    /// An ESP packet, SPI first, at offset 0.
+    Esp,
+    /// Nothing valid: too short for any of the above.
+    Invalid,
+}
+
+/// Classifies a UDP payload received on port 4500.
+pub fn classify_udp(payload: &[u8]) -> UdpPayload {
+    match payload {
+        //= https://www.rfc-editor.org/rfc/rfc3948#section-2.3
+        //# The sender SHOULD use a one-octet long payload with the value 0xFF.
+        [0xff] => UdpPayload::Keepalive,
+        //= https://www.rfc-editor.org/rfc/rfc3948#section-2.2
+        //# The SPI field in the ESP header MUST NOT be zero.
+        [0, 0, 0, 0, rest @ ..] if !rest.is_empty() => UdpPayload::Ike { offset: 4 },
+        [a, b, c, d, _, _, _, _, ..] if [*a, *b, *c, *d] != [0; 4] => UdpPayload::Esp,
+        _ => UdpPayload::Invalid,
+    }
+}
+
+/// The parts of an IPv4 packet as a raw IPv4 socket delivers it (header included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Packet {
+    /// Source address.
+    pub src: Ipv4Addr,
+    /// Destination address.
+    pub dst: Ipv4Addr,
+    /// The protocol field.
+    pub protocol: u8,
+    /// Offset of the payload (the header length).
+    pub payload_offset: usize,
+    /// Offset just past the payload (the total length).
+    pub payload_end: usize,
+}
+
+/// Parses the IPv4 header in front of what a raw socket received, so the ESP packet behind it can be found.
+/// Returns `None` for anything that is not a whole, unfragmented IPv4 packet.
+pub fn parse_ipv4(pkt: &[u8]) -> Option<Ipv4Packet> {
+    if pkt.len() < 20 || pkt[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = ((pkt[0] & 0x0f) as usize) * 4;
+    let total = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
+    let frag = u16::from_be_bytes([pkt[6], pkt[7]]);
+    // More-fragments set or a non-zero offset: the kernel reassembles before raw delivery, so this is junk.
+    if ihl < 20 || total < ihl || total > pkt.len() || frag & 0x3fff != 0 {
+        return None;
+    }
+    Some(Ipv4Packet {
+        src: Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]),
+        dst: Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]),
+        protocol: pkt[9],
+        payload_offset: ihl,
+        payload_end: total,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify() {
+        assert_eq!(classify_udp(&[0xff]), UdpPayload::Keepalive);
+        assert_eq!(
+            classify_udp(&[0, 0, 0, 0, 1, 2]),
+            UdpPayload::Ike { offset: 4 }
+        );
+        assert_eq!(classify_udp(&[0, 0, 1, 0, 0, 0, 0, 1]), UdpPayload::Esp);
+        assert_eq!(classify_udp(&[0, 0, 0, 0]), UdpPayload::Invalid);
+        assert_eq!(classify_udp(&[1, 2, 3]), UdpPayload::Invalid);
+        assert_eq!(classify_udp(&[]), UdpPayload::Invalid);
+    }
+
+    #[test]
+    fn ipv4() {
+        let mut p = [0u8; 28];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&28u16.to_be_bytes());
+        p[9] = IPPROTO_ESP;
+        p[12..16].copy_from_slice(&[198, 18, 0, 1]);
+        let h = parse_ipv4(&p).unwrap();
+        assert_eq!((h.protocol, h.payload_offset, h.payload_end), (50, 20, 28));
+        assert_eq!(h.src, Ipv4Addr::new(198, 18, 0, 1));
+        p[6] = 0x20; // more fragments
+        assert!(parse_ipv4(&p).is_none());
+        assert!(parse_ipv4(&p[..10]).is_none());
+    }
+}
