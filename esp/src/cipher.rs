@@ -16,11 +16,14 @@ pub(crate) enum Cipher {
         key: aead::LessSafeKey,
         salt: [u8; 4],
     },
-    CbcHmac {
-        enc: cipher::EncryptingKey,
-        dec: cipher::DecryptingKey,
-        mac: hmac::Key,
-    },
+    /// Boxed: the compatibility transform is rare, and the AEAD variant stays small.
+    CbcHmac(Box<CbcHmac>),
+}
+
+pub(crate) struct CbcHmac {
+    enc: cipher::EncryptingKey,
+    dec: cipher::DecryptingKey,
+    mac: hmac::Key,
 }
 
 /// ESN high-order bits: present only when the SA uses 64-bit extended sequence numbers.
@@ -52,11 +55,11 @@ impl Cipher {
                 };
                 let unbound =
                     || cipher::UnboundCipherKey::new(alg, ck).expect("AES key length checked");
-                Cipher::CbcHmac {
+                Cipher::CbcHmac(Box::new(CbcHmac {
                     enc: cipher::EncryptingKey::cbc(unbound()).expect("AES supports CBC"),
                     dec: cipher::DecryptingKey::cbc(unbound()).expect("AES supports CBC"),
                     mac: hmac::Key::new(hmac::HMAC_SHA256, keys.integ_key(t)),
-                }
+                }))
             }
         }
     }
@@ -81,7 +84,8 @@ impl Cipher {
             }
             //= https://www.rfc-editor.org/rfc/rfc3602#section-2.4
             //# The IV MUST be chosen at random, and MUST be unpredictable.
-            Cipher::CbcHmac { enc, mac, .. } => {
+            Cipher::CbcHmac(c) => {
+                let (enc, mac) = (&c.enc, &c.mac);
                 let ctx = enc
                     .encrypt(&mut pkt[iv_end..icv_start])
                     .expect("block-aligned by padding");
@@ -112,7 +116,8 @@ impl Cipher {
                     .map(|_| ())
                     .map_err(|_| AuthFailed)
             }
-            Cipher::CbcHmac { dec, mac, .. } => {
+            Cipher::CbcHmac(c) => {
+                let (dec, mac) = (&c.dec, &c.mac);
                 //= https://www.rfc-editor.org/rfc/rfc4303#section-3.4.4.1
                 //# If a separate integrity algorithm is employed, then the receiver computes the ICV over the
                 //# ESP packet minus the ICV, using the specified integrity algorithm

@@ -316,7 +316,7 @@ impl InboundSa {
         let encrypted_len = len - head - t.icv_len();
         //= https://www.rfc-editor.org/rfc/rfc4303#section-2.4
         //# the Padding field is used to ensure that the resulting ciphertext terminates on a 4-byte boundary.
-        if encrypted_len % t.block_len() != 0 {
+        if !encrypted_len.is_multiple_of(t.block_len()) {
             return Err(DropReason::Malformed);
         }
         let bytes = pkt.as_slice();

@@ -210,7 +210,7 @@ fn bad_padding_pad_length_zero_payload_and_dummy_packets() {
             p.extend_from_slice(pad);
             p.push(pad.len() as u8);
             p.push(nh);
-            while p.len() % b != 0 {
+            while !p.len().is_multiple_of(b) {
                 // Keep alignment by lengthening the body in front: the trailer stays as given.
                 p.insert(0, 0x45);
             }
