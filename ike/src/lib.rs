@@ -1,1 +1,10 @@
-//! IKEv2 (RFC 7296).
+//! IKEv2 (RFC 7296) for vmsecd: message codec, crypto suite, proposals and the SA state machines.
+//!
+//! Sans-IO like quinn-proto: nothing here owns a socket or reads a clock. Callers pass received datagrams and
+//! the current time in, and take datagrams to send, the next timer and events (Child SA up, rekeyed, deleted)
+//! out.
+#![warn(missing_docs, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+pub mod message;
+pub mod notify;
