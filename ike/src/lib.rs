@@ -8,3 +8,4 @@
 
 pub mod message;
 pub mod notify;
+pub mod proposal;

@@ -1,0 +1,515 @@
+//! Proposals in strongSwan's syntax (`aes128gcm16-prfsha256-x25519`, `aes256-sha256-modp2048`), their wire
+//! form, and negotiation: the responder picks the first match in *its own* order of preference.
+
+use crate::message::{Proposal, ProtocolId, SaTransform, TransformType};
+
+/// A proposal as configured: the transforms it offers, by type, in order of preference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProposalSpec {
+    /// IKE or ESP.
+    pub protocol: ProtocolId,
+    /// Offered transforms, ours first-preferred first within each type.
+    pub transforms: Vec<SaTransform>,
+    /// The text it was parsed from, for logs.
+    pub text: String,
+}
+
+/// A proposal string that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposalError {
+    /// A token is not an algorithm we implement.
+    #[error("unknown algorithm {token:?} in proposal {proposal:?}; known: {known}")]
+    UnknownToken {
+        /// The token.
+        token: String,
+        /// The whole proposal.
+        proposal: String,
+        /// What is allowed there.
+        known: &'static str,
+    },
+    /// The combination is incomplete or contradictory.
+    #[error("proposal {proposal:?}: {reason}")]
+    Invalid {
+        /// The whole proposal.
+        proposal: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+const IKE_KNOWN: &str =
+    "aes128gcm16 aes256gcm16 chacha20poly1305 aes128 aes256 sha256 sha384 sha512 prfsha256 \
+                         prfsha384 prfsha512 x25519 curve25519 ecp256 ecp384 modp2048 modp3072";
+const ESP_KNOWN: &str =
+    "aes128gcm16 aes256gcm16 chacha20poly1305 aes128 aes256 sha256 x25519 curve25519 ecp256 \
+                         ecp384 modp2048 modp3072 esn noesn";
+
+/// IANA ids (RFC 7296 3.3.2 and the IKEv2 registry).
+#[allow(missing_docs)]
+pub mod ids {
+    pub const ENCR_AES_CBC: u16 = 12;
+    pub const ENCR_AES_GCM_16: u16 = 20;
+    pub const ENCR_CHACHA20_POLY1305: u16 = 28;
+    pub const PRF_HMAC_SHA2_256: u16 = 5;
+    pub const PRF_HMAC_SHA2_384: u16 = 6;
+    pub const PRF_HMAC_SHA2_512: u16 = 7;
+    pub const AUTH_HMAC_SHA2_256_128: u16 = 12;
+    pub const AUTH_HMAC_SHA2_384_192: u16 = 13;
+    pub const AUTH_HMAC_SHA2_512_256: u16 = 14;
+    pub const DH_MODP_2048: u16 = 14;
+    pub const DH_MODP_3072: u16 = 15;
+    pub const DH_ECP_256: u16 = 19;
+    pub const DH_ECP_384: u16 = 20;
+    pub const DH_CURVE25519: u16 = 31;
+    pub const ESN_NO: u16 = 0;
+    pub const ESN_YES: u16 = 1;
+}
+use ids::*;
+
+fn t(ttype: TransformType, id: u16, key_len: Option<u16>) -> SaTransform {
+    SaTransform { ttype, id, key_len }
+}
+
+fn token(tok: &str, esp: bool) -> Option<SaTransform> {
+    use TransformType as T;
+    Some(match tok {
+        "aes128gcm16" | "aes128gcm128" => t(T::ENCR, ENCR_AES_GCM_16, Some(128)),
+        "aes256gcm16" | "aes256gcm128" => t(T::ENCR, ENCR_AES_GCM_16, Some(256)),
+        "chacha20poly1305" => t(T::ENCR, ENCR_CHACHA20_POLY1305, None),
+        "aes128" => t(T::ENCR, ENCR_AES_CBC, Some(128)),
+        "aes256" => t(T::ENCR, ENCR_AES_CBC, Some(256)),
+        "sha256" | "sha2_256" => t(T::INTEG, AUTH_HMAC_SHA2_256_128, None),
+        "sha384" | "sha2_384" if !esp => t(T::INTEG, AUTH_HMAC_SHA2_384_192, None),
+        "sha512" | "sha2_512" if !esp => t(T::INTEG, AUTH_HMAC_SHA2_512_256, None),
+        "prfsha256" if !esp => t(T::PRF, PRF_HMAC_SHA2_256, None),
+        "prfsha384" if !esp => t(T::PRF, PRF_HMAC_SHA2_384, None),
+        "prfsha512" if !esp => t(T::PRF, PRF_HMAC_SHA2_512, None),
+        "x25519" | "curve25519" => t(T::DH, DH_CURVE25519, None),
+        "ecp256" => t(T::DH, DH_ECP_256, None),
+        "ecp384" => t(T::DH, DH_ECP_384, None),
+        "modp2048" => t(T::DH, DH_MODP_2048, None),
+        "modp3072" => t(T::DH, DH_MODP_3072, None),
+        "esn" if esp => t(T::ESN, ESN_YES, None),
+        "noesn" if esp => t(T::ESN, ESN_NO, None),
+        _ => return None,
+    })
+}
+
+fn is_aead(tr: &SaTransform) -> bool {
+    tr.ttype == TransformType::ENCR && matches!(tr.id, ENCR_AES_GCM_16 | ENCR_CHACHA20_POLY1305)
+}
+
+impl ProposalSpec {
+    /// Parses an IKE proposal such as `aes128gcm16-prfsha256-x25519` or `aes256-sha256-modp2048`.
+    pub fn ike(text: &str) -> Result<ProposalSpec, ProposalError> {
+        Self::parse(text, false)
+    }
+
+    /// Parses an ESP proposal such as `aes128gcm16`, `aes256-sha256-modp2048-esn`.
+    pub fn esp(text: &str) -> Result<ProposalSpec, ProposalError> {
+        Self::parse(text, true)
+    }
+
+    fn parse(text: &str, esp: bool) -> Result<ProposalSpec, ProposalError> {
+        let invalid = |reason| ProposalError::Invalid {
+            proposal: text.to_owned(),
+            reason,
+        };
+        let mut tr: Vec<SaTransform> = Vec::new();
+        for tok in text.split('-') {
+            let x = token(tok, esp).ok_or_else(|| ProposalError::UnknownToken {
+                token: tok.to_owned(),
+                proposal: text.to_owned(),
+                known: if esp { ESP_KNOWN } else { IKE_KNOWN },
+            })?;
+            if !tr.contains(&x) {
+                tr.push(x);
+            }
+        }
+        fn has(tr: &[SaTransform], ty: TransformType) -> bool {
+            tr.iter().any(|x| x.ttype == ty)
+        }
+        if !has(&tr, TransformType::ENCR) {
+            return Err(invalid("no encryption algorithm"));
+        }
+        let aead = tr
+            .iter()
+            .filter(|x| x.ttype == TransformType::ENCR)
+            .all(is_aead);
+        let classic = tr
+            .iter()
+            .filter(|x| x.ttype == TransformType::ENCR)
+            .all(|x| !is_aead(x));
+        if !aead && !classic {
+            return Err(invalid(
+                "mixes AEAD and non-AEAD encryption; write them as two proposals",
+            ));
+        }
+        //= https://www.rfc-editor.org/rfc/rfc5282#section-8
+        //# it MUST either offer no integrity algorithm or a single integrity algorithm of "NONE"
+        if aead && has(&tr, TransformType::INTEG) {
+            return Err(invalid("an AEAD algorithm takes no integrity algorithm"));
+        }
+        if classic && !has(&tr, TransformType::INTEG) {
+            return Err(invalid(
+                "AES-CBC needs an integrity algorithm (e.g. sha256)",
+            ));
+        }
+        if !esp {
+            if !has(&tr, TransformType::PRF) {
+                if aead {
+                    return Err(invalid("an AEAD IKE proposal needs a PRF (e.g. prfsha256)"));
+                }
+                // strongSwan derives the PRF from the integrity algorithm when none is given.
+                let derived: Vec<SaTransform> = tr
+                    .iter()
+                    .filter(|x| x.ttype == TransformType::INTEG)
+                    .map(|x| {
+                        t(
+                            TransformType::PRF,
+                            x.id - AUTH_HMAC_SHA2_256_128 + PRF_HMAC_SHA2_256,
+                            None,
+                        )
+                    })
+                    .collect();
+                tr.extend(derived);
+            }
+            if !has(&tr, TransformType::DH) {
+                return Err(invalid(
+                    "an IKE proposal needs a key exchange group (e.g. x25519)",
+                ));
+            }
+        } else if !has(&tr, TransformType::ESN) {
+            tr.push(t(TransformType::ESN, ESN_NO, None));
+        }
+        // Wire order by type, as strongSwan sends it; the stable sort keeps our preference within a type.
+        tr.sort_by_key(|x| x.ttype);
+        Ok(ProposalSpec {
+            protocol: if esp {
+                ProtocolId::ESP
+            } else {
+                ProtocolId::IKE
+            },
+            transforms: tr,
+            text: text.to_owned(),
+        })
+    }
+
+    /// The wire form, numbered `num`, carrying `spi`.
+    pub fn to_wire(&self, num: u8, spi: Vec<u8>) -> Proposal {
+        Proposal {
+            num,
+            protocol: self.protocol,
+            spi,
+            transforms: self.transforms.clone(),
+        }
+    }
+
+    /// The first DH group offered, if any (the group of the KE payload we send).
+    pub fn first_dh(&self) -> Option<u16> {
+        self.transforms
+            .iter()
+            .find(|x| x.ttype == TransformType::DH)
+            .map(|x| x.id)
+    }
+
+    /// This proposal without its DH transforms (for Child SAs created without PFS in IKE_AUTH).
+    pub fn without_dh(&self) -> ProposalSpec {
+        ProposalSpec {
+            transforms: self
+                .transforms
+                .iter()
+                .copied()
+                .filter(|x| x.ttype != TransformType::DH)
+                .collect(),
+            ..self.clone()
+        }
+    }
+}
+
+/// The algorithms both sides agreed on: one transform per type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chosen {
+    /// The proposal number (as the initiator numbered it).
+    pub num: u8,
+    /// The SPI the peer sent in that proposal.
+    pub spi: Vec<u8>,
+    /// Encryption.
+    pub encr: SaTransform,
+    /// PRF (IKE only).
+    pub prf: Option<SaTransform>,
+    /// Integrity (non-AEAD only).
+    pub integ: Option<SaTransform>,
+    /// Key exchange group, if one was negotiated.
+    pub dh: Option<u16>,
+    /// Extended sequence numbers (ESP only).
+    pub esn: bool,
+}
+
+impl Chosen {
+    /// The chosen transforms as a single-transform-per-type proposal, with our SPI, for the response.
+    pub fn to_wire(&self, protocol: ProtocolId, spi: Vec<u8>) -> Proposal {
+        let mut transforms = vec![self.encr];
+        transforms.extend(self.prf);
+        transforms.extend(self.integ);
+        if let Some(g) = self.dh {
+            transforms.push(t(TransformType::DH, g, None));
+        }
+        if protocol == ProtocolId::ESP {
+            transforms.push(t(
+                TransformType::ESN,
+                if self.esn { ESN_YES } else { ESN_NO },
+                None,
+            ));
+        }
+        Proposal {
+            num: self.num,
+            protocol,
+            spi,
+            transforms,
+        }
+    }
+
+    /// strongSwan-style name of the chosen algorithms, for logs and `vmsecd status`.
+    pub fn describe(&self) -> String {
+        let mut parts = vec![encr_name(&self.encr)];
+        if let Some(i) = self.integ {
+            parts.push(match i.id {
+                AUTH_HMAC_SHA2_256_128 => "HMAC_SHA2_256_128".into(),
+                AUTH_HMAC_SHA2_384_192 => "HMAC_SHA2_384_192".into(),
+                AUTH_HMAC_SHA2_512_256 => "HMAC_SHA2_512_256".into(),
+                x => format!("INTEG_{x}"),
+            });
+        }
+        if let Some(p) = self.prf {
+            parts.push(match p.id {
+                PRF_HMAC_SHA2_256 => "PRF_HMAC_SHA2_256".into(),
+                PRF_HMAC_SHA2_384 => "PRF_HMAC_SHA2_384".into(),
+                PRF_HMAC_SHA2_512 => "PRF_HMAC_SHA2_512".into(),
+                x => format!("PRF_{x}"),
+            });
+        }
+        if let Some(g) = self.dh {
+            parts.push(dh_name(g).into());
+        }
+        parts.join("/")
+    }
+}
+
+fn encr_name(e: &SaTransform) -> String {
+    match (e.id, e.key_len) {
+        (ENCR_AES_GCM_16, Some(k)) => format!("AES_GCM_16_{k}"),
+        (ENCR_AES_CBC, Some(k)) => format!("AES_CBC_{k}"),
+        (ENCR_CHACHA20_POLY1305, _) => "CHACHA20_POLY1305".into(),
+        (id, _) => format!("ENCR_{id}"),
+    }
+}
+
+/// strongSwan's name of a DH group.
+pub fn dh_name(g: u16) -> &'static str {
+    match g {
+        DH_CURVE25519 => "CURVE_25519",
+        DH_ECP_256 => "ECP_256",
+        DH_ECP_384 => "ECP_384",
+        DH_MODP_2048 => "MODP_2048",
+        DH_MODP_3072 => "MODP_3072",
+        _ => "unknown group",
+    }
+}
+
+/// Picks, as responder, the first of *our* proposals that one of theirs matches.
+//= https://www.rfc-editor.org/rfc/rfc7296#section-2.7
+//# The responder MUST choose a single suite, which may be any subset of the SA proposal following the rules
+//# below
+pub fn select(ours: &[ProposalSpec], theirs: &[Proposal]) -> Option<Chosen> {
+    for o in ours {
+        for p in theirs.iter().filter(|p| p.protocol == o.protocol) {
+            if let Some(c) = match_one(o, p) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+fn match_one(ours: &ProposalSpec, theirs: &Proposal) -> Option<Chosen> {
+    let pick = |ty: TransformType| -> Result<Option<SaTransform>, ()> {
+        let mine: Vec<&SaTransform> = ours.transforms.iter().filter(|x| x.ttype == ty).collect();
+        // "NONE" (id 0) for INTEG or DH is the same as not offering the type (except for ESN, where 0 means no).
+        let theirs_of: Vec<&SaTransform> = theirs
+            .transforms
+            .iter()
+            .filter(|x| x.ttype == ty && (x.id != 0 || ty == TransformType::ESN))
+            .collect();
+        match (mine.is_empty(), theirs_of.is_empty()) {
+            (true, true) => Ok(None),
+            (true, false) | (false, true) => {
+                // They offer DH NONE alongside real groups, or we want no DH and they allow NONE.
+                let they_allow_none = theirs.transforms.iter().any(|x| x.ttype == ty && x.id == 0);
+                if mine.is_empty() && they_allow_none {
+                    Ok(None)
+                } else {
+                    Err(())
+                }
+            }
+            (false, false) => mine
+                .iter()
+                .find(|m| theirs_of.contains(m))
+                .map(|m| Some(**m))
+                .ok_or(()),
+        }
+    };
+    let encr = pick(TransformType::ENCR).ok()??;
+    let prf = pick(TransformType::PRF).ok()?;
+    let integ = pick(TransformType::INTEG).ok()?;
+    let dh = pick(TransformType::DH).ok()?.map(|x| x.id);
+    let esn = pick(TransformType::ESN)
+        .ok()?
+        .is_some_and(|x| x.id == ESN_YES);
+    Some(Chosen {
+        num: theirs.num,
+        spi: theirs.spi.clone(),
+        encr,
+        prf,
+        integ,
+        dh,
+        esn,
+    })
+}
+
+/// Checks, as initiator, that the responder chose exactly one transform per type from what we offered.
+pub fn check_response(offered: &[Proposal], chosen: &Proposal) -> Option<Chosen> {
+    let ours = offered
+        .iter()
+        .find(|p| p.num == chosen.num && p.protocol == chosen.protocol)?;
+    for x in &chosen.transforms {
+        if !(ours.transforms.contains(x) || (x.id == 0 && x.ttype != TransformType::ESN)) {
+            return None;
+        }
+    }
+    let one = |ty: TransformType| {
+        let v: Vec<&SaTransform> = chosen
+            .transforms
+            .iter()
+            .filter(|x| x.ttype == ty && (x.id != 0 || ty == TransformType::ESN))
+            .collect();
+        (v.len() <= 1).then(|| v.first().copied().copied())
+    };
+    let encr = one(TransformType::ENCR)??;
+    let c = Chosen {
+        num: chosen.num,
+        spi: chosen.spi.clone(),
+        encr,
+        prf: one(TransformType::PRF)?,
+        integ: one(TransformType::INTEG)?,
+        dh: one(TransformType::DH)?.map(|x| x.id),
+        esn: one(TransformType::ESN)?.is_some_and(|x| x.id == ESN_YES),
+    };
+    let needs_esn = chosen.protocol == ProtocolId::ESP;
+    let has_esn = chosen
+        .transforms
+        .iter()
+        .any(|x| x.ttype == TransformType::ESN);
+    (needs_esn == has_esn || !needs_esn).then_some(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strongswan_syntax() {
+        let p = ProposalSpec::ike("aes128gcm16-prfsha256-x25519").unwrap();
+        assert_eq!(p.transforms.len(), 3);
+        assert_eq!(p.first_dh(), Some(DH_CURVE25519));
+        let p = ProposalSpec::ike("aes256-sha256-modp2048").unwrap();
+        assert!(
+            p.transforms
+                .contains(&t(TransformType::PRF, PRF_HMAC_SHA2_256, None)),
+            "PRF derived from sha256"
+        );
+        let p = ProposalSpec::esp("aes256-sha256").unwrap();
+        assert!(p.transforms.contains(&t(TransformType::ESN, ESN_NO, None)));
+        assert!(
+            ProposalSpec::esp("aes128gcm16-esn-noesn")
+                .unwrap()
+                .transforms
+                .len()
+                == 3
+        );
+        for bad in [
+            "aes128gcm16-x25519",
+            "aes128-prfsha256-x25519",
+            "aes128gcm16-sha256-prfsha256-x25519",
+            "aes128-sha256",
+            "blowfish-sha1-modp1024",
+            "",
+        ] {
+            assert!(ProposalSpec::ike(bad).is_err(), "{bad}");
+        }
+        let e = ProposalSpec::esp("aes128gcm16-des")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"des\"") && e.contains("known:"), "{e}");
+    }
+
+    #[test]
+    fn responder_prefers_its_own_order() {
+        let ours = [
+            ProposalSpec::ike("aes256gcm16-prfsha384-ecp384").unwrap(),
+            ProposalSpec::ike("aes128gcm16-prfsha256-x25519").unwrap(),
+        ];
+        let theirs = [
+            ProposalSpec::ike("aes128gcm16-prfsha256-x25519")
+                .unwrap()
+                .to_wire(1, vec![]),
+            ProposalSpec::ike("aes256gcm16-prfsha384-ecp384")
+                .unwrap()
+                .to_wire(2, vec![]),
+        ];
+        let c = select(&ours, &theirs).unwrap();
+        assert_eq!((c.num, c.dh), (2, Some(DH_ECP_384)));
+        assert_eq!(c.describe(), "AES_GCM_16_256/PRF_HMAC_SHA2_384/ECP_384");
+        let wire = c.to_wire(ProtocolId::IKE, vec![]);
+        assert_eq!(check_response(&theirs, &wire), Some(c));
+        assert!(
+            select(&ours[..1], &theirs[..1]).is_none(),
+            "no common proposal"
+        );
+    }
+
+    #[test]
+    fn multi_algorithm_proposals_and_esp_dh() {
+        let ours = [ProposalSpec::esp("aes128gcm16").unwrap()];
+        let theirs = [ProposalSpec::esp("aes256gcm16-aes128gcm16-esn-noesn")
+            .unwrap()
+            .to_wire(1, vec![1, 2, 3, 4])];
+        let c = select(&ours, &theirs).unwrap();
+        assert_eq!(
+            (c.encr.key_len, c.esn, c.spi.clone()),
+            (Some(128), false, vec![1, 2, 3, 4])
+        );
+        // They want PFS and we do not: no match; they allow NONE: match without DH.
+        let pfs = [ProposalSpec::esp("aes128gcm16-x25519")
+            .unwrap()
+            .to_wire(1, vec![0; 4])];
+        assert!(select(&ours, &pfs).is_none());
+        let mut optional = pfs[0].clone();
+        optional.transforms.push(t(TransformType::DH, 0, None));
+        assert_eq!(select(&ours, &[optional]).unwrap().dh, None);
+    }
+
+    #[test]
+    fn response_must_be_from_the_offer() {
+        let offered = [ProposalSpec::ike("aes128gcm16-prfsha256-x25519")
+            .unwrap()
+            .to_wire(1, vec![])];
+        let mut forged = offered[0].clone();
+        forged.transforms[0].key_len = Some(256);
+        assert!(check_response(&offered, &forged).is_none());
+        let mut two = offered[0].clone();
+        two.transforms.push(t(TransformType::DH, DH_ECP_256, None));
+        assert!(check_response(&offered, &two).is_none());
+    }
+}
