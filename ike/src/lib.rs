@@ -6,6 +6,12 @@
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod crypto;
+pub mod endpoint;
+pub mod event;
 pub mod message;
 pub mod notify;
 pub mod proposal;
+pub mod sa;
+mod suite;

@@ -1,0 +1,204 @@
+//! What an IKE SA needs to know about its peer: identities, secret, proposals, selectors, timers.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use crate::message::{Id, IdType, TrafficSelector};
+use crate::proposal::ProposalSpec;
+
+/// How a side proves who it is.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum AuthMethod {
+    /// A pre-shared key (RFC 7296 2.15, AUTH method 2).
+    Psk(Zeroizing<Vec<u8>>),
+}
+
+impl std::fmt::Debug for AuthMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthMethod::Psk(_) => f.write_str("Psk(redacted)"),
+        }
+    }
+}
+
+/// Retransmission of our requests: `initial`, then each timeout `factor` times the previous one, `tries`
+/// sends in all before the peer is declared dead.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retransmit {
+    /// First timeout.
+    pub initial: Duration,
+    /// Multiplier per retransmission.
+    pub factor: f64,
+    /// Total transmissions of one request, the first included.
+    pub tries: u32,
+}
+
+impl Default for Retransmit {
+    /// strongSwan's defaults: 4 s, times 1.8, 5 retransmissions (about 165 s before giving up).
+    fn default() -> Self {
+        Retransmit {
+            initial: Duration::from_secs(4),
+            factor: 1.8,
+            tries: 6,
+        }
+    }
+}
+
+impl Retransmit {
+    /// The timeout after the `n`-th transmission (0-based).
+    pub fn timeout(&self, n: u32) -> Duration {
+        self.initial.mul_f64(self.factor.powi(n as i32))
+    }
+}
+
+/// Lifetimes and liveness checks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lifetimes {
+    /// Rekey the IKE SA after this long.
+    pub ike_rekey: Duration,
+    /// Rekey each Child SA after this long.
+    pub child_rekey: Duration,
+    /// Up to this much is subtracted at random from each rekey time, so both peers do not rekey at once.
+    pub jitter: Duration,
+    /// Send a liveness check after this long without hearing from the peer (zero: never).
+    pub dpd_delay: Duration,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Lifetimes {
+            ike_rekey: Duration::from_secs(4 * 3600),
+            child_rekey: Duration::from_secs(3600),
+            jitter: Duration::from_secs(360),
+            dpd_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything about one peer.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// A name for logs.
+    pub name: String,
+    /// Our underlay address.
+    pub local_addr: IpAddr,
+    /// The peer's underlay address.
+    pub remote_addr: IpAddr,
+    /// The UDP port the peer listens on for IKE (500).
+    pub remote_port: u16,
+    /// Our identity.
+    pub local_id: Id,
+    /// The identity the peer must prove.
+    pub remote_id: Id,
+    /// Our authentication (and, for PSK, the peer's too).
+    pub auth: AuthMethod,
+    /// IKE proposals, most preferred first.
+    pub ike_proposals: Vec<ProposalSpec>,
+    /// ESP proposals, most preferred first.
+    pub esp_proposals: Vec<ProposalSpec>,
+    /// Our side's traffic selectors (our VM subnets).
+    pub local_ts: Vec<TrafficSelector>,
+    /// The peer's traffic selectors (its VM subnets).
+    pub remote_ts: Vec<TrafficSelector>,
+    /// Force UDP encapsulation of ESP even without NAT (strongSwan's `encap = yes`).
+    pub force_encap: bool,
+    /// Retransmission policy.
+    pub retransmit: Retransmit,
+    /// Lifetimes.
+    pub lifetimes: Lifetimes,
+    /// Anti-replay window for inbound Child SAs.
+    pub replay_window: u32,
+}
+
+/// The default identity of a host: its address, as strongSwan does.
+pub fn id_from_addr(addr: IpAddr) -> Id {
+    match addr {
+        IpAddr::V4(a) => Id {
+            id_type: IdType::IPV4_ADDR,
+            data: a.octets().to_vec(),
+        },
+        IpAddr::V6(a) => Id {
+            id_type: IdType::IPV6_ADDR,
+            data: a.octets().to_vec(),
+        },
+    }
+}
+
+/// Parses an identity as strongSwan writes it: an address, `@fqdn` or a plain FQDN, `user@fqdn`, or `@#hex`
+/// for a key ID.
+pub fn parse_id(s: &str) -> Id {
+    if let Ok(a) = s.parse::<IpAddr>() {
+        return id_from_addr(a);
+    }
+    if let Some(hex) = s.strip_prefix("@#") {
+        let bytes = (0..hex.len() / 2)
+            .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+            .collect();
+        return Id {
+            id_type: IdType::KEY_ID,
+            data: bytes,
+        };
+    }
+    if let Some(fqdn) = s.strip_prefix('@') {
+        return Id {
+            id_type: IdType::FQDN,
+            data: fqdn.as_bytes().to_vec(),
+        };
+    }
+    if s.contains('@') {
+        return Id {
+            id_type: IdType::RFC822_ADDR,
+            data: s.as_bytes().to_vec(),
+        };
+    }
+    Id {
+        id_type: IdType::FQDN,
+        data: s.as_bytes().to_vec(),
+    }
+}
+
+/// Shows an identity as strongSwan prints it.
+pub fn display_id(id: &Id) -> String {
+    match id.id_type {
+        IdType::IPV4_ADDR if id.data.len() == 4 => {
+            std::net::Ipv4Addr::new(id.data[0], id.data[1], id.data[2], id.data[3]).to_string()
+        }
+        IdType::IPV6_ADDR if id.data.len() == 16 => {
+            std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&id.data[..]).expect("16")).to_string()
+        }
+        IdType::FQDN | IdType::RFC822_ADDR => String::from_utf8_lossy(&id.data).into_owned(),
+        IdType::KEY_ID => format!(
+            "@#{}",
+            id.data
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
+        t => format!("(ID type {})", t.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities() {
+        for s in [
+            "198.18.0.1",
+            "2001:db8::1",
+            "b0.example.net",
+            "admin@example.net",
+            "@#0a0b",
+        ] {
+            assert_eq!(display_id(&parse_id(s)), s);
+        }
+        assert_eq!(parse_id("@b0.example.net").id_type, IdType::FQDN);
+        let r = Retransmit::default();
+        let total: f64 = (0..r.tries).map(|n| r.timeout(n).as_secs_f64()).sum();
+        assert!((total - 165.0).abs() < 1.0, "{total}");
+    }
+}

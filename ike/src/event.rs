@@ -1,0 +1,150 @@
+//! What the IKE engine tells its driver: datagrams to send and things that happened.
+
+use std::net::SocketAddr;
+
+use crate::message::TrafficSelector;
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub remote: SocketAddr,
+    /// From which of our ports: 500, or 4500 after NAT detection (then `data` starts with the non-ESP marker).
+    pub local_port: u16,
+    /// The UDP payload.
+    pub data: Vec<u8>,
+}
+
+/// An ESP SA pair ready to install: everything the datapath needs, nothing it does not.
+#[derive(Debug, Clone)]
+pub struct ChildSaInfo {
+    /// Name of the peer (from its configuration).
+    pub peer: String,
+    /// The IKE SA it belongs to (our SPI, for logs).
+    pub ike_spi: u64,
+    /// SPI of the inbound SA (we chose it).
+    pub spi_in: u32,
+    /// SPI of the outbound SA (the peer chose it).
+    pub spi_out: u32,
+    /// The ESP transform.
+    pub transform: esp::Transform,
+    /// 64-bit extended sequence numbers.
+    pub esn: bool,
+    /// Keying material of the inbound SA.
+    pub keys_in: esp::KeyMaterial,
+    /// Keying material of the outbound SA.
+    pub keys_out: esp::KeyMaterial,
+    /// Our side's negotiated selectors.
+    pub ts_local: Vec<TrafficSelector>,
+    /// The peer's negotiated selectors.
+    pub ts_remote: Vec<TrafficSelector>,
+    /// The peer's address and port for ESP.
+    pub remote: SocketAddr,
+    /// Carry ESP in UDP (port 4500) rather than as IP protocol 50.
+    pub udp_encap: bool,
+    /// The key exchange used for this Child SA, if PFS.
+    pub pfs_group: Option<u16>,
+}
+
+/// Why an SA went away or never came up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reason {
+    /// The peer deleted it.
+    DeletedByPeer,
+    /// We deleted it (shutdown, reconfiguration).
+    DeletedByUs,
+    /// Replaced by a rekeyed SA.
+    Rekeyed,
+    /// No answer after every retransmission.
+    PeerDead,
+    /// The peer refused our authentication, or failed to prove its own.
+    AuthenticationFailed(String),
+    /// No proposal in common; both sides' proposals are named.
+    NoProposalChosen {
+        /// What we offered or accept.
+        ours: String,
+        /// What the peer offered (when we are responder) or empty.
+        theirs: String,
+    },
+    /// The traffic selectors do not overlap.
+    TsUnacceptable(String),
+    /// The peer answered with an error notification.
+    PeerError(String),
+    /// The peer sent something that breaks the protocol.
+    Protocol(String),
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::DeletedByPeer => f.write_str("deleted by the peer"),
+            Reason::DeletedByUs => f.write_str("deleted by us"),
+            Reason::Rekeyed => f.write_str("replaced by a rekeyed SA"),
+            Reason::PeerDead => {
+                f.write_str("peer did not answer any retransmission: declared dead")
+            }
+            Reason::AuthenticationFailed(s) => write!(f, "authentication failed: {s}"),
+            Reason::NoProposalChosen { ours, theirs } if theirs.is_empty() => {
+                write!(
+                    f,
+                    "no proposal chosen: the peer accepted none of ours ({ours})"
+                )
+            }
+            Reason::NoProposalChosen { ours, theirs } => {
+                write!(f, "no proposal chosen: ours {ours}, theirs {theirs}")
+            }
+            Reason::TsUnacceptable(s) => write!(f, "traffic selectors unacceptable: {s}"),
+            Reason::PeerError(s) => write!(f, "peer answered {s}"),
+            Reason::Protocol(s) => write!(f, "protocol error: {s}"),
+        }
+    }
+}
+
+/// Something the driver must act on or log.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// The IKE SA is authenticated and usable.
+    IkeUp {
+        /// Peer name.
+        peer: String,
+        /// Initiator and responder SPIs.
+        spis: (u64, u64),
+        /// Negotiated algorithms, strongSwan style.
+        algorithms: String,
+        /// Where the peer is.
+        remote: SocketAddr,
+        /// NAT detected (or encapsulation forced): IKE and ESP use port 4500.
+        nat: bool,
+        /// True if we initiated.
+        initiator: bool,
+    },
+    /// The IKE SA is gone, with all its Child SAs.
+    IkeDown {
+        /// Peer name.
+        peer: String,
+        /// Why.
+        reason: Reason,
+    },
+    /// A Child SA pair is ready: install it.
+    ChildUp(Box<ChildSaInfo>),
+    /// A Child SA replaced another: install the new one, keep the old inbound SA until `ChildDown`.
+    ChildRekeyed {
+        /// Inbound SPI of the SA it replaces.
+        old_spi_in: u32,
+        /// The new SA.
+        new: Box<ChildSaInfo>,
+    },
+    /// A Child SA pair is gone: remove it.
+    ChildDown {
+        /// Peer name.
+        peer: String,
+        /// Its inbound SPI.
+        spi_in: u32,
+        /// Its outbound SPI.
+        spi_out: u32,
+        /// Why.
+        reason: Reason,
+    },
+}

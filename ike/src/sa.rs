@@ -1,0 +1,1866 @@
+//! One IKE SA and its Child SAs, in either role: a sans-IO state machine.
+//!
+//! Drive it like quinn-proto's `Connection`: feed received messages with [`IkeSa::handle`], call
+//! [`IkeSa::handle_timeout`] when [`IkeSa::poll_timeout`] says, and drain [`IkeSa::poll_transmit`] and
+//! [`IkeSa::poll_event`] after each call. Nothing here reads a clock: `now` is always an argument.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{display_id, AuthMethod, PeerConfig};
+use crate::event::{ChildSaInfo, Event, Reason, Transmit};
+use crate::message::{
+    self, Delete, ExchangeType, Flags, Header, Id, Notify, Parsed, Payload, Proposal, ProtocolId,
+    TrafficSelector, IKE_VERSION,
+};
+use crate::notify as n;
+use crate::proposal::{self, Chosen, ProposalSpec};
+use crate::suite::{self, KeyShare, Suite};
+
+/// IKE's well-known port.
+pub const IKE_PORT: u16 = 500;
+/// The NAT traversal port.
+pub const NAT_T_PORT: u16 = 4500;
+
+/// Where the SA is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Initiator: IKE_SA_INIT sent.
+    InitSent,
+    /// Initiator: IKE_AUTH sent.
+    AuthSent,
+    /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
+    AwaitingAuth,
+    /// Authenticated.
+    Established,
+    /// Our delete of the IKE SA is outstanding.
+    Deleting,
+    /// Gone; the driver drops it.
+    Closed,
+}
+
+/// What an outstanding request of ours was for.
+#[derive(Debug)]
+enum Request {
+    Init,
+    Auth {
+        offered: Vec<Proposal>,
+        spi_in: u32,
+    },
+    Liveness,
+    DeleteIke,
+    DeleteChild {
+        spi_in: u32,
+    },
+    RekeyChild {
+        old_spi_in: u32,
+        spi_in: u32,
+        offered: Vec<Proposal>,
+        ni: Vec<u8>,
+        ks: Option<Box<KeyShare>>,
+    },
+}
+
+#[derive(Debug)]
+struct Outstanding {
+    id: u32,
+    datagrams: Vec<Vec<u8>>,
+    sent: u32,
+    deadline: Instant,
+    what: Request,
+}
+
+/// A Child SA as the IKE SA tracks it.
+#[derive(Debug, Clone)]
+struct Child {
+    spi_in: u32,
+    spi_out: u32,
+    chosen: Chosen,
+    ts_local: Vec<TrafficSelector>,
+    ts_remote: Vec<TrafficSelector>,
+    rekey_at: Instant,
+    /// A rekey replaced it: delete it once the peer has the new one (we sent or answered the delete).
+    rekeyed: bool,
+}
+
+/// One IKE SA.
+pub struct IkeSa {
+    cfg: Arc<PeerConfig>,
+    initiator: bool,
+    spi_i: u64,
+    spi_r: u64,
+    state: State,
+    remote: SocketAddr,
+    local_port: u16,
+    nat: bool,
+    suite: Option<Suite>,
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+    init_req: Vec<u8>,
+    init_resp: Vec<u8>,
+    key_share: Option<KeyShare>,
+    cookie: Option<Vec<u8>>,
+    next_id: u32,
+    outstanding: Option<Outstanding>,
+    peer_next_id: u32,
+    last_response: Option<(u32, Vec<Vec<u8>>)>,
+    children: Vec<Child>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    last_heard: Instant,
+    established_at: Option<Instant>,
+    ike_rekey_at: Option<Instant>,
+    init_tries: u32,
+}
+
+impl std::fmt::Debug for IkeSa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IkeSa")
+            .field("peer", &self.cfg.name)
+            .field("spi_i", &format_args!("{:016x}", self.spi_i))
+            .field("spi_r", &format_args!("{:016x}", self.spi_r))
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A snapshot for `vmsecd status`.
+#[derive(Debug, Clone)]
+pub struct SaStatus {
+    /// State.
+    pub state: State,
+    /// SPIs.
+    pub spis: (u64, u64),
+    /// We initiated.
+    pub initiator: bool,
+    /// Negotiated IKE algorithms.
+    pub algorithms: Option<String>,
+    /// When it was established.
+    pub established_at: Option<Instant>,
+    /// When the IKE SA is due for rekeying.
+    pub rekey_at: Option<Instant>,
+    /// Remote address.
+    pub remote: SocketAddr,
+    /// Port 4500 in use.
+    pub nat: bool,
+    /// Child SAs: (spi_in, spi_out, algorithms, rekey time).
+    pub children: Vec<(u32, u32, String, Instant)>,
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    suite::fill_random(&mut v);
+    v
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    suite::fill_random(&mut b);
+    u64::from_ne_bytes(b) | 1
+}
+
+fn random_spi32() -> u32 {
+    let mut b = [0u8; 4];
+    suite::fill_random(&mut b);
+    // SPIs 1-255 are reserved by IANA; stay clear of them.
+    u32::from_ne_bytes(b) | 0x100
+}
+
+/// Subtracts a random part of `jitter` from `d`.
+fn jittered(d: Duration, jitter: Duration) -> Duration {
+    let mut b = [0u8; 4];
+    suite::fill_random(&mut b);
+    let frac = u32::from_ne_bytes(b) as f64 / u32::MAX as f64;
+    d.saturating_sub(jitter.min(d / 2).mul_f64(frac))
+}
+
+//= https://www.rfc-editor.org/rfc/rfc7296#section-2.10
+//# Nonces used in IKEv2 MUST be randomly chosen, MUST be at least 128 bits in size, and MUST be at least half
+//# the key size of the negotiated pseudorandom function (PRF).
+const NONCE_LEN: usize = 32;
+
+impl IkeSa {
+    /// Starts an IKE SA towards the configured peer: queues the IKE_SA_INIT request.
+    pub fn initiate(cfg: Arc<PeerConfig>, now: Instant) -> IkeSa {
+        let remote = SocketAddr::new(cfg.remote_addr, cfg.remote_port);
+        let mut sa = IkeSa::blank(cfg, true, random_u64(), 0, remote, now);
+        sa.send_init(now, None);
+        sa
+    }
+
+    fn blank(
+        cfg: Arc<PeerConfig>,
+        initiator: bool,
+        spi_i: u64,
+        spi_r: u64,
+        remote: SocketAddr,
+        now: Instant,
+    ) -> IkeSa {
+        IkeSa {
+            cfg,
+            initiator,
+            spi_i,
+            spi_r,
+            state: if initiator {
+                State::InitSent
+            } else {
+                State::AwaitingAuth
+            },
+            remote,
+            local_port: IKE_PORT,
+            nat: false,
+            suite: None,
+            ni: Vec::new(),
+            nr: Vec::new(),
+            init_req: Vec::new(),
+            init_resp: Vec::new(),
+            key_share: None,
+            cookie: None,
+            next_id: 0,
+            outstanding: None,
+            peer_next_id: 0,
+            last_response: None,
+            children: Vec::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            last_heard: now,
+            established_at: None,
+            ike_rekey_at: None,
+            init_tries: 0,
+        }
+    }
+
+    /// Our SPI: the key the endpoint files this SA under.
+    pub fn local_spi(&self) -> u64 {
+        if self.initiator {
+            self.spi_i
+        } else {
+            self.spi_r
+        }
+    }
+
+    /// Both SPIs, initiator's first.
+    pub fn spis(&self) -> (u64, u64) {
+        (self.spi_i, self.spi_r)
+    }
+
+    /// The peer's configuration.
+    pub fn config(&self) -> &Arc<PeerConfig> {
+        &self.cfg
+    }
+
+    /// Current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// True if we initiated this IKE SA.
+    pub fn is_initiator(&self) -> bool {
+        self.initiator
+    }
+
+    /// A snapshot for status displays.
+    pub fn status(&self) -> SaStatus {
+        SaStatus {
+            state: self.state,
+            spis: (self.spi_i, self.spi_r),
+            initiator: self.initiator,
+            algorithms: self.suite.as_ref().map(|s| s.chosen.describe()),
+            established_at: self.established_at,
+            rekey_at: self.ike_rekey_at,
+            remote: self.remote,
+            nat: self.nat,
+            children: self
+                .children
+                .iter()
+                .filter(|c| !c.rekeyed)
+                .map(|c| (c.spi_in, c.spi_out, c.chosen.describe(), c.rekey_at))
+                .collect(),
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`IkeSa::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state == State::Closed {
+            return None;
+        }
+        let mut t = self.outstanding.as_ref().map(|o| o.deadline);
+        let mut min = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        if self.state == State::Established && self.outstanding.is_none() {
+            min(self
+                .children
+                .iter()
+                .filter(|c| !c.rekeyed)
+                .map(|c| c.rekey_at)
+                .min());
+            let dpd = self.cfg.lifetimes.dpd_delay;
+            if !dpd.is_zero() {
+                min(Some(self.last_heard + dpd));
+            }
+        }
+        if self.state == State::AwaitingAuth {
+            // A half-open SA whose initiator went away is dropped after the retransmission budget.
+            min(Some(self.last_heard + self.total_retransmit_time()));
+        }
+        t
+    }
+
+    fn total_retransmit_time(&self) -> Duration {
+        (0..self.cfg.retransmit.tries)
+            .map(|n| self.cfg.retransmit.timeout(n))
+            .sum()
+    }
+
+    /// Retransmits, gives up, checks liveness and starts rekeys whose time has come.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(o) = &mut self.outstanding {
+            if now >= o.deadline {
+                //= https://www.rfc-editor.org/rfc/rfc7296#section-2.1
+                //# the initiator MUST retransmit a request until it either receives a corresponding response or
+                //# deems the IKE SA to have failed.
+                if o.sent >= self.cfg.retransmit.tries {
+                    self.close(Reason::PeerDead);
+                    return;
+                }
+                o.deadline = now + self.cfg.retransmit.timeout(o.sent);
+                o.sent += 1;
+                let datagrams = o.datagrams.clone();
+                for d in datagrams {
+                    self.push_transmit(d);
+                }
+            }
+            return;
+        }
+        match self.state {
+            State::AwaitingAuth if now >= self.last_heard + self.total_retransmit_time() => {
+                self.close(Reason::PeerDead);
+            }
+            State::Established => {
+                if let Some(i) = self
+                    .children
+                    .iter()
+                    .position(|c| !c.rekeyed && now >= c.rekey_at)
+                {
+                    self.start_child_rekey(now, i);
+                    return;
+                }
+                let dpd = self.cfg.lifetimes.dpd_delay;
+                if !dpd.is_zero() && now >= self.last_heard + dpd {
+                    //= https://www.rfc-editor.org/rfc/rfc7296#section-1.4
+                    //# An INFORMATIONAL request with no payloads (other than the empty Encrypted payload
+                    //# required by the syntax) is commonly used as a check for liveness.
+                    self.send_request(now, ExchangeType::INFORMATIONAL, vec![], Request::Liveness);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Deletes the IKE SA (and with it every Child SA): sends INFORMATIONAL with a Delete payload.
+    pub fn delete(&mut self, now: Instant) {
+        match self.state {
+            State::Established => {
+                self.outstanding = None;
+                let d = Payload::Delete(Delete {
+                    protocol: ProtocolId::IKE,
+                    spis: vec![],
+                });
+                self.send_request(
+                    now,
+                    ExchangeType::INFORMATIONAL,
+                    vec![d],
+                    Request::DeleteIke,
+                );
+                self.state = State::Deleting;
+            }
+            State::Deleting | State::Closed => {}
+            _ => self.close(Reason::DeletedByUs),
+        }
+    }
+
+    fn close(&mut self, reason: Reason) {
+        if self.state == State::Closed {
+            return;
+        }
+        for c in self.children.drain(..) {
+            self.events.push_back(Event::ChildDown {
+                peer: self.cfg.name.clone(),
+                spi_in: c.spi_in,
+                spi_out: c.spi_out,
+                reason: reason.clone(),
+            });
+        }
+        self.events.push_back(Event::IkeDown {
+            peer: self.cfg.name.clone(),
+            reason,
+        });
+        self.state = State::Closed;
+        self.outstanding = None;
+    }
+
+    fn push_transmit(&mut self, data: Vec<u8>) {
+        let data = if self.local_port == NAT_T_PORT {
+            //= https://www.rfc-editor.org/rfc/rfc3948#section-2.2
+            //# The Non-ESP Marker is 4 bytes of zero aligning with the SPI field of an ESP packet.
+            let mut v = Vec::with_capacity(data.len() + 4);
+            v.extend_from_slice(&[0; 4]);
+            v.extend_from_slice(&data);
+            v
+        } else {
+            data
+        };
+        self.transmits.push_back(Transmit {
+            remote: self.remote,
+            local_port: self.local_port,
+            data,
+        });
+    }
+
+    fn header(&self, exchange: ExchangeType, response: bool, id: u32) -> Header {
+        let mut flags = 0;
+        if self.initiator {
+            flags |= Flags::INITIATOR;
+        }
+        if response {
+            flags |= Flags::RESPONSE;
+        }
+        Header {
+            spi_i: self.spi_i,
+            spi_r: self.spi_r,
+            next_payload: 0,
+            version: IKE_VERSION,
+            exchange,
+            flags: Flags(flags),
+            message_id: id,
+            length: 0,
+        }
+    }
+
+    // ---- IKE_SA_INIT, initiator ------------------------------------------------------------------------------
+
+    fn send_init(&mut self, now: Instant, group: Option<u16>) {
+        let group = group.or_else(|| {
+            self.cfg
+                .ike_proposals
+                .first()
+                .and_then(ProposalSpec::first_dh)
+        });
+        let Some(ks) = group.and_then(|g| KeyShare::generate(g).ok()) else {
+            self.close(Reason::Protocol(
+                "no usable key exchange group in our IKE proposals".into(),
+            ));
+            return;
+        };
+        // A retry after COOKIE or INVALID_KE_PAYLOAD keeps the nonce: the cookie is computed over it.
+        if self.ni.is_empty() {
+            self.ni = random_bytes(NONCE_LEN);
+        }
+        let mut payloads = Vec::new();
+        if let Some(c) = &self.cookie {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.6
+            //# the initiator MUST retry the IKE_SA_INIT with a Notify payload of type COOKIE containing the
+            //# responder-supplied cookie data as the first payload and all other payloads unchanged.
+            payloads.push(Payload::Notify(Notify::new(n::COOKIE, c.clone())));
+        }
+        let props = self
+            .cfg
+            .ike_proposals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.to_wire(i as u8 + 1, vec![]))
+            .collect();
+        payloads.push(Payload::Sa(props));
+        payloads.push(Payload::Ke {
+            group: ks.group(),
+            data: ks.public().to_vec(),
+        });
+        payloads.push(Payload::Nonce(self.ni.clone()));
+        payloads.extend(self.nat_detection_payloads());
+        self.key_share = Some(ks);
+        let msg =
+            message::encode_plain(self.header(ExchangeType::IKE_SA_INIT, false, 0), &payloads);
+        self.init_req = msg.clone();
+        self.init_tries += 1;
+        self.next_id = 1;
+        self.outstanding = Some(Outstanding {
+            id: 0,
+            datagrams: vec![msg.clone()],
+            sent: 1,
+            deadline: now + self.cfg.retransmit.timeout(0),
+            what: Request::Init,
+        });
+        self.push_transmit(msg);
+    }
+
+    fn nat_detection_payloads(&self) -> Vec<Payload> {
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.23
+        //# The data associated with these Notify types is the SHA-1 digest of the SPIs (in the order they appear in
+        //# the header), IP address, and port from which this packet was sent.
+        let src = if self.cfg.force_encap {
+            // strongSwan's `encap = yes`: a source hash that cannot match makes the peer see a NAT.
+            random_bytes(20)
+        } else {
+            suite::nat_hash(self.spi_i, self.spi_r, self.cfg.local_addr, self.local_port).to_vec()
+        };
+        let dst =
+            suite::nat_hash(self.spi_i, self.spi_r, self.remote.ip(), self.remote.port()).to_vec();
+        vec![
+            Payload::Notify(Notify::new(n::NAT_DETECTION_SOURCE_IP, src)),
+            Payload::Notify(Notify::new(n::NAT_DETECTION_DESTINATION_IP, dst)),
+        ]
+    }
+
+    /// Looks at the peer's NAT detection notifies; switches to port 4500 if either side is behind a NAT.
+    ///
+    /// `spi_r` is the responder SPI as it stood in the header of the message that carried them (0 in the
+    /// IKE_SA_INIT request).
+    fn check_nat(&mut self, payloads: &[Payload], local_port: u16, spi_r: u64) {
+        let mut nat = self.cfg.force_encap;
+        for p in payloads {
+            if let Payload::Notify(x) = p {
+                let expected = match x.ntype {
+                    n::NAT_DETECTION_SOURCE_IP => {
+                        suite::nat_hash(self.spi_i, spi_r, self.remote.ip(), self.remote.port())
+                    }
+                    n::NAT_DETECTION_DESTINATION_IP => {
+                        suite::nat_hash(self.spi_i, spi_r, self.cfg.local_addr, local_port)
+                    }
+                    _ => continue,
+                };
+                if x.data != expected {
+                    nat = true;
+                }
+            }
+        }
+        if nat {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.23
+            //# the initiator MUST ... change to port 4500 for the IKE_AUTH exchange
+            self.nat = true;
+            self.local_port = NAT_T_PORT;
+            if self.remote.port() == IKE_PORT {
+                self.remote.set_port(NAT_T_PORT);
+            }
+        }
+    }
+
+    fn handle_init_response(
+        &mut self,
+        now: Instant,
+        payloads: Vec<Payload>,
+        header: &Header,
+        raw: &[u8],
+        local_port: u16,
+    ) {
+        for p in &payloads {
+            if let Payload::Notify(x) = p {
+                match x.ntype {
+                    n::COOKIE if self.cookie.is_none() || self.init_tries < 3 => {
+                        self.cookie = Some(x.data.clone());
+                        self.send_init(now, self.key_share.as_ref().map(KeyShare::group));
+                        return;
+                    }
+                    //= https://www.rfc-editor.org/rfc/rfc7296#section-1.2
+                    //# If the initiator guesses wrong, the responder will respond with a Notify payload of type
+                    //# INVALID_KE_PAYLOAD indicating the selected group.
+                    n::INVALID_KE_PAYLOAD if x.data.len() == 2 && self.init_tries < 3 => {
+                        let g = u16::from_be_bytes([x.data[0], x.data[1]]);
+                        let offered = self.cfg.ike_proposals.iter().any(|p| {
+                            p.transforms
+                                .iter()
+                                .any(|t| t.ttype == message::TransformType::DH && t.id == g)
+                        });
+                        if offered {
+                            self.send_init(now, Some(g));
+                        } else {
+                            self.close(Reason::Protocol(format!(
+                                "peer asked for key exchange group {g}, which we did not offer"
+                            )));
+                        }
+                        return;
+                    }
+                    n::NO_PROPOSAL_CHOSEN => {
+                        self.close(Reason::NoProposalChosen {
+                            ours: self.ike_proposal_text(),
+                            theirs: String::new(),
+                        });
+                        return;
+                    }
+                    t if n::is_error(t) => {
+                        self.close(Reason::PeerError(n::name(t).into()));
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let offered: Vec<Proposal> = self
+            .cfg
+            .ike_proposals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.to_wire(i as u8 + 1, vec![]))
+            .collect();
+        let chosen = payloads.iter().find_map(|p| match p {
+            Payload::Sa(props) if props.len() == 1 => proposal::check_response(&offered, &props[0]),
+            _ => None,
+        });
+        let Some(chosen) = chosen else {
+            self.close(Reason::Protocol(
+                "IKE_SA_INIT response without an acceptable SA payload".into(),
+            ));
+            return;
+        };
+        let ke = payloads.iter().find_map(|p| match p {
+            Payload::Ke { group, data } => Some((*group, data.clone())),
+            _ => None,
+        });
+        let nr = payloads.iter().find_map(|p| match p {
+            Payload::Nonce(d) => Some(d.clone()),
+            _ => None,
+        });
+        let (Some((group, peer_pub)), Some(nr)) = (ke, nr) else {
+            self.close(Reason::Protocol(
+                "IKE_SA_INIT response lacks KE or Nonce".into(),
+            ));
+            return;
+        };
+        let Some(ks) = self.key_share.take() else {
+            return;
+        };
+        if Some(group) != chosen.dh || group != ks.group() {
+            self.close(Reason::Protocol(format!(
+                "responder used group {group}, not the one we sent"
+            )));
+            return;
+        }
+        let shared = match ks.agree(&peer_pub) {
+            Ok(s) => s,
+            Err(e) => {
+                self.close(Reason::Protocol(format!("bad KE payload: {e}")));
+                return;
+            }
+        };
+        self.spi_r = header.spi_r;
+        self.nr = nr;
+        self.init_resp = raw.to_vec();
+        let suite = match Suite::derive(
+            &chosen, &shared, &self.ni, &self.nr, self.spi_i, self.spi_r, true,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                self.close(Reason::Protocol(e));
+                return;
+            }
+        };
+        self.suite = Some(suite);
+        self.check_nat(&payloads, local_port, self.spi_r);
+        self.outstanding = None;
+        self.send_auth(now);
+    }
+
+    fn ike_proposal_text(&self) -> String {
+        self.cfg
+            .ike_proposals
+            .iter()
+            .map(|p| p.text.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn esp_proposal_text(&self) -> String {
+        self.cfg
+            .esp_proposals
+            .iter()
+            .map(|p| p.text.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    // ---- IKE_AUTH, initiator --------------------------------------------------------------------------------
+
+    fn send_auth(&mut self, now: Instant) {
+        let spi_in = random_spi32();
+        let offered: Vec<Proposal> = self
+            .cfg
+            .esp_proposals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                p.without_dh()
+                    .to_wire(i as u8 + 1, spi_in.to_be_bytes().to_vec())
+            })
+            .collect();
+        let id_i = self.cfg.local_id.clone();
+        let auth = self.compute_auth(true, &id_i);
+        let mut payloads = vec![Payload::IdI(id_i)];
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.4
+        //# The INITIAL_CONTACT notification asserts that this IKE SA is the only IKE SA currently active between
+        //# the authenticated identities.
+        payloads.push(Payload::Notify(Notify::new(n::INITIAL_CONTACT, vec![])));
+        payloads.push(Payload::IdR(self.cfg.remote_id.clone()));
+        payloads.push(Payload::Auth {
+            method: 2,
+            data: auth,
+        });
+        payloads.push(Payload::Sa(offered.clone()));
+        payloads.push(Payload::TsI(self.cfg.local_ts.clone()));
+        payloads.push(Payload::TsR(self.cfg.remote_ts.clone()));
+        self.state = State::AuthSent;
+        self.send_request(
+            now,
+            ExchangeType::IKE_AUTH,
+            payloads,
+            Request::Auth { offered, spi_in },
+        );
+    }
+
+    /// AUTH for PSK (RFC 7296 2.15), ours (`local`) or the value the peer must have sent.
+    fn compute_auth(&self, local: bool, id: &Id) -> Vec<u8> {
+        let suite = self.suite.as_ref().expect("keys exist after IKE_SA_INIT");
+        // Which side's octets: the initiator signs its IKE_SA_INIT request and the responder's nonce.
+        let signer_is_initiator = local == self.initiator;
+        let (first, nonce) = if signer_is_initiator {
+            (&self.init_req, &self.nr)
+        } else {
+            (&self.init_resp, &self.ni)
+        };
+        let octets = suite.signed_octets(signer_is_initiator, first, nonce, id);
+        match &self.cfg.auth {
+            AuthMethod::Psk(psk) => suite.psk_auth(psk, &octets),
+        }
+    }
+
+    fn handle_auth_response(
+        &mut self,
+        now: Instant,
+        payloads: Vec<Payload>,
+        offered: Vec<Proposal>,
+        spi_in: u32,
+    ) {
+        if let Some(t) = error_notify(&payloads) {
+            if t == n::AUTHENTICATION_FAILED {
+                self.close(Reason::AuthenticationFailed("the peer refused our authentication (AUTHENTICATION_FAILED): check the PSK and our identity".into()));
+                return;
+            }
+        }
+        let id_r = payloads.iter().find_map(|p| match p {
+            Payload::IdR(id) => Some(id.clone()),
+            _ => None,
+        });
+        let auth = payloads.iter().find_map(|p| match p {
+            Payload::Auth { method, data } => Some((*method, data.clone())),
+            _ => None,
+        });
+        let (Some(id_r), Some((method, data))) = (id_r, auth) else {
+            self.close(Reason::Protocol(
+                "IKE_AUTH response lacks IDr or AUTH".into(),
+            ));
+            return;
+        };
+        if id_r != self.cfg.remote_id {
+            self.close(Reason::AuthenticationFailed(format!(
+                "peer identity {} is not the expected {}",
+                display_id(&id_r),
+                display_id(&self.cfg.remote_id)
+            )));
+            return;
+        }
+        let expected = self.compute_auth(false, &id_r);
+        if method != 2 || !suite::ct_eq(&expected, &data) {
+            self.close(Reason::AuthenticationFailed(
+                "the peer's AUTH payload does not verify: check the PSK".into(),
+            ));
+            return;
+        }
+        self.established(now);
+        // The Child SA: an error notify here means the IKE SA stands but the Child SA did not come up.
+        if let Some(t) = error_notify(&payloads) {
+            let reason = match t {
+                n::NO_PROPOSAL_CHOSEN => Reason::NoProposalChosen {
+                    ours: self.esp_proposal_text(),
+                    theirs: String::new(),
+                },
+                n::TS_UNACCEPTABLE => Reason::TsUnacceptable(format!(
+                    "peer refused ours: local {} remote {}",
+                    ts_list(&self.cfg.local_ts),
+                    ts_list(&self.cfg.remote_ts)
+                )),
+                t => Reason::PeerError(n::name(t).into()),
+            };
+            self.fail_child(reason);
+            return;
+        }
+        match self.accept_child(&payloads, &offered, spi_in, false) {
+            Ok(child) => {
+                let info = self.child_info(&child, None, &self.ni, &self.nr, true);
+                self.children.push(child);
+                self.events.push_back(Event::ChildUp(Box::new(info)));
+            }
+            Err(reason) => {
+                self.fail_child(reason);
+            }
+        }
+    }
+
+    /// A Child SA could not be set up: the IKE SA has no purpose without one, so it is deleted.
+    fn fail_child(&mut self, reason: Reason) {
+        self.events.push_back(Event::IkeDown {
+            peer: self.cfg.name.clone(),
+            reason,
+        });
+        self.outstanding = None;
+        let d = Payload::Delete(Delete {
+            protocol: ProtocolId::IKE,
+            spis: vec![],
+        });
+        let now = self.last_heard;
+        self.send_request(
+            now,
+            ExchangeType::INFORMATIONAL,
+            vec![d],
+            Request::DeleteIke,
+        );
+        self.state = State::Deleting;
+    }
+
+    /// Checks a responder's Child SA answer against what we offered.
+    fn accept_child(
+        &self,
+        payloads: &[Payload],
+        offered: &[Proposal],
+        spi_in: u32,
+        pfs: bool,
+    ) -> Result<Child, Reason> {
+        let chosen = payloads
+            .iter()
+            .find_map(|p| match p {
+                Payload::Sa(props) if props.len() == 1 => {
+                    proposal::check_response(offered, &props[0])
+                }
+                _ => None,
+            })
+            .ok_or_else(|| {
+                Reason::Protocol("Child SA answer without an acceptable SA payload".into())
+            })?;
+        if chosen.spi.len() != 4 {
+            return Err(Reason::Protocol("ESP SPI is not 4 bytes".into()));
+        }
+        if pfs != chosen.dh.is_some() {
+            return Err(Reason::Protocol("PFS group mismatch".into()));
+        }
+        let tsi = payloads.iter().find_map(|p| {
+            if let Payload::TsI(t) = p {
+                Some(t.clone())
+            } else {
+                None
+            }
+        });
+        let tsr = payloads.iter().find_map(|p| {
+            if let Payload::TsR(t) = p {
+                Some(t.clone())
+            } else {
+                None
+            }
+        });
+        let (Some(tsi), Some(tsr)) = (tsi, tsr) else {
+            return Err(Reason::Protocol("Child SA answer lacks TSi/TSr".into()));
+        };
+        // The responder may only narrow: each returned selector must lie inside what we proposed.
+        let inside = |got: &[TrafficSelector], ours: &[TrafficSelector]| {
+            got.iter()
+                .all(|g| ours.iter().any(|o| o.intersect(g) == Some(*g)))
+        };
+        if !inside(&tsi, &self.cfg.local_ts) || !inside(&tsr, &self.cfg.remote_ts) {
+            return Err(Reason::TsUnacceptable(format!(
+                "responder widened the selectors: {} === {}",
+                ts_list(&tsi),
+                ts_list(&tsr)
+            )));
+        }
+        let spi_out = u32::from_be_bytes(chosen.spi[..4].try_into().expect("4"));
+        Ok(self.new_child(spi_in, spi_out, chosen, tsi, tsr, true))
+    }
+
+    /// A Child SA from negotiated selectors; `we_init` says whether we initiated the exchange that made it,
+    /// because TSi always describes the exchange initiator's side.
+    fn new_child(
+        &self,
+        spi_in: u32,
+        spi_out: u32,
+        chosen: Chosen,
+        ts_i: Vec<TrafficSelector>,
+        ts_r: Vec<TrafficSelector>,
+        we_init: bool,
+    ) -> Child {
+        let (ts_local, ts_remote) = if we_init { (ts_i, ts_r) } else { (ts_r, ts_i) };
+        let lt = &self.cfg.lifetimes;
+        Child {
+            spi_in,
+            spi_out,
+            chosen,
+            ts_local,
+            ts_remote,
+            rekey_at: self.last_heard + jittered(lt.child_rekey, lt.jitter),
+            rekeyed: false,
+        }
+    }
+
+    /// The ESP SAs of a Child SA; `ni`/`nr` and `we_init` are those of the exchange that created it.
+    fn child_info(
+        &self,
+        c: &Child,
+        shared: Option<&[u8]>,
+        ni: &[u8],
+        nr: &[u8],
+        we_init: bool,
+    ) -> ChildSaInfo {
+        let suite = self.suite.as_ref().expect("established");
+        let transform = suite::esp_transform(&c.chosen).expect("negotiated from our own proposals");
+        let half = transform.keymat_len();
+        let keymat = suite.child_keymat(shared, ni, nr, 2 * half);
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.17
+        //# All keys for SAs carrying data from the initiator to the responder are taken before SAs going from
+        //# the responder to the initiator.
+        let (i_to_r, r_to_i) = keymat.split_at(half);
+        let (k_in, k_out) = if we_init {
+            (r_to_i, i_to_r)
+        } else {
+            (i_to_r, r_to_i)
+        };
+        ChildSaInfo {
+            peer: self.cfg.name.clone(),
+            ike_spi: self.local_spi(),
+            spi_in: c.spi_in,
+            spi_out: c.spi_out,
+            transform,
+            esn: c.chosen.esn,
+            keys_in: esp::KeyMaterial::new(transform, k_in).expect("length from the transform"),
+            keys_out: esp::KeyMaterial::new(transform, k_out).expect("length from the transform"),
+            ts_local: c.ts_local.clone(),
+            ts_remote: c.ts_remote.clone(),
+            remote: self.remote,
+            udp_encap: self.nat,
+            pfs_group: c.chosen.dh,
+        }
+    }
+
+    fn established(&mut self, now: Instant) {
+        self.state = State::Established;
+        self.established_at = Some(now);
+        let lt = self.cfg.lifetimes;
+        self.ike_rekey_at = Some(now + jittered(lt.ike_rekey, lt.jitter));
+        self.events.push_back(Event::IkeUp {
+            peer: self.cfg.name.clone(),
+            spis: (self.spi_i, self.spi_r),
+            algorithms: self
+                .suite
+                .as_ref()
+                .map(|s| s.chosen.describe())
+                .unwrap_or_default(),
+            remote: self.remote,
+            nat: self.nat,
+            initiator: self.initiator,
+        });
+    }
+}
+
+// ---- the generic exchange machinery ------------------------------------------------------------------------
+
+impl IkeSa {
+    fn send_request(
+        &mut self,
+        now: Instant,
+        exchange: ExchangeType,
+        payloads: Vec<Payload>,
+        what: Request,
+    ) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let header = self.header(exchange, false, id);
+        let Some(suite) = &self.suite else { return };
+        let datagrams = vec![suite.protect(header, &payloads)];
+        for d in &datagrams {
+            self.push_transmit(d.clone());
+        }
+        self.outstanding = Some(Outstanding {
+            id,
+            datagrams,
+            sent: 1,
+            deadline: now + self.cfg.retransmit.timeout(0),
+            what,
+        });
+    }
+
+    fn send_response(&mut self, exchange: ExchangeType, id: u32, payloads: Vec<Payload>) {
+        let header = self.header(exchange, true, id);
+        let Some(suite) = &self.suite else { return };
+        let datagrams = vec![suite.protect(header, &payloads)];
+        for d in &datagrams {
+            self.push_transmit(d.clone());
+        }
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.1
+        //# The responder MUST remember each response until it receives a request whose sequence number is larger
+        //# than or equal to the sequence number in the response plus its window size.
+        self.last_response = Some((id, datagrams));
+        self.peer_next_id = id + 1;
+    }
+
+    /// Handles an IKE message for this SA (the non-ESP marker already removed).
+    pub fn handle(&mut self, now: Instant, data: &[u8], from: SocketAddr, local_port: u16) {
+        if self.state == State::Closed {
+            return;
+        }
+        let Ok(parsed) = message::parse(data) else {
+            return;
+        };
+        let h = parsed.header;
+        // The sender's I flag must be the opposite of ours: it tells which side originally initiated.
+        if h.flags.initiator() == self.initiator {
+            return;
+        }
+        if h.flags.response() {
+            self.handle_response(now, parsed, local_port, from);
+        } else {
+            self.handle_request(now, parsed, from);
+        }
+    }
+
+    fn decrypt(&self, parsed: &Parsed<'_>) -> Option<Vec<Payload>> {
+        let enc = parsed.encrypted?;
+        let suite = self.suite.as_ref()?;
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-3.14
+        //# if the integrity check fails, the message MUST be discarded
+        suite.unprotect(parsed.bytes, &enc).ok()
+    }
+
+    fn handle_response(
+        &mut self,
+        now: Instant,
+        parsed: Parsed<'_>,
+        local_port: u16,
+        from: SocketAddr,
+    ) {
+        let Some(o) = &self.outstanding else { return };
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.2
+        //# the Message ID is used to match up requests and responses
+        if parsed.header.message_id != o.id {
+            return;
+        }
+        if parsed.header.exchange == ExchangeType::IKE_SA_INIT {
+            if self.state != State::InitSent {
+                return;
+            }
+            let payloads = parsed.payloads.clone();
+            let raw = parsed.bytes.to_vec();
+            let header = parsed.header;
+            self.handle_init_response(now, payloads, &header, &raw, local_port);
+            return;
+        }
+        let Some(payloads) = self.decrypt(&parsed) else {
+            return;
+        };
+        self.heard(now, from);
+        let o = self.outstanding.take().expect("checked above");
+        match o.what {
+            Request::Init => {}
+            Request::Auth { offered, spi_in } => {
+                self.handle_auth_response(now, payloads, offered, spi_in)
+            }
+            Request::Liveness => {}
+            Request::DeleteIke => self.close(Reason::DeletedByUs),
+            Request::DeleteChild { spi_in } => {
+                if let Some(i) = self.children.iter().position(|c| c.spi_in == spi_in) {
+                    let c = self.children.remove(i);
+                    let reason = if c.rekeyed {
+                        Reason::Rekeyed
+                    } else {
+                        Reason::DeletedByUs
+                    };
+                    self.events.push_back(Event::ChildDown {
+                        peer: self.cfg.name.clone(),
+                        spi_in,
+                        spi_out: c.spi_out,
+                        reason,
+                    });
+                }
+            }
+            Request::RekeyChild {
+                old_spi_in,
+                spi_in,
+                offered,
+                ni,
+                ks,
+            } => self.finish_child_rekey(now, payloads, old_spi_in, spi_in, offered, ni, ks),
+        }
+    }
+
+    fn heard(&mut self, now: Instant, from: SocketAddr) {
+        self.last_heard = now;
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.23
+        //# ... if the IP address or port of the other end changed, and NAT was detected, update the address
+        if self.nat && from != self.remote && from.port() != IKE_PORT {
+            self.remote = from;
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, parsed: Parsed<'_>, from: SocketAddr) {
+        let id = parsed.header.message_id;
+        if self.state == State::AwaitingAuth && parsed.header.exchange == ExchangeType::IKE_SA_INIT
+        {
+            // A retransmitted IKE_SA_INIT request: answer with the same response.
+            if parsed.bytes == &self.init_req[..] {
+                let resp = self.init_resp.clone();
+                self.transmits.push_back(Transmit {
+                    remote: from,
+                    local_port: IKE_PORT,
+                    data: resp,
+                });
+            }
+            return;
+        }
+        if let Some((last, datagrams)) = &self.last_response {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.1
+            //# If a responder receives a retransmitted request, it MUST retransmit its response
+            if id == *last {
+                if parsed.encrypted.is_some() && self.decrypt(&parsed).is_some() {
+                    for d in datagrams.clone() {
+                        self.push_transmit(d);
+                    }
+                }
+                return;
+            }
+        }
+        if id != self.peer_next_id {
+            return;
+        }
+        let Some(payloads) = self.decrypt(&parsed) else {
+            return;
+        };
+        // Only a message that authenticated may move the peer's address.
+        if self.state == State::AwaitingAuth {
+            if from.port() == NAT_T_PORT {
+                self.remote = from;
+            }
+        } else {
+            self.heard(now, from);
+        }
+        let exchange = parsed.header.exchange;
+        match (self.state, exchange) {
+            (State::AwaitingAuth, ExchangeType::IKE_AUTH) => self.respond_auth(now, id, payloads),
+            (State::Established | State::Deleting, ExchangeType::INFORMATIONAL) => {
+                self.respond_informational(now, id, payloads)
+            }
+            (State::Established, ExchangeType::CREATE_CHILD_SA) => {
+                self.respond_create_child(now, id, payloads)
+            }
+            (State::Deleting, ExchangeType::CREATE_CHILD_SA) => {
+                self.send_response(
+                    exchange,
+                    id,
+                    vec![Payload::Notify(Notify::new(n::TEMPORARY_FAILURE, vec![]))],
+                );
+            }
+            _ => {
+                self.send_response(
+                    exchange,
+                    id,
+                    vec![Payload::Notify(Notify::new(n::INVALID_SYNTAX, vec![]))],
+                );
+            }
+        }
+    }
+
+    // ---- responder: IKE_AUTH ------------------------------------------------------------------------------
+
+    fn respond_auth(&mut self, now: Instant, id: u32, payloads: Vec<Payload>) {
+        let id_i = payloads.iter().find_map(|p| {
+            if let Payload::IdI(x) = p {
+                Some(x.clone())
+            } else {
+                None
+            }
+        });
+        let auth = payloads.iter().find_map(|p| match p {
+            Payload::Auth { method, data } => Some((*method, data.clone())),
+            _ => None,
+        });
+        let (Some(id_i), Some((method, data))) = (id_i, auth) else {
+            self.send_response(
+                ExchangeType::IKE_AUTH,
+                id,
+                vec![Payload::Notify(Notify::new(n::INVALID_SYNTAX, vec![]))],
+            );
+            self.close(Reason::Protocol(
+                "IKE_AUTH request lacks IDi or AUTH".into(),
+            ));
+            return;
+        };
+        let refuse = |sa: &mut IkeSa, why: String| {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.21.2
+            //# If the error occurs on the responder, the notification is returned in the protected response
+            sa.send_response(
+                ExchangeType::IKE_AUTH,
+                id,
+                vec![Payload::Notify(Notify::new(
+                    n::AUTHENTICATION_FAILED,
+                    vec![],
+                ))],
+            );
+            sa.close(Reason::AuthenticationFailed(why));
+        };
+        if id_i != self.cfg.remote_id {
+            let why = format!(
+                "peer claims identity {}, expected {}",
+                display_id(&id_i),
+                display_id(&self.cfg.remote_id)
+            );
+            refuse(self, why);
+            return;
+        }
+        let expected = self.compute_auth(false, &id_i);
+        if method != 2 || !suite::ct_eq(&expected, &data) {
+            refuse(
+                self,
+                format!(
+                    "AUTH from {} does not verify: the PSKs differ",
+                    display_id(&id_i)
+                ),
+            );
+            return;
+        }
+        let id_r = self.cfg.local_id.clone();
+        let our_auth = self.compute_auth(true, &id_r);
+        let mut resp = vec![
+            Payload::IdR(id_r),
+            Payload::Auth {
+                method: 2,
+                data: our_auth,
+            },
+        ];
+        self.established(now);
+        let child = self.negotiate_child(&payloads, false);
+        match child {
+            Ok((child, sa_payload, tsi, tsr)) => {
+                resp.extend([sa_payload, Payload::TsI(tsi), Payload::TsR(tsr)]);
+                self.send_response(ExchangeType::IKE_AUTH, id, resp);
+                let info = self.child_info(&child, None, &self.ni, &self.nr, false);
+                self.children.push(child);
+                self.events.push_back(Event::ChildUp(Box::new(info)));
+            }
+            Err((notify, reason)) => {
+                resp.push(Payload::Notify(Notify::new(notify, vec![])));
+                self.send_response(ExchangeType::IKE_AUTH, id, resp);
+                // Without a Child SA this IKE SA carries nothing: report and let the peer delete or retry.
+                self.events.push_back(Event::IkeDown {
+                    peer: self.cfg.name.clone(),
+                    reason,
+                });
+                self.state = State::Closed;
+            }
+        }
+    }
+
+    /// Responder side of a Child SA: pick an ESP proposal, narrow the selectors.
+    #[allow(clippy::type_complexity)]
+    fn negotiate_child(
+        &self,
+        payloads: &[Payload],
+        pfs_allowed: bool,
+    ) -> Result<(Child, Payload, Vec<TrafficSelector>, Vec<TrafficSelector>), (u16, Reason)> {
+        let theirs = payloads.iter().find_map(|p| {
+            if let Payload::Sa(x) = p {
+                Some(x.clone())
+            } else {
+                None
+            }
+        });
+        let tsi = payloads.iter().find_map(|p| {
+            if let Payload::TsI(t) = p {
+                Some(t.clone())
+            } else {
+                None
+            }
+        });
+        let tsr = payloads.iter().find_map(|p| {
+            if let Payload::TsR(t) = p {
+                Some(t.clone())
+            } else {
+                None
+            }
+        });
+        let (Some(theirs), Some(tsi), Some(tsr)) = (theirs, tsi, tsr) else {
+            return Err((
+                n::INVALID_SYNTAX,
+                Reason::Protocol("Child SA request lacks SA, TSi or TSr".into()),
+            ));
+        };
+        let ours: Vec<ProposalSpec> = if pfs_allowed {
+            self.cfg.esp_proposals.clone()
+        } else {
+            self.cfg
+                .esp_proposals
+                .iter()
+                .map(ProposalSpec::without_dh)
+                .collect()
+        };
+        let Some(chosen) = proposal::select(&ours, &theirs)
+            .filter(|c| c.spi.len() == 4 && suite::esp_transform(c).is_some())
+        else {
+            return Err((
+                n::NO_PROPOSAL_CHOSEN,
+                Reason::NoProposalChosen {
+                    ours: self.esp_proposal_text(),
+                    theirs: describe_offer(&theirs),
+                },
+            ));
+        };
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.9
+        //# the responder is allowed to narrow the choices by selecting a subset of the traffic
+        let narrow =
+            |theirs: &[TrafficSelector], ours: &[TrafficSelector]| -> Vec<TrafficSelector> {
+                let mut v = Vec::new();
+                for o in ours {
+                    for t in theirs {
+                        if let Some(x) = o.intersect(t) {
+                            if !v.contains(&x) {
+                                v.push(x);
+                            }
+                        }
+                    }
+                }
+                v
+            };
+        let n_tsi = narrow(&tsi, &self.cfg.remote_ts);
+        let n_tsr = narrow(&tsr, &self.cfg.local_ts);
+        if n_tsi.is_empty() || n_tsr.is_empty() {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.9
+            //# If the responder's policy does not allow it to accept any part of the proposed Traffic Selectors,
+            //# it responds with a TS_UNACCEPTABLE Notify message.
+            return Err((
+                n::TS_UNACCEPTABLE,
+                Reason::TsUnacceptable(format!(
+                    "peer proposed {} === {}, we allow {} === {}",
+                    ts_list(&tsi),
+                    ts_list(&tsr),
+                    ts_list(&self.cfg.remote_ts),
+                    ts_list(&self.cfg.local_ts)
+                )),
+            ));
+        }
+        let spi_in = random_spi32();
+        let spi_out = u32::from_be_bytes(chosen.spi[..4].try_into().expect("4"));
+        let sa_payload = Payload::Sa(vec![
+            chosen.to_wire(ProtocolId::ESP, spi_in.to_be_bytes().to_vec())
+        ]);
+        let child = self.new_child(spi_in, spi_out, chosen, n_tsi.clone(), n_tsr.clone(), false);
+        Ok((child, sa_payload, n_tsi, n_tsr))
+    }
+
+    // ---- INFORMATIONAL ----------------------------------------------------------------------------------------
+
+    fn respond_informational(&mut self, _now: Instant, id: u32, payloads: Vec<Payload>) {
+        let mut resp = Vec::new();
+        let mut delete_ike = false;
+        let mut our_spis = Vec::new();
+        for p in &payloads {
+            if let Payload::Delete(d) = p {
+                if d.protocol == ProtocolId::IKE {
+                    delete_ike = true;
+                } else if d.protocol == ProtocolId::ESP {
+                    for spi in &d.spis {
+                        let Ok(b) = <[u8; 4]>::try_from(&spi[..]) else {
+                            continue;
+                        };
+                        let spi_out = u32::from_be_bytes(b);
+                        //= https://www.rfc-editor.org/rfc/rfc7296#section-1.4.1
+                        //# the recipient MUST close the designated SAs ... each endpoint MUST send a Delete
+                        //# payload for the SAs it has as the inbound part of the pair
+                        if let Some(i) = self.children.iter().position(|c| c.spi_out == spi_out) {
+                            let c = self.children.remove(i);
+                            our_spis.push(c.spi_in.to_be_bytes().to_vec());
+                            let reason = if c.rekeyed {
+                                Reason::Rekeyed
+                            } else {
+                                Reason::DeletedByPeer
+                            };
+                            self.events.push_back(Event::ChildDown {
+                                peer: self.cfg.name.clone(),
+                                spi_in: c.spi_in,
+                                spi_out,
+                                reason,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if !our_spis.is_empty() {
+            resp.push(Payload::Delete(Delete {
+                protocol: ProtocolId::ESP,
+                spis: our_spis,
+            }));
+        }
+        self.send_response(ExchangeType::INFORMATIONAL, id, resp);
+        if delete_ike {
+            self.close(Reason::DeletedByPeer);
+        }
+    }
+
+    // ---- CREATE_CHILD_SA ---------------------------------------------------------------------------------------
+
+    fn start_child_rekey(&mut self, now: Instant, i: usize) {
+        let old = self.children[i].clone();
+        let spi_in = random_spi32();
+        let ni = random_bytes(NONCE_LEN);
+        // PFS when the configured ESP proposal names a group; the first one is sent.
+        let group = self
+            .cfg
+            .esp_proposals
+            .first()
+            .and_then(ProposalSpec::first_dh);
+        let ks = group.and_then(|g| KeyShare::generate(g).ok());
+        let offered: Vec<Proposal> = self
+            .cfg
+            .esp_proposals
+            .iter()
+            .enumerate()
+            .map(|(k, p)| {
+                let p = if ks.is_some() {
+                    p.clone()
+                } else {
+                    p.without_dh()
+                };
+                p.to_wire(k as u8 + 1, spi_in.to_be_bytes().to_vec())
+            })
+            .collect();
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-1.3.3
+        //# The SA being rekeyed is identified by the SPI field in the Notify payload; this is the SPI the exchange
+        //# initiator would expect in inbound ESP or AH packets.
+        let mut payloads = vec![
+            Payload::Notify(Notify {
+                protocol: ProtocolId::ESP.0,
+                spi: old.spi_in.to_be_bytes().to_vec(),
+                ntype: n::REKEY_SA,
+                data: vec![],
+            }),
+            Payload::Sa(offered.clone()),
+            Payload::Nonce(ni.clone()),
+        ];
+        if let Some(ks) = &ks {
+            payloads.push(Payload::Ke {
+                group: ks.group(),
+                data: ks.public().to_vec(),
+            });
+        }
+        payloads.push(Payload::TsI(old.ts_local.clone()));
+        payloads.push(Payload::TsR(old.ts_remote.clone()));
+        // Postpone this child's rekey so that a failure does not loop; the response resets it.
+        self.children[i].rekey_at = now + self.cfg.lifetimes.child_rekey;
+        self.send_request(
+            now,
+            ExchangeType::CREATE_CHILD_SA,
+            payloads,
+            Request::RekeyChild {
+                old_spi_in: old.spi_in,
+                spi_in,
+                offered,
+                ni,
+                ks: ks.map(Box::new),
+            },
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_child_rekey(
+        &mut self,
+        now: Instant,
+        payloads: Vec<Payload>,
+        old_spi_in: u32,
+        spi_in: u32,
+        offered: Vec<Proposal>,
+        ni: Vec<u8>,
+        ks: Option<Box<KeyShare>>,
+    ) {
+        if let Some(t) = error_notify(&payloads) {
+            // TEMPORARY_FAILURE or a collision on the peer's side: try again a little later.
+            let _ = t;
+            if let Some(c) = self.children.iter_mut().find(|c| c.spi_in == old_spi_in) {
+                c.rekey_at = now + Duration::from_secs(10);
+            }
+            return;
+        }
+        let nr = payloads.iter().find_map(|p| {
+            if let Payload::Nonce(x) = p {
+                Some(x.clone())
+            } else {
+                None
+            }
+        });
+        let Some(nr) = nr else { return };
+        let mut child = match self.accept_child(&payloads, &offered, spi_in, ks.is_some()) {
+            Ok(c) => c,
+            Err(_) => return,
+        };
+        let shared = match (
+            ks,
+            payloads.iter().find_map(|p| {
+                if let Payload::Ke { data, .. } = p {
+                    Some(data.clone())
+                } else {
+                    None
+                }
+            }),
+        ) {
+            (Some(ks), Some(pub_r)) => match ks.agree(&pub_r) {
+                Ok(s) => Some(s),
+                Err(_) => return,
+            },
+            (None, _) => None,
+            (Some(_), None) => return,
+        };
+        child.rekey_at = now + jittered(self.cfg.lifetimes.child_rekey, self.cfg.lifetimes.jitter);
+        let info = self.child_info(&child, shared.as_ref().map(|s| s.as_ref()), &ni, &nr, true);
+        self.children.push(child);
+        if let Some(old) = self.children.iter_mut().find(|c| c.spi_in == old_spi_in) {
+            old.rekeyed = true;
+        }
+        self.events.push_back(Event::ChildRekeyed {
+            old_spi_in,
+            new: Box::new(info),
+        });
+        // Make before break: the new SA is installed; now retire the old one.
+        let d = Payload::Delete(Delete {
+            protocol: ProtocolId::ESP,
+            spis: vec![old_spi_in.to_be_bytes().to_vec()],
+        });
+        self.send_request(
+            now,
+            ExchangeType::INFORMATIONAL,
+            vec![d],
+            Request::DeleteChild { spi_in: old_spi_in },
+        );
+    }
+
+    fn respond_create_child(&mut self, now: Instant, id: u32, payloads: Vec<Payload>) {
+        let rekey = payloads.iter().find_map(|p| match p {
+            Payload::Notify(x) if x.ntype == n::REKEY_SA && x.spi.len() == 4 => {
+                Some(u32::from_be_bytes(x.spi[..4].try_into().expect("4")))
+            }
+            _ => None,
+        });
+        let is_ike_rekey = payloads.iter().any(
+            |p| matches!(p, Payload::Sa(ps) if ps.iter().any(|x| x.protocol == ProtocolId::IKE)),
+        );
+        if is_ike_rekey {
+            // IKE SA rekeying is not implemented yet: refuse so that the peer re-authenticates instead.
+            self.send_response(
+                ExchangeType::CREATE_CHILD_SA,
+                id,
+                vec![Payload::Notify(Notify::new(n::NO_ADDITIONAL_SAS, vec![]))],
+            );
+            return;
+        }
+        let ni = payloads.iter().find_map(|p| {
+            if let Payload::Nonce(x) = p {
+                Some(x.clone())
+            } else {
+                None
+            }
+        });
+        let Some(ni) = ni else {
+            self.send_response(
+                ExchangeType::CREATE_CHILD_SA,
+                id,
+                vec![Payload::Notify(Notify::new(n::INVALID_SYNTAX, vec![]))],
+            );
+            return;
+        };
+        let old_index = rekey.and_then(|spi_out| {
+            self.children
+                .iter()
+                .position(|c| c.spi_out == spi_out && !c.rekeyed)
+        });
+        if rekey.is_some() && old_index.is_none() {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.25
+            //# the responder MUST reply with CHILD_SA_NOT_FOUND
+            let spi = rekey.map(|s| s.to_be_bytes().to_vec()).unwrap_or_default();
+            self.send_response(
+                ExchangeType::CREATE_CHILD_SA,
+                id,
+                vec![Payload::Notify(Notify {
+                    protocol: 3,
+                    spi,
+                    ntype: n::CHILD_SA_NOT_FOUND,
+                    data: vec![],
+                })],
+            );
+            return;
+        }
+        let peer_ke = payloads.iter().find_map(|p| {
+            if let Payload::Ke { group, data } = p {
+                Some((*group, data.clone()))
+            } else {
+                None
+            }
+        });
+        let (mut child, sa_payload, tsi, tsr) =
+            match self.negotiate_child(&payloads, peer_ke.is_some()) {
+                Ok(x) => x,
+                Err((notify, reason)) => {
+                    self.send_response(
+                        ExchangeType::CREATE_CHILD_SA,
+                        id,
+                        vec![Payload::Notify(Notify::new(notify, vec![]))],
+                    );
+                    self.events.push_back(Event::ChildDown {
+                        peer: self.cfg.name.clone(),
+                        spi_in: 0,
+                        spi_out: 0,
+                        reason,
+                    });
+                    return;
+                }
+            };
+        let nr = random_bytes(NONCE_LEN);
+        let mut resp = vec![sa_payload, Payload::Nonce(nr.clone())];
+        let mut shared = None;
+        if let Some(g) = child.chosen.dh {
+            let Some((group, pub_i)) = peer_ke.filter(|(group, _)| *group == g) else {
+                //= https://www.rfc-editor.org/rfc/rfc7296#section-1.3
+                //# the responder MUST reject the request and indicate its preferred Diffie-Hellman group in the
+                //# INVALID_KE_PAYLOAD Notify payload.
+                self.send_response(
+                    ExchangeType::CREATE_CHILD_SA,
+                    id,
+                    vec![Payload::Notify(Notify::new(
+                        n::INVALID_KE_PAYLOAD,
+                        g.to_be_bytes().to_vec(),
+                    ))],
+                );
+                return;
+            };
+            let Ok(ks) = KeyShare::generate(group) else {
+                return;
+            };
+            resp.push(Payload::Ke {
+                group,
+                data: ks.public().to_vec(),
+            });
+            match ks.agree(&pub_i) {
+                Ok(s) => shared = Some(s),
+                Err(_) => {
+                    self.send_response(
+                        ExchangeType::CREATE_CHILD_SA,
+                        id,
+                        vec![Payload::Notify(Notify::new(n::INVALID_SYNTAX, vec![]))],
+                    );
+                    return;
+                }
+            }
+        }
+        resp.push(Payload::TsI(tsi));
+        resp.push(Payload::TsR(tsr));
+        self.send_response(ExchangeType::CREATE_CHILD_SA, id, resp);
+        child.rekey_at = now + jittered(self.cfg.lifetimes.child_rekey, self.cfg.lifetimes.jitter);
+        let info = self.child_info(&child, shared.as_ref().map(|s| s.as_ref()), &ni, &nr, false);
+        self.children.push(child);
+        match old_index {
+            Some(i) => {
+                let old_spi_in = self.children[i].spi_in;
+                self.children[i].rekeyed = true;
+                // The initiator of the rekey deletes the old SA; if it never does, our own timer would rekey it
+                // again, so push that far out.
+                self.children[i].rekey_at = now + self.cfg.lifetimes.child_rekey;
+                self.events.push_back(Event::ChildRekeyed {
+                    old_spi_in,
+                    new: Box::new(info),
+                });
+            }
+            None => self.events.push_back(Event::ChildUp(Box::new(info))),
+        }
+    }
+}
+
+// ---- responder: IKE_SA_INIT (called by the endpoint, before an SA exists) ------------------------------------
+
+/// What the endpoint does with an IKE_SA_INIT request.
+#[derive(Debug)]
+pub enum InitOutcome {
+    /// A new half-open SA; its response is queued in it.
+    Created(Box<IkeSa>),
+    /// A stateless answer (NO_PROPOSAL_CHOSEN, INVALID_KE_PAYLOAD, COOKIE) and an event explaining it, if any.
+    Refused(Transmit, Option<Reason>),
+}
+
+impl IkeSa {
+    /// Answers an IKE_SA_INIT request from `from` for the peer `cfg`.
+    pub fn respond_init(
+        cfg: Arc<PeerConfig>,
+        now: Instant,
+        raw: &[u8],
+        from: SocketAddr,
+    ) -> Option<InitOutcome> {
+        let parsed = message::parse(raw).ok()?;
+        let h = parsed.header;
+        if h.exchange != ExchangeType::IKE_SA_INIT
+            || h.flags.response()
+            || h.message_id != 0
+            || h.spi_r != 0
+        {
+            return None;
+        }
+        let refuse = |payloads: Vec<Payload>, reason: Option<Reason>| {
+            let mut hdr = h;
+            hdr.flags = Flags(Flags::RESPONSE);
+            let data = message::encode_plain(hdr, &payloads);
+            InitOutcome::Refused(
+                Transmit {
+                    remote: from,
+                    local_port: IKE_PORT,
+                    data,
+                },
+                reason,
+            )
+        };
+        let theirs = parsed.payloads.iter().find_map(|p| {
+            if let Payload::Sa(x) = p {
+                Some(x.clone())
+            } else {
+                None
+            }
+        })?;
+        let ke = parsed.payloads.iter().find_map(|p| {
+            if let Payload::Ke { group, data } = p {
+                Some((*group, data.clone()))
+            } else {
+                None
+            }
+        })?;
+        let ni = parsed.payloads.iter().find_map(|p| {
+            if let Payload::Nonce(x) = p {
+                Some(x.clone())
+            } else {
+                None
+            }
+        })?;
+        let Some(chosen) = proposal::select(&cfg.ike_proposals, &theirs)
+            .filter(|c| c.spi.is_empty() && suite::ike_supported(c))
+        else {
+            let ours = cfg
+                .ike_proposals
+                .iter()
+                .map(|p| p.text.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Some(refuse(
+                vec![Payload::Notify(Notify::new(n::NO_PROPOSAL_CHOSEN, vec![]))],
+                Some(Reason::NoProposalChosen {
+                    ours,
+                    theirs: describe_offer(&theirs),
+                }),
+            ));
+        };
+        let group = chosen.dh?;
+        if ke.0 != group {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-1.2
+            //# If the initiator guesses wrong, the responder will respond with a Notify payload of type
+            //# INVALID_KE_PAYLOAD indicating the selected group.
+            return Some(refuse(
+                vec![Payload::Notify(Notify::new(
+                    n::INVALID_KE_PAYLOAD,
+                    group.to_be_bytes().to_vec(),
+                ))],
+                None,
+            ));
+        }
+        let ks = KeyShare::generate(group).ok()?;
+        let public = ks.public().to_vec();
+        let shared = match ks.agree(&ke.1) {
+            Ok(s) => s,
+            Err(_) => {
+                return Some(refuse(
+                    vec![Payload::Notify(Notify::new(n::INVALID_SYNTAX, vec![]))],
+                    None,
+                ))
+            }
+        };
+        let mut sa = IkeSa::blank(cfg, false, h.spi_i, random_u64(), from, now);
+        sa.ni = ni;
+        sa.nr = random_bytes(NONCE_LEN);
+        sa.init_req = parsed.bytes.to_vec();
+        sa.peer_next_id = 1;
+        let suite =
+            Suite::derive(&chosen, &shared, &sa.ni, &sa.nr, sa.spi_i, sa.spi_r, false).ok()?;
+        let mut payloads = vec![
+            Payload::Sa(vec![chosen.to_wire(ProtocolId::IKE, vec![])]),
+            Payload::Ke {
+                group,
+                data: public,
+            },
+            Payload::Nonce(sa.nr.clone()),
+        ];
+        sa.suite = Some(suite);
+        payloads.extend(sa.nat_detection_payloads());
+        sa.check_nat(&parsed.payloads, IKE_PORT, 0);
+        // The response goes out from port 500 whatever NAT detection found; the initiator moves to 4500.
+        let resp = message::encode_plain(sa.header(ExchangeType::IKE_SA_INIT, true, 0), &payloads);
+        sa.init_resp = resp.clone();
+        sa.transmits.push_back(Transmit {
+            remote: from,
+            local_port: IKE_PORT,
+            data: resp,
+        });
+        Some(InitOutcome::Created(Box::new(sa)))
+    }
+}
+
+fn describe_offer(props: &[Proposal]) -> String {
+    props
+        .iter()
+        .map(|p| {
+            p.transforms
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{}:{}{}",
+                        t.ttype.0,
+                        t.id,
+                        t.key_len.map(|k| format!("/{k}")).unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("-")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn error_notify(payloads: &[Payload]) -> Option<u16> {
+    payloads.iter().find_map(|p| match p {
+        Payload::Notify(x) if n::is_error(x.ntype) => Some(x.ntype),
+        _ => None,
+    })
+}
+
+fn ts_list(ts: &[TrafficSelector]) -> String {
+    ts.iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -1,0 +1,222 @@
+//! The negotiated IKE SA algorithms with their keys: the glue between proposals, the crypto module and the
+//! message codec. Everything the state machine needs from cryptography goes through here.
+
+use std::net::IpAddr;
+
+use zeroize::Zeroizing;
+
+use crate::crypto::{auth, dh, keys, prf::Prf, sk};
+use crate::message::{self, Encrypted, Header, Id, Payload, PayloadType, HEADER_LEN};
+use crate::proposal::{ids, Chosen};
+
+/// Fills `buf` from the crypto backend's DRBG.
+pub(crate) fn fill_random(buf: &mut [u8]) {
+    use aws_lc_rs::rand::SecureRandom;
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(buf)
+        .expect("the system DRBG does not fail");
+}
+
+/// Constant-time equality of two MACs.
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+/// NAT_DETECTION_*_IP data (RFC 7296 2.23).
+pub(crate) fn nat_hash(spi_i: u64, spi_r: u64, ip: IpAddr, port: u16) -> [u8; 20] {
+    auth::nat_detection_hash(spi_i, spi_r, ip, port)
+}
+
+/// A stateless cookie (RFC 7296 2.6).
+pub(crate) fn cookie(secret: &[u8; 32], ni: &[u8], ip: IpAddr, spi_i: u64) -> Vec<u8> {
+    auth::cookie(secret, ni, ip, spi_i)
+}
+
+/// The ESP transform a negotiated Child SA proposal names, if the datapath implements it.
+pub(crate) fn esp_transform(c: &Chosen) -> Option<esp::Transform> {
+    use esp::Transform as T;
+    let integ = c.integ.map(|i| i.id);
+    Some(match (c.encr.id, c.encr.key_len, integ) {
+        (ids::ENCR_AES_GCM_16, Some(128), None) => T::AesGcm128,
+        (ids::ENCR_AES_GCM_16, Some(256), None) => T::AesGcm256,
+        (ids::ENCR_CHACHA20_POLY1305, None, None) => T::ChaCha20Poly1305,
+        (ids::ENCR_AES_CBC, Some(128), Some(ids::AUTH_HMAC_SHA2_256_128)) => T::AesCbc128HmacSha256,
+        (ids::ENCR_AES_CBC, Some(256), Some(ids::AUTH_HMAC_SHA2_256_128)) => T::AesCbc256HmacSha256,
+        _ => return None,
+    })
+}
+
+fn ike_encr(c: &Chosen) -> Option<sk::IkeEncr> {
+    Some(match (c.encr.id, c.encr.key_len) {
+        (ids::ENCR_AES_GCM_16, Some(128)) => sk::IkeEncr::AesGcm16_128,
+        (ids::ENCR_AES_GCM_16, Some(256)) => sk::IkeEncr::AesGcm16_256,
+        (ids::ENCR_CHACHA20_POLY1305, None) => sk::IkeEncr::ChaCha20Poly1305,
+        (ids::ENCR_AES_CBC, Some(128)) => sk::IkeEncr::AesCbc128,
+        (ids::ENCR_AES_CBC, Some(256)) => sk::IkeEncr::AesCbc256,
+        _ => return None,
+    })
+}
+
+fn ike_integ(c: &Chosen) -> Option<Option<sk::Integ>> {
+    Some(match c.integ.map(|i| i.id) {
+        None => None,
+        Some(ids::AUTH_HMAC_SHA2_256_128) => Some(sk::Integ::HmacSha256_128),
+        Some(ids::AUTH_HMAC_SHA2_384_192) => Some(sk::Integ::HmacSha384_192),
+        Some(ids::AUTH_HMAC_SHA2_512_256) => Some(sk::Integ::HmacSha512_256),
+        Some(_) => return None,
+    })
+}
+
+fn ike_prf(c: &Chosen) -> Option<Prf> {
+    Some(match c.prf?.id {
+        ids::PRF_HMAC_SHA2_256 => Prf::HmacSha256,
+        ids::PRF_HMAC_SHA2_384 => Prf::HmacSha384,
+        ids::PRF_HMAC_SHA2_512 => Prf::HmacSha512,
+        _ => return None,
+    })
+}
+
+/// True if every algorithm of a negotiated IKE proposal is implemented.
+pub(crate) fn ike_supported(c: &Chosen) -> bool {
+    ike_encr(c).is_some()
+        && ike_integ(c).is_some()
+        && ike_prf(c).is_some()
+        && c.dh.and_then(dh::DhGroup::from_id).is_some()
+        && (ike_encr(c).is_some_and(|e| e.is_aead()) == ike_integ(c).is_some_and(|i| i.is_none()))
+}
+
+/// Our ephemeral key exchange value.
+pub(crate) struct KeyShare(dh::KeyShare);
+
+impl std::fmt::Debug for KeyShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyShare(group {}, redacted)", self.group())
+    }
+}
+
+impl KeyShare {
+    pub(crate) fn generate(group: u16) -> Result<KeyShare, String> {
+        let g = dh::DhGroup::from_id(group)
+            .ok_or_else(|| format!("key exchange group {group} is not implemented"))?;
+        dh::KeyShare::generate(g)
+            .map(KeyShare)
+            .map_err(|e| e.to_string())
+    }
+    pub(crate) fn group(&self) -> u16 {
+        self.0.group().id()
+    }
+    pub(crate) fn public(&self) -> &[u8] {
+        self.0.public()
+    }
+    pub(crate) fn agree(self, peer: &[u8]) -> Result<dh::SharedSecret, String> {
+        self.0.agree(peer).map_err(|e| e.to_string())
+    }
+}
+
+/// The keys and ciphers of an established (or half-established) IKE SA, from our point of view.
+pub(crate) struct Suite {
+    pub(crate) chosen: Chosen,
+    prf: Prf,
+    keys: keys::IkeKeys,
+    /// Protects what we send.
+    out: sk::SkCipher,
+    /// Verifies and decrypts what we receive.
+    inp: sk::SkCipher,
+}
+
+impl Suite {
+    /// Derives SKEYSEED and the seven keys (RFC 7296 2.14); `initiator` is our role in the IKE SA.
+    pub(crate) fn derive(
+        chosen: &Chosen,
+        shared: &dh::SharedSecret,
+        ni: &[u8],
+        nr: &[u8],
+        spi_i: u64,
+        spi_r: u64,
+        initiator: bool,
+    ) -> Result<Suite, String> {
+        let encr = ike_encr(chosen).ok_or("unsupported IKE encryption")?;
+        let integ = ike_integ(chosen).ok_or("unsupported IKE integrity")?;
+        let prf = ike_prf(chosen).ok_or("unsupported PRF")?;
+        let keys = keys::IkeKeys::derive(prf, shared.as_ref(), ni, nr, spi_i, spi_r, encr, integ)
+            .map_err(|e| e.to_string())?;
+        let i =
+            sk::SkCipher::new(encr, integ, &keys.sk_ei, &keys.sk_ai).map_err(|e| e.to_string())?;
+        let r =
+            sk::SkCipher::new(encr, integ, &keys.sk_er, &keys.sk_ar).map_err(|e| e.to_string())?;
+        let (out, inp) = if initiator { (i, r) } else { (r, i) };
+        Ok(Suite {
+            chosen: chosen.clone(),
+            prf,
+            keys,
+            out,
+            inp,
+        })
+    }
+
+    /// Encodes and protects a message in one SK payload.
+    pub(crate) fn protect(&self, mut header: Header, payloads: &[Payload]) -> Vec<u8> {
+        let (first, plain) = message::encode_chain(payloads);
+        let plain = Zeroizing::new(plain);
+        let sk_len = 4 + self.out.encrypted_len(plain.len());
+        header.next_payload = PayloadType::SK;
+        header.length = (HEADER_LEN + sk_len) as u32;
+        let mut msg = Vec::with_capacity(header.length as usize);
+        header.encode(&mut msg);
+        msg.push(first);
+        msg.push(0);
+        msg.extend_from_slice(&(sk_len as u16).to_be_bytes());
+        //= https://www.rfc-editor.org/rfc/rfc5282#section-5.1
+        //# the AAD ... consists of the IKEv2 header through the last octet of the Encrypted Payload's generic
+        //# header
+        let body = self.out.encrypt(&msg, &plain);
+        msg.extend_from_slice(&body);
+        msg
+    }
+
+    /// Verifies and decrypts the SK payload of a received message and parses what it holds.
+    pub(crate) fn unprotect(&self, msg: &[u8], enc: &Encrypted<'_>) -> Result<Vec<Payload>, ()> {
+        if enc.fragment.is_some() {
+            return Err(());
+        }
+        let aad = &msg[..enc.offset + 4];
+        let plain = self.inp.decrypt(aad, enc.body).map_err(|_| ())?;
+        let (payloads, nested) = message::parse_chain(enc.inner_next, &plain, 0).map_err(|_| ())?;
+        if nested.is_some() {
+            return Err(());
+        }
+        Ok(payloads)
+    }
+
+    /// The octets a side signs (RFC 7296 2.15): its first message, the peer's nonce, prf(SK_p, ID').
+    pub(crate) fn signed_octets(
+        &self,
+        signer_is_initiator: bool,
+        first: &[u8],
+        nonce: &[u8],
+        id: &Id,
+    ) -> Vec<u8> {
+        let sk_p = if signer_is_initiator {
+            &self.keys.sk_pi
+        } else {
+            &self.keys.sk_pr
+        };
+        auth::signed_octets(first, nonce, self.prf, sk_p, &id.body())
+    }
+
+    /// AUTH = prf(prf(PSK, "Key Pad for IKEv2"), octets).
+    pub(crate) fn psk_auth(&self, psk: &[u8], octets: &[u8]) -> Vec<u8> {
+        auth::psk_auth(self.prf, psk, octets)
+    }
+
+    /// KEYMAT for a Child SA (RFC 7296 2.17).
+    pub(crate) fn child_keymat(
+        &self,
+        shared: Option<&[u8]>,
+        ni: &[u8],
+        nr: &[u8],
+        len: usize,
+    ) -> Zeroizing<Vec<u8>> {
+        keys::child_keymat(self.prf, &self.keys.sk_d, shared, ni, nr, len)
+    }
+}
