@@ -1,1 +1,317 @@
-fn main() {}
+//! `vmsecd`: run the daemon, check a mesh file, ask a running daemon for its status.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use vmsecd::config::{Auth, Config, ControlSocket, FoundBy, DEFAULT_CONFIG_PATH};
+use vmsecd::daemon;
+use vmsecd::route::Netlink;
+
+/// IKEv2/ESP tunnels between the VM subnets of a mesh of hypervisors.
+///
+/// Logs go to standard error; set RUST_LOG (e.g. RUST_LOG=debug) for more or less of them.
+#[derive(Debug, Parser)]
+#[command(name = "vmsecd", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon for this host: a TUN interface, routes to every peer's subnets, and an IKE SA with a Child
+    /// SA towards every peer.
+    Run {
+        /// The mesh file.
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Which [[host]] this machine is; found from its local addresses when not given.
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
+        /// The control socket to listen on (a path, or @NAME for an abstract socket), instead of the mesh
+        /// file's control_socket.
+        #[arg(long, value_name = "PATH")]
+        control: Option<String>,
+    },
+    /// Validate the mesh file and print the tunnels this host would set up; exit 1 on any error.
+    Check {
+        /// The mesh file.
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Check as this [[host]] (its address need not be on this machine); found from the local addresses
+        /// when not given.
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
+    },
+    /// Show the running daemon's SAs and counters, per peer.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's control socket (default: @vmsecd, the abstract socket of this network namespace).
+        #[arg(long, value_name = "PATH")]
+        control: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmsecd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run {
+            config,
+            host,
+            control,
+        } => {
+            let mut config = load(&config, host.as_deref())?;
+            if let Some(c) = control {
+                config.mesh.settings.control_socket = ControlSocket::parse(&c, Path::new(""))
+                    .map_err(|allowed| {
+                        anyhow::anyhow!("--control {c:?} cannot be used; allowed: {allowed}")
+                    })?;
+            }
+            tracing::info!(
+                host = %config.local().name,
+                file = %config.mesh.file.display(),
+                peers = config.peers().count(),
+                "mesh file loaded"
+            );
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("vmsecd")
+                .build()
+                .context("cannot start the tokio runtime")?;
+            runtime.block_on(daemon::run(config))?;
+            Ok(())
+        }
+        Command::Check { config, host } => {
+            let config = load(&config, host.as_deref())?;
+            print!("{}", render_check(&config));
+            Ok(())
+        }
+        Command::Status { json, control } => {
+            let _ = (json, control);
+            anyhow::bail!(
+                "vmsecd status is not built yet: it talks to the daemon's control socket, and the daemon event loop \
+                 is not built yet"
+            )
+        }
+    }
+}
+
+/// Loads the mesh file; this machine's addresses are only looked up when `--host` is not given.
+fn load(path: &Path, host: Option<&str>) -> anyhow::Result<Config> {
+    let local: Vec<IpAddr> = match host {
+        Some(_) => Vec::new(),
+        None => Netlink::open()
+            .and_then(|mut nl| nl.local_addresses())
+            .context("cannot list this machine's addresses to find which host it is (pass --host NAME instead)")?
+            .into_iter()
+            .map(|a| a.addr)
+            .collect(),
+    };
+    Ok(Config::load(path, host, &local)?)
+}
+
+fn join<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What `vmsecd check` prints: the host, the shared settings, and one block per tunnel.
+fn render_check(config: &Config) -> String {
+    let s = config.settings();
+    let me = config.local();
+    let ike = join(&s.ike_proposals.iter().map(|p| &p.text).collect::<Vec<_>>());
+    let esp = join(&s.esp_proposals.iter().map(|p| &p.text).collect::<Vec<_>>());
+    let auth = match &config.mesh.auth {
+        Auth::Psk(psk) => format!("psk (key in {})", psk.path().display()),
+        _ => "unknown".to_owned(),
+    };
+    let dur = |d| humantime::format_duration(d).to_string();
+    let mut o = String::new();
+    let _ = writeln!(o, "{}: valid", config.mesh.file.display());
+    let found = match config.found_by {
+        FoundBy::Name => "chosen with --host".to_owned(),
+        FoundBy::LocalAddress => format!("found by local address {}", me.address),
+    };
+    let _ = writeln!(o, "this host: {} ({found})", me.name);
+    let _ = writeln!(
+        o,
+        "  address {}, IKE port {}, identity {}",
+        me.address, me.port, me.id
+    );
+    let _ = writeln!(o, "  subnets {}", join(&me.subnets));
+    let _ = writeln!(o, "  interface {}, MTU {}", s.interface, s.mtu);
+    let _ = writeln!(o, "  auth {auth}");
+    let _ = writeln!(
+        o,
+        "  IKE SA lifetime {}, Child SA lifetime {}, rekey {} before expiry",
+        dur(s.ike_lifetime),
+        dur(s.child_lifetime),
+        dur(s.rekey_margin)
+    );
+    let dpd = s
+        .dpd_delay
+        .map_or("off".to_owned(), |d| format!("after {} idle", dur(d)));
+    let _ = writeln!(
+        o,
+        "  encapsulation {}, replay window {}, DPD {dpd}, control socket {}",
+        s.encap, s.replay_window, s.control_socket
+    );
+    let tunnels = config.tunnels();
+    let _ = writeln!(
+        o,
+        "{} tunnel{}:",
+        tunnels.len(),
+        if tunnels.len() == 1 { "" } else { "s" }
+    );
+    for t in &tunnels {
+        let p = t.peer;
+        let _ = writeln!(
+            o,
+            "  {} <-> {} at {} port {}, identity {}",
+            me.name, p.name, p.address, p.port, p.id
+        );
+        let _ = writeln!(
+            o,
+            "    {} <-> {}",
+            join(t.local_subnets()),
+            join(t.remote_subnets())
+        );
+        let _ = writeln!(o, "    IKE {ike}; ESP {esp}; auth {auth}");
+        for r in t.remote_subnets() {
+            let _ = writeln!(o, "    route {r} dev {} mtu {}", s.interface, s.mtu);
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn check_prints_every_tunnel() {
+        let dir = tempfile::tempdir().unwrap();
+        let psk = dir.path().join("psk");
+        std::fs::write(&psk, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let file = dir.path().join("mesh.toml");
+        std::fs::write(
+            &file,
+            r#"
+[mesh]
+psk_file = "psk"
+esp_proposals = ["aes256gcm16", "aes128gcm16"]
+
+[[host]]
+name = "b0"
+address = "198.18.0.1"
+subnets = ["198.19.1.0/24"]
+
+[[host]]
+name = "c0"
+address = "198.18.0.2"
+subnets = ["198.19.2.0/24", "198.19.12.0/24"]
+
+[[host]]
+name = "gw"
+address = "198.18.0.3"
+subnets = ["198.19.3.0/24"]
+port = 4501
+id = "gw.example"
+"#,
+        )
+        .unwrap();
+        let config = Config::load(&file, None, &["198.18.0.1".parse().unwrap()]).unwrap();
+        let out = render_check(&config);
+        assert!(
+            out.contains("this host: b0 (found by local address 198.18.0.1)"),
+            "{out}"
+        );
+        assert!(out.contains("interface vmsec0, MTU 1400"), "{out}");
+        assert!(out.contains("2 tunnels:"), "{out}");
+        assert!(
+            out.contains("b0 <-> c0 at 198.18.0.2 port 500, identity 198.18.0.2"),
+            "{out}"
+        );
+        assert!(
+            out.contains("198.19.1.0/24 <-> 198.19.2.0/24, 198.19.12.0/24"),
+            "{out}"
+        );
+        assert!(
+            out.contains("route 198.19.12.0/24 dev vmsec0 mtu 1400"),
+            "{out}"
+        );
+        assert!(
+            out.contains("b0 <-> gw at 198.18.0.3 port 4501, identity gw.example"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "IKE aes128gcm16-prfsha256-x25519; ESP aes256gcm16, aes128gcm16; auth psk"
+            ),
+            "{out}"
+        );
+        assert!(
+            !out.contains("0123456789abcdef"),
+            "the key must never be printed: {out}"
+        );
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "vmsecd",
+            "run",
+            "--config",
+            "m.toml",
+            "--host",
+            "b0",
+            "--control",
+            "@x",
+        ])
+        .unwrap();
+        assert!(
+            matches!(cli.command, Command::Run { host: Some(h), control: Some(c), .. } if h == "b0" && c == "@x")
+        );
+        let cli = Cli::try_parse_from(["vmsecd", "status", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Status {
+                json: true,
+                control: None
+            }
+        ));
+    }
+}

@@ -1,0 +1,484 @@
+//! The mesh file: one TOML file, the same on every host, listing every host of the mesh (vmsecd hypervisors and
+//! plain strongSwan gateways alike) and the settings they share.
+//!
+//! ```toml
+//! [mesh]
+//! interface = "vmsec0"
+//! auth = "psk"
+//! psk_file = "/etc/vmsecd/psk"
+//! ike_proposals = ["aes128gcm16-prfsha256-x25519"]
+//! esp_proposals = ["aes128gcm16"]
+//!
+//! [[host]]
+//! name = "b0"
+//! address = "198.18.0.1"
+//! subnets = ["198.19.1.0/24"]
+//!
+//! [[host]]
+//! name = "c0"
+//! address = "198.18.0.2"
+//! subnets = ["198.19.2.0/24"]
+//! ```
+//!
+//! [`Mesh::load`] reads and validates the file; [`Mesh::local_host`] finds which entry is this machine (by
+//! `--host NAME`, or by a local address) and the others are its peers; [`Config`] is the pair of them that
+//! `vmsecd run` and `vmsecd check` work from. Every error is a [`ConfigError`] naming the file, the line, the
+//! key, what is wrong and what is allowed.
+
+mod error;
+mod psk;
+mod schema;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ike::proposal::ProposalSpec;
+
+pub use self::error::{ConfigError, ErrorKind, PskError};
+pub use self::psk::Psk;
+use self::validate::Cx;
+use crate::prefix::Prefix;
+
+/// Where `vmsecd` looks for the mesh file when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/vmsecd/mesh.toml";
+/// `mesh.interface` when absent.
+pub const DEFAULT_INTERFACE: &str = "vmsec0";
+/// `mesh.mtu` when absent: room for the worst-case ESP overhead (IPv6 underlay, UDP encapsulation, AES-CBC) on
+/// a 1500-byte underlay, and the value strongSwan's kernel-libipsec uses for its TUN.
+pub const DEFAULT_MTU: u32 = 1400;
+/// `mesh.ike_proposals` when absent.
+pub const DEFAULT_IKE_PROPOSAL: &str = "aes128gcm16-prfsha256-x25519";
+/// `mesh.esp_proposals` when absent.
+pub const DEFAULT_ESP_PROPOSAL: &str = "aes128gcm16";
+/// `mesh.ike_lifetime` when absent (strongSwan's IKE rekey time).
+pub const DEFAULT_IKE_LIFETIME: Duration = Duration::from_secs(4 * 3600);
+/// `mesh.child_lifetime` when absent (strongSwan's Child SA rekey time).
+pub const DEFAULT_CHILD_LIFETIME: Duration = Duration::from_secs(3600);
+/// `mesh.rekey_margin` when absent.
+pub const DEFAULT_REKEY_MARGIN: Duration = Duration::from_secs(9 * 60);
+/// `mesh.dpd_delay` when absent.
+pub const DEFAULT_DPD_DELAY: Duration = Duration::from_secs(30);
+/// `host.port` when absent: IKE's port (RFC 7296 2).
+pub const DEFAULT_IKE_PORT: u16 = 500;
+/// `mesh.control_socket` when absent: the abstract socket `vmsecd` in the daemon's own network namespace, so
+/// daemons in different namespaces of one machine never collide, and `vmsecd status` finds its own.
+pub const DEFAULT_CONTROL_SOCKET: &str = "@vmsecd";
+/// Fewest bytes a pre-shared key may have.
+pub const PSK_MIN_LEN: usize = 16;
+/// Most bytes a pre-shared key file may have.
+pub const PSK_MAX_LEN: usize = 4096;
+
+/// A validated mesh file.
+#[derive(Debug, Clone)]
+pub struct Mesh {
+    /// The file it was read from (error messages name it; relative paths in it are resolved against its folder).
+    pub file: PathBuf,
+    /// The `[mesh]` section.
+    pub settings: Settings,
+    /// How hosts authenticate each other.
+    pub auth: Auth,
+    /// The `[[host]]` entries, in file order: at least two, names, addresses and identities unique, subnets
+    /// disjoint.
+    pub hosts: Vec<Host>,
+}
+
+/// The `[mesh]` section, defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Name of the TUN interface (`interface`, default `vmsec0`).
+    pub interface: String,
+    /// MTU of the TUN interface (`mtu`, default 1400).
+    pub mtu: u32,
+    /// IKE SA proposals, most preferred first (`ike_proposals`).
+    pub ike_proposals: Vec<ProposalSpec>,
+    /// Child SA (ESP) proposals, most preferred first (`esp_proposals`).
+    pub esp_proposals: Vec<ProposalSpec>,
+    /// Hard lifetime of an IKE SA (`ike_lifetime`, default 4h).
+    pub ike_lifetime: Duration,
+    /// Hard lifetime of a Child SA (`child_lifetime`, default 1h).
+    pub child_lifetime: Duration,
+    /// How long before the lifetime ends a rekey starts, jitter added below it (`rekey_margin`, default 9m).
+    pub rekey_margin: Duration,
+    /// Idle time before a liveness check; `None` when `dpd_delay = 0` turns it off (default 30s).
+    pub dpd_delay: Option<Duration>,
+    /// ESP framing (`encap`, default auto).
+    pub encap: Encap,
+    /// Anti-replay window of inbound Child SAs, in packets (`replay_window`, default 1024).
+    pub replay_window: u32,
+    /// Where the daemon listens for `vmsecd status` (`control_socket`, default the abstract `@vmsecd`).
+    pub control_socket: ControlSocket,
+}
+
+/// How ESP travels between hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encap {
+    /// Raw ESP (IP protocol 50) unless NAT is detected or the peer sends ESP in UDP; then UDP 4500.
+    Auto,
+    /// Always ESP in UDP 4500 (RFC 3948), forcing encapsulation even without NAT.
+    Udp,
+    /// Always raw ESP; a peer behind NAT cannot be reached.
+    Raw,
+}
+
+impl fmt::Display for Encap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Encap::Auto => "auto",
+            Encap::Udp => "udp",
+            Encap::Raw => "raw",
+        })
+    }
+}
+
+/// The control socket's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlSocket {
+    /// A Linux abstract socket (written `@NAME`): it belongs to the network namespace, and has no file
+    /// permissions, so the daemon must check the peer's credentials (root only).
+    Abstract(String),
+    /// A socket file.
+    Path(PathBuf),
+}
+
+impl ControlSocket {
+    /// Parses `@NAME` (abstract) or a path; a relative path is taken relative to `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<ControlSocket, String> {
+        // sockaddr_un.sun_path has 108 bytes: 107 and a NUL for a path, 107 after the leading NUL when abstract.
+        const MAX: usize = 107;
+        if let Some(name) = text.strip_prefix('@') {
+            if name.is_empty() || name.len() > MAX {
+                return Err(format!(
+                    "abstract socket name of 1 to {MAX} bytes after the @"
+                ));
+            }
+            return Ok(ControlSocket::Abstract(name.to_owned()));
+        }
+        if text.is_empty() {
+            return Err("a path, or @NAME for an abstract socket".to_owned());
+        }
+        let path = base.join(text);
+        if path.as_os_str().len() > MAX {
+            return Err(format!(
+                "a socket path of at most {MAX} bytes (got {})",
+                path.display()
+            ));
+        }
+        Ok(ControlSocket::Path(path))
+    }
+}
+
+impl fmt::Display for ControlSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlSocket::Abstract(name) => write!(f, "@{name}"),
+            ControlSocket::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Peer authentication.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Auth {
+    /// One pre-shared key for the whole mesh (RFC 7296 2.15).
+    Psk(Psk),
+}
+
+/// An IKE identity (RFC 7296 3.5).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// ID_IPV4_ADDR or ID_IPV6_ADDR.
+    Addr(IpAddr),
+    /// ID_FQDN, written `name.example` or `@name.example`.
+    Fqdn(String),
+    /// ID_KEY_ID, written `@#` and hex digits, as in strongSwan.
+    KeyId(Vec<u8>),
+}
+
+impl Identity {
+    /// Parses strongSwan's notation: an IP address, `@#HEX` for a key ID, or a DNS name with an optional `@`.
+    pub fn parse(text: &str) -> Result<Identity, String> {
+        if let Ok(a) = text.parse::<IpAddr>() {
+            return Ok(Identity::Addr(a));
+        }
+        if let Some(hex) = text.strip_prefix("@#") {
+            if hex.is_empty() || hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "key ID {text:?} needs an even number of hex digits after @#"
+                ));
+            }
+            let bytes = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digits"))
+                .collect();
+            return Ok(Identity::KeyId(bytes));
+        }
+        let name = text.strip_prefix('@').unwrap_or(text);
+        if name.contains('@') {
+            return Err(format!(
+                "{text:?} looks like an e-mail (RFC 822) identity, which is not supported"
+            ));
+        }
+        if name.is_empty()
+            || name.len() > 253
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        {
+            return Err(format!("{text:?} is neither an IP address nor a DNS name"));
+        }
+        Ok(Identity::Fqdn(name.to_owned()))
+    }
+
+    /// The ID payload's type (RFC 7296 3.5) and data, for the IDi/IDr payloads and the AUTH computation.
+    pub fn wire(&self) -> (u8, Vec<u8>) {
+        match self {
+            Identity::Addr(IpAddr::V4(a)) => (1, a.octets().to_vec()),
+            Identity::Addr(IpAddr::V6(a)) => (5, a.octets().to_vec()),
+            Identity::Fqdn(n) => (2, n.as_bytes().to_vec()),
+            Identity::KeyId(k) => (11, k.clone()),
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Addr(a) => write!(f, "{a}"),
+            Identity::Fqdn(n) => write!(f, "{n}"),
+            Identity::KeyId(k) => {
+                f.write_str("@#")?;
+                k.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+        }
+    }
+}
+
+/// One `[[host]]` entry: a hypervisor running vmsecd or any IKEv2 gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// Unique name, used by `--host`, logs and `vmsecd status`.
+    pub name: String,
+    /// Underlay address IKE and ESP are sent to (and from, when this host is us).
+    pub address: IpAddr,
+    /// The VM subnets behind the host; the traffic selectors of its Child SAs.
+    pub subnets: Vec<Prefix>,
+    /// IKE identity (default: the address, as in strongSwan).
+    pub id: Identity,
+    /// UDP port of its IKE (default 500).
+    pub port: u16,
+}
+
+/// How the local host was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FoundBy {
+    /// `--host NAME`.
+    Name,
+    /// The host's address is one of this machine's.
+    LocalAddress,
+}
+
+/// A validated mesh and which of its hosts this machine is: what `vmsecd run` and `vmsecd check` work from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The mesh file.
+    pub mesh: Mesh,
+    /// How the local host was found.
+    pub found_by: FoundBy,
+    local: usize,
+}
+
+/// The tunnel from the local host to one peer: a Child SA between their subnets, a route per remote subnet.
+#[derive(Debug, Clone, Copy)]
+pub struct Tunnel<'a> {
+    /// This machine.
+    pub local: &'a Host,
+    /// The other end.
+    pub peer: &'a Host,
+}
+
+impl Tunnel<'_> {
+    /// Our subnets: TSi when we initiate.
+    pub fn local_subnets(&self) -> &[Prefix] {
+        &self.local.subnets
+    }
+
+    /// The peer's subnets: TSr when we initiate, and the routes into the TUN.
+    pub fn remote_subnets(&self) -> &[Prefix] {
+        &self.peer.subnets
+    }
+}
+
+impl Config {
+    /// Loads the mesh file and finds the local host: the one named `host`, or else the one whose address is in
+    /// `local_addrs` (see [`Mesh::local_host`]).
+    pub fn load(
+        path: &Path,
+        host: Option<&str>,
+        local_addrs: &[IpAddr],
+    ) -> Result<Config, ConfigError> {
+        Config::new(Mesh::load(path)?, host, local_addrs)
+    }
+
+    /// Finds the local host in an already loaded mesh.
+    pub fn new(
+        mesh: Mesh,
+        host: Option<&str>,
+        local_addrs: &[IpAddr],
+    ) -> Result<Config, ConfigError> {
+        let (local, found_by) = mesh.local_index(host, local_addrs)?;
+        Ok(Config {
+            mesh,
+            found_by,
+            local,
+        })
+    }
+
+    /// The `[mesh]` settings.
+    pub fn settings(&self) -> &Settings {
+        &self.mesh.settings
+    }
+
+    /// This machine's entry.
+    pub fn local(&self) -> &Host {
+        &self.mesh.hosts[self.local]
+    }
+
+    /// Every other host, in file order.
+    pub fn peers(&self) -> impl Iterator<Item = &Host> {
+        self.mesh.peers(self.local())
+    }
+
+    /// The tunnels this host sets up: one per peer, in file order.
+    pub fn tunnels(&self) -> Vec<Tunnel<'_>> {
+        self.peers()
+            .map(|peer| Tunnel {
+                local: self.local(),
+                peer,
+            })
+            .collect()
+    }
+}
+
+impl Mesh {
+    /// Reads and validates a mesh file, and reads the pre-shared key it names.
+    pub fn load(path: &Path) -> Result<Mesh, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            location: None,
+            key: String::new(),
+            kind: Box::new(ErrorKind::Read(e)),
+        })?;
+        Mesh::parse(&text, path)
+    }
+
+    /// Validates the text of a mesh file; `file` names it in errors, and relative paths in it are resolved
+    /// against `file`'s folder.
+    pub fn parse(text: &str, file: &Path) -> Result<Mesh, ConfigError> {
+        let cx = Cx { file, text };
+        let raw: schema::File = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            location: e.span().map(|s| cx.line_col(s.start)),
+            key: String::new(),
+            kind: Box::new(ErrorKind::Syntax(e.message().trim_end().to_owned())),
+        })?;
+        let (mesh_span, section) = match raw.mesh {
+            Some(m) => {
+                let span = m.span();
+                (Some(span), m.into_inner())
+            }
+            None => (None, schema::MeshSection::default()),
+        };
+        let settings = cx.settings(&section)?;
+        let hosts = cx.hosts(&raw.host, &settings)?;
+        let auth = cx.auth(&section, mesh_span, &raw.host)?;
+        Ok(Mesh {
+            file: file.to_owned(),
+            settings,
+            auth,
+            hosts,
+        })
+    }
+
+    /// The host with this name.
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// Our entry: the host named `name` when given (`--host`; its address is then not checked, so a file can be
+    /// checked for another machine), or else the one host whose address is among `local_addrs`.
+    pub fn local_host(
+        &self,
+        name: Option<&str>,
+        local_addrs: &[IpAddr],
+    ) -> Result<&Host, ConfigError> {
+        self.local_index(name, local_addrs)
+            .map(|(i, _)| &self.hosts[i])
+    }
+
+    /// Every host but `local`, in file order.
+    pub fn peers<'a>(&'a self, local: &'a Host) -> impl Iterator<Item = &'a Host> {
+        self.hosts.iter().filter(move |h| h.name != local.name)
+    }
+
+    fn local_index(
+        &self,
+        name: Option<&str>,
+        local_addrs: &[IpAddr],
+    ) -> Result<(usize, FoundBy), ConfigError> {
+        let err = |key: &str, kind| ConfigError {
+            file: self.file.clone(),
+            location: None,
+            key: key.to_owned(),
+            kind: Box::new(kind),
+        };
+        if let Some(name) = name {
+            return match self.hosts.iter().position(|h| h.name == name) {
+                Some(i) => Ok((i, FoundBy::Name)),
+                None => Err(err(
+                    "--host",
+                    ErrorKind::UnknownHost {
+                        name: name.to_owned(),
+                        known: join(self.hosts.iter().map(|h| &h.name)),
+                    },
+                )),
+            };
+        }
+        let ours: Vec<usize> = (0..self.hosts.len())
+            .filter(|&i| local_addrs.contains(&self.hosts[i].address))
+            .collect();
+        match ours[..] {
+            [i] => Ok((i, FoundBy::LocalAddress)),
+            [] => Err(err(
+                "",
+                ErrorKind::NotOurs {
+                    local: if local_addrs.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        join(local_addrs.iter())
+                    },
+                    hosts: join(
+                        self.hosts
+                            .iter()
+                            .map(|h| format!("{} {}", h.name, h.address)),
+                    ),
+                },
+            )),
+            _ => Err(err(
+                "",
+                ErrorKind::Ambiguous {
+                    names: join(ours.iter().map(|&i| &self.hosts[i].name)),
+                },
+            )),
+        }
+    }
+}
+
+fn join<T: fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    items.map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+}

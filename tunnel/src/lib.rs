@@ -1,0 +1,18 @@
+//! vmsecd, the daemon of a mesh of hypervisors whose VM subnets reach each other through IKEv2/ESP tunnels.
+//!
+//! This library is the daemon's infrastructure, driven by the event loop in [`daemon`]:
+//! - [`config`]: the mesh file, validated, and which host this machine is;
+//! - [`tun`]: the route-based TUN interface, non-blocking, in batches, optionally multi-queue;
+//! - [`route`]: routes into the TUN, addresses, and this machine's addresses, over NETLINK_ROUTE;
+//! - [`prefix`]: CIDR prefixes.
+//!
+//! The protocols themselves are sans-IO crates: `ike` (IKEv2) and `esp` (the ESP datapath).
+#![warn(missing_docs, unreachable_pub)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod config;
+pub mod daemon;
+pub mod prefix;
+pub mod route;
+pub mod tun;

@@ -1,0 +1,221 @@
+//! IP prefixes in CIDR notation (`198.19.1.0/24`, `2001:db8:1::/48`): the subnets of the mesh file, the routes
+//! into the TUN, and the traffic selectors of the Child SAs.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use ike::message::TrafficSelector;
+
+/// A network prefix: an address whose bits past `len` are zero, and the prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Prefix {
+    addr: IpAddr,
+    len: u8,
+}
+
+/// Why a string is not a prefix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrefixError {
+    /// Not of the form ADDRESS/LENGTH.
+    #[error("{0:?} is not in CIDR notation: write ADDRESS/LENGTH, e.g. 198.19.1.0/24 or 2001:db8:1::/64")]
+    Syntax(String),
+    /// The length is larger than the address has bits.
+    #[error(
+        "{text:?}: prefix length {len} is too long: an {family} prefix has at most {max} bits"
+    )]
+    TooLong {
+        /// The input.
+        text: String,
+        /// The given length.
+        len: u32,
+        /// "IPv4" or "IPv6".
+        family: &'static str,
+        /// 32 or 128.
+        max: u8,
+    },
+    /// Bits past the length are set, which usually means a typo.
+    #[error("{text:?} has host bits set: did you mean {network}?")]
+    HostBits {
+        /// The input.
+        text: String,
+        /// The prefix with the host bits cleared.
+        network: Prefix,
+    },
+}
+
+impl Prefix {
+    /// A prefix from an address and a length, with the host bits cleared. `len` is capped at the address width.
+    pub fn new(addr: IpAddr, len: u8) -> Prefix {
+        let len = len.min(max_len(addr));
+        Prefix {
+            addr: mask(addr, len),
+            len,
+        }
+    }
+
+    /// The network address (host bits zero).
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length in bits.
+    pub fn prefix_len(&self) -> u8 {
+        self.len
+    }
+
+    /// True for IPv4.
+    pub fn is_ipv4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+
+    /// True if `addr` lies in the prefix.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        addr.is_ipv4() == self.addr.is_ipv4() && mask(addr, self.len) == self.addr
+    }
+
+    /// True if the two prefixes share at least one address, that is one contains the other.
+    pub fn overlaps(&self, other: &Prefix) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
+    }
+
+    /// The traffic selector covering the prefix: all protocols, all ports.
+    pub fn selector(&self) -> TrafficSelector {
+        TrafficSelector::from_prefix(self.addr, self.len)
+    }
+}
+
+fn max_len(addr: IpAddr) -> u8 {
+    if addr.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+fn mask(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let m = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
+        }
+        IpAddr::V6(a) => {
+            let m = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & m))
+        }
+    }
+}
+
+impl FromStr for Prefix {
+    type Err = PrefixError;
+
+    /// Parses `ADDRESS/LENGTH` strictly: host bits must be zero, so that `198.19.1.5/24` is caught as a typo.
+    fn from_str(text: &str) -> Result<Prefix, PrefixError> {
+        let syntax = || PrefixError::Syntax(text.to_owned());
+        let (a, l) = text.split_once('/').ok_or_else(syntax)?;
+        let addr: IpAddr = a.parse().map_err(|_| syntax())?;
+        if l.is_empty() || !l.bytes().all(|b| b.is_ascii_digit()) || l.len() > 3 {
+            return Err(syntax());
+        }
+        let len: u32 = l.parse().map_err(|_| syntax())?;
+        let max = max_len(addr);
+        if len > u32::from(max) {
+            return Err(PrefixError::TooLong {
+                text: text.to_owned(),
+                len,
+                family: if addr.is_ipv4() { "IPv4" } else { "IPv6" },
+                max,
+            });
+        }
+        let p = Prefix::new(addr, len as u8);
+        if p.addr != addr {
+            return Err(PrefixError::HostBits {
+                text: text.to_owned(),
+                network: p,
+            });
+        }
+        Ok(p)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Prefix {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_and_prints() {
+        assert_eq!(p("198.19.1.0/24").to_string(), "198.19.1.0/24");
+        assert_eq!(p("0.0.0.0/0").prefix_len(), 0);
+        assert_eq!(p("2001:db8:1::/48").to_string(), "2001:db8:1::/48");
+        assert_eq!(
+            p("198.18.0.1/32").addr(),
+            "198.18.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn rejects_bad_text() {
+        for bad in [
+            "198.19.1.0",
+            "198.19.1.0/",
+            "/24",
+            "198.19.1/24",
+            "198.19.1.0/+4",
+            "x/1",
+        ] {
+            assert!(
+                matches!(bad.parse::<Prefix>(), Err(PrefixError::Syntax(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            "198.19.1.0/33".parse::<Prefix>(),
+            Err(PrefixError::TooLong { max: 32, .. })
+        ));
+        assert!(matches!(
+            "::/129".parse::<Prefix>(),
+            Err(PrefixError::TooLong { max: 128, .. })
+        ));
+        let e = "198.19.1.5/24".parse::<Prefix>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "\"198.19.1.5/24\" has host bits set: did you mean 198.19.1.0/24?"
+        );
+    }
+
+    #[test]
+    fn containment_and_overlap() {
+        let a = p("198.19.1.0/24");
+        let b = p("198.19.1.128/25");
+        let c = p("198.19.2.0/24");
+        assert!(a.overlaps(&b) && b.overlaps(&a));
+        assert!(!a.overlaps(&c));
+        assert!(a.contains("198.19.1.255".parse().unwrap()));
+        assert!(!a.contains("198.19.2.0".parse().unwrap()));
+        assert!(!a.contains("::ffff:198.19.1.1".parse().unwrap()));
+        assert!(p("0.0.0.0/0").overlaps(&c));
+        assert!(!p("::/0").overlaps(&c));
+    }
+
+    #[test]
+    fn selector_covers_the_prefix() {
+        let ts = p("198.19.2.0/24").selector();
+        assert_eq!(ts.start, "198.19.2.0".parse::<IpAddr>().unwrap());
+        assert_eq!(ts.end, "198.19.2.255".parse::<IpAddr>().unwrap());
+    }
+}
