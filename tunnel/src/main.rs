@@ -113,11 +113,21 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { json, control } => {
-            let _ = (json, control);
-            anyhow::bail!(
-                "vmsecd status is not built yet: it talks to the daemon's control socket, and the daemon event loop \
-                 is not built yet"
-            )
+            let sock = ControlSocket::parse(control.as_deref().unwrap_or("@vmsecd"), Path::new(""))
+                .map_err(|allowed| {
+                    anyhow::anyhow!("--control cannot be used; allowed: {allowed}")
+                })?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the tokio runtime")?;
+            let status = runtime.block_on(daemon::control::query(&sock))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", daemon::control::render(&status));
+            }
+            Ok(())
         }
     }
 }

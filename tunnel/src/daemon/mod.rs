@@ -1,20 +1,508 @@
 //! The event loop that drives IKE and ESP: sockets on 500 and 4500 (and raw ESP), the TUN, the routes, the
-//! timers, the control socket, SIGTERM. Not built yet: [`run`] is the place it goes.
+//! timers, the control socket, SIGTERM.
+//!
+//! One task owns everything: the sans-IO IKE endpoint, the ESP datapath and the descriptors. The datapath
+//! reads the TUN in batches into buffers with headroom, so encapsulation happens in place; decapsulation
+//! writes the inner packet to the TUN straight from the receive buffer.
+
+pub mod control;
+mod datapath;
+mod peers;
+mod sockets;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use esp::framing::{self, UdpPayload};
+use esp::{PacketBuf, HEADROOM, TAILROOM};
+use ike::endpoint::Endpoint;
+use ike::event::{Event, Reason, Transmit};
+use ike::sa::State;
+use tokio::net::UdpSocket;
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
+use crate::route::{Netlink, Route, Routes};
+use crate::tun::{AsyncQueue, Tun, TunOptions};
+use control::{ChildStatus, GlobalDrops, IkeStatus, PeerStatus, SaDrops, Status, Traffic};
+use datapath::{Datapath, Wire};
 
 /// Why the daemon stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// This build has no event loop.
-    #[error("the daemon event loop is not built yet")]
-    NotBuilt,
+    /// Setting up failed (sockets, TUN, routes): the message says what to fix.
+    #[error("{0:#}")]
+    Setup(anyhow::Error),
+    /// The event loop failed.
+    #[error("{0:#}")]
+    Runtime(anyhow::Error),
 }
 
-/// Runs the daemon for the local host of `config` until SIGTERM: called by `vmsecd run` inside a tokio
-/// multi-thread runtime, after the mesh file was validated.
+/// Packets read from the TUN per batch.
+const BATCH: usize = 32;
+/// Wait before initiating towards a peer with a higher address: it is the one expected to initiate.
+const FOLLOWER_DELAY: Duration = Duration::from_secs(3);
+
+/// When to (re)initiate towards each peer.
+struct Initiation {
+    next: Option<Instant>,
+    backoff: Duration,
+}
+
+/// Runs the daemon for the local host of `config` until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), Error> {
-    tracing::debug!(host = %config.local().name, "daemon::run called");
-    Err(Error::NotBuilt)
+    let mut d = Daemon::setup(config).map_err(Error::Setup)?;
+    let r = d.run().await.map_err(Error::Runtime);
+    d.teardown();
+    r
+}
+
+struct Daemon {
+    config: Config,
+    endpoint: Endpoint,
+    datapath: Datapath,
+    routes: Routes,
+    tun: AsyncQueue,
+    udp500: UdpSocket,
+    udp4500: UdpSocket,
+    raw: sockets::RawEsp,
+    control: tokio::net::UnixListener,
+    initiation: HashMap<String, Initiation>,
+    started: Instant,
+}
+
+impl Daemon {
+    fn setup(config: Config) -> anyhow::Result<Daemon> {
+        let s = config.settings().clone();
+        let local = config.local().clone();
+        let peer_cfgs = peers::peer_configs(&config);
+        let tun = Tun::create(&TunOptions::new(&s.interface, s.mtu))?;
+        let ifindex = tun.ifindex();
+        let mut nl = Netlink::open()?;
+        // Packets this host itself sends to a remote VM need a source inside our subnets to match the Child SA.
+        let src_of = |nl: &mut Netlink, v4: bool| -> Option<IpAddr> {
+            let addrs = nl.local_addresses().ok()?;
+            addrs
+                .iter()
+                .map(|a| a.addr)
+                .find(|a| a.is_ipv4() == v4 && local.subnets.iter().any(|p| p.contains(*a)))
+        };
+        let src4 = src_of(&mut nl, true);
+        let src6 = src_of(&mut nl, false);
+        let mut routes = Routes::new(nl);
+        for peer in config.peers() {
+            for net in &peer.subnets {
+                let src = if net.is_ipv4() { src4 } else { src6 };
+                routes.add(Route {
+                    dst: *net,
+                    ifindex,
+                    src,
+                })?;
+            }
+        }
+        let queue = tun
+            .into_queues()
+            .pop()
+            .expect("a TUN has at least one queue");
+        let tun = AsyncQueue::new(queue)?;
+        let udp500 = sockets::udp(local.address, ike::sa::IKE_PORT)?;
+        let udp4500 = sockets::udp(local.address, ike::sa::NAT_T_PORT)?;
+        let raw = sockets::RawEsp::open(local.address)?;
+        let control = control::listen(&s.control_socket)?;
+        let now = Instant::now();
+        let mut initiation = HashMap::new();
+        for p in config.peers() {
+            // The lower address initiates at once; the other side waits a little so that both do not start an
+            // IKE SA at the same moment, and initiates only if none came up.
+            let first = if local.address < p.address {
+                now
+            } else {
+                now + FOLLOWER_DELAY
+            };
+            initiation.insert(
+                p.name.clone(),
+                Initiation {
+                    next: Some(first),
+                    backoff: Duration::from_secs(2),
+                },
+            );
+        }
+        let datapath = Datapath::new(
+            &config
+                .peers()
+                .map(|p| (p.name.clone(), p.subnets.clone()))
+                .collect::<Vec<_>>(),
+        );
+        tracing::info!(
+            host = %local.name, address = %local.address, interface = %s.interface, peers = peer_cfgs.len(),
+            "vmsecd up: routes to {} remote subnets point into {}",
+            routes.installed().len(), s.interface
+        );
+        Ok(Daemon {
+            endpoint: Endpoint::new(peer_cfgs),
+            datapath,
+            routes,
+            tun,
+            udp500,
+            udp4500,
+            raw,
+            control,
+            initiation,
+            started: now,
+            config,
+        })
+    }
+
+    fn teardown(&mut self) {
+        if let Err(e) = self.routes.remove_all() {
+            tracing::warn!("removing routes: {e}");
+        }
+        control::cleanup(&self.config.settings().control_socket);
+        tracing::info!(
+            "vmsecd stopped: routes removed, {} deleted",
+            self.config.settings().interface
+        );
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let ike = self.endpoint.poll_timeout();
+        let init = self.initiation.values().filter_map(|i| i.next).min();
+        [ike, init]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(60))
+    }
+
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mtu = self.config.settings().mtu as usize;
+        let size = HEADROOM + mtu.max(1500) + TAILROOM;
+        let mut tun_bufs = vec![vec![0u8; size]; BATCH];
+        let mut sizes = [0usize; BATCH];
+        let mut udp_buf = vec![0u8; 65536];
+        let mut udp500_buf = vec![0u8; 65536];
+        let mut raw_buf = vec![0u8; 65536];
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.next_deadline());
+            tokio::select! {
+                r = async {
+                    let mut refs: Vec<&mut [u8]> = tun_bufs.iter_mut().map(|b| &mut b[..]).collect();
+                    self.tun.read_batch(&mut refs, &mut sizes, HEADROOM).await
+                } => {
+                    let n = r?;
+                    for (buf, len) in tun_bufs.iter_mut().zip(sizes).take(n) {
+                        let mut pkt = PacketBuf::new(buf, HEADROOM, HEADROOM + len);
+                        if let Some(wire) = self.datapath.encap(&mut pkt) {
+                            self.send_esp(pkt.as_slice(), wire);
+                        }
+                    }
+                }
+                r = self.udp4500.recv_from(&mut udp_buf) => {
+                    let (len, from) = r?;
+                    self.on_udp4500(&mut udp_buf[..len], from).await;
+                }
+                r = self.udp500.recv_from(&mut udp500_buf) => {
+                    let (len, from) = r?;
+                    self.endpoint.handle(Instant::now(), &udp500_buf[..len], from, ike::sa::IKE_PORT);
+                }
+                r = self.raw.recv(&mut raw_buf) => {
+                    let len = r?;
+                    self.on_raw(&mut raw_buf[..len]).await;
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let now = Instant::now();
+                    self.endpoint.handle_timeout(now);
+                    self.initiate_due(now);
+                }
+                r = self.control.accept() => {
+                    if let Ok((mut stream, _)) = r {
+                        if let Some(req) = control::read_request(&mut stream).await {
+                            let body = match req.as_str() {
+                                "status" => serde_json::to_string(&self.status())?,
+                                other => format!("{{\"error\":\"unknown request {other:?}\"}}"),
+                            };
+                            use tokio::io::AsyncWriteExt;
+                            let _ = stream.write_all(format!("{body}\n").as_bytes()).await;
+                        }
+                    }
+                }
+                _ = term.recv() => return self.shutdown().await,
+                _ = int.recv() => return self.shutdown().await,
+            }
+            self.pump().await;
+        }
+    }
+
+    fn send_esp(&self, pkt: &[u8], wire: Wire) {
+        let r = match wire {
+            Wire::Udp(to) => self.udp4500.try_send_to(pkt, to),
+            Wire::Raw(to) => self.raw.send(pkt, to),
+        };
+        if let Err(e) = r {
+            tracing::debug!("sending ESP: {e}");
+        }
+    }
+
+    async fn on_udp4500(&mut self, data: &mut [u8], from: SocketAddr) {
+        match framing::classify_udp(data) {
+            UdpPayload::Ike { offset } => {
+                self.endpoint
+                    .handle(Instant::now(), &data[offset..], from, ike::sa::NAT_T_PORT);
+            }
+            UdpPayload::Esp => {
+                let mut pkt = PacketBuf::full(data);
+                if self.datapath.decap(&mut pkt) {
+                    let _ = self.tun.write(pkt.as_slice()).await;
+                }
+            }
+            UdpPayload::Keepalive | UdpPayload::Invalid => {}
+        }
+    }
+
+    async fn on_raw(&mut self, data: &mut [u8]) {
+        let Some(ip) = framing::parse_ipv4(data) else {
+            return;
+        };
+        if ip.protocol != framing::IPPROTO_ESP {
+            return;
+        }
+        let mut pkt = PacketBuf::new(data, ip.payload_offset, ip.payload_end);
+        if self.datapath.decap(&mut pkt) {
+            let _ = self.tun.write(pkt.as_slice()).await;
+        }
+    }
+
+    fn initiate_due(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .initiation
+            .iter()
+            .filter(|(_, i)| i.next.is_some_and(|t| t <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in due {
+            let i = self.initiation.get_mut(&name).expect("listed");
+            i.next = None;
+            if !self.endpoint.has_sa(&name) {
+                tracing::info!(peer = %name, "initiating IKE SA");
+                self.endpoint.connect(now, &name);
+            }
+        }
+    }
+
+    /// Sends what IKE queued and acts on its events.
+    async fn pump(&mut self) {
+        while let Some(t) = self.endpoint.poll_transmit() {
+            self.send_ike(&t).await;
+        }
+        while let Some(e) = self.endpoint.poll_event() {
+            self.on_event(e);
+        }
+    }
+
+    async fn send_ike(&self, t: &Transmit) {
+        let sock = if t.local_port == ike::sa::NAT_T_PORT {
+            &self.udp4500
+        } else {
+            &self.udp500
+        };
+        if let Err(e) = sock.send_to(&t.data, t.remote).await {
+            tracing::warn!(to = %t.remote, "sending IKE message: {e}");
+        }
+    }
+
+    fn on_event(&mut self, e: Event) {
+        let window = self.config.settings().replay_window;
+        match e {
+            Event::IkeUp {
+                peer,
+                spis,
+                algorithms,
+                remote,
+                nat,
+                initiator,
+            } => {
+                tracing::info!(
+                    %peer, %remote, spi_i = format!("{:016x}", spis.0), spi_r = format!("{:016x}", spis.1),
+                    %algorithms, udp_encap = nat, role = if initiator { "initiator" } else { "responder" },
+                    "IKE SA established"
+                );
+                if let Some(i) = self.initiation.get_mut(&peer) {
+                    i.backoff = Duration::from_secs(2);
+                }
+            }
+            Event::IkeDown { peer, reason } => {
+                match &reason {
+                    Reason::DeletedByUs => tracing::info!(%peer, "IKE SA deleted"),
+                    _ => tracing::warn!(%peer, "IKE SA down: {reason}"),
+                }
+                // Keep trying, with back-off: the mesh wants every tunnel up.
+                if let Some(i) = self.initiation.get_mut(&peer) {
+                    let wait = i.backoff;
+                    i.backoff = (i.backoff * 2).min(Duration::from_secs(120));
+                    i.next = Some(Instant::now() + wait);
+                }
+            }
+            Event::ChildUp(c) => {
+                tracing::info!(
+                    peer = %c.peer, spi_in = format!("{:08x}", c.spi_in), spi_out = format!("{:08x}", c.spi_out),
+                    transform = %c.transform, esn = c.esn, udp_encap = c.udp_encap,
+                    local = %ts(&c.ts_local), remote = %ts(&c.ts_remote), "Child SA up"
+                );
+                if let Err(e) = self.datapath.install(&c, window) {
+                    tracing::error!(peer = %c.peer, "cannot install Child SA: {e}");
+                }
+            }
+            Event::ChildRekeyed { old_spi_in, new } => {
+                tracing::info!(
+                    peer = %new.peer, old_spi_in = format!("{old_spi_in:08x}"), spi_in = format!("{:08x}", new.spi_in),
+                    spi_out = format!("{:08x}", new.spi_out), "Child SA rekeyed"
+                );
+                if let Err(e) = self.datapath.install(&new, window) {
+                    tracing::error!(peer = %new.peer, "cannot install rekeyed Child SA: {e}");
+                }
+            }
+            Event::ChildDown {
+                peer,
+                spi_in,
+                spi_out,
+                reason,
+            } => {
+                if spi_in != 0 {
+                    tracing::info!(%peer, spi_in = format!("{spi_in:08x}"), spi_out = format!("{spi_out:08x}"), "Child SA deleted: {reason}");
+                    self.datapath.remove(&peer, spi_in, spi_out);
+                } else {
+                    tracing::warn!(%peer, "Child SA refused: {reason}");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn shutdown(&mut self) -> anyhow::Result<()> {
+        tracing::info!("shutting down: deleting SAs");
+        self.endpoint.delete_all(Instant::now());
+        self.pump().await;
+        // Give each peer a moment to acknowledge the delete, so its side is clean too.
+        let end = tokio::time::Instant::now() + Duration::from_secs(2);
+        let mut buf = vec![0u8; 65536];
+        let mut buf2 = vec![0u8; 65536];
+        while !self.endpoint.is_idle() {
+            tokio::select! {
+                r = self.udp500.recv_from(&mut buf) => if let Ok((len, from)) = r {
+                    self.endpoint.handle(Instant::now(), &buf[..len], from, ike::sa::IKE_PORT);
+                },
+                r = self.udp4500.recv_from(&mut buf2) => if let Ok((len, from)) = r {
+                    if let UdpPayload::Ike { offset } = framing::classify_udp(&buf2[..len]) {
+                        self.endpoint.handle(Instant::now(), &buf2[offset..len], from, ike::sa::NAT_T_PORT);
+                    }
+                },
+                _ = tokio::time::sleep_until(end) => break,
+            }
+            self.pump().await;
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> Status {
+        let now = Instant::now();
+        let sas = self.endpoint.status();
+        let peers = self
+            .config
+            .peers()
+            .map(|p| {
+                let sa = sas
+                    .iter()
+                    .filter(|(n, _)| *n == p.name)
+                    .map(|(_, s)| s)
+                    .max_by_key(|s| s.state == State::Established);
+                let state = match sa.map(|s| s.state) {
+                    Some(State::Established) => "established",
+                    Some(State::Closed) | None => "down",
+                    Some(_) => "connecting",
+                };
+                let ike = sa.map(|s| IkeStatus {
+                    spi_i: format!("{:016x}", s.spis.0),
+                    spi_r: format!("{:016x}", s.spis.1),
+                    initiator: s.initiator,
+                    algorithms: s.algorithms.clone().unwrap_or_default(),
+                    established_seconds: s
+                        .established_at
+                        .map(|t| now.saturating_duration_since(t).as_secs()),
+                    rekey_in_seconds: s
+                        .rekey_at
+                        .map(|t| t.saturating_duration_since(now).as_secs()),
+                    remote: s.remote.to_string(),
+                    udp_encap: s.nat,
+                });
+                let children = sa
+                    .map(|s| {
+                        s.children
+                            .iter()
+                            .map(|(spi_in, spi_out, alg, rekey)| {
+                                let cin =
+                                    self.datapath.inbound_counters(*spi_in).unwrap_or_default();
+                                let cout = self
+                                    .datapath
+                                    .outbound_counters(&p.name, *spi_out)
+                                    .unwrap_or_default();
+                                ChildStatus {
+                                    spi_in: format!("{spi_in:08x}"),
+                                    spi_out: format!("{spi_out:08x}"),
+                                    algorithms: alg.clone(),
+                                    rekey_in_seconds: rekey
+                                        .saturating_duration_since(now)
+                                        .as_secs(),
+                                    r#in: Traffic {
+                                        packets: cin.packets,
+                                        bytes: cin.bytes,
+                                    },
+                                    out: Traffic {
+                                        packets: cout.packets,
+                                        bytes: cout.bytes,
+                                    },
+                                    drops: SaDrops {
+                                        replay: cin.drop_replay,
+                                        auth: cin.drop_auth,
+                                        malformed: cin.drop_malformed,
+                                        dummy: cin.drop_dummy,
+                                    },
+                                }
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                PeerStatus {
+                    name: p.name.clone(),
+                    address: p.address.to_string(),
+                    state: state.into(),
+                    ike,
+                    children,
+                }
+            })
+            .collect();
+        let d = self.datapath.drops;
+        let _ = self.started;
+        Status {
+            host: self.config.local().name.clone(),
+            peers,
+            drops: GlobalDrops {
+                no_sa_in: self.datapath.no_sa_in(),
+                no_sa_out: d.no_sa_out,
+                no_route: d.no_route,
+                policy: d.policy,
+                encap_failed: d.encap_failed,
+            },
+        }
+    }
+}
+
+fn ts(t: &[ike::message::TrafficSelector]) -> String {
+    t.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -1,0 +1,55 @@
+//! From the mesh file to what the IKE engine needs per peer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ike::config::{AuthMethod, Lifetimes, PeerConfig, Retransmit};
+use ike::message::{Id, IdType};
+use zeroize::Zeroizing;
+
+use crate::config::{Auth, Config, Encap, Identity};
+
+fn id(i: &Identity) -> Id {
+    let (t, data) = i.wire();
+    Id {
+        id_type: IdType(t),
+        data,
+    }
+}
+
+/// One IKE peer configuration per other host in the mesh.
+pub(crate) fn peer_configs(config: &Config) -> Vec<Arc<PeerConfig>> {
+    let s = config.settings();
+    let local = config.local();
+    let auth = match &config.mesh.auth {
+        Auth::Psk(psk) => AuthMethod::Psk(Zeroizing::new(psk.secret().to_vec())),
+    };
+    config
+        .peers()
+        .map(|peer| {
+            Arc::new(PeerConfig {
+                name: peer.name.clone(),
+                local_addr: local.address,
+                remote_addr: peer.address,
+                remote_port: peer.port,
+                local_id: id(&local.id),
+                remote_id: id(&peer.id),
+                auth: auth.clone(),
+                ike_proposals: s.ike_proposals.clone(),
+                esp_proposals: s.esp_proposals.clone(),
+                local_ts: local.subnets.iter().map(|p| p.selector()).collect(),
+                remote_ts: peer.subnets.iter().map(|p| p.selector()).collect(),
+                force_encap: s.encap == Encap::Udp,
+                retransmit: Retransmit::default(),
+                lifetimes: Lifetimes {
+                    ike_rekey: s.ike_lifetime.saturating_sub(s.rekey_margin),
+                    child_rekey: s.child_lifetime.saturating_sub(s.rekey_margin),
+                    // Up to a third of the margin at random, so two peers rarely rekey at the same moment.
+                    jitter: s.rekey_margin / 3,
+                    dpd_delay: s.dpd_delay.unwrap_or(Duration::ZERO),
+                },
+                replay_window: s.replay_window,
+            })
+        })
+        .collect()
+}
