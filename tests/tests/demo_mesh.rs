@@ -51,4 +51,23 @@ fn demo_mesh_of_three_hypervisors() {
         "{text}"
     );
     assert!(text.contains("ESP"), "the underlay carried ESP:\n{text}");
+    // Nothing the demo started may outlive it: no process still has its config folder on its command line.
+    let dir = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("the mesh file is ")
+                .and_then(|r| r.split("/mesh.toml").next())
+        })
+        .expect("the demo names its folder")
+        .to_owned();
+    let left = Command::new("pgrep")
+        .args(["-f", &dir])
+        .output()
+        .expect("pgrep");
+    assert!(
+        left.stdout.is_empty(),
+        "processes left behind: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

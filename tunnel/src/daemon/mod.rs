@@ -201,17 +201,30 @@ impl Daemon {
                         }
                     }
                 }
-                r = self.udp4500.recv_from(&mut udp_buf) => {
-                    let (len, from) = r?;
-                    self.on_udp4500(&mut udp_buf[..len], from).await;
+                r = self.udp4500.readable() => {
+                    r?;
+                    // Drain what is queued: one wake-up, many datagrams.
+                    for _ in 0..BATCH {
+                        match self.udp4500.try_recv_from(&mut udp_buf) {
+                            Ok((len, from)) => self.on_udp4500(&mut udp_buf[..len], from),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
                 }
                 r = self.udp500.recv_from(&mut udp500_buf) => {
                     let (len, from) = r?;
                     self.endpoint.handle(Instant::now(), &udp500_buf[..len], from, ike::sa::IKE_PORT);
                 }
-                r = self.raw.recv(&mut raw_buf) => {
-                    let len = r?;
-                    self.on_raw(&mut raw_buf[..len]).await;
+                r = self.raw.readable() => {
+                    r?;
+                    for _ in 0..BATCH {
+                        match self.raw.try_recv(&mut raw_buf) {
+                            Ok(len) => self.on_raw(&mut raw_buf[..len]),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     let now = Instant::now();
@@ -247,7 +260,14 @@ impl Daemon {
         }
     }
 
-    async fn on_udp4500(&mut self, data: &mut [u8], from: SocketAddr) {
+    /// Writes a decapsulated packet to the TUN; a full TUN queue drops it (the kernel would too).
+    fn deliver(&self, pkt: &[u8]) {
+        if let Err(e) = self.tun.get_ref().write(pkt) {
+            tracing::debug!("writing to the TUN: {e}");
+        }
+    }
+
+    fn on_udp4500(&mut self, data: &mut [u8], from: SocketAddr) {
         match framing::classify_udp(data) {
             UdpPayload::Ike { offset } => {
                 self.endpoint
@@ -256,14 +276,14 @@ impl Daemon {
             UdpPayload::Esp => {
                 let mut pkt = PacketBuf::full(data);
                 if self.datapath.decap(&mut pkt) {
-                    let _ = self.tun.write(pkt.as_slice()).await;
+                    self.deliver(pkt.as_slice());
                 }
             }
             UdpPayload::Keepalive | UdpPayload::Invalid => {}
         }
     }
 
-    async fn on_raw(&mut self, data: &mut [u8]) {
+    fn on_raw(&mut self, data: &mut [u8]) {
         let Some(ip) = framing::parse_ipv4(data) else {
             return;
         };
@@ -272,7 +292,7 @@ impl Daemon {
         }
         let mut pkt = PacketBuf::new(data, ip.payload_offset, ip.payload_end);
         if self.datapath.decap(&mut pkt) {
-            let _ = self.tun.write(pkt.as_slice()).await;
+            self.deliver(pkt.as_slice());
         }
     }
 
