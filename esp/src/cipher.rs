@@ -82,7 +82,7 @@ impl Cipher {
                     .expect("in-place seal of a bounded buffer cannot fail");
                 icv.copy_from_slice(tag.as_ref());
             }
-            //= https://www.rfc-editor.org/rfc/rfc3602#section-2.4
+            //= https://www.rfc-editor.org/rfc/rfc3602#section-3
             //# The IV MUST be chosen at random, and MUST be unpredictable.
             Cipher::CbcHmac(c) => {
                 let (enc, mac) = (&c.enc, &c.mac);
@@ -119,8 +119,9 @@ impl Cipher {
             Cipher::CbcHmac(c) => {
                 let (dec, mac) = (&c.dec, &c.mac);
                 //= https://www.rfc-editor.org/rfc/rfc4303#section-3.4.4.1
-                //# If a separate integrity algorithm is employed, then the receiver computes the ICV over the
-                //# ESP packet minus the ICV, using the specified integrity algorithm
+                //# If integrity has been selected, the receiver computes the ICV over the ESP packet minus the ICV,
+                //# using the specified integrity algorithm and verifies that it is the same as the ICV carried in
+                //# the packet.
                 let tag = cbc_icv(mac, &pkt[..icv_start], seq_hi);
                 constant_time::verify_slices_are_equal(
                     &tag.as_ref()[..t.icv_len()],
@@ -139,7 +140,7 @@ impl Cipher {
 }
 
 //= https://www.rfc-editor.org/rfc/rfc4106#section-4
-//# The nonce is the concatenation of the salt and the IV
+//# The nonce passed to the GCM-AES encryption algorithm has the following layout:
 fn nonce(salt: &[u8; 4], iv: &[u8]) -> aead::Nonce {
     let mut n = [0u8; 12];
     n[..4].copy_from_slice(salt);

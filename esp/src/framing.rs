@@ -12,7 +12,7 @@ pub const NAT_T_PORT: u16 = 4500;
 pub const IPPROTO_ESP: u8 = 50;
 /// Four zero bytes in front of an IKE message on port 4500.
 //= https://www.rfc-editor.org/rfc/rfc3948#section-2.2
-//# The Non-ESP Marker is 4 bytes of zero aligning with the SPI field of an ESP packet.
+//# A Non-ESP Marker is 4 zero-valued bytes aligning with the SPI field of an ESP packet.
 pub const NON_ESP_MARKER: [u8; 4] = [0; 4];
 
 /// What a datagram received on UDP port 4500 holds.
@@ -35,10 +35,10 @@ pub enum UdpPayload {
 pub fn classify_udp(payload: &[u8]) -> UdpPayload {
     match payload {
         //= https://www.rfc-editor.org/rfc/rfc3948#section-2.3
-        //# The sender SHOULD use a one-octet long payload with the value 0xFF.
+        //# The sender MUST use a one-octet-long payload with the value 0xFF.
         [0xff] => UdpPayload::Keepalive,
-        //= https://www.rfc-editor.org/rfc/rfc3948#section-2.2
-        //# The SPI field in the ESP header MUST NOT be zero.
+        //= https://www.rfc-editor.org/rfc/rfc3948#section-2.1
+        //# The SPI field in the ESP header MUST NOT be a zero value.
         [0, 0, 0, 0, rest @ ..] if !rest.is_empty() => UdpPayload::Ike { offset: 4 },
         [a, b, c, d, _, _, _, _, ..] if [*a, *b, *c, *d] != [0; 4] => UdpPayload::Esp,
         _ => UdpPayload::Invalid,

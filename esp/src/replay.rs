@@ -63,7 +63,8 @@ impl ReplayWindow {
     /// Checks a (full, 64-bit) sequence number without changing the window.
     //= https://www.rfc-editor.org/rfc/rfc4303#section-3.4.3
     //# If the received packet falls within the window and is not a duplicate, or if the packet is to the right of
-    //# the window, then the receiver proceeds to ICV verification.
+    //# the window, and if a separate integrity algorithm is employed, then the receiver proceeds to integrity
+    //# verification.
     pub fn check(&self, seq: u64) -> Result<(), ReplayError> {
         if seq > self.top {
             return Ok(());
@@ -81,7 +82,7 @@ impl ReplayWindow {
 
     /// Records a sequence number whose packet passed ICV verification.
     //= https://www.rfc-editor.org/rfc/rfc4303#section-3.4.3
-    //# The receive window is updated only if the ICV verification succeeds.
+    //# The receive window is updated only if the integrity verification succeeds.
     pub fn update(&mut self, seq: u64) {
         if seq > self.top {
             let cur = self.top >> 6;
@@ -100,7 +101,7 @@ impl ReplayWindow {
 
     /// Reconstructs the high-order 32 bits of an extended sequence number from its transmitted low half.
     //= https://www.rfc-editor.org/rfc/rfc4303#appendix-A.2.2
-    //# If Seql >= Bl (where Bl = Tl - W + 1) AND Seql <= Tl, then Seqh = Th.
+    //# If Seql >= Bl (where Bl = Tl - W + 1), then Seqh = Th
     pub fn esn_high(&self, seq_lo: u32) -> u32 {
         let w = self.size as u32;
         let tl = self.top as u32;

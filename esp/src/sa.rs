@@ -168,8 +168,7 @@ impl OutboundSa {
         let seq = self.next_seq()?;
         let mut iv = [0u8; 16];
         //= https://www.rfc-editor.org/rfc/rfc4106#section-3.1
-        //# The IV MUST be chosen by the encryptor in a manner that ensures that the same IV value is used only once
-        //# for a given key.
+        //# For a given key, the IV MUST NOT repeat.
         // The full sequence number is unique per SA, so it serves as the AEAD IV (RFC 4106 3.1 suggests a counter).
         iv[..8].copy_from_slice(&seq.to_be_bytes());
         self.encap_with(pkt, next_header, seq, &iv)
@@ -195,7 +194,8 @@ impl OutboundSa {
         let t = self.params.transform;
         let inner_len = pkt.len();
         //= https://www.rfc-editor.org/rfc/rfc4303#section-2.4
-        //# the Padding field is used to ensure that the resulting ciphertext terminates on a 4-byte boundary.
+        //# Padding also may be required, irrespective of encryption algorithm requirements, to ensure that the
+        //# resulting ciphertext terminates on a 4-byte boundary.
         let pad = (t.block_len() - (inner_len + 2) % t.block_len()) % t.block_len();
         let front = t.header_overhead();
         let back = pad + 2 + t.icv_len();
@@ -207,7 +207,7 @@ impl OutboundSa {
         }
         let trailer = pkt.push_back(back)?;
         //= https://www.rfc-editor.org/rfc/rfc4303#section-2.4
-        //# the Padding bytes are initialized with a series of (unsigned, 1-byte) integer values.  The first padding
+        //# The Padding bytes are initialized with a series of (unsigned, 1-byte) integer values.  The first padding
         //# byte appended to the plaintext is numbered 1, with subsequent padding bytes making up a monotonically
         //# increasing sequence
         for (i, b) in trailer[..pad].iter_mut().enumerate() {
@@ -218,7 +218,8 @@ impl OutboundSa {
         let header = pkt.push_front(front)?;
         header[..4].copy_from_slice(&self.params.spi.to_be_bytes());
         //= https://www.rfc-editor.org/rfc/rfc4303#section-2.2.1
-        //# only the low-order 32 bits of the sequence number are transmitted in the plaintext ESP header
+        //# Only the low-order 32 bits of the sequence number are transmitted in the plaintext ESP header of each
+        //# packet, thus minimizing packet overhead.
         header[4..8].copy_from_slice(&(seq as u32).to_be_bytes());
         if t.is_aead() {
             header[ESP_HEADER_LEN..].copy_from_slice(&iv[..t.iv_len()]);
@@ -290,7 +291,8 @@ impl InboundSa {
             return Err(DropReason::Dummy);
         }
         //= https://www.rfc-editor.org/rfc/rfc4303#section-2.6
-        //# In tunnel mode, this value will be 4 (for IPv4) or 41 (for IPv6).
+        //# The value of this field is chosen from the set of IP Protocol Numbers defined on the web page of the IANA,
+        //# e.g., a value of 4 indicates IPv4, a value of 41 indicates IPv6, and a value of 6 indicates TCP.
         let version = pkt.as_slice().first().map(|b| b >> 4);
         let ok = match inner.next_header {
             NEXT_HEADER_IPV4 => version == Some(4),
@@ -315,7 +317,8 @@ impl InboundSa {
         }
         let encrypted_len = len - head - t.icv_len();
         //= https://www.rfc-editor.org/rfc/rfc4303#section-2.4
-        //# the Padding field is used to ensure that the resulting ciphertext terminates on a 4-byte boundary.
+        //# Padding also may be required, irrespective of encryption algorithm requirements, to ensure that the
+        //# resulting ciphertext terminates on a 4-byte boundary.
         if !encrypted_len.is_multiple_of(t.block_len()) {
             return Err(DropReason::Malformed);
         }
@@ -334,7 +337,8 @@ impl InboundSa {
         }
         //= https://www.rfc-editor.org/rfc/rfc4303#section-3.4.3
         //# If the received packet falls within the window and is not a duplicate, or if the packet is to the right
-        //# of the window, then the receiver proceeds to ICV verification.
+        //# of the window, and if a separate integrity algorithm is employed, then the receiver proceeds to integrity
+        //# verification.
         self.window
             .check(seq)
             .map_err(|_: ReplayError| DropReason::Replay)?;

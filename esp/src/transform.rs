@@ -53,7 +53,7 @@ impl Transform {
     /// Bytes of salt taken from the keying material after the cipher key.
     //= https://www.rfc-editor.org/rfc/rfc4106#section-8.1
     //# The size of the KEYMAT for the AES-GCM-ESP MUST be four octets longer than is needed for the associated AES
-    //# key.  The keying material is used as follows: ... The remaining four octets are used as the salt value
+    //# key.
     pub fn salt_len(self) -> usize {
         if self.is_aead() {
             4
@@ -66,7 +66,10 @@ impl Transform {
     pub fn integ_key_len(self) -> usize {
         match self {
             //= https://www.rfc-editor.org/rfc/rfc4868#section-2.1.1
-            //# HMAC-SHA-256-128 ... key length of 256 bits
+            //# While no fixed key length is specified in [HMAC], this specification requires that when used as an
+            //# integrity/authentication algorithm, a fixed key length equal to the output length of the hash functions
+            //# MUST be supported, and key lengths other than the output length of the associated hash function MUST
+            //# NOT be supported.
             Transform::AesCbc128HmacSha256 | Transform::AesCbc256HmacSha256 => 32,
             _ => 0,
         }
@@ -81,12 +84,12 @@ impl Transform {
     pub fn iv_len(self) -> usize {
         match self {
             //= https://www.rfc-editor.org/rfc/rfc4106#section-3.1
-            //# The AES-GCM IV field MUST be eight octets.
+            //# The AES-GCM-ESP IV field MUST be eight octets.
             Transform::AesGcm128 | Transform::AesGcm256 => 8,
             //= https://www.rfc-editor.org/rfc/rfc7634#section-2
-            //# The IV is 64 bits
+            //# The IV field is 64 bits.
             Transform::ChaCha20Poly1305 => 8,
-            //= https://www.rfc-editor.org/rfc/rfc3602#section-2.4
+            //= https://www.rfc-editor.org/rfc/rfc3602#section-3
             //# The IV field MUST be the same size as the block size of the cipher algorithm being used.
             Transform::AesCbc128HmacSha256 | Transform::AesCbc256HmacSha256 => 16,
         }
@@ -101,7 +104,8 @@ impl Transform {
     pub fn block_len(self) -> usize {
         match self {
             //= https://www.rfc-editor.org/rfc/rfc4303#section-2.4
-            //# the Padding field is used to ensure that the resulting ciphertext terminates on a 4-byte boundary
+            //# Padding also may be required, irrespective of encryption algorithm requirements, to ensure that the
+            //# resulting ciphertext terminates on a 4-byte boundary.
             Transform::AesGcm128 | Transform::AesGcm256 | Transform::ChaCha20Poly1305 => 4,
             Transform::AesCbc128HmacSha256 | Transform::AesCbc256HmacSha256 => 16,
         }

@@ -182,8 +182,9 @@ impl Endpoint {
             let Some(ni) = ni else { return };
             let expected = suite::cookie(&self.cookie_secret, &ni, from.ip(), h.spi_i);
             //= https://www.rfc-editor.org/rfc/rfc7296#section-2.6
-            //# When one party receives an IKE_SA_INIT request containing a Cookie notification, it MUST ... check
-            //# the cookie
+            //# When one party receives an IKE_SA_INIT request containing a cookie whose contents do not match the
+            //# value expected, that party MUST ignore the cookie and process the message as if no cookie had been
+            //# included; usually this means sending a response containing a new cookie.
             let presented = match parsed.payloads.first() {
                 Some(Payload::Notify(x)) if x.ntype == n::COOKIE => Some(x.data.clone()),
                 _ => None,

@@ -378,9 +378,9 @@ impl SkCipher {
             Inner::Aead { key, salt, .. } => {
                 let mut buf = Zeroizing::new(body[iv_len..icv_start].to_vec());
                 //= https://www.rfc-editor.org/rfc/rfc5282#section-5.1
-                //# The associated data MUST consist of the partial contents of the IKEv2 message, starting from
-                //# the first octet of the Fixed IKE Header through the last octet of the Payload Header of the
-                //# Encrypted Payload (i.e., the fourth octet of the Encrypted Payload).
+                //# The associated data (A) MUST consist of the partial contents of the IKEv2 message, starting
+                //# from the first octet of the Fixed IKE Header through the last octet of the Payload Header of the
+                //# Encrypted Payload (i.e., the fourth octet of the Encrypted Payload), as shown in Figure 3.
                 key.open_in_place_separate_tag(
                     nonce(salt, &body[..iv_len]),
                     aead::Aad::from(aad),

@@ -80,7 +80,7 @@ impl Header {
             length: r.u32()?,
         };
         //= https://www.rfc-editor.org/rfc/rfc7296#section-3.1
-        //# Implementations based on this version of the protocol MUST set the major version to 2.
+        //# Implementations based on this version of IKE MUST set the major version to 2.
         if h.version >> 4 != 2 {
             return Err(ParseError::BadVersion(h.version >> 4));
         }

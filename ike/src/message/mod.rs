@@ -66,7 +66,7 @@ pub enum ParseError {
     BadLength(&'static str),
     /// The major version is not 2.
     //= https://www.rfc-editor.org/rfc/rfc7296#section-3.1
-    //# Implementations based on this version of the protocol MUST set the major version to 2.
+    //# Implementations based on this version of IKE MUST set the major version to 2.
     #[error("IKE major version {0} is not 2")]
     BadVersion(u8),
     /// A payload the receiver must understand is unknown to us: answer UNSUPPORTED_CRITICAL_PAYLOAD.

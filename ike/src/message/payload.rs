@@ -278,7 +278,7 @@ impl Payload {
                 for (i, p) in props.iter().enumerate() {
                     let start = out.len();
                     //= https://www.rfc-editor.org/rfc/rfc7296#section-3.3.1
-                    //# Last Substruc (1 octet) - Specifies whether this is the last Proposal Substructure in the
+                    //# Last Substruc (1 octet) - Specifies whether or not this is the last Proposal Substructure in the
                     //# SA.  This field has a value of 0 if this was the last Proposal Substructure, and a value of 2
                     //# if there are more Proposal Substructures.
                     out.push(if i + 1 == props.len() { 0 } else { 2 });
@@ -299,7 +299,11 @@ impl Payload {
                         out.extend_from_slice(&t.id.to_be_bytes());
                         if let Some(k) = t.key_len {
                             //= https://www.rfc-editor.org/rfc/rfc7296#section-3.3.5
-                            //# Key Length | 14 | TV
+                            //# If the AF bit is zero (0), then the attribute uses TLV format; if the AF bit is one
+                            //# (1), the TV format (with two-byte value) is used.
+                            //= https://www.rfc-editor.org/rfc/rfc7296#section-3.3.5
+                            //# The Key Length attribute specifies the key length in bits (MUST use network byte
+                            //# order) for certain transforms as follows:
                             out.extend_from_slice(&(0x8000u16 | 14).to_be_bytes());
                             out.extend_from_slice(&k.to_be_bytes());
                         }
@@ -564,7 +568,7 @@ pub fn parse_chain(
         let body = &buf[off + 4..off + len];
         if next == PayloadType::SK || next == PayloadType::SKF {
             //= https://www.rfc-editor.org/rfc/rfc7296#section-3.14
-            //# the Encrypted payload, if present in a message, MUST be the last payload in the message.
+            //# The Encrypted payload, if present in a message, MUST be the last payload in the message.
             if off + len != buf.len() {
                 return Err(ParseError::Invalid("payload after the Encrypted payload"));
             }
@@ -573,7 +577,9 @@ pub fn parse_chain(
                 let number = f.u16()?;
                 let total = f.u16()?;
                 //= https://www.rfc-editor.org/rfc/rfc7383#section-2.5
-                //# Fragment Number ... MUST be less than or equal to the Total Fragments
+                //# Fragment Number (2 octets, unsigned integer) - current Fragment message number, starting from 1.
+                //# This field MUST be less than or equal to the next field (Total Fragments).  This field MUST NOT be
+                //# zero.
                 if number == 0 || number > total {
                     return Err(ParseError::Invalid("fragment number"));
                 }
@@ -593,7 +599,7 @@ pub fn parse_chain(
         }
         let known = matches!(next, 33..=45 | 47);
         if !known && critical {
-            //= https://www.rfc-editor.org/rfc/rfc7296#section-3.2
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.5
             //# If the critical flag is set and the payload type is unrecognized, the message MUST be rejected
             return Err(ParseError::UnsupportedCritical(next));
         }
