@@ -116,8 +116,10 @@ impl ReplayWindow {
             }
         } else {
             // Case B: the window spans two subspaces.
-            if seq_lo >= bl {
-                th.wrapping_sub(1)
+            // In subspace 0 there is no earlier subspace: a low half at or above Bl is then a packet far to
+            // the right in subspace 0, not one from "subspace -1" (which would wrap to 2^32 - 1).
+            if seq_lo >= bl && th > 0 {
+                th - 1
             } else {
                 th
             }
@@ -202,5 +204,7 @@ mod tests {
         let w = ReplayWindow::new(1024);
         assert_eq!(w.esn_high(1), 0);
         assert_eq!(w.esn_high(5000), 0);
+        // Found reading the fuzz harness: this used to wrap to subspace 0xffffffff.
+        assert_eq!(w.esn_high(u32::MAX - 5), 0);
     }
 }
