@@ -167,6 +167,8 @@ impl Backend for AwsLc {
     }
 }
 
+// Held once per bench, by value like the other backends' keys: size does not matter here.
+#[allow(clippy::large_enum_variant)]
 enum RustCrypto {
     Aes128Gcm(aes_gcm::Aes128Gcm),
     Aes256Gcm(aes_gcm::Aes256Gcm),
@@ -240,7 +242,9 @@ fn check_aead_interop() {
                 "{} ring vs rustcrypto seal, len {len}",
                 alg.name()
             );
-            assert_ne!(br, pt, "ciphertext equals plaintext");
+            if len > 0 {
+                assert_ne!(br, pt, "ciphertext equals plaintext");
+            }
             // Each backend opens the (identical) output; a flipped tag bit must be rejected.
             let mut bad = tr;
             bad[0] ^= 1;
