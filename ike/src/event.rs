@@ -130,11 +130,19 @@ pub enum Event {
     /// A Child SA pair is ready: install it.
     ChildUp(Box<ChildSaInfo>),
     /// A Child SA replaced another: install the new one, keep the old inbound SA until `ChildDown`.
+    ///
+    /// When we initiated the rekey the peer installed both new SAs before answering, so the new outbound SA can
+    /// carry traffic at once. When we answered it (`we_initiated` false), the peer installs its new inbound SA
+    /// only once it has processed our response: keep sending on the old outbound SA until the peer deletes the
+    /// old SA or traffic arrives on the new inbound one (RFC 7296 2.8; strongSwan delays its outbound SA the
+    /// same way), or packets sent in between are lost.
     ChildRekeyed {
         /// Inbound SPI of the SA it replaces.
         old_spi_in: u32,
         /// The new SA.
         new: Box<ChildSaInfo>,
+        /// True if we initiated the rekey.
+        we_initiated: bool,
     },
     /// A Child SA pair is gone: remove it.
     ChildDown {

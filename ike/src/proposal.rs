@@ -147,7 +147,9 @@ impl ProposalSpec {
             ));
         }
         //= https://www.rfc-editor.org/rfc/rfc5282#section-8
-        //# it MUST either offer no integrity algorithm or a single integrity algorithm of "NONE"
+        //# This document further updates [RFC4306] to require that if all of the encryption algorithms in any
+        //# proposal are authenticated encryption algorithms, then the proposal MUST NOT propose any integrity
+        //# transforms.
         if aead && has(&tr, TransformType::INTEG) {
             return Err(invalid("an AEAD algorithm takes no integrity algorithm"));
         }
@@ -306,6 +308,77 @@ fn encr_name(e: &SaTransform) -> String {
     }
 }
 
+/// A received proposal in strongSwan's syntax (`aes128gcm16-prfsha256-x25519`, `aes256-sha256-esn-noesn`), so
+/// that a log naming both sides' proposals reads the same way as the configuration files on both sides.
+/// Algorithms without a strongSwan token are written as type and IANA number (`encr3`, `dh2`).
+pub fn describe_wire(p: &Proposal) -> String {
+    use TransformType as T;
+    let name = |x: &SaTransform| -> Option<String> {
+        Some(match (x.ttype, x.id, x.key_len) {
+            (T::ENCR, ENCR_AES_GCM_16, Some(k)) => format!("aes{k}gcm16"),
+            (T::ENCR, ENCR_AES_CBC, Some(k)) => format!("aes{k}"),
+            (T::ENCR, ENCR_CHACHA20_POLY1305, _) => "chacha20poly1305".into(),
+            (T::INTEG, AUTH_HMAC_SHA2_256_128, _) => "sha256".into(),
+            (T::INTEG, AUTH_HMAC_SHA2_384_192, _) => "sha384".into(),
+            (T::INTEG, AUTH_HMAC_SHA2_512_256, _) => "sha512".into(),
+            (T::PRF, PRF_HMAC_SHA2_256, _) => "prfsha256".into(),
+            (T::PRF, PRF_HMAC_SHA2_384, _) => "prfsha384".into(),
+            (T::PRF, PRF_HMAC_SHA2_512, _) => "prfsha512".into(),
+            (T::DH, DH_CURVE25519, _) => "x25519".into(),
+            (T::DH, DH_ECP_256, _) => "ecp256".into(),
+            (T::DH, DH_ECP_384, _) => "ecp384".into(),
+            (T::DH, DH_MODP_2048, _) => "modp2048".into(),
+            (T::DH, DH_MODP_3072, _) => "modp3072".into(),
+            // NONE for integrity or DH: the same as not offering the type.
+            (T::INTEG | T::DH, 0, _) => return None,
+            (T::ESN, ESN_YES, _) => "esn".into(),
+            (T::ESN, ESN_NO, _) => "noesn".into(),
+            (t, id, k) => {
+                let ty = match t {
+                    T::ENCR => "encr",
+                    T::PRF => "prf",
+                    T::INTEG => "integ",
+                    T::DH => "dh",
+                    T::ESN => "esn",
+                    _ => "transform",
+                };
+                match k {
+                    Some(k) => format!("{ty}{id}/{k}"),
+                    None => format!("{ty}{id}"),
+                }
+            }
+        })
+    };
+    let only_noesn = p
+        .transforms
+        .iter()
+        .filter(|x| x.ttype == T::ESN)
+        .all(|x| x.id == ESN_NO);
+    // strongSwan's order: encryption, integrity, PRF, key exchange, ESN.
+    let rank = |x: &&SaTransform| match x.ttype {
+        T::ENCR => 0,
+        T::INTEG => 1,
+        T::PRF => 2,
+        T::DH => 3,
+        _ => 4,
+    };
+    let mut ordered: Vec<&SaTransform> = p.transforms.iter().collect();
+    ordered.sort_by_key(rank);
+    let mut names: Vec<String> = Vec::new();
+    for x in ordered {
+        // strongSwan leaves "noesn" out when it is the only choice.
+        if x.ttype == T::ESN && only_noesn {
+            continue;
+        }
+        if let Some(n) = name(x) {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    names.join("-")
+}
+
 /// strongSwan's name of a DH group.
 pub fn dh_name(g: u16) -> &'static str {
     match g {
@@ -452,6 +525,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("\"des\"") && e.contains("known:"), "{e}");
+    }
+
+    #[test]
+    fn received_proposals_read_as_strongswan_writes_them() {
+        for text in [
+            "aes128gcm16-prfsha256-x25519",
+            "aes256gcm16-prfsha384-ecp384",
+            "chacha20poly1305-prfsha256-x25519",
+            "aes256-sha256-prfsha256-modp2048",
+        ] {
+            let p = ProposalSpec::ike(text).unwrap().to_wire(1, vec![]);
+            assert_eq!(describe_wire(&p), text);
+        }
+        for (text, shown) in [
+            ("aes128gcm16", "aes128gcm16"),
+            ("aes256-sha256-esn", "aes256-sha256-esn"),
+            ("aes128gcm16-esn-noesn", "aes128gcm16-esn-noesn"),
+        ] {
+            let p = ProposalSpec::esp(text).unwrap().to_wire(1, vec![0; 4]);
+            assert_eq!(describe_wire(&p), shown);
+        }
+        let odd = Proposal {
+            num: 1,
+            protocol: ProtocolId::IKE,
+            spi: vec![],
+            transforms: vec![
+                t(TransformType::ENCR, 3, None),
+                t(TransformType::ENCR, ENCR_AES_GCM_16, Some(192)),
+                t(TransformType::INTEG, 0, None),
+                t(TransformType::DH, 2, None),
+            ],
+        };
+        assert_eq!(describe_wire(&odd), "encr3-aes192gcm16-dh2");
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub const IKE_PORT: u16 = 500;
 /// The NAT traversal port.
 pub const NAT_T_PORT: u16 = 4500;
 
+/// How long a responder that refused the Child SA in IKE_AUTH waits before deleting the IKE SA.
+const RESPONDER_DELETE_DELAY: Duration = Duration::from_millis(200);
+
 /// Where the SA is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -113,6 +116,9 @@ pub struct IkeSa {
     established_at: Option<Instant>,
     ike_rekey_at: Option<Instant>,
     init_tries: u32,
+    /// The IkeDown event went out already (a refused Child SA is reported at once, before the delete exchange
+    /// that follows): closing must not report the SA a second time.
+    down_reported: bool,
 }
 
 impl std::fmt::Debug for IkeSa {
@@ -229,6 +235,7 @@ impl IkeSa {
             established_at: None,
             ike_rekey_at: None,
             init_tries: 0,
+            down_reported: false,
         }
     }
 
@@ -406,10 +413,12 @@ impl IkeSa {
                 reason: reason.clone(),
             });
         }
-        self.events.push_back(Event::IkeDown {
-            peer: self.cfg.name.clone(),
-            reason,
-        });
+        if !self.down_reported {
+            self.events.push_back(Event::IkeDown {
+                peer: self.cfg.name.clone(),
+                reason,
+            });
+        }
         self.state = State::Closed;
         self.outstanding = None;
     }
@@ -803,7 +812,7 @@ impl IkeSa {
                 )),
                 t => Reason::PeerError(n::name(t).into()),
             };
-            self.fail_child(reason);
+            self.fail_child(now, reason);
             return;
         }
         match self.accept_child(&payloads, &offered, spi_in, false) {
@@ -813,25 +822,37 @@ impl IkeSa {
                 self.events.push_back(Event::ChildUp(Box::new(info)));
             }
             Err(reason) => {
-                self.fail_child(reason);
+                self.fail_child(now, reason);
             }
         }
     }
 
-    /// A Child SA could not be set up: the IKE SA has no purpose without one, so it is deleted.
-    fn fail_child(&mut self, reason: Reason) {
+    /// A Child SA could not be set up (in IKE_AUTH, either role): the IKE SA has no purpose without one, so it
+    /// is deleted, and the peer is told so that it does not keep an IKE SA we have forgotten. `reason` is what
+    /// the IKE SA's one IkeDown event reports, at once.
+    fn fail_child(&mut self, now: Instant, reason: Reason) {
+        // As responder the delete follows our IKE_AUTH response at once; a peer that processes messages on
+        // several threads (charon) may then handle the delete first and drop it ("ignoring INFORMATIONAL in
+        // IKE_SA state CONNECTING"), keeping its IKE SA until our retransmission 4 s later. A short pause lets
+        // it take the response first.
+        let delay = if self.initiator {
+            Duration::ZERO
+        } else {
+            RESPONDER_DELETE_DELAY
+        };
         self.events.push_back(Event::IkeDown {
             peer: self.cfg.name.clone(),
             reason,
         });
+        self.down_reported = true;
         self.outstanding = None;
         let d = Payload::Delete(Delete {
             protocol: ProtocolId::IKE,
             spis: vec![],
         });
-        let now = self.last_heard;
-        self.send_request(
+        self.send_request_after(
             now,
+            delay,
             ExchangeType::INFORMATIONAL,
             vec![d],
             Request::DeleteIke,
@@ -990,19 +1011,38 @@ impl IkeSa {
         payloads: Vec<Payload>,
         what: Request,
     ) {
+        self.send_request_after(now, Duration::ZERO, exchange, payloads, what);
+    }
+
+    /// Queues a request; with a non-zero `delay` its first transmission waits that long (on the retransmission
+    /// timer), then it is retransmitted as usual.
+    fn send_request_after(
+        &mut self,
+        now: Instant,
+        delay: Duration,
+        exchange: ExchangeType,
+        payloads: Vec<Payload>,
+        what: Request,
+    ) {
         let id = self.next_id;
         self.next_id += 1;
         let header = self.header(exchange, false, id);
         let Some(suite) = &self.suite else { return };
         let datagrams = vec![suite.protect(header, &payloads)];
-        for d in &datagrams {
-            self.push_transmit(d.clone());
-        }
+        let (sent, deadline) = if delay.is_zero() {
+            for d in &datagrams {
+                self.push_transmit(d.clone());
+            }
+            (1, now + self.cfg.retransmit.timeout(0))
+        } else {
+            // handle_timeout sends it at the deadline as transmission number 1.
+            (0, now + delay)
+        };
         self.outstanding = Some(Outstanding {
             id,
             datagrams,
-            sent: 1,
-            deadline: now + self.cfg.retransmit.timeout(0),
+            sent,
+            deadline,
             what,
         });
     }
@@ -1266,12 +1306,10 @@ impl IkeSa {
             Err((notify, reason)) => {
                 resp.push(Payload::Notify(Notify::new(notify, vec![])));
                 self.send_response(ExchangeType::IKE_AUTH, id, resp);
-                // Without a Child SA this IKE SA carries nothing: report and let the peer delete or retry.
-                self.events.push_back(Event::IkeDown {
-                    peer: self.cfg.name.clone(),
-                    reason,
-                });
-                self.state = State::Closed;
+                // Without a Child SA this IKE SA carries nothing. The peer keeps it after such an answer
+                // (strongSwan: "failed to establish CHILD_SA, keeping IKE_SA"), so delete it on both sides rather
+                // than forget it silently.
+                self.fail_child(now, reason);
             }
         }
     }
@@ -1543,6 +1581,7 @@ impl IkeSa {
         self.events.push_back(Event::ChildRekeyed {
             old_spi_in,
             new: Box::new(info),
+            we_initiated: true,
         });
         // Make before break: the new SA is installed; now retire the old one.
         let d = Payload::Delete(Delete {
@@ -1690,6 +1729,7 @@ impl IkeSa {
                 self.events.push_back(Event::ChildRekeyed {
                     old_spi_in,
                     new: Box::new(info),
+                    we_initiated: false,
                 });
             }
             None => self.events.push_back(Event::ChildUp(Box::new(info))),
@@ -1830,23 +1870,11 @@ impl IkeSa {
     }
 }
 
+/// The peer's proposals in strongSwan's syntax, for the NO_PROPOSAL_CHOSEN log line.
 fn describe_offer(props: &[Proposal]) -> String {
     props
         .iter()
-        .map(|p| {
-            p.transforms
-                .iter()
-                .map(|t| {
-                    format!(
-                        "{}:{}{}",
-                        t.ttype.0,
-                        t.id,
-                        t.key_len.map(|k| format!("/{k}")).unwrap_or_default()
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("-")
-        })
+        .map(proposal::describe_wire)
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -326,6 +326,67 @@ fn disjoint_traffic_selectors_are_refused() {
     );
 }
 
+/// IKE header: exchange type at byte 18, flags at 19 (0x20: response).
+fn is_request(t: &Transmit, exchange: u8) -> bool {
+    let d = if t.remote.port() == 4500 {
+        &t.data[4..]
+    } else {
+        &t.data[..]
+    };
+    d.len() >= 28 && d[18] == exchange && d[19] & 0x20 == 0
+}
+
+/// strongSwan keeps its IKE SA when the responder refuses the Child SA in IKE_AUTH ("failed to establish
+/// CHILD_SA, keeping IKE_SA"): a responder that forgot its side silently left the initiator with an IKE SA
+/// nobody answers. The refusing responder deletes the IKE SA instead, each side reports the refusal once, and
+/// nothing is left on either side.
+#[test]
+fn responder_refusing_the_child_sa_deletes_the_ike_sa() {
+    for (what, tweak) in [
+        (
+            "selectors",
+            Box::new(|b: &mut PeerConfig| b.remote_ts = vec![ts("198.19.9.0/24")])
+                as Box<dyn Fn(&mut PeerConfig)>,
+        ),
+        (
+            "ESP proposal",
+            Box::new(|b: &mut PeerConfig| {
+                b.esp_proposals = vec![ProposalSpec::esp("aes256gcm16").unwrap()]
+            }),
+        ),
+    ] {
+        let (a, mut b) = configs();
+        tweak(&mut b);
+        let mut p = Pair::new(a, b);
+        // A stands for an initiator that keeps its IKE SA: its own delete is lost.
+        p.filter = Box::new(|from_a, t| !(from_a && is_request(t, 37)));
+        p.connect();
+        p.run_for(Duration::from_secs(1));
+        // B sent, after its IKE_AUTH response, an INFORMATIONAL request (the delete), and A answered it.
+        assert!(
+            p.log.iter().any(|(from_a, t)| !from_a && is_request(t, 37)),
+            "{what}: the responder deletes the IKE SA"
+        );
+        assert!(
+            p.a.is_idle() && p.b.is_idle(),
+            "{what}: no IKE SA is left on either side"
+        );
+        let (da, db) = (downs(&p.ev_a), downs(&p.ev_b));
+        assert_eq!(
+            (da.len(), db.len()),
+            (1, 1),
+            "{what}: one IkeDown each: {da:?} {db:?}"
+        );
+        let refused = |r: &Reason| {
+            matches!(
+                r,
+                Reason::TsUnacceptable(_) | Reason::NoProposalChosen { .. }
+            )
+        };
+        assert!(refused(&da[0]) && refused(&db[0]), "{what}: {da:?} {db:?}");
+    }
+}
+
 #[test]
 fn wider_proposal_is_narrowed_by_the_responder() {
     let (mut a, b) = configs();
@@ -440,7 +501,10 @@ fn child_sa_rekeys_make_before_break() {
         .ev_a
         .iter()
         .filter_map(|e| {
-            if let Event::ChildRekeyed { old_spi_in, new } = e {
+            if let Event::ChildRekeyed {
+                old_spi_in, new, ..
+            } = e
+            {
                 Some((*old_spi_in, (**new).clone()))
             } else {
                 None
@@ -451,7 +515,10 @@ fn child_sa_rekeys_make_before_break() {
         .ev_b
         .iter()
         .filter_map(|e| {
-            if let Event::ChildRekeyed { old_spi_in, new } = e {
+            if let Event::ChildRekeyed {
+                old_spi_in, new, ..
+            } = e
+            {
                 Some((*old_spi_in, (**new).clone()))
             } else {
                 None
@@ -508,6 +575,49 @@ fn child_sa_rekeys_make_before_break() {
         .position(|e| matches!(e, Event::ChildDown { .. }))
         .unwrap();
     assert!(pos_new < pos_old, "make before break");
+}
+
+/// The side that answered a rekey must not send on the new pair before the initiator can receive on it (the
+/// initiator installs its new inbound SA only once it has our response: strongSwan does so), so the event says
+/// who initiated; and the responder learns that the initiator is ready from its delete of the old pair, which
+/// comes after the rekey.
+#[test]
+fn child_rekey_event_tells_who_initiated() {
+    let (mut a, mut b) = configs();
+    a.lifetimes.child_rekey = Duration::from_secs(100);
+    b.lifetimes.child_rekey = Duration::from_secs(10_000);
+    let mut p = Pair::new(a, b);
+    p.connect();
+    p.run_for(Duration::from_secs(150));
+    let flags = |ev: &[Event]| -> Vec<bool> {
+        ev.iter()
+            .filter_map(|e| match e {
+                Event::ChildRekeyed { we_initiated, .. } => Some(*we_initiated),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(flags(&p.ev_a), vec![true], "{:?}", p.ev_a);
+    assert_eq!(flags(&p.ev_b), vec![false], "{:?}", p.ev_b);
+    let rekeyed = p
+        .ev_b
+        .iter()
+        .position(|e| matches!(e, Event::ChildRekeyed { .. }))
+        .unwrap();
+    let old_gone = p
+        .ev_b
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                Event::ChildDown {
+                    reason: Reason::Rekeyed,
+                    ..
+                }
+            )
+        })
+        .expect("the initiator deletes the old pair");
+    assert!(rekeyed < old_gone);
 }
 
 #[test]

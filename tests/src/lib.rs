@@ -1,5 +1,9 @@
-//! End-to-end test support: network namespaces ([`netns`]) and helpers shared by the tests in `tests/`.
+//! End-to-end test support: network namespaces ([`netns`]), strongSwan's charon as a peer ([`strongswan`]),
+//! vmsecd itself ([`vmsecd`]), and traffic and capture helpers ([`traffic`]) shared by the tests in `tests/`.
 //!
 //! Everything here needs root and real namespaces; the tests using it fail (never skip) without them.
 
 pub mod netns;
+pub mod strongswan;
+pub mod traffic;
+pub mod vmsecd;

@@ -274,6 +274,13 @@ impl NsChild {
         }
     }
 
+    /// Sends `signal` (a name such as `TERM` or `INT`) to its PID, unless it has exited.
+    pub fn signal(&mut self, signal: &str) {
+        if self.try_wait().is_none() {
+            let _ = output_of(Command::new("kill").args(["-s", signal, &self.pid().to_string()]));
+        }
+    }
+
     /// Kills it (SIGKILL to its PID) unless it has exited, and reaps it.
     pub fn kill(&mut self) {
         if self.try_wait().is_none() {
@@ -408,6 +415,34 @@ impl NetnsGuard {
         a.add_neighbor("u0", "198.18.0.2", &b.mac("u0"));
         b.add_neighbor("u0", "198.18.0.1", &a.mac("u0"));
         (a, b)
+    }
+
+    /// The VM side of hypervisor number `n` (shared/conventions.md): in `host`, a bridge `virbr0` at
+    /// 198.19.`n`.1/24 and `ip_forward=1`; a VM namespace `<prefix>-<vm_suffix>` whose `eth0` (peer `vnet0`,
+    /// enslaved to the bridge) has 198.19.`n`.10/24 and a default route via the bridge. Returns the VM.
+    pub fn vm_subnet(&mut self, host: &Netns, n: u8, vm_suffix: &str) -> Netns {
+        let vm = self.add_ns(vm_suffix);
+        host.ip(&["link", "add", "virbr0", "type", "bridge"]);
+        self.add_addr(host, "virbr0", &format!("198.19.{n}.1/24"));
+        host.ip(&["link", "set", "virbr0", "up"]);
+        self.veth(host, "vnet0", &vm, "eth0");
+        host.ip(&["link", "set", "vnet0", "master", "virbr0"]);
+        self.add_addr(&vm, "eth0", &format!("198.19.{n}.10/24"));
+        let gw = format!("198.19.{n}.1");
+        check_test_address(&gw);
+        vm.ip(&["route", "add", "default", "via", &gw]);
+        host.sysctl("net.ipv4.ip_forward=1");
+        vm
+    }
+
+    /// Two hypervisors with one VM each: [`NetnsGuard::underlay_pair`] (`a` at 198.18.0.1, `b` at 198.18.0.2)
+    /// and [`NetnsGuard::vm_subnet`] 1 behind `a` (VM `avm`, 198.19.1.10) and 2 behind `b` (VM `bvm`,
+    /// 198.19.2.10). Returns `(a, b, avm, bvm)`.
+    pub fn hypervisor_pair(&mut self) -> (Netns, Netns, Netns, Netns) {
+        let (a, b) = self.underlay_pair();
+        let avm = self.vm_subnet(&a, 1, "avm");
+        let bvm = self.vm_subnet(&b, 2, "bvm");
+        (a, b, avm, bvm)
     }
 
     fn pids_in(ns: &Netns) -> Vec<u32> {

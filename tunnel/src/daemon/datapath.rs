@@ -25,9 +25,13 @@ struct PeerPath {
     name: String,
     out: Option<OutboundSa>,
     wire: Option<Wire>,
+    /// The outbound SA of a Child SA we answered a rekey for, waiting until the peer can receive on it:
+    /// (the new pair's inbound SPI, the SA, where it sends).
+    pending: Option<(u32, OutboundSa, Wire)>,
 }
 
 struct InPolicy {
+    peer: Option<usize>,
     ts_local: Vec<TrafficSelector>,
     ts_remote: Vec<TrafficSelector>,
 }
@@ -87,6 +91,7 @@ impl Datapath {
                     name: name.clone(),
                     out: None,
                     wire: None,
+                    pending: None,
                 })
                 .collect(),
             routes,
@@ -107,40 +112,90 @@ impl Datapath {
         c: &ChildSaInfo,
         replay_window: u32,
     ) -> Result<(), esp::BadKeyLength> {
-        let mut p_in = SaParams::new(c.spi_in, c.transform, c.esn);
-        p_in.replay_window = replay_window;
-        self.sad.insert(InboundSa::new(p_in, &c.keys_in)?);
-        self.policy.insert(
-            c.spi_in,
-            InPolicy {
-                ts_local: c.ts_local.clone(),
-                ts_remote: c.ts_remote.clone(),
-            },
-        );
-        let out = OutboundSa::new(SaParams::new(c.spi_out, c.transform, c.esn), &c.keys_out)?;
+        let (out, wire) = self.install_inbound(c, replay_window)?;
         if let Some(i) = self.peer_index(&c.peer) {
-            self.peers[i].out = Some(out);
-            self.peers[i].wire = Some(if c.udp_encap {
-                Wire::Udp(c.remote)
-            } else {
-                Wire::Raw(c.remote.ip())
-            });
+            let p = &mut self.peers[i];
+            p.out = Some(out);
+            p.wire = Some(wire);
+            p.pending = None;
         }
         Ok(())
     }
 
-    /// Removes a Child SA pair: the inbound SA, and the outbound SA if it is still the current one.
+    /// Installs a Child SA that replaces another in a rekey the peer initiated: the inbound SA at once, the
+    /// outbound SA only when the peer is known to receive on the new pair, that is when the first packet
+    /// arrives on the new inbound SA or the old outbound SA is removed (the peer deleted the old pair). Until
+    /// then the old outbound SA carries the traffic, so nothing is sent that the peer would drop.
+    pub(crate) fn install_deferred(
+        &mut self,
+        c: &ChildSaInfo,
+        replay_window: u32,
+    ) -> Result<(), esp::BadKeyLength> {
+        let (out, wire) = self.install_inbound(c, replay_window)?;
+        if let Some(i) = self.peer_index(&c.peer) {
+            let p = &mut self.peers[i];
+            if p.out.is_some() {
+                p.pending = Some((c.spi_in, out, wire));
+            } else {
+                p.out = Some(out);
+                p.wire = Some(wire);
+            }
+        }
+        Ok(())
+    }
+
+    fn install_inbound(
+        &mut self,
+        c: &ChildSaInfo,
+        replay_window: u32,
+    ) -> Result<(OutboundSa, Wire), esp::BadKeyLength> {
+        let mut p_in = SaParams::new(c.spi_in, c.transform, c.esn);
+        p_in.replay_window = replay_window;
+        let out = OutboundSa::new(SaParams::new(c.spi_out, c.transform, c.esn), &c.keys_out)?;
+        self.sad.insert(InboundSa::new(p_in, &c.keys_in)?);
+        self.policy.insert(
+            c.spi_in,
+            InPolicy {
+                peer: self.peer_index(&c.peer),
+                ts_local: c.ts_local.clone(),
+                ts_remote: c.ts_remote.clone(),
+            },
+        );
+        let wire = if c.udp_encap {
+            Wire::Udp(c.remote)
+        } else {
+            Wire::Raw(c.remote.ip())
+        };
+        Ok((out, wire))
+    }
+
+    /// Makes a waiting outbound SA the current one if it belongs to the pair whose inbound SPI is `spi_in`.
+    fn promote(&mut self, peer: usize, spi_in: u32) {
+        let p = &mut self.peers[peer];
+        if p.pending.as_ref().is_some_and(|(s, _, _)| *s == spi_in) {
+            let (_, out, wire) = p.pending.take().expect("checked");
+            p.out = Some(out);
+            p.wire = Some(wire);
+        }
+    }
+
+    /// Removes a Child SA pair: the inbound SA, and the outbound SA if it is still the current one (a waiting
+    /// successor then takes its place).
     pub(crate) fn remove(&mut self, peer: &str, spi_in: u32, spi_out: u32) {
         self.sad.remove(spi_in);
         self.policy.remove(&spi_in);
         if let Some(i) = self.peer_index(peer) {
-            if self.peers[i]
-                .out
-                .as_ref()
-                .is_some_and(|o| o.params().spi == spi_out)
-            {
-                self.peers[i].out = None;
-                self.peers[i].wire = None;
+            let p = &mut self.peers[i];
+            if p.pending.as_ref().is_some_and(|(s, _, _)| *s == spi_in) {
+                p.pending = None;
+            }
+            if p.out.as_ref().is_some_and(|o| o.params().spi == spi_out) {
+                p.out = None;
+                p.wire = None;
+                if let Some((_, out, wire)) = p.pending.take() {
+                    p.out = Some(out);
+                    p.wire = Some(wire);
+                }
             }
         }
     }
@@ -186,6 +241,9 @@ impl Datapath {
         };
         if !ok {
             self.drops.policy += 1;
+        } else if let Some(peer) = self.policy.get(&spi).and_then(|p| p.peer) {
+            // The peer sends on this pair, so it can receive on it too.
+            self.promote(peer, spi);
         }
         ok
     }
@@ -199,13 +257,124 @@ impl Datapath {
     pub(crate) fn outbound_counters(&self, peer: &str, spi_out: u32) -> Option<esp::Counters> {
         let p = &self.peers[self.peer_index(peer)?];
         p.out
-            .as_ref()
-            .filter(|o| o.params().spi == spi_out)
+            .iter()
+            .chain(p.pending.as_ref().map(|(_, o, _)| o))
+            .find(|o| o.params().spi == spi_out)
             .map(|o| *o.counters())
     }
 
     /// Inbound packets whose SPI was unknown.
     pub(crate) fn no_sa_in(&self) -> u64 {
         self.sad.no_sa_drops()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use esp::{KeyMaterial, Transform, HEADROOM, TAILROOM};
+
+    const T: Transform = Transform::AesGcm128;
+
+    fn child(spi_in: u32, spi_out: u32, key: u8) -> ChildSaInfo {
+        let keys = |k: u8| KeyMaterial::new(T, &vec![k; T.keymat_len()]).unwrap();
+        let ts = |s: &str| s.parse::<Prefix>().unwrap().selector();
+        ChildSaInfo {
+            peer: "p".into(),
+            ike_spi: 1,
+            spi_in,
+            spi_out,
+            transform: T,
+            esn: false,
+            keys_in: keys(key),
+            keys_out: keys(key + 1),
+            ts_local: vec![ts("198.19.1.0/24")],
+            ts_remote: vec![ts("198.19.2.0/24")],
+            remote: "198.18.0.2:4500".parse().unwrap(),
+            udp_encap: true,
+            pfs_group: None,
+        }
+    }
+
+    fn inner(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 20, 0, 0, 0x40, 0, 64, 253, 0, 0];
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p
+    }
+
+    /// Encapsulates a packet from our VM to the peer's; returns the SPI it went out on.
+    fn send(d: &mut Datapath) -> u32 {
+        let pkt = inner([198, 19, 1, 10], [198, 19, 2, 10]);
+        let mut buf = vec![0u8; HEADROOM + pkt.len() + TAILROOM];
+        buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+        let mut b = PacketBuf::new(&mut buf, HEADROOM, HEADROOM + pkt.len());
+        assert!(d.encap(&mut b).is_some());
+        u32::from_be_bytes(b.as_slice()[..4].try_into().unwrap())
+    }
+
+    /// What the peer sends on the pair `c` (its outbound is our inbound).
+    fn receive(d: &mut Datapath, c: &ChildSaInfo) -> bool {
+        let mut out = OutboundSa::new(SaParams::new(c.spi_in, T, false), &c.keys_in).unwrap();
+        let pkt = inner([198, 19, 2, 10], [198, 19, 1, 10]);
+        let mut buf = vec![0u8; HEADROOM + pkt.len() + TAILROOM];
+        buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+        let mut b = PacketBuf::new(&mut buf, HEADROOM, HEADROOM + pkt.len());
+        out.encap(&mut b).unwrap();
+        let mut esp = b.as_slice().to_vec();
+        d.decap(&mut PacketBuf::full(&mut esp))
+    }
+
+    fn datapath() -> Datapath {
+        Datapath::new(&[("p".into(), vec!["198.19.2.0/24".parse().unwrap()])])
+    }
+
+    #[test]
+    fn rekey_we_initiated_switches_outbound_at_once() {
+        let mut d = datapath();
+        let (old, new) = (child(0x1001, 0x2001, 1), child(0x1002, 0x2002, 3));
+        d.install(&old, 64).unwrap();
+        assert_eq!(send(&mut d), 0x2001);
+        d.install(&new, 64).unwrap();
+        assert_eq!(send(&mut d), 0x2002);
+        // The old inbound SA still works until the old pair is deleted.
+        assert!(receive(&mut d, &old));
+        d.remove("p", 0x1001, 0x2001);
+        assert_eq!(send(&mut d), 0x2002);
+        assert!(receive(&mut d, &new));
+    }
+
+    #[test]
+    fn rekey_we_answered_waits_for_traffic_on_the_new_pair() {
+        let mut d = datapath();
+        let (old, new) = (child(0x1001, 0x2001, 1), child(0x1002, 0x2002, 3));
+        d.install(&old, 64).unwrap();
+        d.install_deferred(&new, 64).unwrap();
+        // The peer may not have installed its new inbound SA yet: keep the old outbound one.
+        assert_eq!(send(&mut d), 0x2001);
+        assert!(receive(&mut d, &old));
+        assert_eq!(send(&mut d), 0x2001);
+        // The peer sends on the new pair: it has it, switch.
+        assert!(receive(&mut d, &new));
+        assert_eq!(send(&mut d), 0x2002);
+        assert!(d.outbound_counters("p", 0x2002).is_some());
+    }
+
+    #[test]
+    fn rekey_we_answered_switches_when_the_peer_deletes_the_old_pair() {
+        let mut d = datapath();
+        let (old, new) = (child(0x1001, 0x2001, 1), child(0x1002, 0x2002, 3));
+        d.install(&old, 64).unwrap();
+        d.install_deferred(&new, 64).unwrap();
+        assert!(
+            d.outbound_counters("p", 0x2002).is_some(),
+            "status sees the waiting SA"
+        );
+        d.remove("p", 0x1001, 0x2001);
+        assert_eq!(send(&mut d), 0x2002);
+        // A first Child SA is never held back.
+        let mut d = datapath();
+        d.install_deferred(&new, 64).unwrap();
+        assert_eq!(send(&mut d), 0x2002);
     }
 }

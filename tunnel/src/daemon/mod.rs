@@ -376,12 +376,22 @@ impl Daemon {
                     tracing::error!(peer = %c.peer, "cannot install Child SA: {e}");
                 }
             }
-            Event::ChildRekeyed { old_spi_in, new } => {
+            Event::ChildRekeyed {
+                old_spi_in,
+                new,
+                we_initiated,
+            } => {
                 tracing::info!(
                     peer = %new.peer, old_spi_in = format!("{old_spi_in:08x}"), spi_in = format!("{:08x}", new.spi_in),
-                    spi_out = format!("{:08x}", new.spi_out), "Child SA rekeyed"
+                    spi_out = format!("{:08x}", new.spi_out), initiator = we_initiated, "Child SA rekeyed"
                 );
-                if let Err(e) = self.datapath.install(&new, window) {
+                // As responder, the old outbound SA keeps carrying traffic until the peer has the new inbound one.
+                let r = if we_initiated {
+                    self.datapath.install(&new, window)
+                } else {
+                    self.datapath.install_deferred(&new, window)
+                };
+                if let Err(e) = r {
                     tracing::error!(peer = %new.peer, "cannot install rekeyed Child SA: {e}");
                 }
             }

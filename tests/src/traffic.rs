@@ -1,0 +1,424 @@
+//! Traffic through a tunnel and what the underlay saw: ping, iperf3 (TCP), and a tcpdump capture read back
+//! here (classic pcap, Ethernet) so that the tests can check every frame between the hosts.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use crate::netns::{output_of, Netns, NsChild};
+
+/// Panics unless `tool --version`-like `probe` runs: the tests fail, never skip, without their tools.
+pub fn require_tool(tool: &str, probe: &[&str], package: &str) {
+    match Command::new(tool).args(probe).output() {
+        Ok(_) => {}
+        Err(e) => {
+            panic!("{tool} is missing ({e}): apt-get install {package}; these tests never skip")
+        }
+    }
+}
+
+/// `ping -c COUNT -i INTERVAL` from `ns` to `dst`; returns (transmitted, received).
+pub fn ping(ns: &Netns, dst: &str, count: u32, interval: &str) -> (u32, u32) {
+    require_tool("ping", &["-V"], "iputils-ping");
+    let out = ns.output(
+        "ping",
+        &[
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            interval,
+            "-W",
+            "1",
+            dst,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "5 packets transmitted, 5 received, 0% packet loss, time 801ms"
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or("");
+    let num = |word: &str| -> u32 {
+        line.split(',')
+            .find(|p| p.contains(word))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (num("transmitted"), num("received"))
+}
+
+/// Pings until one answer comes back or `timeout` passes; true if one did.
+pub fn ping_until_ok(ns: &Netns, dst: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ping(ns, dst, 1, "0.2").1 == 1 {
+            return true;
+        }
+    }
+    false
+}
+
+/// What an iperf3 run reported.
+#[derive(Debug, Clone, Default)]
+pub struct Iperf {
+    /// Bytes the receiving side got.
+    pub bytes_received: u64,
+    /// TCP retransmissions of the sender (when the client sent).
+    pub retransmits: Option<u64>,
+    /// Bytes per reporting interval (one second each), as the client saw them.
+    pub per_interval: Vec<u64>,
+    /// The sender's TCP retransmissions per interval (when the client sent).
+    pub retransmits_per_interval: Vec<u64>,
+    /// The raw JSON, for failure messages.
+    pub json: String,
+}
+
+/// One iperf3 TCP transfer: a one-off server in `server` bound to `server_addr`, the client in `client` for
+/// `secs` seconds; `reverse` makes the server send. `rate` limits the sender (e.g. `20M`), `None` is unlimited.
+///
+/// # Panics
+/// If the transfer does not run to completion.
+pub fn iperf3(
+    server: &Netns,
+    client: &Netns,
+    server_addr: &str,
+    secs: u32,
+    reverse: bool,
+    rate: Option<&str>,
+) -> Iperf {
+    require_tool("iperf3", &["--version"], "iperf3");
+    let port = "5201";
+    let mut srv = server.spawn(
+        server
+            .command("iperf3")
+            .args(["-s", "-1", "-p", port, "-B", server_addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    // Wait for the server's listening socket.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ss = server.output("ss", &["-Htln", "sport", "=", &format!(":{port}")]);
+        if !String::from_utf8_lossy(&ss.stdout).trim().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "iperf3 server did not listen in 5 s"
+        );
+        sleep(Duration::from_millis(30));
+    }
+    let mut args = vec![
+        "-c".to_owned(),
+        server_addr.to_owned(),
+        "-p".into(),
+        port.into(),
+        "-t".into(),
+        secs.to_string(),
+        "-J".into(),
+        "--connect-timeout".into(),
+        "3000".into(),
+    ];
+    if reverse {
+        args.push("-R".into());
+    }
+    if let Some(r) = rate {
+        args.extend(["-b".into(), r.to_owned()]);
+    }
+    let out = output_of(
+        client
+            .command("timeout")
+            .arg((secs + 20).to_string())
+            .arg("iperf3")
+            .args(&args),
+    );
+    let json = String::from_utf8_lossy(&out.stdout).into_owned();
+    srv.wait_timeout(Duration::from_secs(3));
+    srv.kill();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| {
+        panic!(
+            "iperf3 {args:?} printed no JSON ({e}, {}):\n{json}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    if let Some(err) = v.get("error") {
+        panic!("iperf3 {args:?} failed: {err}");
+    }
+    let end = &v["end"];
+    let per_interval = v["intervals"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["sum"]["bytes"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default();
+    let retransmits_per_interval = v["intervals"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["sum"]["retransmits"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default();
+    Iperf {
+        retransmits_per_interval,
+        bytes_received: end["sum_received"]["bytes"].as_u64().unwrap_or(0),
+        retransmits: end["sum_sent"]["retransmits"].as_u64(),
+        per_interval,
+        json,
+    }
+}
+
+/// UDP receive errors in a namespace so far: (`InErrors`, `RcvbufErrors`) of /proc/net/snmp.
+pub fn udp_errors(ns: &Netns) -> (u64, u64) {
+    let text = String::from_utf8_lossy(&ns.output("cat", &["/proc/net/snmp"]).stdout).into_owned();
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return (0, 0);
+    };
+    let get = |key: &str| {
+        names
+            .split_whitespace()
+            .position(|n| n == key)
+            .and_then(|i| values.split_whitespace().nth(i))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("InErrors"), get("RcvbufErrors"))
+}
+
+/// One IPv4 frame of a capture (other frames are counted, not decoded).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    /// Seconds since the first frame of the capture.
+    pub t: f64,
+    /// IP source.
+    pub src: Ipv4Addr,
+    /// IP destination.
+    pub dst: Ipv4Addr,
+    /// IP protocol.
+    pub proto: u8,
+    /// UDP/TCP source port, if any.
+    pub sport: Option<u16>,
+    /// UDP/TCP destination port, if any.
+    pub dport: Option<u16>,
+    /// The first bytes of the transport payload (after the UDP header), as far as the snap length went.
+    pub payload: Vec<u8>,
+}
+
+/// A capture: IPv4 frames, and the number of frames of any other kind (IPv6 neighbour discovery...).
+#[derive(Debug, Clone, Default)]
+pub struct Captured {
+    /// IPv4 frames.
+    pub ipv4: Vec<Frame>,
+    /// Frames that are not IPv4.
+    pub other: usize,
+}
+
+/// Parses a classic pcap file of Ethernet frames (what `tcpdump -w` writes). A truncated last record is
+/// ignored.
+pub fn parse_pcap(data: &[u8]) -> Captured {
+    let mut c = Captured::default();
+    if data.len() < 24 {
+        return c;
+    }
+    let magic = u32::from_le_bytes(data[0..4].try_into().expect("4"));
+    let (le, nanos) = match magic {
+        0xa1b2c3d4 => (true, false),
+        0xa1b23c4d => (true, true),
+        0xd4c3b2a1 => (false, false),
+        0x4d3cb2a1 => (false, true),
+        _ => panic!("not a pcap file (magic {magic:08x})"),
+    };
+    let rd = |b: &[u8]| {
+        let a: [u8; 4] = b.try_into().expect("4");
+        if le {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
+    };
+    let linktype = rd(&data[20..24]);
+    assert_eq!(
+        linktype, 1,
+        "capture is not Ethernet (link type {linktype})"
+    );
+    let mut off = 24;
+    let mut t0 = None;
+    while off + 16 <= data.len() {
+        let sec = rd(&data[off..off + 4]) as f64;
+        let frac = rd(&data[off + 4..off + 8]) as f64;
+        let incl = rd(&data[off + 8..off + 12]) as usize;
+        let ts = sec + frac / if nanos { 1e9 } else { 1e6 };
+        off += 16;
+        if off + incl > data.len() {
+            break;
+        }
+        let f = &data[off..off + incl];
+        off += incl;
+        let t = ts - *t0.get_or_insert(ts);
+        if f.len() < 14 + 20 || u16::from_be_bytes([f[12], f[13]]) != 0x0800 {
+            c.other += 1;
+            continue;
+        }
+        let ip = &f[14..];
+        let ihl = ((ip[0] & 0x0f) as usize) * 4;
+        let proto = ip[9];
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        let l4 = ip.get(ihl..).unwrap_or(&[]);
+        let (sport, dport, payload) = if (proto == 17 || proto == 6) && l4.len() >= 4 {
+            let hdr = if proto == 17 { 8 } else { 20 };
+            (
+                Some(u16::from_be_bytes([l4[0], l4[1]])),
+                Some(u16::from_be_bytes([l4[2], l4[3]])),
+                l4.get(hdr..).unwrap_or(&[]).to_vec(),
+            )
+        } else {
+            (None, None, l4.to_vec())
+        };
+        c.ipv4.push(Frame {
+            t,
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+            payload,
+        });
+    }
+    c
+}
+
+/// A running tcpdump writing a pcap file.
+#[derive(Debug)]
+pub struct Capture {
+    child: NsChild,
+    path: PathBuf,
+}
+
+impl Capture {
+    /// Starts `tcpdump -i IFACE` in `ns`, writing to `path`, and waits until it listens.
+    pub fn start(ns: &Netns, iface: &str, path: &Path) -> Capture {
+        require_tool("tcpdump", &["--version"], "tcpdump");
+        let err = path.with_extension("err");
+        let f = fs::File::create(&err).expect("tcpdump stderr file");
+        let child = ns.spawn(
+            ns.command("tcpdump")
+                // --immediate-mode: without it libpcap hands over packets a ring block at a time, and what
+                // is still in the current block when tcpdump is stopped never reaches the file.
+                .args([
+                    "-i",
+                    iface,
+                    "-n",
+                    "-U",
+                    "--immediate-mode",
+                    "-s",
+                    "256",
+                    "-w",
+                ])
+                .arg(path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(f)),
+        );
+        let mut cap = Capture {
+            child,
+            path: path.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !fs::read_to_string(&err)
+            .unwrap_or_default()
+            .contains("listening on")
+        {
+            if let Some(s) = cap.child.try_wait() {
+                panic!(
+                    "tcpdump exited ({s}): {}",
+                    fs::read_to_string(&err).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "tcpdump did not start in 5 s");
+            sleep(Duration::from_millis(20));
+        }
+        cap
+    }
+
+    /// Stops it (SIGINT by PID, so it flushes) and reads the capture.
+    pub fn stop(mut self) -> Captured {
+        // Let the last packets reach the file (-U writes each packet as it comes).
+        sleep(Duration::from_millis(200));
+        self.child.signal("INT");
+        if self.child.wait_timeout(Duration::from_secs(5)).is_none() {
+            self.child.kill();
+        }
+        parse_pcap(&fs::read(&self.path).expect("read the capture"))
+    }
+}
+
+/// Checks that every IPv4 frame between the hosts `a` and `b` is UDP 500 or 4500 on both ends (IKE, ESP in
+/// UDP, keepalives), that no IPv4 frame at all carries an address of `inner` (the VM subnets, as `(network,
+/// prefix length)`) in its header, and that no payload holds the source and destination of a packet between two
+/// of `vms` in clear (8 bytes in a row, as in an IPv4 header). Returns a description of each offending frame.
+pub fn foreign_frames(
+    cap: &Captured,
+    a: Ipv4Addr,
+    b: Ipv4Addr,
+    inner: &[(Ipv4Addr, u8)],
+    vms: &[Ipv4Addr],
+) -> Vec<String> {
+    let in_inner = |x: Ipv4Addr| {
+        inner.iter().any(|(net, len)| {
+            let mask = if *len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - *len as u32)
+            };
+            u32::from(x) & mask == u32::from(*net) & mask
+        })
+    };
+    let mut pairs = Vec::new();
+    for x in vms {
+        for y in vms {
+            if x != y {
+                let mut p = x.octets().to_vec();
+                p.extend_from_slice(&y.octets());
+                pairs.push(p);
+            }
+        }
+    }
+    let clear = |payload: &[u8]| payload.windows(8).any(|w| pairs.iter().any(|p| p == w));
+    let ike_port = |p: Option<u16>| matches!(p, Some(500) | Some(4500));
+    cap.ipv4
+        .iter()
+        .filter(|f| {
+            let between = (f.src == a && f.dst == b) || (f.src == b && f.dst == a);
+            in_inner(f.src)
+                || in_inner(f.dst)
+                || clear(&f.payload)
+                || (between && !(f.proto == 17 && ike_port(f.sport) && ike_port(f.dport)))
+        })
+        .map(|f| {
+            format!(
+                "{:.3}s {} > {} proto {} ports {:?} > {:?}{}",
+                f.t,
+                f.src,
+                f.dst,
+                f.proto,
+                f.sport,
+                f.dport,
+                if clear(&f.payload) {
+                    " (inner addresses in clear in the payload)"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect()
+}
