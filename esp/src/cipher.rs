@@ -3,7 +3,10 @@
 //! Both directions see the packet as `[SPI | Seq | IV | encrypted part | ICV]`; this module only knows where the
 //! parts are, not what the encrypted part holds.
 
-use aws_lc_rs::{aead, cipher, constant_time, hmac};
+use aes::cipher::generic_array::GenericArray;
+use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::{aead, hmac};
 
 use crate::{KeyMaterial, Transform, ESP_HEADER_LEN};
 
@@ -11,6 +14,8 @@ use crate::{KeyMaterial, Transform, ESP_HEADER_LEN};
 #[derive(Debug)]
 pub(crate) struct AuthFailed;
 
+// One per SA, reached through the SA: its size costs nothing per packet, a Box would cost a pointer chase.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Cipher {
     Aead {
         key: aead::LessSafeKey,
@@ -21,9 +26,63 @@ pub(crate) enum Cipher {
 }
 
 pub(crate) struct CbcHmac {
-    enc: cipher::EncryptingKey,
-    dec: cipher::DecryptingKey,
+    aes: Aes,
+    /// Encrypts the sequence number into the per-packet IV: unpredictable without this key, never repeated,
+    /// and no system call per packet.
+    iv_key: aes::Aes128,
     mac: hmac::Key,
+}
+
+#[allow(clippy::large_enum_variant)] // one per SA, see Cipher
+enum Aes {
+    K128(aes::Aes128),
+    K256(aes::Aes256),
+}
+
+impl Aes {
+    fn encrypt(&self, block: &mut [u8]) {
+        let b = GenericArray::from_mut_slice(block);
+        match self {
+            Aes::K128(k) => k.encrypt_block(b),
+            Aes::K256(k) => k.encrypt_block(b),
+        }
+    }
+
+    fn decrypt(&self, block: &mut [u8]) {
+        let b = GenericArray::from_mut_slice(block);
+        match self {
+            Aes::K128(k) => k.decrypt_block(b),
+            Aes::K256(k) => k.decrypt_block(b),
+        }
+    }
+
+    /// CBC encryption in place of whole blocks.
+    fn cbc_encrypt(&self, iv: &[u8; 16], data: &mut [u8]) {
+        let mut prev = *iv;
+        for block in data.chunks_exact_mut(16) {
+            block.iter_mut().zip(prev).for_each(|(b, p)| *b ^= p);
+            self.encrypt(block);
+            prev.copy_from_slice(block);
+        }
+    }
+
+    /// CBC decryption in place of whole blocks.
+    fn cbc_decrypt(&self, iv: &[u8; 16], data: &mut [u8]) {
+        let mut prev = *iv;
+        for block in data.chunks_exact_mut(16) {
+            let mut this = [0u8; 16];
+            this.copy_from_slice(block);
+            self.decrypt(block);
+            block.iter_mut().zip(prev).for_each(|(b, p)| *b ^= p);
+            prev = this;
+        }
+    }
+}
+
+/// Compares two MACs in constant time.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && std::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
 }
 
 /// ESN high-order bits: present only when the SA uses 64-bit extended sequence numbers.
@@ -48,26 +107,36 @@ impl Cipher {
                 }
             }
             Transform::AesCbc128HmacSha256 | Transform::AesCbc256HmacSha256 => {
-                let alg = if t == Transform::AesCbc128HmacSha256 {
-                    &cipher::AES_128
+                let aes = if t == Transform::AesCbc128HmacSha256 {
+                    Aes::K128(
+                        aes::Aes128::new_from_slice(ck)
+                            .expect("AES key length checked by KeyMaterial"),
+                    )
                 } else {
-                    &cipher::AES_256
+                    Aes::K256(
+                        aes::Aes256::new_from_slice(ck)
+                            .expect("AES key length checked by KeyMaterial"),
+                    )
                 };
-                let unbound =
-                    || cipher::UnboundCipherKey::new(alg, ck).expect("AES key length checked");
-                Cipher::CbcHmac(Box::new(CbcHmac {
-                    enc: cipher::EncryptingKey::cbc(unbound()).expect("AES supports CBC"),
-                    dec: cipher::DecryptingKey::cbc(unbound()).expect("AES supports CBC"),
+                let mut iv_key = [0u8; 16];
+                SystemRandom::new()
+                    .fill(&mut iv_key)
+                    .expect("the system random source does not fail");
+                let cbc = CbcHmac {
+                    aes,
+                    iv_key: aes::Aes128::new(&iv_key.into()),
                     mac: hmac::Key::new(hmac::HMAC_SHA256, keys.integ_key(t)),
-                }))
+                };
+                iv_key.iter_mut().for_each(|b| *b = 0);
+                Cipher::CbcHmac(Box::new(cbc))
             }
         }
     }
 
     /// Encrypts `pkt[ESP_HEADER_LEN + iv_len .. len - icv]` in place and writes IV (CBC) and ICV.
     ///
-    /// For the AEADs the caller has already written the explicit IV; for CBC the IV is drawn from the
-    /// backend's DRBG here, because a CBC IV must be unpredictable.
+    /// For the AEADs the caller has already written the explicit IV; for CBC the IV is made here, because a CBC
+    /// IV must be unpredictable: the full sequence number encrypted under a random per-SA key.
     pub(crate) fn seal(&self, t: Transform, pkt: &mut [u8], seq_hi: SeqHi) {
         let iv_end = ESP_HEADER_LEN + t.iv_len();
         let icv_start = pkt.len() - t.icv_len();
@@ -85,13 +154,14 @@ impl Cipher {
             //= https://www.rfc-editor.org/rfc/rfc3602#section-3
             //# The IV MUST be chosen at random, and MUST be unpredictable.
             Cipher::CbcHmac(c) => {
-                let (enc, mac) = (&c.enc, &c.mac);
-                let ctx = enc
-                    .encrypt(&mut pkt[iv_end..icv_start])
-                    .expect("block-aligned by padding");
-                let iv: &[u8] = (&ctx).try_into().expect("CBC yields a 128-bit IV");
-                pkt[ESP_HEADER_LEN..iv_end].copy_from_slice(iv);
-                let tag = cbc_icv(mac, &pkt[..icv_start], seq_hi);
+                let mut iv = [0u8; 16];
+                iv[..4].copy_from_slice(&seq_hi.unwrap_or(0).to_be_bytes());
+                iv[4..8].copy_from_slice(&pkt[4..8]);
+                c.iv_key
+                    .encrypt_block(GenericArray::from_mut_slice(&mut iv));
+                pkt[ESP_HEADER_LEN..iv_end].copy_from_slice(&iv);
+                c.aes.cbc_encrypt(&iv, &mut pkt[iv_end..icv_start]);
+                let tag = cbc_icv(&c.mac, &pkt[..icv_start], seq_hi);
                 pkt[icv_start..].copy_from_slice(&tag.as_ref()[..t.icv_len()]);
             }
         }
@@ -112,28 +182,30 @@ impl Cipher {
                 let (body, icv) = rest.split_at_mut(icv_start - iv_end);
                 let nonce = nonce(salt, &head[ESP_HEADER_LEN..iv_end]);
                 let aad = aead_aad(head, seq_hi);
-                key.open_in_place_separate_tag(nonce, aead::Aad::from(&aad.0[..aad.1]), icv, body)
-                    .map(|_| ())
-                    .map_err(|_| AuthFailed)
+                let tag = aead::Tag::try_from(&icv[..]).map_err(|_| AuthFailed)?;
+                key.open_in_place_separate_tag(
+                    nonce,
+                    aead::Aad::from(&aad.0[..aad.1]),
+                    tag,
+                    body,
+                    0..,
+                )
+                .map(|_| ())
+                .map_err(|_| AuthFailed)
             }
             Cipher::CbcHmac(c) => {
-                let (dec, mac) = (&c.dec, &c.mac);
                 //= https://www.rfc-editor.org/rfc/rfc4303#section-3.4.4.1
                 //# If integrity has been selected, the receiver computes the ICV over the ESP packet minus the ICV,
                 //# using the specified integrity algorithm and verifies that it is the same as the ICV carried in
                 //# the packet.
-                let tag = cbc_icv(mac, &pkt[..icv_start], seq_hi);
-                constant_time::verify_slices_are_equal(
-                    &tag.as_ref()[..t.icv_len()],
-                    &pkt[icv_start..],
-                )
-                .map_err(|_| AuthFailed)?;
+                let tag = cbc_icv(&c.mac, &pkt[..icv_start], seq_hi);
+                if !ct_eq(&tag.as_ref()[..t.icv_len()], &pkt[icv_start..]) {
+                    return Err(AuthFailed);
+                }
                 let mut iv = [0u8; 16];
                 iv.copy_from_slice(&pkt[ESP_HEADER_LEN..iv_end]);
-                let ctx = cipher::DecryptionContext::Iv128(iv.into());
-                dec.decrypt(&mut pkt[iv_end..icv_start], ctx)
-                    .map(|_| ())
-                    .map_err(|_| AuthFailed)
+                c.aes.cbc_decrypt(&iv, &mut pkt[iv_end..icv_start]);
+                Ok(())
             }
         }
     }
