@@ -19,6 +19,16 @@ use crate::notify as n;
 use crate::proposal::{self, Chosen, ProposalSpec};
 use crate::suite::{self, KeyShare, Suite};
 
+/// The first payload of a kind, mapped: `first!(payloads, Payload::Nonce(x) => x.clone())`.
+macro_rules! first {
+    ($payloads:expr, $pat:pat => $val:expr) => {
+        $payloads.iter().find_map(|p| match p {
+            $pat => Some($val),
+            _ => None,
+        })
+    };
+}
+
 /// IKE's well-known port.
 pub const IKE_PORT: u16 = 500;
 /// The NAT traversal port.
@@ -635,14 +645,8 @@ impl IkeSa {
             ));
             return;
         };
-        let ke = payloads.iter().find_map(|p| match p {
-            Payload::Ke { group, data } => Some((*group, data.clone())),
-            _ => None,
-        });
-        let nr = payloads.iter().find_map(|p| match p {
-            Payload::Nonce(d) => Some(d.clone()),
-            _ => None,
-        });
+        let ke = first!(payloads, Payload::Ke { group, data } => (*group, data.clone()));
+        let nr = first!(payloads, Payload::Nonce(d) => d.clone());
         let (Some((group, peer_pub)), Some(nr)) = (ke, nr) else {
             self.close(Reason::Protocol(
                 "IKE_SA_INIT response lacks KE or Nonce".into(),
@@ -768,14 +772,8 @@ impl IkeSa {
                 return;
             }
         }
-        let id_r = payloads.iter().find_map(|p| match p {
-            Payload::IdR(id) => Some(id.clone()),
-            _ => None,
-        });
-        let auth = payloads.iter().find_map(|p| match p {
-            Payload::Auth { method, data } => Some((*method, data.clone())),
-            _ => None,
-        });
+        let id_r = first!(payloads, Payload::IdR(id) => id.clone());
+        let auth = first!(payloads, Payload::Auth { method, data } => (*method, data.clone()));
         let (Some(id_r), Some((method, data))) = (id_r, auth) else {
             self.close(Reason::Protocol(
                 "IKE_AUTH response lacks IDr or AUTH".into(),
@@ -885,20 +883,8 @@ impl IkeSa {
         if pfs != chosen.dh.is_some() {
             return Err(Reason::Protocol("PFS group mismatch".into()));
         }
-        let tsi = payloads.iter().find_map(|p| {
-            if let Payload::TsI(t) = p {
-                Some(t.clone())
-            } else {
-                None
-            }
-        });
-        let tsr = payloads.iter().find_map(|p| {
-            if let Payload::TsR(t) = p {
-                Some(t.clone())
-            } else {
-                None
-            }
-        });
+        let tsi = first!(payloads, Payload::TsI(t) => t.clone());
+        let tsr = first!(payloads, Payload::TsR(t) => t.clone());
         let (Some(tsi), Some(tsr)) = (tsi, tsr) else {
             return Err(Reason::Protocol("Child SA answer lacks TSi/TSr".into()));
         };
@@ -1229,17 +1215,8 @@ impl IkeSa {
     // ---- responder: IKE_AUTH ------------------------------------------------------------------------------
 
     fn respond_auth(&mut self, now: Instant, id: u32, payloads: Vec<Payload>) {
-        let id_i = payloads.iter().find_map(|p| {
-            if let Payload::IdI(x) = p {
-                Some(x.clone())
-            } else {
-                None
-            }
-        });
-        let auth = payloads.iter().find_map(|p| match p {
-            Payload::Auth { method, data } => Some((*method, data.clone())),
-            _ => None,
-        });
+        let id_i = first!(payloads, Payload::IdI(x) => x.clone());
+        let auth = first!(payloads, Payload::Auth { method, data } => (*method, data.clone()));
         let (Some(id_i), Some((method, data))) = (id_i, auth) else {
             self.send_response(
                 ExchangeType::IKE_AUTH,
@@ -1321,27 +1298,9 @@ impl IkeSa {
         payloads: &[Payload],
         pfs_allowed: bool,
     ) -> Result<(Child, Payload, Vec<TrafficSelector>, Vec<TrafficSelector>), (u16, Reason)> {
-        let theirs = payloads.iter().find_map(|p| {
-            if let Payload::Sa(x) = p {
-                Some(x.clone())
-            } else {
-                None
-            }
-        });
-        let tsi = payloads.iter().find_map(|p| {
-            if let Payload::TsI(t) = p {
-                Some(t.clone())
-            } else {
-                None
-            }
-        });
-        let tsr = payloads.iter().find_map(|p| {
-            if let Payload::TsR(t) = p {
-                Some(t.clone())
-            } else {
-                None
-            }
-        });
+        let theirs = first!(payloads, Payload::Sa(x) => x.clone());
+        let tsi = first!(payloads, Payload::TsI(t) => t.clone());
+        let tsr = first!(payloads, Payload::TsR(t) => t.clone());
         let (Some(theirs), Some(tsi), Some(tsr)) = (theirs, tsi, tsr) else {
             return Err((
                 n::INVALID_SYNTAX,
@@ -1543,13 +1502,7 @@ impl IkeSa {
             }
             return;
         }
-        let nr = payloads.iter().find_map(|p| {
-            if let Payload::Nonce(x) = p {
-                Some(x.clone())
-            } else {
-                None
-            }
-        });
+        let nr = first!(payloads, Payload::Nonce(x) => x.clone());
         let Some(nr) = nr else { return };
         let mut child = match self.accept_child(&payloads, &offered, spi_in, ks.is_some()) {
             Ok(c) => c,
@@ -1557,13 +1510,7 @@ impl IkeSa {
         };
         let shared = match (
             ks,
-            payloads.iter().find_map(|p| {
-                if let Payload::Ke { data, .. } = p {
-                    Some(data.clone())
-                } else {
-                    None
-                }
-            }),
+            first!(payloads, Payload::Ke { data, .. } => data.clone()),
         ) {
             (Some(ks), Some(pub_r)) => match ks.agree(&pub_r) {
                 Ok(s) => Some(s),
@@ -1615,13 +1562,7 @@ impl IkeSa {
             );
             return;
         }
-        let ni = payloads.iter().find_map(|p| {
-            if let Payload::Nonce(x) = p {
-                Some(x.clone())
-            } else {
-                None
-            }
-        });
+        let ni = first!(payloads, Payload::Nonce(x) => x.clone());
         let Some(ni) = ni else {
             self.send_response(
                 ExchangeType::CREATE_CHILD_SA,
@@ -1651,13 +1592,7 @@ impl IkeSa {
             );
             return;
         }
-        let peer_ke = payloads.iter().find_map(|p| {
-            if let Payload::Ke { group, data } = p {
-                Some((*group, data.clone()))
-            } else {
-                None
-            }
-        });
+        let peer_ke = first!(payloads, Payload::Ke { group, data } => (*group, data.clone()));
         let (mut child, sa_payload, tsi, tsr) =
             match self.negotiate_child(&payloads, peer_ke.is_some()) {
                 Ok(x) => x,
@@ -1778,27 +1713,9 @@ impl IkeSa {
                 reason,
             )
         };
-        let theirs = parsed.payloads.iter().find_map(|p| {
-            if let Payload::Sa(x) = p {
-                Some(x.clone())
-            } else {
-                None
-            }
-        })?;
-        let ke = parsed.payloads.iter().find_map(|p| {
-            if let Payload::Ke { group, data } = p {
-                Some((*group, data.clone()))
-            } else {
-                None
-            }
-        })?;
-        let ni = parsed.payloads.iter().find_map(|p| {
-            if let Payload::Nonce(x) = p {
-                Some(x.clone())
-            } else {
-                None
-            }
-        })?;
+        let theirs = first!(parsed.payloads, Payload::Sa(x) => x.clone())?;
+        let ke = first!(parsed.payloads, Payload::Ke { group, data } => (*group, data.clone()))?;
+        let ni = first!(parsed.payloads, Payload::Nonce(x) => x.clone())?;
         let Some(chosen) = proposal::select(&cfg.ike_proposals, &theirs)
             .filter(|c| c.spi.is_empty() && suite::ike_supported(c))
         else {

@@ -5,26 +5,6 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn vmsecd_bin() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    // `cargo test --workspace` builds the vmsecd binary (a workspace member) in the same profile.
-    let profile = if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
-    };
-    let bin = target.join(profile).join("vmsecd");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        bin.display()
-    );
-    bin
-}
-
 #[test]
 fn demo_mesh_of_three_hypervisors() {
     vmsecd_e2e::netns::require_root_and_ip();
@@ -32,7 +12,7 @@ fn demo_mesh_of_three_hypervisors() {
     let out = Command::new("bash")
         .arg(root.join("scripts/demo"))
         .arg("--bin")
-        .arg(vmsecd_bin())
+        .arg(vmsecd_e2e::vmsecd::vmsecd_bin())
         .output()
         .expect("run scripts/demo");
     let text = format!(
