@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::PeerConfig;
-use crate::event::{Event, Reason, Transmit};
+use crate::event::{Event, Transmit};
 use crate::message::{self, ExchangeType, Flags, Header, Notify, Payload};
 use crate::notify as n;
 use crate::sa::{IkeSa, InitOutcome, SaStatus, State, IKE_PORT};
@@ -269,6 +269,3 @@ impl Endpoint {
         self.by_init.retain(|_, spi| self.sas.contains_key(spi));
     }
 }
-
-/// Unused-import guard for the reason type, which callers match on.
-pub type DownReason = Reason;

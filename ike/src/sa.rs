@@ -392,20 +392,7 @@ impl IkeSa {
     /// Deletes the IKE SA (and with it every Child SA): sends INFORMATIONAL with a Delete payload.
     pub fn delete(&mut self, now: Instant) {
         match self.state {
-            State::Established => {
-                self.outstanding = None;
-                let d = Payload::Delete(Delete {
-                    protocol: ProtocolId::IKE,
-                    spis: vec![],
-                });
-                self.send_request(
-                    now,
-                    ExchangeType::INFORMATIONAL,
-                    vec![d],
-                    Request::DeleteIke,
-                );
-                self.state = State::Deleting;
-            }
+            State::Established => self.send_delete_ike(now, Duration::ZERO),
             State::Deleting | State::Closed => {}
             _ => self.close(Reason::DeletedByUs),
         }
@@ -843,6 +830,12 @@ impl IkeSa {
             reason,
         });
         self.down_reported = true;
+        self.send_delete_ike(now, delay);
+    }
+
+    /// Abandons any outstanding request and deletes the IKE SA with INFORMATIONAL { D(IKE) }, first sent after
+    /// `delay`; the SA closes when the peer answers or the retransmissions run out.
+    fn send_delete_ike(&mut self, now: Instant, delay: Duration) {
         self.outstanding = None;
         let d = Payload::Delete(Delete {
             protocol: ProtocolId::IKE,

@@ -70,7 +70,6 @@ struct Daemon {
     raw: sockets::RawEsp,
     control: tokio::net::UnixListener,
     initiation: HashMap<String, Initiation>,
-    started: Instant,
 }
 
 impl Daemon {
@@ -150,7 +149,6 @@ impl Daemon {
             raw,
             control,
             initiation,
-            started: now,
             config,
         })
     }
@@ -515,7 +513,6 @@ impl Daemon {
             })
             .collect();
         let d = self.datapath.drops;
-        let _ = self.started;
         Status {
             host: self.config.local().name.clone(),
             peers,
