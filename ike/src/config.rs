@@ -65,6 +65,8 @@ pub struct Lifetimes {
     pub jitter: Duration,
     /// Send a liveness check after this long without hearing from the peer (zero: never).
     pub dpd_delay: Duration,
+    /// Behind a NAT, send a NAT keepalive after this long without sending anything (zero: never).
+    pub nat_keepalive: Duration,
 }
 
 impl Default for Lifetimes {
@@ -74,6 +76,8 @@ impl Default for Lifetimes {
             child_rekey: Duration::from_secs(3600),
             jitter: Duration::from_secs(360),
             dpd_delay: Duration::from_secs(30),
+            // strongSwan's `keep_alive` default.
+            nat_keepalive: Duration::from_secs(20),
         }
     }
 }
@@ -111,7 +115,14 @@ pub struct PeerConfig {
     pub lifetimes: Lifetimes,
     /// Anti-replay window for inbound Child SAs.
     pub replay_window: u32,
+    /// IKE fragmentation (RFC 7383): the largest IP datagram an encrypted IKE message may make, IP and UDP
+    /// headers included (strongSwan's `fragment_size`, 1280 by default); larger messages are sent as
+    /// fragments when both sides support it. Zero disables fragmentation (we then do not announce it).
+    pub fragment_size: u16,
 }
+
+/// strongSwan's default `fragment_size`: the IPv6 minimum MTU, used for both address families.
+pub const DEFAULT_FRAGMENT_SIZE: u16 = 1280;
 
 /// The default identity of a host: its address, as strongSwan does.
 pub fn id_from_addr(addr: IpAddr) -> Id {

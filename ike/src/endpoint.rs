@@ -97,10 +97,12 @@ impl Endpoint {
             .any(|sa| sa.config().name == peer && sa.state() != State::Closed)
     }
 
-    /// Status of every SA: (peer name, status).
+    /// Status of every current SA: (peer name, status). IKE SAs a rekey replaced are left out while their
+    /// delete completes.
     pub fn status(&self) -> Vec<(String, SaStatus)> {
         self.sas
             .values()
+            .filter(|sa| !sa.is_superseded())
             .map(|sa| (sa.config().name.clone(), sa.status()))
             .collect()
     }
@@ -249,12 +251,31 @@ impl Endpoint {
     }
 
     fn collect(&mut self) {
-        for sa in self.sas.values_mut() {
-            while let Some(t) = sa.poll_transmit() {
-                self.transmits.push_back(t);
+        // A rekey creates IKE SAs (filed under their own SPI, while the old one stays reachable until its delete
+        // completes) and may move Child SAs between them; the new ones can have queued messages of their own.
+        loop {
+            let mut spawned = Vec::new();
+            let mut handoffs = Vec::new();
+            for sa in self.sas.values_mut() {
+                spawned.extend(sa.take_spawned());
+                handoffs.extend(sa.take_handoff());
+                while let Some(t) = sa.poll_transmit() {
+                    self.transmits.push_back(t);
+                }
+                while let Some(e) = sa.poll_event() {
+                    self.events.push_back(e);
+                }
             }
-            while let Some(e) = sa.poll_event() {
-                self.events.push_back(e);
+            if spawned.is_empty() && handoffs.is_empty() {
+                break;
+            }
+            for sa in spawned {
+                self.sas.insert(sa.local_spi(), sa);
+            }
+            for (spi, children) in handoffs {
+                if let Some(sa) = self.sas.get_mut(&spi) {
+                    sa.adopt(children);
+                }
             }
         }
         let closed: Vec<u64> = self

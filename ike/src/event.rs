@@ -120,6 +120,18 @@ pub enum Event {
         /// True if we initiated.
         initiator: bool,
     },
+    /// The IKE SA was rekeyed (RFC 7296 2.18): its Child SAs now belong to the new IKE SA, which carries every
+    /// later exchange. Nothing changes for the datapath.
+    IkeRekeyed {
+        /// Peer name.
+        peer: String,
+        /// Initiator and responder SPIs of the replaced IKE SA.
+        old_spis: (u64, u64),
+        /// Initiator and responder SPIs of the new IKE SA.
+        new_spis: (u64, u64),
+        /// True if we initiated the rekey exchange that survived (we are then the new SA's initiator).
+        initiator: bool,
+    },
     /// The IKE SA is gone, with all its Child SAs.
     IkeDown {
         /// Peer name.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod crypto;
 pub mod endpoint;
 pub mod event;
+mod fragment;
 pub mod message;
 pub mod notify;
 pub mod proposal;

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use crate::config::{display_id, AuthMethod, PeerConfig};
 use crate::event::{ChildSaInfo, Event, Reason, Transmit};
+use crate::fragment::Reassembly;
 use crate::message::{
-    self, Delete, ExchangeType, Flags, Header, Id, Notify, Parsed, Payload, Proposal, ProtocolId,
-    TrafficSelector, IKE_VERSION,
+    self, Delete, ExchangeType, Flags, Fragment, Header, Id, Notify, Parsed, Payload, Proposal,
+    ProtocolId, TrafficSelector, IKE_VERSION,
 };
 use crate::notify as n;
 use crate::proposal::{self, Chosen, ProposalSpec};
@@ -50,6 +51,8 @@ pub enum State {
     Established,
     /// Our delete of the IKE SA is outstanding.
     Deleting,
+    /// Replaced by a rekey the peer initiated: waiting for the peer to delete it.
+    Rekeyed,
     /// Gone; the driver drops it.
     Closed,
 }
@@ -73,7 +76,45 @@ enum Request {
         offered: Vec<Proposal>,
         ni: Vec<u8>,
         ks: Option<Box<KeyShare>>,
+        /// The peer rekeyed the same Child SA meanwhile (RFC 7296 2.8.1).
+        collision: Option<ChildCollision>,
     },
+    RekeyIke {
+        /// Our SPI in the new IKE SA (we are its initiator).
+        spi: u64,
+        offered: Vec<Proposal>,
+        ni: Vec<u8>,
+        ks: Box<KeyShare>,
+        /// The peer rekeyed this IKE SA meanwhile (RFC 7296 2.8.2).
+        collision: Option<IkeCollision>,
+    },
+}
+
+/// The Child SA the peer created when it rekeyed the one we were rekeying.
+#[derive(Debug)]
+struct ChildCollision {
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+}
+
+/// The IKE SA the peer created when it rekeyed the one we were rekeying.
+#[derive(Debug)]
+struct IkeCollision {
+    /// Our SPI in it (the endpoint files it under this).
+    local_spi: u64,
+    spis: (u64, u64),
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+}
+
+/// The lower of an exchange's two nonces (byte-wise; a prefix is lower).
+fn lowest<'a>(ni: &'a [u8], nr: &'a [u8]) -> &'a [u8] {
+    ni.min(nr)
+}
+
+/// How long to wait before trying a rekey again after the peer refused it (TEMPORARY_FAILURE or a collision).
+fn rekey_retry() -> Duration {
+    jittered(Duration::from_secs(15), Duration::from_secs(10))
 }
 
 #[derive(Debug)]
@@ -87,7 +128,7 @@ struct Outstanding {
 
 /// A Child SA as the IKE SA tracks it.
 #[derive(Debug, Clone)]
-struct Child {
+pub(crate) struct Child {
     spi_in: u32,
     spi_out: u32,
     chosen: Chosen,
@@ -129,6 +170,23 @@ pub struct IkeSa {
     /// The IkeDown event went out already (a refused Child SA is reported at once, before the delete exchange
     /// that follows): closing must not report the SA a second time.
     down_reported: bool,
+    /// Superseded by a rekey (the old SA) or redundant (the loser of a rekey collision): it carries no Child
+    /// SA, its closing reports nothing and status does not show it.
+    silent: bool,
+    /// New IKE SAs a rekey created, for the endpoint to file under their SPI.
+    spawned: Vec<IkeSa>,
+    /// Child SAs for the endpoint to move to the IKE SA filed under this SPI (the winner of a collision).
+    handoff: Option<(u64, Vec<Child>)>,
+    /// Our NAT_DETECTION_DESTINATION_IP did not match: we are behind a NAT and keep its mapping alive.
+    nat_local: bool,
+    /// Both sides announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383).
+    frag: bool,
+    /// Fragments of a message being received.
+    reassembly: Option<Reassembly>,
+    /// The `now` of the call being processed.
+    clock: Instant,
+    /// When we last sent something to the peer (for NAT keepalives).
+    last_sent: Instant,
 }
 
 impl std::fmt::Debug for IkeSa {
@@ -246,6 +304,14 @@ impl IkeSa {
             ike_rekey_at: None,
             init_tries: 0,
             down_reported: false,
+            silent: false,
+            spawned: Vec::new(),
+            handoff: None,
+            nat_local: false,
+            frag: false,
+            reassembly: None,
+            clock: now,
+            last_sent: now,
         }
     }
 
@@ -276,6 +342,28 @@ impl IkeSa {
     /// True if we initiated this IKE SA.
     pub fn is_initiator(&self) -> bool {
         self.initiator
+    }
+
+    /// True for an IKE SA a rekey replaced (or the redundant one of a rekey collision): it lingers only until
+    /// its delete completes, carries no Child SA and is left out of status displays.
+    pub fn is_superseded(&self) -> bool {
+        self.silent
+    }
+
+    /// The IKE SAs a rekey created since the last call: the endpoint files them under their local SPI.
+    pub(crate) fn take_spawned(&mut self) -> Vec<IkeSa> {
+        std::mem::take(&mut self.spawned)
+    }
+
+    /// Child SAs to move to another IKE SA (by its local SPI), after a rekey collision this SA lost.
+    pub(crate) fn take_handoff(&mut self) -> Option<(u64, Vec<Child>)> {
+        self.handoff.take()
+    }
+
+    /// Takes over the Child SAs of the IKE SA it replaced (it won a rekey collision).
+    pub(crate) fn adopt(&mut self, children: Vec<Child>) {
+        self.children.extend(children);
+        self.silent = false;
     }
 
     /// A snapshot for status displays.
@@ -319,7 +407,9 @@ impl IkeSa {
                 t = Some(t.map_or(x, |t| t.min(x)));
             }
         };
+        min(self.keepalive_due());
         if self.state == State::Established && self.outstanding.is_none() {
+            min(self.ike_rekey_at);
             min(self
                 .children
                 .iter()
@@ -331,11 +421,19 @@ impl IkeSa {
                 min(Some(self.last_heard + dpd));
             }
         }
-        if self.state == State::AwaitingAuth {
-            // A half-open SA whose initiator went away is dropped after the retransmission budget.
+        if self.state == State::AwaitingAuth || self.state == State::Rekeyed {
+            // A half-open SA whose initiator went away, or a rekeyed one the peer never deletes, is dropped after
+            // the retransmission budget.
             min(Some(self.last_heard + self.total_retransmit_time()));
         }
         t
+    }
+
+    /// When the next NAT keepalive is due, if we are behind a NAT.
+    fn keepalive_due(&self) -> Option<Instant> {
+        let k = self.cfg.lifetimes.nat_keepalive;
+        (self.state == State::Established && self.nat_local && !self.silent && !k.is_zero())
+            .then(|| self.last_sent + k)
     }
 
     fn total_retransmit_time(&self) -> Duration {
@@ -346,6 +444,18 @@ impl IkeSa {
 
     /// Retransmits, gives up, checks liveness and starts rekeys whose time has come.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = now;
+        if self.keepalive_due().is_some_and(|t| now >= t) {
+            //= https://www.rfc-editor.org/rfc/rfc3948#section-2.3
+            //# The sender MUST use a one-octet-long payload with the value 0xFF.
+            // It goes to the peer's port 4500 from ours, without the non-ESP marker.
+            self.transmits.push_back(Transmit {
+                remote: self.remote,
+                local_port: NAT_T_PORT,
+                data: vec![0xff],
+            });
+            self.last_sent = now;
+        }
         if let Some(o) = &mut self.outstanding {
             if now >= o.deadline {
                 //= https://www.rfc-editor.org/rfc/rfc7296#section-2.1
@@ -368,7 +478,15 @@ impl IkeSa {
             State::AwaitingAuth if now >= self.last_heard + self.total_retransmit_time() => {
                 self.close(Reason::PeerDead);
             }
+            State::Rekeyed if now >= self.last_heard + self.total_retransmit_time() => {
+                // The peer never deleted the IKE SA it replaced; its Child SAs live on in the new one.
+                self.close(Reason::Rekeyed);
+            }
             State::Established => {
+                if self.ike_rekey_at.is_some_and(|t| now >= t) {
+                    self.start_ike_rekey(now);
+                    return;
+                }
                 if let Some(i) = self
                     .children
                     .iter()
@@ -393,6 +511,7 @@ impl IkeSa {
     pub fn delete(&mut self, now: Instant) {
         match self.state {
             State::Established => self.send_delete_ike(now, Duration::ZERO),
+            State::Rekeyed => self.close(Reason::Rekeyed),
             State::Deleting | State::Closed => {}
             _ => self.close(Reason::DeletedByUs),
         }
@@ -410,7 +529,7 @@ impl IkeSa {
                 reason: reason.clone(),
             });
         }
-        if !self.down_reported {
+        if !self.down_reported && !self.silent {
             self.events.push_back(Event::IkeDown {
                 peer: self.cfg.name.clone(),
                 reason,
@@ -421,6 +540,7 @@ impl IkeSa {
     }
 
     fn push_transmit(&mut self, data: Vec<u8>) {
+        self.last_sent = self.clock;
         let data = if self.local_port == NAT_T_PORT {
             //= https://www.rfc-editor.org/rfc/rfc3948#section-2.2
             //# The Non-ESP Marker is 4 bytes of zero aligning with the SPI field of an ESP packet.
@@ -498,6 +618,15 @@ impl IkeSa {
         });
         payloads.push(Payload::Nonce(self.ni.clone()));
         payloads.extend(self.nat_detection_payloads());
+        if self.cfg.fragment_size != 0 {
+            //= https://www.rfc-editor.org/rfc/rfc7383#section-2.3
+            //# The initiator indicates its support for IKE fragmentation and willingness to use it by including a
+            //# Notify payload of type IKEV2_FRAGMENTATION_SUPPORTED in the IKE_SA_INIT request message.
+            payloads.push(Payload::Notify(Notify::new(
+                n::IKEV2_FRAGMENTATION_SUPPORTED,
+                vec![],
+            )));
+        }
         self.key_share = Some(ks);
         let msg =
             message::encode_plain(self.header(ExchangeType::IKE_SA_INIT, false, 0), &payloads);
@@ -551,6 +680,10 @@ impl IkeSa {
                 };
                 if x.data != expected {
                     nat = true;
+                    if x.ntype == n::NAT_DETECTION_DESTINATION_IP {
+                        // The peer saw another address or port than ours: a NAT in front of us.
+                        self.nat_local = true;
+                    }
                 }
             }
         }
@@ -670,6 +803,7 @@ impl IkeSa {
         };
         self.suite = Some(suite);
         self.check_nat(&payloads, local_port, self.spi_r);
+        self.frag = self.cfg.fragment_size != 0 && announces_fragmentation(&payloads);
         self.outstanding = None;
         self.send_auth(now);
     }
@@ -1006,8 +1140,9 @@ impl IkeSa {
         let id = self.next_id;
         self.next_id += 1;
         let header = self.header(exchange, false, id);
-        let Some(suite) = &self.suite else { return };
-        let datagrams = vec![suite.protect(header, &payloads)];
+        let Some(datagrams) = self.protect(header, &payloads) else {
+            return;
+        };
         let (sent, deadline) = if delay.is_zero() {
             for d in &datagrams {
                 self.push_transmit(d.clone());
@@ -1028,8 +1163,9 @@ impl IkeSa {
 
     fn send_response(&mut self, exchange: ExchangeType, id: u32, payloads: Vec<Payload>) {
         let header = self.header(exchange, true, id);
-        let Some(suite) = &self.suite else { return };
-        let datagrams = vec![suite.protect(header, &payloads)];
+        let Some(datagrams) = self.protect(header, &payloads) else {
+            return;
+        };
         for d in &datagrams {
             self.push_transmit(d.clone());
         }
@@ -1040,8 +1176,23 @@ impl IkeSa {
         self.peer_next_id = id + 1;
     }
 
+    /// Encrypts a message, as fragments if it is too big for the path and both sides support that.
+    fn protect(&self, header: Header, payloads: &[Payload]) -> Option<Vec<Vec<u8>>> {
+        let suite = self.suite.as_ref()?;
+        Some(suite.protect_fragmented(header, payloads, self.frag, self.max_message_len()))
+    }
+
+    /// The largest IKE message that fits in `fragment_size` once IP and UDP headers (and the non-ESP marker on
+    /// port 4500) are added.
+    fn max_message_len(&self) -> usize {
+        let ip = if self.remote.is_ipv4() { 20 } else { 40 };
+        let marker = if self.local_port == NAT_T_PORT { 4 } else { 0 };
+        usize::from(self.cfg.fragment_size).saturating_sub(ip + 8 + marker)
+    }
+
     /// Handles an IKE message for this SA (the non-ESP marker already removed).
     pub fn handle(&mut self, now: Instant, data: &[u8], from: SocketAddr, local_port: u16) {
+        self.clock = now;
         if self.state == State::Closed {
             return;
         }
@@ -1051,6 +1202,10 @@ impl IkeSa {
         let h = parsed.header;
         // The sender's I flag must be the opposite of ours: it tells which side originally initiated.
         if h.flags.initiator() == self.initiator {
+            return;
+        }
+        if let Some(f) = parsed.encrypted.and_then(|e| e.fragment) {
+            self.handle_fragment(now, &parsed, f, from);
             return;
         }
         if h.flags.response() {
@@ -1094,8 +1249,90 @@ impl IkeSa {
         let Some(payloads) = self.decrypt(&parsed) else {
             return;
         };
+        self.dispatch_response(now, payloads, from);
+    }
+
+    /// An Encrypted Fragment payload (RFC 7383): checked, kept, and once all are in, processed as the message.
+    fn handle_fragment(
+        &mut self,
+        now: Instant,
+        parsed: &Parsed<'_>,
+        f: Fragment,
+        from: SocketAddr,
+    ) {
+        // Fragments are only valid on an SA that negotiated them.
+        if !self.frag {
+            return;
+        }
+        let h = parsed.header;
+        let (id, response) = (h.message_id, h.flags.response());
+        if response {
+            if self.outstanding.as_ref().map(|o| o.id) != Some(id) {
+                return;
+            }
+        } else {
+            if let Some((last, datagrams)) = &self.last_response {
+                if id == *last {
+                    //= https://www.rfc-editor.org/rfc/rfc7383#section-2.6.1
+                    // A retransmitted fragmented request is answered with every (cached) fragment of the response,
+                    // once per retransmission: on its first fragment, after that fragment's ICV verified.
+                    if f.number == 1 && self.decrypt_fragment(parsed).is_some() {
+                        for d in datagrams.clone() {
+                            self.push_transmit(d);
+                        }
+                    }
+                    return;
+                }
+            }
+            if id != self.peer_next_id {
+                return;
+            }
+        }
+        //= https://www.rfc-editor.org/rfc/rfc7383#section-2.6
+        // Each fragment's ICV is verified before it is stored, so forged fragments cannot spoil a reassembly.
+        let Some(plain) = self.decrypt_fragment(parsed) else {
+            return;
+        };
+        let Some(enc) = parsed.encrypted else { return };
+        let key = (id, response);
+        if self.reassembly.as_ref().map(|r| r.key) != Some(key) {
+            match Reassembly::new(key, f.total) {
+                Ok(r) => self.reassembly = Some(r),
+                Err(_) => return,
+            }
+        }
+        let Some(r) = self.reassembly.as_mut() else {
+            return;
+        };
+        let Ok(Some((first, whole))) = r.add(f.number, f.total, enc.inner_next, plain) else {
+            return;
+        };
+        self.reassembly = None;
+        let payloads = match message::parse_chain(first, &whole, 0) {
+            Ok((payloads, None)) => payloads,
+            _ => return,
+        };
+        if response {
+            self.dispatch_response(now, payloads, from);
+        } else {
+            self.dispatch_request(now, h, payloads, from);
+        }
+    }
+
+    fn decrypt_fragment(&self, parsed: &Parsed<'_>) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        let enc = parsed.encrypted?;
+        self.suite
+            .as_ref()?
+            .unprotect_fragment(parsed.bytes, &enc)
+            .ok()
+    }
+
+    /// A verified response to our outstanding request.
+    fn dispatch_response(&mut self, now: Instant, payloads: Vec<Payload>, from: SocketAddr) {
+        let Some(o) = self.outstanding.take() else {
+            return;
+        };
         self.heard(now, from);
-        let o = self.outstanding.take().expect("checked above");
         match o.what {
             Request::Init => {}
             Request::Auth { offered, spi_in } => {
@@ -1125,7 +1362,17 @@ impl IkeSa {
                 offered,
                 ni,
                 ks,
-            } => self.finish_child_rekey(now, payloads, old_spi_in, spi_in, offered, ni, ks),
+                collision,
+            } => self.finish_child_rekey(
+                now, payloads, old_spi_in, spi_in, offered, ni, ks, collision,
+            ),
+            Request::RekeyIke {
+                spi,
+                offered,
+                ni,
+                ks,
+                collision,
+            } => self.finish_ike_rekey(now, payloads, spi, offered, ni, *ks, collision),
         }
     }
 
@@ -1171,6 +1418,18 @@ impl IkeSa {
         let Some(payloads) = self.decrypt(&parsed) else {
             return;
         };
+        self.dispatch_request(now, parsed.header, payloads, from);
+    }
+
+    /// A verified request with the Message ID we expect next.
+    fn dispatch_request(
+        &mut self,
+        now: Instant,
+        header: Header,
+        payloads: Vec<Payload>,
+        from: SocketAddr,
+    ) {
+        let id = header.message_id;
         // Only a message that authenticated may move the peer's address.
         if self.state == State::AwaitingAuth {
             if from.port() == NAT_T_PORT {
@@ -1179,16 +1438,20 @@ impl IkeSa {
         } else {
             self.heard(now, from);
         }
-        let exchange = parsed.header.exchange;
+        let exchange = header.exchange;
         match (self.state, exchange) {
             (State::AwaitingAuth, ExchangeType::IKE_AUTH) => self.respond_auth(now, id, payloads),
-            (State::Established | State::Deleting, ExchangeType::INFORMATIONAL) => {
-                self.respond_informational(now, id, payloads)
-            }
+            (
+                State::Established | State::Deleting | State::Rekeyed,
+                ExchangeType::INFORMATIONAL,
+            ) => self.respond_informational(now, id, payloads),
             (State::Established, ExchangeType::CREATE_CHILD_SA) => {
                 self.respond_create_child(now, id, payloads)
             }
-            (State::Deleting, ExchangeType::CREATE_CHILD_SA) => {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.25.2
+            //# If a peer receives a request to rekey an IKE SA that it is currently trying to close, it SHOULD
+            //# reply with TEMPORARY_FAILURE.
+            (State::Deleting | State::Rekeyed, ExchangeType::CREATE_CHILD_SA) => {
                 self.send_response(
                     exchange,
                     id,
@@ -1364,7 +1627,7 @@ impl IkeSa {
 
     // ---- INFORMATIONAL ----------------------------------------------------------------------------------------
 
-    fn respond_informational(&mut self, _now: Instant, id: u32, payloads: Vec<Payload>) {
+    fn respond_informational(&mut self, now: Instant, id: u32, payloads: Vec<Payload>) {
         let mut resp = Vec::new();
         let mut delete_ike = false;
         let mut our_spis = Vec::new();
@@ -1408,6 +1671,18 @@ impl IkeSa {
         }
         self.send_response(ExchangeType::INFORMATIONAL, id, resp);
         if delete_ike {
+            // Our own rekey of this SA collided with the peer's, whose exchange won and which now deletes the old
+            // SA before our exchange's response arrived: the Child SAs go to the peer's new SA.
+            if let Some(Outstanding {
+                what:
+                    Request::RekeyIke {
+                        collision: Some(c), ..
+                    },
+                ..
+            }) = self.outstanding.take()
+            {
+                self.hand_over(now, c.local_spi, c.spis);
+            }
             self.close(Reason::DeletedByPeer);
         }
     }
@@ -1472,6 +1747,7 @@ impl IkeSa {
                 offered,
                 ni,
                 ks: ks.map(Box::new),
+                collision: None,
             },
         );
     }
@@ -1486,12 +1762,13 @@ impl IkeSa {
         offered: Vec<Proposal>,
         ni: Vec<u8>,
         ks: Option<Box<KeyShare>>,
+        collision: Option<ChildCollision>,
     ) {
-        if let Some(t) = error_notify(&payloads) {
-            // TEMPORARY_FAILURE or a collision on the peer's side: try again a little later.
-            let _ = t;
+        if error_notify(&payloads).is_some() {
+            // TEMPORARY_FAILURE, CHILD_SA_NOT_FOUND after a collision the peer's exchange won, ...: try again a
+            // little later (a Child SA the peer rekeyed meanwhile is marked rekeyed and is not retried).
             if let Some(c) = self.children.iter_mut().find(|c| c.spi_in == old_spi_in) {
-                c.rekey_at = now + Duration::from_secs(10);
+                c.rekey_at = now + rekey_retry();
             }
             return;
         }
@@ -1512,6 +1789,27 @@ impl IkeSa {
             (None, _) => None,
             (Some(_), None) => return,
         };
+        if let Some(c) = collision {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.8.1
+            //# If redundant SAs are created through such a collision, the SA created with the lowest of the four
+            //# nonces used in the two exchanges SHOULD be closed by the endpoint that created it.
+            if lowest(&ni, &nr) < lowest(&c.ni, &c.nr) {
+                // Ours is redundant: never installed, closed at once. The peer's new SA replaces the old one, and
+                // the peer, its creator, deletes the old one.
+                let d = Payload::Delete(Delete {
+                    protocol: ProtocolId::ESP,
+                    spis: vec![spi_in.to_be_bytes().to_vec()],
+                });
+                self.send_request(
+                    now,
+                    ExchangeType::INFORMATIONAL,
+                    vec![d],
+                    Request::DeleteChild { spi_in },
+                );
+                return;
+            }
+            // Ours survives; the peer closes its redundant one and we retire the old one as usual.
+        }
         child.rekey_at = now + jittered(self.cfg.lifetimes.child_rekey, self.cfg.lifetimes.jitter);
         let info = self.child_info(&child, shared.as_ref().map(|s| s.as_ref()), &ni, &nr, true);
         self.children.push(child);
@@ -1547,11 +1845,23 @@ impl IkeSa {
             |p| matches!(p, Payload::Sa(ps) if ps.iter().any(|x| x.protocol == ProtocolId::IKE)),
         );
         if is_ike_rekey {
-            // IKE SA rekeying is not implemented yet: refuse so that the peer re-authenticates instead.
+            self.respond_ike_rekey(now, id, payloads);
+            return;
+        }
+        if matches!(
+            &self.outstanding,
+            Some(Outstanding {
+                what: Request::RekeyIke { .. },
+                ..
+            })
+        ) {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.25.2
+            //# If a peer receives a request to create or rekey a Child SA when it is currently rekeying the IKE
+            //# SA, it SHOULD reply with TEMPORARY_FAILURE.
             self.send_response(
                 ExchangeType::CREATE_CHILD_SA,
                 id,
-                vec![Payload::Notify(Notify::new(n::NO_ADDITIONAL_SAS, vec![]))],
+                vec![Payload::Notify(Notify::new(n::TEMPORARY_FAILURE, vec![]))],
             );
             return;
         }
@@ -1569,6 +1879,23 @@ impl IkeSa {
                 .iter()
                 .position(|c| c.spi_out == spi_out && !c.rekeyed)
         });
+        let deleting = rekey.is_some_and(|spi_out| {
+            self.children.iter().any(|c| {
+                c.spi_out == spi_out
+                    && matches!(&self.outstanding, Some(Outstanding { what: Request::DeleteChild { spi_in }, .. }) if *spi_in == c.spi_in)
+            })
+        });
+        if deleting {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.25.1
+            //# If a peer receives a request to rekey a Child SA that it is currently trying to close, it SHOULD
+            //# reply with TEMPORARY_FAILURE.
+            self.send_response(
+                ExchangeType::CREATE_CHILD_SA,
+                id,
+                vec![Payload::Notify(Notify::new(n::TEMPORARY_FAILURE, vec![]))],
+            );
+            return;
+        }
         if rekey.is_some() && old_index.is_none() {
             //= https://www.rfc-editor.org/rfc/rfc7296#section-2.25
             //# the responder MUST reply with CHILD_SA_NOT_FOUND
@@ -1650,6 +1977,26 @@ impl IkeSa {
         match old_index {
             Some(i) => {
                 let old_spi_in = self.children[i].spi_in;
+                if let Some(Outstanding {
+                    what:
+                        Request::RekeyChild {
+                            old_spi_in: ours,
+                            collision,
+                            ..
+                        },
+                    ..
+                }) = &mut self.outstanding
+                {
+                    if *ours == old_spi_in {
+                        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.8.1
+                        //# ... cannot yet know which of the exchanges will have the lowest nonce, so it will just note
+                        //# the situation and respond as usual.
+                        *collision = Some(ChildCollision {
+                            ni: ni.clone(),
+                            nr: nr.clone(),
+                        });
+                    }
+                }
                 self.children[i].rekeyed = true;
                 // The initiator of the rekey deletes the old SA; if it never does, our own timer would rekey it
                 // again, so push that far out.
@@ -1661,6 +2008,318 @@ impl IkeSa {
                 });
             }
             None => self.events.push_back(Event::ChildUp(Box::new(info))),
+        }
+    }
+}
+
+// ---- IKE SA rekey (RFC 7296 1.3.2, 2.18) and its collisions (2.8.2) ---------------------------------------------
+
+impl IkeSa {
+    fn start_ike_rekey(&mut self, now: Instant) {
+        // Postponed at once: a refusal or a lost peer must not make this loop; success replaces the SA anyway.
+        self.ike_rekey_at = Some(now + rekey_retry());
+        // The new SA keeps the group of the current one, which the peer chose from our proposals.
+        let group = self.suite.as_ref().and_then(|s| s.chosen.dh);
+        let Some(ks) = group.and_then(|g| KeyShare::generate(g).ok()) else {
+            return;
+        };
+        let spi = random_u64();
+        let ni = random_bytes(NONCE_LEN);
+        let offered: Vec<Proposal> = self
+            .cfg
+            .ike_proposals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.to_wire(i as u8 + 1, spi.to_be_bytes().to_vec()))
+            .collect();
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-1.3.2
+        //# The CREATE_CHILD_SA request for rekeying an IKE SA is:
+        //#
+        //# Initiator                         Responder
+        //# -------------------------------------------------------------------
+        //# HDR, SK {SA, Ni, KEi} -->
+        let payloads = vec![
+            Payload::Sa(offered.clone()),
+            Payload::Nonce(ni.clone()),
+            Payload::Ke {
+                group: ks.group(),
+                data: ks.public().to_vec(),
+            },
+        ];
+        self.send_request(
+            now,
+            ExchangeType::CREATE_CHILD_SA,
+            payloads,
+            Request::RekeyIke {
+                spi,
+                offered,
+                ni,
+                ks: Box::new(ks),
+                collision: None,
+            },
+        );
+    }
+
+    /// The keys of the new IKE SA from a rekey response, or `None` if it is an error or unusable.
+    fn rekey_response_suite(
+        &self,
+        payloads: &[Payload],
+        spi: u64,
+        offered: &[Proposal],
+        ni: &[u8],
+        ks: KeyShare,
+    ) -> Option<(Suite, u64, Vec<u8>)> {
+        if error_notify(payloads).is_some() {
+            return None;
+        }
+        let chosen = payloads.iter().find_map(|p| match p {
+            Payload::Sa(props) if props.len() == 1 => proposal::check_response(offered, &props[0]),
+            _ => None,
+        })?;
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-1.3.2
+        //# A new initiator SPI is supplied in the SPI field of the SA payload.
+        // (and the responder's in its answer's)
+        let spi_r = u64::from_be_bytes(chosen.spi.as_slice().try_into().ok()?);
+        if spi_r == 0 || chosen.dh != Some(ks.group()) {
+            return None;
+        }
+        let nr = first!(payloads, Payload::Nonce(x) => x.clone())?;
+        let ke = first!(payloads, Payload::Ke { group, data } => (*group, data.clone()))?;
+        if ke.0 != ks.group() {
+            return None;
+        }
+        let shared = ks.agree(&ke.1).ok()?;
+        let suite = self
+            .suite
+            .as_ref()?
+            .derive_rekey(&chosen, &shared, ni, &nr, spi, spi_r, true)
+            .ok()?;
+        Some((suite, spi_r, nr))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_ike_rekey(
+        &mut self,
+        now: Instant,
+        payloads: Vec<Payload>,
+        spi: u64,
+        offered: Vec<Proposal>,
+        ni: Vec<u8>,
+        ks: KeyShare,
+        collision: Option<IkeCollision>,
+    ) {
+        let Some((suite, spi_r, nr)) = self.rekey_response_suite(&payloads, spi, &offered, &ni, ks)
+        else {
+            // Refused (TEMPORARY_FAILURE, NO_PROPOSAL_CHOSEN, ...) or unusable: if the peer's own rekey of this
+            // SA succeeded meanwhile, that one replaces it; otherwise retry at the postponed time.
+            if let Some(c) = collision {
+                self.hand_over(now, c.local_spi, c.spis);
+            }
+            return;
+        };
+        let mut new = self.successor(now, true, spi, spi_r, suite, ni, nr);
+        if let Some(c) = collision {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.8.1
+            //# If redundant SAs are created through such a collision, the SA created with the lowest of the four
+            //# nonces used in the two exchanges SHOULD be closed by the endpoint that created it.
+            if lowest(&new.ni, &new.nr) < lowest(&c.ni, &c.nr) {
+                // Ours is the redundant one: we close it; the peer, creator of the survivor, deletes the old SA.
+                new.silent = true;
+                new.send_delete_ike(now, Duration::ZERO);
+                self.spawned.push(new);
+                self.hand_over(now, c.local_spi, c.spis);
+                return;
+            }
+            // Ours survives: the peer closes its redundant one, and we delete the old SA as after any rekey.
+        }
+        new.children = std::mem::take(&mut self.children);
+        self.events.push_back(Event::IkeRekeyed {
+            peer: self.cfg.name.clone(),
+            old_spis: self.spis(),
+            new_spis: new.spis(),
+            initiator: true,
+        });
+        self.spawned.push(new);
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.8
+        //# After the new equivalent IKE SA is created, the initiator deletes the old IKE SA, and the Delete
+        //# payload to delete itself MUST be the last request sent over the old IKE SA.
+        self.silent = true;
+        self.send_delete_ike(now, Duration::ZERO);
+    }
+
+    fn respond_ike_rekey(&mut self, now: Instant, id: u32, payloads: Vec<Payload>) {
+        let refuse = |sa: &mut IkeSa, notify: Notify| {
+            sa.send_response(
+                ExchangeType::CREATE_CHILD_SA,
+                id,
+                vec![Payload::Notify(notify)],
+            );
+        };
+        let ours_pending = matches!(
+            &self.outstanding,
+            Some(Outstanding {
+                what: Request::RekeyIke { .. },
+                ..
+            })
+        );
+        let busy = self
+            .outstanding
+            .as_ref()
+            .is_some_and(|o| !matches!(o.what, Request::Liveness | Request::RekeyIke { .. }));
+        if busy {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.25.1
+            //# If a peer receives a request to rekey the IKE SA, and it is currently, rekeying, or closing a
+            //# Child SA of that IKE SA, it SHOULD reply with TEMPORARY_FAILURE.
+            refuse(self, Notify::new(n::TEMPORARY_FAILURE, vec![]));
+            return;
+        }
+        let theirs = first!(payloads, Payload::Sa(x) => x.clone());
+        let ke = first!(payloads, Payload::Ke { group, data } => (*group, data.clone()));
+        let ni = first!(payloads, Payload::Nonce(x) => x.clone());
+        let (Some(theirs), Some(ke), Some(ni)) = (theirs, ke, ni) else {
+            refuse(self, Notify::new(n::INVALID_SYNTAX, vec![]));
+            return;
+        };
+        let old_prf = self.suite.as_ref().and_then(Suite::prf_id);
+        let Some(chosen) = proposal::select(&self.cfg.ike_proposals, &theirs).filter(|c| {
+            c.spi.len() == 8
+                && c.spi.iter().any(|b| *b != 0)
+                && suite::ike_supported(c)
+                && c.prf.map(|p| p.id) == old_prf
+        }) else {
+            refuse(self, Notify::new(n::NO_PROPOSAL_CHOSEN, vec![]));
+            return;
+        };
+        let Some(group) = chosen.dh else {
+            refuse(self, Notify::new(n::NO_PROPOSAL_CHOSEN, vec![]));
+            return;
+        };
+        if ke.0 != group {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-1.3
+            //# the responder MUST reject the request and indicate its preferred Diffie-Hellman group in the
+            //# INVALID_KE_PAYLOAD Notify payload.
+            refuse(
+                self,
+                Notify::new(n::INVALID_KE_PAYLOAD, group.to_be_bytes().to_vec()),
+            );
+            return;
+        }
+        let Ok(ks) = KeyShare::generate(group) else {
+            refuse(self, Notify::new(n::NO_PROPOSAL_CHOSEN, vec![]));
+            return;
+        };
+        let public = ks.public().to_vec();
+        let Ok(shared) = ks.agree(&ke.1) else {
+            refuse(self, Notify::new(n::INVALID_SYNTAX, vec![]));
+            return;
+        };
+        let spi_i = u64::from_be_bytes(chosen.spi[..8].try_into().expect("8 bytes"));
+        let spi_r = random_u64();
+        let nr = random_bytes(NONCE_LEN);
+        let suite = match self
+            .suite
+            .as_ref()
+            .map(|s| s.derive_rekey(&chosen, &shared, &ni, &nr, spi_i, spi_r, false))
+        {
+            Some(Ok(s)) => s,
+            _ => {
+                refuse(self, Notify::new(n::NO_PROPOSAL_CHOSEN, vec![]));
+                return;
+            }
+        };
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-1.3.2
+        //# <-- HDR, SK {SA, Nr, KEr}
+        self.send_response(
+            ExchangeType::CREATE_CHILD_SA,
+            id,
+            vec![
+                Payload::Sa(vec![
+                    chosen.to_wire(ProtocolId::IKE, spi_r.to_be_bytes().to_vec())
+                ]),
+                Payload::Nonce(nr.clone()),
+                Payload::Ke {
+                    group,
+                    data: public,
+                },
+            ],
+        );
+        let mut new = self.successor(now, false, spi_i, spi_r, suite, ni, nr);
+        if ours_pending {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.8.1
+            //# ... cannot yet know which of the exchanges will have the lowest nonce, so it will just note
+            //# the situation and respond as usual.
+            let c = IkeCollision {
+                local_spi: new.local_spi(),
+                spis: new.spis(),
+                ni: new.ni.clone(),
+                nr: new.nr.clone(),
+            };
+            if let Some(Outstanding {
+                what: Request::RekeyIke { collision, .. },
+                ..
+            }) = &mut self.outstanding
+            {
+                *collision = Some(c);
+            }
+            // It stays without Child SAs and unreported unless it wins.
+            new.silent = true;
+            self.spawned.push(new);
+            return;
+        }
+        let new_spi = new.local_spi();
+        let new_spis = new.spis();
+        self.spawned.push(new);
+        // A liveness check in flight is moot: the new SA proves the peer alive.
+        self.outstanding = None;
+        self.hand_over(now, new_spi, new_spis);
+    }
+
+    /// The IKE SA a rekey created: established, message IDs from zero, the old SA's path and options.
+    #[allow(clippy::too_many_arguments)]
+    fn successor(
+        &self,
+        now: Instant,
+        initiator: bool,
+        spi_i: u64,
+        spi_r: u64,
+        suite: Suite,
+        ni: Vec<u8>,
+        nr: Vec<u8>,
+    ) -> IkeSa {
+        let mut sa = IkeSa::blank(self.cfg.clone(), initiator, spi_i, spi_r, self.remote, now);
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.18
+        //# The new IKE SA MUST reset its message counters to 0.
+        sa.next_id = 0;
+        sa.peer_next_id = 0;
+        sa.state = State::Established;
+        sa.local_port = self.local_port;
+        sa.nat = self.nat;
+        sa.nat_local = self.nat_local;
+        sa.frag = self.frag;
+        sa.suite = Some(suite);
+        sa.ni = ni;
+        sa.nr = nr;
+        sa.established_at = Some(now);
+        let lt = self.cfg.lifetimes;
+        sa.ike_rekey_at = Some(now + jittered(lt.ike_rekey, lt.jitter));
+        sa.last_sent = self.last_sent;
+        sa
+    }
+
+    /// This SA is replaced by the peer's rekey: its Child SAs go to the IKE SA filed under `target`, and it
+    /// waits, silent, for the peer (the rekey's initiator) to delete it.
+    fn hand_over(&mut self, now: Instant, target: u64, new_spis: (u64, u64)) {
+        self.handoff = Some((target, std::mem::take(&mut self.children)));
+        self.events.push_back(Event::IkeRekeyed {
+            peer: self.cfg.name.clone(),
+            old_spis: self.spis(),
+            new_spis,
+            initiator: false,
+        });
+        self.silent = true;
+        if self.state == State::Established {
+            self.state = State::Rekeyed;
+            self.last_heard = now;
         }
     }
 }
@@ -1768,6 +2427,16 @@ impl IkeSa {
         sa.suite = Some(suite);
         payloads.extend(sa.nat_detection_payloads());
         sa.check_nat(&parsed.payloads, IKE_PORT, 0);
+        if sa.cfg.fragment_size != 0 && announces_fragmentation(&parsed.payloads) {
+            //= https://www.rfc-editor.org/rfc/rfc7383#section-2.3
+            //# If the responder supports IKE fragmentation and is willing to use it, it includes a Notify payload
+            //# of type IKEV2_FRAGMENTATION_SUPPORTED in the IKE_SA_INIT response message.
+            payloads.push(Payload::Notify(Notify::new(
+                n::IKEV2_FRAGMENTATION_SUPPORTED,
+                vec![],
+            )));
+            sa.frag = true;
+        }
         // The response goes out from port 500 whatever NAT detection found; the initiator moves to 4500.
         let resp = message::encode_plain(sa.header(ExchangeType::IKE_SA_INIT, true, 0), &payloads);
         sa.init_resp = resp.clone();
@@ -1787,6 +2456,12 @@ fn describe_offer(props: &[Proposal]) -> String {
         .map(proposal::describe_wire)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn announces_fragmentation(payloads: &[Payload]) -> bool {
+    payloads
+        .iter()
+        .any(|p| matches!(p, Payload::Notify(x) if x.ntype == n::IKEV2_FRAGMENTATION_SUPPORTED))
 }
 
 fn error_notify(payloads: &[Payload]) -> Option<u16> {

@@ -219,4 +219,79 @@ impl Suite {
     ) -> Zeroizing<Vec<u8>> {
         keys::child_keymat(self.prf, &self.keys.sk_d, shared, ni, nr, len)
     }
+
+    // ---- IKE SA rekey and fragmentation (kept at the end of the impl so that other changes merge apart) ----
+
+    /// The keys and ciphers of the IKE SA that replaces this one (RFC 7296 2.18): SKEYSEED from our SK_d and
+    /// the new exchange's g^ir and nonces. `initiator` is our role in the new SA (the rekey exchange's).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn derive_rekey(
+        &self,
+        chosen: &Chosen,
+        shared: &dh::SharedSecret,
+        ni: &[u8],
+        nr: &[u8],
+        spi_i: u64,
+        spi_r: u64,
+        initiator: bool,
+    ) -> Result<Suite, String> {
+        let encr = ike_encr(chosen).ok_or("unsupported IKE encryption")?;
+        let integ = ike_integ(chosen).ok_or("unsupported IKE integrity")?;
+        let prf = ike_prf(chosen).ok_or("unsupported PRF")?;
+        // keys::IkeKeys::derive_rekey runs prf+ with the old PRF: a rekey that changed it would not
+        // interoperate (see there), so both our offer and our choice keep it.
+        if prf != self.prf {
+            return Err("the rekeyed IKE SA must keep the PRF".into());
+        }
+        let keys = self
+            .keys
+            .rekey(shared.as_ref(), ni, nr, spi_i, spi_r, encr, integ)
+            .map_err(|e| e.to_string())?;
+        let (out, inp) = keys.ciphers(initiator).map_err(|e| e.to_string())?;
+        Ok(Suite {
+            chosen: chosen.clone(),
+            prf,
+            keys,
+            out,
+            inp,
+        })
+    }
+
+    /// The PRF (rekey proposals must keep it).
+    pub(crate) fn prf_id(&self) -> Option<u16> {
+        self.chosen.prf.map(|p| p.id)
+    }
+
+    /// Encodes and protects a message; if it would exceed `max_len` bytes (the IKE message, without IP and
+    /// UDP headers) and `fragment` is set, as Encrypted Fragment payloads of at most that size (RFC 7383).
+    pub(crate) fn protect_fragmented(
+        &self,
+        header: Header,
+        payloads: &[Payload],
+        fragment: bool,
+        max_len: usize,
+    ) -> Vec<Vec<u8>> {
+        let whole = self.protect(header, payloads);
+        if !fragment || whole.len() <= max_len {
+            return vec![whole];
+        }
+        let (first, plain) = message::encode_chain(payloads);
+        let plain = Zeroizing::new(plain);
+        match crate::fragment::split(&self.out, header, first, &plain, max_len) {
+            Some(frags) => frags,
+            // The limit is too small for even one byte per fragment, or needs too many: send it whole.
+            None => vec![whole],
+        }
+    }
+
+    /// Verifies and decrypts one Encrypted Fragment payload; returns its share of the inner payloads.
+    pub(crate) fn unprotect_fragment(
+        &self,
+        msg: &[u8],
+        enc: &Encrypted<'_>,
+    ) -> Result<Zeroizing<Vec<u8>>, ()> {
+        // RFC 7383 2.5.3: the AAD runs through the Total Fragments field, so the numbering is authenticated.
+        let aad = msg.get(..enc.offset + 8).ok_or(())?;
+        self.inp.decrypt(aad, enc.body).map_err(|_| ())
+    }
 }

@@ -7,7 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ike::config::{id_from_addr, AuthMethod, Lifetimes, PeerConfig, Retransmit};
+use ike::config::{
+    id_from_addr, AuthMethod, Lifetimes, PeerConfig, Retransmit, DEFAULT_FRAGMENT_SIZE,
+};
 use ike::endpoint::Endpoint;
 use ike::event::{ChildSaInfo, Event, Reason, Transmit};
 use ike::message::TrafficSelector;
@@ -43,8 +45,10 @@ fn peer(name: &str, local: &str, remote: &str, local_net: &str, remote_net: &str
             child_rekey: Duration::from_secs(3600),
             jitter: Duration::ZERO,
             dpd_delay: Duration::from_secs(30),
+            nat_keepalive: Duration::from_secs(20),
         },
         replay_window: 1024,
+        fragment_size: DEFAULT_FRAGMENT_SIZE,
     }
 }
 
