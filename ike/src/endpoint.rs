@@ -107,6 +107,11 @@ impl Endpoint {
             .collect()
     }
 
+    /// How many IKE SAs are held, including replaced ones whose delete is still under way.
+    pub fn sa_count(&self) -> usize {
+        self.sas.len()
+    }
+
     /// Deletes every IKE SA (shutdown).
     pub fn delete_all(&mut self, now: Instant) {
         for sa in self.sas.values_mut() {

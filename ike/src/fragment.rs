@@ -81,6 +81,9 @@ pub(crate) enum Dropped {
     Duplicate,
 }
 
+/// A reassembled message: the type of its first inner payload and the inner payload chain.
+pub(crate) type Whole = (u8, Zeroizing<Vec<u8>>);
+
 /// The fragments of one message received so far (already authenticated and decrypted).
 pub(crate) struct Reassembly {
     /// Message ID and whether it is a response: which message the fragments belong to.
@@ -124,7 +127,7 @@ impl Reassembly {
         total: u16,
         next: u8,
         plain: Zeroizing<Vec<u8>>,
-    ) -> Result<Option<(u8, Zeroizing<Vec<u8>>)>, Dropped> {
+    ) -> Result<Option<Whole>, Dropped> {
         // RFC 7383 2.6.2 (PMTU discovery): a retransmission fragmented anew (smaller PMTU) has a larger Total Fragments: the fragments held
         // belong to the older split and are discarded; a fragment with a smaller total is the stale one.
         if total > self.total {

@@ -73,6 +73,10 @@ struct Pair {
     /// Datagrams delivered, per direction (A→B, B→A).
     delivered: (usize, usize),
     log: Vec<(bool, Transmit)>,
+    /// NAT keepalives seen, per direction.
+    keepalives: (usize, usize),
+    /// Deliver each side's queued datagrams in reverse order (reordering on the path).
+    reverse: bool,
 }
 
 impl Pair {
@@ -86,6 +90,8 @@ impl Pair {
             ev_b: Vec::new(),
             delivered: (0, 0),
             log: Vec::new(),
+            keepalives: (0, 0),
+            reverse: false,
         }
     }
 
@@ -93,13 +99,17 @@ impl Pair {
     fn drive(&mut self) {
         loop {
             let mut moved = false;
-            while let Some(t) = self.a.poll_transmit() {
-                moved = true;
-                self.deliver(true, t);
-            }
-            while let Some(t) = self.b.poll_transmit() {
-                moved = true;
-                self.deliver(false, t);
+            for from_a in [true, false] {
+                let side = if from_a { &mut self.a } else { &mut self.b };
+                let mut queued: Vec<Transmit> =
+                    std::iter::from_fn(|| side.poll_transmit()).collect();
+                if self.reverse {
+                    queued.reverse();
+                }
+                for t in queued {
+                    moved = true;
+                    self.deliver(from_a, t);
+                }
             }
             while let Some(e) = self.a.poll_event() {
                 self.ev_a.push(e);
@@ -124,6 +134,19 @@ impl Pair {
             B.parse().unwrap()
         };
         let from = SocketAddr::new(src, t.local_port);
+        if t.data == [0xff] {
+            assert_eq!(
+                (t.local_port, t.remote.port()),
+                (4500, 4500),
+                "keepalives use 4500"
+            );
+            if from_a {
+                self.keepalives.0 += 1;
+            } else {
+                self.keepalives.1 += 1;
+            }
+            return;
+        }
         let mut data = &t.data[..];
         if t.remote.port() == 4500 {
             assert_eq!(
@@ -727,4 +750,531 @@ fn garbage_and_replayed_messages_change_nothing() {
         "{:?}",
         &p.ev_b[n_ev.1..]
     );
+}
+
+// ---- IKE SA rekey, collisions, fragmentation, NAT keepalives --------------------------------------------------
+
+/// Inbound SPIs the datapath would hold after these events.
+fn installed(ev: &[Event]) -> std::collections::BTreeSet<u32> {
+    let mut s = std::collections::BTreeSet::new();
+    for e in ev {
+        match e {
+            Event::ChildUp(c) => {
+                s.insert(c.spi_in);
+            }
+            Event::ChildRekeyed { new, .. } => {
+                s.insert(new.spi_in);
+            }
+            Event::ChildDown { spi_in, .. } => {
+                s.remove(spi_in);
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+/// The last keys announced for this inbound SPI.
+fn info_for(ev: &[Event], spi_in: u32) -> ChildSaInfo {
+    ev.iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::ChildUp(c) if c.spi_in == spi_in => Some((**c).clone()),
+            Event::ChildRekeyed { new, .. } if new.spi_in == spi_in => Some((**new).clone()),
+            _ => None,
+        })
+        .expect("announced")
+}
+
+/// An IKE rekey as the events tell it: old SPIs, new SPIs, whether this side initiated.
+type IkeRekey = ((u64, u64), (u64, u64), bool);
+
+fn ike_rekeys(ev: &[Event]) -> Vec<IkeRekey> {
+    ev.iter()
+        .filter_map(|e| match e {
+            Event::IkeRekeyed {
+                old_spis,
+                new_spis,
+                initiator,
+                ..
+            } => Some((*old_spis, *new_spis, *initiator)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Both sides hold exactly one IKE SA, the same one, with one Child SA pair whose keys agree, exactly what the
+/// events installed, and nothing went down.
+fn assert_one_consistent_sa(p: &Pair) {
+    assert!(
+        downs(&p.ev_a).is_empty() && downs(&p.ev_b).is_empty(),
+        "a: {:?}\nb: {:?}",
+        p.ev_a,
+        p.ev_b
+    );
+    assert_eq!(
+        (p.a.sa_count(), p.b.sa_count()),
+        (1, 1),
+        "replaced and redundant IKE SAs are gone"
+    );
+    let (sa, sb) = (p.a.status(), p.b.status());
+    let (sa, sb) = (&sa[0].1, &sb[0].1);
+    assert_eq!(sa.state, ike::sa::State::Established);
+    assert_eq!(sa.spis, sb.spis);
+    assert_ne!(sa.initiator, sb.initiator);
+    assert_eq!(
+        (sa.children.len(), sb.children.len()),
+        (1, 1),
+        "{sa:?} {sb:?}"
+    );
+    let (ca, cb) = (&sa.children[0], &sb.children[0]);
+    assert_eq!((ca.0, ca.1), (cb.1, cb.0));
+    assert_eq!(
+        installed(&p.ev_a).into_iter().collect::<Vec<_>>(),
+        vec![ca.0]
+    );
+    assert_eq!(
+        installed(&p.ev_b).into_iter().collect::<Vec<_>>(),
+        vec![cb.0]
+    );
+    assert_pair_matches(&info_for(&p.ev_a, ca.0), &info_for(&p.ev_b, cb.0));
+    assert_pair_matches(&info_for(&p.ev_b, cb.0), &info_for(&p.ev_a, ca.0));
+}
+
+/// RFC 7296 2.18: the IKE SA is rekeyed in place; its Child SA moves to the new one, which then carries every
+/// exchange (Child SA rekeys, liveness checks, the final delete), and the old one is deleted by the rekey's
+/// initiator.
+#[test]
+fn ike_sa_rekeys_and_children_move_to_the_new_sa() {
+    let (mut a, mut b) = configs();
+    a.lifetimes.ike_rekey = Duration::from_secs(100);
+    a.lifetimes.child_rekey = Duration::from_secs(130);
+    let mut p = Pair::new(a, b.clone());
+    p.connect();
+    let first = p.a.status()[0].1.spis;
+    p.run_for(Duration::from_secs(350));
+    let (ra, rb) = (ike_rekeys(&p.ev_a), ike_rekeys(&p.ev_b));
+    assert_eq!(
+        ra.len(),
+        3,
+        "three IKE rekeys in 350 s at 100 s: {:?}",
+        p.ev_a
+    );
+    assert_eq!(
+        ra.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(),
+        rb.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>()
+    );
+    assert!(ra.iter().all(|r| r.2) && rb.iter().all(|r| !r.2));
+    assert_eq!(ra[0].0, first);
+    for w in ra.windows(2) {
+        assert_eq!(w[0].1, w[1].0, "each rekey replaces the previous new SA");
+    }
+    assert_ne!(ra[2].1 .0, first.0);
+    // Child SA rekeys (at 130 and 260 s) ran over the rekeyed IKE SAs.
+    assert_eq!(
+        p.ev_a
+            .iter()
+            .filter(|e| matches!(e, Event::ChildRekeyed { .. }))
+            .count(),
+        2
+    );
+    assert_one_consistent_sa(&p);
+    assert_eq!(p.a.status()[0].1.spis, ra[2].1);
+    // The liveness check and the delete work over the newest SA.
+    p.run_for(Duration::from_secs(31));
+    p.a.delete_all(p.now);
+    p.drive();
+    assert_eq!(downs(&p.ev_b), vec![Reason::DeletedByPeer]);
+    assert!(p.a.is_idle() && p.b.is_idle());
+    // The same with the responder of the original IKE SA rekeying it: roles in the new SA swap.
+    b.lifetimes.ike_rekey = Duration::from_secs(100);
+    let (mut a, _) = configs();
+    a.lifetimes.child_rekey = Duration::from_secs(150);
+    let mut p = Pair::new(a, b);
+    p.connect();
+    p.run_for(Duration::from_secs(170));
+    let rb = ike_rekeys(&p.ev_b);
+    assert_eq!(rb.len(), 1);
+    assert!(rb[0].2, "B initiated the rekey");
+    assert!(
+        !p.a.status()[0].1.initiator,
+        "A is the responder of the new IKE SA"
+    );
+    // A's Child SA rekey at 150 s went over the new SA, in which A is the responder.
+    assert_eq!(
+        p.ev_a
+            .iter()
+            .filter(|e| matches!(
+                e,
+                Event::ChildRekeyed {
+                    we_initiated: true,
+                    ..
+                }
+            ))
+            .count(),
+        1
+    );
+    assert_one_consistent_sa(&p);
+}
+
+/// RFC 7296 2.8.2: both sides rekey the IKE SA at the same virtual instant. Each answers the other's request;
+/// the new SA with the lowest of the four nonces is deleted by its creator, the survivor's creator deletes the
+/// old SA, and both sides end with the same single IKE SA holding the Child SA. Repeated so that both
+/// outcomes of the nonce comparison occur.
+#[test]
+fn simultaneous_ike_rekeys_leave_one_sa() {
+    let (mut a, mut b) = configs();
+    for c in [&mut a, &mut b] {
+        c.lifetimes.ike_rekey = Duration::from_secs(100);
+        c.lifetimes.dpd_delay = Duration::ZERO;
+    }
+    let mut p = Pair::new(a, b);
+    p.connect();
+    let mut winners = (0, 0);
+    p.run_for(Duration::from_secs(50));
+    for round in 0..16 {
+        let (na, nb) = (p.ev_a.len(), p.ev_b.len());
+        // Both timers are due at the same instant: both requests leave before either arrives.
+        let t = p.a.poll_timeout().unwrap();
+        assert_eq!(Some(t), p.b.poll_timeout(), "round {round}");
+        p.run_for(Duration::from_secs(100));
+        let (ra, rb) = (ike_rekeys(&p.ev_a[na..]), ike_rekeys(&p.ev_b[nb..]));
+        assert_eq!(
+            (ra.len(), rb.len()),
+            (1, 1),
+            "round {round}: {:?}\n{:?}",
+            &p.ev_a[na..],
+            &p.ev_b[nb..]
+        );
+        assert_eq!(ra[0].1, rb[0].1, "both sides chose the same survivor");
+        assert_ne!(ra[0].2, rb[0].2);
+        if ra[0].2 {
+            winners.0 += 1;
+        } else {
+            winners.1 += 1;
+        }
+        assert_one_consistent_sa(&p);
+        assert_eq!(p.a.status()[0].1.spis, ra[0].1);
+        // The collision left no Child SA event behind: the datapath never changed.
+        assert!(
+            p.ev_a[na..]
+                .iter()
+                .all(|e| matches!(e, Event::IkeRekeyed { .. })),
+            "{:?}",
+            &p.ev_a[na..]
+        );
+    }
+    assert!(
+        winners.0 > 0 && winners.1 > 0,
+        "both outcomes occurred: {winners:?}"
+    );
+}
+
+/// RFC 7296 2.8.1: both sides rekey the same Child SA at once. The redundant new pair is closed by its
+/// creator, the old pair by the survivor's creator; the datapath events leave exactly the surviving pair
+/// installed on each side.
+#[test]
+fn simultaneous_child_rekeys_leave_one_pair() {
+    let (mut a, mut b) = configs();
+    for c in [&mut a, &mut b] {
+        c.lifetimes.child_rekey = Duration::from_secs(100);
+        c.lifetimes.dpd_delay = Duration::ZERO;
+    }
+    let mut p = Pair::new(a, b);
+    p.connect();
+    let mut ours_won = (0, 0);
+    for round in 0..16 {
+        let (na, nb) = (p.ev_a.len(), p.ev_b.len());
+        p.run_for(Duration::from_secs(100));
+        assert_one_consistent_sa(&p);
+        let survivor = p.a.status()[0].1.children[0].0;
+        let won_by_a = p.ev_a[na..].iter().any(|e| {
+            matches!(e, Event::ChildRekeyed { new, we_initiated: true, .. } if new.spi_in == survivor)
+        });
+        if won_by_a {
+            ours_won.0 += 1;
+        } else {
+            ours_won.1 += 1;
+        }
+        assert!(
+            p.ev_a[na..]
+                .iter()
+                .any(|e| matches!(e, Event::ChildRekeyed { .. })),
+            "round {round}"
+        );
+        assert!(
+            p.ev_b[nb..]
+                .iter()
+                .any(|e| matches!(e, Event::ChildRekeyed { .. })),
+            "round {round}"
+        );
+    }
+    assert!(
+        ours_won.0 > 0 && ours_won.1 > 0,
+        "both outcomes occurred: {ours_won:?}"
+    );
+}
+
+/// RFC 7296 2.25: a rekey request for an SA being deleted gets TEMPORARY_FAILURE, and a Child SA rekey meeting
+/// an IKE SA rekey is refused by both sides and retried later; everything converges.
+#[test]
+fn rekeys_meeting_deletes_and_each_other_converge() {
+    // B rekeys the IKE SA at the instant A deletes it.
+    let (a, mut b) = configs();
+    b.lifetimes.ike_rekey = Duration::from_secs(100);
+    let mut p = Pair::new(a, b);
+    p.connect();
+    p.run_for(Duration::from_secs(99));
+    let t = p.b.poll_timeout().unwrap();
+    p.now = t;
+    p.a.delete_all(t);
+    p.b.handle_timeout(t);
+    p.drive();
+    assert_eq!(downs(&p.ev_b), vec![Reason::DeletedByPeer]);
+    assert_eq!(downs(&p.ev_a), vec![Reason::DeletedByUs]);
+    assert!(ike_rekeys(&p.ev_b).is_empty());
+    p.run_for(Duration::from_secs(200));
+    assert!(p.a.is_idle() && p.b.is_idle());
+    assert_eq!((p.a.sa_count(), p.b.sa_count()), (0, 0));
+
+    // A rekeys the Child SA at the instant B rekeys the IKE SA.
+    let (mut a, mut b) = configs();
+    a.lifetimes.child_rekey = Duration::from_secs(100);
+    b.lifetimes.ike_rekey = Duration::from_secs(100);
+    for c in [&mut a, &mut b] {
+        c.lifetimes.dpd_delay = Duration::ZERO;
+    }
+    let mut p = Pair::new(a, b);
+    p.connect();
+    p.run_for(Duration::from_secs(101));
+    // Both refused the other's request (TEMPORARY_FAILURE) and wait to retry.
+    assert!(ike_rekeys(&p.ev_b).is_empty(), "{:?}", p.ev_b);
+    assert!(!p
+        .ev_a
+        .iter()
+        .any(|e| matches!(e, Event::ChildRekeyed { .. })));
+    p.run_for(Duration::from_secs(60));
+    assert_eq!(ike_rekeys(&p.ev_b).len(), 1, "{:?}", p.ev_b);
+    assert_eq!(
+        p.ev_a
+            .iter()
+            .filter(|e| matches!(e, Event::ChildRekeyed { .. }))
+            .count(),
+        1
+    );
+    assert_one_consistent_sa(&p);
+}
+
+/// Whether an unencrypted message carries a notify of this type (only IKE_SA_INIT is unencrypted).
+fn notify_in(t: &Transmit, ntype: u16) -> bool {
+    let d = ike_bytes(t);
+    ike::message::parse(d).is_ok_and(|m| {
+        m.payloads
+            .iter()
+            .any(|p| matches!(p, ike::message::Payload::Notify(n) if n.ntype == ntype))
+    })
+}
+
+fn ike_bytes(t: &Transmit) -> &[u8] {
+    if t.remote.port() == 4500 {
+        &t.data[4..]
+    } else {
+        &t.data[..]
+    }
+}
+
+/// An SKF message (RFC 7383): Next Payload 53 in the IKE header.
+fn is_fragment(t: &Transmit) -> bool {
+    let d = ike_bytes(t);
+    d.len() > 28 && d[16] == 53
+}
+
+/// Configs whose IKE_AUTH exchange exceeds a small fragment size in both directions.
+fn big_configs(fragment_size: u16) -> (PeerConfig, PeerConfig) {
+    let (mut a, mut b) = configs();
+    // 40 selectors each way: both the request and the (unnarrowed) response carry them all.
+    let nets_a: Vec<_> = (0..40)
+        .map(|i| ts(&format!("198.19.{}.0/24", 100 + i)))
+        .collect();
+    let nets_b: Vec<_> = (0..40)
+        .map(|i| ts(&format!("198.18.{}.0/24", 100 + i)))
+        .collect();
+    a.local_ts = nets_a.clone();
+    a.remote_ts = nets_b.clone();
+    b.local_ts = nets_b;
+    b.remote_ts = nets_a;
+    a.fragment_size = fragment_size;
+    b.fragment_size = fragment_size;
+    (a, b)
+}
+
+/// RFC 7383: both sides announce fragmentation; IKE_AUTH messages above the fragment size go as separately
+/// protected SKF fragments no bigger than the limit, in both directions, and are reassembled; with the
+/// extension off on one side, messages go whole.
+#[test]
+fn large_messages_are_fragmented_both_ways() {
+    let (a, b) = big_configs(576);
+    let mut p = Pair::new(a, b);
+    p.connect();
+    assert_eq!(
+        (child_ups(&p.ev_a).len(), child_ups(&p.ev_b).len()),
+        (1, 1),
+        "{:?}",
+        p.ev_b
+    );
+    assert_pair_matches(&child_ups(&p.ev_a)[0], &child_ups(&p.ev_b)[0]);
+    assert_eq!(child_ups(&p.ev_a)[0].ts_local.len(), 40);
+    let frags: Vec<_> = p.log.iter().filter(|(_, t)| is_fragment(t)).collect();
+    assert!(
+        frags.iter().any(|(a, _)| *a) && frags.iter().any(|(a, _)| !*a),
+        "both directions fragment"
+    );
+    assert!(frags.len() >= 6, "{}", frags.len());
+    for (_, t) in &frags {
+        // IPv4 + UDP headers on top of the IKE message stay within the fragment size.
+        assert!(t.data.len() + 28 <= 576, "{}", t.data.len());
+    }
+    // Later exchanges fragment too: an IKE rekey and a Child SA rekey (with its 40 selectors) over the new SA.
+    let (mut a, mut b) = big_configs(576);
+    a.lifetimes.ike_rekey = Duration::from_secs(100);
+    b.lifetimes.child_rekey = Duration::from_secs(150);
+    let mut p = Pair::new(a, b);
+    p.connect();
+    let n = p.log.len();
+    p.run_for(Duration::from_secs(160));
+    assert!(p.log[n..]
+        .iter()
+        .any(|(from_b, t)| !*from_b && is_fragment(t)));
+    assert_eq!(ike_rekeys(&p.ev_a).len(), 1);
+    assert_one_consistent_sa(&p);
+
+    // Not announced by B: nothing is fragmented.
+    let (a, mut b) = big_configs(576);
+    b.fragment_size = 0;
+    let mut p = Pair::new(a, b);
+    p.connect();
+    assert_eq!(child_ups(&p.ev_a).len(), 1);
+    assert!(!p.log.iter().any(|(_, t)| is_fragment(t)));
+    assert!(!p
+        .log
+        .iter()
+        .any(|(from_a, t)| !*from_a && notify_in(t, 16430)));
+}
+
+/// Fragments arriving in reverse order are reassembled; a lost fragment makes the whole message retransmitted;
+/// a retransmitted fragmented request is answered with every cached fragment of the response; a forged
+/// fragment is dropped before it is stored.
+#[test]
+fn fragment_loss_reorder_and_forgery() {
+    // Reordered.
+    let (a, b) = big_configs(576);
+    let mut p = Pair::new(a, b);
+    p.reverse = true;
+    p.connect();
+    assert_eq!((child_ups(&p.ev_a).len(), child_ups(&p.ev_b).len()), (1, 1));
+
+    // The second fragment of A's first IKE_AUTH request is lost, then the whole first response of B.
+    let (a, b) = big_configs(576);
+    let mut p = Pair::new(a, b);
+    let mut seen = (0, 0);
+    p.filter = Box::new(move |from_a, t| {
+        if !is_fragment(t) {
+            return true;
+        }
+        if from_a {
+            seen.0 += 1;
+            seen.0 != 2
+        } else {
+            seen.1 += 1;
+            // The responder's first answer (all its fragments) is lost once it is complete on the wire.
+            seen.1 > 3
+        }
+    });
+    p.connect();
+    assert!(
+        child_ups(&p.ev_a).is_empty(),
+        "the request is incomplete at B"
+    );
+    p.run_for(Duration::from_secs(5));
+    assert!(
+        child_ups(&p.ev_b).len() == 1,
+        "the retransmission completed B's reassembly"
+    );
+    // B's response was lost: A retransmits, B answers from its cache.
+    p.run_for(Duration::from_secs(30));
+    assert_eq!(
+        (child_ups(&p.ev_a).len(), child_ups(&p.ev_b).len()),
+        (1, 1),
+        "{:?}",
+        p.ev_a
+    );
+    assert_pair_matches(&child_ups(&p.ev_a)[0], &child_ups(&p.ev_b)[0]);
+
+    // Forged fragments (flipped ICV byte, or bogus numbering) change nothing; the genuine ones still work.
+    let (a, b) = big_configs(576);
+    let mut p = Pair::new(a, b);
+    p.filter = Box::new(|_, _| true);
+    p.a.connect(p.now, "b").unwrap();
+    // IKE_SA_INIT by hand, then tamper with every fragment once before delivering the real ones.
+    let init = p.a.poll_transmit().unwrap();
+    p.deliver(true, init);
+    let resp = p.b.poll_transmit().unwrap();
+    p.deliver(false, resp);
+    let frags: Vec<Transmit> = std::iter::from_fn(|| p.a.poll_transmit()).collect();
+    assert!(frags.len() > 1 && frags.iter().all(is_fragment));
+    for f in &frags {
+        let mut bad = f.clone();
+        let last = bad.data.len() - 1;
+        bad.data[last] ^= 0x80;
+        p.deliver(true, bad);
+        let mut renumbered = f.clone();
+        // Total Fragments (bytes 34-35 of the message) raised: the ICV covers it.
+        let off = if f.remote.port() == 4500 { 4 } else { 0 };
+        renumbered.data[off + 35] = renumbered.data[off + 35].wrapping_add(1);
+        p.deliver(true, renumbered);
+    }
+    assert!(p.b.poll_transmit().is_none(), "no answer to forgeries");
+    for f in frags {
+        p.deliver(true, f);
+    }
+    p.drive();
+    assert_eq!((child_ups(&p.ev_a).len(), child_ups(&p.ev_b).len()), (1, 1));
+}
+
+/// RFC 3948 4: the side behind a NAT (its NAT_DETECTION_DESTINATION_IP did not match) sends a one-byte 0xFF
+/// keepalive from and to port 4500 whenever it sent nothing for the interval; the other side sends none.
+#[test]
+fn nat_keepalives_from_the_side_behind_the_nat() {
+    let (mut a, mut b) = configs();
+    // A believes it is 10.0.0.1, but its packets arrive from 198.18.0.1: a NAT rewrote them.
+    a.local_addr = "10.0.0.1".parse().unwrap();
+    for c in [&mut a, &mut b] {
+        c.lifetimes.dpd_delay = Duration::ZERO;
+    }
+    let mut p = Pair::new(a, b);
+    p.connect();
+    assert!(child_ups(&p.ev_a)[0].udp_encap);
+    p.run_for(Duration::from_secs(65));
+    assert_eq!(p.keepalives, (3, 0), "at 20, 40 and 60 s");
+    // Other traffic to the peer postpones the keepalive: an IKE rekey at 70 s.
+    let (mut a, mut b) = configs();
+    a.local_addr = "10.0.0.1".parse().unwrap();
+    a.lifetimes.ike_rekey = Duration::from_secs(30);
+    for c in [&mut a, &mut b] {
+        c.lifetimes.dpd_delay = Duration::ZERO;
+    }
+    let mut p = Pair::new(a, b);
+    p.connect();
+    p.run_for(Duration::from_secs(45));
+    assert_eq!(ike_rekeys(&p.ev_a).len(), 1);
+    // Keepalive at 20 s; the rekey at 30 s sends; the next keepalive is due at 50 s.
+    assert_eq!(p.keepalives, (1, 0));
+    p.run_for(Duration::from_secs(10));
+    assert_eq!(p.keepalives, (2, 0), "the new IKE SA keeps sending them");
+    // No NAT: no keepalives.
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b);
+    p.connect();
+    p.run_for(Duration::from_secs(65));
+    assert_eq!(p.keepalives, (0, 0));
 }
