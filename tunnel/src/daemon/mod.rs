@@ -352,6 +352,18 @@ impl Daemon {
                     i.backoff = Duration::from_secs(2);
                 }
             }
+            Event::IkeRekeyed {
+                peer,
+                old_spis,
+                new_spis,
+                initiator,
+            } => {
+                tracing::info!(
+                    %peer, old_spi_i = format!("{:016x}", old_spis.0), old_spi_r = format!("{:016x}", old_spis.1),
+                    spi_i = format!("{:016x}", new_spis.0), spi_r = format!("{:016x}", new_spis.1),
+                    initiator, "IKE SA rekeyed"
+                );
+            }
             Event::IkeDown { peer, reason } => {
                 match &reason {
                     Reason::DeletedByUs => tracing::info!(%peer, "IKE SA deleted"),
