@@ -189,6 +189,29 @@ mod tests {
         assert_eq!(r.add(3, 3, 0, z(b"c")).unwrap().unwrap().1.to_vec(), b"abc");
     }
 
+    proptest::proptest! {
+        /// Whatever fragments arrive (numbers, totals, sizes, in any order), reassembly never panics, never holds
+        /// more than its bounds, and a completed message is exactly the held parts in order.
+        #[test]
+        fn arbitrary_fragments_never_panic(
+            frags in proptest::collection::vec((1u16..300, 1u16..300, 0u8..60, 0usize..3000), 0..200)
+        ) {
+            let mut r = Reassembly::new((0, false), frags.first().map_or(1, |f| f.1.min(MAX_FRAGMENTS))).unwrap();
+            for (number, total, next, len) in frags {
+                let number = number.min(total);
+                match r.add(number, total, next, Zeroizing::new(vec![number as u8; len])) {
+                    Ok(Some((_, whole))) => {
+                        proptest::prop_assert!(whole.len() <= MAX_REASSEMBLY_BYTES);
+                        r = Reassembly::new((0, false), 1).unwrap();
+                    }
+                    Ok(None) | Err(_) => {}
+                }
+                proptest::prop_assert!(r.bytes <= MAX_REASSEMBLY_BYTES);
+                proptest::prop_assert!(r.parts.len() <= usize::from(MAX_FRAGMENTS));
+            }
+        }
+    }
+
     #[test]
     fn limits_hold() {
         assert_eq!(

@@ -1278,3 +1278,38 @@ fn nat_keepalives_from_the_side_behind_the_nat() {
     p.run_for(Duration::from_secs(65));
     assert_eq!(p.keepalives, (0, 0));
 }
+
+/// The rekeyed IKE SA's keys (RFC 7296 2.18, SKEYSEED from the old SK_d) agree for every IKE suite, AEAD and
+/// CBC+HMAC alike: the new SA carries a Child SA rekey and a delete.
+#[test]
+fn ike_rekey_with_every_suite() {
+    for ike in [
+        "aes256gcm16-prfsha384-ecp384",
+        "chacha20poly1305-prfsha256-x25519",
+        "aes256-sha256-modp2048",
+        "aes128-sha512-ecp256",
+    ] {
+        let (mut a, mut b) = configs();
+        for c in [&mut a, &mut b] {
+            c.ike_proposals = vec![ProposalSpec::ike(ike).unwrap()];
+        }
+        a.lifetimes.ike_rekey = Duration::from_secs(100);
+        b.lifetimes.child_rekey = Duration::from_secs(150);
+        let mut p = Pair::new(a, b);
+        p.connect();
+        p.run_for(Duration::from_secs(160));
+        assert_eq!(ike_rekeys(&p.ev_a).len(), 1, "{ike}: {:?}", p.ev_a);
+        assert_eq!(
+            p.ev_b
+                .iter()
+                .filter(|e| matches!(e, Event::ChildRekeyed { .. }))
+                .count(),
+            1,
+            "{ike}"
+        );
+        assert_one_consistent_sa(&p);
+        p.b.delete_all(p.now);
+        p.drive();
+        assert_eq!(downs(&p.ev_a), vec![Reason::DeletedByPeer], "{ike}");
+    }
+}
