@@ -261,9 +261,11 @@ impl Endpoint {
         loop {
             let mut spawned = Vec::new();
             let mut handoffs = Vec::new();
+            let mut doomed = Vec::new();
             for sa in self.sas.values_mut() {
                 spawned.extend(sa.take_spawned());
                 handoffs.extend(sa.take_handoff());
+                doomed.extend(sa.take_doomed());
                 while let Some(t) = sa.poll_transmit() {
                     self.transmits.push_back(t);
                 }
@@ -271,7 +273,7 @@ impl Endpoint {
                     self.events.push_back(e);
                 }
             }
-            if spawned.is_empty() && handoffs.is_empty() {
+            if spawned.is_empty() && handoffs.is_empty() && doomed.is_empty() {
                 break;
             }
             for sa in spawned {
@@ -280,6 +282,11 @@ impl Endpoint {
             for (spi, children) in handoffs {
                 if let Some(sa) = self.sas.get_mut(&spi) {
                     sa.adopt(children);
+                }
+            }
+            for (spi, when) in doomed {
+                if let Some(sa) = self.sas.get_mut(&spi) {
+                    sa.mark_redundant(when);
                 }
             }
         }

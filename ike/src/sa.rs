@@ -35,6 +35,9 @@ pub const IKE_PORT: u16 = 500;
 /// The NAT traversal port.
 pub const NAT_T_PORT: u16 = 4500;
 
+/// How long the redundant IKE SA of a rekey collision waits for its creator's delete before deleting it itself.
+const REDUNDANT_GRACE: Duration = Duration::from_secs(10);
+
 /// How long a responder that refused the Child SA in IKE_AUTH waits before deleting the IKE SA.
 const RESPONDER_DELETE_DELAY: Duration = Duration::from_millis(200);
 
@@ -177,6 +180,10 @@ pub struct IkeSa {
     spawned: Vec<IkeSa>,
     /// Child SAs for the endpoint to move to the IKE SA filed under this SPI (the winner of a collision).
     handoff: Option<(u64, Vec<Child>)>,
+    /// The IKE SA filed under this SPI lost a rekey collision, as of this instant: its creator must delete it.
+    doomed: Option<(u64, Instant)>,
+    /// Set on a redundant IKE SA (see `doomed`): when it was found redundant.
+    redundant_since: Option<Instant>,
     /// Our NAT_DETECTION_DESTINATION_IP did not match: we are behind a NAT and keep its mapping alive.
     nat_local: bool,
     /// Both sides announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383).
@@ -307,6 +314,8 @@ impl IkeSa {
             silent: false,
             spawned: Vec::new(),
             handoff: None,
+            doomed: None,
+            redundant_since: None,
             nat_local: false,
             frag: false,
             reassembly: None,
@@ -366,6 +375,18 @@ impl IkeSa {
         self.silent = false;
     }
 
+    /// An IKE SA (by its local SPI) that lost a rekey collision we resolved, and when.
+    pub(crate) fn take_doomed(&mut self) -> Option<(u64, Instant)> {
+        self.doomed.take()
+    }
+
+    /// This SA lost a rekey collision: its creator deletes it, or we do after a grace period.
+    pub(crate) fn mark_redundant(&mut self, now: Instant) {
+        if self.silent && self.redundant_since.is_none() {
+            self.redundant_since = Some(now);
+        }
+    }
+
     /// A snapshot for status displays.
     pub fn status(&self) -> SaStatus {
         SaStatus {
@@ -408,7 +429,10 @@ impl IkeSa {
             }
         };
         min(self.keepalive_due());
-        if self.state == State::Established && self.outstanding.is_none() {
+        if self.state == State::Established && self.silent {
+            // A new IKE SA that lost a rekey collision (or may yet win one): no rekeys, no liveness checks.
+            min(self.redundant_since.map(|t| t + REDUNDANT_GRACE));
+        } else if self.state == State::Established && self.outstanding.is_none() {
             min(self.ike_rekey_at);
             min(self
                 .children
@@ -482,6 +506,18 @@ impl IkeSa {
                 // The peer never deleted the IKE SA it replaced; its Child SAs live on in the new one.
                 self.close(Reason::Rekeyed);
             }
+            // Its creator should have deleted it (RFC 7296 2.8.1) but did not: a peer that aborted its rekey when
+            // our delete of the old SA overtook its response (charon does) never will.
+            State::Established
+                if self.silent
+                    && self
+                        .redundant_since
+                        .is_some_and(|t| now >= t + REDUNDANT_GRACE) =>
+            {
+                self.send_delete_ike(now, Duration::ZERO);
+            }
+            // No rekeys and no liveness checks on a redundant SA.
+            State::Established if self.silent => {}
             State::Established => {
                 if self.ike_rekey_at.is_some_and(|t| now >= t) {
                     self.start_ike_rekey(now);
@@ -509,6 +545,8 @@ impl IkeSa {
 
     /// Deletes the IKE SA (and with it every Child SA): sends INFORMATIONAL with a Delete payload.
     pub fn delete(&mut self, now: Instant) {
+        self.clock = now;
+        self.abandon_rekey();
         match self.state {
             State::Established => self.send_delete_ike(now, Duration::ZERO),
             State::Rekeyed => self.close(Reason::Rekeyed),
@@ -536,7 +574,22 @@ impl IkeSa {
             });
         }
         self.state = State::Closed;
+        self.abandon_rekey();
         self.outstanding = None;
+    }
+
+    /// Before an outstanding IKE SA rekey is abandoned: if it had collided with the peer's, the SA we created
+    /// for the peer's request will never be resolved, so it goes the way of a redundant one.
+    fn abandon_rekey(&mut self) {
+        if let Some(Outstanding {
+            what: Request::RekeyIke {
+                collision: Some(c), ..
+            },
+            ..
+        }) = &self.outstanding
+        {
+            self.doomed = Some((c.local_spi, self.clock));
+        }
     }
 
     fn push_transmit(&mut self, data: Vec<u8>) {
@@ -2131,6 +2184,7 @@ impl IkeSa {
                 return;
             }
             // Ours survives: the peer closes its redundant one, and we delete the old SA as after any rekey.
+            self.doomed = Some((c.local_spi, now));
         }
         new.children = std::mem::take(&mut self.children);
         self.events.push_back(Event::IkeRekeyed {

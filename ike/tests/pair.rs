@@ -1313,3 +1313,71 @@ fn ike_rekey_with_every_suite() {
         assert_eq!(downs(&p.ev_a), vec![Reason::DeletedByPeer], "{ike}");
     }
 }
+
+/// A collision only one side notices in full, as with charon: A's rekey request and its answer to B's request
+/// are both lost once, so A learns all four nonces first. If A's exchange wins, A deletes the old SA before B
+/// ever completes its own exchange; B then adopts A's SA (charon: "peer did not notice IKE_SA rekey collision,
+/// abort active rekeying") and never deletes the redundant SA A created for B's request: A deletes it itself
+/// after a grace period. Either way both sides converge on one IKE SA holding the Child SA.
+#[test]
+fn ike_rekey_collision_noticed_by_one_side_converges() {
+    let mut outcomes = (0, 0);
+    for round in 0..40 {
+        let (mut a, mut b) = configs();
+        a.lifetimes.ike_rekey = Duration::from_secs(100);
+        b.lifetimes.ike_rekey = Duration::from_secs(101);
+        for c in [&mut a, &mut b] {
+            c.lifetimes.dpd_delay = Duration::ZERO;
+            // Two transmissions (4 s, then 7.2 s): A's delete of the redundant SA, which B never knew, runs out
+            // before the next rekeys (204 s).
+            c.retransmit.tries = 2;
+        }
+        let mut p = Pair::new(a, b);
+        let mut dropped = (false, false);
+        p.filter = Box::new(move |from_a, t| {
+            if !from_a {
+                return true;
+            }
+            let d = ike_bytes(t);
+            if d.len() < 28 || d[18] != 36 {
+                return true;
+            }
+            let slot = if d[19] & 0x20 == 0 {
+                &mut dropped.0
+            } else {
+                &mut dropped.1
+            };
+            // The first of each is lost.
+            std::mem::replace(slot, true)
+        });
+        p.connect();
+        p.run_for(Duration::from_secs(190));
+        let ra = ike_rekeys(&p.ev_a);
+        assert_eq!(ra.len(), 1, "round {round}: {:?}\n{:?}", p.ev_a, p.ev_b);
+        assert_one_consistent_sa(&p);
+        if ra[0].2 {
+            outcomes.0 += 1;
+            // A's own delete of the redundant SA B asked for: on neither the old nor the surviving SA's SPIs.
+            let spis = |t: &Transmit| {
+                let d = ike_bytes(t);
+                (
+                    u64::from_be_bytes(d[0..8].try_into().unwrap()),
+                    u64::from_be_bytes(d[8..16].try_into().unwrap()),
+                )
+            };
+            assert!(
+                p.log.iter().any(|(from_a, t)| *from_a
+                    && is_request(t, 37)
+                    && spis(t) != ra[0].0
+                    && spis(t) != ra[0].1),
+                "round {round}: A deleted the redundant SA after the grace period"
+            );
+        } else {
+            outcomes.1 += 1;
+        }
+        if outcomes.0 > 2 && outcomes.1 > 2 {
+            return;
+        }
+    }
+    panic!("both outcomes should occur: {outcomes:?}");
+}

@@ -845,9 +845,152 @@ fn rekey_child_sa_under_load() {
         first_ike.spi_i,
         "the IKE SA was rekeyed"
     );
+    // No IKE SA is left over (one being replaced at this very moment gets a few seconds to go).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while charon.list_sas().len() > 1 && Instant::now() < deadline {
+        sleep(Duration::from_millis(100));
+    }
     assert_eq!(
         charon.list_sas().len(),
         1,
-        "charon holds no leftover IKE SA"
+        "charon holds no leftover IKE SA: {:#?}",
+        charon.list_sas()
+    );
+}
+
+/// RFC 7296 2.8.2 against charon: both sides rekey the IKE SA at once and each answers the other's request.
+///
+/// Without a delay on the path the two requests cannot be made to cross by timing alone, so hA's firewall holds
+/// vmsecd's CREATE_CHILD_SA messages back: vmsecd's own IKE rekey request is dropped (it stays outstanding),
+/// `swanctl --rekey` makes charon send its request, vmsecd answers it (the answer is dropped too, so charon's
+/// request stays outstanding). Released, the two retransmissions cross: each side now holds both exchanges, and
+/// both must keep the same survivor (the lowest of the four nonces marks the redundant SA), with the Child SA
+/// and traffic intact and no IKE SA left over.
+#[test]
+fn rekey_ike_sa_collision() {
+    let mut bed = Bed::new("rekeycoll");
+    traffic::require_tool("nft", &["--version"], "nftables");
+    let mut conn = Conn::to_vmsecd(PSK);
+    conn.child_rekey_time = "1h".into();
+    conn.ike_rekey_time = "1h".into();
+    let charon = bed.charon(&[conn]);
+    let mut mesh = Mesh::two_hosts(PSK);
+    // vmsecd rekeys the IKE SA after 8-10 s; nothing else rekeys during the test.
+    mesh.ike_lifetime = Some("16s".into());
+    mesh.rekey_margin = Some("6s".into());
+    mesh.dpd_delay = Some("0".into());
+    let mut v = bed.vmsecd(&mesh);
+    let (st, _) = wait_up(&mut v, &charon, Duration::from_secs(20));
+    let first_ike = peer(&st, PEER).ike.clone().expect("IKE SA");
+    assert!(traffic::ping_until_ok(
+        &bed.avm,
+        BVM,
+        Duration::from_secs(5)
+    ));
+
+    // Hold back vmsecd's CREATE_CHILD_SA messages (UDP 4500, non-ESP marker, exchange type 36 at byte 18 of the
+    // IKE header), counting them.
+    let rules = "table ip vtcoll {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    \
+                 udp dport 4500 @th,64,32 0 @th,240,8 36 counter drop\n  }\n}\n";
+    let file = bed.dir("nft").join("hold-ccsa.nft");
+    std::fs::write(&file, rules).expect("nft rules");
+    bed.a.run("nft", &["-f", file.to_str().expect("UTF-8")]);
+    let held = |bed: &Bed| -> u64 {
+        let out = bed.a.run("nft", &["list", "table", "ip", "vtcoll"]);
+        out.split("packets ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while held(&bed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "vmsecd did not start its IKE rekey\n{}",
+            both_logs(&v, &charon)
+        );
+        sleep(Duration::from_millis(20));
+    }
+    // vmsecd's request is outstanding (its retransmission is due 4 s after it): now charon's.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let out = charon.swanctl(&["--rekey", "--ike", "hA"]);
+            eprintln!(
+                "[rekeycoll] swanctl --rekey --ike hA: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        });
+        // Until vmsecd has answered charon's request (held back as well), then release both.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while held(&bed) < 2 && Instant::now() < deadline {
+            sleep(Duration::from_millis(20));
+        }
+        let n = held(&bed);
+        bed.a.run("nft", &["delete", "table", "ip", "vtcoll"]);
+        eprintln!("[rekeycoll] {n} CREATE_CHILD_SA messages held back, released");
+    });
+    // Both sides settle on one IKE SA with the Child SA.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (st, sa) = loop {
+        let (st, sa) = wait_up(&mut v, &charon, Duration::from_secs(20));
+        if st
+            .peers
+            .iter()
+            .all(|p| p.ike.as_ref().is_some_and(|i| i.spi_i != first_ike.spi_i))
+            && charon.list_sas().len() == 1
+        {
+            break (st, sa);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single rekeyed IKE SA on both sides: {:#?}\n{}",
+            charon.list_sas(),
+            both_logs(&v, &charon)
+        );
+        sleep(Duration::from_millis(200));
+    };
+    let vmsecd_initiated = peer(&st, PEER).ike.as_ref().expect("IKE SA").initiator;
+    check_agree(
+        &st,
+        &sa,
+        vmsecd_initiated,
+        "AES_GCM_16_128/PRF_HMAC_SHA2_256/CURVE_25519",
+        "AES_GCM_16_128",
+    );
+    let log = v.log();
+    let clog = charon.log();
+    eprintln!(
+        "[rekeycoll] vmsecd: {} IKE SA rekeyed ({}); charon: {} collision lines; survivor initiated by {}",
+        log.matches("IKE SA rekeyed").count(),
+        log.lines()
+            .filter(|l| l.contains("IKE SA rekeyed"))
+            .map(|l| if l.contains("initiator=true") { "ours" } else { "charon's" })
+            .collect::<Vec<_>>()
+            .join(", "),
+        clog.lines().filter(|l| l.contains("collision")).count(),
+        if vmsecd_initiated { "vmsecd" } else { "charon" }
+    );
+    assert!(
+        clog.contains("collision"),
+        "charon saw the collision too\n{}",
+        both_logs(&v, &charon)
+    );
+    assert_eq!(
+        log.matches("IKE SA rekeyed").count(),
+        1,
+        "one rekey for vmsecd: the redundant SA is not reported\n{}",
+        both_logs(&v, &charon)
+    );
+    assert!(!log.contains("IKE SA down"), "{}", both_logs(&v, &charon));
+    assert!(traffic::ping_until_ok(
+        &bed.avm,
+        BVM,
+        Duration::from_secs(5)
+    ));
+    let (sent, got) = traffic::ping(&bed.avm, BVM, 20, "0.05");
+    assert_eq!(
+        sent, got,
+        "traffic flows over the Child SA the survivor holds"
     );
 }
