@@ -2178,7 +2178,10 @@ impl IkeSa {
             if lowest(&new.ni, &new.nr) < lowest(&c.ni, &c.nr) {
                 // Ours is the redundant one: we close it; the peer, creator of the survivor, deletes the old SA.
                 new.silent = true;
-                new.send_delete_ike(now, Duration::ZERO);
+                // The peer created its side of this SA while answering our request, but charon registers it only
+                // after handling its own exchange's response, which crosses with this delete: a delete sent at
+                // once is dropped ("IKE_SA ... waiting for delete") and only the retransmission 4 s later lands.
+                new.send_delete_ike(now, RESPONDER_DELETE_DELAY);
                 self.spawned.push(new);
                 self.hand_over(now, c.local_spi, c.spis);
                 return;
