@@ -1,5 +1,9 @@
 //! All IKE SAs of one daemon: demultiplexes datagrams by SPI, answers new IKE_SA_INIT requests (with cookies
 //! under load), and collects what every SA wants sent or reported.
+//!
+//! An IKE SA rekey (RFC 7296 2.18) creates a new IKE SA with new SPIs: the endpoint files it under our new SPI,
+//! moves Child SAs to the survivor of a rekey collision, and keeps the old SA reachable under its own SPI until
+//! its delete completes.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

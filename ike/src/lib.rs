@@ -1,8 +1,9 @@
 //! IKEv2 (RFC 7296) for vmsecd: message codec, crypto suite, proposals and the SA state machines.
 //!
 //! Sans-IO like quinn-proto: nothing here owns a socket or reads a clock. Callers pass received datagrams and
-//! the current time in, and take datagrams to send, the next timer and events (Child SA up, rekeyed, deleted)
-//! out.
+//! the current time in, and take datagrams to send, the next timer and events (IKE SA up, rekeyed, down; Child
+//! SA up, rekeyed, deleted) out. Encrypted messages too big for the path are fragmented (RFC 7383), and a side
+//! behind a NAT is told to send keepalives (RFC 3948) as ordinary datagrams.
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
