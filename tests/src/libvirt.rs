@@ -1,0 +1,322 @@
+//! Real libvirt networking in a hypervisor namespace: Debian's libvirtd with only its network driver, one per
+//! namespace, in a mount namespace of its own (the recipe of shared/conventions.md), driven with `virsh`.
+//!
+//! What libvirtd sees as /run, /run/libvirt, /etc/libvirt and /var/{lib,log,cache} is private: a tmpfs, folders
+//! of the test's work directory, and overlays whose upper layers live there too, so nothing it writes reaches
+//! the host's file system, and it finds no D-Bus (hence no firewalld: it calls `iptables` itself, in its
+//! network namespace). Its dnsmasq children stay in the namespace and end with it ([`crate::netns::NetnsGuard`]
+//! kills every process left inside by PID).
+//!
+//! [`Libvirtd::start`] panics if libvirtd, virsh or dnsmasq is missing: the tests that need them fail loudly,
+//! never skip.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use crate::netns::{check_test_address, output_of, Netns, NsChild};
+
+/// What libvirtd runs inside its own mount namespace: private /run, /etc/libvirt and /var/*/libvirt, only the
+/// network driver, then `exec libvirtd` (so the PID stays libvirtd's).
+const START_SCRIPT: &str = r#"#!/bin/sh
+set -eu
+D=$1
+mount --make-rprivate /
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -p /run/libvirt "$D/run"
+mount --bind "$D/run" /run/libvirt
+mount --bind "$D/etc" /etc/libvirt
+for x in lib log cache; do
+  mkdir -p "$D/overlay-$x/upper" "$D/overlay-$x/work"
+  mount -t overlay overlay -o "lowerdir=/var/$x,upperdir=$D/overlay-$x/upper,workdir=$D/overlay-$x/work" "/var/$x"
+  mkdir -p "/var/$x/libvirt"
+done
+export LIBVIRT_DRIVER_DIR="$D/drivers"
+exec /usr/sbin/libvirtd
+"#;
+
+/// Panics, saying what to install, unless libvirtd (Debian's `libvirt-daemon`, with its network driver),
+/// `virsh` (`libvirt-clients`), dnsmasq (`dnsmasq-base`) and iptables are there.
+pub fn require_libvirt() {
+    let install = "apt-get install --no-install-recommends libvirt-daemon libvirt-clients dnsmasq-base iptables \
+                   (or run scripts/setup test); this test never skips";
+    for bin in ["/usr/sbin/libvirtd", "/usr/sbin/dnsmasq"] {
+        assert!(Path::new(bin).exists(), "{bin} is missing: {install}");
+    }
+    for (tool, arg) in [("virsh", "--version"), ("iptables", "-V")] {
+        match Command::new(tool).arg(arg).stdin(Stdio::null()).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => panic!("`{tool} {arg}` failed ({}): {install}", o.status),
+            Err(e) => panic!("`{tool}` cannot run ({e}): {install}"),
+        }
+    }
+    network_driver();
+}
+
+/// libvirt's network driver module.
+fn network_driver() -> PathBuf {
+    let found = fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            e.path()
+                .join("libvirt/connection-driver/libvirt_driver_network.so")
+        })
+        .find(|p| p.exists());
+    found.unwrap_or_else(|| {
+        panic!(
+            "libvirt's network driver (/usr/lib/*/libvirt/connection-driver/libvirt_driver_network.so) is missing: \
+             apt-get install --no-install-recommends libvirt-daemon"
+        )
+    })
+}
+
+/// One libvirtd in a hypervisor namespace; killed by PID when dropped.
+#[derive(Debug)]
+pub struct Libvirtd {
+    ns: Netns,
+    dir: PathBuf,
+    child: Option<NsChild>,
+}
+
+impl Libvirtd {
+    /// What this libvirtd sees as /etc/libvirt, under its work folder `dir`: write hooks (`hooks/network`)
+    /// here before [`Libvirtd::start`], since libvirtd looks for them only when it starts.
+    pub fn etc_dir(dir: &Path) -> PathBuf {
+        dir.join("etc")
+    }
+
+    /// Starts libvirtd in `ns` with its private folders under `dir`; returns once `virsh` reaches it.
+    pub fn start(ns: &Netns, dir: &Path) -> Libvirtd {
+        require_libvirt();
+        for d in ["etc", "run", "drivers"] {
+            fs::create_dir_all(dir.join(d)).expect("libvirtd folders");
+        }
+        let link = dir.join("drivers/libvirt_driver_network.so");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(network_driver(), &link).expect("driver link");
+        // No polkit and no D-Bus in here: the socket is guarded by its folder, which only root can reach.
+        fs::write(
+            Self::etc_dir(dir).join("libvirtd.conf"),
+            "auth_unix_rw = \"none\"\nauth_unix_ro = \"none\"\nunix_sock_group = \"root\"\n",
+        )
+        .expect("libvirtd.conf");
+        fs::write(dir.join("start.sh"), START_SCRIPT).expect("start script");
+        let mut l = Libvirtd {
+            ns: ns.clone(),
+            dir: dir.to_owned(),
+            child: None,
+        };
+        l.spawn();
+        l
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("libvirtd.log"))
+            .expect("libvirtd log");
+        let mut cmd = self.ns.command("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh"])
+            .arg(self.dir.join("start.sh"))
+            .arg(&self.dir)
+            .stdout(Stdio::from(log.try_clone().expect("dup")))
+            .stderr(Stdio::from(log));
+        self.child = Some(self.ns.spawn(&mut cmd));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = output_of(&mut self.virsh_cmd(&["net-list", "--all"]));
+            if out.status.success() {
+                return;
+            }
+            if let Some(s) = self.child.as_mut().and_then(|c| c.try_wait()) {
+                panic!("libvirtd exited ({s}):\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "libvirtd in {} not reachable after 20 s: {}\n{}",
+                    self.ns.name(),
+                    String::from_utf8_lossy(&out.stderr),
+                    self.log()
+                );
+            }
+            sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Its PID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").pid()
+    }
+
+    /// Its log.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("libvirtd.log")).unwrap_or_default()
+    }
+
+    fn virsh_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("virsh");
+        c.arg("-c")
+            .arg(format!(
+                "network:///system?socket={}",
+                self.dir.join("run/libvirt-sock").display()
+            ))
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `virsh ARGS` against this libvirtd; panics with its output and libvirtd's log if it fails.
+    pub fn virsh(&self, args: &[&str]) -> String {
+        let out = output_of(&mut self.virsh_cmd(args));
+        if !out.status.success() {
+            panic!(
+                "virsh {args:?} failed ({}): {}{}\n--- libvirtd log ---\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log()
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Defines and starts NAT network `name`: bridge `virbr0` at 198.19.`n`.1/24, DHCP from .100 to .200 (the
+    /// test's VMs use .10, outside the range).
+    pub fn define_nat_network(&self, name: &str, n: u8) {
+        let gw = format!("198.19.{n}.1");
+        check_test_address(&gw);
+        let xml = format!(
+            "<network>\n  <name>{name}</name>\n  <forward mode='nat'/>\n  \
+             <bridge name='virbr0' stp='off' delay='0'/>\n  <ip address='{gw}' netmask='255.255.255.0'>\n    \
+             <dhcp><range start='198.19.{n}.100' end='198.19.{n}.200'/></dhcp>\n  </ip>\n</network>\n"
+        );
+        let file = self.dir.join(format!("{name}.xml"));
+        fs::write(&file, xml).expect("network xml");
+        self.virsh(&["net-define", &file.display().to_string()]);
+        self.virsh(&["net-start", name]);
+    }
+
+    /// Kills libvirtd by its PID (SIGTERM, then SIGKILL after 5 s) and starts it again; its networks stay up,
+    /// as on a real host, and it re-creates their firewall rules.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.signal("TERM");
+            if c.wait_timeout(Duration::from_secs(5)).is_none() {
+                c.kill();
+            }
+        }
+        self.spawn();
+    }
+}
+
+/// Checks that in `ns` every vmsecd rule of filter FORWARD and nat POSTROUTING sits above every `LIBVIRT_`
+/// jump, and that there is at least one of each; the reason otherwise (with the chains).
+pub fn vmsecd_rules_lead(ns: &Netns) -> Result<(), String> {
+    for (table, chain) in [("filter", "FORWARD"), ("nat", "POSTROUTING")] {
+        let rules = ns.run("iptables", &["-w", "-t", table, "-S", chain]);
+        let lines: Vec<&str> = rules.lines().filter(|l| l.starts_with("-A ")).collect();
+        let ours: Vec<usize> = (0..lines.len())
+            .filter(|&i| lines[i].contains("vmsecd:"))
+            .collect();
+        let first_libvirt = lines
+            .iter()
+            .position(|l| l.contains("-j LIBVIRT_") || l.contains("-g LIBVIRT_"));
+        if ours.is_empty() {
+            return Err(format!("no vmsecd rule in {table} {chain}:\n{rules}"));
+        }
+        if let Some(f) = first_libvirt {
+            if ours.iter().any(|&i| i > f) {
+                return Err(format!(
+                    "a libvirt jump is above vmsecd's rules in {table} {chain}:\n{rules}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every rule line of every table in `ns` (`iptables-save` without its comment and counter lines).
+pub fn ruleset(ns: Option<&Netns>) -> String {
+    let out = match ns {
+        Some(ns) => ns.run("iptables-save", &[]),
+        None => crate::netns::run_checked(&mut Command::new("iptables-save")),
+    };
+    out.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.find(" [") {
+            Some(i) if l.starts_with(':') => &l[..i],
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+const TCP_SERVER: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(4)
+s.settimeout(30)
+print("ready", flush=True)
+c, peer = s.accept()
+c.sendall((peer[0] + "\n").encode())
+c.close()
+"#;
+
+const TCP_CLIENT: &str = r#"
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
+c.settimeout(float(sys.argv[3]))
+print(c.makefile().readline().strip())
+"#;
+
+/// Opens one TCP connection from `client` to `server_addr:port`, where a one-shot server in `server` answers
+/// with the peer address it saw. `Ok(address the server saw)`, or `Err` with why the connection failed
+/// (refused by a REJECT, timed out, ...).
+pub fn tcp_seen_source(
+    server: &Netns,
+    client: &Netns,
+    server_addr: &str,
+    port: u16,
+) -> Result<String, String> {
+    use std::io::BufRead as _;
+    check_test_address(server_addr);
+    let mut srv = server.spawn(
+        server
+            .command("python3")
+            .args(["-c", TCP_SERVER, &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let stdout = srv.child_mut().stdout.take().expect("server stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("server output");
+    assert_eq!(
+        line.trim(),
+        "ready",
+        "the TCP server in {} did not start",
+        server.name()
+    );
+    let out = output_of(client.command("python3").args([
+        "-c",
+        TCP_CLIENT,
+        server_addr,
+        &port.to_string(),
+        "5",
+    ]));
+    drop(srv);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(err.lines().last().unwrap_or("failed").to_owned())
+    }
+}

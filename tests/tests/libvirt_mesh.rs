@@ -1,0 +1,352 @@
+//! vmsecd against real libvirt NAT networks: two hypervisor namespaces, each with its own libvirtd (network
+//! driver only, private /run, /etc/libvirt, /var/*/libvirt) and a NAT network 198.19.N.0/24 on `virbr0` with a
+//! "VM" namespace on it, a vmsecd on each, and an "outside" host on the underlay that is not in the mesh.
+//!
+//! Proven with vmsecd's firewall handling: VM-to-remote-VM TCP in both directions keeps the VM source address
+//! (no libvirt MASQUERADE, no libvirt REJECT), VM-to-outside is still NATed to the hypervisor's address; libvirt
+//! creating its chains after vmsecd (a fresh boot's order) puts its jumps above vmsecd's rules and vmsecd
+//! re-inserts them within seconds; all of it holds after `virsh net-destroy` + `net-start` and after libvirtd
+//! is killed and started again; vmsecd removes exactly its own rules on exit; the root namespace's rules are
+//! untouched. And without it (`firewall = "off"`) the same VM-to-VM connections are NATed or rejected, so the
+//! first test can fail.
+
+use std::time::{Duration, Instant};
+
+use vmsecd_e2e::libvirt::{ruleset, tcp_seen_source, vmsecd_rules_lead, Libvirtd};
+use vmsecd_e2e::netns::{run_checked, Netns, NetnsGuard};
+use vmsecd_e2e::vmsecd::{is_up, vmsecd_bin, Mesh, Vmsecd};
+
+const PSK: &str = "libvirt-mesh-test-psk-0123456789";
+const AVM: &str = "198.19.1.10";
+const BVM: &str = "198.19.2.10";
+const OUTSIDE: &str = "198.18.0.3";
+
+/// The hypervisors, VMs and daemons of one test. Fields drop in order: daemons first, then libvirtds, then the
+/// namespaces (the guard kills whatever is left inside, e.g. libvirt's dnsmasq, by PID).
+struct Bed {
+    va: Vmsecd,
+    vb: Vmsecd,
+    la: Libvirtd,
+    lb: Libvirtd,
+    a: Netns,
+    b: Netns,
+    out: Netns,
+    avm: Netns,
+    bvm: Netns,
+    g: NetnsGuard,
+}
+
+fn root_rules() -> String {
+    format!(
+        "{}\n---\n{}",
+        ruleset(None),
+        run_checked(&mut std::process::Command::new("ip6tables-save"))
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
+/// Builds the bed. With `firewall = "auto"` the daemons start before libvirt has any network (as when
+/// vmsecd.service starts before libvirtd.service on boot), with the hook installed into each libvirtd's
+/// private /etc/libvirt/hooks; with `"off"` they start after.
+fn bed(name: &str, firewall: &str) -> Bed {
+    let mut g = NetnsGuard::new(name);
+    vmsecd_e2e::libvirt::require_libvirt();
+    let hosts = g.underlay_lan(&["a", "b", "out"]);
+    let (a, b, out) = (hosts[0].clone(), hosts[1].clone(), hosts[2].clone());
+    let dir = g.dir();
+    for ns in [&a, &b] {
+        ns.sysctl("net.ipv4.ip_forward=1");
+    }
+    let mut mesh = Mesh::two_hosts(PSK);
+    mesh.encap = "auto".into();
+    mesh.firewall = Some(firewall.into());
+    let (da, db) = (dir.join("libvirt-a"), dir.join("libvirt-b"));
+    if firewall != "off" {
+        for d in [&da, &db] {
+            let hooks = Libvirtd::etc_dir(d).join("hooks");
+            let out = run_checked(
+                std::process::Command::new(vmsecd_bin())
+                    .args(["install-hook", "--hooks-dir"])
+                    .arg(&hooks),
+            );
+            assert!(out.contains("libvirt network hook written"), "{out}");
+        }
+    }
+    let la = Libvirtd::start(&a, &da);
+    let lb = Libvirtd::start(&b, &db);
+    let start_vmsecd =
+        |ns: &Netns, host: &str, sub: &str| Vmsecd::start(ns, &dir.join(sub), &mesh, host);
+    let (va, vb) = if firewall == "off" {
+        la.define_nat_network("default", 1);
+        lb.define_nat_network("default", 2);
+        (
+            start_vmsecd(&a, "hA", "vmsecd-a"),
+            start_vmsecd(&b, "hB", "vmsecd-b"),
+        )
+    } else {
+        let v = (
+            start_vmsecd(&a, "hA", "vmsecd-a"),
+            start_vmsecd(&b, "hB", "vmsecd-b"),
+        );
+        for (ns, v) in [(&a, &v.0), (&b, &v.1)] {
+            v.wait_log("firewall: mesh exempted", Duration::from_secs(10));
+            assert!(
+                ruleset(Some(ns)).contains("vmsecd: no NAT"),
+                "{}",
+                ruleset(Some(ns))
+            );
+        }
+        // libvirt now creates its chains, and its jumps land above vmsecd's rules.
+        la.define_nat_network("default", 1);
+        lb.define_nat_network("default", 2);
+        v
+    };
+    let avm = g.attach_vm(&a, "virbr0", 1, "avm");
+    let bvm = g.attach_vm(&b, "virbr0", 2, "bvm");
+    let mut bed = Bed {
+        va,
+        vb,
+        la,
+        lb,
+        a,
+        b,
+        out,
+        avm,
+        bvm,
+        g,
+    };
+    bed.va
+        .wait_status("the tunnel to hB", Duration::from_secs(20), |s| {
+            is_up(s, "hB")
+        });
+    bed.vb
+        .wait_status("the tunnel to hA", Duration::from_secs(20), |s| {
+            is_up(s, "hA")
+        });
+    bed
+}
+
+impl Bed {
+    fn diagnostics(&self) -> String {
+        format!(
+            "--- a ---\n{}\n--- b ---\n{}\n{}\n{}",
+            ruleset(Some(&self.a)),
+            ruleset(Some(&self.b)),
+            self.va.diagnostics(),
+            self.vb.diagnostics()
+        )
+    }
+
+    /// Waits until both hypervisors have vmsecd's rules above libvirt's jumps; returns how long it took.
+    fn wait_rules_lead(&self, timeout: Duration) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            let r = vmsecd_rules_lead(&self.a).and_then(|_| vmsecd_rules_lead(&self.b));
+            match r {
+                Ok(()) => return t0.elapsed(),
+                Err(e) if t0.elapsed() > timeout => {
+                    panic!(
+                        "vmsecd's rules not back on top after {timeout:?}: {e}\n{}",
+                        self.diagnostics()
+                    )
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// VM to remote VM in both directions keeps the VM addresses; VM to outside is NATed.
+    fn prove_mesh(&self, round: &str, port: u16) {
+        let seen = tcp_seen_source(&self.bvm, &self.avm, BVM, port);
+        assert_eq!(
+            seen.as_deref(),
+            Ok(AVM),
+            "{round}: VM a -> VM b must arrive from a's VM address\n{}",
+            self.diagnostics()
+        );
+        let seen = tcp_seen_source(&self.avm, &self.bvm, AVM, port + 1);
+        assert_eq!(
+            seen.as_deref(),
+            Ok(BVM),
+            "{round}: VM b -> VM a (a new connection into a NAT network) must be accepted and keep b's VM \
+             address\n{}",
+            self.diagnostics()
+        );
+        let seen = tcp_seen_source(&self.out, &self.avm, OUTSIDE, port + 2);
+        assert_eq!(
+            seen.as_deref(),
+            Ok("198.18.0.1"),
+            "{round}: VM a -> outside must still be NATed to a's underlay address\n{}",
+            self.diagnostics()
+        );
+        eprintln!("{round}: VM a <-> VM b without NAT, VM a -> outside NATed to 198.18.0.1");
+    }
+}
+
+#[test]
+fn libvirt_nat_networks_joined_by_the_mesh() {
+    let t0 = Instant::now();
+    let root_before = root_rules();
+    let mut bed = bed("libvirt-mesh", "auto");
+
+    // Fresh boot order: libvirt's jumps landed above vmsecd's rules, and vmsecd put its own back on top.
+    for v in [&bed.va, &bed.vb] {
+        v.wait_log(
+            "firewall: libvirt moved its rules above ours; re-inserted",
+            Duration::from_secs(10),
+        );
+    }
+    bed.wait_rules_lead(Duration::from_secs(5));
+    let mangle = bed
+        .a
+        .run("iptables", &["-w", "-t", "mangle", "-S", "FORWARD"]);
+    assert!(
+        mangle.contains("-o vmsec0") && mangle.contains("TCPMSS --clamp-mss-to-pmtu"),
+        "MSS clamp into the TUN: {mangle}"
+    );
+    bed.prove_mesh("after libvirt created its chains", 5001);
+
+    // Someone deletes a rule of ours by hand: back within seconds.
+    let nat = bed
+        .a
+        .run("iptables", &["-w", "-t", "nat", "-S", "POSTROUTING"]);
+    let ours = nat
+        .lines()
+        .find(|l| l.contains("vmsecd:"))
+        .expect("our nat rule")
+        .replacen("-A ", "-D ", 1);
+    let args: Vec<String> = shell_words(&ours);
+    let mut cmd = bed.a.command("iptables");
+    cmd.args(["-w", "-t", "nat"]).args(&args);
+    run_checked(&mut cmd);
+    let t = Instant::now();
+    bed.va.wait_log(
+        "firewall: our rules were missing or changed",
+        Duration::from_secs(6),
+    );
+    bed.wait_rules_lead(Duration::from_secs(5));
+    eprintln!("a deleted rule was restored after {:?}", t.elapsed());
+
+    // libvirt network restart on a: libvirt re-inserts its per-network rules; the VM's port is re-attached to
+    // the new bridge, as libvirt would do for a real guest's tap on restart of the guest.
+    let t = Instant::now();
+    bed.la.virsh(&["net-destroy", "default"]);
+    bed.la.virsh(&["net-start", "default"]);
+    bed.a.ip(&["link", "set", "vnet0", "master", "virbr0"]);
+    bed.wait_rules_lead(Duration::from_secs(5));
+    eprintln!(
+        "net-destroy + net-start: vmsecd's rules lead {:?} after the restart began",
+        t.elapsed()
+    );
+    // libvirt's network hook (installed by `vmsecd install-hook`) asked the daemon to check at once.
+    let log = bed.va.log();
+    assert!(
+        log.contains("firewall-check request")
+            || log.contains("check requested over the control socket"),
+        "libvirt's network hook did not reach vmsecd at net-start:\n{}",
+        bed.va.diagnostics()
+    );
+    bed.prove_mesh("after virsh net-destroy && net-start", 5011);
+
+    // libvirtd killed by PID and started again, on both hypervisors.
+    let (pa, pb) = (bed.la.pid(), bed.lb.pid());
+    bed.la.restart();
+    bed.lb.restart();
+    assert_ne!(pa, bed.la.pid());
+    assert_ne!(pb, bed.lb.pid());
+    bed.wait_rules_lead(Duration::from_secs(5));
+    // One check period later, too: a late libvirt insert would have been repaired by now.
+    std::thread::sleep(Duration::from_millis(2500));
+    bed.wait_rules_lead(Duration::from_secs(5));
+    bed.prove_mesh("after libvirtd restarts", 5021);
+
+    // On exit vmsecd removes exactly its own rules: libvirt's stay.
+    for (v, ns) in [(&mut bed.va, bed.a.clone()), (&mut bed.vb, bed.b.clone())] {
+        let before = ruleset(Some(&ns));
+        let st = v
+            .terminate(Duration::from_secs(10))
+            .expect("vmsecd exits on SIGTERM");
+        assert!(st.success(), "vmsecd exit status {st}\n{}", v.diagnostics());
+        let after = ruleset(Some(&ns));
+        assert!(
+            !after.contains("vmsecd"),
+            "vmsecd left rules behind:\n{after}"
+        );
+        let without_ours: Vec<&str> = before.lines().filter(|l| !l.contains("vmsecd:")).collect();
+        assert_eq!(
+            after.lines().collect::<Vec<_>>(),
+            without_ours,
+            "only vmsecd's rules go"
+        );
+        assert!(after.contains("-j LIBVIRT_PRT") && after.contains("MASQUERADE"));
+    }
+    assert_eq!(
+        root_rules(),
+        root_before,
+        "the root namespace's rules must not change"
+    );
+    let name = bed.g.prefix().to_owned();
+    drop(bed);
+    eprintln!("{name}: done in {:?}", t0.elapsed());
+}
+
+#[test]
+fn without_firewall_handling_libvirt_nats_or_rejects_the_mesh() {
+    let root_before = root_rules();
+    let bed = bed("libvirt-nofw", "off");
+    assert!(
+        !ruleset(Some(&bed.a)).contains("vmsecd"),
+        "firewall = \"off\" installs nothing"
+    );
+    let a_to_b = tcp_seen_source(&bed.bvm, &bed.avm, BVM, 5101);
+    let b_to_a = tcp_seen_source(&bed.avm, &bed.bvm, AVM, 5102);
+    eprintln!("firewall = off: VM a -> VM b: {a_to_b:?}; VM b -> VM a: {b_to_a:?}");
+    assert_ne!(
+        a_to_b.as_deref(),
+        Ok(AVM),
+        "without vmsecd's rules libvirt's MASQUERADE applies (or the packet matches no SA)"
+    );
+    assert!(
+        b_to_a.is_err(),
+        "without vmsecd's rules libvirt REJECTs new connections into its NAT network: {b_to_a:?}"
+    );
+    drop(bed);
+    assert_eq!(
+        root_rules(),
+        root_before,
+        "the root namespace's rules must not change"
+    );
+}
+
+/// Splits an `iptables -S` line into arguments (double quotes group, as iptables prints comments).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
