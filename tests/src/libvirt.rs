@@ -320,3 +320,97 @@ pub fn tcp_seen_source(
         Err(err.lines().last().unwrap_or("failed").to_owned())
     }
 }
+
+/// What libvirt 10.4 and newer does with its nftables backend (`firewall_backend = "nftables"`) when it starts
+/// a NAT network on `bridge` with 198.19.`n`.0/24, command for command as its src/network/network_nftables.c
+/// issues them: its table `ip libvirt_network` with base chains `forward` (filter) and `guest_nat` (srcnat),
+/// and the network's rules inserted at the top of its chains. Debian 12 has libvirt 9.0, which cannot do this,
+/// so tests that need libvirt's nftables layout build it with this.
+pub fn libvirt_nftables_network(ns: &Netns, bridge: &str, n: u8) {
+    let net = format!("198.19.{n}.0/24");
+    check_test_address(&net);
+    let script = format!(
+        "add table ip libvirt_network\n\
+         add chain ip libvirt_network forward {{ type filter hook forward priority 0; policy accept; }}\n\
+         add chain ip libvirt_network guest_output\n\
+         add chain ip libvirt_network guest_input\n\
+         add chain ip libvirt_network guest_cross\n\
+         add chain ip libvirt_network guest_nat {{ type nat hook postrouting priority 100; policy accept; }}\n\
+         {jumps}\
+         {rules}",
+        jumps = if ns
+            .output("nft", &["list", "chain", "ip", "libvirt_network", "forward"])
+            .status
+            .success()
+        {
+            String::new()
+        } else {
+            "insert rule ip libvirt_network forward counter jump guest_output\n\
+             insert rule ip libvirt_network forward counter jump guest_input\n\
+             insert rule ip libvirt_network forward counter jump guest_cross\n"
+                .to_owned()
+        },
+        rules = libvirt_nftables_network_rules(bridge, &net),
+    );
+    let mut cmd = ns.command("nft");
+    cmd.args(["-f", "-"]).stdin(Stdio::piped());
+    let mut child = cmd.spawn().expect("nft");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("nft script");
+    let out = child.wait_with_output().expect("nft");
+    assert!(
+        out.status.success(),
+        "nft -f failed: {}\n{script}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network's rules as libvirt's nftables backend inserts them (each at the top of its chain).
+fn libvirt_nftables_network_rules(bridge: &str, net: &str) -> String {
+    format!(
+        "insert rule ip libvirt_network guest_output iif {bridge} counter reject\n\
+         insert rule ip libvirt_network guest_input oif {bridge} counter reject\n\
+         insert rule ip libvirt_network guest_cross iif {bridge} oif {bridge} counter accept\n\
+         insert rule ip libvirt_network guest_output ip saddr {net} iif {bridge} counter accept\n\
+         insert rule ip libvirt_network guest_input oif {bridge} ip daddr {net} ct state related,established counter accept\n\
+         insert rule ip libvirt_network guest_nat ip saddr {net} ip daddr != {net} counter masquerade\n\
+         insert rule ip libvirt_network guest_nat ip saddr {net} ip daddr 255.255.255.255/32 counter return\n\
+         insert rule ip libvirt_network guest_nat ip saddr {net} ip daddr 224.0.0.0/24 counter return\n"
+    )
+}
+
+/// Checks that in `ns` vmsecd's rules are the first rules of libvirt's nftables chains `guest_input` and
+/// `guest_output`, and that vmsecd's own table `ip vmsecd` is there; the reason otherwise.
+pub fn vmsecd_nft_rules_lead(ns: &Netns) -> Result<(), String> {
+    let own = ns.output("nft", &["list", "table", "ip", "vmsecd"]);
+    if !own.status.success() {
+        return Err("no table ip vmsecd".to_owned());
+    }
+    for chain in ["guest_input", "guest_output"] {
+        let out = ns.run("nft", &["list", "chain", "ip", "libvirt_network", chain]);
+        let rules: Vec<&str> = out
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.contains("accept") || l.contains("reject"))
+            .collect();
+        match rules.first() {
+            Some(first) if first.contains("vmsecd:") => {}
+            _ => return Err(format!("vmsecd's rule is not first in {chain}:\n{out}")),
+        }
+    }
+    Ok(())
+}
+
+/// `virsh net-destroy` + `net-start` as libvirt's nftables backend does it: the network's rules are deleted
+/// (here: its chains flushed, which takes vmsecd's rules in them along) and inserted again at the top.
+pub fn libvirt_nftables_network_restart(ns: &Netns, bridge: &str, n: u8) {
+    for chain in ["guest_output", "guest_input", "guest_cross", "guest_nat"] {
+        ns.run("nft", &["flush", "chain", "ip", "libvirt_network", chain]);
+    }
+    libvirt_nftables_network(ns, bridge, n);
+}

@@ -12,7 +12,10 @@
 
 use std::time::{Duration, Instant};
 
-use vmsecd_e2e::libvirt::{ruleset, tcp_seen_source, vmsecd_rules_lead, Libvirtd};
+use vmsecd_e2e::libvirt::{
+    libvirt_nftables_network, libvirt_nftables_network_restart, ruleset, tcp_seen_source,
+    vmsecd_nft_rules_lead, vmsecd_rules_lead, Libvirtd,
+};
 use vmsecd_e2e::netns::{run_checked, Netns, NetnsGuard};
 use vmsecd_e2e::vmsecd::{is_up, vmsecd_bin, Mesh, Vmsecd};
 
@@ -349,4 +352,173 @@ fn shell_words(line: &str) -> Vec<String> {
         out.push(cur);
     }
     out
+}
+
+/// Hypervisors whose "libvirt" uses its nftables backend (libvirt 10.4+), laid out command for command as
+/// libvirt's source does it ([`libvirt_nftables_network`]); libvirt 9.0 on Debian 12 cannot produce it.
+struct NftBed {
+    va: Vmsecd,
+    vb: Vmsecd,
+    a: Netns,
+    b: Netns,
+    out: Netns,
+    avm: Netns,
+    bvm: Netns,
+    _g: NetnsGuard,
+}
+
+fn nft_bed(name: &str, firewall: &str) -> NftBed {
+    let mut g = NetnsGuard::new(name);
+    vmsecd_e2e::traffic::require_tool("nft", &["--version"], "nftables");
+    let hosts = g.underlay_lan(&["a", "b", "out"]);
+    let (a, b, out) = (hosts[0].clone(), hosts[1].clone(), hosts[2].clone());
+    let avm = g.vm_subnet(&a, 1, "avm");
+    let bvm = g.vm_subnet(&b, 2, "bvm");
+    let dir = g.dir();
+    let mut mesh = Mesh::two_hosts(PSK);
+    mesh.encap = "auto".into();
+    mesh.firewall = Some(firewall.into());
+    if firewall == "off" {
+        libvirt_nftables_network(&a, "virbr0", 1);
+        libvirt_nftables_network(&b, "virbr0", 2);
+    }
+    let mut va = Vmsecd::start(&a, &dir.join("vmsecd-a"), &mesh, "hA");
+    let mut vb = Vmsecd::start(&b, &dir.join("vmsecd-b"), &mesh, "hB");
+    va.wait_status("the tunnel to hB", Duration::from_secs(20), |s| {
+        is_up(s, "hB")
+    });
+    vb.wait_status("the tunnel to hA", Duration::from_secs(20), |s| {
+        is_up(s, "hA")
+    });
+    NftBed {
+        va,
+        vb,
+        a,
+        b,
+        out,
+        avm,
+        bvm,
+        _g: g,
+    }
+}
+
+impl NftBed {
+    fn diagnostics(&self) -> String {
+        let nft = |ns: &Netns| ns.run("nft", &["list", "ruleset"]);
+        format!(
+            "--- a ---\n{}\n--- b ---\n{}\n{}\n{}",
+            nft(&self.a),
+            nft(&self.b),
+            self.va.diagnostics(),
+            self.vb.diagnostics()
+        )
+    }
+
+    fn wait_rules_lead(&self, timeout: Duration) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            match vmsecd_nft_rules_lead(&self.a).and_then(|_| vmsecd_nft_rules_lead(&self.b)) {
+                Ok(()) => return t0.elapsed(),
+                Err(e) if t0.elapsed() > timeout => panic!(
+                    "vmsecd's nftables rules not in place after {timeout:?}: {e}\n{}",
+                    self.diagnostics()
+                ),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    fn prove_mesh(&self, round: &str, port: u16) {
+        let d = || self.diagnostics();
+        let seen = tcp_seen_source(&self.bvm, &self.avm, BVM, port);
+        assert_eq!(seen.as_deref(), Ok(AVM), "{round}: VM a -> VM b\n{}", d());
+        let seen = tcp_seen_source(&self.avm, &self.bvm, AVM, port + 1);
+        assert_eq!(seen.as_deref(), Ok(BVM), "{round}: VM b -> VM a\n{}", d());
+        let seen = tcp_seen_source(&self.out, &self.avm, OUTSIDE, port + 2);
+        assert_eq!(
+            seen.as_deref(),
+            Ok("198.18.0.1"),
+            "{round}: VM a -> outside is NATed\n{}",
+            d()
+        );
+        eprintln!("{round}: VM a <-> VM b without NAT, VM a -> outside NATed to 198.18.0.1");
+    }
+}
+
+#[test]
+fn libvirt_nftables_backend_emulated() {
+    let root_before = root_rules();
+    let mut bed = nft_bed("libvirt-nft", "auto");
+    // No libvirt table yet: vmsecd starts with iptables rules (as on a host whose libvirtd starts later).
+    bed.va
+        .wait_log("firewall: mesh exempted", Duration::from_secs(10));
+    assert!(
+        ruleset(Some(&bed.a)).contains("vmsecd:"),
+        "{}",
+        bed.diagnostics()
+    );
+    // libvirt (nftables backend) starts its networks: vmsecd moves its rules to nftables within a check.
+    let t = Instant::now();
+    libvirt_nftables_network(&bed.a, "virbr0", 1);
+    libvirt_nftables_network(&bed.b, "virbr0", 2);
+    bed.wait_rules_lead(Duration::from_secs(6));
+    eprintln!(
+        "moved to libvirt's nftables backend after {:?}",
+        t.elapsed()
+    );
+    bed.va
+        .wait_log("libvirt uses its nftables backend", Duration::from_secs(1));
+    assert!(
+        !ruleset(Some(&bed.a)).contains("vmsecd:"),
+        "vmsecd's iptables rules are gone once it uses nftables:\n{}",
+        bed.diagnostics()
+    );
+    bed.prove_mesh("libvirt nftables backend", 5201);
+
+    // Network restart: libvirt's chains are rewritten without vmsecd's rules; they come back.
+    let t = Instant::now();
+    libvirt_nftables_network_restart(&bed.a, "virbr0", 1);
+    bed.wait_rules_lead(Duration::from_secs(6));
+    eprintln!(
+        "after a network restart, vmsecd's rules lead again after {:?}",
+        t.elapsed()
+    );
+    // A second network start inserts libvirt's rules above vmsecd's: moved back on top.
+    libvirt_nftables_network(&bed.b, "virbr0", 2);
+    bed.vb.wait_log(
+        "firewall: libvirt moved its rules above ours; re-inserted",
+        Duration::from_secs(6),
+    );
+    bed.wait_rules_lead(Duration::from_secs(6));
+    bed.prove_mesh("after libvirt rewrote its chains", 5211);
+
+    // On exit: vmsecd's table and its rules in libvirt's chains go; libvirt's stay.
+    for (v, ns) in [(&mut bed.va, bed.a.clone()), (&mut bed.vb, bed.b.clone())] {
+        let st = v
+            .terminate(Duration::from_secs(10))
+            .expect("vmsecd exits on SIGTERM");
+        assert!(st.success(), "{}", v.diagnostics());
+        let all = ns.run("nft", &["list", "ruleset"]);
+        assert!(!all.contains("vmsecd"), "vmsecd left rules behind:\n{all}");
+        assert!(
+            all.contains("masquerade") && all.contains("reject"),
+            "{all}"
+        );
+    }
+    drop(bed);
+    assert_eq!(
+        root_rules(),
+        root_before,
+        "the root namespace's rules must not change"
+    );
+}
+
+#[test]
+fn without_firewall_handling_libvirts_nftables_backend_nats_or_rejects_the_mesh() {
+    let bed = nft_bed("libvirt-nft-off", "off");
+    let a_to_b = tcp_seen_source(&bed.bvm, &bed.avm, BVM, 5301);
+    let b_to_a = tcp_seen_source(&bed.avm, &bed.bvm, AVM, 5302);
+    eprintln!("nftables, firewall = off: VM a -> VM b: {a_to_b:?}; VM b -> VM a: {b_to_a:?}");
+    assert_ne!(a_to_b.as_deref(), Ok(AVM), "{}", bed.diagnostics());
+    assert!(b_to_a.is_err(), "{b_to_a:?}\n{}", bed.diagnostics());
 }
