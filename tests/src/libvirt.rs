@@ -273,7 +273,8 @@ const TCP_CLIENT: &str = r#"
 import socket, sys
 c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
 c.settimeout(float(sys.argv[3]))
-print(c.makefile().readline().strip())
+addr = c.makefile().readline().split()[0]
+print(addr, c.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
 "#;
 
 /// Opens one TCP connection from `client` to `server_addr:port`, where a one-shot server in `server` answers
@@ -285,6 +286,18 @@ pub fn tcp_seen_source(
     server_addr: &str,
     port: u16,
 ) -> Result<String, String> {
+    tcp_probe(server, client, server_addr, port).map(|(addr, _)| addr)
+}
+
+/// Like [`tcp_seen_source`], and also the MSS the client's side of the connection uses (`TCP_MAXSEG`): at most
+/// what the server's SYN-ACK advertised, so it shows whether a router on the way (the server's hypervisor,
+/// sending the SYN-ACK into the tunnel) clamped it; the client's own route would allow its interface's MTU.
+pub fn tcp_probe(
+    server: &Netns,
+    client: &Netns,
+    server_addr: &str,
+    port: u16,
+) -> Result<(String, u32), String> {
     use std::io::BufRead as _;
     check_test_address(server_addr);
     let mut srv = server.spawn(
@@ -314,7 +327,9 @@ pub fn tcp_seen_source(
     ]));
     drop(srv);
     if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (addr, mss) = text.trim().split_once(' ').unwrap_or((text.trim(), "0"));
+        Ok((addr.to_owned(), mss.parse().unwrap_or(0)))
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
         Err(err.lines().last().unwrap_or("failed").to_owned())

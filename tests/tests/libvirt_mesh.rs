@@ -13,8 +13,8 @@
 use std::time::{Duration, Instant};
 
 use vmsecd_e2e::libvirt::{
-    libvirt_nftables_network, libvirt_nftables_network_restart, ruleset, tcp_seen_source,
-    vmsecd_nft_rules_lead, vmsecd_rules_lead, Libvirtd,
+    libvirt_nftables_network, libvirt_nftables_network_restart, ruleset, tcp_probe,
+    tcp_seen_source, vmsecd_nft_rules_lead, vmsecd_rules_lead, Libvirtd,
 };
 use vmsecd_e2e::netns::{run_checked, Netns, NetnsGuard};
 use vmsecd_e2e::vmsecd::{is_up, vmsecd_bin, Mesh, Vmsecd};
@@ -163,12 +163,20 @@ impl Bed {
 
     /// VM to remote VM in both directions keeps the VM addresses; VM to outside is NATed.
     fn prove_mesh(&self, round: &str, port: u16) {
-        let seen = tcp_seen_source(&self.bvm, &self.avm, BVM, port);
+        let (seen, mss) = tcp_probe(&self.bvm, &self.avm, BVM, port).unwrap_or_else(|e| {
+            panic!("{round}: VM a -> VM b failed: {e}\n{}", self.diagnostics())
+        });
         assert_eq!(
-            seen.as_deref(),
-            Ok(AVM),
+            seen,
+            AVM,
             "{round}: VM a -> VM b must arrive from a's VM address\n{}",
             self.diagnostics()
+        );
+        // VM b's SYN-ACK advertised 1460 (MTU 1500); hypervisor b clamps it into the TUN (MTU 1400) to 1360, and
+        // VM a, whose own route allows 1500, uses that (less 12 bytes of timestamps).
+        assert!(
+            mss <= 1360,
+            "{round}: the MSS through the tunnel is {mss}, not clamped to the TUN's MTU"
         );
         let seen = tcp_seen_source(&self.avm, &self.bvm, AVM, port + 1);
         assert_eq!(
@@ -185,7 +193,9 @@ impl Bed {
             "{round}: VM a -> outside must still be NATed to a's underlay address\n{}",
             self.diagnostics()
         );
-        eprintln!("{round}: VM a <-> VM b without NAT, VM a -> outside NATed to 198.18.0.1");
+        eprintln!(
+            "{round}: VM a <-> VM b without NAT (MSS {mss}), VM a -> outside NATed to 198.18.0.1"
+        );
     }
 }
 
@@ -430,8 +440,15 @@ impl NftBed {
 
     fn prove_mesh(&self, round: &str, port: u16) {
         let d = || self.diagnostics();
-        let seen = tcp_seen_source(&self.bvm, &self.avm, BVM, port);
-        assert_eq!(seen.as_deref(), Ok(AVM), "{round}: VM a -> VM b\n{}", d());
+        let probe = tcp_probe(&self.bvm, &self.avm, BVM, port);
+        let mss = probe.as_ref().map_or(0, |p| p.1);
+        assert_eq!(
+            probe.map(|p| p.0).as_deref(),
+            Ok(AVM),
+            "{round}: VM a -> VM b\n{}",
+            d()
+        );
+        assert!(mss <= 1360, "{round}: MSS {mss} not clamped\n{}", d());
         let seen = tcp_seen_source(&self.avm, &self.bvm, AVM, port + 1);
         assert_eq!(seen.as_deref(), Ok(BVM), "{round}: VM b -> VM a\n{}", d());
         let seen = tcp_seen_source(&self.out, &self.avm, OUTSIDE, port + 2);

@@ -424,13 +424,19 @@ fn has_nft() -> bool {
     run("nft", &["--version"], None).is_ok()
 }
 
-/// Logs what a check did, in lines a sysadmin can act on.
+/// Logs what a check did, in lines a sysadmin can act on: one per kind of repair, naming the chains.
 fn log_report(report: &Report, trigger: &str) {
-    for chain in &report.reordered {
-        tracing::warn!(%chain, %trigger, "firewall: libvirt moved its rules above ours; re-inserted");
+    if !report.reordered.is_empty() {
+        let chains = report.reordered.join(", ");
+        tracing::warn!(%chains, %trigger, "firewall: libvirt moved its rules above ours; re-inserted");
     }
-    for chain in &report.restored {
-        tracing::warn!(%chain, %trigger, "firewall: our rules were missing or changed (removed by hand, or a flush?); re-inserted");
+    if !report.restored.is_empty() {
+        let chains = report.restored.join(", ");
+        tracing::warn!(
+            %chains, %trigger,
+            "firewall: our rules were missing or changed (removed by hand, a flush, or libvirt re-created its \
+             table); re-inserted"
+        );
     }
 }
 
