@@ -35,16 +35,16 @@
 //!
 //! Every rule carries the comment `vmsecd: ...` ([`COMMENT_TAG`]); that comment is how the daemon finds its
 //! rules, and the only rules it ever deletes. Changes go through `iptables-restore --noflush`, one transaction
-//! per table, so a repair never leaves a moment without the rules.
+//! per table (`nft -f -` per family with nftables), so a repair never leaves a moment without the rules.
 //!
 //! # Backends
 //!
 //! - libvirt 9.x (and 10.4+ with `firewall_backend = "iptables"`) calls `iptables`/`ip6tables`; vmsecd calls
 //!   the same commands, so both land in the same backend, iptables-nft (nf_tables tables `ip nat`, `ip filter`)
-//!   or iptables-legacy (x_tables): [`iptables`](self::iptables) does the above. Tested with libvirt 9.0.
+//!   or iptables-legacy (x_tables): `firewall/iptables.rs` does the above. Tested with libvirt 9.0.
 //! - libvirt 10.4 and newer with its nftables backend (`firewall_backend = "nftables"` in
 //!   /etc/libvirt/network.conf, or its tables `ip libvirt_network`/`ip6 libvirt_network` present) is out of
-//!   reach of iptables rules: [`nft`](self::nft) explains what vmsecd does there instead (an identity SNAT in a
+//!   reach of iptables rules: `firewall/nft.rs` explains what vmsecd does there instead (an identity SNAT in a
 //!   table of its own before libvirt's NAT chain, and accept rules kept at the top of libvirt's own forward
 //!   chains). It is tested against a table laid out as libvirt's source lays it out, not against libvirt
 //!   10.4 itself, which Debian 12 does not have.
@@ -97,7 +97,10 @@ pub enum Error {
         stderr: String,
     },
     /// The daemon could not be asked over its control socket.
-    #[error("cannot reach vmsecd on control socket {socket}: {source}. Is `vmsecd run` running in this network namespace?")]
+    #[error(
+        "cannot reach vmsecd on control socket {socket}: {source}. Is `vmsecd run` running in this network \
+         namespace?"
+    )]
     Control {
         /// The socket.
         socket: String,
@@ -152,7 +155,7 @@ impl Family {
 pub enum LibvirtBackend {
     /// `iptables` (libvirt before 10.4, or `firewall_backend = "iptables"`): handled here.
     Iptables,
-    /// libvirt's own nftables tables (`libvirt_network`, libvirt 10.4 and newer): see [`nft`](self::nft).
+    /// libvirt's own nftables tables (`libvirt_network`, libvirt 10.4 and newer): see `firewall/nft.rs`.
     Nftables,
 }
 
@@ -463,8 +466,8 @@ impl Handle {
         tracing::info!(
             rules = fw.len(),
             backend = fw.describe(),
-            "firewall: mesh exempted from libvirt's NAT and REJECT (nat POSTROUTING, filter FORWARD, ahead of libvirt's \
-             jumps) and TCP MSS clamped into {}; checked every {}s",
+            "firewall: mesh exempted from libvirt's NAT and REJECT, ahead of libvirt's rules, and TCP MSS clamped \
+             into {}; checked every {}s",
             config.settings().interface,
             CHECK_INTERVAL.as_secs()
         );
