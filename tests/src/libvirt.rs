@@ -188,10 +188,17 @@ impl Libvirtd {
     /// Defines and starts NAT network `name`: bridge `virbr0` at 198.19.`n`.1/24, DHCP from .100 to .200 (the
     /// test's VMs use .10, outside the range).
     pub fn define_nat_network(&self, name: &str, n: u8) {
+        self.define_network(name, n, Some("nat"));
+    }
+
+    /// Defines and starts network `name` on bridge `virbr0` at 198.19.`n`.1/24 with `<forward mode='MODE'/>`
+    /// (`nat`, `route`, ...), or isolated (no `<forward>`) for `None`; DHCP from .100 to .200.
+    pub fn define_network(&self, name: &str, n: u8, mode: Option<&str>) {
         let gw = format!("198.19.{n}.1");
         check_test_address(&gw);
+        let forward = mode.map_or(String::new(), |m| format!("\n  <forward mode='{m}'/>"));
         let xml = format!(
-            "<network>\n  <name>{name}</name>\n  <forward mode='nat'/>\n  \
+            "<network>\n  <name>{name}</name>{forward}\n  \
              <bridge name='virbr0' stp='off' delay='0'/>\n  <ip address='{gw}' netmask='255.255.255.0'>\n    \
              <dhcp><range start='198.19.{n}.100' end='198.19.{n}.200'/></dhcp>\n  </ip>\n</network>\n"
         );

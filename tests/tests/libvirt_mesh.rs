@@ -55,6 +55,11 @@ fn root_rules() -> String {
 /// vmsecd.service starts before libvirtd.service on boot), with the hook installed into each libvirtd's
 /// private /etc/libvirt/hooks; with `"off"` they start after.
 fn bed(name: &str, firewall: &str) -> Bed {
+    bed_with(name, firewall, Some("nat"))
+}
+
+/// [`bed`] with hypervisor b's network in `b_mode` (`None`: isolated).
+fn bed_with(name: &str, firewall: &str, b_mode: Option<&str>) -> Bed {
     let mut g = NetnsGuard::new(name);
     vmsecd_e2e::libvirt::require_libvirt();
     let hosts = g.underlay_lan(&["a", "b", "out"]);
@@ -104,7 +109,7 @@ fn bed(name: &str, firewall: &str) -> Bed {
         }
         // libvirt now creates its chains, and its jumps land above vmsecd's rules.
         la.define_nat_network("default", 1);
-        lb.define_nat_network("default", 2);
+        lb.define_network("default", 2, b_mode);
         v
     };
     let avm = g.attach_vm(&a, "virbr0", 1, "avm");
@@ -304,6 +309,34 @@ fn libvirt_nat_networks_joined_by_the_mesh() {
     let name = bed.g.prefix().to_owned();
     drop(bed);
     eprintln!("{name}: done in {:?}", t0.elapsed());
+}
+
+#[test]
+fn an_isolated_network_in_the_mesh_reaches_the_mesh_only() {
+    let bed = bed_with("libvirt-isolated", "auto", None);
+    bed.wait_rules_lead(Duration::from_secs(5));
+    let d = || bed.diagnostics();
+    let a_to_b = tcp_seen_source(&bed.bvm, &bed.avm, BVM, 5401);
+    assert_eq!(
+        a_to_b.as_deref(),
+        Ok(AVM),
+        "into the isolated network from the mesh\n{}",
+        d()
+    );
+    let b_to_a = tcp_seen_source(&bed.avm, &bed.bvm, AVM, 5402);
+    assert_eq!(
+        b_to_a.as_deref(),
+        Ok(BVM),
+        "out of the isolated network into the mesh\n{}",
+        d()
+    );
+    let b_out = tcp_seen_source(&bed.out, &bed.bvm, OUTSIDE, 5403);
+    assert!(
+        b_out.is_err(),
+        "an isolated network must not reach the outside: {b_out:?}\n{}",
+        d()
+    );
+    eprintln!("isolated network b: mesh both ways, outside refused ({b_out:?})");
 }
 
 #[test]
