@@ -224,10 +224,15 @@ fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String, Erro
         source,
     })?;
     if !out.status.success() {
+        let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        // iptables-restore and nft -f name the failing line of their input: show it.
+        if let Some(text) = input {
+            stderr += &format!("; its input was:\n{}", text.trim_end());
+        }
         return Err(Error::Failed {
             command,
             status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            stderr,
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -462,7 +467,13 @@ impl Handle {
                 task: None,
             });
         };
-        fw.check()?;
+        if let Err(e) = fw.check() {
+            tracing::error!(
+                "{e}. vmsecd cannot put its firewall rules in place: fix the cause, or set firewall = \"off\" in \
+                 the mesh file to run without firewall handling"
+            );
+            return Err(e);
+        }
         tracing::info!(
             rules = fw.len(),
             backend = fw.describe(),
@@ -477,13 +488,31 @@ impl Handle {
             let mut tick = tokio::time::interval(CHECK_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            // A failure that persists is logged once, not every 2 s; so is the recovery.
+            let mut failing: Option<String> = None;
             loop {
                 tick.tick().await;
                 let fw = task_fw.clone();
-                match tokio::task::spawn_blocking(move || lock(&fw).check()).await {
-                    Ok(Ok(r)) => log_report(&r, "periodic check"),
-                    Ok(Err(e)) => tracing::error!("{e}; retrying in {}s", CHECK_INTERVAL.as_secs()),
-                    Err(e) => tracing::error!("firewall check task failed: {e}"),
+                let r = tokio::task::spawn_blocking(move || lock(&fw).check())
+                    .await
+                    .map_err(|e| format!("firewall check task failed: {e}"))
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                match r {
+                    Ok(r) => {
+                        if failing.take().is_some() {
+                            tracing::info!("firewall: checks work again");
+                        }
+                        log_report(&r, "periodic check");
+                    }
+                    Err(e) if failing.as_ref() != Some(&e) => {
+                        tracing::error!(
+                            "{e}; vmsecd's rules may be missing or below libvirt's. Retrying every {}s (logged \
+                             again only if the error changes)",
+                            CHECK_INTERVAL.as_secs()
+                        );
+                        failing = Some(e);
+                    }
+                    Err(_) => {}
                 }
             }
         });
@@ -574,6 +603,31 @@ pub fn request_check(socket: &crate::config::ControlSocket) -> Result<String, Er
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_commands_name_the_command_its_stderr_and_input() {
+        let e = run(
+            "sh",
+            &["-c", "cat >/dev/null; echo 'line 2 failed' >&2; exit 2"],
+            Some("*nat\nbad\n"),
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, Error::Failed { .. }), "{e:?}");
+        assert!(
+            text.starts_with("firewall: `sh -c cat >/dev/null;"),
+            "{text}"
+        );
+        assert!(
+            text.contains("(exit status: 2): line 2 failed; its input was:\n*nat\nbad"),
+            "{text}"
+        );
+        let e = run("vmsecd-no-such-command", &["-V"], None).unwrap_err();
+        assert!(
+            matches!(&e, Error::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn libvirt_network_conf() {
