@@ -374,4 +374,29 @@ id = "gw.example"
             }
         ));
     }
+
+    #[test]
+    fn cli_parses_install_hook_and_firewall_check() {
+        let cli = Cli::try_parse_from(["vmsecd", "install-hook"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::InstallHook { hooks_dir, control: None } if hooks_dir == Path::new("/etc/libvirt/hooks"))
+        );
+        let cli = Cli::try_parse_from([
+            "vmsecd",
+            "install-hook",
+            "--hooks-dir",
+            "/tmp/h",
+            "--control",
+            "@x",
+        ])
+        .unwrap();
+        assert!(
+            matches!(cli.command, Command::InstallHook { hooks_dir, control: Some(c) } if hooks_dir == Path::new("/tmp/h") && c == "@x")
+        );
+        let cli = Cli::try_parse_from(["vmsecd", "firewall-check"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::FirewallCheck { control: None }
+        ));
+    }
 }
