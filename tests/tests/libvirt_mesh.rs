@@ -239,17 +239,21 @@ fn libvirt_nat_networks_joined_by_the_mesh() {
     let args: Vec<String> = shell_words(&ours);
     let mut cmd = bed.a.command("iptables");
     cmd.args(["-w", "-t", "nat"]).args(&args);
+    let missing = "firewall: our rules were missing or changed";
+    let before = count(&bed.va, &[missing]);
     run_checked(&mut cmd);
     let t = Instant::now();
-    bed.va.wait_log(
-        "firewall: our rules were missing or changed",
-        Duration::from_secs(6),
-    );
+    wait_count_above(&bed.va, &[missing], before, Duration::from_secs(6));
     bed.wait_rules_lead(Duration::from_secs(5));
     eprintln!("a deleted rule was restored after {:?}", t.elapsed());
 
     // libvirt network restart on a: libvirt re-inserts its per-network rules; the VM's port is re-attached to
     // the new bridge, as libvirt would do for a real guest's tap on restart of the guest.
+    let pokes = [
+        "firewall-check request",
+        "check requested over the control socket",
+    ];
+    let before = count(&bed.va, &pokes);
     let t = Instant::now();
     bed.la.virsh(&["net-destroy", "default"]);
     bed.la.virsh(&["net-start", "default"]);
@@ -260,13 +264,7 @@ fn libvirt_nat_networks_joined_by_the_mesh() {
         t.elapsed()
     );
     // libvirt's network hook (installed by `vmsecd install-hook`) asked the daemon to check at once.
-    let log = bed.va.log();
-    assert!(
-        log.contains("firewall-check request")
-            || log.contains("check requested over the control socket"),
-        "libvirt's network hook did not reach vmsecd at net-start:\n{}",
-        bed.va.diagnostics()
-    );
+    wait_count_above(&bed.va, &pokes, before, Duration::from_secs(2));
     bed.prove_mesh("after virsh net-destroy && net-start", 5011);
 
     // libvirtd killed by PID and started again, on both hypervisors.
@@ -365,6 +363,27 @@ fn without_firewall_handling_libvirt_nats_or_rejects_the_mesh() {
         root_before,
         "the root namespace's rules must not change"
     );
+}
+
+/// How many lines of the daemon's log contain one of `needles`.
+fn count(v: &Vmsecd, needles: &[&str]) -> usize {
+    v.log()
+        .lines()
+        .filter(|l| needles.iter().any(|n| l.contains(n)))
+        .count()
+}
+
+/// Waits until more than `n` lines of the daemon's log contain one of `needles`; panics after `timeout`.
+fn wait_count_above(v: &Vmsecd, needles: &[&str], n: usize, timeout: Duration) {
+    let t0 = Instant::now();
+    while count(v, needles) <= n {
+        assert!(
+            t0.elapsed() < timeout,
+            "no new log line with {needles:?} after {timeout:?}\n{}",
+            v.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Splits an `iptables -S` line into arguments (double quotes group, as iptables prints comments).
