@@ -421,18 +421,47 @@ impl NetnsGuard {
     /// 198.19.`n`.1/24 and `ip_forward=1`; a VM namespace `<prefix>-<vm_suffix>` whose `eth0` (peer `vnet0`,
     /// enslaved to the bridge) has 198.19.`n`.10/24 and a default route via the bridge. Returns the VM.
     pub fn vm_subnet(&mut self, host: &Netns, n: u8, vm_suffix: &str) -> Netns {
-        let vm = self.add_ns(vm_suffix);
         host.ip(&["link", "add", "virbr0", "type", "bridge"]);
         self.add_addr(host, "virbr0", &format!("198.19.{n}.1/24"));
         host.ip(&["link", "set", "virbr0", "up"]);
+        host.sysctl("net.ipv4.ip_forward=1");
+        self.attach_vm(host, "virbr0", n, vm_suffix)
+    }
+
+    /// A "VM" on an existing bridge of `host` (one made by [`NetnsGuard::vm_subnet`], or a libvirt network's):
+    /// namespace `<prefix>-<vm_suffix>` whose `eth0` (peer `vnet0` in `host`, enslaved to `bridge`) has
+    /// 198.19.`n`.10/24 and a default route via 198.19.`n`.1. Returns the VM.
+    pub fn attach_vm(&mut self, host: &Netns, bridge: &str, n: u8, vm_suffix: &str) -> Netns {
+        let vm = self.add_ns(vm_suffix);
         self.veth(host, "vnet0", &vm, "eth0");
-        host.ip(&["link", "set", "vnet0", "master", "virbr0"]);
+        host.ip(&["link", "set", "vnet0", "master", bridge]);
         self.add_addr(&vm, "eth0", &format!("198.19.{n}.10/24"));
         let gw = format!("198.19.{n}.1");
         check_test_address(&gw);
         vm.ip(&["route", "add", "default", "via", &gw]);
-        host.sysctl("net.ipv4.ip_forward=1");
         vm
+    }
+
+    /// An underlay LAN: a switch namespace `<prefix>-ul` with a bridge `br0`, and one namespace per entry of
+    /// `hosts` (`<prefix>-<suffix>`) attached to it by `u0`, with 198.18.0.`i+1`/24 for the `i`-th. Unlike
+    /// [`NetnsGuard::underlay_pair`], it has room for a host that is not in the mesh ("the outside").
+    pub fn underlay_lan(&mut self, hosts: &[&str]) -> Vec<Netns> {
+        assert!(hosts.len() < 250, "198.18.0.0/24 has room for 250 hosts");
+        let ul = self.add_ns("ul");
+        ul.ip(&["link", "add", "br0", "type", "bridge"]);
+        ul.ip(&["link", "set", "br0", "up"]);
+        hosts
+            .iter()
+            .enumerate()
+            .map(|(i, suffix)| {
+                let h = self.add_ns(suffix);
+                let port = format!("p{i}");
+                self.veth(&ul, &port, &h, "u0");
+                ul.ip(&["link", "set", &port, "master", "br0"]);
+                self.add_addr(&h, "u0", &format!("198.18.0.{}/24", i + 1));
+                h
+            })
+            .collect()
     }
 
     /// Two hypervisors with one VM each: [`NetnsGuard::underlay_pair`] (`a` at 198.18.0.1, `b` at 198.18.0.2)

@@ -99,6 +99,8 @@ pub struct Mesh {
     pub rekey_margin: Option<String>,
     /// `dpd_delay` (`0` turns liveness checks off).
     pub dpd_delay: Option<String>,
+    /// `firewall`: `auto` or `off` (vmsecd's default: auto).
+    pub firewall: Option<String>,
     /// The hosts.
     pub hosts: Vec<HostEntry>,
 }
@@ -116,6 +118,7 @@ impl Mesh {
             ike_lifetime: None,
             rekey_margin: None,
             dpd_delay: None,
+            firewall: None,
             hosts: vec![
                 HostEntry {
                     name: "hA".into(),
@@ -151,6 +154,7 @@ impl Mesh {
             ("ike_lifetime", &self.ike_lifetime),
             ("rekey_margin", &self.rekey_margin),
             ("dpd_delay", &self.dpd_delay),
+            ("firewall", &self.firewall),
         ] {
             if let Some(v) = v {
                 let _ = writeln!(o, "{k} = {v:?}");

@@ -112,6 +112,27 @@ pub struct Settings {
     pub replay_window: u32,
     /// Where the daemon listens for `vmsecd status` (`control_socket`, default the abstract `@vmsecd`).
     pub control_socket: ControlSocket,
+    /// Whether vmsecd keeps its rules ahead of libvirt's NAT and forward rules (`firewall`, default auto).
+    pub firewall: FirewallMode,
+}
+
+/// What vmsecd does about the host firewall (libvirt's MASQUERADE and REJECT rules): see [`crate::firewall`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirewallMode {
+    /// Install, check every 2 s and repair vmsecd's own rules, if `iptables` is there; without it, log that no
+    /// firewall handling is done and run on.
+    Auto,
+    /// Leave the firewall alone: the administrator exempts the mesh from NAT and REJECT by hand.
+    Off,
+}
+
+impl fmt::Display for FirewallMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FirewallMode::Auto => "auto",
+            FirewallMode::Off => "off",
+        })
+    }
 }
 
 /// How ESP travels between hosts.

@@ -4,7 +4,9 @@
 //! - [`config`]: the mesh file, validated, and which host this machine is;
 //! - [`tun`]: the route-based TUN interface, non-blocking, in batches, optionally multi-queue;
 //! - [`route`]: routes into the TUN, addresses, and this machine's addresses, over NETLINK_ROUTE;
-//! - [`prefix`]: CIDR prefixes.
+//! - [`prefix`]: CIDR prefixes;
+//! - [`firewall`]: vmsecd's own iptables rules ahead of libvirt's (no NAT, accept, MSS clamp), kept in place;
+//! - [`libvirt`]: libvirt's network hook (`vmsecd install-hook`).
 //!
 //! The protocols themselves are sans-IO crates: `ike` (IKEv2) and `esp` (the ESP datapath).
 #![warn(missing_docs, unreachable_pub)]
@@ -13,6 +15,8 @@
 
 pub mod config;
 pub mod daemon;
+pub mod firewall;
+pub mod libvirt;
 pub mod prefix;
 pub mod route;
 pub mod tun;

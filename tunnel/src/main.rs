@@ -59,6 +59,23 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         control: Option<String>,
     },
+    /// Install libvirt's network hook (DIR/network), which asks the running daemon to re-check its firewall
+    /// rules whenever libvirt starts a network; an existing hook script is kept. Restart libvirtd afterwards:
+    /// it looks for hooks only when it starts.
+    InstallHook {
+        /// libvirt's hooks folder.
+        #[arg(long, value_name = "DIR", default_value = vmsecd::libvirt::DEFAULT_HOOKS_DIR)]
+        hooks_dir: PathBuf,
+        /// The daemon's control socket the hook talks to (default: @vmsecd).
+        #[arg(long, value_name = "PATH")]
+        control: Option<String>,
+    },
+    /// Ask the running daemon to check (and repair) its firewall rules now; what libvirt's network hook runs.
+    FirewallCheck {
+        /// The daemon's control socket (default: @vmsecd).
+        #[arg(long, value_name = "PATH")]
+        control: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -129,7 +146,40 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::InstallHook { hooks_dir, control } => {
+            let sock = control_socket(control.as_deref())?;
+            let exe = std::env::current_exe()
+                .context("cannot find the path of this vmsecd binary for the hook to call")?;
+            let (path, what) = vmsecd::libvirt::install_hook(&hooks_dir, &exe, &sock)?;
+            let what = match what {
+                vmsecd::libvirt::HookInstalled::Created => "written",
+                vmsecd::libvirt::HookInstalled::Added => "added to the existing script",
+                vmsecd::libvirt::HookInstalled::Updated => "updated",
+            };
+            println!(
+                "libvirt network hook {what}: {} (calls {} firewall-check --control {sock}).\n\
+                 Restart libvirtd once so that it finds the hook.",
+                path.display(),
+                exe.display()
+            );
+            Ok(())
+        }
+        Command::FirewallCheck { control } => {
+            let sock = control_socket(control.as_deref())?;
+            let answer = vmsecd::firewall::request_check(&sock)?;
+            println!("{answer}");
+            if answer.contains("\"error\"") {
+                anyhow::bail!("the daemon's firewall check failed: {answer}");
+            }
+            Ok(())
+        }
     }
+}
+
+/// `--control`, or the default abstract socket `@vmsecd`.
+fn control_socket(control: Option<&str>) -> anyhow::Result<ControlSocket> {
+    ControlSocket::parse(control.unwrap_or("@vmsecd"), Path::new(""))
+        .map_err(|allowed| anyhow::anyhow!("--control cannot be used; allowed: {allowed}"))
 }
 
 /// Loads the mesh file; this machine's addresses are only looked up when `--host` is not given.
@@ -322,6 +372,31 @@ id = "gw.example"
                 json: true,
                 control: None
             }
+        ));
+    }
+
+    #[test]
+    fn cli_parses_install_hook_and_firewall_check() {
+        let cli = Cli::try_parse_from(["vmsecd", "install-hook"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::InstallHook { hooks_dir, control: None } if hooks_dir == Path::new("/etc/libvirt/hooks"))
+        );
+        let cli = Cli::try_parse_from([
+            "vmsecd",
+            "install-hook",
+            "--hooks-dir",
+            "/tmp/h",
+            "--control",
+            "@x",
+        ])
+        .unwrap();
+        assert!(
+            matches!(cli.command, Command::InstallHook { hooks_dir, control: Some(c) } if hooks_dir == Path::new("/tmp/h") && c == "@x")
+        );
+        let cli = Cli::try_parse_from(["vmsecd", "firewall-check"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::FirewallCheck { control: None }
         ));
     }
 }

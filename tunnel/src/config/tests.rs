@@ -781,3 +781,28 @@ fn mesh_values_out_of_range() {
         ControlSocket::Abstract("vmsecd-b0".into())
     );
 }
+
+#[test]
+fn firewall_mode() {
+    let f = Fixture::new();
+    assert_eq!(
+        f.parse(&with_mesh("")).unwrap().settings.firewall,
+        FirewallMode::Auto
+    );
+    for (text, mode) in [("auto", FirewallMode::Auto), ("off", FirewallMode::Off)] {
+        let m = f
+            .parse(&with_mesh(&format!("firewall = {text:?}")))
+            .unwrap();
+        assert_eq!(m.settings.firewall, mode);
+        assert_eq!(mode.to_string(), text);
+    }
+    let e = f.err(&with_mesh("firewall = \"nftables\""));
+    let (problem, allowed) = invalid(&e);
+    assert_eq!(e.key, "mesh.firewall");
+    assert_eq!(e.location, Some((3, 12)));
+    assert!(problem.contains("\"nftables\""), "{problem}");
+    assert!(
+        allowed.contains("\"auto\"") && allowed.contains("\"off\""),
+        "{allowed}"
+    );
+}

@@ -11,10 +11,10 @@ use ike::proposal::{ProposalError, ProposalSpec};
 
 use super::schema::{self, S};
 use super::{
-    Auth, ConfigError, ControlSocket, Encap, ErrorKind, Host, Identity, Psk, Settings,
-    DEFAULT_CHILD_LIFETIME, DEFAULT_CONTROL_SOCKET, DEFAULT_DPD_DELAY, DEFAULT_ESP_PROPOSAL,
-    DEFAULT_IKE_LIFETIME, DEFAULT_IKE_PORT, DEFAULT_IKE_PROPOSAL, DEFAULT_INTERFACE, DEFAULT_MTU,
-    DEFAULT_REKEY_MARGIN,
+    Auth, ConfigError, ControlSocket, Encap, ErrorKind, FirewallMode, Host, Identity, Psk,
+    Settings, DEFAULT_CHILD_LIFETIME, DEFAULT_CONTROL_SOCKET, DEFAULT_DPD_DELAY,
+    DEFAULT_ESP_PROPOSAL, DEFAULT_IKE_LIFETIME, DEFAULT_IKE_PORT, DEFAULT_IKE_PROPOSAL,
+    DEFAULT_INTERFACE, DEFAULT_MTU, DEFAULT_REKEY_MARGIN,
 };
 use crate::prefix::Prefix;
 
@@ -207,7 +207,24 @@ impl Cx<'_> {
                     })?
             }
         };
+        let firewall = match &m.firewall {
+            None => FirewallMode::Auto,
+            Some(v) => match v.get_ref().as_str() {
+                "auto" => FirewallMode::Auto,
+                "off" => FirewallMode::Off,
+                other => {
+                    return Err(self.invalid(
+                        v,
+                        "mesh.firewall",
+                        format!("unknown firewall mode {other:?}"),
+                        "\"auto\" (vmsecd keeps its rules ahead of libvirt's NAT and REJECT rules), \"off\" (vmsecd \
+                         leaves the firewall alone)",
+                    ))
+                }
+            },
+        };
         Ok(Settings {
+            firewall,
             interface,
             mtu,
             ike_proposals,

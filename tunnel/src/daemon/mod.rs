@@ -70,6 +70,7 @@ struct Daemon {
     raw: sockets::RawEsp,
     control: tokio::net::UnixListener,
     initiation: HashMap<String, Initiation>,
+    firewall: crate::firewall::Handle,
 }
 
 impl Daemon {
@@ -149,11 +150,13 @@ impl Daemon {
             raw,
             control,
             initiation,
+            firewall: crate::firewall::Handle::start(&config)?,
             config,
         })
     }
 
     fn teardown(&mut self) {
+        self.firewall.remove();
         if let Err(e) = self.routes.remove_all() {
             tracing::warn!("removing routes: {e}");
         }
@@ -234,6 +237,7 @@ impl Daemon {
                         if let Some(req) = control::read_request(&mut stream).await {
                             let body = match req.as_str() {
                                 "status" => serde_json::to_string(&self.status())?,
+                                "firewall-check" => self.firewall.check_now().await,
                                 other => format!("{{\"error\":\"unknown request {other:?}\"}}"),
                             };
                             use tokio::io::AsyncWriteExt;
