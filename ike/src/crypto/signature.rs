@@ -295,8 +295,9 @@ pub enum SignatureError {
     /// The peer did not announce SIGNATURE_HASH_ALGORITHMS, or none we can sign with: we cannot use method 14,
     /// and method 1 (SHA-1) is verification-only here.
     #[error(
-        "the peer announced no signature hash algorithm we support (SIGNATURE_HASH_ALGORITHMS, RFC 7427); \
-         vmsecd does not sign with SHA-1 (RSA Digital Signature, method 1)"
+        "the peer announced no signature hash algorithm we support (SIGNATURE_HASH_ALGORITHMS, RFC 7427): it is \
+         probably configured for PSK authentication, or too old for RFC 7427 (vmsecd does not sign with SHA-1, \
+         the legacy RSA Digital Signature method 1)"
     )]
     NoCommonHash,
     /// aws-lc failed to sign (should not happen).
