@@ -875,7 +875,11 @@ fn psk_against_pubkey_is_refused_naming_the_mismatch() {
         let (mut psk_a, mut psk_b) = configs();
         (psk_a.local_id, psk_a.remote_id) = (a.local_id.clone(), a.remote_id.clone());
         (psk_b.local_id, psk_b.remote_id) = (b.local_id.clone(), b.remote_id.clone());
-        let (a, b) = if psk_initiates { (psk_a, b) } else { (a, psk_b) };
+        let (a, b) = if psk_initiates {
+            (psk_a, b)
+        } else {
+            (a, psk_b)
+        };
         let mut p = Pair::new(a, b);
         p.connect();
         // A half-open responder SA (the initiator gave up before IKE_AUTH) expires on its own.

@@ -87,7 +87,9 @@ fn base64_decode(text: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
 
 /// Encodes base64 with 64-character lines, as PEM wants.
 fn base64_encode(data: &[u8]) -> Zeroizing<String> {
-    let mut out = Zeroizing::new(String::with_capacity(data.len() * 4 / 3 + data.len() / 48 + 4));
+    let mut out = Zeroizing::new(String::with_capacity(
+        data.len() * 4 / 3 + data.len() / 48 + 4,
+    ));
     for (i, chunk) in data.chunks(3).enumerate() {
         if i > 0 && i % 16 == 0 {
             out.push('\n');
@@ -255,10 +257,7 @@ mod tests {
 
     #[test]
     fn pem_errors_name_the_problem() {
-        assert_eq!(
-            parse_private_key(b"hello").unwrap_err(),
-            KeyError::NotAKey
-        );
+        assert_eq!(parse_private_key(b"hello").unwrap_err(), KeyError::NotAKey);
         assert_eq!(
             parse_private_key(b"-----BEGIN CERTIFICATE-----\nTQ==\n-----END CERTIFICATE-----\n")
                 .unwrap_err(),

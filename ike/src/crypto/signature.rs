@@ -519,12 +519,15 @@ impl PublicKey {
                 //# with RSASSA-PKCS1-v1_5 signature scheme specified in [PKCS1]
                 // The hash is SHA-1 in every implementation (RFC 4718 3.2); RFC 7427 exists to replace it.
                 let scheme = "RSA Digital Signature (RSASSA-PKCS1-v1_5 with SHA-1)";
-                UnparsedPublicKey::new(&sig::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY, &self.spki)
-                    .verify(octets, data)
-                    .map_err(|_| SignatureError::BadSignature {
-                        scheme: scheme.into(),
-                        bits: self.bits,
-                    })?;
+                UnparsedPublicKey::new(
+                    &sig::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+                    &self.spki,
+                )
+                .verify(octets, data)
+                .map_err(|_| SignatureError::BadSignature {
+                    scheme: scheme.into(),
+                    bits: self.bits,
+                })?;
                 Ok(scheme.into())
             }
             _ => Err(SignatureError::UnknownAlgorithm),
@@ -552,12 +555,10 @@ mod tests {
         );
         // RSASSA-PSS with SHA-256, MGF1-SHA-256, salt 32: the encoding OpenSSL writes (`openssl asn1parse` of
         // Chromium's verify_signed_data_unittest/rsa-pss-sha256-using-pss-key-with-params.pem shows the same).
-        let pss = hex(
-            "3041 0609 2a864886f70d01010a 3034
+        let pss = hex("3041 0609 2a864886f70d01010a 3034
              a00f 300d 0609 608648016503040201 0500
              a11c 301a 0609 2a864886f70d010108 300d 0609 608648016503040201 0500
-             a203 020120",
-        );
+             a203 020120");
         let ours = Scheme {
             padding: Padding::Pss,
             hash: SigHash::Sha256,
@@ -574,7 +575,9 @@ mod tests {
         }
         // PKCS#1 without the NULL is accepted; SHA-1 and a PSS salt of 20 are not.
         assert!(Scheme::from_algorithm_identifier(&hex("300b06092a864886f70d01010b")).is_some());
-        assert!(Scheme::from_algorithm_identifier(&hex("300d06092a864886f70d0101050500")).is_none());
+        assert!(
+            Scheme::from_algorithm_identifier(&hex("300d06092a864886f70d0101050500")).is_none()
+        );
         let mut salt20 = pss.clone();
         *salt20.last_mut().unwrap() = 20;
         assert!(Scheme::from_algorithm_identifier(&salt20).is_none());
@@ -584,7 +587,10 @@ mod tests {
     #[test]
     fn hash_negotiation() {
         assert_eq!(SigHash::notify_data(), vec![0, 2, 0, 3, 0, 4]);
-        assert_eq!(SigHash::parse_notify(&[0, 1, 0, 2, 0, 3, 0, 4, 0, 5]), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            SigHash::parse_notify(&[0, 1, 0, 2, 0, 3, 0, 4, 0, 5]),
+            vec![1, 2, 3, 4, 5]
+        );
         assert_eq!(SigHash::choose(&[1, 4, 3]), Some(SigHash::Sha384));
         assert_eq!(SigHash::choose(&[1, 5]), None);
     }
@@ -617,7 +623,13 @@ mod tests {
                 assert!(public.verify_auth(1, &data, octets).is_err());
             }
         }
-        assert_eq!(public.verify_auth(14, &[3, 1, 2], octets), Err(SignatureError::Malformed));
-        assert_eq!(public.verify_auth(14, &[], octets), Err(SignatureError::Malformed));
+        assert_eq!(
+            public.verify_auth(14, &[3, 1, 2], octets),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            public.verify_auth(14, &[], octets),
+            Err(SignatureError::Malformed)
+        );
     }
 }
