@@ -732,16 +732,14 @@ use ike::crypto::signature::{Padding, PrivateKey};
 
 /// One key per size, generated once per test binary (4096-bit generation takes a while).
 fn rsa_key(bits: usize, n: usize) -> PrivateKey {
+    use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
-    static KEYS: OnceLock<Mutex<Vec<((usize, usize), PrivateKey)>>> = OnceLock::new();
-    let keys = KEYS.get_or_init(|| Mutex::new(Vec::new()));
-    let mut keys = keys.lock().unwrap();
-    if let Some((_, k)) = keys.iter().find(|(id, _)| *id == (bits, n)) {
-        return k.clone();
-    }
-    let k = PrivateKey::generate(bits).unwrap();
-    keys.push(((bits, n), k.clone()));
-    k
+    type Keys = Mutex<HashMap<(usize, usize), PrivateKey>>;
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    let mut keys = KEYS.get_or_init(Keys::default).lock().unwrap();
+    keys.entry((bits, n))
+        .or_insert_with(|| PrivateKey::generate(bits).unwrap())
+        .clone()
 }
 
 /// A and B with their own RSA keys, each knowing the other's public key; FQDN and RFC 822 identities.

@@ -288,7 +288,7 @@ fn pubkey_wrong_key_is_refused_on_both_sides() {
         v.diagnostics()
     );
     charon.wait_log(
-        &format!("signature validation failed, looking for another key"),
+        "signature validation failed, looking for another key",
         Duration::from_secs(5),
     );
     let st = v.status().expect("status");

@@ -111,8 +111,11 @@ fn base64_encode(data: &[u8]) -> Zeroizing<String> {
     out
 }
 
-/// The first PEM block of `text`: its label and decoded body.
-fn pem_block(text: &[u8]) -> Result<Option<(String, Zeroizing<Vec<u8>>)>, KeyError> {
+/// A PEM block: its label and decoded body.
+type PemBlock = (String, Zeroizing<Vec<u8>>);
+
+/// The first PEM block of `text`, if it has one.
+fn pem_block(text: &[u8]) -> Result<Option<PemBlock>, KeyError> {
     const BEGIN: &[u8] = b"-----BEGIN ";
     let Some(start) = text.windows(BEGIN.len()).position(|w| w == BEGIN) else {
         return Ok(None);
