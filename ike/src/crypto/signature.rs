@@ -632,4 +632,33 @@ mod tests {
             Err(SignatureError::Malformed)
         );
     }
+
+    #[test]
+    fn legacy_method_1_verifies() {
+        // RSASSA-PKCS1-v1_5 with SHA-1 made by OpenSSL 3 (`openssl dgst -sha1 -sign k.pem msg`), as an RFC 7296
+        // method 1 peer computes it.
+        let public = parse_public_key(
+            b"-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAxjyLWMEelM0+QwZ4AoII\n6JsoznHOCuYrQkxXfcwgC762/SVWGlUD4XK6X2a8O9s78amj0vjWZyVqlFcl21yv\noCZXYlfybQHMAqQaqRT2keMQUkQfhfkW+Gx5JpU3gURyBaGepyksF/sDspAveMUZ\njvTYdizIEjGE0sSZyx+z9klJ24vlPH6rZPgSSDlE+m3bozfB+BWTLfJDb6rfklc3\nrtm8KT5CC6OC9m8ldTAsMA181TTTTUU534GWfwv3nNGZdDKBoP9jI254Qp6kgxXZ\ndTvI0WBVF9oi8SZpPBD1x1VM2eYdGiserQrqH7tKNsg6X5W2JlCGuiRbuKD7QENs\n/wIDAQAB\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let octets = b"vmsecd RFC 7296 method 1 test octets";
+        let sig = hex("5672ac93260052ce03d02a0a2107ef42d19686edad9262842a66db0017e5ba5a3048e91297b09f9c94e016c2e1da0767
+             c061dcf47624df49b43c66cd7cc75b3b44bd1e1925d6a1c0da9a2295f8ed24f69dd3483580b5514b9c8a20d10fd3102e
+             1ad1ac7cc41ef33b1f71af2b52d71745df2d0ccf7e0225d51b04afadc0f0678d09048623dd94a3a68fcdaf4b8745fbf1
+             a3fbb5255c50aedd716dfc2ac58ba9184b40e9c159999103738604dab562192a1ab09bbf12887e3af59988fc8bef27b1
+             e8dd51a9666eae3f0098c4c473e4bcd2710fbcd01f91c2c153f12f59f646974494f3ee1f1f8641025a00c08ba861f2f6
+             3dd7c8fec19ba02d77dceaa48657c44f");
+        assert_eq!(
+            public.verify_auth(AUTH_RSA_SIG, &sig, octets),
+            Ok("RSA Digital Signature (RSASSA-PKCS1-v1_5 with SHA-1)".into())
+        );
+        assert!(matches!(
+            public.verify_auth(AUTH_RSA_SIG, &sig, b"other octets"),
+            Err(SignatureError::BadSignature { .. })
+        ));
+        // The same bytes are no method 14 AUTH data.
+        assert!(public
+            .verify_auth(AUTH_DIGITAL_SIGNATURE, &sig, octets)
+            .is_err());
+    }
 }
