@@ -796,7 +796,7 @@ impl IkeSa {
                 if suite::ct_eq(&suite.psk_auth(psk, &octets), data) {
                     Ok(())
                 } else {
-                    Err("its PSK AUTH does not verify: the PSKs differ".into())
+                    Err("the PSKs differ".into())
                 }
             }
             (AuthMethod::PubKey { peer_public, .. }, sig::AUTH_DIGITAL_SIGNATURE | sig::AUTH_RSA_SIG) => {
@@ -862,7 +862,7 @@ impl IkeSa {
         }
         if let Err(why) = self.check_peer_auth(&id_r, method, &data) {
             self.close(Reason::AuthenticationFailed(format!(
-                "the peer's AUTH does not verify: {why}"
+                "the peer's AUTH payload does not verify: {why}"
             )));
             return;
         }
