@@ -127,6 +127,11 @@ fn vmsecd_keys(vdir: &Path, cdir: &Path, source: KeySource, bits: u32) -> (PathB
 
 /// vmsecd's mesh file: pubkey authentication, identities, the public keys by path.
 fn mesh_text(private: &Path, a_pub: &Path, b_pub: &Path) -> String {
+    mesh_text_ids(private, a_pub, b_pub, A_ID, B_ID)
+}
+
+/// [`mesh_text`] with other identities.
+fn mesh_text_ids(private: &Path, a_pub: &Path, b_pub: &Path, a_id: &str, b_id: &str) -> String {
     format!(
         r#"[mesh]
 auth = "pubkey"
@@ -137,14 +142,14 @@ dpd_delay = 0
 [[host]]
 name = "hA"
 address = "198.18.0.1"
-id = "{A_ID}"
+id = "{a_id}"
 pubkey = {a_pub:?}
 subnets = ["198.19.1.0/24"]
 
 [[host]]
 name = "hB"
 address = "198.18.0.2"
-id = "{B_ID}"
+id = "{b_id}"
 pubkey = {b_pub:?}
 subnets = ["198.19.2.0/24"]
 "#,
@@ -155,9 +160,14 @@ subnets = ["198.19.2.0/24"]
 }
 
 fn conn() -> Conn {
+    conn_ids(A_ID, B_ID)
+}
+
+/// charon's connection with other identities (swanctl quotes a DN).
+fn conn_ids(a_id: &str, b_id: &str) -> Conn {
     let mut c = Conn::to_vmsecd("unused").with_pubkeys("hb.pub.pem", "ha.pub.pem");
-    c.local_id = B_ID.into();
-    c.remote_id = A_ID.into();
+    c.local_id = format!("\"{b_id}\"");
+    c.remote_id = format!("\"{a_id}\"");
     c
 }
 
@@ -205,15 +215,30 @@ fn wait_up_and_ping(bed: &Bed, v: &mut Vmsecd, c: &Charon) {
 
 /// One handshake: keys of `bits`, vmsecd's from `source`, `vmsecd_initiates` or charon does.
 fn case(name: &str, bits: u32, source: KeySource, vmsecd_initiates: bool) {
+    case_ids(name, bits, source, vmsecd_initiates, A_ID, B_ID)
+}
+
+/// [`case`] with other identities.
+fn case_ids(
+    name: &str,
+    bits: u32,
+    source: KeySource,
+    vmsecd_initiates: bool,
+    a_id: &str,
+    b_id: &str,
+) {
     let mut bed = Bed::new(name);
     let (vdir, cdir) = (bed.dir("vmsecd"), bed.dir("charon"));
     let (private, a_pub) = vmsecd_keys(&vdir, &cdir, source, bits);
     let (_, b_pub) = pki_keygen(&cdir, "hb", bits);
-    let charon = Charon::start(&bed.b, &cdir, &[conn()]);
+    let charon = Charon::start(&bed.b, &cdir, &[conn_ids(a_id, b_id)]);
     if !vmsecd_initiates {
         bed.block_vmsecd_initiation();
     }
-    let mut v = start_vmsecd(&mut bed, &mesh_text(&private, &a_pub, &b_pub));
+    let mut v = start_vmsecd(
+        &mut bed,
+        &mesh_text_ids(&private, &a_pub, &b_pub, a_id, b_id),
+    );
     if !vmsecd_initiates {
         v.wait_status("vmsecd listening", Duration::from_secs(10), |_| true);
         let out = charon.initiate(CHILD, 30);
@@ -230,14 +255,14 @@ fn case(name: &str, bits: u32, source: KeySource, vmsecd_initiates: bool) {
     // charon verified vmsecd's RFC 7427 signature (vmsecd signs RSASSA-PSS) and signed its own with method 14.
     assert!(
         log.contains(&format!(
-            "authentication of '{A_ID}' with RSA_EMSA_PSS_SHA2_256_SALT_32 successful"
+            "authentication of '{a_id}' with RSA_EMSA_PSS_SHA2_256_SALT_32 successful"
         )),
         "charon did not log vmsecd's PSS signature as verified\n{}",
         charon.diagnostics()
     );
     // charon signs RSASSA-PKCS1-v1_5 by default, with SHA2-256 for 2048/3072-bit keys and SHA2-384 for 4096-bit
     // ones: vmsecd verified it (the Child SA is up).
-    let mine = format!("authentication of '{B_ID}' (myself) with RSA_EMSA_PKCS1_SHA2_");
+    let mine = format!("authentication of '{b_id}' (myself) with RSA_EMSA_PKCS1_SHA2_");
     let line = log.lines().find(|l| l.contains(&mine));
     assert!(
         line.is_some(),
@@ -266,6 +291,18 @@ fn pubkey_4096_charon_initiates_keygen_keys() {
 #[test]
 fn pubkey_3072_charon_initiates_pki_keys() {
     case("r3072", 3072, KeySource::Pki, false);
+}
+
+/// Distinguished Name identities (ID_DER_ASN1_DN) on both sides, both roles: vmsecd's DER of the DN must be
+/// byte for byte what charon sends and accepts.
+#[test]
+fn pubkey_dn_identities_both_roles() {
+    let (a, b) = (
+        "C=CH, O=vmsecd test, CN=ha.example.net",
+        "C=CH, O=vmsecd test, OU=gw_1, CN=hb.example.net, E=gw@hb.example.net",
+    );
+    case_ids("dn-i", 2048, KeySource::Keygen, true, a, b);
+    case_ids("dn-r", 2048, KeySource::Pki, false, a, b);
 }
 
 /// charon holds a wrong public key for vmsecd: it refuses vmsecd's AUTH with AUTHENTICATION_FAILED. Then the

@@ -25,6 +25,7 @@
 //! `vmsecd run` and `vmsecd check` work from. Every error is a [`ConfigError`] naming the file, the line, the
 //! key, what is wrong and what is allowed.
 
+mod dn;
 mod error;
 mod keys;
 mod psk;
@@ -211,6 +212,9 @@ pub enum Identity {
     Fqdn(String),
     /// ID_RFC822_ADDR, written `user@name.example`.
     Rfc822(String),
+    /// ID_DER_ASN1_DN, written `C=CH, O=example, CN=gw` as strongSwan writes it: the text (as written) and the
+    /// DER the ID payload carries.
+    Dn(String, Vec<u8>),
     /// ID_KEY_ID, written `@#` and hex digits, as in strongSwan.
     KeyId(Vec<u8>),
 }
@@ -232,6 +236,9 @@ impl Identity {
                 .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digits"))
                 .collect();
             return Ok(Identity::KeyId(bytes));
+        }
+        if dn::looks_like_dn(text) {
+            return dn::parse(text).map(|der| Identity::Dn(text.trim().to_owned(), der));
         }
         let is_name = |n: &str| {
             !n.is_empty()
@@ -261,6 +268,7 @@ impl Identity {
             Identity::Addr(IpAddr::V6(a)) => (5, a.octets().to_vec()),
             Identity::Fqdn(n) => (2, n.as_bytes().to_vec()),
             Identity::Rfc822(n) => (3, n.as_bytes().to_vec()),
+            Identity::Dn(_, der) => (9, der.clone()),
             Identity::KeyId(k) => (11, k.clone()),
         }
     }
@@ -270,7 +278,7 @@ impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Identity::Addr(a) => write!(f, "{a}"),
-            Identity::Fqdn(n) | Identity::Rfc822(n) => write!(f, "{n}"),
+            Identity::Fqdn(n) | Identity::Rfc822(n) | Identity::Dn(n, _) => write!(f, "{n}"),
             Identity::KeyId(k) => {
                 f.write_str("@#")?;
                 k.iter().try_for_each(|b| write!(f, "{b:02x}"))

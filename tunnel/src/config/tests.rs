@@ -714,7 +714,7 @@ fn host_fields() {
     assert!(invalid(&e).0.contains("RFC 822"));
     let e = case(&format!("{base}id = \"@#abc\"\n"));
     assert_eq!(e.key, "host[1].id");
-    let e = case(&format!("{base}id = \"C=CH, O=strongSwan\"\n"));
+    let e = case(&format!("{base}id = \"C=CH, X=strongSwan\"\n"));
     assert_eq!(e.key, "host[1].id");
 }
 
