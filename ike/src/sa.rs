@@ -761,8 +761,7 @@ impl IkeSa {
             AuthMethod::PubKey {
                 private, padding, ..
             } => {
-                //= https://www.rfc-editor.org/rfc/rfc7427#section-4
-                //# the hash algorithm used for the signature MUST be one of the algorithms that the peer announced
+                // RFC 7427 section 4 (paraphrased): sign with a hash the peer announced in SIGNATURE_HASH_ALGORITHMS.
                 let hash = self
                     .peer_sig_hashes
                     .as_deref()
@@ -816,9 +815,7 @@ impl IkeSa {
     }
 
     /// Our SIGNATURE_HASH_ALGORITHMS notification, when we authenticate with signatures.
-    //= https://www.rfc-editor.org/rfc/rfc7427#section-4
-    //# the initiator MUST send a SIGNATURE_HASH_ALGORITHMS Notify in the IKE_SA_INIT request ... the responder
-    //# MUST send one in the IKE_SA_INIT response
+    // RFC 7427 section 4 (paraphrased): each side announces the hashes it supports in its IKE_SA_INIT message.
     fn sig_hash_notify(&self) -> Option<Payload> {
         matches!(self.cfg.auth, AuthMethod::PubKey { .. }).then(|| {
             Payload::Notify(Notify::new(

@@ -76,9 +76,8 @@ impl SigHash {
     }
 
     /// The data of our SIGNATURE_HASH_ALGORITHMS notification: each hash as two octets.
-    //= https://www.rfc-editor.org/rfc/rfc7427#section-4
-    //# The Notification Data field contains the list of 16-bit hash algorithm identifiers from the Hash
-    //# Algorithm Identifiers of IANA's "Internet Key Exchange Version 2 (IKEv2) Parameters" registry.
+    // RFC 7427 section 4 (paraphrased): the notification data is the list of 16-bit hash algorithm identifiers
+    // from IANA's "IKEv2 Hash Algorithms" registry.
     pub fn notify_data() -> Vec<u8> {
         SigHash::ALL
             .iter()
@@ -94,8 +93,7 @@ impl SigHash {
     }
 
     /// Our most preferred hash among those the peer announced.
-    //= https://www.rfc-editor.org/rfc/rfc7427#section-4
-    //# the hash algorithm used for the signature MUST be one of the algorithms that the peer announced
+    // RFC 7427 section 4 (paraphrased): sign with a hash the peer announced in SIGNATURE_HASH_ALGORITHMS.
     pub fn choose(peer: &[u16]) -> Option<SigHash> {
         SigHash::ALL.into_iter().find(|h| peer.contains(&h.id()))
     }
@@ -385,9 +383,8 @@ impl PrivateKey {
     }
 
     /// Signs the AUTH octets with `scheme`: the Authentication Data of a Digital Signature (14) AUTH payload.
-    //= https://www.rfc-editor.org/rfc/rfc7427#section-3
-    //# The Authentication Data field contains: ... ASN.1 Length (1 octet) ... AlgorithmIdentifier ...
-    //# Signature Value (variable length)
+    // RFC 7427 section 3: Authentication Data = ASN.1 Length (1 octet) | AlgorithmIdentifier (DER) | Signature
+    // Value.
     pub fn sign_auth(&self, scheme: Scheme, octets: &[u8]) -> Result<Vec<u8>, SignatureError> {
         let alg = scheme.algorithm_identifier();
         let mut sig = vec![0u8; self.pair.public_modulus_len()];
@@ -501,8 +498,8 @@ impl PublicKey {
                     return Err(SignatureError::Malformed);
                 }
                 let (alg, signature) = rest.split_at(len);
-                //= https://www.rfc-editor.org/rfc/rfc7427#section-3
-                //# the receiver MUST check that the AlgorithmIdentifier is one that it supports
+                // RFC 7427 section 3 (paraphrased): only an AlgorithmIdentifier we support (and announced) is
+                // accepted.
                 let scheme = Scheme::from_algorithm_identifier(alg)
                     .ok_or(SignatureError::UnknownAlgorithm)?;
                 UnparsedPublicKey::new(scheme.verification(), &self.spki)
@@ -543,8 +540,7 @@ mod tests {
 
     #[test]
     fn algorithm_identifiers() {
-        //= https://www.rfc-editor.org/rfc/rfc7427#appendix-A.1.2
-        //# sha256WithRSAEncryption
+        // sha256WithRSAEncryption with NULL parameters, the form RFC 7427 appendix A lists.
         assert_eq!(
             Scheme {
                 padding: Padding::Pkcs1,

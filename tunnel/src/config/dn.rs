@@ -54,8 +54,7 @@ fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
     out
 }
 
-//= https://www.rfc-editor.org/rfc/rfc5280#appendix-A.1
-//# PrintableString: A-Z a-z 0-9 ' ( ) + , - . / : = ? and space
+// The PrintableString alphabet (X.680 41.4): A-Z a-z 0-9 space ' ( ) + , - . / : = ?
 fn is_printable(s: &str) -> bool {
     s.bytes()
         .all(|b| b.is_ascii_alphanumeric() || b" '()+,-./:=?".contains(&b))
