@@ -318,6 +318,15 @@ fn render_check(config: &Config) -> String {
             join(t.remote_subnets())
         );
         let _ = writeln!(o, "    IKE {ike}; ESP {esp}; auth {auth}");
+        if let Auth::PubKey(pk) = &config.mesh.auth {
+            let k = &pk.public_keys[&p.name];
+            let _ = writeln!(
+                o,
+                "    peer key {} (RSA {})",
+                k.path.display(),
+                k.key.bits()
+            );
+        }
         for r in t.remote_subnets() {
             let _ = writeln!(o, "    route {r} dev {} mtu {}", s.interface, s.mtu);
         }
