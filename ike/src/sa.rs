@@ -761,7 +761,7 @@ impl IkeSa {
             AuthMethod::PubKey {
                 private, padding, ..
             } => {
-                // RFC 7427 section 4 (paraphrased): sign with a hash the peer announced in SIGNATURE_HASH_ALGORITHMS.
+                // RFC 7427 section 4 (paraphrased): sign with a hash the peer announced.
                 let hash = self
                     .peer_sig_hashes
                     .as_deref()
@@ -798,19 +798,26 @@ impl IkeSa {
                     Err("the PSKs differ".into())
                 }
             }
-            (AuthMethod::PubKey { peer_public, .. }, sig::AUTH_DIGITAL_SIGNATURE | sig::AUTH_RSA_SIG) => {
+            (AuthMethod::PubKey { peer_public, .. }, m)
+                if m == sig::AUTH_DIGITAL_SIGNATURE || m == sig::AUTH_RSA_SIG =>
+            {
                 peer_public
                     .verify_auth(method, data, &octets)
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             }
-            (ours, theirs) => Err(format!(
-                "authentication method mismatch: the peer authenticates with {}, we are configured for {} \
-                 (mesh auth = \"{}\")",
-                method_name(theirs),
-                ours.name(),
-                if matches!(ours, AuthMethod::Psk(_)) { "psk" } else { "pubkey" }
-            )),
+            (ours, theirs) => {
+                let mesh = match ours {
+                    AuthMethod::Psk(_) => "psk",
+                    AuthMethod::PubKey { .. } => "pubkey",
+                };
+                Err(format!(
+                    "authentication method mismatch: the peer authenticates with {}, we are configured for \
+                     {} (mesh auth = \"{mesh}\")",
+                    method_name(theirs),
+                    ours.name(),
+                ))
+            }
         }
     }
 
@@ -834,9 +841,13 @@ impl IkeSa {
     ) {
         if let Some(t) = error_notify(&payloads) {
             if t == n::AUTHENTICATION_FAILED {
+                let what = match self.cfg.auth {
+                    AuthMethod::Psk(_) => "PSK",
+                    AuthMethod::PubKey { .. } => "keys, the authentication method",
+                };
                 self.close(Reason::AuthenticationFailed(format!(
-                    "the peer refused our authentication (AUTHENTICATION_FAILED): check the {} and our identity",
-                    if matches!(self.cfg.auth, AuthMethod::Psk(_)) { "PSK" } else { "keys, the authentication method" }
+                    "the peer refused our authentication (AUTHENTICATION_FAILED): check the {what} and our \
+                     identity"
                 )));
                 return;
             }
