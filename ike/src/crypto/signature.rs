@@ -657,4 +657,35 @@ mod tests {
             .verify_auth(AUTH_DIGITAL_SIGNATURE, &sig, octets)
             .is_err());
     }
+
+    mod wire {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn public() -> &'static PublicKey {
+            static KEY: std::sync::OnceLock<PublicKey> = std::sync::OnceLock::new();
+            KEY.get_or_init(|| PrivateKey::generate(2048).unwrap().public_key())
+        }
+
+        proptest! {
+            // What the peer sends (AUTH data, AlgorithmIdentifier) and what a key file holds never panics.
+            #[test]
+            fn arbitrary_auth_data_is_refused_without_panic(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+                prop_assert!(public().verify_auth(AUTH_DIGITAL_SIGNATURE, &data, b"x").is_err());
+                prop_assert!(public().verify_auth(AUTH_RSA_SIG, &data, b"x").is_err());
+                let _ = Scheme::from_algorithm_identifier(&data);
+                let _ = parse_private_key(&data);
+                let _ = parse_public_key(&data);
+            }
+
+            #[test]
+            fn mutated_algorithm_identifiers_parse_or_not_without_panic(i in 0usize..67, b in any::<u8>()) {
+                let mut der = Scheme { padding: Padding::Pss, hash: SigHash::Sha512 }.algorithm_identifier();
+                let i = i % der.len();
+                der[i] = b;
+                let _ = Scheme::from_algorithm_identifier(&der);
+                let _ = Scheme::from_algorithm_identifier(&der[..i]);
+            }
+        }
+    }
 }
