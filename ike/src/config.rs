@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
+use crate::crypto::signature::{Padding, PrivateKey, PublicKey};
 use crate::message::{Id, IdType, TrafficSelector};
 use crate::proposal::ProposalSpec;
 
@@ -14,12 +15,42 @@ use crate::proposal::ProposalSpec;
 pub enum AuthMethod {
     /// A pre-shared key (RFC 7296 2.15, AUTH method 2).
     Psk(Zeroizing<Vec<u8>>),
+    /// RSA signatures with raw public keys: we sign with `private` (RFC 7427 Digital Signature, AUTH method 14),
+    /// the peer must sign with the key `peer_public` (method 14, or the legacy method 1).
+    PubKey {
+        /// Our private key.
+        private: PrivateKey,
+        /// The padding we sign with (the peer may use either).
+        padding: Padding,
+        /// The key the peer's AUTH must verify with.
+        peer_public: PublicKey,
+    },
+}
+
+impl AuthMethod {
+    /// A name for logs: "PSK" or "public key".
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuthMethod::Psk(_) => "PSK",
+            AuthMethod::PubKey { .. } => "public key",
+        }
+    }
 }
 
 impl std::fmt::Debug for AuthMethod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AuthMethod::Psk(_) => f.write_str("Psk(redacted)"),
+            AuthMethod::PubKey {
+                private,
+                padding,
+                peer_public,
+            } => f
+                .debug_struct("PubKey")
+                .field("private", private)
+                .field("padding", padding)
+                .field("peer_public", peer_public)
+                .finish(),
         }
     }
 }

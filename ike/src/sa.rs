@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{display_id, AuthMethod, PeerConfig};
+use crate::crypto::signature as sig;
 use crate::event::{ChildSaInfo, Event, Reason, Transmit};
 use crate::fragment::Reassembly;
 use crate::message::{
@@ -194,6 +195,8 @@ pub struct IkeSa {
     clock: Instant,
     /// When we last sent something to the peer (for NAT keepalives).
     last_sent: Instant,
+    /// The hash algorithms of the peer's SIGNATURE_HASH_ALGORITHMS notification (RFC 7427 4), if it sent one.
+    peer_sig_hashes: Option<Vec<u16>>,
 }
 
 impl std::fmt::Debug for IkeSa {
@@ -321,6 +324,7 @@ impl IkeSa {
             reassembly: None,
             clock: now,
             last_sent: now,
+            peer_sig_hashes: None,
         }
     }
 
@@ -680,6 +684,7 @@ impl IkeSa {
                 vec![],
             )));
         }
+        payloads.extend(self.sig_hash_notify());
         self.key_share = Some(ks);
         let msg =
             message::encode_plain(self.header(ExchangeType::IKE_SA_INIT, false, 0), &payloads);
@@ -857,6 +862,7 @@ impl IkeSa {
         self.suite = Some(suite);
         self.check_nat(&payloads, local_port, self.spi_r);
         self.frag = self.cfg.fragment_size != 0 && announces_fragmentation(&payloads);
+        self.peer_sig_hashes = peer_sig_hashes(&payloads);
         self.outstanding = None;
         self.send_auth(now);
     }
@@ -894,17 +900,20 @@ impl IkeSa {
             })
             .collect();
         let id_i = self.cfg.local_id.clone();
-        let auth = self.compute_auth(true, &id_i);
+        let (method, auth) = match self.our_auth(&id_i) {
+            Ok(a) => a,
+            Err(why) => {
+                self.close(Reason::AuthenticationFailed(why));
+                return;
+            }
+        };
         let mut payloads = vec![Payload::IdI(id_i)];
         //= https://www.rfc-editor.org/rfc/rfc7296#section-2.4
         //# The INITIAL_CONTACT notification asserts that this IKE SA is the only IKE SA currently active between
         //# the authenticated identities.
         payloads.push(Payload::Notify(Notify::new(n::INITIAL_CONTACT, vec![])));
         payloads.push(Payload::IdR(self.cfg.remote_id.clone()));
-        payloads.push(Payload::Auth {
-            method: 2,
-            data: auth,
-        });
+        payloads.push(Payload::Auth { method, data: auth });
         payloads.push(Payload::Sa(offered.clone()));
         payloads.push(Payload::TsI(self.cfg.local_ts.clone()));
         payloads.push(Payload::TsR(self.cfg.remote_ts.clone()));
@@ -917,8 +926,8 @@ impl IkeSa {
         );
     }
 
-    /// AUTH for PSK (RFC 7296 2.15), ours (`local`) or the value the peer must have sent.
-    fn compute_auth(&self, local: bool, id: &Id) -> Vec<u8> {
+    /// The octets an AUTH payload covers (RFC 7296 2.15), ours (`local`) or the peer's.
+    fn auth_octets(&self, local: bool, id: &Id) -> Vec<u8> {
         let suite = self.suite.as_ref().expect("keys exist after IKE_SA_INIT");
         // Which side's octets: the initiator signs its IKE_SA_INIT request and the responder's nonce.
         let signer_is_initiator = local == self.initiator;
@@ -927,10 +936,87 @@ impl IkeSa {
         } else {
             (&self.init_resp, &self.ni)
         };
-        let octets = suite.signed_octets(signer_is_initiator, first, nonce, id);
+        suite.signed_octets(signer_is_initiator, first, nonce, id)
+    }
+
+    /// Our AUTH payload: method and Authentication Data, or why we cannot make one.
+    fn our_auth(&self, id: &Id) -> Result<(u8, Vec<u8>), String> {
+        let octets = self.auth_octets(true, id);
+        let suite = self.suite.as_ref().expect("keys exist after IKE_SA_INIT");
         match &self.cfg.auth {
-            AuthMethod::Psk(psk) => suite.psk_auth(psk, &octets),
+            AuthMethod::Psk(psk) => Ok((sig::AUTH_PSK, suite.psk_auth(psk, &octets))),
+            AuthMethod::PubKey {
+                private, padding, ..
+            } => {
+                // RFC 7427 section 4 (paraphrased): sign with a hash the peer announced.
+                let hash = self
+                    .peer_sig_hashes
+                    .as_deref()
+                    .and_then(sig::SigHash::choose)
+                    .ok_or_else(|| sig::SignatureError::NoCommonHash.to_string())?;
+                let scheme = sig::Scheme {
+                    padding: *padding,
+                    hash,
+                };
+                let data = private
+                    .sign_auth(scheme, &octets)
+                    .map_err(|e| e.to_string())?;
+                Ok((sig::AUTH_DIGITAL_SIGNATURE, data))
+            }
         }
+    }
+
+    /// Checks the peer's AUTH payload against its configured PSK or public key; the error names the reason,
+    /// including an authentication method that is not ours (PSK on one side, public key on the other).
+    fn check_peer_auth(&self, id: &Id, method: u8, data: &[u8]) -> Result<(), String> {
+        let octets = self.auth_octets(false, id);
+        let suite = self.suite.as_ref().expect("keys exist after IKE_SA_INIT");
+        let method_name = |m: u8| match m {
+            sig::AUTH_PSK => "a pre-shared key (AUTH method 2)".to_owned(),
+            sig::AUTH_RSA_SIG => "an RSA signature (AUTH method 1)".to_owned(),
+            sig::AUTH_DIGITAL_SIGNATURE => "a digital signature (AUTH method 14)".to_owned(),
+            m => format!("AUTH method {m}"),
+        };
+        match (&self.cfg.auth, method) {
+            (AuthMethod::Psk(psk), sig::AUTH_PSK) => {
+                if suite::ct_eq(&suite.psk_auth(psk, &octets), data) {
+                    Ok(())
+                } else {
+                    Err("the PSKs differ".into())
+                }
+            }
+            (AuthMethod::PubKey { peer_public, .. }, m)
+                if m == sig::AUTH_DIGITAL_SIGNATURE || m == sig::AUTH_RSA_SIG =>
+            {
+                peer_public
+                    .verify_auth(method, data, &octets)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            (ours, theirs) => {
+                let mesh = match ours {
+                    AuthMethod::Psk(_) => "psk",
+                    AuthMethod::PubKey { .. } => "pubkey",
+                };
+                Err(format!(
+                    "authentication method mismatch: the peer authenticates with {}, we are configured for \
+                     {} (mesh auth = \"{mesh}\")",
+                    method_name(theirs),
+                    ours.name(),
+                ))
+            }
+        }
+    }
+
+    /// Our SIGNATURE_HASH_ALGORITHMS notification, when we authenticate with signatures.
+    // RFC 7427 section 4 (paraphrased): each side announces the hashes it supports in its IKE_SA_INIT message.
+    fn sig_hash_notify(&self) -> Option<Payload> {
+        matches!(self.cfg.auth, AuthMethod::PubKey { .. }).then(|| {
+            Payload::Notify(Notify::new(
+                n::SIGNATURE_HASH_ALGORITHMS,
+                sig::SigHash::notify_data(),
+            ))
+        })
     }
 
     fn handle_auth_response(
@@ -942,7 +1028,14 @@ impl IkeSa {
     ) {
         if let Some(t) = error_notify(&payloads) {
             if t == n::AUTHENTICATION_FAILED {
-                self.close(Reason::AuthenticationFailed("the peer refused our authentication (AUTHENTICATION_FAILED): check the PSK and our identity".into()));
+                let what = match self.cfg.auth {
+                    AuthMethod::Psk(_) => "PSK",
+                    AuthMethod::PubKey { .. } => "keys, the authentication method",
+                };
+                self.close(Reason::AuthenticationFailed(format!(
+                    "the peer refused our authentication (AUTHENTICATION_FAILED): check the {what} and our \
+                     identity"
+                )));
                 return;
             }
         }
@@ -962,11 +1055,10 @@ impl IkeSa {
             )));
             return;
         }
-        let expected = self.compute_auth(false, &id_r);
-        if method != 2 || !suite::ct_eq(&expected, &data) {
-            self.close(Reason::AuthenticationFailed(
-                "the peer's AUTH payload does not verify: check the PSK".into(),
-            ));
+        if let Err(why) = self.check_peer_auth(&id_r, method, &data) {
+            self.close(Reason::AuthenticationFailed(format!(
+                "the peer's AUTH payload does not verify: {why}"
+            )));
             return;
         }
         self.established(now);
@@ -1559,23 +1651,25 @@ impl IkeSa {
             refuse(self, why);
             return;
         }
-        let expected = self.compute_auth(false, &id_i);
-        if method != 2 || !suite::ct_eq(&expected, &data) {
+        if let Err(why) = self.check_peer_auth(&id_i, method, &data) {
             refuse(
                 self,
-                format!(
-                    "AUTH from {} does not verify: the PSKs differ",
-                    display_id(&id_i)
-                ),
+                format!("AUTH from {} does not verify: {why}", display_id(&id_i)),
             );
             return;
         }
         let id_r = self.cfg.local_id.clone();
-        let our_auth = self.compute_auth(true, &id_r);
+        let (our_method, our_auth) = match self.our_auth(&id_r) {
+            Ok(a) => a,
+            Err(why) => {
+                refuse(self, why);
+                return;
+            }
+        };
         let mut resp = vec![
             Payload::IdR(id_r),
             Payload::Auth {
-                method: 2,
+                method: our_method,
                 data: our_auth,
             },
         ];
@@ -2483,6 +2577,8 @@ impl IkeSa {
         ];
         sa.suite = Some(suite);
         payloads.extend(sa.nat_detection_payloads());
+        payloads.extend(sa.sig_hash_notify());
+        sa.peer_sig_hashes = peer_sig_hashes(&parsed.payloads);
         sa.check_nat(&parsed.payloads, IKE_PORT, 0);
         if sa.cfg.fragment_size != 0 && announces_fragmentation(&parsed.payloads) {
             //= https://www.rfc-editor.org/rfc/rfc7383#section-2.3
@@ -2519,6 +2615,16 @@ fn announces_fragmentation(payloads: &[Payload]) -> bool {
     payloads
         .iter()
         .any(|p| matches!(p, Payload::Notify(x) if x.ntype == n::IKEV2_FRAGMENTATION_SUPPORTED))
+}
+
+/// The hash algorithms of a SIGNATURE_HASH_ALGORITHMS notification, if there is one.
+fn peer_sig_hashes(payloads: &[Payload]) -> Option<Vec<u16>> {
+    payloads.iter().find_map(|p| match p {
+        Payload::Notify(x) if x.ntype == n::SIGNATURE_HASH_ALGORITHMS => {
+            Some(sig::SigHash::parse_notify(&x.data))
+        }
+        _ => None,
+    })
 }
 
 fn error_notify(payloads: &[Payload]) -> Option<u16> {

@@ -1381,3 +1381,181 @@ fn ike_rekey_collision_noticed_by_one_side_converges() {
     }
     panic!("both outcomes should occur: {outcomes:?}");
 }
+
+// ---- RSA public key authentication (RFC 7427) ------------------------------------------------------------------
+
+use ike::config::parse_id;
+use ike::crypto::signature::{Padding, PrivateKey};
+
+/// One key per size, generated once per test binary (4096-bit generation takes a while).
+fn rsa_key(bits: usize, n: usize) -> PrivateKey {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Keys = Mutex<HashMap<(usize, usize), PrivateKey>>;
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    let mut keys = KEYS.get_or_init(Keys::default).lock().unwrap();
+    keys.entry((bits, n))
+        .or_insert_with(|| PrivateKey::generate(bits).unwrap())
+        .clone()
+}
+
+/// A and B with their own RSA keys, each knowing the other's public key; FQDN and RFC 822 identities.
+fn pubkey_configs(bits: usize, padding: Padding) -> (PeerConfig, PeerConfig) {
+    let (ka, kb) = (rsa_key(bits, 0), rsa_key(bits, 1));
+    let (mut a, mut b) = configs();
+    a.auth = AuthMethod::PubKey {
+        private: ka.clone(),
+        padding,
+        peer_public: kb.public_key(),
+    };
+    b.auth = AuthMethod::PubKey {
+        private: kb,
+        padding,
+        peer_public: ka.public_key(),
+    };
+    a.local_id = parse_id("a.example.net");
+    b.remote_id = a.local_id.clone();
+    b.local_id = parse_id("admin@b.example.net");
+    a.remote_id = b.local_id.clone();
+    (a, b)
+}
+
+fn assert_up(p: &Pair) {
+    let (ca, cb) = (child_ups(&p.ev_a), child_ups(&p.ev_b));
+    assert_eq!(
+        (ca.len(), cb.len()),
+        (1, 1),
+        "a: {:?}\nb: {:?}",
+        p.ev_a,
+        p.ev_b
+    );
+    assert_pair_matches(&ca[0], &cb[0]);
+}
+
+/// The AUTH method of the IKE_AUTH messages is only visible encrypted; the IKE_SA_INIT messages must carry
+/// SIGNATURE_HASH_ALGORITHMS (16431) with SHA2-256/384/512.
+fn init_announces_hashes(p: &Pair) -> bool {
+    let needle = [0x40, 0x2f, 0, 2, 0, 3, 0, 4];
+    p.log
+        .iter()
+        .filter(|(_, t)| t.data.len() > 18 && t.data[18] == 34)
+        .all(|(_, t)| t.data.windows(needle.len()).any(|w| w == needle))
+}
+
+#[test]
+fn pubkey_handshake_pss_both_roles() {
+    let (a, b) = pubkey_configs(2048, Padding::Pss);
+    let mut p = Pair::new(a, b);
+    p.connect();
+    assert_up(&p);
+    assert!(init_announces_hashes(&p));
+    assert_eq!(p.delivered, (2, 2));
+
+    // B initiates this time.
+    let (a, b) = pubkey_configs(2048, Padding::Pss);
+    let mut p = Pair::new(a, b);
+    p.b.connect(p.now, "a").unwrap();
+    p.drive();
+    assert_up(&p);
+}
+
+#[test]
+fn pubkey_handshake_pkcs1_and_mixed_padding() {
+    let (a, b) = pubkey_configs(2048, Padding::Pkcs1);
+    let mut p = Pair::new(a, b);
+    p.connect();
+    assert_up(&p);
+    // Each side verifies whichever padding the other signs with.
+    let (a, mut b) = pubkey_configs(2048, Padding::Pss);
+    if let AuthMethod::PubKey { padding, .. } = &mut b.auth {
+        *padding = Padding::Pkcs1;
+    }
+    let mut p = Pair::new(a, b);
+    p.connect();
+    assert_up(&p);
+}
+
+#[test]
+fn pubkey_handshake_4096_bit() {
+    for padding in [Padding::Pss, Padding::Pkcs1] {
+        let (a, b) = pubkey_configs(4096, padding);
+        let mut p = Pair::new(a, b);
+        p.connect();
+        assert_up(&p);
+    }
+}
+
+#[test]
+fn wrong_public_key_fails_with_authentication_failed_and_no_child_sa() {
+    // B expects another key than A's: B refuses A (AUTHENTICATION_FAILED), A learns it from B's answer.
+    let (a, mut b) = pubkey_configs(2048, Padding::Pss);
+    if let AuthMethod::PubKey { peer_public, .. } = &mut b.auth {
+        *peer_public = rsa_key(2048, 2).public_key();
+    }
+    let mut p = Pair::new(a, b);
+    p.connect();
+    assert!(child_ups(&p.ev_a).is_empty() && child_ups(&p.ev_b).is_empty());
+    let (da, db) = (downs(&p.ev_a), downs(&p.ev_b));
+    assert!(
+        matches!(&db[..], [Reason::AuthenticationFailed(why)] if why.contains("does not verify with the peer's public key")),
+        "{db:?}"
+    );
+    assert!(
+        matches!(&da[..], [Reason::AuthenticationFailed(why)] if why.contains("AUTHENTICATION_FAILED")),
+        "{da:?}"
+    );
+    assert!(!p.a.has_sa("b") && !p.b.has_sa("a"));
+
+    // A expects another key than B's: B accepts A, but A refuses B's AUTH in the response.
+    let (mut a, b) = pubkey_configs(2048, Padding::Pkcs1);
+    if let AuthMethod::PubKey { peer_public, .. } = &mut a.auth {
+        *peer_public = rsa_key(2048, 2).public_key();
+    }
+    let mut p = Pair::new(a, b);
+    p.connect();
+    p.run_for(Duration::from_secs(10));
+    assert!(child_ups(&p.ev_a).is_empty());
+    assert!(
+        matches!(&downs(&p.ev_a)[..], [Reason::AuthenticationFailed(why)] if why.contains("does not verify")),
+        "{:?}",
+        p.ev_a
+    );
+    assert!(!p.a.has_sa("b"));
+}
+
+#[test]
+fn psk_against_pubkey_is_refused_naming_the_mismatch() {
+    for psk_initiates in [true, false] {
+        let (a, b) = pubkey_configs(2048, Padding::Pss);
+        let (mut psk_a, mut psk_b) = configs();
+        (psk_a.local_id, psk_a.remote_id) = (a.local_id.clone(), a.remote_id.clone());
+        (psk_b.local_id, psk_b.remote_id) = (b.local_id.clone(), b.remote_id.clone());
+        let (a, b) = if psk_initiates {
+            (psk_a, b)
+        } else {
+            (a, psk_b)
+        };
+        let mut p = Pair::new(a, b);
+        p.connect();
+        // A half-open responder SA (the initiator gave up before IKE_AUTH) expires on its own.
+        p.run_for(Duration::from_secs(300));
+        assert!(child_ups(&p.ev_a).is_empty() && child_ups(&p.ev_b).is_empty());
+        if psk_initiates {
+            // The pubkey responder names the mismatch.
+            let db = downs(&p.ev_b);
+            assert!(
+                matches!(&db[..], [Reason::AuthenticationFailed(why)] if why.contains("authentication method mismatch")),
+                "{db:?}"
+            );
+        } else {
+            // The pubkey initiator sees no SIGNATURE_HASH_ALGORITHMS in the PSK responder's IKE_SA_INIT response
+            // and stops before IKE_AUTH, saying why.
+            let da = downs(&p.ev_a);
+            assert!(
+                matches!(&da[..], [Reason::AuthenticationFailed(why)] if why.contains("configured for PSK")),
+                "{da:?}"
+            );
+        }
+        assert!(!p.a.has_sa("b") && !p.b.has_sa("a"));
+    }
+}

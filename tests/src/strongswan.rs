@@ -128,6 +128,18 @@ pub struct Conn {
     pub start_action: String,
     /// Liveness checks after this long idle (`0s`: off).
     pub dpd_delay: String,
+    /// Raw RSA public key authentication instead of the PSK (see [`Conn::with_pubkeys`]).
+    pub pubkeys: Option<Pubkeys>,
+}
+
+/// swanctl's raw public key authentication: `auth = pubkey` with `pubkeys = FILE` on both sides; the files are
+/// in the charon's `swanctl/pubkey/`, its private key in `swanctl/private/` (see [`pki_keygen`]).
+#[derive(Debug, Clone)]
+pub struct Pubkeys {
+    /// charon's own public key, a file name in `swanctl/pubkey/`.
+    pub local: String,
+    /// The public key the peer must sign with, a file name in `swanctl/pubkey/`.
+    pub remote: String,
 }
 
 impl Conn {
@@ -152,6 +164,33 @@ impl Conn {
             child_rand_time: None,
             start_action: "none".into(),
             dpd_delay: "0s".into(),
+            pubkeys: None,
+        }
+    }
+
+    /// This connection with raw public key authentication on both sides instead of the PSK.
+    pub fn with_pubkeys(mut self, local: &str, remote: &str) -> Conn {
+        self.pubkeys = Some(Pubkeys {
+            local: local.into(),
+            remote: remote.into(),
+        });
+        self
+    }
+
+    /// The `local` and `remote` sections' authentication lines (the `id` first: swanctl binds a raw public key
+    /// to the identity of its section).
+    fn auth_lines(&self, local: bool) -> String {
+        let id = if local {
+            &self.local_id
+        } else {
+            &self.remote_id
+        };
+        match &self.pubkeys {
+            None => format!("auth = psk\n      id = {id}"),
+            Some(p) => format!(
+                "auth = pubkey\n      id = {id}\n      pubkeys = {}",
+                if local { &p.local } else { &p.remote }
+            ),
         }
     }
 
@@ -170,12 +209,10 @@ impl Conn {
     dpd_delay = {dpd}
     unique = no
     local {{
-      auth = psk
-      id = {lid}
+      {lauth}
     }}
     remote {{
-      auth = psk
-      id = {rid}
+      {rauth}
     }}
     children {{
       {child} {{
@@ -191,8 +228,8 @@ impl Conn {
             prop = self.proposals,
             ikerk = self.ike_rekey_time,
             dpd = self.dpd_delay,
-            lid = self.local_id,
-            rid = self.remote_id,
+            lauth = self.auth_lines(true),
+            rauth = self.auth_lines(false),
             child = self.child,
             lts = self.local_ts,
             rts = self.remote_ts,
@@ -220,7 +257,11 @@ pub fn swanctl_conf(conns: &[Conn]) -> String {
         c.render_connection(&mut out);
     }
     out += "}\nsecrets {\n";
-    for (i, c) in conns.iter().enumerate() {
+    for (i, c) in conns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.pubkeys.is_none())
+    {
         let _ = write!(
             out,
             "  ike-{i} {{\n    id-local = {}\n    id-remote = {}\n    secret = \"{}\"\n  }}\n",
@@ -229,6 +270,55 @@ pub fn swanctl_conf(conns: &[Conn]) -> String {
     }
     out += "}\n";
     out
+}
+
+/// Makes an RSA key pair with strongSwan's `pki` for the charon whose directory is `dir`:
+/// `swanctl/private/NAME.pem` (PKCS#1, as `pki --gen --type rsa --size BITS --outform pem` writes it, mode 0600)
+/// and `swanctl/pubkey/NAME.pub.pem` (SubjectPublicKeyInfo, `pki --pub --outform pem`). Returns the two paths.
+///
+/// # Panics
+/// If `pki` fails (apt-get install strongswan-pki).
+pub fn pki_keygen(dir: &Path, name: &str, bits: u32) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let private_dir = dir.join("swanctl/private");
+    let pubkey_dir = dir.join("swanctl/pubkey");
+    fs::create_dir_all(&private_dir).expect("swanctl/private");
+    fs::create_dir_all(&pubkey_dir).expect("swanctl/pubkey");
+    let private = private_dir.join(format!("{name}.pem"));
+    let public = pubkey_dir.join(format!("{name}.pub.pem"));
+    let run = |args: &[&str]| {
+        let out = Command::new("pki")
+            .args(args)
+            .output()
+            .expect("pki (apt-get install strongswan-pki)");
+        assert!(
+            out.status.success(),
+            "pki {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let bits = bits.to_string();
+    let key = run(&[
+        "--gen",
+        "--type",
+        "rsa",
+        "--size",
+        &bits,
+        "--outform",
+        "pem",
+    ]);
+    fs::write(&private, &key).expect("private key");
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let public_pem = run(&[
+        "--pub",
+        "--in",
+        private.to_str().expect("UTF-8"),
+        "--outform",
+        "pem",
+    ]);
+    fs::write(&public, public_pem).expect("public key");
+    (private, public)
 }
 
 /// Renders strongswan.conf for a charon whose files live in `dir`. `debug` raises the IKE log level.

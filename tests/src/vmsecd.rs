@@ -188,18 +188,24 @@ pub struct Vmsecd {
 impl Vmsecd {
     /// Writes `mesh` (and its PSK file) into `dir` and starts vmsecd as `host` in `ns`.
     pub fn start(ns: &Netns, dir: &Path, mesh: &Mesh, host: &str) -> Vmsecd {
-        let bin = vmsecd_bin();
         fs::create_dir_all(dir).expect("vmsecd dir");
         let psk = dir.join("psk");
         fs::write(&psk, format!("{}\n", mesh.psk)).expect("psk file");
         fs::set_permissions(&psk, fs::Permissions::from_mode(0o600)).expect("chmod psk");
         let file = dir.join("mesh.toml");
         fs::write(&file, mesh.render(&psk)).expect("mesh file");
+        Vmsecd::start_with_file(ns, dir, &file, host)
+    }
+
+    /// Starts vmsecd as `host` in `ns` with a mesh file the caller wrote (and the keys it names); logs into
+    /// `dir`.
+    pub fn start_with_file(ns: &Netns, dir: &Path, file: &Path, host: &str) -> Vmsecd {
+        let bin = vmsecd_bin();
         let log = dir.join("vmsecd.log");
         let f = fs::File::create(&log).expect("vmsecd log");
         let mut cmd = ns.command(&bin);
         cmd.args(["run", "--config"])
-            .arg(&file)
+            .arg(file)
             .args(["--host", host])
             .env(
                 "RUST_LOG",

@@ -25,7 +25,9 @@
 //! `vmsecd run` and `vmsecd check` work from. Every error is a [`ConfigError`] naming the file, the line, the
 //! key, what is wrong and what is allowed.
 
+mod dn;
 mod error;
+mod keys;
 mod psk;
 mod schema;
 #[cfg(test)]
@@ -39,7 +41,8 @@ use std::time::Duration;
 
 use ike::proposal::ProposalSpec;
 
-pub use self::error::{ConfigError, ErrorKind, PskError};
+pub use self::error::{ConfigError, ErrorKind, KeyFileError, PskError};
+pub use self::keys::{PrivateKeyFile, PublicKeyFile};
 pub use self::psk::Psk;
 use self::validate::Cx;
 use crate::prefix::Prefix;
@@ -208,6 +211,17 @@ impl fmt::Display for ControlSocket {
 pub enum Auth {
     /// One pre-shared key for the whole mesh (RFC 7296 2.15).
     Psk(Psk),
+    /// RSA signatures (RFC 7427): each host has its own key pair; every host's public key is in the mesh.
+    PubKey(PubKeyAuth),
+}
+
+/// `auth = "pubkey"`: this host's private key and every host's public key (the `pubkey` of each `[[host]]`).
+#[derive(Debug, Clone)]
+pub struct PubKeyAuth {
+    /// This host's private key (`private_key`, or `vmsecd run --private-key`).
+    pub private_key: PrivateKeyFile,
+    /// Each host's public key, by host name.
+    pub public_keys: std::collections::BTreeMap<String, PublicKeyFile>,
 }
 
 /// An IKE identity (RFC 7296 3.5).
@@ -217,6 +231,11 @@ pub enum Identity {
     Addr(IpAddr),
     /// ID_FQDN, written `name.example` or `@name.example`.
     Fqdn(String),
+    /// ID_RFC822_ADDR, written `user@name.example`.
+    Rfc822(String),
+    /// ID_DER_ASN1_DN, written `C=CH, O=example, CN=gw` as strongSwan writes it: the text (as written) and the
+    /// DER the ID payload carries.
+    Dn(String, Vec<u8>),
     /// ID_KEY_ID, written `@#` and hex digits, as in strongSwan.
     KeyId(Vec<u8>),
 }
@@ -239,18 +258,25 @@ impl Identity {
                 .collect();
             return Ok(Identity::KeyId(bytes));
         }
-        let name = text.strip_prefix('@').unwrap_or(text);
-        if name.contains('@') {
+        if dn::looks_like_dn(text) {
+            return dn::parse(text).map(|der| Identity::Dn(text.trim().to_owned(), der));
+        }
+        let is_name = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 253
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        };
+        if let Some((user, domain)) = text.split_once('@').filter(|(u, _)| !u.is_empty()) {
+            if user.bytes().all(|b| b.is_ascii_graphic() && b != b'@') && is_name(domain) {
+                return Ok(Identity::Rfc822(text.to_owned()));
+            }
             return Err(format!(
-                "{text:?} looks like an e-mail (RFC 822) identity, which is not supported"
+                "{text:?} is not a valid user@fqdn (RFC 822) identity"
             ));
         }
-        if name.is_empty()
-            || name.len() > 253
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-        {
+        let name = text.strip_prefix('@').unwrap_or(text);
+        if !is_name(name) {
             return Err(format!("{text:?} is neither an IP address nor a DNS name"));
         }
         Ok(Identity::Fqdn(name.to_owned()))
@@ -262,6 +288,8 @@ impl Identity {
             Identity::Addr(IpAddr::V4(a)) => (1, a.octets().to_vec()),
             Identity::Addr(IpAddr::V6(a)) => (5, a.octets().to_vec()),
             Identity::Fqdn(n) => (2, n.as_bytes().to_vec()),
+            Identity::Rfc822(n) => (3, n.as_bytes().to_vec()),
+            Identity::Dn(_, der) => (9, der.clone()),
             Identity::KeyId(k) => (11, k.clone()),
         }
     }
@@ -271,7 +299,7 @@ impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Identity::Addr(a) => write!(f, "{a}"),
-            Identity::Fqdn(n) => write!(f, "{n}"),
+            Identity::Fqdn(n) | Identity::Rfc822(n) | Identity::Dn(n, _) => write!(f, "{n}"),
             Identity::KeyId(k) => {
                 f.write_str("@#")?;
                 k.iter().try_for_each(|b| write!(f, "{b:02x}"))
@@ -346,6 +374,20 @@ impl Config {
         Config::new(Mesh::load(path)?, host, local_addrs)
     }
 
+    /// [`Config::load`] with `vmsecd run --private-key`.
+    pub fn load_with_private_key(
+        path: &Path,
+        host: Option<&str>,
+        local_addrs: &[IpAddr],
+        private_key: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        Config::new(
+            Mesh::load_with_private_key(path, private_key)?,
+            host,
+            local_addrs,
+        )
+    }
+
     /// Finds the local host in an already loaded mesh.
     pub fn new(
         mesh: Mesh,
@@ -353,6 +395,22 @@ impl Config {
         local_addrs: &[IpAddr],
     ) -> Result<Config, ConfigError> {
         let (local, found_by) = mesh.local_index(host, local_addrs)?;
+        if let Auth::PubKey(pk) = &mesh.auth {
+            let me = &mesh.hosts[local];
+            let public = &pk.public_keys[&me.name];
+            if pk.private_key.key.public_key() != public.key {
+                return Err(ConfigError {
+                    file: mesh.file.clone(),
+                    location: None,
+                    key: "mesh.private_key".to_owned(),
+                    kind: Box::new(ErrorKind::KeyMismatch {
+                        private: pk.private_key.path.clone(),
+                        host: me.name.clone(),
+                        public: public.path.clone(),
+                    }),
+                });
+            }
+        }
         Ok(Config {
             mesh,
             found_by,
@@ -387,20 +445,38 @@ impl Config {
 }
 
 impl Mesh {
-    /// Reads and validates a mesh file, and reads the pre-shared key it names.
+    /// Reads and validates a mesh file, and reads the pre-shared key or the key files it names.
     pub fn load(path: &Path) -> Result<Mesh, ConfigError> {
+        Mesh::load_with_private_key(path, None)
+    }
+
+    /// [`Mesh::load`], with this host's private key read from `private_key` instead of the file's
+    /// `private_key` (`vmsecd run --private-key`).
+    pub fn load_with_private_key(
+        path: &Path,
+        private_key: Option<&Path>,
+    ) -> Result<Mesh, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_owned(),
             location: None,
             key: String::new(),
             kind: Box::new(ErrorKind::Read(e)),
         })?;
-        Mesh::parse(&text, path)
+        Mesh::parse_with_private_key(&text, path, private_key)
     }
 
     /// Validates the text of a mesh file; `file` names it in errors, and relative paths in it are resolved
     /// against `file`'s folder.
     pub fn parse(text: &str, file: &Path) -> Result<Mesh, ConfigError> {
+        Mesh::parse_with_private_key(text, file, None)
+    }
+
+    /// [`Mesh::parse`] with a private key path that overrides the file's `private_key`.
+    pub fn parse_with_private_key(
+        text: &str,
+        file: &Path,
+        private_key: Option<&Path>,
+    ) -> Result<Mesh, ConfigError> {
         let cx = Cx { file, text };
         let raw: schema::File = toml::from_str(text).map_err(|e| ConfigError {
             file: file.to_owned(),
@@ -417,7 +493,7 @@ impl Mesh {
         };
         let settings = cx.settings(&section)?;
         let hosts = cx.hosts(&raw.host, &settings)?;
-        let auth = cx.auth(&section, mesh_span, &raw.host)?;
+        let auth = cx.auth(&section, mesh_span, &raw.host, &hosts, private_key)?;
         Ok(Mesh {
             file: file.to_owned(),
             settings,

@@ -39,6 +39,9 @@ enum Command {
         /// file's control_socket.
         #[arg(long, value_name = "PATH")]
         control: Option<String>,
+        /// This host's private key, instead of the mesh file's private_key (auth = "pubkey").
+        #[arg(long, value_name = "FILE")]
+        private_key: Option<PathBuf>,
     },
     /// Validate the mesh file and print the tunnels this host would set up; exit 1 on any error.
     Check {
@@ -58,6 +61,19 @@ enum Command {
         /// The daemon's control socket (default: @vmsecd, the abstract socket of this network namespace).
         #[arg(long, value_name = "PATH")]
         control: Option<String>,
+    },
+    /// Generate this host's RSA key pair for auth = "pubkey": DIR/private.pem (PKCS#8, mode 0600) and
+    /// DIR/NAME.pub.pem (SubjectPublicKeyInfo); print the mesh file lines that use them.
+    Keygen {
+        /// The folder to write the keys into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// RSA modulus size: 2048, 3072 or 4096.
+        #[arg(long, default_value_t = 3072)]
+        bits: usize,
+        /// The host name for the public key's file name (default: this machine's host name).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
     },
     /// Install libvirt's network hook (DIR/network), which asks the running daemon to re-check its firewall
     /// rules whenever libvirt starts a network; an existing hook script is kept. Restart libvirtd afterwards:
@@ -102,8 +118,10 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             config,
             host,
             control,
+            private_key,
         } => {
-            let mut config = load(&config, host.as_deref())?;
+            let mut config =
+                load_with_private_key(&config, host.as_deref(), private_key.as_deref())?;
             if let Some(c) = control {
                 config.mesh.settings.control_socket = ControlSocket::parse(&c, Path::new(""))
                     .map_err(|allowed| {
@@ -146,6 +164,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Keygen { out, bits, name } => keygen(&out, bits, name),
         Command::InstallHook { hooks_dir, control } => {
             let sock = control_socket(control.as_deref())?;
             let exe = std::env::current_exe()
@@ -182,9 +201,83 @@ fn control_socket(control: Option<&str>) -> anyhow::Result<ControlSocket> {
         .map_err(|allowed| anyhow::anyhow!("--control cannot be used; allowed: {allowed}"))
 }
 
-/// Loads the mesh file; this machine's addresses are only looked up when `--host` is not given.
-fn load(path: &Path, host: Option<&str>) -> anyhow::Result<Config> {
-    let local: Vec<IpAddr> = match host {
+/// `vmsecd keygen`: a new RSA key pair in `out`, never overwriting an existing file.
+fn keygen(out: &Path, bits: usize, name: Option<String>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let name = match name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .context("cannot read this machine's host name; pass --name NAME")?,
+    };
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        anyhow::bail!("--name {name:?} cannot be a file name");
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let private_path = out.join("private.pem");
+    let public_path = out.join(format!("{name}.pub.pem"));
+    for p in [&private_path, &public_path] {
+        if p.exists() {
+            anyhow::bail!(
+                "{} exists already; remove it or choose another --out",
+                p.display()
+            );
+        }
+    }
+    if ![2048, 3072, 4096].contains(&bits) {
+        anyhow::bail!("--bits {bits} cannot be used; allowed: 2048, 3072 or 4096");
+    }
+    let key = ike::crypto::signature::PrivateKey::generate(bits)
+        .map_err(|e| anyhow::anyhow!("cannot generate an RSA key: {e}"))?;
+    let pem = key.to_pkcs8_pem();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&private_path)
+        .with_context(|| format!("cannot create {}", private_path.display()))?;
+    f.write_all(pem.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", private_path.display()))?;
+    std::fs::write(&public_path, key.public_key().to_pem())
+        .with_context(|| format!("cannot write {}", public_path.display()))?;
+    println!(
+        "wrote {} (RSA {bits}, PKCS#8, mode 0600) and {}",
+        private_path.display(),
+        public_path.display()
+    );
+    println!("copy {name}.pub.pem next to the mesh file on every host (e.g. into keys/), then:");
+    println!("  in [mesh]:         auth = \"pubkey\"");
+    let private_abs = std::fs::canonicalize(&private_path).unwrap_or(private_path.clone());
+    println!(
+        "                     private_key = \"{}\"",
+        private_abs.display()
+    );
+    println!("  in {name}'s [[host]]: pubkey = \"keys/{name}.pub.pem\"");
+    Ok(())
+}
+
+/// [`load`] with `vmsecd run --private-key`.
+fn load_with_private_key(
+    path: &Path,
+    host: Option<&str>,
+    private_key: Option<&Path>,
+) -> anyhow::Result<Config> {
+    let local = local_addrs(host)?;
+    Ok(Config::load_with_private_key(
+        path,
+        host,
+        &local,
+        private_key,
+    )?)
+}
+
+/// This machine's addresses, looked up only when `--host` is not given.
+fn local_addrs(host: Option<&str>) -> anyhow::Result<Vec<IpAddr>> {
+    Ok(match host {
         Some(_) => Vec::new(),
         None => Netlink::open()
             .and_then(|mut nl| nl.local_addresses())
@@ -192,8 +285,12 @@ fn load(path: &Path, host: Option<&str>) -> anyhow::Result<Config> {
             .into_iter()
             .map(|a| a.addr)
             .collect(),
-    };
-    Ok(Config::load(path, host, &local)?)
+    })
+}
+
+/// Loads the mesh file; this machine's addresses are only looked up when `--host` is not given.
+fn load(path: &Path, host: Option<&str>) -> anyhow::Result<Config> {
+    load_with_private_key(path, host, None)
 }
 
 fn join<T: std::fmt::Display>(items: &[T]) -> String {
@@ -212,6 +309,11 @@ fn render_check(config: &Config) -> String {
     let esp = join(&s.esp_proposals.iter().map(|p| &p.text).collect::<Vec<_>>());
     let auth = match &config.mesh.auth {
         Auth::Psk(psk) => format!("psk (key in {})", psk.path().display()),
+        Auth::PubKey(pk) => format!(
+            "pubkey (RSA {} private key in {})",
+            pk.private_key.key.bits(),
+            pk.private_key.path.display()
+        ),
         _ => "unknown".to_owned(),
     };
     let dur = |d| humantime::format_duration(d).to_string();
@@ -266,6 +368,15 @@ fn render_check(config: &Config) -> String {
             join(t.remote_subnets())
         );
         let _ = writeln!(o, "    IKE {ike}; ESP {esp}; auth {auth}");
+        if let Auth::PubKey(pk) = &config.mesh.auth {
+            let k = &pk.public_keys[&p.name];
+            let _ = writeln!(
+                o,
+                "    peer key {} (RSA {})",
+                k.path.display(),
+                k.key.bits()
+            );
+        }
         for r in t.remote_subnets() {
             let _ = writeln!(o, "    route {r} dev {} mtu {}", s.interface, s.mtu);
         }

@@ -9,12 +9,16 @@
 //! - [`prf`]: HMAC-SHA2 PRFs and prf+ (RFC 7296 2.13);
 //! - [`keys`]: SKEYSEED and the IKE SA keys (2.14), IKE SA rekey (2.18), Child SA KEYMAT (2.17);
 //! - [`sk`]: encrypting and authenticating the SK payload (3.14, RFC 5282, RFC 7634);
-//! - [`auth`]: PSK AUTH (2.15), NAT detection hashes (2.23), stateless cookies (2.6).
+//! - [`auth`]: PSK AUTH (2.15), NAT detection hashes (2.23), stateless cookies (2.6);
+//! - [`signature`]: RSA signature AUTH (RFC 7427 Digital Signature, RFC 7296 RSA Digital Signature);
+//! - [`keyfile`]: RSA private and public keys from PEM/DER bytes.
 
 pub mod auth;
 pub mod dh;
+pub mod keyfile;
 pub mod keys;
 pub mod prf;
+pub mod signature;
 pub mod sk;
 
 #[cfg(test)]

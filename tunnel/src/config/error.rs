@@ -129,6 +129,23 @@ pub enum ErrorKind {
     /// The pre-shared key file cannot be used.
     #[error(transparent)]
     Psk(#[from] PskError),
+    /// A key file for `auth = "pubkey"` cannot be used.
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    /// This host's private key is not the one its `pubkey` names.
+    #[error(
+        "the private key {private} does not belong to {host}: its public key is not {host}'s pubkey {public}; \
+         check that the right private key is installed on this host (or --private-key / --host)",
+        private = .private.display(), public = .public.display()
+    )]
+    KeyMismatch {
+        /// The private key file.
+        private: PathBuf,
+        /// The local host.
+        host: String,
+        /// Its public key file.
+        public: PathBuf,
+    },
     /// Accepted by the schema but not implemented yet.
     #[error("{0}")]
     NotSupported(String),
@@ -211,5 +228,54 @@ pub enum PskError {
     TooLong {
         /// The file.
         path: PathBuf,
+    },
+}
+
+/// Why a key file (`private_key`, `pubkey`) cannot be used. Key material never appears here.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileError {
+    /// Cannot be opened or read.
+    #[error(
+        "cannot read {path}: {error}; create a key pair with: vmsecd keygen --out DIR",
+        path = .path.display()
+    )]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// A directory or device, not a file.
+    #[error("{} is not a regular file", .path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A private key file that group or others can access.
+    #[error(
+        "private key {path} is accessible by group or others (mode {mode:04o}); allowed: mode 0600 or 0400, \
+         owner only: chmod 600 {path}",
+        path = .path.display()
+    )]
+    Mode {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Too large to be a key.
+    #[error("{} is larger than 64 KiB: is it the right file? It should hold one PEM key", .path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Not a usable RSA key.
+    #[error("{path}: {error}", path = .path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        error: ike::crypto::keyfile::KeyError,
     },
 }

@@ -134,7 +134,9 @@ id = "@#0a0b"
         s.control_socket,
         ControlSocket::Path(f.dir.path().join("run/vmsecd.sock"))
     );
-    let Auth::Psk(psk) = &m.auth;
+    let Auth::Psk(psk) = &m.auth else {
+        panic!("psk expected")
+    };
     assert_eq!(
         psk.secret(),
         SECRET.as_bytes(),
@@ -519,7 +521,9 @@ fn psk_shorter_than_16_bytes() {
 
     f.write("psk", "0123456789abcdef\r\n", 0o600);
     let m = f.parse(&with_mesh("")).unwrap();
-    let Auth::Psk(psk) = &m.auth;
+    let Auth::Psk(psk) = &m.auth else {
+        panic!("psk expected")
+    };
     assert_eq!(psk.secret(), b"0123456789abcdef");
 }
 
@@ -555,14 +559,18 @@ fn psk_paths_resolve_against_the_mesh_folder_and_absolute_ones_stay() {
     let m = f
         .parse(&with_mesh("").replace("psk_file = \"psk\"", "psk_file = \"keys/mesh.psk\""))
         .unwrap();
-    let Auth::Psk(psk) = &m.auth;
+    let Auth::Psk(psk) = &m.auth else {
+        panic!("psk expected")
+    };
     assert_eq!(psk.path(), f.dir.path().join("keys/mesh.psk"));
 
     let abs = f.dir.path().join("psk");
     let m = f
         .parse(&with_mesh("").replace("\"psk\"", &format!("{:?}", abs.display().to_string())))
         .unwrap();
-    let Auth::Psk(psk) = &m.auth;
+    let Auth::Psk(psk) = &m.auth else {
+        panic!("psk expected")
+    };
     assert_eq!(psk.path(), abs);
 }
 
@@ -585,7 +593,7 @@ fn auth_methods() {
     assert_eq!(e.key, "mesh.auth");
     assert!(invalid(&e).1.contains("\"psk\""));
 
-    // pubkey is in the schema, checked, and then refused for now.
+    // pubkey needs private_key and every host's pubkey.
     let pubkey_hosts = TWO_HOSTS.replace(
         "subnets = [\"198.19.2.0/24\"]",
         "subnets = [\"198.19.2.0/24\"]\npubkey = \"c0.pem\"",
@@ -604,9 +612,11 @@ fn auth_methods() {
     let e = f.err(&format!(
         "[mesh]\nauth = \"pubkey\"\nprivate_key = \"key.pem\"\n{all}"
     ));
-    assert_eq!(e.key, "mesh.auth");
-    assert!(matches!(*e.kind, ErrorKind::NotSupported(_)), "{e}");
-    assert!(e.to_string().contains("not supported yet"), "{e}");
+    assert_eq!(e.key, "mesh.private_key");
+    assert!(
+        matches!(*e.kind, ErrorKind::Key(KeyFileError::Unreadable { .. })),
+        "{e}"
+    );
     let e = f.err(&format!(
         "[mesh]\nauth = \"pubkey\"\npsk_file = \"psk\"\nprivate_key = \"k\"\n{all}"
     ));
@@ -699,12 +709,12 @@ fn host_fields() {
     assert_eq!(e.key, "host[1].port");
     let e = case(&format!("{base}port = 70000\n"));
     assert_eq!(e.key, "host[1].port");
-    let e = case(&format!("{base}id = \"carol@example.org\"\n"));
+    let e = case(&format!("{base}id = \"carol@example org\"\n"));
     assert_eq!(e.key, "host[1].id");
     assert!(invalid(&e).0.contains("RFC 822"));
     let e = case(&format!("{base}id = \"@#abc\"\n"));
     assert_eq!(e.key, "host[1].id");
-    let e = case(&format!("{base}id = \"C=CH, O=strongSwan\"\n"));
+    let e = case(&format!("{base}id = \"C=CH, X=strongSwan\"\n"));
     assert_eq!(e.key, "host[1].id");
 }
 
@@ -780,6 +790,152 @@ fn mesh_values_out_of_range() {
         m.settings.control_socket,
         ControlSocket::Abstract("vmsecd-b0".into())
     );
+}
+
+// ---- auth = "pubkey" ---------------------------------------------------------------------------------------------
+
+use ike::crypto::signature::PrivateKey;
+
+/// Two hosts' keys, made once for all tests of this binary.
+fn test_keys() -> &'static [PrivateKey; 2] {
+    static KEYS: std::sync::OnceLock<[PrivateKey; 2]> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        [
+            PrivateKey::generate(2048).unwrap(),
+            PrivateKey::generate(2048).unwrap(),
+        ]
+    })
+}
+
+/// A pubkey mesh: b0's private key in `private.pem` (mode `mode`), both public keys under keys/.
+fn pubkey_fixture(mode: u32) -> (Fixture, String) {
+    let f = Fixture::new();
+    let [b0, c0] = test_keys();
+    std::fs::create_dir(f.dir.path().join("keys")).unwrap();
+    f.write("private.pem", &b0.to_pkcs8_pem(), mode);
+    f.write("keys/b0.pub.pem", &b0.public_key().to_pem(), 0o644);
+    f.write("keys/c0.pub.pem", &c0.public_key().to_pem(), 0o644);
+    let hosts = TWO_HOSTS
+        .replace(
+            "subnets = [\"198.19.1.0/24\"]",
+            "subnets = [\"198.19.1.0/24\"]\nid = \"b0.example.net\"\npubkey = \"keys/b0.pub.pem\"",
+        )
+        .replace(
+            "subnets = [\"198.19.2.0/24\"]",
+            "subnets = [\"198.19.2.0/24\"]\nid = \"admin@c0.example.net\"\npubkey = \"keys/c0.pub.pem\"",
+        );
+    let text = format!("[mesh]\nauth = \"pubkey\"\nprivate_key = \"private.pem\"\n{hosts}");
+    (f, text)
+}
+
+#[test]
+fn pubkey_mesh_loads_keys_and_identities() {
+    let (f, text) = pubkey_fixture(0o600);
+    let m = f.parse(&text).unwrap();
+    let Auth::PubKey(pk) = &m.auth else {
+        panic!("pubkey expected")
+    };
+    let [b0, c0] = test_keys();
+    assert_eq!(pk.private_key.key.public_key(), b0.public_key());
+    assert_eq!(pk.public_keys["c0"].key, c0.public_key());
+    assert_eq!(
+        pk.public_keys["c0"].path,
+        f.dir.path().join("keys/c0.pub.pem")
+    );
+    assert!(
+        !format!("{m:?}").contains("BEGIN"),
+        "no key material in Debug"
+    );
+    assert_eq!(m.hosts[0].id, Identity::Fqdn("b0.example.net".into()));
+    assert_eq!(
+        m.hosts[1].id,
+        Identity::Rfc822("admin@c0.example.net".into())
+    );
+    assert_eq!(m.hosts[1].id.wire().0, 3);
+    // As b0 the key matches; as c0 it is b0's key, which is refused naming both files.
+    Config::new(m.clone(), Some("b0"), &[]).unwrap();
+    let e = Config::new(m, Some("c0"), &[]).unwrap_err();
+    assert!(matches!(*e.kind, ErrorKind::KeyMismatch { .. }), "{e}");
+    assert!(
+        e.to_string().contains("private.pem") && e.to_string().contains("c0.pub.pem"),
+        "{e}"
+    );
+    // --private-key overrides the file's private_key.
+    f.write("c0.pem", &c0.to_pkcs8_pem(), 0o400);
+    let m =
+        Mesh::parse_with_private_key(&text, &f.file(), Some(&f.dir.path().join("c0.pem"))).unwrap();
+    Config::new(m, Some("c0"), &[]).unwrap();
+}
+
+#[test]
+fn pubkey_key_file_errors_name_the_file() {
+    // Readable by group: refused with the mode and the chmod to fix it.
+    let (f, text) = pubkey_fixture(0o640);
+    let e = f.err(&text);
+    assert_eq!(e.key, "mesh.private_key");
+    assert!(
+        matches!(
+            *e.kind,
+            ErrorKind::Key(KeyFileError::Mode { mode: 0o640, .. })
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+    // Not PEM, a public key where the private one belongs, a truncated public key.
+    let (f, text) = pubkey_fixture(0o600);
+    f.write("private.pem", "not a key\n", 0o600);
+    let e = f.err(&text);
+    assert!(
+        e.to_string().contains("private.pem: not a PEM or DER key"),
+        "{e}"
+    );
+    f.write("private.pem", &test_keys()[0].public_key().to_pem(), 0o600);
+    let e = f.err(&text);
+    assert!(
+        e.to_string()
+            .contains("PEM block \"PUBLIC KEY\" is not PRIVATE KEY"),
+        "{e}"
+    );
+    f.write("private.pem", &test_keys()[0].to_pkcs8_pem(), 0o600);
+    let pem = test_keys()[1].public_key().to_pem();
+    f.write(
+        "keys/c0.pub.pem",
+        &pem.replace("\n-----END", "AAAA\n-----END"),
+        0o644,
+    );
+    let e = f.err(&text);
+    assert_eq!(e.key, "host[1].pubkey");
+    assert!(
+        e.to_string()
+            .contains("c0.pub.pem: not a usable RSA public key"),
+        "{e}"
+    );
+    // The same public key for two hosts.
+    f.write(
+        "keys/c0.pub.pem",
+        &test_keys()[0].public_key().to_pem(),
+        0o644,
+    );
+    let e = f.err(&text);
+    assert!(invalid(&e).0.contains("same public key as b0"), "{e}");
+}
+
+#[test]
+fn identities_as_strongswan_writes_them() {
+    for (text, want) in [
+        ("198.18.0.1", Identity::Addr("198.18.0.1".parse().unwrap())),
+        ("@b0.example.net", Identity::Fqdn("b0.example.net".into())),
+        ("b0.example.net", Identity::Fqdn("b0.example.net".into())),
+        (
+            "root@b0.example.net",
+            Identity::Rfc822("root@b0.example.net".into()),
+        ),
+    ] {
+        assert_eq!(Identity::parse(text), Ok(want.clone()), "{text}");
+        assert_eq!(want.to_string(), text.trim_start_matches('@'));
+    }
+    assert!(Identity::parse("root@").is_err());
+    assert!(Identity::parse("a@b@c").is_err());
 }
 
 #[test]

@@ -11,10 +11,10 @@ use ike::proposal::{ProposalError, ProposalSpec};
 
 use super::schema::{self, S};
 use super::{
-    Auth, ConfigError, ControlSocket, Encap, ErrorKind, FirewallMode, Host, Identity, Psk,
-    Settings, DEFAULT_CHILD_LIFETIME, DEFAULT_CONTROL_SOCKET, DEFAULT_DPD_DELAY,
-    DEFAULT_ESP_PROPOSAL, DEFAULT_IKE_LIFETIME, DEFAULT_IKE_PORT, DEFAULT_IKE_PROPOSAL,
-    DEFAULT_INTERFACE, DEFAULT_MTU, DEFAULT_REKEY_MARGIN,
+    Auth, ConfigError, ControlSocket, Encap, ErrorKind, FirewallMode, Host, Identity,
+    PrivateKeyFile, Psk, PubKeyAuth, PublicKeyFile, Settings, DEFAULT_CHILD_LIFETIME,
+    DEFAULT_CONTROL_SOCKET, DEFAULT_DPD_DELAY, DEFAULT_ESP_PROPOSAL, DEFAULT_IKE_LIFETIME,
+    DEFAULT_IKE_PORT, DEFAULT_IKE_PROPOSAL, DEFAULT_INTERFACE, DEFAULT_MTU, DEFAULT_REKEY_MARGIN,
 };
 use crate::prefix::Prefix;
 
@@ -504,7 +504,7 @@ impl Cx<'_> {
                     v,
                     &format!("host[{i}].id"),
                     problem,
-                    "an IP address, a DNS name (FQDN, optionally written @name), or @#hex for a key ID",
+                    "an IP address, a DNS name (FQDN, optionally written @name), user@fqdn, a DN (C=CH, O=example, CN=gw) or @#hex for a key ID",
                 )
             })?,
         };
@@ -536,6 +536,8 @@ impl Cx<'_> {
         m: &schema::MeshSection,
         mesh_span: Option<Range<usize>>,
         hosts: &[S<schema::HostSection>],
+        valid_hosts: &[Host],
+        private_key_override: Option<&Path>,
     ) -> Result<Auth, ConfigError> {
         let method = m.auth.as_ref().map_or("psk", |v| v.get_ref().as_str());
         let only_with = |span: Range<usize>, key: String, method: &str| {
@@ -574,7 +576,7 @@ impl Cx<'_> {
                 if let Some(v) = &m.psk_file {
                     return Err(only_with(v.span(), "mesh.psk_file".to_owned(), "psk"));
                 }
-                if m.private_key.is_none() {
+                if m.private_key.is_none() && private_key_override.is_none() {
                     return Err(self.err(
                         mesh_span,
                         "mesh.private_key",
@@ -592,14 +594,31 @@ impl Cx<'_> {
                         },
                     ));
                 }
-                let v = m.auth.as_ref().expect("auth was given");
-                Err(self.err(
-                    Some(v.span()),
-                    "mesh.auth",
-                    ErrorKind::NotSupported(
-                        "auth = \"pubkey\" is not supported yet; use auth = \"psk\" with psk_file for now".to_owned(),
-                    ),
-                ))
+                let private_key = match (private_key_override, &m.private_key) {
+                    (Some(p), _) => PrivateKeyFile::read(p).map_err(|e| self.err(None, "--private-key", e))?,
+                    (None, Some(v)) => PrivateKeyFile::read(&self.path(v.get_ref()))
+                        .map_err(|e| self.err(Some(v.span()), "mesh.private_key", e))?,
+                    (None, None) => unreachable!("checked above"),
+                };
+                let mut public_keys = std::collections::BTreeMap::new();
+                let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
+                for (i, (h, host)) in hosts.iter().zip(valid_hosts).enumerate() {
+                    let v = h.get_ref().pubkey.as_ref().expect("checked above");
+                    let key = format!("host[{i}].pubkey");
+                    let file = PublicKeyFile::read(&self.path(v.get_ref()))
+                        .map_err(|e| self.err(Some(v.span()), key.clone(), e))?;
+                    if let Some(&first) = seen.get(file.key.spki_der()) {
+                        return Err(self.invalid(
+                            v,
+                            &key,
+                            format!("{} has the same public key as {}", host.name, valid_hosts[first].name),
+                            "one key pair per host (vmsecd keygen on each host)",
+                        ));
+                    }
+                    seen.insert(file.key.spki_der().to_vec(), i);
+                    public_keys.insert(host.name.clone(), file);
+                }
+                Ok(Auth::PubKey(PubKeyAuth { private_key, public_keys }))
             }
             other => Err(self.invalid(
                 m.auth.as_ref().expect("auth was given"),

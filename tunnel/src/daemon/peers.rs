@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ike::config::{AuthMethod, Lifetimes, PeerConfig, Retransmit};
+use ike::crypto::signature::Padding;
 use ike::message::{Id, IdType};
 use zeroize::Zeroizing;
 
@@ -21,12 +22,23 @@ fn id(i: &Identity) -> Id {
 pub(crate) fn peer_configs(config: &Config) -> Vec<Arc<PeerConfig>> {
     let s = config.settings();
     let local = config.local();
-    let auth = match &config.mesh.auth {
-        Auth::Psk(psk) => AuthMethod::Psk(Zeroizing::new(psk.secret().to_vec())),
+    let psk = match &config.mesh.auth {
+        Auth::Psk(psk) => Some(AuthMethod::Psk(Zeroizing::new(psk.secret().to_vec()))),
+        _ => None,
     };
     config
         .peers()
         .map(|peer| {
+            let auth = match (&psk, &config.mesh.auth) {
+                (Some(psk), _) => psk.clone(),
+                (None, Auth::PubKey(pk)) => AuthMethod::PubKey {
+                    private: pk.private_key.key.clone(),
+                    padding: Padding::Pss,
+                    // Config validation made sure every host has one.
+                    peer_public: pk.public_keys[&peer.name].key.clone(),
+                },
+                (None, Auth::Psk(_)) => unreachable!("handled above"),
+            };
             Arc::new(PeerConfig {
                 name: peer.name.clone(),
                 local_addr: local.address,
@@ -34,7 +46,7 @@ pub(crate) fn peer_configs(config: &Config) -> Vec<Arc<PeerConfig>> {
                 remote_port: peer.port,
                 local_id: id(&local.id),
                 remote_id: id(&peer.id),
-                auth: auth.clone(),
+                auth,
                 ike_proposals: s.ike_proposals.clone(),
                 esp_proposals: s.esp_proposals.clone(),
                 local_ts: local.subnets.iter().map(|p| p.selector()).collect(),
