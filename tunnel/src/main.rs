@@ -86,6 +86,14 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         control: Option<String>,
     },
+    /// Run the demo as root: three hypervisors b0, c0, d0 in network namespaces on this machine (underlay
+    /// 198.18.0.1-3, VM subnets 198.19.1-3.0/24), one mesh file with RSA keys, a vmsecd on each; waits for the
+    /// full mesh, pings every VM from every other VM and captures the underlay. Removes everything it made.
+    Demo {
+        /// Leave the demo running and print the commands to explore it.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Ask the running daemon to check (and repair) its firewall rules now; what libvirt's network hook runs.
     FirewallCheck {
         /// The daemon's control socket (default: @vmsecd).
@@ -165,6 +173,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keygen { out, bits, name } => keygen(&out, bits, name),
+        Command::Demo { keep } => demo(keep),
         Command::InstallHook { hooks_dir, control } => {
             let sock = control_socket(control.as_deref())?;
             let exe = std::env::current_exe()
@@ -199,6 +208,28 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
 fn control_socket(control: Option<&str>) -> anyhow::Result<ControlSocket> {
     ControlSocket::parse(control.unwrap_or("@vmsecd"), Path::new(""))
         .map_err(|allowed| anyhow::anyhow!("--control cannot be used; allowed: {allowed}"))
+}
+
+/// The demo (scripts/demo), built into the binary so that `vmsecd demo` works wherever vmsecd is installed.
+/// It is a shell script because all it does is drive `ip netns`, `ping` and `tcpdump` around vmsecd.
+const DEMO_SCRIPT: &str = include_str!("../../scripts/demo");
+
+/// `vmsecd demo`: runs the built-in script with this binary as the daemon.
+fn demo(keep: bool) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let exe = std::env::current_exe().context("cannot find the path of this vmsecd binary")?;
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg("-c")
+        .arg(DEMO_SCRIPT)
+        .arg("vmsecd demo")
+        .arg("--bin")
+        .arg(&exe);
+    if keep {
+        cmd.arg("--keep");
+    }
+    // exec, not spawn: the script becomes this process, so Ctrl-C reaches it alone and its clean-up runs.
+    let e = cmd.exec();
+    Err(anyhow::anyhow!("cannot run bash for the demo: {e}"))
 }
 
 /// `vmsecd keygen`: a new RSA key pair in `out`, never overwriting an existing file.
