@@ -7,6 +7,7 @@
 
 pub mod control;
 mod datapath;
+mod gso;
 mod peers;
 mod sockets;
 
@@ -40,8 +41,13 @@ pub enum Error {
     Runtime(anyhow::Error),
 }
 
-/// Packets read from the TUN per batch.
+/// Reads (TUN) or receives (UDP) per wake-up.
 const BATCH: usize = 32;
+/// Where a TUN read puts its packet in the transmit buffer: room in front for the virtio-net header and ESP.
+const TUN_AT: usize = HEADROOM;
+/// The transmit buffer: a 64 KiB super-packet cut into segments of at least 536 bytes of payload (122 at most),
+/// each with up to 120 bytes of headers and the ESP overhead, or one packet of up to the largest MTU.
+const TUN_BUF: usize = TUN_AT + 65535 + 122 * (120 + HEADROOM + TAILROOM);
 /// Wait before initiating towards a peer with a higher address: it is the one expected to initiate.
 const FOLLOWER_DELAY: Duration = Duration::from_secs(3);
 
@@ -77,7 +83,10 @@ impl Daemon {
         let s = config.settings().clone();
         let local = config.local().clone();
         let peer_cfgs = peers::peer_configs(&config);
-        let tun = Tun::create(&TunOptions::new(&s.interface, s.mtu))?;
+        let tun = Tun::create(&TunOptions {
+            vnet_hdr: true,
+            ..TunOptions::new(&s.interface, s.mtu)
+        })?;
         let ifindex = tun.ifindex();
         let mut nl = Netlink::open()?;
         // Packets this host itself sends to a remote VM need a source inside our subnets to match the Child SA.
@@ -105,9 +114,16 @@ impl Daemon {
             .into_queues()
             .pop()
             .expect("a TUN has at least one queue");
+        // TSO super-packets in, GRO-like super-packets out: one TUN read or write moves up to 64 KiB.
+        if let Err(e) = queue.set_offload(true) {
+            tracing::warn!("TUN offloads unavailable, one packet per read: {e}");
+        }
         let tun = AsyncQueue::new(queue)?;
         let udp500 = sockets::udp(local.address, ike::sa::IKE_PORT)?;
         let udp4500 = sockets::udp(local.address, ike::sa::NAT_T_PORT)?;
+        if !sockets::enable_gro(&udp4500) {
+            tracing::warn!("UDP GRO unavailable: one ESP datagram per receive");
+        }
         let raw = sockets::RawEsp::open(local.address)?;
         let control = control::listen(&s.control_socket)?;
         let now = Instant::now();
@@ -177,37 +193,45 @@ impl Daemon {
     async fn run(&mut self) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let mtu = self.config.settings().mtu as usize;
-        let size = HEADROOM + mtu.max(1500) + TAILROOM;
-        let mut tun_bufs = vec![vec![0u8; size]; BATCH];
-        let mut sizes = [0usize; BATCH];
-        let mut udp_buf = vec![0u8; 65536];
+        // A TUN read lands at TUN_AT (its virtio-net header just before); its segments then fill the buffer from
+        // the start as back-to-back ESP datagrams (see gso::segment), up to 64 KiB of payload plus per-segment
+        // headers and ESP overhead.
+        let mut tun_buf = vec![0u8; TUN_BUF];
+        let mut udp_buf = vec![0u8; 65536 + 4096];
+        let mut coalesce_buf = vec![0u8; gso::VNET_HDR_LEN + 65535];
         let mut udp500_buf = vec![0u8; 65536];
         let mut raw_buf = vec![0u8; 65536];
         loop {
             let deadline = tokio::time::Instant::from_std(self.next_deadline());
             tokio::select! {
-                r = async {
-                    let mut refs: Vec<&mut [u8]> = tun_bufs.iter_mut().map(|b| &mut b[..]).collect();
-                    self.tun.read_batch(&mut refs, &mut sizes, HEADROOM).await
-                } => {
-                    let n = r?;
-                    for (buf, len) in tun_bufs.iter_mut().zip(sizes).take(n) {
-                        let mut pkt = PacketBuf::new(buf, HEADROOM, HEADROOM + len);
-                        if let Some(wire) = self.datapath.encap(&mut pkt) {
-                            self.send_esp(pkt.as_slice(), wire);
+                r = self.tun.read_vnet(&mut tun_buf[TUN_AT - gso::VNET_HDR_LEN..]) => {
+                    self.on_tun(&mut tun_buf, r? - gso::VNET_HDR_LEN);
+                    // Drain what is queued: one wake-up, many reads.
+                    for _ in 1..BATCH {
+                        match self.tun.get_ref().read_vnet(&mut tun_buf[TUN_AT - gso::VNET_HDR_LEN..]) {
+                            Ok(n) => self.on_tun(&mut tun_buf, n - gso::VNET_HDR_LEN),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => return Err(e.into()),
                         }
                     }
                 }
                 r = self.udp4500.readable() => {
                     r?;
-                    // Drain what is queued: one wake-up, many datagrams.
+                    // Drain what is queued: one wake-up, many datagrams (and with GRO many per receive).
+                    let mut merge = gso::Coalescer::new(&mut coalesce_buf);
                     for _ in 0..BATCH {
-                        match self.udp4500.try_recv_from(&mut udp_buf) {
-                            Ok((len, from)) => self.on_udp4500(&mut udp_buf[..len], from),
+                        match sockets::recv_gro(&self.udp4500, &mut udp_buf) {
+                            Ok((len, from, seg)) => {
+                                for d in udp_buf[..len].chunks_mut(seg.max(1)) {
+                                    self.on_udp4500(d, from, &mut merge);
+                                }
+                            }
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                             Err(e) => return Err(e.into()),
                         }
+                    }
+                    if !merge.is_empty() {
+                        self.deliver_vnet(merge.take());
                     }
                 }
                 r = self.udp500.recv_from(&mut udp500_buf) => {
@@ -248,6 +272,91 @@ impl Daemon {
         }
     }
 
+    /// Encrypts and sends what one TUN read returned: `buf[TUN_AT..TUN_AT + len]`, with its virtio-net header in
+    /// front. A TCP super-packet is cut into segments laid out so that their ESP datagrams lie back to back
+    /// from the start of `buf`, and goes out with one UDP GSO send per 64 KiB.
+    fn on_tun(&mut self, buf: &mut [u8], len: usize) {
+        let hdr_bytes: &[u8; gso::VNET_HDR_LEN] = buf[TUN_AT - gso::VNET_HDR_LEN..TUN_AT]
+            .try_into()
+            .expect("10 bytes");
+        let hdr = gso::VnetHdr::parse(hdr_bytes);
+        match gso::is_tcp_gso(&hdr) {
+            Ok(false) => {
+                if gso::complete_checksum(&hdr, &mut buf[TUN_AT..TUN_AT + len]).is_err() {
+                    tracing::debug!("TUN packet with bad checksum offsets dropped");
+                    return;
+                }
+                let mut pkt = PacketBuf::new(buf, TUN_AT, TUN_AT + len);
+                if let Some(wire) = self.datapath.encap(&mut pkt) {
+                    self.send_esp(pkt.as_slice(), wire);
+                }
+            }
+            Ok(true) => {
+                let Some(t) = self.datapath.out_transform(&buf[TUN_AT..TUN_AT + len]) else {
+                    return;
+                };
+                let front = t.header_overhead();
+                let segs = match gso::segment(buf, TUN_AT, len, &hdr, front, |l| t.esp_len(l)) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!("TUN super-packet dropped: {e}");
+                        return;
+                    }
+                };
+                let stride = t.esp_len(segs.seg_len);
+                let mut wire = None;
+                let mut sent = 0;
+                for i in 0..segs.count {
+                    let inner = if i + 1 == segs.count {
+                        segs.last_len
+                    } else {
+                        segs.seg_len
+                    };
+                    let base = i * stride;
+                    let mut pkt = PacketBuf::new(
+                        &mut buf[base..base + t.esp_len(inner)],
+                        front,
+                        front + inner,
+                    );
+                    match self.datapath.encap(&mut pkt) {
+                        Some(w) => wire = Some(w),
+                        None => break,
+                    }
+                    debug_assert_eq!((pkt.start(), pkt.len()), (0, t.esp_len(inner)));
+                    sent += 1;
+                }
+                let total = if sent == segs.count {
+                    (sent - 1) * stride + t.esp_len(segs.last_len)
+                } else {
+                    sent * stride
+                };
+                match wire {
+                    Some(Wire::Udp(to)) => self.send_udp_gso(&buf[..total], stride, to),
+                    Some(w @ Wire::Raw(_)) => {
+                        // Raw ESP has no GSO: one send per datagram.
+                        for d in buf[..total].chunks(stride) {
+                            self.send_esp(d, w);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            Err(e) => tracing::debug!("TUN packet dropped: {e}"),
+        }
+    }
+
+    /// Sends back-to-back ESP datagrams of `stride` bytes (the last may be shorter) in as few UDP GSO sends as
+    /// the kernel's limits allow.
+    fn send_udp_gso(&self, data: &[u8], stride: usize, to: SocketAddr) {
+        let per_send =
+            (sockets::GSO_MAX_BYTES / stride).clamp(1, sockets::GSO_MAX_SEGMENTS) * stride;
+        for chunk in data.chunks(per_send) {
+            if let Err(e) = sockets::send_gso(&self.udp4500, chunk, stride, to) {
+                tracing::debug!("sending ESP (GSO): {e}");
+            }
+        }
+    }
+
     fn send_esp(&self, pkt: &[u8], wire: Wire) {
         let r = match wire {
             Wire::Udp(to) => self.udp4500.try_send_to(pkt, to),
@@ -265,7 +374,14 @@ impl Daemon {
         }
     }
 
-    fn on_udp4500(&mut self, data: &mut [u8], from: SocketAddr) {
+    /// Writes a virtio-net header and packet (possibly a coalesced super-packet) to the TUN.
+    fn deliver_vnet(&self, data: &[u8]) {
+        if let Err(e) = self.tun.get_ref().write_vnet(data) {
+            tracing::debug!("writing to the TUN: {e}");
+        }
+    }
+
+    fn on_udp4500(&mut self, data: &mut [u8], from: SocketAddr, merge: &mut gso::Coalescer<'_>) {
         match framing::classify_udp(data) {
             UdpPayload::Ike { offset } => {
                 self.endpoint
@@ -273,8 +389,10 @@ impl Daemon {
             }
             UdpPayload::Esp => {
                 let mut pkt = PacketBuf::full(data);
-                if self.datapath.decap(&mut pkt) {
-                    self.deliver(pkt.as_slice());
+                if self.datapath.decap(&mut pkt) && !merge.push(pkt.as_slice()) {
+                    // Not a continuation of the pending run: write that, start a new one.
+                    self.deliver_vnet(merge.take());
+                    merge.push(pkt.as_slice());
                 }
             }
             UdpPayload::Keepalive | UdpPayload::Invalid => {}
