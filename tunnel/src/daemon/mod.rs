@@ -200,7 +200,10 @@ impl Daemon {
         let mut udp_buf = vec![0u8; 65536 + 4096];
         let mut coalesce_buf = vec![0u8; gso::VNET_HDR_LEN + 65535];
         let mut udp500_buf = vec![0u8; 65536];
-        let mut raw_buf = vec![0u8; 65536];
+        // Raw ESP arrives with its IPv4 header: a slot holds the largest packet the peer's TUN MTU allows.
+        let raw_slot = (self.config.settings().mtu as usize + 60 + HEADROOM + TAILROOM).max(2048);
+        let mut raw_buf =
+            vec![0u8; raw_slot * sockets::MMSG_MAX.min((256 << 10) / raw_slot).max(1)];
         loop {
             let deadline = tokio::time::Instant::from_std(self.next_deadline());
             tokio::select! {
@@ -240,12 +243,26 @@ impl Daemon {
                 }
                 r = self.raw.readable() => {
                     r?;
+                    // recvmmsg: up to 64 datagrams per call, decrypted in place and coalesced for the TUN.
+                    let mut merge = gso::Coalescer::new(&mut coalesce_buf);
+                    let mut lens = [0usize; sockets::MMSG_MAX];
+                    let slots = (raw_buf.len() / raw_slot).clamp(1, sockets::MMSG_MAX);
                     for _ in 0..BATCH {
-                        match self.raw.try_recv(&mut raw_buf) {
-                            Ok(len) => self.on_raw(&mut raw_buf[..len]),
+                        match self.raw.try_recv_many(&mut raw_buf, raw_slot, &mut lens[..slots]) {
+                            Ok(n) => {
+                                for (d, len) in raw_buf.chunks_mut(raw_slot).zip(lens).take(n) {
+                                    self.on_raw(&mut d[..len], &mut merge);
+                                }
+                                if n < slots {
+                                    break;
+                                }
+                            }
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                             Err(e) => return Err(e.into()),
                         }
+                    }
+                    if !merge.is_empty() {
+                        self.deliver_vnet(merge.take());
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
@@ -332,10 +349,10 @@ impl Daemon {
                 };
                 match wire {
                     Some(Wire::Udp(to)) => self.send_udp_gso(&buf[..total], stride, to),
-                    Some(w @ Wire::Raw(_)) => {
-                        // Raw ESP has no GSO: one send per datagram.
-                        for d in buf[..total].chunks(stride) {
-                            self.send_esp(d, w);
+                    Some(Wire::Raw(to)) => {
+                        // Raw ESP has no GSO: sendmmsg, up to 64 datagrams per call.
+                        if let Err(e) = self.raw.send_many(&buf[..total], stride, to) {
+                            tracing::debug!("sending ESP: {e}");
                         }
                     }
                     None => {}
@@ -367,13 +384,6 @@ impl Daemon {
         }
     }
 
-    /// Writes a decapsulated packet to the TUN; a full TUN queue drops it (the kernel would too).
-    fn deliver(&self, pkt: &[u8]) {
-        if let Err(e) = self.tun.get_ref().write(pkt) {
-            tracing::debug!("writing to the TUN: {e}");
-        }
-    }
-
     /// Writes a virtio-net header and packet (possibly a coalesced super-packet) to the TUN.
     fn deliver_vnet(&self, data: &[u8]) {
         if let Err(e) = self.tun.get_ref().write_vnet(data) {
@@ -399,7 +409,7 @@ impl Daemon {
         }
     }
 
-    fn on_raw(&mut self, data: &mut [u8]) {
+    fn on_raw(&mut self, data: &mut [u8], merge: &mut gso::Coalescer<'_>) {
         let Some(ip) = framing::parse_ipv4(data) else {
             return;
         };
@@ -407,8 +417,9 @@ impl Daemon {
             return;
         }
         let mut pkt = PacketBuf::new(data, ip.payload_offset, ip.payload_end);
-        if self.datapath.decap(&mut pkt) {
-            self.deliver(pkt.as_slice());
+        if self.datapath.decap(&mut pkt) && !merge.push(pkt.as_slice()) {
+            self.deliver_vnet(merge.take());
+            merge.push(pkt.as_slice());
         }
     }
 

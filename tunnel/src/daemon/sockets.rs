@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
@@ -81,14 +82,6 @@ impl RawEsp {
     /// Waits until a datagram may be there.
     pub(crate) async fn readable(&self) -> io::Result<()> {
         self.fd.readable().await.map(|mut g| g.clear_ready())
-    }
-
-    /// Receives one datagram without waiting (for IPv4: with its IP header).
-    pub(crate) fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        use std::io::Read;
-        // socket2's recv wants MaybeUninit; std's Read on a &Socket takes an initialised buffer.
-        let mut r: &Socket = self.fd.get_ref();
-        r.read(buf)
     }
 
     /// Sends an ESP packet (SPI first) to `to`; the kernel adds the IP header.
@@ -242,4 +235,107 @@ pub(crate) fn recv_gro(s: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, Sock
         };
         Ok((n, from, seg))
     })
+}
+
+/// Most messages one [`send_mmsg`] or [`recv_mmsg`] call moves.
+pub(crate) const MMSG_MAX: usize = 64;
+
+/// Sends the datagrams `data[i * stride..]` (each `stride` bytes, the last possibly shorter) to `to` with one
+/// `sendmmsg`; returns how many went out. For raw ESP, where there is no GSO.
+fn send_mmsg(fd: RawFd, data: &[u8], stride: usize, to: &SockAddr) -> io::Result<usize> {
+    // SAFETY (zeroed): iovec and mmsghdr are plain data; zeroes are valid (null pointers, zero lengths).
+    let mut iov: [libc::iovec; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    let mut hdrs: [libc::mmsghdr; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    let mut n = 0;
+    for (d, (v, h)) in data
+        .chunks(stride.max(1))
+        .zip(iov.iter_mut().zip(hdrs.iter_mut()))
+    {
+        v.iov_base = d.as_ptr() as *mut libc::c_void;
+        v.iov_len = d.len();
+        h.msg_hdr.msg_name = to.as_ptr() as *mut libc::c_void;
+        h.msg_hdr.msg_namelen = to.len();
+        h.msg_hdr.msg_iov = v;
+        h.msg_hdr.msg_iovlen = 1;
+        n += 1;
+    }
+    // SAFETY: the first n headers point at live iovecs over `data` (only read) and at `to`, for the call.
+    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as usize)
+}
+
+/// Receives up to `lens.len()` (at most [`MMSG_MAX`]) datagrams with one `recvmmsg`, datagram `i` into
+/// `buf[i * slot..(i + 1) * slot]`, its length into `lens[i]`; returns how many arrived.
+fn recv_mmsg(fd: RawFd, buf: &mut [u8], slot: usize, lens: &mut [usize]) -> io::Result<usize> {
+    // SAFETY (zeroed): as in send_mmsg.
+    let mut iov: [libc::iovec; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    let mut hdrs: [libc::mmsghdr; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    let mut n = 0;
+    for (d, (v, h)) in buf
+        .chunks_exact_mut(slot)
+        .zip(iov.iter_mut().zip(hdrs.iter_mut()))
+        .take(lens.len())
+    {
+        v.iov_base = d.as_mut_ptr().cast();
+        v.iov_len = d.len();
+        h.msg_hdr.msg_iov = v;
+        h.msg_hdr.msg_iovlen = 1;
+        n += 1;
+    }
+    // SAFETY: the first n headers point at live, disjoint iovecs inside `buf`, for the call; no timeout.
+    let r = unsafe {
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for (l, h) in lens.iter_mut().zip(&hdrs[..r as usize]) {
+        *l = h.msg_len as usize;
+    }
+    Ok(r as usize)
+}
+
+impl RawEsp {
+    /// Sends back-to-back ESP packets of `stride` bytes (the last may be shorter) to `to`, [`MMSG_MAX`] per
+    /// `sendmmsg`. A full socket buffer drops the rest (as a router would).
+    pub(crate) fn send_many(&self, data: &[u8], stride: usize, to: IpAddr) -> io::Result<()> {
+        let addr = SockAddr::from(SocketAddr::new(to, 0));
+        let fd = std::os::fd::AsRawFd::as_raw_fd(self.fd.get_ref());
+        let mut rest = data;
+        while !rest.is_empty() {
+            let sent = send_mmsg(
+                fd,
+                &rest[..rest.len().min(MMSG_MAX * stride)],
+                stride,
+                &addr,
+            )?;
+            rest = &rest[(sent * stride).min(rest.len())..];
+        }
+        Ok(())
+    }
+
+    /// Receives up to `lens.len()` datagrams without waiting, one per `slot` bytes of `buf` (for IPv4 each
+    /// with its IP header); `WouldBlock` if none was queued.
+    pub(crate) fn try_recv_many(
+        &self,
+        buf: &mut [u8],
+        slot: usize,
+        lens: &mut [usize],
+    ) -> io::Result<usize> {
+        recv_mmsg(
+            std::os::fd::AsRawFd::as_raw_fd(self.fd.get_ref()),
+            buf,
+            slot,
+            lens,
+        )
+    }
 }
