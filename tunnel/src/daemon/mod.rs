@@ -5,6 +5,7 @@
 //! reads the TUN in batches into buffers with headroom, so encapsulation happens in place; decapsulation
 //! writes the inner packet to the TUN straight from the receive buffer.
 
+mod batch;
 pub mod control;
 mod datapath;
 mod gso;
@@ -196,7 +197,7 @@ impl Daemon {
         // A TUN read lands at TUN_AT (its virtio-net header just before); its segments then fill the buffer from
         // the start as back-to-back ESP datagrams (see gso::segment), up to 64 KiB of payload plus per-segment
         // headers and ESP overhead.
-        let mut tun_buf = vec![0u8; TUN_BUF];
+        let mut tx = batch::TxBatch::new(TUN_AT, TUN_BUF);
         let mut udp_buf = vec![0u8; 65536 + 4096];
         let mut coalesce_buf = vec![0u8; gso::VNET_HDR_LEN + 65535];
         let mut udp500_buf = vec![0u8; 65536];
@@ -207,16 +208,20 @@ impl Daemon {
         loop {
             let deadline = tokio::time::Instant::from_std(self.next_deadline());
             tokio::select! {
-                r = self.tun.read_vnet(&mut tun_buf[TUN_AT - gso::VNET_HDR_LEN..]) => {
-                    self.on_tun(&mut tun_buf, r? - gso::VNET_HDR_LEN);
-                    // Drain what is queued: one wake-up, many reads.
+                r = self.tun.read_vnet(tx.read_buf()) => {
+                    self.on_tun(&mut tx, r? - gso::VNET_HDR_LEN);
+                    // Drain what is queued: one wake-up, many reads; small packets leave in batches.
                     for _ in 1..BATCH {
-                        match self.tun.get_ref().read_vnet(&mut tun_buf[TUN_AT - gso::VNET_HDR_LEN..]) {
-                            Ok(n) => self.on_tun(&mut tun_buf, n - gso::VNET_HDR_LEN),
+                        if !tx.has_room() {
+                            self.flush(&mut tx);
+                        }
+                        match self.tun.get_ref().read_vnet(tx.read_buf()) {
+                            Ok(n) => self.on_tun(&mut tx, n - gso::VNET_HDR_LEN),
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                             Err(e) => return Err(e.into()),
                         }
                     }
+                    self.flush(&mut tx);
                 }
                 r = self.udp4500.readable() => {
                     r?;
@@ -289,76 +294,119 @@ impl Daemon {
         }
     }
 
-    /// Encrypts and sends what one TUN read returned: `buf[TUN_AT..TUN_AT + len]`, with its virtio-net header in
-    /// front. A TCP super-packet is cut into segments laid out so that their ESP datagrams lie back to back
-    /// from the start of `buf`, and goes out with one UDP GSO send per 64 KiB.
-    fn on_tun(&mut self, buf: &mut [u8], len: usize) {
-        let hdr_bytes: &[u8; gso::VNET_HDR_LEN] = buf[TUN_AT - gso::VNET_HDR_LEN..TUN_AT]
+    /// Encrypts what one TUN read put at `tx.read_at()` (its virtio-net header in front, `len` bytes of packet
+    /// behind). A TCP super-packet is cut into segments laid out so that their ESP datagrams lie back to back,
+    /// and goes out at once with one UDP GSO send per 64 KiB; any other packet joins the pending batch of
+    /// equal-sized datagrams (ACKs, mostly), sent by [`Daemon::flush`] with one GSO send or `sendmmsg`.
+    fn on_tun(&mut self, tx: &mut batch::TxBatch, len: usize) {
+        let at = tx.read_at();
+        let buf = tx.buf_mut();
+        let hdr_bytes: &[u8; gso::VNET_HDR_LEN] = buf[at - gso::VNET_HDR_LEN..at]
             .try_into()
             .expect("10 bytes");
         let hdr = gso::VnetHdr::parse(hdr_bytes);
-        match gso::is_tcp_gso(&hdr) {
-            Ok(false) => {
-                if gso::complete_checksum(&hdr, &mut buf[TUN_AT..TUN_AT + len]).is_err() {
-                    tracing::debug!("TUN packet with bad checksum offsets dropped");
+        let is_gso = match gso::is_tcp_gso(&hdr) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!("TUN packet dropped: {e}");
+                return;
+            }
+        };
+        if !is_gso && gso::complete_checksum(&hdr, &mut buf[at..at + len]).is_err() {
+            tracing::debug!("TUN packet with bad checksum offsets dropped");
+            return;
+        }
+        let Some(t) = self.datapath.out_transform(&buf[at..at + len]) else {
+            return;
+        };
+        let front = t.header_overhead();
+        let base = tx.used();
+        let buf = &mut tx.buf_mut()[base..];
+        let at = at - base;
+        let segs = if is_gso {
+            match gso::segment(buf, at, len, &hdr, front, |l| t.esp_len(l)) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!("TUN super-packet dropped: {e}");
                     return;
                 }
-                let mut pkt = PacketBuf::new(buf, TUN_AT, TUN_AT + len);
-                if let Some(wire) = self.datapath.encap(&mut pkt) {
-                    self.send_esp(pkt.as_slice(), wire);
+            }
+        } else {
+            // One packet: move it to where its ESP datagram continues the batch.
+            buf.copy_within(at..at + len, front);
+            gso::Segments {
+                count: 1,
+                seg_len: len,
+                last_len: len,
+            }
+        };
+        let stride = t.esp_len(segs.seg_len);
+        let mut wire = None;
+        let mut done = 0;
+        for i in 0..segs.count {
+            let inner = if i + 1 == segs.count {
+                segs.last_len
+            } else {
+                segs.seg_len
+            };
+            let mut pkt = PacketBuf::new(
+                &mut buf[i * stride..i * stride + t.esp_len(inner)],
+                front,
+                front + inner,
+            );
+            match self.datapath.encap(&mut pkt) {
+                Some(w) => wire = Some(w),
+                None => break,
+            }
+            debug_assert_eq!((pkt.start(), pkt.len()), (0, t.esp_len(inner)));
+            done += 1;
+        }
+        let Some(wire) = wire else {
+            return;
+        };
+        let bytes = if done == segs.count {
+            (done - 1) * stride + t.esp_len(segs.last_len)
+        } else {
+            done * stride
+        };
+        if is_gso {
+            // What is pending goes first, then the segments, in order.
+            self.flush(tx);
+            self.send_datagrams(&tx.buf()[base..base + bytes], stride, wire);
+            tx.clear();
+        } else if !tx.append(base, bytes, wire) {
+            // It does not continue the pending batch: send that, and this one starts the next.
+            self.flush_prefix(tx, base);
+            tx.buf_mut().copy_within(base..base + bytes, 0);
+            tx.clear();
+            let appended = tx.append(0, bytes, wire);
+            debug_assert!(appended);
+        }
+    }
+
+    /// Sends the pending batch of datagrams.
+    fn flush(&self, tx: &mut batch::TxBatch) {
+        self.flush_prefix(tx, tx.used());
+        tx.clear();
+    }
+
+    fn flush_prefix(&self, tx: &batch::TxBatch, end: usize) {
+        if let Some((wire, stride)) = tx.pending() {
+            self.send_datagrams(&tx.buf()[..end], stride, wire);
+        }
+    }
+
+    /// Sends back-to-back datagrams of `stride` bytes (the last may be shorter): UDP GSO, or sendmmsg for raw
+    /// ESP.
+    fn send_datagrams(&self, data: &[u8], stride: usize, wire: Wire) {
+        match wire {
+            Wire::Udp(to) => self.send_udp_gso(data, stride, to),
+            Wire::Raw(to) => {
+                // Raw ESP has no GSO: sendmmsg, up to 64 datagrams per call.
+                if let Err(e) = self.raw.send_many(data, stride, to) {
+                    tracing::debug!("sending ESP: {e}");
                 }
             }
-            Ok(true) => {
-                let Some(t) = self.datapath.out_transform(&buf[TUN_AT..TUN_AT + len]) else {
-                    return;
-                };
-                let front = t.header_overhead();
-                let segs = match gso::segment(buf, TUN_AT, len, &hdr, front, |l| t.esp_len(l)) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::debug!("TUN super-packet dropped: {e}");
-                        return;
-                    }
-                };
-                let stride = t.esp_len(segs.seg_len);
-                let mut wire = None;
-                let mut sent = 0;
-                for i in 0..segs.count {
-                    let inner = if i + 1 == segs.count {
-                        segs.last_len
-                    } else {
-                        segs.seg_len
-                    };
-                    let base = i * stride;
-                    let mut pkt = PacketBuf::new(
-                        &mut buf[base..base + t.esp_len(inner)],
-                        front,
-                        front + inner,
-                    );
-                    match self.datapath.encap(&mut pkt) {
-                        Some(w) => wire = Some(w),
-                        None => break,
-                    }
-                    debug_assert_eq!((pkt.start(), pkt.len()), (0, t.esp_len(inner)));
-                    sent += 1;
-                }
-                let total = if sent == segs.count {
-                    (sent - 1) * stride + t.esp_len(segs.last_len)
-                } else {
-                    sent * stride
-                };
-                match wire {
-                    Some(Wire::Udp(to)) => self.send_udp_gso(&buf[..total], stride, to),
-                    Some(Wire::Raw(to)) => {
-                        // Raw ESP has no GSO: sendmmsg, up to 64 datagrams per call.
-                        if let Err(e) = self.raw.send_many(&buf[..total], stride, to) {
-                            tracing::debug!("sending ESP: {e}");
-                        }
-                    }
-                    None => {}
-                }
-            }
-            Err(e) => tracing::debug!("TUN packet dropped: {e}"),
         }
     }
 
@@ -371,16 +419,6 @@ impl Daemon {
             if let Err(e) = sockets::send_gso(&self.udp4500, chunk, stride, to) {
                 tracing::debug!("sending ESP (GSO): {e}");
             }
-        }
-    }
-
-    fn send_esp(&self, pkt: &[u8], wire: Wire) {
-        let r = match wire {
-            Wire::Udp(to) => self.udp4500.try_send_to(pkt, to),
-            Wire::Raw(to) => self.raw.send(pkt, to),
-        };
-        if let Err(e) = r {
-            tracing::debug!("sending ESP: {e}");
         }
     }
 

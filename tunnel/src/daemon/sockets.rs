@@ -83,13 +83,6 @@ impl RawEsp {
     pub(crate) async fn readable(&self) -> io::Result<()> {
         self.fd.readable().await.map(|mut g| g.clear_ready())
     }
-
-    /// Sends an ESP packet (SPI first) to `to`; the kernel adds the IP header.
-    pub(crate) fn send(&self, pkt: &[u8], to: IpAddr) -> io::Result<usize> {
-        self.fd
-            .get_ref()
-            .send_to(pkt, &SockAddr::from(SocketAddr::new(to, 0)))
-    }
 }
 
 /// `UDP_SEGMENT` (include/uapi/linux/udp.h): the cmsg and socket option of UDP GSO.
