@@ -553,7 +553,9 @@ mod tests {
 
     #[test]
     fn fast_sum_matches_the_reference_at_every_length_and_offset() {
-        let data: Vec<u8> = (0..3000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..3000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         for start in 0..8 {
             for len in (0..64).chain([1399, 1400, 1401, 2048, 2991]) {
                 let d = &data[start..start + len];

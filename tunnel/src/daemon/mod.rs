@@ -1,23 +1,23 @@
 //! The event loop that drives IKE and ESP: sockets on 500 and 4500 (and raw ESP), the TUN, the routes, the
 //! timers, the control socket, SIGTERM.
 //!
-//! One task owns everything: the sans-IO IKE endpoint, the ESP datapath and the descriptors. The datapath
-//! reads the TUN in batches into buffers with headroom, so encapsulation happens in place; decapsulation
-//! writes the inner packet to the TUN straight from the receive buffer.
+//! One task owns everything: the sans-IO IKE endpoint, the ESP datapath and the descriptors. The datapath's
+//! side of the loop is in `io.rs`: TSO super-packets from the TUN are cut and encrypted in place and leave with
+//! one UDP GSO send; GRO batches are decrypted in place and merged into one TUN write.
 
 mod batch;
 pub mod control;
 mod datapath;
 mod gso;
+mod io;
 mod peers;
 mod sockets;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use esp::framing::{self, UdpPayload};
-use esp::{PacketBuf, HEADROOM, TAILROOM};
 use ike::endpoint::Endpoint;
 use ike::event::{Event, Reason, Transmit};
 use ike::sa::State;
@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::route::{Netlink, Route, Routes};
 use crate::tun::{AsyncQueue, Tun, TunOptions};
 use control::{ChildStatus, GlobalDrops, IkeStatus, PeerStatus, SaDrops, Status, Traffic};
-use datapath::{Datapath, Wire};
+use datapath::Datapath;
 
 /// Why the daemon stopped.
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +44,6 @@ pub enum Error {
 
 /// Reads (TUN) or receives (UDP) per wake-up.
 const BATCH: usize = 32;
-/// Where a TUN read puts its packet in the transmit buffer: room in front for the virtio-net header and ESP.
-const TUN_AT: usize = HEADROOM;
-/// The transmit buffer: a 64 KiB super-packet cut into segments of at least 536 bytes of payload (122 at most),
-/// each with up to 120 bytes of headers and the ESP overhead, or one packet of up to the largest MTU.
-const TUN_BUF: usize = TUN_AT + 65535 + 122 * (120 + HEADROOM + TAILROOM);
 /// Wait before initiating towards a peer with a higher address: it is the one expected to initiate.
 const FOLLOWER_DELAY: Duration = Duration::from_secs(3);
 
@@ -194,53 +189,15 @@ impl Daemon {
     async fn run(&mut self) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        // A TUN read lands at TUN_AT (its virtio-net header just before); its segments then fill the buffer from
-        // the start as back-to-back ESP datagrams (see gso::segment), up to 64 KiB of payload plus per-segment
-        // headers and ESP overhead.
-        let mut tx = batch::TxBatch::new(TUN_AT, TUN_BUF);
-        let mut udp_buf = vec![0u8; 65536 + 4096];
-        let mut coalesce_buf = vec![0u8; gso::VNET_HDR_LEN + 65535];
+        let mut bufs = io::Buffers::new(self.config.settings().mtu as usize);
         let mut udp500_buf = vec![0u8; 65536];
-        // Raw ESP arrives with its IPv4 header: a slot holds the largest packet the peer's TUN MTU allows.
-        let raw_slot = (self.config.settings().mtu as usize + 60 + HEADROOM + TAILROOM).max(2048);
-        let mut raw_buf =
-            vec![0u8; raw_slot * sockets::MMSG_MAX.min((256 << 10) / raw_slot).max(1)];
         loop {
             let deadline = tokio::time::Instant::from_std(self.next_deadline());
             tokio::select! {
-                r = self.tun.read_vnet(tx.read_buf()) => {
-                    self.on_tun(&mut tx, r? - gso::VNET_HDR_LEN);
-                    // Drain what is queued: one wake-up, many reads; small packets leave in batches.
-                    for _ in 1..BATCH {
-                        if !tx.has_room() {
-                            self.flush(&mut tx);
-                        }
-                        match self.tun.get_ref().read_vnet(tx.read_buf()) {
-                            Ok(n) => self.on_tun(&mut tx, n - gso::VNET_HDR_LEN),
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                    self.flush(&mut tx);
-                }
+                r = self.tun.read_vnet(bufs.tx.read_buf()) => self.on_tun_readable(&mut bufs, r?)?,
                 r = self.udp4500.readable() => {
                     r?;
-                    // Drain what is queued: one wake-up, many datagrams (and with GRO many per receive).
-                    let mut merge = gso::Coalescer::new(&mut coalesce_buf);
-                    for _ in 0..BATCH {
-                        match sockets::recv_gro(&self.udp4500, &mut udp_buf) {
-                            Ok((len, from, seg)) => {
-                                for d in udp_buf[..len].chunks_mut(seg.max(1)) {
-                                    self.on_udp4500(d, from, &mut merge);
-                                }
-                            }
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                    if !merge.is_empty() {
-                        self.deliver_vnet(merge.take());
-                    }
+                    self.on_udp4500_readable(&mut bufs)?;
                 }
                 r = self.udp500.recv_from(&mut udp500_buf) => {
                     let (len, from) = r?;
@@ -248,27 +205,7 @@ impl Daemon {
                 }
                 r = self.raw.readable() => {
                     r?;
-                    // recvmmsg: up to 64 datagrams per call, decrypted in place and coalesced for the TUN.
-                    let mut merge = gso::Coalescer::new(&mut coalesce_buf);
-                    let mut lens = [0usize; sockets::MMSG_MAX];
-                    let slots = (raw_buf.len() / raw_slot).clamp(1, sockets::MMSG_MAX);
-                    for _ in 0..BATCH {
-                        match self.raw.try_recv_many(&mut raw_buf, raw_slot, &mut lens[..slots]) {
-                            Ok(n) => {
-                                for (d, len) in raw_buf.chunks_mut(raw_slot).zip(lens).take(n) {
-                                    self.on_raw(&mut d[..len], &mut merge);
-                                }
-                                if n < slots {
-                                    break;
-                                }
-                            }
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                    if !merge.is_empty() {
-                        self.deliver_vnet(merge.take());
-                    }
+                    self.on_raw_readable(&mut bufs)?;
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     let now = Instant::now();
@@ -291,173 +228,6 @@ impl Daemon {
                 _ = int.recv() => return self.shutdown().await,
             }
             self.pump().await;
-        }
-    }
-
-    /// Encrypts what one TUN read put at `tx.read_at()` (its virtio-net header in front, `len` bytes of packet
-    /// behind). A TCP super-packet is cut into segments laid out so that their ESP datagrams lie back to back,
-    /// and goes out at once with one UDP GSO send per 64 KiB; any other packet joins the pending batch of
-    /// equal-sized datagrams (ACKs, mostly), sent by [`Daemon::flush`] with one GSO send or `sendmmsg`.
-    fn on_tun(&mut self, tx: &mut batch::TxBatch, len: usize) {
-        let at = tx.read_at();
-        let buf = tx.buf_mut();
-        let hdr_bytes: &[u8; gso::VNET_HDR_LEN] = buf[at - gso::VNET_HDR_LEN..at]
-            .try_into()
-            .expect("10 bytes");
-        let hdr = gso::VnetHdr::parse(hdr_bytes);
-        let is_gso = match gso::is_tcp_gso(&hdr) {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::debug!("TUN packet dropped: {e}");
-                return;
-            }
-        };
-        if !is_gso && gso::complete_checksum(&hdr, &mut buf[at..at + len]).is_err() {
-            tracing::debug!("TUN packet with bad checksum offsets dropped");
-            return;
-        }
-        let Some(t) = self.datapath.out_transform(&buf[at..at + len]) else {
-            return;
-        };
-        let front = t.header_overhead();
-        let base = tx.used();
-        let buf = &mut tx.buf_mut()[base..];
-        let at = at - base;
-        let segs = if is_gso {
-            match gso::segment(buf, at, len, &hdr, front, |l| t.esp_len(l)) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!("TUN super-packet dropped: {e}");
-                    return;
-                }
-            }
-        } else {
-            // One packet: move it to where its ESP datagram continues the batch.
-            buf.copy_within(at..at + len, front);
-            gso::Segments {
-                count: 1,
-                seg_len: len,
-                last_len: len,
-            }
-        };
-        let stride = t.esp_len(segs.seg_len);
-        let mut wire = None;
-        let mut done = 0;
-        for i in 0..segs.count {
-            let inner = if i + 1 == segs.count {
-                segs.last_len
-            } else {
-                segs.seg_len
-            };
-            let mut pkt = PacketBuf::new(
-                &mut buf[i * stride..i * stride + t.esp_len(inner)],
-                front,
-                front + inner,
-            );
-            match self.datapath.encap(&mut pkt) {
-                Some(w) => wire = Some(w),
-                None => break,
-            }
-            debug_assert_eq!((pkt.start(), pkt.len()), (0, t.esp_len(inner)));
-            done += 1;
-        }
-        let Some(wire) = wire else {
-            return;
-        };
-        let bytes = if done == segs.count {
-            (done - 1) * stride + t.esp_len(segs.last_len)
-        } else {
-            done * stride
-        };
-        if is_gso {
-            // What is pending goes first, then the segments, in order.
-            self.flush(tx);
-            self.send_datagrams(&tx.buf()[base..base + bytes], stride, wire);
-            tx.clear();
-        } else if !tx.append(base, bytes, wire) {
-            // It does not continue the pending batch: send that, and this one starts the next.
-            self.flush_prefix(tx, base);
-            tx.buf_mut().copy_within(base..base + bytes, 0);
-            tx.clear();
-            let appended = tx.append(0, bytes, wire);
-            debug_assert!(appended);
-        }
-    }
-
-    /// Sends the pending batch of datagrams.
-    fn flush(&self, tx: &mut batch::TxBatch) {
-        self.flush_prefix(tx, tx.used());
-        tx.clear();
-    }
-
-    fn flush_prefix(&self, tx: &batch::TxBatch, end: usize) {
-        if let Some((wire, stride)) = tx.pending() {
-            self.send_datagrams(&tx.buf()[..end], stride, wire);
-        }
-    }
-
-    /// Sends back-to-back datagrams of `stride` bytes (the last may be shorter): UDP GSO, or sendmmsg for raw
-    /// ESP.
-    fn send_datagrams(&self, data: &[u8], stride: usize, wire: Wire) {
-        match wire {
-            Wire::Udp(to) => self.send_udp_gso(data, stride, to),
-            Wire::Raw(to) => {
-                // Raw ESP has no GSO: sendmmsg, up to 64 datagrams per call.
-                if let Err(e) = self.raw.send_many(data, stride, to) {
-                    tracing::debug!("sending ESP: {e}");
-                }
-            }
-        }
-    }
-
-    /// Sends back-to-back ESP datagrams of `stride` bytes (the last may be shorter) in as few UDP GSO sends as
-    /// the kernel's limits allow.
-    fn send_udp_gso(&self, data: &[u8], stride: usize, to: SocketAddr) {
-        let per_send =
-            (sockets::GSO_MAX_BYTES / stride).clamp(1, sockets::GSO_MAX_SEGMENTS) * stride;
-        for chunk in data.chunks(per_send) {
-            if let Err(e) = sockets::send_gso(&self.udp4500, chunk, stride, to) {
-                tracing::debug!("sending ESP (GSO): {e}");
-            }
-        }
-    }
-
-    /// Writes a virtio-net header and packet (possibly a coalesced super-packet) to the TUN.
-    fn deliver_vnet(&self, data: &[u8]) {
-        if let Err(e) = self.tun.get_ref().write_vnet(data) {
-            tracing::debug!("writing to the TUN: {e}");
-        }
-    }
-
-    fn on_udp4500(&mut self, data: &mut [u8], from: SocketAddr, merge: &mut gso::Coalescer<'_>) {
-        match framing::classify_udp(data) {
-            UdpPayload::Ike { offset } => {
-                self.endpoint
-                    .handle(Instant::now(), &data[offset..], from, ike::sa::NAT_T_PORT);
-            }
-            UdpPayload::Esp => {
-                let mut pkt = PacketBuf::full(data);
-                if self.datapath.decap(&mut pkt) && !merge.push(pkt.as_slice()) {
-                    // Not a continuation of the pending run: write that, start a new one.
-                    self.deliver_vnet(merge.take());
-                    merge.push(pkt.as_slice());
-                }
-            }
-            UdpPayload::Keepalive | UdpPayload::Invalid => {}
-        }
-    }
-
-    fn on_raw(&mut self, data: &mut [u8], merge: &mut gso::Coalescer<'_>) {
-        let Some(ip) = framing::parse_ipv4(data) else {
-            return;
-        };
-        if ip.protocol != framing::IPPROTO_ESP {
-            return;
-        }
-        let mut pkt = PacketBuf::new(data, ip.payload_offset, ip.payload_end);
-        if self.datapath.decap(&mut pkt) && !merge.push(pkt.as_slice()) {
-            self.deliver_vnet(merge.take());
-            merge.push(pkt.as_slice());
         }
     }
 
