@@ -364,7 +364,7 @@ impl<'a> Coalescer<'a> {
             return false;
         }
         // The run ended with a short segment: it cannot take more.
-        if self.segs > 0 && (self.len - hdr - cur.hlen) % cur.payload != 0 {
+        if self.segs > 0 && !(self.len - hdr - cur.hlen).is_multiple_of(cur.payload) {
             return false;
         }
         self.out[self.len..self.len + f.payload].copy_from_slice(&pkt[f.hlen..]);

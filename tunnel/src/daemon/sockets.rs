@@ -236,8 +236,9 @@ pub(crate) const MMSG_MAX: usize = 64;
 /// Sends the datagrams `data[i * stride..]` (each `stride` bytes, the last possibly shorter) to `to` with one
 /// `sendmmsg`; returns how many went out. For raw ESP, where there is no GSO.
 fn send_mmsg(fd: RawFd, data: &[u8], stride: usize, to: &SockAddr) -> io::Result<usize> {
-    // SAFETY (zeroed): iovec and mmsghdr are plain data; zeroes are valid (null pointers, zero lengths).
+    // SAFETY: iovec is plain data; zeroes are valid (null pointer, zero length).
     let mut iov: [libc::iovec; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    // SAFETY: mmsghdr is plain data; zeroes are valid (null pointers, zero lengths).
     let mut hdrs: [libc::mmsghdr; MMSG_MAX] = unsafe { std::mem::zeroed() };
     let mut n = 0;
     for (d, (v, h)) in data
@@ -263,8 +264,9 @@ fn send_mmsg(fd: RawFd, data: &[u8], stride: usize, to: &SockAddr) -> io::Result
 /// Receives up to `lens.len()` (at most [`MMSG_MAX`]) datagrams with one `recvmmsg`, datagram `i` into
 /// `buf[i * slot..(i + 1) * slot]`, its length into `lens[i]`; returns how many arrived.
 fn recv_mmsg(fd: RawFd, buf: &mut [u8], slot: usize, lens: &mut [usize]) -> io::Result<usize> {
-    // SAFETY (zeroed): as in send_mmsg.
+    // SAFETY: iovec is plain data; zeroes are valid (null pointer, zero length).
     let mut iov: [libc::iovec; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    // SAFETY: mmsghdr is plain data; zeroes are valid (null pointers, zero lengths).
     let mut hdrs: [libc::mmsghdr; MMSG_MAX] = unsafe { std::mem::zeroed() };
     let mut n = 0;
     for (d, (v, h)) in buf
