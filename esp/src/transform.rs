@@ -121,6 +121,15 @@ impl Transform {
         self.block_len() - 1 + 2 + self.icv_len()
     }
 
+    /// The exact length of the ESP packet (header, IV, payload, padding, trailer, ICV) that
+    /// [`crate::OutboundSa::encap`] makes of an inner packet of `inner_len` bytes: callers that lay out several
+    /// packets back to back (for one UDP GSO send) place them with it.
+    pub fn esp_len(self, inner_len: usize) -> usize {
+        let bl = self.block_len();
+        let pad = (bl - (inner_len + 2) % bl) % bl;
+        self.header_overhead() + inner_len + pad + 2 + self.icv_len()
+    }
+
     /// The IANA transform IDs (RFC 7296 3.3.2): (ENCR id, key length in bits, INTEG id or 0).
     pub fn iana(self) -> (u16, u16, u16) {
         match self {

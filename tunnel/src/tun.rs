@@ -14,9 +14,10 @@
 //! is its GSO/GRO code (splitting TSO super-packets, coalescing writes); when offloads are wanted, that code (or
 //! wireguard-go's, which it follows) is the reference.
 //!
-//! Offloads (TSO/GRO through `TUNSETOFFLOAD` and the virtio-net header) are not switched on yet; the API is ready
-//! for them: with [`TunOptions::vnet_hdr`] every packet already carries the header, and one read may later fill
-//! several buffers of a batch.
+//! Offloads: with [`TunOptions::vnet_hdr`] every packet carries a virtio-net header, and [`Queue::set_offload`]
+//! (`TUNSETOFFLOAD`) lets the kernel hand over TCP super-packets (TSO) and take them back (a GRO-like write);
+//! [`Queue::read_vnet`] and [`Queue::write_vnet`] move them with the header untouched. The daemon cuts and merges
+//! them (its `gso` module, following wireguard-go's approach).
 //!
 //! The interface lives as long as one of its [`Queue`]s is open: dropping the last one removes it, and with it
 //! every route through it.
@@ -287,6 +288,56 @@ impl Queue {
         Ok(len)
     }
 
+    /// Switches on the offloads (`TUNSETOFFLOAD`): `TUN_F_CSUM` always, and with `tso` also `TUN_F_TSO4 |
+    /// TUN_F_TSO6`, so that the kernel hands over TCP packets of up to 64 KiB unsegmented and with partial
+    /// checksums, and accepts the same from us. Needs a queue opened with [`TunOptions::vnet_hdr`]; the
+    /// setting is the interface's, for all its queues. After it, read with [`Queue::read_vnet`]: [`Queue::read`]
+    /// refuses GSO packets.
+    pub fn set_offload(&self, tso: bool) -> io::Result<()> {
+        if !self.vnet_hdr {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "TUN offloads need IFF_VNET_HDR",
+            ));
+        }
+        let mut flags = libc::TUN_F_CSUM;
+        if tso {
+            flags |= libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+        }
+        // SAFETY: TUNSETOFFLOAD takes its argument (an unsigned int of TUN_F_* flags) by value, on a TUN
+        // descriptor this Queue owns.
+        if unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                flags as libc::c_ulong,
+            )
+        } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Reads one packet with its virtio-net header into `buf` (header first, [`VNET_HDR_LEN`] bytes, then the
+    /// packet, possibly a GSO super-packet of up to 64 KiB); returns the total length. Nothing is checked or
+    /// completed: that is the caller's job (see the daemon's `gso` module).
+    pub fn read_vnet(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (&self.file).read(buf)?;
+        if n < VNET_HDR_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TUN read shorter than its virtio-net header",
+            ));
+        }
+        Ok(n)
+    }
+
+    /// Writes one packet that starts with its virtio-net header (a GSO super-packet, for example).
+    pub fn write_vnet(&self, data: &[u8]) -> io::Result<usize> {
+        (&self.file).write(data)
+    }
+
     /// Writes one IP packet; returns its length.
     pub fn write(&self, pkt: &[u8]) -> io::Result<usize> {
         if !self.vnet_hdr {
@@ -466,6 +517,13 @@ impl AsyncQueue {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Waits for a packet and reads it with its virtio-net header: see [`Queue::read_vnet`].
+    pub async fn read_vnet(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner
+            .async_io(Interest::READABLE, |q| q.read_vnet(buf))
+            .await
     }
 
     /// Waits for one packet and reads it into `buf`.

@@ -200,6 +200,26 @@ impl Datapath {
         }
     }
 
+    /// The transform of the outbound SA that `pkt` (an inner packet) would take, to lay out its segments;
+    /// counts the drop if there is none.
+    pub(crate) fn out_transform(&mut self, pkt: &[u8]) -> Option<esp::Transform> {
+        let Some(dst) = dst_addr(pkt) else {
+            self.drops.no_route += 1;
+            return None;
+        };
+        let Some(&(_, i)) = self.routes.iter().find(|(p, _)| p.contains(dst)) else {
+            self.drops.no_route += 1;
+            return None;
+        };
+        match &self.peers[i].out {
+            Some(out) => Some(out.params().transform),
+            None => {
+                self.drops.no_sa_out += 1;
+                None
+            }
+        }
+    }
+
     /// Encapsulates one packet read from the TUN in place; returns where to send it.
     pub(crate) fn encap(&mut self, pkt: &mut PacketBuf<'_>) -> Option<Wire> {
         let Some(dst) = dst_addr(pkt.as_slice()) else {

@@ -1,21 +1,23 @@
 //! The event loop that drives IKE and ESP: sockets on 500 and 4500 (and raw ESP), the TUN, the routes, the
 //! timers, the control socket, SIGTERM.
 //!
-//! One task owns everything: the sans-IO IKE endpoint, the ESP datapath and the descriptors. The datapath
-//! reads the TUN in batches into buffers with headroom, so encapsulation happens in place; decapsulation
-//! writes the inner packet to the TUN straight from the receive buffer.
+//! One task owns everything: the sans-IO IKE endpoint, the ESP datapath and the descriptors. The datapath's
+//! side of the loop is in `io.rs`: TSO super-packets from the TUN are cut and encrypted in place and leave with
+//! one UDP GSO send; GRO batches are decrypted in place and merged into one TUN write.
 
+mod batch;
 pub mod control;
 mod datapath;
+mod gso;
+mod io;
 mod peers;
 mod sockets;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use esp::framing::{self, UdpPayload};
-use esp::{PacketBuf, HEADROOM, TAILROOM};
 use ike::endpoint::Endpoint;
 use ike::event::{Event, Reason, Transmit};
 use ike::sa::State;
@@ -26,7 +28,7 @@ use crate::config::Config;
 use crate::route::{Netlink, Route, Routes};
 use crate::tun::{AsyncQueue, Tun, TunOptions};
 use control::{ChildStatus, GlobalDrops, IkeStatus, PeerStatus, SaDrops, Status, Traffic};
-use datapath::{Datapath, Wire};
+use datapath::Datapath;
 
 /// Why the daemon stopped.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +42,7 @@ pub enum Error {
     Runtime(anyhow::Error),
 }
 
-/// Packets read from the TUN per batch.
+/// Reads (TUN) or receives (UDP) per wake-up.
 const BATCH: usize = 32;
 /// Wait before initiating towards a peer with a higher address: it is the one expected to initiate.
 const FOLLOWER_DELAY: Duration = Duration::from_secs(3);
@@ -78,7 +80,10 @@ impl Daemon {
         let s = config.settings().clone();
         let local = config.local().clone();
         let peer_cfgs = peers::peer_configs(&config);
-        let tun = Tun::create(&TunOptions::new(&s.interface, s.mtu))?;
+        let tun = Tun::create(&TunOptions {
+            vnet_hdr: true,
+            ..TunOptions::new(&s.interface, s.mtu)
+        })?;
         let ifindex = tun.ifindex();
         let mut nl = Netlink::open()?;
         // Packets this host itself sends to a remote VM need a source inside our subnets to match the Child SA.
@@ -106,9 +111,16 @@ impl Daemon {
             .into_queues()
             .pop()
             .expect("a TUN has at least one queue");
+        // TSO super-packets in, GRO-like super-packets out: one TUN read or write moves up to 64 KiB.
+        if let Err(e) = queue.set_offload(true) {
+            tracing::warn!("TUN offloads unavailable, one packet per read: {e}");
+        }
         let tun = AsyncQueue::new(queue)?;
         let udp500 = sockets::udp(local.address, ike::sa::IKE_PORT)?;
         let udp4500 = sockets::udp(local.address, ike::sa::NAT_T_PORT)?;
+        if !sockets::enable_gro(&udp4500) {
+            tracing::warn!("UDP GRO unavailable: one ESP datagram per receive");
+        }
         let raw = sockets::RawEsp::open(local.address)?;
         let control = control::listen(&s.control_socket)?;
         let now = Instant::now();
@@ -180,38 +192,15 @@ impl Daemon {
     async fn run(&mut self) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let mtu = self.config.settings().mtu as usize;
-        let size = HEADROOM + mtu.max(1500) + TAILROOM;
-        let mut tun_bufs = vec![vec![0u8; size]; BATCH];
-        let mut sizes = [0usize; BATCH];
-        let mut udp_buf = vec![0u8; 65536];
+        let mut bufs = io::Buffers::new(self.config.settings().mtu as usize);
         let mut udp500_buf = vec![0u8; 65536];
-        let mut raw_buf = vec![0u8; 65536];
         loop {
             let deadline = tokio::time::Instant::from_std(self.next_deadline());
             tokio::select! {
-                r = async {
-                    let mut refs: Vec<&mut [u8]> = tun_bufs.iter_mut().map(|b| &mut b[..]).collect();
-                    self.tun.read_batch(&mut refs, &mut sizes, HEADROOM).await
-                } => {
-                    let n = r?;
-                    for (buf, len) in tun_bufs.iter_mut().zip(sizes).take(n) {
-                        let mut pkt = PacketBuf::new(buf, HEADROOM, HEADROOM + len);
-                        if let Some(wire) = self.datapath.encap(&mut pkt) {
-                            self.send_esp(pkt.as_slice(), wire);
-                        }
-                    }
-                }
+                r = self.tun.read_vnet(bufs.tx.read_buf()) => self.on_tun_readable(&mut bufs, r?)?,
                 r = self.udp4500.readable() => {
                     r?;
-                    // Drain what is queued: one wake-up, many datagrams.
-                    for _ in 0..BATCH {
-                        match self.udp4500.try_recv_from(&mut udp_buf) {
-                            Ok((len, from)) => self.on_udp4500(&mut udp_buf[..len], from),
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
+                    self.on_udp4500_readable(&mut bufs)?;
                 }
                 r = self.udp500.recv_from(&mut udp500_buf) => {
                     let (len, from) = r?;
@@ -219,13 +208,7 @@ impl Daemon {
                 }
                 r = self.raw.readable() => {
                     r?;
-                    for _ in 0..BATCH {
-                        match self.raw.try_recv(&mut raw_buf) {
-                            Ok(len) => self.on_raw(&mut raw_buf[..len]),
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
+                    self.on_raw_readable(&mut bufs)?;
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     let now = Instant::now();
@@ -249,52 +232,6 @@ impl Daemon {
                 _ = int.recv() => return self.shutdown().await,
             }
             self.pump().await;
-        }
-    }
-
-    fn send_esp(&self, pkt: &[u8], wire: Wire) {
-        let r = match wire {
-            Wire::Udp(to) => self.udp4500.try_send_to(pkt, to),
-            Wire::Raw(to) => self.raw.send(pkt, to),
-        };
-        if let Err(e) = r {
-            tracing::debug!("sending ESP: {e}");
-        }
-    }
-
-    /// Writes a decapsulated packet to the TUN; a full TUN queue drops it (the kernel would too).
-    fn deliver(&self, pkt: &[u8]) {
-        if let Err(e) = self.tun.get_ref().write(pkt) {
-            tracing::debug!("writing to the TUN: {e}");
-        }
-    }
-
-    fn on_udp4500(&mut self, data: &mut [u8], from: SocketAddr) {
-        match framing::classify_udp(data) {
-            UdpPayload::Ike { offset } => {
-                self.endpoint
-                    .handle(Instant::now(), &data[offset..], from, ike::sa::NAT_T_PORT);
-            }
-            UdpPayload::Esp => {
-                let mut pkt = PacketBuf::full(data);
-                if self.datapath.decap(&mut pkt) {
-                    self.deliver(pkt.as_slice());
-                }
-            }
-            UdpPayload::Keepalive | UdpPayload::Invalid => {}
-        }
-    }
-
-    fn on_raw(&mut self, data: &mut [u8]) {
-        let Some(ip) = framing::parse_ipv4(data) else {
-            return;
-        };
-        if ip.protocol != framing::IPPROTO_ESP {
-            return;
-        }
-        let mut pkt = PacketBuf::new(data, ip.payload_offset, ip.payload_end);
-        if self.datapath.decap(&mut pkt) {
-            self.deliver(pkt.as_slice());
         }
     }
 

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
@@ -82,19 +83,254 @@ impl RawEsp {
     pub(crate) async fn readable(&self) -> io::Result<()> {
         self.fd.readable().await.map(|mut g| g.clear_ready())
     }
+}
 
-    /// Receives one datagram without waiting (for IPv4: with its IP header).
-    pub(crate) fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        use std::io::Read;
-        // socket2's recv wants MaybeUninit; std's Read on a &Socket takes an initialised buffer.
-        let mut r: &Socket = self.fd.get_ref();
-        r.read(buf)
+/// `UDP_SEGMENT` (include/uapi/linux/udp.h): the cmsg and socket option of UDP GSO.
+const UDP_SEGMENT: libc::c_int = 103;
+/// `UDP_GRO`: the socket option that lets the kernel coalesce datagrams of one flow, and its cmsg.
+const UDP_GRO: libc::c_int = 104;
+/// Most datagrams one UDP GSO send may carry (`UDP_MAX_SEGMENTS` in include/linux/udp.h).
+pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
+/// Most bytes one UDP send may carry: udp_sendmsg refuses `len > 0xFFFF` (less the UDP and IPv4 headers).
+pub(crate) const GSO_MAX_BYTES: usize = 65535 - 8 - 20;
+
+/// Asks the kernel to hand over coalesced batches of datagrams (UDP GRO, Linux 5.0); false if it cannot.
+pub(crate) fn enable_gro(s: &UdpSocket) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, a c_int option value and its exact size.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            libc::SOL_UDP,
+            UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
+/// Sends `data` to `to` as datagrams of `seg` bytes each, the last one possibly shorter, with one `sendmsg`
+/// (UDP GSO). `seg == data.len()` sends one plain datagram. `WouldBlock` if the socket buffer is full.
+///
+/// Documentation/networking/segmentation-offloads.rst, "UDP Fragmentation Offload" / udp(7) `UDP_SEGMENT`:
+/// "the payload is split into segments of gso_size bytes, each sent as a separate datagram; the last may be
+/// shorter"; at most 64 segments and 64 KiB per call.
+pub(crate) fn send_gso(
+    s: &UdpSocket,
+    data: &[u8],
+    seg: usize,
+    to: SocketAddr,
+) -> io::Result<usize> {
+    let addr = SockAddr::from(to);
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // Room for one cmsghdr with a u16, aligned as cmsghdr wants (CMSG_SPACE(2) is 24 on 64-bit Linux).
+    let mut cbuf = [0u64; 4];
+    // SAFETY: msghdr is plain data; all zeroes is valid (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = addr.as_ptr() as *mut libc::c_void;
+    msg.msg_namelen = addr.len();
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if seg < data.len() {
+        // SAFETY: CMSG_SPACE is a pure computation on a length.
+        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+        debug_assert!(space <= std::mem::size_of_val(&cbuf));
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: msg_control points at `space` zeroed, aligned bytes, enough for one cmsghdr with a u16, so
+        // CMSG_FIRSTHDR is non-null and CMSG_DATA points inside cbuf.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg as u16);
+        }
+    }
+    s.try_io(tokio::io::Interest::WRITABLE, || {
+        // SAFETY: msg points at a live address, iovec (over `data`, only read) and control buffer for the call.
+        let n = unsafe { libc::sendmsg(std::os::fd::AsRawFd::as_raw_fd(s), &msg, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    })
+}
+
+/// Receives one datagram, or with [`enable_gro`] a batch of datagrams of one flow coalesced by the kernel:
+/// returns (bytes, sender, segment size): the batch is `buf[..bytes]` cut every `segment size` bytes, the last
+/// piece possibly shorter. `WouldBlock` if nothing is queued.
+pub(crate) fn recv_gro(s: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
+    s.try_io(tokio::io::Interest::READABLE, || {
+        // SAFETY: sockaddr_storage is plain data; zeroes are valid.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut cbuf = [0u64; 8];
+        // SAFETY: as in send_gso.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut storage as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cbuf);
+        // SAFETY: every pointer in msg is to a live buffer of the stated length for the duration of the call.
+        let n = unsafe { libc::recvmsg(std::os::fd::AsRawFd::as_raw_fd(s), &mut msg, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        let mut seg = n;
+        // SAFETY: the kernel filled msg_control with msg_controllen bytes of cmsgs; CMSG_FIRSTHDR/NXTHDR stay
+        // inside it, and a UDP_GRO cmsg carries an int (udp_cmsg_recv puts gso_size as int).
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                    let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                    if v > 0 {
+                        seg = v as usize;
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        let from = match i32::from(storage.ss_family) {
+            libc::AF_INET => {
+                // SAFETY: the family says the kernel wrote a sockaddr_in, which fits in sockaddr_storage.
+                let a = unsafe {
+                    &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+                };
+                SocketAddr::from((
+                    u32::from_be(a.sin_addr.s_addr).to_be_bytes(),
+                    u16::from_be(a.sin_port),
+                ))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: as above, a sockaddr_in6.
+                let a = unsafe {
+                    &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+                };
+                SocketAddr::from((a.sin6_addr.s6_addr, u16::from_be(a.sin6_port)))
+            }
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "UDP sender is not IP",
+                ))
+            }
+        };
+        Ok((n, from, seg))
+    })
+}
+
+/// Most messages one [`send_mmsg`] or [`recv_mmsg`] call moves.
+pub(crate) const MMSG_MAX: usize = 64;
+
+/// Sends the datagrams `data[i * stride..]` (each `stride` bytes, the last possibly shorter) to `to` with one
+/// `sendmmsg`; returns how many went out. For raw ESP, where there is no GSO.
+fn send_mmsg(fd: RawFd, data: &[u8], stride: usize, to: &SockAddr) -> io::Result<usize> {
+    // SAFETY: iovec is plain data; zeroes are valid (null pointer, zero length).
+    let mut iov: [libc::iovec; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    // SAFETY: mmsghdr is plain data; zeroes are valid (null pointers, zero lengths).
+    let mut hdrs: [libc::mmsghdr; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    let mut n = 0;
+    for (d, (v, h)) in data
+        .chunks(stride.max(1))
+        .zip(iov.iter_mut().zip(hdrs.iter_mut()))
+    {
+        v.iov_base = d.as_ptr() as *mut libc::c_void;
+        v.iov_len = d.len();
+        h.msg_hdr.msg_name = to.as_ptr() as *mut libc::c_void;
+        h.msg_hdr.msg_namelen = to.len();
+        h.msg_hdr.msg_iov = v;
+        h.msg_hdr.msg_iovlen = 1;
+        n += 1;
+    }
+    // SAFETY: the first n headers point at live iovecs over `data` (only read) and at `to`, for the call.
+    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as usize)
+}
+
+/// Receives up to `lens.len()` (at most [`MMSG_MAX`]) datagrams with one `recvmmsg`, datagram `i` into
+/// `buf[i * slot..(i + 1) * slot]`, its length into `lens[i]`; returns how many arrived.
+fn recv_mmsg(fd: RawFd, buf: &mut [u8], slot: usize, lens: &mut [usize]) -> io::Result<usize> {
+    // SAFETY: iovec is plain data; zeroes are valid (null pointer, zero length).
+    let mut iov: [libc::iovec; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    // SAFETY: mmsghdr is plain data; zeroes are valid (null pointers, zero lengths).
+    let mut hdrs: [libc::mmsghdr; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    let mut n = 0;
+    for (d, (v, h)) in buf
+        .chunks_exact_mut(slot)
+        .zip(iov.iter_mut().zip(hdrs.iter_mut()))
+        .take(lens.len())
+    {
+        v.iov_base = d.as_mut_ptr().cast();
+        v.iov_len = d.len();
+        h.msg_hdr.msg_iov = v;
+        h.msg_hdr.msg_iovlen = 1;
+        n += 1;
+    }
+    // SAFETY: the first n headers point at live, disjoint iovecs inside `buf`, for the call; no timeout.
+    let r = unsafe {
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for (l, h) in lens.iter_mut().zip(&hdrs[..r as usize]) {
+        *l = h.msg_len as usize;
+    }
+    Ok(r as usize)
+}
+
+impl RawEsp {
+    /// Sends back-to-back ESP packets of `stride` bytes (the last may be shorter) to `to`, [`MMSG_MAX`] per
+    /// `sendmmsg`. A full socket buffer drops the rest (as a router would).
+    pub(crate) fn send_many(&self, data: &[u8], stride: usize, to: IpAddr) -> io::Result<()> {
+        let addr = SockAddr::from(SocketAddr::new(to, 0));
+        let fd = std::os::fd::AsRawFd::as_raw_fd(self.fd.get_ref());
+        let mut rest = data;
+        while !rest.is_empty() {
+            let sent = send_mmsg(
+                fd,
+                &rest[..rest.len().min(MMSG_MAX * stride)],
+                stride,
+                &addr,
+            )?;
+            rest = &rest[(sent * stride).min(rest.len())..];
+        }
+        Ok(())
     }
 
-    /// Sends an ESP packet (SPI first) to `to`; the kernel adds the IP header.
-    pub(crate) fn send(&self, pkt: &[u8], to: IpAddr) -> io::Result<usize> {
-        self.fd
-            .get_ref()
-            .send_to(pkt, &SockAddr::from(SocketAddr::new(to, 0)))
+    /// Receives up to `lens.len()` datagrams without waiting, one per `slot` bytes of `buf` (for IPv4 each
+    /// with its IP header); `WouldBlock` if none was queued.
+    pub(crate) fn try_recv_many(
+        &self,
+        buf: &mut [u8],
+        slot: usize,
+        lens: &mut [usize],
+    ) -> io::Result<usize> {
+        recv_mmsg(
+            std::os::fd::AsRawFd::as_raw_fd(self.fd.get_ref()),
+            buf,
+            slot,
+            lens,
+        )
     }
 }
