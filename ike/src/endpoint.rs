@@ -17,6 +17,11 @@ use crate::notify as n;
 use crate::sa::{IkeSa, InitOutcome, SaStatus, State, IKE_PORT};
 use crate::suite;
 
+/// How long a duplicate IKE SA is left alone before its initiator deletes it. A strongSwan peer resolves
+/// duplicates itself (uniqueids: a new IKE SA with the same identities replaces the old one); waiting lets its
+/// delete arrive first, so that both ends never delete one SA each and end up with none.
+pub const DUPLICATE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Half-open SAs above which new initiators must return a cookie (RFC 7296 2.6).
 pub const DEFAULT_COOKIE_THRESHOLD: usize = 32;
 
@@ -30,6 +35,8 @@ pub struct Endpoint {
     cookie_threshold: usize,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    /// Peers with more than one established IKE SA, since when (see [`Endpoint::resolve_duplicates`]).
+    duplicates: HashMap<String, Instant>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -54,6 +61,7 @@ impl Endpoint {
             cookie_threshold: DEFAULT_COOKIE_THRESHOLD,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            duplicates: HashMap::new(),
         }
     }
 
@@ -157,6 +165,7 @@ impl Endpoint {
             // We stay silent to such messages: answering unauthenticated INVALID_IKE_SPI would make us a reflector.
         }
         self.collect();
+        self.resolve_duplicates(now);
     }
 
     fn handle_new(&mut self, now: Instant, data: &[u8], h: &Header, from: SocketAddr) {
@@ -236,7 +245,12 @@ impl Endpoint {
 
     /// When [`Endpoint::handle_timeout`] must run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sas.values().filter_map(IkeSa::poll_timeout).min()
+        let dup = self.duplicates.values().map(|t| *t + DUPLICATE_GRACE);
+        self.sas
+            .values()
+            .filter_map(IkeSa::poll_timeout)
+            .chain(dup)
+            .min()
     }
 
     /// Runs every SA's timers that are due.
@@ -247,6 +261,63 @@ impl Endpoint {
             }
         }
         self.collect();
+        self.resolve_duplicates(now);
+    }
+
+    /// Two established IKE SAs with one peer: both ends started one at the same moment (the follower's timer
+    /// fired while the leader's IKE_SA_INIT was in flight, or both ends restarted together). Both ends must
+    /// keep the same one, and each SA must be deleted by one end only, so the rule depends only on what both
+    /// see: keep the SA that the lower address initiated (the mesh's designated initiator), among those the
+    /// lowest initiator SPI; the initiator of every other one deletes it, after [`DUPLICATE_GRACE`].
+    ///
+    /// Why not act on INITIAL_CONTACT instead: when two IKE_AUTH exchanges cross, each carries it, and
+    /// honouring both would delete both SAs.
+    fn resolve_duplicates(&mut self, now: Instant) {
+        let mut by_peer: HashMap<&str, Vec<u64>> = HashMap::new();
+        for (k, sa) in &self.sas {
+            if sa.state() == State::Established && !sa.is_superseded() {
+                by_peer.entry(&sa.config().name).or_default().push(*k);
+            }
+        }
+        let dup_peers: Vec<String> = by_peer
+            .iter()
+            .filter(|(_, k)| k.len() > 1)
+            .map(|(p, _)| (*p).to_owned())
+            .collect();
+        self.duplicates.retain(|p, _| dup_peers.contains(p));
+        let mut delete = Vec::new();
+        for peer in dup_peers {
+            let since = *self.duplicates.entry(peer.clone()).or_insert(now);
+            if now < since + DUPLICATE_GRACE {
+                continue;
+            }
+            let keys = &by_peer[peer.as_str()];
+            let rank = |k: &u64| {
+                let sa = &self.sas[k];
+                let cfg = sa.config();
+                let lower_initiated = if sa.is_initiator() {
+                    cfg.local_addr < cfg.remote_addr
+                } else {
+                    cfg.remote_addr < cfg.local_addr
+                };
+                (!lower_initiated, sa.spis().0)
+            };
+            let keep = keys.iter().min_by_key(|k| rank(k)).copied();
+            delete.extend(
+                keys.iter()
+                    .filter(|k| Some(**k) != keep && self.sas[*k].is_initiator())
+                    .copied(),
+            );
+            self.duplicates.remove(&peer);
+        }
+        for k in &delete {
+            if let Some(sa) = self.sas.get_mut(k) {
+                sa.delete(now);
+            }
+        }
+        if !delete.is_empty() {
+            self.collect();
+        }
     }
 
     /// The next datagram to send.

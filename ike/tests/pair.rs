@@ -1559,3 +1559,50 @@ fn psk_against_pubkey_is_refused_naming_the_mismatch() {
         assert!(!p.a.has_sa("b") && !p.b.has_sa("a"));
     }
 }
+
+// ---- both ends initiate at once ----------------------------------------------------------------------------------
+
+/// Both ends start an IKE SA at the same instant (both restarted, or the follower's timer fired while the
+/// leader's IKE_SA_INIT was in flight): both complete, then the duplicate is deleted by its initiator, and both
+/// ends are left with the same single IKE SA, the one the lower address initiated, with one Child SA pair
+/// whose keys agree and which is exactly what the events installed.
+#[test]
+fn simultaneous_initiation_leaves_one_ike_sa() {
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b);
+    p.a.connect(p.now, "b").unwrap();
+    p.b.connect(p.now, "a").unwrap();
+    p.drive();
+    assert_eq!(
+        child_ups(&p.ev_a).len(),
+        2,
+        "both IKE SAs complete: {:?}",
+        p.ev_a
+    );
+    p.run_for(Duration::from_secs(5));
+    assert_eq!((p.a.sa_count(), p.b.sa_count()), (1, 1));
+    let (sa, sb) = (p.a.status(), p.b.status());
+    let (sa, sb) = (&sa[0].1, &sb[0].1);
+    assert_eq!(sa.state, ike::sa::State::Established);
+    assert_eq!(sa.spis, sb.spis);
+    // A has the lower address: the survivor is the SA A initiated.
+    assert!(A.parse::<IpAddr>().unwrap() < B.parse::<IpAddr>().unwrap());
+    assert!(sa.initiator && !sb.initiator);
+    assert_eq!((sa.children.len(), sb.children.len()), (1, 1));
+    let (ca, cb) = (&sa.children[0], &sb.children[0]);
+    assert_eq!((ca.0, ca.1), (cb.1, cb.0));
+    assert_eq!(
+        installed(&p.ev_a).into_iter().collect::<Vec<_>>(),
+        vec![ca.0]
+    );
+    assert_eq!(
+        installed(&p.ev_b).into_iter().collect::<Vec<_>>(),
+        vec![cb.0]
+    );
+    assert_pair_matches(&info_for(&p.ev_a, ca.0), &info_for(&p.ev_b, cb.0));
+    // The survivor keeps working: a long quiet period brings liveness checks and rekeys, never a second delete.
+    let downs_before = (downs(&p.ev_a).len(), downs(&p.ev_b).len());
+    p.run_for(Duration::from_secs(600));
+    assert_eq!((downs(&p.ev_a).len(), downs(&p.ev_b).len()), downs_before);
+    assert!(p.a.has_sa("b") && p.b.has_sa("a"));
+}

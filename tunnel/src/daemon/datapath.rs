@@ -28,6 +28,10 @@ struct PeerPath {
     /// The outbound SA of a Child SA we answered a rekey for, waiting until the peer can receive on it:
     /// (the new pair's inbound SPI, the SA, where it sends).
     pending: Option<(u32, OutboundSa, Wire)>,
+    /// Outbound SAs of other Child SA pairs still installed (the one a rekey replaced until its delete, or the
+    /// pair of a duplicate IKE SA): if the current one is removed first, the newest of these carries on, so
+    /// traffic never stops while the peer still has a pair up.
+    standby: Vec<(OutboundSa, Wire)>,
 }
 
 struct InPolicy {
@@ -92,6 +96,7 @@ impl Datapath {
                     out: None,
                     wire: None,
                     pending: None,
+                    standby: Vec::new(),
                 })
                 .collect(),
             routes,
@@ -115,6 +120,9 @@ impl Datapath {
         let (out, wire) = self.install_inbound(c, replay_window)?;
         if let Some(i) = self.peer_index(&c.peer) {
             let p = &mut self.peers[i];
+            if let (Some(old), Some(old_wire)) = (p.out.take(), p.wire) {
+                p.standby.push((old, old_wire));
+            }
             p.out = Some(out);
             p.wire = Some(wire);
             p.pending = None;
@@ -189,10 +197,14 @@ impl Datapath {
             if p.pending.as_ref().is_some_and(|(s, _, _)| *s == spi_in) {
                 p.pending = None;
             }
+            p.standby.retain(|(o, _)| o.params().spi != spi_out);
             if p.out.as_ref().is_some_and(|o| o.params().spi == spi_out) {
                 p.out = None;
                 p.wire = None;
                 if let Some((_, out, wire)) = p.pending.take() {
+                    p.out = Some(out);
+                    p.wire = Some(wire);
+                } else if let Some((out, wire)) = p.standby.pop() {
                     p.out = Some(out);
                     p.wire = Some(wire);
                 }
@@ -279,6 +291,7 @@ impl Datapath {
         p.out
             .iter()
             .chain(p.pending.as_ref().map(|(_, o, _)| o))
+            .chain(p.standby.iter().map(|(o, _)| o))
             .find(|o| o.params().spi == spi_out)
             .map(|o| *o.counters())
     }
@@ -396,5 +409,26 @@ mod tests {
         let mut d = datapath();
         d.install_deferred(&new, 64).unwrap();
         assert_eq!(send(&mut d), 0x2002);
+    }
+
+    /// Two IKE SAs with the peer for a moment (both ends initiated at once): the pair installed last is deleted
+    /// with its duplicate IKE SA, and the other pair, still up on both ends, carries the traffic again.
+    #[test]
+    fn removing_the_current_pair_falls_back_to_another_live_pair() {
+        let mut d = datapath();
+        let (kept, dup) = (child(0x1001, 0x2001, 1), child(0x1002, 0x2002, 3));
+        d.install(&kept, 64).unwrap();
+        d.install(&dup, 64).unwrap();
+        assert_eq!(send(&mut d), 0x2002);
+        d.remove("p", 0x1002, 0x2002);
+        assert_eq!(send(&mut d), 0x2001);
+        assert!(receive(&mut d, &kept));
+        assert!(!receive(&mut d, &dup));
+        d.remove("p", 0x1001, 0x2001);
+        let pkt = inner([198, 19, 1, 10], [198, 19, 2, 10]);
+        let mut buf = vec![0u8; HEADROOM + pkt.len() + TAILROOM];
+        buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+        let mut b = PacketBuf::new(&mut buf, HEADROOM, HEADROOM + pkt.len());
+        assert!(d.encap(&mut b).is_none(), "no pair left: nothing is sent");
     }
 }
