@@ -94,6 +94,13 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Ask the running daemon to read its mesh file again and apply the difference (as SIGHUP does): tunnels to
+    /// new hosts come up, those to removed hosts are deleted, unchanged ones are left alone.
+    Reload {
+        /// The daemon's control socket (default: @vmsecd).
+        #[arg(long, value_name = "PATH")]
+        control: Option<String>,
+    },
     /// Ask the running daemon to check (and repair) its firewall rules now; what libvirt's network hook runs.
     FirewallCheck {
         /// The daemon's control socket (default: @vmsecd).
@@ -147,7 +154,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 .thread_name("vmsecd")
                 .build()
                 .context("cannot start the tokio runtime")?;
-            runtime.block_on(daemon::run(config))?;
+            runtime.block_on(daemon::run(config, private_key))?;
             Ok(())
         }
         Command::Check { config, host } => {
@@ -190,6 +197,19 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 path.display(),
                 exe.display()
             );
+            Ok(())
+        }
+        Command::Reload { control } => {
+            let sock = control_socket(control.as_deref())?;
+            let answer = vmsecd::firewall::request(&sock, "reload")?;
+            let v: serde_json::Value = serde_json::from_str(&answer)
+                .with_context(|| format!("the daemon's answer is not JSON: {answer}"))?;
+            if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+                anyhow::bail!("the daemon refused the reload, its mesh is unchanged: {e}");
+            }
+            for line in v["reloaded"].as_array().into_iter().flatten() {
+                println!("{}", line.as_str().unwrap_or_default());
+            }
             Ok(())
         }
         Command::FirewallCheck { control } => {

@@ -82,12 +82,7 @@ fn src_addr(pkt: &[u8]) -> Option<IpAddr> {
 impl Datapath {
     /// A datapath for these peers (name and their subnets), with no SA yet.
     pub(crate) fn new(peers: &[(String, Vec<Prefix>)]) -> Datapath {
-        let mut routes: Vec<(Prefix, usize)> = peers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, (_, nets))| nets.iter().map(move |p| (*p, i)))
-            .collect();
-        routes.sort_by_key(|(p, _)| std::cmp::Reverse(p.prefix_len()));
+        let routes = Self::prefix_table(peers);
         Datapath {
             peers: peers
                 .iter()
@@ -210,6 +205,44 @@ impl Datapath {
                 }
             }
         }
+    }
+
+    /// Replaces the peer list (reload): peers that stay keep their SAs; a removed peer's outbound SAs go at
+    /// once, its inbound SAs stay until the delete of its Child SAs removes them (packets in flight are still
+    /// delivered, within the SA's selectors); the prefix table is rebuilt.
+    pub(crate) fn set_peers(&mut self, peers: &[(String, Vec<Prefix>)]) {
+        let mut old: Vec<PeerPath> = std::mem::take(&mut self.peers);
+        let old_names: Vec<String> = old.iter().map(|p| p.name.clone()).collect();
+        self.peers = peers
+            .iter()
+            .map(|(name, _)| match old.iter().position(|p| &p.name == name) {
+                Some(i) => old.swap_remove(i),
+                None => PeerPath {
+                    name: name.clone(),
+                    out: None,
+                    wire: None,
+                    pending: None,
+                    standby: Vec::new(),
+                },
+            })
+            .collect();
+        for pol in self.policy.values_mut() {
+            pol.peer = pol
+                .peer
+                .and_then(|i| old_names.get(i))
+                .and_then(|n| self.peers.iter().position(|p| &p.name == n));
+        }
+        self.routes = Self::prefix_table(peers);
+    }
+
+    fn prefix_table(peers: &[(String, Vec<Prefix>)]) -> Vec<(Prefix, usize)> {
+        let mut routes: Vec<(Prefix, usize)> = peers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, nets))| nets.iter().map(move |p| (*p, i)))
+            .collect();
+        routes.sort_by_key(|(p, _)| std::cmp::Reverse(p.prefix_len()));
+        routes
     }
 
     /// The transform of the outbound SA that `pkt` (an inner packet) would take, to lay out its segments;

@@ -11,6 +11,7 @@ mod datapath;
 mod gso;
 mod io;
 mod peers;
+mod reload;
 mod sockets;
 
 use std::collections::HashMap;
@@ -54,8 +55,11 @@ struct Initiation {
 }
 
 /// Runs the daemon for the local host of `config` until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<(), Error> {
-    let mut d = Daemon::setup(config).map_err(Error::Setup)?;
+///
+/// `private_key` is `vmsecd run --private-key`: a reload (SIGHUP, `vmsecd reload`) reads the mesh file again
+/// with the same override.
+pub async fn run(config: Config, private_key: Option<std::path::PathBuf>) -> Result<(), Error> {
+    let mut d = Daemon::setup(config, private_key).map_err(Error::Setup)?;
     let r = d.run().await.map_err(Error::Runtime);
     d.teardown();
     r
@@ -73,10 +77,33 @@ struct Daemon {
     control: tokio::net::UnixListener,
     initiation: HashMap<String, Initiation>,
     firewall: crate::firewall::Handle,
+    /// The TUN's interface index, for routes added on reload.
+    ifindex: u32,
+    /// `vmsecd run --private-key`, kept for reloads.
+    private_key: Option<std::path::PathBuf>,
+}
+
+/// The address of ours inside our VM subnets for each family (IPv4, IPv6): the source of packets this host
+/// itself sends to a remote VM, so that they fall within the Child SA's selectors.
+fn local_sources(
+    nl: &mut Netlink,
+    subnets: &[crate::prefix::Prefix],
+) -> (Option<IpAddr>, Option<IpAddr>) {
+    let addrs: Vec<IpAddr> = nl
+        .local_addresses()
+        .map(|a| a.iter().map(|a| a.addr).collect())
+        .unwrap_or_default();
+    let find = |v4: bool| {
+        addrs
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == v4 && subnets.iter().any(|p| p.contains(*a)))
+    };
+    (find(true), find(false))
 }
 
 impl Daemon {
-    fn setup(config: Config) -> anyhow::Result<Daemon> {
+    fn setup(config: Config, private_key: Option<std::path::PathBuf>) -> anyhow::Result<Daemon> {
         let s = config.settings().clone();
         let local = config.local().clone();
         let peer_cfgs = peers::peer_configs(&config);
@@ -86,16 +113,7 @@ impl Daemon {
         })?;
         let ifindex = tun.ifindex();
         let mut nl = Netlink::open()?;
-        // Packets this host itself sends to a remote VM need a source inside our subnets to match the Child SA.
-        let src_of = |nl: &mut Netlink, v4: bool| -> Option<IpAddr> {
-            let addrs = nl.local_addresses().ok()?;
-            addrs
-                .iter()
-                .map(|a| a.addr)
-                .find(|a| a.is_ipv4() == v4 && local.subnets.iter().any(|p| p.contains(*a)))
-        };
-        let src4 = src_of(&mut nl, true);
-        let src6 = src_of(&mut nl, false);
+        let (src4, src6) = local_sources(&mut nl, &local.subnets);
         let mut routes = Routes::new(nl);
         for peer in config.peers() {
             for net in &peer.subnets {
@@ -164,6 +182,8 @@ impl Daemon {
             initiation,
             firewall: crate::firewall::Handle::start(&config)?,
             config,
+            ifindex,
+            private_key,
         })
     }
 
@@ -192,6 +212,7 @@ impl Daemon {
     async fn run(&mut self) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
         let mut bufs = io::Buffers::new(self.config.settings().mtu as usize);
         let mut udp500_buf = vec![0u8; 65536];
         loop {
@@ -221,12 +242,16 @@ impl Daemon {
                             let body = match req.as_str() {
                                 "status" => serde_json::to_string(&self.status())?,
                                 "firewall-check" => self.firewall.check_now().await,
+                                "reload" => self.reload_answer(Instant::now()),
                                 other => format!("{{\"error\":\"unknown request {other:?}\"}}"),
                             };
                             use tokio::io::AsyncWriteExt;
                             let _ = stream.write_all(format!("{body}\n").as_bytes()).await;
                         }
                     }
+                }
+                _ = hup.recv() => {
+                    let _ = self.reload_answer(Instant::now());
                 }
                 _ = term.recv() => return self.shutdown().await,
                 _ = int.recv() => return self.shutdown().await,

@@ -577,6 +577,11 @@ fn lock(fw: &Mutex<Firewall>) -> std::sync::MutexGuard<'_, Firewall> {
 /// Asks the daemon on `socket` to check its firewall rules now (what libvirt's network hook runs); returns the
 /// daemon's answer.
 pub fn request_check(socket: &crate::config::ControlSocket) -> Result<String, Error> {
+    request(socket, "firewall-check")
+}
+
+/// Sends one request line (`firewall-check`, `reload`) to the daemon on `socket`; returns its one-line answer.
+pub fn request(socket: &crate::config::ControlSocket, what: &str) -> Result<String, Error> {
     use std::io::{BufRead as _, BufReader};
     use std::os::linux::net::SocketAddrExt as _;
     use std::os::unix::net::{SocketAddr, UnixStream};
@@ -594,7 +599,7 @@ pub fn request_check(socket: &crate::config::ControlSocket) -> Result<String, Er
     let mut s = UnixStream::connect_addr(&addr).map_err(err)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(err)?;
-    s.write_all(b"firewall-check\n").map_err(err)?;
+    s.write_all(format!("{what}\n").as_bytes()).map_err(err)?;
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).map_err(err)?;
     Ok(line.trim().to_owned())
