@@ -160,6 +160,12 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Check { config, host } => {
             let config = load(&config, host.as_deref())?;
             print!("{}", render_check(&config));
+            // This machine's libvirt networks against the mesh: the check a sysadmin otherwise does by hand.
+            let dirs = vmsecd::libvirt::NETWORK_DIRS.map(Path::new);
+            print!(
+                "{}",
+                vmsecd::libvirt::report(&vmsecd::libvirt::networks(&dirs), &config)
+            );
             Ok(())
         }
         Command::Status { json, control } => {
