@@ -67,6 +67,15 @@ fn ike_integ(c: &Chosen) -> Option<Option<sk::Integ>> {
     })
 }
 
+/// The IKE SA's encryption, integrity (none for AEADs) and PRF, or which of them we do not implement.
+fn ike_algorithms(c: &Chosen) -> Result<(sk::IkeEncr, Option<sk::Integ>, Prf), String> {
+    Ok((
+        ike_encr(c).ok_or("unsupported IKE encryption")?,
+        ike_integ(c).ok_or("unsupported IKE integrity")?,
+        ike_prf(c).ok_or("unsupported PRF")?,
+    ))
+}
+
 fn ike_prf(c: &Chosen) -> Option<Prf> {
     Some(match c.prf?.id {
         ids::PRF_HMAC_SHA2_256 => Prf::HmacSha256,
@@ -135,16 +144,20 @@ impl Suite {
         spi_r: u64,
         initiator: bool,
     ) -> Result<Suite, String> {
-        let encr = ike_encr(chosen).ok_or("unsupported IKE encryption")?;
-        let integ = ike_integ(chosen).ok_or("unsupported IKE integrity")?;
-        let prf = ike_prf(chosen).ok_or("unsupported PRF")?;
+        let (encr, integ, prf) = ike_algorithms(chosen)?;
         let keys = keys::IkeKeys::derive(prf, shared.as_ref(), ni, nr, spi_i, spi_r, encr, integ)
             .map_err(|e| e.to_string())?;
-        let i =
-            sk::SkCipher::new(encr, integ, &keys.sk_ei, &keys.sk_ai).map_err(|e| e.to_string())?;
-        let r =
-            sk::SkCipher::new(encr, integ, &keys.sk_er, &keys.sk_ar).map_err(|e| e.to_string())?;
-        let (out, inp) = if initiator { (i, r) } else { (r, i) };
+        Suite::with_keys(chosen, prf, keys, initiator)
+    }
+
+    /// The suite for freshly derived `keys`; `initiator` is our role in the IKE SA they belong to.
+    fn with_keys(
+        chosen: &Chosen,
+        prf: Prf,
+        keys: keys::IkeKeys,
+        initiator: bool,
+    ) -> Result<Suite, String> {
+        let (out, inp) = keys.ciphers(initiator).map_err(|e| e.to_string())?;
         Ok(Suite {
             chosen: chosen.clone(),
             prf,
@@ -235,9 +248,7 @@ impl Suite {
         spi_r: u64,
         initiator: bool,
     ) -> Result<Suite, String> {
-        let encr = ike_encr(chosen).ok_or("unsupported IKE encryption")?;
-        let integ = ike_integ(chosen).ok_or("unsupported IKE integrity")?;
-        let prf = ike_prf(chosen).ok_or("unsupported PRF")?;
+        let (encr, integ, prf) = ike_algorithms(chosen)?;
         // keys::IkeKeys::derive_rekey runs prf+ with the old PRF: a rekey that changed it would not
         // interoperate (see there), so both our offer and our choice keep it.
         if prf != self.prf {
@@ -247,14 +258,7 @@ impl Suite {
             .keys
             .rekey(shared.as_ref(), ni, nr, spi_i, spi_r, encr, integ)
             .map_err(|e| e.to_string())?;
-        let (out, inp) = keys.ciphers(initiator).map_err(|e| e.to_string())?;
-        Ok(Suite {
-            chosen: chosen.clone(),
-            prf,
-            keys,
-            out,
-            inp,
-        })
+        Suite::with_keys(chosen, prf, keys, initiator)
     }
 
     /// The PRF (rekey proposals must keep it).
