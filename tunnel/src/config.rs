@@ -117,6 +117,11 @@ pub struct Settings {
     pub control_socket: ControlSocket,
     /// Whether vmsecd keeps its rules ahead of libvirt's NAT and forward rules (`firewall`, default auto).
     pub firewall: FirewallMode,
+    /// NAT keepalive interval when this host is behind a NAT (`nat_keepalive`, default 20s; `0` disables).
+    pub nat_keepalive: Duration,
+    /// Largest IKE message (IP and UDP headers included) before it is fragmented, RFC 7383
+    /// (`ike_fragment_size`, default 1280; `0` never fragments and does not announce support).
+    pub ike_fragment_size: u16,
 }
 
 /// What vmsecd does about the host firewall (libvirt's MASQUERADE and REJECT rules): see [`crate::firewall`].

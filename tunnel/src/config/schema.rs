@@ -35,6 +35,8 @@ pub(super) struct MeshSection {
     pub(super) replay_window: Option<S<i64>>,
     pub(super) control_socket: Option<S<String>>,
     pub(super) firewall: Option<S<String>>,
+    pub(super) nat_keepalive: Option<S<toml::Value>>,
+    pub(super) ike_fragment_size: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -962,3 +962,24 @@ fn firewall_mode() {
         "{allowed}"
     );
 }
+
+#[test]
+fn nat_keepalive_and_ike_fragment_size() {
+    let f = Fixture::new();
+    let s = f.parse(&with_mesh("")).unwrap().settings;
+    assert_eq!(s.nat_keepalive, Duration::from_secs(20));
+    assert_eq!(s.ike_fragment_size, 1280);
+    let s = f
+        .parse(&with_mesh("nat_keepalive = \"45s\"\nike_fragment_size = 0"))
+        .unwrap()
+        .settings;
+    assert_eq!(s.nat_keepalive, Duration::from_secs(45));
+    assert_eq!(s.ike_fragment_size, 0);
+    let e = f.err(&with_mesh("ike_fragment_size = 100"));
+    assert_eq!(e.key, "mesh.ike_fragment_size");
+    let (problem, allowed) = invalid(&e);
+    assert!(
+        problem.contains("100") && allowed.contains("576"),
+        "{problem} / {allowed}"
+    );
+}

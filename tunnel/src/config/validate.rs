@@ -223,8 +223,30 @@ impl Cx<'_> {
                 }
             },
         };
+        let nat_keepalive = self.duration(
+            &m.nat_keepalive,
+            "mesh.nat_keepalive",
+            ike::config::Lifetimes::default().nat_keepalive,
+        )?;
+        let ike_fragment_size = match &m.ike_fragment_size {
+            None => ike::config::DEFAULT_FRAGMENT_SIZE,
+            Some(v) => {
+                let n = *v.get_ref();
+                if n != 0 && !(576..=65535).contains(&n) {
+                    return Err(self.invalid(
+                        v,
+                        "mesh.ike_fragment_size",
+                        format!("{n} is out of range"),
+                        "0 (never fragment) or 576 to 65535 bytes",
+                    ));
+                }
+                n as u16
+            }
+        };
         Ok(Settings {
             firewall,
+            nat_keepalive,
+            ike_fragment_size,
             interface,
             mtu,
             ike_proposals,

@@ -59,10 +59,10 @@ pub(crate) fn peer_configs(config: &Config) -> Vec<Arc<PeerConfig>> {
                     // Up to a third of the margin at random, so two peers rarely rekey at the same moment.
                     jitter: s.rekey_margin / 3,
                     dpd_delay: s.dpd_delay.unwrap_or(Duration::ZERO),
-                    nat_keepalive: Lifetimes::default().nat_keepalive,
+                    nat_keepalive: s.nat_keepalive,
                 },
                 replay_window: s.replay_window,
-                fragment_size: ike::config::DEFAULT_FRAGMENT_SIZE,
+                fragment_size: s.ike_fragment_size,
             })
         })
         .collect()
