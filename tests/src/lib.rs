@@ -1,8 +1,9 @@
-//! End-to-end test support: network namespaces ([`netns`]), strongSwan's charon as a peer ([`strongswan`]),
+//! End-to-end test support: the strongSwan interop bed ([`bed`]), network namespaces ([`netns`]), strongSwan's charon as a peer ([`strongswan`]),
 //! vmsecd itself ([`vmsecd`]), real libvirtd networks ([`libvirt`]), and traffic and capture helpers ([`traffic`]) shared by the tests in `tests/`.
 //!
 //! Everything here needs root and real namespaces; the tests using it fail (never skip) without them.
 
+pub mod bed;
 pub mod libvirt;
 pub mod netns;
 pub mod strongswan;

@@ -26,9 +26,9 @@ use std::net::Ipv4Addr;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use vmsecd_e2e::netns::{require_root_and_ip, Netns, NetnsGuard};
-use vmsecd_e2e::strongswan::{require_charon, Charon, Conn, IkeSaInfo};
-use vmsecd_e2e::traffic::{self, Capture, Captured};
+use vmsecd_e2e::bed::Bed;
+use vmsecd_e2e::strongswan::{Charon, Conn, IkeSaInfo};
+use vmsecd_e2e::traffic::{self, Captured};
 use vmsecd_e2e::vmsecd::{is_up, peer, Mesh, Status, Vmsecd};
 
 const PSK: &str = "interop-test-psk-0123456789abcdef";
@@ -40,83 +40,6 @@ const BVM: &str = "198.19.2.10";
 const CHILD: &str = "net";
 /// vmsecd's name for charon's host.
 const PEER: &str = "hB";
-
-/// One test's world: the two hypervisors, their VMs, and a work directory.
-/// Declare it before the daemons of a test, so that they are dropped (killed) before it deletes the namespaces.
-struct Bed {
-    g: NetnsGuard,
-    a: Netns,
-    b: Netns,
-    avm: Netns,
-    bvm: Netns,
-    started: Instant,
-    name: String,
-}
-
-impl Bed {
-    fn new(name: &str) -> Bed {
-        require_root_and_ip();
-        require_charon();
-        let mut g = NetnsGuard::new(&format!("sw-{name}"));
-        let (a, b, avm, bvm) = g.hypervisor_pair();
-        Bed {
-            g,
-            a,
-            b,
-            avm,
-            bvm,
-            started: Instant::now(),
-            name: name.to_owned(),
-        }
-    }
-
-    fn dir(&mut self, sub: &str) -> std::path::PathBuf {
-        let d = self.g.dir().join(sub);
-        std::fs::create_dir_all(&d).expect("test dir");
-        d
-    }
-
-    fn charon(&mut self, conns: &[Conn]) -> Charon {
-        let d = self.dir("charon");
-        Charon::start(&self.b, &d, conns)
-    }
-
-    fn vmsecd(&mut self, mesh: &Mesh) -> Vmsecd {
-        let d = self.dir("vmsecd");
-        Vmsecd::start(&self.a, &d, mesh, "hA")
-    }
-
-    fn capture(&mut self) -> Capture {
-        let d = self.dir("capture");
-        Capture::start(&self.a, "u0", &d.join("underlay.pcap"))
-    }
-
-    /// hA's firewall drops every IKE_SA_INIT *request* vmsecd sends, so the only IKE SA that can come up is one
-    /// that charon initiates (vmsecd, on the lower address, would otherwise initiate first).
-    fn block_vmsecd_initiation(&mut self) {
-        traffic::require_tool("nft", &["--version"], "nftables");
-        let rules = "table ip vt {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    \
-                     udp dport 500 @th,208,8 34 @th,218,1 0 counter drop\n  }\n}\n";
-        let file = self.dir("nft").join("block-init.nft");
-        std::fs::write(&file, rules).expect("nft rules");
-        self.a.run("nft", &["-f", file.to_str().expect("UTF-8")]);
-    }
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        eprintln!(
-            "[{}] {:.1} s{}",
-            self.name,
-            self.started.elapsed().as_secs_f64(),
-            if std::thread::panicking() {
-                " (failed)"
-            } else {
-                ""
-            }
-        );
-    }
-}
 
 fn both_logs(v: &Vmsecd, c: &Charon) -> String {
     format!("{}\n{}", v.diagnostics(), c.diagnostics())
@@ -274,7 +197,7 @@ fn full_case(
     vmsecd_initiates: bool,
     secs: u32,
 ) {
-    let mut bed = Bed::new(name);
+    let mut bed = Bed::new("sw", name);
     let cap = bed.capture();
     let mut conn = Conn::to_vmsecd(PSK);
     conn.proposals = ike.into();
@@ -408,7 +331,7 @@ fn proposal_aes256_sha256_modp2048() {
 
 #[test]
 fn teardown_charon_terminates_then_vmsecd_stops() {
-    let mut bed = Bed::new("delete");
+    let mut bed = Bed::new("sw", "delete");
     let charon = bed.charon(&[Conn::to_vmsecd(PSK)]);
     let mut v = bed.vmsecd(&Mesh::two_hosts(PSK));
     let (st, sa) = wait_up(&mut v, &charon, Duration::from_secs(20));
@@ -507,7 +430,7 @@ fn assert_nothing_up(v: &Vmsecd, c: &Charon) {
 
 #[test]
 fn failure_wrong_psk() {
-    let mut bed = Bed::new("psk");
+    let mut bed = Bed::new("sw", "psk");
     let charon = bed.charon(&[Conn::to_vmsecd("a-different-psk-0123456789abcdef")]);
     let v = bed.vmsecd(&Mesh::two_hosts(PSK));
     // vmsecd initiates: charon's check of our AUTH fails, it answers AUTHENTICATION_FAILED.
@@ -535,7 +458,7 @@ fn failure_wrong_psk() {
 
 #[test]
 fn failure_proposal_mismatch() {
-    let mut bed = Bed::new("noprop");
+    let mut bed = Bed::new("sw", "noprop");
     let mut conn = Conn::to_vmsecd(PSK);
     conn.proposals = "aes128gcm16-prfsha256-x25519".into();
     conn.esp_proposals = "aes128gcm16".into();
@@ -580,7 +503,7 @@ fn failure_proposal_mismatch() {
 
 #[test]
 fn failure_traffic_selectors_disjoint() {
-    let mut bed = Bed::new("ts");
+    let mut bed = Bed::new("sw", "ts");
     let mut conn = Conn::to_vmsecd(PSK);
     // charon wants 198.19.3.0/24 behind vmsecd, which has only 198.19.1.0/24.
     conn.remote_ts = "198.19.3.0/24".into();
@@ -618,7 +541,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[test]
 fn failure_peer_never_answers() {
-    let mut bed = Bed::new("silent");
+    let mut bed = Bed::new("sw", "silent");
     // No charon on b: nothing answers IKE at 198.18.0.2.
     let cap = bed.capture();
     let v = bed.vmsecd(&Mesh::two_hosts(PSK));
@@ -683,7 +606,7 @@ fn failure_peer_never_answers() {
 
 #[test]
 fn rekey_child_sa_under_load() {
-    let mut bed = Bed::new("rekey");
+    let mut bed = Bed::new("sw", "rekey");
     let mut conn = Conn::to_vmsecd(PSK);
     // Child SAs rekeyed every ~20 s and the IKE SA every ~25 s, each from both sides: charon at 22.5-25 s (its
     // default rand_time is a tenth), vmsecd at 21.7-25 s (a third of the margin). Whichever fires first rekeys,
@@ -868,7 +791,7 @@ fn rekey_child_sa_under_load() {
 /// and traffic intact and no IKE SA left over.
 #[test]
 fn rekey_ike_sa_collision() {
-    let mut bed = Bed::new("rekeycoll");
+    let mut bed = Bed::new("sw", "rekeycoll");
     traffic::require_tool("nft", &["--version"], "nftables");
     let mut conn = Conn::to_vmsecd(PSK);
     conn.child_rekey_time = "1h".into();

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use vmsecd_e2e::netns::{require_root_and_ip, Netns, NetnsGuard};
-use vmsecd_e2e::strongswan::{pki_keygen, require_charon, Charon, Conn};
+use vmsecd_e2e::bed::Bed;
+use vmsecd_e2e::strongswan::{pki_keygen, Charon, Conn};
 use vmsecd_e2e::traffic;
 use vmsecd_e2e::vmsecd::{is_up, peer, vmsecd_bin, Vmsecd};
 
@@ -25,64 +25,6 @@ const BVM: &str = "198.19.2.10";
 /// Identities: vmsecd's is an FQDN, charon's an RFC 822 address (both as strongSwan writes them).
 const A_ID: &str = "ha.example.net";
 const B_ID: &str = "gw@hb.example.net";
-
-struct Bed {
-    g: NetnsGuard,
-    a: Netns,
-    b: Netns,
-    avm: Netns,
-    name: String,
-    started: Instant,
-}
-
-impl Bed {
-    fn new(name: &str) -> Bed {
-        require_root_and_ip();
-        require_charon();
-        let mut g = NetnsGuard::new(&format!("swpk-{name}"));
-        let (a, b, avm, _bvm) = g.hypervisor_pair();
-        Bed {
-            g,
-            a,
-            b,
-            avm,
-            name: name.into(),
-            started: Instant::now(),
-        }
-    }
-
-    fn dir(&mut self, sub: &str) -> PathBuf {
-        let d = self.g.dir().join(sub);
-        std::fs::create_dir_all(&d).expect("test dir");
-        d
-    }
-
-    /// The same nft rule as strongswan_interop.rs: vmsecd's IKE_SA_INIT requests are dropped, so only charon can
-    /// initiate.
-    fn block_vmsecd_initiation(&mut self) {
-        traffic::require_tool("nft", &["--version"], "nftables");
-        let rules = "table ip vt {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    \
-                     udp dport 500 @th,208,8 34 @th,218,1 0 counter drop\n  }\n}\n";
-        let file = self.dir("nft").join("block-init.nft");
-        std::fs::write(&file, rules).expect("nft rules");
-        self.a.run("nft", &["-f", file.to_str().expect("UTF-8")]);
-    }
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        eprintln!(
-            "[{}] {:.1} s{}",
-            self.name,
-            self.started.elapsed().as_secs_f64(),
-            if std::thread::panicking() {
-                " (failed)"
-            } else {
-                ""
-            }
-        );
-    }
-}
 
 /// How vmsecd's key pair is made.
 #[derive(Clone, Copy)]
@@ -227,7 +169,7 @@ fn case_ids(
     a_id: &str,
     b_id: &str,
 ) {
-    let mut bed = Bed::new(name);
+    let mut bed = Bed::new("swpk", name);
     let (vdir, cdir) = (bed.dir("vmsecd"), bed.dir("charon"));
     let (private, a_pub) = vmsecd_keys(&vdir, &cdir, source, bits);
     let (_, b_pub) = pki_keygen(&cdir, "hb", bits);
@@ -310,7 +252,7 @@ fn pubkey_dn_identities_both_roles() {
 #[test]
 fn pubkey_wrong_key_is_refused_on_both_sides() {
     // 1. vmsecd initiates; charon (responder) has another key as "ha.pub.pem".
-    let mut bed = Bed::new("wrong");
+    let mut bed = Bed::new("swpk", "wrong");
     let (vdir, cdir) = (bed.dir("vmsecd"), bed.dir("charon"));
     let (private, a_pub) = vmsecd_keys(&vdir, &cdir, KeySource::Pki, 2048);
     let (_, b_pub) = pki_keygen(&cdir, "hb", 2048);
@@ -340,7 +282,7 @@ fn pubkey_wrong_key_is_refused_on_both_sides() {
     drop(bed);
 
     // 2. charon initiates; vmsecd (responder) has another key for hB.
-    let mut bed = Bed::new("wrong2");
+    let mut bed = Bed::new("swpk", "wrong2");
     let (vdir, cdir) = (bed.dir("vmsecd"), bed.dir("charon"));
     let (private, a_pub) = vmsecd_keys(&vdir, &cdir, KeySource::Keygen, 2048);
     pki_keygen(&cdir, "hb", 2048);
@@ -368,7 +310,7 @@ fn pubkey_wrong_key_is_refused_on_both_sides() {
 /// AUTHENTICATION_FAILED and a log line naming the method mismatch.
 #[test]
 fn psk_charon_against_pubkey_vmsecd_names_the_mismatch() {
-    let mut bed = Bed::new("mixed");
+    let mut bed = Bed::new("swpk", "mixed");
     let (vdir, cdir) = (bed.dir("vmsecd"), bed.dir("charon"));
     let (private, a_pub) = vmsecd_keys(&vdir, &cdir, KeySource::Keygen, 2048);
     let (_, b_pub) = pki_keygen(&cdir, "hb", 2048);
