@@ -812,6 +812,12 @@ fn assert_one_consistent_sa(p: &Pair) {
         p.ev_a,
         p.ev_b
     );
+    assert_one_sa(p);
+}
+
+/// Both sides hold exactly one IKE SA, the same one, with one Child SA pair whose keys agree and which is
+/// exactly what the events installed. Returns each side's status of it.
+fn assert_one_sa(p: &Pair) -> (ike::sa::SaStatus, ike::sa::SaStatus) {
     assert_eq!(
         (p.a.sa_count(), p.b.sa_count()),
         (1, 1),
@@ -839,6 +845,7 @@ fn assert_one_consistent_sa(p: &Pair) {
     );
     assert_pair_matches(&info_for(&p.ev_a, ca.0), &info_for(&p.ev_b, cb.0));
     assert_pair_matches(&info_for(&p.ev_b, cb.0), &info_for(&p.ev_a, ca.0));
+    (sa.clone(), sb.clone())
 }
 
 /// RFC 7296 2.18: the IKE SA is rekeyed in place; its Child SA moves to the new one, which then carries every
@@ -1580,26 +1587,10 @@ fn simultaneous_initiation_leaves_one_ike_sa() {
         p.ev_a
     );
     p.run_for(Duration::from_secs(5));
-    assert_eq!((p.a.sa_count(), p.b.sa_count()), (1, 1));
-    let (sa, sb) = (p.a.status(), p.b.status());
-    let (sa, sb) = (&sa[0].1, &sb[0].1);
-    assert_eq!(sa.state, ike::sa::State::Established);
-    assert_eq!(sa.spis, sb.spis);
+    let (sa, sb) = assert_one_sa(&p);
     // A has the lower address: the survivor is the SA A initiated.
     assert!(A.parse::<IpAddr>().unwrap() < B.parse::<IpAddr>().unwrap());
     assert!(sa.initiator && !sb.initiator);
-    assert_eq!((sa.children.len(), sb.children.len()), (1, 1));
-    let (ca, cb) = (&sa.children[0], &sb.children[0]);
-    assert_eq!((ca.0, ca.1), (cb.1, cb.0));
-    assert_eq!(
-        installed(&p.ev_a).into_iter().collect::<Vec<_>>(),
-        vec![ca.0]
-    );
-    assert_eq!(
-        installed(&p.ev_b).into_iter().collect::<Vec<_>>(),
-        vec![cb.0]
-    );
-    assert_pair_matches(&info_for(&p.ev_a, ca.0), &info_for(&p.ev_b, cb.0));
     // The survivor keeps working: a long quiet period brings liveness checks and rekeys, never a second delete.
     let downs_before = (downs(&p.ev_a).len(), downs(&p.ev_b).len());
     p.run_for(Duration::from_secs(600));
