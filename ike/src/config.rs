@@ -90,6 +90,9 @@ impl Retransmit {
 pub struct Lifetimes {
     /// Rekey the IKE SA after this long.
     pub ike_rekey: Duration,
+    /// Delete the IKE SA (and its Child SAs) this long after it was established if no rekey has replaced it
+    /// by then (zero: never). The daemon then sets up a new one.
+    pub ike_lifetime: Duration,
     /// Rekey each Child SA after this long.
     pub child_rekey: Duration,
     /// Up to this much is subtracted at random from each rekey time, so both peers do not rekey at once.
@@ -104,6 +107,7 @@ impl Default for Lifetimes {
     fn default() -> Self {
         Lifetimes {
             ike_rekey: Duration::from_secs(4 * 3600),
+            ike_lifetime: Duration::from_secs(4 * 3600 + 9 * 60),
             child_rekey: Duration::from_secs(3600),
             jitter: Duration::from_secs(360),
             dpd_delay: Duration::from_secs(30),

@@ -58,6 +58,8 @@ pub enum Reason {
     Rekeyed,
     /// No answer after every retransmission.
     PeerDead,
+    /// Its lifetime ended and no rekey had replaced it (RFC 7296 2.8).
+    Expired,
     /// The peer refused our authentication, or failed to prove its own.
     AuthenticationFailed(String),
     /// No proposal in common; both sides' proposals are named.
@@ -81,6 +83,7 @@ impl std::fmt::Display for Reason {
             Reason::DeletedByPeer => f.write_str("deleted by the peer"),
             Reason::DeletedByUs => f.write_str("deleted by us"),
             Reason::Rekeyed => f.write_str("replaced by a rekeyed SA"),
+            Reason::Expired => f.write_str("its lifetime ended before a rekey replaced it"),
             Reason::PeerDead => {
                 f.write_str("peer did not answer any retransmission: declared dead")
             }

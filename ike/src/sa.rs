@@ -433,6 +433,9 @@ impl IkeSa {
             }
         };
         min(self.keepalive_due());
+        if self.state == State::Established && !self.silent {
+            min(self.expires_at());
+        }
         if self.state == State::Established && self.silent {
             // A new IKE SA that lost a rekey collision (or may yet win one): no rekeys, no liveness checks.
             min(self.redundant_since.map(|t| t + REDUNDANT_GRACE));
@@ -455,6 +458,15 @@ impl IkeSa {
             min(Some(self.last_heard + self.total_retransmit_time()));
         }
         t
+    }
+
+    /// When the IKE SA's hard lifetime ends, if it has one.
+    fn expires_at(&self) -> Option<Instant> {
+        let life = self.cfg.lifetimes.ike_lifetime;
+        (!life.is_zero())
+            .then_some(self.established_at)
+            .flatten()
+            .map(|t| t + life)
     }
 
     /// When the next NAT keepalive is due, if we are behind a NAT.
@@ -483,6 +495,20 @@ impl IkeSa {
                 data: vec![0xff],
             });
             self.last_sent = now;
+        }
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.8
+        //# When the lifetime of a security association expires, the security association MUST NOT be used.
+        // A rekey that keeps failing (TEMPORARY_FAILURE, lost requests, the peer refusing it) ends here, even while
+        // its request is still being retransmitted: the IKE SA and its Child SAs are closed at once and the daemon
+        // sets up a new one from scratch. The delete goes out once, unanswered: while a request of ours is
+        // outstanding the peer would not accept the next message ID anyway, and waiting would keep using the SA.
+        if self.state == State::Established
+            && !self.silent
+            && self.expires_at().is_some_and(|t| now >= t)
+        {
+            self.send_delete_ike(now, Duration::ZERO);
+            self.close(Reason::Expired);
+            return;
         }
         if let Some(o) = &mut self.outstanding {
             if now >= o.deadline {

@@ -42,6 +42,7 @@ fn peer(name: &str, local: &str, remote: &str, local_net: &str, remote_net: &str
         retransmit: Retransmit::default(),
         lifetimes: Lifetimes {
             ike_rekey: Duration::from_secs(100_000),
+            ike_lifetime: Duration::ZERO,
             child_rekey: Duration::from_secs(3600),
             jitter: Duration::ZERO,
             dpd_delay: Duration::from_secs(30),
@@ -1596,4 +1597,42 @@ fn simultaneous_initiation_leaves_one_ike_sa() {
     p.run_for(Duration::from_secs(600));
     assert_eq!((downs(&p.ev_a).len(), downs(&p.ev_b).len()), downs_before);
     assert!(p.a.has_sa("b") && p.b.has_sa("a"));
+}
+
+// ---- hard lifetime ------------------------------------------------------------------------------------------------
+
+/// RFC 7296 2.8: an IKE SA that no rekey replaced by the end of its lifetime is deleted (here every IKE rekey
+/// request from A is lost); A reports it as expired, not as an ordinary delete, and the Child SA goes
+/// with it at once, without waiting for a delete exchange that B could not accept behind the lost request.
+#[test]
+fn ike_sa_not_rekeyed_in_time_expires() {
+    let (mut a, b) = configs();
+    a.lifetimes.ike_rekey = Duration::from_secs(100);
+    a.lifetimes.ike_lifetime = Duration::from_secs(160);
+    let mut p = Pair::new(a, b);
+    // Every CREATE_CHILD_SA request from A is lost: its IKE rekeys never complete.
+    p.filter = Box::new(|from_a, t| !(from_a && is_request(t, 36)));
+    p.connect();
+    assert_eq!(child_ups(&p.ev_a).len(), 1);
+    p.run_for(Duration::from_secs(150));
+    assert!(
+        downs(&p.ev_a).is_empty(),
+        "not before its lifetime: {:?}",
+        p.ev_a
+    );
+    p.run_for(Duration::from_secs(20));
+    let d = downs(&p.ev_a);
+    assert!(d.contains(&Reason::Expired), "{d:?} {:?}", p.ev_a);
+    assert!(!p.a.has_sa("b"), "A holds no IKE SA after expiry");
+    assert!(
+        p.ev_a.iter().any(|e| matches!(
+            e,
+            Event::ChildDown {
+                reason: Reason::Expired,
+                ..
+            }
+        )),
+        "its Child SA went with it: {:?}",
+        p.ev_a
+    );
 }

@@ -55,6 +55,7 @@ pub(crate) fn peer_configs(config: &Config) -> Vec<Arc<PeerConfig>> {
                 retransmit: Retransmit::default(),
                 lifetimes: Lifetimes {
                     ike_rekey: s.ike_lifetime.saturating_sub(s.rekey_margin),
+                    ike_lifetime: s.ike_lifetime,
                     child_rekey: s.child_lifetime.saturating_sub(s.rekey_margin),
                     // Up to a third of the margin at random, so two peers rarely rekey at the same moment.
                     jitter: s.rekey_margin / 3,
