@@ -116,6 +116,21 @@ type PemBlock = (String, Zeroizing<Vec<u8>>);
 
 /// The first PEM block of `text`, if it has one.
 fn pem_block(text: &[u8]) -> Result<Option<PemBlock>, KeyError> {
+    Ok(pem_block_and_rest(text)?.map(|(b, _)| b))
+}
+
+/// Every PEM block of `text`, in order (a certificate file may hold a chain).
+pub(crate) fn pem_blocks(mut text: &[u8]) -> Result<Vec<PemBlock>, KeyError> {
+    let mut out = Vec::new();
+    while let Some((b, rest)) = pem_block_and_rest(text)? {
+        out.push(b);
+        text = rest;
+    }
+    Ok(out)
+}
+
+/// The first PEM block of `text` and what follows it.
+fn pem_block_and_rest(text: &[u8]) -> Result<Option<(PemBlock, &[u8])>, KeyError> {
     const BEGIN: &[u8] = b"-----BEGIN ";
     let Some(start) = text.windows(BEGIN.len()).position(|w| w == BEGIN) else {
         return Ok(None);
@@ -132,13 +147,14 @@ fn pem_block(text: &[u8]) -> Result<Option<PemBlock>, KeyError> {
         .windows(end_marker.len())
         .position(|w| w == end_marker.as_bytes())
         .ok_or_else(|| KeyError::Unterminated(label.clone()))?;
+    let rest = &body[end + end_marker.len()..];
     let body = &body[..end];
     //= https://www.rfc-editor.org/rfc/rfc1421#section-4.6.1.1
     //# Proc-Type: 4,ENCRYPTED
     if label.contains("ENCRYPTED") || body.windows(10).any(|w| w == b"Proc-Type:") {
         return Err(KeyError::Encrypted);
     }
-    Ok(Some((label, base64_decode(body)?)))
+    Ok(Some(((label, base64_decode(body)?), rest)))
 }
 
 /// Writes DER as a PEM block (RFC 7468 2).

@@ -20,6 +20,7 @@ pub mod keys;
 pub mod prf;
 pub mod signature;
 pub mod sk;
+pub mod x509;
 
 #[cfg(test)]
 pub(crate) mod test_util {

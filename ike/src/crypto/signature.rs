@@ -482,6 +482,13 @@ impl PublicKey {
         to_pem("PUBLIC KEY", &self.spki).to_string()
     }
 
+    /// Verifies `signature` over `message` with `scheme` (a certificate's signature, for one).
+    pub fn verify_scheme(&self, scheme: Scheme, message: &[u8], signature: &[u8]) -> bool {
+        UnparsedPublicKey::new(scheme.verification(), &self.spki)
+            .verify(message, signature)
+            .is_ok()
+    }
+
     /// Verifies a peer's Authentication Data for `method` (14 or 1) over the AUTH octets. Method 14 must use one
     /// of the schemes of [`SigHash::ALL`] (what we announce). Returns what was verified, for the log.
     pub fn verify_auth(
