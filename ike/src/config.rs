@@ -1,11 +1,13 @@
 //! What an IKE SA needs to know about its peer: identities, secret, proposals, selectors, timers.
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
 use crate::crypto::signature::{Padding, PrivateKey, PublicKey};
+use crate::crypto::x509::{Certificate, TrustAnchors};
 use crate::message::{Id, IdType, TrafficSelector};
 use crate::proposal::ProposalSpec;
 
@@ -25,14 +27,65 @@ pub enum AuthMethod {
         /// The key the peer's AUTH must verify with.
         peer_public: PublicKey,
     },
+    /// RSA signatures with X.509 certificates (RFC 7296 3.6): we send our certificate chain in CERT payloads and
+    /// ask for the peer's with CERTREQ; the peer's certificate must chain to one of `trust`, and name the peer's
+    /// identity.
+    Certificate {
+        /// Our private key, the one our certificate certifies.
+        private: PrivateKey,
+        /// The padding we sign with (the peer may use either).
+        padding: Padding,
+        /// Our certificate first, then any intermediates the peer needs to reach its CA.
+        chain: Arc<Vec<Certificate>>,
+        /// The CA certificates the peer's certificate must chain to.
+        trust: Arc<TrustAnchors>,
+        /// The peer's certificate from the mesh file, if it names one: used when the peer sends none.
+        peer_cert: Option<Arc<Certificate>>,
+        /// What time it is, for the validity dates.
+        clock: WallClock,
+    },
 }
 
 impl AuthMethod {
-    /// A name for logs: "PSK" or "public key".
+    /// A name for logs: "PSK", "public key" or "certificate".
     pub fn name(&self) -> &'static str {
         match self {
             AuthMethod::Psk(_) => "PSK",
             AuthMethod::PubKey { .. } => "public key",
+            AuthMethod::Certificate { .. } => "certificate",
+        }
+    }
+
+    /// Our private key and padding, when we authenticate with signatures.
+    pub fn signer(&self) -> Option<(&PrivateKey, Padding)> {
+        match self {
+            AuthMethod::Psk(_) => None,
+            AuthMethod::PubKey {
+                private, padding, ..
+            }
+            | AuthMethod::Certificate {
+                private, padding, ..
+            } => Some((private, *padding)),
+        }
+    }
+}
+
+/// Wall-clock time for certificate validity, without reading a clock in this crate: the caller pairs one
+/// `Instant` with the Unix time it read at that moment, and later times follow from the `Instant`s it hands in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WallClock {
+    /// A moment...
+    pub at: Instant,
+    /// ...and the Unix time (seconds since 1970, UTC) at that moment.
+    pub unix: i64,
+}
+
+impl WallClock {
+    /// The Unix time at `now`.
+    pub fn unix_at(&self, now: Instant) -> i64 {
+        match now.checked_duration_since(self.at) {
+            Some(d) => self.unix + d.as_secs() as i64,
+            None => self.unix - self.at.duration_since(now).as_secs() as i64,
         }
     }
 }
@@ -51,6 +104,11 @@ impl std::fmt::Debug for AuthMethod {
                 .field("padding", padding)
                 .field("peer_public", peer_public)
                 .finish(),
+            AuthMethod::Certificate { chain, trust, .. } => f
+                .debug_struct("Certificate")
+                .field("chain", chain)
+                .field("trust", trust)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -216,6 +274,7 @@ pub fn display_id(id: &Id) -> String {
             std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&id.data[..]).expect("16")).to_string()
         }
         IdType::FQDN | IdType::RFC822_ADDR => String::from_utf8_lossy(&id.data).into_owned(),
+        IdType::DER_ASN1_DN => crate::crypto::x509::dn_to_string(&id.data),
         IdType::KEY_ID => format!(
             "@#{}",
             id.data

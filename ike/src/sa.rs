@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{display_id, AuthMethod, PeerConfig};
 use crate::crypto::signature as sig;
+use crate::crypto::x509;
 use crate::event::{ChildSaInfo, Event, Reason, Transmit};
 use crate::fragment::Reassembly;
 use crate::message::{
@@ -934,6 +935,8 @@ impl IkeSa {
             }
         };
         let mut payloads = vec![Payload::IdI(id_i)];
+        payloads.extend(self.cert_payloads());
+        payloads.extend(self.certreq_payload());
         //= https://www.rfc-editor.org/rfc/rfc7296#section-2.4
         //# The INITIAL_CONTACT notification asserts that this IKE SA is the only IKE SA currently active between
         //# the authenticated identities.
@@ -973,6 +976,9 @@ impl IkeSa {
             AuthMethod::Psk(psk) => Ok((sig::AUTH_PSK, suite.psk_auth(psk, &octets))),
             AuthMethod::PubKey {
                 private, padding, ..
+            }
+            | AuthMethod::Certificate {
+                private, padding, ..
             } => {
                 // RFC 7427 section 4 (paraphrased): sign with a hash the peer announced.
                 let hash = self
@@ -994,7 +1000,14 @@ impl IkeSa {
 
     /// Checks the peer's AUTH payload against its configured PSK or public key; the error names the reason,
     /// including an authentication method that is not ours (PSK on one side, public key on the other).
-    fn check_peer_auth(&self, id: &Id, method: u8, data: &[u8]) -> Result<(), String> {
+    fn check_peer_auth(
+        &self,
+        now: Instant,
+        id: &Id,
+        method: u8,
+        data: &[u8],
+        payloads: &[Payload],
+    ) -> Result<(), String> {
         let octets = self.auth_octets(false, id);
         let suite = self.suite.as_ref().expect("keys exist after IKE_SA_INIT");
         let method_name = |m: u8| match m {
@@ -1019,10 +1032,38 @@ impl IkeSa {
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             }
+            (
+                AuthMethod::Certificate {
+                    trust,
+                    peer_cert,
+                    clock,
+                    ..
+                },
+                m,
+            ) if m == sig::AUTH_DIGITAL_SIGNATURE || m == sig::AUTH_RSA_SIG => {
+                let end = peer_certificate(payloads, peer_cert.as_deref())?;
+                //= https://www.rfc-editor.org/rfc/rfc7296#section-3.6
+                //# The Certificate payload provides a means to transport certificates or other
+                //# authentication-related information via IKE.
+                // The first CERT is the peer's own; any further ones are intermediates towards its CA.
+                let intermediates: Vec<x509::Certificate> = peer_certs(payloads)
+                    .skip(1)
+                    .filter_map(|d| x509::Certificate::from_der(d).ok())
+                    .collect();
+                trust
+                    .verify(&end, &intermediates, clock.unix_at(now))
+                    .map_err(|e| e.to_string())?;
+                end.check_identity(id).map_err(|e| e.to_string())?;
+                end.public_key()
+                    .map_err(|e| e.to_string())?
+                    .verify_auth(method, data, &octets)
+                    .map(|_| ())
+                    .map_err(|e| format!("{e} (the key of the certificate of {})", end.subject()))
+            }
             (ours, theirs) => {
                 let mesh = match ours {
                     AuthMethod::Psk(_) => "psk",
-                    AuthMethod::PubKey { .. } => "pubkey",
+                    AuthMethod::PubKey { .. } | AuthMethod::Certificate { .. } => "pubkey",
                 };
                 Err(format!(
                     "authentication method mismatch: the peer authenticates with {}, we are configured for \
@@ -1037,12 +1078,40 @@ impl IkeSa {
     /// Our SIGNATURE_HASH_ALGORITHMS notification, when we authenticate with signatures.
     // RFC 7427 section 4 (paraphrased): each side announces the hashes it supports in its IKE_SA_INIT message.
     fn sig_hash_notify(&self) -> Option<Payload> {
-        matches!(self.cfg.auth, AuthMethod::PubKey { .. }).then(|| {
+        self.cfg.auth.signer().is_some().then(|| {
             Payload::Notify(Notify::new(
                 n::SIGNATURE_HASH_ALGORITHMS,
                 sig::SigHash::notify_data(),
             ))
         })
+    }
+
+    /// Our certificate and its intermediates, one CERT payload each, when we authenticate with certificates.
+    //= https://www.rfc-editor.org/rfc/rfc7296#section-3.6
+    //# The first certificate provided MUST contain the public key used to verify the AUTH field.
+    fn cert_payloads(&self) -> Vec<Payload> {
+        match &self.cfg.auth {
+            AuthMethod::Certificate { chain, .. } => chain
+                .iter()
+                .map(|c| Payload::Cert {
+                    encoding: x509::ENCODING_X509_SIGNATURE,
+                    data: c.der().to_vec(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A CERTREQ naming the CAs we trust, so that the peer sends its certificate (strongSwan sends it only when
+    /// asked, by default).
+    fn certreq_payload(&self) -> Option<Payload> {
+        match &self.cfg.auth {
+            AuthMethod::Certificate { trust, .. } => Some(Payload::CertReq {
+                encoding: x509::ENCODING_X509_SIGNATURE,
+                data: trust.certreq_data(),
+            }),
+            _ => None,
+        }
     }
 
     fn handle_auth_response(
@@ -1057,6 +1126,9 @@ impl IkeSa {
                 let what = match self.cfg.auth {
                     AuthMethod::Psk(_) => "PSK",
                     AuthMethod::PubKey { .. } => "keys, the authentication method",
+                    AuthMethod::Certificate { .. } => {
+                        "certificates (does the peer trust our CA?), the authentication method"
+                    }
                 };
                 self.close(Reason::AuthenticationFailed(format!(
                     "the peer refused our authentication (AUTHENTICATION_FAILED): check the {what} and our \
@@ -1081,7 +1153,7 @@ impl IkeSa {
             )));
             return;
         }
-        if let Err(why) = self.check_peer_auth(&id_r, method, &data) {
+        if let Err(why) = self.check_peer_auth(now, &id_r, method, &data, &payloads) {
             self.close(Reason::AuthenticationFailed(format!(
                 "the peer's AUTH payload does not verify: {why}"
             )));
@@ -1677,7 +1749,7 @@ impl IkeSa {
             refuse(self, why);
             return;
         }
-        if let Err(why) = self.check_peer_auth(&id_i, method, &data) {
+        if let Err(why) = self.check_peer_auth(now, &id_i, method, &data, &payloads) {
             refuse(
                 self,
                 format!("AUTH from {} does not verify: {why}", display_id(&id_i)),
@@ -1692,13 +1764,12 @@ impl IkeSa {
                 return;
             }
         };
-        let mut resp = vec![
-            Payload::IdR(id_r),
-            Payload::Auth {
-                method: our_method,
-                data: our_auth,
-            },
-        ];
+        let mut resp = vec![Payload::IdR(id_r)];
+        resp.extend(self.cert_payloads());
+        resp.push(Payload::Auth {
+            method: our_method,
+            data: our_auth,
+        });
         self.established(now);
         let child = self.negotiate_child(&payloads, false);
         match child {
@@ -2603,6 +2674,9 @@ impl IkeSa {
         ];
         sa.suite = Some(suite);
         payloads.extend(sa.nat_detection_payloads());
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-1.2
+        //# The responder can also send a Certificate Request payload ([CERTREQ]) in its IKE_SA_INIT response
+        payloads.extend(sa.certreq_payload());
         payloads.extend(sa.sig_hash_notify());
         sa.peer_sig_hashes = peer_sig_hashes(&parsed.payloads);
         sa.check_nat(&parsed.payloads, IKE_PORT, 0);
@@ -2641,6 +2715,30 @@ fn announces_fragmentation(payloads: &[Payload]) -> bool {
     payloads
         .iter()
         .any(|p| matches!(p, Payload::Notify(x) if x.ntype == n::IKEV2_FRAGMENTATION_SUPPORTED))
+}
+
+/// The X.509 certificates of the CERT payloads, in order.
+fn peer_certs(payloads: &[Payload]) -> impl Iterator<Item = &[u8]> {
+    payloads.iter().filter_map(|p| match p {
+        Payload::Cert { encoding, data } if *encoding == x509::ENCODING_X509_SIGNATURE => {
+            Some(&data[..])
+        }
+        _ => None,
+    })
+}
+
+/// The peer's own certificate: its first CERT payload, or the one the mesh file names if it sent none.
+fn peer_certificate(
+    payloads: &[Payload],
+    configured: Option<&x509::Certificate>,
+) -> Result<x509::Certificate, String> {
+    match peer_certs(payloads).next() {
+        Some(der) => x509::Certificate::from_der(der)
+            .map_err(|e| format!("the peer's certificate (first CERT payload): {e}")),
+        None => configured.cloned().ok_or_else(|| {
+            "the peer sent no certificate (no X.509 CERT payload) and the mesh file names none for it".into()
+        }),
+    }
 }
 
 /// The hash algorithms of a SIGNATURE_HASH_ALGORITHMS notification, if there is one.

@@ -1568,6 +1568,173 @@ fn psk_against_pubkey_is_refused_naming_the_mismatch() {
     }
 }
 
+// ---- X.509 certificates -----------------------------------------------------------------------------------------
+
+use ike::config::WallClock;
+use ike::crypto::keyfile::parse_private_key;
+use ike::crypto::x509::{parse_certificates, Certificate, TrustAnchors};
+
+/// The certificates of ike/src/crypto/x509/testdata (made by its make.sh with OpenSSL).
+fn testdata(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/src/crypto/x509/testdata/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn cert(name: &str) -> Certificate {
+    parse_certificates(&testdata(&format!("{name}.pem")))
+        .unwrap()
+        .remove(0)
+}
+
+/// A (198.18.0.1, certificate from the intermediate CA, sent with the intermediate) and B (198.18.0.2,
+/// certificate straight from the CA, PSS-signed), both trusting the test CA, at a time both are valid.
+fn cert_configs() -> (PeerConfig, PeerConfig) {
+    let (mut a, mut b) = configs();
+    let trust = Arc::new(TrustAnchors::new(vec![cert("ca")]).unwrap());
+    let clock = WallClock {
+        at: Instant::now(),
+        unix: cert("a").not_after() - 365 * 86400,
+    };
+    let auth = |key: &str, chain: Vec<Certificate>| AuthMethod::Certificate {
+        private: parse_private_key(&testdata(key)).unwrap(),
+        padding: Padding::Pss,
+        chain: Arc::new(chain),
+        trust: trust.clone(),
+        peer_cert: None,
+        clock,
+    };
+    a.auth = auth("a.key", vec![cert("a"), cert("inter")]);
+    b.auth = auth("b.key", vec![cert("b")]);
+    (a, b)
+}
+
+/// The subject DN of a test certificate as an ID_DER_ASN1_DN identity.
+fn dn_id(name: &str) -> ike::message::Id {
+    ike::message::Id {
+        id_type: ike::message::IdType::DER_ASN1_DN,
+        data: cert(name).subject_der().to_vec(),
+    }
+}
+
+fn set_clock(c: &mut PeerConfig, unix: i64) {
+    if let AuthMethod::Certificate { clock, .. } = &mut c.auth {
+        clock.unix = unix;
+    }
+}
+
+/// Whether B refused A with a reason containing `why`, and A learnt of the refusal, with no Child SA anywhere.
+fn refused_by_b(p: &Pair, why: &str) {
+    assert!(child_ups(&p.ev_a).is_empty() && child_ups(&p.ev_b).is_empty());
+    let db = downs(&p.ev_b);
+    assert!(
+        matches!(&db[..], [Reason::AuthenticationFailed(w)] if w.contains(why)),
+        "want {why:?}: {db:?}"
+    );
+    assert!(
+        matches!(&downs(&p.ev_a)[..], [Reason::AuthenticationFailed(w)] if w.contains("AUTHENTICATION_FAILED")),
+        "{:?}",
+        p.ev_a
+    );
+}
+
+/// Both roles; A's IKE_AUTH carries two certificates and goes out in fragments (RFC 7383), B's carries one.
+#[test]
+fn certificate_handshake_both_roles_with_fragmented_chain() {
+    let (a, b) = cert_configs();
+    let mut p = Pair::new(a, b);
+    p.connect();
+    assert_up(&p);
+    // IKE_AUTH (35) messages whose first payload is SKF (53): A's request was fragmented.
+    let fragments = p
+        .log
+        .iter()
+        .filter(|(from_a, t)| *from_a && t.data.len() > 18 && t.data[18] == 35 && t.data[16] == 53)
+        .count();
+    assert!(
+        fragments >= 2,
+        "A's IKE_AUTH request is fragmented: {fragments}"
+    );
+
+    let (a, b) = cert_configs();
+    let mut p = Pair::new(a, b);
+    p.b.connect(p.now, "a").unwrap();
+    p.drive();
+    assert_up(&p);
+}
+
+#[test]
+fn expired_certificate_is_refused() {
+    let (a, mut b) = cert_configs();
+    set_clock(&mut b, cert("a").not_after() + 10);
+    let mut p = Pair::new(a, b);
+    p.connect();
+    refused_by_b(&p, "not now");
+}
+
+#[test]
+fn certificate_from_another_ca_is_refused() {
+    let (a, mut b) = cert_configs();
+    if let AuthMethod::Certificate { trust, .. } = &mut b.auth {
+        *trust = Arc::new(TrustAnchors::new(vec![cert("other-ca")]).unwrap());
+    }
+    let mut p = Pair::new(a, b);
+    p.connect();
+    refused_by_b(&p, "CN=Test CA, which is not a trusted CA");
+}
+
+#[test]
+fn missing_intermediate_is_refused() {
+    let (mut a, b) = cert_configs();
+    if let AuthMethod::Certificate { chain, .. } = &mut a.auth {
+        *chain = Arc::new(vec![cert("a")]);
+    }
+    let mut p = Pair::new(a, b);
+    p.connect();
+    refused_by_b(&p, "CN=Test Intermediate, which is not a trusted CA");
+}
+
+#[test]
+fn identity_not_in_certificate_is_refused() {
+    // A claims an FQDN its certificate does not hold.
+    let (mut a, mut b) = cert_configs();
+    a.local_id = parse_id("c.example.net");
+    b.remote_id = a.local_id.clone();
+    let mut p = Pair::new(a, b);
+    p.connect();
+    refused_by_b(
+        &p,
+        "identity c.example.net is not in the certificate of C=CH, O=vmsecd test, CN=a.example.net",
+    );
+
+    // The responder's certificate is checked too: A refuses B's answer.
+    let (mut a, mut b) = cert_configs();
+    b.local_id = dn_id("a");
+    a.remote_id = b.local_id.clone();
+    let mut p = Pair::new(a, b);
+    p.connect();
+    p.run_for(Duration::from_secs(10));
+    assert!(child_ups(&p.ev_a).is_empty());
+    assert!(
+        matches!(&downs(&p.ev_a)[..], [Reason::AuthenticationFailed(w)] if w.contains("is not in the certificate of C=CH, O=vmsecd test, CN=b.example.net")),
+        "{:?}",
+        p.ev_a
+    );
+}
+
+/// A DN identity (strongSwan's default with certificates) matches the subject.
+#[test]
+fn subject_dn_identity_is_accepted() {
+    let (mut a, mut b) = cert_configs();
+    a.local_id = dn_id("a");
+    b.remote_id = a.local_id.clone();
+    let mut p = Pair::new(a, b);
+    p.connect();
+    assert_up(&p);
+}
+
 // ---- both ends initiate at once ----------------------------------------------------------------------------------
 
 /// Both ends start an IKE SA at the same instant (both restarted, or the follower's timer fired while the
