@@ -42,7 +42,7 @@ use std::time::Duration;
 use ike::proposal::ProposalSpec;
 
 pub use self::error::{ConfigError, ErrorKind, KeyFileError, PskError};
-pub use self::keys::{PrivateKeyFile, PublicKeyFile};
+pub use self::keys::{CaFile, CertFile, PrivateKeyFile, PublicKeyFile};
 pub use self::psk::Psk;
 use self::validate::Cx;
 use crate::prefix::Prefix;
@@ -218,6 +218,21 @@ pub enum Auth {
     Psk(Psk),
     /// RSA signatures (RFC 7427): each host has its own key pair; every host's public key is in the mesh.
     PubKey(PubKeyAuth),
+    /// RSA signatures with X.509 certificates (RFC 7296 3.6): `auth = "pubkey"` with a mesh `ca`; each host's
+    /// certificate must chain to it and name the host's identity.
+    Cert(CertAuth),
+}
+
+/// `auth = "pubkey"` with `ca`: this host's private key, the CAs, and the certificates the file names.
+#[derive(Debug, Clone)]
+pub struct CertAuth {
+    /// This host's private key (`private_key`, or `vmsecd run --private-key`).
+    pub private_key: PrivateKeyFile,
+    /// The CA certificates every host's certificate chains to.
+    pub ca: CaFile,
+    /// The certificate (and intermediates) of each host that has a `cert` key, by host name. This host's is
+    /// required; another host's is a fallback for a peer that sends no certificate.
+    pub certs: std::collections::BTreeMap<String, CertFile>,
 }
 
 /// `auth = "pubkey"`: this host's private key and every host's public key (the `pubkey` of each `[[host]]`).
@@ -296,6 +311,15 @@ impl Identity {
             Identity::Rfc822(n) => (3, n.as_bytes().to_vec()),
             Identity::Dn(_, der) => (9, der.clone()),
             Identity::KeyId(k) => (11, k.clone()),
+        }
+    }
+
+    /// The identity as the IKE engine takes it.
+    pub fn to_id(&self) -> ike::message::Id {
+        let (t, data) = self.wire();
+        ike::message::Id {
+            id_type: ike::message::IdType(t),
+            data,
         }
     }
 }
@@ -414,6 +438,36 @@ impl Config {
                         public: public.path.clone(),
                     }),
                 });
+            }
+        }
+        if let Auth::Cert(ca) = &mesh.auth {
+            let me = &mesh.hosts[local];
+            let err = |kind: ErrorKind| ConfigError {
+                file: mesh.file.clone(),
+                location: None,
+                key: format!("host[{local}].cert"),
+                kind: Box::new(kind),
+            };
+            let Some(cert) = ca.certs.get(&me.name) else {
+                return Err(err(ErrorKind::Missing {
+                    what: format!(
+                        "with mesh.ca, this host ({}) needs its certificate: cert = \"PATH\" in its [[host]]",
+                        me.name
+                    ),
+                }));
+            };
+            let public = cert.cert().public_key().map_err(|error| {
+                err(ErrorKind::Key(KeyFileError::Cert {
+                    path: cert.path.clone(),
+                    error,
+                }))
+            })?;
+            if ca.private_key.key.public_key() != *public {
+                return Err(err(ErrorKind::CertKeyMismatch {
+                    private: ca.private_key.path.clone(),
+                    host: me.name.clone(),
+                    cert: cert.path.clone(),
+                }));
             }
         }
         Ok(Config {

@@ -371,6 +371,18 @@ fn render_check(config: &Config) -> String {
             pk.private_key.key.bits(),
             pk.private_key.path.display()
         ),
+        Auth::Cert(c) => {
+            let me_cert = c.certs[&me.name].cert();
+            format!(
+                "certificate \"{}\" (RSA {} private key in {}; expires {}; CA {} in {})",
+                me_cert.subject(),
+                c.private_key.key.bits(),
+                c.private_key.path.display(),
+                ike::crypto::x509::format_time(me_cert.not_after()),
+                c.ca.anchors.names(),
+                c.ca.path.display()
+            )
+        }
         _ => "unknown".to_owned(),
     };
     let dur = |d| humantime::format_duration(d).to_string();
@@ -433,6 +445,22 @@ fn render_check(config: &Config) -> String {
                 k.path.display(),
                 k.key.bits()
             );
+        }
+        if let Auth::Cert(c) = &config.mesh.auth {
+            let _ = match c.certs.get(&p.name) {
+                Some(f) => writeln!(
+                    o,
+                    "    peer certificate \"{}\" in {} (expires {})",
+                    f.cert().subject(),
+                    f.path.display(),
+                    ike::crypto::x509::format_time(f.cert().not_after())
+                ),
+                None => writeln!(
+                    o,
+                    "    peer certificate: sent by the peer, must chain to the CA and name {}",
+                    p.id
+                ),
+            };
         }
         for r in t.remote_subnets() {
             let _ = writeln!(o, "    route {r} dev {} mtu {}", s.interface, s.mtu);

@@ -146,6 +146,20 @@ pub enum ErrorKind {
         /// Its public key file.
         public: PathBuf,
     },
+    /// This host's private key is not the one its certificate certifies.
+    #[error(
+        "the private key {private} does not belong to {host}'s certificate {cert}; check that the right private \
+         key is installed on this host (or --private-key / --host)",
+        private = .private.display(), cert = .cert.display()
+    )]
+    CertKeyMismatch {
+        /// The private key file.
+        private: PathBuf,
+        /// The local host.
+        host: String,
+        /// Its certificate file.
+        cert: PathBuf,
+    },
     /// Accepted by the schema but not implemented yet.
     #[error("{0}")]
     NotSupported(String),
@@ -277,5 +291,13 @@ pub enum KeyFileError {
         path: PathBuf,
         /// What is wrong with it.
         error: ike::crypto::keyfile::KeyError,
+    },
+    /// A certificate that does not verify, or does not name its host.
+    #[error("{path}: {error}", path = .path.display())]
+    Cert {
+        /// The certificate file.
+        path: PathBuf,
+        /// What is wrong with it.
+        error: ike::crypto::x509::CertError,
     },
 }

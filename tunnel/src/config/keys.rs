@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use ike::crypto::keyfile;
 use ike::crypto::signature::{PrivateKey, PublicKey};
+use ike::crypto::x509::{self, Certificate, TrustAnchors};
 use zeroize::Zeroizing;
 
 use super::KeyFileError;
@@ -104,6 +105,62 @@ impl PublicKeyFile {
         Ok(PublicKeyFile {
             path: path.to_owned(),
             key,
+        })
+    }
+}
+
+/// A certificate file: the host's certificate first, then any intermediates to send with it (PEM, as
+/// strongSwan's `pki --issue --outform pem` and OpenSSL write them).
+#[derive(Debug, Clone)]
+pub struct CertFile {
+    /// The file.
+    pub path: PathBuf,
+    /// The certificates, the host's own first.
+    pub chain: Vec<Certificate>,
+}
+
+impl CertFile {
+    /// Reads and parses every certificate of the file.
+    pub fn read(path: &Path) -> Result<CertFile, KeyFileError> {
+        let bytes = read(path, false)?;
+        let chain = x509::parse_certificates(&bytes).map_err(|error| KeyFileError::Cert {
+            path: path.to_owned(),
+            error,
+        })?;
+        Ok(CertFile {
+            path: path.to_owned(),
+            chain,
+        })
+    }
+
+    /// The host's own certificate.
+    pub fn cert(&self) -> &Certificate {
+        &self.chain[0]
+    }
+}
+
+/// The mesh's CA certificates (`ca`): one file, one or more CA certificates.
+#[derive(Debug, Clone)]
+pub struct CaFile {
+    /// The file.
+    pub path: PathBuf,
+    /// The CAs.
+    pub anchors: std::sync::Arc<TrustAnchors>,
+}
+
+impl CaFile {
+    /// Reads the CA certificates; each must be a CA (basicConstraints cA).
+    pub fn read(path: &Path) -> Result<CaFile, KeyFileError> {
+        let cert_err = |error| KeyFileError::Cert {
+            path: path.to_owned(),
+            error,
+        };
+        let bytes = read(path, false)?;
+        let cas = x509::parse_certificates(&bytes).map_err(cert_err)?;
+        let anchors = TrustAnchors::new(cas).map_err(cert_err)?;
+        Ok(CaFile {
+            path: path.to_owned(),
+            anchors: std::sync::Arc::new(anchors),
         })
     }
 }

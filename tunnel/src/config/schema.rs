@@ -24,6 +24,7 @@ pub(super) struct MeshSection {
     pub(super) auth: Option<S<String>>,
     pub(super) psk_file: Option<S<String>>,
     pub(super) private_key: Option<S<String>>,
+    pub(super) ca: Option<S<String>>,
     pub(super) ike_proposals: Option<S<Vec<S<String>>>>,
     pub(super) esp_proposals: Option<S<Vec<S<String>>>>,
     /// Durations: a string such as "4h" or an integer number of seconds.
@@ -48,4 +49,5 @@ pub(super) struct HostSection {
     pub(super) id: Option<S<String>>,
     pub(super) port: Option<S<i64>>,
     pub(super) pubkey: Option<S<String>>,
+    pub(super) cert: Option<S<String>>,
 }

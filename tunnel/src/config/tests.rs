@@ -983,3 +983,124 @@ fn nat_keepalive_and_ike_fragment_size() {
         "{problem} / {allowed}"
     );
 }
+
+// ---- auth = "pubkey" with a CA: certificates -------------------------------------------------------------------
+
+/// A file of ike's X.509 test data (made by OpenSSL, see ike/src/crypto/x509/testdata/make.sh).
+fn x509(name: &str) -> String {
+    let p = format!(
+        "{}/../ike/src/crypto/x509/testdata/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+/// A certificate mesh as b0: b0 (198.18.0.1) has certificate "a" with its intermediate in one file, c0
+/// (198.18.0.2) certificate "b"; the private key is a's.
+fn cert_fixture() -> (Fixture, String) {
+    let f = Fixture::new();
+    f.write("ca.pem", &x509("ca.pem"), 0o644);
+    f.write("b0.pem", &(x509("a.pem") + &x509("inter.pem")), 0o644);
+    f.write("c0.pem", &x509("b.pem"), 0o644);
+    f.write("other.pem", &x509("stranger.pem"), 0o644);
+    f.write("private.pem", &x509("a.key"), 0o600);
+    let hosts = TWO_HOSTS
+        .replace(
+            "subnets = [\"198.19.1.0/24\"]",
+            "subnets = [\"198.19.1.0/24\"]\ncert = \"b0.pem\"",
+        )
+        .replace(
+            "subnets = [\"198.19.2.0/24\"]",
+            "subnets = [\"198.19.2.0/24\"]\ncert = \"c0.pem\"",
+        );
+    let text = format!(
+        "[mesh]\nauth = \"pubkey\"\nprivate_key = \"private.pem\"\nca = \"ca.pem\"\n{hosts}"
+    );
+    (f, text)
+}
+
+fn key_file_error(e: &ConfigError) -> &KeyFileError {
+    match &*e.kind {
+        ErrorKind::Key(k) => k,
+        other => panic!("expected a key file error, got {other:?} ({e})"),
+    }
+}
+
+#[test]
+fn cert_mesh_loads_chains_and_checks_this_hosts_key() {
+    let (f, text) = cert_fixture();
+    let m = f.parse(&text).unwrap();
+    let Auth::Cert(c) = &m.auth else {
+        panic!("certificates expected")
+    };
+    assert_eq!(c.certs["b0"].chain.len(), 2);
+    assert_eq!(
+        c.certs["c0"].cert().subject(),
+        "C=CH, O=vmsecd test, CN=b.example.net"
+    );
+    assert!(
+        !format!("{m:?}").contains("BEGIN"),
+        "no key material in Debug"
+    );
+    Config::new(m.clone(), Some("b0"), &[]).unwrap();
+    // As c0, the private key is b0's.
+    let e = Config::new(m, Some("c0"), &[]).unwrap_err();
+    assert!(matches!(*e.kind, ErrorKind::CertKeyMismatch { .. }), "{e}");
+    assert_eq!(e.key, "host[1].cert");
+    assert!(e.to_string().contains("c0.pem"), "{e}");
+
+    // A peer's certificate is optional (it sends its own); this host's is not.
+    let no_c0 = text.replace("\ncert = \"c0.pem\"", "");
+    let m = f.parse(&no_c0).unwrap();
+    Config::new(m.clone(), Some("b0"), &[]).unwrap();
+    let e = Config::new(m, Some("c0"), &[]).unwrap_err();
+    assert!(matches!(*e.kind, ErrorKind::Missing { .. }), "{e}");
+    assert_eq!(e.key, "host[1].cert");
+}
+
+#[test]
+fn cert_errors_name_the_host_and_the_reason() {
+    let (f, text) = cert_fixture();
+    // b0's certificate given to c0: it does not name c0's address.
+    let e = f.err(&text.replace("cert = \"c0.pem\"", "cert = \"b0.pem\""));
+    assert_eq!(e.key, "host[1].cert");
+    assert!(
+        e.to_string()
+            .contains("identity 198.18.0.2 is not in the certificate of C=CH, O=vmsecd test, CN=a.example.net"),
+        "{e}"
+    );
+    // Issued by another CA.
+    let e = f.err(&text.replace("cert = \"c0.pem\"", "cert = \"other.pem\""));
+    assert!(
+        matches!(key_file_error(&e), KeyFileError::Cert { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("which is not a trusted CA"), "{e}");
+    // b0's file without its intermediate.
+    f.write("b0.pem", &x509("a.pem"), 0o644);
+    let e = f.err(&text);
+    assert_eq!(e.key, "host[0].cert");
+    assert!(e.to_string().contains("CN=Test Intermediate"), "{e}");
+    // The CA file must hold a CA.
+    f.write("ca.pem", &x509("b.pem"), 0o644);
+    let e = f.err(&text);
+    assert_eq!(e.key, "mesh.ca");
+    assert!(e.to_string().contains("not a CA"), "{e}");
+}
+
+#[test]
+fn cert_keys_only_with_their_method() {
+    let (f, text) = cert_fixture();
+    // pubkey and ca together.
+    let e = f.err(&text.replace("cert = \"c0.pem\"", "pubkey = \"c0.pem\""));
+    assert_eq!(e.key, "host[1].pubkey");
+    // cert without ca.
+    let e = f.err(&text.replace("ca = \"ca.pem\"\n", ""));
+    assert_eq!(e.key, "host[0].cert");
+    assert!(invalid(&e).1.contains("mesh.ca"), "{e}");
+    // psk with ca.
+    let e = f.err(&format!(
+        "[mesh]\npsk_file = \"psk\"\nca = \"ca.pem\"\n{TWO_HOSTS}"
+    ));
+    assert_eq!(e.key, "mesh.ca");
+}

@@ -5,16 +5,17 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ike::proposal::{ProposalError, ProposalSpec};
 
 use super::schema::{self, S};
 use super::{
-    Auth, ConfigError, ControlSocket, Encap, ErrorKind, FirewallMode, Host, Identity,
-    PrivateKeyFile, Psk, PubKeyAuth, PublicKeyFile, Settings, DEFAULT_CHILD_LIFETIME,
-    DEFAULT_CONTROL_SOCKET, DEFAULT_DPD_DELAY, DEFAULT_ESP_PROPOSAL, DEFAULT_IKE_LIFETIME,
-    DEFAULT_IKE_PORT, DEFAULT_IKE_PROPOSAL, DEFAULT_INTERFACE, DEFAULT_MTU, DEFAULT_REKEY_MARGIN,
+    Auth, CaFile, CertAuth, CertFile, ConfigError, ControlSocket, Encap, ErrorKind, FirewallMode,
+    Host, Identity, KeyFileError, PrivateKeyFile, Psk, PubKeyAuth, PublicKeyFile, Settings,
+    DEFAULT_CHILD_LIFETIME, DEFAULT_CONTROL_SOCKET, DEFAULT_DPD_DELAY, DEFAULT_ESP_PROPOSAL,
+    DEFAULT_IKE_LIFETIME, DEFAULT_IKE_PORT, DEFAULT_IKE_PROPOSAL, DEFAULT_INTERFACE, DEFAULT_MTU,
+    DEFAULT_REKEY_MARGIN,
 };
 use crate::prefix::Prefix;
 
@@ -580,6 +581,12 @@ impl Cx<'_> {
                 if let Some((i, v)) = hosts.iter().enumerate().find_map(|(i, h)| h.get_ref().pubkey.as_ref().map(|v| (i, v))) {
                     return Err(only_with(v.span(), format!("host[{i}].pubkey"), "pubkey"));
                 }
+                if let Some(v) = &m.ca {
+                    return Err(only_with(v.span(), "mesh.ca".to_owned(), "pubkey"));
+                }
+                if let Some((i, v)) = hosts.iter().enumerate().find_map(|(i, h)| h.get_ref().cert.as_ref().map(|v| (i, v))) {
+                    return Err(only_with(v.span(), format!("host[{i}].cert"), "pubkey"));
+                }
                 let Some(v) = &m.psk_file else {
                     return Err(self.err(
                         mesh_span,
@@ -607,6 +614,17 @@ impl Cx<'_> {
                         },
                     ));
                 }
+                if let Some(ca) = &m.ca {
+                    return self.cert_auth(ca, hosts, valid_hosts, private_key_override, &m.private_key);
+                }
+                if let Some((i, v)) = hosts.iter().enumerate().find_map(|(i, h)| h.get_ref().cert.as_ref().map(|v| (i, v))) {
+                    return Err(self.invalid(
+                        v,
+                        &format!("host[{i}].cert"),
+                        "set, but certificates are only used with a mesh CA".to_owned(),
+                        "set mesh.ca = \"PATH\" (the CA certificate), or remove cert and give each host its pubkey",
+                    ));
+                }
                 if let Some((i, h)) = hosts.iter().enumerate().find(|(_, h)| h.get_ref().pubkey.is_none()) {
                     return Err(self.err(
                         Some(h.span()),
@@ -616,12 +634,7 @@ impl Cx<'_> {
                         },
                     ));
                 }
-                let private_key = match (private_key_override, &m.private_key) {
-                    (Some(p), _) => PrivateKeyFile::read(p).map_err(|e| self.err(None, "--private-key", e))?,
-                    (None, Some(v)) => PrivateKeyFile::read(&self.path(v.get_ref()))
-                        .map_err(|e| self.err(Some(v.span()), "mesh.private_key", e))?,
-                    (None, None) => unreachable!("checked above"),
-                };
+                let private_key = self.private_key(private_key_override, &m.private_key)?;
                 let mut public_keys = std::collections::BTreeMap::new();
                 let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
                 for (i, (h, host)) in hosts.iter().zip(valid_hosts).enumerate() {
@@ -646,8 +659,90 @@ impl Cx<'_> {
                 m.auth.as_ref().expect("auth was given"),
                 "mesh.auth",
                 format!("unknown authentication method {other:?}"),
-                "\"psk\" (a pre-shared key in psk_file) or \"pubkey\" (private_key and each host's pubkey)",
+                "\"psk\" (a pre-shared key in psk_file) or \"pubkey\" (private_key and each host's pubkey, or a mesh ca \
+                 and host certificates)",
             )),
         }
+    }
+}
+
+impl Cx<'_> {
+    fn private_key(
+        &self,
+        override_path: Option<&Path>,
+        key: &Option<S<String>>,
+    ) -> Result<PrivateKeyFile, ConfigError> {
+        match (override_path, key) {
+            (Some(p), _) => PrivateKeyFile::read(p).map_err(|e| self.err(None, "--private-key", e)),
+            (None, Some(v)) => PrivateKeyFile::read(&self.path(v.get_ref()))
+                .map_err(|e| self.err(Some(v.span()), "mesh.private_key", e)),
+            (None, None) => unreachable!("checked by the caller"),
+        }
+    }
+
+    /// `auth = "pubkey"` with `ca`: the CA file, and every host certificate the file names, each verified now
+    /// against the CA and checked to name its host's identity, so that a wrong file is found at start rather
+    /// than at the first handshake.
+    fn cert_auth(
+        &self,
+        ca: &S<String>,
+        hosts: &[S<schema::HostSection>],
+        valid_hosts: &[Host],
+        private_key_override: Option<&Path>,
+        private_key: &Option<S<String>>,
+    ) -> Result<Auth, ConfigError> {
+        if let Some((i, v)) = hosts
+            .iter()
+            .enumerate()
+            .find_map(|(i, h)| h.get_ref().pubkey.as_ref().map(|v| (i, v)))
+        {
+            return Err(self.invalid(
+                v,
+                &format!("host[{i}].pubkey"),
+                "set together with mesh.ca: with a CA, hosts authenticate with certificates".to_owned(),
+                "cert = \"PATH\" (the host's certificate) instead, or remove mesh.ca to use raw public keys",
+            ));
+        }
+        let private_key = self.private_key(private_key_override, private_key)?;
+        let ca_file = CaFile::read(&self.path(ca.get_ref()))
+            .map_err(|e| self.err(Some(ca.span()), "mesh.ca", e))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut certs = std::collections::BTreeMap::new();
+        for (i, (h, host)) in hosts.iter().zip(valid_hosts).enumerate() {
+            let Some(v) = &h.get_ref().cert else {
+                continue;
+            };
+            let key = format!("host[{i}].cert");
+            let path = self.path(v.get_ref());
+            let file =
+                CertFile::read(&path).map_err(|e| self.err(Some(v.span()), key.clone(), e))?;
+            let cert_err = |error| {
+                self.err(
+                    Some(v.span()),
+                    key.clone(),
+                    KeyFileError::Cert {
+                        path: path.clone(),
+                        error,
+                    },
+                )
+            };
+            let (end, intermediates) = file
+                .chain
+                .split_first()
+                .expect("parse_certificates returns one or more");
+            ca_file
+                .anchors
+                .verify(end, intermediates, now)
+                .map_err(cert_err)?;
+            end.check_identity(&host.id.to_id()).map_err(cert_err)?;
+            certs.insert(host.name.clone(), file);
+        }
+        Ok(Auth::Cert(CertAuth {
+            private_key,
+            ca: ca_file,
+            certs,
+        }))
     }
 }

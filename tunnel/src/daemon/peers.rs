@@ -1,20 +1,22 @@
 //! From the mesh file to what the IKE engine needs per peer.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ike::config::{AuthMethod, Lifetimes, PeerConfig, Retransmit};
+use ike::config::{AuthMethod, Lifetimes, PeerConfig, Retransmit, WallClock};
 use ike::crypto::signature::Padding;
-use ike::message::{Id, IdType};
 use zeroize::Zeroizing;
 
-use crate::config::{Auth, Config, Encap, Identity};
+use crate::config::{Auth, Config, Encap};
 
-fn id(i: &Identity) -> Id {
-    let (t, data) = i.wire();
-    Id {
-        id_type: IdType(t),
-        data,
+/// Now, as the IKE engine takes the time for certificate validity.
+fn wall_clock() -> WallClock {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    WallClock {
+        at: Instant::now(),
+        unix,
     }
 }
 
@@ -37,6 +39,15 @@ pub(crate) fn peer_configs(config: &Config) -> Vec<Arc<PeerConfig>> {
                     // Config validation made sure every host has one.
                     peer_public: pk.public_keys[&peer.name].key.clone(),
                 },
+                (None, Auth::Cert(c)) => AuthMethod::Certificate {
+                    private: c.private_key.key.clone(),
+                    padding: Padding::Pss,
+                    // Config::new made sure this host has one.
+                    chain: Arc::new(c.certs[&local.name].chain.clone()),
+                    trust: c.ca.anchors.clone(),
+                    peer_cert: c.certs.get(&peer.name).map(|f| Arc::new(f.cert().clone())),
+                    clock: wall_clock(),
+                },
                 (None, Auth::Psk(_)) => unreachable!("handled above"),
             };
             Arc::new(PeerConfig {
@@ -44,8 +55,8 @@ pub(crate) fn peer_configs(config: &Config) -> Vec<Arc<PeerConfig>> {
                 local_addr: local.address,
                 remote_addr: peer.address,
                 remote_port: peer.port,
-                local_id: id(&local.id),
-                remote_id: id(&peer.id),
+                local_id: local.id.to_id(),
+                remote_id: peer.id.to_id(),
                 auth,
                 ike_proposals: s.ike_proposals.clone(),
                 esp_proposals: s.esp_proposals.clone(),
@@ -87,6 +98,33 @@ pub(crate) fn same(a: &PeerConfig, b: &PeerConfig) -> bool {
                 peer_public: qb,
             },
         ) => pa.public_key() == pb.public_key() && da == db && qa == qb,
+        (
+            AuthMethod::Certificate {
+                private: pa,
+                padding: da,
+                chain: ca,
+                trust: ta,
+                peer_cert: qa,
+                ..
+            },
+            AuthMethod::Certificate {
+                private: pb,
+                padding: db,
+                chain: cb,
+                trust: tb,
+                peer_cert: qb,
+                ..
+            },
+        ) => {
+            let ders = |v: &[ike::crypto::x509::Certificate]| -> Vec<Vec<u8>> {
+                v.iter().map(|c| c.der().to_vec()).collect()
+            };
+            pa.public_key() == pb.public_key()
+                && da == db
+                && ders(ca) == ders(cb)
+                && ta.certreq_data() == tb.certreq_data()
+                && qa.as_ref().map(|c| c.der()) == qb.as_ref().map(|c| c.der())
+        }
         _ => false,
     };
     secrets_equal && format!("{a:?}") == format!("{b:?}")
