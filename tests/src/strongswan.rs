@@ -130,6 +130,9 @@ pub struct Conn {
     pub dpd_delay: String,
     /// Raw RSA public key authentication instead of the PSK (see [`Conn::with_pubkeys`]).
     pub pubkeys: Option<Pubkeys>,
+    /// X.509 authentication instead of the PSK: charon's certificate, a file name in `swanctl/x509/` (see
+    /// [`Conn::with_cert`]).
+    pub cert: Option<String>,
 }
 
 /// swanctl's raw public key authentication: `auth = pubkey` with `pubkeys = FILE` on both sides; the files are
@@ -165,7 +168,15 @@ impl Conn {
             start_action: "none".into(),
             dpd_delay: "0s".into(),
             pubkeys: None,
+            cert: None,
         }
+    }
+
+    /// This connection with certificates on both sides instead of the PSK: charon's own is `cert` in
+    /// `swanctl/x509/` (see [`pki_issue`]); the peer's must chain to a CA in `swanctl/x509ca/`.
+    pub fn with_cert(mut self, cert: &str) -> Conn {
+        self.cert = Some(cert.into());
+        self
     }
 
     /// This connection with raw public key authentication on both sides instead of the PSK.
@@ -185,6 +196,13 @@ impl Conn {
         } else {
             &self.remote_id
         };
+        if let Some(cert) = &self.cert {
+            return if local {
+                format!("auth = pubkey\n      id = {id}\n      certs = {cert}")
+            } else {
+                format!("auth = pubkey\n      id = {id}")
+            };
+        }
         match &self.pubkeys {
             None => format!("auth = psk\n      id = {id}"),
             Some(p) => format!(
@@ -260,7 +278,7 @@ pub fn swanctl_conf(conns: &[Conn]) -> String {
     for (i, c) in conns
         .iter()
         .enumerate()
-        .filter(|(_, c)| c.pubkeys.is_none())
+        .filter(|(_, c)| c.pubkeys.is_none() && c.cert.is_none())
     {
         let _ = write!(
             out,
@@ -797,4 +815,115 @@ mod tests {
         assert_eq!(c.packets_in, 30);
         assert!(parse_list_sas("list-sas reply {}\n").is_empty());
     }
+}
+
+/// A key pair and certificate made with strongSwan's `pki`.
+#[derive(Debug, Clone)]
+pub struct PkiCert {
+    /// The private key (PKCS#1 PEM, mode 0600).
+    pub key: PathBuf,
+    /// The certificate (PEM).
+    pub cert: PathBuf,
+}
+
+fn pki(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("pki")
+        .args(args)
+        .output()
+        .expect("pki (apt-get install strongswan-pki)");
+    assert!(
+        out.status.success(),
+        "pki {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn pki_key(dir: &Path, name: &str, bits: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).expect("pki dir");
+    let key = dir.join(format!("{name}.key.pem"));
+    let bits = bits.to_string();
+    fs::write(
+        &key,
+        pki(&[
+            "--gen",
+            "--type",
+            "rsa",
+            "--size",
+            &bits,
+            "--outform",
+            "pem",
+        ]),
+    )
+    .expect("key");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod");
+    key
+}
+
+/// A self-signed CA made with `pki --self --ca`, in `dir` as NAME.key.pem and NAME.pem.
+pub fn pki_ca(dir: &Path, name: &str, bits: u32, dn: &str) -> PkiCert {
+    let key = pki_key(dir, name, bits);
+    let cert = dir.join(format!("{name}.pem"));
+    let pem = pki(&[
+        "--self",
+        "--ca",
+        "--in",
+        key.to_str().expect("UTF-8"),
+        "--dn",
+        dn,
+        "--outform",
+        "pem",
+    ]);
+    fs::write(&cert, pem).expect("CA certificate");
+    PkiCert { key, cert }
+}
+
+/// A certificate issued by `issuer` with `pki --issue`: subject `dn`, one `--san` per entry of `sans`, more
+/// `pki --issue` arguments in `extra` (`--ca` for an intermediate, `--not-after ...`), in `dir` as NAME.key.pem
+/// and NAME.pem.
+pub fn pki_issue(
+    dir: &Path,
+    issuer: &PkiCert,
+    name: &str,
+    bits: u32,
+    dn: &str,
+    sans: &[&str],
+    extra: &[&str],
+) -> PkiCert {
+    let key = pki_key(dir, name, bits);
+    let public = dir.join(format!("{name}.pub.pem"));
+    fs::write(
+        &public,
+        pki(&[
+            "--pub",
+            "--in",
+            key.to_str().expect("UTF-8"),
+            "--outform",
+            "pem",
+        ]),
+    )
+    .expect("public key");
+    let mut args: Vec<&str> = vec![
+        "--issue",
+        "--type",
+        "pub",
+        "--in",
+        public.to_str().expect("UTF-8"),
+        "--cacert",
+        issuer.cert.to_str().expect("UTF-8"),
+        "--cakey",
+        issuer.key.to_str().expect("UTF-8"),
+        "--dn",
+        dn,
+        "--outform",
+        "pem",
+    ];
+    for s in sans {
+        args.extend(["--san", s]);
+    }
+    args.extend(extra);
+    let cert = dir.join(format!("{name}.pem"));
+    fs::write(&cert, pki(&args)).expect("certificate");
+    PkiCert { key, cert }
 }
