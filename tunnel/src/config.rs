@@ -499,7 +499,7 @@ impl Config {
             .collect();
         if !missing.is_empty() {
             return Err(err(ErrorKind::Libvirt(format!(
-                "{name} takes its subnets from the libvirt networks {}, but {} {} not defined on this machine                  (networks found in {where_}: {}); define and start {} (virsh net-define, virsh net-start) or                  fix libvirt_networks",
+                "{name} takes its subnets from the libvirt networks {}, but {} {} not defined on this machine (networks found in {where_}: {}); define and start {} (virsh net-define, virsh net-start) or fix libvirt_networks",
                 join(lv.networks.iter()),
                 join(missing.iter()),
                 if missing.len() == 1 { "is" } else { "are" },
@@ -518,7 +518,7 @@ impl Config {
             .collect();
         if networks.is_empty() {
             return Err(err(ErrorKind::Libvirt(format!(
-                "{name} has subnets = \"libvirt\", but no libvirt network with an IPv4 address was found in                  {where_}{}: define one (virsh net-define, e.g. with <ip address='192.168.122.1' prefix='24'/>)                  and start it, or list this host's subnets in the mesh file",
+                "{name} has subnets = \"libvirt\", but no libvirt network with an IPv4 address was found in {where_}{}: define one (virsh net-define, e.g. with <ip address='192.168.122.1' prefix='24'/>) and start it, or list this host's subnets in the mesh file",
                 if lv.networks.is_empty() {
                     String::new()
                 } else {
@@ -532,26 +532,26 @@ impl Config {
             for s in nets {
                 if !range.iter().any(|r| r.contains_prefix(s)) {
                     return Err(err(ErrorKind::Libvirt(format!(
-                        "libvirt network {net}'s subnet {s} lies outside mesh.libvirt_range ({}): the other                          hosts would refuse it; renumber the network (virsh net-edit {net}) or widen                          libvirt_range",
+                        "libvirt network {net}'s subnet {s} lies outside mesh.libvirt_range ({}): the other hosts would refuse it; renumber the network (virsh net-edit {net}) or widen libvirt_range",
                         join(range.iter())
                     ))));
                 }
                 if let Some(o) = subnets.iter().find(|o| o.overlaps(s)) {
                     return Err(err(ErrorKind::Libvirt(format!(
-                        "libvirt network {net}'s subnet {s} overlaps {o} of another of this host's networks:                          renumber one (virsh net-edit {net})"
+                        "libvirt network {net}'s subnet {s} overlaps {o} of another of this host's networks: renumber one (virsh net-edit {net})"
                     ))));
                 }
                 for h in self.mesh.peers(me) {
                     if let Some(o) = h.subnets.iter().find(|o| o.overlaps(s)) {
                         return Err(err(ErrorKind::Libvirt(format!(
-                            "libvirt network {net}'s subnet {s} on {name} overlaps {}'s subnet {o}: renumber the                              network (virsh net-edit {net}) or the other host's subnet",
+                            "libvirt network {net}'s subnet {s} on {name} overlaps {}'s subnet {o}: renumber the network (virsh net-edit {net}) or the other host's subnet",
                             h.name
                         ))));
                     }
                 }
                 if let Some(h) = self.mesh.hosts.iter().find(|h| s.contains(h.address)) {
                     return Err(err(ErrorKind::Libvirt(format!(
-                        "libvirt network {net}'s subnet {s} holds {}'s address {}: the route for it would send                          IKE and ESP into the tunnel; renumber the network (virsh net-edit {net})",
+                        "libvirt network {net}'s subnet {s} holds {}'s address {}: the route for it would send IKE and ESP into the tunnel; renumber the network (virsh net-edit {net})",
                         h.name, h.address
                     ))));
                 }
