@@ -99,8 +99,8 @@ impl Daemon {
         if let Some(why) = clash {
             tracing::error!(
                 peer = %c.peer,
-                "refusing the subnets {} learned from its Child SA: {why}; renumber one of the two libvirt networks \
-                 (virsh net-edit) and reload. Deleting the IKE SA with {} (it is tried again later)",
+                "refusing the subnets {} learned from its Child SA: {why}; renumber one of the two (a libvirt network \
+                 with virsh net-edit) and reload. Deleting the IKE SA with {} (it is tried again later)",
                 subnets.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
                 c.peer
             );
