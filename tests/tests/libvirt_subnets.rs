@@ -18,7 +18,7 @@ const PSK: &str = "libvirt-subnets-test-psk-0123456789";
 const AVM: &str = "198.19.1.10";
 const BVM: &str = "198.19.2.10";
 
-fn mesh(psk_file: &Path) -> String {
+fn mesh(psk_file: &Path, a_networks: &str) -> String {
     format!(
         r#"[mesh]
 psk_file = {psk:?}
@@ -28,7 +28,7 @@ libvirt_range = ["198.19.0.0/16"]
 name = "hA"
 address = "198.18.0.1"
 subnets = "libvirt"
-libvirt_networks = ["default"]
+libvirt_networks = {a_networks}
 
 [[host]]
 name = "hB"
@@ -40,7 +40,7 @@ name = "hC"
 address = "198.18.0.3"
 subnets = "libvirt"
 "#,
-        psk = psk_file.display().to_string()
+        psk = psk_file.display().to_string(),
     )
 }
 
@@ -54,6 +54,19 @@ fn check(ns: &Netns, file: &Path, host: &str, dirs: &[&Path]) -> (bool, String) 
         cmd.arg("--libvirt-dir").arg(d);
     }
     let out = output_of(&mut cmd);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `vmsecd reload` in `ns`: (success, stdout and stderr).
+fn reload(ns: &Netns) -> (bool, String) {
+    let out = output_of(ns.command(vmsecd_bin()).arg("reload"));
     (
         out.status.success(),
         format!(
@@ -83,7 +96,7 @@ fn a_libvirt_hosts_subnets_are_read_there_and_learned_elsewhere() {
     std::fs::write(&psk, format!("{PSK}\n")).unwrap();
     std::fs::set_permissions(&psk, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let file = dir.join("mesh.toml");
-    std::fs::write(&file, mesh(&psk)).unwrap();
+    std::fs::write(&file, mesh(&psk, r#"["default"]"#)).unwrap();
 
     let (da, db) = (dir.join("libvirt-a"), dir.join("libvirt-b"));
     let la = Libvirtd::start(&a, &da);
@@ -215,6 +228,42 @@ fn a_libvirt_hosts_subnets_are_read_there_and_learned_elsewhere() {
         vc.diagnostics()
     );
     drop(vc);
+
+    // a gets a second network; a reload with a name libvirt does not know is refused and changes nothing, the
+    // right one makes a propose both subnets, and b learns them.
+    let lab = dir.join("lab.xml");
+    std::fs::write(
+        &lab,
+        "<network><name>lab</name><forward mode='nat'/><bridge name='virbr1' stp='off' delay='0'/>\
+         <ip address='198.19.3.1' netmask='255.255.255.0'/></network>",
+    )
+    .unwrap();
+    la.virsh(&["net-define", lab.to_str().unwrap()]);
+    la.virsh(&["net-start", "lab"]);
+    std::fs::write(&file, mesh(&psk, r#"["default", "nope"]"#)).unwrap();
+    let (ok, text) = reload(&a);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("but nope is not defined on this machine")
+            && text.contains("networks found in"),
+        "{text}"
+    );
+    std::fs::write(&file, mesh(&psk, r#"["default", "lab"]"#)).unwrap();
+    let (ok, text) = reload(&a);
+    assert!(ok && text.contains("host hB changed"), "{text}");
+    vb.wait_status("hA's two learned subnets", Duration::from_secs(20), |s| {
+        is_up(s, "hA") && peer(s, "hA").subnets == ["198.19.1.0/24", "198.19.3.0/24"]
+    });
+    assert!(
+        route(&b, "198.19.3.0/24").contains("dev vmsec0"),
+        "{}",
+        b.ip(&["route"])
+    );
+    assert!(
+        ping_until_ok(&avm, BVM, Duration::from_secs(10)),
+        "after the reload: {}",
+        diag(&va, &vb)
+    );
 
     // a stops: its Child SA is deleted, and b's route to the learned subnet goes with it.
     assert!(va.terminate(Duration::from_secs(10)).is_some());

@@ -534,6 +534,9 @@ impl Handle {
             };
             (has(true), has(false))
         };
+        if self.fw.is_none() && config.settings().firewall == FirewallMode::Off {
+            return Ok(());
+        }
         if let Some(fw) = &self.fw {
             let new = Firewall::for_config(config)?;
             let mut old = lock(fw);
