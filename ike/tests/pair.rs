@@ -430,6 +430,48 @@ fn wider_proposal_is_narrowed_by_the_responder() {
     );
 }
 
+/// vmsecd's `subnets = "libvirt"`: one side offers a range of several selectors for the other's subnets, the
+/// other has several subnets; whoever initiates, both end up with exactly the intersections (RFC 7296 2.9).
+#[test]
+fn several_selectors_narrow_to_their_intersections_in_both_roles() {
+    let range = vec![ts("198.19.0.0/17"), ts("198.19.128.0/17")];
+    let b_nets = vec![
+        ts("198.19.2.0/24"),
+        ts("198.19.200.0/24"),
+        ts("198.18.128.0/24"),
+    ];
+    for a_initiates in [true, false] {
+        let (mut a, mut b) = configs();
+        a.remote_ts = range.clone();
+        b.local_ts = b_nets.clone();
+        let mut p = Pair::new(a, b);
+        if a_initiates {
+            p.connect();
+        } else {
+            p.b.connect(p.now, "a").unwrap();
+            p.drive();
+        }
+        let (ca, cb) = (child_ups(&p.ev_a), child_ups(&p.ev_b));
+        assert_eq!((ca.len(), cb.len()), (1, 1), "{:?} / {:?}", p.ev_a, p.ev_b);
+        let (at_a, at_b) = (&ca[0], &cb[0]);
+        // 198.18.128.0/24 lies outside A's range: narrowed away, not refused.
+        let want = vec![ts("198.19.2.0/24"), ts("198.19.200.0/24")];
+        let mut got = at_a.ts_remote.clone();
+        got.sort_by_key(|t| t.start);
+        assert_eq!(
+            got, want,
+            "A learns B's subnets inside its range (A initiates: {a_initiates})"
+        );
+        let mut got = at_b.ts_local.clone();
+        got.sort_by_key(|t| t.start);
+        assert_eq!(
+            got, want,
+            "B's side of the same SA (A initiates: {a_initiates})"
+        );
+        assert_eq!(at_a.ts_local, vec![ts("198.19.1.0/24")]);
+    }
+}
+
 #[test]
 fn lost_messages_are_retransmitted_with_backoff() {
     let (a, b) = configs();

@@ -208,6 +208,18 @@ impl Vmsecd {
     /// Starts vmsecd as `host` in `ns` with a mesh file the caller wrote (and the keys it names); logs into
     /// `dir`.
     pub fn start_with_file(ns: &Netns, dir: &Path, file: &Path, host: &str) -> Vmsecd {
+        Vmsecd::start_with_args(ns, dir, file, host, &[])
+    }
+
+    /// [`Vmsecd::start_with_file`] with more arguments for `vmsecd run` (e.g. `--libvirt-dir DIR`).
+    pub fn start_with_args(
+        ns: &Netns,
+        dir: &Path,
+        file: &Path,
+        host: &str,
+        args: &[&str],
+    ) -> Vmsecd {
+        fs::create_dir_all(dir).expect("vmsecd dir");
         let bin = vmsecd_bin();
         let log = dir.join("vmsecd.log");
         let f = fs::File::create(&log).expect("vmsecd log");
@@ -215,6 +227,7 @@ impl Vmsecd {
         cmd.args(["run", "--config"])
             .arg(file)
             .args(["--host", host])
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("VT_VMSECD_LOG").unwrap_or_else(|_| "debug".into()),

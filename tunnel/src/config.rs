@@ -122,6 +122,10 @@ pub struct Settings {
     /// Largest IKE message (IP and UDP headers included) before it is fragmented, RFC 7383
     /// (`ike_fragment_size`, default 1280; `0` never fragments and does not announce support).
     pub ike_fragment_size: u16,
+    /// Where the subnets of `subnets = "libvirt"` hosts may lie (`libvirt_range`; required when a host uses
+    /// it, else empty): the remote traffic selectors we offer and accept for such a host, which the peer
+    /// narrows to its actual subnets (RFC 7296 2.9).
+    pub libvirt_range: Vec<Prefix>,
 }
 
 /// What vmsecd does about the host firewall (libvirt's MASQUERADE and REJECT rules): see [`crate::firewall`].
@@ -344,12 +348,32 @@ pub struct Host {
     pub name: String,
     /// Underlay address IKE and ESP are sent to (and from, when this host is us).
     pub address: IpAddr,
-    /// The VM subnets behind the host; the traffic selectors of its Child SAs.
+    /// The VM subnets behind the host; the traffic selectors of its Child SAs. Empty for a `subnets =
+    /// "libvirt"` host, except for the local host after [`Config::resolve_libvirt`] (its libvirt networks'
+    /// subnets) and, in the daemon, for a peer whose Child SA is up (the subnets it negotiated).
     pub subnets: Vec<Prefix>,
+    /// `subnets = "libvirt"`: the subnets come from the host's own libvirt networks.
+    pub libvirt: Option<LibvirtSubnets>,
     /// IKE identity (default: the address, as in strongSwan).
     pub id: Identity,
     /// UDP port of its IKE (default 500).
     pub port: u16,
+}
+
+/// A host with `subnets = "libvirt"`: on the host itself its subnets are read from its libvirt networks
+/// ([`Config::resolve_libvirt`]); the other hosts learn them from the traffic selectors it negotiates, within
+/// `mesh.libvirt_range`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibvirtSubnets {
+    /// `libvirt_networks`: the networks to take, by name; empty for every network with an IPv4 address.
+    pub networks: Vec<String>,
+}
+
+/// Where a `subnets = "libvirt"` host's subnets came from, for `vmsecd check` and the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibvirtFound {
+    /// (network name, its IPv4 subnets) for each network taken.
+    pub networks: Vec<(String, Vec<Prefix>)>,
 }
 
 /// How the local host was found.
@@ -386,9 +410,20 @@ impl Tunnel<'_> {
         &self.local.subnets
     }
 
-    /// The peer's subnets: TSr when we initiate, and the routes into the TUN.
+    /// The peer's subnets: TSr when we initiate, and the routes into the TUN. Empty for a `subnets = "libvirt"`
+    /// peer until the daemon learns them from its Child SA (see [`Tunnel::remote_selectors`]).
     pub fn remote_subnets(&self) -> &[Prefix] {
         &self.peer.subnets
+    }
+
+    /// The remote traffic selectors we offer and accept: the peer's subnets, or `mesh.libvirt_range` for a
+    /// `subnets = "libvirt"` peer (it narrows them to its own subnets).
+    pub fn remote_selectors<'a>(&'a self, settings: &'a Settings) -> &'a [Prefix] {
+        if self.peer.libvirt.is_some() {
+            &settings.libvirt_range
+        } else {
+            &self.peer.subnets
+        }
     }
 }
 
@@ -492,6 +527,96 @@ impl Config {
         self.mesh.peers(self.local())
     }
 
+    /// For a local host with `subnets = "libvirt"`: reads this machine's libvirt network definitions from
+    /// `dirs` (normally [`crate::libvirt::NETWORK_DIRS`]) and makes their IPv4 subnets the local subnets.
+    /// Refused, in words that say what to do, when no network (or a named one) is found, or a subnet lies
+    /// outside `mesh.libvirt_range`, overlaps another host's subnets or holds a host's address. Returns
+    /// `None` when the local host lists its subnets.
+    pub fn resolve_libvirt(&mut self, dirs: &[&Path]) -> Result<Option<LibvirtFound>, ConfigError> {
+        let me = self.local();
+        let Some(lv) = me.libvirt.clone() else {
+            return Ok(None);
+        };
+        let name = me.name.clone();
+        let err = |kind| ConfigError {
+            file: self.mesh.file.clone(),
+            location: None,
+            key: format!("host[{}].subnets", self.local),
+            kind: Box::new(kind),
+        };
+        let where_ = join(dirs.iter().map(|d| d.display()));
+        let all = crate::libvirt::networks(dirs);
+        let missing: Vec<&String> = lv
+            .networks
+            .iter()
+            .filter(|n| !all.iter().any(|a| &a.name == *n))
+            .collect();
+        if !missing.is_empty() {
+            return Err(err(ErrorKind::Libvirt(format!(
+                "{name} takes its subnets from the libvirt networks {}, but {} {} not defined on this machine (networks found in {where_}: {}); define and start {} (virsh net-define, virsh net-start) or fix libvirt_networks",
+                join(lv.networks.iter()),
+                join(missing.iter()),
+                if missing.len() == 1 { "is" } else { "are" },
+                if all.is_empty() { "none".to_owned() } else { join(all.iter().map(|n| &n.name)) },
+                if missing.len() == 1 { "it" } else { "them" },
+            ))));
+        }
+        let networks: Vec<(String, Vec<Prefix>)> = all
+            .iter()
+            .filter(|n| lv.networks.is_empty() || lv.networks.contains(&n.name))
+            .map(|n| {
+                let v4: Vec<Prefix> = n.subnets.iter().copied().filter(|p| p.is_ipv4()).collect();
+                (n.name.clone(), v4)
+            })
+            .filter(|(_, v4)| !v4.is_empty())
+            .collect();
+        if networks.is_empty() {
+            return Err(err(ErrorKind::Libvirt(format!(
+                "{name} has subnets = \"libvirt\", but no libvirt network with an IPv4 address was found in {where_}{}: define one (virsh net-define, e.g. with <ip address='192.168.122.1' prefix='24'/>) and start it, or list this host's subnets in the mesh file",
+                if lv.networks.is_empty() {
+                    String::new()
+                } else {
+                    format!(" among {}", join(lv.networks.iter()))
+                }
+            ))));
+        }
+        let range = &self.mesh.settings.libvirt_range;
+        let mut subnets: Vec<Prefix> = Vec::new();
+        for (net, nets) in &networks {
+            for s in nets {
+                if !range.iter().any(|r| r.contains_prefix(s)) {
+                    return Err(err(ErrorKind::Libvirt(format!(
+                        "libvirt network {net}'s subnet {s} lies outside mesh.libvirt_range ({}): the other hosts would refuse it; renumber the network (virsh net-edit {net}) or widen libvirt_range",
+                        join(range.iter())
+                    ))));
+                }
+                if let Some(o) = subnets.iter().find(|o| o.overlaps(s)) {
+                    return Err(err(ErrorKind::Libvirt(format!(
+                        "libvirt network {net}'s subnet {s} overlaps {o} of another of this host's networks: renumber one (virsh net-edit {net})"
+                    ))));
+                }
+                for h in self.mesh.peers(me) {
+                    if let Some(o) = h.subnets.iter().find(|o| o.overlaps(s)) {
+                        return Err(err(ErrorKind::Libvirt(format!(
+                            "libvirt network {net}'s subnet {s} on {name} overlaps {}'s subnet {o}: renumber the network (virsh net-edit {net}) or the other host's subnet",
+                            h.name
+                        ))));
+                    }
+                }
+                if let Some(h) = self.mesh.hosts.iter().find(|h| s.contains(h.address)) {
+                    return Err(err(ErrorKind::Libvirt(format!(
+                        "libvirt network {net}'s subnet {s} holds {}'s address {}: the route for it would send IKE and ESP into the tunnel; renumber the network (virsh net-edit {net})",
+                        h.name, h.address
+                    ))));
+                }
+                subnets.push(*s);
+            }
+        }
+        let local = self.local;
+        self.mesh.hosts[local].subnets = subnets;
+        Ok(Some(LibvirtFound { networks }))
+    }
+
     /// The tunnels this host sets up: one per peer, in file order.
     pub fn tunnels(&self) -> Vec<Tunnel<'_>> {
         self.peers()
@@ -550,8 +675,15 @@ impl Mesh {
             }
             None => (None, schema::MeshSection::default()),
         };
-        let settings = cx.settings(&section)?;
+        let mut settings = cx.settings(&section)?;
         let hosts = cx.hosts(&raw.host, &settings)?;
+        cx.libvirt_range(
+            &section,
+            mesh_span.clone(),
+            &raw.host,
+            &hosts,
+            &mut settings,
+        )?;
         let auth = cx.auth(&section, mesh_span, &raw.host, &hosts, private_key)?;
         Ok(Mesh {
             file: file.to_owned(),

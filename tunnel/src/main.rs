@@ -42,6 +42,11 @@ enum Command {
         /// This host's private key, instead of the mesh file's private_key (auth = "pubkey").
         #[arg(long, value_name = "FILE")]
         private_key: Option<PathBuf>,
+        /// Where this machine's libvirt network definitions are (for subnets = "libvirt"); repeat for several,
+        /// the first wins for a network found twice. Default: /run/libvirt/network and
+        /// /etc/libvirt/qemu/networks.
+        #[arg(long = "libvirt-dir", value_name = "DIR")]
+        libvirt_dirs: Vec<PathBuf>,
     },
     /// Validate the mesh file and print the tunnels this host would set up; exit 1 on any error.
     Check {
@@ -52,6 +57,11 @@ enum Command {
         /// when not given.
         #[arg(long, value_name = "NAME")]
         host: Option<String>,
+        /// Where this machine's libvirt network definitions are (for subnets = "libvirt"); repeat for several,
+        /// the first wins for a network found twice. Default: /run/libvirt/network and
+        /// /etc/libvirt/qemu/networks.
+        #[arg(long = "libvirt-dir", value_name = "DIR")]
+        libvirt_dirs: Vec<PathBuf>,
     },
     /// Show the running daemon's SAs and counters, per peer.
     Status {
@@ -134,9 +144,19 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             host,
             control,
             private_key,
+            libvirt_dirs,
         } => {
             let mut config =
                 load_with_private_key(&config, host.as_deref(), private_key.as_deref())?;
+            let libvirt_dirs = libvirt_dirs_or_default(libvirt_dirs);
+            if let Some(found) = config.resolve_libvirt(&as_paths(&libvirt_dirs))? {
+                tracing::info!(
+                    host = %config.local().name,
+                    "subnets = \"libvirt\": local subnets {} from libvirt networks {}",
+                    join(&config.local().subnets),
+                    join(&found.networks.iter().map(|(n, _)| n).collect::<Vec<_>>())
+                );
+            }
             if let Some(c) = control {
                 config.mesh.settings.control_socket = ControlSocket::parse(&c, Path::new(""))
                     .map_err(|allowed| {
@@ -154,14 +174,20 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 .thread_name("vmsecd")
                 .build()
                 .context("cannot start the tokio runtime")?;
-            runtime.block_on(daemon::run(config, private_key))?;
+            runtime.block_on(daemon::run(config, private_key, libvirt_dirs))?;
             Ok(())
         }
-        Command::Check { config, host } => {
-            let config = load(&config, host.as_deref())?;
-            print!("{}", render_check(&config));
+        Command::Check {
+            config,
+            host,
+            libvirt_dirs,
+        } => {
+            let mut config = load(&config, host.as_deref())?;
+            let libvirt_dirs = libvirt_dirs_or_default(libvirt_dirs);
+            let dirs = as_paths(&libvirt_dirs);
+            let found = config.resolve_libvirt(&dirs)?;
+            print!("{}", render_check(&config, found.as_ref()));
             // This machine's libvirt networks against the mesh: the check a sysadmin otherwise does by hand.
-            let dirs = vmsecd::libvirt::NETWORK_DIRS.map(Path::new);
             print!(
                 "{}",
                 vmsecd::libvirt::report(&vmsecd::libvirt::networks(&dirs), &config)
@@ -332,6 +358,19 @@ fn load_with_private_key(
     )?)
 }
 
+/// `--libvirt-dir` as given, or libvirt's own folders.
+fn libvirt_dirs_or_default(dirs: Vec<PathBuf>) -> Vec<PathBuf> {
+    if dirs.is_empty() {
+        vmsecd::libvirt::NETWORK_DIRS.map(PathBuf::from).to_vec()
+    } else {
+        dirs
+    }
+}
+
+fn as_paths(dirs: &[PathBuf]) -> Vec<&Path> {
+    dirs.iter().map(PathBuf::as_path).collect()
+}
+
 /// This machine's addresses, looked up only when `--host` is not given.
 fn local_addrs(host: Option<&str>) -> anyhow::Result<Vec<IpAddr>> {
     Ok(match host {
@@ -359,7 +398,7 @@ fn join<T: std::fmt::Display>(items: &[T]) -> String {
 }
 
 /// What `vmsecd check` prints: the host, the shared settings, and one block per tunnel.
-fn render_check(config: &Config) -> String {
+fn render_check(config: &Config, libvirt: Option<&vmsecd::config::LibvirtFound>) -> String {
     let s = config.settings();
     let me = config.local();
     let ike = join(&s.ike_proposals.iter().map(|p| &p.text).collect::<Vec<_>>());
@@ -398,7 +437,24 @@ fn render_check(config: &Config) -> String {
         "  address {}, IKE port {}, identity {}",
         me.address, me.port, me.id
     );
-    let _ = writeln!(o, "  subnets {}", join(&me.subnets));
+    match libvirt {
+        Some(found) => {
+            let nets: Vec<String> = found
+                .networks
+                .iter()
+                .map(|(n, s)| format!("{n} {}", join(s)))
+                .collect();
+            let _ = writeln!(
+                o,
+                "  subnets {} (subnets = \"libvirt\": from libvirt networks {})",
+                join(&me.subnets),
+                nets.join("; ")
+            );
+        }
+        None => {
+            let _ = writeln!(o, "  subnets {}", join(&me.subnets));
+        }
+    }
     let _ = writeln!(o, "  interface {}, MTU {}", s.interface, s.mtu);
     let _ = writeln!(o, "  auth {auth}");
     let _ = writeln!(
@@ -430,12 +486,21 @@ fn render_check(config: &Config) -> String {
             "  {} <-> {} at {} port {}, identity {}",
             me.name, p.name, p.address, p.port, p.id
         );
-        let _ = writeln!(
-            o,
-            "    {} <-> {}",
-            join(t.local_subnets()),
-            join(t.remote_subnets())
-        );
+        if p.libvirt.is_some() {
+            let _ = writeln!(
+                o,
+                "    {} <-> learned from its Child SA (subnets = \"libvirt\"), within libvirt_range {}",
+                join(t.local_subnets()),
+                join(&s.libvirt_range)
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "    {} <-> {}",
+                join(t.local_subnets()),
+                join(t.remote_subnets())
+            );
+        }
         let _ = writeln!(o, "    IKE {ike}; ESP {esp}; auth {auth}");
         if let Auth::PubKey(pk) = &config.mesh.auth {
             let k = &pk.public_keys[&p.name];
@@ -464,6 +529,13 @@ fn render_check(config: &Config) -> String {
         }
         for r in t.remote_subnets() {
             let _ = writeln!(o, "    route {r} dev {} mtu {}", s.interface, s.mtu);
+        }
+        if p.libvirt.is_some() {
+            let _ = writeln!(
+                o,
+                "    routes into {} for the subnets it negotiates, while its Child SA is up",
+                s.interface
+            );
         }
     }
     o
@@ -508,7 +580,7 @@ id = "gw.example"
         )
         .unwrap();
         let config = Config::load(&file, None, &["198.18.0.1".parse().unwrap()]).unwrap();
-        let out = render_check(&config);
+        let out = render_check(&config, None);
         assert!(
             out.contains("this host: b0 (found by local address 198.18.0.1)"),
             "{out}"

@@ -80,6 +80,60 @@ impl Prefix {
         self.contains(other.addr) || other.contains(self.addr)
     }
 
+    /// True if every address of `other` lies in this prefix.
+    pub fn contains_prefix(&self, other: &Prefix) -> bool {
+        self.len <= other.len && self.contains(other.addr)
+    }
+
+    /// The fewest prefixes that cover exactly the addresses from `start` to `end` (a traffic selector's range,
+    /// RFC 7296 3.13.1); empty if the two are of different families or `start > end`.
+    pub fn cover(start: IpAddr, end: IpAddr) -> Vec<Prefix> {
+        let (mut lo, hi, bits, v4) = match (start, end) {
+            (IpAddr::V4(s), IpAddr::V4(e)) => (
+                u128::from(u32::from(s)),
+                u128::from(u32::from(e)),
+                32u32,
+                true,
+            ),
+            (IpAddr::V6(s), IpAddr::V6(e)) => (u128::from(s), u128::from(e), 128u32, false),
+            _ => return Vec::new(),
+        };
+        let addr = |x: u128| {
+            if v4 {
+                IpAddr::V4(Ipv4Addr::from(x as u32))
+            } else {
+                IpAddr::V6(Ipv6Addr::from(x))
+            }
+        };
+        let max = if v4 { u128::from(u32::MAX) } else { u128::MAX };
+        if start > end {
+            return Vec::new();
+        }
+        if lo == 0 && hi == max {
+            return vec![Prefix::new(addr(0), 0)];
+        }
+        let mut out = Vec::new();
+        loop {
+            // The largest block aligned at `lo` that does not run past `hi` (below 2^128: the whole space is
+            // handled above).
+            let mut k = if lo == 0 {
+                bits.min(127)
+            } else {
+                lo.trailing_zeros().min(bits)
+            };
+            while (1u128 << k) - 1 > hi - lo {
+                k -= 1;
+            }
+            out.push(Prefix::new(addr(lo), (bits - k) as u8));
+            let last = lo + ((1u128 << k) - 1);
+            if last >= hi {
+                break;
+            }
+            lo = last + 1;
+        }
+        out
+    }
+
     /// The traffic selector covering the prefix: all protocols, all ports.
     pub fn selector(&self) -> TrafficSelector {
         TrafficSelector::from_prefix(self.addr, self.len)
@@ -210,6 +264,39 @@ mod tests {
         assert!(!a.contains("::ffff:198.19.1.1".parse().unwrap()));
         assert!(p("0.0.0.0/0").overlaps(&c));
         assert!(!p("::/0").overlaps(&c));
+    }
+
+    #[test]
+    fn ranges_become_the_fewest_prefixes() {
+        let cover = |a: &str, b: &str| {
+            Prefix::cover(a.parse().unwrap(), b.parse().unwrap())
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(cover("198.19.2.0", "198.19.2.255"), ["198.19.2.0/24"]);
+        assert_eq!(
+            cover("198.19.2.0", "198.19.4.127"),
+            ["198.19.2.0/23", "198.19.4.0/25"]
+        );
+        assert_eq!(cover("198.19.2.5", "198.19.2.5"), ["198.19.2.5/32"]);
+        assert_eq!(cover("0.0.0.0", "255.255.255.255"), ["0.0.0.0/0"]);
+        assert_eq!(
+            cover("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+            ["::/0"]
+        );
+        assert_eq!(
+            cover("2001:db8::", "2001:db8::ffff:ffff:ffff:ffff"),
+            ["2001:db8::/64"]
+        );
+        assert_eq!(
+            cover("255.255.255.254", "255.255.255.255"),
+            ["255.255.255.254/31"]
+        );
+        assert!(cover("198.19.2.5", "198.19.2.4").is_empty());
+        assert!(cover("198.19.2.5", "::1").is_empty());
+        assert!(p("198.19.0.0/16").contains_prefix(&p("198.19.2.0/24")));
+        assert!(!p("198.19.2.0/24").contains_prefix(&p("198.19.0.0/16")));
     }
 
     #[test]

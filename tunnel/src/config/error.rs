@@ -160,6 +160,10 @@ pub enum ErrorKind {
         /// Its certificate file.
         cert: PathBuf,
     },
+    /// `subnets = "libvirt"` on this host, and this machine's libvirt networks cannot provide them: the text
+    /// says which networks were looked for, where, and what to do.
+    #[error("{0}")]
+    Libvirt(String),
     /// Accepted by the schema but not implemented yet.
     #[error("{0}")]
     NotSupported(String),

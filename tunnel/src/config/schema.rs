@@ -38,6 +38,7 @@ pub(super) struct MeshSection {
     pub(super) firewall: Option<S<String>>,
     pub(super) nat_keepalive: Option<S<toml::Value>>,
     pub(super) ike_fragment_size: Option<S<i64>>,
+    pub(super) libvirt_range: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,9 +46,45 @@ pub(super) struct MeshSection {
 pub(super) struct HostSection {
     pub(super) name: Option<S<String>>,
     pub(super) address: Option<S<String>>,
-    pub(super) subnets: Option<S<Vec<S<String>>>>,
+    pub(super) subnets: Option<S<Subnets>>,
+    pub(super) libvirt_networks: Option<S<Vec<S<String>>>>,
     pub(super) id: Option<S<String>>,
     pub(super) port: Option<S<i64>>,
     pub(super) pubkey: Option<S<String>>,
     pub(super) cert: Option<S<String>>,
+}
+
+/// `subnets`: a list of CIDR prefixes, or a word (`"libvirt"`: read from this machine's libvirt networks, learned
+/// from the traffic selectors on the others). A hand-written visitor rather than an untagged enum, so that each
+/// list element keeps its place in the file.
+#[derive(Debug)]
+pub(super) enum Subnets {
+    Word(String),
+    List(Vec<S<String>>),
+}
+
+impl<'de> Deserialize<'de> for Subnets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Subnets, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Subnets;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of subnets such as [\"198.19.1.0/24\"], or \"libvirt\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Subnets, E> {
+                Ok(Subnets::Word(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Subnets, A::Error> {
+                let mut list = Vec::new();
+                while let Some(x) = seq.next_element::<S<String>>()? {
+                    list.push(x);
+                }
+                Ok(Subnets::List(list))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }

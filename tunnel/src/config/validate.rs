@@ -12,10 +12,10 @@ use ike::proposal::{ProposalError, ProposalSpec};
 use super::schema::{self, S};
 use super::{
     Auth, CaFile, CertAuth, CertFile, ConfigError, ControlSocket, Encap, ErrorKind, FirewallMode,
-    Host, Identity, KeyFileError, PrivateKeyFile, Psk, PubKeyAuth, PublicKeyFile, Settings,
-    DEFAULT_CHILD_LIFETIME, DEFAULT_CONTROL_SOCKET, DEFAULT_DPD_DELAY, DEFAULT_ESP_PROPOSAL,
-    DEFAULT_IKE_LIFETIME, DEFAULT_IKE_PORT, DEFAULT_IKE_PROPOSAL, DEFAULT_INTERFACE, DEFAULT_MTU,
-    DEFAULT_REKEY_MARGIN,
+    Host, Identity, KeyFileError, LibvirtSubnets, PrivateKeyFile, Psk, PubKeyAuth, PublicKeyFile,
+    Settings, DEFAULT_CHILD_LIFETIME, DEFAULT_CONTROL_SOCKET, DEFAULT_DPD_DELAY,
+    DEFAULT_ESP_PROPOSAL, DEFAULT_IKE_LIFETIME, DEFAULT_IKE_PORT, DEFAULT_IKE_PROPOSAL,
+    DEFAULT_INTERFACE, DEFAULT_MTU, DEFAULT_REKEY_MARGIN,
 };
 use crate::prefix::Prefix;
 
@@ -245,6 +245,7 @@ impl Cx<'_> {
             }
         };
         Ok(Settings {
+            libvirt_range: Vec::new(),
             firewall,
             nat_keepalive,
             ike_fragment_size,
@@ -385,14 +386,11 @@ impl Cx<'_> {
         }
 
         // Subnets: disjoint across the whole mesh (within a host too), and no host address inside one.
-        let subnet_span = |i: usize, j: usize| {
-            raw[i]
-                .get_ref()
-                .subnets
-                .as_ref()
-                .and_then(|s| s.get_ref().get(j))
-                .map(|v| v.span())
-        };
+        let subnet_span =
+            |i: usize, j: usize| match raw[i].get_ref().subnets.as_ref().map(|s| s.get_ref()) {
+                Some(schema::Subnets::List(l)) => l.get(j).map(|v| v.span()),
+                _ => None,
+            };
         for (i, h) in hosts.iter().enumerate() {
             for (j, s) in h.subnets.iter().enumerate() {
                 for (k, other) in hosts.iter().enumerate().take(i + 1) {
@@ -436,6 +434,134 @@ impl Cx<'_> {
             }
         }
         Ok(hosts)
+    }
+
+    /// `host[i].libvirt_networks`: network names, at least one, each once.
+    fn libvirt_networks(
+        &self,
+        i: usize,
+        v: &S<Vec<S<String>>>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let key = format!("host[{i}].libvirt_networks");
+        if v.get_ref().is_empty() {
+            return Err(self.invalid(
+                v,
+                &key,
+                "the list is empty".to_owned(),
+                "the names of one or more libvirt networks (virsh net-list --all), e.g. [\"default\"]; or \
+                 remove the key to take every network with an IPv4 address",
+            ));
+        }
+        let mut names: Vec<String> = Vec::new();
+        for (j, n) in v.get_ref().iter().enumerate() {
+            let name = n.get_ref();
+            let allowed =
+                "the name of a libvirt network as virsh net-list --all shows it, each once";
+            if name.trim().is_empty() || name.contains('/') {
+                return Err(self.invalid(
+                    n,
+                    &format!("{key}[{j}]"),
+                    format!("{name:?} is not a network name"),
+                    allowed,
+                ));
+            }
+            if names.contains(name) {
+                return Err(self.invalid(
+                    n,
+                    &format!("{key}[{j}]"),
+                    format!("{name:?} is listed twice"),
+                    allowed,
+                ));
+            }
+            names.push(name.clone());
+        }
+        Ok(names)
+    }
+
+    /// `mesh.libvirt_range`: where the subnets of `subnets = "libvirt"` hosts may lie. Required exactly when a
+    /// host uses it.
+    pub(super) fn libvirt_range(
+        &self,
+        m: &schema::MeshSection,
+        mesh_span: Option<Range<usize>>,
+        raw: &[S<schema::HostSection>],
+        hosts: &[Host],
+        settings: &mut Settings,
+    ) -> Result<(), ConfigError> {
+        let user = hosts.iter().position(|h| h.libvirt.is_some());
+        let Some(v) = &m.libvirt_range else {
+            if let Some(i) = user {
+                return Err(self.err(
+                    mesh_span.or_else(|| raw[i].get_ref().subnets.as_ref().map(|s| s.span())),
+                    "mesh.libvirt_range",
+                    ErrorKind::Missing {
+                        what: format!(
+                            "host {} has subnets = \"libvirt\": the other hosts learn its subnets from the traffic \
+                             selectors it negotiates, and accept them only within libvirt_range, e.g. \
+                             libvirt_range = [\"192.168.0.0/16\"]",
+                            hosts[i].name
+                        ),
+                    },
+                ));
+            }
+            return Ok(());
+        };
+        let allowed = "one or more CIDR ranges the libvirt hosts' networks lie in, e.g. [\"192.168.0.0/16\"], \
+                       not overlapping each other";
+        if user.is_none() {
+            return Err(self.invalid(
+                v,
+                "mesh.libvirt_range",
+                "set, but no host has subnets = \"libvirt\"".to_owned(),
+                "remove it, or set subnets = \"libvirt\" on the hosts whose subnets come from libvirt",
+            ));
+        }
+        if v.get_ref().is_empty() {
+            return Err(self.invalid(
+                v,
+                "mesh.libvirt_range",
+                "the list is empty".to_owned(),
+                allowed,
+            ));
+        }
+        let mut range: Vec<Prefix> = Vec::new();
+        for (j, r) in v.get_ref().iter().enumerate() {
+            let key = format!("mesh.libvirt_range[{j}]");
+            let p = r
+                .get_ref()
+                .parse::<Prefix>()
+                .map_err(|e| self.err(Some(r.span()), key.clone(), e))?;
+            if let Some(o) = range.iter().find(|o| o.overlaps(&p)) {
+                return Err(self.invalid(
+                    r,
+                    &key,
+                    format!("{p} overlaps {o}, listed before it"),
+                    allowed,
+                ));
+            }
+            if let Some(h) = hosts.iter().find(|h| p.contains(h.address)) {
+                return Err(self.invalid(
+                    r,
+                    &key,
+                    format!(
+                        "{p} holds {}'s address {}: a learned subnet there would route IKE and ESP into the tunnel",
+                        h.name, h.address
+                    ),
+                    "a range that holds no host's underlay address",
+                ));
+            }
+            if !p.is_ipv4() && settings.mtu < 1280 {
+                return Err(self.invalid(
+                    r,
+                    &key,
+                    format!("IPv6 range {p} with mesh.mtu = {}", settings.mtu),
+                    "IPv6 needs an MTU of 1280 or more (RFC 8200): raise mesh.mtu",
+                ));
+            }
+            range.push(p);
+        }
+        settings.libvirt_range = range;
+        Ok(())
     }
 
     fn host(&self, i: usize, h: &S<schema::HostSection>) -> Result<Host, ConfigError> {
@@ -499,27 +625,55 @@ impl Cx<'_> {
         let subnets_v = r.subnets.as_ref().ok_or_else(|| {
             missing(
                 "subnets",
-                "the VM subnets behind the host, e.g. subnets = [\"198.19.1.0/24\"]",
+                "the VM subnets behind the host, e.g. subnets = [\"198.19.1.0/24\"], or subnets = \"libvirt\"",
             )
         })?;
-        if subnets_v.get_ref().is_empty() {
-            return Err(self.invalid(
-                subnets_v,
-                &format!("host[{i}].subnets"),
-                "the list is empty".to_owned(),
-                "one or more subnets in CIDR notation, e.g. [\"198.19.1.0/24\"]",
-            ));
-        }
-        let subnets = subnets_v
-            .get_ref()
-            .iter()
-            .enumerate()
-            .map(|(j, s)| {
-                s.get_ref()
-                    .parse::<Prefix>()
-                    .map_err(|e| self.err(Some(s.span()), format!("host[{i}].subnets[{j}]"), e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let (subnets, libvirt) = match subnets_v.get_ref() {
+            schema::Subnets::Word(w) if w == "libvirt" => {
+                let networks = match &r.libvirt_networks {
+                    None => Vec::new(),
+                    Some(v) => self.libvirt_networks(i, v)?,
+                };
+                (Vec::new(), Some(LibvirtSubnets { networks }))
+            }
+            schema::Subnets::Word(w) => {
+                return Err(self.invalid(
+                    subnets_v,
+                    &format!("host[{i}].subnets"),
+                    format!("{w:?} is not a list of subnets"),
+                    "a list of subnets in CIDR notation, e.g. [\"198.19.1.0/24\"], or \"libvirt\" (this host's \
+                     libvirt networks, learned by the other hosts within mesh.libvirt_range)",
+                ))
+            }
+            schema::Subnets::List(list) => {
+                if let Some(v) = &r.libvirt_networks {
+                    return Err(self.invalid(
+                        v,
+                        &format!("host[{i}].libvirt_networks"),
+                        "set, but this host lists its subnets".to_owned(),
+                        "remove it, or set subnets = \"libvirt\" to take the subnets from these networks",
+                    ));
+                }
+                if list.is_empty() {
+                    return Err(self.invalid(
+                        subnets_v,
+                        &format!("host[{i}].subnets"),
+                        "the list is empty".to_owned(),
+                        "one or more subnets in CIDR notation, e.g. [\"198.19.1.0/24\"], or \"libvirt\"",
+                    ));
+                }
+                let subnets = list
+                    .iter()
+                    .enumerate()
+                    .map(|(j, s)| {
+                        s.get_ref().parse::<Prefix>().map_err(|e| {
+                            self.err(Some(s.span()), format!("host[{i}].subnets[{j}]"), e)
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                (subnets, None)
+            }
+        };
         let id = match &r.id {
             None => Identity::Addr(addr),
             Some(v) => Identity::parse(v.get_ref()).map_err(|problem| {
@@ -549,6 +703,7 @@ impl Cx<'_> {
             name: n.clone(),
             address: addr,
             subnets,
+            libvirt,
             id,
             port,
         })

@@ -36,6 +36,13 @@ pub struct PeerStatus {
     pub ike: Option<IkeStatus>,
     /// Its Child SAs.
     pub children: Vec<ChildStatus>,
+    /// Its subnets (CIDR): from the mesh file, or for a `subnets = "libvirt"` host those learned from its
+    /// Child SAs (empty while none is up).
+    #[serde(default)]
+    pub subnets: Vec<String>,
+    /// True for a `subnets = "libvirt"` host: `subnets` was learned from its traffic selectors.
+    #[serde(default)]
+    pub learned: bool,
 }
 
 /// An IKE SA.
@@ -229,6 +236,18 @@ pub fn render(s: &Status) -> String {
             human(pout),
             drops
         );
+        if p.learned {
+            out += &format!(
+                "  subnets {} (learned from its Child SA: subnets = \"libvirt\")\n",
+                if p.subnets.is_empty() {
+                    "none yet".to_owned()
+                } else {
+                    p.subnets.join(", ")
+                }
+            );
+        } else if !p.subnets.is_empty() {
+            out += &format!("  subnets {}\n", p.subnets.join(", "));
+        }
         if let Some(i) = &p.ike {
             out += &format!(
                 "  IKE  {}_i {}_r  {}  {}{}\n",

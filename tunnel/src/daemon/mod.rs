@@ -10,6 +10,7 @@ pub mod control;
 mod datapath;
 mod gso;
 mod io;
+mod learned;
 mod peers;
 mod reload;
 mod sockets;
@@ -58,8 +59,15 @@ struct Initiation {
 ///
 /// `private_key` is `vmsecd run --private-key`: a reload (SIGHUP, `vmsecd reload`) reads the mesh file again
 /// with the same override.
-pub async fn run(config: Config, private_key: Option<std::path::PathBuf>) -> Result<(), Error> {
-    let mut d = Daemon::setup(config, private_key).map_err(Error::Setup)?;
+///
+/// `libvirt_dirs` is where a `subnets = "libvirt"` host reads its libvirt networks again on reload (the caller
+/// has resolved them once with [`Config::resolve_libvirt`]).
+pub async fn run(
+    config: Config,
+    private_key: Option<std::path::PathBuf>,
+    libvirt_dirs: Vec<std::path::PathBuf>,
+) -> Result<(), Error> {
+    let mut d = Daemon::setup(config, private_key, libvirt_dirs).map_err(Error::Setup)?;
     let r = d.run().await.map_err(Error::Runtime);
     d.teardown();
     r
@@ -81,6 +89,10 @@ struct Daemon {
     ifindex: u32,
     /// `vmsecd run --private-key`, kept for reloads.
     private_key: Option<std::path::PathBuf>,
+    /// Where this machine's libvirt network definitions are read from (`subnets = "libvirt"`), kept for reloads.
+    libvirt_dirs: Vec<std::path::PathBuf>,
+    /// Subnets learned from the Child SAs of `subnets = "libvirt"` peers: per peer, (inbound SPI, subnets).
+    learned: HashMap<String, Vec<(u32, Vec<crate::prefix::Prefix>)>>,
 }
 
 /// The address of ours inside our VM subnets for each family (IPv4, IPv6): the source of packets this host
@@ -103,7 +115,11 @@ fn local_sources(
 }
 
 impl Daemon {
-    fn setup(config: Config, private_key: Option<std::path::PathBuf>) -> anyhow::Result<Daemon> {
+    fn setup(
+        config: Config,
+        private_key: Option<std::path::PathBuf>,
+        libvirt_dirs: Vec<std::path::PathBuf>,
+    ) -> anyhow::Result<Daemon> {
         let s = config.settings().clone();
         let local = config.local().clone();
         let peer_cfgs = peers::peer_configs(&config);
@@ -184,6 +200,8 @@ impl Daemon {
             config,
             ifindex,
             private_key,
+            libvirt_dirs,
+            learned: HashMap::new(),
         })
     }
 
@@ -348,6 +366,9 @@ impl Daemon {
                     transform = %c.transform, esn = c.esn, udp_encap = c.udp_encap,
                     local = %ts(&c.ts_local), remote = %ts(&c.ts_remote), "Child SA up"
                 );
+                if !self.learn(&c, Instant::now()) {
+                    return;
+                }
                 if let Err(e) = self.datapath.install(&c, window) {
                     tracing::error!(peer = %c.peer, "cannot install Child SA: {e}");
                 }
@@ -361,6 +382,9 @@ impl Daemon {
                     peer = %new.peer, old_spi_in = format!("{old_spi_in:08x}"), spi_in = format!("{:08x}", new.spi_in),
                     spi_out = format!("{:08x}", new.spi_out), initiator = we_initiated, "Child SA rekeyed"
                 );
+                if !self.learn(&new, Instant::now()) {
+                    return;
+                }
                 // As responder, the old outbound SA keeps carrying traffic until the peer has the new inbound one.
                 let r = if we_initiated {
                     self.datapath.install(&new, window)
@@ -380,6 +404,7 @@ impl Daemon {
                 if spi_in != 0 {
                     tracing::info!(%peer, spi_in = format!("{spi_in:08x}"), spi_out = format!("{spi_out:08x}"), "Child SA deleted: {reason}");
                     self.datapath.remove(&peer, spi_in, spi_out);
+                    self.forget(&peer, spi_in);
                 } else {
                     tracing::warn!(%peer, "Child SA refused: {reason}");
                 }
@@ -487,6 +512,8 @@ impl Daemon {
                     state: state.into(),
                     ike,
                     children,
+                    subnets: p.subnets.iter().map(|s| s.to_string()).collect(),
+                    learned: p.libvirt.is_some(),
                 }
             })
             .collect();

@@ -61,7 +61,12 @@ pub(crate) fn peer_configs(config: &Config) -> Vec<Arc<PeerConfig>> {
                 ike_proposals: s.ike_proposals.clone(),
                 esp_proposals: s.esp_proposals.clone(),
                 local_ts: local.subnets.iter().map(|p| p.selector()).collect(),
-                remote_ts: peer.subnets.iter().map(|p| p.selector()).collect(),
+                // A `subnets = "libvirt"` peer: its range, which it narrows to its subnets (RFC 7296 2.9).
+                remote_ts: crate::config::Tunnel { local, peer }
+                    .remote_selectors(s)
+                    .iter()
+                    .map(|p| p.selector())
+                    .collect(),
                 force_encap: s.encap == Encap::Udp,
                 retransmit: Retransmit::default(),
                 lifetimes: Lifetimes {

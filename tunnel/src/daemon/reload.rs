@@ -44,12 +44,14 @@ impl Daemon {
     fn reload(&mut self, now: Instant) -> Result<Changes, String> {
         let file = self.config.mesh.file.clone();
         let me = self.config.local().name.clone();
+        let dirs: Vec<&std::path::Path> = self.libvirt_dirs.iter().map(|d| d.as_path()).collect();
         let mut new = Config::load_with_private_key(
             &file,
             Some(&me),
             &[],
             self.private_key.as_deref(),
         )
+        .and_then(|mut c| c.resolve_libvirt(&dirs).map(|_| c))
         .map_err(|e| {
             if matches!(*e.kind, crate::config::ErrorKind::UnknownHost { .. }) {
                 format!("{e} (this host, {me}, is no longer in the mesh file: stop vmsecd instead)")
@@ -155,9 +157,34 @@ impl Daemon {
             }
         }
 
+        // Subnets learned from the Child SAs of `subnets = "libvirt"` peers stay while their tunnel does.
+        for (name, _) in old_cfgs.iter() {
+            if removed.contains(name) || recreate.contains(name) {
+                self.learned.remove(name);
+            }
+        }
+        for h in new.mesh.hosts.iter_mut() {
+            if h.libvirt.is_some() && h.name != me {
+                h.subnets = self.learned_subnets(&h.name);
+            }
+        }
+        let local_changed = new.local().subnets != self.config.local().subnets;
+        changes.extend(self.apply_subnets(&new, local_changed));
+
+        if changes.is_empty() {
+            changes.push(format!("{}: no change", file.display()));
+        }
+        self.config = new;
+        Ok(changes)
+    }
+
+    /// Makes the routes into the TUN, the datapath's prefix table and the firewall rules follow the subnets of
+    /// `new` (the running configuration is `self.config`): at reload, and when a `subnets = "libvirt"` peer's
+    /// learned subnets change. `local_changed` re-adds every route (their source address may change).
+    pub(super) fn apply_subnets(&mut self, new: &Config, local_changed: bool) -> Changes {
+        let mut changes = Changes::new();
         // Routes into the TUN: exactly the peers' subnets, with a source inside our own subnets.
         let want: BTreeSet<Prefix> = new.peers().flat_map(|p| p.subnets.clone()).collect();
-        let local_changed = new.local().subnets != self.config.local().subnets;
         let have: Vec<Prefix> = self.routes.installed().iter().map(|r| r.dst).collect();
         for dst in have {
             if local_changed || !want.contains(&dst) {
@@ -187,31 +214,22 @@ impl Daemon {
                 .collect::<Vec<_>>(),
         );
 
-        // Firewall rules follow the subnets: replaced as a whole when any subnet changed.
+        // Firewall rules follow the subnets: updated as a whole when any subnet changed.
         let subnets = |c: &Config| -> (Vec<Prefix>, Vec<Prefix>) {
             (
                 c.local().subnets.clone(),
                 c.peers().flat_map(|p| p.subnets.clone()).collect(),
             )
         };
-        if subnets(&new) != subnets(&self.config) {
-            self.firewall.remove();
-            match crate::firewall::Handle::start(&new) {
-                Ok(h) => {
-                    self.firewall = h;
-                    changes.push("firewall rules updated for the new subnets".to_owned());
-                }
+        if subnets(new) != subnets(&self.config) {
+            match self.firewall.update(new) {
+                Ok(()) => changes.push("firewall rules updated for the new subnets".to_owned()),
                 Err(e) => changes.push(format!(
                     "FAILED to put the firewall rules for the new subnets in place ({e}): mesh traffic may be \
                      NATed or rejected by libvirt's rules; fix the cause and reload again"
                 )),
             }
         }
-
-        if changes.is_empty() {
-            changes.push(format!("{}: no change", file.display()));
-        }
-        self.config = new;
-        Ok(changes)
+        changes
     }
 }
