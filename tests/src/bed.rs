@@ -4,12 +4,13 @@
 //! Declare it before a test's daemons, so that they are dropped (killed) before it deletes the namespaces.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
 
 use crate::netns::{require_root_and_ip, Netns, NetnsGuard};
 use crate::strongswan::{require_charon, Charon, Conn};
 use crate::traffic::{self, Capture};
-use crate::vmsecd::{Mesh, Vmsecd};
+use crate::vmsecd::{is_up, peer, Mesh, Vmsecd};
 
 /// One test's world: see the module documentation.
 pub struct Bed {
@@ -83,6 +84,54 @@ impl Bed {
         self.a.run("nft", &["-f", file.to_str().expect("UTF-8")]);
     }
 }
+
+impl Bed {
+    /// Waits until vmsecd (as `hA`) and charon both hold the same established IKE SA towards each other with an
+    /// installed Child SA, then VM a pings VM b five times through it.
+    pub fn wait_up_and_ping(&self, v: &mut Vmsecd, c: &Charon) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = v.status().ok().filter(|s| is_up(s, PEER));
+            let sas = c.list_sas();
+            if let Some(st) = st {
+                let ike = peer(&st, PEER).ike.clone().expect("established");
+                if sas.iter().any(|s| {
+                    s.state == "ESTABLISHED"
+                        && s.spi_i == ike.spi_i
+                        && s.children.iter().any(|c| c.state == "INSTALLED")
+                }) {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "not up after 30 s: {sas:#?}\n{}\n{}",
+                    v.diagnostics(),
+                    c.diagnostics()
+                );
+            }
+            sleep(Duration::from_millis(100));
+        }
+        assert!(
+            traffic::ping_until_ok(&self.avm, BVM, Duration::from_secs(5)),
+            "VM a cannot reach VM b\n{}\n{}",
+            v.diagnostics(),
+            c.diagnostics()
+        );
+        let (sent, got) = traffic::ping(&self.avm, BVM, 5, "0.1");
+        assert_eq!(
+            (sent, got),
+            (5, 5),
+            "ping through the tunnel\n{}",
+            v.diagnostics()
+        );
+    }
+}
+
+/// charon's host as vmsecd's mesh names it.
+const PEER: &str = "hB";
+/// The VM behind `b`.
+const BVM: &str = "198.19.2.10";
 
 impl Drop for Bed {
     fn drop(&mut self) {

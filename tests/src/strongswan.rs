@@ -297,38 +297,14 @@ pub fn swanctl_conf(conns: &[Conn]) -> String {
 /// # Panics
 /// If `pki` fails (apt-get install strongswan-pki).
 pub fn pki_keygen(dir: &Path, name: &str, bits: u32) -> (PathBuf, PathBuf) {
-    use std::os::unix::fs::PermissionsExt;
     let private_dir = dir.join("swanctl/private");
     let pubkey_dir = dir.join("swanctl/pubkey");
-    fs::create_dir_all(&private_dir).expect("swanctl/private");
     fs::create_dir_all(&pubkey_dir).expect("swanctl/pubkey");
+    let generated = pki_key(&private_dir, name, bits);
     let private = private_dir.join(format!("{name}.pem"));
+    fs::rename(&generated, &private).expect("private key");
     let public = pubkey_dir.join(format!("{name}.pub.pem"));
-    let run = |args: &[&str]| {
-        let out = Command::new("pki")
-            .args(args)
-            .output()
-            .expect("pki (apt-get install strongswan-pki)");
-        assert!(
-            out.status.success(),
-            "pki {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    };
-    let bits = bits.to_string();
-    let key = run(&[
-        "--gen",
-        "--type",
-        "rsa",
-        "--size",
-        &bits,
-        "--outform",
-        "pem",
-    ]);
-    fs::write(&private, &key).expect("private key");
-    fs::set_permissions(&private, fs::Permissions::from_mode(0o600)).expect("chmod");
-    let public_pem = run(&[
+    let public_pem = pki(&[
         "--pub",
         "--in",
         private.to_str().expect("UTF-8"),

@@ -11,17 +11,14 @@
 //! the logs, keys and certificates.
 
 use std::path::{Path, PathBuf};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vmsecd_e2e::bed::Bed;
 use vmsecd_e2e::strongswan::{pki_ca, pki_issue, Charon, Conn, PkiCert};
-use vmsecd_e2e::traffic;
-use vmsecd_e2e::vmsecd::{is_up, peer, Vmsecd};
+use vmsecd_e2e::vmsecd::{is_up, Vmsecd};
 
 const CHILD: &str = "net";
 const PEER: &str = "hB";
-const BVM: &str = "198.19.2.10";
 const A_ID: &str = "ha.example.net";
 const B_ID: &str = "hb.example.net";
 
@@ -131,39 +128,6 @@ fn start_vmsecd(bed: &mut Bed, mesh: &str) -> Vmsecd {
     Vmsecd::start_with_file(&bed.a, &d, &file, "hA")
 }
 
-fn wait_up_and_ping(bed: &Bed, v: &mut Vmsecd, c: &Charon) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let st = v.status().ok().filter(|s| is_up(s, PEER));
-        let sas = c.list_sas();
-        if let Some(st) = st {
-            let ike = peer(&st, PEER).ike.clone().expect("established");
-            if sas.iter().any(|s| {
-                s.state == "ESTABLISHED"
-                    && s.spi_i == ike.spi_i
-                    && s.children.iter().any(|c| c.state == "INSTALLED")
-            }) {
-                break;
-            }
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "not up after 30 s: {sas:#?}\n{}\n{}",
-                v.diagnostics(),
-                c.diagnostics()
-            );
-        }
-        sleep(Duration::from_millis(100));
-    }
-    let (sent, got) = traffic::ping(&bed.avm, BVM, 5, "0.1");
-    assert_eq!(
-        (sent, got),
-        (5, 5),
-        "ping through the tunnel\n{}",
-        v.diagnostics()
-    );
-}
-
 /// One handshake with certificates of `bits` from a root and an intermediate CA.
 fn handshake(name: &str, bits: u32, vmsecd_initiates: bool) -> String {
     let mut bed = Bed::new("swcert", name);
@@ -187,7 +151,7 @@ fn handshake(name: &str, bits: u32, vmsecd_initiates: bool) -> String {
             charon.diagnostics()
         );
     }
-    wait_up_and_ping(&bed, &mut v, &charon);
+    bed.wait_up_and_ping(&mut v, &charon);
     let log = charon.log();
     assert!(
         log.contains(&format!(

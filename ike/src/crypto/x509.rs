@@ -669,7 +669,8 @@ fn time(input: &[u8]) -> Option<(i64, &[u8])> {
     let (tag, v, rest) = der::tlv(input)?;
     let digits = |s: &[u8]| -> Option<i64> {
         s.iter().try_fold(0i64, |a, &b| {
-            b.is_ascii_digit().then_some(a * 10 + (b - b'0') as i64)
+            // `then`, not `then_some`: the digit value must not be computed for a non-digit.
+            b.is_ascii_digit().then(|| a * 10 + (b - b'0') as i64)
         })
     };
     let (year, v) = match (tag, v.len()) {
