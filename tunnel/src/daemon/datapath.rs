@@ -23,6 +23,63 @@ pub(crate) enum Wire {
 
 struct PeerPath {
     name: String,
+    /// One lane per distinct pair of selectors the peer's Child SAs cover: usually one lane for all subnets; a
+    /// peer that insists on one Child SA per subnet pair has one lane for each.
+    lanes: Vec<Lane>,
+}
+
+impl PeerPath {
+    fn new(name: &str) -> PeerPath {
+        PeerPath {
+            name: name.to_owned(),
+            lanes: Vec::new(),
+        }
+    }
+
+    /// The lane of Child SAs with exactly these selectors, made if there is none yet.
+    fn lane(&mut self, c: &ChildSaInfo) -> &mut Lane {
+        let i = match self
+            .lanes
+            .iter()
+            .position(|l| l.ts_local == c.ts_local && l.ts_remote == c.ts_remote)
+        {
+            Some(i) => i,
+            None => {
+                self.lanes.push(Lane {
+                    ts_local: c.ts_local.clone(),
+                    ts_remote: c.ts_remote.clone(),
+                    out: None,
+                    wire: None,
+                    pending: None,
+                    standby: Vec::new(),
+                });
+                self.lanes.len() - 1
+            }
+        };
+        &mut self.lanes[i]
+    }
+
+    /// The lane an inner packet from `src` to `dst` takes: the first whose selectors cover both, else (a peer
+    /// that narrowed to less than its routes cover) the first that can send at all.
+    fn lane_for(&mut self, src: Option<IpAddr>, dst: IpAddr) -> Option<&mut Lane> {
+        let covers = |l: &Lane| {
+            l.out.is_some()
+                && l.ts_remote.iter().any(|t| t.contains_addr(dst))
+                && src.is_none_or(|s| l.ts_local.iter().any(|t| t.contains_addr(s)))
+        };
+        let i = self
+            .lanes
+            .iter()
+            .position(covers)
+            .or_else(|| self.lanes.iter().position(|l| l.out.is_some()))?;
+        Some(&mut self.lanes[i])
+    }
+}
+
+/// The outbound side of the Child SAs with one pair of selectors.
+struct Lane {
+    ts_local: Vec<TrafficSelector>,
+    ts_remote: Vec<TrafficSelector>,
     out: Option<OutboundSa>,
     wire: Option<Wire>,
     /// The outbound SA of a Child SA we answered a rekey for, waiting until the peer can receive on it:
@@ -32,6 +89,12 @@ struct PeerPath {
     /// pair of a duplicate IKE SA): if the current one is removed first, the newest of these carries on, so
     /// traffic never stops while the peer still has a pair up.
     standby: Vec<(OutboundSa, Wire)>,
+}
+
+impl Lane {
+    fn is_empty(&self) -> bool {
+        self.out.is_none() && self.pending.is_none() && self.standby.is_empty()
+    }
 }
 
 struct InPolicy {
@@ -84,16 +147,7 @@ impl Datapath {
     pub(crate) fn new(peers: &[(String, Vec<Prefix>)]) -> Datapath {
         let routes = Self::prefix_table(peers);
         Datapath {
-            peers: peers
-                .iter()
-                .map(|(name, _)| PeerPath {
-                    name: name.clone(),
-                    out: None,
-                    wire: None,
-                    pending: None,
-                    standby: Vec::new(),
-                })
-                .collect(),
+            peers: peers.iter().map(|(name, _)| PeerPath::new(name)).collect(),
             routes,
             sad: Sad::new(),
             policy: HashMap::new(),
@@ -114,7 +168,7 @@ impl Datapath {
     ) -> Result<(), esp::BadKeyLength> {
         let (out, wire) = self.install_inbound(c, replay_window)?;
         if let Some(i) = self.peer_index(&c.peer) {
-            let p = &mut self.peers[i];
+            let p = self.peers[i].lane(c);
             if let (Some(old), Some(old_wire)) = (p.out.take(), p.wire) {
                 p.standby.push((old, old_wire));
             }
@@ -136,7 +190,7 @@ impl Datapath {
     ) -> Result<(), esp::BadKeyLength> {
         let (out, wire) = self.install_inbound(c, replay_window)?;
         if let Some(i) = self.peer_index(&c.peer) {
-            let p = &mut self.peers[i];
+            let p = self.peers[i].lane(c);
             if p.out.is_some() {
                 p.pending = Some((c.spi_in, out, wire));
             } else {
@@ -174,11 +228,12 @@ impl Datapath {
 
     /// Makes a waiting outbound SA the current one if it belongs to the pair whose inbound SPI is `spi_in`.
     fn promote(&mut self, peer: usize, spi_in: u32) {
-        let p = &mut self.peers[peer];
-        if p.pending.as_ref().is_some_and(|(s, _, _)| *s == spi_in) {
-            let (_, out, wire) = p.pending.take().expect("checked");
-            p.out = Some(out);
-            p.wire = Some(wire);
+        for p in &mut self.peers[peer].lanes {
+            if p.pending.as_ref().is_some_and(|(s, _, _)| *s == spi_in) {
+                let (_, out, wire) = p.pending.take().expect("checked");
+                p.out = Some(out);
+                p.wire = Some(wire);
+            }
         }
     }
 
@@ -188,22 +243,24 @@ impl Datapath {
         self.sad.remove(spi_in);
         self.policy.remove(&spi_in);
         if let Some(i) = self.peer_index(peer) {
-            let p = &mut self.peers[i];
-            if p.pending.as_ref().is_some_and(|(s, _, _)| *s == spi_in) {
-                p.pending = None;
-            }
-            p.standby.retain(|(o, _)| o.params().spi != spi_out);
-            if p.out.as_ref().is_some_and(|o| o.params().spi == spi_out) {
-                p.out = None;
-                p.wire = None;
-                if let Some((_, out, wire)) = p.pending.take() {
-                    p.out = Some(out);
-                    p.wire = Some(wire);
-                } else if let Some((out, wire)) = p.standby.pop() {
-                    p.out = Some(out);
-                    p.wire = Some(wire);
+            for p in &mut self.peers[i].lanes {
+                if p.pending.as_ref().is_some_and(|(s, _, _)| *s == spi_in) {
+                    p.pending = None;
+                }
+                p.standby.retain(|(o, _)| o.params().spi != spi_out);
+                if p.out.as_ref().is_some_and(|o| o.params().spi == spi_out) {
+                    p.out = None;
+                    p.wire = None;
+                    if let Some((_, out, wire)) = p.pending.take() {
+                        p.out = Some(out);
+                        p.wire = Some(wire);
+                    } else if let Some((out, wire)) = p.standby.pop() {
+                        p.out = Some(out);
+                        p.wire = Some(wire);
+                    }
                 }
             }
+            self.peers[i].lanes.retain(|l| !l.is_empty());
         }
     }
 
@@ -217,13 +274,7 @@ impl Datapath {
             .iter()
             .map(|(name, _)| match old.iter().position(|p| &p.name == name) {
                 Some(i) => old.swap_remove(i),
-                None => PeerPath {
-                    name: name.clone(),
-                    out: None,
-                    wire: None,
-                    pending: None,
-                    standby: Vec::new(),
-                },
+                None => PeerPath::new(name),
             })
             .collect();
         for pol in self.policy.values_mut() {
@@ -256,9 +307,9 @@ impl Datapath {
             self.drops.no_route += 1;
             return None;
         };
-        match &self.peers[i].out {
-            Some(out) => Some(out.params().transform),
-            None => {
+        match self.peers[i].lane_for(src_addr(pkt), dst) {
+            Some(Lane { out: Some(out), .. }) => Some(out.params().transform),
+            _ => {
                 self.drops.no_sa_out += 1;
                 None
             }
@@ -275,11 +326,17 @@ impl Datapath {
             self.drops.no_route += 1;
             return None;
         };
-        let peer = &mut self.peers[i];
-        let (Some(out), Some(wire)) = (peer.out.as_mut(), peer.wire) else {
+        let src = src_addr(pkt.as_slice());
+        let Some(Lane {
+            out: Some(out),
+            wire: Some(wire),
+            ..
+        }) = self.peers[i].lane_for(src, dst)
+        else {
             self.drops.no_sa_out += 1;
             return None;
         };
+        let wire = *wire;
         match out.encap(pkt) {
             Ok(()) => Some(wire),
             Err(_) => {
@@ -321,10 +378,14 @@ impl Datapath {
     /// Counters of the current outbound SA towards a peer, if its SPI is `spi_out`.
     pub(crate) fn outbound_counters(&self, peer: &str, spi_out: u32) -> Option<esp::Counters> {
         let p = &self.peers[self.peer_index(peer)?];
-        p.out
+        p.lanes
             .iter()
-            .chain(p.pending.as_ref().map(|(_, o, _)| o))
-            .chain(p.standby.iter().map(|(o, _)| o))
+            .flat_map(|l| {
+                l.out
+                    .iter()
+                    .chain(l.pending.as_ref().map(|(_, o, _)| o))
+                    .chain(l.standby.iter().map(|(o, _)| o))
+            })
             .find(|o| o.params().spi == spi_out)
             .map(|o| *o.counters())
     }
@@ -463,5 +524,50 @@ mod tests {
         buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
         let mut b = PacketBuf::new(&mut buf, HEADROOM, HEADROOM + pkt.len());
         assert!(d.encap(&mut b).is_none(), "no pair left: nothing is sent");
+    }
+
+    /// Sends a packet between two addresses; returns the SPI it went out on, if any.
+    fn send_between(d: &mut Datapath, src: [u8; 4], dst: [u8; 4]) -> Option<u32> {
+        let pkt = inner(src, dst);
+        let mut buf = vec![0u8; HEADROOM + pkt.len() + TAILROOM];
+        buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+        let mut b = PacketBuf::new(&mut buf, HEADROOM, HEADROOM + pkt.len());
+        d.encap(&mut b)?;
+        Some(u32::from_be_bytes(b.as_slice()[..4].try_into().unwrap()))
+    }
+
+    /// A peer with two subnets that insists on one Child SA per subnet pair: each packet takes the Child SA
+    /// whose selectors cover it, and a rekey of one pair leaves the other alone.
+    #[test]
+    fn one_child_sa_per_subnet_pair_each_carries_its_own_traffic() {
+        let ts = |s: &str| s.parse::<Prefix>().unwrap().selector();
+        let mut d = Datapath::new(&[(
+            "p".into(),
+            vec![
+                "198.19.2.0/24".parse().unwrap(),
+                "198.19.3.0/24".parse().unwrap(),
+            ],
+        )]);
+        let two = child(0x1001, 0x2001, 1);
+        let mut three = child(0x1002, 0x2002, 3);
+        three.ts_remote = vec![ts("198.19.3.0/24")];
+        d.install(&two, 64).unwrap();
+        d.install(&three, 64).unwrap();
+        let (vm, to2, to3) = ([198, 19, 1, 10], [198, 19, 2, 10], [198, 19, 3, 10]);
+        assert_eq!(send_between(&mut d, vm, to2), Some(0x2001));
+        assert_eq!(send_between(&mut d, vm, to3), Some(0x2002));
+        // Rekey of the .3 pair: only its lane switches.
+        let mut three_new = child(0x1003, 0x2003, 5);
+        three_new.ts_remote = three.ts_remote.clone();
+        d.install(&three_new, 64).unwrap();
+        d.remove("p", 0x1002, 0x2002);
+        assert_eq!(send_between(&mut d, vm, to3), Some(0x2003));
+        assert_eq!(send_between(&mut d, vm, to2), Some(0x2001));
+        assert_eq!(d.peers[0].lanes.len(), 2);
+        // The .2 pair deleted: its lane goes; .2 traffic falls back to the lane that is left (the peer's policy
+        // decides), .3 traffic is unchanged.
+        d.remove("p", 0x1001, 0x2001);
+        assert_eq!(d.peers[0].lanes.len(), 1);
+        assert_eq!(send_between(&mut d, vm, to3), Some(0x2003));
     }
 }
