@@ -40,6 +40,10 @@ pub const NAT_T_PORT: u16 = 4500;
 /// How long the redundant IKE SA of a rekey collision waits for its creator's delete before deleting it itself.
 const REDUNDANT_GRACE: Duration = Duration::from_secs(10);
 
+/// How long the responder of an IKE SA leaves the initiator to ask for the Child SAs of subnet pairs the first one
+/// does not cover, before it asks itself (so that both sides rarely ask for the same pair).
+const EXTRA_CHILD_GRACE: Duration = Duration::from_secs(3);
+
 /// How long a responder that refused the Child SA in IKE_AUTH waits before deleting the IKE SA.
 const RESPONDER_DELETE_DELAY: Duration = Duration::from_millis(200);
 
@@ -83,6 +87,13 @@ enum Request {
         ks: Option<Box<KeyShare>>,
         /// The peer rekeyed the same Child SA meanwhile (RFC 7296 2.8.1).
         collision: Option<ChildCollision>,
+    },
+    /// An additional Child SA for one (local subnet, remote subnet) pair no Child SA covers yet.
+    CreateChild {
+        spi_in: u32,
+        offered: Vec<Proposal>,
+        ni: Vec<u8>,
+        ks: Option<Box<KeyShare>>,
     },
     RekeyIke {
         /// Our SPI in the new IKE SA (we are its initiator).
@@ -198,6 +209,8 @@ pub struct IkeSa {
     last_sent: Instant,
     /// The hash algorithms of the peer's SIGNATURE_HASH_ALGORITHMS notification (RFC 7427 4), if it sent one.
     peer_sig_hashes: Option<Vec<u16>>,
+    /// (local subnet, remote subnet) pairs we asked an additional Child SA for on this IKE SA: each once.
+    tried_pairs: Vec<(TrafficSelector, TrafficSelector)>,
 }
 
 impl std::fmt::Debug for IkeSa {
@@ -326,6 +339,7 @@ impl IkeSa {
             clock: now,
             last_sent: now,
             peer_sig_hashes: None,
+            tried_pairs: Vec::new(),
         }
     }
 
@@ -452,6 +466,9 @@ impl IkeSa {
             if !dpd.is_zero() {
                 min(Some(self.last_heard + dpd));
             }
+            if self.uncovered_pair().is_some() {
+                min(self.extra_child_from());
+            }
         }
         if self.state == State::AwaitingAuth || self.state == State::Rekeyed {
             // A half-open SA whose initiator went away, or a rekeyed one the peer never deletes, is dropped after
@@ -561,6 +578,12 @@ impl IkeSa {
                 {
                     self.start_child_rekey(now, i);
                     return;
+                }
+                if self.extra_child_from().is_some_and(|t| now >= t) {
+                    if let Some(pair) = self.uncovered_pair() {
+                        self.start_create_child(now, pair);
+                        return;
+                    }
                 }
                 let dpd = self.cfg.lifetimes.dpd_delay;
                 if !dpd.is_zero() && now >= self.last_heard + dpd {
@@ -1609,6 +1632,12 @@ impl IkeSa {
             } => self.finish_child_rekey(
                 now, payloads, old_spi_in, spi_in, offered, ni, ks, collision,
             ),
+            Request::CreateChild {
+                spi_in,
+                offered,
+                ni,
+                ks,
+            } => self.finish_create_child(now, payloads, spi_in, offered, ni, ks),
             Request::RekeyIke {
                 spi,
                 offered,
@@ -1933,11 +1962,144 @@ impl IkeSa {
 
     // ---- CREATE_CHILD_SA ---------------------------------------------------------------------------------------
 
-    fn start_child_rekey(&mut self, now: Instant, i: usize) {
-        let old = self.children[i].clone();
+    /// When we may ask for the Child SA of an uncovered subnet pair: at once as the IKE SA's initiator, after
+    /// [`EXTRA_CHILD_GRACE`] as its responder.
+    fn extra_child_from(&self) -> Option<Instant> {
+        let at = self.established_at?;
+        Some(if self.initiator {
+            at
+        } else {
+            at + EXTRA_CHILD_GRACE
+        })
+    }
+
+    /// The first (local subnet, remote subnet) pair of our configuration that no Child SA touches and that we
+    /// have not asked for on this IKE SA: a peer that insists on one Child SA per subnet pair narrowed the first
+    /// Child SA to one pair, and each other pair needs its own. A pair that a Child SA covers only in part (the
+    /// peer narrowed a range to its own subnets, as a `subnets = "libvirt"` host does) is not asked for again.
+    fn uncovered_pair(&self) -> Option<(TrafficSelector, TrafficSelector)> {
+        let live: Vec<&Child> = self.children.iter().filter(|c| !c.rekeyed).collect();
+        if live.is_empty() {
+            return None;
+        }
+        let touches = |have: &[TrafficSelector], want: &TrafficSelector| {
+            have.iter().any(|h| h.intersect(want).is_some())
+        };
+        for l in &self.cfg.local_ts {
+            for r in &self.cfg.remote_ts {
+                if l.ts_type() != r.ts_type() || self.tried_pairs.contains(&(*l, *r)) {
+                    continue;
+                }
+                if !live
+                    .iter()
+                    .any(|c| touches(&c.ts_local, l) && touches(&c.ts_remote, r))
+                {
+                    return Some((*l, *r));
+                }
+            }
+        }
+        None
+    }
+
+    /// Asks for an additional Child SA for one subnet pair (CREATE_CHILD_SA without REKEY_SA).
+    //= https://www.rfc-editor.org/rfc/rfc7296#section-1.3.1
+    //# A Child SA may be created by sending a CREATE_CHILD_SA request.
+    fn start_create_child(&mut self, now: Instant, pair: (TrafficSelector, TrafficSelector)) {
+        self.tried_pairs.push(pair);
         let spi_in = random_spi32();
         let ni = random_bytes(NONCE_LEN);
-        // PFS when the configured ESP proposal names a group; the first one is sent.
+        let (offered, ks) = self.child_offer(spi_in);
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-1.3.1
+        //# HDR, SK {SA, Ni, [KEi], TSi, TSr} -->
+        let mut payloads = vec![Payload::Sa(offered.clone()), Payload::Nonce(ni.clone())];
+        if let Some(ks) = &ks {
+            payloads.push(Payload::Ke {
+                group: ks.group(),
+                data: ks.public().to_vec(),
+            });
+        }
+        payloads.push(Payload::TsI(vec![pair.0]));
+        payloads.push(Payload::TsR(vec![pair.1]));
+        self.send_request(
+            now,
+            ExchangeType::CREATE_CHILD_SA,
+            payloads,
+            Request::CreateChild {
+                spi_in,
+                offered,
+                ni,
+                ks: ks.map(Box::new),
+            },
+        );
+    }
+
+    /// The peer's answer to [`IkeSa::start_create_child`]: a new Child SA, or a refusal reported as a
+    /// ChildDown without SPIs (the IKE SA and its other Child SAs stay).
+    fn finish_create_child(
+        &mut self,
+        now: Instant,
+        payloads: Vec<Payload>,
+        spi_in: u32,
+        offered: Vec<Proposal>,
+        ni: Vec<u8>,
+        ks: Option<Box<KeyShare>>,
+    ) {
+        let refused = |sa: &mut IkeSa, reason: Reason| {
+            sa.events.push_back(Event::ChildDown {
+                peer: sa.cfg.name.clone(),
+                spi_in: 0,
+                spi_out: 0,
+                reason,
+            });
+        };
+        if let Some(t) = error_notify(&payloads) {
+            let reason = match t {
+                n::TS_UNACCEPTABLE => Reason::TsUnacceptable(
+                    "peer refused an additional Child SA for a subnet pair the first one does not cover".into(),
+                ),
+                n::NO_PROPOSAL_CHOSEN => Reason::NoProposalChosen {
+                    ours: self.esp_proposal_text(),
+                    theirs: String::new(),
+                },
+                t => Reason::PeerError(n::name(t).into()),
+            };
+            refused(self, reason);
+            return;
+        }
+        let Some(nr) = first!(payloads, Payload::Nonce(x) => x.clone()) else {
+            refused(
+                self,
+                Reason::Protocol("CREATE_CHILD_SA answer lacks Nr".into()),
+            );
+            return;
+        };
+        let mut child = match self.accept_child(&payloads, &offered, spi_in, ks.is_some()) {
+            Ok(c) => c,
+            Err(reason) => {
+                refused(self, reason);
+                return;
+            }
+        };
+        let shared = match (
+            ks,
+            first!(payloads, Payload::Ke { data, .. } => data.clone()),
+        ) {
+            (Some(ks), Some(pub_r)) => match ks.agree(&pub_r) {
+                Ok(s) => Some(s),
+                Err(_) => return,
+            },
+            (None, _) => None,
+            (Some(_), None) => return,
+        };
+        child.rekey_at = now + jittered(self.cfg.lifetimes.child_rekey, self.cfg.lifetimes.jitter);
+        let info = self.child_info(&child, shared.as_ref().map(|s| s.as_ref()), &ni, &nr, true);
+        self.children.push(child);
+        self.events.push_back(Event::ChildUp(Box::new(info)));
+    }
+
+    /// Our ESP proposals for a new or rekeyed Child SA with inbound SPI `spi_in`, with PFS (a key share for the
+    /// first group named) when the configured ESP proposal names a group.
+    fn child_offer(&self, spi_in: u32) -> (Vec<Proposal>, Option<KeyShare>) {
         let group = self
             .cfg
             .esp_proposals
@@ -1958,6 +2120,15 @@ impl IkeSa {
                 p.to_wire(k as u8 + 1, spi_in.to_be_bytes().to_vec())
             })
             .collect();
+        (offered, ks)
+    }
+
+    fn start_child_rekey(&mut self, now: Instant, i: usize) {
+        let old = self.children[i].clone();
+        let spi_in = random_spi32();
+        let ni = random_bytes(NONCE_LEN);
+        // PFS when the configured ESP proposal names a group; the first one is sent.
+        let (offered, ks) = self.child_offer(spi_in);
         //= https://www.rfc-editor.org/rfc/rfc7296#section-1.3.3
         //# The SA being rekeyed is identified by the SPI field in the Notify payload; this is the SPI the exchange
         //# initiator would expect in inbound ESP or AH packets.

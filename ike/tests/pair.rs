@@ -1845,3 +1845,44 @@ fn ike_sa_not_rekeyed_in_time_expires() {
         p.ev_a
     );
 }
+
+// ---- subnet pairs the first Child SA does not cover ---------------------------------------------------------------
+
+/// A has two remote subnets, B serves only one (as a peer with one Child SA per subnet pair whose second pair is
+/// missing would): B narrows the first Child SA to the pair it has, A then asks once for the other pair in a
+/// CREATE_CHILD_SA of its own, B refuses it with TS_UNACCEPTABLE, and A reports the refusal without touching
+/// the IKE SA or the first Child SA, and never asks again.
+#[test]
+fn uncovered_subnet_pair_is_asked_for_once() {
+    let (mut a, b) = configs();
+    a.remote_ts.push(ts("198.19.3.0/24"));
+    let mut p = Pair::new(a, b);
+    p.connect();
+    p.run_for(Duration::from_secs(1));
+    let ups = child_ups(&p.ev_a);
+    assert_eq!(ups.len(), 1, "{:?}", p.ev_a);
+    assert_eq!(ups[0].ts_remote, vec![ts("198.19.2.0/24")]);
+    let asked = |p: &Pair| {
+        p.log
+            .iter()
+            .filter(|(from_a, t)| *from_a && is_request(t, 36))
+            .count()
+    };
+    assert_eq!(asked(&p), 1, "A asked for the .3 pair");
+    assert!(
+        p.ev_a.iter().any(|e| matches!(
+            e,
+            Event::ChildDown {
+                spi_in: 0,
+                reason: Reason::TsUnacceptable(_),
+                ..
+            }
+        )),
+        "{:?}",
+        p.ev_a
+    );
+    // Ten minutes on (liveness checks, no Child SA rekey yet at a one-hour lifetime): no second request.
+    p.run_for(Duration::from_secs(600));
+    assert_eq!(asked(&p), 1, "asked once only");
+    assert!(downs(&p.ev_a).is_empty() && p.a.has_sa("b"));
+}
