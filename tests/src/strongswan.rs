@@ -133,6 +133,9 @@ pub struct Conn {
     /// X.509 authentication instead of the PSK: charon's certificate, a file name in `swanctl/x509/` (see
     /// [`Conn::with_cert`]).
     pub cert: Option<String>,
+    /// More children, one per subnet pair as a strongSwan gateway with several subnets is often configured:
+    /// (name, local_ts, remote_ts), otherwise like the first.
+    pub more_children: Vec<(String, String, String)>,
 }
 
 /// swanctl's raw public key authentication: `auth = pubkey` with `pubkeys = FILE` on both sides; the files are
@@ -169,6 +172,7 @@ impl Conn {
             dpd_delay: "0s".into(),
             pubkeys: None,
             cert: None,
+            more_children: Vec::new(),
         }
     }
 
@@ -233,12 +237,6 @@ impl Conn {
       {rauth}
     }}
     children {{
-      {child} {{
-        mode = tunnel
-        local_ts = {lts}
-        remote_ts = {rts}
-        esp_proposals = {esp}
-        rekey_time = {crk}
 "#,
             name = self.name,
             la = self.local_addr,
@@ -248,9 +246,24 @@ impl Conn {
             dpd = self.dpd_delay,
             lauth = self.auth_lines(true),
             rauth = self.auth_lines(false),
-            child = self.child,
-            lts = self.local_ts,
-            rts = self.remote_ts,
+        );
+        self.render_child(out, &self.child, &self.local_ts, &self.remote_ts);
+        for (name, lts, rts) in &self.more_children {
+            self.render_child(out, name, lts, rts);
+        }
+        out.push_str("    }\n  }\n");
+    }
+
+    fn render_child(&self, out: &mut String, name: &str, lts: &str, rts: &str) {
+        let _ = write!(
+            out,
+            r#"      {name} {{
+        mode = tunnel
+        local_ts = {lts}
+        remote_ts = {rts}
+        esp_proposals = {esp}
+        rekey_time = {crk}
+"#,
             esp = self.esp_proposals,
             crk = self.child_rekey_time,
         );
@@ -262,7 +275,7 @@ impl Conn {
         }
         let _ = write!(
             out,
-            "        start_action = {}\n        dpd_action = clear\n      }}\n    }}\n  }}\n",
+            "        start_action = {}\n        dpd_action = clear\n      }}\n",
             self.start_action
         );
     }
