@@ -15,6 +15,14 @@ use zeroize::Zeroizing;
 
 use super::KeyFileError;
 
+/// A certificate file's read error, with the hint that fits a certificate rather than a key.
+fn cert_read(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
+    read(path, false).map_err(|e| match e {
+        KeyFileError::Unreadable { path, error } => KeyFileError::UnreadableCert { path, error },
+        other => other,
+    })
+}
+
 /// Key files larger than this are not keys (a 8192-bit PKCS#1 PEM is about 6.5 kB).
 const MAX_KEY_FILE: u64 = 64 * 1024;
 
@@ -122,7 +130,7 @@ pub struct CertFile {
 impl CertFile {
     /// Reads and parses every certificate of the file.
     pub fn read(path: &Path) -> Result<CertFile, KeyFileError> {
-        let bytes = read(path, false)?;
+        let bytes = cert_read(path)?;
         let chain = x509::parse_certificates(&bytes).map_err(|error| KeyFileError::Cert {
             path: path.to_owned(),
             error,
@@ -155,7 +163,7 @@ impl CaFile {
             path: path.to_owned(),
             error,
         };
-        let bytes = read(path, false)?;
+        let bytes = cert_read(path)?;
         let cas = x509::parse_certificates(&bytes).map_err(cert_err)?;
         let anchors = TrustAnchors::new(cas).map_err(cert_err)?;
         Ok(CaFile {

@@ -1081,6 +1081,13 @@ fn cert_errors_name_the_host_and_the_reason() {
     let e = f.err(&text);
     assert_eq!(e.key, "host[0].cert");
     assert!(e.to_string().contains("CN=Test Intermediate"), "{e}");
+    // A certificate file that is not there: the hint is about certificates, not keys.
+    let e = f.err(&text.replace("cert = \"c0.pem\"", "cert = \"missing.pem\""));
+    assert!(
+        matches!(key_file_error(&e), KeyFileError::UnreadableCert { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("issued by the mesh's CA"), "{e}");
     // The CA file must hold a CA.
     f.write("ca.pem", &x509("b.pem"), 0o644);
     let e = f.err(&text);
