@@ -1076,11 +1076,6 @@ fn cert_errors_name_the_host_and_the_reason() {
         "{e}"
     );
     assert!(e.to_string().contains("which is not a trusted CA"), "{e}");
-    // b0's file without its intermediate.
-    f.write("b0.pem", &x509("a.pem"), 0o644);
-    let e = f.err(&text);
-    assert_eq!(e.key, "host[0].cert");
-    assert!(e.to_string().contains("CN=Test Intermediate"), "{e}");
     // A certificate file that is not there: the hint is about certificates, not keys.
     let e = f.err(&text.replace("cert = \"c0.pem\"", "cert = \"missing.pem\""));
     assert!(
@@ -1088,6 +1083,11 @@ fn cert_errors_name_the_host_and_the_reason() {
         "{e}"
     );
     assert!(e.to_string().contains("issued by the mesh's CA"), "{e}");
+    // b0's file without its intermediate.
+    f.write("b0.pem", &x509("a.pem"), 0o644);
+    let e = f.err(&text);
+    assert_eq!(e.key, "host[0].cert");
+    assert!(e.to_string().contains("CN=Test Intermediate"), "{e}");
     // The CA file must hold a CA.
     f.write("ca.pem", &x509("b.pem"), 0o644);
     let e = f.err(&text);
