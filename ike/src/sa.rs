@@ -2080,16 +2080,8 @@ impl IkeSa {
                 return;
             }
         };
-        let shared = match (
-            ks,
-            first!(payloads, Payload::Ke { data, .. } => data.clone()),
-        ) {
-            (Some(ks), Some(pub_r)) => match ks.agree(&pub_r) {
-                Ok(s) => Some(s),
-                Err(_) => return,
-            },
-            (None, _) => None,
-            (Some(_), None) => return,
+        let Some(shared) = pfs_secret(ks, &payloads) else {
+            return;
         };
         child.rekey_at = now + jittered(self.cfg.lifetimes.child_rekey, self.cfg.lifetimes.jitter);
         let info = self.child_info(&child, shared.as_ref().map(|s| s.as_ref()), &ni, &nr, true);
@@ -2193,16 +2185,8 @@ impl IkeSa {
             Ok(c) => c,
             Err(_) => return,
         };
-        let shared = match (
-            ks,
-            first!(payloads, Payload::Ke { data, .. } => data.clone()),
-        ) {
-            (Some(ks), Some(pub_r)) => match ks.agree(&pub_r) {
-                Ok(s) => Some(s),
-                Err(_) => return,
-            },
-            (None, _) => None,
-            (Some(_), None) => return,
+        let Some(shared) = pfs_secret(ks, &payloads) else {
+            return;
         };
         if let Some(c) = collision {
             //= https://www.rfc-editor.org/rfc/rfc7296#section-2.8.1
@@ -2886,6 +2870,19 @@ fn announces_fragmentation(payloads: &[Payload]) -> bool {
     payloads
         .iter()
         .any(|p| matches!(p, Payload::Notify(x) if x.ntype == n::IKEV2_FRAGMENTATION_SUPPORTED))
+}
+
+/// The PFS secret of a Child SA answer to our request with key share `ks`: `Some(None)` without PFS, `None` if
+/// the answer lacks the KE payload or its key does not work.
+fn pfs_secret(
+    ks: Option<Box<KeyShare>>,
+    payloads: &[Payload],
+) -> Option<Option<crate::crypto::dh::SharedSecret>> {
+    let Some(ks) = ks else {
+        return Some(None);
+    };
+    let pub_r = first!(payloads, Payload::Ke { data, .. } => data.clone())?;
+    ks.agree(&pub_r).ok().map(Some)
 }
 
 /// The X.509 certificates of the CERT payloads, in order.

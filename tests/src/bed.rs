@@ -86,6 +86,23 @@ impl Bed {
 }
 
 impl Bed {
+    /// With vmsecd started (and, if charon is to initiate, [`Bed::block_vmsecd_initiation`] done first): charon
+    /// initiates `child` unless vmsecd does, then [`Bed::wait_up_and_ping`].
+    pub fn connect(&self, v: &mut Vmsecd, c: &Charon, vmsecd_initiates: bool, child: &str) {
+        if !vmsecd_initiates {
+            v.wait_status("vmsecd listening", Duration::from_secs(10), |_| true);
+            let out = c.initiate(child, 30);
+            assert!(
+                out.status.success(),
+                "swanctl --initiate failed:\n{}\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                v.diagnostics(),
+                c.diagnostics()
+            );
+        }
+        self.wait_up_and_ping(v, c);
+    }
+
     /// Waits until vmsecd (as `hA`) and charon both hold the same established IKE SA towards each other with an
     /// installed Child SA, then VM a pings VM b five times through it.
     pub fn wait_up_and_ping(&self, v: &mut Vmsecd, c: &Charon) {

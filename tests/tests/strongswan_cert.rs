@@ -140,18 +140,7 @@ fn handshake(name: &str, bits: u32, vmsecd_initiates: bool) -> String {
         bed.block_vmsecd_initiation();
     }
     let mut v = start_vmsecd(&mut bed, &mesh_text(&private, &chain, &pki.root.cert));
-    if !vmsecd_initiates {
-        v.wait_status("vmsecd listening", Duration::from_secs(10), |_| true);
-        let out = charon.initiate(CHILD, 30);
-        assert!(
-            out.status.success(),
-            "swanctl --initiate failed:\n{}\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            v.diagnostics(),
-            charon.diagnostics()
-        );
-    }
-    bed.wait_up_and_ping(&mut v, &charon);
+    bed.connect(&mut v, &charon, vmsecd_initiates, CHILD);
     let log = charon.log();
     assert!(
         log.contains(&format!(

@@ -143,18 +143,7 @@ fn case_ids(
         &mut bed,
         &mesh_text_ids(&private, &a_pub, &b_pub, a_id, b_id),
     );
-    if !vmsecd_initiates {
-        v.wait_status("vmsecd listening", Duration::from_secs(10), |_| true);
-        let out = charon.initiate(CHILD, 30);
-        assert!(
-            out.status.success(),
-            "swanctl --initiate failed:\n{}\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            v.diagnostics(),
-            charon.diagnostics()
-        );
-    }
-    bed.wait_up_and_ping(&mut v, &charon);
+    bed.connect(&mut v, &charon, vmsecd_initiates, CHILD);
     let log = charon.log();
     // charon verified vmsecd's RFC 7427 signature (vmsecd signs RSASSA-PSS) and signed its own with method 14.
     assert!(
