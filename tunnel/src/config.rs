@@ -248,6 +248,29 @@ pub struct PubKeyAuth {
     pub public_keys: std::collections::BTreeMap<String, PublicKeyFile>,
 }
 
+/// Warn this long before a certificate of the mesh expires.
+pub const CERT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86400);
+
+impl CertAuth {
+    /// The certificates of the mesh (the CAs' and every certificate file's, intermediates included) that
+    /// expire within `within` of `now` (seconds since 1970): what `vmsecd check` and the daemon warn about, so
+    /// that a certificate is renewed before handshakes start to fail. Each as (subject, file, notAfter).
+    pub fn expiring(&self, now: i64, within: Duration) -> Vec<(String, PathBuf, i64)> {
+        let limit = now.saturating_add(within.as_secs() as i64);
+        let mut out = Vec::new();
+        let files = std::iter::once((&self.ca.path, self.ca.anchors.certificates()))
+            .chain(self.certs.values().map(|f| (&f.path, &f.chain[..])));
+        for (path, certs) in files {
+            for c in certs {
+                if c.not_after() <= limit && !out.iter().any(|(s, _, _)| *s == c.subject()) {
+                    out.push((c.subject(), path.clone(), c.not_after()));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// An IKE identity (RFC 7296 3.5).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Identity {

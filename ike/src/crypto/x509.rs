@@ -545,6 +545,11 @@ impl TrustAnchors {
             .collect()
     }
 
+    /// The trusted CA certificates.
+    pub fn certificates(&self) -> &[Certificate] {
+        &self.cas
+    }
+
     /// The trusted CAs' subjects, for messages.
     pub fn names(&self) -> String {
         let v: Vec<String> = self

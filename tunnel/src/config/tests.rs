@@ -1042,6 +1042,31 @@ fn cert_mesh_loads_chains_and_checks_this_hosts_key() {
         !format!("{m:?}").contains("BEGIN"),
         "no key material in Debug"
     );
+    // Nothing expires within 30 days of a day after the certificates were made; 10 days before the first
+    // notAfter, every certificate does, each named once with its file.
+    let now = c.certs["b0"].cert().not_after() - 99 * 365 * 86400;
+    assert!(c.expiring(now, CERT_EXPIRY_WARNING).is_empty());
+    let first = [&c.certs["b0"].chain[..], &c.certs["c0"].chain[..]]
+        .concat()
+        .iter()
+        .map(|x| x.not_after())
+        .min()
+        .unwrap();
+    let soon = c.expiring(first - 10 * 86400, CERT_EXPIRY_WARNING);
+    let subjects: Vec<&str> = soon.iter().map(|(s, _, _)| s.as_str()).collect();
+    for want in ["Test Intermediate", "a.example.net", "b.example.net"] {
+        assert!(
+            subjects.iter().any(|s| s.ends_with(want)),
+            "{want}: {soon:?}"
+        );
+    }
+    assert_eq!(
+        subjects
+            .iter()
+            .filter(|s| s.contains("Intermediate"))
+            .count(),
+        1
+    );
     Config::new(m.clone(), Some("b0"), &[]).unwrap();
     // As c0, the private key is b0's.
     let e = Config::new(m, Some("c0"), &[]).unwrap_err();

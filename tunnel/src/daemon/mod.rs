@@ -186,6 +186,18 @@ impl Daemon {
             "vmsecd up: routes to {} remote subnets point into {}",
             routes.installed().len(), s.interface
         );
+        if let crate::config::Auth::Cert(c) = &config.mesh.auth {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            for (subject, path, not_after) in c.expiring(now, crate::config::CERT_EXPIRY_WARNING) {
+                tracing::warn!(
+                    file = %path.display(),
+                    "certificate \"{subject}\" expires {}: renew it before then, or handshakes will fail",
+                    ike::crypto::x509::format_time(not_after)
+                );
+            }
+        }
         Ok(Daemon {
             endpoint: Endpoint::new(peer_cfgs),
             datapath,
