@@ -79,6 +79,43 @@ fn configs(bits: Option<usize>) -> (Arc<PeerConfig>, Arc<PeerConfig>) {
     (Arc::new(peer("b", A, B, aa)), Arc::new(peer("a", B, A, ab)))
 }
 
+/// A and B with X.509 certificates (ike's test certificates: A's from an intermediate CA, sent with it; B's from
+/// the root; RSA-2048): each side verifies a chain and the peer's signature.
+fn cert_configs() -> (Arc<PeerConfig>, Arc<PeerConfig>) {
+    use ike::crypto::keyfile::parse_private_key;
+    use ike::crypto::x509::{parse_certificates, TrustAnchors};
+    let data = |f: &str| {
+        std::fs::read(format!(
+            "{}/../ike/src/crypto/x509/testdata/{f}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    let cert = |f: &str| parse_certificates(&data(f)).unwrap().remove(0);
+    let trust = Arc::new(TrustAnchors::new(vec![cert("ca.pem")]).unwrap());
+    let clock = ike::config::WallClock {
+        at: Instant::now(),
+        unix: cert("a.pem").not_after() - 365 * 86400,
+    };
+    let auth = |key: &str, chain| AuthMethod::Certificate {
+        private: parse_private_key(&data(key)).unwrap(),
+        padding: Padding::Pss,
+        chain: Arc::new(chain),
+        trust: trust.clone(),
+        peer_cert: None,
+        clock,
+    };
+    (
+        Arc::new(peer(
+            "b",
+            A,
+            B,
+            auth("a.key", vec![cert("a.pem"), cert("inter.pem")]),
+        )),
+        Arc::new(peer("a", B, A, auth("b.key", vec![cert("b.pem")]))),
+    )
+}
+
 /// One handshake between fresh endpoints; panics unless both sides end with a Child SA.
 fn handshake(mut a: Endpoint, mut b: Endpoint, now: Instant) {
     a.connect(now, "b").unwrap();
@@ -133,12 +170,13 @@ fn bench_handshake(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(4))
         .warm_up_time(Duration::from_millis(500))
         .sample_size(30);
-    for (name, bits) in [
-        ("psk", None),
-        ("rsa2048", Some(2048)),
-        ("rsa3072", Some(3072)),
-    ] {
-        let (ca, cb) = configs(bits);
+    for name in ["psk", "rsa2048", "rsa3072", "x509-rsa2048"] {
+        let (ca, cb) = match name {
+            "psk" => configs(None),
+            "rsa2048" => configs(Some(2048)),
+            "rsa3072" => configs(Some(3072)),
+            _ => cert_configs(),
+        };
         let now = Instant::now();
         g.bench_function(name, |bch| {
             bch.iter_batched(
