@@ -1766,6 +1766,33 @@ fn identity_not_in_certificate_is_refused() {
     );
 }
 
+/// A peer that sends no certificate is checked against the one the mesh file names for it; without one it is
+/// refused, naming why.
+#[test]
+fn configured_peer_certificate_when_the_peer_sends_none() {
+    let (mut a, mut b) = cert_configs();
+    if let AuthMethod::Certificate { chain, .. } = &mut b.auth {
+        *chain = Arc::new(Vec::new());
+    }
+    let b_sends_none = b.clone();
+    if let AuthMethod::Certificate { peer_cert, .. } = &mut a.auth {
+        *peer_cert = Some(Arc::new(cert("b")));
+    }
+    let mut p = Pair::new(a, b);
+    p.connect();
+    assert_up(&p);
+
+    let (a, _) = cert_configs();
+    let mut p = Pair::new(a, b_sends_none);
+    p.connect();
+    p.run_for(Duration::from_secs(10));
+    assert!(
+        matches!(&downs(&p.ev_a)[..], [Reason::AuthenticationFailed(w)] if w.contains("sent no certificate")),
+        "{:?}",
+        p.ev_a
+    );
+}
+
 /// A DN identity (strongSwan's default with certificates) matches the subject.
 #[test]
 fn subject_dn_identity_is_accepted() {
