@@ -601,34 +601,33 @@ impl TrustAnchors {
                     Err(e) => last_err = Some(e),
                 }
             }
-            // Otherwise an intermediate the peer sent.
-            let next = intermediates.iter().find(|i| {
-                !std::ptr::eq(*i, cert)
-                    && same_dn(&i.subject, &cert.issuer)
-                    && i.issued(cert, below).is_ok()
-            });
-            match next {
-                Some(i) => {
-                    path.push(i.subject());
-                    cert = i;
-                }
-                None => {
-                    if let Some(e) = last_err {
-                        return Err(e);
+            // Otherwise an intermediate the peer sent (never the certificate itself: a self-signed root sent
+            // along issues itself). The first one whose signature verifies continues the chain; if none does,
+            // the reason the first candidate failed is the answer.
+            let mut next = None;
+            for i in intermediates
+                .iter()
+                .filter(|i| !std::ptr::eq(*i, cert) && same_dn(&i.subject, &cert.issuer))
+            {
+                match i.issued(cert, below) {
+                    Ok(()) => {
+                        next = Some(i);
+                        break;
                     }
-                    if let Some(i) = intermediates
-                        .iter()
-                        .find(|i| same_dn(&i.subject, &cert.issuer))
-                    {
-                        return Err(i.issued(cert, below).expect_err("checked above"));
+                    Err(e) => {
+                        last_err.get_or_insert(e);
                     }
-                    return Err(CertError::UnknownIssuer {
-                        subject: cert.subject(),
-                        issuer: cert.issuer(),
-                        trusted: self.names(),
-                    });
                 }
             }
+            let Some(i) = next else {
+                return Err(last_err.unwrap_or_else(|| CertError::UnknownIssuer {
+                    subject: cert.subject(),
+                    issuer: cert.issuer(),
+                    trusted: self.names(),
+                }));
+            };
+            path.push(i.subject());
+            cert = i;
         }
         Err(CertError::TooLong)
     }

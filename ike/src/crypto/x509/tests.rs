@@ -222,3 +222,18 @@ fn garbage_never_panics() {
         let _ = Certificate::from_der(&bad);
     }
 }
+
+/// A peer whose certificate comes from a CA we do not trust, and which sends that (self-signed) CA along as an
+/// intermediate, as some implementations do: the chain reaches the self-signed CA, which is not ours, and must
+/// end in a refusal that names it, never a panic.
+#[test]
+fn untrusted_root_sent_along_is_refused() {
+    let e = anchors()
+        .verify(&load("stranger"), &[load("other-ca")], valid_time())
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("C=CH, O=vmsecd test, CN=Other CA is issued by C=CH, O=vmsecd test, CN=Other CA, which is not a trusted CA"),
+        "{e}"
+    );
+}
