@@ -1978,8 +1978,8 @@ impl IkeSa {
     /// Child SA to one pair, and each other pair needs its own. A pair that a Child SA covers only in part (the
     /// peer narrowed a range to its own subnets, as a `subnets = "libvirt"` host does) is not asked for again.
     fn uncovered_pair(&self) -> Option<(TrafficSelector, TrafficSelector)> {
-        let live: Vec<&Child> = self.children.iter().filter(|c| !c.rekeyed).collect();
-        if live.is_empty() {
+        // Called from poll_timeout, so on every turn of the daemon's loop: no allocation.
+        if self.children.iter().all(|c| c.rekeyed) {
             return None;
         }
         let touches = |have: &[TrafficSelector], want: &TrafficSelector| {
@@ -1990,8 +1990,10 @@ impl IkeSa {
                 if l.ts_type() != r.ts_type() || self.tried_pairs.contains(&(*l, *r)) {
                     continue;
                 }
-                if !live
+                if !self
+                    .children
                     .iter()
+                    .filter(|c| !c.rekeyed)
                     .any(|c| touches(&c.ts_local, l) && touches(&c.ts_remote, r))
                 {
                     return Some((*l, *r));
