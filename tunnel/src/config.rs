@@ -248,6 +248,13 @@ pub struct PubKeyAuth {
     pub public_keys: std::collections::BTreeMap<String, PublicKeyFile>,
 }
 
+/// Now, in seconds since 1970 (UTC): the time certificates are checked against.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Warn this long before a certificate of the mesh expires.
 pub const CERT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86400);
 

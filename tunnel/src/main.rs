@@ -544,9 +544,10 @@ fn render_check(config: &Config, libvirt: Option<&vmsecd::config::LibvirtFound>)
         }
     }
     if let Auth::Cert(c) = &config.mesh.auth {
-        for (subject, path, not_after) in
-            c.expiring(unix_now(), vmsecd::config::CERT_EXPIRY_WARNING)
-        {
+        for (subject, path, not_after) in c.expiring(
+            vmsecd::config::unix_now(),
+            vmsecd::config::CERT_EXPIRY_WARNING,
+        ) {
             let _ = writeln!(
                 o,
                 "warning: certificate \"{subject}\" in {} expires {}: renew it before then",
@@ -556,13 +557,6 @@ fn render_check(config: &Config, libvirt: Option<&vmsecd::config::LibvirtFound>)
         }
     }
     o
-}
-
-/// Seconds since 1970.
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ike::proposal::{ProposalError, ProposalSpec};
 
@@ -861,9 +861,7 @@ impl Cx<'_> {
         let private_key = self.private_key(private_key_override, private_key)?;
         let ca_file = CaFile::read(&self.path(ca.get_ref()))
             .map_err(|e| self.err(Some(ca.span()), "mesh.ca", e))?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = super::unix_now();
         let mut certs = std::collections::BTreeMap::new();
         for (i, (h, host)) in hosts.iter().zip(valid_hosts).enumerate() {
             let Some(v) = &h.get_ref().cert else {

@@ -187,9 +187,7 @@ impl Daemon {
             routes.installed().len(), s.interface
         );
         if let crate::config::Auth::Cert(c) = &config.mesh.auth {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
+            let now = crate::config::unix_now();
             for (subject, path, not_after) in c.expiring(now, crate::config::CERT_EXPIRY_WARNING) {
                 tracing::warn!(
                     file = %path.display(),

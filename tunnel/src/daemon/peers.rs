@@ -1,24 +1,13 @@
 //! From the mesh file to what the IKE engine needs per peer.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ike::config::{AuthMethod, Lifetimes, PeerConfig, Retransmit, WallClock};
 use ike::crypto::signature::Padding;
 use zeroize::Zeroizing;
 
 use crate::config::{Auth, Config, Encap};
-
-/// Now, as the IKE engine takes the time for certificate validity.
-fn wall_clock() -> WallClock {
-    let unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    WallClock {
-        at: Instant::now(),
-        unix,
-    }
-}
 
 /// One IKE peer configuration per other host in the mesh.
 pub(crate) fn peer_configs(config: &Config) -> Vec<Arc<PeerConfig>> {
@@ -27,6 +16,16 @@ pub(crate) fn peer_configs(config: &Config) -> Vec<Arc<PeerConfig>> {
     let psk = match &config.mesh.auth {
         Auth::Psk(psk) => Some(AuthMethod::Psk(Zeroizing::new(psk.secret().to_vec()))),
         _ => None,
+    };
+    // With certificates: our chain, sent to every peer, and the time their certificates are checked against.
+    let own_chain = match &config.mesh.auth {
+        // Config::new made sure this host has one.
+        Auth::Cert(c) => Some(Arc::new(c.certs[&local.name].chain.clone())),
+        _ => None,
+    };
+    let clock = WallClock {
+        at: Instant::now(),
+        unix: crate::config::unix_now(),
     };
     config
         .peers()
@@ -42,11 +41,10 @@ pub(crate) fn peer_configs(config: &Config) -> Vec<Arc<PeerConfig>> {
                 (None, Auth::Cert(c)) => AuthMethod::Certificate {
                     private: c.private_key.key.clone(),
                     padding: Padding::Pss,
-                    // Config::new made sure this host has one.
-                    chain: Arc::new(c.certs[&local.name].chain.clone()),
+                    chain: own_chain.clone().expect("set for Auth::Cert above"),
                     trust: c.ca.anchors.clone(),
                     peer_cert: c.certs.get(&peer.name).map(|f| Arc::new(f.cert().clone())),
-                    clock: wall_clock(),
+                    clock,
                 },
                 (None, Auth::Psk(_)) => unreachable!("handled above"),
             };
