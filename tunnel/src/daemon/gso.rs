@@ -203,8 +203,9 @@ pub(crate) struct Segments {
 /// the ESP datagram the segment becomes, so datagrams end up back to back) and `front` is the ESP header
 /// length. `at` must be at least `front`.
 ///
-/// The source is read from the back: segment `i` is written at or after where its payload was, so later
-/// segments are moved before earlier ones are overwritten.
+/// The payloads are moved from the back: segment `i` lands at or after where its payload was, so later
+/// segments are moved before earlier ones are overwritten; the headers are written once all payloads are in
+/// place.
 pub(crate) fn segment(
     buf: &mut [u8],
     at: usize,
@@ -233,18 +234,31 @@ pub(crate) fn segment(
     if buf.len() < (count - 1) * stride + front + last_len {
         return Err(GsoError::NoRoom);
     }
+    // Moving from the back is only safe while each segment lands at or after the end of the previous one's
+    // unmoved payload; segment 1 is the tightest case. The daemon reads at esp::HEADROOM, well inside it.
+    if count > 1 && at > front + stride - (seg_len - hlen) {
+        return Err(GsoError::NoRoom);
+    }
     let mut tmpl = [0u8; 120];
     tmpl[..hlen].copy_from_slice(&buf[at..at + hlen]);
     let tmpl = &tmpl[..hlen];
     let seq0 = u32::from_be_bytes(tmpl[ip_len + 4..ip_len + 8].try_into().expect("4 bytes"));
     let id0 = u16::from_be_bytes([tmpl[4], tmpl[5]]);
     let flags0 = tmpl[ip_len + 13];
+    let chunk_of = |i: usize| if i == count - 1 { last_len - hlen } else { mss };
+    // First every payload, from the back; only then the headers. A segment's headers go in front of its
+    // payload, which can reach back over the end of the previous segment's payload where it still lies unmoved
+    // (segment 1's headers overlap the last bytes of segment 0's source when the read sat less than two ESP
+    // headers and a trailer into the buffer, as it does): writing them in the same pass silently replaced those
+    // bytes, and the TCP checksum, computed afterwards, covered the damage.
     for i in (0..count).rev() {
-        let chunk = if i == count - 1 { last_len - hlen } else { mss };
         let src = at + hlen + i * mss;
         let dst = i * stride + front;
-        buf.copy_within(src..src + chunk, dst + hlen);
-        let seg = &mut buf[dst..dst + hlen + chunk];
+        buf.copy_within(src..src + chunk_of(i), dst + hlen);
+    }
+    for i in 0..count {
+        let dst = i * stride + front;
+        let seg = &mut buf[dst..dst + hlen + chunk_of(i)];
         seg[..hlen].copy_from_slice(tmpl);
         if !v6 {
             seg[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
@@ -627,6 +641,48 @@ mod tests {
             got.extend_from_slice(&seg[52..]);
         }
         assert_eq!(got, data);
+    }
+
+    /// Every payload byte survives the cut at the layouts the daemon uses: the read at `esp::HEADROOM` and each
+    /// transform's ESP header and datagram length, and any other offset the read could sit at. A cut that wrote
+    /// segment 1's headers before segment 0's payload had moved replaced 20 bytes of every super-packet here;
+    /// the test above missed it because its read sat too close to the front for the two to overlap.
+    #[test]
+    fn every_payload_byte_survives_at_the_daemons_layouts() {
+        let data = payload(20_000);
+        let mss = 1348;
+        let whole = tcp4(7, 0x10, &data, 1);
+        let (sp, h) = super_packet(&whole, false, mss as u16);
+        for t in esp::Transform::ALL {
+            let front = t.header_overhead();
+            for at in (front..front + 160).chain([esp::HEADROOM]) {
+                let mut buf = vec![0u8; 64 * 1024];
+                buf[at..at + sp.len()].copy_from_slice(&sp);
+                let s = match segment(&mut buf, at, sp.len(), &h, front, |l| t.esp_len(l)) {
+                    Ok(s) => s,
+                    Err(GsoError::NoRoom) => {
+                        // Refused only where moving in place could not work.
+                        assert!(at > front + t.esp_len(52 + mss) - mss, "{t} at {at}");
+                        assert_ne!(at, esp::HEADROOM, "{t}: the daemon's layout is refused");
+                        continue;
+                    }
+                    Err(e) => panic!("{t} at {at}: {e}"),
+                };
+                let stride = t.esp_len(s.seg_len);
+                let mut got = Vec::new();
+                for i in 0..s.count {
+                    let len = if i + 1 == s.count {
+                        s.last_len
+                    } else {
+                        s.seg_len
+                    };
+                    let seg = &buf[i * stride + front..i * stride + front + len];
+                    assert!(checksums_ok(seg), "{t} at {at}: segment {i}");
+                    got.extend_from_slice(&seg[52..]);
+                }
+                assert!(got == data, "{t} at {at}: payload damaged");
+            }
+        }
     }
 
     #[test]
