@@ -32,7 +32,7 @@ fn esp(c: &mut Criterion) {
             let mut buf = vec![0u8; HEADROOM + size + TAILROOM];
             buf[HEADROOM] = 0x45;
 
-            let mut out = OutboundSa::new(params, &keys).unwrap();
+            let out = OutboundSa::new(params, &keys).unwrap();
             g.bench_function(BenchmarkId::new("encap", size), |b| {
                 b.iter(|| {
                     let mut pkt = PacketBuf::new(&mut buf, HEADROOM, HEADROOM + size);
@@ -41,7 +41,7 @@ fn esp(c: &mut Criterion) {
                 })
             });
 
-            let mut out = OutboundSa::new(params, &keys).unwrap();
+            let out = OutboundSa::new(params, &keys).unwrap();
             let mut sad = Sad::new();
             sad.insert(InboundSa::new(params, &keys).unwrap());
             g.bench_function(BenchmarkId::new("encap+decap", size), |b| {

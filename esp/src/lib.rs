@@ -42,8 +42,8 @@ pub use keys::{BadKeyLength, KeyMaterial};
 pub use packet::{NoRoom, PacketBuf, HEADROOM, TAILROOM};
 pub use replay::{ReplayError, ReplayWindow, DEFAULT_REPLAY_WINDOW, MAX_REPLAY_WINDOW};
 pub use sa::{
-    Counters, DropReason, EncapError, InboundSa, Inner, OutboundSa, SaParams, NEXT_HEADER_IPV4,
-    NEXT_HEADER_IPV6, NEXT_HEADER_NONE,
+    Counters, DropReason, EncapError, InboundSa, Inner, OutboundSa, SaParams, SeqBlock,
+    NEXT_HEADER_IPV4, NEXT_HEADER_IPV6, NEXT_HEADER_NONE,
 };
 pub use sad::Sad;
 pub use transform::{Transform, UnknownTransform};

@@ -1,5 +1,7 @@
 //! Security associations: one direction each, encapsulating or decapsulating tunnel-mode packets in place.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::cipher::Cipher;
 use crate::keys::BadKeyLength;
 use crate::packet::{NoRoom, PacketBuf};
@@ -107,12 +109,18 @@ pub struct Inner {
 }
 
 /// The sending half of an SA.
+///
+/// Shared by every datapath worker that sends on it (`encap` takes `&self`): the sequence number is an atomic
+/// counter, so each worker draws numbers without a lock, and no number is ever used twice. Workers' packets may
+/// then leave slightly out of order, which the receiver's anti-replay window absorbs (RFC 4303 3.4.3: it
+/// accepts any not-yet-seen number within the window).
 pub struct OutboundSa {
     params: SaParams,
     cipher: Cipher,
-    /// The last sequence number used; 0 before the first packet.
-    pub(crate) seq: u64,
-    counters: Counters,
+    /// The last sequence number handed out; 0 before the first packet.
+    pub(crate) seq: AtomicU64,
+    packets: AtomicU64,
+    bytes: AtomicU64,
 }
 
 impl OutboundSa {
@@ -122,8 +130,9 @@ impl OutboundSa {
         Ok(OutboundSa {
             cipher: Cipher::new(params.transform, keys),
             params,
-            seq: 0,
-            counters: Counters::default(),
+            seq: AtomicU64::new(0),
+            packets: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
         })
     }
 
@@ -132,19 +141,23 @@ impl OutboundSa {
         &self.params
     }
 
-    /// Counters so far.
-    pub fn counters(&self) -> &Counters {
-        &self.counters
+    /// Counters so far (packets and bytes sent; the drop counters belong to inbound SAs).
+    pub fn counters(&self) -> Counters {
+        Counters {
+            packets: self.packets.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            ..Counters::default()
+        }
     }
 
-    /// The last sequence number sent.
+    /// The last sequence number handed out.
     pub fn seq(&self) -> u64 {
-        self.seq
+        self.seq.load(Ordering::Relaxed)
     }
 
     /// Sequence numbers left before the SA is exhausted, so the owner can rekey in time.
     pub fn seq_remaining(&self) -> u64 {
-        self.max_seq() - self.seq
+        self.max_seq() - self.seq()
     }
 
     fn max_seq(&self) -> u64 {
@@ -158,54 +171,95 @@ impl OutboundSa {
     /// Encapsulates the IP packet in `pkt` in place: afterwards `pkt` holds the ESP packet, SPI first.
     ///
     /// Needs [`Transform::header_overhead`] bytes of headroom and [`Transform::trailer_overhead`] of tailroom.
-    /// On error, `pkt` and the SA are unchanged.
-    pub fn encap(&mut self, pkt: &mut PacketBuf<'_>) -> Result<(), EncapError> {
+    /// On error, `pkt` is unchanged and no sequence number is used. For a burst of packets, [`OutboundSa::reserve`]
+    /// draws their numbers at once.
+    pub fn encap(&self, pkt: &mut PacketBuf<'_>) -> Result<(), EncapError> {
+        self.check(pkt)?;
+        self.reserve(1)?.encap(pkt)
+    }
+
+    /// Draws up to `n` consecutive sequence numbers (fewer only when the SA is about to run out) with one atomic
+    /// read-modify-write, for a worker to use on a burst of packets: concurrent workers never share a number,
+    /// and they touch the shared counter once per burst rather than once per packet. Numbers the worker leaves
+    /// unused are skipped, a gap the receiver's window does not mind.
+    pub fn reserve(&self, n: u64) -> Result<SeqBlock<'_>, EncapError> {
+        let max = self.max_seq();
+        let want = n.max(1);
+        let prev = self
+            .seq
+            //= https://www.rfc-editor.org/rfc/rfc4303#section-3.3.3
+            //# the sender MUST NOT send a packet on an SA if doing so would cause the sequence number to cycle.
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                (s < max).then(|| s + want.min(max - s))
+            })
+            .map_err(|_| EncapError::SequenceExhausted)?;
+        Ok(SeqBlock {
+            sa: self,
+            next: prev + 1,
+            end: prev + want.min(max - prev) + 1,
+            packets: 0,
+            bytes: 0,
+        })
+    }
+
+    /// Whether `pkt` can be encapsulated: an IP packet, with room around it. Returns its next header.
+    fn check(&self, pkt: &PacketBuf<'_>) -> Result<u8, EncapError> {
         let next_header = match pkt.as_slice().first().map(|b| b >> 4) {
             Some(4) => NEXT_HEADER_IPV4,
             Some(6) => NEXT_HEADER_IPV6,
             _ => return Err(EncapError::NotIp),
         };
-        let seq = self.next_seq()?;
-        let mut iv = [0u8; 16];
-        //= https://www.rfc-editor.org/rfc/rfc4106#section-3.1
-        //# For a given key, the IV MUST NOT repeat.
-        // The full sequence number is unique per SA, so it serves as the AEAD IV (RFC 4106 3.1 suggests a counter).
-        iv[..8].copy_from_slice(&seq.to_be_bytes());
-        self.encap_with(pkt, next_header, seq, &iv)
+        self.check_room(pkt)?;
+        Ok(next_header)
     }
 
-    fn next_seq(&self) -> Result<u64, EncapError> {
-        //= https://www.rfc-editor.org/rfc/rfc4303#section-3.3.3
-        //# the sender MUST NOT send a packet on an SA if doing so would cause the sequence number to cycle.
-        if self.seq >= self.max_seq() {
-            return Err(EncapError::SequenceExhausted);
+    /// Bytes of padding for an inner packet of `inner_len` bytes.
+    fn pad_len(&self, inner_len: usize) -> usize {
+        let t = self.params.transform;
+        //= https://www.rfc-editor.org/rfc/rfc4303#section-2.4
+        //# Padding also may be required, irrespective of encryption algorithm requirements, to ensure that the
+        //# resulting ciphertext terminates on a 4-byte boundary.
+        (t.block_len() - (inner_len + 2) % t.block_len()) % t.block_len()
+    }
+
+    fn check_room(&self, pkt: &PacketBuf<'_>) -> Result<(), NoRoom> {
+        let t = self.params.transform;
+        let front = t.header_overhead();
+        let back = self.pad_len(pkt.len()) + 2 + t.icv_len();
+        if pkt.headroom() < front || pkt.tailroom() < back {
+            return Err(NoRoom {
+                needed: front.saturating_sub(pkt.headroom()) + back.saturating_sub(pkt.tailroom()),
+            });
         }
-        Ok(self.seq + 1)
+        Ok(())
     }
 
     /// Encapsulation with a given sequence number and AEAD IV; test vectors use it with published IVs.
+    #[cfg(test)]
     pub(crate) fn encap_with(
-        &mut self,
+        &self,
         pkt: &mut PacketBuf<'_>,
         next_header: u8,
         seq: u64,
         iv: &[u8; 16],
     ) -> Result<(), EncapError> {
+        self.check_room(pkt)?;
+        self.seq.fetch_max(seq, Ordering::Relaxed);
+        let inner_len = pkt.len();
+        self.seal(pkt, next_header, seq, iv);
+        self.packets.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(inner_len as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Frames and encrypts `pkt` under `seq`; the room was checked.
+    fn seal(&self, pkt: &mut PacketBuf<'_>, next_header: u8, seq: u64, iv: &[u8; 16]) {
         let t = self.params.transform;
         let inner_len = pkt.len();
-        //= https://www.rfc-editor.org/rfc/rfc4303#section-2.4
-        //# Padding also may be required, irrespective of encryption algorithm requirements, to ensure that the
-        //# resulting ciphertext terminates on a 4-byte boundary.
-        let pad = (t.block_len() - (inner_len + 2) % t.block_len()) % t.block_len();
-        let front = t.header_overhead();
-        let back = pad + 2 + t.icv_len();
-        if pkt.headroom() < front || pkt.tailroom() < back {
-            return Err(NoRoom {
-                needed: front.saturating_sub(pkt.headroom()) + back.saturating_sub(pkt.tailroom()),
-            }
-            .into());
-        }
-        let trailer = pkt.push_back(back)?;
+        let pad = self.pad_len(inner_len);
+        let trailer = pkt
+            .push_back(pad + 2 + t.icv_len())
+            .expect("room checked before the sequence number was drawn");
         //= https://www.rfc-editor.org/rfc/rfc4303#section-2.4
         //# The Padding bytes are initialized with a series of (unsigned, 1-byte) integer values.  The first padding
         //# byte appended to the plaintext is numbered 1, with subsequent padding bytes making up a monotonically
@@ -215,7 +269,9 @@ impl OutboundSa {
         }
         trailer[pad] = pad as u8;
         trailer[pad + 1] = next_header;
-        let header = pkt.push_front(front)?;
+        let header = pkt
+            .push_front(t.header_overhead())
+            .expect("room checked before the sequence number was drawn");
         header[..4].copy_from_slice(&self.params.spi.to_be_bytes());
         //= https://www.rfc-editor.org/rfc/rfc4303#section-2.2.1
         //# Only the low-order 32 bits of the sequence number are transmitted in the plaintext ESP header of each
@@ -226,10 +282,54 @@ impl OutboundSa {
         }
         let seq_hi = self.params.esn.then_some((seq >> 32) as u32);
         self.cipher.seal(t, pkt.as_mut_slice(), seq_hi);
-        self.seq = seq;
-        self.counters.packets += 1;
-        self.counters.bytes += inner_len as u64;
+    }
+}
+
+/// Sequence numbers an [`OutboundSa`] handed to one worker for a burst of packets ([`OutboundSa::reserve`]).
+/// The SA's packet and byte counters are updated once, when the block is dropped.
+pub struct SeqBlock<'a> {
+    sa: &'a OutboundSa,
+    next: u64,
+    /// One past the last number of the block.
+    end: u64,
+    packets: u64,
+    bytes: u64,
+}
+
+impl SeqBlock<'_> {
+    /// Numbers left in the block.
+    pub fn remaining(&self) -> u64 {
+        self.end - self.next
+    }
+
+    /// Encapsulates `pkt` in place under the block's next number, as [`OutboundSa::encap`] does; fails with
+    /// [`EncapError::SequenceExhausted`] when the block is used up. On error, `pkt` is unchanged.
+    pub fn encap(&mut self, pkt: &mut PacketBuf<'_>) -> Result<(), EncapError> {
+        let next_header = self.sa.check(pkt)?;
+        if self.next >= self.end {
+            return Err(EncapError::SequenceExhausted);
+        }
+        let seq = self.next;
+        self.next += 1;
+        let mut iv = [0u8; 16];
+        //= https://www.rfc-editor.org/rfc/rfc4106#section-3.1
+        //# For a given key, the IV MUST NOT repeat.
+        // The full sequence number is unique per SA, so it serves as the AEAD IV (RFC 4106 3.1 suggests a counter).
+        iv[..8].copy_from_slice(&seq.to_be_bytes());
+        let inner_len = pkt.len();
+        self.sa.seal(pkt, next_header, seq, &iv);
+        self.packets += 1;
+        self.bytes += inner_len as u64;
         Ok(())
+    }
+}
+
+impl Drop for SeqBlock<'_> {
+    fn drop(&mut self) {
+        if self.packets > 0 {
+            self.sa.packets.fetch_add(self.packets, Ordering::Relaxed);
+            self.sa.bytes.fetch_add(self.bytes, Ordering::Relaxed);
+        }
     }
 }
 

@@ -80,7 +80,7 @@ fn round_trip_every_transform_size_and_sequence_mode() {
                 );
             }
             assert_eq!(inb.counters().packets, 12);
-            assert_eq!(out.counters(), inb.counters());
+            assert_eq!(out.counters(), *inb.counters());
         }
     }
 }
@@ -290,7 +290,7 @@ fn sequence_number_zero_is_refused() {
 #[test]
 fn sequence_numbers_never_cycle() {
     let (mut out, mut inb) = pair(Transform::AesGcm128, false);
-    out.seq = u32::MAX as u64 - 1;
+    *out.seq.get_mut() = u32::MAX as u64 - 1;
     let last = encap(&mut out, &ip_packet(4, 40, 0));
     assert_eq!(out.seq_remaining(), 0);
     let mut buf = vec![0u8; 256];
@@ -307,10 +307,104 @@ fn sequence_numbers_never_cycle() {
 }
 
 #[test]
+fn workers_sharing_an_sa_never_reuse_a_sequence_number() {
+    // Four threads encapsulate on one SA, drawing blocks of 1 to 7 numbers as a worker does per burst; the
+    // receiver must accept every packet exactly once (they arrive out of order, within its window) and the
+    // counters must add up.
+    let (out, mut inb) = pair(Transform::AesGcm128, false);
+    let per_thread = 500usize;
+    let mut sent: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4u8)
+            .map(|w| {
+                let out = &out;
+                s.spawn(move || {
+                    let mut esp = Vec::new();
+                    let mut i = 0;
+                    while i < per_thread {
+                        let burst = 1 + (i + w as usize) % 7;
+                        let mut block = out.reserve(burst as u64).unwrap();
+                        for _ in 0..burst.min(per_thread - i) {
+                            let inner = ip_packet(4, 60 + i % 50, w);
+                            let mut buf = vec![0u8; HEADROOM + inner.len() + TAILROOM];
+                            buf[HEADROOM..HEADROOM + inner.len()].copy_from_slice(&inner);
+                            let mut pkt =
+                                PacketBuf::new(&mut buf, HEADROOM, HEADROOM + inner.len());
+                            block.encap(&mut pkt).unwrap();
+                            esp.push(pkt.as_slice().to_vec());
+                            i += 1;
+                        }
+                    }
+                    esp
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+            .concat()
+    });
+    let mut seqs: Vec<u32> = sent
+        .iter()
+        .map(|e| u32::from_be_bytes(e[4..8].try_into().unwrap()))
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 4 * per_thread, "every number used once");
+    // The wire interleaves the workers' bursts: order by number, then reverse every run of 32 to arrive out of
+    // order as two workers' bursts do.
+    sent.sort_by_key(|e| u32::from_be_bytes(e[4..8].try_into().unwrap()));
+    for run in sent.chunks_mut(32) {
+        run.reverse();
+    }
+    let mut delivered = 0;
+    for e in &sent {
+        if decap(&mut inb, e).is_ok() {
+            delivered += 1;
+        }
+    }
+    assert_eq!(delivered, 4 * per_thread);
+    assert_eq!(out.counters().packets, 4 * per_thread as u64);
+    assert_eq!(out.counters().packets, inb.counters().packets);
+    assert_eq!(out.counters().bytes, inb.counters().bytes);
+    for e in &sent[..10] {
+        assert_eq!(decap(&mut inb, e), Err(DropReason::Replay));
+    }
+}
+
+#[test]
+fn a_block_near_the_end_is_cut_short_and_then_the_sa_is_exhausted() {
+    let (out, _) = pair(Transform::AesGcm128, false);
+    let mut out = out;
+    *out.seq.get_mut() = u32::MAX as u64 - 3;
+    let mut block = out.reserve(10).unwrap();
+    assert_eq!(block.remaining(), 3, "only three numbers are left");
+    for _ in 0..3 {
+        let inner = ip_packet(4, 40, 0);
+        let mut buf = vec![0u8; HEADROOM + inner.len() + TAILROOM];
+        buf[HEADROOM..HEADROOM + inner.len()].copy_from_slice(&inner);
+        let mut pkt = PacketBuf::new(&mut buf, HEADROOM, HEADROOM + inner.len());
+        block.encap(&mut pkt).unwrap();
+    }
+    let mut buf = vec![0u8; 256];
+    buf[HEADROOM] = 0x45;
+    let mut pkt = PacketBuf::new(&mut buf, HEADROOM, HEADROOM + 20);
+    assert_eq!(block.encap(&mut pkt), Err(EncapError::SequenceExhausted));
+    drop(block);
+    assert_eq!(
+        out.counters().packets,
+        3,
+        "counted when the block is dropped"
+    );
+    assert!(matches!(out.reserve(1), Err(EncapError::SequenceExhausted)));
+    assert_eq!(out.seq(), u32::MAX as u64);
+}
+
+#[test]
 fn extended_sequence_numbers_cross_the_32_bit_boundary() {
     for t in Transform::ALL {
         let (mut out, mut inb) = pair(t, true);
-        out.seq = u32::MAX as u64 - 3;
+        *out.seq.get_mut() = u32::MAX as u64 - 3;
         inb.window.update(u32::MAX as u64 - 3);
         for i in 0..8u64 {
             let esp = encap(&mut out, &ip_packet(4, 100, i as u8));
@@ -321,7 +415,7 @@ fn extended_sequence_numbers_cross_the_32_bit_boundary() {
         assert_eq!(inb.highest_seq() >> 32, 1);
         // The same bytes under the wrong high half do not verify: the high bits are in the ICV.
         let (mut out2, mut inb2) = pair(t, true);
-        out2.seq = (5u64 << 32) + 100;
+        *out2.seq.get_mut() = (5u64 << 32) + 100;
         let esp = encap(&mut out2, &ip_packet(4, 100, 0));
         assert_eq!(decap(&mut inb2, &esp), Err(DropReason::AuthFailed));
     }
@@ -329,7 +423,7 @@ fn extended_sequence_numbers_cross_the_32_bit_boundary() {
 
 #[test]
 fn encap_refuses_non_ip_and_short_buffers_without_side_effects() {
-    let (mut out, _) = pair(Transform::AesGcm128, false);
+    let (out, _) = pair(Transform::AesGcm128, false);
     let mut buf = [0u8; 64];
     let mut pkt = PacketBuf::new(&mut buf, 32, 40);
     assert_eq!(out.encap(&mut pkt), Err(EncapError::NotIp));
@@ -369,7 +463,7 @@ proptest! {
         let mut inner = body;
         inner[0] = if v6 { 0x60 } else { 0x45 };
         let start_seq = if esn { start_seq } else { start_seq & 0x7fff_ffff };
-        out.seq = start_seq;
+        *out.seq.get_mut() = start_seq;
         if start_seq > 0 {
             inb.window.update(start_seq);
         }
@@ -459,7 +553,7 @@ mod vectors {
             );
 
             // Encapsulation with the published IV reproduces the published packet.
-            let mut out = OutboundSa::new(params, &keys).unwrap();
+            let out = OutboundSa::new(params, &keys).unwrap();
             let mut buf = vec![0u8; HEADROOM + payload.len() + TAILROOM];
             buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(&payload);
             let mut pkt = PacketBuf::new(&mut buf, HEADROOM, HEADROOM + payload.len());

@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     let sa = input.u8() as usize % N_SAS;
     let p = params(sa);
     let t = p.transform;
-    let mut out = outbound(sa);
+    let out = outbound(sa);
     let mut sad = vmsecd_fuzz::new_sad();
     let mut sent_bytes = 0u64;
     let mut sent = 0u64;
@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
         buf[head..head + payload.len()].copy_from_slice(&payload);
         let snapshot = buf.clone();
         let seq_before = out.seq();
-        let counters_before = *out.counters();
+        let counters_before = out.counters();
         let mut pkt = PacketBuf::new(&mut buf, head, head + payload.len());
 
         let pad = (t.block_len() - (payload.len() + 2) % t.block_len()) % t.block_len();
@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(buf, snapshot, "failed encap changed the buffer");
                 assert_eq!(out.seq(), seq_before, "failed encap used a sequence number");
                 assert_eq!(
-                    *out.counters(),
+                    out.counters(),
                     counters_before,
                     "failed encap moved counters"
                 );

@@ -40,8 +40,14 @@ fn peer() -> PeerConfig {
             ProposalSpec::ike("aes256-sha256-modp2048").unwrap(),
         ],
         esp_proposals: vec![ProposalSpec::esp("aes128gcm16").unwrap()],
-        local_ts: vec![TrafficSelector::from_prefix("198.19.1.0".parse().unwrap(), 24)],
-        remote_ts: vec![TrafficSelector::from_prefix("198.19.2.0".parse().unwrap(), 24)],
+        local_ts: vec![TrafficSelector::from_prefix(
+            "198.19.1.0".parse().unwrap(),
+            24,
+        )],
+        remote_ts: vec![TrafficSelector::from_prefix(
+            "198.19.2.0".parse().unwrap(),
+            24,
+        )],
         force_encap: false,
         retransmit: Retransmit::default(),
         lifetimes: Lifetimes {
@@ -90,7 +96,8 @@ fuzz_target!(|data: &[u8]| {
             let mut script = rest;
             while script.len() >= 3 {
                 let port = if script[0] & 1 == 0 { 500 } else { 4500 };
-                let len = (usize::from(script[1]) << 8 | usize::from(script[2])).min(script.len() - 3);
+                let len =
+                    (usize::from(script[1]) << 8 | usize::from(script[2])).min(script.len() - 3);
                 let (datagram, next) = script[3..].split_at(len);
                 script = next;
                 ep.handle(now, datagram, from, port);

@@ -227,7 +227,7 @@ fn assert_pair_matches(x: &ChildSaInfo, y: &ChildSaInfo) {
     assert_eq!(x.transform, y.transform);
     // The keys agree: a packet one side seals the other opens.
     let p = esp::SaParams::new(x.spi_out, x.transform, x.esn);
-    let mut out = esp::OutboundSa::new(p, &x.keys_out).unwrap();
+    let out = esp::OutboundSa::new(p, &x.keys_out).unwrap();
     let mut inb = esp::InboundSa::new(p, &y.keys_in).unwrap();
     let mut buf = vec![0u8; 256];
     buf[esp::HEADROOM] = 0x45;

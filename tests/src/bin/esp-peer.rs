@@ -308,7 +308,7 @@ fn run(a: Args) -> Result<(), String> {
     let t = a.transform;
     let out_keys = KeyMaterial::new(t, &a.out_key).map_err(|e| format!("--out-key: {e}"))?;
     let in_keys = KeyMaterial::new(t, &a.in_key).map_err(|e| format!("--in-key: {e}"))?;
-    let mut out = OutboundSa::new(SaParams::new(a.out_spi, t, a.esn), &out_keys)
+    let out = OutboundSa::new(SaParams::new(a.out_spi, t, a.esn), &out_keys)
         .map_err(|e| e.to_string())?;
     let mut sad = Sad::new();
     sad.insert(
