@@ -7,6 +7,7 @@
 #   plain       plain routing, no encryption (the ceiling)
 #   swan        strongSwan 5.9 <-> strongSwan, userspace ESP (kernel-libipsec), aes128gcm16, ESP in UDP
 #   vmsecd      vmsecd <-> vmsecd, aes128gcm16, ESP in UDP 4500
+#   vmsecd-2w   as vmsecd, with `workers = 2`: two TUN queues, a transmit thread for the second
 #   vmsecd-chacha  vmsecd <-> vmsecd, chacha20poly1305, ESP in UDP 4500
 #   vmsecd-raw  vmsecd <-> vmsecd, aes128gcm16, raw ESP (IP protocol 50)
 #   vmsecd-swan vmsecd (h1) <-> strongSwan (h2), aes128gcm16
@@ -28,7 +29,7 @@ RUNS=1
 ONLY=""
 JSON=""
 BORINGTUN=${BORINGTUN:-$(command -v boringtun-cli || echo /tmp/bt-root/bin/boringtun-cli)}
-usage() { echo "usage: $0 [--seconds N] [--runs N] [--only plain,swan,vmsecd,vmsecd-chacha,vmsecd-raw,vmsecd-swan,boringtun,wggo] [--json FILE] [--bin PATH]" >&2; exit 2; }
+usage() { echo "usage: $0 [--seconds N] [--runs N] [--only plain,swan,vmsecd,vmsecd-2w,vmsecd-chacha,vmsecd-raw,vmsecd-swan,boringtun,wggo] [--json FILE] [--bin PATH]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) BIN="$2"; shift ;;
@@ -82,13 +83,14 @@ h() { ip netns exec "$P-h$1" "${@:2}"; }
 vm() { ip netns exec "$P-vm$1" "${@:2}"; }
 
 # --- tunnels ----------------------------------------------------------------------------------------------
-start_vmsecd() { # HOSTNUM ESP ENCAP
+start_vmsecd() { # HOSTNUM ESP ENCAP [WORKERS]
   cat > "$DIR/mesh$1.toml" <<EOT
 [mesh]
 psk_file = "psk"
 encap = "$3"
 esp_proposals = ["$2"]
 dpd_delay = 0
+${4:+workers = $4}
 [[host]]
 name = "h1"
 address = "198.18.0.1"
@@ -183,6 +185,7 @@ start_config() {
     plain) h 1 ip route add 198.19.2.0/24 via 198.18.0.2; h 2 ip route add 198.19.1.0/24 via 198.18.0.1 ;;
     swan) start_charon 1; start_charon 2; swan_initiate 1 ;;
     vmsecd) start_vmsecd 1 aes128gcm16 udp; start_vmsecd 2 aes128gcm16 udp ;;
+    vmsecd-2w) start_vmsecd 1 aes128gcm16 udp 2; start_vmsecd 2 aes128gcm16 udp 2 ;;
     vmsecd-chacha) start_vmsecd 1 chacha20poly1305 udp; start_vmsecd 2 chacha20poly1305 udp ;;
     vmsecd-raw) start_vmsecd 1 aes128gcm16 raw; start_vmsecd 2 aes128gcm16 raw ;;
     vmsecd-swan) start_charon 2; start_vmsecd 1 aes128gcm16 udp ;;
@@ -222,7 +225,7 @@ median() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.argv[1:]]
 TICK=$(getconf CLK_TCK)
 echo "# vmsecd e2e benchmark, $SECS s per iperf3 run x $RUNS, $(nproc) cores, $(date -u +%FT%TZ)"
 echo "# load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-for cfg in plain swan vmsecd vmsecd-chacha vmsecd-raw vmsecd-swan boringtun wggo; do
+for cfg in plain swan vmsecd vmsecd-2w vmsecd-chacha vmsecd-raw vmsecd-swan boringtun wggo; do
   want "$cfg" || continue
   case "$cfg" in
     swan|vmsecd-swan) [ -x /usr/lib/ipsec/charon ] || { echo "# $cfg: skipped, no charon (apt-get install strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins)"; continue; } ;;

@@ -109,6 +109,8 @@ pub struct Mesh {
     pub dpd_delay: Option<String>,
     /// `firewall`: `auto` or `off` (vmsecd's default: auto).
     pub firewall: Option<String>,
+    /// `workers` (vmsecd's default: 1).
+    pub workers: Option<u32>,
     /// The hosts.
     pub hosts: Vec<HostEntry>,
 }
@@ -127,6 +129,7 @@ impl Mesh {
             rekey_margin: None,
             dpd_delay: None,
             firewall: None,
+            workers: None,
             hosts: vec![
                 HostEntry {
                     name: "hA".into(),
@@ -167,6 +170,9 @@ impl Mesh {
             if let Some(v) = v {
                 let _ = writeln!(o, "{k} = {v:?}");
             }
+        }
+        if let Some(w) = self.workers {
+            let _ = writeln!(o, "workers = {w}");
         }
         for h in &self.hosts {
             let _ = write!(

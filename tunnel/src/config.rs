@@ -54,6 +54,11 @@ pub const DEFAULT_INTERFACE: &str = "vmsec0";
 /// `mesh.mtu` when absent: room for the worst-case ESP overhead (IPv6 underlay, UDP encapsulation, AES-CBC) on
 /// a 1500-byte underlay, and the value strongSwan's kernel-libipsec uses for its TUN.
 pub const DEFAULT_MTU: u32 = 1400;
+/// `mesh.workers` when absent: one thread does everything (see benches/README.md for the measurements behind
+/// the choice).
+pub const DEFAULT_WORKERS: usize = 1;
+/// Most `mesh.workers`: one per TUN queue; past the core count more only add switching.
+pub const MAX_WORKERS: usize = 64;
 /// `mesh.ike_proposals` when absent.
 pub const DEFAULT_IKE_PROPOSAL: &str = "aes128gcm16-prfsha256-x25519";
 /// `mesh.esp_proposals` when absent.
@@ -113,6 +118,8 @@ pub struct Settings {
     pub encap: Encap,
     /// Anti-replay window of inbound Child SAs, in packets (`replay_window`, default 1024).
     pub replay_window: u32,
+    /// Threads that encrypt and send, one per TUN queue (`workers`, default 1; at most [`MAX_WORKERS`]).
+    pub workers: usize,
     /// Where the daemon listens for `vmsecd status` (`control_socket`, default the abstract `@vmsecd`).
     pub control_socket: ControlSocket,
     /// Whether vmsecd keeps its rules ahead of libvirt's NAT and forward rules (`firewall`, default auto).

@@ -15,7 +15,7 @@ use super::{
     Host, Identity, KeyFileError, LibvirtSubnets, PrivateKeyFile, Psk, PubKeyAuth, PublicKeyFile,
     Settings, DEFAULT_CHILD_LIFETIME, DEFAULT_CONTROL_SOCKET, DEFAULT_DPD_DELAY,
     DEFAULT_ESP_PROPOSAL, DEFAULT_IKE_LIFETIME, DEFAULT_IKE_PORT, DEFAULT_IKE_PROPOSAL,
-    DEFAULT_INTERFACE, DEFAULT_MTU, DEFAULT_REKEY_MARGIN,
+    DEFAULT_INTERFACE, DEFAULT_MTU, DEFAULT_REKEY_MARGIN, DEFAULT_WORKERS, MAX_WORKERS,
 };
 use crate::prefix::Prefix;
 
@@ -179,6 +179,21 @@ impl Cx<'_> {
                 n as u32
             }
         };
+        let workers = match &m.workers {
+            None => DEFAULT_WORKERS,
+            Some(v) => {
+                let n = *v.get_ref();
+                if !(1..=MAX_WORKERS as i64).contains(&n) {
+                    return Err(self.invalid(
+                        v,
+                        "mesh.workers",
+                        format!("{n} workers is out of range"),
+                        &format!("1 to {MAX_WORKERS} (one per core is the most that helps)"),
+                    ));
+                }
+                n as usize
+            }
+        };
         let mtu = match &m.mtu {
             None => DEFAULT_MTU,
             Some(v) => {
@@ -259,6 +274,7 @@ impl Cx<'_> {
             dpd_delay: (!dpd_delay.is_zero()).then_some(dpd_delay),
             encap,
             replay_window,
+            workers,
             control_socket,
         })
     }

@@ -2,9 +2,17 @@
 //! destination), and which inner packets an inbound SA may deliver (its traffic selectors).
 //!
 //! Everything works in place on the caller's buffers; this module owns SA state and counters, never a socket.
+//!
+//! The outbound half ([`Outbound`]: routes, lanes, outbound SAs) is shared with the transmit workers, one per
+//! TUN queue: they take its read lock once per batch of TUN reads, and the daemon's task takes the write lock
+//! only when IKE changes an SA. The SAs themselves hand out sequence numbers atomically, in blocks per burst
+//! (`esp::OutboundSa::reserve`). The inbound half (SAD, policy) stays with the daemon's task, which receives all
+//! ESP: one peer's ESP arrives on one UDP flow, which the kernel cannot spread over sockets.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use esp::{InboundSa, OutboundSa, PacketBuf, SaParams, Sad};
 use ike::event::ChildSaInfo;
@@ -61,7 +69,7 @@ impl PeerPath {
 
     /// The lane an inner packet from `src` to `dst` takes: the first whose selectors cover both, else (a peer
     /// that narrowed to less than its routes cover) the first that can send at all.
-    fn lane_for(&mut self, src: Option<IpAddr>, dst: IpAddr) -> Option<&mut Lane> {
+    fn lane_for(&self, src: Option<IpAddr>, dst: IpAddr) -> Option<&Lane> {
         let covers = |l: &Lane| {
             l.out.is_some()
                 && l.ts_remote.iter().any(|t| t.contains_addr(dst))
@@ -72,7 +80,7 @@ impl PeerPath {
             .iter()
             .position(covers)
             .or_else(|| self.lanes.iter().position(|l| l.out.is_some()))?;
-        Some(&mut self.lanes[i])
+        Some(&self.lanes[i])
     }
 }
 
@@ -116,14 +124,77 @@ pub(crate) struct Drops {
     pub(crate) encap_failed: u64,
 }
 
-/// SAs, routes and policy.
-pub(crate) struct Datapath {
+/// The outbound half of the datapath: routes, and per peer the lanes of outbound SAs. Shared (see the module
+/// comment); its drop counters are atomic because every worker counts into them.
+pub(crate) struct Outbound {
     peers: Vec<PeerPath>,
     /// (prefix, peer index), longest prefix first.
     routes: Vec<(Prefix, usize)>,
+    no_sa_out: AtomicU64,
+    no_route: AtomicU64,
+    encap_failed: AtomicU64,
+}
+
+impl Outbound {
+    /// The outbound SA and destination an inner packet takes; counts the drop if it has none.
+    pub(crate) fn route(&self, pkt: &[u8]) -> Option<(&OutboundSa, Wire)> {
+        let Some(dst) = dst_addr(pkt) else {
+            self.no_route.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let Some(&(_, i)) = self.routes.iter().find(|(p, _)| p.contains(dst)) else {
+            self.no_route.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        match self.peers[i].lane_for(src_addr(pkt), dst) {
+            Some(Lane {
+                out: Some(out),
+                wire: Some(wire),
+                ..
+            }) => Some((out, *wire)),
+            _ => {
+                self.no_sa_out.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Counts `n` packets that had a route and an SA but could not be encapsulated.
+    pub(crate) fn count_encap_failed(&self, n: u64) {
+        self.encap_failed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn peer_index(&self, name: &str) -> Option<usize> {
+        self.peers.iter().position(|p| p.name == name)
+    }
+}
+
+/// The outbound half, as the daemon's task and the transmit workers hold it.
+#[derive(Clone)]
+pub(crate) struct SharedOutbound(Arc<RwLock<Outbound>>);
+
+impl SharedOutbound {
+    /// For one batch of TUN reads. A worker that panicked cannot leave the table half-changed (workers only
+    /// read it), so a poisoned lock is used as it is.
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Outbound> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Outbound> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// SAs, routes and policy.
+pub(crate) struct Datapath {
+    out: SharedOutbound,
     sad: Sad,
     policy: HashMap<u32, InPolicy>,
-    pub(crate) drops: Drops,
+    /// (peer, inbound SPI) of Child SAs whose outbound SA waits for the peer's first packet on the new pair
+    /// ([`Datapath::install_deferred`]): the inbound path checks this short list, so that it takes the write
+    /// lock of the outbound half only to promote one.
+    waiting: Vec<(usize, u32)>,
+    policy_drops: u64,
 }
 
 fn dst_addr(pkt: &[u8]) -> Option<IpAddr> {
@@ -145,18 +216,24 @@ fn src_addr(pkt: &[u8]) -> Option<IpAddr> {
 impl Datapath {
     /// A datapath for these peers (name and their subnets), with no SA yet.
     pub(crate) fn new(peers: &[(String, Vec<Prefix>)]) -> Datapath {
-        let routes = Self::prefix_table(peers);
         Datapath {
-            peers: peers.iter().map(|(name, _)| PeerPath::new(name)).collect(),
-            routes,
+            out: SharedOutbound(Arc::new(RwLock::new(Outbound {
+                peers: peers.iter().map(|(name, _)| PeerPath::new(name)).collect(),
+                routes: Self::prefix_table(peers),
+                no_sa_out: AtomicU64::new(0),
+                no_route: AtomicU64::new(0),
+                encap_failed: AtomicU64::new(0),
+            }))),
             sad: Sad::new(),
             policy: HashMap::new(),
-            drops: Drops::default(),
+            waiting: Vec::new(),
+            policy_drops: 0,
         }
     }
 
-    fn peer_index(&self, name: &str) -> Option<usize> {
-        self.peers.iter().position(|p| p.name == name)
+    /// The outbound half, for the transmit path and its workers.
+    pub(crate) fn outbound(&self) -> &SharedOutbound {
+        &self.out
     }
 
     /// Installs a new Child SA (first or rekeyed): inbound SA and policy, and the outbound SA replaces the
@@ -167,14 +244,17 @@ impl Datapath {
         replay_window: u32,
     ) -> Result<(), esp::BadKeyLength> {
         let (out, wire) = self.install_inbound(c, replay_window)?;
-        if let Some(i) = self.peer_index(&c.peer) {
-            let p = self.peers[i].lane(c);
+        let mut o = self.out.write();
+        if let Some(i) = o.peer_index(&c.peer) {
+            let p = o.peers[i].lane(c);
             if let (Some(old), Some(old_wire)) = (p.out.take(), p.wire) {
                 p.standby.push((old, old_wire));
             }
+            if let Some((spi, _, _)) = p.pending.take() {
+                self.waiting.retain(|w| w.1 != spi);
+            }
             p.out = Some(out);
             p.wire = Some(wire);
-            p.pending = None;
         }
         Ok(())
     }
@@ -189,10 +269,14 @@ impl Datapath {
         replay_window: u32,
     ) -> Result<(), esp::BadKeyLength> {
         let (out, wire) = self.install_inbound(c, replay_window)?;
-        if let Some(i) = self.peer_index(&c.peer) {
-            let p = self.peers[i].lane(c);
+        let mut o = self.out.write();
+        if let Some(i) = o.peer_index(&c.peer) {
+            let p = o.peers[i].lane(c);
             if p.out.is_some() {
-                p.pending = Some((c.spi_in, out, wire));
+                if let Some((old, _, _)) = p.pending.replace((c.spi_in, out, wire)) {
+                    self.waiting.retain(|w| w.1 != old);
+                }
+                self.waiting.push((i, c.spi_in));
             } else {
                 p.out = Some(out);
                 p.wire = Some(wire);
@@ -210,10 +294,11 @@ impl Datapath {
         p_in.replay_window = replay_window;
         let out = OutboundSa::new(SaParams::new(c.spi_out, c.transform, c.esn), &c.keys_out)?;
         self.sad.insert(InboundSa::new(p_in, &c.keys_in)?);
+        let peer = self.out.read().peer_index(&c.peer);
         self.policy.insert(
             c.spi_in,
             InPolicy {
-                peer: self.peer_index(&c.peer),
+                peer,
                 ts_local: c.ts_local.clone(),
                 ts_remote: c.ts_remote.clone(),
             },
@@ -228,7 +313,12 @@ impl Datapath {
 
     /// Makes a waiting outbound SA the current one if it belongs to the pair whose inbound SPI is `spi_in`.
     fn promote(&mut self, peer: usize, spi_in: u32) {
-        for p in &mut self.peers[peer].lanes {
+        if !self.waiting.contains(&(peer, spi_in)) {
+            return;
+        }
+        self.waiting.retain(|w| *w != (peer, spi_in));
+        let mut o = self.out.write();
+        for p in &mut o.peers[peer].lanes {
             if p.pending.as_ref().is_some_and(|(s, _, _)| *s == spi_in) {
                 let (_, out, wire) = p.pending.take().expect("checked");
                 p.out = Some(out);
@@ -242,8 +332,9 @@ impl Datapath {
     pub(crate) fn remove(&mut self, peer: &str, spi_in: u32, spi_out: u32) {
         self.sad.remove(spi_in);
         self.policy.remove(&spi_in);
-        if let Some(i) = self.peer_index(peer) {
-            for p in &mut self.peers[i].lanes {
+        let mut o = self.out.write();
+        if let Some(i) = o.peer_index(peer) {
+            for p in &mut o.peers[i].lanes {
                 if p.pending.as_ref().is_some_and(|(s, _, _)| *s == spi_in) {
                     p.pending = None;
                 }
@@ -260,7 +351,14 @@ impl Datapath {
                     }
                 }
             }
-            self.peers[i].lanes.retain(|l| !l.is_empty());
+            o.peers[i].lanes.retain(|l| !l.is_empty());
+            let lanes = &o.peers[i].lanes;
+            self.waiting.retain(|&(w_peer, w_spi)| {
+                w_peer != i
+                    || lanes
+                        .iter()
+                        .any(|l| l.pending.as_ref().is_some_and(|(s, _, _)| *s == w_spi))
+            });
         }
     }
 
@@ -268,22 +366,30 @@ impl Datapath {
     /// once, its inbound SAs stay until the delete of its Child SAs removes them (packets in flight are still
     /// delivered, within the SA's selectors); the prefix table is rebuilt.
     pub(crate) fn set_peers(&mut self, peers: &[(String, Vec<Prefix>)]) {
-        let mut old: Vec<PeerPath> = std::mem::take(&mut self.peers);
+        let mut o = self.out.write();
+        let mut old: Vec<PeerPath> = std::mem::take(&mut o.peers);
         let old_names: Vec<String> = old.iter().map(|p| p.name.clone()).collect();
-        self.peers = peers
+        o.peers = peers
             .iter()
             .map(|(name, _)| match old.iter().position(|p| &p.name == name) {
                 Some(i) => old.swap_remove(i),
                 None => PeerPath::new(name),
             })
             .collect();
+        let new_index = |i: usize| {
+            old_names
+                .get(i)
+                .and_then(|n| o.peers.iter().position(|p| &p.name == n))
+        };
         for pol in self.policy.values_mut() {
-            pol.peer = pol
-                .peer
-                .and_then(|i| old_names.get(i))
-                .and_then(|n| self.peers.iter().position(|p| &p.name == n));
+            pol.peer = pol.peer.and_then(new_index);
         }
-        self.routes = Self::prefix_table(peers);
+        self.waiting = self
+            .waiting
+            .iter()
+            .filter_map(|&(i, spi)| Some((new_index(i)?, spi)))
+            .collect();
+        o.routes = Self::prefix_table(peers);
     }
 
     fn prefix_table(peers: &[(String, Vec<Prefix>)]) -> Vec<(Prefix, usize)> {
@@ -294,56 +400,6 @@ impl Datapath {
             .collect();
         routes.sort_by_key(|(p, _)| std::cmp::Reverse(p.prefix_len()));
         routes
-    }
-
-    /// The transform of the outbound SA that `pkt` (an inner packet) would take, to lay out its segments;
-    /// counts the drop if there is none.
-    pub(crate) fn out_transform(&mut self, pkt: &[u8]) -> Option<esp::Transform> {
-        let Some(dst) = dst_addr(pkt) else {
-            self.drops.no_route += 1;
-            return None;
-        };
-        let Some(&(_, i)) = self.routes.iter().find(|(p, _)| p.contains(dst)) else {
-            self.drops.no_route += 1;
-            return None;
-        };
-        match self.peers[i].lane_for(src_addr(pkt), dst) {
-            Some(Lane { out: Some(out), .. }) => Some(out.params().transform),
-            _ => {
-                self.drops.no_sa_out += 1;
-                None
-            }
-        }
-    }
-
-    /// Encapsulates one packet read from the TUN in place; returns where to send it.
-    pub(crate) fn encap(&mut self, pkt: &mut PacketBuf<'_>) -> Option<Wire> {
-        let Some(dst) = dst_addr(pkt.as_slice()) else {
-            self.drops.no_route += 1;
-            return None;
-        };
-        let Some(&(_, i)) = self.routes.iter().find(|(p, _)| p.contains(dst)) else {
-            self.drops.no_route += 1;
-            return None;
-        };
-        let src = src_addr(pkt.as_slice());
-        let Some(Lane {
-            out: Some(out),
-            wire: Some(wire),
-            ..
-        }) = self.peers[i].lane_for(src, dst)
-        else {
-            self.drops.no_sa_out += 1;
-            return None;
-        };
-        let wire = *wire;
-        match out.encap(pkt) {
-            Ok(()) => Some(wire),
-            Err(_) => {
-                self.drops.encap_failed += 1;
-                None
-            }
-        }
     }
 
     /// Decapsulates an ESP packet in place; true if `pkt` now holds an inner packet to deliver.
@@ -362,10 +418,12 @@ impl Datapath {
             _ => false,
         };
         if !ok {
-            self.drops.policy += 1;
-        } else if let Some(peer) = self.policy.get(&spi).and_then(|p| p.peer) {
-            // The peer sends on this pair, so it can receive on it too.
-            self.promote(peer, spi);
+            self.policy_drops += 1;
+        } else if !self.waiting.is_empty() {
+            if let Some(peer) = self.policy.get(&spi).and_then(|p| p.peer) {
+                // The peer sends on this pair, so it can receive on it too.
+                self.promote(peer, spi);
+            }
         }
         ok
     }
@@ -377,7 +435,8 @@ impl Datapath {
 
     /// Counters of the current outbound SA towards a peer, if its SPI is `spi_out`.
     pub(crate) fn outbound_counters(&self, peer: &str, spi_out: u32) -> Option<esp::Counters> {
-        let p = &self.peers[self.peer_index(peer)?];
+        let o = self.out.read();
+        let p = &o.peers[o.peer_index(peer)?];
         p.lanes
             .iter()
             .flat_map(|l| {
@@ -387,12 +446,31 @@ impl Datapath {
                     .chain(l.standby.iter().map(|(o, _)| o))
             })
             .find(|o| o.params().spi == spi_out)
-            .map(|o| *o.counters())
+            .map(|o| o.counters())
+    }
+
+    /// The counters that belong to no SA.
+    pub(crate) fn drops(&self) -> Drops {
+        let o = self.out.read();
+        Drops {
+            no_sa_out: o.no_sa_out.load(Ordering::Relaxed),
+            no_route: o.no_route.load(Ordering::Relaxed),
+            policy: self.policy_drops,
+            encap_failed: o.encap_failed.load(Ordering::Relaxed),
+        }
     }
 
     /// Inbound packets whose SPI was unknown.
     pub(crate) fn no_sa_in(&self) -> u64 {
         self.sad.no_sa_drops()
+    }
+
+    /// Encapsulates one inner packet in place as the transmit path does; returns where to send it.
+    #[cfg(test)]
+    fn encap(&mut self, pkt: &mut PacketBuf<'_>) -> Option<Wire> {
+        let o = self.out.read();
+        let (sa, wire) = o.route(pkt.as_slice())?;
+        sa.encap(pkt).ok().map(|()| wire)
     }
 }
 
@@ -442,7 +520,7 @@ mod tests {
 
     /// What the peer sends on the pair `c` (its outbound is our inbound).
     fn receive(d: &mut Datapath, c: &ChildSaInfo) -> bool {
-        let mut out = OutboundSa::new(SaParams::new(c.spi_in, T, false), &c.keys_in).unwrap();
+        let out = OutboundSa::new(SaParams::new(c.spi_in, T, false), &c.keys_in).unwrap();
         let pkt = inner([198, 19, 2, 10], [198, 19, 1, 10]);
         let mut buf = vec![0u8; HEADROOM + pkt.len() + TAILROOM];
         buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
@@ -563,11 +641,11 @@ mod tests {
         d.remove("p", 0x1002, 0x2002);
         assert_eq!(send_between(&mut d, vm, to3), Some(0x2003));
         assert_eq!(send_between(&mut d, vm, to2), Some(0x2001));
-        assert_eq!(d.peers[0].lanes.len(), 2);
+        assert_eq!(d.out.read().peers[0].lanes.len(), 2);
         // The .2 pair deleted: its lane goes; .2 traffic falls back to the lane that is left (the peer's policy
         // decides), .3 traffic is unchanged.
         d.remove("p", 0x1001, 0x2001);
-        assert_eq!(d.peers[0].lanes.len(), 1);
+        assert_eq!(d.out.read().peers[0].lanes.len(), 1);
         assert_eq!(send_between(&mut d, vm, to3), Some(0x2003));
     }
 }

@@ -2,8 +2,9 @@
 //! timers, the control socket, SIGTERM.
 //!
 //! One task owns everything: the sans-IO IKE endpoint, the ESP datapath and the descriptors. The datapath's
-//! side of the loop is in `io.rs`: TSO super-packets from the TUN are cut and encrypted in place and leave with
-//! one UDP GSO send; GRO batches are decrypted in place and merged into one TUN write.
+//! side of the loop is in `io.rs` and `tx.rs`: TSO super-packets from the TUN are cut and encrypted in place
+//! and leave with one UDP GSO send; GRO batches are decrypted in place and merged into one TUN write. With
+//! `workers` above 1, threads read the TUN's other queues and transmit too (`workers.rs`).
 
 mod batch;
 pub mod control;
@@ -14,6 +15,8 @@ mod learned;
 mod peers;
 mod reload;
 mod sockets;
+mod tx;
+mod workers;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -79,6 +82,9 @@ struct Daemon {
     datapath: Datapath,
     routes: Routes,
     tun: AsyncQueue,
+    /// The transmit path for queue 0 (the workers have their own).
+    tx: tx::Transmitter,
+    workers: workers::Workers,
     udp500: UdpSocket,
     udp4500: UdpSocket,
     raw: sockets::RawEsp,
@@ -125,6 +131,7 @@ impl Daemon {
         let peer_cfgs = peers::peer_configs(&config);
         let tun = Tun::create(&TunOptions {
             vnet_hdr: true,
+            queues: s.workers,
             ..TunOptions::new(&s.interface, s.mtu)
         })?;
         let ifindex = tun.ifindex();
@@ -141,10 +148,8 @@ impl Daemon {
                 })?;
             }
         }
-        let queue = tun
-            .into_queues()
-            .pop()
-            .expect("a TUN has at least one queue");
+        let mut queues = tun.into_queues();
+        let queue = queues.remove(0);
         // TSO super-packets in, GRO-like super-packets out: one TUN read or write moves up to 64 KiB.
         if let Err(e) = queue.set_offload(true) {
             tracing::warn!("TUN offloads unavailable, one packet per read: {e}");
@@ -156,6 +161,19 @@ impl Daemon {
             tracing::warn!("UDP GRO unavailable: one ESP datagram per receive");
         }
         let raw = sockets::RawEsp::open(local.address)?;
+        let datapath = Datapath::new(
+            &config
+                .peers()
+                .map(|p| (p.name.clone(), p.subnets.clone()))
+                .collect::<Vec<_>>(),
+        );
+        let tx = tx::Transmitter::new(
+            datapath.outbound().clone(),
+            std::os::fd::AsFd::as_fd(&udp4500).try_clone_to_owned()?,
+            raw.try_clone_fd()?,
+        );
+        let workers = workers::Workers::start(queues, &tx)
+            .map_err(|e| anyhow::anyhow!("starting the transmit workers: {e}"))?;
         let control = control::listen(&s.control_socket)?;
         let now = Instant::now();
         let mut initiation = HashMap::new();
@@ -175,14 +193,9 @@ impl Daemon {
                 },
             );
         }
-        let datapath = Datapath::new(
-            &config
-                .peers()
-                .map(|p| (p.name.clone(), p.subnets.clone()))
-                .collect::<Vec<_>>(),
-        );
         tracing::info!(
             host = %local.name, address = %local.address, interface = %s.interface, peers = peer_cfgs.len(),
+            workers = s.workers,
             "vmsecd up: routes to {} remote subnets point into {}",
             routes.installed().len(), s.interface
         );
@@ -201,6 +214,8 @@ impl Daemon {
             datapath,
             routes,
             tun,
+            tx,
+            workers,
             udp500,
             udp4500,
             raw,
@@ -216,6 +231,7 @@ impl Daemon {
     }
 
     fn teardown(&mut self) {
+        self.workers.stop();
         self.firewall.remove();
         if let Err(e) = self.routes.remove_all() {
             tracing::warn!("removing routes: {e}");
@@ -527,7 +543,7 @@ impl Daemon {
                 }
             })
             .collect();
-        let d = self.datapath.drops;
+        let d = self.datapath.drops();
         Status {
             host: self.config.local().name.clone(),
             peers,

@@ -77,6 +77,7 @@ impl Daemon {
             ("mtu", s.mtu != old.mtu),
             ("control_socket", s.control_socket != old.control_socket),
             ("firewall", s.firewall != old.firewall),
+            ("workers", s.workers != old.workers),
         ] {
             if differs {
                 changes.push(format!(
@@ -89,6 +90,7 @@ impl Daemon {
         s.mtu = old.mtu;
         s.control_socket = old.control_socket.clone();
         s.firewall = old.firewall;
+        s.workers = old.workers;
 
         let old_cfgs: HashMap<String, Arc<PeerConfig>> = self
             .endpoint

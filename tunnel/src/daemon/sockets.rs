@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
@@ -116,7 +116,7 @@ pub(crate) fn enable_gro(s: &UdpSocket) -> bool {
 /// "the payload is split into segments of gso_size bytes, each sent as a separate datagram; the last may be
 /// shorter"; at most 64 segments and 64 KiB per call.
 pub(crate) fn send_gso(
-    s: &UdpSocket,
+    s: &impl AsRawFd,
     data: &[u8],
     seg: usize,
     to: SocketAddr,
@@ -150,14 +150,14 @@ pub(crate) fn send_gso(
             std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg as u16);
         }
     }
-    s.try_io(tokio::io::Interest::WRITABLE, || {
-        // SAFETY: msg points at a live address, iovec (over `data`, only read) and control buffer for the call.
-        let n = unsafe { libc::sendmsg(std::os::fd::AsRawFd::as_raw_fd(s), &msg, 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    })
+    // Nothing waits for the socket to become writable (a full buffer drops, as a router would), so this calls
+    // sendmsg directly rather than through tokio's readiness, and works on any thread.
+    // SAFETY: msg points at a live address, iovec (over `data`, only read) and control buffer for the call.
+    let n = unsafe { libc::sendmsg(s.as_raw_fd(), &msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 /// Receives one datagram, or with [`enable_gro`] a batch of datagrams of one flow coalesced by the kernel:
@@ -299,23 +299,33 @@ fn recv_mmsg(fd: RawFd, buf: &mut [u8], slot: usize, lens: &mut [usize]) -> io::
     Ok(r as usize)
 }
 
+/// Sends back-to-back ESP packets of `stride` bytes (the last may be shorter) to `to` on the raw ESP socket `s`,
+/// [`MMSG_MAX`] per `sendmmsg`. A full socket buffer drops the rest (as a router would).
+pub(crate) fn send_many(
+    s: &impl AsRawFd,
+    data: &[u8],
+    stride: usize,
+    to: IpAddr,
+) -> io::Result<()> {
+    let addr = SockAddr::from(SocketAddr::new(to, 0));
+    let mut rest = data;
+    while !rest.is_empty() {
+        let sent = send_mmsg(
+            s.as_raw_fd(),
+            &rest[..rest.len().min(MMSG_MAX * stride)],
+            stride,
+            &addr,
+        )?;
+        rest = &rest[(sent * stride).min(rest.len())..];
+    }
+    Ok(())
+}
+
 impl RawEsp {
-    /// Sends back-to-back ESP packets of `stride` bytes (the last may be shorter) to `to`, [`MMSG_MAX`] per
-    /// `sendmmsg`. A full socket buffer drops the rest (as a router would).
-    pub(crate) fn send_many(&self, data: &[u8], stride: usize, to: IpAddr) -> io::Result<()> {
-        let addr = SockAddr::from(SocketAddr::new(to, 0));
-        let fd = std::os::fd::AsRawFd::as_raw_fd(self.fd.get_ref());
-        let mut rest = data;
-        while !rest.is_empty() {
-            let sent = send_mmsg(
-                fd,
-                &rest[..rest.len().min(MMSG_MAX * stride)],
-                stride,
-                &addr,
-            )?;
-            rest = &rest[(sent * stride).min(rest.len())..];
-        }
-        Ok(())
+    /// A second descriptor for the socket, for sending from a transmit worker.
+    pub(crate) fn try_clone_fd(&self) -> io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.fd.get_ref().as_fd().try_clone_to_owned()
     }
 
     /// Receives up to `lens.len()` datagrams without waiting, one per `slot` bytes of `buf` (for IPv4 each

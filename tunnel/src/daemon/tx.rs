@@ -1,0 +1,196 @@
+//! The transmit path: packets read from one TUN queue are encrypted and sent. The daemon's task runs it for
+//! queue 0 and each transmit worker (`workers.rs`) for its own queue, on the same code: TSO super-packets are
+//! cut into segments laid out back to back as ESP datagrams and leave with one UDP GSO send (`sendmmsg` for raw
+//! ESP); smaller packets join a batch of equal-sized datagrams that leaves the same way.
+//!
+//! A batch of reads holds the read lock of the outbound table once; each burst of segments draws its sequence
+//! numbers from the SA at once (`esp::OutboundSa::reserve`). Nothing allocates per packet.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+
+use esp::PacketBuf;
+
+use super::datapath::{Outbound, SharedOutbound, Wire};
+use super::{batch, gso, sockets, BATCH};
+
+/// What a transmitter needs: the outbound table and its own descriptors of the two ESP sockets.
+pub(super) struct Transmitter {
+    out: SharedOutbound,
+    udp: OwnedFd,
+    raw: OwnedFd,
+}
+
+impl Transmitter {
+    pub(super) fn new(out: SharedOutbound, udp: OwnedFd, raw: OwnedFd) -> Transmitter {
+        Transmitter { out, udp, raw }
+    }
+
+    /// Another transmitter on the same table and sockets (for a worker).
+    pub(super) fn try_clone(&self) -> io::Result<Transmitter> {
+        Ok(Transmitter {
+            out: self.out.clone(),
+            udp: self.udp.try_clone()?,
+            raw: self.raw.try_clone()?,
+        })
+    }
+
+    /// The queue was readable and one read put `n` bytes (virtio-net header included) at `tx.read_buf()`:
+    /// handles it, drains what else is queued with `read` (one wake-up, up to [`BATCH`] reads), and sends
+    /// what is pending.
+    pub(super) fn on_readable(
+        &self,
+        tx: &mut batch::TxBatch,
+        n: usize,
+        mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let out = self.out.read();
+        self.on_tun(&out, tx, n - gso::VNET_HDR_LEN);
+        for _ in 1..BATCH {
+            if !tx.has_room() {
+                self.flush(tx);
+            }
+            match read(tx.read_buf()) {
+                Ok(n) => self.on_tun(&out, tx, n - gso::VNET_HDR_LEN),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        self.flush(tx);
+        Ok(())
+    }
+
+    /// Encrypts what one TUN read put at `tx.read_at()` (its virtio-net header in front, `len` bytes of packet
+    /// behind). A TCP super-packet is cut into segments laid out so that their ESP datagrams lie back to back,
+    /// and goes out at once with one UDP GSO send per 64 KiB; any other packet joins the pending batch of
+    /// equal-sized datagrams (ACKs, mostly), sent by [`Transmitter::flush`] with one GSO send or `sendmmsg`.
+    fn on_tun(&self, out: &Outbound, tx: &mut batch::TxBatch, len: usize) {
+        let at = tx.read_at();
+        let buf = tx.buf_mut();
+        let hdr_bytes: &[u8; gso::VNET_HDR_LEN] = buf[at - gso::VNET_HDR_LEN..at]
+            .try_into()
+            .expect("10 bytes");
+        let hdr = gso::VnetHdr::parse(hdr_bytes);
+        let is_gso = match gso::is_tcp_gso(&hdr) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!("TUN packet dropped: {e}");
+                return;
+            }
+        };
+        if !is_gso && gso::complete_checksum(&hdr, &mut buf[at..at + len]).is_err() {
+            tracing::debug!("TUN packet with bad checksum offsets dropped");
+            return;
+        }
+        // All segments of a super-packet share its addresses, so one lookup serves them all.
+        let Some((sa, wire)) = out.route(&buf[at..at + len]) else {
+            return;
+        };
+        let t = sa.params().transform;
+        let front = t.header_overhead();
+        let base = tx.used();
+        let buf = &mut tx.buf_mut()[base..];
+        let at = at - base;
+        let segs = if is_gso {
+            match gso::segment(buf, at, len, &hdr, front, |l| t.esp_len(l)) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!("TUN super-packet dropped: {e}");
+                    return;
+                }
+            }
+        } else {
+            // One packet: move it to where its ESP datagram continues the batch.
+            buf.copy_within(at..at + len, front);
+            gso::Segments {
+                count: 1,
+                seg_len: len,
+                last_len: len,
+            }
+        };
+        let stride = t.esp_len(segs.seg_len);
+        let mut done = 0;
+        if let Ok(mut seqs) = sa.reserve(segs.count as u64) {
+            for i in 0..segs.count {
+                let inner = if i + 1 == segs.count {
+                    segs.last_len
+                } else {
+                    segs.seg_len
+                };
+                let mut pkt = PacketBuf::new(
+                    &mut buf[i * stride..i * stride + t.esp_len(inner)],
+                    front,
+                    front + inner,
+                );
+                if seqs.encap(&mut pkt).is_err() {
+                    break;
+                }
+                debug_assert_eq!((pkt.start(), pkt.len()), (0, t.esp_len(inner)));
+                done += 1;
+            }
+        }
+        if done < segs.count {
+            out.count_encap_failed((segs.count - done) as u64);
+        }
+        if done == 0 {
+            return;
+        }
+        let bytes = if done == segs.count {
+            (done - 1) * stride + t.esp_len(segs.last_len)
+        } else {
+            done * stride
+        };
+        if is_gso {
+            // What is pending goes first, then the segments, in order.
+            self.flush(tx);
+            self.send_datagrams(&tx.buf()[base..base + bytes], stride, wire);
+            tx.clear();
+        } else if !tx.append(base, bytes, wire) {
+            // It does not continue the pending batch: send that, and this one starts the next.
+            self.flush_prefix(tx, base);
+            tx.buf_mut().copy_within(base..base + bytes, 0);
+            tx.clear();
+            let appended = tx.append(0, bytes, wire);
+            debug_assert!(appended);
+        }
+    }
+
+    /// Sends the pending batch of datagrams.
+    fn flush(&self, tx: &mut batch::TxBatch) {
+        self.flush_prefix(tx, tx.used());
+        tx.clear();
+    }
+
+    fn flush_prefix(&self, tx: &batch::TxBatch, end: usize) {
+        if let Some((wire, stride)) = tx.pending() {
+            self.send_datagrams(&tx.buf()[..end], stride, wire);
+        }
+    }
+
+    /// Sends back-to-back datagrams of `stride` bytes (the last may be shorter): UDP GSO, or sendmmsg for raw
+    /// ESP.
+    fn send_datagrams(&self, data: &[u8], stride: usize, wire: Wire) {
+        match wire {
+            Wire::Udp(to) => self.send_udp_gso(data, stride, to),
+            Wire::Raw(to) => {
+                // Raw ESP has no GSO: sendmmsg, up to 64 datagrams per call.
+                if let Err(e) = sockets::send_many(&self.raw, data, stride, to) {
+                    tracing::debug!("sending ESP: {e}");
+                }
+            }
+        }
+    }
+
+    /// Sends back-to-back ESP datagrams of `stride` bytes (the last may be shorter) in as few UDP GSO sends as
+    /// the kernel's limits allow.
+    fn send_udp_gso(&self, data: &[u8], stride: usize, to: SocketAddr) {
+        let per_send =
+            (sockets::GSO_MAX_BYTES / stride).clamp(1, sockets::GSO_MAX_SEGMENTS) * stride;
+        for chunk in data.chunks(per_send) {
+            if let Err(e) = sockets::send_gso(&self.udp, chunk, stride, to) {
+                tracing::debug!("sending ESP (GSO): {e}");
+            }
+        }
+    }
+}
