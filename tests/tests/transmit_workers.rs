@@ -3,114 +3,15 @@
 //! returns the SHA-256 of what it read), both transmit threads of the sending host must have carried some of
 //! them, and the Child SA's counters must agree on both sides.
 
-use std::path::Path;
 use std::time::Duration;
 
-use vmsecd_e2e::netns::{output_of, Netns, NetnsGuard};
-use vmsecd_e2e::traffic::{ping_until_ok, require_tool};
+use vmsecd_e2e::netns::NetnsGuard;
+use vmsecd_e2e::traffic::{ping_until_ok, tcp_intact};
 use vmsecd_e2e::vmsecd::{is_up, peer, Mesh, Vmsecd};
 
 const PSK: &str = "transmit-workers-test-psk-0123456";
 const FLOWS: u32 = 16;
 const BYTES: u32 = 8 << 20;
-
-/// A TCP sink that answers each connection with the SHA-256 of what it received, and a source that opens
-/// FLOWS connections at once, each sending its own pseudo-random data, and counts the answers that match.
-const SCRIPT: &str = r#"
-import hashlib, random, socket, sys, threading
-mode, addr, port, flows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-if mode == "sink":
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((addr, port))
-    s.listen(flows)
-    print("listening", flush=True)
-    def serve(c):
-        h = hashlib.sha256()
-        while True:
-            b = c.recv(1 << 16)
-            if not b:
-                break
-            h.update(b)
-        c.sendall(h.hexdigest().encode())
-        c.close()
-    threads = []
-    for _ in range(flows):
-        c, _ = s.accept()
-        t = threading.Thread(target=serve, args=(c,))
-        t.start()
-        threads.append(t)
-    for t in threads:
-        t.join()
-else:
-    size = int(sys.argv[5])
-    ok = [False] * flows
-    def run(i):
-        data = random.Random(i).randbytes(size)
-        c = socket.create_connection((addr, port), timeout=60)
-        c.sendall(data)
-        c.shutdown(socket.SHUT_WR)
-        got = b""
-        while True:
-            b = c.recv(128)
-            if not b:
-                break
-            got += b
-        ok[i] = got.decode() == hashlib.sha256(data).hexdigest()
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(flows)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    print(sum(ok), flush=True)
-"#;
-
-/// Sends FLOWS connections of BYTES each from `client` to `server_addr` in `server`; returns how many
-/// arrived intact.
-fn transfer(script: &Path, server: &Netns, client: &Netns, server_addr: &str) -> u32 {
-    let port = "7001";
-    let mut sink = server.spawn(
-        server
-            .command("python3")
-            .arg(script)
-            .args(["sink", server_addr, port, &FLOWS.to_string()])
-            .stdout(std::process::Stdio::piped()),
-    );
-    let mut line = String::new();
-    {
-        use std::io::BufRead;
-        let out = sink.child_mut().stdout.take().expect("sink stdout");
-        std::io::BufReader::new(out)
-            .read_line(&mut line)
-            .expect("sink says it listens");
-    }
-    assert_eq!(line.trim(), "listening");
-    let out = output_of(
-        client
-            .command("timeout")
-            .arg("120")
-            .arg("python3")
-            .arg(script)
-            .args([
-                "source",
-                server_addr,
-                port,
-                &FLOWS.to_string(),
-                &BYTES.to_string(),
-            ]),
-    );
-    sink.wait_timeout(Duration::from_secs(10));
-    sink.kill();
-    assert!(
-        out.status.success(),
-        "source failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("source prints a count")
-}
 
 /// Nanoseconds each thread of `pid` has run, by thread name.
 fn thread_cpu(pid: u32) -> Vec<(String, u64)> {
@@ -138,14 +39,11 @@ fn tx_thread_ns(v: &Vmsecd, name: &str) -> u64 {
 #[test]
 fn two_transmit_workers_carry_many_flows_intact() {
     vmsecd_e2e::netns::require_root_and_ip();
-    require_tool("python3", &["--version"], "python3");
     let mut g = NetnsGuard::new("workers");
     let (a, b) = g.underlay_pair();
     let avm = g.vm_subnet(&a, 1, "avm");
     let bvm = g.vm_subnet(&b, 2, "bvm");
     let root = g.dir();
-    let script = root.join("flows.py");
-    std::fs::write(&script, SCRIPT).expect("script");
     let mut m = Mesh::two_hosts(PSK);
     m.workers = Some(2);
     let mut va = Vmsecd::start(&a, &root.join("a"), &m, "hA");
@@ -168,7 +66,7 @@ fn two_transmit_workers_carry_many_flows_intact() {
             tx_thread_ns(from, "vmsecd"),
             tx_thread_ns(from, "vmsecd-tx1"),
         );
-        let intact = transfer(&script, server, client, addr);
+        let intact = tcp_intact(server, client, addr, FLOWS, BYTES);
         assert_eq!(
             intact,
             FLOWS,

@@ -192,6 +192,7 @@ fn defaults() {
     assert_eq!(s.dpd_delay, Some(Duration::from_secs(30)));
     assert_eq!(s.encap, Encap::Auto);
     assert_eq!(s.replay_window, esp::DEFAULT_REPLAY_WINDOW);
+    assert_eq!(s.workers, 1);
     assert_eq!(s.control_socket, ControlSocket::Abstract("vmsecd".into()));
     assert_eq!(s.control_socket.to_string(), DEFAULT_CONTROL_SOCKET);
 }
@@ -776,6 +777,14 @@ fn mesh_values_out_of_range() {
     assert!(invalid(&e).1.starts_with("64 to 65536"));
     let e = f.err(&with_mesh("replay_window = 131072"));
     assert_eq!(e.key, "mesh.replay_window");
+    let e = f.err(&with_mesh("workers = 0"));
+    assert_eq!(e.key, "mesh.workers");
+    assert!(invalid(&e).1.starts_with("1 to 64"));
+    assert_eq!(f.err(&with_mesh("workers = 65")).key, "mesh.workers");
+    assert_eq!(
+        f.parse(&with_mesh("workers = 4")).unwrap().settings.workers,
+        4
+    );
     let e = f.err(&with_mesh("control_socket = \"@\""));
     assert_eq!(e.key, "mesh.control_socket");
     let e = f.err(&with_mesh(&format!(
