@@ -180,9 +180,41 @@ pub fn iperf3(
 /// A TCP sink that answers each connection with the SHA-256 of what it received, and a source that opens
 /// `flows` connections at once, each sending its own pseudo-random data, and counts the answers that match.
 const FLOWS_SCRIPT: &str = r#"
-import hashlib, random, socket, sys, threading
+import hashlib, random, socket, sys, threading, time
 mode, addr, port, flows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-if mode == "sink":
+SIZES = [1, 40, 100, 536, 1000, 1300, 1340, 1372, 1373, 1400, 1472, 2000, 2960, 5000, 8000]
+if mode == "udpsink":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    s.bind((addr, port))
+    s.settimeout(3)
+    print("listening", flush=True)
+    seen, ok, bad = set(), 0, 0
+    while len(seen) < flows:
+        try:
+            d = s.recv(65535)
+        except socket.timeout:
+            break
+        i, h, body = int.from_bytes(d[:4], "big"), d[4:36], d[36:]
+        if hashlib.sha256(d[:4] + body).digest() == h and i not in seen:
+            seen.add(i)
+            ok += 1
+        else:
+            bad += 1
+    print(ok, bad, flush=True)
+elif mode == "udpsource":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    # No DF bit (IP_MTU_DISCOVER = IP_PMTUDISC_DONT): a datagram past the tunnel's MTU is fragmented by the
+    # hypervisor instead of being dropped once for path MTU discovery.
+    s.setsockopt(socket.IPPROTO_IP, 10, 0)
+    rnd = random.Random(7)
+    for i in range(flows):
+        body = rnd.randbytes(SIZES[i % len(SIZES)])
+        idx = i.to_bytes(4, "big")
+        s.sendto(idx + hashlib.sha256(idx + body).digest() + body, (addr, port))
+        if i % 8 == 7:
+            time.sleep(0.002)
+elif mode == "sink":
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((addr, port))
@@ -238,55 +270,78 @@ pub fn tcp_intact(
     flows: u32,
     bytes: u32,
 ) -> u32 {
+    let (_, source) = script_pair(
+        server,
+        client,
+        &["sink", server_addr, "7001", &flows.to_string()],
+        &[
+            "source",
+            server_addr,
+            "7001",
+            &flows.to_string(),
+            &bytes.to_string(),
+        ],
+    );
+    source.trim().parse().expect("the source prints a count")
+}
+
+/// Sends `count` UDP datagrams from `client` to `server_addr` in `server`, of sizes from 1 byte to past the
+/// tunnel's MTU (those leave the VM as IP fragments), each carrying the SHA-256 of its contents, paced so
+/// that no socket buffer overflows. Returns (datagrams that arrived intact, datagrams that arrived damaged).
+pub fn udp_intact(server: &Netns, client: &Netns, server_addr: &str, count: u32) -> (u32, u32) {
+    let (sink, _) = script_pair(
+        server,
+        client,
+        &["udpsink", server_addr, "7002", &count.to_string()],
+        &["udpsource", server_addr, "7002", &count.to_string()],
+    );
+    let mut it = sink.split_whitespace().map(|x| x.parse().expect("a count"));
+    (it.next().expect("intact"), it.next().expect("damaged"))
+}
+
+/// Runs FLOWS_SCRIPT's sink in `server` until it listens, then its source in `client`; returns what each
+/// printed (the sink's first line, "listening", left out).
+fn script_pair(
+    server: &Netns,
+    client: &Netns,
+    sink_args: &[&str],
+    source_args: &[&str],
+) -> (String, String) {
     require_tool("python3", &["--version"], "python3");
-    let port = "7001";
     let mut sink = server.spawn(
         server
             .command("python3")
-            .args([
-                "-c",
-                FLOWS_SCRIPT,
-                "sink",
-                server_addr,
-                port,
-                &flows.to_string(),
-            ])
+            .args(["-c", FLOWS_SCRIPT])
+            .args(sink_args)
             .stdout(Stdio::piped()),
     );
+    let mut out = std::io::BufReader::new(sink.child_mut().stdout.take().expect("sink stdout"));
     let mut line = String::new();
     {
         use std::io::BufRead;
-        let out = sink.child_mut().stdout.take().expect("sink stdout");
-        std::io::BufReader::new(out)
-            .read_line(&mut line)
-            .expect("sink says it listens");
+        out.read_line(&mut line).expect("sink says it listens");
     }
-    assert_eq!(line.trim(), "listening");
-    let out = output_of(
+    assert_eq!(line.trim(), "listening", "{sink_args:?}");
+    let src = output_of(
         client
             .command("timeout")
-            .args([
-                "120",
-                "python3",
-                "-c",
-                FLOWS_SCRIPT,
-                "source",
-                server_addr,
-                port,
-            ])
-            .args([flows.to_string(), bytes.to_string()]),
+            .args(["120", "python3", "-c", FLOWS_SCRIPT])
+            .args(source_args),
     );
-    sink.wait_timeout(Duration::from_secs(10));
-    sink.kill();
     assert!(
-        out.status.success(),
-        "TCP source failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        src.status.success(),
+        "{source_args:?} failed: {}",
+        String::from_utf8_lossy(&src.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("the source prints a count")
+    let status = sink.wait_timeout(Duration::from_secs(15));
+    let mut rest = String::new();
+    {
+        use std::io::Read;
+        let _ = out.read_to_string(&mut rest);
+    }
+    sink.kill();
+    assert!(status.is_some(), "the sink {sink_args:?} did not finish");
+    (rest, String::from_utf8_lossy(&src.stdout).into_owned())
 }
 
 /// UDP receive errors in a namespace so far: (`InErrors`, `RcvbufErrors`) of /proc/net/snmp.

@@ -119,8 +119,8 @@ fn check_agree(st: &Status, sa: &IkeSaInfo, vmsecd_initiated: bool, ike_alg: &st
     assert_eq!(theirs.remote_ts, ["198.19.1.0/24"], "{ctx}");
 }
 
-/// Pings both ways, runs a TCP transfer each way for `secs` seconds, and checks the bytes of four connections
-/// each way.
+/// Pings both ways, runs a TCP transfer each way for `secs` seconds, and checks the bytes of four TCP
+/// connections and 300 UDP datagrams (up to past the MTU) each way.
 fn check_traffic(bed: &Bed, v: &Vmsecd, c: &Charon, secs: u32) {
     // The first packet may race the route and the TUN: allow a short warm-up, then demand every answer.
     assert!(
@@ -160,6 +160,12 @@ fn check_traffic(bed: &Bed, v: &Vmsecd, c: &Charon, secs: u32) {
         (&bed.bvm, &bed.avm, BVM, "a -> b"),
         (&bed.avm, &bed.bvm, AVM, "b -> a"),
     ] {
+        assert_eq!(
+            traffic::udp_intact(server, client, addr, 300),
+            (300, 0),
+            "UDP {dir}: datagrams intact, damaged\n{}",
+            both_logs(v, c)
+        );
         let intact = traffic::tcp_intact(server, client, addr, 4, 2 << 20);
         assert_eq!(
             intact,

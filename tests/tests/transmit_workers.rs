@@ -1,13 +1,13 @@
 //! Bulk TCP between two vmsecd hosts, every byte checked: sixteen connections each way carry 8 MiB of distinct
-//! data and must arrive intact and in order (the receiver returns the SHA-256 of what it read), and the Child
-//! SA's counters must agree on both sides. With `workers = 2` (ESP in UDP: GSO and GRO) the TUN has two queues
+//! data and must arrive intact and in order (the receiver returns the SHA-256 of what it read), as must 600 UDP
+//! datagrams of sizes up to past the MTU, and the Child SA's counters must agree on both sides. With `workers = 2` (ESP in UDP: GSO and GRO) the TUN has two queues
 //! and both transmit threads of the sending host must have carried some of the connections; with raw ESP
 //! (`sendmmsg`, `recvmmsg`) one thread does it all.
 
 use std::time::Duration;
 
 use vmsecd_e2e::netns::NetnsGuard;
-use vmsecd_e2e::traffic::{ping_until_ok, tcp_intact};
+use vmsecd_e2e::traffic::{ping_until_ok, tcp_intact, udp_intact};
 use vmsecd_e2e::vmsecd::{is_up, peer, Mesh, Vmsecd};
 
 const PSK: &str = "transmit-workers-test-psk-0123456";
@@ -76,6 +76,13 @@ fn bulk_tcp_intact(name: &str, encap: &str, workers: u32) {
         let (main0, tx0) = (
             tx_thread_ns(from, "vmsecd"),
             tx_thread_ns(from, "vmsecd-tx1"),
+        );
+        // UDP of every size up to past the MTU (IP fragments): each datagram arrives whole and unchanged.
+        assert_eq!(
+            udp_intact(server, client, addr, 600),
+            (600, 0),
+            "UDP datagrams intact, damaged\n{}",
+            from.diagnostics()
         );
         let intact = tcp_intact(server, client, addr, FLOWS, BYTES);
         assert_eq!(
