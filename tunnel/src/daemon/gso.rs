@@ -197,6 +197,17 @@ pub(crate) struct Segments {
     pub(crate) last_len: usize,
 }
 
+impl Segments {
+    /// Inner length of segment `i`.
+    pub(crate) fn len(&self, i: usize) -> usize {
+        if i + 1 == self.count {
+            self.last_len
+        } else {
+            self.seg_len
+        }
+    }
+}
+
 /// Cuts the TCP super-packet `buf[at..at + len]` (as read from the TUN with virtio-net header `hdr`, GSO type
 /// TCPv4 or TCPv6) into segments of at most `hdr.gso_size` payload bytes, in place: segment `i` goes to
 /// `buf[i * stride + front..]`, where `stride` is returned by `stride_of(inner segment length)` (the size of
@@ -619,12 +630,7 @@ mod tests {
         let stride = stride_of(s.seg_len);
         let mut got = Vec::new();
         for i in 0..s.count {
-            let len = if i + 1 == s.count {
-                s.last_len
-            } else {
-                s.seg_len
-            };
-            let seg = &buf[i * stride + front..i * stride + front + len];
+            let seg = &buf[i * stride + front..][..s.len(i)];
             // Each segment is what Linux would have sent without TSO.
             let off = i * mss;
             let chunk = &data[off..(off + mss).min(data.len())];
@@ -671,12 +677,7 @@ mod tests {
                 let stride = t.esp_len(s.seg_len);
                 let mut got = Vec::new();
                 for i in 0..s.count {
-                    let len = if i + 1 == s.count {
-                        s.last_len
-                    } else {
-                        s.seg_len
-                    };
-                    let seg = &buf[i * stride + front..i * stride + front + len];
+                    let seg = &buf[i * stride + front..][..s.len(i)];
                     assert!(checksums_ok(seg), "{t} at {at}: segment {i}");
                     got.extend_from_slice(&seg[52..]);
                 }
@@ -698,12 +699,7 @@ mod tests {
         assert_eq!(s.count, 5);
         let stride = 8 + s.seg_len + 20;
         for i in 0..s.count {
-            let len = if i + 1 == s.count {
-                s.last_len
-            } else {
-                s.seg_len
-            };
-            let seg = &buf[i * stride + 8..i * stride + 8 + len];
+            let seg = &buf[i * stride + 8..][..s.len(i)];
             let off = i * 1200;
             let want = tcp6(
                 0xffff_ff00u32.wrapping_add(off as u32),
@@ -785,7 +781,7 @@ mod tests {
         buf[24..24 + sp.len()].copy_from_slice(sp);
         let s = segment(&mut buf, 24, sp.len(), &h, 16, |l| 16 + l).unwrap();
         for (i, want) in segs.iter().enumerate() {
-            let len = if i == 4 { s.last_len } else { s.seg_len };
+            let len = s.len(i);
             let got = &buf[i * (16 + s.seg_len) + 16..][..len];
             // The merged packet keeps the first IP id; TSO then counts up from it, as the originals did.
             assert_eq!(got, &want[..], "segment {i}");

@@ -113,11 +113,7 @@ impl Transmitter {
         let mut done = 0;
         if let Ok(mut seqs) = sa.reserve(segs.count as u64) {
             for i in 0..segs.count {
-                let inner = if i + 1 == segs.count {
-                    segs.last_len
-                } else {
-                    segs.seg_len
-                };
+                let inner = segs.len(i);
                 let mut pkt = PacketBuf::new(
                     &mut buf[i * stride..i * stride + t.esp_len(inner)],
                     front,
