@@ -17,8 +17,11 @@
 # CPU seconds per GB moved (utime+stime of the tunnel processes from /proc/PID/stat, all threads, over the
 # three iperf3 runs; kernel forwarding work in softirq is not attributed, so plain routing shows "-").
 #
-# Usage: benches/e2e.sh [--seconds N] [--only a,b,...] [--json FILE] [--bin PATH] [--runs N]
+# Usage: benches/e2e.sh [--seconds N] [--only a,b,...] [--json FILE] [--bin PATH] [--runs N] [--allocs]
 #   --runs N   repeat every iperf3 measurement N times and report the median (default 1)
+#   --allocs   for the vmsecd configurations, count the heap allocations (libc malloc and realloc, through perf
+#              uprobes) of the datapath threads (`vmsecd`, `vmsecd-tx*`; not the blocking pool that runs the
+#              firewall checks) over the three iperf3 runs; the datapath promises none per packet
 # Uses only 198.18.0.0/15 inside namespaces it creates (names end in its PID); removes them, and ends the
 # processes it started (by PID), on every exit path.
 set -euo pipefail
@@ -28,8 +31,9 @@ SECS=10
 RUNS=1
 ONLY=""
 JSON=""
+ALLOCS=0
 BORINGTUN=${BORINGTUN:-$(command -v boringtun-cli || echo /tmp/bt-root/bin/boringtun-cli)}
-usage() { echo "usage: $0 [--seconds N] [--runs N] [--only plain,swan,vmsecd,vmsecd-2w,vmsecd-chacha,vmsecd-raw,vmsecd-swan,boringtun,wggo] [--json FILE] [--bin PATH]" >&2; exit 2; }
+usage() { echo "usage: $0 [--seconds N] [--runs N] [--only plain,swan,vmsecd,vmsecd-2w,vmsecd-chacha,vmsecd-raw,vmsecd-swan,boringtun,wggo] [--json FILE] [--bin PATH] [--allocs]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) BIN="$2"; shift ;;
@@ -37,12 +41,23 @@ while [ $# -gt 0 ]; do
     --runs) RUNS="$2"; shift ;;
     --only) ONLY="$2"; shift ;;
     --json) JSON="$2"; shift ;;
+    --allocs) ALLOCS=1 ;;
     *) usage ;;
   esac
   shift
 done
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 command -v iperf3 >/dev/null || { echo "iperf3 is missing: apt-get install iperf3" >&2; exit 1; }
+ADDED_PROBES=()
+if [ "$ALLOCS" = 1 ]; then
+  command -v perf >/dev/null || { echo "--allocs needs perf: apt-get install linux-perf" >&2; exit 1; }
+  LIBC=$(ldd "$BIN" | awk '/libc\.so\.6/ {print $3}')
+  for fn in malloc realloc; do
+    if ! perf probe -l 2>/dev/null | grep -q "probe_libc:$fn "; then
+      perf probe -q -x "$LIBC" "$fn" && ADDED_PROBES+=("probe_libc:$fn")
+    fi
+  done
+fi
 want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
 P="e2e$$"; DIR=$(mktemp -d); PIDS=(); RES="$DIR/results.tsv"; : > "$RES"
@@ -58,6 +73,7 @@ stop_pids() {
 }
 cleanup() {
   stop_pids
+  for p in "${ADDED_PROBES[@]}"; do perf probe -q -d "$p" || true; done
   for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do ip netns del "$ns"; done
   rm -rf "$DIR"
 }
@@ -246,6 +262,12 @@ for cfg in plain swan vmsecd vmsecd-2w vmsecd-chacha vmsecd-raw vmsecd-swan bori
   # ping at idle: 50 echoes 20 ms apart, p50 of the RTTs.
   rtt=$(vm 1 ping -c 50 -i 0.02 -q 198.19.2.10 >/dev/null 2>&1; vm 1 ping -c 50 -i 0.02 198.19.2.10 2>/dev/null \
     | sed -n 's/.*time=\([0-9.]*\).*/\1/p' | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : 0)}')
+  PERF_PID=""
+  if [ "$ALLOCS" = 1 ] && [[ "$cfg" == vmsecd* ]]; then
+    pids=$(IFS=,; echo "${PIDS[*]}")
+    perf stat --per-thread -x, -o "$DIR/allocs.csv" -e probe_libc:malloc,probe_libc:realloc -p "$pids" & PERF_PID=$!
+    sleep 0.5
+  fi
   t0=$(cpu_ticks); bytes=0
   declare -a f=() r=() m=()
   for _ in $(seq "$RUNS"); do
@@ -254,10 +276,16 @@ for cfg in plain swan vmsecd vmsecd-2w vmsecd-chacha vmsecd-raw vmsecd-swan bori
     read -r bps b < <(iperf -P 4); m+=("$bps"); bytes=$((bytes + ${b%.*}))
   done
   t1=$(cpu_ticks)
+  allocs="-"
+  if [ -n "$PERF_PID" ]; then
+    kill -INT "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true
+    # Lines are "comm-tid,count,,event,...": the datapath threads are the daemons' main threads and workers.
+    allocs=$(awk -F, '$1 ~ /^vmsecd(-tx[0-9]+)?-[0-9]+$/ && $4 ~ /probe_libc/ {n += $2} END {print n + 0}' "$DIR/allocs.csv")
+  fi
   kill -TERM "$IPERF_PID" 2>/dev/null || true; wait "$IPERF_PID" 2>/dev/null || true
   cpu=$(python3 -c "t=($t1-$t0)/$TICK; b=$bytes/1e9; print('%.2f' % (t/b) if b > 0 and t > 0 else '-')")
   [ "$cfg" = plain ] && cpu="-"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$cfg" "$(median "${f[@]}")" "$(median "${r[@]}")" "$(median "${m[@]}")" "$rtt" "$cpu" >> "$RES"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$cfg" "$(median "${f[@]}")" "$(median "${r[@]}")" "$(median "${m[@]}")" "$rtt" "$cpu" "$allocs" >> "$RES"
   echo "# $cfg done: $(tail -1 "$RES") (cpu ticks $t0 -> $t1, $bytes bytes)"
   stop_config "$cfg"
   unset f r m
@@ -268,15 +296,17 @@ import json, sys, datetime, os
 res, out, secs, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 rows = []
 for line in open(res):
-    c, f, r, m, rtt, cpu = line.rstrip("\n").split("\t")
+    c, f, r, m, rtt, cpu, allocs = line.rstrip("\n").split("\t")
     rows.append({"config": c, "tcp_1_fwd_gbps": round(float(f) / 1e9, 3), "tcp_1_rev_gbps": round(float(r) / 1e9, 3),
                  "tcp_4_gbps": round(float(m) / 1e9, 3), "ping_p50_ms": float(rtt),
-                 "cpu_s_per_gb": None if cpu == "-" else float(cpu)})
-print("%-14s %10s %10s %10s %10s %10s" % ("config", "1x fwd", "1x rev", "4x", "ping p50", "CPU s/GB"))
-print("%-14s %10s %10s %10s %10s %10s" % ("", "Gbit/s", "Gbit/s", "Gbit/s", "ms", ""))
+                 "cpu_s_per_gb": None if cpu == "-" else float(cpu),
+                 "datapath_allocs": None if allocs == "-" else int(allocs)})
+print("%-14s %10s %10s %10s %10s %10s %10s" % ("config", "1x fwd", "1x rev", "4x", "ping p50", "CPU s/GB", "allocs"))
+print("%-14s %10s %10s %10s %10s %10s %10s" % ("", "Gbit/s", "Gbit/s", "Gbit/s", "ms", "", "datapath"))
 for x in rows:
-    print("%-14s %10.2f %10.2f %10.2f %10.3f %10s" % (x["config"], x["tcp_1_fwd_gbps"], x["tcp_1_rev_gbps"], x["tcp_4_gbps"],
-          x["ping_p50_ms"], "-" if x["cpu_s_per_gb"] is None else "%.2f" % x["cpu_s_per_gb"]))
+    print("%-14s %10.2f %10.2f %10.2f %10.3f %10s %10s" % (x["config"], x["tcp_1_fwd_gbps"], x["tcp_1_rev_gbps"], x["tcp_4_gbps"],
+          x["ping_p50_ms"], "-" if x["cpu_s_per_gb"] is None else "%.2f" % x["cpu_s_per_gb"],
+          "-" if x["datapath_allocs"] is None else x["datapath_allocs"]))
 if out:
     json.dump({"date": datetime.datetime.utcnow().isoformat() + "Z", "seconds": secs, "runs": runs,
                "cores": os.cpu_count(), "results": rows}, open(out, "w"), indent=2)

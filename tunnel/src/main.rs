@@ -173,10 +173,11 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             // thread while a worker thread polls the sockets, so every packet event crossed threads (a futex wake
             // each time). Measured with benches/e2e.sh (vmsecd <-> vmsecd, 2 runs each): 6.7-7.5 against
             // 5.5-5.9 Gbit/s single stream, 1.3-1.5 against 1.9 CPU s/GB, idle ping 0.25-0.29 against 0.32-0.35
-            // ms. The firewall checks still run on tokio's blocking pool.
+            // ms. The firewall checks still run on tokio's blocking pool, whose threads are named apart from the
+            // datapath's (`vmsecd`, `vmsecd-tx1`...) so that per-thread measurements can tell them apart.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .thread_name("vmsecd")
+                .thread_name("vmsecd-blocking")
                 .build()
                 .context("cannot start the tokio runtime")?;
             runtime.block_on(daemon::run(config, private_key, libvirt_dirs))?;
