@@ -160,6 +160,15 @@ impl OutboundSa {
         self.max_seq() - self.seq()
     }
 
+    /// True once seven eighths of the sequence space are used: time to replace the SA while it can still send
+    /// (with 32-bit numbers and one million packets a second, about nine minutes before it would stop).
+    //= https://www.rfc-editor.org/rfc/rfc4303#section-3.3.3
+    //# the sender's counter and the receiver's counter MUST be reset (by establishing a new SA and thus a new
+    //# key) prior to the transmission of the 2^32nd packet on an SA.
+    pub fn running_low(&self) -> bool {
+        self.seq_remaining() < self.max_seq() / 8
+    }
+
     fn max_seq(&self) -> u64 {
         if self.params.esn {
             u64::MAX

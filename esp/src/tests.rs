@@ -375,10 +375,18 @@ fn workers_sharing_an_sa_never_reuse_a_sequence_number() {
 #[test]
 fn a_block_near_the_end_is_cut_short_and_then_the_sa_is_exhausted() {
     let (out, _) = pair(Transform::AesGcm128, false);
+    assert!(!out.running_low());
+    let max = u64::from(u32::MAX);
+    drop(out.reserve(max - max / 8));
+    assert!(!out.running_low(), "just under seven eighths used");
+    drop(out.reserve(1));
+    assert!(out.running_low(), "seven eighths used: time to rekey");
+    let (out, _) = pair(Transform::AesGcm128, false);
     let mut out = out;
     *out.seq.get_mut() = u32::MAX as u64 - 3;
     let mut block = out.reserve(10).unwrap();
     assert_eq!(block.remaining(), 3, "only three numbers are left");
+    assert!(out.running_low());
     for _ in 0..3 {
         let inner = ip_packet(4, 40, 0);
         let mut buf = vec![0u8; HEADROOM + inner.len() + TAILROOM];

@@ -124,6 +124,14 @@ impl Endpoint {
         self.sas.len()
     }
 
+    /// Asks for the Child SA with inbound SPI `spi_in` to be rekeyed now (see [`IkeSa::rekey_child_now`]);
+    /// false if no IKE SA holds it.
+    pub fn rekey_child_now(&mut self, now: Instant, spi_in: u32) -> bool {
+        self.sas
+            .values_mut()
+            .any(|sa| sa.rekey_child_now(now, spi_in))
+    }
+
     /// Deletes every IKE SA (shutdown).
     pub fn delete_all(&mut self, now: Instant) {
         for sa in self.sas.values_mut() {

@@ -597,6 +597,23 @@ impl IkeSa {
         }
     }
 
+    /// Asks for the Child SA whose inbound SPI is `spi_in` to be rekeyed at the next timeout, whatever its
+    /// lifetime says; false if this IKE SA holds no such Child SA still in use. For the datapath, when the
+    /// Child SA's outbound sequence numbers run low (RFC 4303 3.3.3).
+    pub fn rekey_child_now(&mut self, now: Instant, spi_in: u32) -> bool {
+        match self
+            .children
+            .iter_mut()
+            .find(|c| c.spi_in == spi_in && !c.rekeyed)
+        {
+            Some(c) => {
+                c.rekey_at = c.rekey_at.min(now);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Deletes the IKE SA (and with it every Child SA): sends INFORMATIONAL with a Delete payload.
     pub fn delete(&mut self, now: Instant) {
         self.clock = now;

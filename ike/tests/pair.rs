@@ -690,6 +690,47 @@ fn child_rekey_event_tells_who_initiated() {
     assert!(rekeyed < old_gone);
 }
 
+/// The datapath asks for an early rekey when a Child SA's sequence numbers run low: the Child SA is
+/// rekeyed at once, long before its lifetime, and only that one; an unknown SPI asks for nothing.
+#[test]
+fn child_rekey_on_request_comes_at_once() {
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b);
+    p.connect();
+    let up = child_ups(&p.ev_a);
+    assert_eq!(up.len(), 1);
+    p.run_for(Duration::from_secs(5));
+    assert!(!p
+        .ev_a
+        .iter()
+        .any(|e| matches!(e, Event::ChildRekeyed { .. })));
+    assert!(!p.a.rekey_child_now(p.now, 0x0bad_0bad), "no such Child SA");
+    assert!(p.a.rekey_child_now(p.now, up[0].spi_in));
+    p.run_for(Duration::from_secs(2));
+    let rekeyed: Vec<u32> = p
+        .ev_a
+        .iter()
+        .filter_map(|e| match e {
+            Event::ChildRekeyed {
+                old_spi_in,
+                we_initiated: true,
+                ..
+            } => Some(*old_spi_in),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rekeyed, vec![up[0].spi_in], "{:?}", p.ev_a);
+    assert_eq!(
+        p.ev_b
+            .iter()
+            .filter(|e| matches!(e, Event::ChildRekeyed { .. }))
+            .count(),
+        1
+    );
+    // The old pair is gone after the rekey: asking again for it does nothing.
+    assert!(!p.a.rekey_child_now(p.now, up[0].spi_in));
+}
+
 #[test]
 fn child_rekey_with_pfs() {
     let (mut a, mut b) = configs();

@@ -449,6 +449,19 @@ impl Datapath {
             .map(|o| o.counters())
     }
 
+    /// Outbound SPIs of the current outbound SAs that have used seven eighths of their sequence numbers
+    /// (`esp::OutboundSa::running_low`): their Child SAs must be rekeyed before they run out.
+    pub(crate) fn running_low(&self) -> Vec<u32> {
+        let o = self.out.read();
+        o.peers
+            .iter()
+            .flat_map(|p| &p.lanes)
+            .filter_map(|l| l.out.as_ref())
+            .filter(|sa| sa.running_low())
+            .map(|sa| sa.params().spi)
+            .collect()
+    }
+
     /// The counters that belong to no SA.
     pub(crate) fn drops(&self) -> Drops {
         let o = self.out.read();
@@ -602,6 +615,29 @@ mod tests {
         buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
         let mut b = PacketBuf::new(&mut buf, HEADROOM, HEADROOM + pkt.len());
         assert!(d.encap(&mut b).is_none(), "no pair left: nothing is sent");
+    }
+
+    /// An outbound SA that has used seven eighths of its sequence numbers is reported, and no other; its
+    /// successor after the rekey is not.
+    #[test]
+    fn outbound_sa_running_low_is_reported() {
+        let mut d = datapath();
+        let (old, new) = (child(0x1001, 0x2001, 1), child(0x1002, 0x2002, 3));
+        d.install(&old, 64).unwrap();
+        send(&mut d);
+        assert!(d.running_low().is_empty());
+        {
+            let o = d.out.read();
+            let pkt = inner([198, 19, 1, 10], [198, 19, 2, 10]);
+            let (sa, _) = o.route(&pkt).unwrap();
+            // Use up seven eighths of the 32-bit space without sending (a reserved block left unused).
+            let max = u64::from(u32::MAX);
+            drop(sa.reserve(max - max / 8).unwrap());
+        }
+        assert_eq!(d.running_low(), vec![0x2001]);
+        assert_eq!(send(&mut d), 0x2001, "it still sends");
+        d.install(&new, 64).unwrap();
+        assert!(d.running_low().is_empty(), "the rekeyed pair starts afresh");
     }
 
     /// Sends a packet between two addresses; returns the SPI it went out on, if any.
