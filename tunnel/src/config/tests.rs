@@ -785,6 +785,14 @@ fn mesh_values_out_of_range() {
         f.parse(&with_mesh("workers = 4")).unwrap().settings.workers,
         4
     );
+    // 18 workers: up to 1088 packets out of order, more than the default window of 1024.
+    let e = f.err(&with_mesh("workers = 18"));
+    assert_eq!(e.key, "mesh.workers");
+    assert!(invalid(&e).1.contains("replay_window = 2048"), "{e}");
+    let m = f
+        .parse(&with_mesh("workers = 18\nreplay_window = 2048"))
+        .unwrap();
+    assert_eq!(m.settings.workers, 18);
     let e = f.err(&with_mesh("control_socket = \"@\""));
     assert_eq!(e.key, "mesh.control_socket");
     let e = f.err(&with_mesh(&format!(

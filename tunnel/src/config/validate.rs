@@ -191,7 +191,27 @@ impl Cx<'_> {
                         &format!("1 to {MAX_WORKERS} (one per core is the most that helps)"),
                     ));
                 }
-                n as usize
+                let n = n as usize;
+                // Each worker sends its bursts (up to 64 packets, numbered as one block) while the others send
+                // theirs, so a peer sees up to (n - 1) x 64 packets out of order; the mesh's replay window,
+                // which every vmsecd peer uses, must accept that.
+                let late = (n - 1) * 64;
+                if late > replay_window as usize {
+                    return Err(self.invalid(
+                        v,
+                        "mesh.workers",
+                        format!(
+                            "{n} workers can deliver packets up to {late} out of order, more than replay_window \
+                             = {replay_window} accepts"
+                        ),
+                        &format!(
+                            "at most {} workers with this replay_window, or replay_window = {} or more",
+                            replay_window as usize / 64 + 1,
+                            late.next_power_of_two()
+                        ),
+                    ));
+                }
+                n
             }
         };
         let mtu = match &m.mtu {
