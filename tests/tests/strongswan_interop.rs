@@ -629,15 +629,17 @@ fn failure_peer_never_answers() {
 fn rekey_child_sa_under_load() {
     let mut bed = Bed::new("sw", "rekey");
     let mut conn = Conn::to_vmsecd(PSK);
-    // Child SAs rekeyed every ~20 s and the IKE SA every ~25 s, each from both sides: charon at 22.5-25 s (its
-    // default rand_time is a tenth), vmsecd at 21.7-25 s (a third of the margin). Whichever fires first rekeys,
-    // so both initiate some, and rekeys meet each other (TEMPORARY_FAILURE, RFC 7296 2.25).
+    // Child SAs rekeyed every ~20 s from both sides (charon at 18-20 s, its rand_time being a tenth; vmsecd at
+    // 16.7-20 s, a third of the margin): whichever fires first rekeys, so both initiate some, and rekeys may meet
+    // (TEMPORARY_FAILURE, RFC 7296 2.25). The IKE SA: vmsecd at 19.7-23 s, charon at 22.5-25 s and once more by
+    // `swanctl --rekey` at 33 s. The windows overlap only a little: with vmsecd's at 21.7-25 s, as before,
+    // charon won both natural rounds of the 60 s about one run in six and the test failed without a fault.
     conn.child_rekey_time = "20s".into();
     conn.ike_rekey_time = "25s".into();
     let charon = bed.charon(&[conn]);
     let mut mesh = Mesh::two_hosts(PSK);
     mesh.child_lifetime = Some("30s".into());
-    mesh.ike_lifetime = Some("35s".into());
+    mesh.ike_lifetime = Some("33s".into());
     mesh.rekey_margin = Some("10s".into());
     let mut v = bed.vmsecd(&mesh);
     let (st, sa) = wait_up(&mut v, &charon, Duration::from_secs(20));
