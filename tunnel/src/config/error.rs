@@ -209,18 +209,6 @@ pub enum PskError {
         /// The OS error.
         error: io::Error,
     },
-    /// A certificate file that cannot be opened or read.
-    #[error(
-        "cannot read {path}: {error}; certificates are PEM files issued by the mesh's CA (strongSwan's pki \
-         --issue, openssl x509 -req)",
-        path = .path.display()
-    )]
-    UnreadableCert {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        error: io::Error,
-    },
     /// A directory or device, not a file.
     #[error("{} is not a regular file", .path.display())]
     NotAFile {
