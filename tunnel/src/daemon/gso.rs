@@ -236,18 +236,21 @@ pub(crate) fn segment(
     }
     let payload = len - hlen;
     let count = payload.div_ceil(mss).max(1);
-    let seg_len = hlen + mss.min(payload);
-    let last_len = hlen + (payload - (count - 1) * mss);
-    let stride = stride_of(seg_len);
-    if stride < front + seg_len {
+    let segs = Segments {
+        count,
+        seg_len: hlen + mss.min(payload),
+        last_len: hlen + (payload - (count - 1) * mss),
+    };
+    let stride = stride_of(segs.seg_len);
+    if stride < front + segs.seg_len {
         return Err(GsoError::NoRoom);
     }
-    if buf.len() < (count - 1) * stride + front + last_len {
+    if buf.len() < (count - 1) * stride + front + segs.last_len {
         return Err(GsoError::NoRoom);
     }
     // Moving from the back is only safe while each segment lands at or after the end of the previous one's
     // unmoved payload; segment 1 is the tightest case. The daemon reads at esp::HEADROOM, well inside it.
-    if count > 1 && at > front + stride - (seg_len - hlen) {
+    if count > 1 && at > front + stride - (segs.seg_len - hlen) {
         return Err(GsoError::NoRoom);
     }
     let mut tmpl = [0u8; 120];
@@ -256,7 +259,6 @@ pub(crate) fn segment(
     let seq0 = u32::from_be_bytes(tmpl[ip_len + 4..ip_len + 8].try_into().expect("4 bytes"));
     let id0 = u16::from_be_bytes([tmpl[4], tmpl[5]]);
     let flags0 = tmpl[ip_len + 13];
-    let chunk_of = |i: usize| if i == count - 1 { last_len - hlen } else { mss };
     // First every payload, from the back; only then the headers. A segment's headers go in front of its
     // payload, which can reach back over the end of the previous segment's payload where it still lies unmoved
     // (segment 1's headers overlap the last bytes of segment 0's source when the read sat less than two ESP
@@ -265,11 +267,11 @@ pub(crate) fn segment(
     for i in (0..count).rev() {
         let src = at + hlen + i * mss;
         let dst = i * stride + front;
-        buf.copy_within(src..src + chunk_of(i), dst + hlen);
+        buf.copy_within(src..src + segs.len(i) - hlen, dst + hlen);
     }
     for i in 0..count {
         let dst = i * stride + front;
-        let seg = &mut buf[dst..dst + hlen + chunk_of(i)];
+        let seg = &mut buf[dst..dst + segs.len(i)];
         seg[..hlen].copy_from_slice(tmpl);
         if !v6 {
             seg[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
@@ -286,11 +288,7 @@ pub(crate) fn segment(
         seg[ip_len + 13] = f;
         finish_segment(seg, ip_len, v6);
     }
-    Ok(Segments {
-        count,
-        seg_len,
-        last_len,
-    })
+    Ok(segs)
 }
 
 /// Whether `hdr` announces a TCP super-packet to cut.
