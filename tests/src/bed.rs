@@ -67,6 +67,14 @@ impl Bed {
         Vmsecd::start(&self.a, &d, mesh, "hA")
     }
 
+    /// vmsecd on `a` as host `hA` of a mesh file written as given (keys the [`Mesh`] builder does not have).
+    pub fn vmsecd_from_text(&mut self, mesh: &str) -> Vmsecd {
+        let d = self.dir("vmsecd");
+        let file = d.join("mesh.toml");
+        std::fs::write(&file, mesh).expect("mesh file");
+        Vmsecd::start_with_file(&self.a, &d, &file, "hA")
+    }
+
     /// A capture of the underlay on `a`.
     pub fn capture(&mut self) -> Capture {
         let d = self.dir("capture");

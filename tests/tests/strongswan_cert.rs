@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use vmsecd_e2e::bed::Bed;
 use vmsecd_e2e::strongswan::{pki_ca, pki_issue, Charon, Conn, PkiCert};
-use vmsecd_e2e::vmsecd::{is_up, Vmsecd};
+use vmsecd_e2e::vmsecd::is_up;
 
 const CHILD: &str = "net";
 const PEER: &str = "hB";
@@ -121,13 +121,6 @@ subnets = ["198.19.2.0/24"]
     )
 }
 
-fn start_vmsecd(bed: &mut Bed, mesh: &str) -> Vmsecd {
-    let d = bed.dir("vmsecd");
-    let file = d.join("mesh.toml");
-    std::fs::write(&file, mesh).expect("mesh file");
-    Vmsecd::start_with_file(&bed.a, &d, &file, "hA")
-}
-
 /// One handshake with certificates of `bits` from a root and an intermediate CA.
 fn handshake(name: &str, bits: u32, vmsecd_initiates: bool) -> String {
     let mut bed = Bed::new("swcert", name);
@@ -139,7 +132,7 @@ fn handshake(name: &str, bits: u32, vmsecd_initiates: bool) -> String {
     if !vmsecd_initiates {
         bed.block_vmsecd_initiation();
     }
-    let mut v = start_vmsecd(&mut bed, &mesh_text(&private, &chain, &pki.root.cert));
+    let mut v = bed.vmsecd_from_text(&mesh_text(&private, &chain, &pki.root.cert));
     bed.connect(&mut v, &charon, vmsecd_initiates, CHILD);
     let log = charon.log();
     assert!(
@@ -186,7 +179,7 @@ fn refused(name: &str, why: &str, make: impl FnOnce(&Path, &Path, &Pki)) {
     make(&bed.dir("pki"), &cdir, &pki);
     let charon = Charon::start(&bed.b, &cdir, &[conn()]);
     bed.block_vmsecd_initiation();
-    let mut v = start_vmsecd(&mut bed, &mesh_text(&private, &chain, &pki.root.cert));
+    let mut v = bed.vmsecd_from_text(&mesh_text(&private, &chain, &pki.root.cert));
     v.wait_status("vmsecd listening", Duration::from_secs(10), |_| true);
     let out = charon.initiate(CHILD, 20);
     assert!(!out.status.success(), "charon's initiation must fail");

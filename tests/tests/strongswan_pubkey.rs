@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use vmsecd_e2e::bed::Bed;
 use vmsecd_e2e::strongswan::{pki_keygen, Charon, Conn};
-use vmsecd_e2e::vmsecd::{is_up, vmsecd_bin, Vmsecd};
+use vmsecd_e2e::vmsecd::{is_up, vmsecd_bin};
 
 const CHILD: &str = "net";
 const PEER: &str = "hB";
@@ -110,13 +110,6 @@ fn conn_ids(a_id: &str, b_id: &str) -> Conn {
     c
 }
 
-fn start_vmsecd(bed: &mut Bed, mesh: &str) -> Vmsecd {
-    let d = bed.dir("vmsecd");
-    let file = d.join("mesh.toml");
-    std::fs::write(&file, mesh).expect("mesh file");
-    Vmsecd::start_with_file(&bed.a, &d, &file, "hA")
-}
-
 /// One handshake: keys of `bits`, vmsecd's from `source`, `vmsecd_initiates` or charon does.
 fn case(name: &str, bits: u32, source: KeySource, vmsecd_initiates: bool) {
     case_ids(name, bits, source, vmsecd_initiates, A_ID, B_ID)
@@ -139,10 +132,7 @@ fn case_ids(
     if !vmsecd_initiates {
         bed.block_vmsecd_initiation();
     }
-    let mut v = start_vmsecd(
-        &mut bed,
-        &mesh_text_ids(&private, &a_pub, &b_pub, a_id, b_id),
-    );
+    let mut v = bed.vmsecd_from_text(&mesh_text_ids(&private, &a_pub, &b_pub, a_id, b_id));
     bed.connect(&mut v, &charon, vmsecd_initiates, CHILD);
     let log = charon.log();
     // charon verified vmsecd's RFC 7427 signature (vmsecd signs RSASSA-PSS) and signed its own with method 14.
@@ -210,7 +200,7 @@ fn pubkey_wrong_key_is_refused_on_both_sides() {
     let (_, other) = pki_keygen(&bed.dir("other"), "other", 2048);
     std::fs::copy(&other, cdir.join("swanctl/pubkey/ha.pub.pem")).expect("swap key");
     let charon = Charon::start(&bed.b, &cdir, &[conn()]);
-    let mut v = start_vmsecd(&mut bed, &mesh_text(&private, &a_pub, &b_pub));
+    let mut v = bed.vmsecd_from_text(&mesh_text(&private, &a_pub, &b_pub));
     v.wait_log("AUTHENTICATION_FAILED", Duration::from_secs(20));
     assert!(
         v.log().contains("check the keys"),
@@ -240,7 +230,7 @@ fn pubkey_wrong_key_is_refused_on_both_sides() {
     let (_, other) = pki_keygen(&bed.dir("other"), "other", 2048);
     let charon = Charon::start(&bed.b, &cdir, &[conn()]);
     bed.block_vmsecd_initiation();
-    let mut v = start_vmsecd(&mut bed, &mesh_text(&private, &a_pub, &other));
+    let mut v = bed.vmsecd_from_text(&mesh_text(&private, &a_pub, &other));
     v.wait_status("vmsecd listening", Duration::from_secs(10), |_| true);
     let out = charon.initiate(CHILD, 20);
     assert!(!out.status.success(), "charon's initiation must fail");
@@ -270,7 +260,7 @@ fn psk_charon_against_pubkey_vmsecd_names_the_mismatch() {
     c.remote_id = A_ID.into();
     let charon = Charon::start(&bed.b, &cdir, &[c]);
     bed.block_vmsecd_initiation();
-    let mut v = start_vmsecd(&mut bed, &mesh_text(&private, &a_pub, &b_pub));
+    let mut v = bed.vmsecd_from_text(&mesh_text(&private, &a_pub, &b_pub));
     v.wait_status("vmsecd listening", Duration::from_secs(10), |_| true);
     let out = charon.initiate(CHILD, 20);
     assert!(!out.status.success(), "charon's initiation must fail");
