@@ -4,6 +4,7 @@
 //! - [`config`]: the mesh file, validated, and which host this machine is;
 //! - [`tun`]: the route-based TUN interface, non-blocking, in batches, optionally multi-queue;
 //! - [`route`]: routes into the TUN, addresses, and this machine's addresses, over NETLINK_ROUTE;
+//! - [`failclosed`]: unreachable routes that keep remote-subnet traffic off the underlay when no tunnel carries it;
 //! - [`prefix`]: CIDR prefixes;
 //! - [`firewall`]: vmsecd's own iptables rules ahead of libvirt's (no NAT, accept, MSS clamp), kept in place;
 //! - [`libvirt`]: libvirt's network hook (`vmsecd install-hook`).
@@ -15,6 +16,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod failclosed;
 pub mod firewall;
 pub mod libvirt;
 pub mod prefix;

@@ -43,7 +43,9 @@ const RTM_GETROUTE: u16 = 26;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
+const RTA_PRIORITY: u16 = 6;
 const RTA_PREFSRC: u16 = 7;
+const RTA_TABLE: u16 = 15;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_F_NODAD: u8 = 0x02;
@@ -51,7 +53,9 @@ const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_STATIC: u8 = 4;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
+const RT_SCOPE_NOWHERE: u8 = 255;
 const RTN_UNICAST: u8 = 1;
+const RTN_UNREACHABLE: u8 = 7;
 
 /// A netlink request the kernel refused, or a socket failure.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +127,40 @@ pub struct Route {
     /// Source address for packets this machine itself sends along it (e.g. its VM bridge's address, so the
     /// packets fall within the Child SA's traffic selectors).
     pub src: Option<IpAddr>,
+}
+
+/// A route of the main table that refuses traffic rather than forwarding it (`ip route add unreachable DST proto
+/// PROTO metric METRIC`): the kernel drops what matches it and answers the sender with ICMP "host unreachable"
+/// (ICMPv6 "no route"). It has no interface, so it outlives every interface and every process: see
+/// [`crate::failclosed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UnreachableRoute {
+    /// The destination prefix.
+    pub dst: Prefix,
+    /// Its metric (`RTA_PRIORITY`): among routes for the same prefix the lowest metric wins.
+    pub metric: u32,
+    /// The route's protocol number (`rtm_protocol`), which tells whose route it is.
+    pub proto: u8,
+}
+
+/// A route of the main table as a dump lists it (the parts vmsecd looks at).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListedRoute {
+    /// The destination prefix.
+    pub dst: Prefix,
+    /// `rtm_type`: 1 unicast, 6 blackhole, 7 unreachable, 8 prohibit, ...
+    pub kind: u8,
+    /// The metric (0 when the kernel gave none).
+    pub metric: u32,
+    /// The protocol number.
+    pub proto: u8,
+}
+
+impl ListedRoute {
+    /// True if it is an `unreachable` route.
+    pub fn is_unreachable(&self) -> bool {
+        self.kind == RTN_UNREACHABLE
+    }
 }
 
 /// A NETLINK_ROUTE socket in the calling thread's network namespace. Each call sends one request and waits for
@@ -217,6 +255,50 @@ impl Netlink {
             },
         );
         self.ack(&op, msg)
+    }
+
+    /// Adds an `unreachable` route. Fails with EEXIST if one with the same prefix and metric exists already.
+    pub fn add_unreachable(&mut self, route: &UnreachableRoute) -> Result<(), NetlinkError> {
+        let op = format!(
+            "add route unreachable {} proto {} metric {}",
+            route.dst, route.proto, route.metric
+        );
+        let msg = unreachable_msg(
+            RTM_NEWROUTE,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            route,
+        );
+        self.ack(&op, msg)
+    }
+
+    /// Removes the `unreachable` route with exactly this prefix, metric and protocol; another route for the
+    /// same prefix (the TUN's, or anyone else's) is not touched.
+    pub fn del_unreachable(&mut self, route: &UnreachableRoute) -> Result<(), NetlinkError> {
+        let op = format!(
+            "delete route unreachable {} proto {} metric {}",
+            route.dst, route.proto, route.metric
+        );
+        let msg = unreachable_msg(RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, route);
+        self.ack(&op, msg)
+    }
+
+    /// Every route of the main table, IPv4 and IPv6, whose protocol number is `proto` (`ip route show table
+    /// main proto PROTO`, both families).
+    pub fn routes_of_proto(&mut self, proto: u8) -> Result<Vec<ListedRoute>, NetlinkError> {
+        let mut out = Vec::new();
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            let mut msg = Msg::new(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP);
+            msg.bytes(&[family, 0, 0, 0, 0, 0, 0, 0]);
+            msg.bytes(&0u32.to_ne_bytes());
+            self.request("list routes", msg, |ty, body| {
+                if let Some(r) = parse_route(ty, body) {
+                    if r.1 == u32::from(RT_TABLE_MAIN) && r.0.proto == proto {
+                        out.push(r.0);
+                    }
+                }
+            })?;
+        }
+        Ok(out)
     }
 
     /// Adds `addr/prefix_len` to the interface (IPv6 without duplicate address detection).
@@ -592,6 +674,67 @@ fn route_msg(ty: u16, flags: u16, r: &Route) -> Msg {
     m
 }
 
+/// An `unreachable` route: no interface, no gateway (the kernel refuses either with one), scope universe when
+/// added; scope "nowhere" when deleted, which matches any scope, as `ip route del` does.
+fn unreachable_msg(ty: u16, flags: u16, r: &UnreachableRoute) -> Msg {
+    let mut m = Msg::new(ty, flags);
+    let (family, _) = family_of(r.dst.addr());
+    let scope = if ty == RTM_DELROUTE {
+        RT_SCOPE_NOWHERE
+    } else {
+        RT_SCOPE_UNIVERSE
+    };
+    m.bytes(&[
+        family,
+        r.dst.prefix_len(),
+        0,
+        0,
+        RT_TABLE_MAIN,
+        r.proto,
+        scope,
+        RTN_UNREACHABLE,
+    ]);
+    m.bytes(&0u32.to_ne_bytes());
+    m.attr(RTA_DST, &ip_bytes(r.dst.addr()));
+    m.attr(RTA_PRIORITY, &r.metric.to_ne_bytes());
+    m
+}
+
+/// One route of a dump (struct rtmsg and its attributes), with its table; `None` for anything else.
+fn parse_route(ty: u16, body: &[u8]) -> Option<(ListedRoute, u32)> {
+    if ty != RTM_NEWROUTE || body.len() < 12 {
+        return None;
+    }
+    let (family, dst_len, table, proto, kind) = (body[0], body[1], body[4], body[5], body[7]);
+    let mut table = u32::from(table);
+    let mut dst = None;
+    let mut metric = 0;
+    for (t, v) in attrs(&body[12..]) {
+        match t {
+            RTA_DST => dst = ip_from(family, v),
+            RTA_PRIORITY if v.len() == 4 => metric = u32::from_ne_bytes(v.try_into().ok()?),
+            RTA_TABLE if v.len() == 4 => table = u32::from_ne_bytes(v.try_into().ok()?),
+            _ => {}
+        }
+    }
+    // A default route has no RTA_DST.
+    let dst = match (dst, i32::from(family)) {
+        (Some(d), _) => d,
+        (None, libc::AF_INET) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (None, libc::AF_INET6) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    Some((
+        ListedRoute {
+            dst: Prefix::new(dst, dst_len),
+            kind,
+            metric,
+            proto,
+        },
+        table,
+    ))
+}
+
 fn addr_msg(ty: u16, flags: u16, ifindex: u32, addr: IpAddr, prefix_len: u8) -> Msg {
     let mut m = Msg::new(ty, flags);
     let (family, _) = family_of(addr);
@@ -694,6 +837,49 @@ mod tests {
         assert_eq!(a[0], (RTA_DST, &[198u8, 19, 2, 0][..]));
         assert_eq!(a[1], (RTA_OIF, &7u32.to_ne_bytes()[..]));
         assert_eq!(a[2], (RTA_PREFSRC, &[198u8, 19, 1, 1][..]));
+    }
+
+    #[test]
+    fn unreachable_route_layout_and_dump_parse() {
+        let r = UnreachableRoute {
+            dst: "2001:db8:2::/64".parse().unwrap(),
+            metric: 1_000_000_000,
+            proto: 118,
+        };
+        let b = unreachable_msg(RTM_NEWROUTE, NLM_F_REQUEST, &r).finish(1);
+        // family, dst_len, src_len, tos, table main, proto, scope universe, type unreachable
+        assert_eq!(
+            &b[16..24],
+            &[libc::AF_INET6 as u8, 64, 0, 0, 254, 118, 0, 7]
+        );
+        let a: Vec<_> = attrs(&b[28..]).collect();
+        assert_eq!(
+            a.len(),
+            2,
+            "no interface, no gateway: the kernel refuses either"
+        );
+        assert_eq!(a[1], (RTA_PRIORITY, &1_000_000_000u32.to_ne_bytes()[..]));
+        let del = unreachable_msg(RTM_DELROUTE, NLM_F_REQUEST, &r).finish(2);
+        assert_eq!(del[16 + 6], RT_SCOPE_NOWHERE);
+        // What the kernel dumps back has the same layout (plus RTA_TABLE and others).
+        let mut body = b[16..].to_vec();
+        body.extend_from_slice(&8u16.to_ne_bytes());
+        body.extend_from_slice(&RTA_TABLE.to_ne_bytes());
+        body.extend_from_slice(&254u32.to_ne_bytes());
+        let (listed, table) = parse_route(RTM_NEWROUTE, &body).unwrap();
+        assert_eq!(table, 254);
+        assert_eq!(
+            listed,
+            ListedRoute {
+                dst: r.dst,
+                kind: RTN_UNREACHABLE,
+                metric: r.metric,
+                proto: 118
+            }
+        );
+        assert!(listed.is_unreachable());
+        assert_eq!(parse_route(RTM_NEWADDR, &body), None);
+        assert_eq!(parse_route(RTM_NEWROUTE, &body[..8]), None);
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     let mut d = Daemon::setup(config, private_key, libvirt_dirs).map_err(Error::Setup)?;
     let r = d.run().await.map_err(Error::Runtime);
-    d.teardown();
+    d.teardown(r.is_ok());
     r
 }
 
@@ -84,6 +84,8 @@ struct Daemon {
     endpoint: Endpoint,
     datapath: Datapath,
     routes: Routes,
+    /// Unreachable routes behind the TUN routes, kept after a crash (see [`crate::failclosed`]).
+    failclosed: crate::failclosed::FailClosed,
     tun: AsyncQueue,
     /// The transmit path for queue 0 (the workers have their own).
     tx: tx::Transmitter,
@@ -136,6 +138,11 @@ impl Daemon {
         let s = config.settings().clone();
         let local = config.local().clone();
         let peer_cfgs = peers::peer_configs(&config);
+        // Before the TUN exists: from here on nothing for the remote subnets leaves but through a tunnel.
+        let failclosed = crate::failclosed::FailClosed::take_over(
+            Netlink::open()?,
+            &crate::failclosed::plan(&config),
+        )?;
         let tun = Tun::create(&TunOptions {
             vnet_hdr: true,
             queues: s.workers,
@@ -220,6 +227,7 @@ impl Daemon {
             endpoint: Endpoint::new(peer_cfgs),
             datapath,
             routes,
+            failclosed,
             tun,
             tx,
             workers,
@@ -239,11 +247,21 @@ impl Daemon {
         })
     }
 
-    fn teardown(&mut self) {
+    /// `clean`: a stop asked for (SIGTERM, Ctrl-C), which also removes the fail-closed routes; after a failure
+    /// they stay, as after a crash.
+    fn teardown(&mut self, clean: bool) {
         self.workers.stop();
         self.firewall.remove();
         if let Err(e) = self.routes.remove_all() {
             tracing::warn!("removing routes: {e}");
+        }
+        if !clean {
+            tracing::warn!(
+                "fail-closed routes kept (ip route show proto {}): vmsecd failed",
+                crate::failclosed::PROTO
+            );
+        } else if let Err(e) = self.failclosed.remove_all() {
+            tracing::warn!("removing the fail-closed routes: {e}");
         }
         control::cleanup(&self.config.settings().control_socket);
         tracing::info!(

@@ -171,6 +171,7 @@ impl Daemon {
             }
         }
         let local_changed = new.local().subnets != self.config.local().subnets;
+        changes.extend(self.failclosed.update(&crate::failclosed::plan(&new)));
         changes.extend(self.apply_subnets(&new, local_changed));
 
         if changes.is_empty() {
