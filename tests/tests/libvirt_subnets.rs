@@ -2,9 +2,12 @@
 //! (network driver only, see `vmsecd_e2e::libvirt`) with a NAT network 198.19.1.0/24, and its vmsecd reads that
 //! network's XML (`--libvirt-dir`, libvirtd's private /run/libvirt/network and /etc/libvirt/qemu/networks) to
 //! know its own subnets; hypervisor b lists 198.19.2.0/24 and learns a's subnet from the traffic selectors a
-//! narrows `libvirt_range = ["198.19.0.0/16"]` to. Proven: a VM on each side reaches the other both ways
-//! without NAT, b's route and status show the learned subnet; a third host whose libvirt network overlaps a's is
-//! refused by both (log lines naming both hosts) while a and b carry on; when a stops, b's route goes.
+//! narrows its own `libvirt_range = ["198.19.0.0/20"]` to. Proven: a VM on each side reaches the other both
+//! ways without NAT, b's route and status show the learned subnet; a third libvirt host hC (range
+//! 198.19.16.0/20) that claims a's subnet 198.19.1.0/24 (its own copy of the mesh file says so, as a
+//! compromised member's would) gets no Child SA from a or b while a and b carry on, and neither after a has
+//! stopped (when no learned subnet of a's is left to clash with: one mesh-wide range let it take a's subnet
+//! then); when a stops, b's route goes and its fail-closed route for a's range stays.
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,16 +22,21 @@ const AVM: &str = "198.19.1.10";
 const BVM: &str = "198.19.2.10";
 
 fn mesh(psk_file: &Path, a_networks: &str) -> String {
+    mesh_with_ranges(psk_file, a_networks, "198.19.0.0/20", "198.19.16.0/20")
+}
+
+/// The mesh with hA's and hC's ranges as given: what hC's own (lying) copy of the file changes.
+fn mesh_with_ranges(psk_file: &Path, a_networks: &str, a_range: &str, c_range: &str) -> String {
     format!(
         r#"[mesh]
 psk_file = {psk:?}
-libvirt_range = ["198.19.0.0/16"]
 
 [[host]]
 name = "hA"
 address = "198.18.0.1"
 subnets = "libvirt"
 libvirt_networks = {a_networks}
+libvirt_range = ["{a_range}"]
 
 [[host]]
 name = "hB"
@@ -39,6 +47,7 @@ subnets = ["198.19.2.0/24"]
 name = "hC"
 address = "198.18.0.3"
 subnets = "libvirt"
+libvirt_range = ["{c_range}"]
 "#,
         psk = psk_file.display().to_string(),
     )
@@ -129,7 +138,7 @@ fn a_libvirt_hosts_subnets_are_read_there_and_learned_elsewhere() {
     let (ok, text) = check(&b, &file, "hB", &[]);
     assert!(ok, "{text}");
     assert!(
-        text.contains("198.19.2.0/24 <-> learned from its Child SA (subnets = \"libvirt\"), within libvirt_range 198.19.0.0/16"),
+        text.contains("198.19.2.0/24 <-> learned from its Child SA (subnets = \"libvirt\"), within libvirt_range 198.19.0.0/20"),
         "{text}"
     );
 
@@ -194,7 +203,8 @@ fn a_libvirt_hosts_subnets_are_read_there_and_learned_elsewhere() {
         diag(&va, &vb)
     );
 
-    // hC's libvirt network overlaps hA's: both a and b refuse what it negotiates, naming both hosts.
+    // hC claims hA's subnet: its libvirt network is 198.19.1.0/24, and its own copy of the mesh file puts its
+    // range there. a and b confine hC to 198.19.16.0/20: no Child SA, no route, no learned subnet.
     let c_nets = dir.join("libvirt-c");
     std::fs::create_dir_all(&c_nets).unwrap();
     std::fs::write(
@@ -203,23 +213,30 @@ fn a_libvirt_hosts_subnets_are_read_there_and_learned_elsewhere() {
          <ip address='198.19.1.1' netmask='255.255.255.0'/></network>",
     )
     .unwrap();
-    let vc = Vmsecd::start_with_args(
-        &c,
-        &dir.join("vmsecd-c"),
-        &file,
-        "hC",
-        &["--libvirt-dir", c_nets.to_str().unwrap()],
-    );
-    va.wait_log(
-        "hC's subnet 198.19.1.0/24 overlaps hA's subnet 198.19.1.0/24 (this host)",
+    let c_file = dir.join("mesh-c.toml");
+    std::fs::write(
+        &c_file,
+        mesh_with_ranges(&psk, r#"["default"]"#, "198.19.0.0/24", "198.19.1.0/24"),
+    )
+    .unwrap();
+    let start_c = || {
+        Vmsecd::start_with_args(
+            &c,
+            &dir.join("vmsecd-c"),
+            &c_file,
+            "hC",
+            &["--libvirt-dir", c_nets.to_str().unwrap()],
+        )
+    };
+    let vc = start_c();
+    wait_until(
         Duration::from_secs(30),
-    );
-    vb.wait_log(
-        "hC's subnet 198.19.1.0/24 overlaps hA's learned subnet 198.19.1.0/24",
-        Duration::from_secs(30),
+        || refused_c(&va) && refused_c(&vb),
+        || format!("{}\n{}", diag(&va, &vb), vc.diagnostics()),
     );
     let st = vb.status().unwrap();
     assert!(peer(&st, "hC").subnets.is_empty(), "{st:#?}");
+    assert!(peer(&st, "hC").children.is_empty(), "{st:#?}");
     assert_eq!(peer(&st, "hA").subnets, ["198.19.1.0/24"], "{st:#?}");
     assert!(
         ping_until_ok(&avm, BVM, Duration::from_secs(5)),
@@ -276,6 +293,59 @@ fn a_libvirt_hosts_subnets_are_read_there_and_learned_elsewhere() {
         "{}",
         vb.diagnostics()
     );
+    assert!(
+        b.ip(&["route", "show", "proto", "118"])
+            .contains("unreachable 198.19.0.0/20"),
+        "b's fail-closed route for a's range: {}",
+        b.ip(&["route"])
+    );
+
+    // With a down nothing learned of a's is left on b to clash with: hC is still confined to its own range.
+    let vc = start_c();
+    let before = vb.log().len();
+    wait_until(
+        Duration::from_secs(30),
+        || refused_c_since(&vb, before),
+        || format!("{}\n{}", vb.diagnostics(), vc.diagnostics()),
+    );
+    let st = vb.status().unwrap();
+    assert!(peer(&st, "hC").subnets.is_empty(), "{st:#?}");
+    assert!(peer(&st, "hA").subnets.is_empty(), "{st:#?}");
+    assert!(
+        !route(&b, "198.19.1.0/24").contains("vmsec0"),
+        "b routes a's subnet to hC: {}",
+        b.ip(&["route"])
+    );
+    drop(vc);
     assert!(vb.terminate(Duration::from_secs(10)).is_some());
     drop((la, lb));
+}
+
+/// True once `v`'s log shows hC's Child SA refused: by the selectors (its range holds no subnet of its own) or
+/// by the learned-subnet check.
+fn refused_c(v: &Vmsecd) -> bool {
+    refused_c_since(v, 0)
+}
+
+fn refused_c_since(v: &Vmsecd, from: usize) -> bool {
+    let log = v.log();
+    log.get(from..).unwrap_or("").lines().any(|l| {
+        l.contains("hC")
+            && (l.contains("Child SA refused")
+                || l.contains("outside its libvirt_range")
+                || l.contains("traffic selectors unacceptable"))
+    })
+}
+
+/// Polls `ok` until it holds; panics with `diag()` after `timeout`.
+fn wait_until(timeout: Duration, ok: impl Fn() -> bool, diag: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not reached in {timeout:?}\n{}",
+            diag()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

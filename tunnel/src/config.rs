@@ -129,10 +129,6 @@ pub struct Settings {
     /// Largest IKE message (IP and UDP headers included) before it is fragmented, RFC 7383
     /// (`ike_fragment_size`, default 1280; `0` never fragments and does not announce support).
     pub ike_fragment_size: u16,
-    /// Where the subnets of `subnets = "libvirt"` hosts may lie (`libvirt_range`; required when a host uses
-    /// it, else empty): the remote traffic selectors we offer and accept for such a host, which the peer
-    /// narrows to its actual subnets (RFC 7296 2.9).
-    pub libvirt_range: Vec<Prefix>,
 }
 
 /// What vmsecd does about the host firewall (libvirt's MASQUERADE and REJECT rules): see [`crate::firewall`].
@@ -399,11 +395,16 @@ pub struct Host {
 
 /// A host with `subnets = "libvirt"`: on the host itself its subnets are read from its libvirt networks
 /// ([`Config::resolve_libvirt`]); the other hosts learn them from the traffic selectors it negotiates, within
-/// `mesh.libvirt_range`.
+/// its `range`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LibvirtSubnets {
     /// `libvirt_networks`: the networks to take, by name; empty for every network with an IPv4 address.
     pub networks: Vec<String>,
+    /// Where its subnets may lie: the host's `libvirt_range`, or `mesh.libvirt_range` when it is the only
+    /// `subnets = "libvirt"` host. Towards it we offer and accept this range as its traffic selectors, which it
+    /// narrows to its actual subnets (RFC 7296 2.9); subnets it negotiates outside it are refused. Ranges of
+    /// different hosts do not overlap, so no host can claim another's subnets.
+    pub range: Vec<Prefix>,
 }
 
 /// Where a `subnets = "libvirt"` host's subnets came from, for `vmsecd check` and the log.
@@ -453,13 +454,12 @@ impl Tunnel<'_> {
         &self.peer.subnets
     }
 
-    /// The remote traffic selectors we offer and accept: the peer's subnets, or `mesh.libvirt_range` for a
-    /// `subnets = "libvirt"` peer (it narrows them to its own subnets).
-    pub fn remote_selectors<'a>(&'a self, settings: &'a Settings) -> &'a [Prefix] {
-        if self.peer.libvirt.is_some() {
-            &settings.libvirt_range
-        } else {
-            &self.peer.subnets
+    /// The remote traffic selectors we offer and accept: the peer's subnets, or for a `subnets = "libvirt"`
+    /// peer its own range (it narrows them to its subnets).
+    pub fn remote_selectors(&self) -> &[Prefix] {
+        match &self.peer.libvirt {
+            Some(lv) => &lv.range,
+            None => &self.peer.subnets,
         }
     }
 }
@@ -567,7 +567,7 @@ impl Config {
     /// For a local host with `subnets = "libvirt"`: reads this machine's libvirt network definitions from
     /// `dirs` (normally [`crate::libvirt::NETWORK_DIRS`]) and makes their IPv4 subnets the local subnets.
     /// Refused, in words that say what to do, when no network (or a named one) is found, or a subnet lies
-    /// outside `mesh.libvirt_range`, overlaps another host's subnets or holds a host's address. Returns
+    /// outside its libvirt range, overlaps another host's subnets or holds a host's address. Returns
     /// `None` when the local host lists its subnets.
     pub fn resolve_libvirt(&mut self, dirs: &[&Path]) -> Result<Option<LibvirtFound>, ConfigError> {
         let me = self.local();
@@ -617,13 +617,13 @@ impl Config {
                 }
             ))));
         }
-        let range = &self.mesh.settings.libvirt_range;
+        let range = &lv.range;
         let mut subnets: Vec<Prefix> = Vec::new();
         for (net, nets) in &networks {
             for s in nets {
                 if !range.iter().any(|r| r.contains_prefix(s)) {
                     return Err(err(ErrorKind::Libvirt(format!(
-                        "libvirt network {net}'s subnet {s} lies outside mesh.libvirt_range ({}): the other hosts would refuse it; renumber the network (virsh net-edit {net}) or widen libvirt_range",
+                        "libvirt network {net}'s subnet {s} lies outside {name}'s libvirt_range ({}): the other hosts would refuse it; renumber the network (virsh net-edit {net}) or widen the range",
                         join(range.iter())
                     ))));
                 }
@@ -712,15 +712,9 @@ impl Mesh {
             }
             None => (None, schema::MeshSection::default()),
         };
-        let mut settings = cx.settings(&section)?;
-        let hosts = cx.hosts(&raw.host, &settings)?;
-        cx.libvirt_range(
-            &section,
-            mesh_span.clone(),
-            &raw.host,
-            &hosts,
-            &mut settings,
-        )?;
+        let settings = cx.settings(&section)?;
+        let mut hosts = cx.hosts(&raw.host, &settings)?;
+        cx.libvirt_ranges(&section, &raw.host, &mut hosts, &settings)?;
         let auth = cx.auth(&section, mesh_span, &raw.host, &hosts, private_key)?;
         Ok(Mesh {
             file: file.to_owned(),
@@ -728,6 +722,23 @@ impl Mesh {
             auth,
             hosts,
         })
+    }
+
+    /// What `vmsecd check` and the daemon's start warn about a mesh whose members must trust each other: with
+    /// `auth = "psk"` every host holds the one key that authenticates every host, so with three or more hosts
+    /// any member (or whoever takes the key from one) can pose as any other towards the rest and claim its
+    /// subnets. Two hosts have no third to deceive. `None` when that does not apply.
+    pub fn trust_warning(&self) -> Option<String> {
+        if !matches!(self.auth, Auth::Psk(_)) || self.hosts.len() < 3 {
+            return None;
+        }
+        Some(format!(
+            "auth = \"psk\": all {} hosts share one key, so any host of the mesh (or whoever takes the key from \
+             one) can authenticate as any other host and claim its subnets, reading and forging the traffic of \
+             its VMs; use auth = \"pubkey\" (a key pair per host: vmsecd keygen) unless every host trusts \
+             every other",
+            self.hosts.len()
+        ))
     }
 
     /// The host with this name.

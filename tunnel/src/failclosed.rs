@@ -46,7 +46,6 @@ pub const METRIC: u32 = 1_000_000_000;
 /// lie in). Our own subnets are not in it (they are local), nor are learned subnets: they lie inside a range
 /// that is.
 pub fn plan(config: &Config) -> BTreeSet<Prefix> {
-    let s = config.settings();
     config
         .peers()
         .flat_map(|peer| {
@@ -54,7 +53,7 @@ pub fn plan(config: &Config) -> BTreeSet<Prefix> {
                 local: config.local(),
                 peer,
             }
-            .remote_selectors(s)
+            .remote_selectors()
             .to_vec()
         })
         .collect()

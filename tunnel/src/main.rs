@@ -497,7 +497,7 @@ fn render_check(config: &Config, libvirt: Option<&vmsecd::config::LibvirtFound>)
                 o,
                 "    {} <-> learned from its Child SA (subnets = \"libvirt\"), within libvirt_range {}",
                 join(t.local_subnets()),
-                join(&s.libvirt_range)
+                join(t.remote_selectors())
             );
         } else {
             let _ = writeln!(
@@ -543,6 +543,9 @@ fn render_check(config: &Config, libvirt: Option<&vmsecd::config::LibvirtFound>)
                 s.interface
             );
         }
+    }
+    if let Some(w) = config.mesh.trust_warning() {
+        let _ = writeln!(o, "warning: {w}");
     }
     if let Auth::Cert(c) = &config.mesh.auth {
         for (subject, path, not_after) in c.expiring(

@@ -49,6 +49,7 @@ pub(super) struct HostSection {
     pub(super) address: Option<S<String>>,
     pub(super) subnets: Option<S<Subnets>>,
     pub(super) libvirt_networks: Option<S<Vec<S<String>>>>,
+    pub(super) libvirt_range: Option<S<Vec<S<String>>>>,
     pub(super) id: Option<S<String>>,
     pub(super) port: Option<S<i64>>,
     pub(super) pubkey: Option<S<String>>,

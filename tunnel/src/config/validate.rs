@@ -280,7 +280,6 @@ impl Cx<'_> {
             }
         };
         Ok(Settings {
-            libvirt_range: Vec::new(),
             firewall,
             nat_keepalive,
             ike_fragment_size,
@@ -514,55 +513,163 @@ impl Cx<'_> {
         Ok(names)
     }
 
-    /// `mesh.libvirt_range`: where the subnets of `subnets = "libvirt"` hosts may lie. Required exactly when a
-    /// host uses it.
-    pub(super) fn libvirt_range(
+    /// The ranges the subnets of `subnets = "libvirt"` hosts may lie in, one per such host: its own
+    /// `host.libvirt_range`, or `mesh.libvirt_range` when it is the only such host (the file format before
+    /// per-host ranges). A range is where the other hosts accept that host's negotiated subnets, so ranges of
+    /// different hosts must not overlap: otherwise one host could claim subnets of another (while that one is
+    /// down, too).
+    pub(super) fn libvirt_ranges(
         &self,
         m: &schema::MeshSection,
-        mesh_span: Option<Range<usize>>,
         raw: &[S<schema::HostSection>],
-        hosts: &[Host],
-        settings: &mut Settings,
+        hosts: &mut [Host],
+        settings: &Settings,
     ) -> Result<(), ConfigError> {
-        let user = hosts.iter().position(|h| h.libvirt.is_some());
-        let Some(v) = &m.libvirt_range else {
-            if let Some(i) = user {
-                return Err(self.err(
-                    mesh_span.or_else(|| raw[i].get_ref().subnets.as_ref().map(|s| s.span())),
-                    "mesh.libvirt_range",
-                    ErrorKind::Missing {
-                        what: format!(
-                            "host {} has subnets = \"libvirt\": the other hosts learn its subnets from the traffic \
-                             selectors it negotiates, and accept them only within libvirt_range, e.g. \
-                             libvirt_range = [\"192.168.0.0/16\"]",
+        let users: Vec<usize> = (0..hosts.len())
+            .filter(|&i| hosts[i].libvirt.is_some())
+            .collect();
+        for (i, h) in raw.iter().enumerate() {
+            let Some(v) = &h.get_ref().libvirt_range else {
+                continue;
+            };
+            let key = format!("host[{i}].libvirt_range");
+            if hosts[i].libvirt.is_none() {
+                return Err(self.invalid(
+                    v,
+                    &key,
+                    "set, but this host lists its subnets".to_owned(),
+                    "remove it, or set subnets = \"libvirt\" to learn this host's subnets within this range",
+                ));
+            }
+            let range = self.range_list(v, &key, hosts, settings)?;
+            if let Some(lv) = hosts[i].libvirt.as_mut() {
+                lv.range = range;
+            }
+        }
+        let names = |v: &[usize]| {
+            v.iter()
+                .map(|&i| hosts[i].name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match &m.libvirt_range {
+            None => {
+                if let Some(&i) = users.iter().find(|&&i| {
+                    hosts[i]
+                        .libvirt
+                        .as_ref()
+                        .is_some_and(|l| l.range.is_empty())
+                }) {
+                    return Err(self.err(
+                        raw[i].get_ref().subnets.as_ref().map(|s| s.span()),
+                        format!("host[{i}].libvirt_range"),
+                        ErrorKind::Missing {
+                            what: format!(
+                                "host {} has subnets = \"libvirt\": the other hosts learn its subnets from the traffic \
+                                 selectors it negotiates, and accept them only within its own range: libvirt_range = \
+                                 [\"192.168.122.0/24\"] in its [[host]] (ranges of different hosts must not overlap; \
+                                 mesh.libvirt_range serves instead only when exactly one host has subnets = \"libvirt\")",
+                                hosts[i].name
+                            ),
+                        },
+                    ));
+                }
+            }
+            Some(v) => {
+                let key = "mesh.libvirt_range";
+                let Some(&i) = users.first() else {
+                    return Err(self.invalid(
+                        v,
+                        key,
+                        "set, but no host has subnets = \"libvirt\"".to_owned(),
+                        "remove it, or set subnets = \"libvirt\" on the hosts whose subnets come from libvirt",
+                    ));
+                };
+                if users.len() > 1 {
+                    return Err(self.invalid(
+                        v,
+                        key,
+                        format!(
+                            "one range for {} hosts with subnets = \"libvirt\" ({}): each of them could claim \
+                             subnets of the others",
+                            users.len(),
+                            names(&users)
+                        ),
+                        "a mesh-wide libvirt_range only when exactly one host has subnets = \"libvirt\"; else \
+                         remove it and give each such host its own libvirt_range in its [[host]], ranges of \
+                         different hosts not overlapping",
+                    ));
+                }
+                if raw[i].get_ref().libvirt_range.is_some() {
+                    return Err(self.invalid(
+                        v,
+                        key,
+                        format!(
+                            "set, and {}, the one host with subnets = \"libvirt\", has its own libvirt_range",
                             hosts[i].name
                         ),
+                        "remove one of the two (the host's own is the one to keep)",
+                    ));
+                }
+                let range = self.range_list(v, key, hosts, settings)?;
+                if let Some(lv) = hosts[i].libvirt.as_mut() {
+                    lv.range = range;
+                }
+            }
+        }
+        // No two hosts' ranges overlap.
+        for (n, &i) in users.iter().enumerate() {
+            for &k in &users[..n] {
+                let range = |h: &Host| {
+                    h.libvirt
+                        .as_ref()
+                        .map(|l| l.range.clone())
+                        .unwrap_or_default()
+                };
+                let (ri, rk) = (range(&hosts[i]), range(&hosts[k]));
+                let Some((p, o)) = ri
+                    .iter()
+                    .find_map(|p| rk.iter().find(|o| o.overlaps(p)).map(|o| (p, o)))
+                else {
+                    continue;
+                };
+                let v = raw[i].get_ref().libvirt_range.as_ref();
+                return Err(self.err(
+                    v.map(|v| v.span()),
+                    format!("host[{i}].libvirt_range"),
+                    ErrorKind::Invalid {
+                        problem: format!(
+                            "{}'s libvirt_range {p} overlaps {}'s libvirt_range {o}: either host could claim \
+                             subnets of the other",
+                            hosts[i].name, hosts[k].name
+                        ),
+                        allowed: "a range of its own for each host with subnets = \"libvirt\", not overlapping \
+                                  another host's"
+                            .to_owned(),
                     },
                 ));
             }
-            return Ok(());
-        };
-        let allowed = "one or more CIDR ranges the libvirt hosts' networks lie in, e.g. [\"192.168.0.0/16\"], \
-                       not overlapping each other";
-        if user.is_none() {
-            return Err(self.invalid(
-                v,
-                "mesh.libvirt_range",
-                "set, but no host has subnets = \"libvirt\"".to_owned(),
-                "remove it, or set subnets = \"libvirt\" on the hosts whose subnets come from libvirt",
-            ));
         }
+        Ok(())
+    }
+
+    /// A list of ranges (`mesh.libvirt_range` or `host[i].libvirt_range`): at least one, none overlapping
+    /// another, none holding a host's underlay address.
+    fn range_list(
+        &self,
+        v: &S<Vec<S<String>>>,
+        key: &str,
+        hosts: &[Host],
+        settings: &Settings,
+    ) -> Result<Vec<Prefix>, ConfigError> {
+        let allowed = "one or more CIDR ranges the host's libvirt networks lie in, e.g. [\"192.168.122.0/24\"], \
+                       not overlapping each other";
         if v.get_ref().is_empty() {
-            return Err(self.invalid(
-                v,
-                "mesh.libvirt_range",
-                "the list is empty".to_owned(),
-                allowed,
-            ));
+            return Err(self.invalid(v, key, "the list is empty".to_owned(), allowed));
         }
         let mut range: Vec<Prefix> = Vec::new();
         for (j, r) in v.get_ref().iter().enumerate() {
-            let key = format!("mesh.libvirt_range[{j}]");
+            let key = format!("{key}[{j}]");
             let p = r
                 .get_ref()
                 .parse::<Prefix>()
@@ -596,8 +703,7 @@ impl Cx<'_> {
             }
             range.push(p);
         }
-        settings.libvirt_range = range;
-        Ok(())
+        Ok(range)
     }
 
     fn host(&self, i: usize, h: &S<schema::HostSection>) -> Result<Host, ConfigError> {
@@ -670,7 +776,13 @@ impl Cx<'_> {
                     None => Vec::new(),
                     Some(v) => self.libvirt_networks(i, v)?,
                 };
-                (Vec::new(), Some(LibvirtSubnets { networks }))
+                (
+                    Vec::new(),
+                    Some(LibvirtSubnets {
+                        networks,
+                        range: Vec::new(),
+                    }),
+                )
             }
             schema::Subnets::Word(w) => {
                 return Err(self.invalid(
@@ -678,7 +790,7 @@ impl Cx<'_> {
                     &format!("host[{i}].subnets"),
                     format!("{w:?} is not a list of subnets"),
                     "a list of subnets in CIDR notation, e.g. [\"198.19.1.0/24\"], or \"libvirt\" (this host's \
-                     libvirt networks, learned by the other hosts within mesh.libvirt_range)",
+                     libvirt networks, learned by the other hosts within its libvirt_range)",
                 ))
             }
             schema::Subnets::List(list) => {

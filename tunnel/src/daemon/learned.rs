@@ -1,9 +1,11 @@
 //! Subnets learned from traffic selectors: a `subnets = "libvirt"` peer's subnets are not in the mesh file. We
-//! offer and accept `mesh.libvirt_range` as its side of the Child SA, it narrows that to its own libvirt
-//! networks (RFC 7296 2.9), and the negotiated `ts_remote` becomes its subnets here: routes into the TUN, the
-//! datapath's prefix table and the firewall exemptions, from the moment its Child SA is up until the last one
-//! goes down. Learned subnets that overlap our own or another host's are refused and the IKE SA deleted, with a
-//! log line naming both hosts.
+//! offer and accept its own range (its `libvirt_range`, or `mesh.libvirt_range` when it is the only such host)
+//! as its side of the Child SA, it narrows that to its own libvirt networks (RFC 7296 2.9), and the negotiated
+//! `ts_remote` becomes its subnets here: routes into the TUN, the datapath's prefix table and the firewall
+//! exemptions, from the moment its Child SA is up until the last one goes down. Learned subnets outside the
+//! peer's own range, or overlapping our own or another host's, are refused and the IKE SA deleted, with a log
+//! line naming both hosts. Ranges of different hosts do not overlap (checked at load), so a peer cannot claim
+//! the subnets of another libvirt host, not even while that host is down and has nothing learned to clash with.
 
 use std::time::Instant;
 
@@ -56,13 +58,18 @@ impl Daemon {
             return true;
         }
         let subnets = selector_subnets(&c.ts_remote);
-        let range = &self.config.settings().libvirt_range;
+        let range: &[Prefix] = self
+            .config
+            .peers()
+            .find(|p| p.name == c.peer)
+            .and_then(|p| p.libvirt.as_ref())
+            .map_or(&[], |lv| &lv.range);
         let me = self.config.local();
         let mut clash: Option<String> = None;
         for s in &subnets {
             if !range.iter().any(|r| r.contains_prefix(s)) {
                 clash = Some(format!(
-                    "{} negotiated {s}, outside mesh.libvirt_range ({})",
+                    "{} negotiated {s}, outside its libvirt_range ({})",
                     c.peer,
                     range
                         .iter()

@@ -213,6 +213,9 @@ impl Daemon {
             "vmsecd up: routes to {} remote subnets point into {}",
             routes.installed().len(), s.interface
         );
+        if let Some(w) = config.mesh.trust_warning() {
+            tracing::warn!("{w}");
+        }
         if let crate::config::Auth::Cert(c) = &config.mesh.auth {
             let now = crate::config::unix_now();
             for (subject, path, not_after) in c.expiring(now, crate::config::CERT_EXPIRY_WARNING) {

@@ -61,7 +61,7 @@ pub(crate) fn peer_configs(config: &Config) -> Vec<Arc<PeerConfig>> {
                 local_ts: local.subnets.iter().map(|p| p.selector()).collect(),
                 // A `subnets = "libvirt"` peer: its range, which it narrows to its subnets (RFC 7296 2.9).
                 remote_ts: crate::config::Tunnel { local, peer }
-                    .remote_selectors(s)
+                    .remote_selectors()
                     .iter()
                     .map(|p| p.selector())
                     .collect(),
