@@ -11,8 +11,8 @@
 //! the VM's pings and UDP to the remote VM get ICMP "host unreachable" from `a` and not one frame with a VM
 //! address, nor a VM address pair in clear in a payload, leaves `a`; the routes survived the crash; a stale
 //! route of ours is removed and a foreign one (another proto) left alone at the next start; the tunnel carries
-//! traffic again within [`RECOVERY`] of the restart; a reload adds and removes the routes of a host that joins
-//! and leaves; after a clean stop (SIGTERM) none of vmsecd's routes is left.
+//! traffic again within [`RECOVERY`] of the restart; a reload puts back a route flushed by hand, and adds and
+//! removes the routes of a host that joins and leaves; after a clean stop (SIGTERM) none of vmsecd's routes is left.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -234,7 +234,13 @@ fn no_clear_text_while_vmsecd_is_dead() {
         "a route vmsecd did not make was removed"
     );
 
-    // 5. Reload: a host joins (its subnet blocked at once, before any tunnel to it) and leaves again.
+    // 5. Reload puts back a route flushed by hand; a host joins (its subnet blocked at once, before any tunnel
+    // to it) and leaves again.
+    a.ip(&["route", "flush", "proto", PROTO]);
+    assert_eq!(our_routes(&a), Vec::<String>::new());
+    let text = reload(&a);
+    assert!(text.contains("put back"), "{text}");
+    assert_eq!(our_routes(&a), expected);
     let three = mesh(&[("hA", 1), ("hB", 2), ("hC", 4)]);
     rewrite(&da, &three);
     let text = reload(&a);

@@ -133,16 +133,18 @@ impl FailClosed {
         Ok(fc)
     }
 
-    fn add(&mut self, dst: Prefix) -> Result<(), NetlinkError> {
-        match self.nl.add_unreachable(&route(dst)) {
-            // Added by hand or by another run since the dump: it is the route we want.
-            Err(e) if e.errno() == Some(libc::EEXIST) => {}
+    /// Adds the route; true if it was missing, false if it was there already (ours, or added by hand since).
+    fn add(&mut self, dst: Prefix) -> Result<bool, NetlinkError> {
+        let created = match self.nl.add_unreachable(&route(dst)) {
+            Err(e) if e.errno() == Some(libc::EEXIST) => false,
             Err(e) => return Err(e),
-            Ok(()) => {}
+            Ok(()) => true,
+        };
+        if created {
+            tracing::debug!(%dst, "fail-closed route added");
         }
-        tracing::debug!(%dst, "fail-closed route added");
         self.installed.insert(dst);
-        Ok(())
+        Ok(created)
     }
 
     fn remove(&mut self, dst: Prefix) -> Result<(), NetlinkError> {
@@ -155,13 +157,19 @@ impl FailClosed {
         Ok(())
     }
 
-    /// Makes the routes follow a new plan (reload): new prefixes added first, then the ones no longer in the
-    /// mesh removed. Returns one line per change, `FAILED ...` for a step that failed.
+    /// Makes the routes follow a new plan (reload): every prefix of the plan added (new ones, and any removed by
+    /// hand since), then the ones no longer in the mesh removed. Returns one line per change, `FAILED ...` for a
+    /// step that failed.
     pub fn update(&mut self, plan: &BTreeSet<Prefix>) -> Vec<String> {
         let mut changes = Vec::new();
-        for dst in plan.difference(&self.installed.clone()) {
+        for dst in plan {
+            let known = self.installed.contains(dst);
             match self.add(*dst) {
-                Ok(()) => changes.push(format!(
+                Ok(false) => {}
+                Ok(true) if known => changes.push(format!(
+                    "fail-closed route for {dst} was missing (removed by hand?): put back"
+                )),
+                Ok(true) => changes.push(format!(
                     "fail-closed route added: unreachable {dst} (proto {PROTO}) while no tunnel carries it"
                 )),
                 Err(e) => changes.push(format!(

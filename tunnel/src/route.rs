@@ -1,7 +1,8 @@
 //! Routes, addresses and the local address list over NETLINK_ROUTE (rtnetlink(7)).
 //!
 //! A small synchronous implementation on a raw netlink socket, not `rtnetlink` / `netlink-packet-route`. vmsecd
-//! needs six messages (RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWADDR, RTM_DELADDR, an RTM_GETADDR dump),
+//! needs seven messages (RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE and its dump, RTM_NEWADDR, RTM_DELADDR, an
+//! RTM_GETADDR dump), for routes into the TUN, the fail-closed `unreachable` routes and addresses,
 //! sent at start-up and exit, never on the packet path, so an async netlink stack buys nothing; `rtnetlink` 0.24
 //! would add netlink-proto, netlink-sys, netlink-packet-core/-route, futures and nix (about 50 s more of a clean
 //! debug build on this 2-core machine, measured: 72 s against 23 s for tokio alone) and APIs whose every 0.x
