@@ -543,6 +543,14 @@ fn render_check(config: &Config, libvirt: Option<&vmsecd::config::LibvirtFound>)
                 s.interface
             );
         }
+        for r in t.remote_selectors() {
+            let _ = writeln!(
+                o,
+                "    fail closed: unreachable {r} proto {} metric {} (kept if vmsecd dies, removed on a clean stop)",
+                vmsecd::failclosed::PROTO,
+                vmsecd::failclosed::METRIC
+            );
+        }
     }
     if let Some(w) = config.mesh.trust_warning() {
         let _ = writeln!(o, "warning: {w}");
@@ -629,6 +637,15 @@ id = "gw.example"
             out.contains(
                 "IKE aes128gcm16-prfsha256-x25519; ESP aes256gcm16, aes128gcm16; auth psk"
             ),
+            "{out}"
+        );
+        assert!(
+            out.contains("fail closed: unreachable 198.19.12.0/24 proto 118 metric 1000000000"),
+            "{out}"
+        );
+        assert!(
+            out.contains("warning: auth = \"psk\": all 3 hosts share one key")
+                && out.contains("use auth = \"pubkey\""),
             "{out}"
         );
         assert!(
