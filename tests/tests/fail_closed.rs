@@ -34,7 +34,7 @@ fn host(name: &str, n: u8) -> HostEntry {
     HostEntry {
         name: name.into(),
         address: format!("198.18.0.{n}"),
-        subnets: vec![format!("198.19.{n}.0/24")],
+        subnets: vec![format!("198.19.{n}.0/24"), format!("2001:db8:{n}::/64")],
         port: None,
     }
 }
@@ -47,7 +47,8 @@ fn mesh(hosts: &[(&str, u8)]) -> Mesh {
     m
 }
 
-/// `ip route show proto 118` in `ns`, one route per line.
+/// `ip route show proto 118` and `ip -6 route show proto 118` in `ns`, one route per line, as "TYPE PREFIX
+/// metric N" (the IPv6 lines' `dev lo` and `pref medium` left out).
 fn our_routes(ns: &Netns) -> Vec<String> {
     let mut v: Vec<String> = [&["-4"][..], &["-6"][..]]
         .iter()
@@ -56,7 +57,19 @@ fn our_routes(ns: &Netns) -> Vec<String> {
             args.extend(["route", "show", "proto", PROTO]);
             ns.ip(&args)
                 .lines()
-                .map(|l| l.trim().to_owned())
+                .map(|l| {
+                    let t: Vec<&str> = l.split_whitespace().collect();
+                    let metric = t
+                        .iter()
+                        .position(|w| *w == "metric")
+                        .and_then(|i| t.get(i + 1));
+                    format!(
+                        "{} {} metric {}",
+                        t.first().unwrap_or(&""),
+                        t.get(1).unwrap_or(&""),
+                        metric.unwrap_or(&"none")
+                    )
+                })
                 .collect::<Vec<_>>()
         })
         .filter(|l| !l.is_empty())
@@ -83,6 +96,39 @@ fn clear_text(cap: &Captured) -> Vec<String> {
         .filter(|f| vm(f.src) || vm(f.dst) || pair(&f.payload))
         .map(|f| format!("{:.3}s {} > {} proto {}", f.t, f.src, f.dst, f.proto))
         .collect()
+}
+
+/// The IPv6 frames of a pcap file (Ethernet) with a VM subnet address (2001:db8:1::/64, 2001:db8:2::/64) as
+/// source or destination: `Captured` decodes IPv4 only.
+fn clear_text_v6(pcap: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut off = 24;
+    while off + 16 <= pcap.len() {
+        let incl = u32::from_le_bytes(pcap[off + 8..off + 12].try_into().unwrap()) as usize;
+        off += 16;
+        let Some(f) = pcap.get(off..off + incl) else {
+            break;
+        };
+        off += incl;
+        if f.len() < 14 + 40 || f[12..14] != [0x86, 0xdd] {
+            continue;
+        }
+        let ip = &f[14..];
+        let vm = |a: &[u8]| {
+            a[..6] == [0x20, 0x01, 0x0d, 0xb8, 0, 1] || a[..6] == [0x20, 0x01, 0x0d, 0xb8, 0, 2]
+        };
+        let (src, dst) = (&ip[8..24], &ip[24..40]);
+        if vm(src) || vm(dst) {
+            let addr = |a: &[u8]| std::net::Ipv6Addr::from(<[u8; 16]>::try_from(a).unwrap());
+            out.push(format!(
+                "{} > {} next header {}",
+                addr(src),
+                addr(dst),
+                ip[6]
+            ));
+        }
+    }
+    out
 }
 
 fn reload(ns: &Netns) -> String {
@@ -114,7 +160,50 @@ fn no_clear_text_while_vmsecd_is_dead() {
     // The router answers ARP but forwards nothing: whatever reaches it has already leaked.
     r.sysctl("net.ipv4.ip_forward=0");
     let avm = g.vm_subnet(&a, 1, "avm");
-    let _bvm = g.vm_subnet(&b, 2, "bvm");
+    let bvm = g.vm_subnet(&b, 2, "bvm");
+    // IPv6 the same way (2001:db8::/32, shared/conventions.md): underlay 2001:db8:0:ff::N, VM subnets
+    // 2001:db8:N::/64, the router the hypervisors' default route.
+    for (i, h) in [&a, &b, &r].into_iter().enumerate() {
+        h.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("2001:db8:0:ff::{}/64", i + 1),
+            "dev",
+            "u0",
+            "nodad",
+        ]);
+    }
+    for (n, h, vm) in [(1, &a, &avm), (2, &b, &bvm)] {
+        h.ip(&["-6", "route", "add", "default", "via", "2001:db8:0:ff::3"]);
+        h.sysctl("net.ipv6.conf.all.forwarding=1");
+        h.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("2001:db8:{n}::1/64"),
+            "dev",
+            "virbr0",
+            "nodad",
+        ]);
+        vm.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("2001:db8:{n}::10/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        vm.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("2001:db8:{n}::1"),
+        ]);
+    }
     let root = g.dir();
     let (da, db) = (root.join("a"), root.join("b"));
     let two = mesh(&[("hA", 1), ("hB", 2)]);
@@ -126,13 +215,23 @@ fn no_clear_text_while_vmsecd_is_dead() {
     va.wait_status("hA-hB up", t, |s| is_up(s, "hB"));
     vb.wait_status("hB-hA up", t, |s| is_up(s, "hA"));
     assert!(ping_until_ok(&avm, "198.19.2.10", Duration::from_secs(5)));
-    let expected = vec!["unreachable 198.19.2.0/24 metric 1000000000".to_owned()];
-    assert_eq!(our_routes(&a), expected, "{}", va.diagnostics());
-    let get = a.ip(&["route", "get", "198.19.2.10"]);
     assert!(
-        get.contains("dev vmsec0"),
-        "the TUN route wins while vmsecd runs: {get}"
+        ping_until_ok(&avm, "2001:db8:2::10", Duration::from_secs(5)),
+        "IPv6 through the tunnel\n{}",
+        va.diagnostics()
     );
+    let expected = vec![
+        "unreachable 198.19.2.0/24 metric 1000000000".to_owned(),
+        "unreachable 2001:db8:2::/64 metric 1000000000".to_owned(),
+    ];
+    assert_eq!(our_routes(&a), expected, "{}", va.diagnostics());
+    for dst in ["198.19.2.10", "2001:db8:2::10"] {
+        let get = a.ip(&["route", "get", dst]);
+        assert!(
+            get.contains("dev vmsec0"),
+            "the TUN route wins while vmsecd runs: {get}"
+        );
+    }
 
     // 2. kill -9: the TUN and its routes vanish with the process.
     let cap = Capture::start(&ul, "p0", &root.join("a-underlay.pcap"));
@@ -154,6 +253,11 @@ fn no_clear_text_while_vmsecd_is_dead() {
         &["-n", "-c", "5", "-i", "0.2", "-W", "1", "198.19.2.10"],
     );
     let ping_text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let out6 = avm.output(
+        "ping",
+        &["-n", "-c", "5", "-i", "0.2", "-W", "1", "2001:db8:2::10"],
+    );
+    let ping6_text = String::from_utf8_lossy(&out6.stdout).into_owned();
     let udp = avm.output(
         "python3",
         &[
@@ -169,7 +273,10 @@ fn no_clear_text_while_vmsecd_is_dead() {
         String::from_utf8_lossy(&udp.stderr)
     );
     let captured = cap.stop();
-    let leaked = clear_text(&captured);
+    let mut leaked = clear_text(&captured);
+    leaked.extend(clear_text_v6(
+        &std::fs::read(root.join("a-underlay.pcap")).expect("the capture"),
+    ));
     assert!(
         leaked.is_empty(),
         "VM traffic left hypervisor a in clear text while its vmsecd was dead ({} frames):\n{}\nroutes:\n{}",
@@ -178,8 +285,12 @@ fn no_clear_text_while_vmsecd_is_dead() {
         a.ip(&["route", "show"])
     );
     assert!(
-        ping_text.contains("Destination Host Unreachable") || ping_text.contains("Unreachable"),
+        ping_text.contains("Destination Host Unreachable"),
         "the VM is told at once that the remote subnet is unreachable: {ping_text}"
+    );
+    assert!(
+        ping6_text.contains("Destination unreachable: No route"),
+        "the same over IPv6 (ICMPv6 no route): {ping6_text}"
     );
     assert_eq!(
         our_routes(&a),
@@ -237,6 +348,7 @@ fn no_clear_text_while_vmsecd_is_dead() {
     // 5. Reload puts back a route flushed by hand; a host joins (its subnet blocked at once, before any tunnel
     // to it) and leaves again.
     a.ip(&["route", "flush", "proto", PROTO]);
+    a.ip(&["-6", "route", "flush", "proto", PROTO]);
     assert_eq!(our_routes(&a), Vec::<String>::new());
     let text = reload(&a);
     assert!(text.contains("put back"), "{text}");
@@ -250,6 +362,8 @@ fn no_clear_text_while_vmsecd_is_dead() {
         vec![
             "unreachable 198.19.2.0/24 metric 1000000000".to_owned(),
             "unreachable 198.19.4.0/24 metric 1000000000".to_owned(),
+            "unreachable 2001:db8:2::/64 metric 1000000000".to_owned(),
+            "unreachable 2001:db8:4::/64 metric 1000000000".to_owned(),
         ]
     );
     rewrite(&da, &two);
