@@ -123,8 +123,7 @@ mod tests {
         // SAFETY: geteuid has no preconditions.
         let euid = unsafe { libc::geteuid() };
         assert_eq!(
-            euid,
-            0,
+            euid, 0,
             "this test must run as root: it gives the key file to uid 65534"
         );
         let dir = tempfile::tempdir().unwrap();

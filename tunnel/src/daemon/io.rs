@@ -61,7 +61,7 @@ impl Daemon {
 
     /// UDP 4500 is readable: receive GRO batches until none is queued (or BATCH of them), decrypt in place,
     /// write the inner packets to the TUN, merged where they continue one TCP flow.
-    pub(super) fn on_udp4500_readable(&mut self, bufs: &mut Buffers) -> std::io::Result<()> {
+    pub(super) fn on_udp4500_readable(&mut self, bufs: &mut Buffers) -> anyhow::Result<()> {
         let mut merge = gso::Coalescer::new(&mut bufs.coalesce);
         for _ in 0..BATCH {
             match sockets::recv_gro(&self.udp4500, &mut bufs.udp) {
@@ -71,7 +71,7 @@ impl Daemon {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+                Err(e) => self.on_recv_error("UDP 4500", e)?,
             }
         }
         if !merge.is_empty() {
@@ -80,9 +80,31 @@ impl Daemon {
         Ok(())
     }
 
+    /// A receive on `socket` failed with something other than `WouldBlock`. Counted and logged (rate-limited),
+    /// and survived: an ICMP error about something we sent (port or protocol unreachable, which anyone on the
+    /// path can forge for the raw ESP socket), memory pressure, an interrupted call. Only an error that says the
+    /// socket itself is unusable ends the daemon, with a message saying so.
+    pub(super) fn on_recv_error(&mut self, socket: &str, e: std::io::Error) -> anyhow::Result<()> {
+        if recv_error_is_fatal(&e) {
+            anyhow::bail!(
+                "receiving on the {socket} socket failed: {e}; the socket is unusable, so vmsecd stops (under systemd \
+                 it is restarted: Restart=on-failure)"
+            );
+        }
+        self.recv_errors += 1;
+        if self.logs.recv_error.allow(Instant::now()) {
+            tracing::warn!(
+                socket,
+                total = self.recv_errors,
+                "receive error, counted and ignored (drops.recv_errors in `vmsecd status --json`): {e}"
+            );
+        }
+        Ok(())
+    }
+
     /// The raw ESP socket is readable: recvmmsg, up to 64 datagrams per call, decrypted in place and merged
     /// for the TUN as for UDP.
-    pub(super) fn on_raw_readable(&mut self, bufs: &mut Buffers) -> std::io::Result<()> {
+    pub(super) fn on_raw_readable(&mut self, bufs: &mut Buffers) -> anyhow::Result<()> {
         let mut merge = gso::Coalescer::new(&mut bufs.coalesce);
         let mut lens = [0usize; sockets::MMSG_MAX];
         let slot = bufs.raw_slot;
@@ -101,7 +123,7 @@ impl Daemon {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+                Err(e) => self.on_recv_error("raw ESP", e)?,
             }
         }
         if !merge.is_empty() {
@@ -152,6 +174,60 @@ impl Daemon {
         if self.datapath.decap(&mut pkt) && !merge.push(pkt.as_slice()) {
             self.deliver_vnet(merge.take());
             merge.push(pkt.as_slice());
+        }
+    }
+}
+
+/// True for the receive errors that mean the socket itself is gone or broken (a bug, or the descriptor closed
+/// under us): nothing later receives will fix them. Everything else (ECONNREFUSED, EHOSTUNREACH, ENETUNREACH,
+/// ENOPROTOOPT from ICMP errors; ENOBUFS, ENOMEM; EINTR; a sender that is not IP) concerns one datagram or one
+/// moment.
+pub(super) fn recv_error_is_fatal(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADF | libc::ENOTSOCK | libc::EFAULT | libc::EINVAL | libc::ENOTCONN)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A UDP socket that sent to a closed port gets the ICMP port unreachable back as ECONNREFUSED on its next
+    /// receive (connected here, as the kernel reports ICMP errors to connected UDP sockets and to raw sockets):
+    /// that error is transient, and the socket keeps receiving after it. Loopback only, no namespace needed.
+    #[test]
+    fn icmp_port_unreachable_is_a_transient_receive_error() {
+        use std::net::UdpSocket;
+        let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let closed_addr = closed.local_addr().unwrap();
+        drop(closed);
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.connect(closed_addr).unwrap();
+        s.send(b"x").unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let e = s.recv(&mut buf).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED), "{e}");
+        assert!(!recv_error_is_fatal(&e));
+        // The socket still works: a datagram from its peer arrives.
+        let peer = UdpSocket::bind(closed_addr).unwrap();
+        peer.send_to(b"after", s.local_addr().unwrap()).unwrap();
+        let n = s.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"after");
+        let closed_fd = std::io::Error::from_raw_os_error(libc::EBADF);
+        assert!(recv_error_is_fatal(&closed_fd));
+        for transient in [
+            libc::ENOBUFS,
+            libc::EINTR,
+            libc::EHOSTUNREACH,
+            libc::ENOPROTOOPT,
+            libc::ENOMEM,
+        ] {
+            assert!(!recv_error_is_fatal(&std::io::Error::from_raw_os_error(
+                transient
+            )));
         }
     }
 }
