@@ -214,3 +214,80 @@ fn forged_icmp_errors_do_not_end_the_daemon() {
     let _ = p.vb.terminate(Duration::from_secs(5));
     let _ = p.va.terminate(Duration::from_secs(5));
 }
+
+/// A local user (uid 65534, through `setpriv`) binds `@vmsecd` in a host's namespace before vmsecd does:
+/// `vmsecd status`, `reload` and `firewall-check` refuse to talk to it, naming its uid and pid, and the
+/// daemon refuses to start, saying who holds the name.
+#[test]
+fn a_squatter_on_the_control_socket_is_named_and_refused() {
+    vmsecd_e2e::netns::require_root_and_ip();
+    require_tool("setpriv", &["--version"], "util-linux");
+    let mut g = NetnsGuard::new("squat");
+    let (a, _b) = g.underlay_pair();
+    let _avm = g.vm_subnet(&a, 1, "avm");
+    let root = g.dir();
+    // The system's python3: uid 65534 may not run one installed under /root (pyenv).
+    let mut squatter = a.spawn(
+        a.command("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+            ])
+            .arg(
+                "import socket,time\n\
+                 s=socket.socket(socket.AF_UNIX); s.bind('\\0vmsecd'); s.listen(8)\n\
+                 print('bound', flush=True); time.sleep(30)",
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(squatter.child_mut().stdout.as_mut().expect("stdout")),
+        &mut line,
+    )
+    .expect("squatter output");
+    if line.trim() != "bound" {
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(
+            squatter.child_mut().stderr.as_mut().expect("stderr"),
+            &mut err,
+        );
+        panic!("the squatter did not bind @vmsecd: {err}");
+    }
+    let held = format!(
+        "control socket @vmsecd is held by uid 65534 pid {}, not by vmsecd as root",
+        squatter.pid()
+    );
+    let bin = vmsecd_e2e::vmsecd::vmsecd_bin();
+    for args in [&["status"][..], &["reload"], &["firewall-check"]] {
+        let out = vmsecd_e2e::netns::output_of(a.command(&bin).args(args));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "vmsecd {args:?} must fail: {err}");
+        assert!(err.contains(&held), "vmsecd {args:?}: {err}");
+    }
+    let mut va = Vmsecd::start(&a, &root.join("a"), &Mesh::two_hosts(PSK), "hA");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = va.try_wait() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "vmsecd must not start while the name is held\n{}",
+            va.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    assert!(va.log().contains(&held), "{}", va.diagnostics());
+    assert!(
+        va.log().contains("vmsecd cannot start while it does"),
+        "{}",
+        va.diagnostics()
+    );
+    squatter.kill();
+}

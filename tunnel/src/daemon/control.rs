@@ -495,7 +495,7 @@ mod tests {
             euid, 0,
             "this test must run as root: it starts a process as uid 65534"
         );
-        let mut child = std::process::Command::new("python3")
+        let mut child = std::process::Command::new("/usr/bin/python3")
             .args([
                 "-c",
                 "import socket,sys,time\n\
@@ -569,7 +569,7 @@ mod tests {
         let name = sock.to_string()[1..].to_owned();
         let out = rt.block_on(async {
             let child = tokio::task::spawn_blocking(move || {
-                std::process::Command::new("python3")
+                std::process::Command::new("/usr/bin/python3")
                     .args([
                         "-c",
                         "import socket,sys\n\
