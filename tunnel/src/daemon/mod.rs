@@ -527,7 +527,7 @@ impl Daemon {
                 reason,
             } => {
                 if spi_in != 0 {
-                    tracing::info!(%peer, spi_in = format!("{spi_in:08x}"), spi_out = format!("{spi_out:08x}"), "Child SA deleted: {reason}");
+                    tracing::info!(%peer, spi_in = format!("{spi_in:08x}"), spi_out = format!("{spi_out:08x}"), "Child SA deleted: {}", logcap::clean(&reason, logcap::MAX_FIELD));
                     self.datapath.remove(&peer, spi_in, spi_out);
                     self.forget(&peer, spi_in);
                     self.pairs.remove(&spi_out);
