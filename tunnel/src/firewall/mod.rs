@@ -582,6 +582,33 @@ fn check_answer(fw: &mut Option<Firewall>) -> String {
     }
 }
 
+/// The commands the firewall thread found queued, coalesced.
+#[derive(Debug)]
+struct Batch {
+    /// The newest configuration to follow: older ones queued before it are skipped.
+    update: Option<Box<Config>>,
+    /// Every check asked for: one check answers them all.
+    checks: Vec<tokio::sync::oneshot::Sender<String>>,
+    /// Whether the rules are to go (the daemon stops).
+    remove: bool,
+}
+
+fn coalesce(cmds: impl Iterator<Item = Cmd>) -> Batch {
+    let mut b = Batch {
+        update: None,
+        checks: Vec::new(),
+        remove: false,
+    };
+    for cmd in cmds {
+        match cmd {
+            Cmd::Update(c) => b.update = Some(c),
+            Cmd::Check(reply) => b.checks.push(reply),
+            Cmd::Remove => b.remove = true,
+        }
+    }
+    b
+}
+
 /// The firewall thread: periodic checks, and the commands of [`Handle`] and [`Checker`], until `Remove` or
 /// until every sender is gone.
 fn worker(mut fw: Option<Firewall>, rx: std::sync::mpsc::Receiver<Cmd>) {
@@ -622,16 +649,11 @@ fn worker(mut fw: Option<Firewall>, rx: std::sync::mpsc::Receiver<Cmd>) {
         };
         // Everything queued meanwhile: updates coalesce (the newest subnets are all that matter), checks are
         // answered by one check.
-        let mut update = None;
-        let mut checks = Vec::new();
-        let mut remove = false;
-        for cmd in std::iter::once(first).chain(rx.try_iter()) {
-            match cmd {
-                Cmd::Update(c) => update = Some(c),
-                Cmd::Check(reply) => checks.push(reply),
-                Cmd::Remove => remove = true,
-            }
-        }
+        let Batch {
+            update,
+            checks,
+            remove,
+        } = coalesce(std::iter::once(first).chain(rx.try_iter()));
         if remove {
             remove_rules(&mut fw);
             for reply in checks {
@@ -752,6 +774,77 @@ pub fn request(socket: &crate::config::ControlSocket, what: &str) -> Result<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A configuration with `firewall = "off"` (nothing runs iptables) and this interface name.
+    fn config(dir: &Path, interface: &str) -> Config {
+        use std::os::unix::fs::PermissionsExt;
+        let psk = dir.join("psk");
+        std::fs::write(&psk, "0123456789abcdef0123456789abcdef\n").unwrap();
+        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mesh = dir.join("mesh.toml");
+        std::fs::write(
+            &mesh,
+            format!(
+                "[mesh]\ninterface = \"{interface}\"\nauth = \"psk\"\npsk_file = \"psk\"\nfirewall = \"off\"\n\
+                 [[host]]\nname = \"b0\"\naddress = \"198.18.0.1\"\nsubnets = [\"198.19.1.0/24\"]\n\
+                 [[host]]\nname = \"c0\"\naddress = \"198.18.0.2\"\nsubnets = [\"198.19.2.0/24\"]\n"
+            ),
+        )
+        .unwrap();
+        Config::load(&mesh, Some("b0"), &[]).unwrap()
+    }
+
+    /// Updates queued while the thread was busy collapse into the newest; every check is answered.
+    #[test]
+    fn queued_updates_coalesce_into_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = |name: &str| Box::new(config(dir.path(), name));
+        let (t1, _r1) = tokio::sync::oneshot::channel();
+        let (t2, _r2) = tokio::sync::oneshot::channel();
+        let b = coalesce(
+            [
+                Cmd::Update(c("vmsec1")),
+                Cmd::Check(t1),
+                Cmd::Update(c("vmsec2")),
+                Cmd::Update(c("vmsec3")),
+                Cmd::Check(t2),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(b.update.unwrap().settings().interface, "vmsec3");
+        assert_eq!(b.checks.len(), 2);
+        assert!(!b.remove);
+    }
+
+    /// `Handle::update` and a check only send messages: the caller (the event loop) never waits for iptables.
+    /// With firewall handling off the thread answers a check with "off", after the updates queued before it.
+    #[test]
+    fn the_handle_answers_from_its_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), "vmsec1");
+        let mut h = Handle::start(&cfg).unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..100 {
+            h.update(&cfg).unwrap();
+        }
+        assert!(
+            t.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            t.elapsed()
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let answer = rt.block_on(h.checker().check_now());
+        assert_eq!(answer, r#"{"firewall":"off"}"#);
+        h.remove();
+        let after = rt.block_on(h.checker().check_now());
+        assert_eq!(
+            after, r#"{"firewall":"off"}"#,
+            "a removed handle has no thread to ask"
+        );
+    }
 
     #[test]
     fn failed_commands_name_the_command_its_stderr_and_input() {
