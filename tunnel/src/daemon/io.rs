@@ -134,6 +134,7 @@ impl Daemon {
     fn on_udp4500(&mut self, data: &mut [u8], from: SocketAddr, merge: &mut gso::Coalescer<'_>) {
         match framing::classify_udp(data) {
             UdpPayload::Ike { offset } => {
+                self.ike_touched = true;
                 self.endpoint
                     .handle(Instant::now(), &data[offset..], from, ike::sa::NAT_T_PORT);
             }

@@ -131,6 +131,10 @@ struct Daemon {
     recv_errors: u64,
     /// Rate limits of the log lines that carry what unauthenticated senders chose.
     logs: logcap::Limits,
+    /// The endpoint's next timer as last asked, and whether the endpoint was called since (see
+    /// `next_deadline`).
+    ike_deadline: Option<Instant>,
+    ike_touched: bool,
 }
 
 /// The address of ours inside our VM subnets for each family (IPv4, IPv6): the source of packets this host
@@ -263,6 +267,8 @@ impl Daemon {
             rekey_asked: Default::default(),
             recv_errors: 0,
             logs: logcap::Limits::new(),
+            ike_deadline: None,
+            ike_touched: true,
         })
     }
 
@@ -279,8 +285,13 @@ impl Daemon {
         );
     }
 
-    fn next_deadline(&self) -> Instant {
-        let ike = self.endpoint.poll_timeout();
+    fn next_deadline(&mut self) -> Instant {
+        // The endpoint's next timer is a scan over every IKE SA, half-open ones included: asked again only after
+        // something touched the endpoint, not after each batch of ESP or TUN packets.
+        if std::mem::take(&mut self.ike_touched) {
+            self.ike_deadline = self.endpoint.poll_timeout();
+        }
+        let ike = self.ike_deadline;
         let init = self.initiation.values().filter_map(|i| i.next).min();
         [ike, init]
             .into_iter()
@@ -336,6 +347,7 @@ impl Daemon {
                 }
                 r = self.udp500.recv_from(udp500_buf) => match r {
                     Ok((len, from)) => {
+                        self.ike_touched = true;
                         self.endpoint.handle(Instant::now(), &udp500_buf[..len], from, ike::sa::IKE_PORT);
                     }
                     Err(e) => self.on_recv_error("UDP 500", e)?,
@@ -346,10 +358,13 @@ impl Daemon {
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     let now = Instant::now();
+                    self.ike_touched = true;
                     self.endpoint.handle_timeout(now);
                     self.initiate_due(now);
                 }
                 Some(req) = requests.recv() => {
+                    // A reload changes the endpoint's peers.
+                    self.ike_touched = true;
                     let body = match req.what.as_str() {
                         "status" => serde_json::to_string(&self.status())?,
                         "reload" => self.reload_answer(Instant::now()),
@@ -360,10 +375,12 @@ impl Daemon {
                 }
                 _ = seq_check.tick() => {
                     let now = Instant::now();
+                    self.ike_touched = true;
                     self.rekey_running_low(now);
                     self.logs.flush(now);
                 }
                 _ = hup.recv() => {
+                    self.ike_touched = true;
                     let _ = self.reload_answer(Instant::now());
                 }
                 _ = term.recv() => return self.shutdown().await,
@@ -412,9 +429,12 @@ impl Daemon {
     /// Sends what IKE queued and acts on its events.
     async fn pump(&mut self) {
         while let Some(t) = self.endpoint.poll_transmit() {
+            self.ike_touched = true;
             self.send_ike(&t).await;
         }
         while let Some(e) = self.endpoint.poll_event() {
+            // Acting on an event may call the endpoint again (a learned subnet refused deletes the peer's SA).
+            self.ike_touched = true;
             self.on_event(e);
         }
     }
