@@ -146,6 +146,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             private_key,
             libvirt_dirs,
         } => {
+            // Before any secret is read: a crash must not write the PSK or a private key to a core file.
+            daemon::forbid_core_dumps().context("cannot disable core dumps")?;
             let mut config =
                 load_with_private_key(&config, host.as_deref(), private_key.as_deref())?;
             let libvirt_dirs = libvirt_dirs_or_default(libvirt_dirs);

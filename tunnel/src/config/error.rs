@@ -227,6 +227,18 @@ pub enum PskError {
         /// Its permission bits.
         mode: u32,
     },
+    /// Owned by a user other than root or the daemon's own: that user can read or replace the key.
+    #[error(
+        "{path} is owned by uid {uid}: the pre-shared key file must belong to root (or to the user vmsecd runs \
+         as), or that user can read and replace the key: chown root:root {path}",
+        path = .path.display()
+    )]
+    Owner {
+        /// The file.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
     /// Fewer than [`super::PSK_MIN_LEN`] bytes.
     #[error(
         "{path} holds {len} bytes: a pre-shared key needs at least {min} (e.g. openssl rand -base64 32)",

@@ -19,7 +19,7 @@ pub struct Psk {
 }
 
 impl Psk {
-    /// Reads and checks the key file: a regular file, no access for group or others (`mode & 0o077 == 0`), at
+    /// Reads and checks the key file: a regular file owned by root or by the user we run as, no access for group or others (`mode & 0o077 == 0`), at
     /// least [`PSK_MIN_LEN`] bytes once one final newline (`\n` or `\r\n`) is removed, at most [`PSK_MAX_LEN`].
     ///
     /// The secret is the file's bytes as they are otherwise: `openssl rand -base64 32 > psk` gives the 44
@@ -34,6 +34,16 @@ impl Psk {
         if !meta.is_file() {
             return Err(PskError::NotAFile {
                 path: path.to_owned(),
+            });
+        }
+        // Mode 0600 protects nothing if the owner is someone else: that user reads the key, or replaces it with
+        // one of theirs and so decides whom this host trusts.
+        let uid = std::os::unix::fs::MetadataExt::uid(&meta);
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if uid != 0 && uid != unsafe { libc::geteuid() } {
+            return Err(PskError::Owner {
+                path: path.to_owned(),
+                uid,
             });
         }
         let mode = meta.permissions().mode() & 0o7777;
@@ -90,5 +100,41 @@ impl fmt::Debug for Psk {
             .field("path", &self.path)
             .field("secret", &format_args!("<redacted>"))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn key_file(dir: &Path) -> PathBuf {
+        let path = dir.join("psk");
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(b"0123456789abcdef0123456789abcdef\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    /// A key file of mode 0600 that belongs to another user (here nobody, uid 65534) is refused, with the
+    /// command that fixes it; once it is root's again it is read. Needs root (to chown).
+    #[test]
+    fn key_file_owned_by_another_user_is_refused() {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "this test must run as root: it gives the key file to uid 65534"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = key_file(dir.path());
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        let e = Psk::read(&path).unwrap_err();
+        assert!(matches!(e, PskError::Owner { uid: 65534, .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains("uid 65534"), "{text}");
+        assert!(text.contains("chown root:root"), "{text}");
+        std::os::unix::fs::chown(&path, Some(0), Some(0)).unwrap();
+        assert_eq!(Psk::read(&path).unwrap().secret().len(), 32);
     }
 }

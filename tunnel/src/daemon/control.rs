@@ -1,8 +1,10 @@
 //! The control socket: `vmsecd status` asks, the daemon answers with one JSON document.
 //!
 //! The default socket is abstract (`@vmsecd`), so it belongs to the network namespace: two daemons in two
-//! namespaces never see each other's. Abstract sockets have no file permissions, so the daemon checks that
-//! the caller is root.
+//! namespaces never see each other's. Abstract sockets have no file permissions, and any local user may bind
+//! the name first: so both ends check the other's credentials (SO_PEERCRED). The daemon serves root only; every
+//! client (`vmsecd status`, `reload`, `firewall-check`, the libvirt hook) refuses a server that is not root.
+//! Clients are served in tasks of their own, with timeouts (see [`serve`]): none can stall the event loop.
 
 use std::time::Duration;
 
@@ -120,6 +122,10 @@ pub struct GlobalDrops {
     pub policy: u64,
     /// Outbound packets that could not be encapsulated.
     pub encap_failed: u64,
+    /// Receive errors the daemon survived on its IKE and ESP sockets: ICMP errors (which anyone on the path can
+    /// send), memory pressure (ENOBUFS, ENOMEM), interrupted calls.
+    #[serde(default)]
+    pub recv_errors: u64,
 }
 
 fn std_addr(sock: &ControlSocket) -> std::io::Result<std::os::unix::net::SocketAddr> {
@@ -132,21 +138,102 @@ fn std_addr(sock: &ControlSocket) -> std::io::Result<std::os::unix::net::SocketA
     }
 }
 
+/// The credentials (SO_PEERCRED) of the process at the other end of a Unix stream socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cred {
+    /// Its effective user id when it connected or bound.
+    pub uid: u32,
+    /// Its process id.
+    pub pid: i32,
+}
+
+/// The credentials of the other end of a connected Unix stream socket.
+pub fn peer_cred(fd: &impl std::os::fd::AsFd) -> std::io::Result<Cred> {
+    use std::os::fd::AsRawFd;
+    let mut c = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: a valid descriptor, and a ucred buffer of the stated size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut c as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Cred {
+        uid: c.uid,
+        pid: c.pid,
+    })
+}
+
+/// The message for a control socket held by someone other than root: any local user can bind an abstract name
+/// first, and would then read what `vmsecd reload` and the libvirt hook send and answer what it likes.
+pub fn squatter_message(sock: &ControlSocket, c: Cred) -> String {
+    format!(
+        "control socket {sock} is held by uid {} pid {}, not by vmsecd as root; that process may be impersonating \
+         vmsecd: see what it is (ps -o user,pid,cmd -p {}), stop it, and restart vmsecd",
+        c.uid, c.pid, c.pid
+    )
+}
+
+/// Checks that the server end of a freshly connected control socket is root's.
+pub fn check_server(stream: &impl std::os::fd::AsFd, sock: &ControlSocket) -> anyhow::Result<()> {
+    let c = peer_cred(stream).map_err(|e| {
+        anyhow::anyhow!("cannot tell who holds the control socket {sock} (SO_PEERCRED): {e}")
+    })?;
+    if c.uid != 0 {
+        anyhow::bail!("{}", squatter_message(sock, c));
+    }
+    Ok(())
+}
+
+/// Who holds `sock` now, if anyone answers on it.
+fn holder(sock: &ControlSocket) -> Option<Cred> {
+    let s = std::os::unix::net::UnixStream::connect_addr(&std_addr(sock).ok()?).ok()?;
+    peer_cred(&s).ok()
+}
+
+/// Says who holds a control socket that cannot be bound.
+fn in_use(sock: &ControlSocket, e: &std::io::Error) -> anyhow::Error {
+    match holder(sock) {
+        Some(c) if c.uid == 0 => anyhow::anyhow!(
+            "control socket {sock} is in use by pid {} (root): another vmsecd runs in this network namespace; stop \
+             it first, or give this one another socket (--control)",
+            c.pid
+        ),
+        Some(c) => anyhow::anyhow!("{}; vmsecd cannot start while it does", squatter_message(sock, c)),
+        None => anyhow::anyhow!(
+            "cannot bind control socket {sock}: {e} (another vmsecd in this network namespace?)"
+        ),
+    }
+}
+
 /// Binds the control socket (a stale socket file from a crashed daemon is replaced).
 pub(crate) fn listen(sock: &ControlSocket) -> anyhow::Result<UnixListener> {
     if let ControlSocket::Path(p) = sock {
         if std::os::unix::net::UnixStream::connect(p).is_ok() {
-            anyhow::bail!(
-                "control socket {} is in use: another vmsecd runs here",
-                p.display()
-            );
+            return Err(in_use(
+                sock,
+                &std::io::Error::from(std::io::ErrorKind::AddrInUse),
+            ));
         }
         let _ = std::fs::remove_file(p);
     }
     let l = std::os::unix::net::UnixListener::bind_addr(&std_addr(sock)?).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot bind control socket {sock}: {e} (another vmsecd in this network namespace?)"
-        )
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            in_use(sock, &e)
+        } else {
+            anyhow::anyhow!("cannot bind control socket {sock}: {e}")
+        }
     })?;
     l.set_nonblocking(true)?;
     if let ControlSocket::Path(p) = sock {
@@ -163,24 +250,124 @@ pub(crate) fn cleanup(sock: &ControlSocket) {
     }
 }
 
-/// Reads one request line from an accepted connection; `None` if the caller is not root or says nothing.
-pub(crate) async fn read_request(stream: &mut UnixStream) -> Option<String> {
-    match stream.peer_cred() {
-        Ok(c) if c.uid() == 0 => {}
-        _ => {
-            let _ = stream
-                .write_all(b"{\"error\":\"vmsecd status needs root\"}\n")
-                .await;
-            return None;
+/// Reading the request and writing the answer each get this long: a client that says nothing or reads nothing
+/// is dropped after it.
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest request line (`firewall-check` is the longest request).
+pub(crate) const MAX_REQUEST: usize = 64;
+/// Clients served at once; more are refused at once.
+pub(crate) const MAX_CLIENTS: usize = 16;
+/// How long a client waits for the event loop's answer (a reload reads files).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The answer to a client that is not root.
+const NOT_ROOT: &str = "{\"error\":\"the vmsecd control socket serves root only\"}\n";
+
+/// A request the event loop answers (`status`, `reload`): the answer, one JSON document, goes back on `reply`.
+pub(crate) struct Request {
+    pub(crate) what: String,
+    pub(crate) reply: tokio::sync::oneshot::Sender<String>,
+}
+
+/// Serves the control socket in tasks of its own, so that no client can stall the event loop: each connection
+/// is checked (root only), its one request line read within [`IO_TIMEOUT`] and [`MAX_REQUEST`] bytes, passed
+/// to the loop on `to_loop` (or to the firewall thread), and the answer written within [`IO_TIMEOUT`]. At most
+/// [`MAX_CLIENTS`] at once.
+pub(crate) fn serve(
+    listener: UnixListener,
+    to_loop: tokio::sync::mpsc::Sender<Request>,
+    firewall: crate::firewall::Checker,
+) -> tokio::task::JoinHandle<()> {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                // EMFILE and the like: wait a little instead of spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            // Root only, decided before the client takes a slot (and without waiting on it): other users cannot
+            // crowd root's clients out.
+            if !matches!(stream.peer_cred(), Ok(c) if c.uid() == 0) {
+                let _ = stream.try_write(NOT_ROOT.as_bytes());
+                continue;
+            }
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                // Full: drop it (the client sees the connection closed).
+                continue;
+            };
+            let to_loop = to_loop.clone();
+            let firewall = firewall.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                serve_one(stream, to_loop, firewall).await;
+            });
         }
+    })
+}
+
+async fn serve_one(
+    mut stream: UnixStream,
+    to_loop: tokio::sync::mpsc::Sender<Request>,
+    firewall: crate::firewall::Checker,
+) {
+    let Some(req) = read_request(&mut stream).await else {
+        return;
+    };
+    let answer = answer(req, &to_loop, &firewall).await;
+    let _ = tokio::time::timeout(
+        IO_TIMEOUT,
+        stream.write_all(format!("{answer}\n").as_bytes()),
+    )
+    .await;
+}
+
+async fn answer(
+    req: String,
+    to_loop: &tokio::sync::mpsc::Sender<Request>,
+    firewall: &crate::firewall::Checker,
+) -> String {
+    match req.as_str() {
+        "firewall-check" => firewall.check_now().await,
+        "status" | "reload" => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if to_loop.send(Request { what: req, reply: tx }).await.is_err() {
+                return r#"{"error":"vmsecd is shutting down"}"#.to_owned();
+            }
+            match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+                Ok(Ok(a)) => a,
+                _ => r#"{"error":"vmsecd did not answer in time"}"#.to_owned(),
+            }
+        }
+        other => serde_json::json!({ "error": format!("unknown request {:?}", crate::daemon::logcap::clean(&other, MAX_REQUEST)) }).to_string(),
     }
-    let mut line = String::new();
-    let mut r = BufReader::new(stream);
-    tokio::time::timeout(Duration::from_secs(2), r.read_line(&mut line))
-        .await
-        .ok()?
-        .ok()?;
-    Some(line.trim().to_owned())
+}
+
+/// Reads one request line, at most [`MAX_REQUEST`] bytes, within [`IO_TIMEOUT`]; `None` if the client says
+/// nothing in time, too much, or not text.
+pub(crate) async fn read_request(stream: &mut UnixStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; MAX_REQUEST + 1];
+    let mut len = 0;
+    let read = async {
+        while len < buf.len() {
+            let n = stream.read(&mut buf[len..]).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+            if buf[..len].contains(&b'\n') {
+                break;
+            }
+        }
+        Some(())
+    };
+    tokio::time::timeout(IO_TIMEOUT, read).await.ok()??;
+    let line = buf[..len].split(|b| *b == b'\n').next()?;
+    if line.len() > MAX_REQUEST {
+        return None;
+    }
+    Some(std::str::from_utf8(line).ok()?.trim().to_owned())
 }
 
 /// Asks the daemon behind `sock` for its status.
@@ -192,6 +379,7 @@ pub async fn query(sock: &ControlSocket) -> anyhow::Result<Status> {
              (or give --control)?"
         )
     })?;
+    check_server(&std, sock)?;
     std.set_nonblocking(true)?;
     let mut s = UnixStream::from_std(std)?;
     s.write_all(b"status\n").await?;
@@ -278,8 +466,8 @@ pub fn render(s: &Status) -> String {
     }
     let d = &s.drops;
     out += &format!(
-        "drops: unknown SPI {}, no SA yet {}, no route {}, policy {}, encap {}\n",
-        d.no_sa_in, d.no_sa_out, d.no_route, d.policy, d.encap_failed
+        "drops: unknown SPI {}, no SA yet {}, no route {}, policy {}, encap {}; receive errors {}\n",
+        d.no_sa_in, d.no_sa_out, d.no_route, d.policy, d.encap_failed, d.recv_errors
     );
     out
 }
@@ -290,5 +478,184 @@ fn human(b: u64) -> String {
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
         b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
         b => format!("{b} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufRead as _;
+
+    /// A process of uid 65534 (nobody) that binds the abstract socket `name` and holds it; its PID. Needs root.
+    fn squatter(name: &str) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "this test must run as root: it starts a process as uid 65534"
+        );
+        let mut child = std::process::Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import socket,sys,time\n\
+                 s=socket.socket(socket.AF_UNIX)\n\
+                 s.bind('\\0'+sys.argv[1]); s.listen(8)\n\
+                 print('bound', flush=True)\n\
+                 time.sleep(60)",
+                name,
+            ])
+            .uid(65534)
+            .gid(65534)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 is needed by this test");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "bound");
+        child
+    }
+
+    fn unique(what: &str) -> ControlSocket {
+        ControlSocket::Abstract(format!("vmsecd-test-{}-{what}", std::process::id()))
+    }
+
+    /// A local user holds the control socket's name: `vmsecd status` (query) and `reload`, `firewall-check` and
+    /// the libvirt hook (firewall::request) refuse to talk to it, naming its uid and pid; the daemon, which
+    /// cannot bind, says who holds the name.
+    #[test]
+    fn a_squatter_on_the_control_socket_is_refused_by_clients_and_named_by_the_daemon() {
+        let sock = unique("squat");
+        let mut child = squatter(&sock.to_string()[1..]);
+        let pid = child.id();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = rt.block_on(query(&sock)).unwrap_err().to_string();
+        let e2 = crate::firewall::request(&sock, "reload")
+            .unwrap_err()
+            .to_string();
+        let e3 = rt
+            .block_on(async { listen(&sock).map(|_| ()) })
+            .unwrap_err()
+            .to_string();
+        let _ = child.kill();
+        let _ = child.wait();
+        let held = format!("is held by uid 65534 pid {pid}, not by vmsecd as root");
+        for text in [&e, &e2, &e3] {
+            assert!(text.contains(&held), "{text}");
+            assert!(text.contains(&sock.to_string()), "{text}");
+        }
+        assert!(e3.contains("vmsecd cannot start while it does"), "{e3}");
+    }
+
+    /// A client that is not root gets the refusal at once, and takes no slot.
+    #[test]
+    fn clients_other_than_root_are_refused() {
+        use std::os::unix::process::CommandExt;
+        let sock = unique("nonroot");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let _server = rt.block_on(async {
+            let server = serve(listen(&sock).unwrap(), tx, crate::firewall::Checker::off());
+            Some(server)
+        });
+        let name = sock.to_string()[1..].to_owned();
+        let out = rt.block_on(async {
+            let child = tokio::task::spawn_blocking(move || {
+                std::process::Command::new("/usr/bin/python3")
+                    .args([
+                        "-c",
+                        "import socket,sys\n\
+                     s=socket.socket(socket.AF_UNIX); s.connect('\\0'+sys.argv[1])\n\
+                     print(s.recv(200).decode())",
+                        &name,
+                    ])
+                    .uid(65534)
+                    .output()
+            });
+            tokio::time::timeout(Duration::from_secs(10), child)
+                .await
+                .expect("the client finished within 10 s")
+                .unwrap()
+                .expect("python3 is needed by this test")
+        });
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("serves root only"), "{text:?} {out:?}");
+    }
+
+    /// Clients that connect and never send, or send and never read, hold neither the event loop nor the other
+    /// clients: a status request still gets its answer at once, while as many stuck clients as there are slots
+    /// minus one are connected, and stuck clients are dropped after the timeout.
+    #[test]
+    fn stuck_clients_do_not_delay_other_requests() {
+        let sock = unique("stuck");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Request>(4);
+            let _server = serve(listen(&sock).unwrap(), tx, crate::firewall::Checker::off());
+            // The "event loop": answers at once.
+            tokio::spawn(async move {
+                while let Some(r) = rx.recv().await {
+                    let _ = r.reply.send(format!("{{\"answer\":\"{}\"}}", r.what));
+                }
+            });
+            let connect = || {
+                let s = std::os::unix::net::UnixStream::connect_addr(&std_addr(&sock).unwrap())
+                    .unwrap();
+                s.set_nonblocking(true).unwrap();
+                UnixStream::from_std(s).unwrap()
+            };
+            // Silent clients, and clients that ask and never read (with a receive buffer the answer fills).
+            let mut stuck = Vec::new();
+            for i in 0..MAX_CLIENTS - 1 {
+                let mut s = connect();
+                if i % 2 == 0 {
+                    s.write_all(b"status\n").await.unwrap();
+                }
+                stuck.push(s);
+            }
+            let t = std::time::Instant::now();
+            let mut s = connect();
+            s.write_all(b"status\n").await.unwrap();
+            let mut line = String::new();
+            BufReader::new(&mut s).read_line(&mut line).await.unwrap();
+            assert_eq!(line.trim(), r#"{"answer":"status"}"#);
+            assert!(
+                t.elapsed() < Duration::from_millis(500),
+                "{:?}",
+                t.elapsed()
+            );
+            // A request line longer than MAX_REQUEST is not served.
+            let mut s = connect();
+            s.write_all(&[b'a'; 200]).await.unwrap();
+            let mut buf = Vec::new();
+            let n = tokio::time::timeout(
+                IO_TIMEOUT * 2,
+                tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf),
+            )
+            .await
+            .expect("closed within the timeout")
+            .unwrap_or(0);
+            assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf));
+            // The silent ones are dropped after the timeout: their read sees the end.
+            let mut buf = [0u8; 64];
+            let r = tokio::time::timeout(
+                IO_TIMEOUT * 2,
+                tokio::io::AsyncReadExt::read(&mut stuck[1], &mut buf),
+            )
+            .await
+            .expect("a silent client is dropped within the timeout");
+            assert_eq!(r.unwrap(), 0);
+        });
     }
 }

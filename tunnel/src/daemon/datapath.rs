@@ -29,6 +29,10 @@ pub(crate) enum Wire {
     Raw(IpAddr),
 }
 
+/// Most replaced outbound SAs a lane keeps in `standby`. One is the usual case (the pair a rekey replaced, until
+/// its delete arrives); a few cover rekeys that overlap with a duplicate IKE SA.
+const STANDBY_MAX: usize = 4;
+
 struct PeerPath {
     name: String,
     /// One lane per distinct pair of selectors the peer's Child SAs cover: usually one lane for all subnets; a
@@ -249,6 +253,12 @@ impl Datapath {
             let p = o.peers[i].lane(c);
             if let (Some(old), Some(old_wire)) = (p.out.take(), p.wire) {
                 p.standby.push((old, old_wire));
+                // A peer that rekeys without deleting the old pairs (or a stream of duplicate IKE SAs) must not
+                // grow this list: the oldest pairs are the least likely to be still up at the peer.
+                if p.standby.len() > STANDBY_MAX {
+                    let excess = p.standby.len() - STANDBY_MAX;
+                    p.standby.drain(..excess);
+                }
             }
             if let Some((spi, _, _)) = p.pending.take() {
                 self.waiting.retain(|w| w.1 != spi);
@@ -638,6 +648,31 @@ mod tests {
         assert_eq!(send(&mut d), 0x2001, "it still sends");
         d.install(&new, 64).unwrap();
         assert!(d.running_low().is_empty(), "the rekeyed pair starts afresh");
+    }
+
+    /// A peer that rekeys again and again without ever deleting the old pairs: the replaced outbound SAs kept
+    /// for fallback stay bounded (the oldest go), and the newest of them still takes over when the current
+    /// one is removed.
+    #[test]
+    fn replaced_outbound_sas_are_trimmed() {
+        let mut d = datapath();
+        for k in 0..50u32 {
+            d.install(&child(0x1000 + k, 0x2000 + k, (k % 100) as u8 * 2), 64)
+                .unwrap();
+        }
+        assert_eq!(send(&mut d), 0x2000 + 49);
+        let kept: Vec<u32> = d.out.read().peers[0].lanes[0]
+            .standby
+            .iter()
+            .map(|(o, _)| o.params().spi)
+            .collect();
+        assert_eq!(kept, [0x2000 + 45, 0x2000 + 46, 0x2000 + 47, 0x2000 + 48]);
+        d.remove("p", 0x1000 + 49, 0x2000 + 49);
+        assert_eq!(
+            send(&mut d),
+            0x2000 + 48,
+            "the newest replaced pair carries on"
+        );
     }
 
     /// Sends a packet between two addresses; returns the SPI it went out on, if any.

@@ -61,7 +61,7 @@ impl Daemon {
 
     /// UDP 4500 is readable: receive GRO batches until none is queued (or BATCH of them), decrypt in place,
     /// write the inner packets to the TUN, merged where they continue one TCP flow.
-    pub(super) fn on_udp4500_readable(&mut self, bufs: &mut Buffers) -> std::io::Result<()> {
+    pub(super) fn on_udp4500_readable(&mut self, bufs: &mut Buffers) -> anyhow::Result<()> {
         let mut merge = gso::Coalescer::new(&mut bufs.coalesce);
         for _ in 0..BATCH {
             match sockets::recv_gro(&self.udp4500, &mut bufs.udp) {
@@ -71,7 +71,7 @@ impl Daemon {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+                Err(e) => self.on_recv_error("UDP 4500", e)?,
             }
         }
         if !merge.is_empty() {
@@ -80,9 +80,17 @@ impl Daemon {
         Ok(())
     }
 
+    /// A receive on `socket` failed with something other than `WouldBlock`. Counted and logged (rate-limited),
+    /// and survived: an ICMP error about something we sent (port or protocol unreachable, which anyone on the
+    /// path can forge for the raw ESP socket), memory pressure, an interrupted call. Only an error that says the
+    /// socket itself is unusable ends the daemon, with a message saying so.
+    pub(super) fn on_recv_error(&mut self, socket: &str, e: std::io::Error) -> anyhow::Result<()> {
+        survive_recv_error(&mut self.recv_errors, &mut self.logs.recv_error, socket, e)
+    }
+
     /// The raw ESP socket is readable: recvmmsg, up to 64 datagrams per call, decrypted in place and merged
     /// for the TUN as for UDP.
-    pub(super) fn on_raw_readable(&mut self, bufs: &mut Buffers) -> std::io::Result<()> {
+    pub(super) fn on_raw_readable(&mut self, bufs: &mut Buffers) -> anyhow::Result<()> {
         let mut merge = gso::Coalescer::new(&mut bufs.coalesce);
         let mut lens = [0usize; sockets::MMSG_MAX];
         let slot = bufs.raw_slot;
@@ -101,7 +109,7 @@ impl Daemon {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+                Err(e) => self.on_recv_error("raw ESP", e)?,
             }
         }
         if !merge.is_empty() {
@@ -126,6 +134,7 @@ impl Daemon {
     fn on_udp4500(&mut self, data: &mut [u8], from: SocketAddr, merge: &mut gso::Coalescer<'_>) {
         match framing::classify_udp(data) {
             UdpPayload::Ike { offset } => {
+                self.ike_touched = true;
                 self.endpoint
                     .handle(Instant::now(), &data[offset..], from, ike::sa::NAT_T_PORT);
             }
@@ -153,5 +162,113 @@ impl Daemon {
             self.deliver_vnet(merge.take());
             merge.push(pkt.as_slice());
         }
+    }
+}
+
+/// [`Daemon::on_recv_error`]: counts `e` into `count` and logs it within `limit`, or says why it is fatal.
+pub(super) fn survive_recv_error(
+    count: &mut u64,
+    limit: &mut super::logcap::Limiter,
+    socket: &str,
+    e: std::io::Error,
+) -> anyhow::Result<()> {
+    if recv_error_is_fatal(&e) {
+        anyhow::bail!(
+            "receiving on the {socket} socket failed: {e}; the socket is unusable, so vmsecd stops (under systemd \
+             it is restarted: Restart=on-failure)"
+        );
+    }
+    *count += 1;
+    if limit.allow(Instant::now()) {
+        tracing::warn!(
+            socket,
+            total = *count,
+            "receive error, counted and ignored (drops.recv_errors in `vmsecd status --json`): {e}"
+        );
+    }
+    Ok(())
+}
+
+/// True for the receive errors that mean the socket itself is gone or broken (a bug, or the descriptor closed
+/// under us): nothing later receives will fix them. Everything else (ECONNREFUSED, EHOSTUNREACH, ENETUNREACH,
+/// ENOPROTOOPT from ICMP errors; ENOBUFS, ENOMEM; EINTR; a sender that is not IP) concerns one datagram or one
+/// moment.
+pub(super) fn recv_error_is_fatal(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADF | libc::ENOTSOCK | libc::EFAULT | libc::EINVAL | libc::ENOTCONN)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A UDP socket that sent to a closed port gets the ICMP port unreachable back as ECONNREFUSED on its next
+    /// receive, through the daemon's own receive call (`recv_gro`). (Linux reports ICMP errors only to connected
+    /// UDP and raw sockets, or with IP_RECVERR: the daemon's sockets are neither today, which is why this uses a
+    /// connected one.) The daemon's handling counts it, and the socket keeps receiving after it; a closed
+    /// descriptor (EBADF) is fatal, with a message saying so. Loopback only, no namespace needed.
+    #[test]
+    fn icmp_port_unreachable_is_counted_and_survived() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let closed_addr = closed.local_addr().unwrap();
+            drop(closed);
+            let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            s.connect(closed_addr).await.unwrap();
+            s.send(b"x").await.unwrap();
+            // The ICMP error is queued at once (loopback); a datagram from the peer after it makes the socket
+            // readable for tokio (which does not wake a reader for an error alone).
+            let peer = std::net::UdpSocket::bind(closed_addr).unwrap();
+            peer.send_to(b"after", s.local_addr().unwrap()).unwrap();
+            let mut buf = vec![0u8; 2048];
+            let mut limit = crate::daemon::logcap::Limiter::new("test", 10, 2);
+            let mut count = 0;
+            let mut got = Vec::new();
+            tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                while got.len() < 2 {
+                    s.readable().await.unwrap();
+                    match sockets::recv_gro(&s, &mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => {
+                            assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED), "{e}");
+                            survive_recv_error(&mut count, &mut limit, "UDP test", e).unwrap();
+                            got.push(None);
+                        }
+                        Ok((n, from, _)) => got.push(Some((buf[..n].to_vec(), from))),
+                    }
+                }
+            })
+            .await
+            .expect("the ICMP error and the datagram arrive");
+            assert_eq!(count, 1);
+            // The socket still works after the error: the peer's datagram arrives.
+            assert_eq!(got, [None, Some((b"after".to_vec(), closed_addr))]);
+            for transient in [
+                libc::ENOBUFS,
+                libc::EINTR,
+                libc::EHOSTUNREACH,
+                libc::ENOPROTOOPT,
+                libc::ENOMEM,
+            ] {
+                let e = std::io::Error::from_raw_os_error(transient);
+                survive_recv_error(&mut count, &mut limit, "UDP test", e).unwrap();
+            }
+            assert_eq!(count, 6);
+            let closed_fd = std::io::Error::from_raw_os_error(libc::EBADF);
+            let fatal = survive_recv_error(&mut count, &mut limit, "UDP test", closed_fd)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                fatal.contains("the UDP test socket failed") && fatal.contains("vmsecd stops"),
+                "{fatal}"
+            );
+            assert_eq!(count, 6);
+        });
     }
 }

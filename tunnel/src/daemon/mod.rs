@@ -12,6 +12,7 @@ mod datapath;
 mod gso;
 mod io;
 mod learned;
+pub(crate) mod logcap;
 mod peers;
 mod reload;
 mod sockets;
@@ -45,6 +46,25 @@ pub enum Error {
     /// The event loop failed.
     #[error("{0:#}")]
     Runtime(anyhow::Error),
+}
+
+/// Keeps the keys out of core files: no core dump at all (RLIMIT_CORE 0), and the process not dumpable
+/// (PR_SET_DUMPABLE 0), which also stops other processes of the same uid from reading its memory through
+/// /proc or ptrace. Called first thing in `vmsecd run`, before the PSK or a private key is read.
+pub fn forbid_core_dumps() -> std::io::Result<()> {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit for the call's duration.
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: PR_SET_DUMPABLE takes one integer argument; the others are ignored.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Reads (TUN) or receives (UDP) per wake-up.
@@ -93,7 +113,8 @@ struct Daemon {
     udp500: UdpSocket,
     udp4500: UdpSocket,
     raw: sockets::RawEsp,
-    control: tokio::net::UnixListener,
+    /// The control socket, until `run` hands it to the tasks that serve it (`control::serve`).
+    control: Option<tokio::net::UnixListener>,
     initiation: HashMap<String, Initiation>,
     firewall: crate::firewall::Handle,
     /// The TUN's interface index, for routes added on reload.
@@ -108,6 +129,14 @@ struct Daemon {
     /// SA's sequence numbers run low; and the outbound SPIs already asked for.
     pairs: HashMap<u32, u32>,
     rekey_asked: std::collections::HashSet<u32>,
+    /// Receive errors survived on the sockets (`drops.recv_errors` in the status).
+    recv_errors: u64,
+    /// Rate limits of the log lines that carry what unauthenticated senders chose.
+    logs: logcap::Limits,
+    /// The endpoint's next timer as last asked, and whether the endpoint was called since (see
+    /// `next_deadline`).
+    ike_deadline: Option<Instant>,
+    ike_touched: bool,
 }
 
 /// The address of ours inside our VM subnets for each family (IPv4, IPv6): the source of packets this host
@@ -237,7 +266,7 @@ impl Daemon {
             udp500,
             udp4500,
             raw,
-            control,
+            control: Some(control),
             initiation,
             firewall: crate::firewall::Handle::start(&config)?,
             config,
@@ -247,6 +276,10 @@ impl Daemon {
             learned: HashMap::new(),
             pairs: HashMap::new(),
             rekey_asked: Default::default(),
+            recv_errors: 0,
+            logs: logcap::Limits::new(),
+            ike_deadline: None,
+            ike_touched: true,
         })
     }
 
@@ -273,8 +306,13 @@ impl Daemon {
         );
     }
 
-    fn next_deadline(&self) -> Instant {
-        let ike = self.endpoint.poll_timeout();
+    fn next_deadline(&mut self) -> Instant {
+        // The endpoint's next timer is a scan over every IKE SA, half-open ones included: asked again only after
+        // something touched the endpoint, not after each batch of ESP or TUN packets.
+        if std::mem::take(&mut self.ike_touched) {
+            self.ike_deadline = self.endpoint.poll_timeout();
+        }
+        let ike = self.ike_deadline;
         let init = self.initiation.values().filter_map(|i| i.next).min();
         [ike, init]
             .into_iter()
@@ -291,43 +329,79 @@ impl Daemon {
         let mut udp500_buf = vec![0u8; 65536];
         let mut seq_check = tokio::time::interval(SEQ_CHECK_INTERVAL);
         seq_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Control clients are served by tasks of their own; only their parsed requests reach this loop.
+        let (to_loop, mut requests) = tokio::sync::mpsc::channel(control::MAX_CLIENTS);
+        let server = self
+            .control
+            .take()
+            .map(|l| control::serve(l, to_loop, self.firewall.checker()));
+        let r = self
+            .event_loop(
+                &mut bufs,
+                &mut udp500_buf,
+                &mut seq_check,
+                &mut requests,
+                [&mut term, &mut int, &mut hup],
+            )
+            .await;
+        if let Some(s) = server {
+            s.abort();
+        }
+        r
+    }
+
+    async fn event_loop(
+        &mut self,
+        bufs: &mut io::Buffers,
+        udp500_buf: &mut [u8],
+        seq_check: &mut tokio::time::Interval,
+        requests: &mut tokio::sync::mpsc::Receiver<control::Request>,
+        [term, int, hup]: [&mut tokio::signal::unix::Signal; 3],
+    ) -> anyhow::Result<()> {
         loop {
             let deadline = tokio::time::Instant::from_std(self.next_deadline());
             tokio::select! {
-                r = self.tun.read_vnet(bufs.tx.read_buf()) => self.on_tun_readable(&mut bufs, r?)?,
+                r = self.tun.read_vnet(bufs.tx.read_buf()) => self.on_tun_readable(bufs, r?)?,
                 r = self.udp4500.readable() => {
                     r?;
-                    self.on_udp4500_readable(&mut bufs)?;
+                    self.on_udp4500_readable(bufs)?;
                 }
-                r = self.udp500.recv_from(&mut udp500_buf) => {
-                    let (len, from) = r?;
-                    self.endpoint.handle(Instant::now(), &udp500_buf[..len], from, ike::sa::IKE_PORT);
-                }
+                r = self.udp500.recv_from(udp500_buf) => match r {
+                    Ok((len, from)) => {
+                        self.ike_touched = true;
+                        self.endpoint.handle(Instant::now(), &udp500_buf[..len], from, ike::sa::IKE_PORT);
+                    }
+                    Err(e) => self.on_recv_error("UDP 500", e)?,
+                },
                 r = self.raw.readable() => {
                     r?;
-                    self.on_raw_readable(&mut bufs)?;
+                    self.on_raw_readable(bufs)?;
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     let now = Instant::now();
+                    self.ike_touched = true;
                     self.endpoint.handle_timeout(now);
                     self.initiate_due(now);
                 }
-                r = self.control.accept() => {
-                    if let Ok((mut stream, _)) = r {
-                        if let Some(req) = control::read_request(&mut stream).await {
-                            let body = match req.as_str() {
-                                "status" => serde_json::to_string(&self.status())?,
-                                "firewall-check" => self.firewall.check_now().await,
-                                "reload" => self.reload_answer(Instant::now()),
-                                other => format!("{{\"error\":\"unknown request {other:?}\"}}"),
-                            };
-                            use tokio::io::AsyncWriteExt;
-                            let _ = stream.write_all(format!("{body}\n").as_bytes()).await;
-                        }
-                    }
+                Some(req) = requests.recv() => {
+                    // A reload changes the endpoint's peers.
+                    self.ike_touched = true;
+                    let body = match req.what.as_str() {
+                        "status" => serde_json::to_string(&self.status())?,
+                        "reload" => self.reload_answer(Instant::now()),
+                        _ => r#"{"error":"unknown request"}"#.to_owned(),
+                    };
+                    // The client's task writes it, with its own timeout.
+                    let _ = req.reply.send(body);
                 }
-                _ = seq_check.tick() => self.rekey_running_low(Instant::now()),
+                _ = seq_check.tick() => {
+                    let now = Instant::now();
+                    self.ike_touched = true;
+                    self.rekey_running_low(now);
+                    self.logs.flush(now);
+                }
                 _ = hup.recv() => {
+                    self.ike_touched = true;
                     let _ = self.reload_answer(Instant::now());
                 }
                 _ = term.recv() => return self.shutdown().await,
@@ -376,21 +450,27 @@ impl Daemon {
     /// Sends what IKE queued and acts on its events.
     async fn pump(&mut self) {
         while let Some(t) = self.endpoint.poll_transmit() {
+            self.ike_touched = true;
             self.send_ike(&t).await;
         }
         while let Some(e) = self.endpoint.poll_event() {
+            // Acting on an event may call the endpoint again (a learned subnet refused deletes the peer's SA).
+            self.ike_touched = true;
             self.on_event(e);
         }
     }
 
-    async fn send_ike(&self, t: &Transmit) {
+    async fn send_ike(&mut self, t: &Transmit) {
         let sock = if t.local_port == ike::sa::NAT_T_PORT {
             &self.udp4500
         } else {
             &self.udp500
         };
         if let Err(e) = sock.send_to(&t.data, t.remote).await {
-            tracing::warn!(to = %t.remote, "sending IKE message: {e}");
+            // The address may be anyone's that sent us an IKE_SA_INIT.
+            if self.logs.send_error.allow(Instant::now()) {
+                tracing::warn!(to = %t.remote, "sending IKE message: {e}");
+            }
         }
     }
 
@@ -429,7 +509,12 @@ impl Daemon {
             Event::IkeDown { peer, reason } => {
                 match &reason {
                     Reason::DeletedByUs => tracing::info!(%peer, "IKE SA deleted"),
-                    _ => tracing::warn!(%peer, "IKE SA down: {reason}"),
+                    // The reason may quote what an unauthenticated sender chose (its proposals).
+                    _ => {
+                        if self.logs.ike_down.allow(Instant::now()) {
+                            tracing::warn!(%peer, "IKE SA down: {}", logcap::clean(&reason, logcap::MAX_FIELD));
+                        }
+                    }
                 }
                 // Keep trying, with back-off: the mesh wants every tunnel up.
                 if let Some(i) = self.initiation.get_mut(&peer) {
@@ -442,7 +527,8 @@ impl Daemon {
                 tracing::info!(
                     peer = %c.peer, spi_in = format!("{:08x}", c.spi_in), spi_out = format!("{:08x}", c.spi_out),
                     transform = %c.transform, esn = c.esn, udp_encap = c.udp_encap,
-                    local = %ts(&c.ts_local), remote = %ts(&c.ts_remote), "Child SA up"
+                    local = %logcap::clean(&ts(&c.ts_local), logcap::MAX_FIELD),
+                    remote = %logcap::clean(&ts(&c.ts_remote), logcap::MAX_FIELD), "Child SA up"
                 );
                 if !self.learn(&c, Instant::now()) {
                     return;
@@ -482,13 +568,15 @@ impl Daemon {
                 reason,
             } => {
                 if spi_in != 0 {
-                    tracing::info!(%peer, spi_in = format!("{spi_in:08x}"), spi_out = format!("{spi_out:08x}"), "Child SA deleted: {reason}");
+                    tracing::info!(%peer, spi_in = format!("{spi_in:08x}"), spi_out = format!("{spi_out:08x}"), "Child SA deleted: {}", logcap::clean(&reason, logcap::MAX_FIELD));
                     self.datapath.remove(&peer, spi_in, spi_out);
                     self.forget(&peer, spi_in);
                     self.pairs.remove(&spi_out);
                     self.rekey_asked.remove(&spi_out);
                 } else {
-                    tracing::warn!(%peer, "Child SA refused: {reason}");
+                    if self.logs.child_refused.allow(Instant::now()) {
+                        tracing::warn!(%peer, "Child SA refused: {}", logcap::clean(&reason, logcap::MAX_FIELD));
+                    }
                 }
             }
             _ => {}
@@ -523,15 +611,20 @@ impl Daemon {
     fn status(&self) -> Status {
         let now = Instant::now();
         let sas = self.endpoint.status();
+        // One pass over the SAs (half-open ones included, which anyone can create), not one per peer: per peer,
+        // an established SA if there is one, else the first.
+        let mut best: HashMap<&str, &ike::sa::SaStatus> = HashMap::new();
+        for (n, s) in &sas {
+            let e = best.entry(n.as_str()).or_insert(s);
+            if e.state != State::Established && s.state == State::Established {
+                *e = s;
+            }
+        }
         let peers = self
             .config
             .peers()
             .map(|p| {
-                let sa = sas
-                    .iter()
-                    .filter(|(n, _)| *n == p.name)
-                    .map(|(_, s)| s)
-                    .max_by_key(|s| s.state == State::Established);
+                let sa = best.get(p.name.as_str()).copied();
                 let state = match sa.map(|s| s.state) {
                     Some(State::Established) => "established",
                     Some(State::Closed) | None => "down",
@@ -609,6 +702,7 @@ impl Daemon {
                 no_route: d.no_route,
                 policy: d.policy,
                 encap_failed: d.encap_failed,
+                recv_errors: self.recv_errors,
             },
         }
     }
@@ -619,4 +713,23 @@ fn ts(t: &[ike::message::TrafficSelector]) -> String {
         .map(|x| x.to_string())
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    /// After the call this process writes no core file and is not dumpable. (It changes the test process
+    /// itself, harmlessly: nothing here dumps core or is traced.)
+    #[test]
+    fn core_dumps_are_forbidden() {
+        super::forbid_core_dumps().unwrap();
+        // SAFETY: PR_GET_DUMPABLE takes no argument.
+        assert_eq!(unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) }, 0);
+        let mut r = libc::rlimit {
+            rlim_cur: 1,
+            rlim_max: 1,
+        };
+        // SAFETY: a valid rlimit to fill.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut r) }, 0);
+        assert_eq!((r.rlim_cur, r.rlim_max), (0, 0));
+    }
 }

@@ -226,7 +226,9 @@ impl Daemon {
         };
         if subnets(new) != subnets(&self.config) {
             match self.firewall.update(new) {
-                Ok(()) => changes.push("firewall rules updated for the new subnets".to_owned()),
+                Ok(()) => changes.push(
+                    "firewall rules for the new subnets: update queued (its outcome is logged)".to_owned(),
+                ),
                 Err(e) => changes.push(format!(
                     "FAILED to put the firewall rules for the new subnets in place ({e}): mesh traffic may be \
                      NATed or rejected by libvirt's rules; fix the cause and reload again"
