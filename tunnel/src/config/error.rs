@@ -294,6 +294,19 @@ pub enum KeyFileError {
         /// The path.
         path: PathBuf,
     },
+    /// A private key file owned by a user other than root or the daemon's own: that user can read the key or
+    /// replace it with one of theirs.
+    #[error(
+        "private key {path} is owned by uid {uid}: it must belong to root (or to the user vmsecd runs as), or \
+         that user can read and replace it: chown root:root {path}",
+        path = .path.display()
+    )]
+    Owner {
+        /// The file.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
     /// A private key file that group or others can access.
     #[error(
         "private key {path} is accessible by group or others (mode {mode:04o}); allowed: mode 0600 or 0400, \

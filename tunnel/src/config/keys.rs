@@ -38,6 +38,16 @@ fn read(path: &Path, private: bool) -> Result<Zeroizing<Vec<u8>>, KeyFileError> 
             path: path.to_owned(),
         });
     }
+    // Mode 0600 protects nothing if the owner is someone else: that user reads the key, or replaces it with one
+    // of theirs and so becomes this host in the mesh's eyes.
+    let uid = std::os::unix::fs::MetadataExt::uid(&meta);
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if private && uid != 0 && uid != unsafe { libc::geteuid() } {
+        return Err(KeyFileError::Owner {
+            path: path.to_owned(),
+            uid,
+        });
+    }
     let mode = meta.permissions().mode() & 0o7777;
     if private && mode & 0o077 != 0 {
         return Err(KeyFileError::Mode {

@@ -898,6 +898,21 @@ fn pubkey_key_file_errors_name_the_file() {
         "{e}"
     );
     assert!(e.to_string().contains("chmod 600"), "{e}");
+    // Mode 0600 but owned by another user (nobody, uid 65534; chown needs root, as the tests do): refused with
+    // the owner and the chown to fix it.
+    let (f, text) = pubkey_fixture(0o600);
+    let key = f.dir.path().join("private.pem");
+    std::os::unix::fs::chown(&key, Some(65534), None)
+        .expect("chown (the config tests run as root)");
+    let e = f.err(&text);
+    assert!(
+        matches!(
+            *e.kind,
+            ErrorKind::Key(KeyFileError::Owner { uid: 65534, .. })
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("chown root:root"), "{e}");
     // Not PEM, a public key where the private one belongs, a truncated public key.
     let (f, text) = pubkey_fixture(0o600);
     f.write("private.pem", "not a key\n", 0o600);
