@@ -399,27 +399,16 @@ impl Endpoint {
         self.resolve_duplicates(now);
     }
 
-    /// Takes an answer token for `addr` (and the global one); false: drop the request unanswered.
-    fn answer_allowed(&mut self, now: Instant, addr: IpAddr, per_addr: bool) -> bool {
-        if per_addr {
-            let b = self.answer_limit_per_addr.entry(addr).or_insert_with(|| {
-                TokenBucket::new(INIT_ANSWER_BURST_PER_ADDR, INIT_ANSWER_INTERVAL_PER_ADDR)
-            });
-            if !b.peek(now) {
-                self.stats.rate_limited += 1;
-                return false;
-            }
-            if !self.answer_limit.take(now) {
-                self.stats.rate_limited += 1;
-                return false;
-            }
-            b.take(now)
-        } else if self.answer_limit.take(now) {
-            true
-        } else {
+    /// Takes an answer token for `addr`, and a global one if `global`; false: drop the request unanswered.
+    fn answer_allowed(&mut self, now: Instant, addr: IpAddr, global: bool) -> bool {
+        let b = self.answer_limit_per_addr.entry(addr).or_insert_with(|| {
+            TokenBucket::new(INIT_ANSWER_BURST_PER_ADDR, INIT_ANSWER_INTERVAL_PER_ADDR)
+        });
+        let allowed = b.peek(now) && (!global || self.answer_limit.take(now)) && b.take(now);
+        if !allowed {
             self.stats.rate_limited += 1;
-            false
         }
+        allowed
     }
 
     /// An IKE_SA_INIT request without a responder SPI. Everything before the key exchange is cheap and bounded:
@@ -473,7 +462,10 @@ impl Endpoint {
             cookie_ok =
                 presented.is_some_and(|c| auth::verify_cookie(&secrets, c, ni, from.ip(), h.spi_i));
             if !cookie_ok {
-                if !self.answer_allowed(now, from.ip(), true) {
+                // A COOKIE answer is smaller than the request and costs one hash: only the per-address limit
+                // applies (it bounds what a spoofer can reflect at one address), so that a flood using up the
+                // global allowance cannot keep a genuine peer from getting its cookie.
+                if !self.answer_allowed(now, from.ip(), false) {
                     return;
                 }
                 let cookie = auth::cookie(&self.cookie_secrets.current, ni, from.ip(), h.spi_i);
@@ -491,8 +483,10 @@ impl Endpoint {
             }
             self.stats.cookies_valid += 1;
         }
-        // A returned cookie proves the sender receives at this address: only the global limit applies then.
-        if !self.answer_allowed(now, from.ip(), !cookie_ok) {
+        // A returned cookie proves the sender receives at this address: its request is answered without the
+        // answer limits (the key exchange limit below still applies). Others take a token of their address and a
+        // global one.
+        if !cookie_ok && !self.answer_allowed(now, from.ip(), true) {
             return;
         }
         let valid = match IkeSa::validate_init(&cfg, data, from) {
