@@ -1278,7 +1278,8 @@ impl IkeSa {
         }
         if let Err(why) = self.check_peer_auth(now, &id_r, method, &data, &payloads) {
             self.close(Reason::AuthenticationFailed(format!(
-                "the peer's AUTH payload does not verify: {why}"
+                "the peer's AUTH payload does not verify: {}",
+                untrusted(&why)
             )));
             return;
         }
