@@ -701,6 +701,44 @@ fn rekey_storm_is_rate_limited_and_bounded() {
     assert!(rekeys < 2 * ike::sa::MAX_CHILD_SAS, "{rekeys}");
 }
 
+/// IKE SA rekeys are rate-limited across the chain of SAs they create (each leaves the one it replaced
+/// behind until its delete): a storm gets IKE_REKEY_BURST at once, then TEMPORARY_FAILURE, and one more per
+/// IKE_REKEY_INTERVAL.
+#[test]
+fn ike_rekey_storm_is_rate_limited_across_the_new_sas() {
+    let (mut e, f, now) = authenticated_to_b();
+    let mut current = f;
+    let mut ok = 0;
+    let mut answers = Vec::new();
+    let mut t = now;
+    for k in 0..10u64 {
+        if k == 8 {
+            t += ike::sa::IKE_REKEY_INTERVAL;
+        }
+        let (req, finish) = current.rekey_request(0x9000 + k);
+        e.handle(t, &req, addr(A, 500), 500);
+        let (_, p) = current.open(&e.poll_transmit().unwrap().data);
+        answers.push(notify_of(&p));
+        if let Some(new) = finish(&current, &p) {
+            ok += 1;
+            current = new;
+        }
+    }
+    let burst = ike::sa::IKE_REKEY_BURST as usize;
+    assert_eq!(ok, burst + 1, "{answers:?}");
+    assert!(answers[..burst].iter().all(Option::is_none), "{answers:?}");
+    assert_eq!(
+        answers[burst..8],
+        vec![Some(n::TEMPORARY_FAILURE); 8 - burst]
+    );
+    assert_eq!(answers[8], None, "one more after the interval: {answers:?}");
+    let rekeys = events(&mut e)
+        .iter()
+        .filter(|e| matches!(e, Event::IkeRekeyed { .. }))
+        .count();
+    assert_eq!(rekeys, burst + 1);
+}
+
 /// Issue 12 item 12: the cookie secret never changed. Now it is replaced every COOKIE_SECRET_LIFETIME (by the
 /// clock the caller passes), and a cookie stays good for one more lifetime after its secret was replaced.
 #[test]

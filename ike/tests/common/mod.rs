@@ -372,6 +372,72 @@ impl Fake {
         self.keys = Some(keys);
     }
 
+    /// Rekeys this IKE SA as the rekey's initiator: the request (on this SA) and a function that takes the
+    /// answer and returns the new SA (we are its initiator, with SPI `spi`).
+    pub fn rekey_request(
+        &mut self,
+        spi: u64,
+    ) -> (Vec<u8>, impl FnOnce(&Fake, &[Payload]) -> Option<Fake>) {
+        let ks = KeyShare::generate(DhGroup::Curve25519).unwrap();
+        let ni = random_nonce();
+        let req = self.request(
+            ExchangeType::CREATE_CHILD_SA,
+            &[
+                Payload::Sa(vec![ike_wire(spi.to_be_bytes().to_vec())]),
+                Payload::Nonce(ni.clone()),
+                Payload::Ke {
+                    group: 31,
+                    data: ks.public().to_vec(),
+                },
+            ],
+        );
+        let finish = move |old: &Fake, answer: &[Payload]| {
+            let spi_r = answer.iter().find_map(|p| match p {
+                Payload::Sa(props) => props
+                    .first()
+                    .and_then(|x| <[u8; 8]>::try_from(&x.spi[..]).ok())
+                    .map(u64::from_be_bytes),
+                _ => None,
+            })?;
+            let nr = answer.iter().find_map(|p| match p {
+                Payload::Nonce(n) => Some(n.clone()),
+                _ => None,
+            })?;
+            let ke = answer.iter().find_map(|p| match p {
+                Payload::Ke { data, .. } => Some(data.clone()),
+                _ => None,
+            })?;
+            let shared = ks.agree(&ke).ok()?;
+            let keys = old
+                .keys
+                .as_ref()?
+                .rekey(
+                    shared.as_bytes(),
+                    &ni,
+                    &nr,
+                    spi,
+                    spi_r,
+                    IkeEncr::AesGcm16_128,
+                    None,
+                )
+                .ok()?;
+            Some(Fake {
+                initiator: true,
+                spi_i: spi,
+                spi_r,
+                ni: ni.clone(),
+                nr,
+                init_req: Vec::new(),
+                init_resp: Vec::new(),
+                ciphers: Some(keys.ciphers(true).ok()?),
+                keys: Some(keys),
+                ks: None,
+                next_id: 0,
+            })
+        };
+        (req, finish)
+    }
+
     /// Our AUTH payload for identity `id` with the tests' PSK.
     pub fn auth(&self, id: &Id) -> Payload {
         let keys = self.keys.as_ref().unwrap();
