@@ -41,6 +41,12 @@ pub const MAX_HALF_OPEN: usize = 256;
 /// Half-open responder SAs at most per source address (a NATed peer may have a few in flight).
 pub const MAX_HALF_OPEN_PER_ADDR: usize = 8;
 
+/// IKE SAs one peer may hold with us (all states, replaced ones whose delete is under way included) before its
+/// new IKE_SA_INIT requests are dropped: with a mesh-wide PSK any member can authenticate as any other, and each
+/// IKE SA it completes would otherwise stay until dead-peer detection removes it. A restarting peer needs two
+/// or three (its old SA lingers until our liveness check gives up on it), a rekey collision four.
+pub const MAX_IKE_SAS_PER_PEER: usize = 16;
+
 /// The largest IKE_SA_INIT request we keep in a half-open SA (it is signed later, so it must be kept whole).
 /// Genuine ones are about 1 KiB even with MODP-3072 and several proposals.
 pub const MAX_INIT_REQUEST_LEN: usize = 16 * 1024;
@@ -512,6 +518,9 @@ impl Endpoint {
         if self.half_open.len() >= MAX_HALF_OPEN
             || per_addr >= MAX_HALF_OPEN_PER_ADDR
             || valid.raw().len() > MAX_INIT_REQUEST_LEN
+            // Counted only here, for a request that passed every check and limit above.
+            || self.sas.values().filter(|sa| sa.config().name == cfg.name).count()
+                >= MAX_IKE_SAS_PER_PEER
         {
             self.stats.capped += 1;
             return;

@@ -596,6 +596,50 @@ fn authenticated_to_b() -> (Endpoint, Fake, Instant) {
     (e, f, now)
 }
 
+/// An authenticated peer (with a mesh-wide PSK, any member) opening IKE SA after IKE SA: held to
+/// MAX_IKE_SAS_PER_PEER, the ones beyond are dropped at IKE_SA_INIT, before any key exchange.
+#[test]
+fn ike_sas_per_peer_are_capped() {
+    let (_, b) = configs();
+    let mut e = Endpoint::new(vec![Arc::new(b)]);
+    let mut now = Instant::now();
+    let mut up = 0;
+    for k in 0..(endpoint::MAX_IKE_SAS_PER_PEER as u64 + 4) {
+        now += Duration::from_secs(1);
+        let (mut f, req) = Fake::initiate(0x100 + k);
+        e.handle(now, &req, addr(A, 500), 500);
+        let Some(resp) = e.poll_transmit() else {
+            continue;
+        };
+        assert!(f.take_init_response(&resp.data));
+        let idi = id_from_addr(A.parse().unwrap());
+        let auth = f.auth(&idi);
+        let m = f.request(
+            ExchangeType::IKE_AUTH,
+            &[
+                Payload::IdI(idi),
+                auth,
+                Payload::Sa(vec![esp_wire("aes128gcm16", 0x1000 + k as u32)]),
+                Payload::TsI(vec![ts("198.19.1.0/24")]),
+                Payload::TsR(vec![ts("198.19.2.0/24")]),
+            ],
+        );
+        e.handle(now, &m, addr(A, 500), 500);
+        transmits(&mut e);
+        up += events(&mut e)
+            .iter()
+            .filter(|e| matches!(e, Event::IkeUp { .. }))
+            .count();
+    }
+    assert_eq!(up, endpoint::MAX_IKE_SAS_PER_PEER);
+    assert_eq!(e.status().len(), endpoint::MAX_IKE_SAS_PER_PEER);
+    assert_eq!(e.stats().capped, 4);
+    assert_eq!(
+        e.stats().key_exchanges,
+        endpoint::MAX_IKE_SAS_PER_PEER as u64
+    );
+}
+
 fn create_child(f: &mut Fake, spi: u32, rekey: Option<u32>) -> Vec<u8> {
     let mut payloads = Vec::new();
     if let Some(old) = rekey {
