@@ -531,10 +531,9 @@ fn type_name(t: TransformType) -> &'static str {
 
 /// Checks, as initiator, the responder's answer (all proposals of its SA payload) against what we `offered`.
 //= https://www.rfc-editor.org/rfc/rfc7296#section-2.7
-//# The responder MUST choose a single suite, which may be any subset of the SA proposal following the rules
-//# below:
-//= https://www.rfc-editor.org/rfc/rfc7296#section-3.3.6
-//# the accepted cryptographic suite MUST contain exactly one transform of each type included in the proposal.
+//# If a proposal is accepted, the SA response MUST contain the same protocol.
+//= https://www.rfc-editor.org/rfc/rfc7296#section-2.7
+//# The accepted cryptographic suite MUST contain exactly one transform of each type included in the proposal.
 // Anything else (a missing or extra type, a transform or key length we did not offer, another proposal number,
 // protocol or SPI size) is refused: the Chosen we build from it feeds key derivation and the datapath, which
 // trust it to be one of our own proposals. A NONE (id 0) integrity or key exchange transform counts as absent,
