@@ -458,7 +458,7 @@ fn match_one(ours: &ProposalSpec, theirs: &Proposal) -> Option<Chosen> {
     })
 }
 
-/// Why a responder's chosen proposal is not one we can accept (RFC 7296 2.7, 3.3.6): the peer's fault.
+/// Why a responder's chosen proposal is not one we can accept (RFC 7296 2.7): the peer's fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Mismatch {
