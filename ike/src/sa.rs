@@ -2472,9 +2472,8 @@ impl IkeSa {
         }
         let live = self.children.iter().filter(|c| !c.rekeyed).count();
         if rekey.is_none() && live >= MAX_CHILD_SAS {
-            //= https://www.rfc-editor.org/rfc/rfc7296#section-3.10.1
-            //# NO_ADDITIONAL_SAS ... This notification is sent by the responder to indicate that it is unwilling
-            //# to accept any more Child SAs on this IKE SA.
+            // RFC 7296 3.10.1 (paraphrased): NO_ADDITIONAL_SAS tells the initiator that the responder is unwilling
+            // to accept any more Child SAs on this IKE SA.
             self.send_response(
                 ExchangeType::CREATE_CHILD_SA,
                 id,
