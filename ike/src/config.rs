@@ -238,8 +238,9 @@ pub fn parse_id(s: &str) -> Id {
         return id_from_addr(a);
     }
     if let Some(hex) = s.strip_prefix("@#") {
+        // `get`, not indexing: a non-ASCII character in the mesh file must not split a UTF-8 sequence.
         let bytes = (0..hex.len() / 2)
-            .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+            .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
             .collect();
         return Id {
             id_type: IdType::KEY_ID,
@@ -267,12 +268,14 @@ pub fn parse_id(s: &str) -> Id {
 /// Shows an identity as strongSwan prints it.
 pub fn display_id(id: &Id) -> String {
     match id.id_type {
-        IdType::IPV4_ADDR if id.data.len() == 4 => {
-            std::net::Ipv4Addr::new(id.data[0], id.data[1], id.data[2], id.data[3]).to_string()
-        }
-        IdType::IPV6_ADDR if id.data.len() == 16 => {
-            std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&id.data[..]).expect("16")).to_string()
-        }
+        IdType::IPV4_ADDR if id.data.len() == 4 => match <[u8; 4]>::try_from(&id.data[..]) {
+            Ok(a) => std::net::Ipv4Addr::from(a).to_string(),
+            Err(_) => "(bad IPv4 ID)".into(),
+        },
+        IdType::IPV6_ADDR if id.data.len() == 16 => match <[u8; 16]>::try_from(&id.data[..]) {
+            Ok(a) => std::net::Ipv6Addr::from(a).to_string(),
+            Err(_) => "(bad IPv6 ID)".into(),
+        },
         IdType::FQDN | IdType::RFC822_ADDR => String::from_utf8_lossy(&id.data).into_owned(),
         IdType::DER_ASN1_DN => crate::crypto::x509::dn_to_string(&id.data),
         IdType::KEY_ID => format!(
@@ -302,6 +305,8 @@ mod tests {
             assert_eq!(display_id(&parse_id(s)), s);
         }
         assert_eq!(parse_id("@b0.example.net").id_type, IdType::FQDN);
+        // Not a panic: a multi-byte character where a hex digit pair is expected.
+        assert!(parse_id("@#aé0b").data.is_empty());
         let r = Retransmit::default();
         let total: f64 = (0..r.tries).map(|n| r.timeout(n).as_secs_f64()).sum();
         assert!((total - 165.0).abs() < 1.0, "{total}");

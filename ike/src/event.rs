@@ -77,8 +77,14 @@ pub enum Reason {
     Protocol(String),
 }
 
+/// The longest text field a [`Reason`] shows. Fields made from what a peer sent are capped at
+/// [`crate::text::MAX_UNTRUSTED_CHARS`] where they are made; this second bound, with the escaping of control
+/// characters, keeps every reason one line of bounded length whatever a future change puts in it.
+const MAX_REASON_FIELD_CHARS: usize = 1000;
+
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let safe = |s: &str| crate::text::capped(s, MAX_REASON_FIELD_CHARS);
         match self {
             Reason::DeletedByPeer => f.write_str("deleted by the peer"),
             Reason::DeletedByUs => f.write_str("deleted by us"),
@@ -87,20 +93,42 @@ impl std::fmt::Display for Reason {
             Reason::PeerDead => {
                 f.write_str("peer did not answer any retransmission: declared dead")
             }
-            Reason::AuthenticationFailed(s) => write!(f, "authentication failed: {s}"),
+            Reason::AuthenticationFailed(s) => write!(f, "authentication failed: {}", safe(s)),
             Reason::NoProposalChosen { ours, theirs } if theirs.is_empty() => {
                 write!(
                     f,
-                    "no proposal chosen: the peer accepted none of ours ({ours})"
+                    "no proposal chosen: the peer accepted none of ours ({})",
+                    safe(ours)
                 )
             }
             Reason::NoProposalChosen { ours, theirs } => {
-                write!(f, "no proposal chosen: ours {ours}, theirs {theirs}")
+                write!(
+                    f,
+                    "no proposal chosen: ours {}, theirs {}",
+                    safe(ours),
+                    safe(theirs)
+                )
             }
-            Reason::TsUnacceptable(s) => write!(f, "traffic selectors unacceptable: {s}"),
-            Reason::PeerError(s) => write!(f, "peer answered {s}"),
-            Reason::Protocol(s) => write!(f, "protocol error: {s}"),
+            Reason::TsUnacceptable(s) => write!(f, "traffic selectors unacceptable: {}", safe(s)),
+            Reason::PeerError(s) => write!(f, "peer answered {}", safe(s)),
+            Reason::Protocol(s) => write!(f, "protocol error: {}", safe(s)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_one_bounded_line() {
+        let r = Reason::Protocol("a\nb".repeat(5000));
+        let line = r.to_string();
+        assert!(
+            !line.contains('\n') && line.len() < 2 * MAX_REASON_FIELD_CHARS,
+            "{}",
+            line.len()
+        );
     }
 }
 

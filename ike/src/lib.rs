@@ -15,5 +15,7 @@ mod fragment;
 pub mod message;
 pub mod notify;
 pub mod proposal;
+pub mod ratelimit;
 pub mod sa;
 mod suite;
+pub mod text;

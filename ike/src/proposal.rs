@@ -365,13 +365,20 @@ pub fn describe_wire(p: &Proposal) -> String {
     let mut ordered: Vec<&SaTransform> = p.transforms.iter().collect();
     ordered.sort_by_key(rank);
     let mut names: Vec<String> = Vec::new();
-    for x in ordered {
+    let mut len = 0usize;
+    for (i, x) in ordered.iter().enumerate() {
         // strongSwan leaves "noesn" out when it is the only choice.
         if x.ttype == T::ESN && only_noesn {
             continue;
         }
+        // A peer may send thousands of transforms: the description stays short (and the duplicate check cheap).
+        if len > crate::text::MAX_UNTRUSTED_CHARS {
+            names.push(format!("... ({} more transforms)", ordered.len() - i));
+            break;
+        }
         if let Some(n) = name(x) {
             if !names.contains(&n) {
+                len += n.len() + 1;
                 names.push(n);
             }
         }
@@ -451,26 +458,143 @@ fn match_one(ours: &ProposalSpec, theirs: &Proposal) -> Option<Chosen> {
     })
 }
 
-/// Checks, as initiator, that the responder chose exactly one transform per type from what we offered.
-pub fn check_response(offered: &[Proposal], chosen: &Proposal) -> Option<Chosen> {
+/// Why a responder's chosen proposal is not one we can accept (RFC 7296 2.7): the peer's fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Mismatch {
+    /// The SA payload of the answer does not hold exactly one proposal.
+    #[error("the answer's SA payload holds {0} proposals, not exactly one")]
+    ProposalCount(usize),
+    /// The proposal number is none of ours.
+    #[error("the answer names proposal {0}, which we did not offer")]
+    UnknownNumber(u8),
+    /// The protocol differs from the one of our proposal with that number.
+    #[error("the answer's proposal {num} is for protocol {got}, ours was for protocol {want}")]
+    WrongProtocol {
+        /// Proposal number.
+        num: u8,
+        /// Protocol of the answer.
+        got: u8,
+        /// Protocol of our proposal.
+        want: u8,
+    },
+    /// The SPI has the wrong size for the exchange (0 in IKE_SA_INIT, 8 for an IKE rekey, 4 for ESP).
+    #[error("the answer's SPI is {got} bytes, expected {want}")]
+    SpiSize {
+        /// Size received.
+        got: usize,
+        /// Size required.
+        want: usize,
+    },
+    /// A transform type we offered is missing (e.g. no integrity algorithm for AES-CBC).
+    #[error("the answer has no {0} transform, but we offered that type")]
+    MissingType(&'static str),
+    /// More than one transform of one type.
+    #[error("the answer has {count} {ttype} transforms, exactly one is allowed")]
+    SeveralOfType {
+        /// The type.
+        ttype: &'static str,
+        /// How many.
+        count: usize,
+    },
+    /// A transform of a type we did not offer.
+    #[error("the answer has a {ttype} transform (id {id}), a type we did not offer")]
+    ExtraType {
+        /// The type.
+        ttype: &'static str,
+        /// Its algorithm id.
+        id: u16,
+    },
+    /// A transform (algorithm or key length) that is not in our proposal.
+    #[error("the answer chose {ttype} id {id}{}, which we did not offer", key_len.map(|k| format!(" with key length {k}")).unwrap_or_default())]
+    NotOffered {
+        /// The type.
+        ttype: &'static str,
+        /// Its algorithm id.
+        id: u16,
+        /// Its key length attribute.
+        key_len: Option<u16>,
+    },
+}
+
+/// A transform type's name for messages.
+fn type_name(t: TransformType) -> &'static str {
+    match t {
+        TransformType::ENCR => "encryption",
+        TransformType::PRF => "PRF",
+        TransformType::INTEG => "integrity",
+        TransformType::DH => "key exchange",
+        TransformType::ESN => "ESN",
+        _ => "unknown-type",
+    }
+}
+
+/// Checks, as initiator, the responder's answer (all proposals of its SA payload) against what we `offered`.
+//= https://www.rfc-editor.org/rfc/rfc7296#section-2.7
+//# If a proposal is accepted, the SA response MUST contain the same protocol.
+//= https://www.rfc-editor.org/rfc/rfc7296#section-2.7
+//# The accepted cryptographic suite MUST contain exactly one transform of each type included in the proposal.
+// Anything else (a missing or extra type, a transform or key length we did not offer, another proposal number,
+// protocol or SPI size) is refused: the Chosen we build from it feeds key derivation and the datapath, which
+// trust it to be one of our own proposals. A NONE (id 0) integrity or key exchange transform counts as absent,
+// so it is accepted only for a type we did not offer.
+pub fn check_response(offered: &[Proposal], answer: &[Proposal]) -> Result<Chosen, Mismatch> {
+    let [chosen] = answer else {
+        return Err(Mismatch::ProposalCount(answer.len()));
+    };
     let ours = offered
         .iter()
-        .find(|p| p.num == chosen.num && p.protocol == chosen.protocol)?;
+        .find(|p| p.num == chosen.num)
+        .ok_or(Mismatch::UnknownNumber(chosen.num))?;
+    if ours.protocol != chosen.protocol {
+        return Err(Mismatch::WrongProtocol {
+            num: chosen.num,
+            got: chosen.protocol.0,
+            want: ours.protocol.0,
+        });
+    }
+    if chosen.spi.len() != ours.spi.len() {
+        return Err(Mismatch::SpiSize {
+            got: chosen.spi.len(),
+            want: ours.spi.len(),
+        });
+    }
+    let offered_type = |ty: TransformType| ours.transforms.iter().any(|x| x.ttype == ty);
     for x in &chosen.transforms {
-        if !(ours.transforms.contains(x) || (x.id == 0 && x.ttype != TransformType::ESN)) {
-            return None;
+        let none = x.id == 0 && matches!(x.ttype, TransformType::INTEG | TransformType::DH);
+        if !offered_type(x.ttype) {
+            if none {
+                continue;
+            }
+            return Err(Mismatch::ExtraType {
+                ttype: type_name(x.ttype),
+                id: x.id,
+            });
+        }
+        if !ours.transforms.contains(x) {
+            return Err(Mismatch::NotOffered {
+                ttype: type_name(x.ttype),
+                id: x.id,
+                key_len: x.key_len,
+            });
         }
     }
-    let one = |ty: TransformType| {
-        let v: Vec<&SaTransform> = chosen
-            .transforms
-            .iter()
-            .filter(|x| x.ttype == ty && (x.id != 0 || ty == TransformType::ESN))
-            .collect();
-        (v.len() <= 1).then(|| v.first().copied().copied())
+    let one = |ty: TransformType| -> Result<Option<SaTransform>, Mismatch> {
+        if !offered_type(ty) {
+            return Ok(None);
+        }
+        let mut of = chosen.transforms.iter().filter(|x| x.ttype == ty);
+        match (of.next(), of.count()) {
+            (Some(x), 0) => Ok(Some(*x)),
+            (None, _) => Err(Mismatch::MissingType(type_name(ty))),
+            (Some(_), more) => Err(Mismatch::SeveralOfType {
+                ttype: type_name(ty),
+                count: more + 1,
+            }),
+        }
     };
-    let encr = one(TransformType::ENCR)??;
-    let c = Chosen {
+    let encr = one(TransformType::ENCR)?.ok_or(Mismatch::MissingType("encryption"))?;
+    Ok(Chosen {
         num: chosen.num,
         spi: chosen.spi.clone(),
         encr,
@@ -478,13 +602,7 @@ pub fn check_response(offered: &[Proposal], chosen: &Proposal) -> Option<Chosen>
         integ: one(TransformType::INTEG)?,
         dh: one(TransformType::DH)?.map(|x| x.id),
         esn: one(TransformType::ESN)?.is_some_and(|x| x.id == ESN_YES),
-    };
-    let needs_esn = chosen.protocol == ProtocolId::ESP;
-    let has_esn = chosen
-        .transforms
-        .iter()
-        .any(|x| x.ttype == TransformType::ESN);
-    (needs_esn == has_esn || !needs_esn).then_some(c)
+    })
 }
 
 #[cfg(test)]
@@ -578,7 +696,7 @@ mod tests {
         assert_eq!((c.num, c.dh), (2, Some(DH_ECP_384)));
         assert_eq!(c.describe(), "AES_GCM_16_256/PRF_HMAC_SHA2_384/ECP_384");
         let wire = c.to_wire(ProtocolId::IKE, vec![]);
-        assert_eq!(check_response(&theirs, &wire), Some(c));
+        assert_eq!(check_response(&theirs, &[wire]), Ok(c));
         assert!(
             select(&ours[..1], &theirs[..1]).is_none(),
             "no common proposal"
@@ -613,9 +731,90 @@ mod tests {
             .to_wire(1, vec![])];
         let mut forged = offered[0].clone();
         forged.transforms[0].key_len = Some(256);
-        assert!(check_response(&offered, &forged).is_none());
+        assert!(matches!(
+            check_response(&offered, &[forged]),
+            Err(Mismatch::NotOffered { .. })
+        ));
         let mut two = offered[0].clone();
         two.transforms.push(t(TransformType::DH, DH_ECP_256, None));
-        assert!(check_response(&offered, &two).is_none());
+        assert!(check_response(&offered, &[two]).is_err());
+        assert_eq!(
+            check_response(&offered, &[offered[0].clone()]),
+            Ok(Chosen {
+                num: 1,
+                spi: vec![],
+                encr: t(TransformType::ENCR, ENCR_AES_GCM_16, Some(128)),
+                prf: Some(t(TransformType::PRF, PRF_HMAC_SHA2_256, None)),
+                integ: None,
+                dh: Some(DH_CURVE25519),
+                esn: false,
+            })
+        );
+    }
+
+    /// Every way an answer can differ from the offer, type by type.
+    #[test]
+    fn response_checked_type_by_type() {
+        let esp = ProposalSpec::esp("aes128-sha256")
+            .unwrap()
+            .to_wire(1, vec![1, 2, 3, 4]);
+        let offered = [esp.clone()];
+        let ok = check_response(&offered, std::slice::from_ref(&esp)).unwrap();
+        assert_eq!(ok.integ.map(|i| i.id), Some(AUTH_HMAC_SHA2_256_128));
+        let without = |ty: TransformType| {
+            let mut p = esp.clone();
+            p.transforms.retain(|x| x.ttype != ty);
+            p
+        };
+        assert_eq!(
+            check_response(&offered, &[without(TransformType::INTEG)]),
+            Err(Mismatch::MissingType("integrity"))
+        );
+        let mut none = without(TransformType::INTEG);
+        none.transforms.push(t(TransformType::INTEG, 0, None));
+        assert!(matches!(
+            check_response(&offered, &[none]),
+            Err(Mismatch::NotOffered { id: 0, .. })
+        ));
+        assert_eq!(
+            check_response(&offered, &[without(TransformType::ESN)]),
+            Err(Mismatch::MissingType("ESN"))
+        );
+        let mut extra = esp.clone();
+        extra
+            .transforms
+            .push(t(TransformType::DH, DH_CURVE25519, None));
+        assert!(matches!(
+            check_response(&offered, &[extra]),
+            Err(Mismatch::ExtraType { .. })
+        ));
+        let mut dup = esp.clone();
+        dup.transforms.push(dup.transforms[0]);
+        assert!(matches!(
+            check_response(&offered, &[dup]),
+            Err(Mismatch::SeveralOfType { count: 2, .. })
+        ));
+        let mut num = esp.clone();
+        num.num = 2;
+        assert_eq!(
+            check_response(&offered, &[num]),
+            Err(Mismatch::UnknownNumber(2))
+        );
+        let mut proto = esp.clone();
+        proto.protocol = ProtocolId::IKE;
+        assert!(matches!(
+            check_response(&offered, &[proto]),
+            Err(Mismatch::WrongProtocol { .. })
+        ));
+        let mut spi = esp.clone();
+        spi.spi = vec![1; 8];
+        assert_eq!(
+            check_response(&offered, &[spi]),
+            Err(Mismatch::SpiSize { got: 8, want: 4 })
+        );
+        assert_eq!(
+            check_response(&offered, &[esp.clone(), esp]),
+            Err(Mismatch::ProposalCount(2))
+        );
     }
 }

@@ -20,7 +20,9 @@ use crate::message::{
 };
 use crate::notify as n;
 use crate::proposal::{self, Chosen, ProposalSpec};
+use crate::ratelimit::TokenBucket;
 use crate::suite::{self, KeyShare, Suite};
+use crate::text::untrusted;
 
 /// The first payload of a kind, mapped: `first!(payloads, Payload::Nonce(x) => x.clone())`.
 macro_rules! first {
@@ -46,6 +48,33 @@ const EXTRA_CHILD_GRACE: Duration = Duration::from_secs(3);
 
 /// How long a responder that refused the Child SA in IKE_AUTH waits before deleting the IKE SA.
 const RESPONDER_DELETE_DELAY: Duration = Duration::from_millis(200);
+
+/// How long a half-open responder SA (IKE_SA_INIT answered, no IKE_AUTH yet) is kept: strongSwan's
+/// `half_open_timeout` default. A genuine initiator sends IKE_AUTH within a round trip, and its retransmissions
+/// (4, 7.2, 13 s) fall inside it; each half-open SA holds keys and up to two IKE_SA_INIT messages, and anyone who
+/// can send from a peer's address can make one, so it must not wait out the whole retransmission budget.
+pub const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Child SAs one IKE SA carries at most (not counting replaced ones whose delete is under way); a request for
+/// more is answered NO_ADDITIONAL_SAS. vmsecd itself makes one per subnet pair.
+pub const MAX_CHILD_SAS: usize = 16;
+
+/// CREATE_CHILD_SA requests (new Child SAs and rekeys of either kind) a peer may make in a burst on one IKE SA
+/// and its successors, then one per [`CREATE_CHILD_INTERVAL`]; beyond that it gets TEMPORARY_FAILURE and
+/// retries later. Each may cost a key exchange.
+pub const CREATE_CHILD_BURST: u32 = 16;
+/// See [`CREATE_CHILD_BURST`].
+pub const CREATE_CHILD_INTERVAL: Duration = Duration::from_secs(2);
+/// IKE SA rekeys a peer may make in a burst, then one per [`IKE_REKEY_INTERVAL`]: each leaves the replaced IKE
+/// SA behind until its delete, so a storm would pile them up.
+pub const IKE_REKEY_BURST: u32 = 4;
+/// See [`IKE_REKEY_BURST`].
+pub const IKE_REKEY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Accepted nonce lengths.
+//= https://www.rfc-editor.org/rfc/rfc7296#section-3.9
+//# The size of the Nonce Data MUST be between 16 and 256 octets, inclusive.
+pub const NONCE_LEN_RANGE: std::ops::RangeInclusive<usize> = 16..=256;
 
 /// Where the SA is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,6 +240,12 @@ pub struct IkeSa {
     peer_sig_hashes: Option<Vec<u16>>,
     /// (local subnet, remote subnet) pairs we asked an additional Child SA for on this IKE SA: each once.
     tried_pairs: Vec<(TrafficSelector, TrafficSelector)>,
+    /// The peer's CREATE_CHILD_SA requests (inherited by the successor of an IKE rekey).
+    create_limit: TokenBucket,
+    /// The peer's IKE SA rekeys (inherited likewise).
+    rekey_limit: TokenBucket,
+    /// Where the peer was when the SA was made (the key of a half-open SA's retransmission lookup).
+    origin: SocketAddr,
 }
 
 impl std::fmt::Debug for IkeSa {
@@ -340,6 +375,9 @@ impl IkeSa {
             last_sent: now,
             peer_sig_hashes: None,
             tried_pairs: Vec::new(),
+            create_limit: TokenBucket::new(CREATE_CHILD_BURST, CREATE_CHILD_INTERVAL),
+            rekey_limit: TokenBucket::new(IKE_REKEY_BURST, IKE_REKEY_INTERVAL),
+            origin: remote,
         }
     }
 
@@ -370,6 +408,22 @@ impl IkeSa {
     /// True if we initiated this IKE SA.
     pub fn is_initiator(&self) -> bool {
         self.initiator
+    }
+
+    /// The `now` of the last call that drove this SA.
+    pub(crate) fn clock(&self) -> Instant {
+        self.clock
+    }
+
+    /// The address and port the SA was made with (for a responder, the IKE_SA_INIT request's source).
+    pub(crate) fn remote_at_init(&self) -> SocketAddr {
+        self.origin
+    }
+
+    /// True for a responder SA whose initiator has not authenticated yet (IKE_SA_INIT answered, no valid
+    /// IKE_AUTH): anyone able to send from the peer's address can make one, so it is not the peer's SA.
+    pub fn is_half_open(&self) -> bool {
+        !self.initiator && self.state == State::AwaitingAuth
     }
 
     /// True for an IKE SA a rekey replaced (or the redundant one of a rekey collision): it lingers only until
@@ -470,9 +524,12 @@ impl IkeSa {
                 min(self.extra_child_from());
             }
         }
-        if self.state == State::AwaitingAuth || self.state == State::Rekeyed {
-            // A half-open SA whose initiator went away, or a rekeyed one the peer never deletes, is dropped after
-            // the retransmission budget.
+        if self.state == State::AwaitingAuth {
+            // A half-open SA whose initiator went away (or never existed: a spoofed request).
+            min(Some(self.last_heard + HALF_OPEN_TIMEOUT));
+        }
+        if self.state == State::Rekeyed {
+            // A rekeyed one the peer never deletes is dropped after the retransmission budget.
             min(Some(self.last_heard + self.total_retransmit_time()));
         }
         t
@@ -547,7 +604,9 @@ impl IkeSa {
             return;
         }
         match self.state {
-            State::AwaitingAuth if now >= self.last_heard + self.total_retransmit_time() => {
+            State::AwaitingAuth if now >= self.last_heard + HALF_OPEN_TIMEOUT => {
+                // Nobody authenticated: nothing to report about the peer, whose own SAs are untouched.
+                self.silent = true;
                 self.close(Reason::PeerDead);
             }
             State::Rekeyed if now >= self.last_heard + self.total_retransmit_time() => {
@@ -843,7 +902,9 @@ impl IkeSa {
                     //# If the initiator guesses wrong, the responder will respond with a Notify payload of type
                     //# INVALID_KE_PAYLOAD indicating the selected group.
                     n::INVALID_KE_PAYLOAD if x.data.len() == 2 && self.init_tries < 3 => {
-                        let g = u16::from_be_bytes([x.data[0], x.data[1]]);
+                        let Ok(g) = <[u8; 2]>::try_from(&x.data[..]).map(u16::from_be_bytes) else {
+                            continue;
+                        };
                         let offered = self.cfg.ike_proposals.iter().any(|p| {
                             p.transforms
                                 .iter()
@@ -880,15 +941,30 @@ impl IkeSa {
             .enumerate()
             .map(|(i, p)| p.to_wire(i as u8 + 1, vec![]))
             .collect();
-        let chosen = payloads.iter().find_map(|p| match p {
-            Payload::Sa(props) if props.len() == 1 => proposal::check_response(&offered, &props[0]),
-            _ => None,
-        });
-        let Some(chosen) = chosen else {
-            self.close(Reason::Protocol(
-                "IKE_SA_INIT response without an acceptable SA payload".into(),
-            ));
-            return;
+        let chosen = match first!(payloads, Payload::Sa(props) => props) {
+            Some(props) => proposal::check_response(&offered, props),
+            None => {
+                self.close(Reason::Protocol(
+                    "IKE_SA_INIT response without an SA payload".into(),
+                ));
+                return;
+            }
+        };
+        let chosen = match chosen {
+            Ok(c) if suite::ike_supported(&c) => c,
+            Ok(c) => {
+                self.close(Reason::Protocol(format!(
+                    "IKE_SA_INIT response chose {}, which we cannot use",
+                    c.describe()
+                )));
+                return;
+            }
+            Err(e) => {
+                self.close(Reason::Protocol(format!(
+                    "IKE_SA_INIT response refused: {e}"
+                )));
+                return;
+            }
         };
         let ke = first!(payloads, Payload::Ke { group, data } => (*group, data.clone()));
         let nr = first!(payloads, Payload::Nonce(d) => d.clone());
@@ -996,8 +1072,8 @@ impl IkeSa {
     }
 
     /// The octets an AUTH payload covers (RFC 7296 2.15), ours (`local`) or the peer's.
-    fn auth_octets(&self, local: bool, id: &Id) -> Vec<u8> {
-        let suite = self.suite.as_ref().expect("keys exist after IKE_SA_INIT");
+    fn auth_octets(&self, local: bool, id: &Id) -> Result<Vec<u8>, String> {
+        let suite = self.keys()?;
         // Which side's octets: the initiator signs its IKE_SA_INIT request and the responder's nonce.
         let signer_is_initiator = local == self.initiator;
         let (first, nonce) = if signer_is_initiator {
@@ -1005,13 +1081,20 @@ impl IkeSa {
         } else {
             (&self.init_resp, &self.ni)
         };
-        suite.signed_octets(signer_is_initiator, first, nonce, id)
+        Ok(suite.signed_octets(signer_is_initiator, first, nonce, id))
+    }
+
+    /// The IKE SA's keys, which exist once IKE_SA_INIT is done.
+    fn keys(&self) -> Result<&Suite, String> {
+        self.suite
+            .as_ref()
+            .ok_or_else(|| "no keys yet: IKE_SA_INIT is not complete".to_owned())
     }
 
     /// Our AUTH payload: method and Authentication Data, or why we cannot make one.
     fn our_auth(&self, id: &Id) -> Result<(u8, Vec<u8>), String> {
-        let octets = self.auth_octets(true, id);
-        let suite = self.suite.as_ref().expect("keys exist after IKE_SA_INIT");
+        let octets = self.auth_octets(true, id)?;
+        let suite = self.keys()?;
         match &self.cfg.auth {
             AuthMethod::Psk(psk) => Ok((sig::AUTH_PSK, suite.psk_auth(psk, &octets))),
             AuthMethod::PubKey {
@@ -1048,8 +1131,8 @@ impl IkeSa {
         data: &[u8],
         payloads: &[Payload],
     ) -> Result<(), String> {
-        let octets = self.auth_octets(false, id);
-        let suite = self.suite.as_ref().expect("keys exist after IKE_SA_INIT");
+        let octets = self.auth_octets(false, id)?;
+        let suite = self.keys()?;
         let method_name = |m: u8| match m {
             sig::AUTH_PSK => "a pre-shared key (AUTH method 2)".to_owned(),
             sig::AUTH_RSA_SIG => "an RSA signature (AUTH method 1)".to_owned(),
@@ -1188,14 +1271,15 @@ impl IkeSa {
         if id_r != self.cfg.remote_id {
             self.close(Reason::AuthenticationFailed(format!(
                 "peer identity {} is not the expected {}",
-                display_id(&id_r),
+                untrusted(&display_id(&id_r)),
                 display_id(&self.cfg.remote_id)
             )));
             return;
         }
         if let Err(why) = self.check_peer_auth(now, &id_r, method, &data, &payloads) {
             self.close(Reason::AuthenticationFailed(format!(
-                "the peer's AUTH payload does not verify: {why}"
+                "the peer's AUTH payload does not verify: {}",
+                untrusted(&why)
             )));
             return;
         }
@@ -1217,9 +1301,18 @@ impl IkeSa {
             self.fail_child(now, reason);
             return;
         }
-        match self.accept_child(&payloads, &offered, spi_in, false) {
-            Ok(child) => {
-                let info = self.child_info(&child, None, &self.ni, &self.nr, true);
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.21.2
+        //# If the error occurs on the initiator, the notification MAY be returned in a separate INFORMATIONAL
+        //# exchange, usually with the IKE SA deleted.
+        // An answer we cannot accept (a proposal we did not offer, ...) deletes the IKE SA with its Child SA.
+        let accepted = self
+            .accept_child(&payloads, &offered, spi_in, false)
+            .and_then(|child| {
+                let info = self.child_info(&child, None, &self.ni, &self.nr, true)?;
+                Ok((child, info))
+            });
+        match accepted {
+            Ok((child, info)) => {
                 self.children.push(child);
                 self.events.push_back(Event::ChildUp(Box::new(info)));
             }
@@ -1276,19 +1369,18 @@ impl IkeSa {
         spi_in: u32,
         pfs: bool,
     ) -> Result<Child, Reason> {
-        let chosen = payloads
-            .iter()
-            .find_map(|p| match p {
-                Payload::Sa(props) if props.len() == 1 => {
-                    proposal::check_response(offered, &props[0])
-                }
-                _ => None,
-            })
-            .ok_or_else(|| {
-                Reason::Protocol("Child SA answer without an acceptable SA payload".into())
-            })?;
-        if chosen.spi.len() != 4 {
+        let props = first!(payloads, Payload::Sa(props) => props)
+            .ok_or_else(|| Reason::Protocol("Child SA answer without an SA payload".into()))?;
+        let chosen = proposal::check_response(offered, props)
+            .map_err(|e| Reason::Protocol(format!("Child SA answer refused: {e}")))?;
+        let Ok(spi_out) = <[u8; 4]>::try_from(&chosen.spi[..]).map(u32::from_be_bytes) else {
             return Err(Reason::Protocol("ESP SPI is not 4 bytes".into()));
+        };
+        if suite::esp_transform(&chosen).is_none() {
+            return Err(Reason::Protocol(format!(
+                "Child SA answer chose {}, which the datapath does not implement",
+                chosen.describe()
+            )));
         }
         if pfs != chosen.dh.is_some() {
             return Err(Reason::Protocol("PFS group mismatch".into()));
@@ -1306,11 +1398,10 @@ impl IkeSa {
         if !inside(&tsi, &self.cfg.local_ts) || !inside(&tsr, &self.cfg.remote_ts) {
             return Err(Reason::TsUnacceptable(format!(
                 "responder widened the selectors: {} === {}",
-                ts_list(&tsi),
-                ts_list(&tsr)
+                untrusted(&ts_list(&tsi)),
+                untrusted(&ts_list(&tsr))
             )));
         }
-        let spi_out = u32::from_be_bytes(chosen.spi[..4].try_into().expect("4"));
         Ok(self.new_child(spi_in, spi_out, chosen, tsi, tsr, true))
     }
 
@@ -1346,9 +1437,19 @@ impl IkeSa {
         ni: &[u8],
         nr: &[u8],
         we_init: bool,
-    ) -> ChildSaInfo {
-        let suite = self.suite.as_ref().expect("established");
-        let transform = suite::esp_transform(&c.chosen).expect("negotiated from our own proposals");
+    ) -> Result<ChildSaInfo, Reason> {
+        let suite = self
+            .suite
+            .as_ref()
+            .ok_or_else(|| Reason::Protocol("Child SA before the IKE SA has keys".into()))?;
+        // accept_child and negotiate_child only let through what the datapath implements; checked again here
+        // because a wrong answer must never be able to take the daemon down.
+        let transform = suite::esp_transform(&c.chosen).ok_or_else(|| {
+            Reason::Protocol(format!(
+                "Child SA algorithms {} are not implemented by the datapath",
+                c.chosen.describe()
+            ))
+        })?;
         let half = transform.keymat_len();
         let keymat = suite.child_keymat(shared, ni, nr, 2 * half);
         //= https://www.rfc-editor.org/rfc/rfc7296#section-2.17
@@ -1360,21 +1461,25 @@ impl IkeSa {
         } else {
             (i_to_r, r_to_i)
         };
-        ChildSaInfo {
+        let key = |k: &[u8]| {
+            esp::KeyMaterial::new(transform, k)
+                .map_err(|e| Reason::Protocol(format!("Child SA keys: {e}")))
+        };
+        Ok(ChildSaInfo {
             peer: self.cfg.name.clone(),
             ike_spi: self.local_spi(),
             spi_in: c.spi_in,
             spi_out: c.spi_out,
             transform,
             esn: c.chosen.esn,
-            keys_in: esp::KeyMaterial::new(transform, k_in).expect("length from the transform"),
-            keys_out: esp::KeyMaterial::new(transform, k_out).expect("length from the transform"),
+            keys_in: key(k_in)?,
+            keys_out: key(k_out)?,
             ts_local: c.ts_local.clone(),
             ts_remote: c.ts_remote.clone(),
             remote: self.remote,
             udp_encap: self.nat,
             pfs_group: c.chosen.dh,
-        }
+        })
     }
 
     fn established(&mut self, now: Instant) {
@@ -1789,7 +1894,7 @@ impl IkeSa {
         if id_i != self.cfg.remote_id {
             let why = format!(
                 "peer claims identity {}, expected {}",
-                display_id(&id_i),
+                untrusted(&display_id(&id_i)),
                 display_id(&self.cfg.remote_id)
             );
             refuse(self, why);
@@ -1798,7 +1903,11 @@ impl IkeSa {
         if let Err(why) = self.check_peer_auth(now, &id_i, method, &data, &payloads) {
             refuse(
                 self,
-                format!("AUTH from {} does not verify: {why}", display_id(&id_i)),
+                format!(
+                    "AUTH from {} does not verify: {}",
+                    untrusted(&display_id(&id_i)),
+                    untrusted(&why)
+                ),
             );
             return;
         }
@@ -1817,12 +1926,18 @@ impl IkeSa {
             data: our_auth,
         });
         self.established(now);
-        let child = self.negotiate_child(&payloads, false);
+        let child =
+            self.negotiate_child(&payloads, false)
+                .and_then(|(child, sa_payload, tsi, tsr)| {
+                    let info = self
+                        .child_info(&child, None, &self.ni, &self.nr, false)
+                        .map_err(|r| (n::NO_PROPOSAL_CHOSEN, r))?;
+                    Ok((child, info, sa_payload, tsi, tsr))
+                });
         match child {
-            Ok((child, sa_payload, tsi, tsr)) => {
+            Ok((child, info, sa_payload, tsi, tsr)) => {
                 resp.extend([sa_payload, Payload::TsI(tsi), Payload::TsR(tsr)]);
                 self.send_response(ExchangeType::IKE_AUTH, id, resp);
-                let info = self.child_info(&child, None, &self.ni, &self.nr, false);
                 self.children.push(child);
                 self.events.push_back(Event::ChildUp(Box::new(info)));
             }
@@ -1862,9 +1977,11 @@ impl IkeSa {
                 .map(ProposalSpec::without_dh)
                 .collect()
         };
-        let Some(chosen) = proposal::select(&ours, &theirs)
-            .filter(|c| c.spi.len() == 4 && suite::esp_transform(c).is_some())
-        else {
+        let chosen = proposal::select(&ours, &theirs).and_then(|c| {
+            let spi = <[u8; 4]>::try_from(&c.spi[..]).ok()?;
+            suite::esp_transform(&c).map(|_| (c, u32::from_be_bytes(spi)))
+        });
+        let Some((chosen, spi_out)) = chosen else {
             return Err((
                 n::NO_PROPOSAL_CHOSEN,
                 Reason::NoProposalChosen {
@@ -1899,15 +2016,14 @@ impl IkeSa {
                 n::TS_UNACCEPTABLE,
                 Reason::TsUnacceptable(format!(
                     "peer proposed {} === {}, we allow {} === {}",
-                    ts_list(&tsi),
-                    ts_list(&tsr),
+                    untrusted(&ts_list(&tsi)),
+                    untrusted(&ts_list(&tsr)),
                     ts_list(&self.cfg.remote_ts),
                     ts_list(&self.cfg.local_ts)
                 )),
             ));
         }
         let spi_in = random_spi32();
-        let spi_out = u32::from_be_bytes(chosen.spi[..4].try_into().expect("4"));
         let sa_payload = Payload::Sa(vec![
             chosen.to_wire(ProtocolId::ESP, spi_in.to_be_bytes().to_vec())
         ]);
@@ -2092,20 +2208,52 @@ impl IkeSa {
             );
             return;
         };
-        let mut child = match self.accept_child(&payloads, &offered, spi_in, ks.is_some()) {
-            Ok(c) => c,
-            Err(reason) => {
-                refused(self, reason);
-                return;
-            }
-        };
-        let Some(shared) = pfs_secret(ks, &payloads) else {
+        let Some(shared) = pfs_secret(ks.as_deref(), &payloads) else {
+            refused(
+                self,
+                Reason::Protocol("CREATE_CHILD_SA answer lacks a usable KE payload".into()),
+            );
+            self.delete_unusable_child(now, spi_in);
             return;
         };
-        child.rekey_at = now + jittered(self.cfg.lifetimes.child_rekey, self.cfg.lifetimes.jitter);
-        let info = self.child_info(&child, shared.as_ref().map(|s| s.as_ref()), &ni, &nr, true);
-        self.children.push(child);
-        self.events.push_back(Event::ChildUp(Box::new(info)));
+        let accepted = self
+            .accept_child(&payloads, &offered, spi_in, ks.is_some())
+            .and_then(|mut child| {
+                child.rekey_at =
+                    now + jittered(self.cfg.lifetimes.child_rekey, self.cfg.lifetimes.jitter);
+                let info =
+                    self.child_info(&child, shared.as_ref().map(|s| s.as_ref()), &ni, &nr, true)?;
+                Ok((child, info))
+            });
+        match accepted {
+            Ok((child, info)) => {
+                self.children.push(child);
+                self.events.push_back(Event::ChildUp(Box::new(info)));
+            }
+            Err(reason) => {
+                refused(self, reason);
+                self.delete_unusable_child(now, spi_in);
+            }
+        }
+    }
+
+    /// The peer answered our CREATE_CHILD_SA with a Child SA we cannot use (a proposal we did not offer, a bad
+    /// key exchange...): it has installed it, so it is deleted like any other (RFC 7296 1.4.1), and never
+    /// installed here.
+    fn delete_unusable_child(&mut self, now: Instant, spi_in: u32) {
+        if self.outstanding.is_some() {
+            return;
+        }
+        let d = Payload::Delete(Delete {
+            protocol: ProtocolId::ESP,
+            spis: vec![spi_in.to_be_bytes().to_vec()],
+        });
+        self.send_request(
+            now,
+            ExchangeType::INFORMATIONAL,
+            vec![d],
+            Request::DeleteChild { spi_in },
+        );
     }
 
     /// Our ESP proposals for a new or rekeyed Child SA with inbound SPI `spi_in`, with PFS (a key share for the
@@ -2135,7 +2283,9 @@ impl IkeSa {
     }
 
     fn start_child_rekey(&mut self, now: Instant, i: usize) {
-        let old = self.children[i].clone();
+        let Some(old) = self.children.get(i).cloned() else {
+            return;
+        };
         let spi_in = random_spi32();
         let ni = random_bytes(NONCE_LEN);
         // PFS when the configured ESP proposal names a group; the first one is sent.
@@ -2162,7 +2312,9 @@ impl IkeSa {
         payloads.push(Payload::TsI(old.ts_local.clone()));
         payloads.push(Payload::TsR(old.ts_remote.clone()));
         // Postpone this child's rekey so that a failure does not loop; the response resets it.
-        self.children[i].rekey_at = now + self.cfg.lifetimes.child_rekey;
+        if let Some(c) = self.children.get_mut(i) {
+            c.rekey_at = now + self.cfg.lifetimes.child_rekey;
+        }
         self.send_request(
             now,
             ExchangeType::CREATE_CHILD_SA,
@@ -2199,13 +2351,38 @@ impl IkeSa {
             return;
         }
         let nr = first!(payloads, Payload::Nonce(x) => x.clone());
-        let Some(nr) = nr else { return };
-        let mut child = match self.accept_child(&payloads, &offered, spi_in, ks.is_some()) {
-            Ok(c) => c,
-            Err(_) => return,
+        let retry_later = |sa: &mut IkeSa| {
+            if let Some(c) = sa.children.iter_mut().find(|c| c.spi_in == old_spi_in) {
+                c.rekey_at = now + rekey_retry();
+            }
         };
-        let Some(shared) = pfs_secret(ks, &payloads) else {
+        let Some(nr) = nr else {
+            retry_later(self);
+            self.delete_unusable_child(now, spi_in);
             return;
+        };
+        let accepted = pfs_secret(ks.as_deref(), &payloads)
+            .ok_or_else(|| {
+                Reason::Protocol("CREATE_CHILD_SA answer lacks a usable KE payload".into())
+            })
+            .and_then(|shared| {
+                let child = self.accept_child(&payloads, &offered, spi_in, ks.is_some())?;
+                Ok((child, shared))
+            });
+        let (mut child, shared) = match accepted {
+            Ok(x) => x,
+            Err(reason) => {
+                // The old Child SA stays; its rekey is tried again later, and the peer's new one is deleted.
+                self.events.push_back(Event::ChildDown {
+                    peer: self.cfg.name.clone(),
+                    spi_in: 0,
+                    spi_out: 0,
+                    reason,
+                });
+                retry_later(self);
+                self.delete_unusable_child(now, spi_in);
+                return;
+            }
         };
         if let Some(c) = collision {
             //= https://www.rfc-editor.org/rfc/rfc7296#section-2.8.1
@@ -2229,7 +2406,21 @@ impl IkeSa {
             // Ours survives; the peer closes its redundant one and we retire the old one as usual.
         }
         child.rekey_at = now + jittered(self.cfg.lifetimes.child_rekey, self.cfg.lifetimes.jitter);
-        let info = self.child_info(&child, shared.as_ref().map(|s| s.as_ref()), &ni, &nr, true);
+        let info =
+            match self.child_info(&child, shared.as_ref().map(|s| s.as_ref()), &ni, &nr, true) {
+                Ok(info) => info,
+                Err(reason) => {
+                    self.events.push_back(Event::ChildDown {
+                        peer: self.cfg.name.clone(),
+                        spi_in: 0,
+                        spi_out: 0,
+                        reason,
+                    });
+                    retry_later(self);
+                    self.delete_unusable_child(now, spi_in);
+                    return;
+                }
+            };
         self.children.push(child);
         if let Some(old) = self.children.iter_mut().find(|c| c.spi_in == old_spi_in) {
             old.rekeyed = true;
@@ -2254,16 +2445,45 @@ impl IkeSa {
 
     fn respond_create_child(&mut self, now: Instant, id: u32, payloads: Vec<Payload>) {
         let rekey = payloads.iter().find_map(|p| match p {
-            Payload::Notify(x) if x.ntype == n::REKEY_SA && x.spi.len() == 4 => {
-                Some(u32::from_be_bytes(x.spi[..4].try_into().expect("4")))
+            Payload::Notify(x) if x.ntype == n::REKEY_SA => {
+                <[u8; 4]>::try_from(&x.spi[..]).ok().map(u32::from_be_bytes)
             }
             _ => None,
         });
         let is_ike_rekey = payloads.iter().any(
             |p| matches!(p, Payload::Sa(ps) if ps.iter().any(|x| x.protocol == ProtocolId::IKE)),
         );
+        let temporary_failure = |sa: &mut IkeSa| {
+            sa.send_response(
+                ExchangeType::CREATE_CHILD_SA,
+                id,
+                vec![Payload::Notify(Notify::new(n::TEMPORARY_FAILURE, vec![]))],
+            );
+        };
+        // Rate limits: every CREATE_CHILD_SA may cost a key exchange, and an IKE rekey leaves the old IKE SA
+        // behind until its delete. A peer above them is asked to come back later, as after a collision.
+        if !self.create_limit.take(now) || (is_ike_rekey && !self.rekey_limit.take(now)) {
+            temporary_failure(self);
+            return;
+        }
         if is_ike_rekey {
             self.respond_ike_rekey(now, id, payloads);
+            return;
+        }
+        let live = self.children.iter().filter(|c| !c.rekeyed).count();
+        if rekey.is_none() && live >= MAX_CHILD_SAS {
+            // RFC 7296 3.10.1 (paraphrased): NO_ADDITIONAL_SAS tells the initiator that the responder is unwilling
+            // to accept any more Child SAs on this IKE SA.
+            self.send_response(
+                ExchangeType::CREATE_CHILD_SA,
+                id,
+                vec![Payload::Notify(Notify::new(n::NO_ADDITIONAL_SAS, vec![]))],
+            );
+            return;
+        }
+        if self.children.len() >= 2 * MAX_CHILD_SAS {
+            // Rekeyed Child SAs whose delete the peer has not sent yet: it rekeys faster than it cleans up.
+            temporary_failure(self);
             return;
         }
         if matches!(
@@ -2349,6 +2569,14 @@ impl IkeSa {
                     return;
                 }
             };
+        if !NONCE_LEN_RANGE.contains(&ni.len()) {
+            self.send_response(
+                ExchangeType::CREATE_CHILD_SA,
+                id,
+                vec![Payload::Notify(Notify::new(n::INVALID_SYNTAX, vec![]))],
+            );
+            return;
+        }
         let nr = random_bytes(NONCE_LEN);
         let mut resp = vec![sa_payload, Payload::Nonce(nr.clone())];
         let mut shared = None;
@@ -2367,9 +2595,19 @@ impl IkeSa {
                 );
                 return;
             };
-            let Ok(ks) = KeyShare::generate(group) else {
-                return;
-            };
+            // The peer's value is checked before we spend a key generation on it.
+            let ks =
+                match suite::check_public(group, &pub_i).and_then(|()| KeyShare::generate(group)) {
+                    Ok(ks) => ks,
+                    Err(_) => {
+                        self.send_response(
+                            ExchangeType::CREATE_CHILD_SA,
+                            id,
+                            vec![Payload::Notify(Notify::new(n::INVALID_SYNTAX, vec![]))],
+                        );
+                        return;
+                    }
+                };
             resp.push(Payload::Ke {
                 group,
                 data: ks.public().to_vec(),
@@ -2386,15 +2624,31 @@ impl IkeSa {
                 }
             }
         }
+        child.rekey_at = now + jittered(self.cfg.lifetimes.child_rekey, self.cfg.lifetimes.jitter);
+        let info =
+            match self.child_info(&child, shared.as_ref().map(|s| s.as_ref()), &ni, &nr, false) {
+                Ok(info) => info,
+                Err(reason) => {
+                    self.send_response(
+                        ExchangeType::CREATE_CHILD_SA,
+                        id,
+                        vec![Payload::Notify(Notify::new(n::NO_PROPOSAL_CHOSEN, vec![]))],
+                    );
+                    self.events.push_back(Event::ChildDown {
+                        peer: self.cfg.name.clone(),
+                        spi_in: 0,
+                        spi_out: 0,
+                        reason,
+                    });
+                    return;
+                }
+            };
         resp.push(Payload::TsI(tsi));
         resp.push(Payload::TsR(tsr));
         self.send_response(ExchangeType::CREATE_CHILD_SA, id, resp);
-        child.rekey_at = now + jittered(self.cfg.lifetimes.child_rekey, self.cfg.lifetimes.jitter);
-        let info = self.child_info(&child, shared.as_ref().map(|s| s.as_ref()), &ni, &nr, false);
         self.children.push(child);
-        match old_index {
-            Some(i) => {
-                let old_spi_in = self.children[i].spi_in;
+        match old_index.and_then(|i| self.children.get(i).map(|c| (i, c.spi_in))) {
+            Some((i, old_spi_in)) => {
                 if let Some(Outstanding {
                     what:
                         Request::RekeyChild {
@@ -2415,10 +2669,12 @@ impl IkeSa {
                         });
                     }
                 }
-                self.children[i].rekeyed = true;
-                // The initiator of the rekey deletes the old SA; if it never does, our own timer would rekey it
-                // again, so push that far out.
-                self.children[i].rekey_at = now + self.cfg.lifetimes.child_rekey;
+                if let Some(old) = self.children.get_mut(i) {
+                    old.rekeyed = true;
+                    // The initiator of the rekey deletes the old SA; if it never does, our own timer would rekey
+                    // it again, so push that far out.
+                    old.rekey_at = now + self.cfg.lifetimes.child_rekey;
+                }
                 self.events.push_back(Event::ChildRekeyed {
                     old_spi_in,
                     new: Box::new(info),
@@ -2478,7 +2734,8 @@ impl IkeSa {
         );
     }
 
-    /// The keys of the new IKE SA from a rekey response, or `None` if it is an error or unusable.
+    /// The keys of the new IKE SA from a rekey response; `Err(None)` if the peer refused (an error notify),
+    /// `Err(Some(why))` if the answer is unusable (a proposal we did not offer, a bad key exchange...).
     fn rekey_response_suite(
         &self,
         payloads: &[Payload],
@@ -2486,33 +2743,40 @@ impl IkeSa {
         offered: &[Proposal],
         ni: &[u8],
         ks: KeyShare,
-    ) -> Option<(Suite, u64, Vec<u8>)> {
+    ) -> Result<(Suite, u64, Vec<u8>), Option<String>> {
         if error_notify(payloads).is_some() {
-            return None;
+            return Err(None);
         }
-        let chosen = payloads.iter().find_map(|p| match p {
-            Payload::Sa(props) if props.len() == 1 => proposal::check_response(offered, &props[0]),
-            _ => None,
-        })?;
+        let bad = |why: String| Some(format!("IKE SA rekey answer refused: {why}"));
+        let props = first!(payloads, Payload::Sa(props) => props)
+            .ok_or_else(|| bad("no SA payload".into()))?;
+        let chosen = proposal::check_response(offered, props).map_err(|e| bad(e.to_string()))?;
         //= https://www.rfc-editor.org/rfc/rfc7296#section-1.3.2
         //# A new initiator SPI is supplied in the SPI field of the SA payload.
         // (and the responder's in its answer's)
-        let spi_r = u64::from_be_bytes(chosen.spi.as_slice().try_into().ok()?);
-        if spi_r == 0 || chosen.dh != Some(ks.group()) {
-            return None;
+        let spi_r = <[u8; 8]>::try_from(chosen.spi.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| bad("the SPI is not 8 bytes".into()))?;
+        if spi_r == 0 {
+            return Err(bad("zero SPI".into()));
         }
-        let nr = first!(payloads, Payload::Nonce(x) => x.clone())?;
-        let ke = first!(payloads, Payload::Ke { group, data } => (*group, data.clone()))?;
-        if ke.0 != ks.group() {
-            return None;
+        if chosen.dh != Some(ks.group()) {
+            return Err(bad(format!(
+                "it chose another key exchange group than the one we sent ({})",
+                proposal::dh_name(ks.group())
+            )));
         }
-        let shared = ks.agree(&ke.1).ok()?;
-        let suite = self
-            .suite
-            .as_ref()?
-            .derive_rekey(&chosen, &shared, ni, &nr, spi, spi_r, true)
-            .ok()?;
-        Some((suite, spi_r, nr))
+        let nr = first!(payloads, Payload::Nonce(x) => x.clone())
+            .filter(|nr| NONCE_LEN_RANGE.contains(&nr.len()))
+            .ok_or_else(|| bad("no usable Nonce".into()))?;
+        let ke = first!(payloads, Payload::Ke { group, data } => (*group, data.clone()))
+            .filter(|ke| ke.0 == ks.group())
+            .ok_or_else(|| bad("no KE payload of our group".into()))?;
+        let shared = ks.agree(&ke.1).map_err(&bad)?;
+        self.keys()
+            .and_then(|s| s.derive_rekey(&chosen, &shared, ni, &nr, spi, spi_r, true))
+            .map(|suite| (suite, spi_r, nr))
+            .map_err(bad)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -2526,14 +2790,28 @@ impl IkeSa {
         ks: KeyShare,
         collision: Option<IkeCollision>,
     ) {
-        let Some((suite, spi_r, nr)) = self.rekey_response_suite(&payloads, spi, &offered, &ni, ks)
-        else {
-            // Refused (TEMPORARY_FAILURE, NO_PROPOSAL_CHOSEN, ...) or unusable: if the peer's own rekey of this
-            // SA succeeded meanwhile, that one replaces it; otherwise retry at the postponed time.
-            if let Some(c) = collision {
-                self.hand_over(now, c.local_spi, c.spis);
+        let (suite, spi_r, nr) = match self.rekey_response_suite(&payloads, spi, &offered, &ni, ks)
+        {
+            Ok(x) => x,
+            Err(why) => {
+                // Refused (TEMPORARY_FAILURE, NO_PROPOSAL_CHOSEN, ...) or unusable: if the peer's own rekey of
+                // this SA succeeded meanwhile, that one replaces it; a refusal is retried at the postponed time.
+                if let Some(c) = collision {
+                    self.hand_over(now, c.local_spi, c.spis);
+                } else if let Some(why) = why {
+                    // The peer believes the new IKE SA exists (and may have moved its Child SAs there) while we
+                    // cannot use it: both ends start afresh rather than disagree about which SA is current.
+                    // (RFC 7296 2.21.3: after authentication, an unprocessable response leads to the IKE SA being
+                    // deleted.)
+                    self.events.push_back(Event::IkeDown {
+                        peer: self.cfg.name.clone(),
+                        reason: Reason::Protocol(why),
+                    });
+                    self.down_reported = true;
+                    self.send_delete_ike(now, Duration::ZERO);
+                }
+                return;
             }
-            return;
         };
         let mut new = self.successor(now, true, spi, spi_r, suite, ni, nr);
         if let Some(c) = collision {
@@ -2626,6 +2904,10 @@ impl IkeSa {
             );
             return;
         }
+        if !NONCE_LEN_RANGE.contains(&ni.len()) || suite::check_public(group, &ke.1).is_err() {
+            refuse(self, Notify::new(n::INVALID_SYNTAX, vec![]));
+            return;
+        }
         let Ok(ks) = KeyShare::generate(group) else {
             refuse(self, Notify::new(n::NO_PROPOSAL_CHOSEN, vec![]));
             return;
@@ -2635,7 +2917,10 @@ impl IkeSa {
             refuse(self, Notify::new(n::INVALID_SYNTAX, vec![]));
             return;
         };
-        let spi_i = u64::from_be_bytes(chosen.spi[..8].try_into().expect("8 bytes"));
+        let Ok(spi_i) = <[u8; 8]>::try_from(&chosen.spi[..]).map(u64::from_be_bytes) else {
+            refuse(self, Notify::new(n::NO_PROPOSAL_CHOSEN, vec![]));
+            return;
+        };
         let spi_r = random_u64();
         let nr = random_bytes(NONCE_LEN);
         let suite = match self
@@ -2725,6 +3010,9 @@ impl IkeSa {
         let lt = self.cfg.lifetimes;
         sa.ike_rekey_at = Some(now + jittered(lt.ike_rekey, lt.jitter));
         sa.last_sent = self.last_sent;
+        // The peer's allowance carries over: rekeying the IKE SA must not reset it.
+        sa.create_limit = self.create_limit.clone();
+        sa.rekey_limit = self.rekey_limit.clone();
         sa
     }
 
@@ -2757,40 +3045,66 @@ pub enum InitOutcome {
     Refused(Transmit, Option<Reason>),
 }
 
+/// An IKE_SA_INIT request that passed every check that costs no key exchange: a proposal of ours, a KE payload
+/// of the chosen group with a value valid for it, a nonce of legal length.
+#[derive(Debug)]
+pub struct ValidInit {
+    header: Header,
+    raw: Vec<u8>,
+    payloads: Vec<Payload>,
+    chosen: Chosen,
+    group: u16,
+    peer_public: Vec<u8>,
+    ni: Vec<u8>,
+}
+
+impl ValidInit {
+    /// The request as received.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+}
+
 impl IkeSa {
-    /// Answers an IKE_SA_INIT request from `from` for the peer `cfg`.
+    /// Answers an IKE_SA_INIT request from `from` for the peer `cfg`: [`IkeSa::validate_init`], then
+    /// [`IkeSa::answer_init`].
     pub fn respond_init(
         cfg: Arc<PeerConfig>,
         now: Instant,
         raw: &[u8],
         from: SocketAddr,
     ) -> Option<InitOutcome> {
-        let parsed = message::parse(raw).ok()?;
+        match IkeSa::validate_init(&cfg, raw, from) {
+            Ok(v) => IkeSa::answer_init(cfg, now, v, from),
+            Err(refusal) => refusal,
+        }
+    }
+
+    /// Checks an IKE_SA_INIT request completely before any Diffie-Hellman work: the header, a proposal we
+    /// accept, the KE payload's group and value, the nonce. `Err(None)`: drop it silently; `Err(Some(_))`:
+    /// the stateless answer to send.
+    pub fn validate_init(
+        cfg: &PeerConfig,
+        raw: &[u8],
+        from: SocketAddr,
+    ) -> Result<ValidInit, Option<InitOutcome>> {
+        let parsed = message::parse(raw).map_err(|_| None)?;
         let h = parsed.header;
         if h.exchange != ExchangeType::IKE_SA_INIT
             || h.flags.response()
             || h.message_id != 0
             || h.spi_r != 0
         {
-            return None;
+            return Err(None);
         }
         let refuse = |payloads: Vec<Payload>, reason: Option<Reason>| {
-            let mut hdr = h;
-            hdr.flags = Flags(Flags::RESPONSE);
-            let data = message::encode_plain(hdr, &payloads);
-            InitOutcome::Refused(
-                Transmit {
-                    remote: from,
-                    local_port: IKE_PORT,
-                    data,
-                },
-                reason,
-            )
+            Some(refusal(h, from, &payloads, reason))
         };
-        let theirs = first!(parsed.payloads, Payload::Sa(x) => x.clone())?;
-        let ke = first!(parsed.payloads, Payload::Ke { group, data } => (*group, data.clone()))?;
-        let ni = first!(parsed.payloads, Payload::Nonce(x) => x.clone())?;
-        let Some(chosen) = proposal::select(&cfg.ike_proposals, &theirs)
+        let theirs = first!(parsed.payloads, Payload::Sa(x) => x).ok_or(None)?;
+        let ke =
+            first!(parsed.payloads, Payload::Ke { group, data } => (*group, data)).ok_or(None)?;
+        let ni = first!(parsed.payloads, Payload::Nonce(x) => x).ok_or(None)?;
+        let Some(chosen) = proposal::select(&cfg.ike_proposals, theirs)
             .filter(|c| c.spi.is_empty() && suite::ike_supported(c))
         else {
             let ours = cfg
@@ -2799,20 +3113,20 @@ impl IkeSa {
                 .map(|p| p.text.as_str())
                 .collect::<Vec<_>>()
                 .join(", ");
-            return Some(refuse(
+            return Err(refuse(
                 vec![Payload::Notify(Notify::new(n::NO_PROPOSAL_CHOSEN, vec![]))],
                 Some(Reason::NoProposalChosen {
                     ours,
-                    theirs: describe_offer(&theirs),
+                    theirs: describe_offer(theirs),
                 }),
             ));
         };
-        let group = chosen.dh?;
+        let group = chosen.dh.ok_or(None)?;
         if ke.0 != group {
             //= https://www.rfc-editor.org/rfc/rfc7296#section-1.2
             //# If the initiator guesses wrong, the responder will respond with a Notify payload of type
             //# INVALID_KE_PAYLOAD indicating the selected group.
-            return Some(refuse(
+            return Err(refuse(
                 vec![Payload::Notify(Notify::new(
                     n::INVALID_KE_PAYLOAD,
                     group.to_be_bytes().to_vec(),
@@ -2820,13 +3134,51 @@ impl IkeSa {
                 None,
             ));
         }
+        // The peer's value and nonce are checked before a key of ours is generated for them: a spoofed request
+        // with a bad value must cost no Diffie-Hellman work.
+        if suite::check_public(group, ke.1).is_err() || !NONCE_LEN_RANGE.contains(&ni.len()) {
+            return Err(refuse(
+                vec![Payload::Notify(Notify::new(n::INVALID_SYNTAX, vec![]))],
+                None,
+            ));
+        }
+        Ok(ValidInit {
+            header: h,
+            raw: parsed.bytes.to_vec(),
+            payloads: parsed.payloads.clone(),
+            chosen,
+            group,
+            peer_public: ke.1.clone(),
+            ni: ni.clone(),
+        })
+    }
+
+    /// Answers a validated IKE_SA_INIT request: the key exchange, the keys, and a half-open SA holding the
+    /// response. This is the expensive step.
+    pub fn answer_init(
+        cfg: Arc<PeerConfig>,
+        now: Instant,
+        v: ValidInit,
+        from: SocketAddr,
+    ) -> Option<InitOutcome> {
+        let ValidInit {
+            header: h,
+            raw,
+            payloads: request,
+            chosen,
+            group,
+            peer_public,
+            ni,
+        } = v;
         let ks = KeyShare::generate(group).ok()?;
         let public = ks.public().to_vec();
-        let shared = match ks.agree(&ke.1) {
+        let shared = match ks.agree(&peer_public) {
             Ok(s) => s,
             Err(_) => {
-                return Some(refuse(
-                    vec![Payload::Notify(Notify::new(n::INVALID_SYNTAX, vec![]))],
+                return Some(refusal(
+                    h,
+                    from,
+                    &[Payload::Notify(Notify::new(n::INVALID_SYNTAX, vec![]))],
                     None,
                 ))
             }
@@ -2834,7 +3186,7 @@ impl IkeSa {
         let mut sa = IkeSa::blank(cfg, false, h.spi_i, random_u64(), from, now);
         sa.ni = ni;
         sa.nr = random_bytes(NONCE_LEN);
-        sa.init_req = parsed.bytes.to_vec();
+        sa.init_req = raw;
         sa.peer_next_id = 1;
         let suite =
             Suite::derive(&chosen, &shared, &sa.ni, &sa.nr, sa.spi_i, sa.spi_r, false).ok()?;
@@ -2852,9 +3204,9 @@ impl IkeSa {
         //# The responder can also send a Certificate Request payload ([CERTREQ]) in its IKE_SA_INIT response
         payloads.extend(sa.certreq_payload());
         payloads.extend(sa.sig_hash_notify());
-        sa.peer_sig_hashes = peer_sig_hashes(&parsed.payloads);
-        sa.check_nat(&parsed.payloads, IKE_PORT, 0);
-        if sa.cfg.fragment_size != 0 && announces_fragmentation(&parsed.payloads) {
+        sa.peer_sig_hashes = peer_sig_hashes(&request);
+        sa.check_nat(&request, IKE_PORT, 0);
+        if sa.cfg.fragment_size != 0 && announces_fragmentation(&request) {
             //= https://www.rfc-editor.org/rfc/rfc7383#section-2.3
             //# If the responder supports IKE fragmentation and is willing to use it, it includes a Notify payload
             //# of type IKEV2_FRAGMENTATION_SUPPORTED in the IKE_SA_INIT response message.
@@ -2876,13 +3228,41 @@ impl IkeSa {
     }
 }
 
-/// The peer's proposals in strongSwan's syntax, for the NO_PROPOSAL_CHOSEN log line.
+/// A stateless answer to the IKE_SA_INIT request with header `h`.
+fn refusal(
+    h: Header,
+    from: SocketAddr,
+    payloads: &[Payload],
+    reason: Option<Reason>,
+) -> InitOutcome {
+    let mut hdr = h;
+    hdr.flags = Flags(Flags::RESPONSE);
+    let data = message::encode_plain(hdr, payloads);
+    InitOutcome::Refused(
+        Transmit {
+            remote: from,
+            local_port: IKE_PORT,
+            data,
+        },
+        reason,
+    )
+}
+
+/// The peer's proposals in strongSwan's syntax, for the NO_PROPOSAL_CHOSEN log line: at most
+/// [`crate::text::MAX_UNTRUSTED_CHARS`] characters, however many proposals the request carried.
 fn describe_offer(props: &[Proposal]) -> String {
-    props
-        .iter()
-        .map(proposal::describe_wire)
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut out = String::new();
+    for (i, p) in props.iter().enumerate() {
+        if out.len() > crate::text::MAX_UNTRUSTED_CHARS {
+            out.push_str(&format!(" ... ({} more proposals)", props.len() - i));
+            break;
+        }
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&proposal::describe_wire(p));
+    }
+    untrusted(&out)
 }
 
 fn announces_fragmentation(payloads: &[Payload]) -> bool {
@@ -2894,7 +3274,7 @@ fn announces_fragmentation(payloads: &[Payload]) -> bool {
 /// The PFS secret of a Child SA answer to our request with key share `ks`: `Some(None)` without PFS, `None` if
 /// the answer lacks the KE payload or its key does not work.
 fn pfs_secret(
-    ks: Option<Box<KeyShare>>,
+    ks: Option<&KeyShare>,
     payloads: &[Payload],
 ) -> Option<Option<crate::crypto::dh::SharedSecret>> {
     let Some(ks) = ks else {

@@ -12,9 +12,21 @@ use crate::proposal::{ids, Chosen};
 /// Fills `buf` from the crypto backend's DRBG.
 pub(crate) fn fill_random(buf: &mut [u8]) {
     use aws_lc_rs::rand::SecureRandom;
-    aws_lc_rs::rand::SystemRandom::new()
-        .fill(buf)
-        .expect("the system DRBG does not fail");
+    // aws-lc's RAND_bytes aborts the process itself when its entropy source fails, so this error is not
+    // reachable; if it ever were, going on with predictable SPIs, nonces or keys is worse than stopping.
+    if aws_lc_rs::rand::SystemRandom::new().fill(buf).is_err() {
+        std::process::abort();
+    }
+}
+
+/// Checks the peer's Key Exchange Data for `group` before any key of ours is generated for it: the group is
+/// one we implement and the value is valid for it (MODP: right length and 1 < y < p-1; ECP: a point on the
+/// curve; Curve25519: 32 bytes). Cheap next to a key generation, so a request with a bad value costs us no
+/// Diffie-Hellman work.
+pub(crate) fn check_public(group: u16, peer: &[u8]) -> Result<(), String> {
+    let g = dh::DhGroup::from_id(group)
+        .ok_or_else(|| format!("key exchange group {group} is not implemented"))?;
+    dh::check_public(g, peer).map_err(|e| e.to_string())
 }
 
 /// Constant-time equality of two MACs.
@@ -25,11 +37,6 @@ pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 /// NAT_DETECTION_*_IP data (RFC 7296 2.23).
 pub(crate) fn nat_hash(spi_i: u64, spi_r: u64, ip: IpAddr, port: u16) -> [u8; 20] {
     auth::nat_detection_hash(spi_i, spi_r, ip, port)
-}
-
-/// A stateless cookie (RFC 7296 2.6).
-pub(crate) fn cookie(secret: &[u8; 32], ni: &[u8], ip: IpAddr, spi_i: u64) -> Vec<u8> {
-    auth::cookie(secret, ni, ip, spi_i)
 }
 
 /// The ESP transform a negotiated Child SA proposal names, if the datapath implements it.
@@ -117,7 +124,7 @@ impl KeyShare {
     pub(crate) fn public(&self) -> &[u8] {
         self.0.public()
     }
-    pub(crate) fn agree(self, peer: &[u8]) -> Result<dh::SharedSecret, String> {
+    pub(crate) fn agree(&self, peer: &[u8]) -> Result<dh::SharedSecret, String> {
         self.0.agree(peer).map_err(|e| e.to_string())
     }
 }
@@ -192,7 +199,7 @@ impl Suite {
         if enc.fragment.is_some() {
             return Err(());
         }
-        let aad = &msg[..enc.offset + 4];
+        let aad = msg.get(..enc.offset + 4).ok_or(())?;
         let plain = self.inp.decrypt(aad, enc.body).map_err(|_| ())?;
         let (payloads, nested) = message::parse_chain(enc.inner_next, &plain, 0).map_err(|_| ())?;
         if nested.is_some() {

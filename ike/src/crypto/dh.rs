@@ -223,6 +223,45 @@ impl KeyShare {
     }
 }
 
+/// Checks the peer's Key Exchange Data for `group` without a key of ours: the same checks as
+/// [`KeyShare::agree`] makes before its computation (length; MODP: 1 < y < p-1; ECP: a point on the curve), so
+/// that a responder can refuse a bad value before it spends a key generation on the request. Curve25519 accepts
+/// any 32 bytes here (its all-zero result is refused by `agree`).
+pub fn check_public(group: DhGroup, peer: &[u8]) -> Result<(), CryptoError> {
+    if peer.len() != group.key_len() {
+        return Err(group.invalid("wrong length"));
+    }
+    let in_range = |ok: bool| {
+        if ok {
+            Ok(())
+        } else {
+            Err(group.invalid("not in 1 < y < p-1"))
+        }
+    };
+    match group {
+        DhGroup::Modp2048 => in_range(modp_in_range(&MODP2048, peer)),
+        DhGroup::Modp3072 => in_range(modp_in_range(&MODP3072, peer)),
+        DhGroup::Ecp256 | DhGroup::Ecp384 => {
+            let alg = group
+                .ec_algorithm()
+                .ok_or(group.invalid("not an EC group"))?;
+            let mut point = Vec::with_capacity(1 + peer.len());
+            point.push(0x04);
+            point.extend_from_slice(peer);
+            agreement::ParsedPublicKey::try_from(agreement::UnparsedPublicKey::new(alg, &point))
+                .map(|_| ())
+                .map_err(|_| group.invalid("not a valid point"))
+        }
+        DhGroup::Curve25519 => Ok(()),
+    }
+}
+
+fn modp_in_range<const L: usize>(params: &FixedMontyParams<L>, peer: &[u8]) -> bool {
+    let y = Uint::<L>::from_be_slice(peer);
+    let p_minus_1 = params.modulus().as_ref().wrapping_sub(&Uint::ONE);
+    y > Uint::ONE && y < p_minus_1
+}
+
 impl std::fmt::Debug for KeyShare {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyShare")

@@ -1,0 +1,830 @@
+//! Hostile peers and spoofed requests against the IKE endpoint, deterministically: a scripted peer (see
+//! common/mod.rs) sends what no well-behaved endpoint would, and the endpoint must neither crash, nor do
+//! expensive work for it, nor keep unbounded state, nor let it pass for the real peer.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ike::config::{id_from_addr, PeerConfig};
+use ike::endpoint::{self, Endpoint};
+use ike::event::{Event, Reason, Transmit};
+use ike::message::{
+    self, ExchangeType, Id, IdType, Notify, Payload, Proposal, ProtocolId, SaTransform,
+    TransformType,
+};
+use ike::notify as n;
+use ike::proposal::ProposalSpec;
+
+fn events(e: &mut Endpoint) -> Vec<Event> {
+    std::iter::from_fn(|| e.poll_event()).collect()
+}
+
+fn transmits(e: &mut Endpoint) -> Vec<Transmit> {
+    std::iter::from_fn(|| e.poll_transmit()).collect()
+}
+
+fn esp_wire(text: &str, spi: u32) -> Proposal {
+    ProposalSpec::esp(text)
+        .unwrap()
+        .to_wire(1, spi.to_be_bytes().to_vec())
+}
+
+fn sa_of(payloads: &[Payload]) -> Vec<Proposal> {
+    payloads
+        .iter()
+        .find_map(|p| match p {
+            Payload::Sa(x) => Some(x.clone()),
+            _ => None,
+        })
+        .expect("an SA payload")
+}
+
+fn ts_of(payloads: &[Payload]) -> (Payload, Payload) {
+    let tsi = payloads
+        .iter()
+        .find(|p| matches!(p, Payload::TsI(_)))
+        .unwrap();
+    let tsr = payloads
+        .iter()
+        .find(|p| matches!(p, Payload::TsR(_)))
+        .unwrap();
+    (tsi.clone(), tsr.clone())
+}
+
+/// A (198.18.0.1) with an AES-CBC ESP proposal has sent IKE_SA_INIT and, after the scripted responder's
+/// answer, IKE_AUTH. Returns A, the responder, A's IKE_AUTH request (header and payloads) and the clock.
+fn a_in_ike_auth(
+    esp: &str,
+    tweak: impl FnOnce(&mut PeerConfig),
+) -> (Endpoint, Fake, ike::message::Header, Vec<Payload>, Instant) {
+    let (mut cfg, _) = configs();
+    cfg.esp_proposals = vec![ProposalSpec::esp(esp).unwrap()];
+    tweak(&mut cfg);
+    let mut a = Endpoint::new(vec![Arc::new(cfg)]);
+    let now = Instant::now();
+    a.connect(now, "b").unwrap();
+    let init = a.poll_transmit().unwrap();
+    let (fake, resp) = Fake::respond(&init.data, 0x1122_3344_5566_7788, None);
+    a.handle(now, &resp, addr(B, 500), 500);
+    let auth = a.poll_transmit().expect("IKE_AUTH request");
+    let (h, payloads) = fake.open(&auth.data);
+    (a, fake, h, payloads, now)
+}
+
+/// The scripted responder's IKE_AUTH answer choosing `chosen` for the Child SA.
+fn auth_answer(
+    fake: &Fake,
+    h: &ike::message::Header,
+    req: &[Payload],
+    chosen: Proposal,
+) -> Vec<u8> {
+    let idr = id_from_addr(B.parse().unwrap());
+    let (tsi, tsr) = ts_of(req);
+    fake.seal(
+        ExchangeType::IKE_AUTH,
+        true,
+        h.message_id,
+        &[
+            Payload::IdR(idr.clone()),
+            fake.auth(&idr),
+            Payload::Sa(vec![chosen]),
+            tsi,
+            tsr,
+        ],
+    )
+}
+
+/// Issue 12 item 2: a responder that leaves INTEG out of an AES-CBC ESP proposal (or sends INTEG NONE) made the
+/// initiator's `child_info` panic ("negotiated from our own proposals") after authentication: one datagram from
+/// an authenticated peer took the whole daemon down. Now the answer is refused, type by type, and the IKE SA is
+/// deleted (RFC 7296 2.21.2), without a Child SA.
+#[test]
+fn ike_auth_answer_without_integrity_is_refused_not_a_crash() {
+    for integ in [None, Some(0u16)] {
+        let (mut a, fake, h, req, now) = a_in_ike_auth("aes128-sha256", |_| {});
+        let offered = sa_of(&req);
+        let mut bad = offered[0].clone();
+        bad.spi = vec![0xc0, 0, 0x12, 0x34];
+        bad.transforms.retain(|t| t.ttype != TransformType::INTEG);
+        if let Some(id) = integ {
+            bad.transforms.push(SaTransform {
+                ttype: TransformType::INTEG,
+                id,
+                key_len: None,
+            });
+        }
+        let answer = auth_answer(&fake, &h, &req, bad);
+        a.handle(now, &answer, addr(B, 500), 500);
+        let ev = events(&mut a);
+        assert!(child_ups(&ev).is_empty(), "{ev:?}");
+        let d = downs(&ev);
+        assert!(
+            matches!(&d[..], [Reason::Protocol(why)] if why.contains("integrity")),
+            "INTEG {integ:?}: {d:?}"
+        );
+        // The IKE SA is deleted: an INFORMATIONAL request with a Delete of the IKE SA.
+        let t = transmits(&mut a);
+        let (dh, dp) = fake.open(&t.last().expect("a delete").data);
+        assert_eq!(dh.exchange, ExchangeType::INFORMATIONAL);
+        assert!(
+            dp.iter()
+                .any(|p| matches!(p, Payload::Delete(d) if d.protocol == ProtocolId::IKE)),
+            "{dp:?}"
+        );
+    }
+}
+
+/// The same in a CREATE_CHILD_SA answer (here to a Child SA rekey): the Child SA is refused and deleted, the
+/// old one and the IKE SA stay.
+#[test]
+fn create_child_sa_answer_without_integrity_is_refused_not_a_crash() {
+    let (mut a, fake, h, req, now) = a_in_ike_auth("aes128-sha256", |_| {});
+    let mut good = sa_of(&req)[0].clone();
+    good.spi = vec![0xc0, 0, 0, 1];
+    a.handle(now, &auth_answer(&fake, &h, &req, good), addr(B, 500), 500);
+    let ev = events(&mut a);
+    let up = child_ups(&ev);
+    assert_eq!(up.len(), 1, "{ev:?}");
+    // A rekeys its Child SA now.
+    assert!(a.rekey_child_now(now, up[0].spi_in));
+    a.handle_timeout(now);
+    let t = a.poll_transmit().expect("CREATE_CHILD_SA request");
+    let (h, req) = fake.open(&t.data);
+    assert_eq!(h.exchange, ExchangeType::CREATE_CHILD_SA);
+    let mut bad = sa_of(&req)[0].clone();
+    bad.spi = vec![0xc0, 0, 0, 2];
+    bad.transforms.retain(|t| t.ttype != TransformType::INTEG);
+    let (tsi, tsr) = ts_of(&req);
+    let answer = fake.seal(
+        ExchangeType::CREATE_CHILD_SA,
+        true,
+        h.message_id,
+        &[
+            Payload::Sa(vec![bad]),
+            Payload::Nonce(vec![7; 32]),
+            tsi,
+            tsr,
+        ],
+    );
+    a.handle(now, &answer, addr(B, 500), 500);
+    let ev = events(&mut a);
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(e, Event::ChildRekeyed { .. } | Event::ChildUp(_))),
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::ChildDown { spi_in: 0, reason: Reason::Protocol(w), .. } if w.contains("integrity"))),
+        "{ev:?}"
+    );
+    assert!(downs(&ev).is_empty(), "the IKE SA stays: {ev:?}");
+    assert!(a.has_sa("b"));
+    // The unusable Child SA the peer installed is deleted.
+    let t = a.poll_transmit().expect("a delete");
+    let (_, dp) = fake.open(&t.data);
+    assert!(
+        dp.iter()
+            .any(|p| matches!(p, Payload::Delete(d) if d.protocol == ProtocolId::ESP)),
+        "{dp:?}"
+    );
+}
+
+/// IKE_SA_INIT answers and IKE SA rekey answers are checked the same way, with a typed reason; an unusable
+/// rekey answer deletes the IKE SA (the peer believes the new one exists).
+#[test]
+fn ike_proposal_answers_are_checked_type_by_type() {
+    // IKE_SA_INIT answer without a PRF.
+    let (cfg, _) = configs();
+    let mut a = Endpoint::new(vec![Arc::new(cfg)]);
+    let now = Instant::now();
+    a.connect(now, "b").unwrap();
+    let init = a.poll_transmit().unwrap();
+    let mut no_prf = ike_wire(vec![]);
+    no_prf.transforms.retain(|t| t.ttype != TransformType::PRF);
+    let (_, resp) = Fake::respond(&init.data, 0x99, Some(no_prf));
+    a.handle(now, &resp, addr(B, 500), 500);
+    let d = downs(&events(&mut a));
+    assert!(
+        matches!(&d[..], [Reason::Protocol(w)] if w.contains("no PRF transform")),
+        "{d:?}"
+    );
+
+    // IKE SA rekey answer without a key exchange transform.
+    let (mut a, fake, h, req, now) = a_in_ike_auth("aes128gcm16", |c| {
+        c.lifetimes.ike_rekey = Duration::from_secs(60);
+        c.lifetimes.dpd_delay = Duration::ZERO;
+    });
+    let mut good = sa_of(&req)[0].clone();
+    good.spi = vec![0xc0, 0, 0, 1];
+    a.handle(now, &auth_answer(&fake, &h, &req, good), addr(B, 500), 500);
+    assert_eq!(child_ups(&events(&mut a)).len(), 1);
+    let later = now + Duration::from_secs(61);
+    a.handle_timeout(later);
+    let t = a.poll_transmit().expect("IKE rekey request");
+    let (h, req) = fake.open(&t.data);
+    let offered = sa_of(&req);
+    assert_eq!(offered[0].protocol, ProtocolId::IKE);
+    let mut no_dh = offered[0].clone();
+    no_dh.spi = 0x5555_u64.to_be_bytes().to_vec();
+    no_dh.transforms.retain(|t| t.ttype != TransformType::DH);
+    let ke = ike::crypto::KeyShare::generate(ike::crypto::DhGroup::Curve25519).unwrap();
+    let answer = fake.seal(
+        ExchangeType::CREATE_CHILD_SA,
+        true,
+        h.message_id,
+        &[
+            Payload::Sa(vec![no_dh]),
+            Payload::Nonce(vec![9; 32]),
+            Payload::Ke {
+                group: 31,
+                data: ke.public().to_vec(),
+            },
+        ],
+    );
+    a.handle(later, &answer, addr(B, 500), 500);
+    let ev = events(&mut a);
+    assert!(
+        matches!(&downs(&ev)[..], [Reason::Protocol(w)] if w.contains("no key exchange transform")),
+        "{ev:?}"
+    );
+    assert!(!ev.iter().any(|e| matches!(e, Event::IkeRekeyed { .. })));
+}
+
+/// Issue 12 item 3: a half-open responder SA made by one spoofed IKE_SA_INIT "from" the peer counted in
+/// `has_sa`, so the daemon did not initiate (one such datagram every 165 s kept a restarted host from ever
+/// re-establishing its tunnel), and its expiry reported "IKE SA down". Now our initiation proceeds at once, the
+/// tunnel comes up, and the spoofed SA goes away without a word.
+#[test]
+fn spoofed_ike_sa_init_does_not_stop_our_initiation() {
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b);
+    let (_, spoof) = Fake::initiate(0xdead_beef);
+    p.a.handle(p.now, &spoof, addr(B, 500), 500);
+    assert_eq!(p.a.half_open_count(), 1, "the request was answered");
+    // Our answer goes to the real B, which ignores it.
+    p.drive();
+    assert!(!p.a.has_sa("b"), "a half-open SA is not the peer's SA");
+    assert!(p.a.status().is_empty());
+    p.connect();
+    assert_eq!(child_ups(&p.ev_a).len(), 1, "{:?}", p.ev_a);
+    assert_eq!(child_ups(&p.ev_b).len(), 1, "{:?}", p.ev_b);
+    p.run_for(Duration::from_secs(200));
+    assert_eq!(p.a.half_open_count(), 0, "expired");
+    assert!(downs(&p.ev_a).is_empty(), "{:?}", p.ev_a);
+    assert_eq!(p.a.status().len(), 1);
+    assert!(p.a.has_sa("b"));
+}
+
+/// An IKE_SA_INIT request of the fake initiator with its KE payload replaced.
+fn init_with_ke(spi: u64, group: u16, ke: Vec<u8>, proposal: &str) -> Vec<u8> {
+    let (_, req) = Fake::initiate(spi);
+    let p = message::parse(&req).unwrap();
+    let payloads: Vec<Payload> = p
+        .payloads
+        .iter()
+        .map(|x| match x {
+            Payload::Ke { .. } => Payload::Ke {
+                group,
+                data: ke.clone(),
+            },
+            Payload::Sa(_) => Payload::Sa(vec![ProposalSpec::ike(proposal)
+                .unwrap()
+                .to_wire(1, vec![])]),
+            other => other.clone(),
+        })
+        .collect();
+    message::encode_plain(p.header, &payloads)
+}
+
+/// Issue 12 item 4: the responder generated its key share before looking at the peer's (18 ms of CPU per
+/// spoofed MODP-3072 request, answered, never counted towards the cookie threshold). Now the request is
+/// checked completely first: an invalid KE value costs no key exchange and leaves no state, and such requests
+/// count towards cookies, so a flood of them soon meets COOKIE demands.
+#[test]
+fn invalid_key_exchange_values_cost_no_key_exchange_and_count_towards_cookies() {
+    let modp = "aes128gcm16-prfsha256-modp3072";
+    let ecp = "aes128gcm16-prfsha256-ecp256";
+    let x = "aes128gcm16-prfsha256-x25519";
+    let (_, mut b) = configs();
+    b.ike_proposals = [modp, ecp, x]
+        .iter()
+        .map(|p| ProposalSpec::ike(p).unwrap())
+        .collect();
+    let mut e = Endpoint::new(vec![Arc::new(b)]);
+    let mut now = Instant::now();
+    let mut one = vec![0u8; 384];
+    one[383] = 1;
+    let mut off_curve = vec![0u8; 64];
+    off_curve[63] = 1;
+    let bad: Vec<(u16, Vec<u8>, &str)> = vec![
+        (15, vec![0; 384], modp),    // y = 0
+        (15, one, modp),             // y = 1
+        (15, vec![0xff; 384], modp), // y > p - 1
+        (15, vec![2; 383], modp),    // short
+        (19, off_curve, ecp),        // not on P-256
+        (19, vec![1; 65], ecp),      // wrong length
+        (31, vec![9; 31], x),        // short
+    ];
+    for (k, (group, ke, prop)) in bad.iter().enumerate() {
+        now += Duration::from_millis(200);
+        e.handle(
+            now,
+            &init_with_ke(100 + k as u64, *group, ke.clone(), prop),
+            addr(A, 500),
+            500,
+        );
+        let t = transmits(&mut e);
+        assert_eq!(t.len(), 1, "answered");
+        assert_eq!(plain_notifies(&t[0].data), vec![n::INVALID_SYNTAX], "#{k}");
+    }
+    assert_eq!(e.stats().key_exchanges, 0, "{:?}", e.stats());
+    assert_eq!(e.half_open_count(), 0);
+    // A valid one costs exactly one.
+    let (_, ok) = Fake::initiate(7);
+    e.handle(now, &ok, addr(A, 500), 500);
+    assert_eq!(e.stats().key_exchanges, 1);
+    assert_eq!(e.half_open_count(), 1);
+    transmits(&mut e);
+
+    // A flood of bad requests (10 per second, within the per-address answer rate) soon gets COOKIE answers.
+    let mut answers = Vec::new();
+    for k in 0..100u64 {
+        now += Duration::from_millis(100);
+        e.handle(
+            now,
+            &init_with_ke(1000 + k, 31, vec![9; 31], x),
+            addr(A, 500),
+            500,
+        );
+        answers.extend(transmits(&mut e).iter().map(|t| plain_notifies(&t.data)));
+    }
+    assert_eq!(answers.len(), 100);
+    let first_cookie = answers
+        .iter()
+        .position(|a| a == &[n::COOKIE])
+        .expect("cookies");
+    assert!(
+        first_cookie <= endpoint::DEFAULT_COOKIE_THRESHOLD,
+        "{first_cookie}"
+    );
+    assert!(answers[first_cookie..].iter().all(|a| a == &[n::COOKIE]));
+    assert_eq!(e.stats().key_exchanges, 1);
+
+    // Answers to unauthenticated requests are rate-limited: 1000 at one instant from one address.
+    let before = e.stats().rate_limited;
+    for k in 0..1000u64 {
+        e.handle(
+            now,
+            &init_with_ke(5000 + k, 31, vec![9; 31], x),
+            addr(A, 500),
+            500,
+        );
+    }
+    let answered = transmits(&mut e).len();
+    assert!(
+        answered <= endpoint::INIT_ANSWER_BURST_PER_ADDR as usize,
+        "{answered}"
+    );
+    assert!(e.stats().rate_limited - before >= 1000 - answered as u64);
+}
+
+/// Issue 12 item 5: proposals and identities a peer sends went verbatim into reasons (tens of KB, newlines
+/// and all). Now every such text is capped and escaped.
+#[test]
+fn peer_supplied_text_in_reasons_is_capped_and_escaped() {
+    // 30 KB of proposals nobody implements, in one IKE_SA_INIT request.
+    let (_, b) = configs();
+    let mut e = Endpoint::new(vec![Arc::new(b)]);
+    let now = Instant::now();
+    let proposals: Vec<Proposal> = (0..240u16)
+        .map(|k| Proposal {
+            num: (k % 250 + 1) as u8,
+            protocol: ProtocolId::IKE,
+            spi: vec![],
+            transforms: (0..15u16)
+                .map(|j| SaTransform {
+                    ttype: TransformType((j % 4 + 1) as u8),
+                    id: 1000 + k * 16 + j,
+                    key_len: Some(4096 + j),
+                })
+                .collect(),
+        })
+        .collect();
+    let (_, req) = Fake::initiate(1);
+    let p = message::parse(&req).unwrap();
+    let payloads: Vec<Payload> = p
+        .payloads
+        .iter()
+        .map(|x| match x {
+            Payload::Sa(_) => Payload::Sa(proposals.clone()),
+            o => o.clone(),
+        })
+        .collect();
+    let big = message::encode_plain(p.header, &payloads);
+    assert!(big.len() > 30_000, "{}", big.len());
+    e.handle(now, &big, addr(A, 500), 500);
+    let ev = events(&mut e);
+    let d = downs(&ev);
+    let [Reason::NoProposalChosen { theirs, .. }] = &d[..] else {
+        panic!("one NO_PROPOSAL_CHOSEN report: {ev:?}");
+    };
+    assert!(theirs.len() < 400, "{} chars: {theirs}", theirs.len());
+    assert!(theirs.contains("more"), "{theirs}");
+    let line = d[0].to_string();
+    assert!(line.len() < 600 && !line.contains('\n'), "{line}");
+    // A second refusal within a minute is not reported, the next one says how many were left out.
+    e.handle(now, &big, addr(A, 500), 500);
+    assert!(downs(&events(&mut e)).is_empty());
+    e.handle(now + Duration::from_secs(61), &big, addr(A, 500), 500);
+    let d = downs(&events(&mut e));
+    assert!(
+        d[0].to_string().contains("(1 similar reports left out)"),
+        "{d:?}"
+    );
+
+    // An identity full of newlines, long enough to be sent in IKE fragments.
+    let (mut a, b) = configs();
+    a.local_id = Id {
+        id_type: IdType::FQDN,
+        data: "evil\nvmsecd[1]: IKE SA established with everyone\n"
+            .repeat(100)
+            .into_bytes(),
+    };
+    let mut p = Pair::new(a, b);
+    p.connect();
+    let d = downs(&p.ev_b);
+    let [Reason::AuthenticationFailed(why)] = &d[..] else {
+        panic!("{:?}", p.ev_b);
+    };
+    let line = d[0].to_string();
+    assert!(!line.contains('\n') && line.len() < 600, "{line}");
+    assert!(why.contains("evil\\nvmsecd"), "{why}");
+}
+
+/// A's configuration in a mesh of `n` more peers at 198.18.{10..}.x, as B sees it.
+fn mesh_of(n: usize) -> Vec<Arc<PeerConfig>> {
+    let (_, b) = configs();
+    let mut peers = vec![Arc::new(b.clone())];
+    for k in 0..n {
+        let mut c = b.clone();
+        c.name = format!("p{k}");
+        c.remote_addr = flood_addr(k);
+        c.remote_id = id_from_addr(c.remote_addr);
+        peers.push(Arc::new(c));
+    }
+    peers
+}
+
+fn flood_addr(k: usize) -> IpAddr {
+    IpAddr::from([198, 18, 10 + (k / 250) as u8, 1 + (k % 250) as u8])
+}
+
+/// Issue 12 item 6: half-open SAs had no cap (each up to 128 KiB for 165 s). 10,000 spoofed IKE_SA_INIT
+/// requests from 10,000 addresses (2,000 of them mesh members), 100 per second, while A connects: state stays
+/// under the caps, the flood meets COOKIE demands and costs few key exchanges, and A connects (with a cookie).
+#[test]
+fn flood_of_spoofed_inits_stays_under_the_caps_and_the_peer_still_connects() {
+    let (a, _) = configs();
+    let b = Endpoint::new(mesh_of(2000));
+    let mut p = Pair::with(Endpoint::new(vec![Arc::new(a)]), b);
+    let a_ip: IpAddr = A.parse().unwrap();
+    // Only what B sends to A reaches anyone; answers to spoofed addresses go nowhere.
+    p.filter = Box::new(move |from_a, t| from_a || t.remote.ip() == a_ip);
+    let (_, template) = Fake::initiate(1);
+    let mut max_half_open = 0;
+    for k in 0..10_000usize {
+        let mut d = template.clone();
+        d[..8].copy_from_slice(&(0x1_0000 + k as u64).to_be_bytes());
+        let from = SocketAddr::new(
+            if k % 5 == 0 {
+                flood_addr(k / 5)
+            } else {
+                IpAddr::from([198, 19, 200 + (k / 60_000) as u8, (k / 250 % 240) as u8])
+            },
+            500,
+        );
+        p.b.handle(p.now, &d, from, 500);
+        if k == 5000 {
+            p.a.connect(p.now, "b").unwrap();
+        }
+        p.drive();
+        max_half_open = max_half_open.max(p.b.half_open_count());
+        p.now += Duration::from_millis(10);
+        p.a.handle_timeout(p.now);
+        p.b.handle_timeout(p.now);
+    }
+    p.run_for(Duration::from_secs(5));
+    let s = p.b.stats();
+    assert!(max_half_open <= endpoint::MAX_HALF_OPEN, "{max_half_open}");
+    assert!(
+        max_half_open <= endpoint::DEFAULT_COOKIE_THRESHOLD + 1,
+        "cookies demanded before the caps: {max_half_open} {s:?}"
+    );
+    assert!(s.cookies_sent > 100 && s.unknown_source == 8000, "{s:?}");
+    assert!(
+        s.key_exchanges <= endpoint::DEFAULT_COOKIE_THRESHOLD as u64 + 2,
+        "{s:?}"
+    );
+    assert!(s.cookies_valid >= 1, "A came back with a cookie: {s:?}");
+    assert_eq!(child_ups(&p.ev_a).len(), 1, "{:?}", p.ev_a);
+    assert!(p.b.has_sa("a"));
+}
+
+/// The per-address cap, against an attacker on the peer's path (it sees our cookies and returns them): at most
+/// MAX_HALF_OPEN_PER_ADDR half-open SAs from the address, and the real peer gets in once they expire.
+#[test]
+fn on_path_attacker_is_held_to_the_per_address_cap() {
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b);
+    p.b.set_cookie_threshold(0);
+    for k in 0..100u64 {
+        let (_, req) = Fake::initiate(0x5000 + k);
+        p.b.handle(p.now, &req, addr(A, 500), 500);
+        let t = transmits(&mut p.b);
+        assert_eq!(plain_notifies(&t[0].data), vec![n::COOKIE]);
+        let cookie = message::parse(&t[0].data).unwrap().payloads[0].clone();
+        let parsed = message::parse(&req).unwrap();
+        let mut payloads = vec![cookie];
+        payloads.extend(parsed.payloads.iter().cloned());
+        p.b.handle(
+            p.now,
+            &message::encode_plain(parsed.header, &payloads),
+            addr(A, 500),
+            500,
+        );
+        transmits(&mut p.b);
+        assert!(p.b.half_open_count() <= endpoint::MAX_HALF_OPEN_PER_ADDR);
+        p.now += Duration::from_millis(150);
+    }
+    assert_eq!(p.b.half_open_count(), endpoint::MAX_HALF_OPEN_PER_ADDR);
+    assert!(p.b.stats().capped > 0);
+    p.connect();
+    p.run_for(Duration::from_secs(60));
+    assert_eq!(child_ups(&p.ev_a).len(), 1, "{:?}", p.ev_a);
+}
+
+/// A scripted initiator authenticated to B (198.18.0.2) with one Child SA (our SPI 0x1000).
+fn authenticated_to_b() -> (Endpoint, Fake, Instant) {
+    let (_, b) = configs();
+    let mut e = Endpoint::new(vec![Arc::new(b)]);
+    let now = Instant::now();
+    let (mut f, req) = Fake::initiate(0x77);
+    e.handle(now, &req, addr(A, 500), 500);
+    let resp = e.poll_transmit().unwrap();
+    assert!(f.take_init_response(&resp.data));
+    let idi = id_from_addr(A.parse().unwrap());
+    let auth = f.auth(&idi);
+    let m = f.request(
+        ExchangeType::IKE_AUTH,
+        &[
+            Payload::IdI(idi),
+            auth,
+            Payload::Sa(vec![esp_wire("aes128gcm16", 0x1000)]),
+            Payload::TsI(vec![ts("198.19.1.0/24")]),
+            Payload::TsR(vec![ts("198.19.2.0/24")]),
+        ],
+    );
+    e.handle(now, &m, addr(A, 500), 500);
+    let r = e.poll_transmit().unwrap();
+    let (_, p) = f.open(&r.data);
+    assert!(notify_of(&p).is_none(), "{p:?}");
+    assert_eq!(child_ups(&events(&mut e)).len(), 1);
+    (e, f, now)
+}
+
+/// An authenticated peer (with a mesh-wide PSK, any member) opening IKE SA after IKE SA: held to
+/// MAX_IKE_SAS_PER_PEER, the ones beyond are dropped at IKE_SA_INIT, before any key exchange.
+#[test]
+fn ike_sas_per_peer_are_capped() {
+    let (_, b) = configs();
+    let mut e = Endpoint::new(vec![Arc::new(b)]);
+    let mut now = Instant::now();
+    let mut up = 0;
+    for k in 0..(endpoint::MAX_IKE_SAS_PER_PEER as u64 + 4) {
+        now += Duration::from_secs(1);
+        let (mut f, req) = Fake::initiate(0x100 + k);
+        e.handle(now, &req, addr(A, 500), 500);
+        let Some(resp) = e.poll_transmit() else {
+            continue;
+        };
+        assert!(f.take_init_response(&resp.data));
+        let idi = id_from_addr(A.parse().unwrap());
+        let auth = f.auth(&idi);
+        let m = f.request(
+            ExchangeType::IKE_AUTH,
+            &[
+                Payload::IdI(idi),
+                auth,
+                Payload::Sa(vec![esp_wire("aes128gcm16", 0x1000 + k as u32)]),
+                Payload::TsI(vec![ts("198.19.1.0/24")]),
+                Payload::TsR(vec![ts("198.19.2.0/24")]),
+            ],
+        );
+        e.handle(now, &m, addr(A, 500), 500);
+        transmits(&mut e);
+        up += events(&mut e)
+            .iter()
+            .filter(|e| matches!(e, Event::IkeUp { .. }))
+            .count();
+    }
+    assert_eq!(up, endpoint::MAX_IKE_SAS_PER_PEER);
+    assert_eq!(e.status().len(), endpoint::MAX_IKE_SAS_PER_PEER);
+    assert_eq!(e.stats().capped, 4);
+    assert_eq!(
+        e.stats().key_exchanges,
+        endpoint::MAX_IKE_SAS_PER_PEER as u64
+    );
+}
+
+fn create_child(f: &mut Fake, spi: u32, rekey: Option<u32>) -> Vec<u8> {
+    let mut payloads = Vec::new();
+    if let Some(old) = rekey {
+        payloads.push(Payload::Notify(Notify {
+            protocol: 3,
+            spi: old.to_be_bytes().to_vec(),
+            ntype: n::REKEY_SA,
+            data: vec![],
+        }));
+    }
+    payloads.extend([
+        Payload::Sa(vec![esp_wire("aes128gcm16", spi)]),
+        Payload::Nonce(spi.to_be_bytes().repeat(8)),
+        Payload::TsI(vec![ts("198.19.1.0/24")]),
+        Payload::TsR(vec![ts("198.19.2.0/24")]),
+    ]);
+    f.request(ExchangeType::CREATE_CHILD_SA, &payloads)
+}
+
+/// Issue 12 item 7: an authenticated peer could create Child SAs without limit. Now one IKE SA carries at most
+/// MAX_CHILD_SAS; beyond, NO_ADDITIONAL_SAS (RFC 7296 3.10.1); and CREATE_CHILD_SA requests are rate-limited.
+#[test]
+fn child_sas_per_ike_sa_are_capped() {
+    let (mut e, mut f, now) = authenticated_to_b();
+    let mut answers = Vec::new();
+    for k in 0..20u32 {
+        let m = create_child(&mut f, 0x2000 + k, None);
+        e.handle(now, &m, addr(A, 500), 500);
+        let (_, p) = f.open(&e.poll_transmit().unwrap().data);
+        answers.push(notify_of(&p));
+    }
+    let ups = child_ups(&events(&mut e)).len();
+    assert_eq!(ups, ike::sa::MAX_CHILD_SAS - 1, "{answers:?}");
+    assert!(answers[..ups].iter().all(Option::is_none));
+    assert_eq!(answers[ups], Some(n::NO_ADDITIONAL_SAS), "{answers:?}");
+    assert!(
+        answers[ups + 1..]
+            .iter()
+            .all(|a| *a == Some(n::TEMPORARY_FAILURE)),
+        "rate limit: {answers:?}"
+    );
+    // Later, with the rate limit refilled, the cap still holds.
+    let later = now + Duration::from_secs(120);
+    e.handle(
+        later,
+        &create_child(&mut f, 0x3000, None),
+        addr(A, 500),
+        500,
+    );
+    let (_, p) = f.open(&e.poll_transmit().unwrap().data);
+    assert_eq!(notify_of(&p), Some(n::NO_ADDITIONAL_SAS));
+    assert_eq!(e.status()[0].1.children.len(), ike::sa::MAX_CHILD_SAS);
+}
+
+/// A rekey storm (Child SA rekeys as fast as the peer can send them, never deleting the old SAs) is held to
+/// the CREATE_CHILD_SA rate, and the replaced SAs it leaves behind are bounded.
+#[test]
+fn rekey_storm_is_rate_limited_and_bounded() {
+    let (mut e, mut f, now) = authenticated_to_b();
+    let mut old = 0x1000u32;
+    let mut ok = 0;
+    let mut refused = 0;
+    for k in 0..40u32 {
+        let spi = 0x4000 + k;
+        e.handle(
+            now,
+            &create_child(&mut f, spi, Some(old)),
+            addr(A, 500),
+            500,
+        );
+        let (_, p) = f.open(&e.poll_transmit().unwrap().data);
+        match notify_of(&p) {
+            None => {
+                ok += 1;
+                old = spi;
+            }
+            Some(n::TEMPORARY_FAILURE) => refused += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(ok, ike::sa::CREATE_CHILD_BURST as usize);
+    assert_eq!(refused, 40 - ok);
+    // Spread out in time, rekeys go through again, until the replaced SAs the peer never deleted reach the
+    // bound.
+    let mut t = now;
+    let mut bounded = false;
+    for k in 0..40u32 {
+        t += ike::sa::CREATE_CHILD_INTERVAL;
+        let spi = 0x6000 + k;
+        e.handle(t, &create_child(&mut f, spi, Some(old)), addr(A, 500), 500);
+        let (_, p) = f.open(&e.poll_transmit().unwrap().data);
+        match notify_of(&p) {
+            None => old = spi,
+            Some(n::TEMPORARY_FAILURE) => bounded = true,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(bounded, "replaced Child SAs are bounded");
+    let rekeys = events(&mut e)
+        .iter()
+        .filter(|e| matches!(e, Event::ChildRekeyed { .. }))
+        .count();
+    assert!(rekeys < 2 * ike::sa::MAX_CHILD_SAS, "{rekeys}");
+}
+
+/// IKE SA rekeys are rate-limited across the chain of SAs they create (each leaves the one it replaced
+/// behind until its delete): a storm gets IKE_REKEY_BURST at once, then TEMPORARY_FAILURE, and one more per
+/// IKE_REKEY_INTERVAL.
+#[test]
+fn ike_rekey_storm_is_rate_limited_across_the_new_sas() {
+    let (mut e, f, now) = authenticated_to_b();
+    let mut current = f;
+    let mut ok = 0;
+    let mut answers = Vec::new();
+    let mut t = now;
+    for k in 0..10u64 {
+        if k == 8 {
+            t += ike::sa::IKE_REKEY_INTERVAL;
+        }
+        let (req, finish) = current.rekey_request(0x9000 + k);
+        e.handle(t, &req, addr(A, 500), 500);
+        let (_, p) = current.open(&e.poll_transmit().unwrap().data);
+        answers.push(notify_of(&p));
+        if let Some(new) = finish(&current, &p) {
+            ok += 1;
+            current = new;
+        }
+    }
+    let burst = ike::sa::IKE_REKEY_BURST as usize;
+    assert_eq!(ok, burst + 1, "{answers:?}");
+    assert!(answers[..burst].iter().all(Option::is_none), "{answers:?}");
+    assert_eq!(
+        answers[burst..8],
+        vec![Some(n::TEMPORARY_FAILURE); 8 - burst]
+    );
+    assert_eq!(answers[8], None, "one more after the interval: {answers:?}");
+    let rekeys = events(&mut e)
+        .iter()
+        .filter(|e| matches!(e, Event::IkeRekeyed { .. }))
+        .count();
+    assert_eq!(rekeys, burst + 1);
+}
+
+/// Issue 12 item 12: the cookie secret never changed. Now it is replaced every COOKIE_SECRET_LIFETIME (by the
+/// clock the caller passes), and a cookie stays good for one more lifetime after its secret was replaced.
+#[test]
+fn cookie_secret_rotates_and_the_previous_one_has_a_grace_period() {
+    let (_, b) = configs();
+    let mut e = Endpoint::new(vec![Arc::new(b)]);
+    e.set_cookie_threshold(0);
+    let t0 = Instant::now();
+    let with_cookie = |req: &[u8], answer: &Transmit| {
+        let cookie = message::parse(&answer.data).unwrap().payloads[0].clone();
+        let parsed = message::parse(req).unwrap();
+        let mut payloads = vec![cookie];
+        payloads.extend(parsed.payloads.iter().cloned());
+        message::encode_plain(parsed.header, &payloads)
+    };
+    let get = |e: &mut Endpoint, spi: u64| {
+        let (_, req) = Fake::initiate(spi);
+        e.handle(t0, &req, addr(A, 500), 500);
+        let t = transmits(e);
+        assert_eq!(plain_notifies(&t[0].data), vec![n::COOKIE]);
+        with_cookie(&req, &t[0])
+    };
+    let (early, late, fresh) = (get(&mut e, 1), get(&mut e, 2), get(&mut e, 3));
+    // At once: accepted.
+    e.handle(t0, &fresh, addr(A, 500), 500);
+    assert!(e.half_open_count() == 1);
+    transmits(&mut e);
+    // After one rotation: still accepted (the previous secret).
+    e.handle(t0 + Duration::from_secs(360), &early, addr(A, 500), 500);
+    let t = transmits(&mut e);
+    assert!(
+        message::parse(&t[0].data)
+            .unwrap()
+            .payloads
+            .iter()
+            .any(|p| matches!(p, Payload::Sa(_))),
+        "a real answer"
+    );
+    assert_eq!(e.stats().cookies_valid, 2);
+    // After two: refused, a new cookie is demanded.
+    e.handle(t0 + Duration::from_secs(660), &late, addr(A, 500), 500);
+    let t = transmits(&mut e);
+    assert_eq!(plain_notifies(&t[0].data), vec![n::COOKIE]);
+    assert_eq!(e.stats().cookies_valid, 2);
+}
