@@ -584,6 +584,7 @@ impl Endpoint {
         self.events.push_back(Event::IkeDown {
             peer: peer.to_owned(),
             reason,
+            unauthenticated: true,
         });
     }
 

@@ -169,6 +169,10 @@ pub enum Event {
         peer: String,
         /// Why.
         reason: Reason,
+        /// A responder-side IKE SA that never authenticated the peer (a refused IKE_SA_INIT, a failed IKE_AUTH):
+        /// anyone who can send from the peer's address can cause this, so it must not change how or when we
+        /// initiate towards the peer.
+        unauthenticated: bool,
     },
     /// A Child SA pair is ready: install it.
     ChildUp(Box<ChildSaInfo>),

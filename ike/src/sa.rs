@@ -701,6 +701,7 @@ impl IkeSa {
             self.events.push_back(Event::IkeDown {
                 peer: self.cfg.name.clone(),
                 reason,
+                unauthenticated: false,
             });
         }
         self.state = State::Closed;
@@ -1338,6 +1339,7 @@ impl IkeSa {
         self.events.push_back(Event::IkeDown {
             peer: self.cfg.name.clone(),
             reason,
+            unauthenticated: false,
         });
         self.down_reported = true;
         self.send_delete_ike(now, delay);
@@ -2806,6 +2808,7 @@ impl IkeSa {
                     self.events.push_back(Event::IkeDown {
                         peer: self.cfg.name.clone(),
                         reason: Reason::Protocol(why),
+                        unauthenticated: false,
                     });
                     self.down_reported = true;
                     self.send_delete_ike(now, Duration::ZERO);

@@ -436,6 +436,18 @@ fn peer_supplied_text_in_reasons_is_capped_and_escaped() {
     assert!(theirs.contains("more"), "{theirs}");
     let line = d[0].to_string();
     assert!(line.len() < 600 && !line.contains('\n'), "{line}");
+    // Refused before anything was authenticated: the report says so, so that the daemon neither treats it as
+    // the peer's IKE SA going down nor backs off its own initiation (item 3).
+    assert!(
+        ev.iter().all(|x| !matches!(
+            x,
+            Event::IkeDown {
+                unauthenticated: false,
+                ..
+            }
+        )),
+        "{ev:?}"
+    );
     // A second refusal within a minute is not reported, the next one says how many were left out.
     e.handle(now, &big, addr(A, 500), 500);
     assert!(downs(&events(&mut e)).is_empty());

@@ -506,17 +506,38 @@ impl Daemon {
                     initiator, "IKE SA rekeyed"
                 );
             }
-            Event::IkeDown { peer, reason } => {
+            Event::IkeDown {
+                peer,
+                reason,
+                unauthenticated,
+            } => {
                 match &reason {
                     Reason::DeletedByUs => tracing::info!(%peer, "IKE SA deleted"),
                     // The reason may quote what an unauthenticated sender chose (its proposals).
+                    // Not the peer's IKE SA: a request from its address that never proved to be the peer.
+                    _ if unauthenticated => {
+                        if self.logs.ike_down.allow(Instant::now()) {
+                            tracing::warn!(
+                                %peer,
+                                "refused an IKE request from this peer's address that never authenticated (it \
+                                 may come from the peer or from anyone who can send from its address; an \
+                                 established tunnel with the peer is unaffected): {}",
+                                logcap::clean(&reason, logcap::MAX_FIELD)
+                            );
+                        }
+                    }
                     _ => {
                         if self.logs.ike_down.allow(Instant::now()) {
                             tracing::warn!(%peer, "IKE SA down: {}", logcap::clean(&reason, logcap::MAX_FIELD));
                         }
                     }
                 }
-                // Keep trying, with back-off: the mesh wants every tunnel up.
+                // Keep trying, with back-off: the mesh wants every tunnel up. A refusal of an unauthenticated
+                // request may come from anyone who can send from the peer's address: it must not push our own
+                // initiation back (issue 12 item 3).
+                if unauthenticated {
+                    return;
+                }
                 if let Some(i) = self.initiation.get_mut(&peer) {
                     let wait = i.backoff;
                     i.backoff = (i.backoff * 2).min(Duration::from_secs(120));
