@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use vmsecd_e2e::bed::Bed;
-use vmsecd_e2e::hostile::{attack, seconds_until_echo};
+use vmsecd_e2e::hostile::{attack, num, seconds_until_echo};
 use vmsecd_e2e::netns::{Netns, NetnsGuard};
 use vmsecd_e2e::strongswan::Conn;
 use vmsecd_e2e::vmsecd::{is_up, Mesh, Vmsecd};
@@ -33,6 +33,10 @@ const BVM: &str = "198.19.2.10";
 fn two_vmsecd(g: &mut NetnsGuard) -> (Netns, Netns, Netns, Netns, Mesh, Vmsecd, Vmsecd) {
     let hv = g.underlay_lan(&["a", "b", "x"]);
     let (a, b, x) = (hv[0].clone(), hv[1].clone(), hv[2].clone());
+    // A hub, so that the attacker sees what b answers to a's address.
+    let ul = g.namespaces()[0].clone();
+    ul.ip(&["link", "set", "br0", "type", "bridge", "ageing_time", "0"]);
+    x.ip(&["link", "set", "u0", "promisc", "on"]);
     let avm = g.vm_subnet(&a, 1, "avm");
     let _bvm = g.vm_subnet(&b, 2, "bvm");
     let mesh = Mesh::two_hosts(PSK);
@@ -64,6 +68,12 @@ fn restart_b(spoof: bool, name: &str) {
     if spoof {
         vb.wait_log("vmsecd up", Duration::from_secs(5));
         let out = attack(ATTACK, &x, "198.18.0.2", "198.18.0.1", &["spoof-init"]);
+        // The spoof must have reached b's IKE (answered with a KE or a COOKIE), or this test proves nothing.
+        assert!(
+            num(&out, "answer") + num(&out, "cookie") == 1,
+            "the restarted b did not answer the spoofed IKE_SA_INIT: {out}\n{}",
+            vb.diagnostics()
+        );
         spoofed = format!(
             " (spoofed IKE_SA_INIT sent {:.2} s after the restart: {out})",
             t.elapsed().as_secs_f64()

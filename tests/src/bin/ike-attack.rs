@@ -39,7 +39,7 @@
 //! `notify`: other notify types seen, `other`: any other packet from the target to an address it spoofed).
 //! Usage errors exit 2.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
@@ -534,6 +534,9 @@ struct Seen {
     /// Captured ESP in UDP 4500 from the peer to the target (UDP payloads).
     esp: Vec<Vec<u8>>,
     capture_esp: bool,
+    /// The initiator SPIs of the IKE_SA_INIT requests this process sent: answers to others (another attacker
+    /// process on the same LAN, or the real peer) are not ours to count.
+    ours: HashSet<u64>,
 }
 
 /// Parses an IKE message the target sent (non-ESP marker already removed) and records what it says.
@@ -546,6 +549,9 @@ fn record_ike(seen: &mut Seen, m: &[u8]) {
     let spi_r = u64::from_be_bytes(m[8..16].try_into().unwrap_or_default());
     if m[18] != IKE_SA_INIT || m[19] & FLAG_RESPONSE == 0 {
         seen.other += 1;
+        return;
+    }
+    if !seen.ours.contains(&spi_i) {
         return;
     }
     let mut next = m[16];
@@ -640,6 +646,7 @@ fn sniff(
 /// The raw sender: writes whole IPv4 packets (any source address), paced to `pps`, within `deadline`.
 struct Sender {
     sock: Socket,
+    seen: Arc<Mutex<Seen>>,
     pps: u64,
     sent: u64,
     started: Instant,
@@ -706,6 +713,13 @@ impl Sender {
 
     /// An IKE message to 500, or to 4500 behind the non-ESP marker.
     fn ike(&mut self, src: Ipv4Addr, dst: Ipv4Addr, natt: bool, m: &[u8]) -> bool {
+        if m.len() >= 28 && m[18] == IKE_SA_INIT && m[19] & FLAG_RESPONSE == 0 {
+            let spi = u64::from_be_bytes(m[0..8].try_into().unwrap_or_default());
+            let mut s = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if s.ours.len() < 1_000_000 {
+                s.ours.insert(spi);
+            }
+        }
         if natt {
             let mut d = vec![0, 0, 0, 0];
             d.extend_from_slice(m);
@@ -836,6 +850,7 @@ fn run(a: &Args) -> Result<String, String> {
     let started = Instant::now();
     let mut tx = Sender {
         sock: raw,
+        seen: seen.clone(),
         pps: a.pps,
         sent: 0,
         started,
