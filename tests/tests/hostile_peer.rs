@@ -10,7 +10,8 @@
 //! datagram) as IKE_SA_INIT and with the live SPIs; random datagrams to 500 and 4500; ESP with unknown SPIs (UDP
 //! and raw); real ESP captured off the underlay, replayed and forged; an IKE_SA_INIT flood from b's address; the
 //! same answering every COOKIE demand (half-open exhaustion); never-completed IKE fragment sets to the half-open
-//! SAs and the live one; then, while an IKE_SA_INIT flood from the 4,096 addresses and from b's runs, host c is
+//! SAs and the live one; 300 IKE_SA_INIT requests with 100 unsupported transforms each (COOKIE demands answered);
+//! then, while an IKE_SA_INIT flood from the 4,096 addresses and from b's runs, host c is
 //! started; last, two Delete bombs of 65,507 bytes (only if the daemon survived the small ones within the bound:
 //! on the base code one such datagram asks for ~12 GiB).
 //!
@@ -20,6 +21,8 @@
 //! - the IKE_SA_INIT flood from b's address meets COOKIE demands (at least 90% of its answers), and the
 //!   COOKIE-answering flood creates at most [`HALF_OPEN_BOUND`] half-open SAs;
 //! - every replayed and forged ESP packet is dropped and counted (replay or ICV), ESP with unknown SPIs is counted;
+//! - the refused proposals grow vmsecd's log by at most [`LOG_GROWTH_BOUND`], no line longer than
+//!   [`LOG_LINE_BOUND`];
 //! - c, started during the flood, has its tunnel with a within [`NEW_PEER_BOUND`] and its VM reaches a's.
 //!
 //! About 80 s.
@@ -41,6 +44,9 @@ const LOSS_BOUND_PERCENT: f64 = 5.0;
 const HALF_OPEN_BOUND: u64 = 64;
 /// Time for a new peer to come up while the flood runs.
 const NEW_PEER_BOUND: Duration = Duration::from_secs(30);
+/// How much 300 refused proposals of 100 transforms each may grow the log, and how long a line may be.
+const LOG_GROWTH_BOUND: usize = 64 * 1024;
+const LOG_LINE_BOUND: usize = 1024;
 
 const ATTACK: &str = env!("CARGO_BIN_EXE_ike-attack");
 const PSK: &str = "hostile-peer-test-psk-0123456789";
@@ -234,6 +240,29 @@ fn hostile_peer_cannot_exhaust_crash_stall_or_fool_vmsecd() {
         answer <= HALF_OPEN_BOUND,
         format!(
             "half-open SAs created by 500 COOKIE-answering requests from one address: {answer} <= {HALF_OPEN_BOUND}"
+        ),
+    );
+
+    // Refused proposals from b's address (answering COOKIE demands, as an on-path attacker can): the log
+    // must not grow with what the attacker sends.
+    let log_before = va.log().len();
+    let (out, _) = phase(
+        &mut va,
+        &mut checks,
+        "refused proposals",
+        &["proposals:300"],
+    );
+    let log = va.log();
+    let grown = log.get(log_before..).unwrap_or("");
+    let longest = grown.lines().map(str::len).max().unwrap_or(0);
+    checks.check(
+        grown.len() <= LOG_GROWTH_BOUND && longest <= LOG_LINE_BOUND,
+        format!(
+            "{} refused proposals of 100 transforms each grew the log by {} bytes in {} lines (<= {LOG_GROWTH_BOUND}), \
+             longest line {longest} bytes (<= {LOG_LINE_BOUND})",
+            num(&out, "sent.proposals"),
+            grown.len(),
+            grown.lines().count()
         ),
     );
 

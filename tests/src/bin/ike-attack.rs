@@ -31,6 +31,8 @@
 //!   esp-unknown:N  N ESP packets with random SPIs, in UDP 4500 and raw (protocol 50)
 //!   esp-replay:S   capture ESP from peer to target for S seconds, then resend each packet 3 times (replay)
 //!                  and 3 forged copies of each (one byte flipped in the sequence number, payload or ICV)
+//!   proposals:N    N IKE_SA_INIT requests from the peer's address offering 100 unsupported transforms each,
+//!                  answering COOKIE demands: what a daemon that logs refused proposals writes
 //!   spoof-init     one valid IKE_SA_INIT from the peer's address (restarts.rs: the half-open SA it leaves)
 //! ```
 //!
@@ -159,6 +161,25 @@ fn init_chain(rng: &mut Rng, cookie: Option<&[u8]>) -> (u8, Vec<u8>) {
     ps.push((KE, ke));
     ps.push((NONCE, rng.bytes(32)));
     chain(&ps)
+}
+
+/// An IKE_SA_INIT request body whose one proposal has 100 transforms nobody supports (each a distinct ENCR id
+/// with a key length): refused with NO_PROPOSAL_CHOSEN, and a daemon that logs the proposals it refused
+/// verbatim writes a long line per datagram.
+fn proposals_chain(rng: &mut Rng) -> (u8, Vec<u8>) {
+    let mut ts = Vec::new();
+    for i in 0..100u16 {
+        ts.extend_from_slice(&[if i == 99 { 0 } else { 3 }, 0, 0, 12, 1, 0]);
+        ts.extend_from_slice(&(1000 + i + (rng.next() as u16 % 20_000)).to_be_bytes());
+        ts.extend_from_slice(&[0x80, 0x0e, 0x01, 0x00]);
+    }
+    let mut p = vec![0, 0];
+    p.extend_from_slice(&((8 + ts.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[1, 1, 0, 100]);
+    p.extend(ts);
+    let mut ke = vec![0, 31, 0, 0];
+    ke.extend(rng.bytes(32));
+    chain(&[(SA, p), (KE, ke), (NONCE, rng.bytes(32))])
 }
 
 fn notify_body(proto: u8, spi: &[u8], ntype: u16, data: &[u8]) -> Vec<u8> {
@@ -927,12 +948,16 @@ fn run(a: &Args) -> Result<String, String> {
                     }
                 }
             }
-            "init" | "init-answer" | "spoof-init" => {
+            "init" | "init-answer" | "spoof-init" | "proposals" => {
                 let n = if name == "spoof-init" { 1 } else { n };
-                let answer = name == "init-answer";
+                let answer = name == "init-answer" || name == "proposals";
                 for _ in 0..n {
                     let spi = rng.next();
-                    let (first, body) = init_chain(&mut rng, None);
+                    let (first, body) = if name == "proposals" {
+                        proposals_chain(&mut rng)
+                    } else {
+                        init_chain(&mut rng, None)
+                    };
                     let m = message((spi, 0), IKE_SA_INIT, FLAG_INITIATOR, 0, first, &body);
                     if answer {
                         inits.insert(spi, (first, body));
