@@ -10,7 +10,10 @@
 //!   those byte strings may appear in vmsecd's log, in hex (either case, with or without spaces), base64 or as a
 //!   byte list. The test first checks that charon did log them, so it cannot pass on an empty oracle.
 //!
-//! About 10 s.
+//! - Two vmsecd hosts with RSA keys (`auth = "pubkey"`) at trace: neither private key (its PEM lines, its DER
+//!   whole and in 48-byte pieces past the header) in any form, nothing key-shaped.
+//!
+//! About 15 s.
 
 use std::fs;
 use std::path::Path;
@@ -18,7 +21,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use vmsecd_e2e::netns::{output_of, NetnsGuard, NsChild};
-use vmsecd_e2e::strongswan::{require_charon, strongswan_conf, swanctl_conf, Conn, CHARON};
+use vmsecd_e2e::strongswan::{
+    pki_keygen, require_charon, strongswan_conf, swanctl_conf, Conn, CHARON,
+};
 use vmsecd_e2e::traffic::ping_until_ok;
 use vmsecd_e2e::vmsecd::{is_up, HostEntry, Mesh, Vmsecd};
 
@@ -215,6 +220,109 @@ fn vmsecd_pair_at_trace_logs_neither_psk_nor_key_material() {
     assert!(
         bad.is_empty(),
         "vmsecd's trace logs hold secrets or key-shaped data:\n{}\n(logs in {})",
+        bad.join("\n"),
+        root.display()
+    );
+}
+
+/// The base64 body of a PEM file, decoded.
+fn pem_der(pem: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let clean: Vec<u8> = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .flat_map(|l| l.bytes())
+        .filter(|c| *c != b'=')
+        .collect();
+    let mut out = Vec::new();
+    for ch in clean.chunks(4) {
+        let n = ch
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, c)| n | (u32::from(val(*c)) << (18 - 6 * i)));
+        for i in 0..ch.len().saturating_sub(1) {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
+
+#[test]
+fn vmsecd_pubkey_pair_at_trace_logs_no_private_key() {
+    vmsecd_e2e::netns::require_root_and_ip();
+    require_charon(); // for strongSwan's `pki`, which makes the keys
+    trace();
+    let mut g = NetnsGuard::new("secrets-pubkey");
+    let (a, b, avm, _bvm) = g.hypervisor_pair();
+    let root = g.dir();
+    let (a_priv, a_pub) = pki_keygen(&root.join("ka"), "ha", 2048);
+    let (b_priv, b_pub) = pki_keygen(&root.join("kb"), "hb", 2048);
+    let mesh = |private: &Path| {
+        format!(
+            "[mesh]\nauth = \"pubkey\"\nprivate_key = {:?}\nencap = \"udp\"\n\n\
+             [[host]]\nname = \"hA\"\naddress = \"198.18.0.1\"\npubkey = {:?}\nsubnets = [\"198.19.1.0/24\"]\n\n\
+             [[host]]\nname = \"hB\"\naddress = \"198.18.0.2\"\npubkey = {:?}\nsubnets = [\"198.19.2.0/24\"]\n",
+            private.display().to_string(),
+            a_pub.display().to_string(),
+            b_pub.display().to_string()
+        )
+    };
+    let start = |ns: &vmsecd_e2e::netns::Netns, sub: &str, private: &Path, host: &str| {
+        let d = root.join(sub);
+        fs::create_dir_all(&d).unwrap();
+        let f = d.join("mesh.toml");
+        fs::write(&f, mesh(private)).unwrap();
+        Vmsecd::start_with_file(ns, &d, &f, host)
+    };
+    let mut va = start(&a, "a", &a_priv, "hA");
+    let mut vb = start(&b, "b", &b_priv, "hB");
+    va.wait_status("hA-hB up", Duration::from_secs(30), |s| is_up(s, "hB"));
+    assert!(ping_until_ok(&avm, "198.19.2.10", Duration::from_secs(5)));
+    va.terminate(Duration::from_secs(10));
+    vb.terminate(Duration::from_secs(10));
+    let mut secrets = Vec::new();
+    for (who, p) in [("a's private key", &a_priv), ("b's private key", &b_priv)] {
+        let pem = fs::read_to_string(p).unwrap();
+        let der = pem_der(&pem);
+        assert!(der.len() > 1000, "{who}: {} DER bytes", der.len());
+        // The whole DER, and 48-byte pieces of it past the modulus (which is public): the private exponent and
+        // the primes.
+        secrets.push((format!("{who} (DER)"), der.clone()));
+        for (i, piece) in der[300..].chunks(48).enumerate() {
+            secrets.push((
+                format!("{who} (DER bytes from {})", 300 + 48 * i),
+                piece.to_vec(),
+            ));
+        }
+        for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+            secrets.push((format!("{who} (PEM line)"), line.as_bytes().to_vec()));
+        }
+    }
+    // The detector works on these: a log holding a piece of a's key is caught.
+    let planted = format!("DEBUG x: d={}", hex(&secrets[3].1));
+    assert!(!leaks(&planted, &secrets).is_empty());
+    let mut bad = Vec::new();
+    for (who, log) in [("a", va.log()), ("b", vb.log())] {
+        for l in leaks(&log, &secrets) {
+            bad.push(format!("{who}: {l}"));
+        }
+        for k in key_shaped(&log) {
+            bad.push(format!("{who}: {k}"));
+        }
+    }
+    eprintln!(
+        "[secrets] pubkey: {} private-key pieces checked",
+        secrets.len()
+    );
+    assert!(
+        bad.is_empty(),
+        "vmsecd's trace logs hold private-key or key-shaped data:\n{}\n(logs in {})",
         bad.join("\n"),
         root.display()
     );
