@@ -6,7 +6,8 @@
 //! (`ike-attack`) sends with raw sockets, from b's own address and from 4,096 others (198.18.64.0/20), and sees
 //! every frame on the LAN, as anyone on b's path or behind its NAT does. Against `a` it sends, in order:
 //! every IKE payload type malformed (lengths, counts, nesting, truncations, bit flips; as IKE_SA_INIT and with
-//! the live IKE SA's SPIs; to 500 and 4500); 300 Delete bombs (SPI size 0, 65,535 SPIs, 176 per 1,436-byte
+//! the live IKE SA's SPIs; to 500 and 4500); ten real initiators from b's address (the `ike` crate's, with a
+//! PSK that is not the mesh's) that complete IKE_SA_INIT and send every IKE_AUTH fragment but the last; 300 Delete bombs (SPI size 0, 65,535 SPIs, 176 per 1,436-byte
 //! datagram) as IKE_SA_INIT and with the live SPIs; random datagrams to 500 and 4500; ESP with unknown SPIs (UDP
 //! and raw); real ESP captured off the underlay, replayed and forged; an IKE_SA_INIT flood from b's address; the
 //! same answering every COOKIE demand (half-open exhaustion); never-completed IKE fragment sets to the half-open
@@ -152,7 +153,10 @@ fn hostile_peer_cannot_exhaust_crash_stall_or_fool_vmsecd() {
     };
     let meter = PingMeter::start(&avm, "198.19.2.10");
     let bound_kib = RSS_BOUND_MIB * 1024;
+    // Whether every phase so far left the daemon alive within the bound; whether the bound was broken (reported
+    // once: later phases cannot lower a peak).
     let hwm_ok = std::cell::Cell::new(true);
+    let rss_over = std::cell::Cell::new(false);
     let phase = |va: &mut Vmsecd, checks: &mut Checks, name: &str, args: &[&str]| {
         let t = Instant::now();
         let mut all = vec![
@@ -171,16 +175,33 @@ fn hostile_peer_cannot_exhaust_crash_stall_or_fool_vmsecd() {
             "[hostile] {name}: {out} in {:.1} s; vmsecd peak RSS now {hwm} KiB",
             t.elapsed().as_secs_f64()
         );
-        checks.check(
-            hwm <= bound_kib,
-            format!("peak RSS after {name}: {hwm} KiB <= {bound_kib} KiB"),
-        );
+        if hwm > bound_kib && !rss_over.replace(true) {
+            checks.check(
+                false,
+                format!("peak RSS after {name}: {hwm} KiB <= {bound_kib} KiB"),
+            );
+        }
         hwm_ok.set(hwm_ok.get() && alive_now && hwm <= bound_kib);
         (out, alive_now)
     };
 
     // 1. Malformed payloads of every type; Delete bombs; garbage; ESP with unknown SPIs.
     phase(&mut va, &mut checks, "malformed", &["malformed"]);
+    // Real initiators from b's address that stop short of the last IKE_AUTH fragment: authenticated fragments
+    // held in reassembly.
+    let (out, _) = phase(
+        &mut va,
+        &mut checks,
+        "authenticated fragments",
+        &["auth-fragments:10"],
+    );
+    checks.check(
+        num(&out, "sent.auth-fragments-withheld") >= 1,
+        format!(
+            "authenticated IKE_AUTH fragment sets left incomplete: {} (at least one initiator got that far)",
+            num(&out, "sent.auth-fragments-withheld")
+        ),
+    );
     phase(&mut va, &mut checks, "amplify", &["amplify:300"]);
     let before = va.status().ok();
     let (out, alive_now) = phase(

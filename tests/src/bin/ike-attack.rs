@@ -27,6 +27,9 @@
 //!   range:N        N valid IKE_SA_INIT requests, each from another address of the range
 //!   fragments:N    N IKE fragments (SKF, never completed, total 65535) to every half-open SA learned so far
 //!                  and to the live SA
+//!   auth-fragments:N  N real IKE initiators from the peer's address (the `ike` crate's, with a PSK that is
+//!                  not the mesh's): each completes IKE_SA_INIT and sends every IKE_AUTH fragment (valid ICVs,
+//!                  104-byte fragments) but the last
 //!   garbage:N      N random datagrams to 500 and 4500 from the peer and the range
 //!   esp-unknown:N  N ESP packets with random SPIs, in UDP 4500 and raw (protocol 50)
 //!   esp-replay:S   capture ESP from peer to target for S seconds, then resend each packet 3 times (replay)
@@ -46,7 +49,7 @@ use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -558,6 +561,9 @@ struct Seen {
     /// The initiator SPIs of the IKE_SA_INIT requests this process sent: answers to others (another attacker
     /// process on the same LAN, or the real peer) are not ours to count.
     ours: HashSet<u64>,
+    /// While set: every IKE message from the target to the peer's address (port, and the message without the
+    /// non-ESP marker), for the `auth-fragments` phase's real initiator.
+    feed: Option<mpsc::Sender<(u16, u16, Vec<u8>)>>,
 }
 
 /// Parses an IKE message the target sent (non-ESP marker already removed) and records what it says.
@@ -642,6 +648,18 @@ fn sniff(
         let dport = u16::from_be_bytes([udp[2], udp[3]]);
         let data = &udp[8..];
         let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
+        if src == target && dst == peer {
+            if let Some(f) = &s.feed {
+                let m = match sport {
+                    4500 if data.len() >= 4 && data[..4] == [0, 0, 0, 0] => Some(&data[4..]),
+                    500 => Some(data),
+                    _ => None,
+                };
+                if let Some(m) = m {
+                    let _ = f.send((sport, dport, m.to_vec()));
+                }
+            }
+        }
         if src == target && dst != target {
             match sport {
                 500 => record_ike(&mut s, data),
@@ -1023,6 +1041,21 @@ fn run(a: &Args) -> Result<String, String> {
                     }
                 }
             }
+            "auth-fragments" => {
+                let (tx_feed, rx) = mpsc::channel();
+                seen.lock().unwrap_or_else(|e| e.into_inner()).feed = Some(tx_feed);
+                let mut withheld = 0;
+                for _ in 0..n {
+                    if !tx.ok() {
+                        break;
+                    }
+                    let (c, w) = auth_fragments(&mut tx, &rx, p, t);
+                    count += c;
+                    withheld += w;
+                }
+                seen.lock().unwrap_or_else(|e| e.into_inner()).feed = None;
+                sent.insert("auth-fragments-withheld".into(), withheld);
+            }
             "garbage" => {
                 for i in 0..n {
                     let len = rng.below(1_400);
@@ -1121,6 +1154,80 @@ fn run(a: &Args) -> Result<String, String> {
         started.elapsed().as_secs_f64(),
         tx.sent
     ))
+}
+
+/// One real IKE initiator (the `ike` crate's, with the peer's address and a PSK it does not know), so that its
+/// IKE_AUTH fragments carry valid ICVs and reach the target's reassembly: it completes IKE_SA_INIT (answering a
+/// COOKIE demand if one comes), then sends every fragment of its IKE_AUTH request but the last one, and is
+/// dropped. Returns (datagrams sent, fragments withheld); gives up after 3 s.
+fn auth_fragments(
+    tx: &mut Sender,
+    rx: &mpsc::Receiver<(u16, u16, Vec<u8>)>,
+    p: Ipv4Addr,
+    t: Ipv4Addr,
+) -> (u64, u64) {
+    use ike::config::{id_from_addr, AuthMethod, Lifetimes, PeerConfig, Retransmit};
+    use ike::message::TrafficSelector;
+    use ike::proposal::ProposalSpec;
+    let (Ok(ike_p), Ok(esp_p)) = (
+        ProposalSpec::ike("aes128gcm16-prfsha256-x25519"),
+        ProposalSpec::esp("aes128gcm16"),
+    ) else {
+        return (0, 0);
+    };
+    let cfg = PeerConfig {
+        name: "attacker".into(),
+        local_addr: p.into(),
+        remote_addr: t.into(),
+        remote_port: 500,
+        local_id: id_from_addr(p.into()),
+        remote_id: id_from_addr(t.into()),
+        auth: AuthMethod::Psk(zeroize::Zeroizing::new(
+            b"not-the-mesh-psk-0123456789".to_vec(),
+        )),
+        ike_proposals: vec![ike_p],
+        esp_proposals: vec![esp_p],
+        local_ts: vec![TrafficSelector::from_prefix(
+            Ipv4Addr::new(198, 19, 2, 0).into(),
+            24,
+        )],
+        remote_ts: vec![TrafficSelector::from_prefix(
+            Ipv4Addr::new(198, 19, 1, 0).into(),
+            24,
+        )],
+        force_encap: true,
+        retransmit: Retransmit::default(),
+        lifetimes: Lifetimes::default(),
+        replay_window: 64,
+        // Small fragments (12 bytes of the encrypted payload each): the IKE_AUTH request is cut into about 20.
+        fragment_size: 104,
+    };
+    let mut sa = ike::sa::IkeSa::initiate(Arc::new(cfg), Instant::now());
+    let spi = sa.local_spi();
+    while rx.try_recv().is_ok() {}
+    let (mut sent, mut withheld) = (0, 0);
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until && withheld == 0 {
+        while let Some(x) = sa.poll_transmit() {
+            let marker = if x.local_port == 4500 { 4 } else { 0 };
+            let m = x.data.get(marker..).unwrap_or(&[]);
+            // An SKF payload right after the header: fragment number and total follow its generic header.
+            if m.len() > 36 && m[16] == SKF && m[32..34] == m[34..36] {
+                withheld += 1;
+                continue;
+            }
+            if tx.udp(p, x.local_port, t, x.remote.port(), &x.data) {
+                sent += 1;
+            }
+        }
+        if let Ok((sport, dport, m)) = rx.recv_timeout(Duration::from_millis(100)) {
+            if m.len() >= 8 && u64::from_be_bytes(m[..8].try_into().unwrap_or_default()) == spi {
+                let from = std::net::SocketAddr::from((t, sport));
+                sa.handle(Instant::now(), &m, from, dport);
+            }
+        }
+    }
+    (sent, withheld)
 }
 
 /// Sends each pending COOKIE demand's request again with the cookie in front (RFC 7296 2.6), from the peer's
