@@ -6,6 +6,8 @@
 //! - The same, with one spoofed IKE_SA_INIT from a's address reaching the restarted b as it starts listening
 //!   (an attacker on the LAN, `ike-attack spoof-init`): the half-open SA it leaves must not stop b from
 //!   initiating (on the base code it does, until a's dead-peer detection gives up on the old SA: minutes).
+//! - Our own vmsecd (a, which initiates at once) killed -9 and started again while b holds the old SAs; bound
+//!   [`RESTART_BOUND`].
 //! - strongSwan peer: vmsecd on a, charon on b; charon killed -9 and started again (with `start_action =
 //!   start`, as a gateway that wants its tunnel up does); bound [`RESTART_BOUND`].
 //!
@@ -98,6 +100,29 @@ fn vmsecd_peer_killed_and_restarted() {
 #[test]
 fn vmsecd_peer_restarted_behind_a_spoofed_ike_sa_init() {
     restart_b(true, "restart-spoof");
+}
+
+/// Our own side: a (the lower address, which initiates at once) killed -9 and started again while b still holds
+/// the old SAs.
+#[test]
+fn own_vmsecd_killed_and_restarted() {
+    vmsecd_e2e::netns::require_root_and_ip();
+    let mut g = NetnsGuard::new("restart-own");
+    let (a, _b, _x, avm, mesh, va, vb) = two_vmsecd(&mut g);
+    let dir = g.dir().join("a");
+    drop(va); // SIGKILL by PID, reaped
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let va = Vmsecd::start(&a, &dir, &mesh, "hA");
+    let echo = seconds_until_echo(&avm, BVM, t, WAIT);
+    eprintln!("[restart-own] first echo after a's restart: {echo:?} s");
+    assert!(
+        echo.is_some_and(|s| s <= RESTART_BOUND.as_secs_f64()),
+        "after a's own vmsecd was killed -9 and restarted, the first echo came after {echo:?} s (bound \
+         {RESTART_BOUND:?})\n--- a ---\n{}\n--- b ---\n{}",
+        va.diagnostics(),
+        vb.diagnostics()
+    );
 }
 
 #[test]
