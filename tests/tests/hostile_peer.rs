@@ -26,13 +26,16 @@
 //!   [`LOG_LINE_BOUND`];
 //! - c, started during the flood, has its tunnel with a within [`NEW_PEER_BOUND`] and its VM reaches a's.
 //!
-//! About 80 s.
+//! A second test: a mesh on MODP-3072 and 300 spoofed IKE_SA_INIT requests with a zero key share; vmsecd may
+//! spend at most [`BAD_KE_CPU_BOUND_SECS`] of CPU on them (it must validate before exponentiating).
+//!
+//! About 50 s with issue 12's fixes, 110 s before them.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use vmsecd_e2e::hostile::{attack, num, proc_kib, seconds_until_echo, PingMeter};
+use vmsecd_e2e::hostile::{attack, cpu_seconds, num, proc_kib, seconds_until_echo, PingMeter};
 use vmsecd_e2e::netns::{Netns, NetnsGuard};
 use vmsecd_e2e::vmsecd::{is_up, peer, HostEntry, Mesh, Status, Vmsecd};
 
@@ -105,9 +108,13 @@ fn alive(v: &mut Vmsecd, checks: &mut Checks, after: &str) -> bool {
     ok
 }
 
+/// The tests of this file measure CPU time and loss: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn hostile_peer_cannot_exhaust_crash_stall_or_fool_vmsecd() {
     vmsecd_e2e::netns::require_root_and_ip();
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let mut g = NetnsGuard::new("hostile");
     let hv = g.underlay_lan(&["a", "b", "x", "c"]);
@@ -382,4 +389,55 @@ fn hostile_peer_cannot_exhaust_crash_stall_or_fool_vmsecd() {
     for v in [&mut va, &mut vb, &mut vc] {
         v.terminate(Duration::from_secs(10));
     }
+}
+
+/// CPU time vmsecd may spend on 300 spoofed IKE_SA_INIT requests whose MODP-3072 key share is invalid (zero).
+/// One 3072-bit exponentiation costs about 18 ms: validating the peer's share first costs next to nothing.
+const BAD_KE_CPU_BOUND_SECS: f64 = 1.0;
+
+/// Issue 12 item 4 end to end: a mesh on MODP-3072, and 300 IKE_SA_INIT requests from b's address with a zero
+/// key share (no COOKIE answered). vmsecd must refuse them before any exponentiation of its own.
+#[test]
+fn spoofed_invalid_modp_key_shares_cost_no_exponentiation() {
+    vmsecd_e2e::netns::require_root_and_ip();
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut g = NetnsGuard::new("hostile-ke");
+    let hv = g.underlay_lan(&["a", "b", "x"]);
+    let (a, b, x) = (hv[0].clone(), hv[1].clone(), hv[2].clone());
+    let ul: Netns = g.namespaces()[0].clone();
+    ul.ip(&["link", "set", "br0", "type", "bridge", "ageing_time", "0"]);
+    x.ip(&["link", "set", "u0", "promisc", "on"]);
+    let avm = g.vm_subnet(&a, 1, "avm");
+    let _bvm = g.vm_subnet(&b, 2, "bvm");
+    let root = g.dir();
+    let mut mesh = Mesh::two_hosts(PSK);
+    mesh.ike_proposals = vec!["aes128gcm16-prfsha256-modp3072".into()];
+    let mut va = Vmsecd::start(&a, &root.join("a"), &mesh, "hA");
+    let _vb = Vmsecd::start(&b, &root.join("b"), &mesh, "hB");
+    va.wait_status("hA-hB up", Duration::from_secs(20), |s| is_up(s, "hB"));
+    assert!(vmsecd_e2e::traffic::ping_until_ok(
+        &avm,
+        "198.19.2.10",
+        Duration::from_secs(5)
+    ));
+    let pid = va.pid();
+    let before = cpu_seconds(pid).expect("vmsecd's /proc/PID/stat");
+    let out = attack(
+        ATTACK,
+        &x,
+        A,
+        B,
+        &["--pps", "300", "--max-secs", "10", "bad-ke:300"],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let after = cpu_seconds(pid);
+    let alive = va.try_wait().is_none() && va.status().is_ok();
+    let used = after.map(|t| t - before);
+    eprintln!("[hostile-ke] {out}; vmsecd used {used:?} s of CPU on them; alive: {alive}");
+    assert!(
+        alive && used.is_some_and(|u| u <= BAD_KE_CPU_BOUND_SECS),
+        "300 spoofed IKE_SA_INIT requests with a zero MODP-3072 key share cost vmsecd {used:?} s of CPU (bound \
+         {BAD_KE_CPU_BOUND_SECS} s; alive: {alive}); answers: {out}\n{}",
+        va.diagnostics()
+    );
 }

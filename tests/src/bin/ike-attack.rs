@@ -36,6 +36,7 @@
 //!                  and 3 forged copies of each (one byte flipped in the sequence number, payload or ICV)
 //!   proposals:N    N IKE_SA_INIT requests from the peer's address offering 100 unsupported transforms each,
 //!                  answering COOKIE demands: what a daemon that logs refused proposals writes
+//!   bad-ke:N       N IKE_SA_INIT requests from the peer's address offering MODP-3072 with a zero key share
 //!   spoof-init     one valid IKE_SA_INIT from the peer's address (restarts.rs: the half-open SA it leaves)
 //! ```
 //!
@@ -150,6 +151,19 @@ fn ike_sa_body() -> Vec<u8> {
     p.extend_from_slice(&[1, 1, 0, 3]); // proposal 1, IKE, no SPI, 3 transforms
     p.extend(ts);
     p
+}
+
+/// An IKE_SA_INIT request body offering aes128gcm16-prfsha256-modp3072 with a MODP-3072 key share of 384 zero
+/// bytes: a public value RFC 7296 and SP 800-56A forbid (0), so a responder that validates before its own
+/// exponentiation refuses it for free; one that does not spends a 3072-bit modular exponentiation on it.
+fn bad_modp_chain(rng: &mut Rng) -> (u8, Vec<u8>) {
+    let mut sa = ike_sa_body();
+    // The last transform is DH: its ID is the last two bytes (no attributes).
+    let n = sa.len();
+    sa[n - 2..].copy_from_slice(&15u16.to_be_bytes());
+    let mut ke = vec![0, 15, 0, 0];
+    ke.extend(std::iter::repeat_n(0u8, 384));
+    chain(&[(SA, sa), (KE, ke), (NONCE, rng.bytes(32))])
 }
 
 /// A valid IKE_SA_INIT request body (SA, KE, Nonce), optionally preceded by a COOKIE notify.
@@ -964,6 +978,23 @@ fn run(a: &Args) -> Result<String, String> {
                         let m = message(live, INFORMATIONAL, FLAG_INITIATOR, 0x1000, DELETE, &body);
                         count += u64::from(tx.ike(p, t, false, &m));
                     }
+                }
+            }
+            "bad-ke" => {
+                for _ in 0..n {
+                    let (first, body) = bad_modp_chain(&mut rng);
+                    let m = message(
+                        (rng.next(), 0),
+                        IKE_SA_INIT,
+                        FLAG_INITIATOR,
+                        0,
+                        first,
+                        &body,
+                    );
+                    if !tx.ike(p, t, false, &m) {
+                        break;
+                    }
+                    count += 1;
                 }
             }
             "init" | "init-answer" | "spoof-init" | "proposals" => {
