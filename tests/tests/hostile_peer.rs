@@ -6,7 +6,8 @@
 //! (`ike-attack`) sends with raw sockets, from b's own address and from 4,096 others (198.18.64.0/20), and sees
 //! every frame on the LAN, as anyone on b's path or behind its NAT does. Against `a` it sends, in order:
 //! every IKE payload type malformed (lengths, counts, nesting, truncations, bit flips; as IKE_SA_INIT and with
-//! the live IKE SA's SPIs; to 500 and 4500); ten real initiators from b's address (the `ike` crate's, with a
+//! the live IKE SA's SPIs; to 500 and 4500); three real initiators from b's address whose IKE_AUTH claims an
+//! identity holding a newline and a fake log line; ten real initiators from b's address (the `ike` crate's, with a
 //! PSK that is not the mesh's) that complete IKE_SA_INIT and send every IKE_AUTH fragment but the last; 300 Delete bombs (SPI size 0, 65,535 SPIs, 176 per 1,436-byte
 //! datagram) as IKE_SA_INIT and with the live SPIs; random datagrams to 500 and 4500; ESP with unknown SPIs (UDP
 //! and raw); real ESP captured off the underlay, replayed and forged; an IKE_SA_INIT flood from b's address; the
@@ -22,6 +23,7 @@
 //! - the IKE_SA_INIT flood from b's address meets COOKIE demands (at least 90% of its answers), and the
 //!   COOKIE-answering flood creates at most [`HALF_OPEN_BOUND`] half-open SAs;
 //! - every replayed and forged ESP packet is dropped and counted (replay or ICV), ESP with unknown SPIs is counted;
+//! - no log line starts with the fake one an identity carried, no new line is longer than [`LOG_LINE_BOUND`];
 //! - the refused proposals grow vmsecd's log by at most [`LOG_GROWTH_BOUND`], no line longer than
 //!   [`LOG_LINE_BOUND`];
 //! - c, started during the flood, has its tunnel with a within [`NEW_PEER_BOUND`] and its VM reaches a's.
@@ -51,6 +53,8 @@ const NEW_PEER_BOUND: Duration = Duration::from_secs(30);
 /// How much 300 refused proposals of 100 transforms each may grow the log, and how long a line may be.
 const LOG_GROWTH_BOUND: usize = 64 * 1024;
 const LOG_LINE_BOUND: usize = 1024;
+/// How the fake log line `ike-attack id-inject` hides in an identity begins.
+const FAKE_LOG_PREFIX: &str = "2026-01-01T00:00:00.000000Z";
 
 const ATTACK: &str = env!("CARGO_BIN_EXE_ike-attack");
 const PSK: &str = "hostile-peer-test-psk-0123456789";
@@ -194,6 +198,30 @@ fn hostile_peer_cannot_exhaust_crash_stall_or_fool_vmsecd() {
 
     // 1. Malformed payloads of every type; Delete bombs; garbage; ESP with unknown SPIs.
     phase(&mut va, &mut checks, "malformed", &["malformed"]);
+    // Real initiators from b's address claiming an identity with a newline, a fake log line and 1,400 bytes.
+    let log_before = va.log().len();
+    let (out, _) = phase(&mut va, &mut checks, "identity injection", &["id-inject:3"]);
+    let log = va.log();
+    let grown = log.get(log_before..).unwrap_or("");
+    let forged = grown
+        .lines()
+        .filter(|l| l.starts_with(FAKE_LOG_PREFIX))
+        .count();
+    let longest = grown.lines().map(str::len).max().unwrap_or(0);
+    checks.check(
+        num(&out, "sent.id-inject-answered") >= 1,
+        format!(
+            "identities with a fake log line reached IKE_AUTH and were refused: {} of 3",
+            num(&out, "sent.id-inject-answered")
+        ),
+    );
+    checks.check(
+        forged == 0 && longest <= LOG_LINE_BOUND,
+        format!(
+            "no log line forged by a peer's identity: {forged} lines start with the fake prefix; longest new line \
+             {longest} bytes (<= {LOG_LINE_BOUND})"
+        ),
+    );
     // Real initiators from b's address that stop short of the last IKE_AUTH fragment: authenticated fragments
     // held in reassembly.
     let (out, _) = phase(

@@ -30,6 +30,8 @@
 //!   auth-fragments:N  N real IKE initiators from the peer's address (the `ike` crate's, with a PSK that is
 //!                  not the mesh's): each completes IKE_SA_INIT and sends every IKE_AUTH fragment (valid ICVs,
 //!                  104-byte fragments) but the last
+//!   id-inject:N    N real initiators from the peer's address whose IKE_AUTH claims an FQDN identity holding a
+//!                  newline, a fake log line (`INJECTED-BY-ATTACKER`) and 1,400 more bytes
 //!   garbage:N      N random datagrams to 500 and 4500 from the peer and the range
 //!   esp-unknown:N  N ESP packets with random SPIs, in UDP 4500 and raw (protocol 50)
 //!   esp-replay:S   capture ESP from peer to target for S seconds, then resend each packet 3 times (replay)
@@ -1072,6 +1074,28 @@ fn run(a: &Args) -> Result<String, String> {
                     }
                 }
             }
+            "id-inject" => {
+                let (tx_feed, rx) = mpsc::channel();
+                seen.lock().unwrap_or_else(|e| e.into_inner()).feed = Some(tx_feed);
+                let mut refused = 0;
+                for _ in 0..n {
+                    if !tx.ok() {
+                        break;
+                    }
+                    // An FQDN identity with a newline, a fake log line, and 1,400 more bytes.
+                    let mut data = format!("attacker.example\n{INJECTED}\n").into_bytes();
+                    data.extend(std::iter::repeat_n(b'A', 1_400));
+                    let id = ike::message::Id {
+                        id_type: ike::message::IdType::FQDN,
+                        data,
+                    };
+                    let r = real_initiator(&mut tx, &rx, (p, t), Some(id), 1280, false);
+                    count += r.sent;
+                    refused += u64::from(r.refused);
+                }
+                seen.lock().unwrap_or_else(|e| e.into_inner()).feed = None;
+                sent.insert("id-inject-answered".into(), refused);
+            }
             "auth-fragments" => {
                 let (tx_feed, rx) = mpsc::channel();
                 seen.lock().unwrap_or_else(|e| e.into_inner()).feed = Some(tx_feed);
@@ -1080,9 +1104,10 @@ fn run(a: &Args) -> Result<String, String> {
                     if !tx.ok() {
                         break;
                     }
-                    let (c, w) = auth_fragments(&mut tx, &rx, p, t);
-                    count += c;
-                    withheld += w;
+                    // Small fragments (12 bytes of the encrypted payload each): about 20 per IKE_AUTH request.
+                    let r = real_initiator(&mut tx, &rx, (p, t), None, 104, true);
+                    count += r.sent;
+                    withheld += r.withheld;
                 }
                 seen.lock().unwrap_or_else(|e| e.into_inner()).feed = None;
                 sent.insert("auth-fragments-withheld".into(), withheld);
@@ -1187,31 +1212,49 @@ fn run(a: &Args) -> Result<String, String> {
     ))
 }
 
-/// One real IKE initiator (the `ike` crate's, with the peer's address and a PSK it does not know), so that its
-/// IKE_AUTH fragments carry valid ICVs and reach the target's reassembly: it completes IKE_SA_INIT (answering a
-/// COOKIE demand if one comes), then sends every fragment of its IKE_AUTH request but the last one, and is
-/// dropped. Returns (datagrams sent, fragments withheld); gives up after 3 s.
-fn auth_fragments(
+/// The fake log line the `id-inject` phase hides in its identity, after a newline.
+const INJECTED: &str = "2026-01-01T00:00:00.000000Z  INFO vmsecd::daemon: IKE SA established peer=hB INJECTED-BY-ATTACKER";
+
+/// What one real initiator got done.
+#[derive(Default)]
+struct Initiator {
+    /// Datagrams sent.
+    sent: u64,
+    /// IKE_AUTH fragments withheld (the last of each set).
+    withheld: u64,
+    /// Whether it got as far as IKE_AUTH and its SA then ended (the target answered its IKE_AUTH: refused).
+    refused: bool,
+}
+
+/// One real IKE initiator (the `ike` crate's, with the peer's address and a PSK it does not know). It completes
+/// IKE_SA_INIT (answering a COOKIE demand if one comes), then sends its IKE_AUTH request: with `withhold_last`,
+/// every fragment but the last (so they carry valid ICVs and reach the target's reassembly, then wait there
+/// forever); otherwise all of it, claiming identity `id`. Gives up after 3 s.
+fn real_initiator(
     tx: &mut Sender,
     rx: &mpsc::Receiver<(u16, u16, Vec<u8>)>,
-    p: Ipv4Addr,
-    t: Ipv4Addr,
-) -> (u64, u64) {
+    (p, t): (Ipv4Addr, Ipv4Addr),
+    id: Option<ike::message::Id>,
+    fragment_size: u16,
+    withhold_last: bool,
+) -> Initiator {
     use ike::config::{id_from_addr, AuthMethod, Lifetimes, PeerConfig, Retransmit};
     use ike::message::TrafficSelector;
     use ike::proposal::ProposalSpec;
+    use ike::sa::State;
+    let mut done = Initiator::default();
     let (Ok(ike_p), Ok(esp_p)) = (
         ProposalSpec::ike("aes128gcm16-prfsha256-x25519"),
         ProposalSpec::esp("aes128gcm16"),
     ) else {
-        return (0, 0);
+        return done;
     };
     let cfg = PeerConfig {
         name: "attacker".into(),
         local_addr: p.into(),
         remote_addr: t.into(),
         remote_port: 500,
-        local_id: id_from_addr(p.into()),
+        local_id: id.unwrap_or_else(|| id_from_addr(p.into())),
         remote_id: id_from_addr(t.into()),
         auth: AuthMethod::Psk(zeroize::Zeroizing::new(
             b"not-the-mesh-psk-0123456789".to_vec(),
@@ -1230,26 +1273,30 @@ fn auth_fragments(
         retransmit: Retransmit::default(),
         lifetimes: Lifetimes::default(),
         replay_window: 64,
-        // Small fragments (12 bytes of the encrypted payload each): the IKE_AUTH request is cut into about 20.
-        fragment_size: 104,
+        fragment_size,
     };
     let mut sa = ike::sa::IkeSa::initiate(Arc::new(cfg), Instant::now());
     let spi = sa.local_spi();
     while rx.try_recv().is_ok() {}
-    let (mut sent, mut withheld) = (0, 0);
+    let mut auth_sent = false;
     let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until && withheld == 0 {
+    while Instant::now() < until && done.withheld == 0 {
         while let Some(x) = sa.poll_transmit() {
             let marker = if x.local_port == 4500 { 4 } else { 0 };
             let m = x.data.get(marker..).unwrap_or(&[]);
             // An SKF payload right after the header: fragment number and total follow its generic header.
-            if m.len() > 36 && m[16] == SKF && m[32..34] == m[34..36] {
-                withheld += 1;
+            if withhold_last && m.len() > 36 && m[16] == SKF && m[32..34] == m[34..36] {
+                done.withheld += 1;
                 continue;
             }
             if tx.udp(p, x.local_port, t, x.remote.port(), &x.data) {
-                sent += 1;
+                done.sent += 1;
             }
+        }
+        auth_sent |= sa.state() == State::AuthSent;
+        if auth_sent && sa.state() == State::Closed {
+            done.refused = true;
+            break;
         }
         if let Ok((sport, dport, m)) = rx.recv_timeout(Duration::from_millis(100)) {
             if m.len() >= 8 && u64::from_be_bytes(m[..8].try_into().unwrap_or_default()) == spi {
@@ -1258,7 +1305,7 @@ fn auth_fragments(
             }
         }
     }
-    (sent, withheld)
+    done
 }
 
 /// Sends each pending COOKIE demand's request again with the cookie in front (RFC 7296 2.6), from the peer's
