@@ -757,6 +757,10 @@ fn durations() {
     assert!(invalid(&e).0.contains("rekey_margin 9m"), "{e}");
     let e = f.err(&with_mesh("rekey_margin = \"3h\""));
     assert_eq!(e.key, "mesh.rekey_margin");
+    // The message names the lifetime the margin does not fit in, not the margin twice.
+    let e = f.err(&with_mesh("ike_lifetime = \"20s\"\nrekey_margin = \"12s\""));
+    assert_eq!(e.key, "mesh.rekey_margin");
+    assert!(invalid(&e).0.contains("within ike_lifetime 20s"), "{e}");
     let e = f.err(&with_mesh("rekey_margin = 0"));
     assert_eq!(e.key, "mesh.rekey_margin");
 }

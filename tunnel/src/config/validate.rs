@@ -126,9 +126,10 @@ impl Cx<'_> {
                 ));
             }
             if rekey_margin.is_zero() || rekey_margin * 2 >= life {
+                let lifetime_key = key;
                 let (span, key) = match &m.rekey_margin {
                     Some(v) => (Some(v.span()), "mesh.rekey_margin"),
-                    None => (v.as_ref().map(|v| v.span()), key),
+                    None => (v.as_ref().map(|v| v.span()), lifetime_key),
                 };
                 return Err(self.err(
                     span,
@@ -137,7 +138,7 @@ impl Cx<'_> {
                         problem: format!(
                             "rekey_margin {} leaves no room to rekey within {} {}",
                             humantime::format_duration(rekey_margin),
-                            key.trim_start_matches("mesh."),
+                            lifetime_key.trim_start_matches("mesh."),
                             humantime::format_duration(life),
                         ),
                         allowed: "a rekey_margin above 0 and below half of ike_lifetime and of child_lifetime"
