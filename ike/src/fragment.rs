@@ -72,7 +72,7 @@ pub(crate) fn split(
         msg.extend_from_slice(&(skf_len as u16).to_be_bytes());
         msg.extend_from_slice(&number.to_be_bytes());
         msg.extend_from_slice(&(total as u16).to_be_bytes());
-        let body = cipher.encrypt(&msg, part);
+        let body = cipher.try_encrypt(&msg, part).ok()?;
         msg.extend_from_slice(&body);
         out.push(msg);
     }

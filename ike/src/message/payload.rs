@@ -307,11 +307,9 @@ impl Payload {
                             out.extend_from_slice(&(0x8000u16 | 14).to_be_bytes());
                             out.extend_from_slice(&k.to_be_bytes());
                         }
-                        let tlen = (out.len() - tstart) as u16;
-                        out[tstart + 2..tstart + 4].copy_from_slice(&tlen.to_be_bytes());
+                        set_length(out, tstart);
                     }
-                    let plen = (out.len() - start) as u16;
-                    out[start + 2..start + 4].copy_from_slice(&plen.to_be_bytes());
+                    set_length(out, start);
                 }
             }
             Payload::Ke { group, data } => {
@@ -714,6 +712,15 @@ pub fn parse_chain(
     Ok((payloads, None))
 }
 
+/// Writes the length of the structure that starts at `start` and ends at the end of `out` into its 2-byte
+/// length field, bytes 2 and 3 (the generic payload header, proposal and transform substructures alike).
+fn set_length(out: &mut [u8], start: usize) {
+    let len = out.len().saturating_sub(start) as u16;
+    if let Some(field) = out.get_mut(start + 2..start + 4) {
+        field.copy_from_slice(&len.to_be_bytes());
+    }
+}
+
 /// Encodes a payload chain; returns the first payload's type (0 for an empty chain) and the bytes.
 pub fn encode_chain(payloads: &[Payload]) -> (u8, Vec<u8>) {
     let mut out = Vec::new();
@@ -727,8 +734,7 @@ pub fn encode_chain(payloads: &[Payload]) -> (u8, Vec<u8>) {
         out.push(0);
         out.extend_from_slice(&[0, 0]);
         p.encode_body(&mut out);
-        let len = (out.len() - start) as u16;
-        out[start + 2..start + 4].copy_from_slice(&len.to_be_bytes());
+        set_length(&mut out, start);
     }
     (
         payloads.first().map_or(PayloadType::NONE, Payload::ptype),
