@@ -28,6 +28,16 @@ pub(crate) enum Cipher {
     CbcHmac(Box<CbcHmac>),
 }
 
+/// Wipes what this crate holds itself. The `aes` schedules wipe themselves (its `zeroize` feature); ring's AEAD
+/// and HMAC keys are not wiped by ring (briansmith/ring#15), and no safe code can reach into them.
+impl Drop for Cipher {
+    fn drop(&mut self) {
+        if let Cipher::Aead { salt, .. } = self {
+            salt.zeroize();
+        }
+    }
+}
+
 pub(crate) struct CbcHmac {
     aes: Aes,
     /// Encrypts the sequence number into the per-packet IV: unpredictable without this key, never repeated,

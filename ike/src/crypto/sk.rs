@@ -455,6 +455,16 @@ impl SkCipher {
     }
 }
 
+/// aws-lc wipes the keys it holds when they are freed (`OPENSSL_free` cleanses, `SymmetricCipherKey` and
+/// `HMAC_CTX_cleanup` zeroize); the salt is ours to wipe.
+impl Drop for SkCipher {
+    fn drop(&mut self) {
+        if let Inner::Aead { salt, .. } = &mut self.inner {
+            zeroize::Zeroize::zeroize(salt);
+        }
+    }
+}
+
 impl std::fmt::Debug for SkCipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SkCipher")
