@@ -458,3 +458,80 @@ fn delete_with_65535_empty_spis_is_refused() {
     assert!(result.unwrap().is_err(), "65535 SPIs of 0 bytes accepted");
     assert!(n <= OVERHEAD, "{n} bytes allocated");
 }
+
+/// A DER TLV with a minimal length (long forms up to 3 bytes, as the parser takes).
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    let n = content.len();
+    match n {
+        0..=0x7f => v.push(n as u8),
+        0x80..=0xff => v.extend_from_slice(&[0x81, n as u8]),
+        0x100..=0xffff => v.extend_from_slice(&[0x82, (n >> 8) as u8, n as u8]),
+        _ => v.extend_from_slice(&[0x83, (n >> 16) as u8, (n >> 8) as u8, n as u8]),
+    }
+    v.extend_from_slice(content);
+    v
+}
+
+/// A structurally valid certificate whose subjectAltName extension holds `names` (DER GeneralNames).
+fn cert_with_alt_names(names: &[u8]) -> Vec<u8> {
+    let alg = der(
+        0x30,
+        &[
+            0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05, 0x00,
+        ],
+    );
+    let time = der(0x17, b"250101000000Z");
+    let mut ext = der(0x06, &[0x55, 0x1d, 0x11]);
+    ext.extend(der(0x04, &der(0x30, names)));
+    let exts = der(0xa3, &der(0x30, &der(0x30, &ext)));
+    let mut tbs = der(0xa0, &der(0x02, &[2]));
+    tbs.extend(der(0x02, &[1]));
+    tbs.extend(&alg);
+    tbs.extend(der(0x30, &[]));
+    tbs.extend(der(0x30, &[time.clone(), time].concat()));
+    tbs.extend(der(0x30, &[]));
+    tbs.extend(der(0x30, &[]));
+    tbs.extend(exts);
+    let mut cert = der(0x30, &tbs);
+    cert.extend(alg);
+    cert.extend(der(0x03, &[0, 1, 2, 3]));
+    der(0x30, &cert)
+}
+
+/// The X.509 parser (CERT payloads: what a peer holding the SK keys sends in IKE_AUTH) keeps the same bound:
+/// a certificate that is nothing but subjectAltNames of the shortest kinds, and mutated ones.
+#[test]
+fn certificates_allocate_at_most_16x() {
+    use ike::crypto::x509::Certificate;
+    let mut worst = 0.0f64;
+    for (what, entry) in [
+        ("empty dNSName", &[0x82, 0][..]),
+        ("1-byte dNSName", &[0x82, 1, b'a'][..]),
+        ("empty rfc822Name", &[0x81, 0][..]),
+        ("IPv4 iPAddress", &[0x87, 4, 198, 18, 0, 1][..]),
+        ("unknown GeneralName", &[0x88, 0][..]),
+    ] {
+        let names: Vec<u8> = entry
+            .iter()
+            .copied()
+            .cycle()
+            .take(60_000 / entry.len() * entry.len())
+            .collect();
+        let cert = cert_with_alt_names(&names);
+        let mut parsed = None;
+        let n = allocated(|| parsed = Some(Certificate::from_der(&cert).map(|_| ())));
+        assert!(
+            parsed.unwrap().is_ok(),
+            "{what}: the crafted certificate does not parse"
+        );
+        worst = worst.max(n as f64 / cert.len() as f64);
+        assert!(
+            n <= bound(cert.len()),
+            "{what}: a {}-byte certificate allocated {n} bytes (bound {})",
+            cert.len(),
+            bound(cert.len())
+        );
+    }
+    println!("certificates: worst {worst:.2} bytes allocated per byte");
+}

@@ -330,8 +330,21 @@ impl Certificate {
                 OID_SUBJECT_ALT_NAME => {
                     let (mut names, _) =
                         der::expect(value, der::SEQUENCE).ok_or(bad("bad subjectAltName"))?;
+                    // Room for the names kept, counted first: the vector is allocated once, never grown by
+                    // doubling, and an empty name (which names nothing) is not kept, so each 32-byte AltName
+                    // stands for at least 3 received bytes (tests/parse_alloc.rs: <= 16 x the certificate).
+                    let mut count = names;
+                    let mut kept = 0;
+                    while let Some((tag, v, r)) = der::tlv(count) {
+                        count = r;
+                        kept += usize::from(matches!(tag, 0x81 | 0x82 | 0x87) && !v.is_empty());
+                    }
+                    self.alt_names.reserve_exact(kept);
                     while let Some((tag, v, r)) = der::tlv(names) {
                         names = r;
+                        if v.is_empty() {
+                            continue;
+                        }
                         //# GeneralName ::= CHOICE {
                         //#      rfc822Name                      [1]     IA5String,
                         //#      dNSName                         [2]     IA5String,
