@@ -63,20 +63,22 @@ pub struct Ipv4Packet {
 /// Parses the IPv4 header in front of what a raw socket received, so the ESP packet behind it can be found.
 /// Returns `None` for anything that is not a whole, unfragmented IPv4 packet.
 pub fn parse_ipv4(pkt: &[u8]) -> Option<Ipv4Packet> {
-    if pkt.len() < 20 || pkt[0] >> 4 != 4 {
+    let (&[vihl, _, t0, t1, _, _, f0, f1, _, protocol, _, _, s0, s1, s2, s3, d0, d1, d2, d3], _) =
+        pkt.split_first_chunk::<20>()?;
+    if vihl >> 4 != 4 {
         return None;
     }
-    let ihl = ((pkt[0] & 0x0f) as usize) * 4;
-    let total = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
-    let frag = u16::from_be_bytes([pkt[6], pkt[7]]);
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([t0, t1]));
+    let frag = u16::from_be_bytes([f0, f1]);
     // More-fragments set or a non-zero offset: the kernel reassembles before raw delivery, so this is junk.
     if ihl < 20 || total < ihl || total > pkt.len() || frag & 0x3fff != 0 {
         return None;
     }
     Some(Ipv4Packet {
-        src: Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]),
-        dst: Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]),
-        protocol: pkt[9],
+        src: Ipv4Addr::new(s0, s1, s2, s3),
+        dst: Ipv4Addr::new(d0, d1, d2, d3),
+        protocol,
         payload_offset: ihl,
         payload_end: total,
     })

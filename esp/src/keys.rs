@@ -52,20 +52,25 @@ impl KeyMaterial {
         self.bytes.is_empty()
     }
 
+    /// The cipher key (empty if the material is too short for `t`: the cipher then refuses it).
     pub(crate) fn cipher_key(&self, t: Transform) -> &[u8] {
-        &self.bytes[..t.cipher_key_len()]
+        self.bytes.get(..t.cipher_key_len()).unwrap_or_default()
     }
 
-    pub(crate) fn salt(&self, t: Transform) -> [u8; 4] {
-        let mut salt = [0u8; 4];
-        if t.salt_len() == 4 {
-            salt.copy_from_slice(&self.bytes[t.cipher_key_len()..t.cipher_key_len() + 4]);
+    /// The AEAD salt (zeros for CBC, which has none); `None` if the material is too short for `t`.
+    pub(crate) fn salt(&self, t: Transform) -> Option<[u8; 4]> {
+        if t.salt_len() != 4 {
+            return Some([0; 4]);
         }
-        salt
+        let at = t.cipher_key_len();
+        self.bytes.get(at..at + 4)?.try_into().ok()
     }
 
+    /// The integrity key (empty if the material is too short for `t`).
     pub(crate) fn integ_key(&self, t: Transform) -> &[u8] {
-        &self.bytes[t.cipher_key_len() + t.salt_len()..]
+        self.bytes
+            .get(t.cipher_key_len() + t.salt_len()..)
+            .unwrap_or_default()
     }
 }
 
@@ -85,7 +90,7 @@ mod tests {
         let raw: Vec<u8> = (0..20).collect();
         let k = KeyMaterial::new(t, &raw).unwrap();
         assert_eq!(k.cipher_key(t), &raw[..16]);
-        assert_eq!(k.salt(t), [16, 17, 18, 19]);
+        assert_eq!(k.salt(t), Some([16, 17, 18, 19]));
         assert!(k.integ_key(t).is_empty());
         assert!(!format!("{k:?}").contains("16"));
         assert!(KeyMaterial::new(t, &raw[..19]).is_err());

@@ -25,6 +25,18 @@
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
+// Nothing received from the wire may panic the daemon: no unwrap, expect, unchecked index or panic outside
+// tests. A true invariant keeps an `#[allow]` next to the proof that it holds.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
 
 mod cipher;
 pub mod framing;

@@ -47,12 +47,13 @@ impl<'a> PacketBuf<'a> {
 
     /// The packet's bytes.
     pub fn as_slice(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
+        // `start <= end <= buf.len()` always holds (checked by `new`, kept by every method): never empty by miss.
+        self.buf.get(self.start..self.end).unwrap_or_default()
     }
 
     /// The packet's bytes, writable.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.buf[self.start..self.end]
+        self.buf.get_mut(self.start..self.end).unwrap_or_default()
     }
 
     /// Length of the packet.
@@ -93,7 +94,9 @@ impl<'a> PacketBuf<'a> {
             });
         }
         self.start -= n;
-        Ok(&mut self.buf[self.start..self.start + n])
+        self.buf
+            .get_mut(self.start..self.start + n)
+            .ok_or(NoRoom { needed: n })
     }
 
     /// Grows the packet by `n` bytes behind and returns them.
@@ -104,7 +107,9 @@ impl<'a> PacketBuf<'a> {
             });
         }
         self.end += n;
-        Ok(&mut self.buf[self.end - n..self.end])
+        self.buf
+            .get_mut(self.end - n..self.end)
+            .ok_or(NoRoom { needed: n })
     }
 
     /// Drops `n` bytes from the front (at most the whole packet).

@@ -73,7 +73,8 @@ impl ReplayWindow {
             return Err(ReplayError::TooOld);
         }
         let (block, bit) = self.index(seq);
-        if self.blocks[block] & bit != 0 {
+        // `index` masks the block number with `blocks.len() - 1` (a power of two): `get` never misses.
+        if self.blocks.get(block).is_some_and(|b| b & bit != 0) {
             Err(ReplayError::Replayed)
         } else {
             Ok(())
@@ -91,12 +92,16 @@ impl ReplayWindow {
             let clear = (new - cur).min(n);
             for i in 1..=clear {
                 let (block, _) = self.index((cur + i) << 6);
-                self.blocks[block] = 0;
+                if let Some(b) = self.blocks.get_mut(block) {
+                    *b = 0;
+                }
             }
             self.top = seq;
         }
         let (block, bit) = self.index(seq);
-        self.blocks[block] |= bit;
+        if let Some(b) = self.blocks.get_mut(block) {
+            *b |= bit;
+        }
     }
 
     /// Reconstructs the high-order 32 bits of an extended sequence number from its transmitted low half.

@@ -128,7 +128,7 @@ impl OutboundSa {
     pub fn new(params: SaParams, keys: &KeyMaterial) -> Result<OutboundSa, BadKeyLength> {
         check_keys(&params, keys)?;
         Ok(OutboundSa {
-            cipher: Cipher::new(params.transform, keys),
+            cipher: Cipher::new(params.transform, keys)?,
             params,
             seq: AtomicU64::new(0),
             packets: AtomicU64::new(0),
@@ -255,42 +255,58 @@ impl OutboundSa {
         self.check_room(pkt)?;
         self.seq.fetch_max(seq, Ordering::Relaxed);
         let inner_len = pkt.len();
-        self.seal(pkt, next_header, seq, iv);
+        self.seal(pkt, next_header, seq, iv)?;
         self.packets.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(inner_len as u64, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Frames and encrypts `pkt` under `seq`; the room was checked.
-    fn seal(&self, pkt: &mut PacketBuf<'_>, next_header: u8, seq: u64, iv: &[u8; 16]) {
+    /// Frames and encrypts `pkt` under `seq`; the room was checked, so `Err` is unreachable in practice (it
+    /// reports a caller's bug as an error rather than a panic).
+    fn seal(
+        &self,
+        pkt: &mut PacketBuf<'_>,
+        next_header: u8,
+        seq: u64,
+        iv: &[u8; 16],
+    ) -> Result<(), NoRoom> {
         let t = self.params.transform;
         let inner_len = pkt.len();
         let pad = self.pad_len(inner_len);
-        let trailer = pkt
-            .push_back(pad + 2 + t.icv_len())
-            .expect("room checked before the sequence number was drawn");
+        let trailer = pkt.push_back(pad + 2 + t.icv_len())?;
+        let (padding, rest) = trailer
+            .split_at_mut_checked(pad)
+            .ok_or(NoRoom { needed: 0 })?;
         //= https://www.rfc-editor.org/rfc/rfc4303#section-2.4
         //# The Padding bytes are initialized with a series of (unsigned, 1-byte) integer values.  The first padding
         //# byte appended to the plaintext is numbered 1, with subsequent padding bytes making up a monotonically
         //# increasing sequence
-        for (i, b) in trailer[..pad].iter_mut().enumerate() {
+        for (i, b) in padding.iter_mut().enumerate() {
             *b = i as u8 + 1;
         }
-        trailer[pad] = pad as u8;
-        trailer[pad + 1] = next_header;
-        let header = pkt
-            .push_front(t.header_overhead())
-            .expect("room checked before the sequence number was drawn");
-        header[..4].copy_from_slice(&self.params.spi.to_be_bytes());
+        let Some([pad_len, nh]) = rest.first_chunk_mut::<2>() else {
+            return Err(NoRoom { needed: 0 });
+        };
+        *pad_len = pad as u8;
+        *nh = next_header;
+        let header = pkt.push_front(t.header_overhead())?;
+        let (spi_seq, iv_slot) = header
+            .split_first_chunk_mut::<ESP_HEADER_LEN>()
+            .ok_or(NoRoom { needed: 0 })?;
+        spi_seq[..4].copy_from_slice(&self.params.spi.to_be_bytes());
         //= https://www.rfc-editor.org/rfc/rfc4303#section-2.2.1
         //# Only the low-order 32 bits of the sequence number are transmitted in the plaintext ESP header of each
         //# packet, thus minimizing packet overhead.
-        header[4..8].copy_from_slice(&(seq as u32).to_be_bytes());
+        spi_seq[4..].copy_from_slice(&(seq as u32).to_be_bytes());
         if t.is_aead() {
-            header[ESP_HEADER_LEN..].copy_from_slice(&iv[..t.iv_len()]);
+            if let (Some(dst), Some(src)) = (iv_slot.get_mut(..8), iv.get(..8)) {
+                dst.copy_from_slice(src);
+            }
         }
         let seq_hi = self.params.esn.then_some((seq >> 32) as u32);
-        self.cipher.seal(t, pkt.as_mut_slice(), seq_hi);
+        self.cipher
+            .seal(t, pkt.as_mut_slice(), seq_hi)
+            .map_err(|_| NoRoom { needed: 0 })
     }
 }
 
@@ -326,7 +342,7 @@ impl SeqBlock<'_> {
         // The full sequence number is unique per SA, so it serves as the AEAD IV (RFC 4106 3.1 suggests a counter).
         iv[..8].copy_from_slice(&seq.to_be_bytes());
         let inner_len = pkt.len();
-        self.sa.seal(pkt, next_header, seq, &iv);
+        self.sa.seal(pkt, next_header, seq, &iv)?;
         self.packets += 1;
         self.bytes += inner_len as u64;
         Ok(())
@@ -355,7 +371,7 @@ impl InboundSa {
     pub fn new(params: SaParams, keys: &KeyMaterial) -> Result<InboundSa, BadKeyLength> {
         check_keys(&params, keys)?;
         Ok(InboundSa {
-            cipher: Cipher::new(params.transform, keys),
+            cipher: Cipher::new(params.transform, keys)?,
             window: ReplayWindow::new(params.replay_window),
             params,
             counters: Counters::default(),
@@ -431,13 +447,15 @@ impl InboundSa {
         if !encrypted_len.is_multiple_of(t.block_len()) {
             return Err(DropReason::Malformed);
         }
-        let bytes = pkt.as_slice();
-        if bytes[..4] != self.params.spi.to_be_bytes() {
-            return Err(DropReason::NoSa(u32::from_be_bytes([
-                bytes[0], bytes[1], bytes[2], bytes[3],
-            ])));
+        let Some((&[s0, s1, s2, s3, q0, q1, q2, q3], _)) = pkt.as_slice().split_first_chunk::<8>()
+        else {
+            return Err(DropReason::Malformed);
+        };
+        let spi = u32::from_be_bytes([s0, s1, s2, s3]);
+        if spi != self.params.spi {
+            return Err(DropReason::NoSa(spi));
         }
-        let seq_lo = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        let seq_lo = u32::from_be_bytes([q0, q1, q2, q3]);
         let seq_hi = self.params.esn.then(|| self.window.esn_high(seq_lo));
         let seq = ((seq_hi.unwrap_or(0) as u64) << 32) | seq_lo as u64;
         // The first packet sent on an SA carries 1; 0 is never valid.
@@ -456,21 +474,23 @@ impl InboundSa {
             .map_err(|_| DropReason::AuthFailed)?;
         self.window.update(seq);
 
-        let plain = &pkt.as_slice()[head..len - t.icv_len()];
-        let next_header = plain[plain.len() - 1];
-        let pad_len = plain[plain.len() - 2] as usize;
+        let Some(plain) = pkt.as_slice().get(head..len - t.icv_len()) else {
+            return Err(DropReason::Malformed);
+        };
+        let Some((rest, &[pad_len, next_header])) = plain.split_last_chunk::<2>() else {
+            return Err(DropReason::Malformed);
+        };
+        let pad_len = usize::from(pad_len);
         //= https://www.rfc-editor.org/rfc/rfc4303#section-2.5
         //# The Pad Length field is mandatory.
-        if pad_len + 2 > plain.len() {
+        let Some(payload_len) = rest.len().checked_sub(pad_len) else {
             return Err(DropReason::Malformed);
-        }
-        let payload_len = plain.len() - 2 - pad_len;
+        };
         //= https://www.rfc-editor.org/rfc/rfc4303#section-2.4
         //# the receiver SHOULD inspect the Padding field.
-        let pad_ok = plain[payload_len..payload_len + pad_len]
-            .iter()
-            .enumerate()
-            .all(|(i, &b)| b == i as u8 + 1);
+        let pad_ok = rest
+            .get(payload_len..)
+            .is_some_and(|p| p.iter().enumerate().all(|(i, &b)| b == i as u8 + 1));
         if !pad_ok {
             return Err(DropReason::Malformed);
         }

@@ -66,8 +66,9 @@ impl Sad {
     pub fn decap(&mut self, pkt: &mut PacketBuf<'_>) -> Result<(u32, Inner), DropReason> {
         let Some(spi) = pkt
             .as_slice()
-            .get(..4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .first_chunk::<4>()
+            .copied()
+            .map(u32::from_be_bytes)
         else {
             self.malformed += 1;
             return Err(DropReason::Malformed);

@@ -196,7 +196,10 @@ fn seal_raw(t: Transform, seq: u32, plaintext: &[u8]) -> Vec<u8> {
     pkt[8..16].copy_from_slice(&(seq as u64).to_be_bytes());
     pkt.extend_from_slice(plaintext);
     pkt.extend_from_slice(&[0u8; 16]);
-    Cipher::new(t, &keys(t)).seal(t, &mut pkt, None);
+    Cipher::new(t, &keys(t))
+        .unwrap()
+        .seal(t, &mut pkt, None)
+        .unwrap();
     pkt
 }
 

@@ -15,10 +15,22 @@ use crate::message::{Header, PayloadType, HEADER_LEN};
 const SKF_HEADER_LEN: usize = 8;
 
 /// The most fragments we send or accept for one message.
+///
+/// RFC 7383 sets no upper bound on Total Fragments; we do, so that a peer announcing 65535 fragments and
+/// sending only the first (forever) holds nothing: a fragment with a larger total is refused before anything
+/// is kept for it.
+//= https://www.rfc-editor.org/rfc/rfc7383#section-2.5
+//# Total Fragments (2 octets, unsigned integer) - number of fragments into which the original message was
+//# divided.
 pub(crate) const MAX_FRAGMENTS: u16 = 128;
 
-/// The most plaintext one reassembly may hold (an IKE message never needs more than a UDP datagram).
-const MAX_REASSEMBLY_BYTES: usize = 64 * 1024;
+/// The most memory the fragments held by one reassembly may occupy, counted as the capacity of their buffers
+/// (what is really allocated, not just what is used): an IKE message never needs more than a UDP datagram.
+///
+/// An IKE SA holds at most one reassembly (the message it is receiving), so these two constants bound what a
+/// peer can make an SA hold in never-completed fragment sets: [`MAX_FRAGMENTS`] fragments and
+/// [`MAX_REASSEMBLY_BYTES`] bytes, plus one 24-byte slot per announced fragment.
+pub(crate) const MAX_REASSEMBLY_BYTES: usize = 64 * 1024;
 
 /// Splits the inner payload chain `plain` (whose first payload type is `first`) into SKF messages of at most
 /// `max_len` bytes each. `None` if `max_len` leaves no room for data or the message would need more than
@@ -60,7 +72,7 @@ pub(crate) fn split(
         msg.extend_from_slice(&(skf_len as u16).to_be_bytes());
         msg.extend_from_slice(&number.to_be_bytes());
         msg.extend_from_slice(&(total as u16).to_be_bytes());
-        let body = cipher.encrypt(&msg, part);
+        let body = cipher.try_encrypt(&msg, part).ok()?;
         msg.extend_from_slice(&body);
         out.push(msg);
     }
@@ -91,6 +103,9 @@ pub(crate) struct Reassembly {
     total: u16,
     first_next: Option<u8>,
     parts: Vec<Option<Zeroizing<Vec<u8>>>>,
+    /// How many of `parts` are held: completion is checked in constant time.
+    held: usize,
+    /// Capacity of the held parts' buffers.
     bytes: usize,
 }
 
@@ -99,7 +114,8 @@ impl std::fmt::Debug for Reassembly {
         f.debug_struct("Reassembly")
             .field("key", &self.key)
             .field("total", &self.total)
-            .field("held", &self.parts.iter().filter(|p| p.is_some()).count())
+            .field("held", &self.held)
+            .field("bytes", &self.bytes)
             .finish()
     }
 }
@@ -115,8 +131,15 @@ impl Reassembly {
             total,
             first_next: None,
             parts: vec![None; usize::from(total)],
+            held: 0,
             bytes: 0,
         })
+    }
+
+    /// Bytes of fragment data held, counted as buffer capacity: never more than [`MAX_REASSEMBLY_BYTES`].
+    #[cfg(test)]
+    fn held_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Adds an authenticated fragment: `next` is its SKF Next Payload field, `plain` its decrypted share.
@@ -142,18 +165,23 @@ impl Reassembly {
         if slot.is_some() {
             return Err(Dropped::Duplicate);
         }
-        if self.bytes + plain.len() > MAX_REASSEMBLY_BYTES {
+        // The buffer's capacity, not its length: a decrypted fragment's buffer also has room for the padding and
+        // Pad Length it was truncated by, and that memory is held too.
+        let size = plain.capacity();
+        if self.bytes.saturating_add(size) > MAX_REASSEMBLY_BYTES {
             return Err(Dropped::TooBig);
         }
-        self.bytes += plain.len();
+        self.bytes += size;
+        self.held += 1;
         *slot = Some(plain);
         if number == 1 {
             self.first_next = Some(next);
         }
-        if self.parts.iter().any(Option::is_none) {
+        if self.held < self.parts.len() {
             return Ok(None);
         }
-        let mut whole = Zeroizing::new(Vec::with_capacity(self.bytes));
+        let len = self.parts.iter().flatten().map(|p| p.len()).sum();
+        let mut whole = Zeroizing::new(Vec::with_capacity(len));
         for p in self.parts.iter().flatten() {
             whole.extend_from_slice(p);
         }
@@ -204,7 +232,60 @@ mod tests {
                     r = Reassembly::new((0, false), 1).unwrap();
                 }
                 proptest::prop_assert!(r.bytes <= MAX_REASSEMBLY_BYTES);
+                proptest::prop_assert_eq!(r.held, r.parts.iter().flatten().count());
                 proptest::prop_assert!(r.parts.len() <= usize::from(MAX_FRAGMENTS));
+            }
+        }
+    }
+
+    /// A buffer of `len` bytes with room for `cap`, as a decrypted fragment whose padding was cut off.
+    fn with_capacity(len: usize, cap: usize) -> Zeroizing<Vec<u8>> {
+        let mut v = Vec::with_capacity(cap);
+        v.resize(len, 0x5a);
+        Zeroizing::new(v)
+    }
+
+    /// Never-completed fragment sets, as a hostile peer holding the SA's keys sends them, stay within
+    /// MAX_FRAGMENTS parts and MAX_REASSEMBLY_BYTES of buffers per reassembly (and an SA holds one).
+    #[test]
+    fn never_completed_sets_are_bounded() {
+        // Fragment 1 of 65535, forever: nothing is kept.
+        assert_eq!(
+            Reassembly::new((0, false), u16::MAX).unwrap_err(),
+            Dropped::TooBig
+        );
+        let mut r = Reassembly::new((0, false), 2).unwrap();
+        for _ in 0..1000 {
+            assert_eq!(r.add(1, u16::MAX, 41, z(b"a")), Err(Dropped::TooBig));
+        }
+        assert_eq!((r.held, r.held_bytes()), (0, 0));
+        // Fragment 1 of MAX_FRAGMENTS, forever: kept once.
+        let mut r = Reassembly::new((0, false), MAX_FRAGMENTS).unwrap();
+        r.add(1, MAX_FRAGMENTS, 41, z(&[1; 1000])).unwrap();
+        for _ in 0..1000 {
+            assert_eq!(
+                r.add(1, MAX_FRAGMENTS, 41, z(&[1; 1000])),
+                Err(Dropped::Duplicate)
+            );
+        }
+        assert_eq!((r.held, r.held_bytes()), (1, 1000));
+        // All but the last fragment, each a tiny plaintext in a big buffer: the buffers are what is counted.
+        let mut r = Reassembly::new((0, false), MAX_FRAGMENTS).unwrap();
+        let mut kept = 0;
+        for n in 1..MAX_FRAGMENTS {
+            if r.add(n, MAX_FRAGMENTS, 0, with_capacity(1, 1400)).is_ok() {
+                kept += 1;
+            }
+        }
+        assert!(r.held_bytes() <= MAX_REASSEMBLY_BYTES, "{}", r.held_bytes());
+        assert_eq!(kept, MAX_REASSEMBLY_BYTES / 1400);
+        // Ever larger totals restart the set; what is held stays bounded all along.
+        let mut r = Reassembly::new((0, false), 1).unwrap();
+        for total in 2..=MAX_FRAGMENTS {
+            for n in 1..total {
+                let _ = r.add(n, total, 0, with_capacity(600, 600));
+                assert!(r.held_bytes() <= MAX_REASSEMBLY_BYTES);
+                assert!(r.parts.len() <= usize::from(MAX_FRAGMENTS));
             }
         }
     }

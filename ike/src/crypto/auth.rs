@@ -72,7 +72,12 @@ pub fn nat_detection_hash(spi_i: u64, spi_r: u64, ip: IpAddr, port: u16) -> [u8;
     ctx.update(&spi_r.to_be_bytes());
     ctx.update(&ip_octets(ip));
     ctx.update(&port.to_be_bytes());
-    ctx.finish().as_ref().try_into().expect("SHA-1 is 20 bytes")
+    // SHA-1 digests are 20 bytes: the default (zeros) is never taken.
+    ctx.finish()
+        .as_ref()
+        .first_chunk::<20>()
+        .copied()
+        .unwrap_or_default()
 }
 
 /// Length of the cookies [`cookie`] makes: a 4-byte secret id and a SHA-256 hash.
@@ -84,9 +89,12 @@ fn secret_id(secret: &[u8; 32]) -> [u8; 4] {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(b"vmsecd IKEv2 cookie secret id");
     ctx.update(secret);
-    ctx.finish().as_ref()[..4]
-        .try_into()
-        .expect("SHA-256 is 32 bytes")
+    // SHA-256 digests are 32 bytes: the default (zeros) is never taken.
+    ctx.finish()
+        .as_ref()
+        .first_chunk::<4>()
+        .copied()
+        .unwrap_or_default()
 }
 
 /// A stateless COOKIE for an IKE_SA_INIT request from `ip` carrying nonce `ni` and initiator SPI `spi_i`.
@@ -120,7 +128,7 @@ pub fn verify_cookie(
         return false;
     }
     secrets.iter().any(|secret| {
-        received[..4] == secret_id(secret)
+        received.first_chunk::<4>() == Some(&secret_id(secret))
             && constant_time::verify_slices_are_equal(&cookie(secret, ni, ip, spi_i), received)
                 .is_ok()
     })

@@ -131,7 +131,7 @@ impl KeyShare {
                     DhGroup::Modp2048 => Private::Modp2048(ModpExponent::random(&MODP2048)?),
                     _ => Private::Modp3072(ModpExponent::random(&MODP3072)?),
                 };
-                Ok(KeyShare::from_modp(group, private))
+                KeyShare::from_modp(group, private)
             }
         }
     }
@@ -154,7 +154,7 @@ impl KeyShare {
                     DhGroup::Modp2048 => Private::Modp2048(ModpExponent::from_be(private)),
                     _ => Private::Modp3072(ModpExponent::from_be(private)),
                 };
-                Ok(KeyShare::from_modp(group, private))
+                KeyShare::from_modp(group, private)
             }
         }
     }
@@ -167,7 +167,11 @@ impl KeyShare {
             // aws-lc gives the SEC 1 uncompressed point 0x04 | x | y.
             //= https://www.rfc-editor.org/rfc/rfc5903#section-7
             //# The Diffie-Hellman public value is obtained by concatenating the x and y values.
-            DhGroup::Ecp256 | DhGroup::Ecp384 => public.as_ref()[1..].to_vec(),
+            DhGroup::Ecp256 | DhGroup::Ecp384 => public
+                .as_ref()
+                .split_first()
+                .map(|(_, xy)| xy.to_vec())
+                .unwrap_or_default(),
             _ => public.as_ref().to_vec(),
         };
         debug_assert_eq!(public.len(), group.key_len());
@@ -178,17 +182,19 @@ impl KeyShare {
         })
     }
 
-    fn from_modp(group: DhGroup, private: Private) -> KeyShare {
+    fn from_modp(group: DhGroup, private: Private) -> Result<KeyShare, CryptoError> {
         let public = match &private {
             Private::Modp2048(x) => x.public(&MODP2048),
             Private::Modp3072(x) => x.public(&MODP3072),
-            Private::Ec(_) => unreachable!("MODP key share holds a MODP exponent"),
+            Private::Ec(_) => {
+                return Err(CryptoError::Backend("MODP key share without an exponent"))
+            }
         };
-        KeyShare {
+        Ok(KeyShare {
             group,
             public,
             private,
-        }
+        })
     }
 
     /// The group.
@@ -386,7 +392,9 @@ impl<const L: usize> ModpExponent<L> {
         let mut bytes = Zeroizing::new(vec![0u8; Uint::<L>::BYTES]);
         loop {
             rand::fill(&mut bytes).map_err(|_| CryptoError::Backend("random exponent"))?;
-            bytes[0] &= 0x7f;
+            if let Some(top) = bytes.first_mut() {
+                *top &= 0x7f;
+            }
             let x = ModpExponent::from_be(&bytes);
             if x.x > Uint::ONE && x.x < *params.modulus().as_ref() {
                 return Ok(x);
@@ -399,7 +407,9 @@ impl<const L: usize> ModpExponent<L> {
         let mut padded = Zeroizing::new(vec![0u8; Uint::<L>::BYTES]);
         let n = bytes.len().min(padded.len());
         let start = padded.len() - n;
-        padded[start..].copy_from_slice(&bytes[bytes.len() - n..]);
+        if let (Some(dst), Some(src)) = (padded.get_mut(start..), bytes.get(bytes.len() - n..)) {
+            dst.copy_from_slice(src);
+        }
         ModpExponent {
             x: Uint::from_be_slice(&padded),
         }

@@ -72,8 +72,12 @@ fn base64_decode(text: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
             n += 1;
         }
         if n == 4 {
-            let bytes = acc.to_be_bytes();
-            out.extend_from_slice(&bytes[1..4 - pad.min(2)]);
+            let [_, a, b, c] = acc.to_be_bytes();
+            match pad {
+                0 => out.extend_from_slice(&[a, b, c]),
+                1 => out.extend_from_slice(&[a, b]),
+                _ => out.push(a),
+            }
             acc = 0;
             n = 0;
         }
@@ -94,17 +98,13 @@ fn base64_encode(data: &[u8]) -> Zeroizing<String> {
         if i > 0 && i % 16 == 0 {
             out.push('\n');
         }
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let v = u32::from_be_bytes([0, b[0], b[1], b[2]]);
+        let byte = |i: usize| chunk.get(i).copied().unwrap_or(0);
+        let v = u32::from_be_bytes([0, byte(0), byte(1), byte(2)]);
         for k in 0..4 {
-            if k <= chunk.len() {
-                out.push(B64[(v >> (18 - 6 * k)) as usize & 63] as char);
-            } else {
-                out.push('=');
+            // `& 63` keeps the index below 64, the alphabet's length.
+            match B64.get((v >> (18 - 6 * k)) as usize & 63) {
+                Some(&c) if k <= chunk.len() => out.push(c as char),
+                _ => out.push('='),
             }
         }
     }
@@ -135,20 +135,23 @@ fn pem_block_and_rest(text: &[u8]) -> Result<Option<(PemBlock, &[u8])>, KeyError
     let Some(start) = text.windows(BEGIN.len()).position(|w| w == BEGIN) else {
         return Ok(None);
     };
-    let rest = &text[start + BEGIN.len()..];
+    let rest = text.get(start + BEGIN.len()..).unwrap_or_default();
     let label_end = rest
         .windows(5)
         .position(|w| w == b"-----")
         .ok_or(KeyError::NotAKey)?;
-    let label = String::from_utf8_lossy(&rest[..label_end]).into_owned();
-    let body = &rest[label_end + 5..];
+    let (label, body) = rest.split_at_checked(label_end).ok_or(KeyError::NotAKey)?;
+    let label = String::from_utf8_lossy(label).into_owned();
+    let body = body.get(5..).unwrap_or_default();
     let end_marker = format!("-----END {label}-----");
     let end = body
         .windows(end_marker.len())
         .position(|w| w == end_marker.as_bytes())
         .ok_or_else(|| KeyError::Unterminated(label.clone()))?;
-    let rest = &body[end + end_marker.len()..];
-    let body = &body[..end];
+    let (body, rest) = body
+        .split_at_checked(end)
+        .ok_or_else(|| KeyError::Unterminated(label.clone()))?;
+    let rest = rest.get(end_marker.len()..).unwrap_or_default();
     //= https://www.rfc-editor.org/rfc/rfc1421#section-4.6.1.1
     //# Proc-Type: 4,ENCRYPTED
     if label.contains("ENCRYPTED") || body.windows(10).any(|w| w == b"Proc-Type:") {
@@ -214,20 +217,19 @@ pub(crate) mod der {
             (first as usize, rest)
         } else {
             let n = (first & 0x7f) as usize;
-            if n == 0 || n > 3 || rest.len() < n {
+            if n == 0 || n > 3 {
                 return None;
             }
-            let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
+            let (len_bytes, rest) = rest.split_at_checked(n)?;
+            let len = len_bytes.iter().fold(0usize, |a, &b| (a << 8) | b as usize);
             // DER: the shortest length form.
-            if len < 0x80 || rest[0] == 0 {
+            if len < 0x80 || len_bytes.first() == Some(&0) {
                 return None;
             }
-            (len, &rest[n..])
+            (len, rest)
         };
-        if rest.len() < len {
-            return None;
-        }
-        Some((tag, &rest[..len], &rest[len..]))
+        let (value, rest) = rest.split_at_checked(len)?;
+        Some((tag, value, rest))
     }
 
     /// A TLV with the expected tag.

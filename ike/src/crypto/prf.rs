@@ -108,7 +108,8 @@ impl Prf {
             //# T2 = prf (K, T1 | S | 0x02)
             let mut ctx = hmac::Context::with_key(&key);
             if counter > 1 {
-                ctx.update(&out[out.len() - self.output_len()..]);
+                let last = out.len().saturating_sub(self.output_len());
+                ctx.update(out.get(last..).unwrap_or_default());
             }
             for part in seed {
                 ctx.update(part);

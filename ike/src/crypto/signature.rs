@@ -87,9 +87,8 @@ impl SigHash {
 
     /// The hash algorithms a peer's SIGNATURE_HASH_ALGORITHMS data lists (unknown ones skipped).
     pub fn parse_notify(data: &[u8]) -> Vec<u16> {
-        data.chunks_exact(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]))
-            .collect()
+        let (pairs, _) = data.as_chunks::<2>();
+        pairs.iter().map(|&c| u16::from_be_bytes(c)).collect()
     }
 
     /// Our most preferred hash among those the peer announced.
@@ -371,12 +370,14 @@ impl PrivateKey {
     }
 
     /// The matching public key.
+    #[allow(clippy::expect_used)] // Our own key pair, never wire data: aws-lc encodes a valid RSAPublicKey.
     pub fn public_key(&self) -> PublicKey {
         PublicKey::from_der(self.pair.public_key().as_ref())
             .expect("aws-lc encodes a valid RSAPublicKey")
     }
 
     /// PKCS#8 PEM (`BEGIN PRIVATE KEY`), as `vmsecd keygen` writes it.
+    #[allow(clippy::expect_used)] // Our own key pair, never wire data: aws-lc encodes every RSA key it holds.
     pub fn to_pkcs8_pem(&self) -> Zeroizing<String> {
         let der = self.pair.as_der().expect("an RSA key pair encodes");
         to_pem("PRIVATE KEY", der.as_ref())

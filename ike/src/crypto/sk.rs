@@ -224,7 +224,10 @@ impl SkCipher {
                 rand::fill(&mut start).map_err(|_| CryptoError::Backend("IV seed"))?;
                 Inner::Aead {
                     key: aead::LessSafeKey::new(key),
-                    salt: salt.try_into().expect("AEAD salt is 4 bytes"),
+                    salt: salt.try_into().map_err(|_| CryptoError::BadLength {
+                        what: "SK_e salt",
+                        got: salt.len(),
+                    })?,
                     next_iv: AtomicU64::new(u64::from_be_bytes(start)),
                 }
             }
@@ -310,46 +313,74 @@ impl SkCipher {
     /// Encrypts the inner payloads and returns `IV | ciphertext | ICV`, [`SkCipher::encrypted_len`] bytes.
     ///
     /// `aad` is everything in the message before the IV: the IKE header and every payload up to and including
-    /// the SK payload's generic header, all with their final lengths.
-    pub fn encrypt(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    /// the SK payload's generic header, all with their final lengths. `Err` only if the cryptographic backend
+    /// fails.
+    pub fn try_encrypt(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         match &self.inner {
-            Inner::Aead { next_iv, .. } => {
+            Inner::Aead { key, salt, next_iv } => {
                 let iv = next_iv.fetch_add(1, Ordering::Relaxed).to_be_bytes();
-                self.seal_aead(aad, plaintext, iv)
+                self.seal_aead(key, salt, aad, plaintext, iv)
             }
             Inner::CbcHmac(c) => {
-                let iv_len = self.encr.iv_len();
                 let mut out = Vec::with_capacity(self.encrypted_len(plaintext.len()));
-                out.resize(iv_len, 0);
+                out.resize(16, 0);
                 self.pad_into(&mut out, plaintext);
+                let (iv_slot, body) = out
+                    .split_first_chunk_mut::<16>()
+                    .ok_or(CryptoError::Backend("AES-CBC"))?;
                 //= https://www.rfc-editor.org/rfc/rfc7296#section-3.14
                 //# Senders MUST select a new unpredictable IV for every message; recipients MUST accept any value.
                 let ctx = c
                     .enc
-                    .encrypt(&mut out[iv_len..])
-                    .expect("CBC over whole blocks with a fresh DRBG IV cannot fail");
-                let iv: &[u8] = (&ctx).try_into().expect("AES-CBC yields a 128-bit IV");
-                out[..iv_len].copy_from_slice(iv);
+                    .encrypt(body)
+                    .map_err(|_| CryptoError::Backend("AES-CBC encrypt"))?;
+                let iv: &[u8] = (&ctx)
+                    .try_into()
+                    .map_err(|_| CryptoError::Backend("AES-CBC IV"))?;
+                *iv_slot = iv
+                    .try_into()
+                    .map_err(|_| CryptoError::Backend("AES-CBC IV"))?;
                 let tag = cbc_icv(&c.mac, aad, &out);
-                out.extend_from_slice(&tag.as_ref()[..c.icv_len]);
-                out
+                let icv = tag
+                    .as_ref()
+                    .get(..c.icv_len)
+                    .ok_or(CryptoError::Backend("HMAC"))?;
+                out.extend_from_slice(icv);
+                Ok(out)
             }
         }
     }
 
+    /// [`SkCipher::try_encrypt`] for callers with no way to report a failure (messages we build ourselves).
+    #[allow(clippy::expect_used)]
+    // Cannot fail: aws-lc's AEAD seal fails only for inputs beyond 2^36 bytes (an IKE message is under 64 KiB),
+    // CBC encryption only for partial blocks (`pad_into` pads to whole blocks), and every length taken apart
+    // above is one this function wrote itself.
+    pub fn encrypt(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        self.try_encrypt(aad, plaintext)
+            .expect("sealing an IKE message we built cannot fail")
+    }
+
     /// AEAD encryption with a given explicit IV (the public entry point draws it from the counter).
-    fn seal_aead(&self, aad: &[u8], plaintext: &[u8], iv: [u8; 8]) -> Vec<u8> {
-        let Inner::Aead { key, salt, .. } = &self.inner else {
-            unreachable!("seal_aead on a CBC cipher")
-        };
+    fn seal_aead(
+        &self,
+        key: &aead::LessSafeKey,
+        salt: &[u8; 4],
+        aad: &[u8],
+        plaintext: &[u8],
+        iv: [u8; 8],
+    ) -> Result<Vec<u8>, CryptoError> {
         let mut out = Vec::with_capacity(self.encrypted_len(plaintext.len()));
         out.extend_from_slice(&iv);
         self.pad_into(&mut out, plaintext);
+        let (_, body) = out
+            .split_first_chunk_mut::<8>()
+            .ok_or(CryptoError::Backend("AEAD"))?;
         let tag = key
-            .seal_in_place_separate_tag(nonce(salt, &iv), aead::Aad::from(aad), &mut out[8..])
-            .expect("sealing an IKE-sized message cannot fail");
+            .seal_in_place_separate_tag(nonce(salt, &iv), aead::Aad::from(aad), body)
+            .map_err(|_| CryptoError::Backend("AEAD seal"))?;
         out.extend_from_slice(tag.as_ref());
-        out
+        Ok(out)
     }
 
     /// Appends inner payloads, Padding (zeros) and the Pad Length.
@@ -372,50 +403,65 @@ impl SkCipher {
         if body.len() < self.min_encrypted_len() {
             return Err(bad_length);
         }
-        let iv_len = self.encr.iv_len();
         let icv_start = body.len() - self.icv_len();
+        let (covered, icv) = body.split_at_checked(icv_start).ok_or(bad_length.clone())?;
         let mut plain = match &self.inner {
             Inner::Aead { key, salt, .. } => {
-                let mut buf = Zeroizing::new(body[iv_len..icv_start].to_vec());
+                let (iv, ciphertext) =
+                    covered.split_first_chunk::<8>().ok_or(bad_length.clone())?;
+                let mut buf = Zeroizing::new(ciphertext.to_vec());
                 //= https://www.rfc-editor.org/rfc/rfc5282#section-5.1
                 //# The associated data (A) MUST consist of the partial contents of the IKEv2 message, starting
                 //# from the first octet of the Fixed IKE Header through the last octet of the Payload Header of the
                 //# Encrypted Payload (i.e., the fourth octet of the Encrypted Payload), as shown in Figure 3.
                 key.open_in_place_separate_tag(
-                    nonce(salt, &body[..iv_len]),
+                    nonce(salt, iv),
                     aead::Aad::from(aad),
-                    &body[icv_start..],
+                    icv,
                     &mut buf,
                 )
                 .map_err(|_| CryptoError::AuthenticationFailed)?;
                 buf
             }
             Inner::CbcHmac(c) => {
-                if !(icv_start - iv_len).is_multiple_of(16) {
+                let (iv, ciphertext) = covered
+                    .split_first_chunk::<16>()
+                    .ok_or(bad_length.clone())?;
+                if !ciphertext.len().is_multiple_of(16) {
                     return Err(bad_length);
                 }
-                let tag = cbc_icv(&c.mac, aad, &body[..icv_start]);
-                constant_time::verify_slices_are_equal(
-                    &tag.as_ref()[..c.icv_len],
-                    &body[icv_start..],
-                )
-                .map_err(|_| CryptoError::AuthenticationFailed)?;
-                let mut buf = Zeroizing::new(body[iv_len..icv_start].to_vec());
-                let iv: [u8; 16] = body[..iv_len].try_into().expect("AES-CBC IV is 16 bytes");
+                let tag = cbc_icv(&c.mac, aad, covered);
+                let expected = tag
+                    .as_ref()
+                    .get(..c.icv_len)
+                    .ok_or(CryptoError::Backend("HMAC"))?;
+                constant_time::verify_slices_are_equal(expected, icv)
+                    .map_err(|_| CryptoError::AuthenticationFailed)?;
+                let mut buf = Zeroizing::new(ciphertext.to_vec());
                 c.dec
-                    .decrypt(&mut buf, cipher::DecryptionContext::Iv128(iv.into()))
+                    .decrypt(&mut buf, cipher::DecryptionContext::Iv128((*iv).into()))
                     .map_err(|_| CryptoError::Backend("AES-CBC decrypt"))?;
                 buf
             }
         };
         // Authenticated: a bad Pad Length is the peer's bug, not an attack on the ICV.
-        let pad = usize::from(*plain.last().expect("at least the Pad Length"));
-        if pad + 1 > plain.len() {
-            return Err(CryptoError::BadPadding);
-        }
-        let len = plain.len() - pad - 1;
+        let pad = usize::from(*plain.last().ok_or(CryptoError::BadPadding)?);
+        let len = plain
+            .len()
+            .checked_sub(pad + 1)
+            .ok_or(CryptoError::BadPadding)?;
         plain.truncate(len);
         Ok(plain)
+    }
+}
+
+/// aws-lc wipes the keys it holds when they are freed (`OPENSSL_free` cleanses, `SymmetricCipherKey` and
+/// `HMAC_CTX_cleanup` zeroize); the salt is ours to wipe.
+impl Drop for SkCipher {
+    fn drop(&mut self) {
+        if let Inner::Aead { salt, .. } = &mut self.inner {
+            zeroize::Zeroize::zeroize(salt);
+        }
     }
 }
 
@@ -431,7 +477,7 @@ impl std::fmt::Debug for SkCipher {
 
 /// The 12-byte AEAD nonce: the 4-byte salt from SK_e, then the 8-byte explicit IV (RFC 5282,
 /// RFC 7634).
-fn nonce(salt: &[u8; 4], iv: &[u8]) -> aead::Nonce {
+fn nonce(salt: &[u8; 4], iv: &[u8; 8]) -> aead::Nonce {
     let mut n = [0u8; 12];
     n[..4].copy_from_slice(salt);
     n[4..].copy_from_slice(iv);
@@ -496,7 +542,18 @@ mod tests {
              66906315b2",
         );
         assert_eq!(c.encrypted_len(inner.len()), 41 - 4);
-        let body = c.seal_aead(&aad, &inner, hex("1011121314151617").try_into().unwrap());
+        let Inner::Aead { key, salt, .. } = &c.inner else {
+            unreachable!()
+        };
+        let body = c
+            .seal_aead(
+                key,
+                salt,
+                &aad,
+                &inner,
+                hex("1011121314151617").try_into().unwrap(),
+            )
+            .unwrap();
         let mut message = aad.clone();
         message.extend_from_slice(&body);
         assert_eq!(message, expected);

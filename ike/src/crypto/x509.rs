@@ -190,7 +190,7 @@ impl Certificate {
         let tbs_len = cert.len() - after_tbs.len();
         let (alg, r) = der::tlv(after_tbs)
             .filter(|(t, _, _)| *t == der::SEQUENCE)
-            .map(|(_, _, r)| (&after_tbs[..after_tbs.len() - r.len()], r))
+            .and_then(|(_, _, r)| Some((after_tbs.get(..after_tbs.len() - r.len())?, r)))
             .ok_or(bad("no signatureAlgorithm"))?;
         let (sig, r) = der::expect(r, der::BIT_STRING).ok_or(bad("no signatureValue"))?;
         if !r.is_empty() {
@@ -330,8 +330,21 @@ impl Certificate {
                 OID_SUBJECT_ALT_NAME => {
                     let (mut names, _) =
                         der::expect(value, der::SEQUENCE).ok_or(bad("bad subjectAltName"))?;
+                    // Room for the names kept, counted first: the vector is allocated once, never grown by
+                    // doubling, and an empty name (which names nothing) is not kept, so each 32-byte AltName
+                    // stands for at least 3 received bytes (tests/parse_alloc.rs: <= 16 x the certificate).
+                    let mut count = names;
+                    let mut kept = 0;
+                    while let Some((tag, v, r)) = der::tlv(count) {
+                        count = r;
+                        kept += usize::from(matches!(tag, 0x81 | 0x82 | 0x87) && !v.is_empty());
+                    }
+                    self.alt_names.reserve_exact(kept);
                     while let Some((tag, v, r)) = der::tlv(names) {
                         names = r;
+                        if v.is_empty() {
+                            continue;
+                        }
                         //# GeneralName ::= CHOICE {
                         //#      rfc822Name                      [1]     IA5String,
                         //#      dNSName                         [2]     IA5String,
@@ -339,12 +352,9 @@ impl Certificate {
                         let name = match tag {
                             0x81 => AltName::Email(String::from_utf8_lossy(v).into_owned()),
                             0x82 => AltName::Dns(String::from_utf8_lossy(v).into_owned()),
-                            0x87 => match v.len() {
-                                4 => AltName::Ip(IpAddr::from(<[u8; 4]>::try_from(v).expect("4"))),
-                                16 => {
-                                    AltName::Ip(IpAddr::from(<[u8; 16]>::try_from(v).expect("16")))
-                                }
-                                _ => continue,
+                            0x87 => match ip_from_octets(v) {
+                                Some(ip) => AltName::Ip(ip),
+                                None => continue,
                             },
                             _ => continue,
                         };
@@ -463,7 +473,8 @@ impl Certificate {
         let key = self.public_key()?;
         let ok = child
             .scheme
-            .is_some_and(|s| key.verify_scheme(s, &child.der[child.tbs.clone()], &child.signature));
+            .zip(child.der.get(child.tbs.clone()))
+            .is_some_and(|(s, tbs)| key.verify_scheme(s, tbs, &child.signature));
         if !ok {
             return Err(CertError::BadSignature {
                 subject: child.subject(),
@@ -481,13 +492,7 @@ impl Certificate {
     pub fn check_identity(&self, id: &Id) -> Result<(), CertError> {
         let matches = match id.id_type {
             IdType::IPV4_ADDR | IdType::IPV6_ADDR => {
-                let ip = match id.data.len() {
-                    4 => Some(IpAddr::from(<[u8; 4]>::try_from(&id.data[..]).expect("4"))),
-                    16 => Some(IpAddr::from(
-                        <[u8; 16]>::try_from(&id.data[..]).expect("16"),
-                    )),
-                    _ => None,
-                };
+                let ip = ip_from_octets(&id.data);
                 ip.is_some_and(|ip| self.alt_names.contains(&AltName::Ip(ip)))
             }
             IdType::FQDN => self.alt_names.iter().any(
@@ -662,7 +667,16 @@ const OCTET_STRING: u8 = 0x04;
 /// One TLV of tag `want` with its header: `(whole TLV, rest)`.
 fn raw(input: &[u8], want: u8) -> Option<(&[u8], &[u8])> {
     let (_, rest) = der::expect(input, want)?;
-    Some((&input[..input.len() - rest.len()], rest))
+    Some((input.get(..input.len() - rest.len())?, rest))
+}
+
+/// An IPv4 (4 bytes) or IPv6 (16 bytes) address in network order.
+fn ip_from_octets(v: &[u8]) -> Option<IpAddr> {
+    if let Ok(a) = <[u8; 4]>::try_from(v) {
+        Some(IpAddr::from(a))
+    } else {
+        <[u8; 16]>::try_from(v).ok().map(IpAddr::from)
+    }
 }
 
 //= https://www.rfc-editor.org/rfc/rfc5280#section-4.1.2.5
@@ -680,24 +694,29 @@ fn time(input: &[u8]) -> Option<(i64, &[u8])> {
     let (year, v) = match (tag, v.len()) {
         // UTCTime YYMMDDHHMMSSZ
         (0x17, 13) => {
-            let yy = digits(&v[..2])?;
+            let (yy, v) = v.split_first_chunk::<2>()?;
+            let yy = digits(yy)?;
             //# Where YY is greater than or equal to 50, the year SHALL be
             //# interpreted as 19YY; and
-            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &v[2..])
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, v)
         }
         // GeneralizedTime YYYYMMDDHHMMSSZ
-        (0x18, 15) => (digits(&v[..4])?, &v[4..]),
+        (0x18, 15) => {
+            let (yyyy, v) = v.split_first_chunk::<4>()?;
+            (digits(yyyy)?, v)
+        }
         _ => return None,
     };
-    if v[10] != b'Z' {
+    // MMDDHHMMSSZ
+    let [m0, m1, d0, d1, h0, h1, i0, i1, s0, s1, b'Z'] = *<&[u8; 11]>::try_from(v).ok()? else {
         return None;
-    }
+    };
     let (mo, d, h, mi, s) = (
-        digits(&v[0..2])?,
-        digits(&v[2..4])?,
-        digits(&v[4..6])?,
-        digits(&v[6..8])?,
-        digits(&v[8..10])?,
+        digits(&[m0, m1])?,
+        digits(&[d0, d1])?,
+        digits(&[h0, h1])?,
+        digits(&[i0, i1])?,
+        digits(&[s0, s1])?,
     );
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
         return None;

@@ -307,11 +307,9 @@ impl Payload {
                             out.extend_from_slice(&(0x8000u16 | 14).to_be_bytes());
                             out.extend_from_slice(&k.to_be_bytes());
                         }
-                        let tlen = (out.len() - tstart) as u16;
-                        out[tstart + 2..tstart + 4].copy_from_slice(&tlen.to_be_bytes());
+                        set_length(out, tstart);
                     }
-                    let plen = (out.len() - start) as u16;
-                    out[start + 2..start + 4].copy_from_slice(&plen.to_be_bytes());
+                    set_length(out, start);
                 }
             }
             Payload::Ke { group, data } => {
@@ -421,7 +419,7 @@ impl Payload {
             }
             PayloadType::NOTIFY => {
                 let protocol = r.u8()?;
-                let spi_len = r.u8()? as usize;
+                let spi_len = usize::from(r.u8()?);
                 let ntype = r.u16()?;
                 let spi = r.take(spi_len)?.to_vec();
                 Payload::Notify(Notify {
@@ -431,28 +429,23 @@ impl Payload {
                     data: r.rest().to_vec(),
                 })
             }
-            PayloadType::DELETE => {
-                let protocol = ProtocolId(r.u8()?);
-                let spi_len = r.u8()? as usize;
-                let n = r.u16()? as usize;
-                let mut spis = Vec::with_capacity(n.min(64));
-                for _ in 0..n {
-                    spis.push(r.take(spi_len)?.to_vec());
-                }
-                if !r.is_empty() {
-                    return Err(ParseError::BadLength("delete"));
-                }
-                Payload::Delete(Delete { protocol, spis })
-            }
+            PayloadType::DELETE => Payload::Delete(parse_delete(&mut r)?),
             PayloadType::VENDOR => Payload::Vendor(body.to_vec()),
             PayloadType::TSI | PayloadType::TSR => {
-                let n = r.u8()? as usize;
+                //= https://www.rfc-editor.org/rfc/rfc7296#section-3.13
+                //# Number of TSs (1 octet) - Number of Traffic Selectors being provided.
+                let n = usize::from(r.u8()?);
                 r.take(3)?;
-                let mut ts = Vec::with_capacity(n.min(16));
+                if n == 0 {
+                    return Err(ParseError::BadLength("traffic selectors"));
+                }
+                // The shortest selector (IPv4) is 16 bytes.
+                r.room_for("traffic selectors", n, 16)?;
+                let mut ts = Vec::with_capacity(n);
                 for _ in 0..n {
                     ts.push(TrafficSelector::parse(&mut r)?);
                 }
-                if !r.is_empty() || n == 0 {
+                if !r.is_empty() {
                     return Err(ParseError::BadLength("traffic selectors"));
                 }
                 if ptype == PayloadType::TSI {
@@ -464,10 +457,10 @@ impl Payload {
             PayloadType::CP => {
                 let cfg_type = r.u8()?;
                 r.take(3)?;
-                let mut attrs = Vec::new();
+                let mut attrs = Vec::with_capacity(count_attributes(r.clone()));
                 while !r.is_empty() {
                     let attr_type = r.u16()? & 0x7fff;
-                    let len = r.u16()? as usize;
+                    let len = usize::from(r.u16()?);
                     attrs.push(CfgAttr {
                         attr_type,
                         value: r.take(len)?.to_vec(),
@@ -483,31 +476,113 @@ impl Payload {
     }
 }
 
+/// A Delete payload's body. Every SPI is backed by its SPI Size bytes received, so a Delete payload never
+/// allocates more than 7 bytes per byte (a 4-byte SPI in its own 24-byte `Vec`).
+fn parse_delete(r: &mut Reader<'_>) -> Result<Delete, ParseError> {
+    let protocol = ProtocolId(r.u8()?);
+    let spi_len = usize::from(r.u8()?);
+    let n = usize::from(r.u16()?);
+    //= https://www.rfc-editor.org/rfc/rfc7296#section-3.11
+    //# o  Protocol ID (1 octet) - Must be 1 for an IKE SA, 2 for AH, or 3 for ESP.
+    //#
+    //# o  SPI Size (1 octet) - Length in octets of the SPI as defined by the protocol ID.  It MUST be zero for
+    //#    IKE (SPI is in message header) or four for AH and ESP.
+    let expected = match protocol {
+        ProtocolId::IKE => 0,
+        ProtocolId::AH | ProtocolId::ESP => 4,
+        _ => return Err(ParseError::Invalid("Delete protocol ID")),
+    };
+    if spi_len != expected {
+        return Err(ParseError::Invalid("Delete SPI Size"));
+    }
+    //= https://www.rfc-editor.org/rfc/rfc7296#section-3.11
+    //# o  Num of SPIs (2 octets, unsigned integer) - The number of SPIs contained in the Delete payload.  The
+    //#    size of each SPI is defined by the SPI Size field.
+    //
+    //= https://www.rfc-editor.org/rfc/rfc7296#section-3.11
+    //# Deletion of the IKE SA is indicated by a protocol ID of 1 (IKE) but no SPIs.
+    //
+    // The bytes left must hold exactly Num of SPIs SPIs of SPI Size bytes: checked before allocating, so 65535
+    // SPIs of size 0 in 8 bytes (65,535 empty `Vec`s) are refused rather than built.
+    if (spi_len == 0 && n != 0) || n.checked_mul(spi_len) != Some(r.remaining()) {
+        return Err(ParseError::Count {
+            what: "Delete SPIs",
+            count: n,
+            room: r.remaining(),
+        });
+    }
+    let mut spis = Vec::with_capacity(n);
+    for _ in 0..n {
+        spis.push(r.take(spi_len)?.to_vec());
+    }
+    Ok(Delete { protocol, spis })
+}
+
+/// How many configuration attributes (4-byte header and value) follow, counting until the first that does not
+/// fit: the capacity to reserve, so the attribute vector is allocated once and never grows by doubling.
+fn count_attributes(mut r: Reader<'_>) -> usize {
+    let mut n = 0;
+    while !r.is_empty() {
+        let Ok(_) = r.u16() else { break };
+        let Ok(len) = r.u16() else { break };
+        if r.take(usize::from(len)).is_err() {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// How many proposal substructures the SA payload body holds, counting until the last or the first whose
+/// length does not fit (the parser then reports the error): the capacity to reserve.
+fn count_proposals(mut r: Reader<'_>) -> usize {
+    let mut n = 0;
+    loop {
+        let Ok([last, _, l0, l1]) = r.array::<4>() else {
+            return n;
+        };
+        let len = usize::from(u16::from_be_bytes([l0, l1]));
+        if len < 8 || r.take(len - 4).is_err() {
+            return n;
+        }
+        n += 1;
+        if last != 2 {
+            return n;
+        }
+    }
+}
+
 fn parse_proposals(body: &[u8]) -> Result<Vec<Proposal>, ParseError> {
     let mut r = Reader::new(body, "SA payload");
-    let mut props = Vec::new();
+    let mut props = Vec::with_capacity(count_proposals(r.clone()));
     loop {
         let last = r.u8()?;
         r.u8()?;
-        let len = r.u16()? as usize;
-        if len < 8 {
+        let len = usize::from(r.u16()?);
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-3.3.1
+        //# Proposal Length (2 octets, unsigned integer) - Length of this proposal, including all transforms and
+        //# attributes that follow.
+        let Some(inner) = len.checked_sub(4).filter(|&l| l >= 4) else {
             return Err(ParseError::BadLength("proposal"));
-        }
-        let mut p = Reader::new(r.take(len - 4)?, "proposal");
+        };
+        let mut p = Reader::new(r.take(inner)?, "proposal");
         let num = p.u8()?;
         let protocol = ProtocolId(p.u8()?);
-        let spi_len = p.u8()? as usize;
-        let n = p.u8()?;
+        let spi_len = usize::from(p.u8()?);
+        let n = usize::from(p.u8()?);
         let spi = p.take(spi_len)?.to_vec();
-        let mut transforms = Vec::with_capacity(n as usize);
+        // Each transform is at least its 8-byte header: 255 of them announced in an empty proposal are refused
+        // before 255 are allocated.
+        p.room_for("transforms", n, 8)?;
+        let mut transforms = Vec::with_capacity(n);
         for _ in 0..n {
             p.u8()?;
             p.u8()?;
-            let tlen = p.u16()? as usize;
-            if tlen < 8 {
+            let tlen = usize::from(p.u16()?);
+            let Some(tinner) = tlen.checked_sub(4).filter(|&l| l >= 4) else {
                 return Err(ParseError::BadLength("transform"));
-            }
-            let mut t = Reader::new(p.take(tlen - 4)?, "transform");
+            };
+            let mut t = Reader::new(p.take(tinner)?, "transform");
             let ttype = TransformType(t.u8()?);
             t.u8()?;
             let id = t.u16()?;
@@ -520,7 +595,7 @@ fn parse_proposals(body: &[u8]) -> Result<Vec<Proposal>, ParseError> {
                         key_len = Some(v);
                     }
                 } else {
-                    let l = t.u16()? as usize;
+                    let l = usize::from(t.u16()?);
                     t.take(l)?;
                 }
             }
@@ -547,29 +622,52 @@ fn parse_proposals(body: &[u8]) -> Result<Vec<Proposal>, ParseError> {
     Ok(props)
 }
 
+/// How many payloads the chain holds before its end, an Encrypted payload or the first header that does not
+/// fit: the capacity to reserve, so the payload vector is allocated once (one 56-byte [`Payload`] per payload
+/// of at least 4 bytes) and never grows by doubling.
+fn count_payloads(mut next: u8, mut r: Reader<'_>) -> usize {
+    let mut n = 0;
+    while next != PayloadType::NONE && next != PayloadType::SK && next != PayloadType::SKF {
+        let Ok([following, _, l0, l1]) = r.array::<4>() else {
+            return n;
+        };
+        let len = usize::from(u16::from_be_bytes([l0, l1]));
+        if len < 4 || r.take(len - 4).is_err() {
+            return n;
+        }
+        n += 1;
+        next = following;
+    }
+    n
+}
+
 /// Parses a payload chain starting with type `first`. An SK or SKF payload ends the chain and is returned
 /// apart; `base` is the offset of `buf` in the whole message (so the SK offset can be reported).
+///
+/// Work is linear in `buf.len()`; memory allocated is at most 16 bytes per byte of `buf`.
 pub fn parse_chain(
     first: u8,
     buf: &[u8],
     base: usize,
 ) -> Result<(Vec<Payload>, Option<Encrypted<'_>>), ParseError> {
-    let mut payloads = Vec::new();
+    let mut r = Reader::new(buf, "payload header");
+    let mut payloads = Vec::with_capacity(count_payloads(first, r.clone()));
     let mut next = first;
-    let mut off = 0usize;
     while next != PayloadType::NONE {
-        let mut r = Reader::new(&buf[off..], "payload header");
+        let off = buf.len() - r.remaining();
         let following = r.u8()?;
         let critical = r.u8()? & 0x80 != 0;
-        let len = r.u16()? as usize;
-        if len < 4 || off + len > buf.len() {
+        let len = usize::from(r.u16()?);
+        let Some(body_len) = len.checked_sub(4) else {
             return Err(ParseError::BadLength("payload"));
-        }
-        let body = &buf[off + 4..off + len];
+        };
+        let body = r
+            .take(body_len)
+            .map_err(|_| ParseError::BadLength("payload"))?;
         if next == PayloadType::SK || next == PayloadType::SKF {
             //= https://www.rfc-editor.org/rfc/rfc7296#section-3.14
             //# The Encrypted payload, if present in a message, MUST be the last payload in the message.
-            if off + len != buf.len() {
+            if !r.is_empty() {
                 return Err(ParseError::Invalid("payload after the Encrypted payload"));
             }
             let (fragment, body) = if next == PayloadType::SKF {
@@ -604,15 +702,23 @@ pub fn parse_chain(
             return Err(ParseError::UnsupportedCritical(next));
         }
         payloads.push(Payload::parse_body(next, body)?);
-        off += len;
         next = following;
     }
-    if off != buf.len() {
+    if !r.is_empty() {
         return Err(ParseError::BadLength(
             "trailing bytes after the last payload",
         ));
     }
     Ok((payloads, None))
+}
+
+/// Writes the length of the structure that starts at `start` and ends at the end of `out` into its 2-byte
+/// length field, bytes 2 and 3 (the generic payload header, proposal and transform substructures alike).
+fn set_length(out: &mut [u8], start: usize) {
+    let len = out.len().saturating_sub(start) as u16;
+    if let Some(field) = out.get_mut(start + 2..start + 4) {
+        field.copy_from_slice(&len.to_be_bytes());
+    }
 }
 
 /// Encodes a payload chain; returns the first payload's type (0 for an empty chain) and the bytes.
@@ -628,8 +734,7 @@ pub fn encode_chain(payloads: &[Payload]) -> (u8, Vec<u8>) {
         out.push(0);
         out.extend_from_slice(&[0, 0]);
         p.encode_body(&mut out);
-        let len = (out.len() - start) as u16;
-        out[start + 2..start + 4].copy_from_slice(&len.to_be_bytes());
+        set_length(&mut out, start);
     }
     (
         payloads.first().map_or(PayloadType::NONE, Payload::ptype),

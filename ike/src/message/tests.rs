@@ -206,3 +206,84 @@ proptest! {
         let _ = parse(&bytes);
     }
 }
+
+/// RFC 7296 3.11: a Delete payload's SPIs must be exactly what its bytes hold, with the SPI Size its protocol
+/// defines; anything else is refused with a typed error before anything is allocated for the SPIs.
+#[test]
+fn delete_counts_must_fit_the_bytes() {
+    let chain = |body: &[u8]| {
+        let mut v = vec![0, 0, 0, 4 + body.len() as u8];
+        v.extend_from_slice(body);
+        v
+    };
+    let count = |body: &[u8]| {
+        parse_chain(PayloadType::DELETE, &chain(body), 0).map(|(payloads, _)| payloads)
+    };
+    assert_eq!(
+        count(&[1, 0, 0xff, 0xff]).unwrap_err(),
+        ParseError::Count {
+            what: "Delete SPIs",
+            count: 65535,
+            room: 0
+        }
+    );
+    assert!(matches!(
+        count(&[3, 4, 0, 3, 1, 2, 3, 4, 5, 6, 7, 8]).unwrap_err(),
+        ParseError::Count {
+            count: 3,
+            room: 8,
+            ..
+        }
+    ));
+    assert_eq!(
+        count(&[3, 0, 0xff, 0xff]).unwrap_err(),
+        ParseError::Invalid("Delete SPI Size")
+    );
+    assert_eq!(
+        count(&[3, 1, 0, 1, 9]).unwrap_err(),
+        ParseError::Invalid("Delete SPI Size")
+    );
+    assert_eq!(
+        count(&[9, 4, 0, 1, 1, 2, 3, 4]).unwrap_err(),
+        ParseError::Invalid("Delete protocol ID")
+    );
+    let p = count(&[3, 4, 0, 2, 1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+    assert_eq!(
+        p,
+        [Payload::Delete(Delete {
+            protocol: ProtocolId::ESP,
+            spis: vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8]]
+        })]
+    );
+    let p = count(&[1, 0, 0, 0]).unwrap();
+    assert_eq!(
+        p,
+        [Payload::Delete(Delete {
+            protocol: ProtocolId::IKE,
+            spis: vec![]
+        })]
+    );
+}
+
+/// Counts of transforms and traffic selectors that the bytes cannot hold are refused as such.
+#[test]
+fn transform_and_selector_counts_must_fit() {
+    let sa = [0, 0, 0, 12, 0, 0, 0, 8, 1, 1, 0, 255];
+    assert!(matches!(
+        parse_chain(PayloadType::SA, &sa, 0).unwrap_err(),
+        ParseError::Count {
+            what: "transforms",
+            count: 255,
+            room: 0
+        }
+    ));
+    let ts = [0, 0, 0, 8, 255, 0, 0, 0];
+    assert!(matches!(
+        parse_chain(PayloadType::TSI, &ts, 0).unwrap_err(),
+        ParseError::Count {
+            what: "traffic selectors",
+            count: 255,
+            room: 0
+        }
+    ));
+}

@@ -117,13 +117,13 @@ impl TrafficSelector {
         let end_port = r.u16()?;
         let (start, end) = match (ts_type, len) {
             (7, 16) => {
-                let s: [u8; 4] = r.take(4)?.try_into().expect("4");
-                let e: [u8; 4] = r.take(4)?.try_into().expect("4");
+                let s: [u8; 4] = r.array()?;
+                let e: [u8; 4] = r.array()?;
                 (IpAddr::V4(s.into()), IpAddr::V4(e.into()))
             }
             (8, 40) => {
-                let s: [u8; 16] = r.take(16)?.try_into().expect("16");
-                let e: [u8; 16] = r.take(16)?.try_into().expect("16");
+                let s: [u8; 16] = r.array()?;
+                let e: [u8; 16] = r.array()?;
                 (IpAddr::V6(s.into()), IpAddr::V6(e.into()))
             }
             (7 | 8, _) => return Err(ParseError::BadLength("traffic selector")),
