@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use vmsecd_e2e::faultlink::{Faults, FaultyPair, SaWatch};
 use vmsecd_e2e::netns::NetnsGuard;
-use vmsecd_e2e::traffic::{ping, ping_until_ok, tcp_intact, udp_intact};
+use vmsecd_e2e::traffic::{iperf3, ping, ping_until_ok, tcp_intact, udp_intact};
 use vmsecd_e2e::vmsecd::{is_up, Mesh, Vmsecd};
 
 const RELAY: &str = env!("CARGO_BIN_EXE_lossy-relay");
@@ -39,9 +39,14 @@ fn kernel_drops(p: &FaultyPair) -> String {
             ip.join("\n")
         ));
     }
-    o.push_str(&String::from_utf8_lossy(
-        &p.r.output("ip", &["-s", "link"]).stdout,
-    ));
+    for ns in [&p.r, &p.a, &p.b] {
+        let links = ns.output("ip", &["-s", "-o", "link"]);
+        o.push_str(&format!(
+            "--- {} ---\n{}",
+            ns.name(),
+            String::from_utf8_lossy(&links.stdout)
+        ));
+    }
     o
 }
 
@@ -225,77 +230,52 @@ fn esp_reordered_within_window_loses_nothing_to_replay_check() {
         duplicate_pct: 0.0,
     };
     p.relay(RELAY, faults, 0x5eed_0002, Duration::from_secs(300));
-    let mut m = Mesh::two_hosts(PSK);
-    // A Child SA rekey (after 9.3-12 s) falls inside the traffic.
-    m.child_lifetime = Some("20s".into());
-    m.rekey_margin = Some("8s".into());
+    // Default lifetimes: no rekey during the test (see `esp_in_flight_across_child_rekey_is_delivered`).
+    let m = Mesh::two_hosts(PSK);
     let t0 = Instant::now();
     let (mut va, mut vb) = start_pair(&p, &mut g, &m);
     let up = wait_both_up(&mut va, &mut vb, t0, Duration::from_secs(30));
     assert!(ping_until_ok(&p.avm, BVM, Duration::from_secs(5)));
     let watch = SaWatch::start(&p.a, &p.b, Duration::from_millis(250));
-    let mut rounds = 0;
+    // A bulk TCP stream a -> b under the byte checks: more packets in flight, reordered further.
+    let (bvm, avm) = (p.bvm.clone(), p.avm.clone());
+    let bulk = thread::spawn(move || iperf3(&bvm, &avm, BVM, 12, false, Some("100M")));
     let traffic = Instant::now();
-    loop {
-        rounds += 1;
-        for (server, client, addr) in [(&p.bvm, &p.avm, BVM), (&p.avm, &p.bvm, AVM)] {
-            let r = udp_intact(server, client, addr, 300);
-            assert_eq!(
-                r,
-                (300, 0),
-                "UDP datagrams intact, damaged; SAs seen {:#?}\nrelay {:?}\n{}\n{}\n{}",
-                watch.snapshot(),
-                p.relay_stats(),
-                kernel_drops(&p),
-                va.diagnostics(),
-                vb.diagnostics()
-            );
-            assert_eq!(
-                tcp_intact(server, client, addr, 4, 4 << 20),
-                4,
-                "TCP intact\n{}\n{}",
-                va.diagnostics(),
-                vb.diagnostics()
-            );
-        }
-        let s = watch.snapshot();
-        if s[0].child_changes() >= 1 && s[1].child_changes() >= 1 {
-            break;
-        }
-        assert!(
-            traffic.elapsed() < Duration::from_secs(90),
-            "no Child SA rekey during 90 s of traffic: {s:#?}\n{}",
-            va.diagnostics()
+    for (server, client, addr) in [(&p.bvm, &p.avm, BVM), (&p.avm, &p.bvm, AVM)] {
+        let r = udp_intact(server, client, addr, 300);
+        assert_eq!(
+            r,
+            (300, 0),
+            "UDP datagrams intact, damaged; SAs seen {:#?}\nrelay {:?}\n{}\n{}\n{}",
+            watch.snapshot(),
+            p.relay_stats(),
+            kernel_drops(&p),
+            va.diagnostics(),
+            vb.diagnostics()
+        );
+        assert_eq!(
+            tcp_intact(server, client, addr, 4, 4 << 20),
+            4,
+            "TCP intact\n{}\n{}",
+            va.diagnostics(),
+            vb.diagnostics()
         );
     }
+    let traffic = traffic.elapsed();
+    let bulk = bulk.join().expect("iperf3 thread");
     let h = watch.finish();
     let stats = p.relay_stats();
-    let get = |k: &str| stats.get(k).copied().unwrap_or(0);
     eprintln!(
-        "[faults] reorder only: up in {:.1} s; {rounds} rounds of traffic in {:.1} s; Child SA rekeys a {} b {}; \
-         host drops a {:?} b {:?}; relay {stats:?}",
+        "[faults] reorder only: up in {:.1} s; byte checks in {:.1} s beside {} MB of bulk TCP ({:?} \
+         retransmits); host drops a {:?} b {:?}; relay {stats:?}",
         up.as_secs_f64(),
-        traffic.elapsed().as_secs_f64(),
-        h[0].child_changes(),
-        h[1].child_changes(),
+        traffic.as_secs_f64(),
+        bulk.bytes_received / 1_000_000,
+        bulk.retransmits,
         h[0].global_drops,
-        h[1].global_drops
+        h[1].global_drops,
     );
-    // The experiment is what it claims: many ESP packets overtaken, none by as many as the window holds,
-    // none lost or duplicated on the way.
-    assert!(
-        get("a2b_overtaken") > 100 && get("b2a_overtaken") > 100,
-        "{stats:?}"
-    );
-    for d in ["a2b", "b2a"] {
-        assert!(
-            get(&format!("{d}_max_displacement")) < 1024,
-            "reordered beyond the replay window (1024): {stats:?}"
-        );
-        assert_eq!(get(&format!("{d}_duplicated")), 0);
-        assert_eq!(get(&format!("{d}_lost")), 0);
-        assert_eq!(get(&format!("{d}_bad")), 0, "relay errors: {stats:?}");
-    }
+    check_reorder_only(&stats, 1000);
     for (name, x) in [("a", &h[0]), ("b", &h[1])] {
         assert_eq!(
             x.replay_drops(),
@@ -306,8 +286,91 @@ fn esp_reordered_within_window_loses_nothing_to_replay_check() {
         );
         assert_eq!(x.auth_drops(), 0, "{name}: {x:#?}");
         assert_eq!(x.not_up, 0, "{name}: tunnel down during the test: {x:#?}");
+        assert_eq!(x.child_changes(), 0, "{name}: no rekey expected: {x:#?}");
+        assert_eq!(x.global_drops.get("no_sa_in"), Some(&0), "{name}: {x:#?}");
     }
     va.terminate(Duration::from_secs(5));
     vb.terminate(Duration::from_secs(5));
     eprintln!("[faults-reorder] {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// The relay reordered (more than `min_overtaken` frames each way), never by as many frames as the anti-replay
+/// window (1024) holds, and lost, duplicated or overran nothing.
+fn check_reorder_only(stats: &std::collections::BTreeMap<String, u64>, min_overtaken: u64) {
+    let get = |k: &str| stats.get(k).copied().unwrap_or(0);
+    for d in ["a2b", "b2a"] {
+        assert!(get(&format!("{d}_overtaken")) > min_overtaken, "{stats:?}");
+        assert!(
+            get(&format!("{d}_max_displacement")) < 1024,
+            "reordered beyond the replay window (1024): {stats:?}"
+        );
+        for k in ["duplicated", "lost", "bad", "socket_drops"] {
+            assert_eq!(get(&format!("{d}_{k}")), 0, "relay {k}: {stats:?}");
+        }
+    }
+}
+
+/// ESP still in flight on the old Child SA when a rekey completes must be delivered, not dropped because the
+/// old inbound SA is already gone. vmsecd removes the old inbound SA as soon as the rekey's DELETE has been
+/// processed, so ESP the peer sent on it just before, and that the link held back behind the DELETE, is
+/// counted as `no_sa_in` and lost (strongSwan keeps a rekeyed inbound SA for `delete_rekeyed_delay`, 5 s).
+/// Fails until vmsecd keeps the old inbound SA a while: see tests/README.md, "Faults".
+#[test]
+#[ignore = "fails: vmsecd drops ESP in flight on a rekeyed Child SA (no_sa_in); see tests/README.md, Faults"]
+fn esp_in_flight_across_child_rekey_is_delivered() {
+    let started = Instant::now();
+    let mut g = NetnsGuard::new("faults-rekeyflight");
+    let mut p = FaultyPair::new(&mut g);
+    // A quarter of the frames 30 ms late: the DELETE that ends a rekey often overtakes ESP sent before it.
+    let faults = Faults {
+        delay_ms: 1,
+        jitter_ms: 3,
+        reorder_pct: 25.0,
+        reorder_ms: 30,
+        duplicate_pct: 0.0,
+    };
+    p.relay(RELAY, faults, 0x5eed_0003, Duration::from_secs(300));
+    let mut m = Mesh::two_hosts(PSK);
+    m.child_lifetime = Some("20s".into());
+    m.rekey_margin = Some("8s".into());
+    let t0 = Instant::now();
+    let (mut va, mut vb) = start_pair(&p, &mut g, &m);
+    wait_both_up(&mut va, &mut vb, t0, Duration::from_secs(30));
+    let watch = SaWatch::start(&p.a, &p.b, Duration::from_millis(250));
+    // Bulk TCP both ways through two Child SA rekeys (every 9.3-12 s).
+    let (bvm, avm) = (p.bvm.clone(), p.avm.clone());
+    let fwd = thread::spawn(move || iperf3(&bvm, &avm, BVM, 26, false, Some("50M")));
+    let (bvm, avm) = (p.bvm.clone(), p.avm.clone());
+    let rev = thread::spawn(move || iperf3(&avm, &bvm, AVM, 26, false, Some("50M")));
+    let (fwd, rev) = (fwd.join().expect("iperf3"), rev.join().expect("iperf3"));
+    let h = watch.finish();
+    let stats = p.relay_stats();
+    eprintln!(
+        "[faults] across rekeys: Child SA rekeys a {} b {}; host drops a {:?} b {:?}; TCP {} / {} MB; relay \
+         {stats:?}",
+        h[0].child_changes(),
+        h[1].child_changes(),
+        h[0].global_drops,
+        h[1].global_drops,
+        fwd.bytes_received / 1_000_000,
+        rev.bytes_received / 1_000_000,
+    );
+    check_reorder_only(&stats, 1000);
+    for (name, x) in [("a", &h[0]), ("b", &h[1])] {
+        assert!(x.child_changes() >= 2, "{name}: rekeys: {x:#?}");
+        assert_eq!(x.replay_drops(), 0, "{name}: {x:#?}");
+        assert_eq!(
+            x.global_drops.get("no_sa_in"),
+            Some(&0),
+            "{name}: ESP in flight on the old SA dropped after the rekey: {x:#?}\n{}\n{}",
+            va.diagnostics(),
+            vb.diagnostics()
+        );
+    }
+    va.terminate(Duration::from_secs(5));
+    vb.terminate(Duration::from_secs(5));
+    eprintln!(
+        "[faults-rekeyflight] {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
