@@ -307,17 +307,27 @@ pub struct SaWatch {
 impl SaWatch {
     /// Starts sampling a (peer `hB`) and b (peer `hA`).
     pub fn start(a: &Netns, b: &Netns, period: Duration) -> SaWatch {
+        SaWatch::start_hosts(vec![(a.clone(), "hB"), (b.clone(), "hA")], period)
+    }
+
+    /// Starts sampling a (peer `hB`) only, when b runs another IKE daemon; b's history stays empty.
+    pub fn start_a(a: &Netns, period: Duration) -> SaWatch {
+        SaWatch::start_hosts(vec![(a.clone(), "hB")], period)
+    }
+
+    fn start_hosts(hosts: Vec<(Netns, &'static str)>, period: Duration) -> SaWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let hist = Arc::new(Mutex::new([SaHistory::default(), SaHistory::default()]));
-        let (a, b, s, h) = (a.clone(), b.clone(), stop.clone(), hist.clone());
+        let (s, h) = (stop.clone(), hist.clone());
         let handle = thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                let (sa, sb) = (status_of(&a), status_of(&b));
+                let sts: Vec<_> = hosts.iter().map(|(ns, _)| status_of(ns)).collect();
                 {
                     let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
-                    h[0].observe(sa, "hB");
-                    h[1].observe(sb, "hA");
+                    for (i, (st, (_, peer))) in sts.into_iter().zip(&hosts).enumerate() {
+                        h[i].observe(st, peer);
+                    }
                 }
                 if let Some(rest) = period.checked_sub(t.elapsed()) {
                     sleep(rest);

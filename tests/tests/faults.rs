@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use vmsecd_e2e::faultlink::{Faults, FaultyPair, SaWatch};
 use vmsecd_e2e::netns::NetnsGuard;
+use vmsecd_e2e::strongswan::{require_charon, Charon, Conn};
 use vmsecd_e2e::traffic::{iperf3, ping, ping_until_ok, tcp_intact, udp_intact};
 use vmsecd_e2e::vmsecd::{is_up, Mesh, Vmsecd};
 
@@ -373,4 +374,84 @@ fn esp_in_flight_across_child_rekey_is_delivered() {
         "[faults-rekeyflight] {:.1} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// vmsecd (a) and a strongSwan 5.9 gateway (b, kernel-libipsec) through the same faulty link: established
+/// under 20 % loss with reordering and duplication, then vmsecd's IKE and Child SA rekeys (charon's own
+/// lifetimes are long) under 10 % loss for 60 s; charon must hold the SAs vmsecd holds at the end.
+#[test]
+fn strongswan_peer_establishes_and_rekeys_under_faults() {
+    let started = Instant::now();
+    require_charon();
+    let mut g = NetnsGuard::new("faults-swan");
+    let mut p = FaultyPair::new(&mut g);
+    p.relay(
+        RELAY,
+        Faults {
+            delay_ms: 5,
+            jitter_ms: 20,
+            reorder_pct: 20.0,
+            reorder_ms: 50,
+            duplicate_pct: 10.0,
+        },
+        0x5eed_0004,
+        Duration::from_secs(300),
+    );
+    p.set_loss(20);
+    let root = g.dir();
+    let mut m = Mesh::two_hosts(PSK);
+    m.child_lifetime = Some("52s".into());
+    m.ike_lifetime = Some("60s".into());
+    m.rekey_margin = Some("25s".into());
+    let c = Charon::start(&p.b, &root.join("charon"), &[Conn::to_vmsecd(PSK)]);
+    let t0 = Instant::now();
+    let mut va = Vmsecd::start(&p.a, &root.join("a"), &m, "hA");
+    va.wait_status("hA-hB up", Duration::from_secs(90), |s| is_up(s, "hB"));
+    let up = t0.elapsed();
+    let la = va.log().len();
+    p.set_loss(10);
+    let watch = SaWatch::start_a(&p.a, Duration::from_millis(250));
+    let (sent, got) = ping(&p.avm, BVM, 300, "0.2");
+    let h = watch.finish();
+    let x = &h[0];
+    let log = va.log();
+    let diag = || format!("{x:#?}\n{}\n{}", va.diagnostics(), c.diagnostics());
+    eprintln!(
+        "[faults] strongSwan peer: up in {:.1} s under 20% loss; 60 s at 10% loss: {} IKE and {} Child SA rekeys, \
+         ping {got}/{sent}, replay drops {}; relay {:?}",
+        up.as_secs_f64(),
+        x.ike_changes(),
+        x.child_changes(),
+        x.replay_drops(),
+        p.relay_stats()
+    );
+    assert_eq!(x.not_up, 0, "the tunnel left `established`\n{}", diag());
+    for bad in ["IKE SA established", "IKE SA down", "Child SA up"] {
+        assert_eq!(
+            count_after(&log, la, bad),
+            0,
+            "{bad:?} after establishment\n{}",
+            diag()
+        );
+    }
+    assert!(x.child_changes() >= 2, "Child SA rekeys\n{}", diag());
+    assert!(x.ike_changes() >= 1, "IKE SA rekeys\n{}", diag());
+    assert!(got * 100 >= sent * 60, "ping {got}/{sent}\n{}", diag());
+    // charon holds the IKE SA and the Child SA vmsecd holds now.
+    let st = va.status().expect("status");
+    let pe = vmsecd_e2e::vmsecd::peer(&st, "hB");
+    let ike = pe.ike.as_ref().expect("IKE SA");
+    let sas = c.list_sas();
+    assert!(
+        sas.iter().any(|s| s.state == "ESTABLISHED"
+            && s.spi_i == ike.spi_i
+            && s.children
+                .iter()
+                .any(|ch| ch.state == "INSTALLED"
+                    && pe.children.iter().any(|v| v.spi_out == ch.spi_in))),
+        "charon's SAs {sas:#?}\n{}",
+        diag()
+    );
+    va.terminate(Duration::from_secs(5));
+    eprintln!("[faults-swan] {:.1} s", started.elapsed().as_secs_f64());
 }
