@@ -171,18 +171,19 @@ fn establish_and_rekey_under_loss_reorder_duplication() {
             diag()
         );
         assert!(x.ike_changes() >= 2, "{name}: IKE SA rekeys\n{}", diag());
-        assert_eq!(
-            count_after(log, from, "Child SA rekeyed"),
-            x.child_changes(),
-            "{name}: every new inbound SPI came from a logged rekey\n{}",
-            diag()
-        );
-        assert_eq!(
-            count_after(log, from, "IKE SA rekeyed"),
-            x.ike_changes(),
-            "{name}: every new IKE SA came from a logged rekey\n{}",
-            diag()
-        );
+        // Every new SPI came from a logged rekey (the log is read just after the last sample, so it may hold
+        // one more).
+        for (what, seen) in [
+            ("Child SA rekeyed", x.child_changes()),
+            ("IKE SA rekeyed", x.ike_changes()),
+        ] {
+            let logged = count_after(log, from, what);
+            assert!(
+                (seen..=seen + 1).contains(&logged),
+                "{name}: {logged} {what:?} lines for {seen} SPI changes\n{}",
+                diag()
+            );
+        }
         assert_eq!(
             x.auth_drops(),
             0,
