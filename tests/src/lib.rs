@@ -5,6 +5,7 @@
 
 pub mod bed;
 pub mod hostile;
+pub mod faultlink;
 pub mod libvirt;
 pub mod netns;
 pub mod strongswan;
