@@ -4,8 +4,8 @@
 //! Everything here needs root and real namespaces; the tests using it fail (never skip) without them.
 
 pub mod bed;
-pub mod hostile;
 pub mod faultlink;
+pub mod hostile;
 pub mod libvirt;
 pub mod netns;
 pub mod strongswan;

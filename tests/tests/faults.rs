@@ -313,12 +313,11 @@ fn check_reorder_only(stats: &std::collections::BTreeMap<String, u64>, min_overt
 }
 
 /// ESP still in flight on the old Child SA when a rekey completes must be delivered, not dropped because the
-/// old inbound SA is already gone. vmsecd removes the old inbound SA as soon as the rekey's DELETE has been
-/// processed, so ESP the peer sent on it just before, and that the link held back behind the DELETE, is
-/// counted as `no_sa_in` and lost (strongSwan keeps a rekeyed inbound SA for `delete_rekeyed_delay`, 5 s).
-/// Fails until vmsecd keeps the old inbound SA a while: see tests/README.md, "Faults".
+/// old inbound SA is already gone. vmsecd used to remove the old inbound SA as soon as the rekey's DELETE had
+/// been processed, so ESP the peer sent on it just before, and that the link held back behind the DELETE, was
+/// counted as `no_sa_in` and lost; it now keeps a rekeyed inbound SA for 5 s, as strongSwan's
+/// `delete_rekeyed_delay` does (tunnel/src/daemon/datapath.rs, REKEYED_INBOUND_LINGER).
 #[test]
-#[ignore = "fails: vmsecd drops ESP in flight on a rekeyed Child SA (no_sa_in); see tests/README.md, Faults"]
 fn esp_in_flight_across_child_rekey_is_delivered() {
     let started = Instant::now();
     let mut g = NetnsGuard::new("faults-rekeyflight");

@@ -9,10 +9,11 @@
 //! (`esp::OutboundSa::reserve`). The inbound half (SAD, policy) stays with the daemon's task, which receives all
 //! ESP: one peer's ESP arrives on one UDP flow, which the kernel cannot spread over sockets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use esp::{InboundSa, OutboundSa, PacketBuf, SaParams, Sad};
 use ike::event::ChildSaInfo;
@@ -198,8 +199,16 @@ pub(crate) struct Datapath {
     /// ([`Datapath::install_deferred`]): the inbound path checks this short list, so that it takes the write
     /// lock of the outbound half only to promote one.
     waiting: Vec<(usize, u32)>,
+    /// Inbound SPIs of rekeyed Child SAs and when they stop accepting packets ([`REKEYED_INBOUND_LINGER`]),
+    /// oldest first. As long as rekeys are rate-limited (the `ike` crate), so is this list.
+    retiring: VecDeque<(Instant, u32)>,
     policy_drops: u64,
 }
+
+/// How long the inbound SA of a rekeyed Child SA keeps accepting packets after its delete exchange: ESP the
+/// peer sent on it just before it switched to the new SA may still be in flight, and reordered behind the
+/// DELETE (strongSwan keeps a rekeyed inbound SA for its `delete_rekeyed_delay`, 5 s by default).
+pub(crate) const REKEYED_INBOUND_LINGER: Duration = Duration::from_secs(5);
 
 fn dst_addr(pkt: &[u8]) -> Option<IpAddr> {
     match pkt.first()? >> 4 {
@@ -231,6 +240,7 @@ impl Datapath {
             sad: Sad::new(),
             policy: HashMap::new(),
             waiting: Vec::new(),
+            retiring: VecDeque::new(),
             policy_drops: 0,
         }
     }
@@ -342,6 +352,37 @@ impl Datapath {
     pub(crate) fn remove(&mut self, peer: &str, spi_in: u32, spi_out: u32) {
         self.sad.remove(spi_in);
         self.policy.remove(&spi_in);
+        self.remove_outbound(peer, spi_in, spi_out);
+    }
+
+    /// A rekeyed Child SA's delete: its outbound SA goes now, its inbound SA keeps accepting what the peer sent
+    /// before it switched for [`REKEYED_INBOUND_LINGER`] ([`Datapath::expire_retired`] removes it).
+    pub(crate) fn retire(&mut self, now: Instant, peer: &str, spi_in: u32, spi_out: u32) {
+        self.remove_outbound(peer, spi_in, spi_out);
+        self.retiring
+            .push_back((now + REKEYED_INBOUND_LINGER, spi_in));
+    }
+
+    /// Removes the inbound SAs of rekeyed Child SAs whose linger time has passed.
+    pub(crate) fn expire_retired(&mut self, now: Instant) {
+        while let Some(&(until, spi_in)) = self.retiring.front() {
+            if until > now {
+                break;
+            }
+            self.retiring.pop_front();
+            self.sad.remove(spi_in);
+            self.policy.remove(&spi_in);
+        }
+    }
+
+    /// When [`Datapath::expire_retired`] next has work.
+    pub(crate) fn next_retirement(&self) -> Option<Instant> {
+        self.retiring.front().map(|&(until, _)| until)
+    }
+
+    /// The outbound half of [`Datapath::remove`]: the outbound SA if it is still the current one (a waiting
+    /// successor then takes its place), or wherever it waits.
+    fn remove_outbound(&mut self, peer: &str, spi_in: u32, spi_out: u32) {
         let mut o = self.out.write();
         if let Some(i) = o.peer_index(peer) {
             for p in &mut o.peers[i].lanes {
@@ -673,6 +714,44 @@ mod tests {
             0x2000 + 48,
             "the newest replaced pair carries on"
         );
+    }
+
+    /// A rekeyed pair's delete: what the peer sent on the old pair before it switched, delivered after the
+    /// DELETE (reordering on the path), is still accepted for REKEYED_INBOUND_LINGER, and only then refused;
+    /// outbound traffic leaves the old pair at once.
+    #[test]
+    fn rekeyed_inbound_sa_lingers_then_goes() {
+        let mut d = datapath();
+        let old = child(0x1000, 0x2000, 2);
+        let new = child(0x1001, 0x2001, 4);
+        d.install(&old, 64).unwrap();
+        d.install(&new, 64).unwrap();
+        // The peer's outbound SA of the old pair, one sequence number after another (a fresh one per packet
+        // would be a replay).
+        let peer_old = OutboundSa::new(SaParams::new(old.spi_in, T, false), &old.keys_in).unwrap();
+        let mut from_peer = |d: &mut Datapath| {
+            let pkt = inner([198, 19, 2, 10], [198, 19, 1, 10]);
+            let mut buf = vec![0u8; HEADROOM + pkt.len() + TAILROOM];
+            buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+            let mut b = PacketBuf::new(&mut buf, HEADROOM, HEADROOM + pkt.len());
+            peer_old.encap(&mut b).unwrap();
+            let mut esp = b.as_slice().to_vec();
+            d.decap(&mut PacketBuf::full(&mut esp))
+        };
+        let t0 = Instant::now();
+        d.retire(t0, "p", 0x1000, 0x2000);
+        assert_eq!(send(&mut d), 0x2001, "outbound left the old pair at once");
+        assert!(
+            from_peer(&mut d),
+            "in flight on the old pair: still delivered"
+        );
+        assert_eq!(d.next_retirement(), Some(t0 + REKEYED_INBOUND_LINGER));
+        d.expire_retired(t0 + REKEYED_INBOUND_LINGER - Duration::from_millis(1));
+        assert!(from_peer(&mut d), "delivered until the linger ends");
+        d.expire_retired(t0 + REKEYED_INBOUND_LINGER);
+        assert!(!from_peer(&mut d), "refused once it ended");
+        assert!(receive(&mut d, &new));
+        assert_eq!(d.next_retirement(), None);
     }
 
     /// Sends a packet between two addresses; returns the SPI it went out on, if any.

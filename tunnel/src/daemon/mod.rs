@@ -314,7 +314,8 @@ impl Daemon {
         }
         let ike = self.ike_deadline;
         let init = self.initiation.values().filter_map(|i| i.next).min();
-        [ike, init]
+        let retired = self.datapath.next_retirement();
+        [ike, init, retired]
             .into_iter()
             .flatten()
             .min()
@@ -381,6 +382,7 @@ impl Daemon {
                     let now = Instant::now();
                     self.ike_touched = true;
                     self.endpoint.handle_timeout(now);
+                    self.datapath.expire_retired(now);
                     self.initiate_due(now);
                 }
                 Some(req) = requests.recv() => {
@@ -590,7 +592,11 @@ impl Daemon {
             } => {
                 if spi_in != 0 {
                     tracing::info!(%peer, spi_in = format!("{spi_in:08x}"), spi_out = format!("{spi_out:08x}"), "Child SA deleted: {}", logcap::clean(&reason, logcap::MAX_FIELD));
-                    self.datapath.remove(&peer, spi_in, spi_out);
+                    if matches!(reason, Reason::Rekeyed) {
+                        self.datapath.retire(Instant::now(), &peer, spi_in, spi_out);
+                    } else {
+                        self.datapath.remove(&peer, spi_in, spi_out);
+                    }
                     self.forget(&peer, spi_in);
                     self.pairs.remove(&spi_out);
                     self.rekey_asked.remove(&spi_out);
