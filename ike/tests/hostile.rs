@@ -374,7 +374,8 @@ fn invalid_key_exchange_values_cost_no_key_exchange_and_count_towards_cookies() 
     assert!(answers[first_cookie..].iter().all(|a| a == &[n::COOKIE]));
     assert_eq!(e.stats().key_exchanges, 1);
 
-    // Answers to unauthenticated requests are rate-limited: 1000 at one instant from one address.
+    // Answers to unauthenticated requests are rate-limited: 1000 at one instant from one address. They are
+    // COOKIE answers here, smaller than the requests, under the global limit only (review item 1).
     let before = e.stats().rate_limited;
     for k in 0..1000u64 {
         e.handle(
@@ -386,7 +387,7 @@ fn invalid_key_exchange_values_cost_no_key_exchange_and_count_towards_cookies() 
     }
     let answered = transmits(&mut e).len();
     assert!(
-        answered <= endpoint::INIT_ANSWER_BURST_PER_ADDR as usize,
+        answered <= endpoint::INIT_ANSWER_BURST as usize,
         "{answered}"
     );
     assert!(e.stats().rate_limited - before >= 1000 - answered as u64);
@@ -839,4 +840,88 @@ fn cookie_secret_rotates_and_the_previous_one_has_a_grace_period() {
     let t = transmits(&mut e);
     assert_eq!(plain_notifies(&t[0].data), vec![n::COOKIE]);
     assert_eq!(e.stats().cookies_valid, 2);
+}
+
+/// The request `req` again, with the cookie `answer` demanded first (RFC 7296 2.6).
+fn with_cookie(req: &[u8], answer: &Transmit) -> Vec<u8> {
+    let cookie = message::parse(&answer.data).unwrap().payloads[0].clone();
+    let parsed = message::parse(req).unwrap();
+    let mut payloads = vec![cookie];
+    payloads.extend(parsed.payloads.iter().cloned());
+    message::encode_plain(parsed.header, &payloads)
+}
+
+/// Review item 1: answers were limited per claimed source address, COOKIE answers included: an off-path sender
+/// forging 40 IKE_SA_INIT requests "from" peer A used up A's allowance, and A's real request got neither a
+/// COOKIE nor an answer. Now a COOKIE answer (smaller than the request: nothing to amplify) is under the global
+/// limit only, an address whose allowance is used up is asked for a cookie, and the returned cookie is answered.
+#[test]
+fn forged_requests_do_not_use_up_the_peers_answers() {
+    let (_, b) = configs();
+    let mut e = Endpoint::new(vec![Arc::new(b)]);
+    let now = Instant::now();
+    // Refused requests (an invalid key share): they leave no state, only use answers.
+    for k in 0..40u64 {
+        let forged = init_with_ke(0x9000 + k, 31, vec![9; 31], "aes128gcm16-prfsha256-x25519");
+        e.handle(now, &forged, addr(A, 500), 500);
+    }
+    transmits(&mut e);
+    assert_eq!(e.half_open_count(), 0);
+    let (mut f, req) = Fake::initiate(0x77);
+    e.handle(now, &req, addr(A, 500), 500);
+    let t = transmits(&mut e);
+    assert_eq!(t.len(), 1, "the real peer is answered: {:?}", e.stats());
+    assert_eq!(plain_notifies(&t[0].data), vec![n::COOKIE]);
+    e.handle(now, &with_cookie(&req, &t[0]), addr(A, 500), 500);
+    let t = transmits(&mut e);
+    assert_eq!(t.len(), 1, "{:?}", e.stats());
+    assert!(f.take_init_response(&t[0].data));
+    assert_eq!(e.half_open_count(), 1);
+}
+
+/// Review item 2: forged requests kept the per-address half-open cap full (8 from the peer's address, cookies
+/// only demanded at a total pressure of 32), so the real peer was dropped until they expired, and a forger
+/// refilling them as they expire kept it out for good. Now an address that holds a half-open SA is asked for a
+/// cookie, and a cookie-proven request meeting a full cap replaces the oldest half-open SA without one.
+#[test]
+fn forged_requests_do_not_hold_the_per_address_half_open_slots() {
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b);
+    for k in 0..endpoint::MAX_HALF_OPEN_PER_ADDR as u64 {
+        let (_, forged) = Fake::initiate(0x6000 + k);
+        p.b.handle(p.now, &forged, addr(A, 500), 500);
+    }
+    transmits(&mut p.b);
+    assert_eq!(p.b.half_open_count(), 1, "then cookies are demanded");
+    p.connect();
+    assert_eq!(child_ups(&p.ev_a).len(), 1, "at once: {:?}", p.b.stats());
+    assert!(downs(&p.ev_a).is_empty());
+
+    // An on-path sender (it sees and returns our cookies) holding the other 7 slots, plus the forged one: the
+    // real peer's cookie-proven request takes the forged one's place.
+    let (_, b) = configs();
+    let mut e = Endpoint::new(vec![Arc::new(b)]);
+    let now = Instant::now();
+    let (_, forged) = Fake::initiate(0x6100);
+    e.handle(now, &forged, addr(A, 500), 500);
+    transmits(&mut e);
+    let proven = |e: &mut Endpoint, spi: u64| {
+        let (f, req) = Fake::initiate(spi);
+        e.handle(now, &req, addr(A, 500), 500);
+        let t = transmits(e);
+        assert_eq!(plain_notifies(&t[0].data), vec![n::COOKIE]);
+        e.handle(now, &with_cookie(&req, &t[0]), addr(A, 500), 500);
+        (f, transmits(e))
+    };
+    for k in 0..(endpoint::MAX_HALF_OPEN_PER_ADDR as u64 - 1) {
+        proven(&mut e, 0x6200 + k);
+    }
+    assert_eq!(e.half_open_count(), endpoint::MAX_HALF_OPEN_PER_ADDR);
+    let (mut f, t) = proven(&mut e, 0x77);
+    assert!(f.take_init_response(&t[0].data), "{:?}", e.stats());
+    assert_eq!(e.half_open_count(), endpoint::MAX_HALF_OPEN_PER_ADDR);
+    // Proven ones are not evicted: the next one is dropped.
+    let (_, t) = proven(&mut e, 0x78);
+    assert!(t.is_empty());
+    assert_eq!(e.half_open_count(), endpoint::MAX_HALF_OPEN_PER_ADDR);
 }
