@@ -698,10 +698,16 @@ impl IkeSa {
             });
         }
         if !self.down_reported && !self.silent {
+            // Our IKE SA failing before the peer authenticated: what made it fail (a plaintext IKE_SA_INIT response,
+            // an IKE_AUTH response whose AUTH did not verify) may come from anyone on the path. A peer that never
+            // answered (PeerDead) is no one's word, and our own delete is ours.
+            let unauthenticated = self.initiator
+                && matches!(self.state, State::InitSent | State::AuthSent)
+                && !matches!(reason, Reason::PeerDead | Reason::DeletedByUs);
             self.events.push_back(Event::IkeDown {
                 peer: self.cfg.name.clone(),
                 reason,
-                unauthenticated: false,
+                unauthenticated,
             });
         }
         self.state = State::Closed;
@@ -883,6 +889,27 @@ impl IkeSa {
         }
     }
 
+    /// An error notification in an IKE_SA_INIT response: anyone on the path can forge one, so it does not end
+    /// the IKE SA. It is reported at once, as unauthenticated (the daemon neither backs off nor takes it for the
+    /// peer's word), and the IKE SA keeps retransmitting and waiting for a response it can use; if none comes,
+    /// it closes when the retransmissions run out, without a second report.
+    //= https://www.rfc-editor.org/rfc/rfc7296#section-2.21.1
+    //# Because all error notifications are completely unauthenticated, the recipient should continue trying for
+    //# some time before giving up. The recipient should not immediately act based on the error notification
+    //# unless corrective actions are defined in this specification, such as for COOKIE, INVALID_KE_PAYLOAD, and
+    //# INVALID_MAJOR_VERSION.
+    fn unprotected_init_error(&mut self, reason: Reason) {
+        if self.down_reported || self.silent {
+            return;
+        }
+        self.events.push_back(Event::IkeDown {
+            peer: self.cfg.name.clone(),
+            reason,
+            unauthenticated: true,
+        });
+        self.down_reported = true;
+    }
+
     fn handle_init_response(
         &mut self,
         now: Instant,
@@ -921,14 +948,15 @@ impl IkeSa {
                         return;
                     }
                     n::NO_PROPOSAL_CHOSEN => {
-                        self.close(Reason::NoProposalChosen {
+                        let reason = Reason::NoProposalChosen {
                             ours: self.ike_proposal_text(),
                             theirs: String::new(),
-                        });
+                        };
+                        self.unprotected_init_error(reason);
                         return;
                     }
                     t if n::is_error(t) => {
-                        self.close(Reason::PeerError(n::name(t).into()));
+                        self.unprotected_init_error(Reason::PeerError(n::name(t).into()));
                         return;
                     }
                     _ => {}
@@ -994,6 +1022,9 @@ impl IkeSa {
         self.spi_r = header.spi_r;
         self.nr = nr;
         self.init_resp = raw.to_vec();
+        // A usable response after a (forged) error notification: the error reported was not the peer's word, and
+        // what happens to this IKE SA from now on is reported again.
+        self.down_reported = false;
         let suite = match Suite::derive(
             &chosen, &shared, &self.ni, &self.nr, self.spi_i, self.spi_r, true,
         ) {

@@ -925,3 +925,70 @@ fn forged_requests_do_not_hold_the_per_address_half_open_slots() {
     assert!(t.is_empty());
     assert_eq!(e.half_open_count(), endpoint::MAX_HALF_OPEN_PER_ADDR);
 }
+
+/// Review item 5: an error notification in a plaintext IKE_SA_INIT response (anyone on the path can forge one)
+/// closed our IKE SA at once, reported as the peer's word (`unauthenticated: false`: the daemon backed off for
+/// up to 120 s). Now it is reported at once as unauthenticated, and the IKE SA keeps waiting: the real response
+/// that follows sets it up; without one it closes when the retransmissions run out, with no second report.
+#[test]
+fn forged_error_in_ike_sa_init_response_does_not_end_our_ike_sa() {
+    for ntype in [n::NO_PROPOSAL_CHOSEN, n::AUTHENTICATION_FAILED] {
+        let (cfg, _) = configs();
+        let mut a = Endpoint::new(vec![Arc::new(cfg)]);
+        let mut now = Instant::now();
+        a.connect(now, "b").unwrap();
+        let init = a.poll_transmit().unwrap();
+        let mut hdr = message::parse(&init.data).unwrap().header;
+        hdr.flags = message::Flags(message::Flags::RESPONSE);
+        let forged = message::encode_plain(hdr, &[Payload::Notify(Notify::new(ntype, vec![]))]);
+        a.handle(now, &forged, addr(B, 500), 500);
+        let ev = events(&mut a);
+        assert!(
+            matches!(
+                &ev[..],
+                [Event::IkeDown {
+                    unauthenticated: true,
+                    ..
+                }]
+            ),
+            "{ntype}: {ev:?}"
+        );
+        assert!(a.has_sa("b"), "still waiting");
+        // The real answer, after a retransmission.
+        now = a.poll_timeout().expect("a retransmission timer");
+        a.handle_timeout(now);
+        let again = transmits(&mut a);
+        assert_eq!(again.len(), 1, "retransmitted");
+        let (fake, resp) = Fake::respond(&again[0].data, 0x1122_3344_5566_7788, None);
+        a.handle(now, &resp, addr(B, 500), 500);
+        let auth = a.poll_transmit().expect("IKE_AUTH request");
+        let (h, _) = fake.open(&auth.data);
+        assert_eq!(h.exchange, ExchangeType::IKE_AUTH);
+    }
+    // No real answer: one report, then the IKE SA is gone when the retransmissions run out.
+    let (cfg, _) = configs();
+    let mut a = Endpoint::new(vec![Arc::new(cfg)]);
+    let mut now = Instant::now();
+    a.connect(now, "b").unwrap();
+    let init = a.poll_transmit().unwrap();
+    let mut hdr = message::parse(&init.data).unwrap().header;
+    hdr.flags = message::Flags(message::Flags::RESPONSE);
+    let forged = message::encode_plain(
+        hdr,
+        &[Payload::Notify(Notify::new(n::NO_PROPOSAL_CHOSEN, vec![]))],
+    );
+    a.handle(now, &forged, addr(B, 500), 500);
+    let mut ev = events(&mut a);
+    for _ in 0..100 {
+        let Some(t) = a.poll_timeout() else { break };
+        now = now.max(t);
+        a.handle_timeout(now);
+        transmits(&mut a);
+        ev.extend(events(&mut a));
+    }
+    assert!(!a.has_sa("b"));
+    assert!(
+        matches!(&downs(&ev)[..], [Reason::NoProposalChosen { .. }]),
+        "{ev:?}"
+    );
+}
