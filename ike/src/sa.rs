@@ -1201,8 +1201,11 @@ impl IkeSa {
                 //# The Certificate payload provides a means to transport certificates or other
                 //# authentication-related information via IKE.
                 // The first CERT is the peer's own; any further ones are intermediates towards its CA.
+                // At most MAX_CHAIN - 1 of them are parsed: a longer chain could not be used (see
+                // TrustAnchors::verify), and each costs parsing before the peer has authenticated.
                 let intermediates: Vec<x509::Certificate> = peer_certs(payloads)
                     .skip(1)
+                    .take(x509::MAX_CHAIN - 1)
                     .filter_map(|d| x509::Certificate::from_der(d).ok())
                     .collect();
                 trust

@@ -992,3 +992,53 @@ fn forged_error_in_ike_sa_init_response_does_not_end_our_ike_sa() {
         "{ev:?}"
     );
 }
+
+/// A certificate of ike/src/crypto/x509/testdata (made by its make.sh with OpenSSL).
+fn test_cert(name: &str) -> ike::crypto::x509::Certificate {
+    let path = format!(
+        "{}/src/crypto/x509/testdata/{name}.pem",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let pem = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    ike::crypto::x509::parse_certificates(&pem)
+        .unwrap()
+        .remove(0)
+}
+
+/// Review item 3: chain building (before the peer has authenticated) parsed every CERT payload and checked the
+/// signature of every intermediate with a matching name at each of 8 levels: 60 such certificates cost 60 RSA
+/// verifications for one IKE_AUTH, hundreds when they chain. Now at most MAX_CHAIN - 1 intermediates are looked
+/// at, each used once, and at most MAX_SIGNATURE_CHECKS signatures are checked per verification.
+#[test]
+fn chain_building_checks_a_bounded_number_of_signatures() {
+    use ike::crypto::x509::{self, Certificate, TrustAnchors};
+    let trust = TrustAnchors::new(vec![test_cert("ca")]).unwrap();
+    let (end, inter) = (test_cert("a"), test_cert("inter"));
+    let unix = end.not_after() - 365 * 86400;
+    // "Test Intermediate" with another key (one byte of its modulus changed): a candidate that does not verify.
+    let der = inter.der().to_vec();
+    let at = der
+        .windows(5)
+        .position(|w| w == [0x02, 0x82, 0x01, 0x01, 0x00])
+        .expect("a 2048-bit modulus");
+    let mut decoy = der.clone();
+    decoy[at + 100] ^= 0x10;
+    let decoy = Certificate::from_der(&decoy).unwrap();
+    assert!(decoy.public_key().is_ok());
+
+    // The real chain, behind three decoys: found, with one check per decoy and one per link.
+    let mut sent: Vec<Certificate> = vec![decoy.clone(), decoy.clone(), decoy.clone(), inter];
+    let before = x509::signature_checks();
+    trust.verify(&end, &sent, unix).unwrap();
+    assert_eq!(x509::signature_checks() - before, 3 + 2);
+
+    // 60 decoys: at most MAX_SIGNATURE_CHECKS checks (before: 60, one RSA verification each).
+    sent = vec![decoy; 60];
+    let before = x509::signature_checks();
+    assert!(trust.verify(&end, &sent, unix).is_err());
+    let checks = x509::signature_checks() - before;
+    assert!(
+        checks <= u64::from(x509::MAX_SIGNATURE_CHECKS) && checks <= x509::MAX_CHAIN as u64,
+        "{checks}"
+    );
+}
