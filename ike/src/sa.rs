@@ -55,6 +55,12 @@ const RESPONDER_DELETE_DELAY: Duration = Duration::from_millis(200);
 /// can send from a peer's address can make one, so it must not wait out the whole retransmission budget.
 pub const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Traffic selectors at most per side (TSi, TSr) of a Child SA request or answer, or as many as we are configured
+/// with for that side if more; beyond, TS_UNACCEPTABLE. vmsecd sends one per configured subnet (its peer's
+/// configuration mirrors ours); thousands from a peer would cost a narrowing of ours x theirs and a Child SA as
+/// large.
+pub const MAX_TS_PER_SIDE: usize = 16;
+
 /// Child SAs one IKE SA carries at most (not counting replaced ones whose delete is under way); a request for
 /// more is answered NO_ADDITIONAL_SAS. vmsecd itself makes one per subnet pair.
 pub const MAX_CHILD_SAS: usize = 16;
@@ -1426,6 +1432,16 @@ impl IkeSa {
         let (Some(tsi), Some(tsr)) = (tsi, tsr) else {
             return Err(Reason::Protocol("Child SA answer lacks TSi/TSr".into()));
         };
+        if tsi.len() > MAX_TS_PER_SIDE.max(self.cfg.local_ts.len())
+            || tsr.len() > MAX_TS_PER_SIDE.max(self.cfg.remote_ts.len())
+        {
+            return Err(Reason::TsUnacceptable(format!(
+                "responder answered with {} and {} traffic selectors, more than we accept \
+                 (at most {MAX_TS_PER_SIDE} per side, or as many as we are configured for)",
+                tsi.len(),
+                tsr.len()
+            )));
+        }
         // The responder may only narrow: each returned selector must lie inside what we proposed.
         let inside = |got: &[TrafficSelector], ours: &[TrafficSelector]| {
             got.iter()
@@ -2026,15 +2042,33 @@ impl IkeSa {
                 },
             ));
         };
+        if tsi.len() > MAX_TS_PER_SIDE.max(self.cfg.remote_ts.len())
+            || tsr.len() > MAX_TS_PER_SIDE.max(self.cfg.local_ts.len())
+        {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.9
+            //# If the responder's policy does not allow it to accept any part of the proposed Traffic Selectors,
+            //# it responds with a TS_UNACCEPTABLE Notify message.
+            return Err((
+                n::TS_UNACCEPTABLE,
+                Reason::TsUnacceptable(format!(
+                    "peer proposed {} and {} traffic selectors, more than we accept (at most \
+                     {MAX_TS_PER_SIDE} per side, or as many as we are configured for)",
+                    tsi.len(),
+                    tsr.len()
+                )),
+            ));
+        }
         //= https://www.rfc-editor.org/rfc/rfc7296#section-2.9
         //# the responder is allowed to narrow the choices by selecting a subset of the traffic
+        // Duplicates are left out with a set (the order of first appearance is kept).
         let narrow =
             |theirs: &[TrafficSelector], ours: &[TrafficSelector]| -> Vec<TrafficSelector> {
+                let mut seen = std::collections::HashSet::new();
                 let mut v = Vec::new();
                 for o in ours {
                     for t in theirs {
                         if let Some(x) = o.intersect(t) {
-                            if !v.contains(&x) {
+                            if seen.insert(x) {
                                 v.push(x);
                             }
                         }

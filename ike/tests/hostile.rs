@@ -1042,3 +1042,43 @@ fn chain_building_checks_a_bounded_number_of_signatures() {
         "{checks}"
     );
 }
+
+/// Review item 4: an authenticated peer could send thousands of traffic selectors, narrowed with a quadratic
+/// duplicate check, into a Child SA as large. Now more than MAX_TS_PER_SIDE per side are refused with
+/// TS_UNACCEPTABLE (RFC 7296 2.9), and 16 are still accepted.
+#[test]
+fn too_many_traffic_selectors_are_refused() {
+    let (mut e, mut f, now) = authenticated_to_b();
+    let many = |n: usize| -> Vec<_> {
+        (0..n)
+            .map(|k| ts(&format!("198.19.{}.{}/32", 1 + k / 256, k % 256)))
+            .collect()
+    };
+    let mut answer = |e: &mut Endpoint, tsi, spi: u32| {
+        let m = f.request(
+            ExchangeType::CREATE_CHILD_SA,
+            &[
+                Payload::Sa(vec![esp_wire("aes128gcm16", spi)]),
+                Payload::Nonce(spi.to_be_bytes().repeat(8)),
+                Payload::TsI(tsi),
+                Payload::TsR(vec![ts("198.19.2.0/24")]),
+            ],
+        );
+        e.handle(now, &m, addr(A, 500), 500);
+        let t = e
+            .poll_transmit()
+            .unwrap_or_else(|| panic!("no answer: {spi:x}"));
+        let (_, p) = f.open(&t.data);
+        notify_of(&p)
+    };
+    let max = ike::sa::MAX_TS_PER_SIDE;
+    assert_eq!(
+        answer(&mut e, many(max + 1), 0x4000),
+        Some(n::TS_UNACCEPTABLE)
+    );
+    assert_eq!(answer(&mut e, many(60), 0x4001), Some(n::TS_UNACCEPTABLE));
+    assert_eq!(answer(&mut e, many(max), 0x4002), None);
+    let ups = child_ups(&events(&mut e));
+    assert_eq!(ups.len(), 1);
+    assert_eq!(ups[0].ts_remote.len(), max);
+}
