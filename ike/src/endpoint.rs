@@ -400,11 +400,15 @@ impl Endpoint {
                     // Still half-open or gone: nothing else changed.
                     return;
                 }
+            } else {
+                //= https://www.rfc-editor.org/rfc/rfc7296#section-2.21.4
+                //# If a node receives a message on UDP port 500 or 4500 outside the context of an IKE SA known to
+                //# it (and the message is not a request to start an IKE SA), this may be the result of a recent
+                //# crash
+                // We stay silent to such messages: answering unauthenticated INVALID_IKE_SPI would make us a
+                // reflector. Nothing changed either: no SA is scanned, nothing allocated.
+                return;
             }
-            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.21.4
-            //# If a node receives a message on UDP port 500 or 4500 outside the context of an IKE SA known to it
-            //# (and the message is not a request to start an IKE SA), this may be the result of a recent crash
-            // We stay silent to such messages: answering unauthenticated INVALID_IKE_SPI would make us a reflector.
         }
         self.collect();
         self.resolve_duplicates(now);
