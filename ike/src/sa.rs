@@ -61,6 +61,12 @@ pub const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// large.
 pub const MAX_TS_PER_SIDE: usize = 16;
 
+/// The cached response to a retransmitted request is sent again at most once per this interval per IKE SA: a
+/// peer (or anyone replaying its datagrams) repeating a request as fast as it can would otherwise have every
+/// datagram of the response (all its fragments) sent for each copy. A genuine peer retransmits after a second
+/// or more (RFC 7296 2.4 leaves the timers to the implementation, 0.5 s at the least in charon).
+pub const RESEND_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Child SAs one IKE SA carries at most (not counting replaced ones whose delete is under way); a request for
 /// more is answered NO_ADDITIONAL_SAS. vmsecd itself makes one per subnet pair.
 pub const MAX_CHILD_SAS: usize = 16;
@@ -211,6 +217,8 @@ pub struct IkeSa {
     outstanding: Option<Outstanding>,
     peer_next_id: u32,
     last_response: Option<(u32, Vec<Vec<u8>>)>,
+    /// When the cached response was last sent again for a retransmitted request (see [`RESEND_INTERVAL`]).
+    last_resend: Option<Instant>,
     children: Vec<Child>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -361,6 +369,7 @@ impl IkeSa {
             outstanding: None,
             peer_next_id: 0,
             last_response: None,
+            last_resend: None,
             children: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -1711,15 +1720,17 @@ impl IkeSa {
                 return;
             }
         } else {
-            if let Some((last, datagrams)) = &self.last_response {
+            if let Some((last, _)) = &self.last_response {
                 if id == *last {
                     //= https://www.rfc-editor.org/rfc/rfc7383#section-2.6.1
                     // A retransmitted fragmented request is answered with every (cached) fragment of the response,
-                    // once per retransmission: on its first fragment, after that fragment's ICV verified.
-                    if f.number == 1 && self.decrypt_fragment(parsed).is_some() {
-                        for d in datagrams.clone() {
-                            self.push_transmit(d);
-                        }
+                    // once per retransmission: on its first fragment, after that fragment's ICV verified (and at
+                    // most once per RESEND_INTERVAL, as below in handle_request).
+                    if f.number == 1
+                        && self.decrypt_fragment(parsed).is_some()
+                        && self.resend_allowed(now)
+                    {
+                        self.resend_last_response();
                     }
                     return;
                 }
@@ -1822,6 +1833,30 @@ impl IkeSa {
         }
     }
 
+    /// True (and the time noted) if the cached response may be sent again now (see [`RESEND_INTERVAL`]).
+    fn resend_allowed(&mut self, now: Instant) -> bool {
+        if self
+            .last_resend
+            .is_some_and(|t| now.saturating_duration_since(t) < RESEND_INTERVAL)
+        {
+            return false;
+        }
+        self.last_resend = Some(now);
+        true
+    }
+
+    /// Sends every datagram of the cached response again.
+    fn resend_last_response(&mut self) {
+        let datagrams = self
+            .last_response
+            .as_ref()
+            .map(|(_, d)| d.clone())
+            .unwrap_or_default();
+        for d in datagrams {
+            self.push_transmit(d);
+        }
+    }
+
     fn heard(&mut self, now: Instant, from: SocketAddr) {
         self.last_heard = now;
         //= https://www.rfc-editor.org/rfc/rfc7296#section-2.23
@@ -1846,14 +1881,17 @@ impl IkeSa {
             }
             return;
         }
-        if let Some((last, datagrams)) = &self.last_response {
+        if let Some((last, _)) = &self.last_response {
             //= https://www.rfc-editor.org/rfc/rfc7296#section-2.1
             //# If a responder receives a retransmitted request, it MUST retransmit its response
+            // Within the spirit of that MUST, retransmissions are answered at most once per RESEND_INTERVAL: the
+            // peer's own retransmissions are far slower, only a flood of replays is held back.
             if id == *last {
-                if parsed.encrypted.is_some() && self.decrypt(&parsed).is_some() {
-                    for d in datagrams.clone() {
-                        self.push_transmit(d);
-                    }
+                if parsed.encrypted.is_some()
+                    && self.decrypt(&parsed).is_some()
+                    && self.resend_allowed(now)
+                {
+                    self.resend_last_response();
                 }
                 return;
             }

@@ -1146,3 +1146,29 @@ fn datagram_for_no_sa_costs_no_scan() {
     assert_eq!(bytes, 0);
     assert!(e.poll_transmit().is_none());
 }
+
+/// Review item 9: every copy of a retransmitted (or replayed) request had the whole cached response sent again
+/// (every fragment). RFC 7296 2.1 says a responder MUST retransmit its response; it now does so at most once
+/// per RESEND_INTERVAL per IKE SA, far faster than any genuine peer retransmits.
+#[test]
+fn replayed_requests_are_answered_at_most_once_per_interval() {
+    let (mut e, mut f, now) = authenticated_to_b();
+    let m = create_child(&mut f, 0x2000, None);
+    e.handle(now, &m, addr(A, 500), 500);
+    assert_eq!(transmits(&mut e).len(), 1, "the fresh answer");
+    for _ in 0..50 {
+        e.handle(now, &m, addr(A, 500), 500);
+    }
+    assert_eq!(transmits(&mut e).len(), 1, "one resend");
+    for _ in 0..50 {
+        e.handle(now + Duration::from_millis(50), &m, addr(A, 500), 500);
+    }
+    assert!(transmits(&mut e).is_empty());
+    let later = now + ike::sa::RESEND_INTERVAL;
+    e.handle(later, &m, addr(A, 500), 500);
+    assert_eq!(
+        transmits(&mut e).len(),
+        1,
+        "a later retransmission is answered"
+    );
+}
