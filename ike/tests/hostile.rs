@@ -1043,6 +1043,14 @@ fn chain_building_checks_a_bounded_number_of_signatures() {
         checks <= u64::from(x509::MAX_SIGNATURE_CHECKS) && checks <= x509::MAX_CHAIN as u64,
         "{checks}"
     );
+
+    // Two copies of an untrusted self-signed CA: they issued each other, so the chain went back and forth
+    // between them up to MAX_CHAIN (one check per level). Each is used once now.
+    let (stranger, other_ca) = (test_cert("stranger"), test_cert("other-ca"));
+    let sent = vec![other_ca.clone(), other_ca];
+    let before = x509::signature_checks();
+    let err = trust.verify(&stranger, &sent, unix).unwrap_err();
+    assert_eq!(x509::signature_checks() - before, 2, "{err}");
 }
 
 /// Review item 4: an authenticated peer could send thousands of traffic selectors, narrowed with a quadratic
