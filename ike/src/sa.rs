@@ -219,6 +219,9 @@ pub struct IkeSa {
     last_response: Option<(u32, Vec<Vec<u8>>)>,
     /// When the cached response was last sent again for a retransmitted request (see [`RESEND_INTERVAL`]).
     last_resend: Option<Instant>,
+    /// An error notification in an IKE_SA_INIT response, reported (unauthenticated) but not acted on while a
+    /// usable response may still come (see [`IkeSa::unprotected_init_error`]).
+    init_error: Option<Reason>,
     children: Vec<Child>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -370,6 +373,7 @@ impl IkeSa {
             peer_next_id: 0,
             last_response: None,
             last_resend: None,
+            init_error: None,
             children: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -606,7 +610,13 @@ impl IkeSa {
                 //# the initiator MUST retransmit a request until it either receives a corresponding response or
                 //# deems the IKE SA to have failed.
                 if o.sent >= self.cfg.retransmit.tries {
-                    self.close(Reason::PeerDead);
+                    // No usable IKE_SA_INIT response came: an error notification received meanwhile is the best
+                    // explanation there is.
+                    let reason = match self.init_error.take() {
+                        Some(r) if self.state == State::InitSent => r,
+                        _ => Reason::PeerDead,
+                    };
+                    self.close(reason);
                     return;
                 }
                 o.deadline = now + self.cfg.retransmit.timeout(o.sent);
@@ -907,22 +917,23 @@ impl IkeSa {
     /// An error notification in an IKE_SA_INIT response: anyone on the path can forge one, so it does not end
     /// the IKE SA. It is reported at once, as unauthenticated (the daemon neither backs off nor takes it for the
     /// peer's word), and the IKE SA keeps retransmitting and waiting for a response it can use; if none comes,
-    /// it closes when the retransmissions run out, without a second report.
+    /// it closes when the retransmissions run out, reporting the error again (still as unauthenticated) as the
+    /// reason it ended.
     //= https://www.rfc-editor.org/rfc/rfc7296#section-2.21.1
     //# Because all error notifications are completely unauthenticated, the recipient should continue trying for
     //# some time before giving up. The recipient should not immediately act based on the error notification
     //# unless corrective actions are defined in this specification, such as for COOKIE, INVALID_KE_PAYLOAD, and
     //# INVALID_MAJOR_VERSION.
     fn unprotected_init_error(&mut self, reason: Reason) {
-        if self.down_reported || self.silent {
+        if self.init_error.is_some() || self.silent {
             return;
         }
         self.events.push_back(Event::IkeDown {
             peer: self.cfg.name.clone(),
-            reason,
+            reason: reason.clone(),
             unauthenticated: true,
         });
-        self.down_reported = true;
+        self.init_error = Some(reason);
     }
 
     fn handle_init_response(
@@ -1037,9 +1048,8 @@ impl IkeSa {
         self.spi_r = header.spi_r;
         self.nr = nr;
         self.init_resp = raw.to_vec();
-        // A usable response after a (forged) error notification: the error reported was not the peer's word, and
-        // what happens to this IKE SA from now on is reported again.
-        self.down_reported = false;
+        // A usable response after a (forged) error notification: the error reported was not the peer's word.
+        self.init_error = None;
         let suite = match Suite::derive(
             &chosen, &shared, &self.ni, &self.nr, self.spi_i, self.spi_r, true,
         ) {

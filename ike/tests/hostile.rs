@@ -931,7 +931,7 @@ fn forged_requests_do_not_hold_the_per_address_half_open_slots() {
 /// Review item 5: an error notification in a plaintext IKE_SA_INIT response (anyone on the path can forge one)
 /// closed our IKE SA at once, reported as the peer's word (`unauthenticated: false`: the daemon backed off for
 /// up to 120 s). Now it is reported at once as unauthenticated, and the IKE SA keeps waiting: the real response
-/// that follows sets it up; without one it closes when the retransmissions run out, with no second report.
+/// that follows sets it up; without one it closes when the retransmissions run out, reporting the error again.
 #[test]
 fn forged_error_in_ike_sa_init_response_does_not_end_our_ike_sa() {
     for ntype in [n::NO_PROPOSAL_CHOSEN, n::AUTHENTICATION_FAILED] {
@@ -989,10 +989,24 @@ fn forged_error_in_ike_sa_init_response_does_not_end_our_ike_sa() {
         ev.extend(events(&mut a));
     }
     assert!(!a.has_sa("b"));
+    // Reported at once, and again as the reason the IKE SA ended, both times as unauthenticated.
     assert!(
-        matches!(&downs(&ev)[..], [Reason::NoProposalChosen { .. }]),
+        matches!(
+            &downs(&ev)[..],
+            [
+                Reason::NoProposalChosen { .. },
+                Reason::NoProposalChosen { .. }
+            ]
+        ),
         "{ev:?}"
     );
+    assert!(ev.iter().all(|e| matches!(
+        e,
+        Event::IkeDown {
+            unauthenticated: true,
+            ..
+        }
+    )));
 }
 
 /// A certificate of ike/src/crypto/x509/testdata (made by its make.sh with OpenSSL).
