@@ -1194,3 +1194,36 @@ fn replayed_requests_are_answered_at_most_once_per_interval() {
         "a later retransmission is answered"
     );
 }
+
+/// Review item 2, the global cap: MAX_HALF_OPEN half-open SAs from as many addresses (none proved a cookie)
+/// kept every new initiator out until they expired. A cookie-proven request now takes the place of the oldest.
+#[test]
+fn cookie_proven_request_evicts_an_unproven_half_open_sa_at_the_global_cap() {
+    let mut b = Endpoint::new(mesh_of(endpoint::MAX_HALF_OPEN));
+    b.set_cookie_threshold(usize::MAX);
+    let mut now = Instant::now();
+    for k in 0..endpoint::MAX_HALF_OPEN {
+        let (_, req) = Fake::initiate(0x10_0000 + k as u64);
+        b.handle(now, &req, SocketAddr::new(flood_addr(k), 500), 500);
+        now += Duration::from_millis(25);
+    }
+    transmits(&mut b);
+    assert_eq!(
+        b.half_open_count(),
+        endpoint::MAX_HALF_OPEN,
+        "{:?}",
+        b.stats()
+    );
+    // Under pressure now: A is asked for a cookie, and returns it.
+    b.set_cookie_threshold(0);
+    let (mut f, req) = Fake::initiate(0x77);
+    b.handle(now, &req, addr(A, 500), 500);
+    let t = transmits(&mut b);
+    assert_eq!(plain_notifies(&t[0].data), vec![n::COOKIE]);
+    b.handle(now, &with_cookie(&req, &t[0]), addr(A, 500), 500);
+    let t = transmits(&mut b);
+    assert_eq!(t.len(), 1, "{:?}", b.stats());
+    assert!(f.take_init_response(&t[0].data));
+    assert_eq!(b.half_open_count(), endpoint::MAX_HALF_OPEN);
+    assert_eq!(b.stats().capped, 0);
+}
