@@ -5,7 +5,7 @@
 //! moves Child SAs to the survivor of a rekey collision, and keeps the old SA reachable under its own SPI until
 //! its delete completes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,6 +98,8 @@ pub struct Stats {
     pub half_open_created: u64,
     /// Half-open SAs that expired without IKE_AUTH.
     pub half_open_expired: u64,
+    /// Half-open SAs without a cookie dropped to make room for a cookie-proven request.
+    pub evicted: u64,
     /// Events about unauthenticated requests left out by [`UNAUTHENTICATED_EVENT_INTERVAL`].
     pub events_suppressed: u64,
 }
@@ -187,6 +189,8 @@ pub struct Endpoint {
     half_open_expiry: VecDeque<(Instant, u64)>,
     /// Half-open SAs per source address.
     half_open_per_addr: HashMap<IpAddr, usize>,
+    /// Half-open SAs whose request returned a valid cookie (see [`Endpoint::evict_unproven`]).
+    half_open_proven: HashSet<u64>,
     /// Half-open SAs by the initiator's SPI and address, to recognise retransmitted IKE_SA_INIT requests.
     by_init: HashMap<(u64, SocketAddr), u64>,
     cookie_secrets: CookieSecrets,
@@ -234,6 +238,7 @@ impl Endpoint {
             half_open: HashMap::new(),
             half_open_expiry: VecDeque::new(),
             half_open_per_addr: HashMap::new(),
+            half_open_proven: HashSet::new(),
             by_init: HashMap::new(),
             cookie_secrets: CookieSecrets::new(),
             cookie_threshold: DEFAULT_COOKIE_THRESHOLD,
@@ -395,26 +400,67 @@ impl Endpoint {
                     // Still half-open or gone: nothing else changed.
                     return;
                 }
+            } else {
+                //= https://www.rfc-editor.org/rfc/rfc7296#section-2.21.4
+                //# If a node receives a message on UDP port 500 or 4500 outside the context of an IKE SA known to
+                //# it (and the message is not a request to start an IKE SA), this may be the result of a recent
+                //# crash
+                // We stay silent to such messages: answering unauthenticated INVALID_IKE_SPI would make us a
+                // reflector. Nothing changed either: no SA is scanned, nothing allocated.
+                return;
             }
-            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.21.4
-            //# If a node receives a message on UDP port 500 or 4500 outside the context of an IKE SA known to it
-            //# (and the message is not a request to start an IKE SA), this may be the result of a recent crash
-            // We stay silent to such messages: answering unauthenticated INVALID_IKE_SPI would make us a reflector.
         }
         self.collect();
         self.resolve_duplicates(now);
     }
 
-    /// Takes an answer token for `addr`, and a global one if `global`; false: drop the request unanswered.
-    fn answer_allowed(&mut self, now: Instant, addr: IpAddr, global: bool) -> bool {
+    /// Takes an answer token for `addr` and a global one; false: drop the request unanswered.
+    fn answer_allowed(&mut self, now: Instant, addr: IpAddr) -> bool {
         let b = self.answer_limit_per_addr.entry(addr).or_insert_with(|| {
             TokenBucket::new(INIT_ANSWER_BURST_PER_ADDR, INIT_ANSWER_INTERVAL_PER_ADDR)
         });
-        let allowed = b.peek(now) && (!global || self.answer_limit.take(now)) && b.take(now);
+        let allowed = b.peek(now) && self.answer_limit.take(now) && b.take(now);
         if !allowed {
             self.stats.rate_limited += 1;
         }
         allowed
+    }
+
+    /// True if `addr` has no answer token left: its next request is asked for a cookie instead of dropped.
+    fn per_addr_exhausted(&self, now: Instant, addr: IpAddr) -> bool {
+        self.answer_limit_per_addr
+            .get(&addr)
+            .is_some_and(|b| !b.peek(now))
+    }
+
+    /// Takes a global answer token only (for COOKIE answers); false: drop the request unanswered.
+    fn global_answer_allowed(&mut self, now: Instant) -> bool {
+        let allowed = self.answer_limit.take(now);
+        if !allowed {
+            self.stats.rate_limited += 1;
+        }
+        allowed
+    }
+
+    /// Makes room for a cookie-proven request from `addr` when a half-open cap is full: drops the oldest
+    /// half-open SA that never proved a cookie, from `addr` (or, with `any_addr`, from any address). A returned
+    /// cookie proves its sender receives at the address; a request without one may be forged by anyone, and
+    /// must not keep one that is proven out. False if there is none to drop.
+    fn evict_unproven(&mut self, addr: IpAddr, any_addr: bool) -> bool {
+        let victim = self.half_open_expiry.iter().find_map(|(_, spi)| {
+            let sa = self.half_open.get(spi)?;
+            let ok = !self.half_open_proven.contains(spi)
+                && (any_addr || sa.remote_at_init().ip() == addr);
+            ok.then_some(*spi)
+        });
+        match victim {
+            Some(spi) => {
+                self.drop_half_open(spi);
+                self.stats.evicted += 1;
+                true
+            }
+            None => false,
+        }
     }
 
     /// An IKE_SA_INIT request without a responder SPI. Everything before the key exchange is cheap and bounded:
@@ -433,7 +479,7 @@ impl Endpoint {
         self.cookie_secrets.rotate(now);
         if let Some(spi) = self.by_init.get(&(h.spi_i, from)).copied() {
             // A retransmission: answered from the half-open SA's cache, within the rate limits.
-            if self.answer_allowed(now, from.ip(), true) {
+            if self.answer_allowed(now, from.ip()) {
                 if let Some(sa) = self.half_open.get_mut(&spi) {
                     sa.handle(now, data, from, IKE_PORT);
                 }
@@ -445,7 +491,14 @@ impl Endpoint {
             return;
         };
         let mut cookie_ok = false;
-        if pressure >= self.cookie_threshold {
+        // Cookies are demanded under pressure, and from an address that already holds a half-open SA or has used
+        // up its answer allowance: a sender forging requests "from" a peer's address then keeps neither its
+        // half-open slots nor its answers from the peer, which returns the cookie and gets in.
+        let holds_half_open = self.half_open_per_addr.contains_key(&from.ip());
+        if pressure >= self.cookie_threshold
+            || holds_half_open
+            || self.per_addr_exhausted(now, from.ip())
+        {
             let Some(ni) = parsed.payloads.iter().find_map(|p| match p {
                 Payload::Nonce(x) => Some(x),
                 _ => None,
@@ -468,10 +521,11 @@ impl Endpoint {
             cookie_ok =
                 presented.is_some_and(|c| auth::verify_cookie(&secrets, c, ni, from.ip(), h.spi_i));
             if !cookie_ok {
-                // A COOKIE answer is smaller than the request and costs one hash: only the per-address limit
-                // applies (it bounds what a spoofer can reflect at one address), so that a flood using up the
-                // global allowance cannot keep a genuine peer from getting its cookie.
-                if !self.answer_allowed(now, from.ip(), false) {
+                // A COOKIE answer is smaller than the request (no amplification) and costs one hash: only the
+                // global limit applies. A per-address limit would be keyed by the claimed source, so that an
+                // off-path sender forging requests "from" a peer could use up the peer's allowance and keep it
+                // from ever getting a cookie.
+                if !self.global_answer_allowed(now) {
                     return;
                 }
                 let cookie = auth::cookie(&self.cookie_secrets.current, ni, from.ip(), h.spi_i);
@@ -492,7 +546,7 @@ impl Endpoint {
         // A returned cookie proves the sender receives at this address: its request is answered without the
         // answer limits (the key exchange limit below still applies). Others take a token of their address and a
         // global one.
-        if !cookie_ok && !self.answer_allowed(now, from.ip(), true) {
+        if !cookie_ok && !self.answer_allowed(now, from.ip()) {
             return;
         }
         let valid = match IkeSa::validate_init(&cfg, data, from) {
@@ -507,6 +561,21 @@ impl Endpoint {
             }
             Err(_) => return,
         };
+        let per_addr = self
+            .half_open_per_addr
+            .get(&from.ip())
+            .copied()
+            .unwrap_or(0);
+        // A cookie-proven request meeting a full cap takes the place of an unproven half-open SA.
+        if cookie_ok && per_addr >= MAX_HALF_OPEN_PER_ADDR {
+            self.evict_unproven(from.ip(), false);
+        }
+        if cookie_ok
+            && self.half_open.len() >= MAX_HALF_OPEN
+            && !self.evict_unproven(from.ip(), false)
+        {
+            self.evict_unproven(from.ip(), true);
+        }
         let per_addr = self
             .half_open_per_addr
             .get(&from.ip())
@@ -539,6 +608,9 @@ impl Endpoint {
                 self.half_open_expiry
                     .push_back((now + crate::sa::HALF_OPEN_TIMEOUT, spi));
                 self.half_open.insert(spi, *sa);
+                if cookie_ok {
+                    self.half_open_proven.insert(spi);
+                }
                 self.settle_half_open(spi);
             }
             Some(InitOutcome::Refused(t, reason)) => {
@@ -625,6 +697,7 @@ impl Endpoint {
 
     fn remove_half_open(&mut self, spi: u64) -> Option<IkeSa> {
         let sa = self.half_open.remove(&spi)?;
+        self.half_open_proven.remove(&spi);
         let addr = sa.remote_at_init();
         self.by_init.remove(&(sa.spis().0, addr));
         if let Some(c) = self.half_open_per_addr.get_mut(&addr.ip()) {

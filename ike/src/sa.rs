@@ -55,6 +55,18 @@ const RESPONDER_DELETE_DELAY: Duration = Duration::from_millis(200);
 /// can send from a peer's address can make one, so it must not wait out the whole retransmission budget.
 pub const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Traffic selectors at most per side (TSi, TSr) of a Child SA request or answer, or as many as we are configured
+/// with for that side if more; beyond, TS_UNACCEPTABLE. vmsecd sends one per configured subnet (its peer's
+/// configuration mirrors ours); thousands from a peer would cost a narrowing of ours x theirs and a Child SA as
+/// large.
+pub const MAX_TS_PER_SIDE: usize = 16;
+
+/// The cached response to a retransmitted request is sent again at most once per this interval per IKE SA: a
+/// peer (or anyone replaying its datagrams) repeating a request as fast as it can would otherwise have every
+/// datagram of the response (all its fragments) sent for each copy. A genuine peer retransmits after a second
+/// or more (RFC 7296 2.4 leaves the timers to the implementation, 0.5 s at the least in charon).
+pub const RESEND_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Child SAs one IKE SA carries at most (not counting replaced ones whose delete is under way); a request for
 /// more is answered NO_ADDITIONAL_SAS. vmsecd itself makes one per subnet pair.
 pub const MAX_CHILD_SAS: usize = 16;
@@ -205,6 +217,11 @@ pub struct IkeSa {
     outstanding: Option<Outstanding>,
     peer_next_id: u32,
     last_response: Option<(u32, Vec<Vec<u8>>)>,
+    /// When the cached response was last sent again for a retransmitted request (see [`RESEND_INTERVAL`]).
+    last_resend: Option<Instant>,
+    /// An error notification in an IKE_SA_INIT response, reported (unauthenticated) but not acted on while a
+    /// usable response may still come (see [`IkeSa::unprotected_init_error`]).
+    init_error: Option<Reason>,
     children: Vec<Child>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -355,6 +372,8 @@ impl IkeSa {
             outstanding: None,
             peer_next_id: 0,
             last_response: None,
+            last_resend: None,
+            init_error: None,
             children: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -591,7 +610,13 @@ impl IkeSa {
                 //# the initiator MUST retransmit a request until it either receives a corresponding response or
                 //# deems the IKE SA to have failed.
                 if o.sent >= self.cfg.retransmit.tries {
-                    self.close(Reason::PeerDead);
+                    // No usable IKE_SA_INIT response came: an error notification received meanwhile is the best
+                    // explanation there is.
+                    let reason = match self.init_error.take() {
+                        Some(r) if self.state == State::InitSent => r,
+                        _ => Reason::PeerDead,
+                    };
+                    self.close(reason);
                     return;
                 }
                 o.deadline = now + self.cfg.retransmit.timeout(o.sent);
@@ -698,10 +723,16 @@ impl IkeSa {
             });
         }
         if !self.down_reported && !self.silent {
+            // Our IKE SA failing before the peer authenticated: what made it fail (a plaintext IKE_SA_INIT response,
+            // an IKE_AUTH response whose AUTH did not verify) may come from anyone on the path. A peer that never
+            // answered (PeerDead) is no one's word, and our own delete is ours.
+            let unauthenticated = self.initiator
+                && matches!(self.state, State::InitSent | State::AuthSent)
+                && !matches!(reason, Reason::PeerDead | Reason::DeletedByUs);
             self.events.push_back(Event::IkeDown {
                 peer: self.cfg.name.clone(),
                 reason,
-                unauthenticated: false,
+                unauthenticated,
             });
         }
         self.state = State::Closed;
@@ -883,6 +914,28 @@ impl IkeSa {
         }
     }
 
+    /// An error notification in an IKE_SA_INIT response: anyone on the path can forge one, so it does not end
+    /// the IKE SA. It is reported at once, as unauthenticated (the daemon neither backs off nor takes it for the
+    /// peer's word), and the IKE SA keeps retransmitting and waiting for a response it can use; if none comes,
+    /// it closes when the retransmissions run out, reporting the error again (still as unauthenticated) as the
+    /// reason it ended.
+    //= https://www.rfc-editor.org/rfc/rfc7296#section-2.21.1
+    //# Because all error notifications are completely unauthenticated, the recipient should continue trying for
+    //# some time before giving up. The recipient should not immediately act based on the error notification
+    //# unless corrective actions are defined in this specification, such as for COOKIE, INVALID_KE_PAYLOAD, and
+    //# INVALID_MAJOR_VERSION.
+    fn unprotected_init_error(&mut self, reason: Reason) {
+        if self.init_error.is_some() || self.silent {
+            return;
+        }
+        self.events.push_back(Event::IkeDown {
+            peer: self.cfg.name.clone(),
+            reason: reason.clone(),
+            unauthenticated: true,
+        });
+        self.init_error = Some(reason);
+    }
+
     fn handle_init_response(
         &mut self,
         now: Instant,
@@ -921,14 +974,15 @@ impl IkeSa {
                         return;
                     }
                     n::NO_PROPOSAL_CHOSEN => {
-                        self.close(Reason::NoProposalChosen {
+                        let reason = Reason::NoProposalChosen {
                             ours: self.ike_proposal_text(),
                             theirs: String::new(),
-                        });
+                        };
+                        self.unprotected_init_error(reason);
                         return;
                     }
                     t if n::is_error(t) => {
-                        self.close(Reason::PeerError(n::name(t).into()));
+                        self.unprotected_init_error(Reason::PeerError(n::name(t).into()));
                         return;
                     }
                     _ => {}
@@ -994,6 +1048,8 @@ impl IkeSa {
         self.spi_r = header.spi_r;
         self.nr = nr;
         self.init_resp = raw.to_vec();
+        // A usable response after a (forged) error notification: the error reported was not the peer's word.
+        self.init_error = None;
         let suite = match Suite::derive(
             &chosen, &shared, &self.ni, &self.nr, self.spi_i, self.spi_r, true,
         ) {
@@ -1170,8 +1226,11 @@ impl IkeSa {
                 //# The Certificate payload provides a means to transport certificates or other
                 //# authentication-related information via IKE.
                 // The first CERT is the peer's own; any further ones are intermediates towards its CA.
+                // At most MAX_CHAIN - 1 of them are parsed: a longer chain could not be used (see
+                // TrustAnchors::verify), and each costs parsing before the peer has authenticated.
                 let intermediates: Vec<x509::Certificate> = peer_certs(payloads)
                     .skip(1)
+                    .take(x509::MAX_CHAIN - 1)
                     .filter_map(|d| x509::Certificate::from_der(d).ok())
                     .collect();
                 trust
@@ -1392,6 +1451,16 @@ impl IkeSa {
         let (Some(tsi), Some(tsr)) = (tsi, tsr) else {
             return Err(Reason::Protocol("Child SA answer lacks TSi/TSr".into()));
         };
+        if tsi.len() > MAX_TS_PER_SIDE.max(self.cfg.local_ts.len())
+            || tsr.len() > MAX_TS_PER_SIDE.max(self.cfg.remote_ts.len())
+        {
+            return Err(Reason::TsUnacceptable(format!(
+                "responder answered with {} and {} traffic selectors, more than we accept \
+                 (at most {MAX_TS_PER_SIDE} per side, or as many as we are configured for)",
+                tsi.len(),
+                tsr.len()
+            )));
+        }
         // The responder may only narrow: each returned selector must lie inside what we proposed.
         let inside = |got: &[TrafficSelector], ours: &[TrafficSelector]| {
             got.iter()
@@ -1661,15 +1730,17 @@ impl IkeSa {
                 return;
             }
         } else {
-            if let Some((last, datagrams)) = &self.last_response {
+            if let Some((last, _)) = &self.last_response {
                 if id == *last {
                     //= https://www.rfc-editor.org/rfc/rfc7383#section-2.6.1
                     // A retransmitted fragmented request is answered with every (cached) fragment of the response,
-                    // once per retransmission: on its first fragment, after that fragment's ICV verified.
-                    if f.number == 1 && self.decrypt_fragment(parsed).is_some() {
-                        for d in datagrams.clone() {
-                            self.push_transmit(d);
-                        }
+                    // once per retransmission: on its first fragment, after that fragment's ICV verified (and at
+                    // most once per RESEND_INTERVAL, as below in handle_request).
+                    if f.number == 1
+                        && self.decrypt_fragment(parsed).is_some()
+                        && self.resend_allowed(now)
+                    {
+                        self.resend_last_response();
                     }
                     return;
                 }
@@ -1772,6 +1843,30 @@ impl IkeSa {
         }
     }
 
+    /// True (and the time noted) if the cached response may be sent again now (see [`RESEND_INTERVAL`]).
+    fn resend_allowed(&mut self, now: Instant) -> bool {
+        if self
+            .last_resend
+            .is_some_and(|t| now.saturating_duration_since(t) < RESEND_INTERVAL)
+        {
+            return false;
+        }
+        self.last_resend = Some(now);
+        true
+    }
+
+    /// Sends every datagram of the cached response again.
+    fn resend_last_response(&mut self) {
+        let datagrams = self
+            .last_response
+            .as_ref()
+            .map(|(_, d)| d.clone())
+            .unwrap_or_default();
+        for d in datagrams {
+            self.push_transmit(d);
+        }
+    }
+
     fn heard(&mut self, now: Instant, from: SocketAddr) {
         self.last_heard = now;
         //= https://www.rfc-editor.org/rfc/rfc7296#section-2.23
@@ -1796,14 +1891,17 @@ impl IkeSa {
             }
             return;
         }
-        if let Some((last, datagrams)) = &self.last_response {
+        if let Some((last, _)) = &self.last_response {
             //= https://www.rfc-editor.org/rfc/rfc7296#section-2.1
             //# If a responder receives a retransmitted request, it MUST retransmit its response
+            // Within the spirit of that MUST, retransmissions are answered at most once per RESEND_INTERVAL: the
+            // peer's own retransmissions are far slower, only a flood of replays is held back.
             if id == *last {
-                if parsed.encrypted.is_some() && self.decrypt(&parsed).is_some() {
-                    for d in datagrams.clone() {
-                        self.push_transmit(d);
-                    }
+                if parsed.encrypted.is_some()
+                    && self.decrypt(&parsed).is_some()
+                    && self.resend_allowed(now)
+                {
+                    self.resend_last_response();
                 }
                 return;
             }
@@ -1992,15 +2090,33 @@ impl IkeSa {
                 },
             ));
         };
+        if tsi.len() > MAX_TS_PER_SIDE.max(self.cfg.remote_ts.len())
+            || tsr.len() > MAX_TS_PER_SIDE.max(self.cfg.local_ts.len())
+        {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.9
+            //# If the responder's policy does not allow it to accept any part of the proposed Traffic Selectors,
+            //# it responds with a TS_UNACCEPTABLE Notify message.
+            return Err((
+                n::TS_UNACCEPTABLE,
+                Reason::TsUnacceptable(format!(
+                    "peer proposed {} and {} traffic selectors, more than we accept (at most \
+                     {MAX_TS_PER_SIDE} per side, or as many as we are configured for)",
+                    tsi.len(),
+                    tsr.len()
+                )),
+            ));
+        }
         //= https://www.rfc-editor.org/rfc/rfc7296#section-2.9
         //# the responder is allowed to narrow the choices by selecting a subset of the traffic
+        // Duplicates are left out with a set (the order of first appearance is kept).
         let narrow =
             |theirs: &[TrafficSelector], ours: &[TrafficSelector]| -> Vec<TrafficSelector> {
+                let mut seen = std::collections::HashSet::new();
                 let mut v = Vec::new();
                 for o in ours {
                     for t in theirs {
                         if let Some(x) = o.intersect(t) {
-                            if !v.contains(&x) {
+                            if seen.insert(x) {
                                 v.push(x);
                             }
                         }

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -374,7 +376,8 @@ fn invalid_key_exchange_values_cost_no_key_exchange_and_count_towards_cookies() 
     assert!(answers[first_cookie..].iter().all(|a| a == &[n::COOKIE]));
     assert_eq!(e.stats().key_exchanges, 1);
 
-    // Answers to unauthenticated requests are rate-limited: 1000 at one instant from one address.
+    // Answers to unauthenticated requests are rate-limited: 1000 at one instant from one address. They are
+    // COOKIE answers here, smaller than the requests, under the global limit only (review item 1).
     let before = e.stats().rate_limited;
     for k in 0..1000u64 {
         e.handle(
@@ -386,7 +389,7 @@ fn invalid_key_exchange_values_cost_no_key_exchange_and_count_towards_cookies() 
     }
     let answered = transmits(&mut e).len();
     assert!(
-        answered <= endpoint::INIT_ANSWER_BURST_PER_ADDR as usize,
+        answered <= endpoint::INIT_ANSWER_BURST as usize,
         "{answered}"
     );
     assert!(e.stats().rate_limited - before >= 1000 - answered as u64);
@@ -839,4 +842,389 @@ fn cookie_secret_rotates_and_the_previous_one_has_a_grace_period() {
     let t = transmits(&mut e);
     assert_eq!(plain_notifies(&t[0].data), vec![n::COOKIE]);
     assert_eq!(e.stats().cookies_valid, 2);
+}
+
+/// The request `req` again, with the cookie `answer` demanded first (RFC 7296 2.6).
+fn with_cookie(req: &[u8], answer: &Transmit) -> Vec<u8> {
+    let cookie = message::parse(&answer.data).unwrap().payloads[0].clone();
+    let parsed = message::parse(req).unwrap();
+    let mut payloads = vec![cookie];
+    payloads.extend(parsed.payloads.iter().cloned());
+    message::encode_plain(parsed.header, &payloads)
+}
+
+/// Review item 1: answers were limited per claimed source address, COOKIE answers included: an off-path sender
+/// forging 40 IKE_SA_INIT requests "from" peer A used up A's allowance, and A's real request got neither a
+/// COOKIE nor an answer. Now a COOKIE answer (smaller than the request: nothing to amplify) is under the global
+/// limit only, an address whose allowance is used up is asked for a cookie, and the returned cookie is answered.
+#[test]
+fn forged_requests_do_not_use_up_the_peers_answers() {
+    let (_, b) = configs();
+    let mut e = Endpoint::new(vec![Arc::new(b)]);
+    let now = Instant::now();
+    // Refused requests (an invalid key share): they leave no state, only use answers.
+    for k in 0..40u64 {
+        let forged = init_with_ke(0x9000 + k, 31, vec![9; 31], "aes128gcm16-prfsha256-x25519");
+        e.handle(now, &forged, addr(A, 500), 500);
+    }
+    transmits(&mut e);
+    assert_eq!(e.half_open_count(), 0);
+    let (mut f, req) = Fake::initiate(0x77);
+    e.handle(now, &req, addr(A, 500), 500);
+    let t = transmits(&mut e);
+    assert_eq!(t.len(), 1, "the real peer is answered: {:?}", e.stats());
+    assert_eq!(plain_notifies(&t[0].data), vec![n::COOKIE]);
+    e.handle(now, &with_cookie(&req, &t[0]), addr(A, 500), 500);
+    let t = transmits(&mut e);
+    assert_eq!(t.len(), 1, "{:?}", e.stats());
+    assert!(f.take_init_response(&t[0].data));
+    assert_eq!(e.half_open_count(), 1);
+}
+
+/// Review item 2: forged requests kept the per-address half-open cap full (8 from the peer's address, cookies
+/// only demanded at a total pressure of 32), so the real peer was dropped until they expired, and a forger
+/// refilling them as they expire kept it out for good. Now an address that holds a half-open SA is asked for a
+/// cookie, and a cookie-proven request meeting a full cap replaces the oldest half-open SA without one.
+#[test]
+fn forged_requests_do_not_hold_the_per_address_half_open_slots() {
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b);
+    for k in 0..endpoint::MAX_HALF_OPEN_PER_ADDR as u64 {
+        let (_, forged) = Fake::initiate(0x6000 + k);
+        p.b.handle(p.now, &forged, addr(A, 500), 500);
+    }
+    transmits(&mut p.b);
+    assert_eq!(p.b.half_open_count(), 1, "then cookies are demanded");
+    p.connect();
+    assert_eq!(child_ups(&p.ev_a).len(), 1, "at once: {:?}", p.b.stats());
+    assert!(downs(&p.ev_a).is_empty());
+
+    // An on-path sender (it sees and returns our cookies) holding the other 7 slots, plus the forged one: the
+    // real peer's cookie-proven request takes the forged one's place.
+    let (_, b) = configs();
+    let mut e = Endpoint::new(vec![Arc::new(b)]);
+    let now = Instant::now();
+    let (_, forged) = Fake::initiate(0x6100);
+    e.handle(now, &forged, addr(A, 500), 500);
+    transmits(&mut e);
+    let proven = |e: &mut Endpoint, spi: u64| {
+        let (f, req) = Fake::initiate(spi);
+        e.handle(now, &req, addr(A, 500), 500);
+        let t = transmits(e);
+        assert_eq!(plain_notifies(&t[0].data), vec![n::COOKIE]);
+        e.handle(now, &with_cookie(&req, &t[0]), addr(A, 500), 500);
+        (f, transmits(e))
+    };
+    for k in 0..(endpoint::MAX_HALF_OPEN_PER_ADDR as u64 - 1) {
+        proven(&mut e, 0x6200 + k);
+    }
+    assert_eq!(e.half_open_count(), endpoint::MAX_HALF_OPEN_PER_ADDR);
+    let (mut f, t) = proven(&mut e, 0x77);
+    assert!(f.take_init_response(&t[0].data), "{:?}", e.stats());
+    assert_eq!(e.half_open_count(), endpoint::MAX_HALF_OPEN_PER_ADDR);
+    // Proven ones are not evicted: the next one is dropped.
+    let (_, t) = proven(&mut e, 0x78);
+    assert!(t.is_empty());
+    assert_eq!(e.half_open_count(), endpoint::MAX_HALF_OPEN_PER_ADDR);
+}
+
+/// Review item 5: an error notification in a plaintext IKE_SA_INIT response (anyone on the path can forge one)
+/// closed our IKE SA at once, reported as the peer's word (`unauthenticated: false`: the daemon backed off for
+/// up to 120 s). Now it is reported at once as unauthenticated, and the IKE SA keeps waiting: the real response
+/// that follows sets it up; without one it closes when the retransmissions run out, reporting the error again.
+#[test]
+fn forged_error_in_ike_sa_init_response_does_not_end_our_ike_sa() {
+    for ntype in [n::NO_PROPOSAL_CHOSEN, n::AUTHENTICATION_FAILED] {
+        let (cfg, _) = configs();
+        let mut a = Endpoint::new(vec![Arc::new(cfg)]);
+        let mut now = Instant::now();
+        a.connect(now, "b").unwrap();
+        let init = a.poll_transmit().unwrap();
+        let mut hdr = message::parse(&init.data).unwrap().header;
+        hdr.flags = message::Flags(message::Flags::RESPONSE);
+        let forged = message::encode_plain(hdr, &[Payload::Notify(Notify::new(ntype, vec![]))]);
+        a.handle(now, &forged, addr(B, 500), 500);
+        let ev = events(&mut a);
+        assert!(
+            matches!(
+                &ev[..],
+                [Event::IkeDown {
+                    unauthenticated: true,
+                    ..
+                }]
+            ),
+            "{ntype}: {ev:?}"
+        );
+        assert!(a.has_sa("b"), "still waiting");
+        // The real answer, after a retransmission.
+        now = a.poll_timeout().expect("a retransmission timer");
+        a.handle_timeout(now);
+        let again = transmits(&mut a);
+        assert_eq!(again.len(), 1, "retransmitted");
+        let (fake, resp) = Fake::respond(&again[0].data, 0x1122_3344_5566_7788, None);
+        a.handle(now, &resp, addr(B, 500), 500);
+        let auth = a.poll_transmit().expect("IKE_AUTH request");
+        let (h, _) = fake.open(&auth.data);
+        assert_eq!(h.exchange, ExchangeType::IKE_AUTH);
+    }
+    // No real answer: one report, then the IKE SA is gone when the retransmissions run out.
+    let (cfg, _) = configs();
+    let mut a = Endpoint::new(vec![Arc::new(cfg)]);
+    let mut now = Instant::now();
+    a.connect(now, "b").unwrap();
+    let init = a.poll_transmit().unwrap();
+    let mut hdr = message::parse(&init.data).unwrap().header;
+    hdr.flags = message::Flags(message::Flags::RESPONSE);
+    let forged = message::encode_plain(
+        hdr,
+        &[Payload::Notify(Notify::new(n::NO_PROPOSAL_CHOSEN, vec![]))],
+    );
+    a.handle(now, &forged, addr(B, 500), 500);
+    let mut ev = events(&mut a);
+    for _ in 0..100 {
+        let Some(t) = a.poll_timeout() else { break };
+        now = now.max(t);
+        a.handle_timeout(now);
+        transmits(&mut a);
+        ev.extend(events(&mut a));
+    }
+    assert!(!a.has_sa("b"));
+    // Reported at once, and again as the reason the IKE SA ended, both times as unauthenticated.
+    assert!(
+        matches!(
+            &downs(&ev)[..],
+            [
+                Reason::NoProposalChosen { .. },
+                Reason::NoProposalChosen { .. }
+            ]
+        ),
+        "{ev:?}"
+    );
+    assert!(ev.iter().all(|e| matches!(
+        e,
+        Event::IkeDown {
+            unauthenticated: true,
+            ..
+        }
+    )));
+}
+
+/// A certificate of ike/src/crypto/x509/testdata (made by its make.sh with OpenSSL).
+fn test_cert(name: &str) -> ike::crypto::x509::Certificate {
+    let path = format!(
+        "{}/src/crypto/x509/testdata/{name}.pem",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let pem = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    ike::crypto::x509::parse_certificates(&pem)
+        .unwrap()
+        .remove(0)
+}
+
+/// Review item 3: chain building (before the peer has authenticated) parsed every CERT payload and checked the
+/// signature of every intermediate with a matching name at each of 8 levels: 60 such certificates cost 60 RSA
+/// verifications for one IKE_AUTH, hundreds when they chain. Now at most MAX_CHAIN - 1 intermediates are looked
+/// at, each used once, and at most MAX_SIGNATURE_CHECKS signatures are checked per verification.
+#[test]
+fn chain_building_checks_a_bounded_number_of_signatures() {
+    use ike::crypto::x509::{self, Certificate, TrustAnchors};
+    let trust = TrustAnchors::new(vec![test_cert("ca")]).unwrap();
+    let (end, inter) = (test_cert("a"), test_cert("inter"));
+    let unix = end.not_after() - 365 * 86400;
+    // "Test Intermediate" with another key (one byte of its modulus changed): a candidate that does not verify.
+    let der = inter.der().to_vec();
+    let at = der
+        .windows(5)
+        .position(|w| w == [0x02, 0x82, 0x01, 0x01, 0x00])
+        .expect("a 2048-bit modulus");
+    let mut decoy = der.clone();
+    decoy[at + 100] ^= 0x10;
+    let decoy = Certificate::from_der(&decoy).unwrap();
+    assert!(decoy.public_key().is_ok());
+
+    // The real chain, behind three decoys: found, with one check per decoy and one per link.
+    let mut sent: Vec<Certificate> = vec![decoy.clone(), decoy.clone(), decoy.clone(), inter];
+    let before = x509::signature_checks();
+    trust.verify(&end, &sent, unix).unwrap();
+    assert_eq!(x509::signature_checks() - before, 3 + 2);
+
+    // 60 decoys: at most MAX_SIGNATURE_CHECKS checks (before: 60, one RSA verification each).
+    sent = vec![decoy; 60];
+    let before = x509::signature_checks();
+    assert!(trust.verify(&end, &sent, unix).is_err());
+    let checks = x509::signature_checks() - before;
+    assert!(
+        checks <= u64::from(x509::MAX_SIGNATURE_CHECKS) && checks <= x509::MAX_CHAIN as u64,
+        "{checks}"
+    );
+
+    // Two copies of an untrusted self-signed CA: they issued each other, so the chain went back and forth
+    // between them up to MAX_CHAIN (one check per level). Each is used once now.
+    let (stranger, other_ca) = (test_cert("stranger"), test_cert("other-ca"));
+    let sent = vec![other_ca.clone(), other_ca];
+    let before = x509::signature_checks();
+    let err = trust.verify(&stranger, &sent, unix).unwrap_err();
+    assert_eq!(x509::signature_checks() - before, 2, "{err}");
+}
+
+/// Review item 4: an authenticated peer could send thousands of traffic selectors, narrowed with a quadratic
+/// duplicate check, into a Child SA as large. Now more than MAX_TS_PER_SIDE per side are refused with
+/// TS_UNACCEPTABLE (RFC 7296 2.9), and 16 are still accepted.
+#[test]
+fn too_many_traffic_selectors_are_refused() {
+    let (mut e, mut f, now) = authenticated_to_b();
+    let many = |n: usize| -> Vec<_> {
+        (0..n)
+            .map(|k| ts(&format!("198.19.{}.{}/32", 1 + k / 256, k % 256)))
+            .collect()
+    };
+    let mut answer = |e: &mut Endpoint, tsi, spi: u32| {
+        let m = f.request(
+            ExchangeType::CREATE_CHILD_SA,
+            &[
+                Payload::Sa(vec![esp_wire("aes128gcm16", spi)]),
+                Payload::Nonce(spi.to_be_bytes().repeat(8)),
+                Payload::TsI(tsi),
+                Payload::TsR(vec![ts("198.19.2.0/24")]),
+            ],
+        );
+        e.handle(now, &m, addr(A, 500), 500);
+        let t = e
+            .poll_transmit()
+            .unwrap_or_else(|| panic!("no answer: {spi:x}"));
+        let (_, p) = f.open(&t.data);
+        notify_of(&p)
+    };
+    let max = ike::sa::MAX_TS_PER_SIDE;
+    assert_eq!(
+        answer(&mut e, many(max + 1), 0x4000),
+        Some(n::TS_UNACCEPTABLE)
+    );
+    // 255: the most one TS payload can carry (its count is one octet).
+    assert_eq!(answer(&mut e, many(255), 0x4001), Some(n::TS_UNACCEPTABLE));
+    assert_eq!(answer(&mut e, many(max), 0x4002), None);
+    let ups = child_ups(&events(&mut e));
+    assert_eq!(ups.len(), 1);
+    assert_eq!(ups[0].ts_remote.len(), max);
+}
+
+/// Counts the bytes allocated on the measuring thread (see [`allocated`]); a `#[global_allocator]` is per test
+/// binary.
+struct Counting;
+
+thread_local! {
+    static MEASURING: Cell<bool> = const { Cell::new(false) };
+    static BYTES: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count(n: usize) {
+    // `try_with`: the allocator also runs while thread-locals are torn down.
+    let _ = MEASURING.try_with(|m| {
+        if m.get() {
+            let _ = BYTES.try_with(|b| b.set(b.get() + n));
+        }
+    });
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(new_size);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Bytes allocated on this thread while `f` runs.
+fn allocated(f: impl FnOnce()) -> usize {
+    BYTES.with(|b| b.set(0));
+    MEASURING.with(|m| m.set(true));
+    f();
+    MEASURING.with(|m| m.set(false));
+    BYTES.with(|b| b.get())
+}
+
+/// Review item 7: a datagram whose SPIs match no SA still ran the endpoint's collection of what every SA queued
+/// and its duplicate check (a scan of all SAs, with allocations). Now it is dropped at once: nothing allocated.
+#[test]
+fn datagram_for_no_sa_costs_no_scan() {
+    let (mut e, _f, now) = authenticated_to_b();
+    transmits(&mut e);
+    events(&mut e);
+    let h = header(0x1234, 0x5678, ExchangeType::INFORMATIONAL, 0x08, 1);
+    let stray = message::encode_plain(h, &[]);
+    let bytes = allocated(|| e.handle(now, &stray, addr(A, 500), 500));
+    assert_eq!(bytes, 0);
+    assert!(e.poll_transmit().is_none());
+}
+
+/// Review item 9: every copy of a retransmitted (or replayed) request had the whole cached response sent again
+/// (every fragment). RFC 7296 2.1 says a responder MUST retransmit its response; it now does so at most once
+/// per RESEND_INTERVAL per IKE SA, far faster than any genuine peer retransmits.
+#[test]
+fn replayed_requests_are_answered_at_most_once_per_interval() {
+    let (mut e, mut f, now) = authenticated_to_b();
+    let m = create_child(&mut f, 0x2000, None);
+    e.handle(now, &m, addr(A, 500), 500);
+    assert_eq!(transmits(&mut e).len(), 1, "the fresh answer");
+    for _ in 0..50 {
+        e.handle(now, &m, addr(A, 500), 500);
+    }
+    assert_eq!(transmits(&mut e).len(), 1, "one resend");
+    for _ in 0..50 {
+        e.handle(now + Duration::from_millis(50), &m, addr(A, 500), 500);
+    }
+    assert!(transmits(&mut e).is_empty());
+    let later = now + ike::sa::RESEND_INTERVAL;
+    e.handle(later, &m, addr(A, 500), 500);
+    assert_eq!(
+        transmits(&mut e).len(),
+        1,
+        "a later retransmission is answered"
+    );
+}
+
+/// Review item 2, the global cap: MAX_HALF_OPEN half-open SAs from as many addresses (none proved a cookie)
+/// kept every new initiator out until they expired. A cookie-proven request now takes the place of the oldest.
+#[test]
+fn cookie_proven_request_evicts_an_unproven_half_open_sa_at_the_global_cap() {
+    let mut b = Endpoint::new(mesh_of(endpoint::MAX_HALF_OPEN));
+    b.set_cookie_threshold(usize::MAX);
+    let mut now = Instant::now();
+    for k in 0..endpoint::MAX_HALF_OPEN {
+        let (_, req) = Fake::initiate(0x10_0000 + k as u64);
+        b.handle(now, &req, SocketAddr::new(flood_addr(k), 500), 500);
+        now += Duration::from_millis(25);
+    }
+    transmits(&mut b);
+    assert_eq!(
+        b.half_open_count(),
+        endpoint::MAX_HALF_OPEN,
+        "{:?}",
+        b.stats()
+    );
+    // Under pressure now: A is asked for a cookie, and returns it.
+    b.set_cookie_threshold(0);
+    let (mut f, req) = Fake::initiate(0x77);
+    b.handle(now, &req, addr(A, 500), 500);
+    let t = transmits(&mut b);
+    assert_eq!(plain_notifies(&t[0].data), vec![n::COOKIE]);
+    b.handle(now, &with_cookie(&req, &t[0]), addr(A, 500), 500);
+    let t = transmits(&mut b);
+    assert_eq!(t.len(), 1, "{:?}", b.stats());
+    assert!(f.take_init_response(&t[0].data));
+    assert_eq!(b.half_open_count(), endpoint::MAX_HALF_OPEN);
+    assert_eq!(b.stats().capped, 0);
 }

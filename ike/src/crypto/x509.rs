@@ -86,6 +86,15 @@ pub enum CertError {
         /// The extension's OID, dotted.
         oid: String,
     },
+    /// Chain building gave up after [`MAX_SIGNATURE_CHECKS`] signature checks.
+    #[error(
+        "gave up building the certificate chain of {subject} after {MAX_SIGNATURE_CHECKS} signature checks \
+         (the peer sent too many intermediate certificates with matching names that do not verify)"
+    )]
+    TooManyCandidates {
+        /// The certificate whose issuer was being looked for.
+        subject: String,
+    },
     /// Longer than [`MAX_CHAIN`].
     #[error("certificate chain longer than {MAX_CHAIN} certificates")]
     TooLong,
@@ -106,6 +115,23 @@ pub enum CertError {
 
 /// The longest chain we follow, end certificate and CA included.
 pub const MAX_CHAIN: usize = 8;
+
+/// Signature checks at most per [`TrustAnchors::verify`]: a chain of [`MAX_CHAIN`] certificates needs one per
+/// link; the rest is room for a few candidates with a matching name that do not verify. Each is an RSA
+/// verification (about 40 us at 2048 bits, 1 ms at 8192, the largest key accepted), and all of them are done
+/// before the peer has authenticated.
+pub const MAX_SIGNATURE_CHECKS: u32 = 16;
+
+thread_local! {
+    /// Certificate signature checks done on this thread (see [`signature_checks`]).
+    static SIGNATURE_CHECKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many certificate signatures were checked on this thread so far: a measure of the work chain building
+/// did, for tests and diagnostics.
+pub fn signature_checks() -> u64 {
+    SIGNATURE_CHECKS.with(|c| c.get())
+}
 
 /// CERT and CERTREQ encoding "X.509 Certificate - Signature" (RFC 7296 3.6).
 pub const ENCODING_X509_SIGNATURE: u8 = 4;
@@ -471,6 +497,7 @@ impl Certificate {
             return Err(not_ca("its keyUsage lacks keyCertSign"));
         }
         let key = self.public_key()?;
+        SIGNATURE_CHECKS.with(|c| c.set(c.get().saturating_add(1)));
         let ok = child
             .scheme
             .zip(child.der.get(child.tbs.clone()))
@@ -588,6 +615,21 @@ impl TrustAnchors {
         end.public_key()?;
         let mut path = vec![end.subject()];
         let mut cert = end;
+        // What chain building may cost is bounded before the peer has authenticated: at most MAX_CHAIN - 1
+        // intermediates are looked at (the first ones sent; a longer chain could not be used anyway), each
+        // continues the chain at most once, and at most MAX_SIGNATURE_CHECKS signatures are checked in all.
+        let intermediates = intermediates.get(..MAX_CHAIN - 1).unwrap_or(intermediates);
+        let mut used = [false; MAX_CHAIN - 1];
+        let mut checks = 0u32;
+        let mut check = |issuer: &Certificate, child: &Certificate, below: u32| {
+            if checks >= MAX_SIGNATURE_CHECKS {
+                return Err(CertError::TooManyCandidates {
+                    subject: child.subject(),
+                });
+            }
+            checks += 1;
+            issuer.issued(child, below)
+        };
         for below in 0..MAX_CHAIN as u32 {
             cert.check_time(unix)?;
             cert.check_critical()?;
@@ -598,7 +640,7 @@ impl TrustAnchors {
                 .iter()
                 .filter(|ca| same_dn(&ca.subject, &cert.issuer))
             {
-                match ca.issued(cert, below).and_then(|_| ca.check_time(unix)) {
+                match check(ca, cert, below).and_then(|_| ca.check_time(unix)) {
                     Ok(()) => {
                         path.push(ca.subject());
                         return Ok(path);
@@ -610,27 +652,32 @@ impl TrustAnchors {
             // along issues itself). The first one whose signature verifies continues the chain; if none does,
             // the reason the first candidate failed is the answer.
             let mut next = None;
-            for i in intermediates
-                .iter()
-                .filter(|i| !std::ptr::eq(*i, cert) && same_dn(&i.subject, &cert.issuer))
-            {
-                match i.issued(cert, below) {
+            for (k, i) in intermediates.iter().enumerate().filter(|(k, i)| {
+                !std::ptr::eq(*i, cert)
+                    && !used.get(*k).copied().unwrap_or(true)
+                    && same_dn(&i.subject, &cert.issuer)
+            }) {
+                match check(i, cert, below) {
                     Ok(()) => {
-                        next = Some(i);
+                        next = Some((k, i));
                         break;
                     }
+                    Err(e @ CertError::TooManyCandidates { .. }) => return Err(e),
                     Err(e) => {
                         last_err.get_or_insert(e);
                     }
                 }
             }
-            let Some(i) = next else {
+            let Some((k, i)) = next else {
                 return Err(last_err.unwrap_or_else(|| CertError::UnknownIssuer {
                     subject: cert.subject(),
                     issuer: cert.issuer(),
                     trusted: self.names(),
                 }));
             };
+            if let Some(u) = used.get_mut(k) {
+                *u = true;
+            }
             path.push(i.subject());
             cert = i;
         }

@@ -538,6 +538,14 @@ impl Daemon {
                 // request may come from anyone who can send from the peer's address: it must not push our own
                 // initiation back (issue 12 item 3).
                 if unauthenticated {
+                    // Our own initiation may have ended on it (ike reports an initiator SA failing before the peer
+                    // authenticated as unauthenticated): with nothing left and nothing scheduled, try again after
+                    // the current back-off, without doubling it.
+                    if let Some(i) = self.initiation.get_mut(&peer) {
+                        if i.next.is_none() && !self.endpoint.has_sa(&peer) {
+                            i.next = Some(Instant::now() + i.backoff);
+                        }
+                    }
                     return;
                 }
                 if let Some(i) = self.initiation.get_mut(&peer) {
