@@ -534,18 +534,14 @@ impl Daemon {
                         }
                     }
                 }
-                // Keep trying, with back-off: the mesh wants every tunnel up. A refusal of an unauthenticated
-                // request may come from anyone who can send from the peer's address: it must not push our own
-                // initiation back (issue 12 item 3).
-                if unauthenticated {
-                    // Our own initiation may have ended on it (ike reports an initiator SA failing before the peer
-                    // authenticated as unauthenticated): with nothing left and nothing scheduled, try again after
-                    // the current back-off, without doubling it.
-                    if let Some(i) = self.initiation.get_mut(&peer) {
-                        if i.next.is_none() && !self.endpoint.has_sa(&peer) {
-                            i.next = Some(Instant::now() + i.backoff);
-                        }
-                    }
+                // Keep trying, with back-off: the mesh wants every tunnel up. But a report about an IKE SA that never authenticated the peer (a refused request from its address,
+                // or an unprotected error our own IKE_SA_INIT got, which `ike` does not act on) changes nothing
+                // while an IKE SA with the peer is still alive. Only when our own initiation has ended on it, with
+                // nothing left and nothing scheduled, is it retried, with the same back-off as any failure.
+                if unauthenticated
+                    && (self.endpoint.has_sa(&peer)
+                        || self.initiation.get(&peer).is_some_and(|i| i.next.is_some()))
+                {
                     return;
                 }
                 if let Some(i) = self.initiation.get_mut(&peer) {
