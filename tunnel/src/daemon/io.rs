@@ -54,7 +54,11 @@ pub(super) fn tx_batch() -> batch::TxBatch {
 impl Daemon {
     /// The TUN was readable and one read returned `n` bytes (virtio-net header included): the transmit path
     /// handles it and what else queue 0 holds.
-    pub(super) fn on_tun_readable(&self, bufs: &mut Buffers, n: usize) -> std::io::Result<()> {
+    pub(super) fn on_tun_readable(
+        &self,
+        bufs: &mut Buffers,
+        n: usize,
+    ) -> Result<(), super::tx::TunUnusable> {
         let q = self.tun.get_ref();
         self.tx.on_readable(&mut bufs.tx, n, |b| q.read_vnet(b))
     }

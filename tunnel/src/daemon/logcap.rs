@@ -167,8 +167,6 @@ pub(crate) struct Limits {
     pub(crate) ike_refused: Limiter,
     /// A Child SA's traffic selectors refused for learning (too many, or clashing).
     pub(crate) learned_refused: Limiter,
-    /// TUN read errors survived (the daemon's queue and the transmit workers').
-    pub(crate) tun_error: Limiter,
     /// "Child SA refused: {reason}".
     pub(crate) child_refused: Limiter,
     /// Receive errors on the sockets (a peer's ICMP errors, memory pressure).
@@ -183,7 +181,6 @@ impl Limits {
             ike_down: Limiter::new("IKE SA down", BURST, PER_SECOND),
             ike_refused: Limiter::new("unauthenticated IKE requests refused", BURST, PER_SECOND),
             learned_refused: Limiter::new("learned subnets refused", BURST, PER_SECOND),
-            tun_error: Limiter::new("TUN read errors", BURST, PER_SECOND),
             child_refused: Limiter::new("Child SA refused", BURST, PER_SECOND),
             recv_error: Limiter::new("receive errors", BURST, PER_SECOND),
             send_error: Limiter::new("send errors", BURST, PER_SECOND),
@@ -196,7 +193,6 @@ impl Limits {
             &mut self.ike_down,
             &mut self.ike_refused,
             &mut self.learned_refused,
-            &mut self.tun_error,
             &mut self.child_refused,
             &mut self.recv_error,
             &mut self.send_error,
@@ -207,9 +203,9 @@ impl Limits {
 }
 
 /// Lines of one kind at once before the limit applies.
-const BURST: u32 = 10;
+pub(crate) const BURST: u32 = 10;
 /// Lines of one kind per second after the burst.
-const PER_SECOND: u32 = 2;
+pub(crate) const PER_SECOND: u32 = 2;
 
 #[cfg(test)]
 mod tests {

@@ -361,7 +361,11 @@ impl Daemon {
         loop {
             let deadline = tokio::time::Instant::from_std(self.next_deadline());
             tokio::select! {
-                r = self.tun.read_vnet(bufs.tx.read_buf()) => self.on_tun_readable(bufs, r?)?,
+                // A read error is counted and survived; only a closed descriptor ends the daemon (review item 10).
+                r = self.tun.read_vnet(bufs.tx.read_buf()) => match r {
+                    Ok(n) => self.on_tun_readable(bufs, n)?,
+                    Err(e) => self.tx.survive_read_error(e)?,
+                },
                 r = self.udp4500.readable() => {
                     r?;
                     self.on_udp4500_readable(bufs)?;
@@ -710,6 +714,7 @@ impl Daemon {
                 policy: d.policy,
                 encap_failed: d.encap_failed,
                 recv_errors: self.recv_errors,
+                tun_errors: self.tx.tun_errors(),
             },
         }
     }

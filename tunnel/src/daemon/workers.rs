@@ -14,7 +14,6 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use crate::tun::Queue;
 
@@ -140,16 +139,12 @@ impl Worker {
             let q = &self.queue;
             let r = match q.read_vnet(batch.read_buf()) {
                 Ok(n) => self.tx.on_readable(&mut batch, n, |b| q.read_vnet(b)),
-                Err(e) => Err(e),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                Err(e) => self.tx.survive_read_error(e),
             };
-            match r {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    // Not expected from a TUN queue; do not spin on it.
-                    tracing::error!("transmit worker: reading the TUN: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+            if let Err(e) = r {
+                tracing::error!("transmit worker: {e}; this worker stops");
+                return;
             }
         }
     }
