@@ -29,6 +29,30 @@ pub(crate) enum Wire {
     Raw(IpAddr),
 }
 
+/// Most traffic selectors a Child SA may have on each side to be installed. The lane lookup of every outbound
+/// packet and the policy check of every inbound one scan them; vmsecd itself offers one per subnet, and the
+/// `ike` crate refuses more than a few per side, so this only bounds what a future change or a hostile peer
+/// could make every packet cost.
+pub(crate) const MAX_SELECTORS: usize = 64;
+
+/// Why a Child SA could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InstallError {
+    /// The negotiated keys do not fit the transform (a bug in the IKE layer).
+    #[error(transparent)]
+    Key(#[from] esp::BadKeyLength),
+    /// The peer negotiated more selectors than the datapath checks per packet.
+    #[error(
+        "it has {local} local and {remote} remote traffic selectors, more than the {max} per side vmsecd \
+         installs (the peer's configuration offers too many subnets; merge them into fewer, larger ones)"
+    )]
+    TooManySelectors {
+        local: usize,
+        remote: usize,
+        max: usize,
+    },
+}
+
 /// Most replaced outbound SAs a lane keeps in `standby`. One is the usual case (the pair a rekey replaced, until
 /// its delete arrives); a few cover rekeys that overlap with a duplicate IKE SA.
 const STANDBY_MAX: usize = 4;
@@ -246,7 +270,7 @@ impl Datapath {
         &mut self,
         c: &ChildSaInfo,
         replay_window: u32,
-    ) -> Result<(), esp::BadKeyLength> {
+    ) -> Result<(), InstallError> {
         let (out, wire) = self.install_inbound(c, replay_window)?;
         let mut o = self.out.write();
         if let Some(i) = o.peer_index(&c.peer) {
@@ -277,7 +301,7 @@ impl Datapath {
         &mut self,
         c: &ChildSaInfo,
         replay_window: u32,
-    ) -> Result<(), esp::BadKeyLength> {
+    ) -> Result<(), InstallError> {
         let (out, wire) = self.install_inbound(c, replay_window)?;
         let mut o = self.out.write();
         if let Some(i) = o.peer_index(&c.peer) {
@@ -299,7 +323,14 @@ impl Datapath {
         &mut self,
         c: &ChildSaInfo,
         replay_window: u32,
-    ) -> Result<(OutboundSa, Wire), esp::BadKeyLength> {
+    ) -> Result<(OutboundSa, Wire), InstallError> {
+        if c.ts_local.len() > MAX_SELECTORS || c.ts_remote.len() > MAX_SELECTORS {
+            return Err(InstallError::TooManySelectors {
+                local: c.ts_local.len(),
+                remote: c.ts_remote.len(),
+                max: MAX_SELECTORS,
+            });
+        }
         let mut p_in = SaParams::new(c.spi_in, c.transform, c.esn);
         p_in.replay_window = replay_window;
         let out = OutboundSa::new(SaParams::new(c.spi_out, c.transform, c.esn), &c.keys_out)?;
@@ -718,5 +749,32 @@ mod tests {
         d.remove("p", 0x1001, 0x2001);
         assert_eq!(d.out.read().peers[0].lanes.len(), 1);
         assert_eq!(send_between(&mut d, vm, to3), Some(0x2003));
+    }
+
+    /// Review item 4: a peer that negotiates thousands of traffic selectors must not make every packet scan
+    /// them all (the lane lookup on send, the policy check on receive): a Child SA with more than
+    /// MAX_SELECTORS on a side is not installed, and nothing of it is looked at per packet.
+    #[test]
+    fn a_child_sa_with_too_many_selectors_is_not_installed() {
+        let mut d = datapath();
+        let mut c = child(0x100, 0x200, 1);
+        c.ts_remote = (0..4000u32)
+            .map(|i| {
+                let a = std::net::Ipv4Addr::from(
+                    u32::from(std::net::Ipv4Addr::new(198, 19, 2, 0)) + i % 256,
+                );
+                Prefix::new(a.into(), 32).selector()
+            })
+            .collect();
+        let e = d.install(&c, 64).unwrap_err().to_string();
+        assert!(e.contains("4000") && e.contains("64"), "{e}");
+        assert!(d.install_deferred(&c, 64).is_err());
+        // Nothing of it is installed: no inbound SA, no lane.
+        assert!(d.inbound_counters(0x100).is_none());
+        assert!(d.outbound_counters("p", 0x200).is_none());
+        // At the limit it is.
+        c.ts_remote.truncate(MAX_SELECTORS);
+        d.install(&c, 64).unwrap();
+        assert!(d.outbound_counters("p", 0x200).is_some());
     }
 }
