@@ -9,6 +9,17 @@
 //! (`esp::OutboundSa::reserve`). The inbound half (SAD, policy) stays with the daemon's task, which receives all
 //! ESP: one peer's ESP arrives on one UDP flow, which the kernel cannot spread over sockets.
 
+// Parses bytes from the wire or from a VM: nothing here may panic on them (issue 12 review item 6).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,24 +85,23 @@ impl PeerPath {
 
     /// The lane of Child SAs with exactly these selectors, made if there is none yet.
     fn lane(&mut self, c: &ChildSaInfo) -> &mut Lane {
-        let i = match self
+        let i = self
             .lanes
             .iter()
             .position(|l| l.ts_local == c.ts_local && l.ts_remote == c.ts_remote)
-        {
-            Some(i) => i,
-            None => {
-                self.lanes.push(Lane {
-                    ts_local: c.ts_local.clone(),
-                    ts_remote: c.ts_remote.clone(),
-                    out: None,
-                    wire: None,
-                    pending: None,
-                    standby: Vec::new(),
-                });
-                self.lanes.len() - 1
-            }
-        };
+            .unwrap_or(self.lanes.len());
+        if i == self.lanes.len() {
+            self.lanes.push(Lane {
+                ts_local: c.ts_local.clone(),
+                ts_remote: c.ts_remote.clone(),
+                out: None,
+                wire: None,
+                pending: None,
+                standby: Vec::new(),
+            });
+        }
+        // In range: found, or just pushed. (`last_mut` would not need this proof but is no shorter.)
+        #[allow(clippy::indexing_slicing)]
         &mut self.lanes[i]
     }
 
@@ -103,12 +113,10 @@ impl PeerPath {
                 && l.ts_remote.iter().any(|t| t.contains_addr(dst))
                 && src.is_none_or(|s| l.ts_local.iter().any(|t| t.contains_addr(s)))
         };
-        let i = self
-            .lanes
+        self.lanes
             .iter()
-            .position(covers)
-            .or_else(|| self.lanes.iter().position(|l| l.out.is_some()))?;
-        Some(&self.lanes[i])
+            .find(|l| covers(l))
+            .or_else(|| self.lanes.iter().find(|l| l.out.is_some()))
     }
 }
 
@@ -174,7 +182,11 @@ impl Outbound {
             self.no_route.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        match self.peers[i].lane_for(src_addr(pkt), dst) {
+        match self
+            .peers
+            .get(i)
+            .and_then(|p| p.lane_for(src_addr(pkt), dst))
+        {
             Some(Lane {
                 out: Some(out),
                 wire: Some(wire),
@@ -227,16 +239,17 @@ pub(crate) struct Datapath {
 
 fn dst_addr(pkt: &[u8]) -> Option<IpAddr> {
     match pkt.first()? >> 4 {
-        4 if pkt.len() >= 20 => Some(IpAddr::from(<[u8; 4]>::try_from(&pkt[16..20]).ok()?)),
-        6 if pkt.len() >= 40 => Some(IpAddr::from(<[u8; 16]>::try_from(&pkt[24..40]).ok()?)),
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(pkt.get(16..20)?).ok()?)),
+        6 => Some(IpAddr::from(<[u8; 16]>::try_from(pkt.get(24..40)?).ok()?)),
         _ => None,
     }
 }
 
 fn src_addr(pkt: &[u8]) -> Option<IpAddr> {
     match pkt.first()? >> 4 {
-        4 if pkt.len() >= 20 => Some(IpAddr::from(<[u8; 4]>::try_from(&pkt[12..16]).ok()?)),
-        6 if pkt.len() >= 40 => Some(IpAddr::from(<[u8; 16]>::try_from(&pkt[8..24]).ok()?)),
+        // An IPv4 header is at least 20 bytes: one shorter has no destination either.
+        4 if pkt.len() >= 20 => Some(IpAddr::from(<[u8; 4]>::try_from(pkt.get(12..16)?).ok()?)),
+        6 => Some(IpAddr::from(<[u8; 16]>::try_from(pkt.get(8..24)?).ok()?)),
         _ => None,
     }
 }
@@ -273,8 +286,11 @@ impl Datapath {
     ) -> Result<(), InstallError> {
         let (out, wire) = self.install_inbound(c, replay_window)?;
         let mut o = self.out.write();
-        if let Some(i) = o.peer_index(&c.peer) {
-            let p = o.peers[i].lane(c);
+        if let Some(p) = o
+            .peer_index(&c.peer)
+            .and_then(|i| o.peers.get_mut(i))
+            .map(|p| p.lane(c))
+        {
             if let (Some(old), Some(old_wire)) = (p.out.take(), p.wire) {
                 p.standby.push((old, old_wire));
                 // A peer that rekeys without deleting the old pairs (or a stream of duplicate IKE SAs) must not
@@ -304,8 +320,8 @@ impl Datapath {
     ) -> Result<(), InstallError> {
         let (out, wire) = self.install_inbound(c, replay_window)?;
         let mut o = self.out.write();
-        if let Some(i) = o.peer_index(&c.peer) {
-            let p = o.peers[i].lane(c);
+        let i = o.peer_index(&c.peer);
+        if let Some((i, p)) = i.and_then(|i| Some((i, o.peers.get_mut(i)?.lane(c)))) {
             if p.out.is_some() {
                 if let Some((old, _, _)) = p.pending.replace((c.spi_in, out, wire)) {
                     self.waiting.retain(|w| w.1 != old);
@@ -359,11 +375,12 @@ impl Datapath {
         }
         self.waiting.retain(|w| *w != (peer, spi_in));
         let mut o = self.out.write();
-        for p in &mut o.peers[peer].lanes {
+        for p in o.peers.get_mut(peer).into_iter().flat_map(|p| &mut p.lanes) {
             if p.pending.as_ref().is_some_and(|(s, _, _)| *s == spi_in) {
-                let (_, out, wire) = p.pending.take().expect("checked");
-                p.out = Some(out);
-                p.wire = Some(wire);
+                if let Some((_, out, wire)) = p.pending.take() {
+                    p.out = Some(out);
+                    p.wire = Some(wire);
+                }
             }
         }
     }
@@ -374,8 +391,9 @@ impl Datapath {
         self.sad.remove(spi_in);
         self.policy.remove(&spi_in);
         let mut o = self.out.write();
-        if let Some(i) = o.peer_index(peer) {
-            for p in &mut o.peers[i].lanes {
+        let i = o.peer_index(peer);
+        if let Some((i, path)) = i.and_then(|i| Some((i, o.peers.get_mut(i)?))) {
+            for p in &mut path.lanes {
                 if p.pending.as_ref().is_some_and(|(s, _, _)| *s == spi_in) {
                     p.pending = None;
                 }
@@ -392,8 +410,8 @@ impl Datapath {
                     }
                 }
             }
-            o.peers[i].lanes.retain(|l| !l.is_empty());
-            let lanes = &o.peers[i].lanes;
+            path.lanes.retain(|l| !l.is_empty());
+            let lanes = &path.lanes;
             self.waiting.retain(|&(w_peer, w_spi)| {
                 w_peer != i
                     || lanes
@@ -477,7 +495,7 @@ impl Datapath {
     /// Counters of the current outbound SA towards a peer, if its SPI is `spi_out`.
     pub(crate) fn outbound_counters(&self, peer: &str, spi_out: u32) -> Option<esp::Counters> {
         let o = self.out.read();
-        let p = &o.peers[o.peer_index(peer)?];
+        let p = o.peers.get(o.peer_index(peer)?)?;
         p.lanes
             .iter()
             .flat_map(|l| {

@@ -6,6 +6,17 @@
 //! A batch of reads holds the read lock of the outbound table once; each burst of segments draws its sequence
 //! numbers from the SA at once (`esp::OutboundSa::reserve`). Nothing allocates per packet.
 
+// Parses bytes from the wire or from a VM: nothing here may panic on them (issue 12 review item 6).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -133,10 +144,14 @@ impl Transmitter {
     /// equal-sized datagrams (ACKs, mostly), sent by [`Transmitter::flush`] with one GSO send or `sendmmsg`.
     fn on_tun(&self, out: &Outbound, tx: &mut batch::TxBatch, len: usize) {
         let at = tx.read_at();
-        let buf = tx.buf_mut();
-        let hdr_bytes: &[u8; gso::VNET_HDR_LEN] = buf[at - gso::VNET_HDR_LEN..at]
-            .try_into()
-            .expect("10 bytes");
+        // The read put its header and packet there (`read_buf`): the checked forms cost one comparison each.
+        let Some((hdr_bytes, pkt)) = at
+            .checked_sub(gso::VNET_HDR_LEN)
+            .and_then(|h| tx.buf_mut().get_mut(h..at + len))
+            .and_then(|b| b.split_first_chunk_mut::<{ gso::VNET_HDR_LEN }>())
+        else {
+            return;
+        };
         let hdr = gso::VnetHdr::parse(hdr_bytes);
         let is_gso = match gso::is_tcp_gso(&hdr) {
             Ok(g) => g,
@@ -145,18 +160,20 @@ impl Transmitter {
                 return;
             }
         };
-        if !is_gso && gso::complete_checksum(&hdr, &mut buf[at..at + len]).is_err() {
+        if !is_gso && gso::complete_checksum(&hdr, pkt).is_err() {
             tracing::debug!("TUN packet with bad checksum offsets dropped");
             return;
         }
         // All segments of a super-packet share its addresses, so one lookup serves them all.
-        let Some((sa, wire)) = out.route(&buf[at..at + len]) else {
+        let Some((sa, wire)) = out.route(pkt) else {
             return;
         };
         let t = sa.params().transform;
         let front = t.header_overhead();
         let base = tx.used();
-        let buf = &mut tx.buf_mut()[base..];
+        let Some(buf) = tx.buf_mut().get_mut(base..) else {
+            return;
+        };
         let at = at - base;
         let segs = if is_gso {
             match gso::segment(buf, at, len, &hdr, front, |l| t.esp_len(l)) {
@@ -180,11 +197,10 @@ impl Transmitter {
         if let Ok(mut seqs) = sa.reserve(segs.count as u64) {
             for i in 0..segs.count {
                 let inner = segs.len(i);
-                let mut pkt = PacketBuf::new(
-                    &mut buf[i * stride..i * stride + t.esp_len(inner)],
-                    front,
-                    front + inner,
-                );
+                let Some(dgram) = buf.get_mut(i * stride..i * stride + t.esp_len(inner)) else {
+                    break;
+                };
+                let mut pkt = PacketBuf::new(dgram, front, front + inner);
                 if seqs.encap(&mut pkt).is_err() {
                     break;
                 }
@@ -206,7 +222,9 @@ impl Transmitter {
         if is_gso {
             // What is pending goes first, then the segments, in order.
             self.flush(tx);
-            self.send_datagrams(&tx.buf()[base..base + bytes], stride, wire);
+            if let Some(d) = tx.buf().get(base..base + bytes) {
+                self.send_datagrams(d, stride, wire);
+            }
             tx.clear();
         } else if !tx.append(base, bytes, wire) {
             // It does not continue the pending batch: send that, and this one starts the next.
@@ -226,7 +244,9 @@ impl Transmitter {
 
     fn flush_prefix(&self, tx: &batch::TxBatch, end: usize) {
         if let Some((wire, stride)) = tx.pending() {
-            self.send_datagrams(&tx.buf()[..end], stride, wire);
+            if let Some(d) = tx.buf().get(..end) {
+                self.send_datagrams(d, stride, wire);
+            }
         }
     }
 
