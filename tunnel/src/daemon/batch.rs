@@ -4,6 +4,17 @@
 //! The next TUN read lands behind the pending datagrams, at `used + read_at`; its packet is then encrypted in
 //! place right behind them (see `Daemon::on_tun`). Nothing allocates after [`TxBatch::new`].
 
+// Parses bytes from the wire or from a VM: nothing here may panic on them (issue 12 review item 6).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use super::datapath::Wire;
 use super::sockets::{GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
 
@@ -40,7 +51,10 @@ impl TxBatch {
     /// Where the next read goes: its virtio-net header, then the packet at [`TxBatch::read_at`].
     pub(crate) fn read_buf(&mut self) -> &mut [u8] {
         let start = self.used + self.read_at - crate::tun::VNET_HDR_LEN;
-        &mut self.buf[start..self.used + self.read_room]
+        let end = self.used + self.read_room;
+        // Always in the buffer (`has_room` keeps `used` below its end); an empty slice otherwise, which the
+        // read reports as too short.
+        self.buf.get_mut(start..end).unwrap_or_default()
     }
 
     /// Absolute offset of the packet of the last read.

@@ -126,6 +126,9 @@ pub struct GlobalDrops {
     /// send), memory pressure (ENOBUFS, ENOMEM), interrupted calls.
     #[serde(default)]
     pub recv_errors: u64,
+    /// TUN read errors the daemon and its transmit workers survived.
+    #[serde(default)]
+    pub tun_errors: u64,
 }
 
 fn std_addr(sock: &ControlSocket) -> std::io::Result<std::os::unix::net::SocketAddr> {
@@ -466,8 +469,9 @@ pub fn render(s: &Status) -> String {
     }
     let d = &s.drops;
     out += &format!(
-        "drops: unknown SPI {}, no SA yet {}, no route {}, policy {}, encap {}; receive errors {}\n",
-        d.no_sa_in, d.no_sa_out, d.no_route, d.policy, d.encap_failed, d.recv_errors
+        "drops: unknown SPI {}, no SA yet {}, no route {}, policy {}, encap {}; receive errors {}, TUN read \
+         errors {}\n",
+        d.no_sa_in, d.no_sa_out, d.no_route, d.policy, d.encap_failed, d.recv_errors, d.tun_errors
     );
     out
 }

@@ -9,6 +9,17 @@
 //! (`esp::OutboundSa::reserve`). The inbound half (SAD, policy) stays with the daemon's task, which receives all
 //! ESP: one peer's ESP arrives on one UDP flow, which the kernel cannot spread over sockets.
 
+// Parses bytes from the wire or from a VM: nothing here may panic on them (issue 12 review item 6).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +39,30 @@ pub(crate) enum Wire {
     Udp(SocketAddr),
     /// As IP protocol 50 to this address.
     Raw(IpAddr),
+}
+
+/// Most traffic selectors a Child SA may have on each side to be installed. The lane lookup of every outbound
+/// packet and the policy check of every inbound one scan them; vmsecd itself offers one per subnet, and the
+/// `ike` crate refuses more than a few per side, so this only bounds what a future change or a hostile peer
+/// could make every packet cost.
+pub(crate) const MAX_SELECTORS: usize = 64;
+
+/// Why a Child SA could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InstallError {
+    /// The negotiated keys do not fit the transform (a bug in the IKE layer).
+    #[error(transparent)]
+    Key(#[from] esp::BadKeyLength),
+    /// The peer negotiated more selectors than the datapath checks per packet.
+    #[error(
+        "it has {local} local and {remote} remote traffic selectors, more than the {max} per side vmsecd \
+         installs (the peer's configuration offers too many subnets; merge them into fewer, larger ones)"
+    )]
+    TooManySelectors {
+        local: usize,
+        remote: usize,
+        max: usize,
+    },
 }
 
 /// Most replaced outbound SAs a lane keeps in `standby`. One is the usual case (the pair a rekey replaced, until
@@ -51,24 +86,23 @@ impl PeerPath {
 
     /// The lane of Child SAs with exactly these selectors, made if there is none yet.
     fn lane(&mut self, c: &ChildSaInfo) -> &mut Lane {
-        let i = match self
+        let i = self
             .lanes
             .iter()
             .position(|l| l.ts_local == c.ts_local && l.ts_remote == c.ts_remote)
-        {
-            Some(i) => i,
-            None => {
-                self.lanes.push(Lane {
-                    ts_local: c.ts_local.clone(),
-                    ts_remote: c.ts_remote.clone(),
-                    out: None,
-                    wire: None,
-                    pending: None,
-                    standby: Vec::new(),
-                });
-                self.lanes.len() - 1
-            }
-        };
+            .unwrap_or(self.lanes.len());
+        if i == self.lanes.len() {
+            self.lanes.push(Lane {
+                ts_local: c.ts_local.clone(),
+                ts_remote: c.ts_remote.clone(),
+                out: None,
+                wire: None,
+                pending: None,
+                standby: Vec::new(),
+            });
+        }
+        // In range: found, or just pushed. (`last_mut` would not need this proof but is no shorter.)
+        #[allow(clippy::indexing_slicing)]
         &mut self.lanes[i]
     }
 
@@ -80,12 +114,10 @@ impl PeerPath {
                 && l.ts_remote.iter().any(|t| t.contains_addr(dst))
                 && src.is_none_or(|s| l.ts_local.iter().any(|t| t.contains_addr(s)))
         };
-        let i = self
-            .lanes
+        self.lanes
             .iter()
-            .position(covers)
-            .or_else(|| self.lanes.iter().position(|l| l.out.is_some()))?;
-        Some(&self.lanes[i])
+            .find(|l| covers(l))
+            .or_else(|| self.lanes.iter().find(|l| l.out.is_some()))
     }
 }
 
@@ -151,7 +183,11 @@ impl Outbound {
             self.no_route.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        match self.peers[i].lane_for(src_addr(pkt), dst) {
+        match self
+            .peers
+            .get(i)
+            .and_then(|p| p.lane_for(src_addr(pkt), dst))
+        {
             Some(Lane {
                 out: Some(out),
                 wire: Some(wire),
@@ -212,16 +248,17 @@ pub(crate) const REKEYED_INBOUND_LINGER: Duration = Duration::from_secs(5);
 
 fn dst_addr(pkt: &[u8]) -> Option<IpAddr> {
     match pkt.first()? >> 4 {
-        4 if pkt.len() >= 20 => Some(IpAddr::from(<[u8; 4]>::try_from(&pkt[16..20]).ok()?)),
-        6 if pkt.len() >= 40 => Some(IpAddr::from(<[u8; 16]>::try_from(&pkt[24..40]).ok()?)),
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(pkt.get(16..20)?).ok()?)),
+        6 => Some(IpAddr::from(<[u8; 16]>::try_from(pkt.get(24..40)?).ok()?)),
         _ => None,
     }
 }
 
 fn src_addr(pkt: &[u8]) -> Option<IpAddr> {
     match pkt.first()? >> 4 {
-        4 if pkt.len() >= 20 => Some(IpAddr::from(<[u8; 4]>::try_from(&pkt[12..16]).ok()?)),
-        6 if pkt.len() >= 40 => Some(IpAddr::from(<[u8; 16]>::try_from(&pkt[8..24]).ok()?)),
+        // An IPv4 header is at least 20 bytes: one shorter has no destination either.
+        4 if pkt.len() >= 20 => Some(IpAddr::from(<[u8; 4]>::try_from(pkt.get(12..16)?).ok()?)),
+        6 => Some(IpAddr::from(<[u8; 16]>::try_from(pkt.get(8..24)?).ok()?)),
         _ => None,
     }
 }
@@ -256,11 +293,14 @@ impl Datapath {
         &mut self,
         c: &ChildSaInfo,
         replay_window: u32,
-    ) -> Result<(), esp::BadKeyLength> {
+    ) -> Result<(), InstallError> {
         let (out, wire) = self.install_inbound(c, replay_window)?;
         let mut o = self.out.write();
-        if let Some(i) = o.peer_index(&c.peer) {
-            let p = o.peers[i].lane(c);
+        if let Some(p) = o
+            .peer_index(&c.peer)
+            .and_then(|i| o.peers.get_mut(i))
+            .map(|p| p.lane(c))
+        {
             if let (Some(old), Some(old_wire)) = (p.out.take(), p.wire) {
                 p.standby.push((old, old_wire));
                 // A peer that rekeys without deleting the old pairs (or a stream of duplicate IKE SAs) must not
@@ -287,11 +327,11 @@ impl Datapath {
         &mut self,
         c: &ChildSaInfo,
         replay_window: u32,
-    ) -> Result<(), esp::BadKeyLength> {
+    ) -> Result<(), InstallError> {
         let (out, wire) = self.install_inbound(c, replay_window)?;
         let mut o = self.out.write();
-        if let Some(i) = o.peer_index(&c.peer) {
-            let p = o.peers[i].lane(c);
+        let i = o.peer_index(&c.peer);
+        if let Some((i, p)) = i.and_then(|i| Some((i, o.peers.get_mut(i)?.lane(c)))) {
             if p.out.is_some() {
                 if let Some((old, _, _)) = p.pending.replace((c.spi_in, out, wire)) {
                     self.waiting.retain(|w| w.1 != old);
@@ -309,7 +349,14 @@ impl Datapath {
         &mut self,
         c: &ChildSaInfo,
         replay_window: u32,
-    ) -> Result<(OutboundSa, Wire), esp::BadKeyLength> {
+    ) -> Result<(OutboundSa, Wire), InstallError> {
+        if c.ts_local.len() > MAX_SELECTORS || c.ts_remote.len() > MAX_SELECTORS {
+            return Err(InstallError::TooManySelectors {
+                local: c.ts_local.len(),
+                remote: c.ts_remote.len(),
+                max: MAX_SELECTORS,
+            });
+        }
         let mut p_in = SaParams::new(c.spi_in, c.transform, c.esn);
         p_in.replay_window = replay_window;
         let out = OutboundSa::new(SaParams::new(c.spi_out, c.transform, c.esn), &c.keys_out)?;
@@ -338,11 +385,12 @@ impl Datapath {
         }
         self.waiting.retain(|w| *w != (peer, spi_in));
         let mut o = self.out.write();
-        for p in &mut o.peers[peer].lanes {
+        for p in o.peers.get_mut(peer).into_iter().flat_map(|p| &mut p.lanes) {
             if p.pending.as_ref().is_some_and(|(s, _, _)| *s == spi_in) {
-                let (_, out, wire) = p.pending.take().expect("checked");
-                p.out = Some(out);
-                p.wire = Some(wire);
+                if let Some((_, out, wire)) = p.pending.take() {
+                    p.out = Some(out);
+                    p.wire = Some(wire);
+                }
             }
         }
     }
@@ -384,8 +432,9 @@ impl Datapath {
     /// successor then takes its place), or wherever it waits.
     fn remove_outbound(&mut self, peer: &str, spi_in: u32, spi_out: u32) {
         let mut o = self.out.write();
-        if let Some(i) = o.peer_index(peer) {
-            for p in &mut o.peers[i].lanes {
+        let i = o.peer_index(peer);
+        if let Some((i, path)) = i.and_then(|i| Some((i, o.peers.get_mut(i)?))) {
+            for p in &mut path.lanes {
                 if p.pending.as_ref().is_some_and(|(s, _, _)| *s == spi_in) {
                     p.pending = None;
                 }
@@ -402,8 +451,8 @@ impl Datapath {
                     }
                 }
             }
-            o.peers[i].lanes.retain(|l| !l.is_empty());
-            let lanes = &o.peers[i].lanes;
+            path.lanes.retain(|l| !l.is_empty());
+            let lanes = &path.lanes;
             self.waiting.retain(|&(w_peer, w_spi)| {
                 w_peer != i
                     || lanes
@@ -487,7 +536,7 @@ impl Datapath {
     /// Counters of the current outbound SA towards a peer, if its SPI is `spi_out`.
     pub(crate) fn outbound_counters(&self, peer: &str, spi_out: u32) -> Option<esp::Counters> {
         let o = self.out.read();
-        let p = &o.peers[o.peer_index(peer)?];
+        let p = o.peers.get(o.peer_index(peer)?)?;
         p.lanes
             .iter()
             .flat_map(|l| {
@@ -729,7 +778,7 @@ mod tests {
         // The peer's outbound SA of the old pair, one sequence number after another (a fresh one per packet
         // would be a replay).
         let peer_old = OutboundSa::new(SaParams::new(old.spi_in, T, false), &old.keys_in).unwrap();
-        let mut from_peer = |d: &mut Datapath| {
+        let from_peer = |d: &mut Datapath| {
             let pkt = inner([198, 19, 2, 10], [198, 19, 1, 10]);
             let mut buf = vec![0u8; HEADROOM + pkt.len() + TAILROOM];
             buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
@@ -797,5 +846,32 @@ mod tests {
         d.remove("p", 0x1001, 0x2001);
         assert_eq!(d.out.read().peers[0].lanes.len(), 1);
         assert_eq!(send_between(&mut d, vm, to3), Some(0x2003));
+    }
+
+    /// Review item 4: a peer that negotiates thousands of traffic selectors must not make every packet scan
+    /// them all (the lane lookup on send, the policy check on receive): a Child SA with more than
+    /// MAX_SELECTORS on a side is not installed, and nothing of it is looked at per packet.
+    #[test]
+    fn a_child_sa_with_too_many_selectors_is_not_installed() {
+        let mut d = datapath();
+        let mut c = child(0x100, 0x200, 1);
+        c.ts_remote = (0..4000u32)
+            .map(|i| {
+                let a = std::net::Ipv4Addr::from(
+                    u32::from(std::net::Ipv4Addr::new(198, 19, 2, 0)) + i % 256,
+                );
+                Prefix::new(a.into(), 32).selector()
+            })
+            .collect();
+        let e = d.install(&c, 64).unwrap_err().to_string();
+        assert!(e.contains("4000") && e.contains("64"), "{e}");
+        assert!(d.install_deferred(&c, 64).is_err());
+        // Nothing of it is installed: no inbound SA, no lane.
+        assert!(d.inbound_counters(0x100).is_none());
+        assert!(d.outbound_counters("p", 0x200).is_none());
+        // At the limit it is.
+        c.ts_remote.truncate(MAX_SELECTORS);
+        d.install(&c, 64).unwrap();
+        assert!(d.outbound_counters("p", 0x200).is_some());
     }
 }

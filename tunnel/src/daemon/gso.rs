@@ -15,6 +15,17 @@
 //!
 //! Everything works on caller-owned buffers; nothing allocates.
 
+// Parses bytes from the wire or from a VM: nothing here may panic on them (issue 12 review item 6).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use std::fmt;
 
 /// Bytes of `struct virtio_net_hdr`.
@@ -49,26 +60,23 @@ pub(crate) struct VnetHdr {
 
 impl VnetHdr {
     pub(crate) fn parse(b: &[u8; VNET_HDR_LEN]) -> VnetHdr {
-        let le = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        let [flags, gso_type, h0, h1, g0, g1, s0, s1, o0, o1] = *b;
         VnetHdr {
-            flags: b[0],
-            gso_type: b[1],
-            hdr_len: le(2),
-            gso_size: le(4),
-            csum_start: le(6),
-            csum_offset: le(8),
+            flags,
+            gso_type,
+            hdr_len: u16::from_le_bytes([h0, h1]),
+            gso_size: u16::from_le_bytes([g0, g1]),
+            csum_start: u16::from_le_bytes([s0, s1]),
+            csum_offset: u16::from_le_bytes([o0, o1]),
         }
     }
 
     pub(crate) fn to_bytes(self) -> [u8; VNET_HDR_LEN] {
-        let mut b = [0u8; VNET_HDR_LEN];
-        b[0] = self.flags;
-        b[1] = self.gso_type;
-        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
-        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
-        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
-        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
-        b
+        let [h0, h1] = self.hdr_len.to_le_bytes();
+        let [g0, g1] = self.gso_size.to_le_bytes();
+        let [s0, s1] = self.csum_start.to_le_bytes();
+        let [o0, o1] = self.csum_offset.to_le_bytes();
+        [self.flags, self.gso_type, h0, h1, g0, g1, s0, s1, o0, o1]
     }
 }
 
@@ -96,10 +104,10 @@ impl fmt::Display for GsoError {
 /// is summed as native-endian 32-bit words into a 64-bit accumulator (which the compiler vectorises), folded,
 /// and swapped to big-endian order once.
 pub(crate) fn sum(data: &[u8], acc: u64) -> u64 {
-    let mut chunks = data.chunks_exact(4);
+    let (words, rest) = data.as_chunks::<4>();
     let mut ne: u64 = 0;
-    for c in &mut chunks {
-        ne += u64::from(u32::from_ne_bytes(c.try_into().expect("4 bytes")));
+    for w in words {
+        ne += u64::from(u32::from_ne_bytes(*w));
     }
     let ne16 = fold(ne);
     let be16 = if cfg!(target_endian = "little") {
@@ -108,11 +116,11 @@ pub(crate) fn sum(data: &[u8], acc: u64) -> u64 {
         ne16
     };
     let mut acc = acc + u64::from(be16);
-    let mut rest = chunks.remainder().chunks_exact(2);
-    for c in &mut rest {
-        acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
+    let (pairs, last) = rest.as_chunks::<2>();
+    for c in pairs {
+        acc += u64::from(u16::from_be_bytes(*c));
     }
-    if let [last] = rest.remainder() {
+    if let [last] = last {
         acc += u64::from(*last) << 8;
     }
     acc
@@ -128,24 +136,48 @@ pub(crate) fn fold(mut s: u64) -> u16 {
 
 /// The pseudo-header sum for a TCP/UDP checksum over `l4_len` bytes (RFC 793 3.1, RFC 8200 8.1).
 fn pseudo(ip: &[u8], v6: bool, proto: u8, l4_len: usize) -> u64 {
-    let addrs = if v6 { &ip[8..40] } else { &ip[12..20] };
-    sum(addrs, u64::from(proto) + l4_len as u64)
+    // The callers checked the headers (`tcp_headers`): the addresses are there.
+    let addrs = if v6 { ip.get(8..40) } else { ip.get(12..20) };
+    sum(addrs.unwrap_or_default(), u64::from(proto) + l4_len as u64)
+}
+
+/// `N` bytes of `b` at `at`, if they are there.
+fn arr<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
+    b.get(at..)?.first_chunk::<N>().copied()
+}
+
+/// Writes `v` into `b` at `at`; nothing if it does not fit (the callers checked that it does).
+fn put(b: &mut [u8], at: usize, v: &[u8]) -> Option<()> {
+    b.get_mut(at..at.checked_add(v.len())?)?.copy_from_slice(v);
+    Some(())
+}
+
+/// True if `a` and `b` both have bytes at `r` and they are equal.
+fn same<R: std::slice::SliceIndex<[u8], Output = [u8]> + Clone>(a: &[u8], b: &[u8], r: R) -> bool {
+    matches!((a.get(r.clone()), b.get(r)), (Some(x), Some(y)) if x == y)
 }
 
 /// Where the headers of a TCP packet end: (IP header length, IP+TCP header length, IPv6?).
 fn tcp_headers(pkt: &[u8]) -> Result<(usize, usize, bool), GsoError> {
-    let (ip_len, v6) = match pkt.first().map(|b| b >> 4) {
-        Some(4) if pkt.len() >= 20 && pkt[9] == IPPROTO_TCP => {
-            (usize::from(pkt[0] & 0xf) * 4, false)
+    let (ip_len, v6) = match pkt {
+        [b0, _, _, _, _, _, _, _, _, proto, ..]
+            if b0 >> 4 == 4 && pkt.len() >= 20 && *proto == IPPROTO_TCP =>
+        {
+            (usize::from(b0 & 0xf) * 4, false)
         }
         // Extension headers are not expected from a TSO packet of the local stack; refuse them.
-        Some(6) if pkt.len() >= 40 && pkt[6] == IPPROTO_TCP => (40, true),
+        [b0, _, _, _, _, _, next, ..]
+            if b0 >> 4 == 6 && pkt.len() >= 40 && *next == IPPROTO_TCP =>
+        {
+            (40, true)
+        }
         _ => return Err(GsoError::Malformed),
     };
     if ip_len < 20 || pkt.len() < ip_len + 20 {
         return Err(GsoError::Malformed);
     }
-    let hdr = ip_len + usize::from(pkt[ip_len + 12] >> 4) * 4;
+    let off = pkt.get(ip_len + 12).ok_or(GsoError::Malformed)?;
+    let hdr = ip_len + usize::from(off >> 4) * 4;
     if hdr < ip_len + 20 || pkt.len() < hdr {
         return Err(GsoError::Malformed);
     }
@@ -155,19 +187,21 @@ fn tcp_headers(pkt: &[u8]) -> Result<(usize, usize, bool), GsoError> {
 /// Writes the IP length fields, IPv4 id and header checksum, and the full TCP checksum, of the segment `seg`
 /// (headers `hdr` bytes long, IP header `ip_len`).
 fn finish_segment(seg: &mut [u8], ip_len: usize, v6: bool) {
+    // The headers were checked (`tcp_headers`): every `put` lands inside `seg`.
     let len = seg.len();
     if v6 {
-        seg[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+        put(seg, 4, &(len.saturating_sub(40) as u16).to_be_bytes());
     } else {
-        seg[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-        seg[10..12].copy_from_slice(&[0, 0]);
-        let c = !fold(sum(&seg[..ip_len], 0));
-        seg[10..12].copy_from_slice(&c.to_be_bytes());
+        put(seg, 2, &(len as u16).to_be_bytes());
+        put(seg, 10, &[0, 0]);
+        let c = !fold(sum(seg.get(..ip_len).unwrap_or_default(), 0));
+        put(seg, 10, &c.to_be_bytes());
     }
-    let l4 = len - ip_len;
-    seg[ip_len + 16..ip_len + 18].copy_from_slice(&[0, 0]);
-    let c = !fold(sum(&seg[ip_len..], pseudo(seg, v6, IPPROTO_TCP, l4)));
-    seg[ip_len + 16..ip_len + 18].copy_from_slice(&c.to_be_bytes());
+    let l4 = len.saturating_sub(ip_len);
+    put(seg, ip_len + 16, &[0, 0]);
+    let ps = pseudo(seg, v6, IPPROTO_TCP, l4);
+    let c = !fold(sum(seg.get(ip_len..).unwrap_or_default(), ps));
+    put(seg, ip_len + 16, &c.to_be_bytes());
 }
 
 /// Completes a partial checksum (`NEEDS_CSUM`) of a packet that is not to be segmented.
@@ -181,9 +215,8 @@ pub(crate) fn complete_checksum(hdr: &VnetHdr, pkt: &mut [u8]) -> Result<(), Gso
         return Err(GsoError::Malformed);
     }
     // The field holds the pseudo-header sum; the checksum covers it and everything from csum_start.
-    let c = !fold(sum(&pkt[start..], 0));
-    pkt[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    Ok(())
+    let c = !fold(sum(pkt.get(start..).ok_or(GsoError::Malformed)?, 0));
+    put(pkt, at, &c.to_be_bytes()).ok_or(GsoError::Malformed)
 }
 
 /// How the segments of one super-packet were laid out by [`segment`].
@@ -228,7 +261,7 @@ pub(crate) fn segment(
     if at < front || buf.len() < at + len {
         return Err(GsoError::NoRoom);
     }
-    let pkt = &buf[at..at + len];
+    let pkt = buf.get(at..at + len).ok_or(GsoError::NoRoom)?;
     let (ip_len, hlen, v6) = tcp_headers(pkt)?;
     let mss = usize::from(hdr.gso_size);
     if mss == 0 || usize::from(hdr.csum_start) != ip_len {
@@ -254,11 +287,12 @@ pub(crate) fn segment(
         return Err(GsoError::NoRoom);
     }
     let mut tmpl = [0u8; 120];
-    tmpl[..hlen].copy_from_slice(&buf[at..at + hlen]);
-    let tmpl = &tmpl[..hlen];
-    let seq0 = u32::from_be_bytes(tmpl[ip_len + 4..ip_len + 8].try_into().expect("4 bytes"));
-    let id0 = u16::from_be_bytes([tmpl[4], tmpl[5]]);
-    let flags0 = tmpl[ip_len + 13];
+    let tmpl = tmpl.get_mut(..hlen).ok_or(GsoError::Malformed)?;
+    tmpl.copy_from_slice(pkt.get(..hlen).ok_or(GsoError::Malformed)?);
+    let tmpl = &*tmpl;
+    let seq0 = u32::from_be_bytes(arr(tmpl, ip_len + 4).ok_or(GsoError::Malformed)?);
+    let id0 = u16::from_be_bytes(arr(tmpl, 4).ok_or(GsoError::Malformed)?);
+    let flags0 = *tmpl.get(ip_len + 13).ok_or(GsoError::Malformed)?;
     // First every payload, from the back; only then the headers. A segment's headers go in front of its
     // payload, which can reach back over the end of the previous segment's payload where it still lies unmoved
     // (segment 1's headers overlap the last bytes of segment 0's source when the read sat less than two ESP
@@ -271,13 +305,19 @@ pub(crate) fn segment(
     }
     for i in 0..count {
         let dst = i * stride + front;
-        let seg = &mut buf[dst..dst + segs.len(i)];
-        seg[..hlen].copy_from_slice(tmpl);
+        // In range: checked against buf.len() above.
+        let seg = buf
+            .get_mut(dst..dst + segs.len(i))
+            .ok_or(GsoError::NoRoom)?;
+        put(seg, 0, tmpl);
         if !v6 {
-            seg[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+            put(seg, 4, &id0.wrapping_add(i as u16).to_be_bytes());
         }
-        seg[ip_len + 4..ip_len + 8]
-            .copy_from_slice(&seq0.wrapping_add((i * mss) as u32).to_be_bytes());
+        put(
+            seg,
+            ip_len + 4,
+            &seq0.wrapping_add((i * mss) as u32).to_be_bytes(),
+        );
         let mut f = flags0;
         if i != count - 1 {
             f &= !(TCP_FIN | TCP_PSH);
@@ -285,7 +325,7 @@ pub(crate) fn segment(
         if i != 0 {
             f &= !TCP_CWR;
         }
-        seg[ip_len + 13] = f;
+        put(seg, ip_len + 13, &[f]);
         finish_segment(seg, ip_len, v6);
     }
     Ok(segs)
@@ -376,20 +416,27 @@ impl<'a> Coalescer<'a> {
             return false;
         };
         let hdr = VNET_HDR_LEN;
-        let first = &self.out[hdr..hdr + cur.hlen];
-        let seq = u32::from_be_bytes(pkt[f.ip_len + 4..f.ip_len + 8].try_into().expect("4"));
-        let flags = pkt[f.ip_len + 13];
+        // `tcp_flow` checked both packets' headers: these are all there.
+        let (Some(first), Some(&flags), Some(head), Some(&first_flags)) = (
+            self.out.get(hdr..hdr + cur.hlen),
+            pkt.get(f.ip_len + 13),
+            pkt.get(..f.hlen),
+            self.out.get(hdr + cur.ip_len + 13),
+        ) else {
+            return false;
+        };
+        let seq = f.next_seq;
         let same_headers = f.v6 == cur.v6
             && f.hlen == cur.hlen
-            && same_but_variable(first, &pkt[..f.hlen], cur.ip_len, cur.v6)
-            && first[cur.ip_len + 13] & !TCP_PSH == flags & !TCP_PSH;
+            && same_but_variable(first, head, cur.ip_len, cur.v6)
+            && first_flags & !TCP_PSH == flags & !TCP_PSH;
         // A merged packet must look like what TSO would have cut: every segment full-size but the last.
         if !same_headers
             || seq != cur.next_seq
             || f.payload > cur.payload
             || self.segs >= MAX_SEGS
             || self.len + f.payload > 65535
-            || self.out[hdr + cur.ip_len + 13] & TCP_PSH != 0
+            || first_flags & TCP_PSH != 0
         {
             return false;
         }
@@ -397,10 +444,19 @@ impl<'a> Coalescer<'a> {
         if self.segs > 0 && !(self.len - hdr - cur.hlen).is_multiple_of(cur.payload) {
             return false;
         }
-        self.out[self.len..self.len + f.payload].copy_from_slice(&pkt[f.hlen..]);
+        let Some(payload) = pkt.get(f.hlen..) else {
+            return false;
+        };
+        if put(self.out, self.len, payload).is_none() {
+            return false;
+        }
         self.len += f.payload;
         self.segs += 1;
-        self.out[hdr + cur.ip_len + 13] |= flags & TCP_PSH;
+        put(
+            self.out,
+            hdr + cur.ip_len + 13,
+            &[first_flags | flags & TCP_PSH],
+        );
         self.flow = Some(Flow {
             next_seq: seq.wrapping_add(f.payload as u32),
             ..cur
@@ -409,8 +465,9 @@ impl<'a> Coalescer<'a> {
     }
 
     fn start_single(&mut self, pkt: &[u8]) {
-        self.out[..VNET_HDR_LEN].copy_from_slice(&VnetHdr::default().to_bytes());
-        self.out[VNET_HDR_LEN..VNET_HDR_LEN + pkt.len()].copy_from_slice(pkt);
+        // `push` checked that it fits.
+        put(self.out, 0, &VnetHdr::default().to_bytes());
+        put(self.out, VNET_HDR_LEN, pkt);
         self.len = VNET_HDR_LEN + pkt.len();
         self.segs = 1;
         self.flow = None;
@@ -418,9 +475,9 @@ impl<'a> Coalescer<'a> {
 
     fn start(&mut self, pkt: &[u8], f: Flow) {
         self.start_single(pkt);
-        let seq = u32::from_be_bytes(pkt[f.ip_len + 4..f.ip_len + 8].try_into().expect("4"));
+        // `tcp_flow` put the packet's own sequence number in `next_seq`.
         self.flow = Some(Flow {
-            next_seq: seq.wrapping_add(f.payload as u32),
+            next_seq: f.next_seq.wrapping_add(f.payload as u32),
             ..f
         });
     }
@@ -434,22 +491,34 @@ impl<'a> Coalescer<'a> {
         let len = std::mem::take(&mut self.len);
         let segs = std::mem::take(&mut self.segs);
         let flow = self.flow.take();
-        let (hdr_b, pkt) = self.out[..len].split_at_mut(VNET_HDR_LEN);
+        let Some((hdr_b, pkt)) = self
+            .out
+            .get_mut(..len)
+            .and_then(|b| b.split_at_mut_checked(VNET_HDR_LEN))
+        else {
+            return &[];
+        };
         match flow {
             Some(f) if segs > 1 => {
                 // Documentation/networking/segmentation-offloads.rst: a GSO packet carries a partial checksum
                 // (CHECKSUM_PARTIAL: the pseudo-header sum at csum_start + csum_offset) and gso_size.
+                // The first packet's headers were checked (`tcp_flow`): every `put` lands inside.
                 let plen = pkt.len();
                 if f.v6 {
-                    pkt[4..6].copy_from_slice(&((plen - 40) as u16).to_be_bytes());
+                    put(pkt, 4, &(plen.saturating_sub(40) as u16).to_be_bytes());
                 } else {
-                    pkt[2..4].copy_from_slice(&(plen as u16).to_be_bytes());
-                    pkt[10..12].copy_from_slice(&[0, 0]);
-                    let c = !fold(sum(&pkt[..f.ip_len], 0));
-                    pkt[10..12].copy_from_slice(&c.to_be_bytes());
+                    put(pkt, 2, &(plen as u16).to_be_bytes());
+                    put(pkt, 10, &[0, 0]);
+                    let c = !fold(sum(pkt.get(..f.ip_len).unwrap_or_default(), 0));
+                    put(pkt, 10, &c.to_be_bytes());
                 }
-                let ps = fold(pseudo(pkt, f.v6, IPPROTO_TCP, plen - f.ip_len));
-                pkt[f.ip_len + 16..f.ip_len + 18].copy_from_slice(&ps.to_be_bytes());
+                let ps = fold(pseudo(
+                    pkt,
+                    f.v6,
+                    IPPROTO_TCP,
+                    plen.saturating_sub(f.ip_len),
+                ));
+                put(pkt, f.ip_len + 16, &ps.to_be_bytes());
                 let h = VnetHdr {
                     flags: F_NEEDS_CSUM,
                     gso_type: if f.v6 { GSO_TCPV6 } else { GSO_TCPV4 },
@@ -462,7 +531,7 @@ impl<'a> Coalescer<'a> {
             }
             _ => hdr_b.copy_from_slice(&VnetHdr::default().to_bytes()),
         }
-        &self.out[..len]
+        self.out.get(..len).unwrap_or_default()
     }
 }
 
@@ -470,19 +539,18 @@ impl<'a> Coalescer<'a> {
 fn tcp_flow(pkt: &[u8]) -> Option<Flow> {
     let (ip_len, hlen, v6) = tcp_headers(pkt).ok()?;
     if !v6 {
-        let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+        let total = usize::from(u16::from_be_bytes(arr(pkt, 2)?));
         // No options (so the header can be copied), no fragment, the length field agrees.
-        if ip_len != 20 || total != pkt.len() || u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff != 0
-        {
+        if ip_len != 20 || total != pkt.len() || u16::from_be_bytes(arr(pkt, 6)?) & 0x3fff != 0 {
             return None;
         }
-    } else if usize::from(u16::from_be_bytes([pkt[4], pkt[5]])) + 40 != pkt.len() {
+    } else if usize::from(u16::from_be_bytes(arr(pkt, 4)?)) + 40 != pkt.len() {
         return None;
     }
-    if pkt[ip_len + 13] & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG) != 0 || pkt.len() == hlen {
+    if pkt.get(ip_len + 13)? & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG) != 0 || pkt.len() == hlen {
         return None;
     }
-    let seq = u32::from_be_bytes(pkt[ip_len + 4..ip_len + 8].try_into().ok()?);
+    let seq = u32::from_be_bytes(arr(pkt, ip_len + 4)?);
     Some(Flow {
         v6,
         ip_len,
@@ -497,20 +565,20 @@ fn tcp_flow(pkt: &[u8]) -> Option<Flow> {
 fn same_but_variable(a: &[u8], b: &[u8], ip_len: usize, v6: bool) -> bool {
     if v6 {
         // version/class/flow, next header, hop limit, addresses
-        a[..4] == b[..4]
-            && a[6..40] == b[6..40]
-            && a[40 + 8..40 + 13] == b[40 + 8..40 + 13]
-            && a[40..44] == b[40..44]
-            && a[40 + 14..40 + 16] == b[40 + 14..40 + 16]
-            && a[40 + 18..] == b[40 + 18..]
+        same(a, b, ..4)
+            && same(a, b, 6..40)
+            && same(a, b, 40 + 8..40 + 13)
+            && same(a, b, 40..44)
+            && same(a, b, 40 + 14..40 + 16)
+            && same(a, b, 40 + 18..)
     } else {
-        a[..2] == b[..2]
-            && a[6..10] == b[6..10]
-            && a[12..20] == b[12..20]
-            && a[ip_len..ip_len + 4] == b[ip_len..ip_len + 4]
-            && a[ip_len + 8..ip_len + 13] == b[ip_len + 8..ip_len + 13]
-            && a[ip_len + 14..ip_len + 16] == b[ip_len + 14..ip_len + 16]
-            && a[ip_len + 18..] == b[ip_len + 18..]
+        same(a, b, ..2)
+            && same(a, b, 6..10)
+            && same(a, b, 12..20)
+            && same(a, b, ip_len..ip_len + 4)
+            && same(a, b, ip_len + 8..ip_len + 13)
+            && same(a, b, ip_len + 14..ip_len + 16)
+            && same(a, b, ip_len + 18..)
     }
 }
 

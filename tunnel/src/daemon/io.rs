@@ -3,6 +3,17 @@
 //! GRO batches (`recvmmsg` for raw ESP) are decrypted in place and their TCP segments merged into one TUN write.
 //! Nothing allocates per packet: the buffers are made once, in [`Buffers::new`].
 
+// Parses bytes from the wire or from a VM: nothing here may panic on them (issue 12 review item 6).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -54,7 +65,11 @@ pub(super) fn tx_batch() -> batch::TxBatch {
 impl Daemon {
     /// The TUN was readable and one read returned `n` bytes (virtio-net header included): the transmit path
     /// handles it and what else queue 0 holds.
-    pub(super) fn on_tun_readable(&self, bufs: &mut Buffers, n: usize) -> std::io::Result<()> {
+    pub(super) fn on_tun_readable(
+        &self,
+        bufs: &mut Buffers,
+        n: usize,
+    ) -> Result<(), super::tx::TunUnusable> {
         let q = self.tun.get_ref();
         self.tx.on_readable(&mut bufs.tx, n, |b| q.read_vnet(b))
     }
@@ -66,7 +81,10 @@ impl Daemon {
         for _ in 0..BATCH {
             match sockets::recv_gro(&self.udp4500, &mut bufs.udp) {
                 Ok((len, from, seg)) => {
-                    for d in bufs.udp[..len].chunks_mut(seg.max(1)) {
+                    let Some(data) = bufs.udp.get_mut(..len) else {
+                        continue;
+                    };
+                    for d in data.chunks_mut(seg.max(1)) {
                         self.on_udp4500(d, from, &mut merge);
                     }
                 }
@@ -92,17 +110,17 @@ impl Daemon {
     /// for the TUN as for UDP.
     pub(super) fn on_raw_readable(&mut self, bufs: &mut Buffers) -> anyhow::Result<()> {
         let mut merge = gso::Coalescer::new(&mut bufs.coalesce);
-        let mut lens = [0usize; sockets::MMSG_MAX];
+        let mut all_lens = [0usize; sockets::MMSG_MAX];
         let slot = bufs.raw_slot;
         let slots = (bufs.raw.len() / slot).clamp(1, sockets::MMSG_MAX);
+        let (lens, _) = all_lens.split_at_mut(slots);
         for _ in 0..BATCH {
-            match self
-                .raw
-                .try_recv_many(&mut bufs.raw, slot, &mut lens[..slots])
-            {
+            match self.raw.try_recv_many(&mut bufs.raw, slot, lens) {
                 Ok(n) => {
-                    for (d, len) in bufs.raw.chunks_mut(slot).zip(lens).take(n) {
-                        self.on_raw(&mut d[..len], &mut merge);
+                    for (d, &len) in bufs.raw.chunks_mut(slot).zip(lens.iter()).take(n) {
+                        if let Some(d) = d.get_mut(..len) {
+                            self.on_raw(d, &mut merge);
+                        }
                     }
                     if n < slots {
                         break;
@@ -122,7 +140,10 @@ impl Daemon {
     /// flow belongs to (see `workers::queue_of`): the kernel remembers which queue wrote a flow and hands
     /// that flow's outbound packets to the same queue, so each flow stays with one transmit worker.
     fn deliver_vnet(&self, data: &[u8]) {
-        let q = match self.workers.queue_of(&data[gso::VNET_HDR_LEN..]) {
+        let q = match data
+            .get(gso::VNET_HDR_LEN..)
+            .and_then(|pkt| self.workers.queue_of(pkt))
+        {
             Some(q) => q,
             None => self.tun.get_ref(),
         };
@@ -134,9 +155,11 @@ impl Daemon {
     fn on_udp4500(&mut self, data: &mut [u8], from: SocketAddr, merge: &mut gso::Coalescer<'_>) {
         match framing::classify_udp(data) {
             UdpPayload::Ike { offset } => {
-                self.ike_touched = true;
-                self.endpoint
-                    .handle(Instant::now(), &data[offset..], from, ike::sa::NAT_T_PORT);
+                if let Some(msg) = data.get(offset..) {
+                    self.ike_touched = true;
+                    self.endpoint
+                        .handle(Instant::now(), msg, from, ike::sa::NAT_T_PORT);
+                }
             }
             UdpPayload::Esp => {
                 let mut pkt = PacketBuf::full(data);

@@ -7,25 +7,78 @@
 //! line naming both hosts. Ranges of different hosts do not overlap (checked at load), so a peer cannot claim
 //! the subnets of another libvirt host, not even while that host is down and has nothing learned to clash with.
 
+use std::collections::HashSet;
 use std::time::Instant;
 
 use ike::event::ChildSaInfo;
 
-use super::Daemon;
+use super::datapath::MAX_SELECTORS;
+use super::{logcap, Daemon};
 use crate::prefix::Prefix;
 
+/// Most subnets learned from one peer (the union over its Child SAs). Each becomes a route, an entry of the
+/// datapath's prefix table and firewall exemptions; a libvirt host has a handful of networks.
+pub(super) const MAX_LEARNED: usize = 64;
+
+/// Why the selectors of a Child SA are not learned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum TooMany {
+    #[error("it negotiated {0} traffic selectors, more than the {MAX_SELECTORS} vmsecd accepts")]
+    Selectors(usize),
+    #[error(
+        "its subnets (with those of its other Child SAs) are more than the {MAX_LEARNED} vmsecd learns from one \
+         host (split or misaligned ranges make many subnets: give its libvirt networks aligned CIDR ranges)"
+    )]
+    Subnets,
+}
+
 /// The subnets a set of traffic selectors covers, in order, each once (ports and protocol are not looked at:
-/// vmsecd always negotiates all of them).
-pub(super) fn selector_subnets(ts: &[ike::message::TrafficSelector]) -> Vec<Prefix> {
+/// vmsecd always negotiates all of them). Refused, before anything large is built, if there are more than
+/// [`MAX_SELECTORS`] selectors or if, with the `already` learned subnets, they make more than `max` subnets.
+/// Linear in the number of selectors: a hash set, not a scan of the list, says what was seen.
+pub(super) fn selector_subnets(
+    ts: &[ike::message::TrafficSelector],
+    already: &[Prefix],
+    max: usize,
+) -> Result<Vec<Prefix>, TooMany> {
+    if ts.len() > MAX_SELECTORS {
+        return Err(TooMany::Selectors(ts.len()));
+    }
+    let already: HashSet<Prefix> = already.iter().copied().collect();
+    let mut mine: HashSet<Prefix> = HashSet::new();
     let mut v: Vec<Prefix> = Vec::new();
+    let mut union = already.len();
     for t in ts {
         for p in Prefix::cover(t.start, t.end) {
-            if !v.contains(&p) {
+            if mine.insert(p) {
+                if !already.contains(&p) {
+                    union += 1;
+                    if union > max {
+                        return Err(TooMany::Subnets);
+                    }
+                }
                 v.push(p);
             }
         }
     }
-    v
+    Ok(v)
+}
+
+/// A list of subnets as one log field: escaped and capped at [`logcap::MAX_FIELD`] bytes.
+fn subnet_list(subnets: &[Prefix]) -> String {
+    struct List<'a>(&'a [Prefix]);
+    impl std::fmt::Display for List<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            for (i, p) in self.0.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "{p}")?;
+            }
+            Ok(())
+        }
+    }
+    logcap::clean(&List(subnets), logcap::MAX_FIELD)
 }
 
 impl Daemon {
@@ -57,7 +110,31 @@ impl Daemon {
         if !self.learns(&c.peer) {
             return true;
         }
-        let subnets = selector_subnets(&c.ts_remote);
+        // A peer that negotiates thousands of selectors (or ranges that split into many subnets) is refused
+        // before they are expanded further, routed or logged (review item 4).
+        let already = self.learned_subnets(&c.peer);
+        let subnets = match selector_subnets(&c.ts_remote, &already, MAX_LEARNED).and_then(|s| {
+            // The datapath would not install it either (and its subnets would stay routed to nothing).
+            if c.ts_local.len() > MAX_SELECTORS {
+                Err(TooMany::Selectors(c.ts_local.len()))
+            } else {
+                Ok(s)
+            }
+        }) {
+            Ok(s) => s,
+            Err(e) => {
+                if self.logs.learned_refused.allow(now) {
+                    tracing::error!(
+                        peer = %c.peer,
+                        "refusing the subnets learned from its Child SA: {e}. Deleting the IKE SA with {} (it is \
+                         tried again later)",
+                        c.peer
+                    );
+                }
+                self.endpoint.delete_peer(now, &c.peer);
+                return false;
+            }
+        };
         let range: &[Prefix] = self
             .config
             .peers()
@@ -104,13 +181,15 @@ impl Daemon {
             }
         }
         if let Some(why) = clash {
-            tracing::error!(
-                peer = %c.peer,
-                "refusing the subnets {} learned from its Child SA: {why}; renumber one of the two (a libvirt network \
-                 with virsh net-edit) and reload. Deleting the IKE SA with {} (it is tried again later)",
-                subnets.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
-                c.peer
-            );
+            if self.logs.learned_refused.allow(now) {
+                tracing::error!(
+                    peer = %c.peer,
+                    "refusing the subnets {} learned from its Child SA: {why}; renumber one of the two (a libvirt \
+                     network with virsh net-edit) and reload. Deleting the IKE SA with {} (it is tried again later)",
+                    subnet_list(&subnets),
+                    c.peer
+                );
+            }
             self.endpoint.delete_peer(now, &c.peer);
             return false;
         }
@@ -202,7 +281,8 @@ mod tests {
                 ..p("198.19.4.0/24").selector()
             },
         ];
-        let got: Vec<String> = selector_subnets(&ts)
+        let got: Vec<String> = selector_subnets(&ts, &[], MAX_LEARNED)
+            .unwrap()
             .iter()
             .map(|p| p.to_string())
             .collect();
@@ -215,5 +295,62 @@ mod tests {
                 "198.19.5.0/25"
             ]
         );
+    }
+
+    fn v4(a: u32) -> std::net::IpAddr {
+        std::net::Ipv4Addr::from(a).into()
+    }
+
+    /// Review item 4: ~4,000 misaligned ranges inside a libvirt range (each splitting into many subnets) are
+    /// refused at once, without the quadratic dedup; so are more subnets than MAX_LEARNED, counting those the
+    /// peer's other Child SAs already carry; the log line that names them is bounded.
+    #[test]
+    fn thousands_of_selectors_or_subnets_are_refused_quickly() {
+        let p = |s: &str| s.parse::<Prefix>().unwrap();
+        let base = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0));
+        let misaligned = |i: u32, span: u32| TrafficSelector {
+            start: v4(base + i * span + 1),
+            end: v4(base + (i + 1) * span - 2),
+            ..p("198.18.0.0/15").selector()
+        };
+        // 4,000 selectors of 8 subnets each, all inside 198.18.0.0/15: 32,000 distinct subnets.
+        let flood: Vec<TrafficSelector> = (0..4000).map(|i| misaligned(i, 32)).collect();
+        let t = Instant::now();
+        assert_eq!(
+            selector_subnets(&flood, &[], MAX_LEARNED),
+            Err(TooMany::Selectors(4000))
+        );
+        // Few selectors, many subnets: stops at the cap.
+        let few: Vec<TrafficSelector> = (0..MAX_SELECTORS as u32)
+            .map(|i| misaligned(i, 1024))
+            .collect();
+        assert_eq!(
+            selector_subnets(&few, &[], MAX_LEARNED),
+            Err(TooMany::Subnets)
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        // The cap counts the subnets already learned from the peer's other Child SAs, once each.
+        let one = [p("198.19.3.0/24").selector()];
+        let already: Vec<Prefix> = (0..MAX_LEARNED as u32)
+            .map(|i| Prefix::new(v4(base + (i << 8)), 24))
+            .collect();
+        assert_eq!(
+            selector_subnets(&one, &already, MAX_LEARNED),
+            Err(TooMany::Subnets)
+        );
+        // A rekey of a Child SA whose subnets are already learned adds nothing, and keeps its own list whole.
+        let again = [already[0].selector()];
+        assert_eq!(
+            selector_subnets(&again, &already, MAX_LEARNED),
+            Ok(vec![already[0]])
+        );
+        // The log field naming the refused subnets is capped, however many there are.
+        let line = subnet_list(&already);
+        assert!(line.len() <= logcap::MAX_FIELD + 30, "{}", line.len());
+        assert!(line.starts_with("198.18.0.0/24, 198.18.1.0/24"), "{line}");
     }
 }

@@ -159,8 +159,14 @@ impl Limiter {
 /// The limiters of the daemon's log lines that carry unauthenticated data, one per kind.
 #[derive(Debug)]
 pub(crate) struct Limits {
-    /// "IKE SA down: {reason}" (the reason may quote what the peer sent).
+    /// "IKE SA down: {reason}" (the reason may quote what the peer sent), for IKE SAs that authenticated or
+    /// were ours to start: not to be drowned by the refusals below.
     pub(crate) ike_down: Limiter,
+    /// Refusals of IKE requests that never authenticated: anyone who can send from a peer's address can make
+    /// as many as they like, so they have a limiter of their own (issue 12 review item 8).
+    pub(crate) ike_refused: Limiter,
+    /// A Child SA's traffic selectors refused for learning (too many, or clashing).
+    pub(crate) learned_refused: Limiter,
     /// "Child SA refused: {reason}".
     pub(crate) child_refused: Limiter,
     /// Receive errors on the sockets (a peer's ICMP errors, memory pressure).
@@ -173,6 +179,8 @@ impl Limits {
     pub(crate) const fn new() -> Limits {
         Limits {
             ike_down: Limiter::new("IKE SA down", BURST, PER_SECOND),
+            ike_refused: Limiter::new("unauthenticated IKE requests refused", BURST, PER_SECOND),
+            learned_refused: Limiter::new("learned subnets refused", BURST, PER_SECOND),
             child_refused: Limiter::new("Child SA refused", BURST, PER_SECOND),
             recv_error: Limiter::new("receive errors", BURST, PER_SECOND),
             send_error: Limiter::new("send errors", BURST, PER_SECOND),
@@ -183,6 +191,8 @@ impl Limits {
     pub(crate) fn flush(&mut self, now: Instant) {
         for l in [
             &mut self.ike_down,
+            &mut self.ike_refused,
+            &mut self.learned_refused,
             &mut self.child_refused,
             &mut self.recv_error,
             &mut self.send_error,
@@ -193,9 +203,9 @@ impl Limits {
 }
 
 /// Lines of one kind at once before the limit applies.
-const BURST: u32 = 10;
+pub(crate) const BURST: u32 = 10;
 /// Lines of one kind per second after the burst.
-const PER_SECOND: u32 = 2;
+pub(crate) const PER_SECOND: u32 = 2;
 
 #[cfg(test)]
 mod tests {

@@ -362,7 +362,11 @@ impl Daemon {
         loop {
             let deadline = tokio::time::Instant::from_std(self.next_deadline());
             tokio::select! {
-                r = self.tun.read_vnet(bufs.tx.read_buf()) => self.on_tun_readable(bufs, r?)?,
+                // A read error is counted and survived; only a closed descriptor ends the daemon (review item 10).
+                r = self.tun.read_vnet(bufs.tx.read_buf()) => match r {
+                    Ok(n) => self.on_tun_readable(bufs, n)?,
+                    Err(e) => self.tx.survive_read_error(e)?,
+                },
                 r = self.udp4500.readable() => {
                     r?;
                     self.on_udp4500_readable(bufs)?;
@@ -513,31 +517,19 @@ impl Daemon {
                 reason,
                 unauthenticated,
             } => {
-                match &reason {
-                    Reason::DeletedByUs => tracing::info!(%peer, "IKE SA deleted"),
-                    // The reason may quote what an unauthenticated sender chose (its proposals).
-                    // Not the peer's IKE SA: a request from its address that never proved to be the peer.
-                    _ if unauthenticated => {
-                        if self.logs.ike_down.allow(Instant::now()) {
-                            tracing::warn!(
-                                %peer,
-                                "refused an IKE request from this peer's address that never authenticated (it \
-                                 may come from the peer or from anyone who can send from its address; an \
-                                 established tunnel with the peer is unaffected): {}",
-                                logcap::clean(&reason, logcap::MAX_FIELD)
-                            );
-                        }
-                    }
-                    _ => {
-                        if self.logs.ike_down.allow(Instant::now()) {
-                            tracing::warn!(%peer, "IKE SA down: {}", logcap::clean(&reason, logcap::MAX_FIELD));
-                        }
-                    }
-                }
-                // Keep trying, with back-off: the mesh wants every tunnel up. But a report about an IKE SA that never authenticated the peer (a refused request from its address,
-                // or an unprotected error our own IKE_SA_INIT got, which `ike` does not act on) changes nothing
-                // while an IKE SA with the peer is still alive. Only when our own initiation has ended on it, with
-                // nothing left and nothing scheduled, is it retried, with the same back-off as any failure.
+                log_ike_down(
+                    &mut self.logs,
+                    &peer,
+                    &reason,
+                    unauthenticated,
+                    Instant::now(),
+                );
+                // Keep trying, with back-off: the mesh wants every tunnel up. But a report about an IKE SA that
+                // never authenticated the peer (a refused request from its address, or an unprotected error our own
+                // IKE_SA_INIT got, which `ike` does not act on) changes nothing while an IKE SA with the peer is
+                // still alive or an initiation is scheduled: anyone who can send from the peer's address can cause
+                // one (issue 12 item 3). Only when our own initiation has ended on it, with nothing left and
+                // nothing scheduled, is it retried, with the same back-off as any failure.
                 if unauthenticated
                     && (self.endpoint.has_sa(&peer)
                         || self.initiation.get(&peer).is_some_and(|i| i.next.is_some()))
@@ -734,6 +726,7 @@ impl Daemon {
                 policy: d.policy,
                 encap_failed: d.encap_failed,
                 recv_errors: self.recv_errors,
+                tun_errors: self.tx.tun_errors(),
             },
         }
     }
@@ -744,6 +737,46 @@ fn ts(t: &[ike::message::TrafficSelector]) -> String {
         .map(|x| x.to_string())
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Logs an `IkeDown` event; true if a line was written. Refusals of requests that never authenticated and the
+/// real "IKE SA down" lines have limiters of their own: a sender forging requests from many peer addresses
+/// must not use up the budget of the lines that say a tunnel went down.
+fn log_ike_down(
+    logs: &mut logcap::Limits,
+    peer: &str,
+    reason: &Reason,
+    unauthenticated: bool,
+    now: Instant,
+) -> bool {
+    match reason {
+        Reason::DeletedByUs => {
+            tracing::info!(%peer, "IKE SA deleted");
+            true
+        }
+        // The reason may quote what an unauthenticated sender chose (its proposals).
+        // Not the peer's IKE SA: a request from its address that never proved to be the peer.
+        _ if unauthenticated => {
+            let ok = logs.ike_refused.allow(now);
+            if ok {
+                tracing::warn!(
+                    %peer,
+                    "IKE exchange with this peer's address failed before the peer authenticated (the failure may \
+                     come from the peer or from anyone who can send from its address; an established tunnel with \
+                     the peer is unaffected): {}",
+                    logcap::clean(reason, logcap::MAX_FIELD)
+                );
+            }
+            ok
+        }
+        _ => {
+            let ok = logs.ike_down.allow(now);
+            if ok {
+                tracing::warn!(%peer, "IKE SA down: {}", logcap::clean(reason, logcap::MAX_FIELD));
+            }
+            ok
+        }
+    }
 }
 
 #[cfg(test)]
@@ -762,5 +795,27 @@ mod tests {
         // SAFETY: a valid rlimit to fill.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut r) }, 0);
         assert_eq!((r.rlim_cur, r.rlim_max), (0, 0));
+    }
+
+    /// Review item 8: a flood of refused unauthenticated requests (forged from many peer addresses) must not
+    /// hide the line that says a real IKE SA went down, logged at the same moment.
+    #[test]
+    fn unauthenticated_refusals_do_not_suppress_real_ike_sa_down_lines() {
+        let now = std::time::Instant::now();
+        let mut logs = super::logcap::Limits::new();
+        let refused = ike::event::Reason::NoProposalChosen {
+            ours: "AES_GCM_16_256".into(),
+            theirs: "3DES".into(),
+        };
+        let logged = (0..1000)
+            .filter(|i| {
+                super::log_ike_down(&mut logs, &format!("forged{}", i % 50), &refused, true, now)
+            })
+            .count();
+        assert!(logged <= 10, "{logged} refusals logged at once");
+        assert!(
+            super::log_ike_down(&mut logs, "b", &ike::event::Reason::PeerDead, false, now),
+            "the real IKE SA down line is logged"
+        );
     }
 }

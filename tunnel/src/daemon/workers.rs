@@ -10,11 +10,21 @@
 //! Only the transmit side is spread: a peer's ESP arrives as one UDP flow (one address and port pair), which
 //! the kernel delivers to one socket, so the receive side stays on the daemon's task.
 
+// Parses bytes from the wire or from a VM: nothing here may panic on them (issue 12 review item 6).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use crate::tun::Queue;
 
@@ -77,7 +87,7 @@ impl Workers {
         }
         match queue_of(pkt, self.queues.len() + 1) {
             0 => None,
-            k => Some(&self.queues[k - 1]),
+            k => self.queues.get(k - 1).map(|q| &**q),
         }
     }
 
@@ -140,16 +150,12 @@ impl Worker {
             let q = &self.queue;
             let r = match q.read_vnet(batch.read_buf()) {
                 Ok(n) => self.tx.on_readable(&mut batch, n, |b| q.read_vnet(b)),
-                Err(e) => Err(e),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                Err(e) => self.tx.survive_read_error(e),
             };
-            match r {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    // Not expected from a TUN queue; do not spin on it.
-                    tracing::error!("transmit worker: reading the TUN: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+            if let Err(e) = r {
+                tracing::error!("transmit worker: {e}; this worker stops");
+                return;
             }
         }
     }
@@ -162,25 +168,33 @@ pub(super) fn queue_of(pkt: &[u8], n: usize) -> usize {
     if n <= 1 {
         return 0;
     }
-    let (addrs, proto, l4) = match pkt.first().map(|b| b >> 4) {
-        Some(4) if pkt.len() >= 20 => {
-            let word = |o: usize| u32::from_be_bytes(pkt[o..o + 4].try_into().expect("4 bytes"));
-            let ihl = usize::from(pkt[0] & 0x0f) * 4;
-            let fragmented = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff != 0;
-            let l4 = (!fragmented && ihl >= 20).then_some(ihl);
-            (word(12) ^ word(16), pkt[9], l4)
+    let (addrs, proto, l4) = match pkt {
+        [b0, _, _, _, _, _, f0, f1, _, proto, _, _, s0, s1, s2, s3, d0, d1, d2, d3, ..]
+            if b0 >> 4 == 4 =>
+        {
+            let ihl = usize::from(b0 & 0x0f) * 4;
+            let fragmented = u16::from_be_bytes([*f0, *f1]) & 0x3fff != 0;
+            let l4 = if !fragmented && ihl >= 20 {
+                pkt.get(ihl..)
+            } else {
+                None
+            };
+            let a =
+                u32::from_be_bytes([*s0, *s1, *s2, *s3]) ^ u32::from_be_bytes([*d0, *d1, *d2, *d3]);
+            (a, *proto, l4)
         }
-        Some(6) if pkt.len() >= 40 => {
-            let word = |o: usize| u32::from_be_bytes(pkt[o..o + 4].try_into().expect("4 bytes"));
-            let a = (8..40).step_by(4).fold(0, |h, o| h ^ word(o));
-            (a, pkt[6], Some(40))
+        [b0, _, _, _, _, _, next, _, rest @ ..] if b0 >> 4 == 6 && rest.len() >= 32 => {
+            // Source and destination: the 32 bytes after the first 8.
+            let a = rest.chunks_exact(4).take(8).fold(0, |h, w| {
+                h ^ <[u8; 4]>::try_from(w).map_or(0, u32::from_be_bytes)
+            });
+            (a, *next, pkt.get(40..))
         }
         _ => return 0,
     };
     let ports = match (proto, l4) {
-        (6 | 17, Some(o)) if pkt.len() >= o + 4 => {
-            u32::from(u16::from_be_bytes([pkt[o], pkt[o + 1]]))
-                ^ u32::from(u16::from_be_bytes([pkt[o + 2], pkt[o + 3]]))
+        (6 | 17, Some([s0, s1, d0, d1, ..])) => {
+            u32::from(u16::from_be_bytes([*s0, *s1])) ^ u32::from(u16::from_be_bytes([*d0, *d1]))
         }
         _ => 0,
     };
