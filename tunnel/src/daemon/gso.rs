@@ -104,11 +104,14 @@ impl fmt::Display for GsoError {
 /// is summed as native-endian 32-bit words into a 64-bit accumulator (which the compiler vectorises), folded,
 /// and swapped to big-endian order once.
 pub(crate) fn sum(data: &[u8], acc: u64) -> u64 {
-    let (words, rest) = data.as_chunks::<4>();
+    let mut chunks = data.chunks_exact(4);
     let mut ne: u64 = 0;
-    for w in words {
-        ne += u64::from(u32::from_ne_bytes(*w));
+    for c in &mut chunks {
+        // Always 4 bytes (`chunks_exact`): the fallback is dead code the compiler drops. (`as_chunks` measured
+        // slower here: 9.2 against 8.2 us per 64 KiB coalesce+segment, `time_segment_and_coalesce`.)
+        ne += u64::from(u32::from_ne_bytes(c.try_into().unwrap_or([0; 4])));
     }
+    let rest = chunks.remainder();
     let ne16 = fold(ne);
     let be16 = if cfg!(target_endian = "little") {
         ne16.swap_bytes()
@@ -142,17 +145,20 @@ fn pseudo(ip: &[u8], v6: bool, proto: u8, l4_len: usize) -> u64 {
 }
 
 /// `N` bytes of `b` at `at`, if they are there.
+#[inline(always)]
 fn arr<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
     b.get(at..)?.first_chunk::<N>().copied()
 }
 
 /// Writes `v` into `b` at `at`; nothing if it does not fit (the callers checked that it does).
+#[inline(always)]
 fn put(b: &mut [u8], at: usize, v: &[u8]) -> Option<()> {
     b.get_mut(at..at.checked_add(v.len())?)?.copy_from_slice(v);
     Some(())
 }
 
 /// True if `a` and `b` both have bytes at `r` and they are equal.
+#[inline(always)]
 fn same<R: std::slice::SliceIndex<[u8], Output = [u8]> + Clone>(a: &[u8], b: &[u8], r: R) -> bool {
     matches!((a.get(r.clone()), b.get(r)), (Some(x), Some(y)) if x == y)
 }
@@ -958,5 +964,48 @@ mod tests {
             }
             let _ = merge.take();
         }
+    }
+
+    /// Timing of the hot path this module serves (review item 6: the checked forms must not slow it):
+    /// coalesce 44 full-size segments into one super-packet, then cut it back into ESP-spaced segments.
+    /// `cargo test -p vmsecd --release --lib time_segment_and_coalesce -- --ignored --nocapture`
+    #[test]
+    #[ignore = "timing only"]
+    fn time_segment_and_coalesce() {
+        let data = payload(44 * 1448);
+        let segs: Vec<Vec<u8>> = (0..44)
+            .map(|i| {
+                tcp4(
+                    7 + (i * 1448) as u32,
+                    0x10,
+                    &data[i * 1448..(i + 1) * 1448],
+                    i as u16,
+                )
+            })
+            .collect();
+        let mut out = vec![0u8; VNET_HDR_LEN + 65535];
+        let mut buf = vec![0u8; 128 * 1024];
+        let n = 20_000;
+        let t = std::time::Instant::now();
+        let mut total = 0usize;
+        for _ in 0..n {
+            let mut c = Coalescer::new(&mut out);
+            for s in &segs {
+                assert!(c.push(std::hint::black_box(s)));
+            }
+            let w = c.take();
+            let h = VnetHdr::parse(w[..VNET_HDR_LEN].try_into().unwrap());
+            let sp_len = w.len() - VNET_HDR_LEN;
+            buf[64..64 + sp_len].copy_from_slice(&w[VNET_HDR_LEN..]);
+            let s = segment(&mut buf, 64, sp_len, &h, 40, |l| 40 + l + 20).unwrap();
+            total += s.count;
+        }
+        let dt = t.elapsed();
+        assert_eq!(total, 44 * n);
+        println!(
+            "coalesce+segment of 44 x 1448 bytes: {:.1} us per super-packet ({:.2} Gbit/s of payload)",
+            dt.as_secs_f64() * 1e6 / n as f64,
+            (44 * 1448 * 8 * n) as f64 / dt.as_secs_f64() / 1e9
+        );
     }
 }
