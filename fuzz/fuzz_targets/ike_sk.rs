@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
         (first, u.bytes(n).unwrap_or_default().to_vec(), None)
     };
     let c = ike_sk::cipher(suite);
-    let wire = ike_sk::seal_message(&c, header, first, &plain);
+    let wire = ike_sk::seal_message(c, header, first, &plain);
 
     let parsed = message::parse(&wire).expect("sealed message parses");
     assert!(parsed.payloads.is_empty());

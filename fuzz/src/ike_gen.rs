@@ -129,7 +129,13 @@ pub fn payload(u: &mut Unstructured<'_>) -> Result<Payload> {
         9 => {
             let protocol = ProtocolId(*u.choose(&[1u8, 3, 2, 0])?);
             let spi_len = *u.choose(&[4usize, 0, 8, 1])?;
-            let n = u.int_in_range(0..=20)?;
+            // RFC 7296 3.11: SPI Size 0 (IKE) comes with no SPIs; a count without bytes behind it is what
+            // issue 12 item 1 is about, and a fixed parser refuses it.
+            let n = if spi_len == 0 {
+                0
+            } else {
+                u.int_in_range(0..=20)?
+            };
             let spis = (0..n)
                 .map(|_| Ok(u.bytes(spi_len.min(u.len()))?.to_vec()))
                 .collect::<Result<Vec<Vec<u8>>>>()?

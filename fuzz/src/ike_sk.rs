@@ -1,6 +1,8 @@
 //! Fixed-key IKE SK ciphers (RFC 7296 3.14, RFC 5282) and SK/SKF message assembly for the targets that fuzz
 //! what only a peer holding the keys can send: the decrypted payload chain and fragment reassembly.
 
+use std::sync::OnceLock;
+
 use ike::crypto::{IkeEncr, Integ, SkCipher};
 use ike::message::{Header, PayloadType, HEADER_LEN};
 
@@ -15,10 +17,20 @@ pub const SUITES: [(IkeEncr, Option<Integ>); 7] = [
     (IkeEncr::AesCbc256, Some(Integ::HmacSha512_256)),
 ];
 
-/// The cipher of suite `i` (modulo [`SUITES`]) under fixed keys. Sender and receiver build it from the same
-/// keys, as the two ends of one direction of an IKE SA do.
-pub fn cipher(i: usize) -> SkCipher {
-    let (encr, integ) = SUITES[i % SUITES.len()];
+/// The cipher of suite `i` (modulo [`SUITES`]) under fixed keys. Sender and receiver use the same one, as the
+/// two ends of one direction of an IKE SA use the same keys.
+///
+/// Built once per process: `SkCipher::new` seeds its IV counter from aws-lc's DRBG, and that seeding (CPU
+/// jitter entropy) took most of a fragment target's time when done per input. Only the AEAD IV counter carries
+/// over between inputs; no outcome depends on it.
+pub fn cipher(i: usize) -> &'static SkCipher {
+    static CIPHERS: OnceLock<Vec<SkCipher>> = OnceLock::new();
+    let all = CIPHERS.get_or_init(|| (0..SUITES.len()).map(build).collect());
+    &all[i % SUITES.len()]
+}
+
+fn build(i: usize) -> SkCipher {
+    let (encr, integ) = SUITES[i];
     let sk_e: Vec<u8> = (0..encr.key_len())
         .map(|k| (k as u8).wrapping_mul(29) ^ 0x3c ^ i as u8)
         .collect();
