@@ -26,6 +26,9 @@ pub fn split(
     fragment::split(cipher, header, first, plain, max_len)
 }
 
+/// A completed message: the first inner payload type and the inner payload chain.
+pub type Whole = (u8, Zeroizing<Vec<u8>>);
+
 /// [`fragment::Reassembly`] behind a stable face: the error is its `Display` text.
 pub struct Reassembly(fragment::Reassembly);
 
@@ -45,7 +48,7 @@ impl Reassembly {
         total: u16,
         next: u8,
         plain: Zeroizing<Vec<u8>>,
-    ) -> Result<Option<(u8, Zeroizing<Vec<u8>>)>, String> {
+    ) -> Result<Option<Whole>, String> {
         self.0
             .add(number, total, next, plain)
             .map_err(|e| e.to_string())
