@@ -12,8 +12,8 @@ secs=${FUZZ_SECONDS:-20}
 triple=$(rustc -vV | sed -n 's/^host: //p')
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
--Cllvm-args=-sanitizer-coverage-trace-compares -Cllvm-args=-sanitizer-coverage-stack-depth \
--Cllvm-args=-simplifycfg-branch-fold-threshold=0 --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
+-Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cllvm-args=-simplifycfg-branch-fold-threshold=0 \
+-Cdebug-assertions -Coverflow-checks -Cllvm-args=-sanitizer-coverage-stack-depth"
 # --target keeps RUSTFLAGS off build scripts and proc macros, as cargo-fuzz does.
 cargo build --release --locked --target "$triple" --bins --examples
 

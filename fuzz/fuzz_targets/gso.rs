@@ -430,7 +430,7 @@ fuzz_target!(|data: &[u8]| {
                         let j = (i + 1) % segs.len();
                         segs.swap(i, j);
                     }
-                    2 if !segs.is_empty() => {
+                    2 if !segs[i].is_empty() => {
                         let pos = usize::from(u.arbitrary::<u8>().unwrap_or(0))
                             % segs[i].len().min(t.hlen);
                         segs[i][pos] ^= u.arbitrary::<u8>().unwrap_or(1).max(1);
