@@ -1,5 +1,6 @@
 //! Arbitrary bytes from the wire into the IKE engine: nothing a peer (or anyone who can send a UDP datagram to
-//! port 500/4500) sends may panic it.
+//! port 500/4500) sends may panic it, and parsing (modes 0-2) stays within the allocation budget of
+//! `vmsecd_fuzz::alloc` (64 bytes per byte received plus 16 KiB).
 //!
 //! The first byte picks a mode:
 //! * `0` — the rest is one IKE message for `message::parse` (header, plaintext payload chain, SK framing);
@@ -23,6 +24,7 @@ use ike::endpoint::Endpoint;
 use ike::message::{self, TrafficSelector};
 use ike::proposal::ProposalSpec;
 use libfuzzer_sys::fuzz_target;
+use vmsecd_fuzz::alloc;
 use zeroize::Zeroizing;
 
 fn peer() -> PeerConfig {
@@ -69,15 +71,19 @@ fuzz_target!(|data: &[u8]| {
     };
     match mode % 4 {
         0 => {
-            let _ = message::parse(rest);
+            let _ = alloc::check_parse("message::parse", rest.len(), || message::parse(rest));
         }
         1 => {
             if let Some((&first, chain)) = rest.split_first() {
-                let _ = message::parse_chain(first, chain, 0);
+                let _ = alloc::check_parse("parse_chain", chain.len(), || {
+                    message::parse_chain(first, chain, 0)
+                });
             }
         }
         2 => {
-            if let Ok(certs) = parse_certificates(rest) {
+            if let Ok(certs) = alloc::check_parse("parse_certificates", rest.len(), || {
+                parse_certificates(rest)
+            }) {
                 for c in &certs {
                     let _ = c.subject();
                     let _ = c.check_identity(&id_from_addr("198.18.0.2".parse().unwrap()));

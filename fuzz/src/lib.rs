@@ -1,7 +1,13 @@
-//! Shared fixtures and invariant checks for the `esp` fuzz targets.
+//! Shared fixtures and invariant checks for the fuzz targets: the `esp` fixtures and checked decapsulation
+//! below, structure-aware IKE payload generation ([`ike_gen`]), fixed-key IKE ciphers ([`ike_sk`]) and a
+//! counting allocator ([`alloc`]).
 //!
 //! Everything here is deterministic: the same input always builds the same SAs with the same keys, so a crash
 //! reproduces from its input file alone. No state survives from one input to the next.
+
+pub mod alloc;
+pub mod ike_gen;
+pub mod ike_sk;
 
 use esp::{
     Counters, DropReason, InboundSa, KeyMaterial, OutboundSa, PacketBuf, SaParams, Sad, Transform,

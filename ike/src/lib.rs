@@ -24,6 +24,8 @@ pub mod crypto;
 pub mod endpoint;
 pub mod event;
 mod fragment;
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod message;
 pub mod notify;
 pub mod proposal;

@@ -9,6 +9,8 @@
 mod batch;
 pub mod control;
 mod datapath;
+#[doc(hidden)]
+pub mod fuzz_api;
 mod gso;
 mod io;
 mod learned;
