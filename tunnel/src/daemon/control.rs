@@ -539,7 +539,7 @@ mod tests {
             .build()
             .unwrap();
         let e = rt.block_on(query(&sock)).unwrap_err().to_string();
-        let e2 = crate::firewall::request(&sock, "reload")
+        let e2 = crate::control_client::request(&sock, "reload")
             .unwrap_err()
             .to_string();
         let e3 = rt
