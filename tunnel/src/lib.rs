@@ -23,4 +23,6 @@ pub mod firewall;
 pub mod libvirt;
 pub mod prefix;
 pub mod route;
+#[cfg(test)]
+mod test_root;
 pub mod tun;

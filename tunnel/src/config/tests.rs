@@ -904,6 +904,10 @@ fn pubkey_key_file_errors_name_the_file() {
     assert!(e.to_string().contains("chmod 600"), "{e}");
     // Mode 0600 but owned by another user (nobody, uid 65534; chown needs root, as the tests do): refused with
     // the owner and the chown to fix it.
+    crate::test_root::require_root(
+        "config::tests::pubkey_key_file_errors_name_the_file",
+        "it gives the private key file to uid 65534 (chown)",
+    );
     let (f, text) = pubkey_fixture(0o600);
     let key = f.dir.path().join("private.pem");
     std::os::unix::fs::chown(&key, Some(65534), None)

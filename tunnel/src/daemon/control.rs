@@ -599,6 +599,10 @@ mod tests {
     /// minus one are connected, and stuck clients are dropped after the timeout.
     #[test]
     fn stuck_clients_do_not_delay_other_requests() {
+        crate::test_root::require_root(
+            "daemon::control::tests::stuck_clients_do_not_delay_other_requests",
+            "the control socket's server refuses clients that are not root",
+        );
         let sock = unique("stuck");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
