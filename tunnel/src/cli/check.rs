@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use vmsecd::config::{Auth, Config, FoundBy};
 use vmsecd::libvirt::network::Network;
 
+/// `items` as text, separated by commas.
 pub(crate) fn join<T: std::fmt::Display>(items: &[T]) -> String {
     items
         .iter()

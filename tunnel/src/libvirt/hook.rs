@@ -4,7 +4,8 @@
 //! libvirt runs `/etc/libvirt/hooks/network NETWORK OPERATION SUB-OPERATION` (network XML on standard input)
 //! and waits for it. libvirt looks for hook scripts only when libvirtd starts: after installing the hook,
 //! restart libvirtd once. A libvirtd restart itself calls no network hook (measured with libvirt 9.0), which is
-//! one reason the daemon also checks every 2 s.
+//! one reason the daemon also checks on its own, every
+//! [`crate::firewall::CHECK_INTERVAL`].
 
 use std::fs;
 use std::io;
