@@ -56,10 +56,17 @@ pub fn require_root_and_ip() {
         .and_then(|l| l.split_whitespace().nth(2))
         .and_then(|s| s.parse::<u32>().ok());
     if euid != Some(0) {
+        // libtest names each test's thread after the test (not with --test-threads=1: then it is "main").
+        let test = std::thread::current()
+            .name()
+            .filter(|n| *n != "main")
+            .map_or_else(|| "this test".to_owned(), |n| format!("test `{n}`"));
+        let euid = euid.map_or_else(|| "unknown".to_owned(), |u| u.to_string());
         panic!(
-            "vmsecd end-to-end tests need root (network namespaces, veth pairs, raw sockets), but the effective \
-             uid is {euid:?}. Run them as root, e.g. `sudo scripts/setup test` or `sudo -E cargo test -p \
-             vmsecd-e2e`. They never skip."
+            "{test} needs root, as every test of the package vmsecd-e2e does (network namespaces, veth pairs, \
+             raw sockets), but the effective uid is {euid}. Run them as root, e.g. `sudo scripts/setup test` or \
+             `sudo -E cargo test -p vmsecd-e2e`; without root, `cargo test --workspace --exclude vmsecd-e2e` \
+             runs the rest (README, \"Tests\", names the few unit tests that need root too). They never skip."
         );
     }
     match Command::new("ip").arg("-V").output() {

@@ -53,16 +53,16 @@ pub fn vmsecd_bin() -> PathBuf {
     bin
 }
 
-/// The newest modification time of the daemon's sources below `dir`. Unit-test modules (`tests.rs`, `*_tests.rs`)
-/// are left out: they are not part of the binary, so editing them does not make it stale (and cargo does not
-/// relink it).
+/// The newest modification time of the daemon's sources below `dir`. Unit-test modules (`tests.rs`, `*_tests.rs`,
+/// and folders `tests/` such as tunnel/src/config/tests/) are left out: they are not part of the binary, so
+/// editing them does not make it stale (and cargo does not relink it).
 fn newest_mtime(dir: &Path) -> Option<SystemTime> {
     let mut newest = None;
     for e in fs::read_dir(dir).ok()?.flatten() {
         let p = e.path();
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if name == "tests.rs" || name.ends_with("_tests.rs") {
+        if name == "tests.rs" || name == "tests" || name.ends_with("_tests.rs") {
             continue;
         }
         let t = if p.is_dir() {

@@ -27,7 +27,9 @@
 
 mod dn;
 mod error;
+mod identity;
 mod keys;
+mod libvirt_subnets;
 mod psk;
 mod schema;
 #[cfg(test)]
@@ -42,6 +44,7 @@ use std::time::Duration;
 use ike::proposal::ProposalSpec;
 
 pub use self::error::{ConfigError, ErrorKind, KeyFileError, PskError};
+pub use self::identity::Identity;
 pub use self::keys::{CaFile, CertFile, PrivateKeyFile, PublicKeyFile};
 pub use self::psk::Psk;
 use self::validate::Cx;
@@ -71,6 +74,10 @@ pub const DEFAULT_CHILD_LIFETIME: Duration = Duration::from_secs(3600);
 pub const DEFAULT_REKEY_MARGIN: Duration = Duration::from_secs(9 * 60);
 /// `mesh.dpd_delay` when absent.
 pub const DEFAULT_DPD_DELAY: Duration = Duration::from_secs(30);
+/// Shortest `mesh.ike_lifetime` and `mesh.child_lifetime` the file may set.
+const MIN_LIFETIME: Duration = Duration::from_secs(10);
+/// Warn this long before a certificate of the mesh expires.
+pub const CERT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86400);
 /// `host.port` when absent: IKE's port (RFC 7296 2).
 pub const DEFAULT_IKE_PORT: u16 = 500;
 /// `mesh.control_socket` when absent: the abstract socket `vmsecd` in the daemon's own network namespace, so
@@ -258,9 +265,6 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Warn this long before a certificate of the mesh expires.
-pub const CERT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86400);
-
 impl CertAuth {
     /// The certificates of the mesh (the CAs' and every certificate file's, intermediates included) that
     /// expire within `within` of `now` (seconds since 1970): what `vmsecd check` and the daemon warn about, so
@@ -278,99 +282,6 @@ impl CertAuth {
             }
         }
         out
-    }
-}
-
-/// An IKE identity (RFC 7296 3.5).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Identity {
-    /// ID_IPV4_ADDR or ID_IPV6_ADDR.
-    Addr(IpAddr),
-    /// ID_FQDN, written `name.example` or `@name.example`.
-    Fqdn(String),
-    /// ID_RFC822_ADDR, written `user@name.example`.
-    Rfc822(String),
-    /// ID_DER_ASN1_DN, written `C=CH, O=example, CN=gw` as strongSwan writes it: the text (as written) and the
-    /// DER the ID payload carries.
-    Dn(String, Vec<u8>),
-    /// ID_KEY_ID, written `@#` and hex digits, as in strongSwan.
-    KeyId(Vec<u8>),
-}
-
-impl Identity {
-    /// Parses strongSwan's notation: an IP address, `@#HEX` for a key ID, or a DNS name with an optional `@`.
-    pub fn parse(text: &str) -> Result<Identity, String> {
-        if let Ok(a) = text.parse::<IpAddr>() {
-            return Ok(Identity::Addr(a));
-        }
-        if let Some(hex) = text.strip_prefix("@#") {
-            if hex.is_empty() || hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(format!(
-                    "key ID {text:?} needs an even number of hex digits after @#"
-                ));
-            }
-            let bytes = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digits"))
-                .collect();
-            return Ok(Identity::KeyId(bytes));
-        }
-        if dn::looks_like_dn(text) {
-            return dn::parse(text).map(|der| Identity::Dn(text.trim().to_owned(), der));
-        }
-        let is_name = |n: &str| {
-            !n.is_empty()
-                && n.len() <= 253
-                && n.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-        };
-        if let Some((user, domain)) = text.split_once('@').filter(|(u, _)| !u.is_empty()) {
-            if user.bytes().all(|b| b.is_ascii_graphic() && b != b'@') && is_name(domain) {
-                return Ok(Identity::Rfc822(text.to_owned()));
-            }
-            return Err(format!(
-                "{text:?} is not a valid user@fqdn (RFC 822) identity"
-            ));
-        }
-        let name = text.strip_prefix('@').unwrap_or(text);
-        if !is_name(name) {
-            return Err(format!("{text:?} is neither an IP address nor a DNS name"));
-        }
-        Ok(Identity::Fqdn(name.to_owned()))
-    }
-
-    /// The ID payload's type (RFC 7296 3.5) and data, for the IDi/IDr payloads and the AUTH computation.
-    pub fn wire(&self) -> (u8, Vec<u8>) {
-        match self {
-            Identity::Addr(IpAddr::V4(a)) => (1, a.octets().to_vec()),
-            Identity::Addr(IpAddr::V6(a)) => (5, a.octets().to_vec()),
-            Identity::Fqdn(n) => (2, n.as_bytes().to_vec()),
-            Identity::Rfc822(n) => (3, n.as_bytes().to_vec()),
-            Identity::Dn(_, der) => (9, der.clone()),
-            Identity::KeyId(k) => (11, k.clone()),
-        }
-    }
-
-    /// The identity as the IKE engine takes it.
-    pub fn to_id(&self) -> ike::message::Id {
-        let (t, data) = self.wire();
-        ike::message::Id {
-            id_type: ike::message::IdType(t),
-            data,
-        }
-    }
-}
-
-impl fmt::Display for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Identity::Addr(a) => write!(f, "{a}"),
-            Identity::Fqdn(n) | Identity::Rfc822(n) | Identity::Dn(n, _) => write!(f, "{n}"),
-            Identity::KeyId(k) => {
-                f.write_str("@#")?;
-                k.iter().try_for_each(|b| write!(f, "{b:02x}"))
-            }
-        }
     }
 }
 
@@ -562,96 +473,6 @@ impl Config {
     /// Every other host, in file order.
     pub fn peers(&self) -> impl Iterator<Item = &Host> {
         self.mesh.peers(self.local())
-    }
-
-    /// For a local host with `subnets = "libvirt"`: reads this machine's libvirt network definitions from
-    /// `dirs` (normally [`crate::libvirt::NETWORK_DIRS`]) and makes their IPv4 subnets the local subnets.
-    /// Refused, in words that say what to do, when no network (or a named one) is found, or a subnet lies
-    /// outside its libvirt range, overlaps another host's subnets or holds a host's address. Returns
-    /// `None` when the local host lists its subnets.
-    pub fn resolve_libvirt(&mut self, dirs: &[&Path]) -> Result<Option<LibvirtFound>, ConfigError> {
-        let me = self.local();
-        let Some(lv) = me.libvirt.clone() else {
-            return Ok(None);
-        };
-        let name = me.name.clone();
-        let err = |kind| ConfigError {
-            file: self.mesh.file.clone(),
-            location: None,
-            key: format!("host[{}].subnets", self.local),
-            kind: Box::new(kind),
-        };
-        let where_ = join(dirs.iter().map(|d| d.display()));
-        let all = crate::libvirt::networks(dirs);
-        let missing: Vec<&String> = lv
-            .networks
-            .iter()
-            .filter(|n| !all.iter().any(|a| &a.name == *n))
-            .collect();
-        if !missing.is_empty() {
-            return Err(err(ErrorKind::Libvirt(format!(
-                "{name} takes its subnets from the libvirt networks {}, but {} {} not defined on this machine (networks found in {where_}: {}); define and start {} (virsh net-define, virsh net-start) or fix libvirt_networks",
-                join(lv.networks.iter()),
-                join(missing.iter()),
-                if missing.len() == 1 { "is" } else { "are" },
-                if all.is_empty() { "none".to_owned() } else { join(all.iter().map(|n| &n.name)) },
-                if missing.len() == 1 { "it" } else { "them" },
-            ))));
-        }
-        let networks: Vec<(String, Vec<Prefix>)> = all
-            .iter()
-            .filter(|n| lv.networks.is_empty() || lv.networks.contains(&n.name))
-            .map(|n| {
-                let v4: Vec<Prefix> = n.subnets.iter().copied().filter(|p| p.is_ipv4()).collect();
-                (n.name.clone(), v4)
-            })
-            .filter(|(_, v4)| !v4.is_empty())
-            .collect();
-        if networks.is_empty() {
-            return Err(err(ErrorKind::Libvirt(format!(
-                "{name} has subnets = \"libvirt\", but no libvirt network with an IPv4 address was found in {where_}{}: define one (virsh net-define, e.g. with <ip address='192.168.122.1' prefix='24'/>) and start it, or list this host's subnets in the mesh file",
-                if lv.networks.is_empty() {
-                    String::new()
-                } else {
-                    format!(" among {}", join(lv.networks.iter()))
-                }
-            ))));
-        }
-        let range = &lv.range;
-        let mut subnets: Vec<Prefix> = Vec::new();
-        for (net, nets) in &networks {
-            for s in nets {
-                if !range.iter().any(|r| r.contains_prefix(s)) {
-                    return Err(err(ErrorKind::Libvirt(format!(
-                        "libvirt network {net}'s subnet {s} lies outside {name}'s libvirt_range ({}): the other hosts would refuse it; renumber the network (virsh net-edit {net}) or widen the range",
-                        join(range.iter())
-                    ))));
-                }
-                if let Some(o) = subnets.iter().find(|o| o.overlaps(s)) {
-                    return Err(err(ErrorKind::Libvirt(format!(
-                        "libvirt network {net}'s subnet {s} overlaps {o} of another of this host's networks: renumber one (virsh net-edit {net})"
-                    ))));
-                }
-                for h in self.mesh.peers(me) {
-                    if let Some(o) = h.subnets.iter().find(|o| o.overlaps(s)) {
-                        return Err(err(ErrorKind::Libvirt(format!(
-                            "libvirt network {net}'s subnet {s} on {name} overlaps {}'s subnet {o}: renumber the network (virsh net-edit {net}) or the other host's subnet",
-                            h.name
-                        ))));
-                    }
-                }
-                if let Some(h) = self.mesh.hosts.iter().find(|h| s.contains(h.address)) {
-                    return Err(err(ErrorKind::Libvirt(format!(
-                        "libvirt network {net}'s subnet {s} holds {}'s address {}: the route for it would send IKE and ESP into the tunnel; renumber the network (virsh net-edit {net})",
-                        h.name, h.address
-                    ))));
-                }
-                subnets.push(*s);
-            }
-        }
-        let local = self.local;
-        self.mesh.hosts[local].subnets = subnets;
-        Ok(Some(LibvirtFound { networks }))
     }
 
     /// The tunnels this host sets up: one per peer, in file order.

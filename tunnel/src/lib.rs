@@ -7,7 +7,8 @@
 //! - [`failclosed`]: unreachable routes that keep remote-subnet traffic off the underlay when no tunnel carries it;
 //! - [`prefix`]: CIDR prefixes;
 //! - [`firewall`]: vmsecd's own iptables rules ahead of libvirt's (no NAT, accept, MSS clamp), kept in place;
-//! - [`libvirt`]: libvirt's network hook (`vmsecd install-hook`).
+//! - [`control_client`]: one-line requests to a running daemon (`vmsecd reload`, `vmsecd firewall-check`);
+//! - [`libvirt`]: libvirt's network definitions (a leaf) and its network hook (`vmsecd install-hook`).
 //!
 //! The protocols themselves are sans-IO crates: `ike` (IKEv2) and `esp` (the ESP datapath).
 #![warn(missing_docs, unreachable_pub)]
@@ -15,10 +16,13 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod config;
+pub mod control_client;
 pub mod daemon;
 pub mod failclosed;
 pub mod firewall;
 pub mod libvirt;
 pub mod prefix;
 pub mod route;
+#[cfg(test)]
+mod test_root;
 pub mod tun;

@@ -1,6 +1,5 @@
 //! `vmsecd`: run the daemon, check a mesh file, ask a running daemon for its status.
 
-use std::fmt::Write as _;
 use std::io::IsTerminal as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -10,9 +9,14 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use vmsecd::config::{Auth, Config, ControlSocket, FoundBy, DEFAULT_CONFIG_PATH};
+use vmsecd::config::{Config, ControlSocket, DEFAULT_CONFIG_PATH};
 use vmsecd::daemon;
 use vmsecd::route::Netlink;
+
+/// The CLI's own reports, which the library does not need.
+mod cli {
+    pub(crate) mod check;
+}
 
 /// IKEv2/ESP tunnels between the VM subnets of a mesh of hypervisors.
 ///
@@ -90,7 +94,7 @@ enum Command {
     /// it looks for hooks only when it starts.
     InstallHook {
         /// libvirt's hooks folder.
-        #[arg(long, value_name = "DIR", default_value = vmsecd::libvirt::DEFAULT_HOOKS_DIR)]
+        #[arg(long, value_name = "DIR", default_value = vmsecd::libvirt::hook::DEFAULT_HOOKS_DIR)]
         hooks_dir: PathBuf,
         /// The daemon's control socket the hook talks to (default: @vmsecd).
         #[arg(long, value_name = "PATH")]
@@ -155,8 +159,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 tracing::info!(
                     host = %config.local().name,
                     "subnets = \"libvirt\": local subnets {} from libvirt networks {}",
-                    join(&config.local().subnets),
-                    join(&found.networks.iter().map(|(n, _)| n).collect::<Vec<_>>())
+                    cli::check::join(&config.local().subnets),
+                    cli::check::join(&found.networks.iter().map(|(n, _)| n).collect::<Vec<_>>())
                 );
             }
             if let Some(c) = control {
@@ -194,11 +198,11 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             let libvirt_dirs = libvirt_dirs_or_default(libvirt_dirs);
             let dirs = as_paths(&libvirt_dirs);
             let found = config.resolve_libvirt(&dirs)?;
-            print!("{}", render_check(&config, found.as_ref()));
+            print!("{}", cli::check::render_check(&config, found.as_ref()));
             // This machine's libvirt networks against the mesh: the check a sysadmin otherwise does by hand.
             print!(
                 "{}",
-                vmsecd::libvirt::report(&vmsecd::libvirt::networks(&dirs), &config)
+                cli::check::libvirt_report(&vmsecd::libvirt::network::networks(&dirs), &config)
             );
             Ok(())
         }
@@ -225,11 +229,11 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             let sock = control_socket(control.as_deref())?;
             let exe = std::env::current_exe()
                 .context("cannot find the path of this vmsecd binary for the hook to call")?;
-            let (path, what) = vmsecd::libvirt::install_hook(&hooks_dir, &exe, &sock)?;
+            let (path, what) = vmsecd::libvirt::hook::install_hook(&hooks_dir, &exe, &sock)?;
             let what = match what {
-                vmsecd::libvirt::HookInstalled::Created => "written",
-                vmsecd::libvirt::HookInstalled::Added => "added to the existing script",
-                vmsecd::libvirt::HookInstalled::Updated => "updated",
+                vmsecd::libvirt::hook::HookInstalled::Created => "written",
+                vmsecd::libvirt::hook::HookInstalled::Added => "added to the existing script",
+                vmsecd::libvirt::hook::HookInstalled::Updated => "updated",
             };
             println!(
                 "libvirt network hook {what}: {} (calls {} firewall-check --control {sock}).\n\
@@ -241,7 +245,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Reload { control } => {
             let sock = control_socket(control.as_deref())?;
-            let answer = vmsecd::firewall::request(&sock, "reload")?;
+            let answer = vmsecd::control_client::request(&sock, "reload")?;
             let v: serde_json::Value = serde_json::from_str(&answer)
                 .with_context(|| format!("the daemon's answer is not JSON: {answer}"))?;
             if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
@@ -254,7 +258,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::FirewallCheck { control } => {
             let sock = control_socket(control.as_deref())?;
-            let answer = vmsecd::firewall::request_check(&sock)?;
+            let answer = vmsecd::control_client::request_check(&sock)?;
             println!("{answer}");
             if answer.contains("\"error\"") {
                 anyhow::bail!("the daemon's firewall check failed: {answer}");
@@ -369,7 +373,9 @@ fn load_with_private_key(
 /// `--libvirt-dir` as given, or libvirt's own folders.
 fn libvirt_dirs_or_default(dirs: Vec<PathBuf>) -> Vec<PathBuf> {
     if dirs.is_empty() {
-        vmsecd::libvirt::NETWORK_DIRS.map(PathBuf::from).to_vec()
+        vmsecd::libvirt::network::NETWORK_DIRS
+            .map(PathBuf::from)
+            .to_vec()
     } else {
         dirs
     }
@@ -397,264 +403,9 @@ fn load(path: &Path, host: Option<&str>) -> anyhow::Result<Config> {
     load_with_private_key(path, host, None)
 }
 
-fn join<T: std::fmt::Display>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(|x| x.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// What `vmsecd check` prints: the host, the shared settings, and one block per tunnel.
-fn render_check(config: &Config, libvirt: Option<&vmsecd::config::LibvirtFound>) -> String {
-    let s = config.settings();
-    let me = config.local();
-    let ike = join(&s.ike_proposals.iter().map(|p| &p.text).collect::<Vec<_>>());
-    let esp = join(&s.esp_proposals.iter().map(|p| &p.text).collect::<Vec<_>>());
-    let auth = match &config.mesh.auth {
-        Auth::Psk(psk) => format!("psk (key in {})", psk.path().display()),
-        Auth::PubKey(pk) => format!(
-            "pubkey (RSA {} private key in {})",
-            pk.private_key.key.bits(),
-            pk.private_key.path.display()
-        ),
-        Auth::Cert(c) => {
-            let me_cert = c.certs[&me.name].cert();
-            format!(
-                "certificate \"{}\" (RSA {} private key in {}; expires {}; CA {} in {})",
-                me_cert.subject(),
-                c.private_key.key.bits(),
-                c.private_key.path.display(),
-                ike::crypto::x509::format_time(me_cert.not_after()),
-                c.ca.anchors.names(),
-                c.ca.path.display()
-            )
-        }
-        _ => "unknown".to_owned(),
-    };
-    let dur = |d| humantime::format_duration(d).to_string();
-    let mut o = String::new();
-    let _ = writeln!(o, "{}: valid", config.mesh.file.display());
-    let found = match config.found_by {
-        FoundBy::Name => "chosen with --host".to_owned(),
-        FoundBy::LocalAddress => format!("found by local address {}", me.address),
-    };
-    let _ = writeln!(o, "this host: {} ({found})", me.name);
-    let _ = writeln!(
-        o,
-        "  address {}, IKE port {}, identity {}",
-        me.address, me.port, me.id
-    );
-    match libvirt {
-        Some(found) => {
-            let nets: Vec<String> = found
-                .networks
-                .iter()
-                .map(|(n, s)| format!("{n} {}", join(s)))
-                .collect();
-            let _ = writeln!(
-                o,
-                "  subnets {} (subnets = \"libvirt\": from libvirt networks {})",
-                join(&me.subnets),
-                nets.join("; ")
-            );
-        }
-        None => {
-            let _ = writeln!(o, "  subnets {}", join(&me.subnets));
-        }
-    }
-    let _ = writeln!(o, "  interface {}, MTU {}", s.interface, s.mtu);
-    let _ = writeln!(o, "  auth {auth}");
-    let _ = writeln!(
-        o,
-        "  IKE SA lifetime {}, Child SA lifetime {}, rekey {} before expiry",
-        dur(s.ike_lifetime),
-        dur(s.child_lifetime),
-        dur(s.rekey_margin)
-    );
-    let dpd = s
-        .dpd_delay
-        .map_or("off".to_owned(), |d| format!("after {} idle", dur(d)));
-    let _ = writeln!(
-        o,
-        "  encapsulation {}, replay window {}, DPD {dpd}, control socket {}",
-        s.encap, s.replay_window, s.control_socket
-    );
-    let tunnels = config.tunnels();
-    let _ = writeln!(
-        o,
-        "{} tunnel{}:",
-        tunnels.len(),
-        if tunnels.len() == 1 { "" } else { "s" }
-    );
-    for t in &tunnels {
-        let p = t.peer;
-        let _ = writeln!(
-            o,
-            "  {} <-> {} at {} port {}, identity {}",
-            me.name, p.name, p.address, p.port, p.id
-        );
-        if p.libvirt.is_some() {
-            let _ = writeln!(
-                o,
-                "    {} <-> learned from its Child SA (subnets = \"libvirt\"), within libvirt_range {}",
-                join(t.local_subnets()),
-                join(t.remote_selectors())
-            );
-        } else {
-            let _ = writeln!(
-                o,
-                "    {} <-> {}",
-                join(t.local_subnets()),
-                join(t.remote_subnets())
-            );
-        }
-        let _ = writeln!(o, "    IKE {ike}; ESP {esp}; auth {auth}");
-        if let Auth::PubKey(pk) = &config.mesh.auth {
-            let k = &pk.public_keys[&p.name];
-            let _ = writeln!(
-                o,
-                "    peer key {} (RSA {})",
-                k.path.display(),
-                k.key.bits()
-            );
-        }
-        if let Auth::Cert(c) = &config.mesh.auth {
-            let _ = match c.certs.get(&p.name) {
-                Some(f) => writeln!(
-                    o,
-                    "    peer certificate \"{}\" in {} (expires {})",
-                    f.cert().subject(),
-                    f.path.display(),
-                    ike::crypto::x509::format_time(f.cert().not_after())
-                ),
-                None => writeln!(
-                    o,
-                    "    peer certificate: sent by the peer, must chain to the CA and name {}",
-                    p.id
-                ),
-            };
-        }
-        for r in t.remote_subnets() {
-            let _ = writeln!(o, "    route {r} dev {} mtu {}", s.interface, s.mtu);
-        }
-        if p.libvirt.is_some() {
-            let _ = writeln!(
-                o,
-                "    routes into {} for the subnets it negotiates, while its Child SA is up",
-                s.interface
-            );
-        }
-        for r in t.remote_selectors() {
-            let _ = writeln!(
-                o,
-                "    fail closed: unreachable {r} proto {} metric {} (kept if vmsecd dies, removed on a clean stop)",
-                vmsecd::failclosed::PROTO,
-                vmsecd::failclosed::METRIC
-            );
-        }
-    }
-    if let Some(w) = config.mesh.trust_warning() {
-        let _ = writeln!(o, "warning: {w}");
-    }
-    if let Auth::Cert(c) = &config.mesh.auth {
-        for (subject, path, not_after) in c.expiring(
-            vmsecd::config::unix_now(),
-            vmsecd::config::CERT_EXPIRY_WARNING,
-        ) {
-            let _ = writeln!(
-                o,
-                "warning: certificate \"{subject}\" in {} expires {}: renew it before then",
-                path.display(),
-                ike::crypto::x509::format_time(not_after)
-            );
-        }
-    }
-    o
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn check_prints_every_tunnel() {
-        let dir = tempfile::tempdir().unwrap();
-        let psk = dir.path().join("psk");
-        std::fs::write(&psk, "0123456789abcdef0123\n").unwrap();
-        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let file = dir.path().join("mesh.toml");
-        std::fs::write(
-            &file,
-            r#"
-[mesh]
-psk_file = "psk"
-esp_proposals = ["aes256gcm16", "aes128gcm16"]
-
-[[host]]
-name = "b0"
-address = "198.18.0.1"
-subnets = ["198.19.1.0/24"]
-
-[[host]]
-name = "c0"
-address = "198.18.0.2"
-subnets = ["198.19.2.0/24", "198.19.12.0/24"]
-
-[[host]]
-name = "gw"
-address = "198.18.0.3"
-subnets = ["198.19.3.0/24"]
-port = 4501
-id = "gw.example"
-"#,
-        )
-        .unwrap();
-        let config = Config::load(&file, None, &["198.18.0.1".parse().unwrap()]).unwrap();
-        let out = render_check(&config, None);
-        assert!(
-            out.contains("this host: b0 (found by local address 198.18.0.1)"),
-            "{out}"
-        );
-        assert!(out.contains("interface vmsec0, MTU 1400"), "{out}");
-        assert!(out.contains("2 tunnels:"), "{out}");
-        assert!(
-            out.contains("b0 <-> c0 at 198.18.0.2 port 500, identity 198.18.0.2"),
-            "{out}"
-        );
-        assert!(
-            out.contains("198.19.1.0/24 <-> 198.19.2.0/24, 198.19.12.0/24"),
-            "{out}"
-        );
-        assert!(
-            out.contains("route 198.19.12.0/24 dev vmsec0 mtu 1400"),
-            "{out}"
-        );
-        assert!(
-            out.contains("b0 <-> gw at 198.18.0.3 port 4501, identity gw.example"),
-            "{out}"
-        );
-        assert!(
-            out.contains(
-                "IKE aes128gcm16-prfsha256-x25519; ESP aes256gcm16, aes128gcm16; auth psk"
-            ),
-            "{out}"
-        );
-        assert!(
-            out.contains("fail closed: unreachable 198.19.12.0/24 proto 118 metric 1000000000"),
-            "{out}"
-        );
-        assert!(
-            out.contains("warning: auth = \"psk\": all 3 hosts share one key")
-                && out.contains("use auth = \"pubkey\""),
-            "{out}"
-        );
-        assert!(
-            !out.contains("0123456789abcdef"),
-            "the key must never be printed: {out}"
-        );
-    }
 
     #[test]
     fn cli_parses() {

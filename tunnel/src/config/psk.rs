@@ -120,11 +120,9 @@ mod tests {
     /// command that fixes it; once it is root's again it is read. Needs root (to chown).
     #[test]
     fn key_file_owned_by_another_user_is_refused() {
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
-        assert_eq!(
-            euid, 0,
-            "this test must run as root: it gives the key file to uid 65534"
+        crate::test_root::require_root(
+            "config::psk::tests::key_file_owned_by_another_user_is_refused",
+            "it gives the key file to uid 65534 (chown)",
         );
         let dir = tempfile::tempdir().unwrap();
         let path = key_file(dir.path());

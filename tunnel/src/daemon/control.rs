@@ -539,7 +539,7 @@ mod tests {
             .build()
             .unwrap();
         let e = rt.block_on(query(&sock)).unwrap_err().to_string();
-        let e2 = crate::firewall::request(&sock, "reload")
+        let e2 = crate::control_client::request(&sock, "reload")
             .unwrap_err()
             .to_string();
         let e3 = rt
@@ -599,6 +599,10 @@ mod tests {
     /// minus one are connected, and stuck clients are dropped after the timeout.
     #[test]
     fn stuck_clients_do_not_delay_other_requests() {
+        crate::test_root::require_root(
+            "daemon::control::tests::stuck_clients_do_not_delay_other_requests",
+            "the control socket's server refuses clients that are not root",
+        );
         let sock = unique("stuck");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
