@@ -39,49 +39,15 @@ pub const IKE_PORT: u16 = 500;
 /// The NAT traversal port.
 pub const NAT_T_PORT: u16 = 4500;
 
-/// How long the redundant IKE SA of a rekey collision waits for its creator's delete before deleting it itself.
-const REDUNDANT_GRACE: Duration = Duration::from_secs(10);
-
-/// How long the responder of an IKE SA leaves the initiator to ask for the Child SAs of subnet pairs the first one
-/// does not cover, before it asks itself (so that both sides rarely ask for the same pair).
-const EXTRA_CHILD_GRACE: Duration = Duration::from_secs(3);
-
-/// How long a responder that refused the Child SA in IKE_AUTH waits before deleting the IKE SA.
-const RESPONDER_DELETE_DELAY: Duration = Duration::from_millis(200);
-
-/// How long a half-open responder SA (IKE_SA_INIT answered, no IKE_AUTH yet) is kept: strongSwan's
-/// `half_open_timeout` default. A genuine initiator sends IKE_AUTH within a round trip, and its retransmissions
-/// (4, 7.2, 13 s) fall inside it; each half-open SA holds keys and up to two IKE_SA_INIT messages, and anyone who
-/// can send from a peer's address can make one, so it must not wait out the whole retransmission budget.
-pub const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Traffic selectors at most per side (TSi, TSr) of a Child SA request or answer, or as many as we are configured
 /// with for that side if more; beyond, TS_UNACCEPTABLE. vmsecd sends one per configured subnet (its peer's
 /// configuration mirrors ours); thousands from a peer would cost a narrowing of ours x theirs and a Child SA as
 /// large.
 pub const MAX_TS_PER_SIDE: usize = 16;
 
-/// The cached response to a retransmitted request is sent again at most once per this interval per IKE SA: a
-/// peer (or anyone replaying its datagrams) repeating a request as fast as it can would otherwise have every
-/// datagram of the response (all its fragments) sent for each copy. A genuine peer retransmits after a second
-/// or more (RFC 7296 2.4 leaves the timers to the implementation, 0.5 s at the least in charon).
-pub const RESEND_INTERVAL: Duration = Duration::from_millis(100);
-
 /// Child SAs one IKE SA carries at most (not counting replaced ones whose delete is under way); a request for
 /// more is answered NO_ADDITIONAL_SAS. vmsecd itself makes one per subnet pair.
 pub const MAX_CHILD_SAS: usize = 16;
-
-/// CREATE_CHILD_SA requests (new Child SAs and rekeys of either kind) a peer may make in a burst on one IKE SA
-/// and its successors, then one per [`CREATE_CHILD_INTERVAL`]; beyond that it gets TEMPORARY_FAILURE and
-/// retries later. Each may cost a key exchange.
-pub const CREATE_CHILD_BURST: u32 = 16;
-/// See [`CREATE_CHILD_BURST`].
-pub const CREATE_CHILD_INTERVAL: Duration = Duration::from_secs(2);
-/// IKE SA rekeys a peer may make in a burst, then one per [`IKE_REKEY_INTERVAL`]: each leaves the replaced IKE
-/// SA behind until its delete, so a storm would pile them up.
-pub const IKE_REKEY_BURST: u32 = 4;
-/// See [`IKE_REKEY_BURST`].
-pub const IKE_REKEY_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Accepted nonce lengths.
 //= https://www.rfc-editor.org/rfc/rfc7296#section-3.9
@@ -167,11 +133,6 @@ struct IkeCollision {
 /// The lower of an exchange's two nonces (byte-wise; a prefix is lower).
 fn lowest<'a>(ni: &'a [u8], nr: &'a [u8]) -> &'a [u8] {
     ni.min(nr)
-}
-
-/// How long to wait before trying a rekey again after the peer refused it (TEMPORARY_FAILURE or a collision).
-fn rekey_retry() -> Duration {
-    jittered(Duration::from_secs(15), Duration::from_secs(10))
 }
 
 #[derive(Debug)]
@@ -316,14 +277,6 @@ fn random_spi32() -> u32 {
     suite::fill_random(&mut b);
     // SPIs 1-255 are reserved by IANA; stay clear of them.
     u32::from_ne_bytes(b) | 0x100
-}
-
-/// Subtracts a random part of `jitter` from `d`.
-fn jittered(d: Duration, jitter: Duration) -> Duration {
-    let mut b = [0u8; 4];
-    suite::fill_random(&mut b);
-    let frac = u32::from_ne_bytes(b) as f64 / u32::MAX as f64;
-    d.saturating_sub(jitter.min(d / 2).mul_f64(frac))
 }
 
 //= https://www.rfc-editor.org/rfc/rfc7296#section-2.10
@@ -633,3 +586,8 @@ mod timers;
 
 pub use init::{InitOutcome, ValidInit};
 use payloads::*;
+use timers::*;
+pub use timers::{
+    CREATE_CHILD_BURST, CREATE_CHILD_INTERVAL, HALF_OPEN_TIMEOUT, IKE_REKEY_BURST,
+    IKE_REKEY_INTERVAL, RESEND_INTERVAL,
+};
