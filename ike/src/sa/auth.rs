@@ -7,16 +7,7 @@ impl IkeSa {
 
     pub(super) fn send_auth(&mut self, now: Instant) {
         let spi_in = random_spi32();
-        let offered: Vec<Proposal> = self
-            .cfg
-            .esp_proposals
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                p.without_dh()
-                    .to_wire(i as u8 + 1, spi_in.to_be_bytes().to_vec())
-            })
-            .collect();
+        let offered = wire_proposals(&self.cfg.esp_proposals, &spi_in.to_be_bytes(), false);
         let id_i = self.cfg.local_id.clone();
         let (method, auth) = match self.our_auth(&id_i) {
             Ok(a) => a,
@@ -266,7 +257,7 @@ impl IkeSa {
         if let Some(t) = error_notify(&payloads) {
             let reason = match t {
                 n::NO_PROPOSAL_CHOSEN => Reason::NoProposalChosen {
-                    ours: self.esp_proposal_text(),
+                    ours: proposal_text(&self.cfg.esp_proposals),
                     theirs: String::new(),
                 },
                 n::TS_UNACCEPTABLE => Reason::TsUnacceptable(format!(

@@ -37,7 +37,7 @@ impl IkeSa {
             return Err((
                 n::NO_PROPOSAL_CHOSEN,
                 Reason::NoProposalChosen {
-                    ours: self.esp_proposal_text(),
+                    ours: proposal_text(&self.cfg.esp_proposals),
                     theirs: describe_offer(&theirs),
                 },
             ));
@@ -207,7 +207,7 @@ impl IkeSa {
                     "peer refused an additional Child SA for a subnet pair the first one does not cover".into(),
                 ),
                 n::NO_PROPOSAL_CHOSEN => Reason::NoProposalChosen {
-                    ours: self.esp_proposal_text(),
+                    ours: proposal_text(&self.cfg.esp_proposals),
                     theirs: String::new(),
                 },
                 t => Reason::PeerError(n::name(t).into()),
@@ -279,20 +279,7 @@ impl IkeSa {
             .first()
             .and_then(ProposalSpec::first_dh);
         let ks = group.and_then(|g| KeyShare::generate(g).ok());
-        let offered: Vec<Proposal> = self
-            .cfg
-            .esp_proposals
-            .iter()
-            .enumerate()
-            .map(|(k, p)| {
-                let p = if ks.is_some() {
-                    p.clone()
-                } else {
-                    p.without_dh()
-                };
-                p.to_wire(k as u8 + 1, spi_in.to_be_bytes().to_vec())
-            })
-            .collect();
+        let offered = wire_proposals(&self.cfg.esp_proposals, &spi_in.to_be_bytes(), ks.is_some());
         (offered, ks)
     }
 

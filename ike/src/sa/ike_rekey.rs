@@ -16,13 +16,7 @@ impl IkeSa {
         };
         let spi = random_u64();
         let ni = random_bytes(NONCE_LEN);
-        let offered: Vec<Proposal> = self
-            .cfg
-            .ike_proposals
-            .iter()
-            .enumerate()
-            .map(|(i, p)| p.to_wire(i as u8 + 1, spi.to_be_bytes().to_vec()))
-            .collect();
+        let offered = wire_proposals(&self.cfg.ike_proposals, &spi.to_be_bytes(), true);
         //= https://www.rfc-editor.org/rfc/rfc7296#section-1.3.2
         //# The CREATE_CHILD_SA request for rekeying an IKE SA is:
         //#

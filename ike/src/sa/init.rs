@@ -30,13 +30,7 @@ impl IkeSa {
             //# responder-supplied cookie data as the first payload and all other payloads unchanged.
             payloads.push(Payload::Notify(Notify::new(n::COOKIE, c.clone())));
         }
-        let props = self
-            .cfg
-            .ike_proposals
-            .iter()
-            .enumerate()
-            .map(|(i, p)| p.to_wire(i as u8 + 1, vec![]))
-            .collect();
+        let props = wire_proposals(&self.cfg.ike_proposals, &[], true);
         payloads.push(Payload::Sa(props));
         payloads.push(Payload::Ke {
             group: ks.group(),
@@ -186,7 +180,7 @@ impl IkeSa {
                     }
                     n::NO_PROPOSAL_CHOSEN => {
                         let reason = Reason::NoProposalChosen {
-                            ours: self.ike_proposal_text(),
+                            ours: proposal_text(&self.cfg.ike_proposals),
                             theirs: String::new(),
                         };
                         self.unprotected_init_error(reason);
@@ -200,13 +194,7 @@ impl IkeSa {
                 }
             }
         }
-        let offered: Vec<Proposal> = self
-            .cfg
-            .ike_proposals
-            .iter()
-            .enumerate()
-            .map(|(i, p)| p.to_wire(i as u8 + 1, vec![]))
-            .collect();
+        let offered = wire_proposals(&self.cfg.ike_proposals, &[], true);
         let chosen = match first!(payloads, Payload::Sa(props) => props) {
             Some(props) => proposal::check_response(&offered, props),
             None => {
@@ -276,24 +264,6 @@ impl IkeSa {
         self.peer_sig_hashes = peer_sig_hashes(&payloads);
         self.outstanding = None;
         self.send_auth(now);
-    }
-
-    pub(super) fn ike_proposal_text(&self) -> String {
-        self.cfg
-            .ike_proposals
-            .iter()
-            .map(|p| p.text.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    pub(super) fn esp_proposal_text(&self) -> String {
-        self.cfg
-            .esp_proposals
-            .iter()
-            .map(|p| p.text.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
     }
 }
 
@@ -370,12 +340,7 @@ impl IkeSa {
         let Some(chosen) = proposal::select(&cfg.ike_proposals, theirs)
             .filter(|c| c.spi.is_empty() && suite::ike_supported(c))
         else {
-            let ours = cfg
-                .ike_proposals
-                .iter()
-                .map(|p| p.text.as_str())
-                .collect::<Vec<_>>()
-                .join(", ");
+            let ours = proposal_text(&cfg.ike_proposals);
             return Err(refuse(
                 vec![Payload::Notify(Notify::new(n::NO_PROPOSAL_CHOSEN, vec![]))],
                 Some(Reason::NoProposalChosen {

@@ -2,6 +2,33 @@
 
 use super::*;
 
+/// Our configured proposals as SA payload proposals, numbered from 1, each with `spi` (empty in IKE_SA_INIT).
+/// `keep_dh` false strips the key exchange transforms, for an ESP offer with no KE payload beside it (IKE_AUTH,
+/// or a Child SA request without a key share).
+pub(super) fn wire_proposals(specs: &[ProposalSpec], spi: &[u8], keep_dh: bool) -> Vec<Proposal> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let num = i as u8 + 1;
+            if keep_dh {
+                p.to_wire(num, spi.to_vec())
+            } else {
+                p.without_dh().to_wire(num, spi.to_vec())
+            }
+        })
+        .collect()
+}
+
+/// Our configured proposals in their configuration syntax, for the log line of a failed negotiation.
+pub(super) fn proposal_text(specs: &[ProposalSpec]) -> String {
+    specs
+        .iter()
+        .map(|p| p.text.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The peer's proposals in strongSwan's syntax, for the NO_PROPOSAL_CHOSEN log line: at most
 /// [`crate::text::MAX_UNTRUSTED_CHARS`] characters, however many proposals the request carried.
 pub(super) fn describe_offer(props: &[Proposal]) -> String {
