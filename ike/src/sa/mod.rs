@@ -9,11 +9,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{display_id, AuthMethod, PeerConfig};
+use crate::config::{AuthMethod, PeerConfig};
 use crate::crypto::signature as sig;
 use crate::crypto::x509;
 use crate::event::{ChildSaInfo, Event, Reason, Transmit};
 use crate::fragment::Reassembly;
+use crate::message::id::display_id;
 use crate::message::{
     self, Delete, ExchangeType, Flags, Fragment, Header, Id, Notify, Parsed, Payload, Proposal,
     ProtocolId, TrafficSelector, IKE_VERSION,
