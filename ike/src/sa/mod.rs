@@ -3,6 +3,16 @@
 //! Drive it like quinn-proto's `Connection`: feed received messages with [`IkeSa::handle`], call
 //! [`IkeSa::handle_timeout`] when [`IkeSa::poll_timeout`] says, and drain [`IkeSa::poll_transmit`] and
 //! [`IkeSa::poll_event`] after each call. Nothing here reads a clock: `now` is always an argument.
+//!
+//! This file holds the SA's state and its public API; each exchange has its own file:
+//! - `exchange.rs`: requests and responses, message IDs, protection, fragments, the response cache, dispatch;
+//! - `timers.rs`: the one timer table read by `poll_timeout` and `handle_timeout`, and every timing constant;
+//! - `init.rs`: IKE_SA_INIT in both roles (the responder's side is called by the endpoint before an SA exists);
+//! - `auth.rs`: IKE_AUTH in both roles, with the first Child SA;
+//! - `child.rs`: CREATE_CHILD_SA for new Child SAs and their rekeys, collisions and caps;
+//! - `ike_rekey.rs`: IKE SA rekey and its collisions;
+//! - `informational.rs`: the peer's INFORMATIONAL requests (deletes, liveness);
+//! - `payloads.rs`: our SA offers (`wire_proposals`), proposal text, and readers of the peer's payloads.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -34,6 +44,23 @@ macro_rules! first {
         })
     };
 }
+
+mod auth;
+mod child;
+mod exchange;
+mod ike_rekey;
+mod informational;
+mod init;
+mod payloads;
+mod timers;
+
+pub use init::{InitOutcome, ValidInit};
+use payloads::*;
+use timers::*;
+pub use timers::{
+    CREATE_CHILD_BURST, CREATE_CHILD_INTERVAL, HALF_OPEN_TIMEOUT, IKE_REKEY_BURST,
+    IKE_REKEY_INTERVAL, RESEND_INTERVAL,
+};
 
 /// IKE's well-known port.
 pub const IKE_PORT: u16 = 500;
@@ -575,20 +602,3 @@ impl IkeSa {
         }
     }
 }
-
-mod auth;
-mod child;
-mod exchange;
-mod ike_rekey;
-mod informational;
-mod init;
-mod payloads;
-mod timers;
-
-pub use init::{InitOutcome, ValidInit};
-use payloads::*;
-use timers::*;
-pub use timers::{
-    CREATE_CHILD_BURST, CREATE_CHILD_INTERVAL, HALF_OPEN_TIMEOUT, IKE_REKEY_BURST,
-    IKE_REKEY_INTERVAL, RESEND_INTERVAL,
-};
