@@ -83,9 +83,12 @@ impl IkeSa {
         let ke = first!(payloads, Payload::Ke { group, data } => (*group, data.clone()))
             .filter(|ke| ke.0 == ks.group())
             .ok_or_else(|| bad("no KE payload of our group".into()))?;
-        let shared = ks.agree(&ke.1).map_err(&bad)?;
+        let shared = ks.agree(&ke.1).map_err(|e| bad(e.to_string()))?;
         self.keys()
-            .and_then(|s| s.derive_rekey(&chosen, &shared, ni, &nr, spi, spi_r, true))
+            .and_then(|s| {
+                s.derive_rekey(&chosen, &shared, ni, &nr, spi, spi_r, true)
+                    .map_err(|e| e.to_string())
+            })
             .map(|suite| (suite, spi_r, nr))
             .map_err(bad)
     }

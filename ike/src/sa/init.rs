@@ -254,7 +254,7 @@ impl IkeSa {
         ) {
             Ok(s) => s,
             Err(e) => {
-                self.close(Reason::Protocol(e));
+                self.close(Reason::Protocol(e.to_string()));
                 return;
             }
         };
