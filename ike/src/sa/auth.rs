@@ -2,6 +2,53 @@
 
 use super::*;
 
+/// Why an AUTH payload could not be made or did not verify, split by whose fault it is (as rustls's `Error`
+/// is). The text is what the IkeDown reason and the daemon's log say, unchanged from when these were strings.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum AuthError {
+    /// Ours, a bug: IKE_AUTH runs only after IKE_SA_INIT made the keys.
+    #[error("no keys yet: IKE_SA_INIT is not complete")]
+    NoKeys,
+    /// The peer's: its PSK AUTH does not verify (another PSK, or a forgery).
+    #[error("the PSKs differ")]
+    PskMismatch,
+    /// A signature ours could not be made (no common hash) or the peer's does not verify.
+    #[error(transparent)]
+    Signature(#[from] sig::SignatureError),
+    /// The peer's certificate: not trusted, out of date, or not naming its identity.
+    #[error(transparent)]
+    Certificate(#[from] x509::CertError),
+    /// The peer's signature does not verify under the key of its certificate.
+    #[error("{error} (the key of the certificate of {subject})")]
+    CertificateSignature {
+        /// Why the signature failed.
+        error: sig::SignatureError,
+        /// The certificate's subject DN.
+        subject: String,
+    },
+    /// The peer's first CERT payload is not a certificate we can read (malformed).
+    #[error("the peer's certificate (first CERT payload): {0}")]
+    MalformedCertificate(x509::CertError),
+    /// Neither the peer nor the mesh file gave its certificate.
+    #[error(
+        "the peer sent no certificate (no X.509 CERT payload) and the mesh file names none for it"
+    )]
+    NoCertificate,
+    /// Incompatible configurations: the peer authenticates with another method than ours.
+    #[error(
+        "authentication method mismatch: the peer authenticates with {theirs}, we are configured for {ours} \
+         (mesh auth = \"{mesh}\")"
+    )]
+    MethodMismatch {
+        /// The peer's method, in words.
+        theirs: String,
+        /// Ours.
+        ours: &'static str,
+        /// The mesh file's `auth` value for ours.
+        mesh: &'static str,
+    },
+}
+
 impl IkeSa {
     // ---- IKE_AUTH, initiator --------------------------------------------------------------------------------
 
@@ -12,7 +59,7 @@ impl IkeSa {
         let (method, auth) = match self.our_auth(&id_i) {
             Ok(a) => a,
             Err(why) => {
-                self.close(Reason::AuthenticationFailed(why));
+                self.close(Reason::AuthenticationFailed(why.to_string()));
                 return;
             }
         };
@@ -38,7 +85,7 @@ impl IkeSa {
     }
 
     /// The octets an AUTH payload covers (RFC 7296 2.15), ours (`local`) or the peer's.
-    pub(super) fn auth_octets(&self, local: bool, id: &Id) -> Result<Vec<u8>, String> {
+    pub(super) fn auth_octets(&self, local: bool, id: &Id) -> Result<Vec<u8>, AuthError> {
         let suite = self.keys()?;
         // Which side's octets: the initiator signs its IKE_SA_INIT request and the responder's nonce.
         let signer_is_initiator = local == self.initiator;
@@ -51,14 +98,12 @@ impl IkeSa {
     }
 
     /// The IKE SA's keys, which exist once IKE_SA_INIT is done.
-    pub(super) fn keys(&self) -> Result<&Suite, String> {
-        self.suite
-            .as_ref()
-            .ok_or_else(|| "no keys yet: IKE_SA_INIT is not complete".to_owned())
+    pub(super) fn keys(&self) -> Result<&Suite, AuthError> {
+        self.suite.as_ref().ok_or(AuthError::NoKeys)
     }
 
     /// Our AUTH payload: method and Authentication Data, or why we cannot make one.
-    pub(super) fn our_auth(&self, id: &Id) -> Result<(u8, Vec<u8>), String> {
+    pub(super) fn our_auth(&self, id: &Id) -> Result<(u8, Vec<u8>), AuthError> {
         let octets = self.auth_octets(true, id)?;
         let suite = self.keys()?;
         match &self.cfg.auth {
@@ -74,14 +119,12 @@ impl IkeSa {
                     .peer_sig_hashes
                     .as_deref()
                     .and_then(sig::SigHash::choose)
-                    .ok_or_else(|| sig::SignatureError::NoCommonHash.to_string())?;
+                    .ok_or(sig::SignatureError::NoCommonHash)?;
                 let scheme = sig::Scheme {
                     padding: *padding,
                     hash,
                 };
-                let data = private
-                    .sign_auth(scheme, &octets)
-                    .map_err(|e| e.to_string())?;
+                let data = private.sign_auth(scheme, &octets)?;
                 Ok((sig::AUTH_DIGITAL_SIGNATURE, data))
             }
         }
@@ -96,7 +139,7 @@ impl IkeSa {
         method: u8,
         data: &[u8],
         payloads: &[Payload],
-    ) -> Result<(), String> {
+    ) -> Result<(), AuthError> {
         let octets = self.auth_octets(false, id)?;
         let suite = self.keys()?;
         let method_name = |m: u8| match m {
@@ -110,16 +153,14 @@ impl IkeSa {
                 if suite::ct_eq(&suite.psk_auth(psk, &octets), data) {
                     Ok(())
                 } else {
-                    Err("the PSKs differ".into())
+                    Err(AuthError::PskMismatch)
                 }
             }
             (AuthMethod::PubKey { peer_public, .. }, m)
                 if m == sig::AUTH_DIGITAL_SIGNATURE || m == sig::AUTH_RSA_SIG =>
             {
-                peer_public
-                    .verify_auth(method, data, &octets)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                peer_public.verify_auth(method, data, &octets)?;
+                Ok(())
             }
             (
                 AuthMethod::Certificate {
@@ -142,27 +183,26 @@ impl IkeSa {
                     .take(x509::MAX_CHAIN - 1)
                     .filter_map(|d| x509::Certificate::from_der(d).ok())
                     .collect();
-                trust
-                    .verify(&end, &intermediates, clock.unix_at(now))
-                    .map_err(|e| e.to_string())?;
-                end.check_identity(id).map_err(|e| e.to_string())?;
-                end.public_key()
-                    .map_err(|e| e.to_string())?
+                trust.verify(&end, &intermediates, clock.unix_at(now))?;
+                end.check_identity(id)?;
+                end.public_key()?
                     .verify_auth(method, data, &octets)
-                    .map(|_| ())
-                    .map_err(|e| format!("{e} (the key of the certificate of {})", end.subject()))
+                    .map_err(|error| AuthError::CertificateSignature {
+                        error,
+                        subject: end.subject(),
+                    })?;
+                Ok(())
             }
             (ours, theirs) => {
                 let mesh = match ours {
                     AuthMethod::Psk(_) => "psk",
                     AuthMethod::PubKey { .. } | AuthMethod::Certificate { .. } => "pubkey",
                 };
-                Err(format!(
-                    "authentication method mismatch: the peer authenticates with {}, we are configured for \
-                     {} (mesh auth = \"{mesh}\")",
-                    method_name(theirs),
-                    ours.name(),
-                ))
+                Err(AuthError::MethodMismatch {
+                    theirs: method_name(theirs),
+                    ours: ours.name(),
+                    mesh,
+                })
             }
         }
     }
@@ -248,7 +288,7 @@ impl IkeSa {
         if let Err(why) = self.check_peer_auth(now, &id_r, method, &data, &payloads) {
             self.close(Reason::AuthenticationFailed(format!(
                 "the peer's AUTH payload does not verify: {}",
-                untrusted(&why)
+                untrusted(&why.to_string())
             )));
             return;
         }
@@ -527,7 +567,7 @@ impl IkeSa {
                 format!(
                     "AUTH from {} does not verify: {}",
                     untrusted(&display_id(&id_i)),
-                    untrusted(&why)
+                    untrusted(&why.to_string())
                 ),
             );
             return;
@@ -536,7 +576,7 @@ impl IkeSa {
         let (our_method, our_auth) = match self.our_auth(&id_r) {
             Ok(a) => a,
             Err(why) => {
-                refuse(self, why);
+                refuse(self, why.to_string());
                 return;
             }
         };
@@ -571,5 +611,38 @@ impl IkeSa {
                 self.fail_child(now, reason);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The typed errors read exactly as the strings they replaced (the daemon logs them, pair.rs matches one).
+    #[test]
+    fn auth_errors_read_as_before() {
+        assert_eq!(AuthError::PskMismatch.to_string(), "the PSKs differ");
+        assert_eq!(
+            AuthError::NoKeys.to_string(),
+            "no keys yet: IKE_SA_INIT is not complete"
+        );
+        assert_eq!(
+            AuthError::NoCertificate.to_string(),
+            "the peer sent no certificate (no X.509 CERT payload) and the mesh file names none for it"
+        );
+        assert_eq!(
+            AuthError::MethodMismatch {
+                theirs: "a pre-shared key (AUTH method 2)".into(),
+                ours: "public key",
+                mesh: "pubkey",
+            }
+            .to_string(),
+            "authentication method mismatch: the peer authenticates with a pre-shared key (AUTH method 2), \
+             we are configured for public key (mesh auth = \"pubkey\")"
+        );
+        assert_eq!(
+            AuthError::from(sig::SignatureError::NoCommonHash).to_string(),
+            sig::SignatureError::NoCommonHash.to_string()
+        );
     }
 }

@@ -85,6 +85,7 @@ impl IkeSa {
             .ok_or_else(|| bad("no KE payload of our group".into()))?;
         let shared = ks.agree(&ke.1).map_err(|e| bad(e.to_string()))?;
         self.keys()
+            .map_err(|e| e.to_string())
             .and_then(|s| {
                 s.derive_rekey(&chosen, &shared, ni, &nr, spi, spi_r, true)
                     .map_err(|e| e.to_string())

@@ -79,13 +79,12 @@ pub(super) fn peer_certs(payloads: &[Payload]) -> impl Iterator<Item = &[u8]> {
 pub(super) fn peer_certificate(
     payloads: &[Payload],
     configured: Option<&x509::Certificate>,
-) -> Result<x509::Certificate, String> {
+) -> Result<x509::Certificate, auth::AuthError> {
     match peer_certs(payloads).next() {
-        Some(der) => x509::Certificate::from_der(der)
-            .map_err(|e| format!("the peer's certificate (first CERT payload): {e}")),
-        None => configured.cloned().ok_or_else(|| {
-            "the peer sent no certificate (no X.509 CERT payload) and the mesh file names none for it".into()
-        }),
+        Some(der) => {
+            x509::Certificate::from_der(der).map_err(auth::AuthError::MalformedCertificate)
+        }
+        None => configured.cloned().ok_or(auth::AuthError::NoCertificate),
     }
 }
 
