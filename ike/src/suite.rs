@@ -5,11 +5,28 @@ use std::net::IpAddr;
 
 use zeroize::Zeroizing;
 
-use crate::crypto::{auth, dh, keys, prf::Prf, sk};
+use crate::crypto::{auth, dh, keys, prf::Prf, sk, CryptoError};
 use crate::message::{self, Encrypted, Header, Id, Payload, PayloadType, HEADER_LEN};
 use crate::proposal::{ids, Chosen};
 
 /// Fills `buf` from the crypto backend's DRBG.
+/// Why the suite could not do what an exchange needed, split by whose fault it is (as rustls's `Error` is):
+/// [`SuiteError::Crypto`] keeps the crypto layer's own split (the peer's invalid public value or failed
+/// authentication, a local backend failure); the others are negotiated choices vmsecd does not implement.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SuiteError {
+    /// A key exchange group vmsecd has no implementation of (the peer is incompatible, or our configuration names
+    /// one only the parser knows).
+    #[error("key exchange group {0} is not implemented")]
+    UnsupportedGroup(u16),
+    /// A negotiated algorithm or combination vmsecd does not implement (the peer is incompatible).
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// What the crypto layer refused, with its own split by fault (see [`CryptoError`]).
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
 pub(crate) fn fill_random(buf: &mut [u8]) {
     use aws_lc_rs::rand::SecureRandom;
     // aws-lc's RAND_bytes aborts the process itself when its entropy source fails, so this error is not
@@ -23,10 +40,9 @@ pub(crate) fn fill_random(buf: &mut [u8]) {
 /// one we implement and the value is valid for it (MODP: right length and 1 < y < p-1; ECP: a point on the
 /// curve; Curve25519: 32 bytes). Cheap next to a key generation, so a request with a bad value costs us no
 /// Diffie-Hellman work.
-pub(crate) fn check_public(group: u16, peer: &[u8]) -> Result<(), String> {
-    let g = dh::DhGroup::from_id(group)
-        .ok_or_else(|| format!("key exchange group {group} is not implemented"))?;
-    dh::check_public(g, peer).map_err(|e| e.to_string())
+pub(crate) fn check_public(group: u16, peer: &[u8]) -> Result<(), SuiteError> {
+    let g = dh::DhGroup::from_id(group).ok_or(SuiteError::UnsupportedGroup(group))?;
+    Ok(dh::check_public(g, peer)?)
 }
 
 /// Constant-time equality of two MACs.
@@ -75,11 +91,11 @@ fn ike_integ(c: &Chosen) -> Option<Option<sk::Integ>> {
 }
 
 /// The IKE SA's encryption, integrity (none for AEADs) and PRF, or which of them we do not implement.
-fn ike_algorithms(c: &Chosen) -> Result<(sk::IkeEncr, Option<sk::Integ>, Prf), String> {
+fn ike_algorithms(c: &Chosen) -> Result<(sk::IkeEncr, Option<sk::Integ>, Prf), SuiteError> {
     Ok((
-        ike_encr(c).ok_or("unsupported IKE encryption")?,
-        ike_integ(c).ok_or("unsupported IKE integrity")?,
-        ike_prf(c).ok_or("unsupported PRF")?,
+        ike_encr(c).ok_or(SuiteError::Unsupported("unsupported IKE encryption"))?,
+        ike_integ(c).ok_or(SuiteError::Unsupported("unsupported IKE integrity"))?,
+        ike_prf(c).ok_or(SuiteError::Unsupported("unsupported PRF"))?,
     ))
 }
 
@@ -111,12 +127,9 @@ impl std::fmt::Debug for KeyShare {
 }
 
 impl KeyShare {
-    pub(crate) fn generate(group: u16) -> Result<KeyShare, String> {
-        let g = dh::DhGroup::from_id(group)
-            .ok_or_else(|| format!("key exchange group {group} is not implemented"))?;
-        dh::KeyShare::generate(g)
-            .map(KeyShare)
-            .map_err(|e| e.to_string())
+    pub(crate) fn generate(group: u16) -> Result<KeyShare, SuiteError> {
+        let g = dh::DhGroup::from_id(group).ok_or(SuiteError::UnsupportedGroup(group))?;
+        Ok(dh::KeyShare::generate(g).map(KeyShare)?)
     }
     pub(crate) fn group(&self) -> u16 {
         self.0.group().id()
@@ -124,8 +137,8 @@ impl KeyShare {
     pub(crate) fn public(&self) -> &[u8] {
         self.0.public()
     }
-    pub(crate) fn agree(&self, peer: &[u8]) -> Result<dh::SharedSecret, String> {
-        self.0.agree(peer).map_err(|e| e.to_string())
+    pub(crate) fn agree(&self, peer: &[u8]) -> Result<dh::SharedSecret, SuiteError> {
+        Ok(self.0.agree(peer)?)
     }
 }
 
@@ -150,10 +163,9 @@ impl Suite {
         spi_i: u64,
         spi_r: u64,
         initiator: bool,
-    ) -> Result<Suite, String> {
+    ) -> Result<Suite, SuiteError> {
         let (encr, integ, prf) = ike_algorithms(chosen)?;
-        let keys = keys::IkeKeys::derive(prf, shared.as_ref(), ni, nr, spi_i, spi_r, encr, integ)
-            .map_err(|e| e.to_string())?;
+        let keys = keys::IkeKeys::derive(prf, shared.as_ref(), ni, nr, spi_i, spi_r, encr, integ)?;
         Suite::with_keys(chosen, prf, keys, initiator)
     }
 
@@ -163,8 +175,8 @@ impl Suite {
         prf: Prf,
         keys: keys::IkeKeys,
         initiator: bool,
-    ) -> Result<Suite, String> {
-        let (out, inp) = keys.ciphers(initiator).map_err(|e| e.to_string())?;
+    ) -> Result<Suite, SuiteError> {
+        let (out, inp) = keys.ciphers(initiator)?;
         Ok(Suite {
             chosen: chosen.clone(),
             prf,
@@ -254,17 +266,18 @@ impl Suite {
         spi_i: u64,
         spi_r: u64,
         initiator: bool,
-    ) -> Result<Suite, String> {
+    ) -> Result<Suite, SuiteError> {
         let (encr, integ, prf) = ike_algorithms(chosen)?;
         // keys::IkeKeys::derive_rekey runs prf+ with the old PRF: a rekey that changed it would not
         // interoperate (see there), so both our offer and our choice keep it.
         if prf != self.prf {
-            return Err("the rekeyed IKE SA must keep the PRF".into());
+            return Err(SuiteError::Unsupported(
+                "the rekeyed IKE SA must keep the PRF",
+            ));
         }
         let keys = self
             .keys
-            .rekey(shared.as_ref(), ni, nr, spi_i, spi_r, encr, integ)
-            .map_err(|e| e.to_string())?;
+            .rekey(shared.as_ref(), ni, nr, spi_i, spi_r, encr, integ)?;
         Suite::with_keys(chosen, prf, keys, initiator)
     }
 
@@ -304,5 +317,29 @@ impl Suite {
         // RFC 7383 2.5.3: the AAD runs through the Total Fragments field, so the numbering is authenticated.
         let aad = msg.get(..enc.offset + 8).ok_or(())?;
         self.inp.decrypt(aad, enc.body).map_err(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The suite's errors keep whose fault it is: an unknown group is ours or an incompatible peer's, a bad
+    /// public value is the peer's (the crypto layer's own variant), and both read as before in the logs.
+    #[test]
+    fn errors_say_whose_fault() {
+        let e = KeyShare::generate(9999).unwrap_err();
+        assert_eq!(e, SuiteError::UnsupportedGroup(9999));
+        assert_eq!(e.to_string(), "key exchange group 9999 is not implemented");
+        let e = check_public(31, &[0u8; 5]).unwrap_err();
+        assert!(
+            matches!(e, SuiteError::Crypto(CryptoError::InvalidPublicKey { .. })),
+            "{e:?}"
+        );
+        let ks = KeyShare::generate(31).unwrap();
+        assert!(matches!(
+            ks.agree(&[0u8; 32]),
+            Err(SuiteError::Crypto(CryptoError::InvalidPublicKey { .. }))
+        ));
     }
 }

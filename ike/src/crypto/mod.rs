@@ -11,12 +11,16 @@
 //! - [`sk`]: encrypting and authenticating the SK payload (3.14, RFC 5282, RFC 7634);
 //! - [`auth`]: PSK AUTH (2.15), NAT detection hashes (2.23), stateless cookies (2.6);
 //! - [`signature`]: RSA signature AUTH (RFC 7427 Digital Signature, RFC 7296 RSA Digital Signature);
-//! - [`keyfile`]: RSA private and public keys from PEM/DER bytes.
+//! - [`keyfile`]: RSA private and public keys from PEM/DER bytes ([`pem`] and [`der`] beneath it);
+//! - [`x509`]: certificates and chains.
 
 pub mod auth;
+pub(crate) mod der;
 pub mod dh;
+mod key_error;
 pub mod keyfile;
 pub mod keys;
+mod pem;
 pub mod prf;
 pub mod signature;
 pub mod sk;

@@ -15,7 +15,9 @@ use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{self as sig, KeyPair as _, RsaKeyPair, UnparsedPublicKey};
 use zeroize::Zeroizing;
 
-use super::keyfile::{der, to_pem, KeyError};
+use super::der;
+use super::key_error::KeyError;
+use super::pem::to_pem;
 
 /// Auth Method 1: RSA Digital Signature (RFC 7296 3.8).
 pub const AUTH_RSA_SIG: u8 = 1;

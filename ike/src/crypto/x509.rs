@@ -13,8 +13,14 @@ use std::net::IpAddr;
 
 use aws_lc_rs::digest;
 
-use super::keyfile::{der, pem_blocks, KeyError};
+pub use self::chain::TrustAnchors;
+pub use self::name::dn_to_string;
+use self::name::{dotted_oid, same_dn};
+use super::der;
+use super::key_error::KeyError;
+use super::pem::pem_blocks;
 use super::signature::{PublicKey, Scheme};
+use crate::message::id::display_id;
 use crate::message::{Id, IdType};
 
 /// Why a certificate or a chain was refused. The text names the certificate and the reason.
@@ -536,7 +542,7 @@ impl Certificate {
         }
         let sans: Vec<String> = self.alt_names.iter().map(|n| n.to_string()).collect();
         Err(CertError::IdentityMismatch {
-            id: crate::config::display_id(id),
+            id: display_id(id),
             subject: self.subject(),
             sans: if sans.is_empty() {
                 "none".into()
@@ -544,144 +550,6 @@ impl Certificate {
                 sans.join(", ")
             },
         })
-    }
-}
-
-/// The CA certificates a mesh trusts.
-#[derive(Debug, Clone, Default)]
-pub struct TrustAnchors {
-    cas: Vec<Certificate>,
-}
-
-impl TrustAnchors {
-    /// Trusts `cas`. Each must be a CA certificate (basicConstraints cA).
-    pub fn new(cas: Vec<Certificate>) -> Result<TrustAnchors, CertError> {
-        for ca in &cas {
-            if ca.ca.is_none() {
-                return Err(CertError::NotACa {
-                    subject: ca.subject(),
-                    reason: "it is not a CA (basicConstraints cA is not set)",
-                });
-            }
-            ca.public_key()?;
-        }
-        Ok(TrustAnchors { cas })
-    }
-
-    /// The CERTREQ Certification Authority data: the SHA-1 key hash of every trusted CA.
-    pub fn certreq_data(&self) -> Vec<u8> {
-        self.cas
-            .iter()
-            .filter_map(Certificate::key_id)
-            .flatten()
-            .collect()
-    }
-
-    /// The trusted CA certificates.
-    pub fn certificates(&self) -> &[Certificate] {
-        &self.cas
-    }
-
-    /// The trusted CAs' subjects, for messages.
-    pub fn names(&self) -> String {
-        let v: Vec<String> = self
-            .cas
-            .iter()
-            .map(|c| format!("\"{}\"", c.subject()))
-            .collect();
-        v.join(", ")
-    }
-
-    /// Verifies `end` (with the `intermediates` the peer sent) up to a trusted CA at time `unix`, and checks
-    /// that `end` may sign (keyUsage). Returns the chain's subjects, end first, for the log.
-    pub fn verify(
-        &self,
-        end: &Certificate,
-        intermediates: &[Certificate],
-        unix: i64,
-    ) -> Result<Vec<String>, CertError> {
-        //= https://www.rfc-editor.org/rfc/rfc5280#section-4.2.1.3
-        //# The digitalSignature bit is asserted when the subject public key is
-        //# used for verifying digital signatures, other than signatures on
-        //# certificates (bit 5) and CRLs (bit 6)
-        if end
-            .key_usage
-            .is_some_and(|ku| ku & (KU_DIGITAL_SIGNATURE | KU_NON_REPUDIATION) == 0)
-        {
-            return Err(CertError::KeyUsage {
-                subject: end.subject(),
-            });
-        }
-        end.public_key()?;
-        let mut path = vec![end.subject()];
-        let mut cert = end;
-        // What chain building may cost is bounded before the peer has authenticated: at most MAX_CHAIN - 1
-        // intermediates are looked at (the first ones sent; a longer chain could not be used anyway), each
-        // continues the chain at most once, and at most MAX_SIGNATURE_CHECKS signatures are checked in all.
-        let intermediates = intermediates.get(..MAX_CHAIN - 1).unwrap_or(intermediates);
-        let mut used = [false; MAX_CHAIN - 1];
-        let mut checks = 0u32;
-        let mut check = |issuer: &Certificate, child: &Certificate, below: u32| {
-            if checks >= MAX_SIGNATURE_CHECKS {
-                return Err(CertError::TooManyCandidates {
-                    subject: child.subject(),
-                });
-            }
-            checks += 1;
-            issuer.issued(child, below)
-        };
-        for below in 0..MAX_CHAIN as u32 {
-            cert.check_time(unix)?;
-            cert.check_critical()?;
-            // A trusted CA that issued it ends the chain.
-            let mut last_err = None;
-            for ca in self
-                .cas
-                .iter()
-                .filter(|ca| same_dn(&ca.subject, &cert.issuer))
-            {
-                match check(ca, cert, below).and_then(|_| ca.check_time(unix)) {
-                    Ok(()) => {
-                        path.push(ca.subject());
-                        return Ok(path);
-                    }
-                    Err(e) => last_err = Some(e),
-                }
-            }
-            // Otherwise an intermediate the peer sent (never the certificate itself: a self-signed root sent
-            // along issues itself). The first one whose signature verifies continues the chain; if none does,
-            // the reason the first candidate failed is the answer.
-            let mut next = None;
-            for (k, i) in intermediates.iter().enumerate().filter(|(k, i)| {
-                !std::ptr::eq(*i, cert)
-                    && !used.get(*k).copied().unwrap_or(true)
-                    && same_dn(&i.subject, &cert.issuer)
-            }) {
-                match check(i, cert, below) {
-                    Ok(()) => {
-                        next = Some((k, i));
-                        break;
-                    }
-                    Err(e @ CertError::TooManyCandidates { .. }) => return Err(e),
-                    Err(e) => {
-                        last_err.get_or_insert(e);
-                    }
-                }
-            }
-            let Some((k, i)) = next else {
-                return Err(last_err.unwrap_or_else(|| CertError::UnknownIssuer {
-                    subject: cert.subject(),
-                    issuer: cert.issuer(),
-                    trusted: self.names(),
-                }));
-            };
-            if let Some(u) = used.get_mut(k) {
-                *u = true;
-            }
-            path.push(i.subject());
-            cert = i;
-        }
-        Err(CertError::TooLong)
     }
 }
 
@@ -806,91 +674,8 @@ pub fn format_time(unix: i64) -> String {
     )
 }
 
-fn dotted_oid(oid: &[u8]) -> String {
-    let mut parts = Vec::new();
-    let mut v: u64 = 0;
-    for (i, &b) in oid.iter().enumerate() {
-        v = (v << 7) | (b & 0x7f) as u64;
-        if b & 0x80 == 0 {
-            if parts.is_empty() {
-                let first = (v / 40).min(2);
-                parts.push(first);
-                parts.push(v - 40 * first);
-            } else {
-                parts.push(v);
-            }
-            v = 0;
-        }
-        if i > 64 {
-            break;
-        }
-    }
-    parts
-        .iter()
-        .map(u64::to_string)
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-/// The attribute type/value pairs of a DER Name, in order; `None` if it is not a Name.
-fn rdns(name: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
-    let (mut seq, rest) = der::expect(name, der::SEQUENCE)?;
-    if !rest.is_empty() {
-        return None;
-    }
-    let mut out = Vec::new();
-    while !seq.is_empty() {
-        let (mut set, r) = der::expect(seq, 0x31)?;
-        seq = r;
-        while !set.is_empty() {
-            let (atv, r) = der::expect(set, der::SEQUENCE)?;
-            set = r;
-            let (oid, value) = der::expect(atv, der::OID)?;
-            let (_, value, _) = der::tlv(value)?;
-            out.push((oid, value));
-        }
-    }
-    Some(out)
-}
-
-/// Two DNs are the same if their attributes and values are, whatever string type each value uses (strongSwan
-/// writes PrintableString where OpenSSL writes UTF8String).
-fn same_dn(a: &[u8], b: &[u8]) -> bool {
-    a == b || matches!((rdns(a), rdns(b)), (Some(x), Some(y)) if x == y)
-}
-
-/// A DER Name as strongSwan prints it: `C=CH, O=strongSwan, CN=moon.strongswan.org`.
-pub fn dn_to_string(name: &[u8]) -> String {
-    const NAMES: &[(&[u8], &str)] = &[
-        (&[0x55, 0x04, 0x06], "C"),
-        (&[0x55, 0x04, 0x08], "ST"),
-        (&[0x55, 0x04, 0x07], "L"),
-        (&[0x55, 0x04, 0x0a], "O"),
-        (&[0x55, 0x04, 0x0b], "OU"),
-        (&[0x55, 0x04, 0x03], "CN"),
-        (&[0x55, 0x04, 0x05], "SN"),
-        (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01], "E"),
-        (
-            &[0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x19],
-            "DC",
-        ),
-    ];
-    let Some(list) = rdns(name) else {
-        return "(unparsable DN)".into();
-    };
-    let parts: Vec<String> = list
-        .iter()
-        .map(|(oid, v)| {
-            let key = NAMES
-                .iter()
-                .find(|(o, _)| o == oid)
-                .map(|(_, n)| (*n).to_owned())
-                .unwrap_or_else(|| dotted_oid(oid));
-            format!("{key}={}", String::from_utf8_lossy(v))
-        })
-        .collect();
-    parts.join(", ")
-}
+mod chain;
+pub(crate) mod name;
 
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 //! nothing is trusted before it is checked. Encoding is the mirror image and is tested against it.
 
 mod header;
+pub mod id;
 mod payload;
 mod ts;
 

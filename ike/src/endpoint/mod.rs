@@ -1,0 +1,463 @@
+//! All IKE SAs of one daemon: demultiplexes datagrams by SPI, answers new IKE_SA_INIT requests (with cookies
+//! under load), and collects what every SA wants sent or reported.
+//!
+//! An IKE SA rekey (RFC 7296 2.18) creates a new IKE SA with new SPIs: the endpoint files it under our new SPI,
+//! moves Child SAs to the survivor of a rekey collision, and keeps the old SA reachable under its own SPI until
+//! its delete completes.
+//!
+//! What an unauthenticated IKE_SA_INIT request may cost us (rate limits, cookies, half-open caps) is decided in
+//! `admission.rs`; this file holds the endpoint's state, demultiplexing, timers and event collection.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use zeroize::Zeroizing;
+
+use crate::config::PeerConfig;
+use crate::crypto::auth;
+use crate::event::{Event, Reason, Transmit};
+use crate::message::{self, ExchangeType, Flags, Header, Notify, Payload};
+use crate::notify as n;
+use crate::ratelimit::TokenBucket;
+use crate::sa::{IkeSa, InitOutcome, SaStatus, State, IKE_PORT};
+use crate::suite;
+
+mod admission;
+
+use admission::{CookieSecrets, Pressure};
+pub use admission::{
+    COOKIE_PRESSURE_WINDOW, COOKIE_SECRET_LIFETIME, DEFAULT_COOKIE_THRESHOLD, INIT_ANSWER_BURST,
+    INIT_ANSWER_BURST_PER_ADDR, INIT_ANSWER_INTERVAL, INIT_ANSWER_INTERVAL_PER_ADDR,
+    KEY_EXCHANGE_BURST, KEY_EXCHANGE_INTERVAL, MAX_HALF_OPEN, MAX_HALF_OPEN_PER_ADDR,
+    MAX_IKE_SAS_PER_PEER, MAX_INIT_REQUEST_LEN, UNAUTHENTICATED_EVENT_INTERVAL,
+};
+
+/// How long a duplicate IKE SA is left alone before its initiator deletes it. A strongSwan peer resolves
+/// duplicates itself (uniqueids: a new IKE SA with the same identities replaces the old one); waiting lets its
+/// delete arrive first, so that both ends never delete one SA each and end up with none.
+pub const DUPLICATE_GRACE: Duration = Duration::from_secs(1);
+
+/// What the endpoint did with unauthenticated IKE_SA_INIT traffic, since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// IKE_SA_INIT requests from addresses that are no configured peer's: dropped.
+    pub unknown_source: u64,
+    /// COOKIE answers sent.
+    pub cookies_sent: u64,
+    /// Requests with a valid cookie.
+    pub cookies_valid: u64,
+    /// Stateless refusals sent (NO_PROPOSAL_CHOSEN, INVALID_KE_PAYLOAD, INVALID_SYNTAX).
+    pub refused: u64,
+    /// Requests dropped by the answer rate limits.
+    pub rate_limited: u64,
+    /// Requests dropped because the half-open caps were reached (or the request was too large to keep).
+    pub capped: u64,
+    /// Key exchanges done for IKE_SA_INIT requests (one key generation and agreement each).
+    pub key_exchanges: u64,
+    /// Half-open SAs created.
+    pub half_open_created: u64,
+    /// Half-open SAs that expired without IKE_AUTH.
+    pub half_open_expired: u64,
+    /// Half-open SAs without a cookie dropped to make room for a cookie-proven request.
+    pub evicted: u64,
+    /// Events about unauthenticated requests left out by [`UNAUTHENTICATED_EVENT_INTERVAL`].
+    pub events_suppressed: u64,
+}
+
+/// The IKE side of a daemon.
+pub struct Endpoint {
+    peers: Vec<Arc<PeerConfig>>,
+    /// Configured peers by address: the only sources whose IKE_SA_INIT requests are answered.
+    by_addr: HashMap<IpAddr, Arc<PeerConfig>>,
+    /// Our SAs and authenticated ones, by our SPI.
+    sas: HashMap<u64, IkeSa>,
+    /// Half-open responder SAs, by our SPI: kept apart, so that nothing an unauthenticated sender creates is
+    /// taken for the peer's SA or scanned on every event.
+    half_open: HashMap<u64, IkeSa>,
+    /// Expiry of half-open SAs, oldest first (all live [`crate::sa::HALF_OPEN_TIMEOUT`]); entries of SAs gone
+    /// meanwhile are skipped.
+    half_open_expiry: VecDeque<(Instant, u64)>,
+    /// Half-open SAs per source address.
+    half_open_per_addr: HashMap<IpAddr, usize>,
+    /// Half-open SAs whose request returned a valid cookie (see [`Endpoint::evict_unproven`]).
+    half_open_proven: HashSet<u64>,
+    /// Half-open SAs by the initiator's SPI and address, to recognise retransmitted IKE_SA_INIT requests.
+    by_init: HashMap<(u64, SocketAddr), u64>,
+    cookie_secrets: CookieSecrets,
+    cookie_threshold: usize,
+    pressure: Pressure,
+    /// Answers per configured peer address.
+    answer_limit_per_addr: HashMap<IpAddr, TokenBucket>,
+    answer_limit: TokenBucket,
+    key_exchange_limit: TokenBucket,
+    /// Reports about unauthenticated requests, per peer name, and how many were left out since the last one.
+    unauthenticated_events: HashMap<String, (TokenBucket, u64)>,
+    stats: Stats,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    /// Peers with more than one established IKE SA, since when (see [`Endpoint::resolve_duplicates`]).
+    duplicates: HashMap<String, Instant>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("peers", &self.peers.len())
+            .field("sas", &self.sas.len())
+            .field("half_open", &self.half_open.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn index_by_addr(peers: &[Arc<PeerConfig>]) -> HashMap<IpAddr, Arc<PeerConfig>> {
+    // The first peer with an address wins, as the linear search did before.
+    let mut m = HashMap::with_capacity(peers.len());
+    for p in peers {
+        m.entry(p.remote_addr).or_insert_with(|| p.clone());
+    }
+    m
+}
+
+impl Endpoint {
+    /// An endpoint that accepts and initiates IKE SAs with these peers.
+    pub fn new(peers: Vec<Arc<PeerConfig>>) -> Endpoint {
+        Endpoint {
+            by_addr: index_by_addr(&peers),
+            peers,
+            sas: HashMap::new(),
+            half_open: HashMap::new(),
+            half_open_expiry: VecDeque::new(),
+            half_open_per_addr: HashMap::new(),
+            half_open_proven: HashSet::new(),
+            by_init: HashMap::new(),
+            cookie_secrets: CookieSecrets::new(),
+            cookie_threshold: DEFAULT_COOKIE_THRESHOLD,
+            pressure: Pressure {
+                start: None,
+                current: 0,
+                previous: 0,
+            },
+            answer_limit_per_addr: HashMap::new(),
+            answer_limit: TokenBucket::new(INIT_ANSWER_BURST, INIT_ANSWER_INTERVAL),
+            key_exchange_limit: TokenBucket::new(KEY_EXCHANGE_BURST, KEY_EXCHANGE_INTERVAL),
+            unauthenticated_events: HashMap::new(),
+            stats: Stats::default(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            duplicates: HashMap::new(),
+        }
+    }
+
+    /// Sets the IKE_SA_INIT pressure that triggers cookies (0: always demand one).
+    pub fn set_cookie_threshold(&mut self, n: usize) {
+        self.cookie_threshold = n;
+    }
+
+    /// What happened to unauthenticated IKE_SA_INIT traffic so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The configured peers.
+    pub fn peers(&self) -> &[Arc<PeerConfig>] {
+        &self.peers
+    }
+
+    /// Replaces the peer list (reload). SAs of peers no longer present are deleted.
+    pub fn set_peers(&mut self, now: Instant, peers: Vec<Arc<PeerConfig>>) {
+        let gone: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, sa)| !peers.iter().any(|p| p.name == sa.config().name))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in gone {
+            if let Some(sa) = self.sas.get_mut(&k) {
+                sa.delete(now);
+            }
+        }
+        // Half-open SAs hold the old configuration: let a new request start over with the new one.
+        let half_open: Vec<u64> = self.half_open.keys().copied().collect();
+        for k in half_open {
+            self.drop_half_open(k);
+        }
+        self.by_addr = index_by_addr(&peers);
+        self.answer_limit_per_addr
+            .retain(|a, _| peers.iter().any(|p| p.remote_addr == *a));
+        self.unauthenticated_events
+            .retain(|name, _| peers.iter().any(|p| p.name == *name));
+        self.peers = peers;
+        self.collect();
+    }
+
+    /// Starts an IKE SA with the named peer. Returns its SPI, or `None` for an unknown name.
+    pub fn connect(&mut self, now: Instant, peer: &str) -> Option<u64> {
+        let cfg = self.peers.iter().find(|p| p.name == peer)?.clone();
+        let sa = IkeSa::initiate(cfg, now);
+        let spi = sa.local_spi();
+        self.sas.insert(spi, sa);
+        self.collect();
+        Some(spi)
+    }
+
+    /// True if an IKE SA with this peer exists in any state but closed. Half-open responder SAs do not count:
+    /// anyone who can send from the peer's address makes one, and it must not keep us from initiating.
+    pub fn has_sa(&self, peer: &str) -> bool {
+        self.sas
+            .values()
+            .any(|sa| sa.config().name == peer && sa.state() != State::Closed)
+    }
+
+    /// Status of every current SA: (peer name, status). IKE SAs a rekey replaced are left out while their
+    /// delete completes, and so are half-open responder SAs (see [`Endpoint::half_open_count`]).
+    pub fn status(&self) -> Vec<(String, SaStatus)> {
+        self.sas
+            .values()
+            .filter(|sa| !sa.is_superseded())
+            .map(|sa| (sa.config().name.clone(), sa.status()))
+            .collect()
+    }
+
+    /// How many IKE SAs are held, including replaced ones whose delete is still under way and half-open ones.
+    pub fn sa_count(&self) -> usize {
+        self.sas.len() + self.half_open.len()
+    }
+
+    /// How many half-open responder SAs are held (IKE_SA_INIT answered, no IKE_AUTH yet).
+    pub fn half_open_count(&self) -> usize {
+        self.half_open.len()
+    }
+
+    /// Asks for the Child SA with inbound SPI `spi_in` to be rekeyed now (see [`IkeSa::rekey_child_now`]);
+    /// false if no IKE SA holds it.
+    pub fn rekey_child_now(&mut self, now: Instant, spi_in: u32) -> bool {
+        self.sas
+            .values_mut()
+            .any(|sa| sa.rekey_child_now(now, spi_in))
+    }
+
+    /// Deletes every IKE SA (shutdown).
+    pub fn delete_all(&mut self, now: Instant) {
+        for sa in self.sas.values_mut() {
+            sa.delete(now);
+        }
+        let half_open: Vec<u64> = self.half_open.keys().copied().collect();
+        for k in half_open {
+            self.drop_half_open(k);
+        }
+        self.collect();
+    }
+
+    /// Deletes the IKE SAs with one peer.
+    pub fn delete_peer(&mut self, now: Instant, peer: &str) {
+        for sa in self.sas.values_mut().filter(|sa| sa.config().name == peer) {
+            sa.delete(now);
+        }
+        let half_open: Vec<u64> = self
+            .half_open
+            .iter()
+            .filter(|(_, sa)| sa.config().name == peer)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in half_open {
+            self.drop_half_open(k);
+        }
+        self.collect();
+    }
+
+    /// True when no SA is waiting for anything (all deleted). Half-open SAs wait for nothing of ours.
+    pub fn is_idle(&self) -> bool {
+        self.sas.values().all(|sa| sa.state() == State::Closed)
+    }
+
+    /// Handles a datagram received on `local_port` (the non-ESP marker already removed on 4500).
+    pub fn handle(&mut self, now: Instant, data: &[u8], from: SocketAddr, local_port: u16) {
+        let Ok(h) = Header::parse(data) else { return };
+        if h.exchange == ExchangeType::IKE_SA_INIT && !h.flags.response() && h.spi_r == 0 {
+            self.handle_new(now, data, &h, from);
+        } else {
+            let ours = if h.flags.initiator() {
+                h.spi_r
+            } else {
+                h.spi_i
+            };
+            if let Some(sa) = self.sas.get_mut(&ours) {
+                sa.handle(now, data, from, local_port);
+            } else if let Some(sa) = self.half_open.get_mut(&ours) {
+                sa.handle(now, data, from, local_port);
+                self.settle_half_open(ours);
+                if !self.sas.contains_key(&ours) {
+                    // Still half-open or gone: nothing else changed.
+                    return;
+                }
+            } else {
+                //= https://www.rfc-editor.org/rfc/rfc7296#section-2.21.4
+                //# If a node receives a message on UDP port 500 or 4500 outside the context of an IKE SA known to
+                //# it (and the message is not a request to start an IKE SA), this may be the result of a recent
+                //# crash
+                // We stay silent to such messages: answering unauthenticated INVALID_IKE_SPI would make us a
+                // reflector. Nothing changed either: no SA is scanned, nothing allocated.
+                return;
+            }
+        }
+        self.collect();
+        self.resolve_duplicates(now);
+    }
+
+    /// When [`Endpoint::handle_timeout`] must run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let dup = self.duplicates.values().map(|t| *t + DUPLICATE_GRACE);
+        let half_open = self.half_open_expiry.front().map(|(t, _)| *t);
+        self.sas
+            .values()
+            .filter_map(IkeSa::poll_timeout)
+            .chain(dup)
+            .chain(half_open)
+            .min()
+    }
+
+    /// Runs every SA's timers that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for sa in self.sas.values_mut() {
+            if sa.poll_timeout().is_some_and(|t| t <= now) {
+                sa.handle_timeout(now);
+            }
+        }
+        // Half-open SAs expire oldest first; only the expired ones are looked at.
+        while let Some((t, spi)) = self.half_open_expiry.front().copied() {
+            if t > now {
+                break;
+            }
+            self.half_open_expiry.pop_front();
+            if let Some(sa) = self.half_open.get_mut(&spi) {
+                sa.handle_timeout(now);
+                if sa.state() == State::Closed {
+                    self.stats.half_open_expired += 1;
+                }
+                self.settle_half_open(spi);
+            }
+        }
+        self.collect();
+        self.resolve_duplicates(now);
+    }
+
+    /// Two established IKE SAs with one peer: both ends started one at the same moment (the follower's timer
+    /// fired while the leader's IKE_SA_INIT was in flight, or both ends restarted together). Both ends must
+    /// keep the same one, and each SA must be deleted by one end only, so the rule depends only on what both
+    /// see: keep the SA that the lower address initiated (the mesh's designated initiator), among those the
+    /// lowest initiator SPI; the initiator of every other one deletes it, after [`DUPLICATE_GRACE`].
+    ///
+    /// Why not act on INITIAL_CONTACT instead: when two IKE_AUTH exchanges cross, each carries it, and
+    /// honouring both would delete both SAs.
+    fn resolve_duplicates(&mut self, now: Instant) {
+        let mut by_peer: HashMap<&str, Vec<u64>> = HashMap::new();
+        for (k, sa) in &self.sas {
+            if sa.state() == State::Established && !sa.is_superseded() {
+                by_peer.entry(&sa.config().name).or_default().push(*k);
+            }
+        }
+        let dup_peers: Vec<String> = by_peer
+            .iter()
+            .filter(|(_, k)| k.len() > 1)
+            .map(|(p, _)| (*p).to_owned())
+            .collect();
+        self.duplicates.retain(|p, _| dup_peers.contains(p));
+        let mut delete = Vec::new();
+        for peer in dup_peers {
+            let since = *self.duplicates.entry(peer.clone()).or_insert(now);
+            if now < since + DUPLICATE_GRACE {
+                continue;
+            }
+            let Some(keys) = by_peer.get(peer.as_str()) else {
+                continue;
+            };
+            let rank = |k: &u64| {
+                self.sas.get(k).map(|sa| {
+                    let cfg = sa.config();
+                    let lower_initiated = if sa.is_initiator() {
+                        cfg.local_addr < cfg.remote_addr
+                    } else {
+                        cfg.remote_addr < cfg.local_addr
+                    };
+                    (!lower_initiated, sa.spis().0)
+                })
+            };
+            let keep = keys.iter().min_by_key(|k| rank(k)).copied();
+            delete.extend(
+                keys.iter()
+                    .filter(|k| {
+                        Some(**k) != keep && self.sas.get(*k).is_some_and(IkeSa::is_initiator)
+                    })
+                    .copied(),
+            );
+            self.duplicates.remove(&peer);
+        }
+        for k in &delete {
+            if let Some(sa) = self.sas.get_mut(k) {
+                sa.delete(now);
+            }
+        }
+        if !delete.is_empty() {
+            self.collect();
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn collect(&mut self) {
+        // A rekey creates IKE SAs (filed under their own SPI, while the old one stays reachable until its delete
+        // completes) and may move Child SAs between them; the new ones can have queued messages of their own.
+        loop {
+            let mut spawned = Vec::new();
+            let mut handoffs = Vec::new();
+            let mut doomed = Vec::new();
+            for sa in self.sas.values_mut() {
+                spawned.extend(sa.take_spawned());
+                handoffs.extend(sa.take_handoff());
+                doomed.extend(sa.take_doomed());
+                while let Some(t) = sa.poll_transmit() {
+                    self.transmits.push_back(t);
+                }
+                while let Some(e) = sa.poll_event() {
+                    self.events.push_back(e);
+                }
+            }
+            if spawned.is_empty() && handoffs.is_empty() && doomed.is_empty() {
+                break;
+            }
+            for sa in spawned {
+                self.sas.insert(sa.local_spi(), sa);
+            }
+            for (spi, children) in handoffs {
+                if let Some(sa) = self.sas.get_mut(&spi) {
+                    sa.adopt(children);
+                }
+            }
+            for (spi, when) in doomed {
+                if let Some(sa) = self.sas.get_mut(&spi) {
+                    sa.mark_redundant(when);
+                }
+            }
+        }
+        let closed: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, sa)| sa.state() == State::Closed)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in closed {
+            self.sas.remove(&k);
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! IKE_SA_INIT in both roles: the initiator's request and its response, the responder's stateless
+//! validation (cookies, groups) and answer, and NAT detection.
+
+use super::*;
+
+impl IkeSa {
+    // ---- IKE_SA_INIT, initiator ------------------------------------------------------------------------------
+
+    pub(super) fn send_init(&mut self, now: Instant, group: Option<u16>) {
+        let group = group.or_else(|| {
+            self.cfg
+                .ike_proposals
+                .first()
+                .and_then(ProposalSpec::first_dh)
+        });
+        let Some(ks) = group.and_then(|g| KeyShare::generate(g).ok()) else {
+            self.close(Reason::Protocol(
+                "no usable key exchange group in our IKE proposals".into(),
+            ));
+            return;
+        };
+        // A retry after COOKIE or INVALID_KE_PAYLOAD keeps the nonce: the cookie is computed over it.
+        if self.ni.is_empty() {
+            self.ni = random_bytes(NONCE_LEN);
+        }
+        let mut payloads = Vec::new();
+        if let Some(c) = &self.cookie {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.6
+            //# the initiator MUST retry the IKE_SA_INIT with a Notify payload of type COOKIE containing the
+            //# responder-supplied cookie data as the first payload and all other payloads unchanged.
+            payloads.push(Payload::Notify(Notify::new(n::COOKIE, c.clone())));
+        }
+        let props = wire_proposals(&self.cfg.ike_proposals, &[], true);
+        payloads.push(Payload::Sa(props));
+        payloads.push(Payload::Ke {
+            group: ks.group(),
+            data: ks.public().to_vec(),
+        });
+        payloads.push(Payload::Nonce(self.ni.clone()));
+        payloads.extend(self.nat_detection_payloads());
+        if self.cfg.fragment_size != 0 {
+            //= https://www.rfc-editor.org/rfc/rfc7383#section-2.3
+            //# The initiator indicates its support for IKE fragmentation and willingness to use it by including a
+            //# Notify payload of type IKEV2_FRAGMENTATION_SUPPORTED in the IKE_SA_INIT request message.
+            payloads.push(Payload::Notify(Notify::new(
+                n::IKEV2_FRAGMENTATION_SUPPORTED,
+                vec![],
+            )));
+        }
+        payloads.extend(self.sig_hash_notify());
+        self.key_share = Some(ks);
+        let msg =
+            message::encode_plain(self.header(ExchangeType::IKE_SA_INIT, false, 0), &payloads);
+        self.init_req = msg.clone();
+        self.init_tries += 1;
+        self.next_id = 1;
+        self.outstanding = Some(Outstanding {
+            id: 0,
+            datagrams: vec![msg.clone()],
+            sent: 1,
+            deadline: now + self.cfg.retransmit.timeout(0),
+            what: Request::Init,
+        });
+        self.push_transmit(msg);
+    }
+
+    pub(super) fn nat_detection_payloads(&self) -> Vec<Payload> {
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.23
+        //# The data associated with these Notify types is the SHA-1 digest of the SPIs (in the order they appear in
+        //# the header), IP address, and port from which this packet was sent.
+        let src = if self.cfg.force_encap {
+            // strongSwan's `encap = yes`: a source hash that cannot match makes the peer see a NAT.
+            random_bytes(20)
+        } else {
+            suite::nat_hash(self.spi_i, self.spi_r, self.cfg.local_addr, self.local_port).to_vec()
+        };
+        let dst =
+            suite::nat_hash(self.spi_i, self.spi_r, self.remote.ip(), self.remote.port()).to_vec();
+        vec![
+            Payload::Notify(Notify::new(n::NAT_DETECTION_SOURCE_IP, src)),
+            Payload::Notify(Notify::new(n::NAT_DETECTION_DESTINATION_IP, dst)),
+        ]
+    }
+
+    /// Looks at the peer's NAT detection notifies; switches to port 4500 if either side is behind a NAT.
+    ///
+    /// `spi_r` is the responder SPI as it stood in the header of the message that carried them (0 in the
+    /// IKE_SA_INIT request).
+    pub(super) fn check_nat(&mut self, payloads: &[Payload], local_port: u16, spi_r: u64) {
+        let mut nat = self.cfg.force_encap;
+        for p in payloads {
+            if let Payload::Notify(x) = p {
+                let expected = match x.ntype {
+                    n::NAT_DETECTION_SOURCE_IP => {
+                        suite::nat_hash(self.spi_i, spi_r, self.remote.ip(), self.remote.port())
+                    }
+                    n::NAT_DETECTION_DESTINATION_IP => {
+                        suite::nat_hash(self.spi_i, spi_r, self.cfg.local_addr, local_port)
+                    }
+                    _ => continue,
+                };
+                if x.data != expected {
+                    nat = true;
+                    if x.ntype == n::NAT_DETECTION_DESTINATION_IP {
+                        // The peer saw another address or port than ours: a NAT in front of us.
+                        self.nat_local = true;
+                    }
+                }
+            }
+        }
+        if nat {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.23
+            //# the initiator MUST ... change to port 4500 for the IKE_AUTH exchange
+            self.nat = true;
+            self.local_port = NAT_T_PORT;
+            if self.remote.port() == IKE_PORT {
+                self.remote.set_port(NAT_T_PORT);
+            }
+        }
+    }
+
+    /// An error notification in an IKE_SA_INIT response: anyone on the path can forge one, so it does not end
+    /// the IKE SA. It is reported at once, as unauthenticated (the daemon neither backs off nor takes it for the
+    /// peer's word), and the IKE SA keeps retransmitting and waiting for a response it can use; if none comes,
+    /// it closes when the retransmissions run out, reporting the error again (still as unauthenticated) as the
+    /// reason it ended.
+    //= https://www.rfc-editor.org/rfc/rfc7296#section-2.21.1
+    //# Because all error notifications are completely unauthenticated, the recipient should continue trying for
+    //# some time before giving up. The recipient should not immediately act based on the error notification
+    //# unless corrective actions are defined in this specification, such as for COOKIE, INVALID_KE_PAYLOAD, and
+    //# INVALID_MAJOR_VERSION.
+    pub(super) fn unprotected_init_error(&mut self, reason: Reason) {
+        if self.init_error.is_some() || self.silent {
+            return;
+        }
+        self.events.push_back(Event::IkeDown {
+            peer: self.cfg.name.clone(),
+            reason: reason.clone(),
+            unauthenticated: true,
+        });
+        self.init_error = Some(reason);
+    }
+
+    pub(super) fn handle_init_response(
+        &mut self,
+        now: Instant,
+        payloads: Vec<Payload>,
+        header: &Header,
+        raw: &[u8],
+        local_port: u16,
+    ) {
+        for p in &payloads {
+            if let Payload::Notify(x) = p {
+                match x.ntype {
+                    n::COOKIE if self.cookie.is_none() || self.init_tries < 3 => {
+                        self.cookie = Some(x.data.clone());
+                        self.send_init(now, self.key_share.as_ref().map(KeyShare::group));
+                        return;
+                    }
+                    //= https://www.rfc-editor.org/rfc/rfc7296#section-1.2
+                    //# If the initiator guesses wrong, the responder will respond with a Notify payload of type
+                    //# INVALID_KE_PAYLOAD indicating the selected group.
+                    n::INVALID_KE_PAYLOAD if x.data.len() == 2 && self.init_tries < 3 => {
+                        let Ok(g) = <[u8; 2]>::try_from(&x.data[..]).map(u16::from_be_bytes) else {
+                            continue;
+                        };
+                        let offered = self.cfg.ike_proposals.iter().any(|p| {
+                            p.transforms
+                                .iter()
+                                .any(|t| t.ttype == message::TransformType::DH && t.id == g)
+                        });
+                        if offered {
+                            self.send_init(now, Some(g));
+                        } else {
+                            self.close(Reason::Protocol(format!(
+                                "peer asked for key exchange group {g}, which we did not offer"
+                            )));
+                        }
+                        return;
+                    }
+                    n::NO_PROPOSAL_CHOSEN => {
+                        let reason = Reason::NoProposalChosen {
+                            ours: proposal_text(&self.cfg.ike_proposals),
+                            theirs: String::new(),
+                        };
+                        self.unprotected_init_error(reason);
+                        return;
+                    }
+                    t if n::is_error(t) => {
+                        self.unprotected_init_error(Reason::PeerError(n::name(t).into()));
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let offered = wire_proposals(&self.cfg.ike_proposals, &[], true);
+        let chosen = match first!(payloads, Payload::Sa(props) => props) {
+            Some(props) => proposal::check_response(&offered, props),
+            None => {
+                self.close(Reason::Protocol(
+                    "IKE_SA_INIT response without an SA payload".into(),
+                ));
+                return;
+            }
+        };
+        let chosen = match chosen {
+            Ok(c) if suite::ike_supported(&c) => c,
+            Ok(c) => {
+                self.close(Reason::Protocol(format!(
+                    "IKE_SA_INIT response chose {}, which we cannot use",
+                    c.describe()
+                )));
+                return;
+            }
+            Err(e) => {
+                self.close(Reason::Protocol(format!(
+                    "IKE_SA_INIT response refused: {e}"
+                )));
+                return;
+            }
+        };
+        let ke = first!(payloads, Payload::Ke { group, data } => (*group, data.clone()));
+        let nr = first!(payloads, Payload::Nonce(d) => d.clone());
+        let (Some((group, peer_pub)), Some(nr)) = (ke, nr) else {
+            self.close(Reason::Protocol(
+                "IKE_SA_INIT response lacks KE or Nonce".into(),
+            ));
+            return;
+        };
+        let Some(ks) = self.key_share.take() else {
+            return;
+        };
+        if Some(group) != chosen.dh || group != ks.group() {
+            self.close(Reason::Protocol(format!(
+                "responder used group {group}, not the one we sent"
+            )));
+            return;
+        }
+        let shared = match ks.agree(&peer_pub) {
+            Ok(s) => s,
+            Err(e) => {
+                self.close(Reason::Protocol(format!("bad KE payload: {e}")));
+                return;
+            }
+        };
+        self.spi_r = header.spi_r;
+        self.nr = nr;
+        self.init_resp = raw.to_vec();
+        // A usable response after a (forged) error notification: the error reported was not the peer's word.
+        self.init_error = None;
+        let suite = match Suite::derive(
+            &chosen, &shared, &self.ni, &self.nr, self.spi_i, self.spi_r, true,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                self.close(Reason::Protocol(e.to_string()));
+                return;
+            }
+        };
+        self.suite = Some(suite);
+        self.check_nat(&payloads, local_port, self.spi_r);
+        self.frag = self.cfg.fragment_size != 0 && announces_fragmentation(&payloads);
+        self.peer_sig_hashes = peer_sig_hashes(&payloads);
+        self.outstanding = None;
+        self.send_auth(now);
+    }
+}
+
+// ---- responder: IKE_SA_INIT (called by the endpoint, before an SA exists) ------------------------------------
+
+/// What the endpoint does with an IKE_SA_INIT request.
+#[derive(Debug)]
+pub enum InitOutcome {
+    /// A new half-open SA; its response is queued in it.
+    Created(Box<IkeSa>),
+    /// A stateless answer (NO_PROPOSAL_CHOSEN, INVALID_KE_PAYLOAD, COOKIE) and an event explaining it, if any.
+    Refused(Transmit, Option<Reason>),
+}
+
+/// An IKE_SA_INIT request that passed every check that costs no key exchange: a proposal of ours, a KE payload
+/// of the chosen group with a value valid for it, a nonce of legal length.
+#[derive(Debug)]
+pub struct ValidInit {
+    header: Header,
+    raw: Vec<u8>,
+    payloads: Vec<Payload>,
+    chosen: Chosen,
+    group: u16,
+    peer_public: Vec<u8>,
+    ni: Vec<u8>,
+}
+
+impl ValidInit {
+    /// The request as received.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+}
+
+impl IkeSa {
+    /// Answers an IKE_SA_INIT request from `from` for the peer `cfg`: [`IkeSa::validate_init`], then
+    /// [`IkeSa::answer_init`].
+    pub fn respond_init(
+        cfg: Arc<PeerConfig>,
+        now: Instant,
+        raw: &[u8],
+        from: SocketAddr,
+    ) -> Option<InitOutcome> {
+        match IkeSa::validate_init(&cfg, raw, from) {
+            Ok(v) => IkeSa::answer_init(cfg, now, v, from),
+            Err(refusal) => refusal,
+        }
+    }
+
+    /// Checks an IKE_SA_INIT request completely before any Diffie-Hellman work: the header, a proposal we
+    /// accept, the KE payload's group and value, the nonce. `Err(None)`: drop it silently; `Err(Some(_))`:
+    /// the stateless answer to send.
+    pub fn validate_init(
+        cfg: &PeerConfig,
+        raw: &[u8],
+        from: SocketAddr,
+    ) -> Result<ValidInit, Option<InitOutcome>> {
+        let parsed = message::parse(raw).map_err(|_| None)?;
+        let h = parsed.header;
+        if h.exchange != ExchangeType::IKE_SA_INIT
+            || h.flags.response()
+            || h.message_id != 0
+            || h.spi_r != 0
+        {
+            return Err(None);
+        }
+        let refuse = |payloads: Vec<Payload>, reason: Option<Reason>| {
+            Some(refusal(h, from, &payloads, reason))
+        };
+        let theirs = first!(parsed.payloads, Payload::Sa(x) => x).ok_or(None)?;
+        let ke =
+            first!(parsed.payloads, Payload::Ke { group, data } => (*group, data)).ok_or(None)?;
+        let ni = first!(parsed.payloads, Payload::Nonce(x) => x).ok_or(None)?;
+        let Some(chosen) = proposal::select(&cfg.ike_proposals, theirs)
+            .filter(|c| c.spi.is_empty() && suite::ike_supported(c))
+        else {
+            let ours = proposal_text(&cfg.ike_proposals);
+            return Err(refuse(
+                vec![Payload::Notify(Notify::new(n::NO_PROPOSAL_CHOSEN, vec![]))],
+                Some(Reason::NoProposalChosen {
+                    ours,
+                    theirs: describe_offer(theirs),
+                }),
+            ));
+        };
+        let group = chosen.dh.ok_or(None)?;
+        if ke.0 != group {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-1.2
+            //# If the initiator guesses wrong, the responder will respond with a Notify payload of type
+            //# INVALID_KE_PAYLOAD indicating the selected group.
+            return Err(refuse(
+                vec![Payload::Notify(Notify::new(
+                    n::INVALID_KE_PAYLOAD,
+                    group.to_be_bytes().to_vec(),
+                ))],
+                None,
+            ));
+        }
+        // The peer's value and nonce are checked before a key of ours is generated for them: a spoofed request
+        // with a bad value must cost no Diffie-Hellman work.
+        if suite::check_public(group, ke.1).is_err() || !NONCE_LEN_RANGE.contains(&ni.len()) {
+            return Err(refuse(
+                vec![Payload::Notify(Notify::new(n::INVALID_SYNTAX, vec![]))],
+                None,
+            ));
+        }
+        Ok(ValidInit {
+            header: h,
+            raw: parsed.bytes.to_vec(),
+            payloads: parsed.payloads.clone(),
+            chosen,
+            group,
+            peer_public: ke.1.clone(),
+            ni: ni.clone(),
+        })
+    }
+
+    /// Answers a validated IKE_SA_INIT request: the key exchange, the keys, and a half-open SA holding the
+    /// response. This is the expensive step.
+    pub fn answer_init(
+        cfg: Arc<PeerConfig>,
+        now: Instant,
+        v: ValidInit,
+        from: SocketAddr,
+    ) -> Option<InitOutcome> {
+        let ValidInit {
+            header: h,
+            raw,
+            payloads: request,
+            chosen,
+            group,
+            peer_public,
+            ni,
+        } = v;
+        let ks = KeyShare::generate(group).ok()?;
+        let public = ks.public().to_vec();
+        let shared = match ks.agree(&peer_public) {
+            Ok(s) => s,
+            Err(_) => {
+                return Some(refusal(
+                    h,
+                    from,
+                    &[Payload::Notify(Notify::new(n::INVALID_SYNTAX, vec![]))],
+                    None,
+                ))
+            }
+        };
+        let mut sa = IkeSa::blank(cfg, false, h.spi_i, random_u64(), from, now);
+        sa.ni = ni;
+        sa.nr = random_bytes(NONCE_LEN);
+        sa.init_req = raw;
+        sa.peer_next_id = 1;
+        let suite =
+            Suite::derive(&chosen, &shared, &sa.ni, &sa.nr, sa.spi_i, sa.spi_r, false).ok()?;
+        let mut payloads = vec![
+            Payload::Sa(vec![chosen.to_wire(ProtocolId::IKE, vec![])]),
+            Payload::Ke {
+                group,
+                data: public,
+            },
+            Payload::Nonce(sa.nr.clone()),
+        ];
+        sa.suite = Some(suite);
+        payloads.extend(sa.nat_detection_payloads());
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-1.2
+        //# The responder can also send a Certificate Request payload ([CERTREQ]) in its IKE_SA_INIT response
+        payloads.extend(sa.certreq_payload());
+        payloads.extend(sa.sig_hash_notify());
+        sa.peer_sig_hashes = peer_sig_hashes(&request);
+        sa.check_nat(&request, IKE_PORT, 0);
+        if sa.cfg.fragment_size != 0 && announces_fragmentation(&request) {
+            //= https://www.rfc-editor.org/rfc/rfc7383#section-2.3
+            //# If the responder supports IKE fragmentation and is willing to use it, it includes a Notify payload
+            //# of type IKEV2_FRAGMENTATION_SUPPORTED in the IKE_SA_INIT response message.
+            payloads.push(Payload::Notify(Notify::new(
+                n::IKEV2_FRAGMENTATION_SUPPORTED,
+                vec![],
+            )));
+            sa.frag = true;
+        }
+        // The response goes out from port 500 whatever NAT detection found; the initiator moves to 4500.
+        let resp = message::encode_plain(sa.header(ExchangeType::IKE_SA_INIT, true, 0), &payloads);
+        sa.init_resp = resp.clone();
+        sa.transmits.push_back(Transmit {
+            remote: from,
+            local_port: IKE_PORT,
+            data: resp,
+        });
+        Some(InitOutcome::Created(Box::new(sa)))
+    }
+}
+
+/// A stateless answer to the IKE_SA_INIT request with header `h`.
+pub(super) fn refusal(
+    h: Header,
+    from: SocketAddr,
+    payloads: &[Payload],
+    reason: Option<Reason>,
+) -> InitOutcome {
+    let mut hdr = h;
+    hdr.flags = Flags(Flags::RESPONSE);
+    let data = message::encode_plain(hdr, payloads);
+    InitOutcome::Refused(
+        Transmit {
+            remote: from,
+            local_port: IKE_PORT,
+            data,
+        },
+        reason,
+    )
+}

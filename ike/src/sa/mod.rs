@@ -1,0 +1,604 @@
+//! One IKE SA and its Child SAs, in either role: a sans-IO state machine.
+//!
+//! Drive it like quinn-proto's `Connection`: feed received messages with [`IkeSa::handle`], call
+//! [`IkeSa::handle_timeout`] when [`IkeSa::poll_timeout`] says, and drain [`IkeSa::poll_transmit`] and
+//! [`IkeSa::poll_event`] after each call. Nothing here reads a clock: `now` is always an argument.
+//!
+//! This file holds the SA's state and its public API; each exchange has its own file:
+//! - `exchange.rs`: requests and responses, message IDs, protection, fragments, the response cache, dispatch;
+//! - `timers.rs`: the one timer table read by `poll_timeout` and `handle_timeout`, and every timing constant;
+//! - `init.rs`: IKE_SA_INIT in both roles (the responder's side is called by the endpoint before an SA exists);
+//! - `auth.rs`: IKE_AUTH in both roles, with the first Child SA;
+//! - `child.rs`: CREATE_CHILD_SA for new Child SAs and their rekeys, collisions and caps;
+//! - `ike_rekey.rs`: IKE SA rekey and its collisions;
+//! - `informational.rs`: the peer's INFORMATIONAL requests (deletes, liveness);
+//! - `payloads.rs`: our SA offers (`wire_proposals`), proposal text, and readers of the peer's payloads.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{AuthMethod, PeerConfig};
+use crate::crypto::signature as sig;
+use crate::crypto::x509;
+use crate::event::{ChildSaInfo, Event, Reason, Transmit};
+use crate::fragment::Reassembly;
+use crate::message::id::display_id;
+use crate::message::{
+    self, Delete, ExchangeType, Flags, Fragment, Header, Id, Notify, Parsed, Payload, Proposal,
+    ProtocolId, TrafficSelector, IKE_VERSION,
+};
+use crate::notify as n;
+use crate::proposal::{self, Chosen, ProposalSpec};
+use crate::ratelimit::TokenBucket;
+use crate::suite::{self, KeyShare, Suite};
+use crate::text::untrusted;
+
+/// The first payload of a kind, mapped: `first!(payloads, Payload::Nonce(x) => x.clone())`.
+macro_rules! first {
+    ($payloads:expr, $pat:pat => $val:expr) => {
+        $payloads.iter().find_map(|p| match p {
+            $pat => Some($val),
+            _ => None,
+        })
+    };
+}
+
+mod auth;
+mod child;
+mod exchange;
+mod ike_rekey;
+mod informational;
+mod init;
+mod payloads;
+mod timers;
+
+pub use init::{InitOutcome, ValidInit};
+use payloads::*;
+use timers::*;
+pub use timers::{
+    CREATE_CHILD_BURST, CREATE_CHILD_INTERVAL, HALF_OPEN_TIMEOUT, IKE_REKEY_BURST,
+    IKE_REKEY_INTERVAL, RESEND_INTERVAL,
+};
+
+/// IKE's well-known port.
+pub const IKE_PORT: u16 = 500;
+/// The NAT traversal port.
+pub const NAT_T_PORT: u16 = 4500;
+
+/// Traffic selectors at most per side (TSi, TSr) of a Child SA request or answer, or as many as we are configured
+/// with for that side if more; beyond, TS_UNACCEPTABLE. vmsecd sends one per configured subnet (its peer's
+/// configuration mirrors ours); thousands from a peer would cost a narrowing of ours x theirs and a Child SA as
+/// large.
+pub const MAX_TS_PER_SIDE: usize = 16;
+
+/// Child SAs one IKE SA carries at most (not counting replaced ones whose delete is under way); a request for
+/// more is answered NO_ADDITIONAL_SAS. vmsecd itself makes one per subnet pair.
+pub const MAX_CHILD_SAS: usize = 16;
+
+/// Accepted nonce lengths.
+//= https://www.rfc-editor.org/rfc/rfc7296#section-3.9
+//# The size of the Nonce Data MUST be between 16 and 256 octets, inclusive.
+pub const NONCE_LEN_RANGE: std::ops::RangeInclusive<usize> = 16..=256;
+
+/// Where the SA is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Initiator: IKE_SA_INIT sent.
+    InitSent,
+    /// Initiator: IKE_AUTH sent.
+    AuthSent,
+    /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
+    AwaitingAuth,
+    /// Authenticated.
+    Established,
+    /// Our delete of the IKE SA is outstanding.
+    Deleting,
+    /// Replaced by a rekey the peer initiated: waiting for the peer to delete it.
+    Rekeyed,
+    /// Gone; the driver drops it.
+    Closed,
+}
+
+/// What an outstanding request of ours was for.
+#[derive(Debug)]
+enum Request {
+    Init,
+    Auth {
+        offered: Vec<Proposal>,
+        spi_in: u32,
+    },
+    Liveness,
+    DeleteIke,
+    DeleteChild {
+        spi_in: u32,
+    },
+    RekeyChild {
+        old_spi_in: u32,
+        spi_in: u32,
+        offered: Vec<Proposal>,
+        ni: Vec<u8>,
+        ks: Option<Box<KeyShare>>,
+        /// The peer rekeyed the same Child SA meanwhile (RFC 7296 2.8.1).
+        collision: Option<ChildCollision>,
+    },
+    /// An additional Child SA for one (local subnet, remote subnet) pair no Child SA covers yet.
+    CreateChild {
+        spi_in: u32,
+        offered: Vec<Proposal>,
+        ni: Vec<u8>,
+        ks: Option<Box<KeyShare>>,
+    },
+    RekeyIke {
+        /// Our SPI in the new IKE SA (we are its initiator).
+        spi: u64,
+        offered: Vec<Proposal>,
+        ni: Vec<u8>,
+        ks: Box<KeyShare>,
+        /// The peer rekeyed this IKE SA meanwhile (RFC 7296 2.8.2).
+        collision: Option<IkeCollision>,
+    },
+}
+
+/// The Child SA the peer created when it rekeyed the one we were rekeying.
+#[derive(Debug)]
+struct ChildCollision {
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+}
+
+/// The IKE SA the peer created when it rekeyed the one we were rekeying.
+#[derive(Debug)]
+struct IkeCollision {
+    /// Our SPI in it (the endpoint files it under this).
+    local_spi: u64,
+    spis: (u64, u64),
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+}
+
+/// The lower of an exchange's two nonces (byte-wise; a prefix is lower).
+fn lowest<'a>(ni: &'a [u8], nr: &'a [u8]) -> &'a [u8] {
+    ni.min(nr)
+}
+
+#[derive(Debug)]
+struct Outstanding {
+    id: u32,
+    datagrams: Vec<Vec<u8>>,
+    sent: u32,
+    deadline: Instant,
+    what: Request,
+}
+
+/// A Child SA as the IKE SA tracks it.
+#[derive(Debug, Clone)]
+pub(crate) struct Child {
+    spi_in: u32,
+    spi_out: u32,
+    chosen: Chosen,
+    ts_local: Vec<TrafficSelector>,
+    ts_remote: Vec<TrafficSelector>,
+    rekey_at: Instant,
+    /// A rekey replaced it: delete it once the peer has the new one (we sent or answered the delete).
+    rekeyed: bool,
+}
+
+/// One IKE SA.
+pub struct IkeSa {
+    cfg: Arc<PeerConfig>,
+    initiator: bool,
+    spi_i: u64,
+    spi_r: u64,
+    state: State,
+    remote: SocketAddr,
+    local_port: u16,
+    nat: bool,
+    suite: Option<Suite>,
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+    init_req: Vec<u8>,
+    init_resp: Vec<u8>,
+    key_share: Option<KeyShare>,
+    cookie: Option<Vec<u8>>,
+    next_id: u32,
+    outstanding: Option<Outstanding>,
+    peer_next_id: u32,
+    last_response: Option<(u32, Vec<Vec<u8>>)>,
+    /// When the cached response was last sent again for a retransmitted request (see [`RESEND_INTERVAL`]).
+    last_resend: Option<Instant>,
+    /// An error notification in an IKE_SA_INIT response, reported (unauthenticated) but not acted on while a
+    /// usable response may still come (see [`IkeSa::unprotected_init_error`]).
+    init_error: Option<Reason>,
+    children: Vec<Child>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    last_heard: Instant,
+    established_at: Option<Instant>,
+    ike_rekey_at: Option<Instant>,
+    init_tries: u32,
+    /// The IkeDown event went out already (a refused Child SA is reported at once, before the delete exchange
+    /// that follows): closing must not report the SA a second time.
+    down_reported: bool,
+    /// Superseded by a rekey (the old SA) or redundant (the loser of a rekey collision): it carries no Child
+    /// SA, its closing reports nothing and status does not show it.
+    silent: bool,
+    /// New IKE SAs a rekey created, for the endpoint to file under their SPI.
+    spawned: Vec<IkeSa>,
+    /// Child SAs for the endpoint to move to the IKE SA filed under this SPI (the winner of a collision).
+    handoff: Option<(u64, Vec<Child>)>,
+    /// The IKE SA filed under this SPI lost a rekey collision, as of this instant: its creator must delete it.
+    doomed: Option<(u64, Instant)>,
+    /// Set on a redundant IKE SA (see `doomed`): when it was found redundant.
+    redundant_since: Option<Instant>,
+    /// Our NAT_DETECTION_DESTINATION_IP did not match: we are behind a NAT and keep its mapping alive.
+    nat_local: bool,
+    /// Both sides announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383).
+    frag: bool,
+    /// Fragments of a message being received.
+    reassembly: Option<Reassembly>,
+    /// The `now` of the call being processed.
+    clock: Instant,
+    /// When we last sent something to the peer (for NAT keepalives).
+    last_sent: Instant,
+    /// The hash algorithms of the peer's SIGNATURE_HASH_ALGORITHMS notification (RFC 7427 4), if it sent one.
+    peer_sig_hashes: Option<Vec<u16>>,
+    /// (local subnet, remote subnet) pairs we asked an additional Child SA for on this IKE SA: each once.
+    tried_pairs: Vec<(TrafficSelector, TrafficSelector)>,
+    /// The peer's CREATE_CHILD_SA requests (inherited by the successor of an IKE rekey).
+    create_limit: TokenBucket,
+    /// The peer's IKE SA rekeys (inherited likewise).
+    rekey_limit: TokenBucket,
+    /// Where the peer was when the SA was made (the key of a half-open SA's retransmission lookup).
+    origin: SocketAddr,
+}
+
+impl std::fmt::Debug for IkeSa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IkeSa")
+            .field("peer", &self.cfg.name)
+            .field("spi_i", &format_args!("{:016x}", self.spi_i))
+            .field("spi_r", &format_args!("{:016x}", self.spi_r))
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A snapshot for `vmsecd status`.
+#[derive(Debug, Clone)]
+pub struct SaStatus {
+    /// State.
+    pub state: State,
+    /// SPIs.
+    pub spis: (u64, u64),
+    /// We initiated.
+    pub initiator: bool,
+    /// Negotiated IKE algorithms.
+    pub algorithms: Option<String>,
+    /// When it was established.
+    pub established_at: Option<Instant>,
+    /// When the IKE SA is due for rekeying.
+    pub rekey_at: Option<Instant>,
+    /// Remote address.
+    pub remote: SocketAddr,
+    /// Port 4500 in use.
+    pub nat: bool,
+    /// Child SAs: (spi_in, spi_out, algorithms, rekey time).
+    pub children: Vec<(u32, u32, String, Instant)>,
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    suite::fill_random(&mut v);
+    v
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    suite::fill_random(&mut b);
+    u64::from_ne_bytes(b) | 1
+}
+
+fn random_spi32() -> u32 {
+    let mut b = [0u8; 4];
+    suite::fill_random(&mut b);
+    // SPIs 1-255 are reserved by IANA; stay clear of them.
+    u32::from_ne_bytes(b) | 0x100
+}
+
+//= https://www.rfc-editor.org/rfc/rfc7296#section-2.10
+//# Nonces used in IKEv2 MUST be randomly chosen, MUST be at least 128 bits in size, and MUST be at least half
+//# the key size of the negotiated pseudorandom function (PRF).
+const NONCE_LEN: usize = 32;
+
+impl IkeSa {
+    /// Starts an IKE SA towards the configured peer: queues the IKE_SA_INIT request.
+    pub fn initiate(cfg: Arc<PeerConfig>, now: Instant) -> IkeSa {
+        let remote = SocketAddr::new(cfg.remote_addr, cfg.remote_port);
+        let mut sa = IkeSa::blank(cfg, true, random_u64(), 0, remote, now);
+        sa.send_init(now, None);
+        sa
+    }
+
+    fn blank(
+        cfg: Arc<PeerConfig>,
+        initiator: bool,
+        spi_i: u64,
+        spi_r: u64,
+        remote: SocketAddr,
+        now: Instant,
+    ) -> IkeSa {
+        IkeSa {
+            cfg,
+            initiator,
+            spi_i,
+            spi_r,
+            state: if initiator {
+                State::InitSent
+            } else {
+                State::AwaitingAuth
+            },
+            remote,
+            local_port: IKE_PORT,
+            nat: false,
+            suite: None,
+            ni: Vec::new(),
+            nr: Vec::new(),
+            init_req: Vec::new(),
+            init_resp: Vec::new(),
+            key_share: None,
+            cookie: None,
+            next_id: 0,
+            outstanding: None,
+            peer_next_id: 0,
+            last_response: None,
+            last_resend: None,
+            init_error: None,
+            children: Vec::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            last_heard: now,
+            established_at: None,
+            ike_rekey_at: None,
+            init_tries: 0,
+            down_reported: false,
+            silent: false,
+            spawned: Vec::new(),
+            handoff: None,
+            doomed: None,
+            redundant_since: None,
+            nat_local: false,
+            frag: false,
+            reassembly: None,
+            clock: now,
+            last_sent: now,
+            peer_sig_hashes: None,
+            tried_pairs: Vec::new(),
+            create_limit: TokenBucket::new(CREATE_CHILD_BURST, CREATE_CHILD_INTERVAL),
+            rekey_limit: TokenBucket::new(IKE_REKEY_BURST, IKE_REKEY_INTERVAL),
+            origin: remote,
+        }
+    }
+
+    /// Our SPI: the key the endpoint files this SA under.
+    pub fn local_spi(&self) -> u64 {
+        if self.initiator {
+            self.spi_i
+        } else {
+            self.spi_r
+        }
+    }
+
+    /// Both SPIs, initiator's first.
+    pub fn spis(&self) -> (u64, u64) {
+        (self.spi_i, self.spi_r)
+    }
+
+    /// The peer's configuration.
+    pub fn config(&self) -> &Arc<PeerConfig> {
+        &self.cfg
+    }
+
+    /// Current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// True if we initiated this IKE SA.
+    pub fn is_initiator(&self) -> bool {
+        self.initiator
+    }
+
+    /// The `now` of the last call that drove this SA.
+    pub(crate) fn clock(&self) -> Instant {
+        self.clock
+    }
+
+    /// The address and port the SA was made with (for a responder, the IKE_SA_INIT request's source).
+    pub(crate) fn remote_at_init(&self) -> SocketAddr {
+        self.origin
+    }
+
+    /// True for a responder SA whose initiator has not authenticated yet (IKE_SA_INIT answered, no valid
+    /// IKE_AUTH): anyone able to send from the peer's address can make one, so it is not the peer's SA.
+    pub fn is_half_open(&self) -> bool {
+        !self.initiator && self.state == State::AwaitingAuth
+    }
+
+    /// True for an IKE SA a rekey replaced (or the redundant one of a rekey collision): it lingers only until
+    /// its delete completes, carries no Child SA and is left out of status displays.
+    pub fn is_superseded(&self) -> bool {
+        self.silent
+    }
+
+    /// The IKE SAs a rekey created since the last call: the endpoint files them under their local SPI.
+    pub(crate) fn take_spawned(&mut self) -> Vec<IkeSa> {
+        std::mem::take(&mut self.spawned)
+    }
+
+    /// Child SAs to move to another IKE SA (by its local SPI), after a rekey collision this SA lost.
+    pub(crate) fn take_handoff(&mut self) -> Option<(u64, Vec<Child>)> {
+        self.handoff.take()
+    }
+
+    /// Takes over the Child SAs of the IKE SA it replaced (it won a rekey collision).
+    pub(crate) fn adopt(&mut self, children: Vec<Child>) {
+        self.children.extend(children);
+        self.silent = false;
+    }
+
+    /// An IKE SA (by its local SPI) that lost a rekey collision we resolved, and when.
+    pub(crate) fn take_doomed(&mut self) -> Option<(u64, Instant)> {
+        self.doomed.take()
+    }
+
+    /// This SA lost a rekey collision: its creator deletes it, or we do after a grace period.
+    pub(crate) fn mark_redundant(&mut self, now: Instant) {
+        if self.silent && self.redundant_since.is_none() {
+            self.redundant_since = Some(now);
+        }
+    }
+
+    /// A snapshot for status displays.
+    pub fn status(&self) -> SaStatus {
+        SaStatus {
+            state: self.state,
+            spis: (self.spi_i, self.spi_r),
+            initiator: self.initiator,
+            algorithms: self.suite.as_ref().map(|s| s.chosen.describe()),
+            established_at: self.established_at,
+            rekey_at: self.ike_rekey_at,
+            remote: self.remote,
+            nat: self.nat,
+            children: self
+                .children
+                .iter()
+                .filter(|c| !c.rekeyed)
+                .map(|c| (c.spi_in, c.spi_out, c.chosen.describe(), c.rekey_at))
+                .collect(),
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Asks for the Child SA whose inbound SPI is `spi_in` to be rekeyed at the next timeout, whatever its
+    /// lifetime says; false if this IKE SA holds no such Child SA still in use. For the datapath, when the
+    /// Child SA's outbound sequence numbers run low (RFC 4303 3.3.3).
+    pub fn rekey_child_now(&mut self, now: Instant, spi_in: u32) -> bool {
+        match self
+            .children
+            .iter_mut()
+            .find(|c| c.spi_in == spi_in && !c.rekeyed)
+        {
+            Some(c) => {
+                c.rekey_at = c.rekey_at.min(now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Deletes the IKE SA (and with it every Child SA): sends INFORMATIONAL with a Delete payload.
+    pub fn delete(&mut self, now: Instant) {
+        self.clock = now;
+        self.abandon_rekey();
+        match self.state {
+            State::Established => self.send_delete_ike(now, Duration::ZERO),
+            State::Rekeyed => self.close(Reason::Rekeyed),
+            State::Deleting | State::Closed => {}
+            _ => self.close(Reason::DeletedByUs),
+        }
+    }
+
+    fn close(&mut self, reason: Reason) {
+        if self.state == State::Closed {
+            return;
+        }
+        for c in self.children.drain(..) {
+            self.events.push_back(Event::ChildDown {
+                peer: self.cfg.name.clone(),
+                spi_in: c.spi_in,
+                spi_out: c.spi_out,
+                reason: reason.clone(),
+            });
+        }
+        if !self.down_reported && !self.silent {
+            // Our IKE SA failing before the peer authenticated: what made it fail (a plaintext IKE_SA_INIT response,
+            // an IKE_AUTH response whose AUTH did not verify) may come from anyone on the path. A peer that never
+            // answered (PeerDead) is no one's word, and our own delete is ours.
+            let unauthenticated = self.initiator
+                && matches!(self.state, State::InitSent | State::AuthSent)
+                && !matches!(reason, Reason::PeerDead | Reason::DeletedByUs);
+            self.events.push_back(Event::IkeDown {
+                peer: self.cfg.name.clone(),
+                reason,
+                unauthenticated,
+            });
+        }
+        self.state = State::Closed;
+        self.abandon_rekey();
+        self.outstanding = None;
+    }
+
+    /// Before an outstanding IKE SA rekey is abandoned: if it had collided with the peer's, the SA we created
+    /// for the peer's request will never be resolved, so it goes the way of a redundant one.
+    fn abandon_rekey(&mut self) {
+        if let Some(Outstanding {
+            what: Request::RekeyIke {
+                collision: Some(c), ..
+            },
+            ..
+        }) = &self.outstanding
+        {
+            self.doomed = Some((c.local_spi, self.clock));
+        }
+    }
+
+    fn push_transmit(&mut self, data: Vec<u8>) {
+        self.last_sent = self.clock;
+        let data = if self.local_port == NAT_T_PORT {
+            //= https://www.rfc-editor.org/rfc/rfc3948#section-2.2
+            //# The Non-ESP Marker is 4 bytes of zero aligning with the SPI field of an ESP packet.
+            let mut v = Vec::with_capacity(data.len() + 4);
+            v.extend_from_slice(&[0; 4]);
+            v.extend_from_slice(&data);
+            v
+        } else {
+            data
+        };
+        self.transmits.push_back(Transmit {
+            remote: self.remote,
+            local_port: self.local_port,
+            data,
+        });
+    }
+
+    fn header(&self, exchange: ExchangeType, response: bool, id: u32) -> Header {
+        let mut flags = 0;
+        if self.initiator {
+            flags |= Flags::INITIATOR;
+        }
+        if response {
+            flags |= Flags::RESPONSE;
+        }
+        Header {
+            spi_i: self.spi_i,
+            spi_r: self.spi_r,
+            next_payload: 0,
+            version: IKE_VERSION,
+            exchange,
+            flags: Flags(flags),
+            message_id: id,
+            length: 0,
+        }
+    }
+}
