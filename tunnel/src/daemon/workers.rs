@@ -28,7 +28,7 @@ use std::thread::JoinHandle;
 
 use crate::tun::Queue;
 
-use super::io::tx_batch;
+use super::tx::tx_batch;
 use super::tx::Transmitter;
 
 /// The running workers and their queues.
