@@ -22,3 +22,4 @@ pub mod libvirt;
 pub mod prefix;
 pub mod route;
 pub mod tun;
+pub(crate) mod wire;

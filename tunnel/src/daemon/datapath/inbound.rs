@@ -4,11 +4,12 @@
 //! while after their delete.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use esp::{InboundSa, PacketBuf, Sad};
 use ike::message::TrafficSelector;
+
+use crate::wire::{dst_addr, src_addr};
 
 pub(super) struct InPolicy {
     pub(super) peer: Option<usize>,
@@ -20,23 +21,6 @@ pub(super) struct InPolicy {
 /// peer sent on it just before it switched to the new SA may still be in flight, and reordered behind the
 /// DELETE (strongSwan keeps a rekeyed inbound SA for its `delete_rekeyed_delay`, 5 s by default).
 pub(crate) const REKEYED_INBOUND_LINGER: Duration = Duration::from_secs(5);
-
-pub(super) fn dst_addr(pkt: &[u8]) -> Option<IpAddr> {
-    match pkt.first()? >> 4 {
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(pkt.get(16..20)?).ok()?)),
-        6 => Some(IpAddr::from(<[u8; 16]>::try_from(pkt.get(24..40)?).ok()?)),
-        _ => None,
-    }
-}
-
-pub(super) fn src_addr(pkt: &[u8]) -> Option<IpAddr> {
-    match pkt.first()? >> 4 {
-        // An IPv4 header is at least 20 bytes: one shorter has no destination either.
-        4 if pkt.len() >= 20 => Some(IpAddr::from(<[u8; 4]>::try_from(pkt.get(12..16)?).ok()?)),
-        6 => Some(IpAddr::from(<[u8; 16]>::try_from(pkt.get(8..24)?).ok()?)),
-        _ => None,
-    }
-}
 
 /// SAD, policy and the rekeyed inbound SAs that linger.
 pub(super) struct Inbound {

@@ -14,8 +14,8 @@ use esp::OutboundSa;
 use ike::event::ChildSaInfo;
 use ike::message::TrafficSelector;
 
-use super::inbound::{dst_addr, src_addr};
 use crate::prefix::Prefix;
+use crate::wire::{dst_addr, src_addr};
 
 /// How an ESP packet leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

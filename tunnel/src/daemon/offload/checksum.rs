@@ -1,6 +1,8 @@
 //! The Internet checksum (RFC 1071) and the TCP pseudo-header sum, as the segmenter and the coalescer compute
 //! them. Kept apart because both sides use them and their speed is the datapath's (see `sum`).
 
+use crate::wire::{ipv4, ipv6};
+
 /// The one's-complement sum of `data` as big-endian 16-bit words added to `acc`, not folded (RFC 1071).
 ///
 /// RFC 1071 2(B): the sum is the same in either byte order, up to swapping the result's two bytes. So the bulk
@@ -43,6 +45,10 @@ pub(crate) fn fold(mut s: u64) -> u16 {
 /// The pseudo-header sum for a TCP/UDP checksum over `l4_len` bytes (RFC 793 3.1, RFC 8200 8.1).
 pub(super) fn pseudo(ip: &[u8], v6: bool, proto: u8, l4_len: usize) -> u64 {
     // The callers checked the headers (`tcp_headers`): the addresses are there.
-    let addrs = if v6 { ip.get(8..40) } else { ip.get(12..20) };
+    let addrs = if v6 {
+        ip.get(ipv6::SRC_ADDR..ipv6::HEADER_LEN)
+    } else {
+        ip.get(ipv4::SRC_ADDR..ipv4::HEADER_LEN)
+    };
     sum(addrs.unwrap_or_default(), u64::from(proto) + l4_len as u64)
 }

@@ -6,6 +6,7 @@ use super::{
     arr, put, same, tcp_headers, VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, IPPROTO_TCP, TCP_FIN,
     TCP_PSH, TCP_RST, TCP_SYN, TCP_URG, VNET_HDR_LEN,
 };
+use crate::wire::{ipv4, ipv6, tcp, Ipv4Packet, Ipv6Packet};
 
 /// A TCP segment that may be merged with its neighbours before it is written to the TUN.
 #[derive(Debug, Clone, Copy)]
@@ -86,9 +87,9 @@ impl<'a> Coalescer<'a> {
         // `tcp_flow` checked both packets' headers: these are all there.
         let (Some(first), Some(&flags), Some(head), Some(&first_flags)) = (
             self.out.get(hdr..hdr + cur.hlen),
-            pkt.get(f.ip_len + 13),
+            pkt.get(f.ip_len + tcp::FLAGS),
             pkt.get(..f.hlen),
-            self.out.get(hdr + cur.ip_len + 13),
+            self.out.get(hdr + cur.ip_len + tcp::FLAGS),
         ) else {
             return false;
         };
@@ -121,7 +122,7 @@ impl<'a> Coalescer<'a> {
         self.segs += 1;
         put(
             self.out,
-            hdr + cur.ip_len + 13,
+            hdr + cur.ip_len + tcp::FLAGS,
             &[first_flags | flags & TCP_PSH],
         );
         self.flow = Some(Flow {
@@ -172,12 +173,16 @@ impl<'a> Coalescer<'a> {
                 // The first packet's headers were checked (`tcp_flow`): every `put` lands inside.
                 let plen = pkt.len();
                 if f.v6 {
-                    put(pkt, 4, &(plen.saturating_sub(40) as u16).to_be_bytes());
+                    put(
+                        pkt,
+                        ipv6::PAYLOAD_LEN,
+                        &(plen.saturating_sub(ipv6::HEADER_LEN) as u16).to_be_bytes(),
+                    );
                 } else {
-                    put(pkt, 2, &(plen as u16).to_be_bytes());
-                    put(pkt, 10, &[0, 0]);
+                    put(pkt, ipv4::TOTAL_LEN, &(plen as u16).to_be_bytes());
+                    put(pkt, ipv4::CHECKSUM, &[0, 0]);
                     let c = !fold(sum(pkt.get(..f.ip_len).unwrap_or_default(), 0));
-                    put(pkt, 10, &c.to_be_bytes());
+                    put(pkt, ipv4::CHECKSUM, &c.to_be_bytes());
                 }
                 let ps = fold(pseudo(
                     pkt,
@@ -185,7 +190,7 @@ impl<'a> Coalescer<'a> {
                     IPPROTO_TCP,
                     plen.saturating_sub(f.ip_len),
                 ));
-                put(pkt, f.ip_len + 16, &ps.to_be_bytes());
+                put(pkt, f.ip_len + tcp::CHECKSUM, &ps.to_be_bytes());
                 let h = VnetHdr {
                     flags: F_NEEDS_CSUM,
                     gso_type: if f.v6 { GSO_TCPV6 } else { GSO_TCPV4 },
@@ -206,18 +211,25 @@ impl<'a> Coalescer<'a> {
 fn tcp_flow(pkt: &[u8]) -> Option<Flow> {
     let (ip_len, hlen, v6) = tcp_headers(pkt).ok()?;
     if !v6 {
-        let total = usize::from(u16::from_be_bytes(arr(pkt, 2)?));
+        let ip = Ipv4Packet::new_checked(pkt)?;
         // No options (so the header can be copied), no fragment, the length field agrees.
-        if ip_len != 20 || total != pkt.len() || u16::from_be_bytes(arr(pkt, 6)?) & 0x3fff != 0 {
+        if ip_len != ipv4::HEADER_LEN
+            || usize::from(ip.total_len()) != pkt.len()
+            || ip.is_fragment()
+        {
             return None;
         }
-    } else if usize::from(u16::from_be_bytes(arr(pkt, 4)?)) + 40 != pkt.len() {
+    } else if usize::from(Ipv6Packet::new_checked(pkt)?.payload_len()) + ipv6::HEADER_LEN
+        != pkt.len()
+    {
         return None;
     }
-    if pkt.get(ip_len + 13)? & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG) != 0 || pkt.len() == hlen {
+    if pkt.get(ip_len + tcp::FLAGS)? & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG) != 0
+        || pkt.len() == hlen
+    {
         return None;
     }
-    let seq = u32::from_be_bytes(arr(pkt, ip_len + 4)?);
+    let seq = u32::from_be_bytes(arr(pkt, ip_len + tcp::SEQ_NUM)?);
     Some(Flow {
         v6,
         ip_len,

@@ -44,13 +44,10 @@ pub(crate) const GSO_TCPV6: u8 = 4;
 /// `VIRTIO_NET_HDR_GSO_ECN` bit of gso_type.
 const GSO_ECN: u8 = 0x80;
 
-const IPPROTO_TCP: u8 = 6;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_PSH: u8 = 0x08;
-const TCP_URG: u8 = 0x20;
-const TCP_CWR: u8 = 0x80;
+use crate::wire::tcp::{
+    CWR as TCP_CWR, FIN as TCP_FIN, PSH as TCP_PSH, RST as TCP_RST, SYN as TCP_SYN, URG as TCP_URG,
+};
+use crate::wire::{self, ipv4, ipv6, tcp, Ipv4Packet, Ipv6Packet, IPPROTO_TCP};
 
 /// `struct virtio_net_hdr` (little-endian fields: the TUN is used in the host's byte order, LE on x86 and arm).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -124,26 +121,24 @@ fn same<R: std::slice::SliceIndex<[u8], Output = [u8]> + Clone>(a: &[u8], b: &[u
 
 /// Where the headers of a TCP packet end: (IP header length, IP+TCP header length, IPv6?).
 fn tcp_headers(pkt: &[u8]) -> Result<(usize, usize, bool), GsoError> {
-    let (ip_len, v6) = match pkt {
-        [b0, _, _, _, _, _, _, _, _, proto, ..]
-            if b0 >> 4 == 4 && pkt.len() >= 20 && *proto == IPPROTO_TCP =>
-        {
-            (usize::from(b0 & 0xf) * 4, false)
-        }
+    let (ip_len, v6) = match wire::version(pkt) {
+        Some(4) => match Ipv4Packet::new_checked(pkt) {
+            Some(ip) if ip.protocol() == IPPROTO_TCP => (ip.header_len(), false),
+            _ => return Err(GsoError::Malformed),
+        },
         // Extension headers are not expected from a TSO packet of the local stack; refuse them.
-        [b0, _, _, _, _, _, next, ..]
-            if b0 >> 4 == 6 && pkt.len() >= 40 && *next == IPPROTO_TCP =>
-        {
-            (40, true)
-        }
+        Some(6) => match Ipv6Packet::new_checked(pkt) {
+            Some(ip) if ip.next_header() == IPPROTO_TCP => (ipv6::HEADER_LEN, true),
+            _ => return Err(GsoError::Malformed),
+        },
         _ => return Err(GsoError::Malformed),
     };
-    if ip_len < 20 || pkt.len() < ip_len + 20 {
+    if ip_len < ipv4::HEADER_LEN || pkt.len() < ip_len + tcp::HEADER_LEN {
         return Err(GsoError::Malformed);
     }
-    let off = pkt.get(ip_len + 12).ok_or(GsoError::Malformed)?;
+    let off = pkt.get(ip_len + tcp::DATA_OFF).ok_or(GsoError::Malformed)?;
     let hdr = ip_len + usize::from(off >> 4) * 4;
-    if hdr < ip_len + 20 || pkt.len() < hdr {
+    if hdr < ip_len + tcp::HEADER_LEN || pkt.len() < hdr {
         return Err(GsoError::Malformed);
     }
     Ok((ip_len, hdr, v6))

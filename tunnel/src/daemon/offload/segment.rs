@@ -15,6 +15,7 @@ use super::{
     arr, put, tcp_headers, GsoError, VnetHdr, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4,
     GSO_TCPV6, IPPROTO_TCP, TCP_CWR, TCP_FIN, TCP_PSH,
 };
+use crate::wire::{ipv4, ipv6, tcp};
 
 /// Writes the IP length fields, IPv4 id and header checksum, and the full TCP checksum, of the segment `seg`
 /// (headers `hdr` bytes long, IP header `ip_len`).
@@ -22,18 +23,22 @@ pub(super) fn finish_segment(seg: &mut [u8], ip_len: usize, v6: bool) {
     // The headers were checked (`tcp_headers`): every `put` lands inside `seg`.
     let len = seg.len();
     if v6 {
-        put(seg, 4, &(len.saturating_sub(40) as u16).to_be_bytes());
+        put(
+            seg,
+            ipv6::PAYLOAD_LEN,
+            &(len.saturating_sub(ipv6::HEADER_LEN) as u16).to_be_bytes(),
+        );
     } else {
-        put(seg, 2, &(len as u16).to_be_bytes());
-        put(seg, 10, &[0, 0]);
+        put(seg, ipv4::TOTAL_LEN, &(len as u16).to_be_bytes());
+        put(seg, ipv4::CHECKSUM, &[0, 0]);
         let c = !fold(sum(seg.get(..ip_len).unwrap_or_default(), 0));
-        put(seg, 10, &c.to_be_bytes());
+        put(seg, ipv4::CHECKSUM, &c.to_be_bytes());
     }
     let l4 = len.saturating_sub(ip_len);
-    put(seg, ip_len + 16, &[0, 0]);
+    put(seg, ip_len + tcp::CHECKSUM, &[0, 0]);
     let ps = pseudo(seg, v6, IPPROTO_TCP, l4);
     let c = !fold(sum(seg.get(ip_len..).unwrap_or_default(), ps));
-    put(seg, ip_len + 16, &c.to_be_bytes());
+    put(seg, ip_len + tcp::CHECKSUM, &c.to_be_bytes());
 }
 
 /// Completes a partial checksum (`NEEDS_CSUM`) of a packet that is not to be segmented.
@@ -122,9 +127,9 @@ pub(crate) fn segment(
     let tmpl = tmpl.get_mut(..hlen).ok_or(GsoError::Malformed)?;
     tmpl.copy_from_slice(pkt.get(..hlen).ok_or(GsoError::Malformed)?);
     let tmpl = &*tmpl;
-    let seq0 = u32::from_be_bytes(arr(tmpl, ip_len + 4).ok_or(GsoError::Malformed)?);
-    let id0 = u16::from_be_bytes(arr(tmpl, 4).ok_or(GsoError::Malformed)?);
-    let flags0 = *tmpl.get(ip_len + 13).ok_or(GsoError::Malformed)?;
+    let seq0 = u32::from_be_bytes(arr(tmpl, ip_len + tcp::SEQ_NUM).ok_or(GsoError::Malformed)?);
+    let id0 = u16::from_be_bytes(arr(tmpl, ipv4::IDENT).ok_or(GsoError::Malformed)?);
+    let flags0 = *tmpl.get(ip_len + tcp::FLAGS).ok_or(GsoError::Malformed)?;
     // First every payload, from the back; only then the headers. A segment's headers go in front of its
     // payload, which can reach back over the end of the previous segment's payload where it still lies unmoved
     // (segment 1's headers overlap the last bytes of segment 0's source when the read sat less than two ESP
@@ -143,11 +148,11 @@ pub(crate) fn segment(
             .ok_or(GsoError::NoRoom)?;
         put(seg, 0, tmpl);
         if !v6 {
-            put(seg, 4, &id0.wrapping_add(i as u16).to_be_bytes());
+            put(seg, ipv4::IDENT, &id0.wrapping_add(i as u16).to_be_bytes());
         }
         put(
             seg,
-            ip_len + 4,
+            ip_len + tcp::SEQ_NUM,
             &seq0.wrapping_add((i * mss) as u32).to_be_bytes(),
         );
         let mut f = flags0;
@@ -157,7 +162,7 @@ pub(crate) fn segment(
         if i != 0 {
             f &= !TCP_CWR;
         }
-        put(seg, ip_len + 13, &[f]);
+        put(seg, ip_len + tcp::FLAGS, &[f]);
         finish_segment(seg, ip_len, v6);
     }
     Ok(segs)
