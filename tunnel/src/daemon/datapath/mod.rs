@@ -226,7 +226,7 @@ impl Datapath {
     }
 
     /// A rekeyed Child SA's delete: its outbound SA goes now, its inbound SA keeps accepting what the peer sent
-    /// before it switched for [`REKEYED_INBOUND_LINGER`] ([`Datapath::expire_retired`] removes it).
+    /// before it switched for [`inbound::REKEYED_INBOUND_LINGER`] ([`Datapath::expire_retired`] removes it).
     pub(crate) fn retire(&mut self, now: Instant, peer: &str, spi_in: u32, spi_out: u32) {
         self.remove_outbound(peer, spi_in, spi_out);
         self.inb.retire(now, spi_in);
