@@ -26,3 +26,4 @@ pub mod route;
 #[cfg(test)]
 mod test_root;
 pub mod tun;
+pub(crate) mod wire;

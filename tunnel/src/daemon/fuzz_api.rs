@@ -1,11 +1,11 @@
 //! Entry points for the fuzz targets in `fuzz/` only: not part of the crate's API, may change at any time.
 //!
-//! The TUN-side segmenter and the receive-side coalescer ([`super::gso`]) read headers a VM controls (the TCP/IP
+//! The TUN-side segmenter and the receive-side coalescer ([`super::offload`]) read headers a VM controls (the TCP/IP
 //! headers of its packets, and through the TUN's virtio-net header the GSO size and checksum offsets). They
 //! are crate-private; these wrappers expose exactly what `fuzz_targets/gso.rs` drives, with the virtio-net
 //! header as its 10 wire bytes.
 
-use super::gso;
+use super::offload as gso;
 
 /// Bytes of `struct virtio_net_hdr`.
 pub const VNET_HDR_LEN: usize = gso::VNET_HDR_LEN;
@@ -39,7 +39,7 @@ pub fn complete_checksum(vnet: &[u8; VNET_HDR_LEN], pkt: &mut [u8]) -> Result<()
 
 /// The RFC 1071 sum of `data`, folded to 16 bits (not complemented).
 pub fn checksum_fold(data: &[u8]) -> u16 {
-    gso::fold(gso::sum(data, 0))
+    gso::checksum::fold(gso::checksum::sum(data, 0))
 }
 
 /// `gso::Coalescer` over a caller-owned output buffer.

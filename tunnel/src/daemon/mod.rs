@@ -11,12 +11,12 @@ pub mod control;
 mod datapath;
 #[doc(hidden)]
 pub mod fuzz_api;
-mod gso;
-mod io;
 mod learned;
 pub(crate) mod logcap;
+mod offload;
 mod peers;
 mod reload;
+mod rx;
 mod sockets;
 mod tx;
 mod workers;
@@ -328,7 +328,7 @@ impl Daemon {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
-        let mut bufs = io::Buffers::new(self.config.settings().mtu as usize);
+        let mut bufs = rx::Buffers::new(self.config.settings().mtu as usize);
         let mut udp500_buf = vec![0u8; 65536];
         let mut seq_check = tokio::time::interval(SEQ_CHECK_INTERVAL);
         seq_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -355,7 +355,7 @@ impl Daemon {
 
     async fn event_loop(
         &mut self,
-        bufs: &mut io::Buffers,
+        bufs: &mut rx::Buffers,
         udp500_buf: &mut [u8],
         seq_check: &mut tokio::time::Interval,
         requests: &mut tokio::sync::mpsc::Receiver<control::Request>,

@@ -24,11 +24,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use esp::PacketBuf;
+use esp::{PacketBuf, HEADROOM, TAILROOM};
 
 use super::datapath::{Outbound, SharedOutbound, Wire};
 use super::logcap::Limiter;
-use super::{batch, gso, sockets, BATCH};
+use super::{batch, offload, sockets, BATCH};
 
 /// What a transmitter needs: the outbound table and its own descriptors of the two ESP sockets.
 pub(super) struct Transmitter {
@@ -52,6 +52,17 @@ struct TunErrors {
      systemd it is restarted: Restart=on-failure)"
 )]
 pub(super) struct TunUnusable(#[source] io::Error);
+
+/// Where a TUN read puts its packet in the transmit buffer: room in front for the virtio-net header and ESP.
+const TUN_AT: usize = HEADROOM;
+/// The transmit buffer: a 64 KiB super-packet cut into segments of at least 536 bytes of payload (122 at most),
+/// each with up to 120 bytes of headers and the ESP overhead, or one packet of up to the largest MTU.
+const TUN_BUF: usize = TUN_AT + 65535 + 122 * (120 + HEADROOM + TAILROOM);
+/// A transmit buffer: a TUN read lands at TUN_AT (its virtio-net header just before); its segments then fill the
+/// buffer from the end of the pending datagrams as back-to-back ESP datagrams (see offload::segment).
+pub(super) fn tx_batch() -> batch::TxBatch {
+    batch::TxBatch::new(TUN_AT, TUN_BUF)
+}
 
 impl Transmitter {
     pub(super) fn new(out: SharedOutbound, udp: OwnedFd, raw: OwnedFd) -> Transmitter {
@@ -118,14 +129,14 @@ impl Transmitter {
         mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
     ) -> Result<(), TunUnusable> {
         let out = self.out.read();
-        self.on_tun(&out, tx, n.saturating_sub(gso::VNET_HDR_LEN));
+        self.on_tun(&out, tx, n.saturating_sub(offload::VNET_HDR_LEN));
         let mut failed = None;
         for _ in 1..BATCH {
             if !tx.has_room() {
                 self.flush(tx);
             }
             match read(tx.read_buf()) {
-                Ok(n) => self.on_tun(&out, tx, n.saturating_sub(gso::VNET_HDR_LEN)),
+                Ok(n) => self.on_tun(&out, tx, n.saturating_sub(offload::VNET_HDR_LEN)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // What was read before goes out; the next wake-up reads again.
                 Err(e) => {
@@ -146,21 +157,21 @@ impl Transmitter {
         let at = tx.read_at();
         // The read put its header and packet there (`read_buf`): the checked forms cost one comparison each.
         let Some((hdr_bytes, pkt)) = at
-            .checked_sub(gso::VNET_HDR_LEN)
+            .checked_sub(offload::VNET_HDR_LEN)
             .and_then(|h| tx.buf_mut().get_mut(h..at + len))
-            .and_then(|b| b.split_first_chunk_mut::<{ gso::VNET_HDR_LEN }>())
+            .and_then(|b| b.split_first_chunk_mut::<{ offload::VNET_HDR_LEN }>())
         else {
             return;
         };
-        let hdr = gso::VnetHdr::parse(hdr_bytes);
-        let is_gso = match gso::is_tcp_gso(&hdr) {
+        let hdr = offload::VnetHdr::parse(hdr_bytes);
+        let is_gso = match offload::is_tcp_gso(&hdr) {
             Ok(g) => g,
             Err(e) => {
                 tracing::debug!("TUN packet dropped: {e}");
                 return;
             }
         };
-        if !is_gso && gso::complete_checksum(&hdr, pkt).is_err() {
+        if !is_gso && offload::complete_checksum(&hdr, pkt).is_err() {
             tracing::debug!("TUN packet with bad checksum offsets dropped");
             return;
         }
@@ -176,7 +187,7 @@ impl Transmitter {
         };
         let at = at - base;
         let segs = if is_gso {
-            match gso::segment(buf, at, len, &hdr, front, |l| t.esp_len(l)) {
+            match offload::segment(buf, at, len, &hdr, front, |l| t.esp_len(l)) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!("TUN super-packet dropped: {e}");
@@ -186,7 +197,7 @@ impl Transmitter {
         } else {
             // One packet: move it to where its ESP datagram continues the batch.
             buf.copy_within(at..at + len, front);
-            gso::Segments {
+            offload::Segments {
                 count: 1,
                 seg_len: len,
                 last_len: len,
@@ -295,7 +306,7 @@ mod tests {
     #[test]
     fn tun_read_errors_are_counted_and_survived_but_ebadf_is_fatal() {
         let t = transmitter();
-        let mut batch = crate::daemon::io::tx_batch();
+        let mut batch = tx_batch();
         let mut errs = vec![
             io::Error::from_raw_os_error(libc::EIO),
             io::Error::new(
@@ -308,7 +319,7 @@ mod tests {
         for _ in 0..2 {
             let e = errs.next().unwrap();
             let mut once = Some(e);
-            t.on_readable(&mut batch, gso::VNET_HDR_LEN + 20, |_| {
+            t.on_readable(&mut batch, offload::VNET_HDR_LEN + 20, |_| {
                 Err(once
                     .take()
                     .unwrap_or_else(|| io::ErrorKind::WouldBlock.into()))
@@ -320,7 +331,7 @@ mod tests {
             .expect("survived");
         assert_eq!(t.tun_errors(), 3);
         let fatal = t
-            .on_readable(&mut batch, gso::VNET_HDR_LEN + 20, |_| {
+            .on_readable(&mut batch, offload::VNET_HDR_LEN + 20, |_| {
                 Err(io::Error::from_raw_os_error(libc::EBADF))
             })
             .unwrap_err()

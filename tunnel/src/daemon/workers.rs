@@ -27,8 +27,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::tun::Queue;
+use crate::wire::{self, Ipv4Packet, Ipv6Packet};
 
-use super::io::tx_batch;
+use super::tx::tx_batch;
 use super::tx::Transmitter;
 
 /// The running workers and their queues.
@@ -168,32 +169,29 @@ pub(super) fn queue_of(pkt: &[u8], n: usize) -> usize {
     if n <= 1 {
         return 0;
     }
-    let (addrs, proto, l4) = match pkt {
-        [b0, _, _, _, _, _, f0, f1, _, proto, _, _, s0, s1, s2, s3, d0, d1, d2, d3, ..]
-            if b0 >> 4 == 4 =>
-        {
-            let ihl = usize::from(b0 & 0x0f) * 4;
-            let fragmented = u16::from_be_bytes([*f0, *f1]) & 0x3fff != 0;
-            let l4 = if !fragmented && ihl >= 20 {
-                pkt.get(ihl..)
-            } else {
-                None
+    let (addrs, proto, l4) = match wire::version(pkt) {
+        Some(4) => {
+            let Some(ip) = Ipv4Packet::new_checked(pkt) else {
+                return 0;
             };
-            let a =
-                u32::from_be_bytes([*s0, *s1, *s2, *s3]) ^ u32::from_be_bytes([*d0, *d1, *d2, *d3]);
-            (a, *proto, l4)
+            let l4 = if ip.is_fragment() { None } else { ip.payload() };
+            let a = u32::from(ip.src_addr()) ^ u32::from(ip.dst_addr());
+            (a, ip.protocol(), l4)
         }
-        [b0, _, _, _, _, _, next, _, rest @ ..] if b0 >> 4 == 6 && rest.len() >= 32 => {
+        Some(6) => {
+            let Some(ip) = Ipv6Packet::new_checked(pkt) else {
+                return 0;
+            };
             // Source and destination: the 32 bytes after the first 8.
-            let a = rest.chunks_exact(4).take(8).fold(0, |h, w| {
+            let a = ip.addrs().chunks_exact(4).fold(0, |h, w| {
                 h ^ <[u8; 4]>::try_from(w).map_or(0, u32::from_be_bytes)
             });
-            (a, *next, pkt.get(40..))
+            (a, ip.next_header(), Some(ip.payload()))
         }
         _ => return 0,
     };
     let ports = match (proto, l4) {
-        (6 | 17, Some([s0, s1, d0, d1, ..])) => {
+        (wire::IPPROTO_TCP | wire::IPPROTO_UDP, Some([s0, s1, d0, d1, ..])) => {
             u32::from(u16::from_be_bytes([*s0, *s1])) ^ u32::from(u16::from_be_bytes([*d0, *d1]))
         }
         _ => 0,

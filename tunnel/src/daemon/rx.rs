@@ -1,6 +1,8 @@
-//! The datapath's side of the event loop: what the daemon does when the TUN, the ESP-in-UDP socket or the raw
-//! ESP socket is readable. Batches both ways: TSO super-packets from the TUN go to the transmit path (`tx.rs`);
-//! GRO batches (`recvmmsg` for raw ESP) are decrypted in place and their TCP segments merged into one TUN write.
+//! The receive path, on the daemon's task: what it does when the ESP-in-UDP socket or the raw ESP socket is
+//! readable. GRO batches (`recvmmsg` for raw ESP) are decrypted in place and their TCP segments merged into one
+//! TUN write (`offload::Coalescer`), on the TUN queue of the flow's transmit worker. IKE messages that arrive
+//! on UDP 4500 go to the IKE endpoint. The transmit path is `tx.rs` (queue 0's reads are handed to it from
+//! here, with their buffer).
 //! Nothing allocates per packet: the buffers are made once, in [`Buffers::new`].
 
 // Parses bytes from the wire or from a VM: nothing here may panic on them (issue 12 review item 6).
@@ -20,14 +22,10 @@ use std::time::Instant;
 use esp::framing::{self, UdpPayload};
 use esp::{PacketBuf, HEADROOM, TAILROOM};
 
-use super::{batch, gso, sockets, Daemon, BATCH};
+use super::{batch, offload, sockets, tx, Daemon, BATCH};
 
-/// Where a TUN read puts its packet in the transmit buffer: room in front for the virtio-net header and ESP.
-const TUN_AT: usize = HEADROOM;
-/// The transmit buffer: a 64 KiB super-packet cut into segments of at least 536 bytes of payload (122 at most),
-/// each with up to 120 bytes of headers and the ESP overhead, or one packet of up to the largest MTU.
-const TUN_BUF: usize = TUN_AT + 65535 + 122 * (120 + HEADROOM + TAILROOM);
-/// The datapath's buffers, made once.
+/// The datapath's buffers, made once: the transmit batch of queue 0 (the TUN the daemon's task reads) and the
+/// receive buffers.
 pub(super) struct Buffers {
     /// TUN reads and the ESP datagrams made of them.
     pub(super) tx: batch::TxBatch,
@@ -46,30 +44,24 @@ impl Buffers {
         let raw_slot = (mtu + 60 + HEADROOM + TAILROOM).max(2048);
         Buffers {
             // A TUN read lands at TUN_AT (its virtio-net header just before); its segments then fill the buffer
-            // from the end of the pending datagrams as back-to-back ESP datagrams (see gso::segment).
-            tx: tx_batch(),
+            // from the end of the pending datagrams as back-to-back ESP datagrams (see offload::segment).
+            tx: tx::tx_batch(),
             udp: vec![0u8; 65536 + 4096],
-            coalesce: vec![0u8; gso::VNET_HDR_LEN + 65535],
+            coalesce: vec![0u8; offload::VNET_HDR_LEN + 65535],
             raw: vec![0u8; raw_slot * sockets::MMSG_MAX.min((256 << 10) / raw_slot).max(1)],
             raw_slot,
         }
     }
 }
 
-/// A transmit buffer: a TUN read lands at TUN_AT (its virtio-net header just before); its segments then fill the
-/// buffer from the end of the pending datagrams as back-to-back ESP datagrams (see gso::segment).
-pub(super) fn tx_batch() -> batch::TxBatch {
-    batch::TxBatch::new(TUN_AT, TUN_BUF)
-}
-
 impl Daemon {
-    /// The TUN was readable and one read returned `n` bytes (virtio-net header included): the transmit path
-    /// handles it and what else queue 0 holds.
+    /// The TUN was readable and one read returned `n` bytes (virtio-net header included): handed to the
+    /// transmit path (`tx.rs`) with the transmit buffer, which lives here with the receive buffers.
     pub(super) fn on_tun_readable(
         &self,
         bufs: &mut Buffers,
         n: usize,
-    ) -> Result<(), super::tx::TunUnusable> {
+    ) -> Result<(), tx::TunUnusable> {
         let q = self.tun.get_ref();
         self.tx.on_readable(&mut bufs.tx, n, |b| q.read_vnet(b))
     }
@@ -77,7 +69,7 @@ impl Daemon {
     /// UDP 4500 is readable: receive GRO batches until none is queued (or BATCH of them), decrypt in place,
     /// write the inner packets to the TUN, merged where they continue one TCP flow.
     pub(super) fn on_udp4500_readable(&mut self, bufs: &mut Buffers) -> anyhow::Result<()> {
-        let mut merge = gso::Coalescer::new(&mut bufs.coalesce);
+        let mut merge = offload::Coalescer::new(&mut bufs.coalesce);
         for _ in 0..BATCH {
             match sockets::recv_gro(&self.udp4500, &mut bufs.udp) {
                 Ok((len, from, seg)) => {
@@ -109,7 +101,7 @@ impl Daemon {
     /// The raw ESP socket is readable: recvmmsg, up to 64 datagrams per call, decrypted in place and merged
     /// for the TUN as for UDP.
     pub(super) fn on_raw_readable(&mut self, bufs: &mut Buffers) -> anyhow::Result<()> {
-        let mut merge = gso::Coalescer::new(&mut bufs.coalesce);
+        let mut merge = offload::Coalescer::new(&mut bufs.coalesce);
         let mut all_lens = [0usize; sockets::MMSG_MAX];
         let slot = bufs.raw_slot;
         let slots = (bufs.raw.len() / slot).clamp(1, sockets::MMSG_MAX);
@@ -141,7 +133,7 @@ impl Daemon {
     /// that flow's outbound packets to the same queue, so each flow stays with one transmit worker.
     fn deliver_vnet(&self, data: &[u8]) {
         let q = match data
-            .get(gso::VNET_HDR_LEN..)
+            .get(offload::VNET_HDR_LEN..)
             .and_then(|pkt| self.workers.queue_of(pkt))
         {
             Some(q) => q,
@@ -152,7 +144,12 @@ impl Daemon {
         }
     }
 
-    fn on_udp4500(&mut self, data: &mut [u8], from: SocketAddr, merge: &mut gso::Coalescer<'_>) {
+    fn on_udp4500(
+        &mut self,
+        data: &mut [u8],
+        from: SocketAddr,
+        merge: &mut offload::Coalescer<'_>,
+    ) {
         match framing::classify_udp(data) {
             UdpPayload::Ike { offset } => {
                 if let Some(msg) = data.get(offset..) {
@@ -173,7 +170,7 @@ impl Daemon {
         }
     }
 
-    fn on_raw(&mut self, data: &mut [u8], merge: &mut gso::Coalescer<'_>) {
+    fn on_raw(&mut self, data: &mut [u8], merge: &mut offload::Coalescer<'_>) {
         let Some(ip) = framing::parse_ipv4(data) else {
             return;
         };
