@@ -12,8 +12,9 @@ use std::time::Instant;
 
 use ike::event::ChildSaInfo;
 
+use super::control_plane::{Action, ControlPlane};
 use super::datapath::MAX_SELECTORS;
-use super::{logcap, Daemon};
+use super::logcap;
 use crate::prefix::Prefix;
 
 /// Most subnets learned from one peer (the union over its Child SAs). Each becomes a route, an entry of the
@@ -81,10 +82,10 @@ fn subnet_list(subnets: &[Prefix]) -> String {
     logcap::clean(&List(subnets), logcap::MAX_FIELD)
 }
 
-impl Daemon {
+impl ControlPlane {
     /// True if `peer` is a `subnets = "libvirt"` host other than us.
     fn learns(&self, peer: &str) -> bool {
-        self.config
+        self.config()
             .peers()
             .any(|p| p.name == peer && p.libvirt.is_some())
     }
@@ -104,9 +105,14 @@ impl Daemon {
     }
 
     /// A Child SA came up (or was rekeyed): for a `subnets = "libvirt"` peer, checks and records the subnets it
-    /// negotiated and routes them. Returns false, after logging why and deleting the peer's IKE SA, if they
-    /// overlap ours or another host's (the caller then installs nothing).
-    pub(super) fn learn(&mut self, c: &ChildSaInfo, now: Instant) -> bool {
+    /// negotiated (with [`Action::SubnetsChanged`] if they are new). Returns false, after logging why and deleting
+    /// the peer's IKE SA, if they overlap ours or another host's (the caller then installs nothing).
+    pub(super) fn learn(
+        &mut self,
+        c: &ChildSaInfo,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) -> bool {
         if !self.learns(&c.peer) {
             return true;
         }
@@ -131,17 +137,17 @@ impl Daemon {
                         c.peer
                     );
                 }
-                self.endpoint.delete_peer(now, &c.peer);
+                self.delete_peer(now, &c.peer);
                 return false;
             }
         };
         let range: &[Prefix] = self
-            .config
+            .config()
             .peers()
             .find(|p| p.name == c.peer)
             .and_then(|p| p.libvirt.as_ref())
             .map_or(&[], |lv| &lv.range);
-        let me = self.config.local();
+        let me = self.config().local();
         let mut clash: Option<String> = None;
         for s in &subnets {
             if !range.iter().any(|r| r.contains_prefix(s)) {
@@ -160,10 +166,15 @@ impl Daemon {
                     c.peer, me.name
                 ));
             } else if let Some((h, o)) = self
-                .config
+                .config()
                 .peers()
                 .filter(|h| h.name != c.peer)
-                .find_map(|h| h.subnets.iter().find(|o| o.overlaps(s)).map(|o| (h, o)))
+                .find_map(|h| {
+                    self.subnets_of(h)
+                        .into_iter()
+                        .find(|o| o.overlaps(s))
+                        .map(|o| (h, o))
+                })
             {
                 clash = Some(format!(
                     "{}'s subnet {s} overlaps {}'s {} subnet {o}",
@@ -190,20 +201,22 @@ impl Daemon {
                     c.peer
                 );
             }
-            self.endpoint.delete_peer(now, &c.peer);
+            self.delete_peer(now, &c.peer);
             return false;
         }
+        let before = self.learned_subnets(&c.peer);
         self.learned
             .entry(c.peer.clone())
             .or_default()
             .push((c.spi_in, subnets));
-        self.sync_learned();
+        self.learned_changed(&c.peer, &before, actions);
         true
     }
 
     /// A Child SA went down: its subnets are forgotten, and when no other Child SA of the peer carries them
-    /// their routes go.
-    pub(super) fn forget(&mut self, peer: &str, spi_in: u32) {
+    /// their routes go ([`Action::SubnetsChanged`]).
+    pub(super) fn forget(&mut self, peer: &str, spi_in: u32, actions: &mut Vec<Action>) {
+        let before = self.learned_subnets(peer);
         let Some(v) = self.learned.get_mut(peer) else {
             return;
         };
@@ -211,56 +224,40 @@ impl Daemon {
         if v.is_empty() {
             self.learned.remove(peer);
         }
-        self.sync_learned();
+        self.learned_changed(peer, &before, actions);
     }
 
-    /// Puts the learned subnets into the running configuration and, if they changed, into the routes, the
-    /// datapath and the firewall.
-    fn sync_learned(&mut self) {
-        let mut new = self.config.clone();
-        let me = new.local().name.clone();
-        for h in new.mesh.hosts.iter_mut() {
-            if h.libvirt.is_some() && h.name != me {
-                h.subnets = self.learned_subnets(&h.name);
-            }
+    /// The subnets of `host` in force: its learned ones for a `subnets = "libvirt"` host, else the file's.
+    fn subnets_of(&self, host: &crate::config::Host) -> Vec<Prefix> {
+        if host.libvirt.is_some() {
+            self.learned_subnets(&host.name)
+        } else {
+            host.subnets.clone()
         }
-        let changed: Vec<String> = new
-            .peers()
-            .zip(self.config.peers())
-            .filter(|(a, b)| a.subnets != b.subnets)
-            .map(|(a, b)| {
-                let list = |s: &[Prefix]| {
-                    if s.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        s.iter()
-                            .map(|p| p.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    }
-                };
-                format!(
-                    "host {}: learned subnets {} (were {})",
-                    a.name,
-                    list(&a.subnets),
-                    list(&b.subnets)
-                )
-            })
-            .collect();
-        if changed.is_empty() {
+    }
+
+    /// Logs and reports a change of the subnets learned from `peer`, if there is one.
+    fn learned_changed(&self, peer: &str, before: &[Prefix], actions: &mut Vec<Action>) {
+        let after = self.learned_subnets(peer);
+        if after == before {
             return;
         }
-        for c in &changed {
-            tracing::info!("{c}");
-        }
-        for c in self.apply_subnets(&new, false) {
-            if c.starts_with("FAILED") {
-                tracing::error!("{c}");
+        let list = |s: &[Prefix]| {
+            if s.is_empty() {
+                "none".to_owned()
             } else {
-                tracing::info!("{c}");
+                s.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
-        }
-        self.config = new;
+        };
+        tracing::info!(
+            "host {peer}: learned subnets {} (were {})",
+            list(&after),
+            list(before)
+        );
+        actions.push(Action::SubnetsChanged);
     }
 }
 
