@@ -7,7 +7,8 @@ use std::fmt;
 use std::time::Instant;
 
 use super::control_plane::{Action, Outbound};
-use super::{local_sources, Daemon};
+use super::setup::local_sources;
+use super::Daemon;
 use crate::config::Config;
 use crate::prefix::Prefix;
 use crate::route::Route;

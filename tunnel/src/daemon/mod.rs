@@ -1,10 +1,15 @@
 //! The event loop that drives IKE and ESP: sockets on 500 and 4500 (and raw ESP), the TUN, the routes, the
 //! timers, the control socket, SIGTERM.
 //!
-//! One task owns everything: the sans-IO IKE endpoint, the ESP datapath and the descriptors. The datapath's
-//! side of the loop is in `io.rs` and `tx.rs`: TSO super-packets from the TUN are cut and encrypted in place
-//! and leave with one UDP GSO send; GRO batches are decrypted in place and merged into one TUN write. With
-//! `workers` above 1, threads read the TUN's other queues and transmit too (`workers.rs`).
+//! One task owns everything: the sans-IO IKE endpoint, the ESP datapath and the descriptors. This file is the
+//! select loop; the rest lives next to it:
+//! - `control_plane.rs`: the IKE endpoint, initiation (`schedule.rs`), learned subnets (`learned.rs`), early
+//!   rekeys; it turns `ike` events into actions, which `apply.rs` carries out on the datapath, routes and
+//!   firewall. `reload.rs` computes a reload's plan and applies it; `status.rs` answers `vmsecd status`;
+//!   `setup.rs` builds and tears down the daemon; `timing.rs` holds the control plane's timing constants.
+//! - The datapath's side of the loop is in `io.rs` and `tx.rs`: TSO super-packets from the TUN are cut and
+//!   encrypted in place and leave with one UDP GSO send; GRO batches are decrypted in place and merged into one
+//!   TUN write. With `workers` above 1, threads read the TUN's other queues and transmit too (`workers.rs`).
 
 mod apply;
 mod batch;
@@ -18,13 +23,13 @@ pub(crate) mod logcap;
 mod peers;
 mod reload;
 mod schedule;
+mod setup;
 mod sockets;
 mod status;
 mod timing;
 mod tx;
 mod workers;
 
-use std::net::IpAddr;
 use std::time::Instant;
 
 use esp::framing::{self, UdpPayload};
@@ -34,10 +39,11 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
 use crate::prefix::Prefix;
-use crate::route::{Netlink, Route, Routes};
-use crate::tun::{AsyncQueue, Tun, TunOptions};
+use crate::route::Routes;
+use crate::tun::AsyncQueue;
 use control_plane::ControlPlane;
 use datapath::Datapath;
+pub use setup::forbid_core_dumps;
 use timing::{IDLE_WAKE, SEQ_CHECK_INTERVAL, SHUTDOWN_GRACE};
 
 /// Why the daemon stopped.
@@ -50,25 +56,6 @@ pub enum Error {
     /// The event loop failed.
     #[error("{0:#}")]
     Runtime(anyhow::Error),
-}
-
-/// Keeps the keys out of core files: no core dump at all (RLIMIT_CORE 0), and the process not dumpable
-/// (PR_SET_DUMPABLE 0), which also stops other processes of the same uid from reading its memory through
-/// /proc or ptrace. Called first thing in `vmsecd run`, before the PSK or a private key is read.
-pub fn forbid_core_dumps() -> std::io::Result<()> {
-    let zero = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid rlimit for the call's duration.
-    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: PR_SET_DUMPABLE takes one integer argument; the others are ignored.
-    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Reads (TUN) or receives (UDP) per wake-up.
@@ -122,148 +109,7 @@ struct Daemon {
     logs: logcap::Limits,
 }
 
-/// The address of ours inside our VM subnets for each family (IPv4, IPv6): the source of packets this host
-/// itself sends to a remote VM, so that they fall within the Child SA's selectors.
-fn local_sources(
-    nl: &mut Netlink,
-    subnets: &[crate::prefix::Prefix],
-) -> (Option<IpAddr>, Option<IpAddr>) {
-    let addrs: Vec<IpAddr> = nl
-        .local_addresses()
-        .map(|a| a.iter().map(|a| a.addr).collect())
-        .unwrap_or_default();
-    let find = |v4: bool| {
-        addrs
-            .iter()
-            .copied()
-            .find(|a| a.is_ipv4() == v4 && subnets.iter().any(|p| p.contains(*a)))
-    };
-    (find(true), find(false))
-}
-
 impl Daemon {
-    fn setup(
-        config: Config,
-        private_key: Option<std::path::PathBuf>,
-        libvirt_dirs: Vec<std::path::PathBuf>,
-    ) -> anyhow::Result<Daemon> {
-        let s = config.settings().clone();
-        let local = config.local().clone();
-        // Before the TUN exists: from here on nothing for the remote subnets leaves but through a tunnel.
-        let failclosed = crate::failclosed::FailClosed::take_over(
-            Netlink::open()?,
-            &crate::failclosed::plan(&config),
-        )?;
-        let tun = Tun::create(&TunOptions {
-            vnet_hdr: true,
-            queues: s.workers,
-            ..TunOptions::new(&s.interface, s.mtu)
-        })?;
-        let ifindex = tun.ifindex();
-        let mut nl = Netlink::open()?;
-        let (src4, src6) = local_sources(&mut nl, &local.subnets);
-        let mut routes = Routes::new(nl);
-        for peer in config.peers() {
-            for net in &peer.subnets {
-                let src = if net.is_ipv4() { src4 } else { src6 };
-                routes.add(Route {
-                    dst: *net,
-                    ifindex,
-                    src,
-                })?;
-            }
-        }
-        let mut queues = tun.into_queues();
-        let queue = queues.remove(0);
-        // TSO super-packets in, GRO-like super-packets out: one TUN read or write moves up to 64 KiB.
-        if let Err(e) = queue.set_offload(true) {
-            tracing::warn!("TUN offloads unavailable, one packet per read: {e}");
-        }
-        let tun = AsyncQueue::new(queue)?;
-        let udp500 = sockets::udp(local.address, ike::sa::IKE_PORT)?;
-        let udp4500 = sockets::udp(local.address, ike::sa::NAT_T_PORT)?;
-        if !sockets::enable_gro(&udp4500) {
-            tracing::warn!("UDP GRO unavailable: one ESP datagram per receive");
-        }
-        let raw = sockets::RawEsp::open(local.address)?;
-        let datapath = Datapath::new(
-            &config
-                .peers()
-                .map(|p| (p.name.clone(), p.subnets.clone()))
-                .collect::<Vec<_>>(),
-        );
-        let tx = tx::Transmitter::new(
-            datapath.outbound().clone(),
-            std::os::fd::AsFd::as_fd(&udp4500).try_clone_to_owned()?,
-            raw.try_clone_fd()?,
-        );
-        let workers = workers::Workers::start(queues, &tx)
-            .map_err(|e| anyhow::anyhow!("starting the transmit workers: {e}"))?;
-        let control = control::listen(&s.control_socket)?;
-        tracing::info!(
-            host = %local.name, address = %local.address, interface = %s.interface, peers = config.peers().count(),
-            workers = s.workers,
-            "vmsecd up: routes to {} remote subnets point into {}",
-            routes.installed().len(), s.interface
-        );
-        if let Some(w) = config.mesh.trust_warning() {
-            tracing::warn!("{w}");
-        }
-        if let crate::config::Auth::Cert(c) = &config.mesh.auth {
-            let now = crate::config::unix_now();
-            for (subject, path, not_after) in c.expiring(now, crate::config::CERT_EXPIRY_WARNING) {
-                tracing::warn!(
-                    file = %path.display(),
-                    "certificate \"{subject}\" expires {}: renew it before then, or handshakes will fail",
-                    ike::crypto::x509::format_time(not_after)
-                );
-            }
-        }
-        Ok(Daemon {
-            applied_subnets: apply::firewall_subnets(&config),
-            firewall: crate::firewall::Handle::start(&config)?,
-            cp: ControlPlane::new(config, Instant::now()),
-            datapath,
-            routes,
-            failclosed,
-            tun,
-            tx,
-            workers,
-            udp500,
-            udp4500,
-            raw,
-            control: Some(control),
-            ifindex,
-            private_key,
-            libvirt_dirs,
-            recv_errors: 0,
-            logs: logcap::Limits::new(),
-        })
-    }
-
-    /// `clean`: a stop asked for (SIGTERM, Ctrl-C), which also removes the fail-closed routes; after a failure
-    /// they stay, as after a crash.
-    fn teardown(&mut self, clean: bool) {
-        self.workers.stop();
-        self.firewall.remove();
-        if let Err(e) = self.routes.remove_all() {
-            tracing::warn!("removing routes: {e}");
-        }
-        if !clean {
-            tracing::warn!(
-                "fail-closed routes kept (ip route show proto {}): vmsecd failed",
-                crate::failclosed::PROTO
-            );
-        } else if let Err(e) = self.failclosed.remove_all() {
-            tracing::warn!("removing the fail-closed routes: {e}");
-        }
-        control::cleanup(&self.cp.config().settings().control_socket);
-        tracing::info!(
-            "vmsecd stopped: routes removed, {} deleted",
-            self.cp.config().settings().interface
-        );
-    }
-
     fn next_deadline(&mut self) -> Instant {
         [self.cp.next_timer(), self.datapath.next_retirement()]
             .into_iter()
@@ -413,58 +259,5 @@ impl Daemon {
             self.pump().await;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// After the call this process writes no core file and is not dumpable. (It changes the test process
-    /// itself, harmlessly: nothing here dumps core or is traced.)
-    #[test]
-    fn core_dumps_are_forbidden() {
-        super::forbid_core_dumps().unwrap();
-        // SAFETY: PR_GET_DUMPABLE takes no argument.
-        assert_eq!(unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) }, 0);
-        let mut r = libc::rlimit {
-            rlim_cur: 1,
-            rlim_max: 1,
-        };
-        // SAFETY: a valid rlimit to fill.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut r) }, 0);
-        assert_eq!((r.rlim_cur, r.rlim_max), (0, 0));
-    }
-
-    /// Review item 8: a flood of refused unauthenticated requests (forged from many peer addresses) must not
-    /// hide the line that says a real IKE SA went down, logged at the same moment.
-    #[test]
-    fn unauthenticated_refusals_do_not_suppress_real_ike_sa_down_lines() {
-        let now = std::time::Instant::now();
-        let mut logs = super::logcap::Limits::new();
-        let refused = ike::event::Reason::NoProposalChosen {
-            ours: "AES_GCM_16_256".into(),
-            theirs: "3DES".into(),
-        };
-        let logged = (0..1000)
-            .filter(|i| {
-                super::control_plane::log_ike_down(
-                    &mut logs,
-                    &format!("forged{}", i % 50),
-                    &refused,
-                    true,
-                    now,
-                )
-            })
-            .count();
-        assert!(logged <= 10, "{logged} refusals logged at once");
-        assert!(
-            super::control_plane::log_ike_down(
-                &mut logs,
-                "b",
-                &ike::event::Reason::PeerDead,
-                false,
-                now
-            ),
-            "the real IKE SA down line is logged"
-        );
     }
 }

@@ -349,3 +349,23 @@ fn learned_subnets_change_with_the_child_sas() {
     assert_eq!(subnets_changed(&a), 1, "{a:?}");
     assert!(learned(&net).is_empty());
 }
+
+/// Review item 8: a flood of refused unauthenticated requests (forged from many peer addresses) must not
+/// hide the line that says a real IKE SA went down, logged at the same moment.
+#[test]
+fn unauthenticated_refusals_do_not_suppress_real_ike_sa_down_lines() {
+    let now = std::time::Instant::now();
+    let mut logs = logcap::Limits::new();
+    let refused = ike::event::Reason::NoProposalChosen {
+        ours: "AES_GCM_16_256".into(),
+        theirs: "3DES".into(),
+    };
+    let logged = (0..1000)
+        .filter(|i| log_ike_down(&mut logs, &format!("forged{}", i % 50), &refused, true, now))
+        .count();
+    assert!(logged <= 10, "{logged} refusals logged at once");
+    assert!(
+        log_ike_down(&mut logs, "b", &ike::event::Reason::PeerDead, false, now),
+        "the real IKE SA down line is logged"
+    );
+}
