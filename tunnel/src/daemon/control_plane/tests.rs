@@ -212,19 +212,25 @@ fn child_sa_coming_up_is_installed() {
     assert_eq!(net.b.endpoint().status().len(), 1);
 }
 
-/// A rekey at the end of the Child SA's lifetime: the initiator switches to the new SA at once, the responder
-/// only when the peer uses it (make-before-break); both retire the old pair.
+/// A rekey at the end of the Child SA's lifetime: the initiator (a, whose lifetime is the shorter) switches to
+/// the new SA at once, the responder only when the peer uses it (make-before-break); both retire the old pair.
 #[test]
 fn rekey_promotes_the_new_sa_and_retires_the_old() {
-    let (_f, mut net) = plain();
+    let f = Files::new();
+    let text = mesh(B_PLAIN);
+    // Lifetimes are each side's own (not negotiated): b's is longer, so a rekeys first.
+    let longer = text.replace("[mesh]\n", "[mesh]\nchild_lifetime = 7200\n");
+    let mut net = Net::new(f.config(&text, "a"), f.config(&longer, "b"));
     let (spi_in, spi_out) = up(&mut net);
     net.run_for(Duration::from_secs(3600));
     let (a, b) = net.take();
     let (ia, ib) = (installs(&a), installs(&b));
     assert_eq!((ia.len(), ib.len()), (1, 1), "{a:?} {b:?}");
-    let mut modes = [ia[0].2, ib[0].2];
-    modes.sort_by_key(|m| *m == Outbound::Now);
-    assert_eq!(modes, [Outbound::WhenPeerUsesIt, Outbound::Now]);
+    assert_eq!(
+        (ia[0].2, ib[0].2),
+        (Outbound::Now, Outbound::WhenPeerUsesIt)
+    );
+    assert_eq!((ia[0].0, ia[0].1), (ib[0].1, ib[0].0));
     assert_eq!(retires(&a), [(spi_in, spi_out)]);
     assert_eq!(retires(&b), [(spi_out, spi_in)]);
     assert!(removes(&a).is_empty() && removes(&b).is_empty());
