@@ -9,18 +9,18 @@
 //! The configuration it holds is the mesh file's, never rewritten: the subnets learned from `subnets = "libvirt"`
 //! peers are state of their own (`learned.rs`), and [`ControlPlane::running`] is the two combined.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use ike::endpoint::Endpoint;
 use ike::event::{ChildSaInfo, Event, Reason, Transmit};
 
+use super::learned::Learned;
 use super::reload::ReloadPlan;
 use super::schedule::Schedule;
 use super::{logcap, peers};
 use crate::config::Config;
-use crate::prefix::Prefix;
 
 /// How the outbound side of a newly installed Child SA takes over: the make-before-break rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +64,8 @@ pub(super) struct ControlPlane {
     config: Config,
     endpoint: Endpoint,
     schedule: Schedule,
-    /// Subnets learned from the Child SAs of `subnets = "libvirt"` peers: per peer, (inbound SPI, subnets).
-    pub(super) learned: HashMap<String, Vec<(u32, Vec<Prefix>)>>,
+    /// Subnets learned from the Child SAs of `subnets = "libvirt"` peers.
+    pub(super) learned: Learned,
     /// The outbound SPIs whose early rekey was already asked for.
     rekey_asked: HashSet<u32>,
     /// Rate limits of the log lines that carry what unauthenticated senders chose.
@@ -87,7 +87,7 @@ impl ControlPlane {
             endpoint: Endpoint::new(peers::peer_configs(&config)),
             config,
             schedule,
-            learned: HashMap::new(),
+            learned: Learned::default(),
             rekey_asked: HashSet::new(),
             logs: logcap::Limits::new(),
             ike_deadline: None,
@@ -229,7 +229,7 @@ impl ControlPlane {
         }
         // Subnets learned from the Child SAs of `subnets = "libvirt"` peers stay while their tunnel does.
         for n in plan.remove.iter().chain(&plan.change) {
-            self.learned.remove(n);
+            self.learned.drop_peer(n);
         }
         self.config = new;
     }

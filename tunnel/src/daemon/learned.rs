@@ -7,7 +7,7 @@
 //! line naming both hosts. Ranges of different hosts do not overlap (checked at load), so a peer cannot claim
 //! the subnets of another libvirt host, not even while that host is down and has nothing learned to clash with.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use ike::event::ChildSaInfo;
@@ -82,6 +82,54 @@ fn subnet_list(subnets: &[Prefix]) -> String {
     logcap::clean(&List(subnets), logcap::MAX_FIELD)
 }
 
+/// The subnets learned from the Child SAs of `subnets = "libvirt"` peers, kept apart from the mesh file's
+/// configuration: per peer, (inbound SPI, subnets) of each Child SA that is up.
+#[derive(Debug, Default)]
+pub(super) struct Learned {
+    peers: HashMap<String, Vec<(u32, Vec<Prefix>)>>,
+}
+
+impl Learned {
+    /// The union of the subnets learned from `peer`'s Child SAs, sorted, each once.
+    pub(super) fn subnets(&self, peer: &str) -> Vec<Prefix> {
+        let mut v: Vec<Prefix> = self
+            .peers
+            .get(peer)
+            .into_iter()
+            .flatten()
+            .flat_map(|(_, s)| s.iter().copied())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The Child SA with inbound SPI `spi_in` of `peer` carries `subnets`.
+    fn record(&mut self, peer: &str, spi_in: u32, subnets: Vec<Prefix>) {
+        self.peers
+            .entry(peer.to_owned())
+            .or_default()
+            .push((spi_in, subnets));
+    }
+
+    /// The Child SA with inbound SPI `spi_in` of `peer` went down; false if nothing was learned from the peer.
+    fn forget(&mut self, peer: &str, spi_in: u32) -> bool {
+        let Some(v) = self.peers.get_mut(peer) else {
+            return false;
+        };
+        v.retain(|(s, _)| *s != spi_in);
+        if v.is_empty() {
+            self.peers.remove(peer);
+        }
+        true
+    }
+
+    /// Everything learned from `peer` goes (it left the mesh, or its tunnel is set up again).
+    pub(super) fn drop_peer(&mut self, peer: &str) {
+        self.peers.remove(peer);
+    }
+}
+
 impl ControlPlane {
     /// True if `peer` is a `subnets = "libvirt"` host other than us.
     fn learns(&self, peer: &str) -> bool {
@@ -92,16 +140,7 @@ impl ControlPlane {
 
     /// The subnets currently learned from `peer`'s Child SAs (the union over those that are up), sorted.
     pub(super) fn learned_subnets(&self, peer: &str) -> Vec<Prefix> {
-        let mut v: Vec<Prefix> = self
-            .learned
-            .get(peer)
-            .into_iter()
-            .flatten()
-            .flat_map(|(_, s)| s.iter().copied())
-            .collect();
-        v.sort();
-        v.dedup();
-        v
+        self.learned.subnets(peer)
     }
 
     /// A Child SA came up (or was rekeyed): for a `subnets = "libvirt"` peer, checks and records the subnets it
@@ -205,10 +244,7 @@ impl ControlPlane {
             return false;
         }
         let before = self.learned_subnets(&c.peer);
-        self.learned
-            .entry(c.peer.clone())
-            .or_default()
-            .push((c.spi_in, subnets));
+        self.learned.record(&c.peer, c.spi_in, subnets);
         self.learned_changed(&c.peer, &before, actions);
         true
     }
@@ -217,14 +253,9 @@ impl ControlPlane {
     /// their routes go ([`Action::SubnetsChanged`]).
     pub(super) fn forget(&mut self, peer: &str, spi_in: u32, actions: &mut Vec<Action>) {
         let before = self.learned_subnets(peer);
-        let Some(v) = self.learned.get_mut(peer) else {
-            return;
-        };
-        v.retain(|(s, _)| *s != spi_in);
-        if v.is_empty() {
-            self.learned.remove(peer);
+        if self.learned.forget(peer, spi_in) {
+            self.learned_changed(peer, &before, actions);
         }
-        self.learned_changed(peer, &before, actions);
     }
 
     /// The subnets of `host` in force: its learned ones for a `subnets = "libvirt"` host, else the file's.
