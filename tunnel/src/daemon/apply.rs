@@ -4,14 +4,14 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use super::control_plane::{Action, Outbound};
-use super::setup::local_sources;
 use super::Daemon;
 use crate::config::Config;
 use crate::prefix::Prefix;
-use crate::route::Route;
+use crate::route::{Netlink, Route};
 
 /// One step of a reload or of following learned subnets, as logged and answered to `vmsecd reload`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +46,25 @@ pub(super) fn firewall_subnets(c: &Config) -> (Vec<Prefix>, Vec<Prefix>) {
         c.local().subnets.clone(),
         c.peers().flat_map(|p| p.subnets.clone()).collect(),
     )
+}
+
+/// The address of ours inside our VM subnets for each family (IPv4, IPv6): the source of packets this host
+/// itself sends to a remote VM, so that they fall within the Child SA's selectors.
+pub(super) fn local_sources(
+    nl: &mut Netlink,
+    subnets: &[crate::prefix::Prefix],
+) -> (Option<IpAddr>, Option<IpAddr>) {
+    let addrs: Vec<IpAddr> = nl
+        .local_addresses()
+        .map(|a| a.iter().map(|a| a.addr).collect())
+        .unwrap_or_default();
+    let find = |v4: bool| {
+        addrs
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == v4 && subnets.iter().any(|p| p.contains(*a)))
+    };
+    (find(true), find(false))
 }
 
 impl Daemon {

@@ -16,8 +16,8 @@ use std::time::Instant;
 use ike::endpoint::Endpoint;
 use ike::event::{ChildSaInfo, Event, Reason, Transmit};
 
-use super::learned::Learned;
-use super::reload::ReloadPlan;
+use super::learned::{Learn, Learned};
+use super::reload_plan::ReloadPlan;
 use super::schedule::Schedule;
 use super::{logcap, peers};
 use crate::config::Config;
@@ -65,7 +65,7 @@ pub(super) struct ControlPlane {
     endpoint: Endpoint,
     schedule: Schedule,
     /// Subnets learned from the Child SAs of `subnets = "libvirt"` peers.
-    pub(super) learned: Learned,
+    learned: Learned,
     /// The outbound SPIs whose early rekey was already asked for.
     rekey_asked: HashSet<u32>,
     /// Rate limits of the log lines that carry what unauthenticated senders chose.
@@ -110,7 +110,7 @@ impl ControlPlane {
         let me = c.local().name.clone();
         for h in c.mesh.hosts.iter_mut() {
             if h.libvirt.is_some() && h.name != me {
-                h.subnets = self.learned_subnets(&h.name);
+                h.subnets = self.learned.subnets(&h.name);
             }
         }
         c
@@ -240,6 +240,25 @@ impl ControlPlane {
         self.endpoint.delete_peer(now, peer);
     }
 
+    /// Learns the subnets of a new Child SA of a `subnets = "libvirt"` peer (see `learned.rs`): false, with the
+    /// peer's IKE SA deleted (it is tried again later), if they are refused; the caller then installs nothing.
+    fn learn(&mut self, c: &ChildSaInfo, now: Instant, actions: &mut Vec<Action>) -> bool {
+        match self
+            .learned
+            .learn(&self.config, c, now, &mut self.logs.learned_refused)
+        {
+            Learn::Kept => true,
+            Learn::Changed => {
+                actions.push(Action::SubnetsChanged);
+                true
+            }
+            Learn::Refused => {
+                self.delete_peer(now, &c.peer);
+                false
+            }
+        }
+    }
+
     fn on_event(&mut self, e: Event, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
         match e {
@@ -345,7 +364,9 @@ impl ControlPlane {
                             spi_out,
                         }
                     });
-                    self.forget(&peer, spi_in, &mut actions);
+                    if self.learned.forget(&peer, spi_in) {
+                        actions.push(Action::SubnetsChanged);
+                    }
                     self.rekey_asked.remove(&spi_out);
                 } else if self.logs.child_refused.allow(now) {
                     tracing::warn!(%peer, "Child SA refused: {}", logcap::clean(&reason, logcap::MAX_FIELD));

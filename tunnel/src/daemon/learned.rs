@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use ike::event::ChildSaInfo;
 
-use super::control_plane::{Action, ControlPlane};
 use super::datapath::MAX_SELECTORS;
-use super::logcap;
+use super::logcap::{self, Limiter};
+use crate::config::Config;
 use crate::prefix::Prefix;
 
 /// Most subnets learned from one peer (the union over its Child SAs). Each becomes a route, an entry of the
@@ -113,7 +113,7 @@ impl Learned {
     }
 
     /// The Child SA with inbound SPI `spi_in` of `peer` went down; false if nothing was learned from the peer.
-    fn forget(&mut self, peer: &str, spi_in: u32) -> bool {
+    fn remove(&mut self, peer: &str, spi_in: u32) -> bool {
         let Some(v) = self.peers.get_mut(peer) else {
             return false;
         };
@@ -130,34 +130,41 @@ impl Learned {
     }
 }
 
-impl ControlPlane {
+/// What learning the subnets of a new Child SA came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Learn {
+    /// Nothing learned changed (not a `subnets = "libvirt"` peer, or subnets already known).
+    Kept,
+    /// The peer's learned subnets changed.
+    Changed,
+    /// Refused (logged): the caller deletes the peer's IKE SA and installs nothing.
+    Refused,
+}
+
+impl Learned {
     /// True if `peer` is a `subnets = "libvirt"` host other than us.
-    fn learns(&self, peer: &str) -> bool {
-        self.config()
+    fn learns(config: &Config, peer: &str) -> bool {
+        config
             .peers()
             .any(|p| p.name == peer && p.libvirt.is_some())
     }
 
-    /// The subnets currently learned from `peer`'s Child SAs (the union over those that are up), sorted.
-    pub(super) fn learned_subnets(&self, peer: &str) -> Vec<Prefix> {
-        self.learned.subnets(peer)
-    }
-
-    /// A Child SA came up (or was rekeyed): for a `subnets = "libvirt"` peer, checks and records the subnets it
-    /// negotiated (with [`Action::SubnetsChanged`] if they are new). Returns false, after logging why and deleting
-    /// the peer's IKE SA, if they overlap ours or another host's (the caller then installs nothing).
+    /// A Child SA came up (or was rekeyed): for a `subnets = "libvirt"` peer of `config` (the mesh file's),
+    /// checks and records the subnets it negotiated. Refused, after logging why (through `limit`), if they
+    /// overlap ours or another host's.
     pub(super) fn learn(
         &mut self,
+        config: &Config,
         c: &ChildSaInfo,
         now: Instant,
-        actions: &mut Vec<Action>,
-    ) -> bool {
-        if !self.learns(&c.peer) {
-            return true;
+        limit: &mut Limiter,
+    ) -> Learn {
+        if !Learned::learns(config, &c.peer) {
+            return Learn::Kept;
         }
         // A peer that negotiates thousands of selectors (or ranges that split into many subnets) is refused
         // before they are expanded further, routed or logged (review item 4).
-        let already = self.learned_subnets(&c.peer);
+        let already = self.subnets(&c.peer);
         let subnets = match selector_subnets(&c.ts_remote, &already, MAX_LEARNED).and_then(|s| {
             // The datapath would not install it either (and its subnets would stay routed to nothing).
             if c.ts_local.len() > MAX_SELECTORS {
@@ -168,7 +175,7 @@ impl ControlPlane {
         }) {
             Ok(s) => s,
             Err(e) => {
-                if self.logs.learned_refused.allow(now) {
+                if limit.allow(now) {
                     tracing::error!(
                         peer = %c.peer,
                         "refusing the subnets learned from its Child SA: {e}. Deleting the IKE SA with {} (it is \
@@ -176,17 +183,15 @@ impl ControlPlane {
                         c.peer
                     );
                 }
-                self.delete_peer(now, &c.peer);
-                return false;
+                return Learn::Refused;
             }
         };
-        let range: &[Prefix] = self
-            .config()
+        let range: &[Prefix] = config
             .peers()
             .find(|p| p.name == c.peer)
             .and_then(|p| p.libvirt.as_ref())
             .map_or(&[], |lv| &lv.range);
-        let me = self.config().local();
+        let me = config.local();
         let mut clash: Option<String> = None;
         for s in &subnets {
             if !range.iter().any(|r| r.contains_prefix(s)) {
@@ -204,17 +209,12 @@ impl ControlPlane {
                     "{}'s subnet {s} overlaps {}'s subnet {o} (this host)",
                     c.peer, me.name
                 ));
-            } else if let Some((h, o)) = self
-                .config()
-                .peers()
-                .filter(|h| h.name != c.peer)
-                .find_map(|h| {
-                    self.subnets_of(h)
-                        .into_iter()
-                        .find(|o| o.overlaps(s))
-                        .map(|o| (h, o))
-                })
-            {
+            } else if let Some((h, o)) = config.peers().filter(|h| h.name != c.peer).find_map(|h| {
+                self.subnets_of(h)
+                    .into_iter()
+                    .find(|o| o.overlaps(s))
+                    .map(|o| (h, o))
+            }) {
                 clash = Some(format!(
                     "{}'s subnet {s} overlaps {}'s {} subnet {o}",
                     c.peer,
@@ -231,7 +231,7 @@ impl ControlPlane {
             }
         }
         if let Some(why) = clash {
-            if self.logs.learned_refused.allow(now) {
+            if limit.allow(now) {
                 tracing::error!(
                     peer = %c.peer,
                     "refusing the subnets {} learned from its Child SA: {why}; renumber one of the two (a libvirt \
@@ -240,38 +240,38 @@ impl ControlPlane {
                     c.peer
                 );
             }
-            self.delete_peer(now, &c.peer);
-            return false;
+            return Learn::Refused;
         }
-        let before = self.learned_subnets(&c.peer);
-        self.learned.record(&c.peer, c.spi_in, subnets);
-        self.learned_changed(&c.peer, &before, actions);
-        true
+        let before = self.subnets(&c.peer);
+        self.record(&c.peer, c.spi_in, subnets);
+        if self.changed(&c.peer, &before) {
+            Learn::Changed
+        } else {
+            Learn::Kept
+        }
     }
 
-    /// A Child SA went down: its subnets are forgotten, and when no other Child SA of the peer carries them
-    /// their routes go ([`Action::SubnetsChanged`]).
-    pub(super) fn forget(&mut self, peer: &str, spi_in: u32, actions: &mut Vec<Action>) {
-        let before = self.learned_subnets(peer);
-        if self.learned.forget(peer, spi_in) {
-            self.learned_changed(peer, &before, actions);
-        }
+    /// A Child SA went down: its subnets are forgotten; true (logged) if the peer's learned subnets changed,
+    /// when no other Child SA of the peer carries them (their routes then go).
+    pub(super) fn forget(&mut self, peer: &str, spi_in: u32) -> bool {
+        let before = self.subnets(peer);
+        self.remove(peer, spi_in) && self.changed(peer, &before)
     }
 
     /// The subnets of `host` in force: its learned ones for a `subnets = "libvirt"` host, else the file's.
     fn subnets_of(&self, host: &crate::config::Host) -> Vec<Prefix> {
         if host.libvirt.is_some() {
-            self.learned_subnets(&host.name)
+            self.subnets(&host.name)
         } else {
             host.subnets.clone()
         }
     }
 
-    /// Logs and reports a change of the subnets learned from `peer`, if there is one.
-    fn learned_changed(&self, peer: &str, before: &[Prefix], actions: &mut Vec<Action>) {
-        let after = self.learned_subnets(peer);
+    /// True, logged, if the subnets learned from `peer` are no longer `before`.
+    fn changed(&self, peer: &str, before: &[Prefix]) -> bool {
+        let after = self.subnets(peer);
         if after == before {
-            return;
+            return false;
         }
         let list = |s: &[Prefix]| {
             if s.is_empty() {
@@ -288,7 +288,7 @@ impl ControlPlane {
             list(&after),
             list(before)
         );
-        actions.push(Action::SubnetsChanged);
+        true
     }
 }
 

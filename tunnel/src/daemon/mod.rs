@@ -22,6 +22,7 @@ mod learned;
 pub(crate) mod logcap;
 mod peers;
 mod reload;
+mod reload_plan;
 mod schedule;
 mod setup;
 mod sockets;

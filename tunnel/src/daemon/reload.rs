@@ -7,13 +7,10 @@
 //! proposals or lifetimes). What a running daemon cannot change (its TUN, its control socket, its own
 //! address) is refused with a line naming the key, and the running mesh stays as it is.
 
-use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Instant;
 
-use ike::config::PeerConfig;
-
 use super::apply::Change;
+use super::reload_plan::plan;
 use super::{peers, Daemon};
 use crate::config::Config;
 
@@ -21,68 +18,6 @@ use crate::config::Config;
 /// answer to `vmsecd reload`. Once the file is accepted the reload goes through: a failed route or firewall
 /// step does not undo the rest.
 pub(super) type Changes = Vec<Change>;
-
-/// What a reload changes among the peers, computed from the running and the new IKE peer configurations alone.
-#[derive(Debug, Default)]
-pub(super) struct ReloadPlan {
-    /// Peers new in the file: their tunnel is set up as at start-up.
-    pub(super) add: Vec<String>,
-    /// Peers gone from the file: their IKE SA is deleted, never initiated again.
-    pub(super) remove: Vec<String>,
-    /// Peers whose configuration changed: their IKE SA is deleted and set up again.
-    pub(super) change: Vec<String>,
-    /// The endpoint's new peer list, in the file's order: unchanged peers keep their configuration object, and
-    /// with it their SAs.
-    pub(super) peers: Vec<Arc<PeerConfig>>,
-}
-
-/// The difference between the running peer configurations `old` and those of the new file, `new`.
-pub(super) fn plan(old: &[Arc<PeerConfig>], new: Vec<Arc<PeerConfig>>) -> ReloadPlan {
-    let mut plan = ReloadPlan::default();
-    for c in new {
-        match old.iter().find(|o| o.name == c.name) {
-            Some(o) if peers::same(o, &c) => plan.peers.push(o.clone()),
-            Some(_) => {
-                plan.change.push(c.name.clone());
-                plan.peers.push(c);
-            }
-            None => {
-                plan.add.push(c.name.clone());
-                plan.peers.push(c);
-            }
-        }
-    }
-    let kept: HashSet<&str> = plan.peers.iter().map(|c| c.name.as_str()).collect();
-    plan.remove = old
-        .iter()
-        .filter(|o| !kept.contains(o.name.as_str()))
-        .map(|o| o.name.clone())
-        .collect();
-    plan
-}
-
-impl ReloadPlan {
-    /// One line per peer added, changed or removed.
-    pub(super) fn describe(&self) -> Vec<String> {
-        let mut v = Vec::new();
-        for c in &self.peers {
-            if self.change.contains(&c.name) {
-                v.push(format!(
-                    "host {} changed: its tunnel is deleted and set up again",
-                    c.name
-                ));
-            } else if self.add.contains(&c.name) {
-                v.push(format!("host {} added: setting up its tunnel", c.name));
-            }
-        }
-        for n in &self.remove {
-            v.push(format!(
-                "host {n} removed: its IKE SA is deleted, its routes removed"
-            ));
-        }
-        v
-    }
-}
 
 impl Daemon {
     /// Reloads and answers the control socket's `reload`: `{"reloaded": [changes]}` or `{"error": "..."}`.

@@ -1,9 +1,9 @@
 //! Setting the daemon up and tearing it down: the fail-closed routes, the TUN and its routes, the sockets, the
 //! datapath and its workers, the control socket, the firewall; and keeping the keys out of core files.
 
-use std::net::IpAddr;
 use std::time::Instant;
 
+use super::apply::local_sources;
 use super::control_plane::ControlPlane;
 use super::datapath::Datapath;
 use super::{apply, control, logcap, sockets, tx, workers, Daemon};
@@ -28,25 +28,6 @@ pub fn forbid_core_dumps() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// The address of ours inside our VM subnets for each family (IPv4, IPv6): the source of packets this host
-/// itself sends to a remote VM, so that they fall within the Child SA's selectors.
-pub(super) fn local_sources(
-    nl: &mut Netlink,
-    subnets: &[crate::prefix::Prefix],
-) -> (Option<IpAddr>, Option<IpAddr>) {
-    let addrs: Vec<IpAddr> = nl
-        .local_addresses()
-        .map(|a| a.iter().map(|a| a.addr).collect())
-        .unwrap_or_default();
-    let find = |v4: bool| {
-        addrs
-            .iter()
-            .copied()
-            .find(|a| a.is_ipv4() == v4 && subnets.iter().any(|p| p.contains(*a)))
-    };
-    (find(true), find(false))
 }
 
 impl Daemon {

@@ -274,7 +274,7 @@ fn peer_deleted_by_reload_is_removed() {
         ),
         "a",
     );
-    let p = super::super::reload::plan(net.a.endpoint().peers(), peers::peer_configs(&new));
+    let p = super::super::reload_plan::plan(net.a.endpoint().peers(), peers::peer_configs(&new));
     assert_eq!(
         (p.add.clone(), p.remove.clone(), p.change.clone()),
         (vec!["c".to_owned()], vec!["b".to_owned()], vec![])
@@ -294,11 +294,11 @@ fn reload_plan_keeps_unchanged_peers() {
     let f = Files::new();
     let old = peers::peer_configs(&f.config(&mesh(B_PLAIN), "a"));
     let same =
-        super::super::reload::plan(&old, peers::peer_configs(&f.config(&mesh(B_PLAIN), "a")));
+        super::super::reload_plan::plan(&old, peers::peer_configs(&f.config(&mesh(B_PLAIN), "a")));
     assert!(same.add.is_empty() && same.remove.is_empty() && same.change.is_empty());
     assert!(std::sync::Arc::ptr_eq(&same.peers[0], &old[0]));
     assert!(same.describe().is_empty());
-    let moved = super::super::reload::plan(
+    let moved = super::super::reload_plan::plan(
         &old,
         peers::peer_configs(&f.config(&mesh("subnets = [\"198.19.3.0/24\"]"), "a")),
     );
