@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-pub use super::peercred::{peer_cred, squatter_message, Cred};
 use crate::config::ControlSocket;
 
 /// The status document (`vmsecd status --json`). Field names are stable; new fields may be added.
@@ -140,6 +139,53 @@ fn std_addr(sock: &ControlSocket) -> std::io::Result<std::os::unix::net::SocketA
         }
         ControlSocket::Path(p) => std::os::unix::net::SocketAddr::from_pathname(p),
     }
+}
+
+/// The credentials (SO_PEERCRED) of the process at the other end of a Unix stream socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cred {
+    /// Its effective user id when it connected or bound.
+    pub uid: u32,
+    /// Its process id.
+    pub pid: i32,
+}
+
+/// The credentials of the other end of a connected Unix stream socket.
+pub fn peer_cred(fd: &impl std::os::fd::AsFd) -> std::io::Result<Cred> {
+    use std::os::fd::AsRawFd;
+    let mut c = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: a valid descriptor, and a ucred buffer of the stated size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut c as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Cred {
+        uid: c.uid,
+        pid: c.pid,
+    })
+}
+
+/// The message for a control socket held by someone other than root: any local user can bind an abstract name
+/// first, and would then read what `vmsecd reload` and the libvirt hook send and answer what it likes.
+pub fn squatter_message(sock: &ControlSocket, c: Cred) -> String {
+    format!(
+        "control socket {sock} is held by uid {} pid {}, not by vmsecd as root; that process may be impersonating \
+         vmsecd: see what it is (ps -o user,pid,cmd -p {}), stop it, and restart vmsecd",
+        c.uid, c.pid, c.pid
+    )
 }
 
 /// Checks that the server end of a freshly connected control socket is root's.

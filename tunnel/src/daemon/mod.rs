@@ -20,7 +20,6 @@ mod gso;
 mod io;
 mod learned;
 pub(crate) mod logcap;
-pub(crate) mod peercred;
 mod peers;
 mod reload;
 mod reload_plan;

@@ -755,9 +755,9 @@ pub fn request(socket: &crate::config::ControlSocket, what: &str) -> Result<Stri
     .map_err(err)?;
     let mut s = UnixStream::connect_addr(&addr).map_err(err)?;
     // Any local user can bind an abstract name before vmsecd does: talk only to root.
-    let cred = crate::daemon::peercred::peer_cred(&s).map_err(err)?;
+    let cred = crate::daemon::control::peer_cred(&s).map_err(err)?;
     if cred.uid != 0 {
-        return Err(Error::NotVmsecd(crate::daemon::peercred::squatter_message(
+        return Err(Error::NotVmsecd(crate::daemon::control::squatter_message(
             socket, cred,
         )));
     }
