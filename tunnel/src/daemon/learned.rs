@@ -7,13 +7,14 @@
 //! line naming both hosts. Ranges of different hosts do not overlap (checked at load), so a peer cannot claim
 //! the subnets of another libvirt host, not even while that host is down and has nothing learned to clash with.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use ike::event::ChildSaInfo;
 
 use super::datapath::MAX_SELECTORS;
-use super::{logcap, Daemon};
+use super::logcap::{self, Limiter};
+use crate::config::Config;
 use crate::prefix::Prefix;
 
 /// Most subnets learned from one peer (the union over its Child SAs). Each becomes a route, an entry of the
@@ -81,18 +82,18 @@ fn subnet_list(subnets: &[Prefix]) -> String {
     logcap::clean(&List(subnets), logcap::MAX_FIELD)
 }
 
-impl Daemon {
-    /// True if `peer` is a `subnets = "libvirt"` host other than us.
-    fn learns(&self, peer: &str) -> bool {
-        self.config
-            .peers()
-            .any(|p| p.name == peer && p.libvirt.is_some())
-    }
+/// The subnets learned from the Child SAs of `subnets = "libvirt"` peers, kept apart from the mesh file's
+/// configuration: per peer, (inbound SPI, subnets) of each Child SA that is up.
+#[derive(Debug, Default)]
+pub(super) struct Learned {
+    peers: HashMap<String, Vec<(u32, Vec<Prefix>)>>,
+}
 
-    /// The subnets currently learned from `peer`'s Child SAs (the union over those that are up), sorted.
-    pub(super) fn learned_subnets(&self, peer: &str) -> Vec<Prefix> {
+impl Learned {
+    /// The union of the subnets learned from `peer`'s Child SAs, sorted, each once.
+    pub(super) fn subnets(&self, peer: &str) -> Vec<Prefix> {
         let mut v: Vec<Prefix> = self
-            .learned
+            .peers
             .get(peer)
             .into_iter()
             .flatten()
@@ -103,16 +104,67 @@ impl Daemon {
         v
     }
 
-    /// A Child SA came up (or was rekeyed): for a `subnets = "libvirt"` peer, checks and records the subnets it
-    /// negotiated and routes them. Returns false, after logging why and deleting the peer's IKE SA, if they
-    /// overlap ours or another host's (the caller then installs nothing).
-    pub(super) fn learn(&mut self, c: &ChildSaInfo, now: Instant) -> bool {
-        if !self.learns(&c.peer) {
-            return true;
+    /// The Child SA with inbound SPI `spi_in` of `peer` carries `subnets`.
+    fn record(&mut self, peer: &str, spi_in: u32, subnets: Vec<Prefix>) {
+        self.peers
+            .entry(peer.to_owned())
+            .or_default()
+            .push((spi_in, subnets));
+    }
+
+    /// The Child SA with inbound SPI `spi_in` of `peer` went down; false if nothing was learned from the peer.
+    fn remove(&mut self, peer: &str, spi_in: u32) -> bool {
+        let Some(v) = self.peers.get_mut(peer) else {
+            return false;
+        };
+        v.retain(|(s, _)| *s != spi_in);
+        if v.is_empty() {
+            self.peers.remove(peer);
+        }
+        true
+    }
+
+    /// Everything learned from `peer` goes (it left the mesh, or its tunnel is set up again).
+    pub(super) fn drop_peer(&mut self, peer: &str) {
+        self.peers.remove(peer);
+    }
+}
+
+/// What learning the subnets of a new Child SA came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Learn {
+    /// Nothing learned changed (not a `subnets = "libvirt"` peer, or subnets already known).
+    Kept,
+    /// The peer's learned subnets changed.
+    Changed,
+    /// Refused (logged): the caller deletes the peer's IKE SA and installs nothing.
+    Refused,
+}
+
+impl Learned {
+    /// True if `peer` is a `subnets = "libvirt"` host other than us.
+    fn learns(config: &Config, peer: &str) -> bool {
+        config
+            .peers()
+            .any(|p| p.name == peer && p.libvirt.is_some())
+    }
+
+    /// A Child SA came up (or was rekeyed): for a `subnets = "libvirt"` peer of `config` (the mesh file's),
+    /// checks and records the subnets it negotiated. Refused, after logging why (through `limit`), if they
+    /// overlap ours or another host's.
+    pub(super) fn learn(
+        &mut self,
+        config: &Config,
+        c: &ChildSaInfo,
+        now: Instant,
+        limit: &mut Limiter,
+    ) -> Learn {
+        if !Learned::learns(config, &c.peer) {
+            return Learn::Kept;
         }
         // A peer that negotiates thousands of selectors (or ranges that split into many subnets) is refused
         // before they are expanded further, routed or logged (review item 4).
-        let already = self.learned_subnets(&c.peer);
+        let already = self.subnets(&c.peer);
         let subnets = match selector_subnets(&c.ts_remote, &already, MAX_LEARNED).and_then(|s| {
             // The datapath would not install it either (and its subnets would stay routed to nothing).
             if c.ts_local.len() > MAX_SELECTORS {
@@ -123,7 +175,7 @@ impl Daemon {
         }) {
             Ok(s) => s,
             Err(e) => {
-                if self.logs.learned_refused.allow(now) {
+                if limit.allow(now) {
                     tracing::error!(
                         peer = %c.peer,
                         "refusing the subnets learned from its Child SA: {e}. Deleting the IKE SA with {} (it is \
@@ -131,17 +183,15 @@ impl Daemon {
                         c.peer
                     );
                 }
-                self.endpoint.delete_peer(now, &c.peer);
-                return false;
+                return Learn::Refused;
             }
         };
-        let range: &[Prefix] = self
-            .config
+        let range: &[Prefix] = config
             .peers()
             .find(|p| p.name == c.peer)
             .and_then(|p| p.libvirt.as_ref())
             .map_or(&[], |lv| &lv.range);
-        let me = self.config.local();
+        let me = config.local();
         let mut clash: Option<String> = None;
         for s in &subnets {
             if !range.iter().any(|r| r.contains_prefix(s)) {
@@ -159,12 +209,12 @@ impl Daemon {
                     "{}'s subnet {s} overlaps {}'s subnet {o} (this host)",
                     c.peer, me.name
                 ));
-            } else if let Some((h, o)) = self
-                .config
-                .peers()
-                .filter(|h| h.name != c.peer)
-                .find_map(|h| h.subnets.iter().find(|o| o.overlaps(s)).map(|o| (h, o)))
-            {
+            } else if let Some((h, o)) = config.peers().filter(|h| h.name != c.peer).find_map(|h| {
+                self.subnets_of(h)
+                    .into_iter()
+                    .find(|o| o.overlaps(s))
+                    .map(|o| (h, o))
+            }) {
                 clash = Some(format!(
                     "{}'s subnet {s} overlaps {}'s {} subnet {o}",
                     c.peer,
@@ -181,7 +231,7 @@ impl Daemon {
             }
         }
         if let Some(why) = clash {
-            if self.logs.learned_refused.allow(now) {
+            if limit.allow(now) {
                 tracing::error!(
                     peer = %c.peer,
                     "refusing the subnets {} learned from its Child SA: {why}; renumber one of the two (a libvirt \
@@ -190,77 +240,55 @@ impl Daemon {
                     c.peer
                 );
             }
-            self.endpoint.delete_peer(now, &c.peer);
+            return Learn::Refused;
+        }
+        let before = self.subnets(&c.peer);
+        self.record(&c.peer, c.spi_in, subnets);
+        if self.changed(&c.peer, &before) {
+            Learn::Changed
+        } else {
+            Learn::Kept
+        }
+    }
+
+    /// A Child SA went down: its subnets are forgotten; true (logged) if the peer's learned subnets changed,
+    /// when no other Child SA of the peer carries them (their routes then go).
+    pub(super) fn forget(&mut self, peer: &str, spi_in: u32) -> bool {
+        let before = self.subnets(peer);
+        self.remove(peer, spi_in) && self.changed(peer, &before)
+    }
+
+    /// The subnets of `host` in force: its learned ones for a `subnets = "libvirt"` host, else the file's.
+    fn subnets_of(&self, host: &crate::config::Host) -> Vec<Prefix> {
+        if host.libvirt.is_some() {
+            self.subnets(&host.name)
+        } else {
+            host.subnets.clone()
+        }
+    }
+
+    /// True, logged, if the subnets learned from `peer` are no longer `before`.
+    fn changed(&self, peer: &str, before: &[Prefix]) -> bool {
+        let after = self.subnets(peer);
+        if after == before {
             return false;
         }
-        self.learned
-            .entry(c.peer.clone())
-            .or_default()
-            .push((c.spi_in, subnets));
-        self.sync_learned();
-        true
-    }
-
-    /// A Child SA went down: its subnets are forgotten, and when no other Child SA of the peer carries them
-    /// their routes go.
-    pub(super) fn forget(&mut self, peer: &str, spi_in: u32) {
-        let Some(v) = self.learned.get_mut(peer) else {
-            return;
-        };
-        v.retain(|(s, _)| *s != spi_in);
-        if v.is_empty() {
-            self.learned.remove(peer);
-        }
-        self.sync_learned();
-    }
-
-    /// Puts the learned subnets into the running configuration and, if they changed, into the routes, the
-    /// datapath and the firewall.
-    fn sync_learned(&mut self) {
-        let mut new = self.config.clone();
-        let me = new.local().name.clone();
-        for h in new.mesh.hosts.iter_mut() {
-            if h.libvirt.is_some() && h.name != me {
-                h.subnets = self.learned_subnets(&h.name);
-            }
-        }
-        let changed: Vec<String> = new
-            .peers()
-            .zip(self.config.peers())
-            .filter(|(a, b)| a.subnets != b.subnets)
-            .map(|(a, b)| {
-                let list = |s: &[Prefix]| {
-                    if s.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        s.iter()
-                            .map(|p| p.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    }
-                };
-                format!(
-                    "host {}: learned subnets {} (were {})",
-                    a.name,
-                    list(&a.subnets),
-                    list(&b.subnets)
-                )
-            })
-            .collect();
-        if changed.is_empty() {
-            return;
-        }
-        for c in &changed {
-            tracing::info!("{c}");
-        }
-        for c in self.apply_subnets(&new, false) {
-            if c.starts_with("FAILED") {
-                tracing::error!("{c}");
+        let list = |s: &[Prefix]| {
+            if s.is_empty() {
+                "none".to_owned()
             } else {
-                tracing::info!("{c}");
+                s.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
-        }
-        self.config = new;
+        };
+        tracing::info!(
+            "host {peer}: learned subnets {} (were {})",
+            list(&after),
+            list(before)
+        );
+        true
     }
 }
 

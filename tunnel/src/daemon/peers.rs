@@ -83,9 +83,9 @@ pub(crate) fn peer_configs(config: &Config) -> Vec<Arc<PeerConfig>> {
         .collect()
 }
 
-/// True if two configurations of one peer would negotiate the same SAs: everything but the secrets compared
-/// through their (redacted) Debug form, the secrets themselves compared directly. A reload leaves the tunnel to
-/// a peer alone exactly when this holds.
+/// True if two configurations of one peer would negotiate the same SAs: every field compared (the destructuring
+/// below stops the build when `PeerConfig` gains one), the keys through their public halves and certificates
+/// through their DER. A reload leaves the tunnel to a peer alone exactly when this holds.
 pub(crate) fn same(a: &PeerConfig, b: &PeerConfig) -> bool {
     let secrets_equal = match (&a.auth, &b.auth) {
         (AuthMethod::Psk(x), AuthMethod::Psk(y)) => x == y,
@@ -130,5 +130,38 @@ pub(crate) fn same(a: &PeerConfig, b: &PeerConfig) -> bool {
         }
         _ => false,
     };
-    secrets_equal && format!("{a:?}") == format!("{b:?}")
+    let PeerConfig {
+        name,
+        local_addr,
+        remote_addr,
+        remote_port,
+        local_id,
+        remote_id,
+        auth: _,
+        ike_proposals,
+        esp_proposals,
+        local_ts,
+        remote_ts,
+        force_encap,
+        retransmit,
+        lifetimes,
+        replay_window,
+        fragment_size,
+    } = a;
+    secrets_equal
+        && *name == b.name
+        && *local_addr == b.local_addr
+        && *remote_addr == b.remote_addr
+        && *remote_port == b.remote_port
+        && *local_id == b.local_id
+        && *remote_id == b.remote_id
+        && *ike_proposals == b.ike_proposals
+        && *esp_proposals == b.esp_proposals
+        && *local_ts == b.local_ts
+        && *remote_ts == b.remote_ts
+        && *force_encap == b.force_encap
+        && *retransmit == b.retransmit
+        && *lifetimes == b.lifetimes
+        && *replay_window == b.replay_window
+        && *fragment_size == b.fragment_size
 }

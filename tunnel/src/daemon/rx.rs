@@ -153,8 +153,7 @@ impl Daemon {
         match framing::classify_udp(data) {
             UdpPayload::Ike { offset } => {
                 if let Some(msg) = data.get(offset..) {
-                    self.ike_touched = true;
-                    self.endpoint
+                    self.cp
                         .handle(Instant::now(), msg, from, ike::sa::NAT_T_PORT);
                 }
             }

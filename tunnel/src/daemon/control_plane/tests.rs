@@ -1,0 +1,377 @@
+//! The control plane without root: two of them (hosts `a` and `b` of one mesh file) over an in-memory network
+//! with a virtual clock, as ike/tests/pair.rs drives two endpoints, and the actions they ask for.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::config::Mesh;
+
+const A: &str = "198.18.0.1";
+const B: &str = "198.18.0.2";
+
+/// Two hosts; `b_subnets` is b's `subnets =` value (a TOML list, or "libvirt" with a range).
+fn mesh(b: &str) -> String {
+    format!(
+        "[mesh]\npsk_file = \"psk\"\n\n[[host]]\nname = \"a\"\naddress = \"{A}\"\nsubnets = [\"198.19.1.0/24\"]\n\n\
+         [[host]]\nname = \"b\"\naddress = \"{B}\"\n{b}\n"
+    )
+}
+
+const B_PLAIN: &str = "subnets = [\"198.19.2.0/24\"]";
+const B_LIBVIRT: &str = "subnets = \"libvirt\"\nlibvirt_range = [\"198.20.0.0/16\"]";
+
+/// The mesh file's folder: the PSK file lives there.
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new() -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let psk = dir.path().join("psk");
+        std::fs::write(&psk, "a-pre-shared-key-of-some-length\n").unwrap();
+        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Files { dir }
+    }
+
+    /// The configuration of host `me` in the mesh file `text`.
+    fn config(&self, text: &str, me: &str) -> Config {
+        let m = Mesh::parse(text, &self.dir.path().join("mesh.toml")).unwrap();
+        Config::new(m, Some(me), &[]).unwrap()
+    }
+}
+
+/// Two control planes on an in-memory network with a virtual clock, and the actions each asked for.
+struct Net {
+    a: ControlPlane,
+    b: ControlPlane,
+    now: Instant,
+    acts_a: Vec<Action>,
+    acts_b: Vec<Action>,
+}
+
+impl Net {
+    fn new(a: Config, b: Config) -> Net {
+        let now = Instant::now();
+        Net {
+            a: ControlPlane::new(a, now),
+            b: ControlPlane::new(b, now),
+            now,
+            acts_a: Vec::new(),
+            acts_b: Vec::new(),
+        }
+    }
+
+    /// Delivers queued datagrams (those to neither address are lost) until both sides are quiet.
+    fn drive(&mut self) {
+        loop {
+            let mut moved = false;
+            for from_a in [true, false] {
+                let side = if from_a { &mut self.a } else { &mut self.b };
+                let queued: Vec<Transmit> = std::iter::from_fn(|| side.poll_transmit()).collect();
+                for t in queued {
+                    moved = true;
+                    let to_addr: IpAddr = if from_a { B } else { A }.parse().unwrap();
+                    if t.remote.ip() != to_addr {
+                        continue;
+                    }
+                    let src: IpAddr = if from_a { A } else { B }.parse().unwrap();
+                    let mut data = &t.data[..];
+                    if t.remote.port() == ike::sa::NAT_T_PORT {
+                        data = &data[4..];
+                    }
+                    let to = if from_a { &mut self.b } else { &mut self.a };
+                    to.handle(
+                        self.now,
+                        data,
+                        SocketAddr::new(src, t.local_port),
+                        t.remote.port(),
+                    );
+                }
+            }
+            for (cp, acts) in [
+                (&mut self.a, &mut self.acts_a),
+                (&mut self.b, &mut self.acts_b),
+            ] {
+                while let Some(v) = cp.poll_actions(self.now) {
+                    moved = true;
+                    acts.extend(v);
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    /// Runs the timers of both sides, in order, for `span` of virtual time.
+    fn run_for(&mut self, span: Duration) {
+        let end = self.now + span;
+        self.drive();
+        loop {
+            let next = [self.a.next_timer(), self.b.next_timer()]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    self.a.handle_timeout(self.now);
+                    self.b.handle_timeout(self.now);
+                    self.drive();
+                }
+                _ => break,
+            }
+        }
+        self.now = self.now.max(end);
+    }
+
+    fn take(&mut self) -> (Vec<Action>, Vec<Action>) {
+        (
+            std::mem::take(&mut self.acts_a),
+            std::mem::take(&mut self.acts_b),
+        )
+    }
+}
+
+/// The (spi_in, spi_out, outbound) of each Install.
+fn installs(v: &[Action]) -> Vec<(u32, u32, Outbound)> {
+    v.iter()
+        .filter_map(|a| match a {
+            Action::Install { child, outbound } => Some((child.spi_in, child.spi_out, *outbound)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The (spi_in, spi_out) of each Retire.
+fn retires(v: &[Action]) -> Vec<(u32, u32)> {
+    v.iter()
+        .filter_map(|a| match a {
+            Action::Retire {
+                spi_in, spi_out, ..
+            } => Some((*spi_in, *spi_out)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The (peer, spi_in, spi_out) of each Remove.
+fn removes(v: &[Action]) -> Vec<(String, u32, u32)> {
+    v.iter()
+        .filter_map(|a| match a {
+            Action::Remove {
+                peer,
+                spi_in,
+                spi_out,
+            } => Some((peer.clone(), *spi_in, *spi_out)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn subnets_changed(v: &[Action]) -> usize {
+    v.iter()
+        .filter(|a| matches!(a, Action::SubnetsChanged))
+        .count()
+}
+
+/// Brings the tunnel up; returns a's (spi_in, spi_out).
+fn up(net: &mut Net) -> (u32, u32) {
+    net.run_for(Duration::from_secs(5));
+    let (a, b) = net.take();
+    let ia = installs(&a);
+    let ib = installs(&b);
+    assert_eq!(ia.len(), 1, "{a:?}");
+    assert_eq!(ib.len(), 1, "{b:?}");
+    // One Child SA, seen from both ends: each side's inbound SPI is the other's outbound one.
+    assert_eq!((ia[0].0, ia[0].1), (ib[0].1, ib[0].0));
+    assert_eq!((ia[0].2, ib[0].2), (Outbound::Now, Outbound::Now));
+    (ia[0].0, ia[0].1)
+}
+
+fn plain() -> (Files, Net) {
+    let f = Files::new();
+    let text = mesh(B_PLAIN);
+    let net = Net::new(f.config(&text, "a"), f.config(&text, "b"));
+    (f, net)
+}
+
+/// A Child SA coming up is installed at both ends, outbound at once; the lower address initiated, the other
+/// waited and did not start a second IKE SA.
+#[test]
+fn child_sa_coming_up_is_installed() {
+    let (_f, mut net) = plain();
+    up(&mut net);
+    net.run_for(Duration::from_secs(60));
+    let (a, b) = net.take();
+    assert!(a.is_empty() && b.is_empty(), "{a:?} {b:?}");
+    assert_eq!(net.a.endpoint().status().len(), 1);
+    assert_eq!(net.b.endpoint().status().len(), 1);
+}
+
+/// A rekey at the end of the Child SA's lifetime: the initiator (a, whose lifetime is the shorter) switches to
+/// the new SA at once, the responder only when the peer uses it (make-before-break); both retire the old pair.
+#[test]
+fn rekey_promotes_the_new_sa_and_retires_the_old() {
+    let f = Files::new();
+    let text = mesh(B_PLAIN);
+    // Lifetimes are each side's own (not negotiated): b's is longer, so a rekeys first.
+    let longer = text.replace("[mesh]\n", "[mesh]\nchild_lifetime = 7200\n");
+    let mut net = Net::new(f.config(&text, "a"), f.config(&longer, "b"));
+    let (spi_in, spi_out) = up(&mut net);
+    net.run_for(Duration::from_secs(3600));
+    let (a, b) = net.take();
+    let (ia, ib) = (installs(&a), installs(&b));
+    assert_eq!((ia.len(), ib.len()), (1, 1), "{a:?} {b:?}");
+    assert_eq!(
+        (ia[0].2, ib[0].2),
+        (Outbound::Now, Outbound::WhenPeerUsesIt)
+    );
+    assert_eq!((ia[0].0, ia[0].1), (ib[0].1, ib[0].0));
+    assert_eq!(retires(&a), [(spi_in, spi_out)]);
+    assert_eq!(retires(&b), [(spi_out, spi_in)]);
+    assert!(removes(&a).is_empty() && removes(&b).is_empty());
+}
+
+/// Sequence numbers running low: the control plane asks IKE to rekey that Child SA at once (once), and the
+/// side that asked switches to the new SA at once.
+#[test]
+fn early_rekey_when_sequence_numbers_run_low() {
+    let (_f, mut net) = plain();
+    let (spi_in, spi_out) = up(&mut net);
+    net.now += Duration::from_secs(60);
+    net.a.rekey_running_low(net.now, vec![spi_out]);
+    net.run_for(Duration::from_secs(1));
+    let (a, b) = net.take();
+    let ia = installs(&a);
+    assert_eq!(ia.len(), 1, "{a:?}");
+    assert_eq!(ia[0].2, Outbound::Now);
+    assert_eq!(installs(&b)[0].2, Outbound::WhenPeerUsesIt);
+    assert_eq!(retires(&a), [(spi_in, spi_out)]);
+    // The old SA may still be listed as running low until the datapath drops it: asked once only.
+    net.a.rekey_running_low(net.now, vec![spi_out]);
+    net.run_for(Duration::from_secs(1));
+    let (a, _) = net.take();
+    assert!(a.is_empty(), "{a:?}");
+    // A sequence number space running low on an SPI IKE does not know asks for nothing.
+    net.a.rekey_running_low(net.now, vec![0x1234_5678]);
+    net.run_for(Duration::from_secs(1));
+    assert!(net.take().0.is_empty());
+}
+
+/// A peer deleted by reload: its Child SA is removed from the datapath, and it is never initiated again.
+#[test]
+fn peer_deleted_by_reload_is_removed() {
+    let (f, mut net) = plain();
+    let (spi_in, spi_out) = up(&mut net);
+    let new = f.config(
+        &mesh(B_PLAIN).replace(
+            &format!("name = \"b\"\naddress = \"{B}\""),
+            "name = \"c\"\naddress = \"198.18.0.3\"",
+        ),
+        "a",
+    );
+    let p = super::super::reload_plan::plan(net.a.endpoint().peers(), peers::peer_configs(&new));
+    assert_eq!(
+        (p.add.clone(), p.remove.clone(), p.change.clone()),
+        (vec!["c".to_owned()], vec!["b".to_owned()], vec![])
+    );
+    let now = net.now;
+    net.a.reload(now, new, &p);
+    net.run_for(Duration::from_secs(600));
+    let (a, _) = net.take();
+    assert_eq!(removes(&a), [("b".to_owned(), spi_in, spi_out)]);
+    assert!(installs(&a).is_empty(), "{a:?}");
+    assert!(!net.a.endpoint().has_sa("b"));
+}
+
+/// The reload plan: unchanged peers keep their configuration object (and their SAs), changed ones are named.
+#[test]
+fn reload_plan_keeps_unchanged_peers() {
+    let f = Files::new();
+    let old = peers::peer_configs(&f.config(&mesh(B_PLAIN), "a"));
+    let same =
+        super::super::reload_plan::plan(&old, peers::peer_configs(&f.config(&mesh(B_PLAIN), "a")));
+    assert!(same.add.is_empty() && same.remove.is_empty() && same.change.is_empty());
+    assert!(std::sync::Arc::ptr_eq(&same.peers[0], &old[0]));
+    assert!(same.describe().is_empty());
+    let moved = super::super::reload_plan::plan(
+        &old,
+        peers::peer_configs(&f.config(&mesh("subnets = [\"198.19.3.0/24\"]"), "a")),
+    );
+    assert_eq!(moved.change, ["b"]);
+    assert_eq!(
+        moved.describe(),
+        ["host b changed: its tunnel is deleted and set up again"]
+    );
+}
+
+/// A `subnets = "libvirt"` peer: the subnets it narrows its range to are learned when its Child SA comes up
+/// (before the Child SA is installed), kept across a rekey, and forgotten when the tunnel goes.
+#[test]
+fn learned_subnets_change_with_the_child_sas() {
+    let f = Files::new();
+    let text = mesh(B_LIBVIRT);
+    let mut b = f.config(&text, "b");
+    // What `resolve_libvirt` would have read from b's libvirt networks.
+    let bi = b.mesh.hosts.iter().position(|h| h.name == "b").unwrap();
+    b.mesh.hosts[bi].subnets = vec!["198.20.5.0/24".parse().unwrap()];
+    let mut net = Net::new(f.config(&text, "a"), b);
+    let learned = |net: &Net| -> Vec<String> {
+        net.a
+            .running()
+            .peers()
+            .flat_map(|p| p.subnets.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    assert!(learned(&net).is_empty());
+    net.run_for(Duration::from_secs(5));
+    let (a, _) = net.take();
+    assert!(
+        matches!(
+            a.as_slice(),
+            [Action::SubnetsChanged, Action::Install { .. }]
+        ),
+        "{a:?}"
+    );
+    assert_eq!(learned(&net), ["198.20.5.0/24"]);
+    // The file's configuration is left as it was.
+    assert!(net.a.config().peers().all(|p| p.subnets.is_empty()));
+    // A rekey learns the same subnets: nothing changes.
+    let (_, spi_out) = installs(&a).into_iter().map(|i| (i.0, i.1)).next().unwrap();
+    net.a.rekey_running_low(net.now, vec![spi_out]);
+    net.run_for(Duration::from_secs(1));
+    let (a, _) = net.take();
+    assert_eq!(subnets_changed(&a), 0, "{a:?}");
+    assert_eq!(installs(&a).len(), 1);
+    // The peer deletes its IKE SA: the subnets go.
+    let now = net.now;
+    net.b.delete_all(now);
+    net.drive();
+    let (a, _) = net.take();
+    assert_eq!(subnets_changed(&a), 1, "{a:?}");
+    assert!(learned(&net).is_empty());
+}
+
+/// Review item 8: a flood of refused unauthenticated requests (forged from many peer addresses) must not
+/// hide the line that says a real IKE SA went down, logged at the same moment.
+#[test]
+fn unauthenticated_refusals_do_not_suppress_real_ike_sa_down_lines() {
+    let now = std::time::Instant::now();
+    let mut logs = logcap::Limits::new();
+    let refused = ike::event::Reason::NoProposalChosen {
+        ours: "AES_GCM_16_256".into(),
+        theirs: "3DES".into(),
+    };
+    let logged = (0..1000)
+        .filter(|i| log_ike_down(&mut logs, &format!("forged{}", i % 50), &refused, true, now))
+        .count();
+    assert!(logged <= 10, "{logged} refusals logged at once");
+    assert!(
+        log_ike_down(&mut logs, "b", &ike::event::Reason::PeerDead, false, now),
+        "the real IKE SA down line is logged"
+    );
+}
