@@ -316,7 +316,7 @@ fn check_reorder_only(stats: &std::collections::BTreeMap<String, u64>, min_overt
 /// old inbound SA is already gone. vmsecd used to remove the old inbound SA as soon as the rekey's DELETE had
 /// been processed, so ESP the peer sent on it just before, and that the link held back behind the DELETE, was
 /// counted as `no_sa_in` and lost; it now keeps a rekeyed inbound SA for 5 s, as strongSwan's
-/// `delete_rekeyed_delay` does (tunnel/src/daemon/datapath.rs, REKEYED_INBOUND_LINGER).
+/// `delete_rekeyed_delay` does (tunnel/src/daemon/datapath/inbound.rs, REKEYED_INBOUND_LINGER).
 #[test]
 fn esp_in_flight_across_child_rekey_is_delivered() {
     let started = Instant::now();
