@@ -357,6 +357,18 @@ impl IkeSa {
                 c.rekey_at = now + rekey_retry();
             }
         };
+        // An answer we cannot use: the old Child SA stays, its rekey is tried again later, the refusal is
+        // reported, and the peer's new one is deleted.
+        let refuse = |sa: &mut IkeSa, reason: Reason| {
+            sa.events.push_back(Event::ChildDown {
+                peer: sa.cfg.name.clone(),
+                spi_in: 0,
+                spi_out: 0,
+                reason,
+            });
+            retry_later(sa);
+            sa.delete_unusable_child(now, spi_in);
+        };
         let Some(nr) = nr else {
             retry_later(self);
             self.delete_unusable_child(now, spi_in);
@@ -373,15 +385,7 @@ impl IkeSa {
         let (mut child, shared) = match accepted {
             Ok(x) => x,
             Err(reason) => {
-                // The old Child SA stays; its rekey is tried again later, and the peer's new one is deleted.
-                self.events.push_back(Event::ChildDown {
-                    peer: self.cfg.name.clone(),
-                    spi_in: 0,
-                    spi_out: 0,
-                    reason,
-                });
-                retry_later(self);
-                self.delete_unusable_child(now, spi_in);
+                refuse(self, reason);
                 return;
             }
         };
@@ -411,14 +415,7 @@ impl IkeSa {
             match self.child_info(&child, shared.as_ref().map(|s| s.as_ref()), &ni, &nr, true) {
                 Ok(info) => info,
                 Err(reason) => {
-                    self.events.push_back(Event::ChildDown {
-                        peer: self.cfg.name.clone(),
-                        spi_in: 0,
-                        spi_out: 0,
-                        reason,
-                    });
-                    retry_later(self);
-                    self.delete_unusable_child(now, spi_in);
+                    refuse(self, reason);
                     return;
                 }
             };
