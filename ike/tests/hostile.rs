@@ -4,8 +4,8 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod counting_alloc;
+use counting_alloc::allocated;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1106,54 +1106,6 @@ fn too_many_traffic_selectors_are_refused() {
     let ups = child_ups(&events(&mut e));
     assert_eq!(ups.len(), 1);
     assert_eq!(ups[0].ts_remote.len(), max);
-}
-
-/// Counts the bytes allocated on the measuring thread (see [`allocated`]); a `#[global_allocator]` is per test
-/// binary.
-struct Counting;
-
-thread_local! {
-    static MEASURING: Cell<bool> = const { Cell::new(false) };
-    static BYTES: Cell<usize> = const { Cell::new(0) };
-}
-
-fn count(n: usize) {
-    // `try_with`: the allocator also runs while thread-locals are torn down.
-    let _ = MEASURING.try_with(|m| {
-        if m.get() {
-            let _ = BYTES.try_with(|b| b.set(b.get() + n));
-        }
-    });
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Bytes allocated on this thread while `f` runs.
-fn allocated(f: impl FnOnce()) -> usize {
-    BYTES.with(|b| b.set(0));
-    MEASURING.with(|m| m.set(true));
-    f();
-    MEASURING.with(|m| m.set(false));
-    BYTES.with(|b| b.get())
 }
 
 /// Review item 7: a datagram whose SPIs match no SA still ran the endpoint's collection of what every SA queued

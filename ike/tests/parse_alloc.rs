@@ -17,9 +17,8 @@
 //! chain and in a whole message, plus random payload bodies, random chains and randomly mutated valid
 //! messages from proptest, and a decrypted (SK) chain.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
+mod counting_alloc;
+use counting_alloc::allocated;
 use ike::crypto::{IkeEncr, SkCipher};
 use ike::message::{
     encode_plain, parse, parse_chain, CfgAttr, Config, Delete, ExchangeType, Flags, Header, Id,
@@ -32,53 +31,6 @@ use proptest::prelude::*;
 const FACTOR: usize = 16;
 /// Fixed bytes allocated per parse on top of that.
 const OVERHEAD: usize = 64;
-
-struct Counting;
-
-thread_local! {
-    static MEASURING: Cell<bool> = const { Cell::new(false) };
-    static BYTES: Cell<usize> = const { Cell::new(0) };
-}
-
-fn count(n: usize) {
-    // `try_with`: the allocator also runs while thread-locals are torn down.
-    let _ = MEASURING.try_with(|m| {
-        if m.get() {
-            let _ = BYTES.try_with(|b| b.set(b.get() + n));
-        }
-    });
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Bytes allocated on this thread while `f` runs (what `f` returns is dropped after the count stops).
-fn allocated<R>(f: impl FnOnce() -> R) -> usize {
-    BYTES.with(|b| b.set(0));
-    MEASURING.with(|m| m.set(true));
-    let r = std::hint::black_box(f());
-    MEASURING.with(|m| m.set(false));
-    drop(r);
-    BYTES.with(Cell::get)
-}
 
 fn bound(input: usize) -> usize {
     FACTOR * input + OVERHEAD
