@@ -4,6 +4,7 @@
 //! Everything here needs root and real namespaces; the tests using it fail (never skip) without them.
 
 pub mod bed;
+pub mod dualstack;
 pub mod faultlink;
 pub mod hostile;
 pub mod libvirt;

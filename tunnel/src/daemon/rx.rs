@@ -40,7 +40,7 @@ pub(super) struct Buffers {
 
 impl Buffers {
     pub(super) fn new(mtu: usize) -> Buffers {
-        // Raw ESP arrives with its IPv4 header: a slot holds the largest packet the peer's TUN MTU allows.
+        // Raw ESP arrives with its IPv4 header (over IPv6 without one): a slot holds the largest packet the peer's TUN MTU allows.
         let raw_slot = (mtu + 60 + HEADROOM + TAILROOM).max(2048);
         Buffers {
             // A TUN read lands at TUN_AT (its virtio-net header just before); its segments then fill the buffer
@@ -170,13 +170,10 @@ impl Daemon {
     }
 
     fn on_raw(&mut self, data: &mut [u8], merge: &mut offload::Coalescer<'_>) {
-        let Some(ip) = framing::parse_ipv4(data) else {
+        let Some((offset, end)) = framing::raw_esp_span(data, self.raw.family()) else {
             return;
         };
-        if ip.protocol != framing::IPPROTO_ESP {
-            return;
-        }
-        let mut pkt = PacketBuf::new(data, ip.payload_offset, ip.payload_end);
+        let mut pkt = PacketBuf::new(data, offset, end);
         if self.datapath.decap(&mut pkt) && !merge.push(pkt.as_slice()) {
             self.deliver_vnet(merge.take());
             merge.push(pkt.as_slice());
