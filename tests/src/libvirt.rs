@@ -202,6 +202,11 @@ impl Libvirtd {
              <bridge name='virbr0' stp='off' delay='0'/>\n  <ip address='{gw}' netmask='255.255.255.0'>\n    \
              <dhcp><range start='198.19.{n}.100' end='198.19.{n}.200'/></dhcp>\n  </ip>\n</network>\n"
         );
+        self.define_network_xml(name, &xml);
+    }
+
+    /// Defines and starts network `name` from its XML as given (a test's own addresses only).
+    pub fn define_network_xml(&self, name: &str, xml: &str) {
         let file = self.dir.join(format!("{name}.xml"));
         fs::write(&file, xml).expect("network xml");
         self.virsh(&["net-define", &file.display().to_string()]);
