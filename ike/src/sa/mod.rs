@@ -185,6 +185,49 @@ pub(crate) struct Child {
     rekeyed: bool,
 }
 
+/// What an IKE SA holds of its handshake, which only the handshake needs: each phase owns only its data (as
+/// rustls's `client/hs.rs` states do), so that code needing the keys gets them from the phase that has them.
+enum Phase {
+    /// Nothing: before our first IKE_SA_INIT request, or once the handshake failed (the SA is closed).
+    Void,
+    /// Initiator, IKE_SA_INIT sent: no keys yet.
+    Init(Box<InitState>),
+    /// Keys made, IKE_AUTH not done (initiator: sent; responder: awaited).
+    Auth(Box<Handshake>),
+    /// IKE_AUTH done (or made by a rekey): the keys alone.
+    Keyed(Box<Suite>),
+}
+
+/// The initiator's IKE_SA_INIT in flight.
+struct InitState {
+    /// Our key share, for the group of the request in flight.
+    key_share: KeyShare,
+    /// Our nonce, kept across retries (a cookie is computed over it).
+    ni: Vec<u8>,
+    /// The responder's cookie, once it asked for one (RFC 7296 2.6).
+    cookie: Option<Vec<u8>>,
+    /// Requests sent: the first, then retries after COOKIE or INVALID_KE_PAYLOAD.
+    tries: u32,
+    /// The request as sent: our AUTH payload signs it.
+    request: Vec<u8>,
+    /// An error notification in an IKE_SA_INIT response, reported (unauthenticated) but not acted on while a
+    /// usable response may still come (see [`IkeSa::unprotected_init_error`]).
+    error: Option<Reason>,
+}
+
+/// IKE_SA_INIT done, IKE_AUTH under way: the keys, and what the AUTH payloads sign (RFC 7296 2.15).
+struct Handshake {
+    keys: Suite,
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+    /// The IKE_SA_INIT request and response as sent: each side's AUTH payload signs its own message (and the
+    /// responder answers a retransmitted request with the same response).
+    init_req: Vec<u8>,
+    init_resp: Vec<u8>,
+    /// The hash algorithms of the peer's SIGNATURE_HASH_ALGORITHMS notification (RFC 7427 4), if it sent one.
+    peer_sig_hashes: Option<Vec<u16>>,
+}
+
 /// One IKE SA.
 pub struct IkeSa {
     cfg: Arc<PeerConfig>,
@@ -195,29 +238,21 @@ pub struct IkeSa {
     remote: SocketAddr,
     local_port: u16,
     nat: bool,
-    suite: Option<Suite>,
-    ni: Vec<u8>,
-    nr: Vec<u8>,
-    init_req: Vec<u8>,
-    init_resp: Vec<u8>,
-    key_share: Option<KeyShare>,
-    cookie: Option<Vec<u8>>,
+    /// What the handshake holds so far: our key share, then the keys with the IKE_SA_INIT messages, then the
+    /// keys alone.
+    phase: Phase,
     next_id: u32,
     outstanding: Option<Outstanding>,
     peer_next_id: u32,
     last_response: Option<(u32, Vec<Vec<u8>>)>,
     /// When the cached response was last sent again for a retransmitted request (see [`RESEND_INTERVAL`]).
     last_resend: Option<Instant>,
-    /// An error notification in an IKE_SA_INIT response, reported (unauthenticated) but not acted on while a
-    /// usable response may still come (see [`IkeSa::unprotected_init_error`]).
-    init_error: Option<Reason>,
     children: Vec<Child>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     last_heard: Instant,
     established_at: Option<Instant>,
     ike_rekey_at: Option<Instant>,
-    init_tries: u32,
     /// The IkeDown event went out already (a refused Child SA is reported at once, before the delete exchange
     /// that follows): closing must not report the SA a second time.
     down_reported: bool,
@@ -242,8 +277,6 @@ pub struct IkeSa {
     clock: Instant,
     /// When we last sent something to the peer (for NAT keepalives).
     last_sent: Instant,
-    /// The hash algorithms of the peer's SIGNATURE_HASH_ALGORITHMS notification (RFC 7427 4), if it sent one.
-    peer_sig_hashes: Option<Vec<u16>>,
     /// (local subnet, remote subnet) pairs we asked an additional Child SA for on this IKE SA: each once.
     tried_pairs: Vec<(TrafficSelector, TrafficSelector)>,
     /// The peer's CREATE_CHILD_SA requests (inherited by the successor of an IKE rekey).
@@ -342,26 +375,18 @@ impl IkeSa {
             remote,
             local_port: IKE_PORT,
             nat: false,
-            suite: None,
-            ni: Vec::new(),
-            nr: Vec::new(),
-            init_req: Vec::new(),
-            init_resp: Vec::new(),
-            key_share: None,
-            cookie: None,
+            phase: Phase::Void,
             next_id: 0,
             outstanding: None,
             peer_next_id: 0,
             last_response: None,
             last_resend: None,
-            init_error: None,
             children: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             last_heard: now,
             established_at: None,
             ike_rekey_at: None,
-            init_tries: 0,
             down_reported: false,
             silent: false,
             spawned: Vec::new(),
@@ -373,11 +398,19 @@ impl IkeSa {
             reassembly: None,
             clock: now,
             last_sent: now,
-            peer_sig_hashes: None,
             tried_pairs: Vec::new(),
             create_limit: TokenBucket::new(CREATE_CHILD_BURST, CREATE_CHILD_INTERVAL),
             rekey_limit: TokenBucket::new(IKE_REKEY_BURST, IKE_REKEY_INTERVAL),
             origin: remote,
+        }
+    }
+
+    /// The IKE SA's keys, once IKE_SA_INIT made them.
+    pub(super) fn keys(&self) -> Option<&Suite> {
+        match &self.phase {
+            Phase::Void | Phase::Init(_) => None,
+            Phase::Auth(hs) => Some(&hs.keys),
+            Phase::Keyed(keys) => Some(keys),
         }
     }
 
@@ -466,7 +499,7 @@ impl IkeSa {
             state: self.state,
             spis: (self.spi_i, self.spi_r),
             initiator: self.initiator,
-            algorithms: self.suite.as_ref().map(|s| s.chosen.describe()),
+            algorithms: self.keys().map(|s| s.chosen.describe()),
             established_at: self.established_at,
             rekey_at: self.ike_rekey_at,
             remote: self.remote,

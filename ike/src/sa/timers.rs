@@ -237,10 +237,11 @@ impl IkeSa {
                 if o.sent >= self.cfg.retransmit.tries {
                     // No usable IKE_SA_INIT response came: an error notification received meanwhile is the best
                     // explanation there is.
-                    let reason = match self.init_error.take() {
-                        Some(r) if self.state == State::InitSent => r,
-                        _ => Reason::PeerDead,
+                    let reason = match &mut self.phase {
+                        Phase::Init(init) if self.state == State::InitSent => init.error.take(),
+                        _ => None,
                     };
+                    let reason = reason.unwrap_or(Reason::PeerDead);
                     self.close(reason);
                     return Break(());
                 }
