@@ -136,7 +136,7 @@ impl IkeSa {
             //# nonces used in the two exchanges SHOULD be closed by the endpoint that created it.
             if lowest(&ni, &nr) < lowest(&c.ni, &c.nr) {
                 // Ours is the redundant one: we close it; the peer, creator of the survivor, deletes the old SA.
-                new.silent = true;
+                new.standing = Standing::Replaced;
                 // The peer created its side of this SA while answering our request, but charon registers it only
                 // after handling its own exchange's response, which crosses with this delete: a delete sent at
                 // once is dropped ("IKE_SA ... waiting for delete") and only the retransmission 4 s later lands.
@@ -159,7 +159,7 @@ impl IkeSa {
         //= https://www.rfc-editor.org/rfc/rfc7296#section-2.8
         //# After the new equivalent IKE SA is created, the initiator deletes the old IKE SA, and the Delete
         //# payload to delete itself MUST be the last request sent over the old IKE SA.
-        self.silent = true;
+        self.standing = Standing::Replaced;
         self.send_delete_ike(now, Duration::ZERO);
     }
 
@@ -284,7 +284,9 @@ impl IkeSa {
                 *collision = Some(c);
             }
             // It stays without Child SAs and unreported unless it wins.
-            new.silent = true;
+            new.standing = Standing::Contested {
+                redundant_since: None,
+            };
             self.spawned.push(new);
             return;
         }
@@ -328,7 +330,7 @@ impl IkeSa {
     }
 
     /// This SA is replaced by the peer's rekey: its Child SAs go to the IKE SA filed under `target`, and it
-    /// waits, silent, for the peer (the rekey's initiator) to delete it.
+    /// waits, replaced, for the peer (the rekey's initiator) to delete it.
     pub(super) fn hand_over(&mut self, now: Instant, target: u64, new_spis: (u64, u64)) {
         self.handoff = Some((target, std::mem::take(&mut self.children)));
         self.events.push_back(Event::IkeRekeyed {
@@ -337,7 +339,7 @@ impl IkeSa {
             new_spis,
             initiator: false,
         });
-        self.silent = true;
+        self.standing = Standing::Replaced;
         if self.state == State::Established {
             self.state = State::Rekeyed;
             self.last_heard = now;

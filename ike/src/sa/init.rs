@@ -148,7 +148,7 @@ impl IkeSa {
         let Phase::Init(init) = &mut self.phase else {
             return;
         };
-        if init.error.is_some() || self.silent {
+        if init.error.is_some() || self.standing != Standing::Current {
             return;
         }
         self.events.push_back(Event::IkeDown {

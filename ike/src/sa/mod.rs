@@ -101,6 +101,27 @@ pub enum State {
     Closed,
 }
 
+/// Whether an IKE SA is the peer's current one (what a `silent` flag used to say, for three different reasons).
+/// Only a current SA carries Child SAs, runs rekeys, liveness checks and keepalives, reports its end, and shows in
+/// status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// The peer's IKE SA.
+    Current,
+    /// Made by the peer's rekey of this SA's predecessor while our own rekey of it was under way (RFC 7296
+    /// 2.8.1): established, but quiet until the collision is resolved. It either wins (the endpoint hands it the
+    /// Child SAs, [`IkeSa::adopt`]) or is found redundant ([`IkeSa::mark_redundant`]), and then its creator, the
+    /// peer, deletes it, or we do after [`REDUNDANT_GRACE`].
+    Contested {
+        /// When it was found redundant.
+        redundant_since: Option<Instant>,
+    },
+    /// Replaced: by a rekey (ours, and we delete it; or the peer's, and it waits in [`State::Rekeyed`] for the
+    /// peer's delete), or the redundant SA of a collision we created and delete ourselves. It lingers until its
+    /// delete completes.
+    Replaced,
+}
+
 /// What an outstanding request of ours was for.
 #[derive(Debug)]
 enum Request {
@@ -256,17 +277,14 @@ pub struct IkeSa {
     /// The IkeDown event went out already (a refused Child SA is reported at once, before the delete exchange
     /// that follows): closing must not report the SA a second time.
     down_reported: bool,
-    /// Superseded by a rekey (the old SA) or redundant (the loser of a rekey collision): it carries no Child
-    /// SA, its closing reports nothing and status does not show it.
-    silent: bool,
+    /// Whether it is the peer's current IKE SA, or one a rekey replaced or may yet replace.
+    standing: Standing,
     /// New IKE SAs a rekey created, for the endpoint to file under their SPI.
     spawned: Vec<IkeSa>,
     /// Child SAs for the endpoint to move to the IKE SA filed under this SPI (the winner of a collision).
     handoff: Option<(u64, Vec<Child>)>,
     /// The IKE SA filed under this SPI lost a rekey collision, as of this instant: its creator must delete it.
     doomed: Option<(u64, Instant)>,
-    /// Set on a redundant IKE SA (see `doomed`): when it was found redundant.
-    redundant_since: Option<Instant>,
     /// Our NAT_DETECTION_DESTINATION_IP did not match: we are behind a NAT and keep its mapping alive.
     nat_local: bool,
     /// Both sides announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383).
@@ -388,11 +406,10 @@ impl IkeSa {
             established_at: None,
             ike_rekey_at: None,
             down_reported: false,
-            silent: false,
+            standing: Standing::Current,
             spawned: Vec::new(),
             handoff: None,
             doomed: None,
-            redundant_since: None,
             nat_local: false,
             frag: false,
             reassembly: None,
@@ -462,7 +479,7 @@ impl IkeSa {
     /// True for an IKE SA a rekey replaced (or the redundant one of a rekey collision): it lingers only until
     /// its delete completes, carries no Child SA and is left out of status displays.
     pub fn is_superseded(&self) -> bool {
-        self.silent
+        self.standing != Standing::Current
     }
 
     /// The IKE SAs a rekey created since the last call: the endpoint files them under their local SPI.
@@ -478,7 +495,7 @@ impl IkeSa {
     /// Takes over the Child SAs of the IKE SA it replaced (it won a rekey collision).
     pub(crate) fn adopt(&mut self, children: Vec<Child>) {
         self.children.extend(children);
-        self.silent = false;
+        self.standing = Standing::Current;
     }
 
     /// An IKE SA (by its local SPI) that lost a rekey collision we resolved, and when.
@@ -488,8 +505,11 @@ impl IkeSa {
 
     /// This SA lost a rekey collision: its creator deletes it, or we do after a grace period.
     pub(crate) fn mark_redundant(&mut self, now: Instant) {
-        if self.silent && self.redundant_since.is_none() {
-            self.redundant_since = Some(now);
+        if let Standing::Contested {
+            redundant_since: since @ None,
+        } = &mut self.standing
+        {
+            *since = Some(now);
         }
     }
 
@@ -552,7 +572,15 @@ impl IkeSa {
         }
     }
 
+    /// Ends the SA: its Child SAs go down with `reason`, and so does the IKE SA, reported unless it is not the
+    /// peer's current one or was reported already.
     fn close(&mut self, reason: Reason) {
+        self.end(reason, true);
+    }
+
+    /// Ends the SA; `report` false for one nobody authenticated (a half-open SA given up), of which there is
+    /// nothing to tell.
+    fn end(&mut self, reason: Reason, report: bool) {
         if self.state == State::Closed {
             return;
         }
@@ -564,7 +592,7 @@ impl IkeSa {
                 reason: reason.clone(),
             });
         }
-        if !self.down_reported && !self.silent {
+        if report && !self.down_reported && self.standing == Standing::Current {
             // Our IKE SA failing before the peer authenticated: what made it fail (a plaintext IKE_SA_INIT response,
             // an IKE_AUTH response whose AUTH did not verify) may come from anyone on the path. A peer that never
             // answered (PeerDead) is no one's word, and our own delete is ours.
