@@ -249,12 +249,7 @@ impl IkeSa {
                     } else {
                         Reason::DeletedByUs
                     };
-                    self.events.push_back(Event::ChildDown {
-                        peer: self.cfg.name.clone(),
-                        spi_in,
-                        spi_out: c.spi_out,
-                        reason,
-                    });
+                    self.child_down(&c, reason);
                 }
             }
             Request::RekeyChild {

@@ -584,13 +584,8 @@ impl IkeSa {
         if self.state == State::Closed {
             return;
         }
-        for c in self.children.drain(..) {
-            self.events.push_back(Event::ChildDown {
-                peer: self.cfg.name.clone(),
-                spi_in: c.spi_in,
-                spi_out: c.spi_out,
-                reason: reason.clone(),
-            });
+        for c in std::mem::take(&mut self.children) {
+            self.child_down(&c, reason.clone());
         }
         if report && !self.down_reported && self.standing == Standing::Current {
             // Our IKE SA failing before the peer authenticated: what made it fail (a plaintext IKE_SA_INIT response,
@@ -622,6 +617,29 @@ impl IkeSa {
         {
             self.doomed = Some((c.local_spi, self.clock));
         }
+    }
+
+    /// Reports a Child SA gone, for the driver to remove.
+    fn child_down(&mut self, c: &Child, reason: Reason) {
+        self.events.push_back(Event::ChildDown {
+            peer: self.cfg.name.clone(),
+            spi_in: c.spi_in,
+            spi_out: c.spi_out,
+            reason,
+            refused: false,
+        });
+    }
+
+    /// Reports a Child SA that never came up (either side refused it, or its answer was unusable): nothing to
+    /// remove, the IKE SA stays.
+    fn child_refused(&mut self, reason: Reason) {
+        self.events.push_back(Event::ChildDown {
+            peer: self.cfg.name.clone(),
+            spi_in: 0,
+            spi_out: 0,
+            reason,
+            refused: true,
+        });
     }
 
     fn push_transmit(&mut self, data: Vec<u8>) {
