@@ -4,6 +4,10 @@
 //! [`IkeSa::handle_timeout`] when [`IkeSa::poll_timeout`] says, and drain [`IkeSa::poll_transmit`] and
 //! [`IkeSa::poll_event`] after each call. Nothing here reads a clock: `now` is always an argument.
 //!
+//! Three things describe an SA: its [`State`] (where it is in its life, what exchanges it accepts), its `Phase`
+//! (what the handshake holds: each phase owns only its data, so that the keys are there when a phase has them)
+//! and its `Standing` (whether it is the peer's current IKE SA, or one a rekey replaced or may replace).
+//!
 //! This file holds the SA's state and its public API; each exchange has its own file:
 //! - `exchange.rs`: requests and responses, message IDs, protection, fragments, the response cache, dispatch;
 //! - `timers.rs`: the one timer table read by `poll_timeout` and `handle_timeout`, and every timing constant;

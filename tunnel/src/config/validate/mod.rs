@@ -245,7 +245,7 @@ impl Cx<'_> {
                             v,
                             "mesh.control_socket",
                             format!("{:?} cannot be used", v.get_ref()),
-                            &allowed,
+                            &allowed.to_string(),
                         )
                     })?
             }
