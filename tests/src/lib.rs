@@ -8,6 +8,7 @@ pub mod faultlink;
 pub mod hostile;
 pub mod libvirt;
 pub mod netns;
+pub mod prometheus;
 pub mod strongswan;
 pub mod traffic;
 pub mod vmsecd;
