@@ -5,6 +5,7 @@
 
 pub mod bed;
 pub mod faultlink;
+pub mod guest;
 pub mod hostile;
 pub mod libvirt;
 pub mod netns;

@@ -354,9 +354,9 @@ impl ControlPlane {
                 spi_in,
                 spi_out,
                 reason,
+                refused,
             } => {
-                // `ike` reports a Child SA it refused to create with both SPIs zero.
-                if spi_in != 0 {
+                if !refused {
                     tracing::info!(%peer, spi_in = format!("{spi_in:08x}"), spi_out = format!("{spi_out:08x}"), "Child SA deleted: {}", logcap::clean(&reason, logcap::MAX_FIELD));
                     actions.push(if matches!(reason, Reason::Rekeyed) {
                         Action::Retire {

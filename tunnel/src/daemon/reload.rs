@@ -101,7 +101,7 @@ impl Daemon {
             self.failclosed
                 .update(&crate::failclosed::plan(&running))
                 .into_iter()
-                .map(Change::from_failclosed),
+                .map(Change::from),
         );
         changes.extend(self.apply_subnets(&running, local_changed));
 
