@@ -150,6 +150,8 @@ pub enum Event {
         nat: bool,
         /// True if we initiated.
         initiator: bool,
+        /// From the first IKE_SA_INIT sent (initiator) or received (responder) to now.
+        handshake: std::time::Duration,
     },
     /// The IKE SA was rekeyed (RFC 7296 2.18): its Child SAs now belong to the new IKE SA, which carries every
     /// later exchange. Nothing changes for the datapath.

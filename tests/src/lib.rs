@@ -9,6 +9,7 @@ pub mod guest;
 pub mod hostile;
 pub mod libvirt;
 pub mod netns;
+pub mod prometheus;
 pub mod strongswan;
 pub mod traffic;
 pub mod vmsecd;

@@ -526,6 +526,7 @@ impl IkeSa {
             remote: self.remote,
             nat: self.nat,
             initiator: self.initiator,
+            handshake: now.saturating_duration_since(self.created),
         });
         Some(Nonces { ni, nr })
     }

@@ -307,6 +307,8 @@ pub struct IkeSa {
     rekey_limit: TokenBucket,
     /// Where the peer was when the SA was made (the key of a half-open SA's retransmission lookup).
     origin: SocketAddr,
+    /// When the SA was made: [`Event::IkeUp`] reports how long the handshake took.
+    created: Instant,
 }
 
 impl std::fmt::Debug for IkeSa {
@@ -419,6 +421,7 @@ impl IkeSa {
             reassembly: None,
             clock: now,
             last_sent: now,
+            created: now,
             tried_pairs: Vec::new(),
             create_limit: TokenBucket::new(CREATE_CHILD_BURST, CREATE_CHILD_INTERVAL),
             rekey_limit: TokenBucket::new(IKE_REKEY_BURST, IKE_REKEY_INTERVAL),
