@@ -517,6 +517,7 @@ impl IkeSa {
                 .unwrap_or_default(),
             remote: self.remote,
             nat: self.nat,
+            encap: self.encap,
             initiator: self.initiator,
         });
     }

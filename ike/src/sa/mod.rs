@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::config::{AuthMethod, PeerConfig};
 use crate::crypto::signature as sig;
 use crate::crypto::x509;
-use crate::event::{ChildSaInfo, Event, Reason, Transmit};
+use crate::event::{ChildSaInfo, Encap, Event, Reason, Transmit};
 use crate::fragment::Reassembly;
 use crate::message::id::display_id;
 use crate::message::{
@@ -34,6 +34,7 @@ use crate::proposal::{self, Chosen, ProposalSpec};
 use crate::ratelimit::TokenBucket;
 use crate::suite::{self, KeyShare, Suite};
 use crate::text::untrusted;
+use crate::vendor;
 
 /// The first payload of a kind, mapped: `first!(payloads, Payload::Nonce(x) => x.clone())`.
 macro_rules! first {
@@ -195,6 +196,8 @@ pub struct IkeSa {
     remote: SocketAddr,
     local_port: u16,
     nat: bool,
+    /// How ESP is carried and why (`nat` is `encap.udp()` once IKE_SA_INIT is done).
+    encap: Encap,
     suite: Option<Suite>,
     ni: Vec<u8>,
     nr: Vec<u8>,
@@ -284,6 +287,8 @@ pub struct SaStatus {
     pub remote: SocketAddr,
     /// Port 4500 in use.
     pub nat: bool,
+    /// How ESP is carried, and why.
+    pub encap: Encap,
     /// Child SAs: (spi_in, spi_out, algorithms, rekey time).
     pub children: Vec<(u32, u32, String, Instant)>,
 }
@@ -342,6 +347,7 @@ impl IkeSa {
             remote,
             local_port: IKE_PORT,
             nat: false,
+            encap: Encap::Raw,
             suite: None,
             ni: Vec::new(),
             nr: Vec::new(),
@@ -471,6 +477,7 @@ impl IkeSa {
             rekey_at: self.ike_rekey_at,
             remote: self.remote,
             nat: self.nat,
+            encap: self.encap,
             children: self
                 .children
                 .iter()

@@ -268,11 +268,12 @@ impl ControlPlane {
                 algorithms,
                 remote,
                 nat,
+                encap,
                 initiator,
             } => {
                 tracing::info!(
                     %peer, %remote, spi_i = format!("{:016x}", spis.0), spi_r = format!("{:016x}", spis.1),
-                    %algorithms, udp_encap = nat, role = if initiator { "initiator" } else { "responder" },
+                    %algorithms, udp_encap = nat, encap = %encap.as_str(), role = if initiator { "initiator" } else { "responder" },
                     "IKE SA established"
                 );
                 self.schedule.up(&peer);
