@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crate::config::{AuthMethod, PeerConfig};
 use crate::crypto::signature as sig;
 use crate::crypto::x509;
-use crate::event::{ChildSaInfo, Event, Reason, Transmit};
+use crate::event::{ChildSaInfo, Encap, Event, Reason, Transmit};
 use crate::fragment::Reassembly;
 use crate::message::id::display_id;
 use crate::message::{
@@ -38,6 +38,7 @@ use crate::proposal::{self, Chosen, ProposalSpec};
 use crate::ratelimit::TokenBucket;
 use crate::suite::{self, KeyShare, Suite};
 use crate::text::untrusted;
+use crate::vendor;
 
 /// The first payload of a kind, mapped: `first!(payloads, Payload::Nonce(x) => x.clone())`.
 macro_rules! first {
@@ -266,6 +267,8 @@ pub struct IkeSa {
     /// What the handshake holds so far: our key share, then the keys with the IKE_SA_INIT messages, then the
     /// keys alone.
     phase: Phase,
+    /// How ESP is carried and why (`nat` is `encap.udp()` once IKE_SA_INIT is done).
+    encap: Encap,
     next_id: u32,
     outstanding: Option<Outstanding>,
     peer_next_id: u32,
@@ -341,6 +344,8 @@ pub struct SaStatus {
     pub remote: SocketAddr,
     /// Port 4500 in use.
     pub nat: bool,
+    /// How ESP is carried, and why.
+    pub encap: Encap,
     /// Child SAs: (spi_in, spi_out, algorithms, rekey time).
     pub children: Vec<(u32, u32, String, Instant)>,
 }
@@ -400,6 +405,7 @@ impl IkeSa {
             local_port: IKE_PORT,
             nat: false,
             phase: Phase::Void,
+            encap: Encap::Raw,
             next_id: 0,
             outstanding: None,
             peer_next_id: 0,
@@ -531,6 +537,7 @@ impl IkeSa {
             rekey_at: self.ike_rekey_at,
             remote: self.remote,
             nat: self.nat,
+            encap: self.encap,
             children: self
                 .children
                 .iter()
