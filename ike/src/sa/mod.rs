@@ -194,6 +194,8 @@ pub struct IkeSa {
     state: State,
     remote: SocketAddr,
     local_port: u16,
+    /// The local port the message being handled arrived on (see `handle`).
+    rx_port: u16,
     nat: bool,
     suite: Option<Suite>,
     ni: Vec<u8>,
@@ -341,6 +343,7 @@ impl IkeSa {
             },
             remote,
             local_port: IKE_PORT,
+            rx_port: IKE_PORT,
             nat: false,
             suite: None,
             ni: Vec::new(),
