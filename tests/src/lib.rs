@@ -7,6 +7,7 @@ pub mod bed;
 pub mod faultlink;
 pub mod guest;
 pub mod hostile;
+pub mod kernel_peer;
 pub mod libvirt;
 pub mod netns;
 pub mod prometheus;

@@ -263,6 +263,8 @@ pub struct IkeSa {
     state: State,
     remote: SocketAddr,
     local_port: u16,
+    /// The local port the message being handled arrived on (see `handle`).
+    rx_port: u16,
     nat: bool,
     /// What the handshake holds so far: our key share, then the keys with the IKE_SA_INIT messages, then the
     /// keys alone.
@@ -403,6 +405,7 @@ impl IkeSa {
             },
             remote,
             local_port: IKE_PORT,
+            rx_port: IKE_PORT,
             nat: false,
             phase: Phase::Void,
             encap: Encap::Raw,
