@@ -189,9 +189,16 @@ fn classify(frame: &[u8]) -> Option<(IpAddr, IpAddr, String)> {
     };
     let what = match proto {
         50 => "ESP".to_owned(),
-        17 => match l4.get(2..4) {
-            Some(p) => format!("UDP {}", u16::from_be_bytes([p[0], p[1]])),
-            None => "UDP".to_owned(),
+        // RFC 3948 2.2: on port 4500 a zero non-ESP marker starts IKE, anything else is ESP (a single 0xff
+        // byte is a NAT keepalive).
+        17 => match l4.get(..12) {
+            Some([_, _, 0x11, 0x94, _, _, _, _, 0, 0, 0, 0]) => "IKE (UDP 4500)".to_owned(),
+            Some([_, _, 0x11, 0x94, ..]) if l4.len() > 9 => "ESP in UDP 4500".to_owned(),
+            Some([_, _, 0x01, 0xf4, ..]) => "IKE (UDP 500)".to_owned(),
+            _ => match l4.get(2..4) {
+                Some(&[a, b]) => format!("UDP {}", u16::from_be_bytes([a, b])),
+                _ => "UDP".to_owned(),
+            },
         },
         6 => "TCP".to_owned(),
         1 => "ICMP".to_owned(),
@@ -359,5 +366,26 @@ mod tests {
         assert!(text.contains("198.18.0.1 > 198.18.0.2  ESP"), "{text}");
         assert!(text.contains("198.19.1.10 > 198.18.0.2  ICMP"), "{text}");
         assert!(text.ends_with("underlay: 1\n"), "{text}");
+        // ESP in UDP and IKE on port 4500 (RFC 3948's non-ESP marker), IKE on 500.
+        let mut s = Summary::default();
+        let udp = |dport: u16, body: &[u8]| {
+            let mut f = vec![0u8; 12];
+            f.extend_from_slice(&[0x08, 0x00]);
+            let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+            ip.extend_from_slice(&[198, 18, 0, 1, 198, 18, 0, 2]);
+            f.extend_from_slice(&ip);
+            f.extend_from_slice(&[0x11, 0x94]);
+            f.extend_from_slice(&dport.to_be_bytes());
+            f.extend_from_slice(&[0, 20, 0, 0]);
+            f.extend_from_slice(body);
+            f
+        };
+        s.add(&udp(4500, &[1, 2, 3, 4, 0, 0, 0, 1, 9, 9]), &inner);
+        s.add(&udp(4500, &[0, 0, 0, 0, 7, 7, 7, 7, 9, 9]), &inner);
+        s.add(&udp(500, &[7; 10]), &inner);
+        let text = s.render(10);
+        for what in ["ESP in UDP 4500", "IKE (UDP 4500)", "IKE (UDP 500)"] {
+            assert!(text.contains(what), "{what}: {text}");
+        }
     }
 }
