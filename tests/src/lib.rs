@@ -10,6 +10,7 @@ pub mod guest;
 pub mod hostile;
 pub mod kernel_peer;
 pub mod libvirt;
+pub mod libvirt_guest;
 pub mod netns;
 pub mod prometheus;
 pub mod strongswan;

@@ -179,7 +179,7 @@ pub fn iperf3(
 
 /// A TCP sink that answers each connection with the SHA-256 of what it received, and a source that opens
 /// `flows` connections at once, each sending its own pseudo-random data, and counts the answers that match.
-const FLOWS_SCRIPT: &str = r#"
+pub(crate) const FLOWS_SCRIPT: &str = r#"
 import hashlib, random, socket, sys, threading, time
 mode, addr, port, flows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 FAM = socket.AF_INET6 if ":" in addr else socket.AF_INET
@@ -188,10 +188,10 @@ if mode == "udpsink":
     s = socket.socket(FAM, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     s.bind((addr, port))
-    # Long enough for a loaded machine to start the source (python3 and, for IPv6, its path MTU probe) and
+    # (seconds: argv[5], for guests under TCG) Long enough for a loaded machine to start the source (python3 and, for IPv6, its path MTU probe) and
     # for a userspace ESP peer (kernel-libipsec) to work through a backlog; the sink ends as soon as it has
     # every datagram.
-    s.settimeout(10)
+    s.settimeout(float(sys.argv[5]) if len(sys.argv) > 5 else 10)
     print("listening", flush=True)
     seen, ok, bad = set(), 0, 0
     while len(seen) < flows:
@@ -232,7 +232,10 @@ elif mode == "udpsource":
         body = rnd.randbytes(SIZES[i % len(SIZES)])
         idx = i.to_bytes(4, "big")
         s.sendto(idx + hashlib.sha256(idx + body).digest() + body, (addr, port))
-        if i % 8 == 7:
+        if len(sys.argv) > 5:
+            # A pause after every datagram (seconds): for guests under TCG, whose receive path is slow.
+            time.sleep(float(sys.argv[5]))
+        elif i % 8 == 7:
             time.sleep(0.002)
 elif mode == "sink":
     s = socket.socket(FAM)
