@@ -137,6 +137,27 @@ pub struct Settings {
     /// Largest IKE message (IP and UDP headers included) before it is fragmented, RFC 7383
     /// (`ike_fragment_size`, default 1280; `0` never fragments and does not announce support).
     pub ike_fragment_size: u16,
+    /// Where Prometheus metrics are served over HTTP (`metrics`); `None`, the default, serves none.
+    pub metrics: Option<MetricsListen>,
+}
+
+/// `metrics` in `[mesh]`: where the Prometheus metrics are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// A port on this host's own underlay address (`metrics = 9477`): one line for the whole mesh.
+    Port(u16),
+    /// An address and port (`metrics = "127.0.0.1:9477"`).
+    Addr(std::net::SocketAddr),
+}
+
+impl MetricsListen {
+    /// The socket address for a host whose underlay address is `local`.
+    pub fn resolve(self, local: std::net::IpAddr) -> std::net::SocketAddr {
+        match self {
+            MetricsListen::Port(p) => std::net::SocketAddr::new(local, p),
+            MetricsListen::Addr(a) => a,
+        }
+    }
 }
 
 /// What vmsecd does about the host firewall (libvirt's MASQUERADE and REJECT rules): see [`crate::firewall`].

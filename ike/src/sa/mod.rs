@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crate::config::{AuthMethod, PeerConfig};
 use crate::crypto::signature as sig;
 use crate::crypto::x509;
-use crate::event::{ChildSaInfo, Event, Reason, Transmit};
+use crate::event::{ChildSaInfo, Encap, Event, Reason, Transmit};
 use crate::fragment::Reassembly;
 use crate::message::id::display_id;
 use crate::message::{
@@ -38,6 +38,7 @@ use crate::proposal::{self, Chosen, ProposalSpec};
 use crate::ratelimit::TokenBucket;
 use crate::suite::{self, KeyShare, Suite};
 use crate::text::untrusted;
+use crate::vendor;
 
 /// The first payload of a kind, mapped: `first!(payloads, Payload::Nonce(x) => x.clone())`.
 macro_rules! first {
@@ -262,10 +263,14 @@ pub struct IkeSa {
     state: State,
     remote: SocketAddr,
     local_port: u16,
+    /// The local port the message being handled arrived on (see `handle`).
+    rx_port: u16,
     nat: bool,
     /// What the handshake holds so far: our key share, then the keys with the IKE_SA_INIT messages, then the
     /// keys alone.
     phase: Phase,
+    /// How ESP is carried and why (`nat` is `encap.udp()` once IKE_SA_INIT is done).
+    encap: Encap,
     next_id: u32,
     outstanding: Option<Outstanding>,
     peer_next_id: u32,
@@ -307,6 +312,8 @@ pub struct IkeSa {
     rekey_limit: TokenBucket,
     /// Where the peer was when the SA was made (the key of a half-open SA's retransmission lookup).
     origin: SocketAddr,
+    /// When the SA was made: [`Event::IkeUp`] reports how long the handshake took.
+    created: Instant,
 }
 
 impl std::fmt::Debug for IkeSa {
@@ -339,6 +346,8 @@ pub struct SaStatus {
     pub remote: SocketAddr,
     /// Port 4500 in use.
     pub nat: bool,
+    /// How ESP is carried, and why.
+    pub encap: Encap,
     /// Child SAs: (spi_in, spi_out, algorithms, rekey time).
     pub children: Vec<(u32, u32, String, Instant)>,
 }
@@ -396,8 +405,10 @@ impl IkeSa {
             },
             remote,
             local_port: IKE_PORT,
+            rx_port: IKE_PORT,
             nat: false,
             phase: Phase::Void,
+            encap: Encap::Raw,
             next_id: 0,
             outstanding: None,
             peer_next_id: 0,
@@ -419,6 +430,7 @@ impl IkeSa {
             reassembly: None,
             clock: now,
             last_sent: now,
+            created: now,
             tried_pairs: Vec::new(),
             create_limit: TokenBucket::new(CREATE_CHILD_BURST, CREATE_CHILD_INTERVAL),
             rekey_limit: TokenBucket::new(IKE_REKEY_BURST, IKE_REKEY_INTERVAL),
@@ -528,6 +540,7 @@ impl IkeSa {
             rekey_at: self.ike_rekey_at,
             remote: self.remote,
             nat: self.nat,
+            encap: self.encap,
             children: self
                 .children
                 .iter()

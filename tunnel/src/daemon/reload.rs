@@ -107,6 +107,7 @@ impl Daemon {
             ("control_socket", s.control_socket != old.control_socket),
             ("firewall", s.firewall != old.firewall),
             ("workers", s.workers != old.workers),
+            ("metrics", s.metrics != old.metrics),
         ] {
             if differs {
                 changes.push(Change::Done(format!(
@@ -120,6 +121,7 @@ impl Daemon {
         s.control_socket = old.control_socket.clone();
         s.firewall = old.firewall;
         s.workers = old.workers;
+        s.metrics = old.metrics;
 
         let plan = plan(self.cp.endpoint().peers(), peers::peer_configs(&new));
         changes.extend(plan.describe().into_iter().map(Change::Done));
