@@ -77,13 +77,13 @@ impl IkeSa {
             now,
             ExchangeType::CREATE_CHILD_SA,
             payloads,
-            Request::RekeyIke {
+            Request::RekeyIke(IkeRekey {
                 spi,
                 offered,
                 ni,
                 ks: Box::new(ks),
                 collision: None,
-            },
+            }),
         );
     }
 
@@ -140,18 +140,20 @@ impl IkeSa {
         Ok((suite, spi_r, nr))
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn finish_ike_rekey(
         &mut self,
         now: Instant,
         payloads: Vec<Payload>,
-        spi: u64,
-        offered: Vec<Proposal>,
-        ni: Vec<u8>,
-        ks: KeyShare,
-        collision: Option<IkeCollision>,
+        rekey: IkeRekey,
     ) {
-        let (suite, spi_r, nr) = match self.rekey_response_suite(&payloads, spi, &offered, &ni, ks)
+        let IkeRekey {
+            spi,
+            offered,
+            ni,
+            ks,
+            collision,
+        } = rekey;
+        let (suite, spi_r, nr) = match self.rekey_response_suite(&payloads, spi, &offered, &ni, *ks)
         {
             Ok(x) => x,
             Err(why) => {
@@ -220,14 +222,14 @@ impl IkeSa {
         let ours_pending = matches!(
             &self.outstanding,
             Some(Outstanding {
-                what: Request::RekeyIke { .. },
+                what: Request::RekeyIke(_),
                 ..
             })
         );
         let busy = self
             .outstanding
             .as_ref()
-            .is_some_and(|o| !matches!(o.what, Request::Liveness | Request::RekeyIke { .. }));
+            .is_some_and(|o| !matches!(o.what, Request::Liveness | Request::RekeyIke(_)));
         if busy {
             //= https://www.rfc-editor.org/rfc/rfc7296#section-2.25.1
             //# If a peer receives a request to rekey the IKE SA, and it is currently, rekeying, or closing a
@@ -323,7 +325,7 @@ impl IkeSa {
                 nr,
             };
             if let Some(Outstanding {
-                what: Request::RekeyIke { collision, .. },
+                what: Request::RekeyIke(IkeRekey { collision, .. }),
                 ..
             }) = &mut self.outstanding
             {
@@ -345,7 +347,6 @@ impl IkeSa {
     }
 
     /// The IKE SA a rekey created: established, message IDs from zero, the old SA's path and options.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn successor(
         &self,
         now: Instant,
