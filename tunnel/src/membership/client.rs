@@ -23,8 +23,9 @@ use crate::config::etcd::EtcdSettings;
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 /// Connecting and each request get this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Back-off between attempts to reach etcd, doubling up to the maximum.
-const RETRY: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(8));
+/// Back-off between attempts to reach etcd, doubling up to the maximum: short, so that once etcd is back
+/// this host writes its entry again before its old lease (renewed in full by a restarted leader) expires.
+const RETRY: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(2));
 /// Leaving (revoking the lease, which deletes the entry) gets this long at shutdown.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -117,14 +118,19 @@ async fn run(
 ) {
     let mut delay = RETRY.0;
     let mut failing: Option<String> = None;
+    // One member at a time, the next one after a failure: a client balanced over all of them kept sending to a
+    // member that was down (measured with etcd-client 0.21: every retry went to the dead member's address).
+    let mut next = 0usize;
     loop {
-        match session(&s, &key, &own, &tx, &mut leave, &mut failing).await {
+        let endpoint = &s.endpoints[next % s.endpoints.len()];
+        match session(&s, endpoint, &key, &own, &tx, &mut leave, &mut failing).await {
             End::Left => return,
             End::Failed(e) => {
+                next = next.wrapping_add(1);
                 let msg = format!("{e:#}");
                 if failing.as_deref() != Some(msg.as_str()) {
                     tracing::warn!(
-                        endpoints = %s.endpoints.join(","),
+                        %endpoint,
                         "etcd: {msg}; tunnels keep the last membership seen; retrying (logged again only if the \
                          error changes)"
                     );
@@ -155,6 +161,7 @@ fn value_of(v: &[u8]) -> Arc<[u8]> {
 
 async fn session(
     s: &EtcdSettings,
+    endpoint: &str,
     key: &str,
     own: &[u8],
     tx: &watch::Sender<Arc<Entries>>,
@@ -179,7 +186,7 @@ async fn session(
         Ok(o) => o,
         Err(e) => return End::Failed(e),
     };
-    let mut c = t!("connecting", Client::connect(&s.endpoints, Some(opts)));
+    let mut c = t!("connecting", Client::connect([endpoint], Some(opts)));
     let ttl = s.lease_ttl.as_secs() as i64;
     let lease = t!("granting a lease", c.lease_grant(ttl, None)).id();
     t!(
