@@ -554,7 +554,8 @@ impl Guest {
         *self.next_cmd.lock().unwrap_or_else(|e| e.into_inner()) = 0;
 
         let fds: Vec<OwnedFd> = self.nics.iter().map(|n| open_tap(&n.ns, &n.tap)).collect();
-        // The guest's MACs: 52:54:00 (QEMU's), then a byte from our PID, the boot's guest and the NIC index.
+        // The guest's MACs: 52:54:00 (QEMU's), then bytes from our PID and the guest's name, and the NIC index; the
+        // same at every boot, so the peers' neighbour entries stay right across a reboot.
         let tag =
             (std::process::id() as u8) ^ self.name.bytes().fold(0u8, |a, b| a.wrapping_mul(31) ^ b);
         let mut cmd = match self.nics.first() {
@@ -602,7 +603,7 @@ impl Guest {
                 .arg("-device")
                 .arg(format!(
                     "virtio-net-pci,netdev=n{i},mac=52:54:00:{tag:02x}:{:02x}:{i:02x}",
-                    self.boots as u8
+                    self.name.len() as u8
                 ));
         }
         let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();

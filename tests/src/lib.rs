@@ -8,6 +8,7 @@ pub mod etcd;
 pub mod faultlink;
 pub mod guest;
 pub mod hostile;
+pub mod kernel_peer;
 pub mod libvirt;
 pub mod netns;
 pub mod prometheus;

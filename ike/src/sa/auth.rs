@@ -525,6 +525,7 @@ impl IkeSa {
             algorithms,
             remote: self.remote,
             nat: self.nat,
+            encap: self.encap,
             initiator: self.initiator,
             handshake: now.saturating_duration_since(self.created),
         });

@@ -87,6 +87,7 @@ impl IkeSa {
     /// Handles an IKE message for this SA (the non-ESP marker already removed).
     pub fn handle(&mut self, now: Instant, data: &[u8], from: SocketAddr, local_port: u16) {
         self.clock = now;
+        self.rx_port = local_port;
         if self.state == State::Closed {
             return;
         }
@@ -362,7 +363,17 @@ impl IkeSa {
         let id = header.message_id;
         // Only a message that authenticated may move the peer's address.
         if self.state == State::AwaitingAuth {
-            if from.port() == NAT_T_PORT {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.23
+            //# an IPsec endpoint that discovers a NAT between it and its correspondent MUST send all subsequent
+            //# traffic from port 4500
+            // An initiator may also move to 4500 without a NAT (strongSwan does whenever both announce NAT-T, and
+            // always with `encap = yes`): the answer must then come from our 4500, with the non-ESP marker, or
+            // it lands on the initiator's 4500 socket as ESP and is dropped. ESP itself stays raw unless a NAT
+            // was detected (`self.nat`).
+            if self.rx_port == NAT_T_PORT {
+                self.local_port = NAT_T_PORT;
+                self.remote = from;
+            } else if from.port() == NAT_T_PORT {
                 self.remote = from;
             }
         } else {

@@ -316,6 +316,7 @@ impl IkeSa {
         sa.state = State::Established;
         sa.local_port = self.local_port;
         sa.nat = self.nat;
+        sa.encap = self.encap;
         sa.nat_local = self.nat_local;
         sa.frag = self.frag;
         sa.phase = Phase::Keyed(Box::new(suite));

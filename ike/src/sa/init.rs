@@ -49,6 +49,9 @@ impl IkeSa {
             )));
         }
         payloads.extend(self.sig_hash_notify());
+        if self.cfg.udp_with_vmsecd {
+            payloads.push(vendor::udp_encap_payload());
+        }
         let msg =
             message::encode_plain(self.header(ExchangeType::IKE_SA_INIT, false, 0), &payloads);
         match &mut self.phase {
@@ -97,12 +100,14 @@ impl IkeSa {
         ]
     }
 
-    /// Looks at the peer's NAT detection notifies; switches to port 4500 if either side is behind a NAT.
+    /// Looks at the peer's NAT detection notifies and Vendor IDs; switches to port 4500 if either side is behind
+    /// a NAT, if our configuration forces it, or if both sides are vmsecd with `encap = "auto"`.
     ///
     /// `spi_r` is the responder SPI as it stood in the header of the message that carried them (0 in the
-    /// IKE_SA_INIT request).
+    /// IKE_SA_INIT request). The responder calls this with the request, the initiator with the response: a
+    /// responder answers with the Vendor ID only when it announces it too, so both ends decide alike.
     pub(super) fn check_nat(&mut self, payloads: &[Payload], local_port: u16, spi_r: u64) {
-        let mut nat = self.cfg.force_encap;
+        let mut nat = false;
         for p in payloads {
             if let Payload::Notify(x) = p {
                 let expected = match x.ntype {
@@ -123,7 +128,19 @@ impl IkeSa {
                 }
             }
         }
-        if nat {
+        self.encap = if nat {
+            Encap::Nat
+        } else if self.cfg.force_encap {
+            Encap::Forced
+        } else if self.cfg.udp_with_vmsecd && vendor::announces_udp_encap(payloads) {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.23
+            //# An initiator can use port 4500 for both IKE and ESP, regardless of whether or not there is a NAT,
+            //# even at the beginning of IKE.
+            Encap::VmsecdPeer
+        } else {
+            Encap::Raw
+        };
+        if self.encap.udp() {
             //= https://www.rfc-editor.org/rfc/rfc7296#section-2.23
             //# the initiator MUST ... change to port 4500 for the IKE_AUTH exchange
             self.nat = true;
@@ -464,6 +481,11 @@ impl IkeSa {
         payloads.extend(sa.certreq_payload());
         payloads.extend(sa.sig_hash_notify());
         sa.check_nat(&request, IKE_PORT, 0);
+        if sa.cfg.udp_with_vmsecd && vendor::announces_udp_encap(&request) {
+            // We answer with the ID only when the initiator announced it: a peer that did not gets nothing
+            // private from us.
+            payloads.push(vendor::udp_encap_payload());
+        }
         if sa.cfg.fragment_size != 0 && announces_fragmentation(&request) {
             //= https://www.rfc-editor.org/rfc/rfc7383#section-2.3
             //# If the responder supports IKE fragmentation and is willing to use it, it includes a Notify payload

@@ -4,6 +4,10 @@
 //! [`IkeSa::handle_timeout`] when [`IkeSa::poll_timeout`] says, and drain [`IkeSa::poll_transmit`] and
 //! [`IkeSa::poll_event`] after each call. Nothing here reads a clock: `now` is always an argument.
 //!
+//! Three things describe an SA: its [`State`] (where it is in its life, what exchanges it accepts), its `Phase`
+//! (what the handshake holds: each phase owns only its data, so that the keys are there when a phase has them)
+//! and its `Standing` (whether it is the peer's current IKE SA, or one a rekey replaced or may replace).
+//!
 //! This file holds the SA's state and its public API; each exchange has its own file:
 //! - `exchange.rs`: requests and responses, message IDs, protection, fragments, the response cache, dispatch;
 //! - `timers.rs`: the one timer table read by `poll_timeout` and `handle_timeout`, and every timing constant;
@@ -22,7 +26,7 @@ use std::time::{Duration, Instant};
 use crate::config::{AuthMethod, PeerConfig};
 use crate::crypto::signature as sig;
 use crate::crypto::x509;
-use crate::event::{ChildSaInfo, Event, Reason, Transmit};
+use crate::event::{ChildSaInfo, Encap, Event, Reason, Transmit};
 use crate::fragment::Reassembly;
 use crate::message::id::display_id;
 use crate::message::{
@@ -34,6 +38,7 @@ use crate::proposal::{self, Chosen, ProposalSpec};
 use crate::ratelimit::TokenBucket;
 use crate::suite::{self, KeyShare, Suite};
 use crate::text::untrusted;
+use crate::vendor;
 
 /// The first payload of a kind, mapped: `first!(payloads, Payload::Nonce(x) => x.clone())`.
 macro_rules! first {
@@ -258,10 +263,14 @@ pub struct IkeSa {
     state: State,
     remote: SocketAddr,
     local_port: u16,
+    /// The local port the message being handled arrived on (see `handle`).
+    rx_port: u16,
     nat: bool,
     /// What the handshake holds so far: our key share, then the keys with the IKE_SA_INIT messages, then the
     /// keys alone.
     phase: Phase,
+    /// How ESP is carried and why (`nat` is `encap.udp()` once IKE_SA_INIT is done).
+    encap: Encap,
     next_id: u32,
     outstanding: Option<Outstanding>,
     peer_next_id: u32,
@@ -337,6 +346,8 @@ pub struct SaStatus {
     pub remote: SocketAddr,
     /// Port 4500 in use.
     pub nat: bool,
+    /// How ESP is carried, and why.
+    pub encap: Encap,
     /// Child SAs: (spi_in, spi_out, algorithms, rekey time).
     pub children: Vec<(u32, u32, String, Instant)>,
 }
@@ -394,8 +405,10 @@ impl IkeSa {
             },
             remote,
             local_port: IKE_PORT,
+            rx_port: IKE_PORT,
             nat: false,
             phase: Phase::Void,
+            encap: Encap::Raw,
             next_id: 0,
             outstanding: None,
             peer_next_id: 0,
@@ -527,6 +540,7 @@ impl IkeSa {
             rekey_at: self.ike_rekey_at,
             remote: self.remote,
             nat: self.nat,
+            encap: self.encap,
             children: self
                 .children
                 .iter()

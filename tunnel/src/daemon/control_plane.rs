@@ -271,13 +271,14 @@ impl ControlPlane {
                 algorithms,
                 remote,
                 nat,
+                encap,
                 initiator,
                 handshake,
             } => {
                 self.counters.handshake.observe(handshake.as_secs_f64());
                 tracing::info!(
                     %peer, %remote, spi_i = format!("{:016x}", spis.0), spi_r = format!("{:016x}", spis.1),
-                    %algorithms, udp_encap = nat, role = if initiator { "initiator" } else { "responder" },
+                    %algorithms, udp_encap = nat, encap = %encap.as_str(), role = if initiator { "initiator" } else { "responder" },
                     "IKE SA established"
                 );
                 self.schedule.up(&peer);

@@ -251,7 +251,7 @@ impl Cx<'_> {
                             v,
                             "mesh.control_socket",
                             format!("{:?} cannot be used", v.get_ref()),
-                            &allowed,
+                            &allowed.to_string(),
                         )
                     })?
             }
