@@ -43,6 +43,7 @@ fn peer(name: &str, local: &str, remote: &str, auth: AuthMethod) -> PeerConfig {
         local_ts: vec![net(l)],
         remote_ts: vec![net(r)],
         force_encap: false,
+        udp_with_vmsecd: false,
         retransmit: Retransmit::default(),
         lifetimes: Lifetimes::default(),
         replay_window: 1024,

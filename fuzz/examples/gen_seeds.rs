@@ -167,6 +167,7 @@ fn peer(name: &str, local: &str, remote: &str) -> PeerConfig {
             24,
         )],
         force_encap: false,
+        udp_with_vmsecd: false,
         retransmit: Retransmit::default(),
         lifetimes: Lifetimes {
             ike_rekey: Duration::from_secs(100_000),

@@ -204,6 +204,10 @@ pub struct PeerConfig {
     pub remote_ts: Vec<TrafficSelector>,
     /// Force UDP encapsulation of ESP even without NAT (strongSwan's `encap = yes`).
     pub force_encap: bool,
+    /// `encap = "auto"`: announce vmsecd's Vendor ID ([`crate::vendor`]) in IKE_SA_INIT and carry ESP in UDP
+    /// 4500 when the peer announces it too. Peers that do not know the ID ignore it and get raw ESP unless a
+    /// NAT is detected.
+    pub udp_with_vmsecd: bool,
     /// Retransmission policy.
     pub retransmit: Retransmit,
     /// Lifetimes.

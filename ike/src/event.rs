@@ -46,6 +46,38 @@ pub struct ChildSaInfo {
     pub pfs_group: Option<u16>,
 }
 
+/// How an IKE SA's Child SAs carry ESP, and why: what NAT detection and the peers' announcements decided in
+/// IKE_SA_INIT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encap {
+    /// Raw ESP (IP protocol 50): no NAT, and the peer did not announce vmsecd's Vendor ID (or we did not).
+    Raw,
+    /// ESP in UDP 4500: a NAT_DETECTION hash did not match. A NAT is on the path, or the peer forces
+    /// encapsulation the way strongSwan's `encap = yes` does.
+    Nat,
+    /// ESP in UDP 4500 because our configuration forces it (`encap = "udp"`).
+    Forced,
+    /// ESP in UDP 4500 because both sides announced vmsecd's Vendor ID ([`crate::vendor`]), no NAT needed.
+    VmsecdPeer,
+}
+
+impl Encap {
+    /// True if ESP is carried in UDP 4500.
+    pub fn udp(self) -> bool {
+        self != Encap::Raw
+    }
+
+    /// A word for logs and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encap::Raw => "raw",
+            Encap::Nat => "udp-nat",
+            Encap::Forced => "udp-forced",
+            Encap::VmsecdPeer => "udp-vmsecd",
+        }
+    }
+}
+
 /// Why an SA went away or never came up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -152,10 +184,14 @@ pub enum Event {
         algorithms: String,
         /// Where the peer is.
         remote: SocketAddr,
-        /// NAT detected (or encapsulation forced): IKE and ESP use port 4500.
+        /// NAT detected (or encapsulation forced, or agreed between vmsecd peers): IKE and ESP use port 4500.
         nat: bool,
+        /// How ESP is carried, and why.
+        encap: Encap,
         /// True if we initiated.
         initiator: bool,
+        /// From the first IKE_SA_INIT sent (initiator) or received (responder) to now.
+        handshake: std::time::Duration,
     },
     /// The IKE SA was rekeyed (RFC 7296 2.18): its Child SAs now belong to the new IKE SA, which carries every
     /// later exchange. Nothing changes for the datapath.
@@ -197,15 +233,19 @@ pub enum Event {
         /// True if we initiated the rekey.
         we_initiated: bool,
     },
-    /// A Child SA pair is gone: remove it.
+    /// A Child SA pair is gone: remove it. Or, with `refused`, a Child SA never came up: we or the peer refused
+    /// it, nothing was installed, and the IKE SA and its other Child SAs stay.
     ChildDown {
         /// Peer name.
         peer: String,
-        /// Its inbound SPI.
+        /// Its inbound SPI (0 when `refused`).
         spi_in: u32,
-        /// Its outbound SPI.
+        /// Its outbound SPI (0 when `refused`).
         spi_out: u32,
         /// Why.
         reason: Reason,
+        /// The Child SA never came up (a CREATE_CHILD_SA either side refused, or whose answer we could not
+        /// use): there is nothing to remove, only the reason to tell.
+        refused: bool,
     },
 }

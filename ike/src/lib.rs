@@ -33,3 +33,4 @@ pub mod ratelimit;
 pub mod sa;
 mod suite;
 pub mod text;
+pub mod vendor;

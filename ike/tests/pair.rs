@@ -39,6 +39,7 @@ fn peer(name: &str, local: &str, remote: &str, local_net: &str, remote_net: &str
         local_ts: vec![ts(local_net)],
         remote_ts: vec![ts(remote_net)],
         force_encap: false,
+        udp_with_vmsecd: false,
         retransmit: Retransmit::default(),
         lifetimes: Lifetimes {
             ike_rekey: Duration::from_secs(100_000),

@@ -10,6 +10,7 @@ pub mod hostile;
 pub mod kernel_peer;
 pub mod libvirt;
 pub mod netns;
+pub mod prometheus;
 pub mod strongswan;
 pub mod traffic;
 pub mod vmsecd;

@@ -97,7 +97,7 @@ pub struct Mesh {
     pub ike_proposals: Vec<String>,
     /// `esp_proposals`.
     pub esp_proposals: Vec<String>,
-    /// `encap`: `udp` against strongSwan's kernel-libipsec.
+    /// `encap`: `udp` against strongSwan's kernel-libipsec; empty: no `encap` key (vmsecd's default, `auto`).
     pub encap: String,
     /// `child_lifetime`, e.g. `1h`.
     pub child_lifetime: Option<String>,
@@ -159,7 +159,9 @@ impl Mesh {
         let _ = writeln!(o, "psk_file = {:?}", psk_file.display().to_string());
         let _ = writeln!(o, "ike_proposals = [{}]", list(&self.ike_proposals));
         let _ = writeln!(o, "esp_proposals = [{}]", list(&self.esp_proposals));
-        let _ = writeln!(o, "encap = {:?}", self.encap);
+        if !self.encap.is_empty() {
+            let _ = writeln!(o, "encap = {:?}", self.encap);
+        }
         for (k, v) in [
             ("child_lifetime", &self.child_lifetime),
             ("ike_lifetime", &self.ike_lifetime),

@@ -50,6 +50,7 @@ pub fn peer(
         local_ts: vec![ts(local_net)],
         remote_ts: vec![ts(remote_net)],
         force_encap: false,
+        udp_with_vmsecd: false,
         retransmit: Retransmit::default(),
         lifetimes: Lifetimes {
             ike_rekey: Duration::from_secs(100_000),

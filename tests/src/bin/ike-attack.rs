@@ -1270,6 +1270,7 @@ fn real_initiator(
             24,
         )],
         force_encap: true,
+        udp_with_vmsecd: false,
         retransmit: Retransmit::default(),
         lifetimes: Lifetimes::default(),
         replay_window: 64,

@@ -64,8 +64,13 @@ pub struct IkeStatus {
     pub rekey_in_seconds: Option<u64>,
     /// The peer's IKE address and port.
     pub remote: String,
-    /// True when IKE and ESP use UDP 4500 (NAT, or forced encapsulation).
+    /// True when IKE and ESP use UDP 4500 (NAT, forced encapsulation, or both ends vmsecd).
     pub udp_encap: bool,
+    /// How ESP is carried and why: `raw`, `udp-nat` (a NAT, or a peer forcing encapsulation as strongSwan's
+    /// `encap = yes` does), `udp-forced` (our `encap = "udp"`) or `udp-vmsecd` (`encap = "auto"` and the peer is
+    /// vmsecd: both announced vmsecd's Vendor ID).
+    #[serde(default)]
+    pub encap: String,
 }
 
 /// A Child SA pair.
@@ -450,7 +455,13 @@ pub fn render(s: &Status) -> String {
                 } else {
                     "responder"
                 },
-                if i.udp_encap { ", UDP 4500" } else { "" }
+                match i.encap.as_str() {
+                    "udp-nat" => ", UDP 4500 (NAT detected)",
+                    "udp-forced" => ", UDP 4500 (encap = udp)",
+                    "udp-vmsecd" => ", UDP 4500 (vmsecd peer)",
+                    _ if i.udp_encap => ", UDP 4500",
+                    _ => "",
+                }
             );
         }
         for c in &p.children {

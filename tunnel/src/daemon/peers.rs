@@ -66,6 +66,9 @@ pub(crate) fn peer_configs(config: &Config) -> Vec<Arc<PeerConfig>> {
                     .map(|p| p.selector())
                     .collect(),
                 force_encap: s.encap == Encap::Udp,
+                // `auto`: ESP in UDP 4500 towards vmsecd peers (a Vendor ID both announce), raw ESP towards
+                // others without a NAT.
+                udp_with_vmsecd: s.encap == Encap::Auto,
                 retransmit: Retransmit::default(),
                 lifetimes: Lifetimes {
                     ike_rekey: s.ike_lifetime.saturating_sub(s.rekey_margin),
@@ -143,6 +146,7 @@ pub(crate) fn same(a: &PeerConfig, b: &PeerConfig) -> bool {
         local_ts,
         remote_ts,
         force_encap,
+        udp_with_vmsecd,
         retransmit,
         lifetimes,
         replay_window,
@@ -160,6 +164,7 @@ pub(crate) fn same(a: &PeerConfig, b: &PeerConfig) -> bool {
         && *local_ts == b.local_ts
         && *remote_ts == b.remote_ts
         && *force_encap == b.force_encap
+        && *udp_with_vmsecd == b.udp_with_vmsecd
         && *retransmit == b.retransmit
         && *lifetimes == b.lifetimes
         && *replay_window == b.replay_window

@@ -52,6 +52,7 @@ pub(super) fn status(
                     .map(|t| t.saturating_duration_since(now).as_secs()),
                 remote: s.remote.to_string(),
                 udp_encap: s.nat,
+                encap: s.encap.as_str().into(),
             });
             let children = sa
                 .map(|s| {
