@@ -4,6 +4,7 @@
 //! Everything here needs root and real namespaces; the tests using it fail (never skip) without them.
 
 pub mod bed;
+pub mod etcd;
 pub mod faultlink;
 pub mod guest;
 pub mod hostile;

@@ -295,6 +295,10 @@ pub struct IkeSa {
     events: VecDeque<Event>,
     last_heard: Instant,
     established_at: Option<Instant>,
+    /// When this SA began (our IKE_SA_INIT request sent, or the peer's received).
+    created_at: Instant,
+    /// The peer's IKE_AUTH request carried INITIAL_CONTACT; taken by the endpoint once established.
+    initial_contact: bool,
     ike_rekey_at: Option<Instant>,
     /// The IkeDown event went out already (a refused Child SA is reported at once, before the delete exchange
     /// that follows): closing must not report the SA a second time.
@@ -432,6 +436,8 @@ impl IkeSa {
             events: VecDeque::new(),
             last_heard: now,
             established_at: None,
+            created_at: now,
+            initial_contact: false,
             ike_rekey_at: None,
             down_reported: false,
             standing: Standing::Current,
@@ -530,6 +536,32 @@ impl IkeSa {
     /// An IKE SA (by its local SPI) that lost a rekey collision we resolved, and when.
     pub(crate) fn take_doomed(&mut self) -> Option<(u64, Instant)> {
         self.doomed.take()
+    }
+
+    /// True once, when this SA is established and the peer's IKE_AUTH request carried INITIAL_CONTACT: the
+    /// endpoint then closes the peer's older IKE SAs (see `Endpoint::honour_initial_contact`).
+    pub(crate) fn take_initial_contact(&mut self) -> bool {
+        let t = self.initial_contact && self.state == State::Established;
+        if t {
+            self.initial_contact = false;
+        }
+        t
+    }
+
+    /// When this SA began.
+    pub(crate) fn created_at(&self) -> Instant {
+        self.created_at
+    }
+
+    /// When it was established, if it was.
+    pub(crate) fn established_at(&self) -> Option<Instant> {
+        self.established_at
+    }
+
+    /// Closes this SA and its Child SAs here only, sending nothing: the peer no longer has it.
+    pub(crate) fn forget(&mut self, now: Instant, reason: Reason) {
+        self.clock = now;
+        self.close(reason);
     }
 
     /// This SA lost a rekey collision: its creator deletes it, or we do after a grace period.

@@ -114,6 +114,10 @@ impl Daemon {
             }
         }
         Ok(Daemon {
+            file_config: config.clone(),
+            membership: None,
+            members: Default::default(),
+            members_refused: Vec::new(),
             applied_subnets: apply::firewall_subnets(&config),
             firewall: crate::firewall::Handle::start(&config)?,
             cp: ControlPlane::new(config, Instant::now()),
