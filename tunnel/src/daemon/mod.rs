@@ -28,6 +28,7 @@ mod rx;
 mod schedule;
 mod setup;
 mod sockets;
+mod spin;
 mod status;
 mod timing;
 mod tx;
@@ -110,6 +111,8 @@ struct Daemon {
     recv_errors: u64,
     /// Rate limits of the log lines of the sockets (the control plane has its own).
     logs: logcap::Limits,
+    /// Keeps a core awake for a moment after each burst of packets (see `spin.rs`).
+    spinner: spin::Spinner,
 }
 
 impl Daemon {
@@ -163,11 +166,15 @@ impl Daemon {
             tokio::select! {
                 // A read error is counted and survived; only a closed descriptor ends the daemon (review item 10).
                 r = self.tun.read_vnet(bufs.tx.read_buf()) => match r {
-                    Ok(n) => self.on_tun_readable(bufs, n)?,
+                    Ok(n) => {
+                        self.spinner.touch();
+                        self.on_tun_readable(bufs, n)?;
+                    }
                     Err(e) => self.tx.survive_read_error(e)?,
                 },
                 r = self.udp4500.readable() => {
                     r?;
+                    self.spinner.touch();
                     self.on_udp4500_readable(bufs)?;
                 }
                 r = self.udp500.recv_from(udp500_buf) => match r {
@@ -178,6 +185,7 @@ impl Daemon {
                 },
                 r = self.raw.readable() => {
                     r?;
+                    self.spinner.touch();
                     self.on_raw_readable(bufs)?;
                 }
                 _ = tokio::time::sleep_until(deadline) => {

@@ -40,15 +40,17 @@ pub(super) struct Buffers {
 
 impl Buffers {
     pub(super) fn new(mtu: usize) -> Buffers {
-        // Raw ESP arrives with its IPv4 header: a slot holds the largest packet the peer's TUN MTU allows.
-        let raw_slot = (mtu + 60 + HEADROOM + TAILROOM).max(2048);
+        // Raw ESP arrives with its IPv4 header, and a kernel-IPsec peer may fragment it (the kernel reassembles
+        // before the raw socket sees it): a slot holds the largest IPv4 datagram. Only the pages a datagram
+        // lands on are ever touched, so 64 slots of 64 KiB cost 64 pages of memory for full-size packets.
+        let raw_slot = (65535 + HEADROOM + TAILROOM).max(mtu + 60 + HEADROOM + TAILROOM);
         Buffers {
             // A TUN read lands at TUN_AT (its virtio-net header just before); its segments then fill the buffer
             // from the end of the pending datagrams as back-to-back ESP datagrams (see offload::segment).
             tx: tx::tx_batch(),
             udp: vec![0u8; 65536 + 4096],
             coalesce: vec![0u8; offload::VNET_HDR_LEN + 65535],
-            raw: vec![0u8; raw_slot * sockets::MMSG_MAX.min((256 << 10) / raw_slot).max(1)],
+            raw: vec![0u8; raw_slot * sockets::MMSG_MAX],
             raw_slot,
         }
     }
