@@ -184,6 +184,8 @@ pub enum Event {
         encap: Encap,
         /// True if we initiated.
         initiator: bool,
+        /// From the first IKE_SA_INIT sent (initiator) or received (responder) to now.
+        handshake: std::time::Duration,
     },
     /// The IKE SA was rekeyed (RFC 7296 2.18): its Child SAs now belong to the new IKE SA, which carries every
     /// later exchange. Nothing changes for the datapath.
@@ -225,15 +227,19 @@ pub enum Event {
         /// True if we initiated the rekey.
         we_initiated: bool,
     },
-    /// A Child SA pair is gone: remove it.
+    /// A Child SA pair is gone: remove it. Or, with `refused`, a Child SA never came up: we or the peer refused
+    /// it, nothing was installed, and the IKE SA and its other Child SAs stay.
     ChildDown {
         /// Peer name.
         peer: String,
-        /// Its inbound SPI.
+        /// Its inbound SPI (0 when `refused`).
         spi_in: u32,
-        /// Its outbound SPI.
+        /// Its outbound SPI (0 when `refused`).
         spi_out: u32,
         /// Why.
         reason: Reason,
+        /// The Child SA never came up (a CREATE_CHILD_SA either side refused, or whose answer we could not
+        /// use): there is nothing to remove, only the reason to tell.
+        refused: bool,
     },
 }

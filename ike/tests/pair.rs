@@ -813,6 +813,58 @@ fn forced_udp_encapsulation_moves_to_port_4500() {
     assert_eq!((auth.1.local_port, auth.1.remote.port()), (4500, 4500));
 }
 
+/// An initiator that moves to port 4500 for IKE_AUTH without a NAT (strongSwan does whenever both sides announce
+/// NAT-T, and always with `encap = yes`) gets its answer from our 4500 with the non-ESP marker; before, the answer
+/// left from 500 without it and the initiator's 4500 socket took it for ESP (found against charon with kernel
+/// ESP, tests/tests/kernel_strongswan.rs). ESP stays raw: no NAT was detected.
+#[test]
+fn responder_answers_from_4500_when_the_initiator_moves_there_without_nat() {
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b);
+    p.a.connect(p.now, "b").unwrap();
+    let init = p.a.poll_transmit().expect("IKE_SA_INIT request");
+    p.deliver(true, init);
+    let resp = p.b.poll_transmit().expect("IKE_SA_INIT response");
+    p.deliver(false, resp);
+    let auth = p.a.poll_transmit().expect("IKE_AUTH request");
+    assert_eq!(
+        (auth.local_port, auth.remote.port()),
+        (500, 500),
+        "no NAT: A stays on 500"
+    );
+    // A floats to 4500, as charon does.
+    let mut data = vec![0u8; 4];
+    data.extend_from_slice(&auth.data);
+    let mut remote = auth.remote;
+    remote.set_port(4500);
+    p.deliver(
+        true,
+        Transmit {
+            remote,
+            local_port: 4500,
+            data,
+        },
+    );
+    let answer = p.b.poll_transmit().expect("IKE_AUTH response");
+    assert_eq!(
+        (answer.local_port, answer.remote.port()),
+        (4500, 4500),
+        "the answer leaves from the port the request came to, towards the port it came from"
+    );
+    p.deliver(false, answer);
+    p.drive();
+    let (ca, cb) = (child_ups(&p.ev_a), child_ups(&p.ev_b));
+    assert_eq!(
+        (ca.len(), cb.len()),
+        (1, 1),
+        "a: {:?}\nb: {:?}",
+        p.ev_a,
+        p.ev_b
+    );
+    assert_pair_matches(&ca[0], &cb[0]);
+    assert!(!ca[0].udp_encap && !cb[0].udp_encap, "no NAT: raw ESP");
+}
+
 #[test]
 fn garbage_and_replayed_messages_change_nothing() {
     let (a, b) = configs();

@@ -5,9 +5,12 @@
 
 pub mod bed;
 pub mod faultlink;
+pub mod guest;
 pub mod hostile;
+pub mod kernel_peer;
 pub mod libvirt;
 pub mod netns;
+pub mod prometheus;
 pub mod strongswan;
 pub mod traffic;
 pub mod vmsecd;

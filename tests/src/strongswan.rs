@@ -133,6 +133,9 @@ pub struct Conn {
     /// X.509 authentication instead of the PSK: charon's certificate, a file name in `swanctl/x509/` (see
     /// [`Conn::with_cert`]).
     pub cert: Option<String>,
+    /// `encap = yes` (force ESP in UDP even without NAT): on by default, as kernel-libipsec needs it; off for a
+    /// charon with kernel ESP (raw protocol 50 unless NAT is detected).
+    pub encap: bool,
     /// More children, one per subnet pair as a strongSwan gateway with several subnets is often configured:
     /// (name, local_ts, remote_ts), otherwise like the first.
     pub more_children: Vec<(String, String, String)>,
@@ -172,6 +175,7 @@ impl Conn {
             dpd_delay: "0s".into(),
             pubkeys: None,
             cert: None,
+            encap: true,
             more_children: Vec::new(),
         }
     }
@@ -224,7 +228,7 @@ impl Conn {
     local_addrs = {la}
     remote_addrs = {ra}
     # kernel-libipsec carries ESP in UDP only: force UDP encapsulation even without NAT.
-    encap = yes
+    encap = {encap}
     proposals = {prop}
     rekey_time = {ikerk}
     reauth_time = 0
@@ -244,6 +248,7 @@ impl Conn {
             prop = self.proposals,
             ikerk = self.ike_rekey_time,
             dpd = self.dpd_delay,
+            encap = if self.encap { "yes" } else { "no" },
             lauth = self.auth_lines(true),
             rauth = self.auth_lines(false),
         );
@@ -328,8 +333,23 @@ pub fn pki_keygen(dir: &Path, name: &str, bits: u32) -> (PathBuf, PathBuf) {
     (private, public)
 }
 
+/// The plugins of a charon with the kernel's ESP (in a guest, see `kernel_peer`): [`PLUGINS`] without
+/// kernel-libipsec, so kernel-netlink installs XFRM states and policies.
+pub fn kernel_plugins() -> Vec<&'static str> {
+    PLUGINS
+        .iter()
+        .copied()
+        .filter(|p| *p != "kernel-libipsec")
+        .collect()
+}
+
 /// Renders strongswan.conf for a charon whose files live in `dir`. `debug` raises the IKE log level.
 pub fn strongswan_conf(dir: &Path, debug: bool) -> String {
+    strongswan_conf_with(dir, debug, PLUGINS)
+}
+
+/// [`strongswan_conf`] with this plugin list.
+pub fn strongswan_conf_with(dir: &Path, debug: bool, plugins: &[&str]) -> String {
     let d = dir.display();
     let (ike, other) = if debug { (3, 2) } else { (2, 1) };
     format!(
@@ -370,7 +390,7 @@ swanctl {{
   load = random nonce openssl pem pkcs1 pkcs8 pubkey x509
 }}
 "#,
-        plugins = PLUGINS.join(" "),
+        plugins = plugins.join(" "),
         enc = if debug { 2 } else { 1 },
     )
 }

@@ -379,6 +379,9 @@ pub struct Frame {
     pub dport: Option<u16>,
     /// The first bytes of the transport payload (after the UDP header), as far as the snap length went.
     pub payload: Vec<u8>,
+    /// True for an IP fragment other than the first: it carries no transport header (no ports), its payload is
+    /// the middle of the datagram.
+    pub later_fragment: bool,
 }
 
 /// A capture: IPv4 frames, and the number of frames of any other kind (IPv6 neighbour discovery...).
@@ -442,17 +445,20 @@ pub fn parse_pcap(data: &[u8]) -> Captured {
         let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
         let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
         let l4 = ip.get(ihl..).unwrap_or(&[]);
-        let (sport, dport, payload) = if (proto == 17 || proto == 6) && l4.len() >= 4 {
-            let hdr = if proto == 17 { 8 } else { 20 };
-            (
-                Some(u16::from_be_bytes([l4[0], l4[1]])),
-                Some(u16::from_be_bytes([l4[2], l4[3]])),
-                l4.get(hdr..).unwrap_or(&[]).to_vec(),
-            )
-        } else {
-            (None, None, l4.to_vec())
-        };
+        let later_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
+        let (sport, dport, payload) =
+            if (proto == 17 || proto == 6) && l4.len() >= 4 && !later_fragment {
+                let hdr = if proto == 17 { 8 } else { 20 };
+                (
+                    Some(u16::from_be_bytes([l4[0], l4[1]])),
+                    Some(u16::from_be_bytes([l4[2], l4[3]])),
+                    l4.get(hdr..).unwrap_or(&[]).to_vec(),
+                )
+            } else {
+                (None, None, l4.to_vec())
+            };
         c.ipv4.push(Frame {
+            later_fragment,
             t,
             src,
             dst,

@@ -43,8 +43,9 @@ use std::time::Duration;
 
 use ike::proposal::ProposalSpec;
 
+pub use self::dn::DnError;
 pub use self::error::{ConfigError, ErrorKind, KeyFileError, PskError};
-pub use self::identity::Identity;
+pub use self::identity::{Identity, IdentityError};
 pub use self::keys::{CaFile, CertFile, PrivateKeyFile, PublicKeyFile};
 pub use self::psk::Psk;
 use self::validate::Cx;
@@ -136,6 +137,27 @@ pub struct Settings {
     /// Largest IKE message (IP and UDP headers included) before it is fragmented, RFC 7383
     /// (`ike_fragment_size`, default 1280; `0` never fragments and does not announce support).
     pub ike_fragment_size: u16,
+    /// Where Prometheus metrics are served over HTTP (`metrics`); `None`, the default, serves none.
+    pub metrics: Option<MetricsListen>,
+}
+
+/// `metrics` in `[mesh]`: where the Prometheus metrics are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// A port on this host's own underlay address (`metrics = 9477`): one line for the whole mesh.
+    Port(u16),
+    /// An address and port (`metrics = "127.0.0.1:9477"`).
+    Addr(std::net::SocketAddr),
+}
+
+impl MetricsListen {
+    /// The socket address for a host whose underlay address is `local`.
+    pub fn resolve(self, local: std::net::IpAddr) -> std::net::SocketAddr {
+        match self {
+            MetricsListen::Port(p) => std::net::SocketAddr::new(local, p),
+            MetricsListen::Addr(a) => a,
+        }
+    }
 }
 
 /// What vmsecd does about the host firewall (libvirt's MASQUERADE and REJECT rules): see [`crate::firewall`].
@@ -188,28 +210,40 @@ pub enum ControlSocket {
     Path(PathBuf),
 }
 
+/// The longest control socket name or path: `sockaddr_un.sun_path` has 108 bytes, 107 and a NUL for a path, 107
+/// after the leading NUL when abstract.
+pub const MAX_CONTROL_SOCKET: usize = 107;
+
+/// Why a control socket address (`control_socket`, `--control`) cannot be used: the file's or the command
+/// line's fault. The text says what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlSocketError {
+    /// `@` with no name, or one too long.
+    #[error("abstract socket name of 1 to {MAX_CONTROL_SOCKET} bytes after the @")]
+    AbstractName,
+    /// Nothing at all.
+    #[error("a path, or @NAME for an abstract socket")]
+    Empty,
+    /// A path too long for a socket address.
+    #[error("a socket path of at most {MAX_CONTROL_SOCKET} bytes (got {})", .0.display())]
+    PathTooLong(PathBuf),
+}
+
 impl ControlSocket {
     /// Parses `@NAME` (abstract) or a path; a relative path is taken relative to `base`.
-    pub fn parse(text: &str, base: &Path) -> Result<ControlSocket, String> {
-        // sockaddr_un.sun_path has 108 bytes: 107 and a NUL for a path, 107 after the leading NUL when abstract.
-        const MAX: usize = 107;
+    pub fn parse(text: &str, base: &Path) -> Result<ControlSocket, ControlSocketError> {
         if let Some(name) = text.strip_prefix('@') {
-            if name.is_empty() || name.len() > MAX {
-                return Err(format!(
-                    "abstract socket name of 1 to {MAX} bytes after the @"
-                ));
+            if name.is_empty() || name.len() > MAX_CONTROL_SOCKET {
+                return Err(ControlSocketError::AbstractName);
             }
             return Ok(ControlSocket::Abstract(name.to_owned()));
         }
         if text.is_empty() {
-            return Err("a path, or @NAME for an abstract socket".to_owned());
+            return Err(ControlSocketError::Empty);
         }
         let path = base.join(text);
-        if path.as_os_str().len() > MAX {
-            return Err(format!(
-                "a socket path of at most {MAX} bytes (got {})",
-                path.display()
-            ));
+        if path.as_os_str().len() > MAX_CONTROL_SOCKET {
+            return Err(ControlSocketError::PathTooLong(path));
         }
         Ok(ControlSocket::Path(path))
     }

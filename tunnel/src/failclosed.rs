@@ -41,6 +41,15 @@ pub const PROTO: u8 = 118;
 /// IPv6, a few hundred for NetworkManager), so that any route into a tunnel wins over them.
 pub const METRIC: u32 = 1_000_000_000;
 
+/// One change [`FailClosed::update`] made, or tried to: a line for the log and for `vmsecd reload`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteChange {
+    /// Done.
+    Done(String),
+    /// Failed; the text starts with FAILED and says what to do.
+    Failed(String),
+}
+
 /// The prefixes that must never leave this host but through a tunnel: for each peer, the remote traffic
 /// selectors we offer it ([`Tunnel::remote_selectors`]: its listed subnets, or the range its libvirt subnets
 /// lie in). Our own subnets are not in it (they are local), nor are learned subnets: they lie inside a range
@@ -158,34 +167,33 @@ impl FailClosed {
     }
 
     /// Makes the routes follow a new plan (reload): every prefix of the plan added (new ones, and any removed by
-    /// hand since), then the ones no longer in the mesh removed. Returns one line per change, `FAILED ...` for a
-    /// step that failed.
-    pub fn update(&mut self, plan: &BTreeSet<Prefix>) -> Vec<String> {
+    /// hand since), then the ones no longer in the mesh removed. Returns one line per change.
+    pub fn update(&mut self, plan: &BTreeSet<Prefix>) -> Vec<RouteChange> {
         let mut changes = Vec::new();
         for dst in plan {
             let known = self.installed.contains(dst);
             match self.add(*dst) {
                 Ok(false) => {}
-                Ok(true) if known => changes.push(format!(
+                Ok(true) if known => changes.push(RouteChange::Done(format!(
                     "fail-closed route for {dst} was missing (removed by hand?): put back"
-                )),
-                Ok(true) => changes.push(format!(
+                ))),
+                Ok(true) => changes.push(RouteChange::Done(format!(
                     "fail-closed route added: unreachable {dst} (proto {PROTO}) while no tunnel carries it"
-                )),
-                Err(e) => changes.push(format!(
+                ))),
+                Err(e) => changes.push(RouteChange::Failed(format!(
                     "FAILED to add the fail-closed route for {dst}: {e}; traffic to it may leave in clear text \
                      when no tunnel carries it"
-                )),
+                ))),
             }
         }
         let gone: Vec<Prefix> = self.installed.difference(plan).copied().collect();
         for dst in gone {
             match self.remove(dst) {
-                Ok(()) => changes.push(format!("fail-closed route removed: {dst}")),
-                Err(e) => changes.push(format!(
+                Ok(()) => changes.push(RouteChange::Done(format!("fail-closed route removed: {dst}"))),
+                Err(e) => changes.push(RouteChange::Failed(format!(
                     "FAILED to remove the fail-closed route for {dst}: {e}; remove it by hand: ip route del \
                      unreachable {dst} proto {PROTO} metric {METRIC}"
-                )),
+                ))),
             }
         }
         changes

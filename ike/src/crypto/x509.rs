@@ -36,7 +36,7 @@ pub enum CertError {
         /// Subject DN.
         subject: String,
         /// The key problem.
-        reason: String,
+        reason: KeyError,
     },
     /// Not yet or no longer valid.
     #[error("certificate of {subject} is valid from {not_before} to {not_after}, not now ({now})")]
@@ -173,7 +173,7 @@ pub struct Certificate {
     subject: Vec<u8>,
     not_before: i64,
     not_after: i64,
-    key: Result<PublicKey, String>,
+    key: Result<PublicKey, KeyError>,
     /// basicConstraints: `Some(path length limit)` for a CA (`None` inside: no limit).
     ca: Option<Option<u32>>,
     /// keyUsage bits, bit 0 (digitalSignature) as the lowest bit.
@@ -283,7 +283,7 @@ impl Certificate {
             subject: subject.to_vec(),
             not_before,
             not_after,
-            key: PublicKey::from_der(spki).map_err(|e| e.to_string()),
+            key: PublicKey::from_der(spki),
             ca: None,
             key_usage: None,
             alt_names: Vec::new(),

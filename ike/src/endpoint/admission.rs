@@ -79,6 +79,19 @@ impl Pressure {
         }
     }
 
+    /// The pressure [`Pressure::count`] would see at `now`, without counting a request.
+    pub(super) fn peek(&self, now: Instant) -> usize {
+        let Some(start) = self.start else { return 0 };
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= COOKIE_PRESSURE_WINDOW * 2 {
+            0
+        } else if elapsed >= COOKIE_PRESSURE_WINDOW {
+            self.current
+        } else {
+            self.current.saturating_add(self.previous)
+        }
+    }
+
     pub(super) fn count(&mut self, now: Instant) -> usize {
         self.roll(now);
         self.current = self.current.saturating_add(1);

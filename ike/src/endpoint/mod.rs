@@ -231,6 +231,12 @@ impl Endpoint {
         self.half_open.len()
     }
 
+    /// True while a new initiator would be asked for a cookie whatever its address (RFC 7296 2.6): the
+    /// IKE_SA_INIT pressure (requests over the last window plus half-open SAs) is at the cookie threshold.
+    pub fn demanding_cookies(&self, now: Instant) -> bool {
+        self.pressure.peek(now).saturating_add(self.half_open.len()) >= self.cookie_threshold
+    }
+
     /// Asks for the Child SA with inbound SPI `spi_in` to be rekeyed now (see [`IkeSa::rekey_child_now`]);
     /// false if no IKE SA holds it.
     pub fn rekey_child_now(&mut self, now: Instant, spi_in: u32) -> bool {

@@ -6,9 +6,6 @@ use super::*;
 /// is). The text is what the IkeDown reason and the daemon's log say, unchanged from when these were strings.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum AuthError {
-    /// Ours, a bug: IKE_AUTH runs only after IKE_SA_INIT made the keys.
-    #[error("no keys yet: IKE_SA_INIT is not complete")]
-    NoKeys,
     /// The peer's: its PSK AUTH does not verify (another PSK, or a forgery).
     #[error("the PSKs differ")]
     PskMismatch,
@@ -53,10 +50,13 @@ impl IkeSa {
     // ---- IKE_AUTH, initiator --------------------------------------------------------------------------------
 
     pub(super) fn send_auth(&mut self, now: Instant) {
+        let Phase::Auth(hs) = &self.phase else {
+            return;
+        };
         let spi_in = random_spi32();
         let offered = wire_proposals(&self.cfg.esp_proposals, &spi_in.to_be_bytes(), false);
         let id_i = self.cfg.local_id.clone();
-        let (method, auth) = match self.our_auth(&id_i) {
+        let (method, auth) = match self.our_auth(hs, &id_i) {
             Ok(a) => a,
             Err(why) => {
                 self.close(Reason::AuthenticationFailed(why.to_string()));
@@ -85,27 +85,21 @@ impl IkeSa {
     }
 
     /// The octets an AUTH payload covers (RFC 7296 2.15), ours (`local`) or the peer's.
-    pub(super) fn auth_octets(&self, local: bool, id: &Id) -> Result<Vec<u8>, AuthError> {
-        let suite = self.keys()?;
+    pub(super) fn auth_octets(&self, hs: &Handshake, local: bool, id: &Id) -> Vec<u8> {
         // Which side's octets: the initiator signs its IKE_SA_INIT request and the responder's nonce.
         let signer_is_initiator = local == self.initiator;
         let (first, nonce) = if signer_is_initiator {
-            (&self.init_req, &self.nr)
+            (&hs.init_req, &hs.nr)
         } else {
-            (&self.init_resp, &self.ni)
+            (&hs.init_resp, &hs.ni)
         };
-        Ok(suite.signed_octets(signer_is_initiator, first, nonce, id))
-    }
-
-    /// The IKE SA's keys, which exist once IKE_SA_INIT is done.
-    pub(super) fn keys(&self) -> Result<&Suite, AuthError> {
-        self.suite.as_ref().ok_or(AuthError::NoKeys)
+        hs.keys.signed_octets(signer_is_initiator, first, nonce, id)
     }
 
     /// Our AUTH payload: method and Authentication Data, or why we cannot make one.
-    pub(super) fn our_auth(&self, id: &Id) -> Result<(u8, Vec<u8>), AuthError> {
-        let octets = self.auth_octets(true, id)?;
-        let suite = self.keys()?;
+    pub(super) fn our_auth(&self, hs: &Handshake, id: &Id) -> Result<(u8, Vec<u8>), AuthError> {
+        let octets = self.auth_octets(hs, true, id);
+        let suite = &hs.keys;
         match &self.cfg.auth {
             AuthMethod::Psk(psk) => Ok((sig::AUTH_PSK, suite.psk_auth(psk, &octets))),
             AuthMethod::PubKey {
@@ -115,7 +109,7 @@ impl IkeSa {
                 private, padding, ..
             } => {
                 // RFC 7427 section 4 (paraphrased): sign with a hash the peer announced.
-                let hash = self
+                let hash = hs
                     .peer_sig_hashes
                     .as_deref()
                     .and_then(sig::SigHash::choose)
@@ -134,14 +128,15 @@ impl IkeSa {
     /// including an authentication method that is not ours (PSK on one side, public key on the other).
     pub(super) fn check_peer_auth(
         &self,
+        hs: &Handshake,
         now: Instant,
         id: &Id,
         method: u8,
         data: &[u8],
         payloads: &[Payload],
     ) -> Result<(), AuthError> {
-        let octets = self.auth_octets(false, id)?;
-        let suite = self.keys()?;
+        let octets = self.auth_octets(hs, false, id);
+        let suite = &hs.keys;
         let method_name = |m: u8| match m {
             sig::AUTH_PSK => "a pre-shared key (AUTH method 2)".to_owned(),
             sig::AUTH_RSA_SIG => "an RSA signature (AUTH method 1)".to_owned(),
@@ -285,14 +280,20 @@ impl IkeSa {
             )));
             return;
         }
-        if let Err(why) = self.check_peer_auth(now, &id_r, method, &data, &payloads) {
+        let verdict = match &self.phase {
+            Phase::Auth(hs) => self.check_peer_auth(hs, now, &id_r, method, &data, &payloads),
+            _ => return,
+        };
+        if let Err(why) = verdict {
             self.close(Reason::AuthenticationFailed(format!(
                 "the peer's AUTH payload does not verify: {}",
                 untrusted(&why.to_string())
             )));
             return;
         }
-        self.established(now);
+        let Some(nonces) = self.established(now) else {
+            return;
+        };
         // The Child SA: an error notify here means the IKE SA stands but the Child SA did not come up.
         if let Some(t) = error_notify(&payloads) {
             let reason = match t {
@@ -317,7 +318,7 @@ impl IkeSa {
         let accepted = self
             .accept_child(&payloads, &offered, spi_in, false)
             .and_then(|child| {
-                let info = self.child_info(&child, None, &self.ni, &self.nr, true)?;
+                let info = self.child_info(&child, None, &nonces.ni, &nonces.nr, true)?;
                 Ok((child, info))
             });
         match accepted {
@@ -459,8 +460,7 @@ impl IkeSa {
         we_init: bool,
     ) -> Result<ChildSaInfo, Reason> {
         let suite = self
-            .suite
-            .as_ref()
+            .keys()
             .ok_or_else(|| Reason::Protocol("Child SA before the IKE SA has keys".into()))?;
         // accept_child and negotiate_child only let through what the datapath implements; checked again here
         // because a wrong answer must never be able to take the daemon down.
@@ -502,7 +502,19 @@ impl IkeSa {
         })
     }
 
-    pub(super) fn established(&mut self, now: Instant) {
+    /// IKE_AUTH is done: the SA keeps its keys and drops the rest of the handshake, but for the nonces, which
+    /// it hands back (they make the first Child SA's keys); `None` if it was not in IKE_AUTH.
+    pub(super) fn established(&mut self, now: Instant) -> Option<Nonces> {
+        let hs = match std::mem::replace(&mut self.phase, Phase::Void) {
+            Phase::Auth(hs) => hs,
+            other => {
+                self.phase = other;
+                return None;
+            }
+        };
+        let Handshake { keys, ni, nr, .. } = *hs;
+        let algorithms = keys.chosen.describe();
+        self.phase = Phase::Keyed(Box::new(keys));
         self.state = State::Established;
         self.established_at = Some(now);
         let lt = self.cfg.lifetimes;
@@ -510,17 +522,21 @@ impl IkeSa {
         self.events.push_back(Event::IkeUp {
             peer: self.cfg.name.clone(),
             spis: (self.spi_i, self.spi_r),
-            algorithms: self
-                .suite
-                .as_ref()
-                .map(|s| s.chosen.describe())
-                .unwrap_or_default(),
+            algorithms,
             remote: self.remote,
             nat: self.nat,
             encap: self.encap,
             initiator: self.initiator,
+            handshake: now.saturating_duration_since(self.created),
         });
+        Some(Nonces { ni, nr })
     }
+}
+
+/// The nonces of the IKE_SA_INIT exchange, which key the first Child SA (RFC 7296 2.17).
+pub(super) struct Nonces {
+    ni: Vec<u8>,
+    nr: Vec<u8>,
 }
 
 impl IkeSa {
@@ -562,22 +578,24 @@ impl IkeSa {
             refuse(self, why);
             return;
         }
-        if let Err(why) = self.check_peer_auth(now, &id_i, method, &data, &payloads) {
-            refuse(
-                self,
+        let id_r = self.cfg.local_id.clone();
+        let Phase::Auth(hs) = &self.phase else {
+            return;
+        };
+        let verdict = self
+            .check_peer_auth(hs, now, &id_i, method, &data, &payloads)
+            .map_err(|why| {
                 format!(
                     "AUTH from {} does not verify: {}",
                     untrusted(&display_id(&id_i)),
                     untrusted(&why.to_string())
-                ),
-            );
-            return;
-        }
-        let id_r = self.cfg.local_id.clone();
-        let (our_method, our_auth) = match self.our_auth(&id_r) {
+                )
+            })
+            .and_then(|()| self.our_auth(hs, &id_r).map_err(|why| why.to_string()));
+        let (our_method, our_auth) = match verdict {
             Ok(a) => a,
             Err(why) => {
-                refuse(self, why.to_string());
+                refuse(self, why);
                 return;
             }
         };
@@ -587,12 +605,14 @@ impl IkeSa {
             method: our_method,
             data: our_auth,
         });
-        self.established(now);
+        let Some(nonces) = self.established(now) else {
+            return;
+        };
         let child =
             self.negotiate_child(&payloads, false)
                 .and_then(|(child, sa_payload, tsi, tsr)| {
                     let info = self
-                        .child_info(&child, None, &self.ni, &self.nr, false)
+                        .child_info(&child, None, &nonces.ni, &nonces.nr, false)
                         .map_err(|r| (n::NO_PROPOSAL_CHOSEN, r))?;
                     Ok((child, info, sa_payload, tsi, tsr))
                 });
@@ -623,10 +643,6 @@ mod tests {
     #[test]
     fn auth_errors_read_as_before() {
         assert_eq!(AuthError::PskMismatch.to_string(), "the PSKs differ");
-        assert_eq!(
-            AuthError::NoKeys.to_string(),
-            "no keys yet: IKE_SA_INIT is not complete"
-        );
         assert_eq!(
             AuthError::NoCertificate.to_string(),
             "the peer sent no certificate (no X.509 CERT payload) and the mesh file names none for it"

@@ -182,8 +182,8 @@ impl IkeSa {
         );
     }
 
-    /// The peer's answer to [`IkeSa::start_create_child`]: a new Child SA, or a refusal reported as a
-    /// ChildDown without SPIs (the IKE SA and its other Child SAs stay).
+    /// The peer's answer to [`IkeSa::start_create_child`]: a new Child SA, or a refusal reported as a refused
+    /// ChildDown (the IKE SA and its other Child SAs stay).
     pub(super) fn finish_create_child(
         &mut self,
         now: Instant,
@@ -193,14 +193,7 @@ impl IkeSa {
         ni: Vec<u8>,
         ks: Option<Box<KeyShare>>,
     ) {
-        let refused = |sa: &mut IkeSa, reason: Reason| {
-            sa.events.push_back(Event::ChildDown {
-                peer: sa.cfg.name.clone(),
-                spi_in: 0,
-                spi_out: 0,
-                reason,
-            });
-        };
+        let refused = IkeSa::child_refused;
         if let Some(t) = error_notify(&payloads) {
             let reason = match t {
                 n::TS_UNACCEPTABLE => Reason::TsUnacceptable(
@@ -360,12 +353,7 @@ impl IkeSa {
         // An answer we cannot use: the old Child SA stays, its rekey is tried again later, the refusal is
         // reported, and the peer's new one is deleted.
         let refuse = |sa: &mut IkeSa, reason: Reason| {
-            sa.events.push_back(Event::ChildDown {
-                peer: sa.cfg.name.clone(),
-                spi_in: 0,
-                spi_out: 0,
-                reason,
-            });
+            sa.child_refused(reason);
             retry_later(sa);
             sa.delete_unusable_child(now, spi_in);
         };
@@ -558,12 +546,7 @@ impl IkeSa {
                         id,
                         vec![Payload::Notify(Notify::new(notify, vec![]))],
                     );
-                    self.events.push_back(Event::ChildDown {
-                        peer: self.cfg.name.clone(),
-                        spi_in: 0,
-                        spi_out: 0,
-                        reason,
-                    });
+                    self.child_refused(reason);
                     return;
                 }
             };
@@ -632,12 +615,7 @@ impl IkeSa {
                         id,
                         vec![Payload::Notify(Notify::new(n::NO_PROPOSAL_CHOSEN, vec![]))],
                     );
-                    self.events.push_back(Event::ChildDown {
-                        peer: self.cfg.name.clone(),
-                        spi_in: 0,
-                        spi_out: 0,
-                        reason,
-                    });
+                    self.child_refused(reason);
                     return;
                 }
             };

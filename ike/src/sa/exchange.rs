@@ -72,7 +72,7 @@ impl IkeSa {
 
     /// Encrypts a message, as fragments if it is too big for the path and both sides support that.
     pub(super) fn protect(&self, header: Header, payloads: &[Payload]) -> Option<Vec<Vec<u8>>> {
-        let suite = self.suite.as_ref()?;
+        let suite = self.keys()?;
         Some(suite.protect_fragmented(header, payloads, self.frag, self.max_message_len()))
     }
 
@@ -87,6 +87,7 @@ impl IkeSa {
     /// Handles an IKE message for this SA (the non-ESP marker already removed).
     pub fn handle(&mut self, now: Instant, data: &[u8], from: SocketAddr, local_port: u16) {
         self.clock = now;
+        self.rx_port = local_port;
         if self.state == State::Closed {
             return;
         }
@@ -111,7 +112,7 @@ impl IkeSa {
 
     pub(super) fn decrypt(&self, parsed: &Parsed<'_>) -> Option<Vec<Payload>> {
         let enc = parsed.encrypted?;
-        let suite = self.suite.as_ref()?;
+        let suite = self.keys()?;
         //= https://www.rfc-editor.org/rfc/rfc7296#section-3.14
         //# if the integrity check fails, the message MUST be discarded
         suite.unprotect(parsed.bytes, &enc).ok()
@@ -220,10 +221,7 @@ impl IkeSa {
         parsed: &Parsed<'_>,
     ) -> Option<zeroize::Zeroizing<Vec<u8>>> {
         let enc = parsed.encrypted?;
-        self.suite
-            .as_ref()?
-            .unprotect_fragment(parsed.bytes, &enc)
-            .ok()
+        self.keys()?.unprotect_fragment(parsed.bytes, &enc).ok()
     }
 
     /// A verified response to our outstanding request.
@@ -252,12 +250,7 @@ impl IkeSa {
                     } else {
                         Reason::DeletedByUs
                     };
-                    self.events.push_back(Event::ChildDown {
-                        peer: self.cfg.name.clone(),
-                        spi_in,
-                        spi_out: c.spi_out,
-                        reason,
-                    });
+                    self.child_down(&c, reason);
                 }
             }
             Request::RekeyChild {
@@ -324,13 +317,14 @@ impl IkeSa {
         if self.state == State::AwaitingAuth && parsed.header.exchange == ExchangeType::IKE_SA_INIT
         {
             // A retransmitted IKE_SA_INIT request: answer with the same response.
-            if parsed.bytes == &self.init_req[..] {
-                let resp = self.init_resp.clone();
-                self.transmits.push_back(Transmit {
-                    remote: from,
-                    local_port: IKE_PORT,
-                    data: resp,
-                });
+            if let Phase::Auth(hs) = &self.phase {
+                if parsed.bytes == &hs.init_req[..] {
+                    self.transmits.push_back(Transmit {
+                        remote: from,
+                        local_port: IKE_PORT,
+                        data: hs.init_resp.clone(),
+                    });
+                }
             }
             return;
         }
@@ -369,7 +363,17 @@ impl IkeSa {
         let id = header.message_id;
         // Only a message that authenticated may move the peer's address.
         if self.state == State::AwaitingAuth {
-            if from.port() == NAT_T_PORT {
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.23
+            //# an IPsec endpoint that discovers a NAT between it and its correspondent MUST send all subsequent
+            //# traffic from port 4500
+            // An initiator may also move to 4500 without a NAT (strongSwan does whenever both announce NAT-T, and
+            // always with `encap = yes`): the answer must then come from our 4500, with the non-ESP marker, or
+            // it lands on the initiator's 4500 socket as ESP and is dropped. ESP itself stays raw unless a NAT
+            // was detected (`self.nat`).
+            if self.rx_port == NAT_T_PORT {
+                self.local_port = NAT_T_PORT;
+                self.remote = from;
+            } else if from.port() == NAT_T_PORT {
                 self.remote = from;
             }
         } else {

@@ -10,7 +10,7 @@ impl IkeSa {
         // Postponed at once: a refusal or a lost peer must not make this loop; success replaces the SA anyway.
         self.ike_rekey_at = Some(now + rekey_retry());
         // The new SA keeps the group of the current one, which the peer chose from our proposals.
-        let group = self.suite.as_ref().and_then(|s| s.chosen.dh);
+        let group = self.keys().and_then(|s| s.chosen.dh);
         let Some(ks) = group.and_then(|g| KeyShare::generate(g).ok()) else {
             return;
         };
@@ -85,7 +85,7 @@ impl IkeSa {
             .ok_or_else(|| bad("no KE payload of our group".into()))?;
         let shared = ks.agree(&ke.1).map_err(|e| bad(e.to_string()))?;
         self.keys()
-            .map_err(|e| e.to_string())
+            .ok_or_else(|| "the IKE SA has no keys".to_owned())
             .and_then(|s| {
                 s.derive_rekey(&chosen, &shared, ni, &nr, spi, spi_r, true)
                     .map_err(|e| e.to_string())
@@ -129,14 +129,14 @@ impl IkeSa {
                 return;
             }
         };
-        let mut new = self.successor(now, true, spi, spi_r, suite, ni, nr);
+        let mut new = self.successor(now, true, spi, spi_r, suite);
         if let Some(c) = collision {
             //= https://www.rfc-editor.org/rfc/rfc7296#section-2.8.1
             //# If redundant SAs are created through such a collision, the SA created with the lowest of the four
             //# nonces used in the two exchanges SHOULD be closed by the endpoint that created it.
-            if lowest(&new.ni, &new.nr) < lowest(&c.ni, &c.nr) {
+            if lowest(&ni, &nr) < lowest(&c.ni, &c.nr) {
                 // Ours is the redundant one: we close it; the peer, creator of the survivor, deletes the old SA.
-                new.silent = true;
+                new.standing = Standing::Replaced;
                 // The peer created its side of this SA while answering our request, but charon registers it only
                 // after handling its own exchange's response, which crosses with this delete: a delete sent at
                 // once is dropped ("IKE_SA ... waiting for delete") and only the retransmission 4 s later lands.
@@ -159,7 +159,7 @@ impl IkeSa {
         //= https://www.rfc-editor.org/rfc/rfc7296#section-2.8
         //# After the new equivalent IKE SA is created, the initiator deletes the old IKE SA, and the Delete
         //# payload to delete itself MUST be the last request sent over the old IKE SA.
-        self.silent = true;
+        self.standing = Standing::Replaced;
         self.send_delete_ike(now, Duration::ZERO);
     }
 
@@ -196,7 +196,7 @@ impl IkeSa {
             refuse(self, Notify::new(n::INVALID_SYNTAX, vec![]));
             return;
         };
-        let old_prf = self.suite.as_ref().and_then(Suite::prf_id);
+        let old_prf = self.keys().and_then(Suite::prf_id);
         let Some(chosen) = proposal::select(&self.cfg.ike_proposals, &theirs).filter(|c| {
             c.spi.len() == 8
                 && c.spi.iter().any(|b| *b != 0)
@@ -240,8 +240,7 @@ impl IkeSa {
         let spi_r = random_u64();
         let nr = random_bytes(NONCE_LEN);
         let suite = match self
-            .suite
-            .as_ref()
+            .keys()
             .map(|s| s.derive_rekey(&chosen, &shared, &ni, &nr, spi_i, spi_r, false))
         {
             Some(Ok(s)) => s,
@@ -266,7 +265,7 @@ impl IkeSa {
                 },
             ],
         );
-        let mut new = self.successor(now, false, spi_i, spi_r, suite, ni, nr);
+        let mut new = self.successor(now, false, spi_i, spi_r, suite);
         if ours_pending {
             //= https://www.rfc-editor.org/rfc/rfc7296#section-2.8.1
             //# ... cannot yet know which of the exchanges will have the lowest nonce, so it will just note
@@ -274,8 +273,8 @@ impl IkeSa {
             let c = IkeCollision {
                 local_spi: new.local_spi(),
                 spis: new.spis(),
-                ni: new.ni.clone(),
-                nr: new.nr.clone(),
+                ni,
+                nr,
             };
             if let Some(Outstanding {
                 what: Request::RekeyIke { collision, .. },
@@ -285,7 +284,9 @@ impl IkeSa {
                 *collision = Some(c);
             }
             // It stays without Child SAs and unreported unless it wins.
-            new.silent = true;
+            new.standing = Standing::Contested {
+                redundant_since: None,
+            };
             self.spawned.push(new);
             return;
         }
@@ -306,8 +307,6 @@ impl IkeSa {
         spi_i: u64,
         spi_r: u64,
         suite: Suite,
-        ni: Vec<u8>,
-        nr: Vec<u8>,
     ) -> IkeSa {
         let mut sa = IkeSa::blank(self.cfg.clone(), initiator, spi_i, spi_r, self.remote, now);
         //= https://www.rfc-editor.org/rfc/rfc7296#section-2.18
@@ -320,9 +319,7 @@ impl IkeSa {
         sa.encap = self.encap;
         sa.nat_local = self.nat_local;
         sa.frag = self.frag;
-        sa.suite = Some(suite);
-        sa.ni = ni;
-        sa.nr = nr;
+        sa.phase = Phase::Keyed(Box::new(suite));
         sa.established_at = Some(now);
         let lt = self.cfg.lifetimes;
         sa.ike_rekey_at = Some(now + jittered(lt.ike_rekey, lt.jitter));
@@ -334,7 +331,7 @@ impl IkeSa {
     }
 
     /// This SA is replaced by the peer's rekey: its Child SAs go to the IKE SA filed under `target`, and it
-    /// waits, silent, for the peer (the rekey's initiator) to delete it.
+    /// waits, replaced, for the peer (the rekey's initiator) to delete it.
     pub(super) fn hand_over(&mut self, now: Instant, target: u64, new_spis: (u64, u64)) {
         self.handoff = Some((target, std::mem::take(&mut self.children)));
         self.events.push_back(Event::IkeRekeyed {
@@ -343,7 +340,7 @@ impl IkeSa {
             new_spis,
             initiator: false,
         });
-        self.silent = true;
+        self.standing = Standing::Replaced;
         if self.state == State::Established {
             self.state = State::Rekeyed;
             self.last_heard = now;

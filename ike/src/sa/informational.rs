@@ -30,12 +30,7 @@ impl IkeSa {
                             } else {
                                 Reason::DeletedByPeer
                             };
-                            self.events.push_back(Event::ChildDown {
-                                peer: self.cfg.name.clone(),
-                                spi_in: c.spi_in,
-                                spi_out,
-                                reason,
-                            });
+                            self.child_down(&c, reason);
                         }
                     }
                 }

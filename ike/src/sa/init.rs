@@ -20,15 +20,16 @@ impl IkeSa {
             return;
         };
         // A retry after COOKIE or INVALID_KE_PAYLOAD keeps the nonce: the cookie is computed over it.
-        if self.ni.is_empty() {
-            self.ni = random_bytes(NONCE_LEN);
-        }
+        let (ni, cookie) = match &self.phase {
+            Phase::Init(init) => (init.ni.clone(), init.cookie.clone()),
+            _ => (random_bytes(NONCE_LEN), None),
+        };
         let mut payloads = Vec::new();
-        if let Some(c) = &self.cookie {
+        if let Some(c) = cookie {
             //= https://www.rfc-editor.org/rfc/rfc7296#section-2.6
             //# the initiator MUST retry the IKE_SA_INIT with a Notify payload of type COOKIE containing the
             //# responder-supplied cookie data as the first payload and all other payloads unchanged.
-            payloads.push(Payload::Notify(Notify::new(n::COOKIE, c.clone())));
+            payloads.push(Payload::Notify(Notify::new(n::COOKIE, c)));
         }
         let props = wire_proposals(&self.cfg.ike_proposals, &[], true);
         payloads.push(Payload::Sa(props));
@@ -36,7 +37,7 @@ impl IkeSa {
             group: ks.group(),
             data: ks.public().to_vec(),
         });
-        payloads.push(Payload::Nonce(self.ni.clone()));
+        payloads.push(Payload::Nonce(ni.clone()));
         payloads.extend(self.nat_detection_payloads());
         if self.cfg.fragment_size != 0 {
             //= https://www.rfc-editor.org/rfc/rfc7383#section-2.3
@@ -51,11 +52,25 @@ impl IkeSa {
         if self.cfg.udp_with_vmsecd {
             payloads.push(vendor::udp_encap_payload());
         }
-        self.key_share = Some(ks);
         let msg =
             message::encode_plain(self.header(ExchangeType::IKE_SA_INIT, false, 0), &payloads);
-        self.init_req = msg.clone();
-        self.init_tries += 1;
+        match &mut self.phase {
+            Phase::Init(init) => {
+                init.key_share = ks;
+                init.request = msg.clone();
+                init.tries += 1;
+            }
+            _ => {
+                self.phase = Phase::Init(Box::new(InitState {
+                    key_share: ks,
+                    ni,
+                    cookie: None,
+                    tries: 1,
+                    request: msg.clone(),
+                    error: None,
+                }))
+            }
+        }
         self.next_id = 1;
         self.outstanding = Some(Outstanding {
             id: 0,
@@ -147,7 +162,10 @@ impl IkeSa {
     //# unless corrective actions are defined in this specification, such as for COOKIE, INVALID_KE_PAYLOAD, and
     //# INVALID_MAJOR_VERSION.
     pub(super) fn unprotected_init_error(&mut self, reason: Reason) {
-        if self.init_error.is_some() || self.silent {
+        let Phase::Init(init) = &mut self.phase else {
+            return;
+        };
+        if init.error.is_some() || self.standing != Standing::Current {
             return;
         }
         self.events.push_back(Event::IkeDown {
@@ -155,7 +173,7 @@ impl IkeSa {
             reason: reason.clone(),
             unauthenticated: true,
         });
-        self.init_error = Some(reason);
+        init.error = Some(reason);
     }
 
     pub(super) fn handle_init_response(
@@ -166,18 +184,23 @@ impl IkeSa {
         raw: &[u8],
         local_port: u16,
     ) {
+        let Phase::Init(init) = &mut self.phase else {
+            return;
+        };
+        let tries = init.tries;
         for p in &payloads {
             if let Payload::Notify(x) = p {
                 match x.ntype {
-                    n::COOKIE if self.cookie.is_none() || self.init_tries < 3 => {
-                        self.cookie = Some(x.data.clone());
-                        self.send_init(now, self.key_share.as_ref().map(KeyShare::group));
+                    n::COOKIE if init.cookie.is_none() || tries < 3 => {
+                        init.cookie = Some(x.data.clone());
+                        let group = init.key_share.group();
+                        self.send_init(now, Some(group));
                         return;
                     }
                     //= https://www.rfc-editor.org/rfc/rfc7296#section-1.2
                     //# If the initiator guesses wrong, the responder will respond with a Notify payload of type
                     //# INVALID_KE_PAYLOAD indicating the selected group.
-                    n::INVALID_KE_PAYLOAD if x.data.len() == 2 && self.init_tries < 3 => {
+                    n::INVALID_KE_PAYLOAD if x.data.len() == 2 && tries < 3 => {
                         let Ok(g) = <[u8; 2]>::try_from(&x.data[..]).map(u16::from_be_bytes) else {
                             continue;
                         };
@@ -245,9 +268,19 @@ impl IkeSa {
             ));
             return;
         };
-        let Some(ks) = self.key_share.take() else {
-            return;
+        let init = match std::mem::replace(&mut self.phase, Phase::Void) {
+            Phase::Init(init) => init,
+            other => {
+                self.phase = other;
+                return;
+            }
         };
+        let InitState {
+            key_share: ks,
+            ni,
+            request: init_req,
+            ..
+        } = *init;
         if Some(group) != chosen.dh || group != ks.group() {
             self.close(Reason::Protocol(format!(
                 "responder used group {group}, not the one we sent"
@@ -262,23 +295,25 @@ impl IkeSa {
             }
         };
         self.spi_r = header.spi_r;
-        self.nr = nr;
-        self.init_resp = raw.to_vec();
-        // A usable response after a (forged) error notification: the error reported was not the peer's word.
-        self.init_error = None;
-        let suite = match Suite::derive(
-            &chosen, &shared, &self.ni, &self.nr, self.spi_i, self.spi_r, true,
-        ) {
+        // A usable response after a (forged) error notification: the error reported was not the peer's word (it
+        // went with the IKE_SA_INIT state).
+        let keys = match Suite::derive(&chosen, &shared, &ni, &nr, self.spi_i, self.spi_r, true) {
             Ok(s) => s,
             Err(e) => {
                 self.close(Reason::Protocol(e.to_string()));
                 return;
             }
         };
-        self.suite = Some(suite);
+        self.phase = Phase::Auth(Box::new(Handshake {
+            keys,
+            ni,
+            nr,
+            init_req,
+            init_resp: raw.to_vec(),
+            peer_sig_hashes: peer_sig_hashes(&payloads),
+        }));
         self.check_nat(&payloads, local_port, self.spi_r);
         self.frag = self.cfg.fragment_size != 0 && announces_fragmentation(&payloads);
-        self.peer_sig_hashes = peer_sig_hashes(&payloads);
         self.outstanding = None;
         self.send_auth(now);
     }
@@ -429,27 +464,22 @@ impl IkeSa {
             }
         };
         let mut sa = IkeSa::blank(cfg, false, h.spi_i, random_u64(), from, now);
-        sa.ni = ni;
-        sa.nr = random_bytes(NONCE_LEN);
-        sa.init_req = raw;
+        let nr = random_bytes(NONCE_LEN);
         sa.peer_next_id = 1;
-        let suite =
-            Suite::derive(&chosen, &shared, &sa.ni, &sa.nr, sa.spi_i, sa.spi_r, false).ok()?;
+        let keys = Suite::derive(&chosen, &shared, &ni, &nr, sa.spi_i, sa.spi_r, false).ok()?;
         let mut payloads = vec![
             Payload::Sa(vec![chosen.to_wire(ProtocolId::IKE, vec![])]),
             Payload::Ke {
                 group,
                 data: public,
             },
-            Payload::Nonce(sa.nr.clone()),
+            Payload::Nonce(nr.clone()),
         ];
-        sa.suite = Some(suite);
         payloads.extend(sa.nat_detection_payloads());
         //= https://www.rfc-editor.org/rfc/rfc7296#section-1.2
         //# The responder can also send a Certificate Request payload ([CERTREQ]) in its IKE_SA_INIT response
         payloads.extend(sa.certreq_payload());
         payloads.extend(sa.sig_hash_notify());
-        sa.peer_sig_hashes = peer_sig_hashes(&request);
         sa.check_nat(&request, IKE_PORT, 0);
         if sa.cfg.udp_with_vmsecd && vendor::announces_udp_encap(&request) {
             // We answer with the ID only when the initiator announced it: a peer that did not gets nothing
@@ -468,7 +498,14 @@ impl IkeSa {
         }
         // The response goes out from port 500 whatever NAT detection found; the initiator moves to 4500.
         let resp = message::encode_plain(sa.header(ExchangeType::IKE_SA_INIT, true, 0), &payloads);
-        sa.init_resp = resp.clone();
+        sa.phase = Phase::Auth(Box::new(Handshake {
+            keys,
+            ni,
+            nr,
+            init_req: raw,
+            init_resp: resp.clone(),
+            peer_sig_hashes: peer_sig_hashes(&request),
+        }));
         sa.transmits.push_back(Transmit {
             remote: from,
             local_port: IKE_PORT,

@@ -4,6 +4,10 @@
 //! [`IkeSa::handle_timeout`] when [`IkeSa::poll_timeout`] says, and drain [`IkeSa::poll_transmit`] and
 //! [`IkeSa::poll_event`] after each call. Nothing here reads a clock: `now` is always an argument.
 //!
+//! Three things describe an SA: its [`State`] (where it is in its life, what exchanges it accepts), its `Phase`
+//! (what the handshake holds: each phase owns only its data, so that the keys are there when a phase has them)
+//! and its `Standing` (whether it is the peer's current IKE SA, or one a rekey replaced or may replace).
+//!
 //! This file holds the SA's state and its public API; each exchange has its own file:
 //! - `exchange.rs`: requests and responses, message IDs, protection, fragments, the response cache, dispatch;
 //! - `timers.rs`: the one timer table read by `poll_timeout` and `handle_timeout`, and every timing constant;
@@ -102,6 +106,27 @@ pub enum State {
     Closed,
 }
 
+/// Whether an IKE SA is the peer's current one (what a `silent` flag used to say, for three different reasons).
+/// Only a current SA carries Child SAs, runs rekeys, liveness checks and keepalives, reports its end, and shows in
+/// status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// The peer's IKE SA.
+    Current,
+    /// Made by the peer's rekey of this SA's predecessor while our own rekey of it was under way (RFC 7296
+    /// 2.8.1): established, but quiet until the collision is resolved. It either wins (the endpoint hands it the
+    /// Child SAs, [`IkeSa::adopt`]) or is found redundant ([`IkeSa::mark_redundant`]), and then its creator, the
+    /// peer, deletes it, or we do after [`REDUNDANT_GRACE`].
+    Contested {
+        /// When it was found redundant.
+        redundant_since: Option<Instant>,
+    },
+    /// Replaced: by a rekey (ours, and we delete it; or the peer's, and it waits in [`State::Rekeyed`] for the
+    /// peer's delete), or the redundant SA of a collision we created and delete ourselves. It lingers until its
+    /// delete completes.
+    Replaced,
+}
+
 /// What an outstanding request of ours was for.
 #[derive(Debug)]
 enum Request {
@@ -186,6 +211,49 @@ pub(crate) struct Child {
     rekeyed: bool,
 }
 
+/// What an IKE SA holds of its handshake, which only the handshake needs: each phase owns only its data (as
+/// rustls's `client/hs.rs` states do), so that code needing the keys gets them from the phase that has them.
+enum Phase {
+    /// Nothing: before our first IKE_SA_INIT request, or once the handshake failed (the SA is closed).
+    Void,
+    /// Initiator, IKE_SA_INIT sent: no keys yet.
+    Init(Box<InitState>),
+    /// Keys made, IKE_AUTH not done (initiator: sent; responder: awaited).
+    Auth(Box<Handshake>),
+    /// IKE_AUTH done (or made by a rekey): the keys alone.
+    Keyed(Box<Suite>),
+}
+
+/// The initiator's IKE_SA_INIT in flight.
+struct InitState {
+    /// Our key share, for the group of the request in flight.
+    key_share: KeyShare,
+    /// Our nonce, kept across retries (a cookie is computed over it).
+    ni: Vec<u8>,
+    /// The responder's cookie, once it asked for one (RFC 7296 2.6).
+    cookie: Option<Vec<u8>>,
+    /// Requests sent: the first, then retries after COOKIE or INVALID_KE_PAYLOAD.
+    tries: u32,
+    /// The request as sent: our AUTH payload signs it.
+    request: Vec<u8>,
+    /// An error notification in an IKE_SA_INIT response, reported (unauthenticated) but not acted on while a
+    /// usable response may still come (see [`IkeSa::unprotected_init_error`]).
+    error: Option<Reason>,
+}
+
+/// IKE_SA_INIT done, IKE_AUTH under way: the keys, and what the AUTH payloads sign (RFC 7296 2.15).
+struct Handshake {
+    keys: Suite,
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+    /// The IKE_SA_INIT request and response as sent: each side's AUTH payload signs its own message (and the
+    /// responder answers a retransmitted request with the same response).
+    init_req: Vec<u8>,
+    init_resp: Vec<u8>,
+    /// The hash algorithms of the peer's SIGNATURE_HASH_ALGORITHMS notification (RFC 7427 4), if it sent one.
+    peer_sig_hashes: Option<Vec<u16>>,
+}
+
 /// One IKE SA.
 pub struct IkeSa {
     cfg: Arc<PeerConfig>,
@@ -195,46 +263,37 @@ pub struct IkeSa {
     state: State,
     remote: SocketAddr,
     local_port: u16,
+    /// The local port the message being handled arrived on (see `handle`).
+    rx_port: u16,
     nat: bool,
+    /// What the handshake holds so far: our key share, then the keys with the IKE_SA_INIT messages, then the
+    /// keys alone.
+    phase: Phase,
     /// How ESP is carried and why (`nat` is `encap.udp()` once IKE_SA_INIT is done).
     encap: Encap,
-    suite: Option<Suite>,
-    ni: Vec<u8>,
-    nr: Vec<u8>,
-    init_req: Vec<u8>,
-    init_resp: Vec<u8>,
-    key_share: Option<KeyShare>,
-    cookie: Option<Vec<u8>>,
     next_id: u32,
     outstanding: Option<Outstanding>,
     peer_next_id: u32,
     last_response: Option<(u32, Vec<Vec<u8>>)>,
     /// When the cached response was last sent again for a retransmitted request (see [`RESEND_INTERVAL`]).
     last_resend: Option<Instant>,
-    /// An error notification in an IKE_SA_INIT response, reported (unauthenticated) but not acted on while a
-    /// usable response may still come (see [`IkeSa::unprotected_init_error`]).
-    init_error: Option<Reason>,
     children: Vec<Child>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     last_heard: Instant,
     established_at: Option<Instant>,
     ike_rekey_at: Option<Instant>,
-    init_tries: u32,
     /// The IkeDown event went out already (a refused Child SA is reported at once, before the delete exchange
     /// that follows): closing must not report the SA a second time.
     down_reported: bool,
-    /// Superseded by a rekey (the old SA) or redundant (the loser of a rekey collision): it carries no Child
-    /// SA, its closing reports nothing and status does not show it.
-    silent: bool,
+    /// Whether it is the peer's current IKE SA, or one a rekey replaced or may yet replace.
+    standing: Standing,
     /// New IKE SAs a rekey created, for the endpoint to file under their SPI.
     spawned: Vec<IkeSa>,
     /// Child SAs for the endpoint to move to the IKE SA filed under this SPI (the winner of a collision).
     handoff: Option<(u64, Vec<Child>)>,
     /// The IKE SA filed under this SPI lost a rekey collision, as of this instant: its creator must delete it.
     doomed: Option<(u64, Instant)>,
-    /// Set on a redundant IKE SA (see `doomed`): when it was found redundant.
-    redundant_since: Option<Instant>,
     /// Our NAT_DETECTION_DESTINATION_IP did not match: we are behind a NAT and keep its mapping alive.
     nat_local: bool,
     /// Both sides announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383).
@@ -245,8 +304,6 @@ pub struct IkeSa {
     clock: Instant,
     /// When we last sent something to the peer (for NAT keepalives).
     last_sent: Instant,
-    /// The hash algorithms of the peer's SIGNATURE_HASH_ALGORITHMS notification (RFC 7427 4), if it sent one.
-    peer_sig_hashes: Option<Vec<u16>>,
     /// (local subnet, remote subnet) pairs we asked an additional Child SA for on this IKE SA: each once.
     tried_pairs: Vec<(TrafficSelector, TrafficSelector)>,
     /// The peer's CREATE_CHILD_SA requests (inherited by the successor of an IKE rekey).
@@ -255,6 +312,8 @@ pub struct IkeSa {
     rekey_limit: TokenBucket,
     /// Where the peer was when the SA was made (the key of a half-open SA's retransmission lookup).
     origin: SocketAddr,
+    /// When the SA was made: [`Event::IkeUp`] reports how long the handshake took.
+    created: Instant,
 }
 
 impl std::fmt::Debug for IkeSa {
@@ -346,44 +405,45 @@ impl IkeSa {
             },
             remote,
             local_port: IKE_PORT,
+            rx_port: IKE_PORT,
             nat: false,
+            phase: Phase::Void,
             encap: Encap::Raw,
-            suite: None,
-            ni: Vec::new(),
-            nr: Vec::new(),
-            init_req: Vec::new(),
-            init_resp: Vec::new(),
-            key_share: None,
-            cookie: None,
             next_id: 0,
             outstanding: None,
             peer_next_id: 0,
             last_response: None,
             last_resend: None,
-            init_error: None,
             children: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             last_heard: now,
             established_at: None,
             ike_rekey_at: None,
-            init_tries: 0,
             down_reported: false,
-            silent: false,
+            standing: Standing::Current,
             spawned: Vec::new(),
             handoff: None,
             doomed: None,
-            redundant_since: None,
             nat_local: false,
             frag: false,
             reassembly: None,
             clock: now,
             last_sent: now,
-            peer_sig_hashes: None,
+            created: now,
             tried_pairs: Vec::new(),
             create_limit: TokenBucket::new(CREATE_CHILD_BURST, CREATE_CHILD_INTERVAL),
             rekey_limit: TokenBucket::new(IKE_REKEY_BURST, IKE_REKEY_INTERVAL),
             origin: remote,
+        }
+    }
+
+    /// The IKE SA's keys, once IKE_SA_INIT made them.
+    pub(super) fn keys(&self) -> Option<&Suite> {
+        match &self.phase {
+            Phase::Void | Phase::Init(_) => None,
+            Phase::Auth(hs) => Some(&hs.keys),
+            Phase::Keyed(keys) => Some(keys),
         }
     }
 
@@ -435,7 +495,7 @@ impl IkeSa {
     /// True for an IKE SA a rekey replaced (or the redundant one of a rekey collision): it lingers only until
     /// its delete completes, carries no Child SA and is left out of status displays.
     pub fn is_superseded(&self) -> bool {
-        self.silent
+        self.standing != Standing::Current
     }
 
     /// The IKE SAs a rekey created since the last call: the endpoint files them under their local SPI.
@@ -451,7 +511,7 @@ impl IkeSa {
     /// Takes over the Child SAs of the IKE SA it replaced (it won a rekey collision).
     pub(crate) fn adopt(&mut self, children: Vec<Child>) {
         self.children.extend(children);
-        self.silent = false;
+        self.standing = Standing::Current;
     }
 
     /// An IKE SA (by its local SPI) that lost a rekey collision we resolved, and when.
@@ -461,8 +521,11 @@ impl IkeSa {
 
     /// This SA lost a rekey collision: its creator deletes it, or we do after a grace period.
     pub(crate) fn mark_redundant(&mut self, now: Instant) {
-        if self.silent && self.redundant_since.is_none() {
-            self.redundant_since = Some(now);
+        if let Standing::Contested {
+            redundant_since: since @ None,
+        } = &mut self.standing
+        {
+            *since = Some(now);
         }
     }
 
@@ -472,7 +535,7 @@ impl IkeSa {
             state: self.state,
             spis: (self.spi_i, self.spi_r),
             initiator: self.initiator,
-            algorithms: self.suite.as_ref().map(|s| s.chosen.describe()),
+            algorithms: self.keys().map(|s| s.chosen.describe()),
             established_at: self.established_at,
             rekey_at: self.ike_rekey_at,
             remote: self.remote,
@@ -526,19 +589,22 @@ impl IkeSa {
         }
     }
 
+    /// Ends the SA: its Child SAs go down with `reason`, and so does the IKE SA, reported unless it is not the
+    /// peer's current one or was reported already.
     fn close(&mut self, reason: Reason) {
+        self.end(reason, true);
+    }
+
+    /// Ends the SA; `report` false for one nobody authenticated (a half-open SA given up), of which there is
+    /// nothing to tell.
+    fn end(&mut self, reason: Reason, report: bool) {
         if self.state == State::Closed {
             return;
         }
-        for c in self.children.drain(..) {
-            self.events.push_back(Event::ChildDown {
-                peer: self.cfg.name.clone(),
-                spi_in: c.spi_in,
-                spi_out: c.spi_out,
-                reason: reason.clone(),
-            });
+        for c in std::mem::take(&mut self.children) {
+            self.child_down(&c, reason.clone());
         }
-        if !self.down_reported && !self.silent {
+        if report && !self.down_reported && self.standing == Standing::Current {
             // Our IKE SA failing before the peer authenticated: what made it fail (a plaintext IKE_SA_INIT response,
             // an IKE_AUTH response whose AUTH did not verify) may come from anyone on the path. A peer that never
             // answered (PeerDead) is no one's word, and our own delete is ours.
@@ -568,6 +634,29 @@ impl IkeSa {
         {
             self.doomed = Some((c.local_spi, self.clock));
         }
+    }
+
+    /// Reports a Child SA gone, for the driver to remove.
+    fn child_down(&mut self, c: &Child, reason: Reason) {
+        self.events.push_back(Event::ChildDown {
+            peer: self.cfg.name.clone(),
+            spi_in: c.spi_in,
+            spi_out: c.spi_out,
+            reason,
+            refused: false,
+        });
+    }
+
+    /// Reports a Child SA that never came up (either side refused it, or its answer was unusable): nothing to
+    /// remove, the IKE SA stays.
+    fn child_refused(&mut self, reason: Reason) {
+        self.events.push_back(Event::ChildDown {
+            peer: self.cfg.name.clone(),
+            spi_in: 0,
+            spi_out: 0,
+            reason,
+            refused: true,
+        });
     }
 
     fn push_transmit(&mut self, data: Vec<u8>) {

@@ -102,14 +102,20 @@ impl IkeSa {
         }
         let established = self.state == State::Established;
         let idle = self.outstanding.is_none();
-        // A new IKE SA that lost a rekey collision (or may yet win one) is `silent`: no rekeys, no liveness checks.
-        let active = idle && established && !self.silent;
+        // Only the peer's current IKE SA rekeys, checks liveness and expires: a contested one waits for the
+        // collision's outcome, a replaced one for its delete.
+        let current = self.standing == Standing::Current;
+        let active = idle && established && current;
+        let redundant_since = match self.standing {
+            Standing::Contested { redundant_since } => redundant_since,
+            _ => None,
+        };
         let dpd = self.cfg.lifetimes.dpd_delay;
         [
             (Timer::Keepalive, self.keepalive_due()),
             (
                 Timer::Expiry,
-                (established && !self.silent)
+                (established && current)
                     .then(|| self.expires_at())
                     .flatten(),
             ),
@@ -129,8 +135,8 @@ impl IkeSa {
             ),
             (
                 Timer::RedundantDelete,
-                (idle && established && self.silent)
-                    .then(|| self.redundant_since.map(|t| t + REDUNDANT_GRACE))
+                (idle && established)
+                    .then(|| redundant_since.map(|t| t + REDUNDANT_GRACE))
                     .flatten(),
             ),
             (
@@ -179,8 +185,11 @@ impl IkeSa {
     /// When the next NAT keepalive is due, if we are behind a NAT.
     pub(super) fn keepalive_due(&self) -> Option<Instant> {
         let k = self.cfg.lifetimes.nat_keepalive;
-        (self.state == State::Established && self.nat_local && !self.silent && !k.is_zero())
-            .then(|| self.last_sent + k)
+        (self.state == State::Established
+            && self.nat_local
+            && self.standing == Standing::Current
+            && !k.is_zero())
+        .then(|| self.last_sent + k)
     }
 
     pub(super) fn total_retransmit_time(&self) -> Duration {
@@ -237,10 +246,11 @@ impl IkeSa {
                 if o.sent >= self.cfg.retransmit.tries {
                     // No usable IKE_SA_INIT response came: an error notification received meanwhile is the best
                     // explanation there is.
-                    let reason = match self.init_error.take() {
-                        Some(r) if self.state == State::InitSent => r,
-                        _ => Reason::PeerDead,
+                    let reason = match &mut self.phase {
+                        Phase::Init(init) if self.state == State::InitSent => init.error.take(),
+                        _ => None,
                     };
+                    let reason = reason.unwrap_or(Reason::PeerDead);
                     self.close(reason);
                     return Break(());
                 }
@@ -254,8 +264,7 @@ impl IkeSa {
             }
             Timer::HalfOpen => {
                 // Nobody authenticated: nothing to report about the peer, whose own SAs are untouched.
-                self.silent = true;
-                self.close(Reason::PeerDead);
+                self.end(Reason::PeerDead, false);
                 Break(())
             }
             Timer::RekeyedDrop => {

@@ -68,27 +68,64 @@ pub(super) fn looks_like_dn(text: &str) -> bool {
         .is_some_and(|(k, _)| ATTRS.iter().any(|(name, _, _)| *name == k.trim()))
 }
 
+/// Why a DN written in the mesh file cannot be encoded: the file's fault, each naming the part to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnError {
+    /// A part without `=`.
+    #[error("{part:?} in DN {dn:?} is not KEY=value")]
+    NotKeyValue {
+        /// The part.
+        part: String,
+        /// The whole DN as written.
+        dn: String,
+    },
+    /// An attribute name vmsecd does not know.
+    #[error("unknown attribute {key:?} in DN {dn:?} (known: {known})")]
+    UnknownAttribute {
+        /// The attribute as written.
+        key: String,
+        /// The whole DN as written.
+        dn: String,
+        /// The attributes vmsecd knows, comma-separated.
+        known: String,
+    },
+    /// `KEY=` with nothing after it.
+    #[error("empty value for {key} in DN {dn:?}")]
+    EmptyValue {
+        /// The attribute.
+        key: String,
+        /// The whole DN as written.
+        dn: String,
+    },
+    /// No `KEY=value` at all.
+    #[error("DN {0:?} has no attribute")]
+    Empty(String),
+}
+
 /// Parses `C=CH, O=example, CN=gw` (`,` or `/` between RDNs) into the DER of the Name; the error names the
 /// attribute that is not understood.
-pub(super) fn parse(text: &str) -> Result<Vec<u8>, String> {
+pub(super) fn parse(text: &str) -> Result<Vec<u8>, DnError> {
     let sep = if text.starts_with('/') { '/' } else { ',' };
     let mut rdns = Vec::new();
     for part in text.split(sep).map(str::trim).filter(|p| !p.is_empty()) {
-        let (key, value) = part
-            .split_once('=')
-            .ok_or_else(|| format!("{part:?} in DN {text:?} is not KEY=value"))?;
+        let (key, value) = part.split_once('=').ok_or_else(|| DnError::NotKeyValue {
+            part: part.to_owned(),
+            dn: text.to_owned(),
+        })?;
         let (key, value) = (key.trim(), value.trim());
         let (_, oid, ia5) = ATTRS
             .iter()
             .find(|(name, _, _)| *name == key)
-            .ok_or_else(|| {
-                format!(
-                    "unknown attribute {key:?} in DN {text:?} (known: {})",
-                    ATTRS.iter().map(|a| a.0).collect::<Vec<_>>().join(", ")
-                )
+            .ok_or_else(|| DnError::UnknownAttribute {
+                key: key.to_owned(),
+                dn: text.to_owned(),
+                known: ATTRS.iter().map(|a| a.0).collect::<Vec<_>>().join(", "),
             })?;
         if value.is_empty() {
-            return Err(format!("empty value for {key} in DN {text:?}"));
+            return Err(DnError::EmptyValue {
+                key: key.to_owned(),
+                dn: text.to_owned(),
+            });
         }
         let string_type = if *ia5 && value.is_ascii() {
             IA5_STRING
@@ -102,7 +139,7 @@ pub(super) fn parse(text: &str) -> Result<Vec<u8>, String> {
         rdns.extend(tlv(0x31, &tlv(0x30, &atv)));
     }
     if rdns.is_empty() {
-        return Err(format!("DN {text:?} has no attribute"));
+        return Err(DnError::Empty(text.to_owned()));
     }
     Ok(tlv(0x30, &rdns))
 }

@@ -5,6 +5,23 @@ use std::net::IpAddr;
 
 use super::dn;
 
+/// Why an identity written in the mesh file (`id = ...`) is not one: the file's fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// `@#` without an even number of hex digits.
+    #[error("key ID {0:?} needs an even number of hex digits after @#")]
+    KeyIdHex(String),
+    /// `user@domain` with a bad user or domain part.
+    #[error("{0:?} is not a valid user@fqdn (RFC 822) identity")]
+    Rfc822(String),
+    /// Neither an address nor a name.
+    #[error("{0:?} is neither an IP address nor a DNS name")]
+    NotANameOrAddress(String),
+    /// A DN that cannot be encoded.
+    #[error(transparent)]
+    Dn(#[from] dn::DnError),
+}
+
 /// An IKE identity (RFC 7296 3.5).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Identity {
@@ -23,15 +40,13 @@ pub enum Identity {
 
 impl Identity {
     /// Parses strongSwan's notation: an IP address, `@#HEX` for a key ID, or a DNS name with an optional `@`.
-    pub fn parse(text: &str) -> Result<Identity, String> {
+    pub fn parse(text: &str) -> Result<Identity, IdentityError> {
         if let Ok(a) = text.parse::<IpAddr>() {
             return Ok(Identity::Addr(a));
         }
         if let Some(hex) = text.strip_prefix("@#") {
             if hex.is_empty() || hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(format!(
-                    "key ID {text:?} needs an even number of hex digits after @#"
-                ));
+                return Err(IdentityError::KeyIdHex(text.to_owned()));
             }
             let bytes = (0..hex.len())
                 .step_by(2)
@@ -40,7 +55,7 @@ impl Identity {
             return Ok(Identity::KeyId(bytes));
         }
         if dn::looks_like_dn(text) {
-            return dn::parse(text).map(|der| Identity::Dn(text.trim().to_owned(), der));
+            return Ok(Identity::Dn(text.trim().to_owned(), dn::parse(text)?));
         }
         let is_name = |n: &str| {
             !n.is_empty()
@@ -52,13 +67,11 @@ impl Identity {
             if user.bytes().all(|b| b.is_ascii_graphic() && b != b'@') && is_name(domain) {
                 return Ok(Identity::Rfc822(text.to_owned()));
             }
-            return Err(format!(
-                "{text:?} is not a valid user@fqdn (RFC 822) identity"
-            ));
+            return Err(IdentityError::Rfc822(text.to_owned()));
         }
         let name = text.strip_prefix('@').unwrap_or(text);
         if !is_name(name) {
-            return Err(format!("{text:?} is neither an IP address nor a DNS name"));
+            return Err(IdentityError::NotANameOrAddress(text.to_owned()));
         }
         Ok(Identity::Fqdn(name.to_owned()))
     }

@@ -39,6 +39,8 @@ pub(super) struct MeshSection {
     pub(super) firewall: Option<S<String>>,
     pub(super) nat_keepalive: Option<S<toml::Value>>,
     pub(super) ike_fragment_size: Option<S<i64>>,
+    /// A port (on this host's own address) or an address and port.
+    pub(super) metrics: Option<S<toml::Value>>,
     pub(super) libvirt_range: Option<S<Vec<S<String>>>>,
 }
 

@@ -21,13 +21,11 @@ pub(super) enum Change {
     Failed(String),
 }
 
-impl Change {
-    /// A line of `failclosed.rs`, which words a failed step with a leading FAILED.
-    pub(super) fn from_failclosed(line: String) -> Change {
-        if line.starts_with("FAILED") {
-            Change::Failed(line)
-        } else {
-            Change::Done(line)
+impl From<crate::failclosed::RouteChange> for Change {
+    fn from(c: crate::failclosed::RouteChange) -> Change {
+        match c {
+            crate::failclosed::RouteChange::Done(line) => Change::Done(line),
+            crate::failclosed::RouteChange::Failed(line) => Change::Failed(line),
         }
     }
 }

@@ -73,6 +73,8 @@ pub(super) struct ControlPlane {
     /// The endpoint's next timer as last asked, and whether the endpoint was called since (see `next_timer`).
     ike_deadline: Option<Instant>,
     touched: bool,
+    /// Handshake durations and rekeys, for the metrics.
+    pub(super) counters: super::metrics::EventCounters,
 }
 
 impl ControlPlane {
@@ -92,6 +94,7 @@ impl ControlPlane {
             logs: logcap::Limits::new(),
             ike_deadline: None,
             touched: true,
+            counters: super::metrics::EventCounters::default(),
         }
     }
 
@@ -270,7 +273,9 @@ impl ControlPlane {
                 nat,
                 encap,
                 initiator,
+                handshake,
             } => {
+                self.counters.handshake.observe(handshake.as_secs_f64());
                 tracing::info!(
                     %peer, %remote, spi_i = format!("{:016x}", spis.0), spi_r = format!("{:016x}", spis.1),
                     %algorithms, udp_encap = nat, encap = %encap.as_str(), role = if initiator { "initiator" } else { "responder" },
@@ -284,6 +289,7 @@ impl ControlPlane {
                 new_spis,
                 initiator,
             } => {
+                self.counters.ike_rekeys.inc();
                 tracing::info!(
                     %peer, old_spi_i = format!("{:016x}", old_spis.0), old_spi_r = format!("{:016x}", old_spis.1),
                     spi_i = format!("{:016x}", new_spis.0), spi_r = format!("{:016x}", new_spis.1),
@@ -328,6 +334,7 @@ impl ControlPlane {
                 new,
                 we_initiated,
             } => {
+                self.counters.child_rekeys.inc();
                 tracing::info!(
                     peer = %new.peer, old_spi_in = format!("{old_spi_in:08x}"), spi_in = format!("{:08x}", new.spi_in),
                     spi_out = format!("{:08x}", new.spi_out), initiator = we_initiated, "Child SA rekeyed"
@@ -348,9 +355,9 @@ impl ControlPlane {
                 spi_in,
                 spi_out,
                 reason,
+                refused,
             } => {
-                // `ike` reports a Child SA it refused to create with both SPIs zero.
-                if spi_in != 0 {
+                if !refused {
                     tracing::info!(%peer, spi_in = format!("{spi_in:08x}"), spi_out = format!("{spi_out:08x}"), "Child SA deleted: {}", logcap::clean(&reason, logcap::MAX_FIELD));
                     actions.push(if matches!(reason, Reason::Rekeyed) {
                         Action::Retire {

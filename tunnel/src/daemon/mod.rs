@@ -20,6 +20,8 @@ mod datapath;
 pub mod fuzz_api;
 mod learned;
 pub(crate) mod logcap;
+mod metrics;
+mod metrics_http;
 mod offload;
 mod peers;
 mod reload;
@@ -98,6 +100,8 @@ struct Daemon {
     raw: sockets::RawEsp,
     /// The control socket, until `run` hands it to the tasks that serve it (`control::serve`).
     control: Option<tokio::net::UnixListener>,
+    /// The metrics listener (`mesh.metrics`), until `run` hands it to the tasks that serve it.
+    metrics: Option<tokio::net::TcpListener>,
     firewall: crate::firewall::Handle,
     /// The TUN's interface index, for routes added on reload.
     ifindex: u32,
@@ -138,16 +142,21 @@ impl Daemon {
             .control
             .take()
             .map(|l| control::serve(l, to_loop, self.firewall.checker()));
+        let (to_loop, mut scrapes) = tokio::sync::mpsc::channel(1);
+        let metrics = self
+            .metrics
+            .take()
+            .map(|l| metrics_http::serve(l, to_loop, self.cp.counters.clone()));
         let r = self
             .event_loop(
                 &mut bufs,
                 &mut udp500_buf,
                 &mut seq_check,
-                &mut requests,
+                (&mut requests, &mut scrapes),
                 [&mut term, &mut int, &mut hup],
             )
             .await;
-        if let Some(s) = server {
+        for s in [server, metrics].into_iter().flatten() {
             s.abort();
         }
         r
@@ -158,7 +167,10 @@ impl Daemon {
         bufs: &mut rx::Buffers,
         udp500_buf: &mut [u8],
         seq_check: &mut tokio::time::Interval,
-        requests: &mut tokio::sync::mpsc::Receiver<control::Request>,
+        (requests, scrapes): (
+            &mut tokio::sync::mpsc::Receiver<control::Request>,
+            &mut tokio::sync::mpsc::Receiver<metrics_http::SnapshotRequest>,
+        ),
         [term, int, hup]: [&mut tokio::signal::unix::Signal; 3],
     ) -> anyhow::Result<()> {
         loop {
@@ -207,6 +219,9 @@ impl Daemon {
                     // The client's task writes it, with its own timeout.
                     let _ = req.reply.send(body);
                 }
+                Some(reply) = scrapes.recv() => {
+                    let _ = reply.send(self.metrics_snapshot());
+                }
                 _ = seq_check.tick() => {
                     let now = Instant::now();
                     self.cp.rekey_running_low(now, self.datapath.running_low());
@@ -220,6 +235,23 @@ impl Daemon {
                 _ = int.recv() => return self.shutdown().await,
             }
             self.pump().await;
+        }
+    }
+
+    /// What a scrape of the metrics shows (rendered by the listener's task, not here).
+    fn metrics_snapshot(&self) -> metrics::Snapshot {
+        let ep = self.cp.endpoint();
+        metrics::Snapshot {
+            status: status::status(
+                &self.cp,
+                &self.datapath,
+                self.recv_errors,
+                self.tx.tun_errors(),
+            ),
+            ike: ep.stats(),
+            half_open: ep.half_open_count(),
+            demanding_cookies: ep.demanding_cookies(Instant::now()),
+            firewall_repairs: self.firewall.repairs(),
         }
     }
 

@@ -12,12 +12,45 @@ use std::time::Instant;
 use super::apply::Change;
 use super::reload_plan::plan;
 use super::{peers, Daemon};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 
 /// What a reload did, one line per change (a step that failed says FAILED and what to do), for the log and the
 /// answer to `vmsecd reload`. Once the file is accepted the reload goes through: a failed route or firewall
 /// step does not undo the rest.
 pub(super) type Changes = Vec<Change>;
+
+/// Why a reload was refused, the running mesh left as it was: the file's fault, or a change only a restart can
+/// make.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ReloadError {
+    /// The file does not load (the error names the line and key).
+    #[error(transparent)]
+    Config(ConfigError),
+    /// The file no longer has this host.
+    #[error("{error} (this host, {me}, is no longer in the mesh file: stop vmsecd instead)")]
+    HostRemoved {
+        /// The unknown-host error.
+        error: ConfigError,
+        /// This host's name.
+        me: String,
+    },
+    /// This host's address changed: the sockets are bound to the old one.
+    #[error(
+        "{}: the address of this host ({me}) changed from {old} to {new}: its sockets are bound to the old one; \
+         restart vmsecd to use the new address",
+        file.display()
+    )]
+    AddressChanged {
+        /// The mesh file.
+        file: std::path::PathBuf,
+        /// This host's name.
+        me: String,
+        /// The running address.
+        old: std::net::IpAddr,
+        /// The file's.
+        new: std::net::IpAddr,
+    },
+}
 
 impl Daemon {
     /// Reloads and answers the control socket's `reload`: `{"reloaded": [changes]}` or `{"error": "..."}`.
@@ -33,40 +66,38 @@ impl Daemon {
             }
             Err(e) => {
                 tracing::error!("reload refused, the running mesh is unchanged: {e}");
-                serde_json::json!({ "error": e }).to_string()
+                serde_json::json!({ "error": e.to_string() }).to_string()
             }
         }
     }
 
-    fn reload(&mut self, now: Instant) -> Result<Changes, String> {
+    fn reload(&mut self, now: Instant) -> Result<Changes, ReloadError> {
         let config = self.cp.config();
         let file = config.mesh.file.clone();
         let me = config.local().name.clone();
         let dirs: Vec<&std::path::Path> = self.libvirt_dirs.iter().map(|d| d.as_path()).collect();
-        let mut new = Config::load_with_private_key(
-            &file,
-            Some(&me),
-            &[],
-            self.private_key.as_deref(),
-        )
-        .and_then(|mut c| c.resolve_libvirt(&dirs).map(|_| c))
-        .map_err(|e| {
-            if matches!(*e.kind, crate::config::ErrorKind::UnknownHost { .. }) {
-                format!("{e} (this host, {me}, is no longer in the mesh file: stop vmsecd instead)")
-            } else {
-                e.to_string()
-            }
-        })?;
+        let mut new =
+            Config::load_with_private_key(&file, Some(&me), &[], self.private_key.as_deref())
+                .and_then(|mut c| c.resolve_libvirt(&dirs).map(|_| c))
+                .map_err(|error| {
+                    if matches!(*error.kind, crate::config::ErrorKind::UnknownHost { .. }) {
+                        ReloadError::HostRemoved {
+                            error,
+                            me: me.clone(),
+                        }
+                    } else {
+                        ReloadError::Config(error)
+                    }
+                })?;
         let old = config.settings();
         let mut changes = Changes::new();
         if new.local().address != config.local().address {
-            return Err(format!(
-                "{}: the address of this host ({me}) changed from {} to {}: its sockets are bound to the old one; \
-                 restart vmsecd to use the new address",
-                file.display(),
-                config.local().address,
-                new.local().address
-            ));
+            return Err(ReloadError::AddressChanged {
+                file,
+                me,
+                old: config.local().address,
+                new: new.local().address,
+            });
         }
         // Keys a running daemon cannot change take effect at the next start; the rest of the file applies now.
         let s = &mut new.mesh.settings;
@@ -76,6 +107,7 @@ impl Daemon {
             ("control_socket", s.control_socket != old.control_socket),
             ("firewall", s.firewall != old.firewall),
             ("workers", s.workers != old.workers),
+            ("metrics", s.metrics != old.metrics),
         ] {
             if differs {
                 changes.push(Change::Done(format!(
@@ -89,6 +121,7 @@ impl Daemon {
         s.control_socket = old.control_socket.clone();
         s.firewall = old.firewall;
         s.workers = old.workers;
+        s.metrics = old.metrics;
 
         let plan = plan(self.cp.endpoint().peers(), peers::peer_configs(&new));
         changes.extend(plan.describe().into_iter().map(Change::Done));
@@ -99,7 +132,7 @@ impl Daemon {
             self.failclosed
                 .update(&crate::failclosed::plan(&running))
                 .into_iter()
-                .map(Change::from_failclosed),
+                .map(Change::from),
         );
         changes.extend(self.apply_subnets(&running, local_changed));
 

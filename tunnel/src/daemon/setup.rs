@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::apply::local_sources;
 use super::control_plane::ControlPlane;
 use super::datapath::Datapath;
-use super::{apply, control, logcap, sockets, spin, tx, workers, Daemon};
+use super::{apply, control, logcap, metrics_http, sockets, spin, tx, workers, Daemon};
 use crate::config::Config;
 use crate::route::{Netlink, Route, Routes};
 use crate::tun::{AsyncQueue, Tun, TunOptions};
@@ -90,6 +90,11 @@ impl Daemon {
             .map_err(|e| anyhow::anyhow!("starting the transmit workers: {e}"))?;
         let control = control::listen(&s.control_socket)?;
         let busy_poll = spin::Spinner::window();
+        let metrics_addr = s.metrics.map(|m| m.resolve(local.address));
+        let metrics = metrics_addr.map(metrics_http::listen).transpose()?;
+        if let Some(addr) = metrics_addr {
+            tracing::info!(%addr, "serving Prometheus metrics on http://{addr}/metrics");
+        }
         tracing::info!(
             host = %local.name, address = %local.address, interface = %s.interface, peers = config.peers().count(),
             workers = s.workers, busy_poll_us = busy_poll.as_micros() as u64,
@@ -123,6 +128,7 @@ impl Daemon {
             udp4500,
             raw,
             control: Some(control),
+            metrics,
             ifindex,
             private_key,
             libvirt_dirs,

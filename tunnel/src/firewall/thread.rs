@@ -5,8 +5,15 @@
 use super::{Error, Firewall, Report, CHECK_INTERVAL, COMMENT_TAG};
 use crate::config::{Config, FirewallMode};
 
-/// Logs what a check did, in lines a sysadmin can act on: one per kind of repair, naming the chains.
-fn log_report(report: &Report, trigger: &str) {
+/// Checks that found something to repair, since the daemon started (the `vmsecd_firewall_repairs` metric).
+type Repairs = std::sync::Arc<std::sync::atomic::AtomicU64>;
+
+/// Logs what a check did, in lines a sysadmin can act on: one per kind of repair, naming the chains; counts a
+/// check that repaired something.
+fn log_report(report: &Report, trigger: &str, repairs: &Repairs) {
+    if !report.is_ok() {
+        repairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     if !report.reordered.is_empty() {
         let chains = report.reordered.join(", ");
         tracing::warn!(%chains, %trigger, "firewall: libvirt moved its rules above ours; re-inserted");
@@ -30,6 +37,7 @@ fn log_report(report: &Report, trigger: &str) {
 pub struct Handle {
     tx: Option<std::sync::mpsc::Sender<Cmd>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    repairs: Repairs,
 }
 
 /// What the firewall thread is asked to do.
@@ -132,13 +140,13 @@ fn remove_rules(fw: &mut Option<Firewall>) {
     }
 }
 
-fn check_answer(fw: &mut Option<Firewall>) -> String {
+fn check_answer(fw: &mut Option<Firewall>, repairs: &Repairs) -> String {
     let Some(fw) = fw.as_mut() else {
         return r#"{"firewall":"off"}"#.to_owned();
     };
     match fw.check() {
         Ok(r) => {
-            log_report(&r, "firewall-check request");
+            log_report(&r, "firewall-check request", repairs);
             if r.is_ok() {
                 tracing::info!("firewall: check requested over the control socket: rules in place");
                 r#"{"firewall":"ok"}"#.to_owned()
@@ -182,7 +190,7 @@ fn coalesce(cmds: impl Iterator<Item = Cmd>) -> Batch {
 
 /// The firewall thread: periodic checks, and the commands of [`Handle`] and [`Checker`], until `Remove` or
 /// until every sender is gone.
-fn worker(mut fw: Option<Firewall>, rx: std::sync::mpsc::Receiver<Cmd>) {
+fn worker(mut fw: Option<Firewall>, rx: std::sync::mpsc::Receiver<Cmd>, repairs: Repairs) {
     use std::sync::mpsc::RecvTimeoutError;
     // A failure that persists is logged once, not every 2 s; so is the recovery.
     let mut failing: Option<String> = None;
@@ -199,7 +207,7 @@ fn worker(mut fw: Option<Firewall>, rx: std::sync::mpsc::Receiver<Cmd>) {
                         if failing.take().is_some() {
                             tracing::info!("firewall: checks work again");
                         }
-                        log_report(&r, "periodic check");
+                        log_report(&r, "periodic check", &repairs);
                     }
                     Err(e) if failing.as_ref() != Some(&e) => {
                         tracing::error!(
@@ -241,7 +249,7 @@ fn worker(mut fw: Option<Firewall>, rx: std::sync::mpsc::Receiver<Cmd>) {
             }
         }
         if !checks.is_empty() {
-            let answer = check_answer(&mut fw);
+            let answer = check_answer(&mut fw, &repairs);
             for reply in checks {
                 let _ = reply.send(answer.clone());
             }
@@ -256,9 +264,11 @@ impl Handle {
     pub fn start(config: &Config) -> Result<Handle, Error> {
         let fw = install(config)?;
         let (tx, rx) = std::sync::mpsc::channel();
+        let repairs = Repairs::default();
+        let counted = repairs.clone();
         let thread = std::thread::Builder::new()
             .name("vmsecd-firewall".into())
-            .spawn(move || worker(fw, rx))
+            .spawn(move || worker(fw, rx, counted))
             .map_err(|source| Error::Spawn {
                 command: "the firewall thread".into(),
                 source,
@@ -266,7 +276,13 @@ impl Handle {
         Ok(Handle {
             tx: Some(tx),
             thread: Some(thread),
+            repairs,
         })
+    }
+
+    /// How many checks found rules to repair so far (periodic ones and `firewall-check` requests).
+    pub fn repairs(&self) -> u64 {
+        self.repairs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Follows new subnets (a reload, or subnets learned from a `subnets = "libvirt"` peer) on the firewall

@@ -744,6 +744,37 @@ fn nat_keepalive_and_ike_fragment_size() {
     );
 }
 
+/// Metrics are off unless asked for; a port is served on each host's own address.
+#[test]
+fn metrics_listen_address() {
+    use crate::config::MetricsListen;
+    let f = Fixture::new();
+    assert_eq!(f.parse(&with_mesh("")).unwrap().settings.metrics, None);
+    let s = f.parse(&with_mesh("metrics = 9477")).unwrap().settings;
+    assert_eq!(s.metrics, Some(MetricsListen::Port(9477)));
+    assert_eq!(
+        s.metrics.unwrap().resolve("198.18.0.3".parse().unwrap()),
+        "198.18.0.3:9477".parse().unwrap()
+    );
+    let s = f
+        .parse(&with_mesh("metrics = \"127.0.0.1:9100\""))
+        .unwrap()
+        .settings;
+    assert_eq!(
+        s.metrics,
+        Some(MetricsListen::Addr("127.0.0.1:9100".parse().unwrap()))
+    );
+    for bad in [
+        "metrics = 0",
+        "metrics = 70000",
+        "metrics = \"localhost\"",
+        "metrics = true",
+    ] {
+        let e = f.err(&with_mesh(bad));
+        assert_eq!(e.key, "mesh.metrics", "{bad}");
+    }
+}
+
 mod libvirt;
 mod psk;
 mod pubkey;

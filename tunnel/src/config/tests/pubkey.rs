@@ -165,6 +165,48 @@ fn identities_as_strongswan_writes_them() {
     assert!(Identity::parse("a@b@c").is_err());
 }
 
+/// The typed errors of identities, DNs and control socket addresses read as the strings they replaced.
+#[test]
+fn identity_and_socket_errors_read_as_before() {
+    let text = |r: Result<Identity, IdentityError>| r.unwrap_err().to_string();
+    assert_eq!(
+        text(Identity::parse("@#abc")),
+        "key ID \"@#abc\" needs an even number of hex digits after @#"
+    );
+    assert_eq!(
+        text(Identity::parse("root@")),
+        "\"root@\" is not a valid user@fqdn (RFC 822) identity"
+    );
+    assert_eq!(
+        text(Identity::parse("a b")),
+        "\"a b\" is neither an IP address nor a DNS name"
+    );
+    let unknown = text(Identity::parse("CN=gw, XX=1"));
+    assert!(
+        unknown.starts_with("unknown attribute \"XX\" in DN \"CN=gw, XX=1\" (known: C, "),
+        "{unknown}"
+    );
+    assert_eq!(
+        text(Identity::parse("CN=")),
+        "empty value for CN in DN \"CN=\""
+    );
+    let socket = |t: &str| {
+        ControlSocket::parse(t, Path::new(""))
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        socket("@"),
+        "abstract socket name of 1 to 107 bytes after the @"
+    );
+    assert_eq!(socket(""), "a path, or @NAME for an abstract socket");
+    let long = "x".repeat(108);
+    assert_eq!(
+        socket(&long),
+        format!("a socket path of at most 107 bytes (got {long})")
+    );
+}
+
 // ---- auth = "pubkey" with a CA: certificates -------------------------------------------------------------------
 
 /// A file of ike's X.509 test data (made by OpenSSL, see ike/src/crypto/x509/testdata/make.sh).

@@ -485,7 +485,7 @@ impl Cx<'_> {
                 self.invalid(
                     v,
                     &format!("host[{i}].id"),
-                    problem,
+                    problem.to_string(),
                     "an IP address, a DNS name (FQDN, optionally written @name), user@fqdn, a DN (C=CH, O=example, CN=gw) or @#hex for a key ID",
                 )
             })?,

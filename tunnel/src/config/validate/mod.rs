@@ -15,8 +15,8 @@ use ike::proposal::{ProposalError, ProposalSpec};
 use super::schema::{self, S};
 use super::{
     Auth, CaFile, CertAuth, CertFile, ConfigError, ControlSocket, Encap, ErrorKind, FirewallMode,
-    Host, Identity, KeyFileError, LibvirtSubnets, PrivateKeyFile, Psk, PubKeyAuth, PublicKeyFile,
-    Settings, DEFAULT_CHILD_LIFETIME, DEFAULT_CONTROL_SOCKET, DEFAULT_DPD_DELAY,
+    Host, Identity, KeyFileError, LibvirtSubnets, MetricsListen, PrivateKeyFile, Psk, PubKeyAuth,
+    PublicKeyFile, Settings, DEFAULT_CHILD_LIFETIME, DEFAULT_CONTROL_SOCKET, DEFAULT_DPD_DELAY,
     DEFAULT_ESP_PROPOSAL, DEFAULT_IKE_LIFETIME, DEFAULT_IKE_PORT, DEFAULT_IKE_PROPOSAL,
     DEFAULT_INTERFACE, DEFAULT_MTU, DEFAULT_REKEY_MARGIN, DEFAULT_WORKERS, MAX_WORKERS,
     MIN_LIFETIME,
@@ -245,7 +245,7 @@ impl Cx<'_> {
                             v,
                             "mesh.control_socket",
                             format!("{:?} cannot be used", v.get_ref()),
-                            &allowed,
+                            &allowed.to_string(),
                         )
                     })?
             }
@@ -286,7 +286,12 @@ impl Cx<'_> {
                 n as u16
             }
         };
+        let metrics = match &m.metrics {
+            None => None,
+            Some(v) => Some(self.metrics(v)?),
+        };
         Ok(Settings {
+            metrics,
             firewall,
             nat_keepalive,
             ike_fragment_size,
@@ -302,6 +307,27 @@ impl Cx<'_> {
             replay_window,
             workers,
             control_socket,
+        })
+    }
+
+    /// `mesh.metrics`: a port on the host's own address, or an address and port.
+    fn metrics(&self, v: &S<toml::Value>) -> Result<MetricsListen, ConfigError> {
+        let parsed = match v.get_ref() {
+            toml::Value::Integer(p) => u16::try_from(*p)
+                .ok()
+                .filter(|p| *p != 0)
+                .map(MetricsListen::Port),
+            toml::Value::String(s) => s.parse().ok().map(MetricsListen::Addr),
+            _ => None,
+        };
+        parsed.ok_or_else(|| {
+            self.invalid(
+                v,
+                "mesh.metrics",
+                format!("{} is neither a port nor an address and port", v.get_ref()),
+                "a port (served on each host's own address), such as 9477, or an address and port such as \
+                 \"127.0.0.1:9477\" (whoever reaches it reads peer names, addresses and traffic counters)",
+            )
         })
     }
 
