@@ -5,6 +5,7 @@
 
 pub mod bed;
 pub mod dualstack;
+pub mod etcd;
 pub mod faultlink;
 pub mod guest;
 pub mod hostile;
