@@ -146,7 +146,15 @@ async fn run(
     }
 }
 
+/// The longest name under the prefix that is kept (and then refused by the parser, which takes at most 63
+/// bytes): etcd keys may be 1.5 MiB long, and a name is held for as long as its key exists, so longer ones are
+/// skipped as keys outside the prefix are.
+const MAX_NAME_IN_KEY: usize = 255;
+
 fn name_of<'a>(prefix: &str, key: &'a [u8]) -> Option<&'a str> {
+    if key.len() > prefix.len().saturating_add(MAX_NAME_IN_KEY) {
+        return None;
+    }
     std::str::from_utf8(key).ok()?.strip_prefix(prefix)
 }
 
@@ -308,5 +316,26 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// etcd keys may be 1.5 MiB long, and the names under the prefix are kept for as long as the keys exist
+    /// (and cloned at each change): a writer of a thousand such keys would have each daemon hold gigabytes.
+    /// A key whose name cannot be a host's is not kept at all.
+    #[test]
+    fn names_too_long_for_a_host_are_not_kept() {
+        let prefix = "/vmsecd/hosts/";
+        assert_eq!(name_of(prefix, b"/vmsecd/hosts/h7"), Some("h7"));
+        assert_eq!(name_of(prefix, b"/other/h7"), None);
+        let mut long = prefix.as_bytes().to_vec();
+        long.extend(std::iter::repeat_n(b'a', 1 << 20));
+        assert_eq!(name_of(prefix, &long), None);
+        let mut max = prefix.as_bytes().to_vec();
+        max.extend(std::iter::repeat_n(b'a', MAX_NAME_IN_KEY));
+        assert!(name_of(prefix, &max).is_some());
     }
 }
