@@ -94,7 +94,10 @@ async fn options(s: &EtcdSettings) -> anyhow::Result<ConnectOptions> {
         };
         let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca)?));
         if let Some((cert, key)) = &s.client {
-            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            // The key lets its holder write the mesh's entries: checked as this host's IKE key is.
+            let key = crate::config::read_private_key_file(key)
+                .map_err(|e| anyhow::anyhow!("etcd: {e}"))?;
+            tls = tls.identity(Identity::from_pem(read(cert)?, key.as_slice()));
         }
         o = o.with_tls(tls);
     }
@@ -337,5 +340,37 @@ mod tests {
         let mut max = prefix.as_bytes().to_vec();
         max.extend(std::iter::repeat_n(b'a', MAX_NAME_IN_KEY));
         assert!(name_of(prefix, &max).is_some());
+    }
+
+    /// The etcd client key lets its holder write the mesh's entries (with `auth = "pubkey"` and raw keys: add
+    /// hosts that then authenticate): like this host's IKE private key, it is refused when group or others can
+    /// read it.
+    #[test]
+    fn an_etcd_client_key_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("c.pem"),
+            dir.path().join("k.pem"),
+        );
+        for f in [&ca, &cert, &key] {
+            std::fs::write(f, b"-----BEGIN X-----\n-----END X-----\n").unwrap();
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = EtcdSettings {
+            endpoints: vec!["https://198.18.0.1:2379".into()],
+            prefix: "/vmsecd/t/".into(),
+            ca: Some(ca),
+            client: Some((cert, key.clone())),
+            lease_ttl: Duration::from_secs(10),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let e = rt.block_on(options(&s)).unwrap_err().to_string();
+        assert!(e.contains("group or others"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(rt.block_on(options(&s)).is_ok());
     }
 }
