@@ -47,6 +47,7 @@ use ike::proposal::ProposalSpec;
 pub use self::dn::DnError;
 pub use self::error::{ConfigError, ErrorKind, KeyFileError, PskError};
 pub use self::identity::{Identity, IdentityError};
+pub(crate) use self::keys::read_private as read_private_key_file;
 pub use self::keys::{CaFile, CertFile, PrivateKeyFile, PublicKeyFile};
 pub use self::psk::Psk;
 use self::validate::Cx;

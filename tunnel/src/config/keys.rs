@@ -69,6 +69,12 @@ fn read(path: &Path, private: bool) -> Result<Zeroizing<Vec<u8>>, KeyFileError> 
     Ok(bytes)
 }
 
+/// A private key file's bytes, checked as this host's IKE key is (owner, mode 0600 or 0400, size), for keys
+/// another library parses (etcd's TLS client key).
+pub(crate) fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
+    read(path, true)
+}
+
 /// This host's private key and the file it came from. `Debug` shows the path and size only.
 #[derive(Clone)]
 pub struct PrivateKeyFile {

@@ -168,7 +168,7 @@ impl Daemon {
         let m = crate::membership::merge::merge(&self.file_config, &self.members.0);
         let refused: Vec<String> = self.members.1.iter().chain(&m.refused).cloned().collect();
         if refused != self.members_refused {
-            for r in &refused {
+            for r in crate::membership::refusal_lines(&refused) {
                 tracing::warn!("{r}; the rest of the mesh is not disturbed");
             }
             self.members_refused = refused;

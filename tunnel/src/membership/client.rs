@@ -94,7 +94,10 @@ async fn options(s: &EtcdSettings) -> anyhow::Result<ConnectOptions> {
         };
         let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca)?));
         if let Some((cert, key)) = &s.client {
-            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            // The key lets its holder write the mesh's entries: checked as this host's IKE key is.
+            let key = crate::config::read_private_key_file(key)
+                .map_err(|e| anyhow::anyhow!("etcd: {e}"))?;
+            tls = tls.identity(Identity::from_pem(read(cert)?, key.as_slice()));
         }
         o = o.with_tls(tls);
     }
@@ -146,7 +149,15 @@ async fn run(
     }
 }
 
+/// The longest name under the prefix that is kept (and then refused by the parser, which takes at most 63
+/// bytes): etcd keys may be 1.5 MiB long, and a name is held for as long as its key exists, so longer ones are
+/// skipped as keys outside the prefix are.
+const MAX_NAME_IN_KEY: usize = 255;
+
 fn name_of<'a>(prefix: &str, key: &'a [u8]) -> Option<&'a str> {
+    if key.len() > prefix.len().saturating_add(MAX_NAME_IN_KEY) {
+        return None;
+    }
     std::str::from_utf8(key).ok()?.strip_prefix(prefix)
 }
 
@@ -308,5 +319,58 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// etcd keys may be 1.5 MiB long, and the names under the prefix are kept for as long as the keys exist
+    /// (and cloned at each change): a writer of a thousand such keys would have each daemon hold gigabytes.
+    /// A key whose name cannot be a host's is not kept at all.
+    #[test]
+    fn names_too_long_for_a_host_are_not_kept() {
+        let prefix = "/vmsecd/hosts/";
+        assert_eq!(name_of(prefix, b"/vmsecd/hosts/h7"), Some("h7"));
+        assert_eq!(name_of(prefix, b"/other/h7"), None);
+        let mut long = prefix.as_bytes().to_vec();
+        long.extend(std::iter::repeat_n(b'a', 1 << 20));
+        assert_eq!(name_of(prefix, &long), None);
+        let mut max = prefix.as_bytes().to_vec();
+        max.extend(std::iter::repeat_n(b'a', MAX_NAME_IN_KEY));
+        assert!(name_of(prefix, &max).is_some());
+    }
+
+    /// The etcd client key lets its holder write the mesh's entries (with `auth = "pubkey"` and raw keys: add
+    /// hosts that then authenticate): like this host's IKE private key, it is refused when group or others can
+    /// read it.
+    #[test]
+    fn an_etcd_client_key_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("c.pem"),
+            dir.path().join("k.pem"),
+        );
+        for f in [&ca, &cert, &key] {
+            std::fs::write(f, b"-----BEGIN X-----\n-----END X-----\n").unwrap();
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = EtcdSettings {
+            endpoints: vec!["https://198.18.0.1:2379".into()],
+            prefix: "/vmsecd/t/".into(),
+            ca: Some(ca),
+            client: Some((cert, key.clone())),
+            lease_ttl: Duration::from_secs(10),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let e = rt.block_on(options(&s)).unwrap_err().to_string();
+        assert!(e.contains("group or others"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(rt.block_on(options(&s)).is_ok());
     }
 }

@@ -37,3 +37,39 @@ pub fn parse_entries(e: &Entries) -> (Vec<Member>, Vec<String>) {
     }
     (members, refused)
 }
+
+/// The most refusal lines logged when the refusals change; the rest are counted in one more line.
+pub const MAX_REFUSALS_LOGGED: usize = 8;
+
+/// The lines to log for `refused`: whoever can write to etcd can store a thousand bogus entries and change one
+/// every 500 ms, and each change would log every refusal again.
+pub fn refusal_lines(refused: &[String]) -> Vec<String> {
+    let mut lines: Vec<String> = refused.iter().take(MAX_REFUSALS_LOGGED).cloned().collect();
+    if refused.len() > MAX_REFUSALS_LOGGED {
+        lines.push(format!(
+            "etcd: {} more refusals not logged (only the first {MAX_REFUSALS_LOGGED} are); `etcdctl get --prefix` \
+             shows the entries",
+            refused.len() - MAX_REFUSALS_LOGGED
+        ));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thousand bogus entries give a bounded number of log lines per change, not a thousand.
+    #[test]
+    fn refusals_logged_are_capped() {
+        let few: Vec<String> = (0..3).map(|i| format!("r{i}")).collect();
+        assert_eq!(refusal_lines(&few), few);
+        let many: Vec<String> = (0..1024).map(|i| format!("r{i}")).collect();
+        let lines = refusal_lines(&many);
+        assert_eq!(lines.len(), MAX_REFUSALS_LOGGED + 1);
+        assert!(
+            lines[MAX_REFUSALS_LOGGED].contains("1016 more"),
+            "{lines:?}"
+        );
+    }
+}
