@@ -107,6 +107,9 @@ pub enum Reason {
     PeerError(String),
     /// The peer sent something that breaks the protocol.
     Protocol(String),
+    /// The peer started anew: a newer IKE SA it set up carried INITIAL_CONTACT, so this older one is gone on its
+    /// side (a reboot, a restarted daemon). Closed here without a message.
+    PeerRestarted,
 }
 
 /// The longest text field a [`Reason`] shows. Fields made from what a peer sent are capped at
@@ -144,6 +147,9 @@ impl std::fmt::Display for Reason {
             Reason::TsUnacceptable(s) => write!(f, "traffic selectors unacceptable: {}", safe(s)),
             Reason::PeerError(s) => write!(f, "peer answered {}", safe(s)),
             Reason::Protocol(s) => write!(f, "protocol error: {}", safe(s)),
+            Reason::PeerRestarted => f.write_str(
+                "the peer started anew (INITIAL_CONTACT in a newer IKE SA): this older one is gone on its side",
+            ),
         }
     }
 }

@@ -865,6 +865,43 @@ fn responder_answers_from_4500_when_the_initiator_moves_there_without_nat() {
     assert!(!ca[0].udp_encap && !cb[0].udp_encap, "no NAT: raw ESP");
 }
 
+/// The peer reboots and sets up a new IKE SA (with INITIAL_CONTACT, as strongSwan and libreswan send on a first
+/// contact): the old IKE SA and its Child SA are closed at once, not kept until liveness checks give up on them
+/// (found against charon in a guest killed and booted again, tests/tests/kernel_strongswan.rs: the stale SA
+/// stayed in vmsecd's status for minutes).
+#[test]
+fn initial_contact_from_a_restarted_peer_closes_its_old_ike_sa() {
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b.clone());
+    p.connect();
+    assert_eq!(child_ups(&p.ev_a).len(), 1);
+    p.run_for(Duration::from_secs(5));
+    // B loses everything and initiates anew.
+    p.b = Endpoint::new(vec![Arc::new(b)]);
+    p.ev_a.clear();
+    p.b.connect(p.now, "a").unwrap();
+    p.drive();
+    assert_eq!(
+        child_ups(&p.ev_a).len(),
+        1,
+        "the new Child SA: {:?}",
+        p.ev_a
+    );
+    assert_eq!(downs(&p.ev_a), vec![Reason::PeerRestarted], "{:?}", p.ev_a);
+    assert!(p.ev_a.iter().any(|e| matches!(
+        e,
+        Event::ChildDown {
+            reason: Reason::PeerRestarted,
+            ..
+        }
+    )));
+    let st = p.a.status();
+    assert_eq!(st.len(), 1, "only the new IKE SA is left: {st:?}");
+    // Nothing was sent about the old one: B does not know it.
+    p.run_for(Duration::from_secs(60));
+    assert_eq!(p.a.status().len(), 1);
+}
+
 #[test]
 fn garbage_and_replayed_messages_change_nothing() {
     let (a, b) = configs();

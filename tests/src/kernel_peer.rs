@@ -94,6 +94,22 @@ impl GuestBed {
             "ip addr add 198.18.0.2/24 dev eth0 && ip addr add 198.19.2.1/24 dev eth1 && \
              sysctl -qw net.ipv4.ip_forward=1",
         );
+        // A stateful firewall on the gateway, as real ones have: conntrack reassembles the VMs' fragmented
+        // datagrams before they are forwarded, so the guest encrypts whole 8 KB datagrams and fragments the ESP
+        // packets, which a's kernel reassembles to far more than vmsecd's MTU before its raw socket reads them.
+        self.guest.write_file(
+            "/tmp/gw.nft",
+            b"table inet gw {\n  chain forwarded {\n    type filter hook forward priority 0; policy accept;\n    \
+              ct state invalid counter drop\n  }\n}\n",
+        );
+        self.guest.run("nft -f /tmp/gw.nft");
+        // Under TCG the first XFRM state takes seconds of module loading: do it now, not inside an IKE_AUTH
+        // (a peer retransmits meanwhile).
+        self.guest.run(
+            "for m in xfrm_user xfrm4_tunnel esp4 ah4 ipcomp authenc authencesn echainiv seqiv gcm ghash_generic \
+             aesni_intel aes_generic cbc hmac sha256_generic sha512_generic chacha20poly1305 chacha_generic \
+             poly1305_generic; do modprobe -q $m 2>/dev/null; done; true",
+        );
     }
 
     /// A subdirectory of the test's work directory, created.
@@ -410,7 +426,7 @@ pub fn check_agree(st: &Status, sa: &PeerSa, e: &Expect) {
     assert_eq!(*pencap, e.udp, "the peer's ESP framing (true: UDP)\n{ctx}");
 }
 
-/// Pings both ways, then checks every byte of `flows` TCP connections of `bytes` each and of `datagrams` UDP
+/// Pings both ways until answered, then checks every byte of `flows` TCP connections of `bytes` each and of `datagrams` UDP
 /// datagrams (1 byte to past the MTU) each way between the VMs.
 pub fn check_traffic(
     avm: &Netns,
@@ -420,14 +436,14 @@ pub fn check_traffic(
     datagrams: u32,
     diag: &dyn Fn() -> String,
 ) {
-    assert!(
-        traffic::ping_until_ok(avm, BVM, Duration::from_secs(10)),
-        "VM a cannot reach VM b\n{}",
-        diag()
-    );
+    // Reachability first (a guest under TCG on a loaded machine may answer a ping after ping's 1 s wait: no
+    // count of echoes is demanded); the byte checks below are the real test.
     for (from, to, what) in [(avm, BVM, "a -> b"), (bvm, AVM, "b -> a")] {
-        let (sent, got) = traffic::ping(from, to, 5, "0.1");
-        assert_eq!((sent, got), (5, 5), "ping {what}\n{}", diag());
+        assert!(
+            traffic::ping_until_ok(from, to, Duration::from_secs(20)),
+            "ping {what}: no answer in 20 s\n{}",
+            diag()
+        );
     }
     for (server, client, addr, dir) in [(bvm, avm, BVM, "a -> b"), (avm, bvm, AVM, "b -> a")] {
         assert_eq!(

@@ -310,7 +310,43 @@ impl Endpoint {
             }
         }
         self.collect();
+        self.honour_initial_contact(now);
         self.resolve_duplicates(now);
+    }
+
+    /// A peer's new IKE SA carried INITIAL_CONTACT (RFC 7296 2.4): its older IKE SAs are gone on its side (it
+    /// rebooted, or its daemon restarted), and ours would linger until liveness checks gave up on them (minutes)
+    /// while holding the peer's slot in `status` and their Child SAs in the datapath. Closed here, silently.
+    ///
+    /// Only SAs established before the new one began are closed: when both ends initiate at once, each
+    /// IKE_AUTH carries INITIAL_CONTACT, and neither SA was established when the other began, so both stay and
+    /// [`Endpoint::resolve_duplicates`] keeps one.
+    fn honour_initial_contact(&mut self, now: Instant) {
+        let mut fresh = Vec::new();
+        for (k, sa) in self.sas.iter_mut() {
+            if sa.take_initial_contact() {
+                fresh.push((*k, sa.config().name.clone(), sa.created_at()));
+            }
+        }
+        if fresh.is_empty() {
+            return;
+        }
+        for (key, peer, began) in fresh {
+            for (k, sa) in self.sas.iter_mut() {
+                //= https://www.rfc-editor.org/rfc/rfc7296#section-2.4
+                //# the receiver MAY delete other SAs it has for the same authenticated identity without waiting
+                //# for a timeout.
+                if *k != key
+                    && sa.config().name == peer
+                    && sa.state() == State::Established
+                    && !sa.is_superseded()
+                    && sa.established_at().is_some_and(|t| t < began)
+                {
+                    sa.forget(now, Reason::PeerRestarted);
+                }
+            }
+        }
+        self.collect();
     }
 
     /// When [`Endpoint::handle_timeout`] must run next.

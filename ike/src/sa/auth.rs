@@ -543,6 +543,13 @@ impl IkeSa {
     // ---- responder: IKE_AUTH ------------------------------------------------------------------------------
 
     pub(super) fn respond_auth(&mut self, now: Instant, id: u32, payloads: Vec<Payload>) {
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.4
+        //# The INITIAL_CONTACT notification asserts that this IKE SA is the only IKE SA currently active between
+        //# the authenticated identities.
+        // Acted on by the endpoint only if this SA gets established (the AUTH verified).
+        self.initial_contact = payloads
+            .iter()
+            .any(|p| matches!(p, Payload::Notify(x) if x.ntype == n::INITIAL_CONTACT));
         let id_i = first!(payloads, Payload::IdI(x) => x.clone());
         let auth = first!(payloads, Payload::Auth { method, data } => (*method, data.clone()));
         let (Some(id_i), Some((method, data))) = (id_i, auth) else {

@@ -140,15 +140,7 @@ enum Request {
     DeleteChild {
         spi_in: u32,
     },
-    RekeyChild {
-        old_spi_in: u32,
-        spi_in: u32,
-        offered: Vec<Proposal>,
-        ni: Vec<u8>,
-        ks: Option<Box<KeyShare>>,
-        /// The peer rekeyed the same Child SA meanwhile (RFC 7296 2.8.1).
-        collision: Option<ChildCollision>,
-    },
+    RekeyChild(ChildRekey),
     /// An additional Child SA for one (local subnet, remote subnet) pair no Child SA covers yet.
     CreateChild {
         spi_in: u32,
@@ -156,15 +148,34 @@ enum Request {
         ni: Vec<u8>,
         ks: Option<Box<KeyShare>>,
     },
-    RekeyIke {
-        /// Our SPI in the new IKE SA (we are its initiator).
-        spi: u64,
-        offered: Vec<Proposal>,
-        ni: Vec<u8>,
-        ks: Box<KeyShare>,
-        /// The peer rekeyed this IKE SA meanwhile (RFC 7296 2.8.2).
-        collision: Option<IkeCollision>,
-    },
+    RekeyIke(IkeRekey),
+}
+
+/// Our Child SA rekey in flight (RFC 7296 2.8): what its answer is checked against and keyed with.
+#[derive(Debug)]
+struct ChildRekey {
+    /// The Child SA it replaces.
+    old_spi_in: u32,
+    /// Our SPI in the new one.
+    spi_in: u32,
+    offered: Vec<Proposal>,
+    ni: Vec<u8>,
+    /// Our key share, with PFS.
+    ks: Option<Box<KeyShare>>,
+    /// The peer rekeyed the same Child SA meanwhile (RFC 7296 2.8.1).
+    collision: Option<ChildCollision>,
+}
+
+/// Our IKE SA rekey in flight (RFC 7296 1.3.2).
+#[derive(Debug)]
+struct IkeRekey {
+    /// Our SPI in the new IKE SA (we are its initiator).
+    spi: u64,
+    offered: Vec<Proposal>,
+    ni: Vec<u8>,
+    ks: Box<KeyShare>,
+    /// The peer rekeyed this IKE SA meanwhile (RFC 7296 2.8.2).
+    collision: Option<IkeCollision>,
 }
 
 /// The Child SA the peer created when it rekeyed the one we were rekeying.
@@ -282,6 +293,10 @@ pub struct IkeSa {
     events: VecDeque<Event>,
     last_heard: Instant,
     established_at: Option<Instant>,
+    /// When this SA began (our IKE_SA_INIT request sent, or the peer's received).
+    created_at: Instant,
+    /// The peer's IKE_AUTH request carried INITIAL_CONTACT; taken by the endpoint once established.
+    initial_contact: bool,
     ike_rekey_at: Option<Instant>,
     /// The IkeDown event went out already (a refused Child SA is reported at once, before the delete exchange
     /// that follows): closing must not report the SA a second time.
@@ -419,6 +434,8 @@ impl IkeSa {
             events: VecDeque::new(),
             last_heard: now,
             established_at: None,
+            created_at: now,
+            initial_contact: false,
             ike_rekey_at: None,
             down_reported: false,
             standing: Standing::Current,
@@ -517,6 +534,32 @@ impl IkeSa {
     /// An IKE SA (by its local SPI) that lost a rekey collision we resolved, and when.
     pub(crate) fn take_doomed(&mut self) -> Option<(u64, Instant)> {
         self.doomed.take()
+    }
+
+    /// True once, when this SA is established and the peer's IKE_AUTH request carried INITIAL_CONTACT: the
+    /// endpoint then closes the peer's older IKE SAs (see `Endpoint::honour_initial_contact`).
+    pub(crate) fn take_initial_contact(&mut self) -> bool {
+        let t = self.initial_contact && self.state == State::Established;
+        if t {
+            self.initial_contact = false;
+        }
+        t
+    }
+
+    /// When this SA began.
+    pub(crate) fn created_at(&self) -> Instant {
+        self.created_at
+    }
+
+    /// When it was established, if it was.
+    pub(crate) fn established_at(&self) -> Option<Instant> {
+        self.established_at
+    }
+
+    /// Closes this SA and its Child SAs here only, sending nothing: the peer no longer has it.
+    pub(crate) fn forget(&mut self, now: Instant, reason: Reason) {
+        self.clock = now;
+        self.close(reason);
     }
 
     /// This SA lost a rekey collision: its creator deletes it, or we do after a grace period.
@@ -626,9 +669,9 @@ impl IkeSa {
     /// for the peer's request will never be resolved, so it goes the way of a redundant one.
     fn abandon_rekey(&mut self) {
         if let Some(Outstanding {
-            what: Request::RekeyIke {
+            what: Request::RekeyIke(IkeRekey {
                 collision: Some(c), ..
-            },
+            }),
             ..
         }) = &self.outstanding
         {

@@ -30,6 +30,7 @@ mod rx;
 mod schedule;
 mod setup;
 mod sockets;
+mod spin;
 mod status;
 mod timing;
 mod tx;
@@ -122,6 +123,8 @@ struct Daemon {
     members: (Vec<crate::membership::entry::Member>, Vec<String>),
     /// The refusals last logged (logged again only when they change).
     members_refused: Vec<String>,
+    /// Keeps a core awake for a moment after each burst of packets (see `spin.rs`).
+    spinner: spin::Spinner,
 }
 
 /// Resolves when the membership from etcd changed; never without etcd. False when the task is gone.
@@ -192,11 +195,15 @@ impl Daemon {
             tokio::select! {
                 // A read error is counted and survived; only a closed descriptor ends the daemon (review item 10).
                 r = self.tun.read_vnet(bufs.tx.read_buf()) => match r {
-                    Ok(n) => self.on_tun_readable(bufs, n)?,
+                    Ok(n) => {
+                        self.spinner.touch();
+                        self.on_tun_readable(bufs, n)?;
+                    }
                     Err(e) => self.tx.survive_read_error(e)?,
                 },
                 r = self.udp4500.readable() => {
                     r?;
+                    self.spinner.touch();
                     self.on_udp4500_readable(bufs)?;
                 }
                 r = self.udp500.recv_from(udp500_buf) => match r {
@@ -207,6 +214,7 @@ impl Daemon {
                 },
                 r = self.raw.readable() => {
                     r?;
+                    self.spinner.touch();
                     self.on_raw_readable(bufs)?;
                 }
                 _ = tokio::time::sleep_until(deadline) => {

@@ -59,7 +59,10 @@ impl Daemon {
         match self.reload(now) {
             Ok(changes) => {
                 for c in &changes {
-                    tracing::info!("reload: {c}");
+                    match c {
+                        Change::Failed(c) => tracing::error!("reload: {c}"),
+                        Change::Done(c) => tracing::info!("reload: {c}"),
+                    }
                 }
                 let lines: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
                 serde_json::json!({ "reloaded": lines }).to_string()

@@ -24,6 +24,10 @@ use esp::{PacketBuf, HEADROOM, TAILROOM};
 
 use super::{batch, offload, sockets, tx, Daemon, BATCH};
 
+/// One raw ESP receive slot: the largest IPv4 datagram (RFC 791 total length) and the room the in-place
+/// decapsulation needs around it.
+const RAW_SLOT: usize = 65535 + HEADROOM + TAILROOM;
+
 /// The datapath's buffers, made once: the transmit batch of queue 0 (the TUN the daemon's task reads) and the
 /// receive buffers.
 pub(super) struct Buffers {
@@ -40,15 +44,20 @@ pub(super) struct Buffers {
 
 impl Buffers {
     pub(super) fn new(mtu: usize) -> Buffers {
-        // Raw ESP arrives with its IPv4 header: a slot holds the largest packet the peer's TUN MTU allows.
-        let raw_slot = (mtu + 60 + HEADROOM + TAILROOM).max(2048);
+        // Raw ESP arrives with its IPv4 header, as the kernel reassembled it: a slot must hold the largest IPv4
+        // datagram, not the largest our MTU allows. A kernel peer (Linux XFRM behind a stateful firewall, whose
+        // conntrack reassembles the VMs' fragmented datagrams before they are encrypted) sends ESP packets of
+        // up to 64 KiB in fragments; a smaller slot truncated them and they failed their ICV (found against
+        // strongSwan with kernel ESP, tests/tests/kernel_strongswan.rs). The buffer is allocated zeroed and
+        // only the pages a datagram reaches are ever touched, so the 4 MiB of slots cost little memory.
+        let raw_slot = RAW_SLOT.max(mtu + 60 + HEADROOM + TAILROOM);
         Buffers {
             // A TUN read lands at TUN_AT (its virtio-net header just before); its segments then fill the buffer
             // from the end of the pending datagrams as back-to-back ESP datagrams (see offload::segment).
             tx: tx::tx_batch(),
             udp: vec![0u8; 65536 + 4096],
             coalesce: vec![0u8; offload::VNET_HDR_LEN + 65535],
-            raw: vec![0u8; raw_slot * sockets::MMSG_MAX.min((256 << 10) / raw_slot).max(1)],
+            raw: vec![0u8; raw_slot * sockets::MMSG_MAX],
             raw_slot,
         }
     }
