@@ -22,7 +22,8 @@
 #   --bin PATH   the vmsecd binary (default target/release/vmsecd)
 #   --out DIR    keep the logs there (default: a temporary directory, printed)
 #
-# Addresses: underlay 198.18.0.I/24 for host I, VM subnet 198.19.I.0/24 (shared/conventions.md). Everything
+# Addresses: underlay 198.18.0.I for host I (routed through 198.18.0.254 on the same bridge: see the topology
+# below), VM subnet 198.19.I.0/24 (shared/conventions.md). Everything
 # lives in namespaces named after this script's PID; they are removed, and the processes it started ended by
 # PID, on every exit path. A 100-host run keeps both cores of a 2-core machine busy for minutes.
 set -euo pipefail
@@ -33,7 +34,7 @@ PHASES=up,ping,reload,restart,rekey
 PAIRS=20
 BIN=$ROOT/target/release/vmsecd
 OUT=""
-usage() { sed -n '2,27p' "$0" >&2; exit 2; }
+usage() { sed -n '2,28p' "$0" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --n) N="$2"; shift ;;
@@ -78,13 +79,22 @@ since() { echo "$(now) - $1" | bc -l | xargs printf '%.1f'; }
 say "topology: $((N + 1)) hypervisors and VMs on one bridge"
 ip netns add "$P-ul"; ip -n "$P-ul" link set lo up
 ip -n "$P-ul" link add br0 type bridge; ip -n "$P-ul" link set br0 up
+# The kernel's ARP table is one for all namespaces (gc_thresh3, 1024 entries by default, set in the root
+# namespace only): 100 hosts resolving each other on one LAN need 9,900 entries, and sends fail with "neighbor
+# table overflow". So the hosts stay on one bridge but reach each other through one router on it (the
+# switch's namespace, 198.18.0.254): each host resolves one neighbour, the router one per host.
+ip -n "$P-ul" addr add 198.18.0.254/24 dev br0
+ip netns exec "$P-ul" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 \
+  net.ipv4.conf.br0.send_redirects=0
 for i in $(seq 1 $((N + 1))); do
   h="$P-h$i"; v="$P-v$i"
   ip netns add "$h"; ip -n "$h" link set lo up
   ip netns add "$v"; ip -n "$v" link set lo up
   ip -n "$P-ul" link add "p$i" type veth peer name u0 netns "$h"
   ip -n "$P-ul" link set "p$i" master br0 up
-  ip -n "$h" addr add "198.18.0.$i/24" dev u0; ip -n "$h" link set u0 up
+  ip -n "$h" addr add "198.18.0.$i/32" dev u0; ip -n "$h" link set u0 up
+  ip -n "$h" route add 198.18.0.254 dev u0
+  ip -n "$h" route add 198.18.0.0/24 via 198.18.0.254
   ip -n "$h" link add virbr0 type bridge; ip -n "$h" addr add "198.19.$i.1/24" dev virbr0
   ip -n "$h" link set virbr0 up
   ip netns exec "$h" sysctl -qw net.ipv4.ip_forward=1
