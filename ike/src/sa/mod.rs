@@ -57,6 +57,8 @@ mod ike_rekey;
 mod informational;
 mod init;
 mod payloads;
+#[cfg(test)]
+mod tests;
 mod timers;
 
 pub use init::{InitOutcome, ValidInit};
