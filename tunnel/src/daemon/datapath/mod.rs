@@ -31,6 +31,7 @@ use ike::event::ChildSaInfo;
 use crate::prefix::Prefix;
 
 mod inbound;
+mod lpm;
 mod outbound;
 #[cfg(test)]
 mod tests;
@@ -306,14 +307,13 @@ impl Datapath {
         o.routes = Self::prefix_table(peers);
     }
 
-    fn prefix_table(peers: &[(String, Vec<Prefix>)]) -> Vec<(Prefix, usize)> {
-        let mut routes: Vec<(Prefix, usize)> = peers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, (_, nets))| nets.iter().map(move |p| (*p, i)))
-            .collect();
-        routes.sort_by_key(|(p, _)| std::cmp::Reverse(p.prefix_len()));
-        routes
+    fn prefix_table(peers: &[(String, Vec<Prefix>)]) -> lpm::PrefixTable {
+        lpm::PrefixTable::new(
+            peers
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (_, nets))| nets.iter().map(move |p| (*p, i))),
+        )
     }
 
     /// Decapsulates an ESP packet in place; true if `pkt` now holds an inner packet to deliver.

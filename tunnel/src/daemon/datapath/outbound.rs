@@ -14,7 +14,6 @@ use esp::OutboundSa;
 use ike::event::ChildSaInfo;
 use ike::message::TrafficSelector;
 
-use crate::prefix::Prefix;
 use crate::wire::{dst_addr, src_addr};
 
 /// How an ESP packet leaves.
@@ -107,8 +106,8 @@ impl Lane {
 /// comment); its drop counters are atomic because every worker counts into them.
 pub(crate) struct Outbound {
     pub(super) peers: Vec<PeerPath>,
-    /// (prefix, peer index), longest prefix first.
-    pub(super) routes: Vec<(Prefix, usize)>,
+    /// Prefixes to peer indexes, longest match first.
+    pub(super) routes: super::lpm::PrefixTable,
     pub(super) no_sa_out: AtomicU64,
     pub(super) no_route: AtomicU64,
     pub(super) encap_failed: AtomicU64,
@@ -121,7 +120,7 @@ impl Outbound {
             self.no_route.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        let Some(&(_, i)) = self.routes.iter().find(|(p, _)| p.contains(dst)) else {
+        let Some(i) = self.routes.lookup(dst) else {
             self.no_route.fetch_add(1, Ordering::Relaxed);
             return None;
         };
