@@ -6,6 +6,8 @@
 # after another on that topology:
 #   plain       plain routing, no encryption (the ceiling)
 #   swan        strongSwan 5.9 <-> strongSwan, userspace ESP (kernel-libipsec), aes128gcm16, ESP in UDP
+#   vmsecd-mesh vmsecd <-> vmsecd with the README's minimal mesh file (no `encap` key: `auto`), what a new user
+#               gets: ESP in UDP 4500 agreed by vmsecd's Vendor ID (raw ESP before that existed)
 #   vmsecd      vmsecd <-> vmsecd, aes128gcm16, ESP in UDP 4500
 #   vmsecd-2w   as vmsecd, with `workers = 2`: two TUN queues, a transmit thread for the second
 #   vmsecd-chacha  vmsecd <-> vmsecd, chacha20poly1305, ESP in UDP 4500
@@ -14,8 +16,11 @@
 #   boringtun   boringtun-cli <-> boringtun-cli, WG_THREADS=1 (its fastest setting here)
 #   wggo        wireguard-go <-> wireguard-go (Debian's)
 # For each: iperf3 TCP VM1->VM2 single stream, VM2->VM1 single stream (-R), 4 streams; ping RTT p50 at idle;
-# CPU seconds per GB moved (utime+stime of the tunnel processes from /proc/PID/stat, all threads, over the
-# three iperf3 runs; kernel forwarding work in softirq is not attributed, so plain routing shows "-").
+# CPU seconds per GB moved (utime+stime of the tunnel processes from /proc/PID/task/*/stat, all threads, over
+# the three iperf3 runs; kernel forwarding work in softirq is not attributed, so plain routing shows "-"), and
+# how much of it vmsecd's SCHED_IDLE busy-poll thread took ("of it spin"); the tunnel processes' CPU in % of one
+# core over 3 s without traffic ("idle CPU") and during the 50 pings ("ping CPU").
+# VMSECD_BUSY_POLL_US in the environment reaches the daemons (a busy-poll window in us; default 0: none).
 #
 # Usage: benches/e2e.sh [--seconds N] [--only a,b,...] [--json FILE] [--bin PATH] [--runs N] [--allocs]
 #   --runs N   repeat every iperf3 measurement N times and report the median (default 1)
@@ -33,7 +38,7 @@ ONLY=""
 JSON=""
 ALLOCS=0
 BORINGTUN=${BORINGTUN:-$(command -v boringtun-cli || echo /tmp/bt-root/bin/boringtun-cli)}
-usage() { echo "usage: $0 [--seconds N] [--runs N] [--only plain,swan,vmsecd,vmsecd-2w,vmsecd-chacha,vmsecd-raw,vmsecd-swan,boringtun,wggo] [--json FILE] [--bin PATH] [--allocs]" >&2; exit 2; }
+usage() { echo "usage: $0 [--seconds N] [--runs N] [--only plain,swan,vmsecd-mesh,vmsecd,vmsecd-2w,vmsecd-chacha,vmsecd-raw,vmsecd-swan,boringtun,wggo] [--json FILE] [--bin PATH] [--allocs]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) BIN="$2"; shift ;;
@@ -99,13 +104,13 @@ h() { ip netns exec "$P-h$1" "${@:2}"; }
 vm() { ip netns exec "$P-vm$1" "${@:2}"; }
 
 # --- tunnels ----------------------------------------------------------------------------------------------
-start_vmsecd() { # HOSTNUM ESP ENCAP [WORKERS]
+start_vmsecd() { # HOSTNUM ESP ENCAP [WORKERS]; ESP and ENCAP empty: the key is left out (vmsecd's default)
   cat > "$DIR/mesh$1.toml" <<EOT
 [mesh]
 psk_file = "psk"
-encap = "$3"
-esp_proposals = ["$2"]
-dpd_delay = 0
+${3:+encap = \"$3\"}
+${2:+esp_proposals = [\"$2\"]}
+${2:+dpd_delay = 0}
 ${4:+workers = $4}
 [[host]]
 name = "h1"
@@ -200,6 +205,7 @@ start_config() {
   case "$1" in
     plain) h 1 ip route add 198.19.2.0/24 via 198.18.0.2; h 2 ip route add 198.19.1.0/24 via 198.18.0.1 ;;
     swan) start_charon 1; start_charon 2; swan_initiate 1 ;;
+    vmsecd-mesh) start_vmsecd 1 "" ""; start_vmsecd 2 "" "" ;;
     vmsecd) start_vmsecd 1 aes128gcm16 udp; start_vmsecd 2 aes128gcm16 udp ;;
     vmsecd-2w) start_vmsecd 1 aes128gcm16 udp 2; start_vmsecd 2 aes128gcm16 udp 2 ;;
     vmsecd-chacha) start_vmsecd 1 chacha20poly1305 udp; start_vmsecd 2 chacha20poly1305 udp ;;
@@ -216,12 +222,15 @@ stop_config() {
   esac
 }
 
-cpu_ticks() { # sum of utime+stime of PIDS (all threads), in clock ticks
-  local t=0 pid s
+cpu_ticks() { # sum of utime+stime of PIDS (all threads), in clock ticks; SPIN=1: only vmsecd's busy-poll threads
+  local t=0 pid task s
   for pid in "${PIDS[@]}"; do
-    s=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-    s=${s##*) }
-    t=$((t + $(echo "$s" | awk '{print $12 + $13}')))
+    for task in /proc/"$pid"/task/*; do
+      if [ "${SPIN:-0}" = 1 ] && [ "$(cat "$task/comm" 2>/dev/null)" != vmsecd-spin ]; then continue; fi
+      s=$(cat "$task/stat" 2>/dev/null) || continue
+      s=${s##*) }
+      t=$((t + $(echo "$s" | awk '{print $12 + $13}')))
+    done
   done
   echo $t
 }
@@ -241,7 +250,7 @@ median() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.argv[1:]]
 TICK=$(getconf CLK_TCK)
 echo "# vmsecd e2e benchmark, $SECS s per iperf3 run x $RUNS, $(nproc) cores, $(date -u +%FT%TZ)"
 echo "# load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-for cfg in plain swan vmsecd vmsecd-2w vmsecd-chacha vmsecd-raw vmsecd-swan boringtun wggo; do
+for cfg in plain swan vmsecd-mesh vmsecd vmsecd-2w vmsecd-chacha vmsecd-raw vmsecd-swan boringtun wggo; do
   want "$cfg" || continue
   case "$cfg" in
     swan|vmsecd-swan) [ -x /usr/lib/ipsec/charon ] || { echo "# $cfg: skipped, no charon (apt-get install strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins)"; continue; } ;;
@@ -259,23 +268,30 @@ for cfg in plain swan vmsecd vmsecd-2w vmsecd-chacha vmsecd-raw vmsecd-swan bori
   if [ $up = 0 ]; then echo "# $cfg: tunnel did not come up in 15 s; skipped"; stop_config "$cfg"; continue; fi
   ip netns exec "$P-vm2" iperf3 -s -p 5201 > /dev/null 2>&1 & IPERF_PID=$!
   sleep 0.3
-  # ping at idle: 50 echoes 20 ms apart, p50 of the RTTs.
-  rtt=$(vm 1 ping -c 50 -i 0.02 -q 198.19.2.10 >/dev/null 2>&1; vm 1 ping -c 50 -i 0.02 198.19.2.10 2>/dev/null \
+  # The tunnel processes' CPU at idle: 3 s without traffic, in % of one core.
+  i0=$(cpu_ticks); sleep 3; i1=$(cpu_ticks)
+  idle_cpu=$(python3 -c "print('%.1f' % (($i1-$i0)/$TICK/3*100))")
+  # ping at idle: 50 echoes 20 ms apart, p50 of the RTTs; and the tunnel processes' CPU meanwhile (% of a core).
+  vm 1 ping -c 50 -i 0.02 -q 198.19.2.10 >/dev/null 2>&1
+  p0=$(cpu_ticks); pt0=$(date +%s.%N)
+  rtt=$(vm 1 ping -c 50 -i 0.02 198.19.2.10 2>/dev/null \
     | sed -n 's/.*time=\([0-9.]*\).*/\1/p' | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : 0)}')
+  p1=$(cpu_ticks); pt1=$(date +%s.%N)
+  ping_cpu=$(python3 -c "print('%.1f' % (($p1-$p0)/$TICK/($pt1-$pt0)*100))")
   PERF_PID=""
   if [ "$ALLOCS" = 1 ] && [[ "$cfg" == vmsecd* ]]; then
     pids=$(IFS=,; echo "${PIDS[*]}")
     perf stat --per-thread -x, -o "$DIR/allocs.csv" -e probe_libc:malloc,probe_libc:realloc -p "$pids" & PERF_PID=$!
     sleep 0.5
   fi
-  t0=$(cpu_ticks); bytes=0
+  t0=$(cpu_ticks); st0=$(SPIN=1 cpu_ticks); bytes=0
   declare -a f=() r=() m=()
   for _ in $(seq "$RUNS"); do
     read -r bps b < <(iperf); f+=("$bps"); bytes=$((bytes + ${b%.*}))
     read -r bps b < <(iperf -R); r+=("$bps"); bytes=$((bytes + ${b%.*}))
     read -r bps b < <(iperf -P 4); m+=("$bps"); bytes=$((bytes + ${b%.*}))
   done
-  t1=$(cpu_ticks)
+  t1=$(cpu_ticks); st1=$(SPIN=1 cpu_ticks)
   allocs="-"
   if [ -n "$PERF_PID" ]; then
     kill -INT "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true
@@ -284,8 +300,10 @@ for cfg in plain swan vmsecd vmsecd-2w vmsecd-chacha vmsecd-raw vmsecd-swan bori
   fi
   kill -TERM "$IPERF_PID" 2>/dev/null || true; wait "$IPERF_PID" 2>/dev/null || true
   cpu=$(python3 -c "t=($t1-$t0)/$TICK; b=$bytes/1e9; print('%.2f' % (t/b) if b > 0 and t > 0 else '-')")
-  [ "$cfg" = plain ] && cpu="-"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$cfg" "$(median "${f[@]}")" "$(median "${r[@]}")" "$(median "${m[@]}")" "$rtt" "$cpu" "$allocs" >> "$RES"
+  spin=$(python3 -c "t=($st1-$st0)/$TICK; b=$bytes/1e9; print('%.2f' % (t/b) if b > 0 else '-')")
+  if [ "$cfg" = plain ]; then cpu="-"; spin="-"; idle_cpu="-"; ping_cpu="-"; fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$cfg" "$(median "${f[@]}")" "$(median "${r[@]}")" "$(median "${m[@]}")" "$rtt" "$cpu" "$allocs" \
+    "$spin" "$idle_cpu" "$ping_cpu" >> "$RES"
   echo "# $cfg done: $(tail -1 "$RES") (cpu ticks $t0 -> $t1, $bytes bytes)"
   stop_config "$cfg"
   unset f r m
@@ -296,17 +314,20 @@ import json, sys, datetime, os
 res, out, secs, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 rows = []
 for line in open(res):
-    c, f, r, m, rtt, cpu, allocs = line.rstrip("\n").split("\t")
+    c, f, r, m, rtt, cpu, allocs, spin, idle, pcpu = line.rstrip("\n").split("\t")
+    num = lambda v: None if v == "-" else float(v)
     rows.append({"config": c, "tcp_1_fwd_gbps": round(float(f) / 1e9, 3), "tcp_1_rev_gbps": round(float(r) / 1e9, 3),
                  "tcp_4_gbps": round(float(m) / 1e9, 3), "ping_p50_ms": float(rtt),
-                 "cpu_s_per_gb": None if cpu == "-" else float(cpu),
+                 "cpu_s_per_gb": num(cpu), "spin_cpu_s_per_gb": num(spin),
+                 "idle_cpu_pct": num(idle), "ping_cpu_pct": num(pcpu),
                  "datapath_allocs": None if allocs == "-" else int(allocs)})
-print("%-14s %10s %10s %10s %10s %10s %10s" % ("config", "1x fwd", "1x rev", "4x", "ping p50", "CPU s/GB", "allocs"))
-print("%-14s %10s %10s %10s %10s %10s %10s" % ("", "Gbit/s", "Gbit/s", "Gbit/s", "ms", "", "datapath"))
+dash = lambda v, f="%.2f": "-" if v is None else f % v
+print("%-14s %8s %8s %8s %9s %9s %9s %9s %9s %9s" % ("config", "1x fwd", "1x rev", "4x", "ping p50", "CPU s/GB", "of it", "idle CPU", "ping CPU", "allocs"))
+print("%-14s %8s %8s %8s %9s %9s %9s %9s %9s %9s" % ("", "Gbit/s", "Gbit/s", "Gbit/s", "ms", "", "spin", "%", "%", "datapath"))
 for x in rows:
-    print("%-14s %10.2f %10.2f %10.2f %10.3f %10s %10s" % (x["config"], x["tcp_1_fwd_gbps"], x["tcp_1_rev_gbps"], x["tcp_4_gbps"],
-          x["ping_p50_ms"], "-" if x["cpu_s_per_gb"] is None else "%.2f" % x["cpu_s_per_gb"],
-          "-" if x["datapath_allocs"] is None else x["datapath_allocs"]))
+    print("%-14s %8.2f %8.2f %8.2f %9.3f %9s %9s %9s %9s %9s" % (x["config"], x["tcp_1_fwd_gbps"], x["tcp_1_rev_gbps"], x["tcp_4_gbps"],
+          x["ping_p50_ms"], dash(x["cpu_s_per_gb"]), dash(x["spin_cpu_s_per_gb"]), dash(x["idle_cpu_pct"], "%.1f"),
+          dash(x["ping_cpu_pct"], "%.1f"), "-" if x["datapath_allocs"] is None else x["datapath_allocs"]))
 if out:
     json.dump({"date": datetime.datetime.utcnow().isoformat() + "Z", "seconds": secs, "runs": runs,
                "cores": os.cpu_count(), "results": rows}, open(out, "w"), indent=2)

@@ -84,9 +84,68 @@ pub fn parse_ipv4(pkt: &[u8]) -> Option<Ipv4Packet> {
     })
 }
 
+/// Where the ESP packet lies in what a raw IP protocol 50 socket of `family` received: `(offset, end)`, or
+/// `None` when it is not ESP (an IPv4 packet that is not whole, or carries another protocol).
+///
+/// An IPv4 raw socket hands over the whole packet, IPv4 header included (raw(7)). An IPv6 raw socket never
+/// does:
+//= https://www.rfc-editor.org/rfc/rfc3542#section-3
+//# Another difference from IPv4 raw sockets is that complete packets (that is, IPv6 packets with extension
+//# headers) cannot be sent or received using the IPv6 raw sockets API.
+/// so there the datagram is the ESP packet itself.
+pub fn raw_esp_span(pkt: &[u8], family: RawFamily) -> Option<(usize, usize)> {
+    match family {
+        RawFamily::V4 => {
+            let ip = parse_ipv4(pkt)?;
+            (ip.protocol == IPPROTO_ESP).then_some((ip.payload_offset, ip.payload_end))
+        }
+        RawFamily::V6 => Some((0, pkt.len())),
+    }
+}
+
+/// The address family of a raw ESP socket, which decides what its datagrams start with ([`raw_esp_span`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawFamily {
+    /// AF_INET: the IPv4 header, then ESP.
+    V4,
+    /// AF_INET6: ESP alone.
+    V6,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_esp_span_by_family() {
+        // ESP: SPI 0x01020304, sequence 1, then payload.
+        let esp = [1u8, 2, 3, 4, 0, 0, 0, 1, 0xaa, 0xbb];
+        assert_eq!(raw_esp_span(&esp, RawFamily::V6), Some((0, esp.len())));
+        // The same ESP behind an IPv4 header, as an IPv4 raw socket delivers it.
+        let total = (20 + esp.len()) as u16;
+        let mut v4 = vec![
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0x40,
+            0,
+            64,
+            50,
+            0,
+            0,
+        ];
+        v4.extend_from_slice(&[198, 18, 0, 2, 198, 18, 0, 1]);
+        v4.extend_from_slice(&esp);
+        assert_eq!(raw_esp_span(&v4, RawFamily::V4), Some((20, v4.len())));
+        // Read as IPv4, the bare ESP of an IPv6 socket is no packet at all (what vmsecd did before: every ESP
+        // over IPv6 was dropped).
+        assert_eq!(raw_esp_span(&esp, RawFamily::V4), None);
+        v4[9] = 17;
+        assert_eq!(raw_esp_span(&v4, RawFamily::V4), None);
+    }
 
     #[test]
     fn classify() {

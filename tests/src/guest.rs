@@ -210,7 +210,7 @@ $B poweroff -f
 /// Stage two, the host's `/bin/sh` in the guest: a fresh `/proc`, `/sys`, `/dev`, `/run` and `/tmp`, links up,
 /// then the agent loop: runs `cmd-N.sh` in order, leaving `out-N.stdout`, `out-N.stderr` and `out-N.rc` (the
 /// last one renamed into place, so the host never reads half a result).
-const STAGE2: &str = r#"#!/bin/sh
+pub(crate) const STAGE2: &str = r#"#!/bin/sh
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
 mount -t proc proc /proc

@@ -5,12 +5,15 @@
 //! Everything here needs root and real namespaces; the tests using it fail (never skip) without them.
 
 pub mod bed;
+pub mod dualstack;
+pub mod etcd;
 pub mod faultlink;
 pub mod guest;
 pub mod hostile;
 pub mod kernel_peer;
 pub mod libreswan;
 pub mod libvirt;
+pub mod libvirt_guest;
 pub mod netns;
 pub mod prometheus;
 pub mod strongswan;

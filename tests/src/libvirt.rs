@@ -33,6 +33,19 @@ for x in lib log cache; do
   mount -t overlay overlay -o "lowerdir=/var/$x,upperdir=$D/overlay-$x/upper,workdir=$D/overlay-$x/work" "/var/$x"
   mkdir -p "/var/$x/libvirt"
 done
+# With the QEMU driver: its guests' monitor sockets live in /var/lib/libvirt/qemu, which must be a plain bind
+# mount (the same inodes after a restart in a new mount namespace; a socket reached through a new overlay
+# mount refuses connections, and libvirtd then kills the guest it cannot reconnect to).
+if [ -f "$D/passwd" ]; then
+  mkdir -p "$D/qemu-lib" /var/lib/libvirt/qemu
+  mount --bind "$D/qemu-lib" /var/lib/libvirt/qemu
+fi
+# With the QEMU driver: its compiled-in default user libvirt-qemu must resolve before qemu.conf (user = "root")
+# is read; copies of passwd and group that name it are bound over the real ones in this mount namespace only.
+if [ -f "$D/passwd" ]; then
+  mount --bind "$D/passwd" /etc/passwd
+  mount --bind "$D/group" /etc/group
+fi
 export LIBVIRT_DRIVER_DIR="$D/drivers"
 exec /usr/sbin/libvirtd
 "#;
@@ -91,13 +104,58 @@ impl Libvirtd {
 
     /// Starts libvirtd in `ns` with its private folders under `dir`; returns once `virsh` reaches it.
     pub fn start(ns: &Netns, dir: &Path) -> Libvirtd {
+        Self::start_drivers(ns, dir, false)
+    }
+
+    /// [`Libvirtd::start`] with libvirt's QEMU driver too, so that it runs real guests ([`Libvirtd::virsh_qemu`],
+    /// `<domain type='qemu'>`): as root, without cgroups, mount namespaces or a security driver (none of which
+    /// a hypervisor namespace without systemd has), its state in the private folders.
+    pub fn start_with_qemu(ns: &Netns, dir: &Path) -> Libvirtd {
+        Self::start_drivers(ns, dir, true)
+    }
+
+    fn start_drivers(ns: &Netns, dir: &Path, qemu: bool) -> Libvirtd {
         require_libvirt();
         for d in ["etc", "run", "drivers"] {
             fs::create_dir_all(dir.join(d)).expect("libvirtd folders");
         }
-        let link = dir.join("drivers/libvirt_driver_network.so");
-        let _ = fs::remove_file(&link);
-        std::os::unix::fs::symlink(network_driver(), &link).expect("driver link");
+        let mut drivers = vec![network_driver()];
+        if qemu {
+            let q = network_driver().with_file_name("libvirt_driver_qemu.so");
+            assert!(
+                q.exists(),
+                "{} is missing: apt-get install --no-install-recommends libvirt-daemon-driver-qemu qemu-system-x86",
+                q.display()
+            );
+            drivers.push(q);
+            // See START_SCRIPT: libvirt-qemu (and kvm) for the QEMU driver's defaults; never on the host.
+            let mut passwd = fs::read_to_string("/etc/passwd").expect("/etc/passwd");
+            if !passwd.contains("\nlibvirt-qemu:") {
+                passwd += "libvirt-qemu:x:64055:64055::/var/lib/libvirt:/usr/sbin/nologin\n";
+            }
+            let mut group = fs::read_to_string("/etc/group").expect("/etc/group");
+            for g in ["libvirt-qemu:x:64055:", "kvm:x:64056:"] {
+                let name = g.split(':').next().unwrap_or(g);
+                if !group.contains(&format!("\n{name}:")) {
+                    group += &format!("{g}\n");
+                }
+            }
+            fs::write(dir.join("passwd"), passwd).expect("passwd copy");
+            fs::write(dir.join("group"), group).expect("group copy");
+            fs::write(
+                Self::etc_dir(dir).join("qemu.conf"),
+                "user = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\nremember_owner = 0\n\
+                 security_driver = \"none\"\ncgroup_controllers = [ ]\nnamespaces = [ ]\nstdio_handler = \"file\"\n",
+            )
+            .expect("qemu.conf");
+        }
+        for d in drivers {
+            let link = dir
+                .join("drivers")
+                .join(d.file_name().expect("driver file"));
+            let _ = fs::remove_file(&link);
+            std::os::unix::fs::symlink(&d, &link).expect("driver link");
+        }
         // No polkit and no D-Bus in here: the socket is guarded by its folder, which only root can reach.
         fs::write(
             Self::etc_dir(dir).join("libvirtd.conf"),
@@ -170,6 +228,15 @@ impl Libvirtd {
         c
     }
 
+    /// The QEMU driver's connection to this libvirtd (started with [`Libvirtd::start_with_qemu`]), which stays
+    /// valid across [`Libvirtd::restart`].
+    pub fn qemu(&self) -> QemuConn {
+        QemuConn {
+            socket: self.dir.join("run/libvirt-sock"),
+            log: self.dir.join("libvirtd.log"),
+        }
+    }
+
     /// `virsh ARGS` against this libvirtd; panics with its output and libvirtd's log if it fails.
     pub fn virsh(&self, args: &[&str]) -> String {
         let out = output_of(&mut self.virsh_cmd(args));
@@ -202,6 +269,11 @@ impl Libvirtd {
              <bridge name='virbr0' stp='off' delay='0'/>\n  <ip address='{gw}' netmask='255.255.255.0'>\n    \
              <dhcp><range start='198.19.{n}.100' end='198.19.{n}.200'/></dhcp>\n  </ip>\n</network>\n"
         );
+        self.define_network_xml(name, &xml);
+    }
+
+    /// Defines and starts network `name` from its XML as given (a test's own addresses only).
+    pub fn define_network_xml(&self, name: &str, xml: &str) {
         let file = self.dir.join(format!("{name}.xml"));
         fs::write(&file, xml).expect("network xml");
         self.virsh(&["net-define", &file.display().to_string()]);
@@ -435,4 +507,37 @@ pub fn libvirt_nftables_network_restart(ns: &Netns, bridge: &str, n: u8) {
         ns.run("nft", &["flush", "chain", "ip", "libvirt_network", chain]);
     }
     libvirt_nftables_network(ns, bridge, n);
+}
+
+/// `virsh -c qemu:///system` towards one test libvirtd ([`Libvirtd::qemu`]).
+#[derive(Debug, Clone)]
+pub struct QemuConn {
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl QemuConn {
+    /// `virsh -c qemu:///system ARGS`: `(success, stdout and stderr)`.
+    pub fn virsh(&self, args: &[&str]) -> (bool, String) {
+        let out = output_of(
+            Command::new("virsh")
+                .arg("-c")
+                .arg(format!("qemu:///system?socket={}", self.socket.display()))
+                .args(args)
+                .stdin(Stdio::null()),
+        );
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// libvirtd's log.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }

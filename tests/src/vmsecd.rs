@@ -336,6 +336,11 @@ impl Vmsecd {
         self.child.wait_timeout(timeout)
     }
 
+    /// Kills it with SIGKILL (by PID): a crash, nothing cleaned up.
+    pub fn kill9(&mut self) {
+        self.child.kill();
+    }
+
     /// Its exit status, if it has exited.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         self.child.try_wait()

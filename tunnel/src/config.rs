@@ -27,6 +27,7 @@
 
 mod dn;
 mod error;
+pub mod etcd;
 mod identity;
 mod keys;
 mod libvirt_subnets;
@@ -101,6 +102,8 @@ pub struct Mesh {
     /// The `[[host]]` entries, in file order: at least two, names, addresses and identities unique, subnets
     /// disjoint.
     pub hosts: Vec<Host>,
+    /// `[etcd]`: the membership is also published to and read from etcd (`crate::membership`).
+    pub etcd: Option<etcd::EtcdSettings>,
 }
 
 /// The `[mesh]` section, defaults filled in.
@@ -410,6 +413,21 @@ impl Tunnel<'_> {
 }
 
 impl Config {
+    /// This configuration with `hosts` (the file's, in their order, then members from etcd) and the public keys
+    /// of the members (`auth = "pubkey"`): what `crate::membership::merge` builds. The local host keeps its index.
+    pub fn with_members(
+        &self,
+        hosts: Vec<Host>,
+        keys: std::collections::BTreeMap<String, PublicKeyFile>,
+    ) -> Config {
+        let mut c = self.clone();
+        c.mesh.hosts = hosts;
+        if let Auth::PubKey(pk) = &mut c.mesh.auth {
+            pk.public_keys.extend(keys);
+        }
+        c
+    }
+
     /// Loads the mesh file and finds the local host: the one named `host`, or else the one whose address is in
     /// `local_addrs` (see [`Mesh::local_host`]).
     pub fn load(
@@ -568,7 +586,10 @@ impl Mesh {
             None => (None, schema::MeshSection::default()),
         };
         let settings = cx.settings(&section)?;
-        let mut hosts = cx.hosts(&raw.host, &settings)?;
+        let etcd = raw.etcd.as_ref().map(|e| cx.etcd(e)).transpose()?;
+        // With etcd, the file may hold this host alone: the others come from etcd.
+        let min_hosts = if etcd.is_some() { 1 } else { 2 };
+        let mut hosts = cx.hosts(&raw.host, &settings, min_hosts)?;
         cx.libvirt_ranges(&section, &raw.host, &mut hosts, &settings)?;
         let auth = cx.auth(&section, mesh_span, &raw.host, &hosts, private_key)?;
         Ok(Mesh {
@@ -576,6 +597,7 @@ impl Mesh {
             settings,
             auth,
             hosts,
+            etcd,
         })
     }
 

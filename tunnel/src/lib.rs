@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod failclosed;
 pub mod firewall;
 pub mod libvirt;
+pub mod membership;
 pub mod prefix;
 pub mod route;
 #[cfg(test)]

@@ -16,6 +16,7 @@ use vmsecd::route::Netlink;
 /// The CLI's own reports, which the library does not need.
 mod cli {
     pub(crate) mod check;
+    pub(crate) mod demo_probe;
 }
 
 /// IKEv2/ESP tunnels between the VM subnets of a mesh of hypervisors.
@@ -101,12 +102,35 @@ enum Command {
         control: Option<String>,
     },
     /// Run the demo as root: three hypervisors b0, c0, d0 in network namespaces on this machine (underlay
-    /// 198.18.0.1-3, VM subnets 198.19.1-3.0/24), one mesh file with RSA keys, a vmsecd on each; waits for the
-    /// full mesh, pings every VM from every other VM and captures the underlay. Removes everything it made.
+    /// 198.18.0.1-3, VM subnets 198.19.1-3.0/24 and 2001:db8:1-3::/64), one mesh file with RSA keys, a vmsecd
+    /// on each; waits for the full mesh, pings every VM from every other VM over IPv4 and IPv6 and captures the
+    /// underlay. Removes everything it made. Needs only bash, coreutils, grep, sed and iproute2.
     Demo {
         /// Leave the demo running and print the commands to explore it.
         #[arg(long)]
         keep: bool,
+    },
+    /// For the demo script: ICMP echo to DST from the current namespace (raw socket, needs root); prints
+    /// "N sent, M received, avg RTT X ms" and fails unless every request was answered.
+    #[command(hide = true)]
+    DemoPing {
+        dst: IpAddr,
+        #[arg(long, default_value_t = 3)]
+        count: u32,
+        /// Seconds between requests.
+        #[arg(long, default_value_t = 0.2)]
+        interval: f64,
+        /// Seconds to wait for answers after the last request.
+        #[arg(long, default_value_t = 1.0)]
+        timeout: f64,
+    },
+    /// For the demo script: counts the frames on IFACE by source, destination and protocol until SIGTERM, and
+    /// how many carry an address of an --inner prefix in their IP header.
+    #[command(hide = true)]
+    DemoCapture {
+        iface: String,
+        #[arg(long)]
+        inner: Vec<vmsecd::prefix::Prefix>,
     },
     /// Ask the running daemon to read its mesh file again and apply the difference (as SIGHUP does): tunnels to
     /// new hosts come up, those to removed hosts are deleted, unchanged ones are left alone.
@@ -225,6 +249,36 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Keygen { out, bits, name } => keygen(&out, bits, name),
         Command::Demo { keep } => demo(keep),
+        Command::DemoPing {
+            dst,
+            count,
+            interval,
+            timeout,
+        } => {
+            let r = cli::demo_probe::ping(
+                dst,
+                count,
+                std::time::Duration::from_secs_f64(interval.clamp(0.01, 10.0)),
+                std::time::Duration::from_secs_f64(timeout.clamp(0.01, 30.0)),
+            )?;
+            println!(
+                "{} sent, {} received, avg RTT {:.3} ms",
+                r.sent, r.received, r.avg_ms
+            );
+            if r.received < r.sent {
+                anyhow::bail!(
+                    "{} of {} echo requests to {dst} unanswered",
+                    r.sent - r.received,
+                    r.sent
+                );
+            }
+            Ok(())
+        }
+        Command::DemoCapture { iface, inner } => {
+            let sum = cli::demo_probe::capture(&iface, &inner)?;
+            print!("{}", sum.render(12));
+            Ok(())
+        }
         Command::InstallHook { hooks_dir, control } => {
             let sock = control_socket(control.as_deref())?;
             let exe = std::env::current_exe()

@@ -313,29 +313,31 @@ impl IkeSa {
             now,
             ExchangeType::CREATE_CHILD_SA,
             payloads,
-            Request::RekeyChild {
+            Request::RekeyChild(ChildRekey {
                 old_spi_in: old.spi_in,
                 spi_in,
                 offered,
                 ni,
                 ks: ks.map(Box::new),
                 collision: None,
-            },
+            }),
         );
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn finish_child_rekey(
         &mut self,
         now: Instant,
         payloads: Vec<Payload>,
-        old_spi_in: u32,
-        spi_in: u32,
-        offered: Vec<Proposal>,
-        ni: Vec<u8>,
-        ks: Option<Box<KeyShare>>,
-        collision: Option<ChildCollision>,
+        rekey: ChildRekey,
     ) {
+        let ChildRekey {
+            old_spi_in,
+            spi_in,
+            offered,
+            ni,
+            ks,
+            collision,
+        } = rekey;
         if error_notify(&payloads).is_some() {
             // TEMPORARY_FAILURE, CHILD_SA_NOT_FOUND after a collision the peer's exchange won, ...: try again a
             // little later (a Child SA the peer rekeyed meanwhile is marked rekeyed and is not retried).
@@ -475,7 +477,7 @@ impl IkeSa {
         if matches!(
             &self.outstanding,
             Some(Outstanding {
-                what: Request::RekeyIke { .. },
+                what: Request::RekeyIke(_),
                 ..
             })
         ) {
@@ -627,11 +629,11 @@ impl IkeSa {
             Some((i, old_spi_in)) => {
                 if let Some(Outstanding {
                     what:
-                        Request::RekeyChild {
+                        Request::RekeyChild(ChildRekey {
                             old_spi_in: ours,
                             collision,
                             ..
-                        },
+                        }),
                     ..
                 }) = &mut self.outstanding
                 {

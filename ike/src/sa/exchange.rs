@@ -253,29 +253,14 @@ impl IkeSa {
                     self.child_down(&c, reason);
                 }
             }
-            Request::RekeyChild {
-                old_spi_in,
-                spi_in,
-                offered,
-                ni,
-                ks,
-                collision,
-            } => self.finish_child_rekey(
-                now, payloads, old_spi_in, spi_in, offered, ni, ks, collision,
-            ),
+            Request::RekeyChild(rekey) => self.finish_child_rekey(now, payloads, rekey),
             Request::CreateChild {
                 spi_in,
                 offered,
                 ni,
                 ks,
             } => self.finish_create_child(now, payloads, spi_in, offered, ni, ks),
-            Request::RekeyIke {
-                spi,
-                offered,
-                ni,
-                ks,
-                collision,
-            } => self.finish_ike_rekey(now, payloads, spi, offered, ni, *ks, collision),
+            Request::RekeyIke(rekey) => self.finish_ike_rekey(now, payloads, rekey),
         }
     }
 

@@ -3,6 +3,48 @@
 
 use super::*;
 
+/// Why the answer to our IKE SA rekey gives us no new IKE SA.
+#[derive(Debug)]
+pub(super) enum RekeyAnswer {
+    /// The peer refused (an error notification: TEMPORARY_FAILURE, NO_PROPOSAL_CHOSEN...); ours is tried again
+    /// at the postponed time.
+    Refused,
+    /// The peer made an IKE SA we cannot use: its fault (misbehaving or incompatible).
+    Unusable(UnusableRekey),
+}
+
+/// An IKE SA rekey answer we cannot use. The text is what the IkeDown reason says (as when it was a string).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum UnusableRekey {
+    /// No SA payload.
+    #[error("no SA payload")]
+    NoSa,
+    /// A proposal we did not offer, or more than one.
+    #[error(transparent)]
+    Proposal(#[from] proposal::Mismatch),
+    /// The new responder SPI is not 8 bytes.
+    #[error("the SPI is not 8 bytes")]
+    SpiLength,
+    /// The new responder SPI is zero.
+    #[error("zero SPI")]
+    ZeroSpi,
+    /// Another key exchange group than the one of our KE payload.
+    #[error("it chose another key exchange group than the one we sent ({0})")]
+    OtherGroup(&'static str),
+    /// No nonce of legal length.
+    #[error("no usable Nonce")]
+    NoNonce,
+    /// No KE payload of our group.
+    #[error("no KE payload of our group")]
+    NoKe,
+    /// The key exchange or the derivation failed (a bad KE value).
+    #[error(transparent)]
+    Keys(#[from] suite::SuiteError),
+    /// Ours, a bug: the IKE SA being rekeyed has no keys.
+    #[error("the IKE SA has no keys")]
+    NoKeys,
+}
+
 // ---- IKE SA rekey (RFC 7296 1.3.2, 2.18) and its collisions (2.8.2) ---------------------------------------------
 
 impl IkeSa {
@@ -35,18 +77,17 @@ impl IkeSa {
             now,
             ExchangeType::CREATE_CHILD_SA,
             payloads,
-            Request::RekeyIke {
+            Request::RekeyIke(IkeRekey {
                 spi,
                 offered,
                 ni,
                 ks: Box::new(ks),
                 collision: None,
-            },
+            }),
         );
     }
 
-    /// The keys of the new IKE SA from a rekey response; `Err(None)` if the peer refused (an error notify),
-    /// `Err(Some(why))` if the answer is unusable (a proposal we did not offer, a bad key exchange...).
+    /// The keys of the new IKE SA from a rekey response, or why there is none.
     pub(super) fn rekey_response_suite(
         &self,
         payloads: &[Payload],
@@ -54,58 +95,65 @@ impl IkeSa {
         offered: &[Proposal],
         ni: &[u8],
         ks: KeyShare,
-    ) -> Result<(Suite, u64, Vec<u8>), Option<String>> {
+    ) -> Result<(Suite, u64, Vec<u8>), RekeyAnswer> {
         if error_notify(payloads).is_some() {
-            return Err(None);
+            return Err(RekeyAnswer::Refused);
         }
-        let bad = |why: String| Some(format!("IKE SA rekey answer refused: {why}"));
-        let props = first!(payloads, Payload::Sa(props) => props)
-            .ok_or_else(|| bad("no SA payload".into()))?;
-        let chosen = proposal::check_response(offered, props).map_err(|e| bad(e.to_string()))?;
+        self.usable_rekey_answer(payloads, spi, offered, ni, ks)
+            .map_err(RekeyAnswer::Unusable)
+    }
+
+    /// [`IkeSa::rekey_response_suite`] for an answer that is not a refusal.
+    fn usable_rekey_answer(
+        &self,
+        payloads: &[Payload],
+        spi: u64,
+        offered: &[Proposal],
+        ni: &[u8],
+        ks: KeyShare,
+    ) -> Result<(Suite, u64, Vec<u8>), UnusableRekey> {
+        let props = first!(payloads, Payload::Sa(props) => props).ok_or(UnusableRekey::NoSa)?;
+        let chosen = proposal::check_response(offered, props)?;
         //= https://www.rfc-editor.org/rfc/rfc7296#section-1.3.2
         //# A new initiator SPI is supplied in the SPI field of the SA payload.
         // (and the responder's in its answer's)
         let spi_r = <[u8; 8]>::try_from(chosen.spi.as_slice())
             .map(u64::from_be_bytes)
-            .map_err(|_| bad("the SPI is not 8 bytes".into()))?;
+            .map_err(|_| UnusableRekey::SpiLength)?;
         if spi_r == 0 {
-            return Err(bad("zero SPI".into()));
+            return Err(UnusableRekey::ZeroSpi);
         }
         if chosen.dh != Some(ks.group()) {
-            return Err(bad(format!(
-                "it chose another key exchange group than the one we sent ({})",
-                proposal::dh_name(ks.group())
-            )));
+            return Err(UnusableRekey::OtherGroup(proposal::dh_name(ks.group())));
         }
         let nr = first!(payloads, Payload::Nonce(x) => x.clone())
             .filter(|nr| NONCE_LEN_RANGE.contains(&nr.len()))
-            .ok_or_else(|| bad("no usable Nonce".into()))?;
+            .ok_or(UnusableRekey::NoNonce)?;
         let ke = first!(payloads, Payload::Ke { group, data } => (*group, data.clone()))
             .filter(|ke| ke.0 == ks.group())
-            .ok_or_else(|| bad("no KE payload of our group".into()))?;
-        let shared = ks.agree(&ke.1).map_err(|e| bad(e.to_string()))?;
-        self.keys()
-            .ok_or_else(|| "the IKE SA has no keys".to_owned())
-            .and_then(|s| {
-                s.derive_rekey(&chosen, &shared, ni, &nr, spi, spi_r, true)
-                    .map_err(|e| e.to_string())
-            })
-            .map(|suite| (suite, spi_r, nr))
-            .map_err(bad)
+            .ok_or(UnusableRekey::NoKe)?;
+        let shared = ks.agree(&ke.1)?;
+        let suite = self
+            .keys()
+            .ok_or(UnusableRekey::NoKeys)?
+            .derive_rekey(&chosen, &shared, ni, &nr, spi, spi_r, true)?;
+        Ok((suite, spi_r, nr))
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn finish_ike_rekey(
         &mut self,
         now: Instant,
         payloads: Vec<Payload>,
-        spi: u64,
-        offered: Vec<Proposal>,
-        ni: Vec<u8>,
-        ks: KeyShare,
-        collision: Option<IkeCollision>,
+        rekey: IkeRekey,
     ) {
-        let (suite, spi_r, nr) = match self.rekey_response_suite(&payloads, spi, &offered, &ni, ks)
+        let IkeRekey {
+            spi,
+            offered,
+            ni,
+            ks,
+            collision,
+        } = rekey;
+        let (suite, spi_r, nr) = match self.rekey_response_suite(&payloads, spi, &offered, &ni, *ks)
         {
             Ok(x) => x,
             Err(why) => {
@@ -113,14 +161,14 @@ impl IkeSa {
                 // this SA succeeded meanwhile, that one replaces it; a refusal is retried at the postponed time.
                 if let Some(c) = collision {
                     self.hand_over(now, c.local_spi, c.spis);
-                } else if let Some(why) = why {
+                } else if let RekeyAnswer::Unusable(why) = why {
                     // The peer believes the new IKE SA exists (and may have moved its Child SAs there) while we
                     // cannot use it: both ends start afresh rather than disagree about which SA is current.
                     // (RFC 7296 2.21.3: after authentication, an unprocessable response leads to the IKE SA being
                     // deleted.)
                     self.events.push_back(Event::IkeDown {
                         peer: self.cfg.name.clone(),
-                        reason: Reason::Protocol(why),
+                        reason: Reason::Protocol(format!("IKE SA rekey answer refused: {why}")),
                         unauthenticated: false,
                     });
                     self.down_reported = true;
@@ -174,14 +222,14 @@ impl IkeSa {
         let ours_pending = matches!(
             &self.outstanding,
             Some(Outstanding {
-                what: Request::RekeyIke { .. },
+                what: Request::RekeyIke(_),
                 ..
             })
         );
         let busy = self
             .outstanding
             .as_ref()
-            .is_some_and(|o| !matches!(o.what, Request::Liveness | Request::RekeyIke { .. }));
+            .is_some_and(|o| !matches!(o.what, Request::Liveness | Request::RekeyIke(_)));
         if busy {
             //= https://www.rfc-editor.org/rfc/rfc7296#section-2.25.1
             //# If a peer receives a request to rekey the IKE SA, and it is currently, rekeying, or closing a
@@ -277,7 +325,7 @@ impl IkeSa {
                 nr,
             };
             if let Some(Outstanding {
-                what: Request::RekeyIke { collision, .. },
+                what: Request::RekeyIke(IkeRekey { collision, .. }),
                 ..
             }) = &mut self.outstanding
             {
@@ -299,7 +347,6 @@ impl IkeSa {
     }
 
     /// The IKE SA a rekey created: established, message IDs from zero, the old SA's path and options.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn successor(
         &self,
         now: Instant,

@@ -48,9 +48,9 @@ impl IkeSa {
             // SA before our exchange's response arrived: the Child SAs go to the peer's new SA.
             if let Some(Outstanding {
                 what:
-                    Request::RekeyIke {
+                    Request::RekeyIke(IkeRekey {
                         collision: Some(c), ..
-                    },
+                    }),
                 ..
             }) = self.outstanding.take()
             {

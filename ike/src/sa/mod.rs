@@ -57,6 +57,8 @@ mod ike_rekey;
 mod informational;
 mod init;
 mod payloads;
+#[cfg(test)]
+mod tests;
 mod timers;
 
 pub use init::{InitOutcome, ValidInit};
@@ -140,15 +142,7 @@ enum Request {
     DeleteChild {
         spi_in: u32,
     },
-    RekeyChild {
-        old_spi_in: u32,
-        spi_in: u32,
-        offered: Vec<Proposal>,
-        ni: Vec<u8>,
-        ks: Option<Box<KeyShare>>,
-        /// The peer rekeyed the same Child SA meanwhile (RFC 7296 2.8.1).
-        collision: Option<ChildCollision>,
-    },
+    RekeyChild(ChildRekey),
     /// An additional Child SA for one (local subnet, remote subnet) pair no Child SA covers yet.
     CreateChild {
         spi_in: u32,
@@ -156,15 +150,34 @@ enum Request {
         ni: Vec<u8>,
         ks: Option<Box<KeyShare>>,
     },
-    RekeyIke {
-        /// Our SPI in the new IKE SA (we are its initiator).
-        spi: u64,
-        offered: Vec<Proposal>,
-        ni: Vec<u8>,
-        ks: Box<KeyShare>,
-        /// The peer rekeyed this IKE SA meanwhile (RFC 7296 2.8.2).
-        collision: Option<IkeCollision>,
-    },
+    RekeyIke(IkeRekey),
+}
+
+/// Our Child SA rekey in flight (RFC 7296 2.8): what its answer is checked against and keyed with.
+#[derive(Debug)]
+struct ChildRekey {
+    /// The Child SA it replaces.
+    old_spi_in: u32,
+    /// Our SPI in the new one.
+    spi_in: u32,
+    offered: Vec<Proposal>,
+    ni: Vec<u8>,
+    /// Our key share, with PFS.
+    ks: Option<Box<KeyShare>>,
+    /// The peer rekeyed the same Child SA meanwhile (RFC 7296 2.8.1).
+    collision: Option<ChildCollision>,
+}
+
+/// Our IKE SA rekey in flight (RFC 7296 1.3.2).
+#[derive(Debug)]
+struct IkeRekey {
+    /// Our SPI in the new IKE SA (we are its initiator).
+    spi: u64,
+    offered: Vec<Proposal>,
+    ni: Vec<u8>,
+    ks: Box<KeyShare>,
+    /// The peer rekeyed this IKE SA meanwhile (RFC 7296 2.8.2).
+    collision: Option<IkeCollision>,
 }
 
 /// The Child SA the peer created when it rekeyed the one we were rekeying.
@@ -658,9 +671,9 @@ impl IkeSa {
     /// for the peer's request will never be resolved, so it goes the way of a redundant one.
     fn abandon_rekey(&mut self) {
         if let Some(Outstanding {
-            what: Request::RekeyIke {
+            what: Request::RekeyIke(IkeRekey {
                 collision: Some(c), ..
-            },
+            }),
             ..
         }) = &self.outstanding
         {

@@ -8,7 +8,9 @@ use crate::prefix::Prefix;
 
 impl Config {
     /// For a local host with `subnets = "libvirt"`: reads this machine's libvirt network definitions from
-    /// `dirs` (normally [`crate::libvirt::network::NETWORK_DIRS`]) and makes their IPv4 subnets the local subnets.
+    /// `dirs` (normally [`crate::libvirt::network::NETWORK_DIRS`]) and makes their subnets the local subnets:
+    /// the IPv4 ones, and the IPv6 ones too when the host's `libvirt_range` holds an IPv6 prefix (a range of
+    /// IPv6 prefixes alone takes only IPv6 subnets).
     /// Refused, in words that say what to do, when no network (or a named one) is found, or a subnet lies
     /// outside its libvirt range, overlaps another host's subnets or holds a host's address. Returns
     /// `None` when the local host lists its subnets.
@@ -41,18 +43,32 @@ impl Config {
                 if missing.len() == 1 { "it" } else { "them" },
             ))));
         }
+        // The families its range has: IPv4 always was; IPv6 subnets (<ip family='ipv6' .../>) are taken
+        // when the range holds an IPv6 prefix, and left to libvirt alone otherwise, as before.
+        let v6 = lv.range.iter().any(|r| !r.is_ipv4());
+        let v4 = lv.range.iter().any(|r| r.is_ipv4());
+        let families = match (v4, v6) {
+            (true, true) => "an IPv4 or IPv6 address",
+            (false, true) => "an IPv6 address",
+            _ => "an IPv4 address",
+        };
         let networks: Vec<(String, Vec<Prefix>)> = all
             .iter()
             .filter(|n| lv.networks.is_empty() || lv.networks.contains(&n.name))
             .map(|n| {
-                let v4: Vec<Prefix> = n.subnets.iter().copied().filter(|p| p.is_ipv4()).collect();
-                (n.name.clone(), v4)
+                let taken: Vec<Prefix> = n
+                    .subnets
+                    .iter()
+                    .copied()
+                    .filter(|p| if p.is_ipv4() { v4 || !v6 } else { v6 })
+                    .collect();
+                (n.name.clone(), taken)
             })
-            .filter(|(_, v4)| !v4.is_empty())
+            .filter(|(_, taken)| !taken.is_empty())
             .collect();
         if networks.is_empty() {
             return Err(err(ErrorKind::Libvirt(format!(
-                "{name} has subnets = \"libvirt\", but no libvirt network with an IPv4 address was found in {where_}{}: define one (virsh net-define, e.g. with <ip address='192.168.122.1' prefix='24'/>) and start it, or list this host's subnets in the mesh file",
+                "{name} has subnets = \"libvirt\", but no libvirt network with {families} was found in {where_}{}: define one (virsh net-define, e.g. with <ip address='192.168.122.1' prefix='24'/>) and start it, or list this host's subnets in the mesh file",
                 if lv.networks.is_empty() {
                     String::new()
                 } else {

@@ -14,6 +14,20 @@ pub(super) struct File {
     pub(super) mesh: Option<S<MeshSection>>,
     #[serde(default)]
     pub(super) host: Vec<S<HostSection>>,
+    #[serde(default)]
+    pub(super) etcd: Option<S<EtcdSection>>,
+}
+
+/// `[etcd]`: where the mesh's membership is published and watched.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EtcdSection {
+    pub(super) endpoints: Option<S<Vec<S<String>>>>,
+    pub(super) prefix: Option<S<String>>,
+    pub(super) ca: Option<S<String>>,
+    pub(super) cert: Option<S<String>>,
+    pub(super) key: Option<S<String>>,
+    pub(super) lease_ttl: Option<S<toml::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -30,6 +30,7 @@ mod rx;
 mod schedule;
 mod setup;
 mod sockets;
+mod spin;
 mod status;
 mod timing;
 mod tx;
@@ -114,6 +115,24 @@ struct Daemon {
     recv_errors: u64,
     /// Rate limits of the log lines of the sockets (the control plane has its own).
     logs: logcap::Limits,
+    /// The mesh file as last loaded: the base onto which members from etcd are merged.
+    file_config: Config,
+    /// The etcd task (`[etcd]`), started once the sockets are open.
+    membership: Option<crate::membership::Membership>,
+    /// The members last read from etcd, and the entries refused while parsing them.
+    members: (Vec<crate::membership::entry::Member>, Vec<String>),
+    /// The refusals last logged (logged again only when they change).
+    members_refused: Vec<String>,
+    /// Keeps a core awake for a moment after each burst of packets (see `spin.rs`).
+    spinner: spin::Spinner,
+}
+
+/// Resolves when the membership from etcd changed; never without etcd. False when the task is gone.
+async fn membership_changed(m: &mut Option<crate::membership::Membership>) -> bool {
+    match m {
+        Some(m) => m.entries.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
 }
 
 impl Daemon {
@@ -139,6 +158,7 @@ impl Daemon {
             .control
             .take()
             .map(|l| control::serve(l, to_loop, self.firewall.checker()));
+        self.membership = self.start_membership();
         let (to_loop, mut scrapes) = tokio::sync::mpsc::channel(1);
         let metrics = self
             .metrics
@@ -175,11 +195,15 @@ impl Daemon {
             tokio::select! {
                 // A read error is counted and survived; only a closed descriptor ends the daemon (review item 10).
                 r = self.tun.read_vnet(bufs.tx.read_buf()) => match r {
-                    Ok(n) => self.on_tun_readable(bufs, n)?,
+                    Ok(n) => {
+                        self.spinner.touch();
+                        self.on_tun_readable(bufs, n)?;
+                    }
                     Err(e) => self.tx.survive_read_error(e)?,
                 },
                 r = self.udp4500.readable() => {
                     r?;
+                    self.spinner.touch();
                     self.on_udp4500_readable(bufs)?;
                 }
                 r = self.udp500.recv_from(udp500_buf) => match r {
@@ -190,6 +214,7 @@ impl Daemon {
                 },
                 r = self.raw.readable() => {
                     r?;
+                    self.spinner.touch();
                     self.on_raw_readable(bufs)?;
                 }
                 _ = tokio::time::sleep_until(deadline) => {
@@ -210,6 +235,14 @@ impl Daemon {
                     };
                     // The client's task writes it, with its own timeout.
                     let _ = req.reply.send(body);
+                }
+                changed = membership_changed(&mut self.membership) => {
+                    if changed {
+                        self.on_membership(Instant::now());
+                    } else {
+                        tracing::error!("etcd: the membership task ended; the last membership seen is kept");
+                        self.membership = None;
+                    }
                 }
                 Some(reply) = scrapes.recv() => {
                     let _ = reply.send(self.metrics_snapshot());
@@ -271,7 +304,28 @@ impl Daemon {
         }
     }
 
+    /// Starts publishing this host's entry to etcd and watching the others' (`[etcd]`); here, after the
+    /// sockets are open, so that no peer tries to reach this host before it can answer.
+    fn start_membership(&self) -> Option<crate::membership::Membership> {
+        let cfg = &self.file_config;
+        let etcd = cfg.mesh.etcd.clone()?;
+        let local = cfg.local();
+        let pem = match &cfg.mesh.auth {
+            crate::config::Auth::PubKey(pk) => pk
+                .public_keys
+                .get(&local.name)
+                .and_then(|f| std::fs::read_to_string(&f.path).ok()),
+            _ => None,
+        };
+        let own = serde_json::to_vec(&crate::membership::entry::of_host(local, pem)).ok()?;
+        Some(crate::membership::Membership::start(etcd, &local.name, own))
+    }
+
     async fn shutdown(&mut self) -> anyhow::Result<()> {
+        // A clean stop deletes this host's entry: the others drop it at once, not when its lease expires.
+        if let Some(m) = self.membership.take() {
+            m.leave().await;
+        }
         tracing::info!("shutting down: deleting SAs");
         self.cp.delete_all(Instant::now());
         self.pump().await;

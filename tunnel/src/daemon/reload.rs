@@ -59,7 +59,10 @@ impl Daemon {
         match self.reload(now) {
             Ok(changes) => {
                 for c in &changes {
-                    tracing::info!("reload: {c}");
+                    match c {
+                        Change::Failed(c) => tracing::error!("reload: {c}"),
+                        Change::Done(c) => tracing::info!("reload: {c}"),
+                    }
                 }
                 let lines: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
                 serde_json::json!({ "reloaded": lines }).to_string()
@@ -122,7 +125,27 @@ impl Daemon {
         s.firewall = old.firewall;
         s.workers = old.workers;
         s.metrics = old.metrics;
+        if new.mesh.etcd != config.mesh.etcd {
+            changes.push(Change::Done(format!(
+                "[etcd] changed in {}: it takes effect when vmsecd restarts; the running value is kept",
+                file.display()
+            )));
+            new.mesh.etcd = config.mesh.etcd.clone();
+        }
+        // The file as loaded is the base every membership change from etcd is merged onto.
+        self.file_config = new.clone();
+        let new = self.merged(now);
 
+        self.apply_config(now, new, &mut changes);
+        if changes.is_empty() {
+            changes.push(Change::Done(format!("{}: no change", file.display())));
+        }
+        Ok(changes)
+    }
+
+    /// Applies a new configuration (a file reload, or a membership change from etcd): the one path both take.
+    /// Tunnels whose peer did not change are left alone.
+    pub(super) fn apply_config(&mut self, now: Instant, new: Config, changes: &mut Changes) {
         let plan = plan(self.cp.endpoint().peers(), peers::peer_configs(&new));
         changes.extend(plan.describe().into_iter().map(Change::Done));
         let local_changed = new.local().subnets != self.cp.config().local().subnets;
@@ -135,10 +158,36 @@ impl Daemon {
                 .map(Change::from),
         );
         changes.extend(self.apply_subnets(&running, local_changed));
+    }
 
-        if changes.is_empty() {
-            changes.push(Change::Done(format!("{}: no change", file.display())));
+    /// The file's configuration merged with the members last read from etcd; refusals logged when they change.
+    fn merged(&mut self, _now: Instant) -> Config {
+        if self.file_config.mesh.etcd.is_none() {
+            return self.file_config.clone();
         }
-        Ok(changes)
+        let m = crate::membership::merge::merge(&self.file_config, &self.members.0);
+        let refused: Vec<String> = self.members.1.iter().chain(&m.refused).cloned().collect();
+        if refused != self.members_refused {
+            for r in &refused {
+                tracing::warn!("{r}; the rest of the mesh is not disturbed");
+            }
+            self.members_refused = refused;
+        }
+        m.config
+    }
+
+    /// The members in etcd changed (at most every 500 ms): merge and apply as a reload would.
+    pub(super) fn on_membership(&mut self, now: Instant) {
+        let Some(m) = &mut self.membership else {
+            return;
+        };
+        let entries = m.entries.borrow_and_update().clone();
+        self.members = crate::membership::parse_entries(&entries);
+        let new = self.merged(now);
+        let mut changes = Changes::new();
+        self.apply_config(now, new, &mut changes);
+        for c in &changes {
+            tracing::info!("membership: {c}");
+        }
     }
 }

@@ -44,7 +44,7 @@ pub(super) struct Buffers {
 
 impl Buffers {
     pub(super) fn new(mtu: usize) -> Buffers {
-        // Raw ESP arrives with its IPv4 header, as the kernel reassembled it: a slot must hold the largest IPv4
+        // Raw ESP arrives with its IPv4 header (over IPv6 without one), as the kernel reassembled it: a slot must hold the largest IPv4
         // datagram, not the largest our MTU allows. A kernel peer (Linux XFRM behind a stateful firewall, whose
         // conntrack reassembles the VMs' fragmented datagrams before they are encrypted) sends ESP packets of
         // up to 64 KiB in fragments; a smaller slot truncated them and they failed their ICV (found against
@@ -179,13 +179,10 @@ impl Daemon {
     }
 
     fn on_raw(&mut self, data: &mut [u8], merge: &mut offload::Coalescer<'_>) {
-        let Some(ip) = framing::parse_ipv4(data) else {
+        let Some((offset, end)) = framing::raw_esp_span(data, self.raw.family()) else {
             return;
         };
-        if ip.protocol != framing::IPPROTO_ESP {
-            return;
-        }
-        let mut pkt = PacketBuf::new(data, ip.payload_offset, ip.payload_end);
+        let mut pkt = PacketBuf::new(data, offset, end);
         if self.datapath.decap(&mut pkt) && !merge.push(pkt.as_slice()) {
             self.deliver_vnet(merge.take());
             merge.push(pkt.as_slice());

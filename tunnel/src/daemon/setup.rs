@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::apply::local_sources;
 use super::control_plane::ControlPlane;
 use super::datapath::Datapath;
-use super::{apply, control, logcap, metrics_http, sockets, tx, workers, Daemon};
+use super::{apply, control, logcap, metrics_http, sockets, spin, tx, workers, Daemon};
 use crate::config::Config;
 use crate::route::{Netlink, Route, Routes};
 use crate::tun::{AsyncQueue, Tun, TunOptions};
@@ -89,6 +89,7 @@ impl Daemon {
         let workers = workers::Workers::start(queues, &tx)
             .map_err(|e| anyhow::anyhow!("starting the transmit workers: {e}"))?;
         let control = control::listen(&s.control_socket)?;
+        let busy_poll = spin::Spinner::window();
         let metrics_addr = s.metrics.map(|m| m.resolve(local.address));
         let metrics = metrics_addr.map(metrics_http::listen).transpose()?;
         if let Some(addr) = metrics_addr {
@@ -96,7 +97,7 @@ impl Daemon {
         }
         tracing::info!(
             host = %local.name, address = %local.address, interface = %s.interface, peers = config.peers().count(),
-            workers = s.workers,
+            workers = s.workers, busy_poll_us = busy_poll.as_micros() as u64,
             "vmsecd up: routes to {} remote subnets point into {}",
             routes.installed().len(), s.interface
         );
@@ -114,6 +115,10 @@ impl Daemon {
             }
         }
         Ok(Daemon {
+            file_config: config.clone(),
+            membership: None,
+            members: Default::default(),
+            members_refused: Vec::new(),
             applied_subnets: apply::firewall_subnets(&config),
             firewall: crate::firewall::Handle::start(&config)?,
             cp: ControlPlane::new(config, Instant::now()),
@@ -133,6 +138,7 @@ impl Daemon {
             libvirt_dirs,
             recv_errors: 0,
             logs: logcap::Limits::new(),
+            spinner: spin::Spinner::start(busy_poll),
         })
     }
 

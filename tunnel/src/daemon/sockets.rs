@@ -57,6 +57,7 @@ pub(crate) fn udp(addr: IpAddr, port: u16) -> anyhow::Result<UdpSocket> {
 /// A raw socket for ESP (IP protocol 50).
 pub(crate) struct RawEsp {
     fd: AsyncFd<Socket>,
+    family: esp::framing::RawFamily,
 }
 
 impl RawEsp {
@@ -76,7 +77,17 @@ impl RawEsp {
         // SAFETY: socket2's Socket owns its descriptor and never replaces it, so the descriptor AsyncFd registers
         // stays open and the same until the AsyncFd, which owns the Socket, is dropped.
         let fd = unsafe { AsyncFd::register(s) }.map_err(|e| e.into_parts().1)?;
-        Ok(RawEsp { fd })
+        let family = if addr.is_ipv4() {
+            esp::framing::RawFamily::V4
+        } else {
+            esp::framing::RawFamily::V6
+        };
+        Ok(RawEsp { fd, family })
+    }
+
+    /// Its address family: an IPv4 raw socket's datagrams start with the IPv4 header, an IPv6 one's with ESP.
+    pub(crate) fn family(&self) -> esp::framing::RawFamily {
+        self.family
     }
 
     /// Waits until a datagram may be there.

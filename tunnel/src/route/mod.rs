@@ -505,7 +505,26 @@ impl Routes {
 
     /// Adds a route and remembers it.
     pub fn add(&mut self, route: Route) -> Result<(), NetlinkError> {
-        self.nl.add_route(&route)?;
+        let route = match self.nl.add_route(&route) {
+            Ok(()) => route,
+            // The kernel refuses a preferred source it cannot use yet: an IPv6 address still in duplicate
+            // address detection (libvirt adds its bridge's address without `nodad`, so a network started a
+            // moment before vmsecd has one for about a second) is "Invalid source address" (EINVAL). The route
+            // matters more than its source, which only concerns what this host itself sends to remote VMs.
+            Err(e) if e.errno() == Some(libc::EINVAL) && route.src.is_some() => {
+                let without = Route { src: None, ..route };
+                self.nl.add_route(&without)?;
+                tracing::warn!(
+                    dst = %route.dst,
+                    "route added without its source address {}: the kernel refused it ({e}); an IPv6 address \
+                     still in duplicate address detection is refused so. The VMs' traffic is not affected; \
+                     what this host itself sends to the remote VMs takes another source until the next start",
+                    route.src.map(|a| a.to_string()).unwrap_or_default()
+                );
+                without
+            }
+            Err(e) => return Err(e),
+        };
         tracing::debug!(dst = %route.dst, ifindex = route.ifindex, "route added");
         self.installed.push(route);
         Ok(())

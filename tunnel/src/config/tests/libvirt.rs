@@ -462,3 +462,84 @@ fn resolve_libvirt_reads_this_hosts_networks() {
     );
     assert!(e.to_string().contains("virsh net-edit lab"), "{e}");
 }
+
+/// IPv6 libvirt networks (issue 17): taken when the host's `libvirt_range` holds an IPv6 prefix, checked
+/// against it like IPv4 ones; ignored (as before) when the range is IPv4 only.
+#[test]
+fn resolve_libvirt_takes_ipv6_networks_within_an_ipv6_range() {
+    let f = Fixture::new();
+    let run = f.dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let dirs = [run.as_path()];
+    let load = |range: &str| {
+        let c0 = format!("libvirt_range = [{range}]");
+        Config::new(f.parse(&libvirt_mesh("", &c0)).unwrap(), Some("c0"), &[]).unwrap()
+    };
+    let subnets =
+        |c: &Config| -> Vec<String> { c.local().subnets.iter().map(|p| p.to_string()).collect() };
+    // A dual-stack network, as `virsh net-define` stores one with two <ip> elements, and an IPv6-only one.
+    std::fs::write(
+        run.join("default.xml"),
+        "<network><name>default</name><forward mode='nat'/><bridge name='virbr0'/>\
+         <ip address='198.19.2.1' netmask='255.255.255.0'/>\
+         <ip family='ipv6' address='2001:db8:2::1' prefix='64'/></network>",
+    )
+    .unwrap();
+    std::fs::write(
+        run.join("v6only.xml"),
+        "<network><name>v6only</name><ip family='ipv6' address='2001:db8:3::1' prefix='64'/></network>",
+    )
+    .unwrap();
+
+    // IPv4 range only: the IPv6 subnets stay libvirt's alone.
+    let mut c = load("\"198.19.0.0/16\"");
+    let found = c.resolve_libvirt(&dirs).unwrap().unwrap();
+    assert_eq!(subnets(&c), ["198.19.2.0/24"]);
+    assert_eq!(found.networks.len(), 1);
+
+    // Both families: both taken, the IPv6-only network too.
+    let mut c = load("\"198.19.0.0/16\", \"2001:db8::/40\"");
+    let found = c.resolve_libvirt(&dirs).unwrap().unwrap();
+    let mut s = subnets(&c);
+    s.sort();
+    assert_eq!(s, ["198.19.2.0/24", "2001:db8:2::/64", "2001:db8:3::/64"]);
+    assert_eq!(found.networks.len(), 2);
+    assert_eq!(c.tunnels()[0].local_subnets().len(), 3);
+
+    // IPv6 range only: IPv4 subnets are not taken.
+    let mut c = load("\"2001:db8::/40\"");
+    c.resolve_libvirt(&dirs).unwrap();
+    let mut s = subnets(&c);
+    s.sort();
+    assert_eq!(s, ["2001:db8:2::/64", "2001:db8:3::/64"]);
+
+    // An IPv6 subnet outside the IPv6 range is refused, naming the network.
+    let e = load("\"198.19.0.0/16\", \"2001:db8:2::/48\"")
+        .resolve_libvirt(&dirs)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "libvirt network v6only's subnet 2001:db8:3::/64 lies outside c0's libvirt_range"
+        ),
+        "{e}"
+    );
+
+    // With the IPv6-only network named alone and an IPv4 range, nothing is found: the message says what.
+    let e = Config::new(
+        f.parse(&libvirt_mesh(
+            "",
+            "libvirt_range = [\"198.19.0.0/16\"]\nlibvirt_networks = [\"v6only\"]",
+        ))
+        .unwrap(),
+        Some("c0"),
+        &[],
+    )
+    .unwrap()
+    .resolve_libvirt(&dirs)
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no libvirt network with an IPv4 address"),
+        "{e}"
+    );
+}

@@ -8,14 +8,16 @@ impl Cx<'_> {
         &self,
         raw: &[S<schema::HostSection>],
         settings: &Settings,
+        min_hosts: usize,
     ) -> Result<Vec<Host>, ConfigError> {
-        if raw.len() < 2 {
+        if raw.len() < min_hosts {
             return Err(self.err(
                 None,
                 "host",
                 ErrorKind::Missing {
                     what: format!(
-                        "the file has {} [[host]] entr{}; a mesh needs at least two, this machine and a peer",
+                        "the file has {} [[host]] entr{}; a mesh needs at least two, this machine and a peer (with \
+                         [etcd], at least this machine)",
                         raw.len(),
                         if raw.len() == 1 { "y" } else { "ies" }
                     ),

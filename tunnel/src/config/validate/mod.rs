@@ -57,7 +57,13 @@ impl Cx<'_> {
         }
     }
 
-    fn invalid<T>(&self, v: &S<T>, key: &str, problem: String, allowed: &str) -> ConfigError {
+    pub(in crate::config) fn invalid<T>(
+        &self,
+        v: &S<T>,
+        key: &str,
+        problem: String,
+        allowed: &str,
+    ) -> ConfigError {
         self.err(
             Some(v.span()),
             key,
@@ -69,7 +75,7 @@ impl Cx<'_> {
     }
 
     /// A path from the file, relative ones taken from the file's folder.
-    fn path(&self, p: &str) -> PathBuf {
+    pub(in crate::config) fn path(&self, p: &str) -> PathBuf {
         self.file.parent().unwrap_or(Path::new("")).join(p)
     }
 
@@ -358,7 +364,7 @@ impl Cx<'_> {
             .collect()
     }
 
-    fn duration(
+    pub(in crate::config) fn duration(
         &self,
         v: &Option<S<toml::Value>>,
         key: &str,

@@ -375,3 +375,31 @@ fn unauthenticated_refusals_do_not_suppress_real_ike_sa_down_lines() {
         "the real IKE SA down line is logged"
     );
 }
+
+/// A Child SA the peer refuses asks for no action: here a's copy of the mesh file gives b a second subnet that
+/// b's own copy does not, so a's request for that pair is refused (TS_UNACCEPTABLE), a `ChildDown` with
+/// `refused` set; nothing is installed for it and nothing removed, the first Child SA stays.
+#[test]
+fn refused_child_sa_asks_for_nothing() {
+    let f = Files::new();
+    let a = f.config(
+        &mesh("subnets = [\"198.19.2.0/24\", \"198.19.3.0/24\"]"),
+        "a",
+    );
+    let b = f.config(&mesh(B_PLAIN), "b");
+    let mut net = Net::new(a, b);
+    net.run_for(Duration::from_secs(60));
+    let (a, b) = net.take();
+    assert_eq!(installs(&a).len(), 1, "{a:?}");
+    assert_eq!(installs(&b).len(), 1, "{b:?}");
+    assert!(removes(&a).is_empty() && retires(&a).is_empty(), "{a:?}");
+    assert!(removes(&b).is_empty() && retires(&b).is_empty(), "{b:?}");
+    let children = |cp: &ControlPlane| -> usize {
+        cp.endpoint()
+            .status()
+            .iter()
+            .map(|(_, s)| s.children.len())
+            .sum()
+    };
+    assert_eq!((children(&net.a), children(&net.b)), (1, 1));
+}
