@@ -1,5 +1,6 @@
 //! End-to-end test support: the strongSwan interop bed ([`bed`]), network namespaces ([`netns`]), strongSwan's charon as a peer ([`strongswan`]),
-//! vmsecd itself ([`vmsecd`]), real libvirtd networks ([`libvirt`]), and traffic and capture helpers ([`traffic`]) shared by the tests in `tests/`.
+//! vmsecd itself ([`vmsecd`]), real libvirtd networks ([`libvirt`]), QEMU Linux guests ([`guest`]) with kernel IPsec peers in them
+//! ([`kernel_peer`], [`libreswan`]), and traffic and capture helpers ([`traffic`]) shared by the tests in `tests/`.
 //!
 //! Everything here needs root and real namespaces; the tests using it fail (never skip) without them.
 
@@ -10,6 +11,7 @@ pub mod faultlink;
 pub mod guest;
 pub mod hostile;
 pub mod kernel_peer;
+pub mod libreswan;
 pub mod libvirt;
 pub mod libvirt_guest;
 pub mod netns;

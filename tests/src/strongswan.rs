@@ -227,8 +227,7 @@ impl Conn {
     version = 2
     local_addrs = {la}
     remote_addrs = {ra}
-    # kernel-libipsec carries ESP in UDP only: force UDP encapsulation even without NAT.
-    encap = {encap}
+    {encap}
     proposals = {prop}
     rekey_time = {ikerk}
     reauth_time = 0
@@ -248,7 +247,11 @@ impl Conn {
             prop = self.proposals,
             ikerk = self.ike_rekey_time,
             dpd = self.dpd_delay,
-            encap = if self.encap { "yes" } else { "no" },
+            encap = if self.encap {
+                "# kernel-libipsec carries ESP in UDP only: force UDP encapsulation even without NAT.\n    encap = yes"
+            } else {
+                "encap = no"
+            },
             lauth = self.auth_lines(true),
             rauth = self.auth_lines(false),
         );

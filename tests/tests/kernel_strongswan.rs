@@ -18,7 +18,7 @@ use vmsecd_e2e::kernel_peer::{
 };
 use vmsecd_e2e::kernel_peer::{AVM, BVM};
 use vmsecd_e2e::netns::Netns;
-use vmsecd_e2e::strongswan::Conn;
+use vmsecd_e2e::strongswan::{pki_keygen, Conn};
 use vmsecd_e2e::traffic;
 use vmsecd_e2e::vmsecd::{peer, Mesh, Vmsecd};
 
@@ -44,13 +44,46 @@ struct Cell {
     udp: bool,
 }
 
+/// Proposals (strongSwan syntax, the same on both sides) and what both sides must report for them.
+const ALGORITHMS: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "gcm256",
+        "aes256gcm16-prfsha384-ecp384",
+        "aes256gcm16",
+        "AES_GCM_16_256/PRF_HMAC_SHA2_384/ECP_384",
+        "AES_GCM_16_256",
+    ),
+    (
+        "cbc-sha256",
+        "aes256-sha256-modp2048",
+        "aes256-sha256",
+        "AES_CBC_256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048",
+        "AES_CBC_256/HMAC_SHA2_256_128",
+    ),
+    (
+        "chacha20poly1305",
+        "chacha20poly1305-prfsha256-x25519",
+        "chacha20poly1305",
+        "CHACHA20_POLY1305/PRF_HMAC_SHA2_256/CURVE_25519",
+        "CHACHA20_POLY1305",
+    ),
+];
+
 fn charon_sas(c: &GuestCharon) -> Vec<PeerSa> {
     c.list_sas().iter().map(PeerSa::from).collect()
 }
 
 /// Sets the cell up on a fresh vmsecd and a reloaded charon, checks agreement, traffic and capture; returns
 /// vmsecd, still running.
-fn run_cell(bed: &GuestBed, charon: &GuestCharon, cell: &Cell, conn: &Conn, mesh: &Mesh) -> Vmsecd {
+fn run_cell(
+    bed: &GuestBed,
+    charon: &GuestCharon,
+    cell: &Cell,
+    conn: &Conn,
+    mesh: &Mesh,
+    algs: (&str, &str),
+    mesh_text: Option<&str>,
+) -> Vmsecd {
     let t = Instant::now();
     let mut conn = conn.clone();
     conn.encap = cell.charon_encap;
@@ -59,12 +92,15 @@ fn run_cell(bed: &GuestBed, charon: &GuestCharon, cell: &Cell, conn: &Conn, mesh
     mesh.encap = cell.vmsecd_encap.into();
     bed.block_vmsecd_initiation(!cell.vmsecd_initiates);
     let cap = bed.capture(cell.name);
-    let mut v = Vmsecd::start(
-        &bed.a,
-        &bed.dir(&format!("vmsecd-{}", cell.name)),
-        &mesh,
-        "hA",
-    );
+    let vdir = bed.dir(&format!("vmsecd-{}", cell.name));
+    let mut v = match mesh_text {
+        None => Vmsecd::start(&bed.a, &vdir, &mesh, "hA"),
+        Some(text) => {
+            let file = vdir.join("mesh.toml");
+            std::fs::write(&file, text).expect("mesh file");
+            Vmsecd::start_with_file(&bed.a, &vdir, &file, "hA")
+        }
+    };
     if !cell.vmsecd_initiates {
         v.wait_status("vmsecd listening", Duration::from_secs(10), |_| true);
         let out = charon.initiate(CHILD, 30);
@@ -81,8 +117,8 @@ fn run_cell(bed: &GuestBed, charon: &GuestCharon, cell: &Cell, conn: &Conn, mesh
     let e = Expect {
         peer: PEER,
         vmsecd_initiated: cell.vmsecd_initiates,
-        ike_alg: GCM128.0,
-        esp_alg: GCM128.1,
+        ike_alg: algs.0,
+        esp_alg: algs.1,
         udp: cell.udp,
     };
     check_agree(&st, &sa, &e);
@@ -174,7 +210,64 @@ fn kernel_strongswan_framing_both_roles() {
         only.as_deref()
             .is_none_or(|o| o.split(',').any(|n| n == c.name))
     }) {
-        let v = run_cell(&bed, &charon, cell, &conn(), &mesh());
+        let v = run_cell(&bed, &charon, cell, &conn(), &mesh(), GCM128, None);
+        end_cell(v, &charon);
+    }
+    // The other algorithms the guest's kernel has, over raw ESP with vmsecd initiating.
+    for (name, ike, esp, ike_alg, esp_alg) in ALGORITHMS.iter().filter(|a| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|n| n == a.0))
+    }) {
+        let (mut c, mut m) = (conn(), mesh());
+        (c.proposals, c.esp_proposals) = ((*ike).into(), (*esp).into());
+        (m.ike_proposals, m.esp_proposals) = (vec![(*ike).into()], vec![(*esp).into()]);
+        let cell = Cell {
+            name,
+            vmsecd_encap: "auto",
+            charon_encap: false,
+            vmsecd_initiates: true,
+            udp: false,
+        };
+        let v = run_cell(&bed, &charon, &cell, &c, &m, (ike_alg, esp_alg), None);
+        end_cell(v, &charon);
+    }
+    // RSA raw public keys (swanctl `pubkeys`, `pki` keys of 2048 bits) with DN-less FQDN/e-mail identities, raw
+    // ESP, vmsecd initiating.
+    if only
+        .as_deref()
+        .is_none_or(|o| o.split(',').any(|n| n == "rsa-pubkey"))
+    {
+        let vdir = bed.dir("keys-vmsecd");
+        let cdir = bed.dir("keys-charon");
+        let (a_private, a_public) = pki_keygen(&vdir, "ha", 2048);
+        let (b_private, b_public) = pki_keygen(&cdir, "hb", 2048);
+        charon.put("private", &b_private);
+        charon.put("pubkey", &a_public);
+        charon.put("pubkey", &b_public);
+        let mut c = conn().with_pubkeys("hb.pub.pem", "ha.pub.pem");
+        (c.local_id, c.remote_id) = ("gw@hb.example.net".into(), "ha.example.net".into());
+        let text = format!(
+            "[mesh]\nauth = \"pubkey\"\nprivate_key = {:?}\nencap = \"auto\"\n\n[[host]]\nname = \"hA\"\n\
+             address = \"198.18.0.1\"\nid = \"ha.example.net\"\npubkey = {:?}\nsubnets = [\"198.19.1.0/24\"]\n\n\
+             [[host]]\nname = \"hB\"\naddress = \"198.18.0.2\"\nid = \"gw@hb.example.net\"\npubkey = {:?}\n\
+             subnets = [\"198.19.2.0/24\"]\n",
+            a_private.display().to_string(),
+            a_public.display().to_string(),
+            b_public.display().to_string()
+        );
+        let cell = Cell {
+            name: "rsa-pubkey",
+            vmsecd_encap: "auto",
+            charon_encap: false,
+            vmsecd_initiates: true,
+            udp: false,
+        };
+        let v = run_cell(&bed, &charon, &cell, &c, &mesh(), GCM128, Some(&text));
+        assert!(
+            v.log().contains("IKE SA established"),
+            "{}",
+            v.diagnostics()
+        );
         end_cell(v, &charon);
     }
 }
