@@ -183,7 +183,16 @@ fn membership_from_a_three_member_etcd_cluster() {
             .filter_map(|p| p.ike.as_ref().map(|i| i.spi_i.clone()))
             .collect()
     };
-    let before = spis(v[1].as_ref().unwrap());
+    // Read once settled: an IKE SA both ends initiated at once is resolved a second after both came up.
+    let mut before = spis(v[1].as_ref().unwrap());
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_secs(2));
+        let again = spis(v[1].as_ref().unwrap());
+        if again == before {
+            break;
+        }
+        before = again;
+    }
     let bogus = r#"{"name":"evil","address":"198.18.0.2","subnets":["198.19.66.0/24"]}"#;
     let out = etcd.ctl(&e_ns, &["put", &format!("{PREFIX}evil"), bogus]);
     assert!(
