@@ -460,6 +460,74 @@ pub struct GuestOutput {
     pub stderr: String,
 }
 
+/// The host's end of a guest's command agent, the uncached 9p share the guest mounts at /vmsecd-agent: a
+/// script goes in as `cmd-N.sh` (written then renamed, so the guest never runs half of one), its output and exit
+/// code come back as `out-N.stdout`, `out-N.stderr` and `out-N.rc`. Both kinds of guest ([`Guest`] and
+/// libvirt's [`crate::libvirt_guest::VirtGuest`]) talk through it.
+pub struct Agent {
+    dir: PathBuf,
+    next: Mutex<u64>,
+}
+
+impl Agent {
+    /// The agent share in `dir` (made by [`Agent::prepare`]).
+    pub fn new(dir: PathBuf) -> Agent {
+        Agent {
+            dir,
+            next: Mutex::new(0),
+        }
+    }
+
+    /// The share's folder on the host.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Empties the share for a new boot of guest `hostname`: the stage-2 script and the hostname in it, the
+    /// command numbers from 0 again.
+    pub fn prepare(&self, hostname: &str) {
+        let _ = fs::remove_dir_all(&self.dir);
+        fs::create_dir_all(&self.dir)
+            .unwrap_or_else(|e| panic!("create {}: {e}", self.dir.display()));
+        fs::write(self.dir.join("stage2.sh"), STAGE2).expect("stage2");
+        fs::write(self.dir.join("hostname"), hostname).expect("hostname");
+        *self.lock() = 0;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, u64> {
+        self.next.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The number the next command will get (transfer files are named after it, so they never collide).
+    pub fn current(&self) -> u64 {
+        *self.lock()
+    }
+
+    /// Hands `script` to the guest; returns its number for [`Agent::outcome`].
+    pub fn submit(&self, script: &str) -> u64 {
+        let mut next = self.lock();
+        let n = *next;
+        *next += 1;
+        let tmp = self.dir.join(format!("cmd-{n}.tmp"));
+        fs::write(&tmp, script).expect("write the guest command");
+        fs::rename(&tmp, self.dir.join(format!("cmd-{n}.sh"))).expect("rename the guest command");
+        n
+    }
+
+    /// What command `n` returned, once the guest has finished it.
+    pub fn outcome(&self, n: u64) -> Option<GuestOutput> {
+        let code = fs::read_to_string(self.dir.join(format!("out-{n}.rc"))).ok()?;
+        let read = |ext: &str| {
+            fs::read_to_string(self.dir.join(format!("out-{n}.{ext}"))).unwrap_or_default()
+        };
+        Some(GuestOutput {
+            code: code.trim().parse().unwrap_or(-1),
+            stdout: read("stdout"),
+            stderr: read("stderr"),
+        })
+    }
+}
+
 /// A running guest; see the module documentation. Killed and cleaned up when dropped.
 pub struct Guest {
     name: String,
@@ -467,7 +535,7 @@ pub struct Guest {
     nics: Vec<Nic>,
     mem_mb: u32,
     qemu: Option<NsChild>,
-    next_cmd: Mutex<u64>,
+    agent: Agent,
     boots: u32,
     booted_in: Duration,
 }
@@ -525,7 +593,7 @@ impl Guest {
             nics: nics.to_vec(),
             mem_mb,
             qemu: None,
-            next_cmd: Mutex::new(0),
+            agent: Agent::new(dir.join("agent")),
             boots: 0,
             booted_in: Duration::ZERO,
         };
@@ -533,8 +601,8 @@ impl Guest {
         g
     }
 
-    fn agent_dir(&self) -> PathBuf {
-        self.dir.join("agent")
+    fn agent_dir(&self) -> &Path {
+        self.agent.dir()
     }
 
     /// The console log of the current boot.
@@ -546,12 +614,8 @@ impl Guest {
         let img = image();
         let accel = accel();
         self.boots += 1;
-        let agent = self.agent_dir();
-        let _ = fs::remove_dir_all(&agent);
-        fs::create_dir_all(&agent).unwrap_or_else(|e| panic!("create {}: {e}", agent.display()));
-        fs::write(agent.join("stage2.sh"), STAGE2).expect("stage2");
-        fs::write(agent.join("hostname"), &self.name).expect("hostname");
-        *self.next_cmd.lock().unwrap_or_else(|e| e.into_inner()) = 0;
+        self.agent.prepare(&self.name);
+        let agent = self.agent_dir().to_path_buf();
 
         let fds: Vec<OwnedFd> = self.nics.iter().map(|n| open_tap(&n.ns, &n.tap)).collect();
         // The guest's MACs: 52:54:00 (QEMU's), then bytes from our PID and the guest's name, and the NIC index; the
@@ -676,28 +740,11 @@ impl Guest {
     /// the script outlives the timeout (the agent runs one script at a time, so a hung one ends the guest's
     /// use). Background processes must redirect their output and not hold the script's streams.
     pub fn exec_timeout(&self, script: &str, timeout: Duration) -> GuestOutput {
-        let agent = self.agent_dir();
-        let n = {
-            let mut next = self.next_cmd.lock().unwrap_or_else(|e| e.into_inner());
-            let n = *next;
-            *next += 1;
-            let tmp = agent.join(format!("cmd-{n}.tmp"));
-            fs::write(&tmp, script).expect("write the guest command");
-            fs::rename(&tmp, agent.join(format!("cmd-{n}.sh"))).expect("rename the guest command");
-            n
-        };
-        let rc = agent.join(format!("out-{n}.rc"));
+        let n = self.agent.submit(script);
         let t = Instant::now();
         loop {
-            if let Ok(code) = fs::read_to_string(&rc) {
-                let read = |ext: &str| {
-                    fs::read_to_string(agent.join(format!("out-{n}.{ext}"))).unwrap_or_default()
-                };
-                return GuestOutput {
-                    code: code.trim().parse().unwrap_or(-1),
-                    stdout: read("stdout"),
-                    stderr: read("stderr"),
-                };
+            if let Some(out) = self.agent.outcome(n) {
+                return out;
             }
             assert!(
                 self.qemu.is_some(),
@@ -739,10 +786,7 @@ impl Guest {
     /// Starts `script` in the background in the guest (its own session, output to `log` in the guest) and
     /// returns its PID there.
     pub fn spawn(&self, script: &str, log: &str) -> u32 {
-        let file = format!(
-            "/tmp/spawn-{}.sh",
-            self.next_cmd.lock().unwrap_or_else(|e| e.into_inner())
-        );
+        let file = format!("/tmp/spawn-{}.sh", self.agent.current());
         self.write_file(&file, script.as_bytes());
         let out = self.run(&format!(
             "setsid sh {file} > {log} 2>&1 < /dev/null & echo $!"
@@ -754,10 +798,7 @@ impl Guest {
 
     /// Copies `contents` to `path` in the guest (through the agent share).
     pub fn write_file(&self, path: &str, contents: &[u8]) {
-        let name = format!(
-            "put-{}",
-            self.next_cmd.lock().unwrap_or_else(|e| e.into_inner())
-        );
+        let name = format!("put-{}", self.agent.current());
         fs::write(self.agent_dir().join(&name), contents).expect("write to the agent share");
         self.run(&format!(
             "mkdir -p \"$(dirname '{path}')\" && cp /vmsecd-agent/{name} '{path}' && rm /vmsecd-agent/{name}"
@@ -766,10 +807,7 @@ impl Guest {
 
     /// The contents of `path` in the guest (through the agent share); panics if it cannot be read.
     pub fn read_file(&self, path: &str) -> Vec<u8> {
-        let name = format!(
-            "get-{}",
-            self.next_cmd.lock().unwrap_or_else(|e| e.into_inner())
-        );
+        let name = format!("get-{}", self.agent.current());
         self.run(&format!("cp '{path}' /vmsecd-agent/{name}"));
         let f = self.agent_dir().join(&name);
         let data = fs::read(&f).unwrap_or_else(|e| panic!("read {}: {e}", f.display()));

@@ -7,11 +7,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use crate::guest::{image, GuestOutput, STAGE2};
+use crate::guest::{image, Agent, GuestOutput};
 use crate::libvirt::QemuConn;
 
 /// A guest defined in a libvirtd (through its [`QemuConn`]); `virsh destroy` and `undefine` when dropped.
@@ -19,7 +18,7 @@ pub struct VirtGuest {
     lv: QemuConn,
     name: String,
     dir: PathBuf,
-    next_cmd: Mutex<u64>,
+    agent: Agent,
     boots: u32,
 }
 
@@ -89,25 +88,21 @@ impl VirtGuest {
             lv,
             name: name.to_owned(),
             dir: dir.to_owned(),
-            next_cmd: Mutex::new(0),
+            agent: Agent::new(dir.join("agent")),
             boots: 0,
         };
         g.start();
         g
     }
 
-    fn agent(&self) -> PathBuf {
-        self.dir.join("agent")
+    fn agent(&self) -> &Path {
+        self.agent.dir()
     }
 
     /// `virsh start`, then waits for the agent; returns how long the boot took.
     pub fn start(&mut self) -> Duration {
-        let agent = self.agent();
-        let _ = fs::remove_dir_all(&agent);
-        fs::create_dir_all(&agent).expect("agent dir");
-        fs::write(agent.join("stage2.sh"), STAGE2).expect("stage2");
-        fs::write(agent.join("hostname"), &self.name).expect("hostname");
-        *self.next_cmd.lock().unwrap_or_else(|e| e.into_inner()) = 0;
+        self.agent.prepare(&self.name);
+        let agent = self.agent().to_path_buf();
         self.boots += 1;
         let t = Instant::now();
         let (ok, out) = self.lv.virsh(&["start", &self.name]);
@@ -138,28 +133,11 @@ impl VirtGuest {
 
     /// Runs `script` with `/bin/sh` in the guest (the agent of [`crate::guest`]), waiting up to `timeout`.
     pub fn exec_timeout(&self, script: &str, timeout: Duration) -> GuestOutput {
-        let agent = self.agent();
-        let n = {
-            let mut next = self.next_cmd.lock().unwrap_or_else(|e| e.into_inner());
-            let n = *next;
-            *next += 1;
-            let tmp = agent.join(format!("cmd-{n}.tmp"));
-            fs::write(&tmp, script).expect("write the guest command");
-            fs::rename(&tmp, agent.join(format!("cmd-{n}.sh"))).expect("rename");
-            n
-        };
-        let rc = agent.join(format!("out-{n}.rc"));
+        let n = self.agent.submit(script);
         let t = Instant::now();
         loop {
-            if let Ok(code) = fs::read_to_string(&rc) {
-                let read = |ext: &str| {
-                    fs::read_to_string(agent.join(format!("out-{n}.{ext}"))).unwrap_or_default()
-                };
-                return GuestOutput {
-                    code: code.trim().parse().unwrap_or(-1),
-                    stdout: read("stdout"),
-                    stderr: read("stderr"),
-                };
+            if let Some(out) = self.agent.outcome(n) {
+                return out;
             }
             assert!(
                 t.elapsed() < timeout,
