@@ -67,6 +67,10 @@ impl Mesh {
                     &format!("10.{}.{}.0/24", j / 250, j % 250),
                 );
                 p.udp_with_vmsecd = true;
+                // No liveness checks: a duplicate IKE SA that one end closed silently (INITIAL_CONTACT, duplicate
+                // resolution) would be declared dead by the other's check 30 s later, harmlessly (the pair keeps
+                // its other SA), and hide what this test counts: attempts whose requests were never answered.
+                p.lifetimes.dpd_delay = Duration::from_secs(100_000);
                 peers.push(Arc::new(p));
                 // Daemons start within a few seconds of each other.
                 let start = now + Duration::from_millis((i as u64 * 7919) % (jitter_ms + 1));
@@ -288,8 +292,11 @@ fn mesh_100_comes_up_within_a_minute() {
     assert!(t < Duration::from_secs(60), "{t:?}");
 }
 
+/// Open: with 5% loss, 72 IKE SAs of 9,900 still get no answer for their whole retransmission budget (2
+/// half-open SAs expire; full mesh after 63 s virtual). Uniform 5% loss alone fails six transmissions far more
+/// rarely, so another admission or retry path loses requests; not found yet.
 #[test]
-#[ignore = "slow in debug builds"]
+#[ignore = "slow in debug builds; fails: 72 unanswered IKE SAs with 5% loss (open)"]
 fn mesh_100_with_loss_comes_up_within_a_minute() {
     let t = mesh(100, 10000, 5, Duration::from_secs(300)).expect("mesh of 100 never complete");
     assert!(t < Duration::from_secs(60), "{t:?}");
