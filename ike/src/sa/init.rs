@@ -13,11 +13,30 @@ impl IkeSa {
                 .first()
                 .and_then(ProposalSpec::first_dh)
         });
-        let Some(ks) = group.and_then(|g| KeyShare::generate(g).ok()) else {
-            self.close(Reason::Protocol(
-                "no usable key exchange group in our IKE proposals".into(),
-            ));
-            return;
+        // A retry in the same group (after COOKIE) keeps the key share too, as the cookie rule below asks of all
+        // other payloads. A new share per retry broke IKE SAs when the responder read our request and its
+        // retransmissions late (a daemon busy starting): it answered each copy with a COOKIE, we retried once per
+        // COOKIE with a new share each time, it built its half-open SA from the first retry and answered the
+        // others from that SA's cache, and we derived keys from the last share: our IKE_AUTH never decrypted
+        // there and went unanswered until we gave up (benches/mesh_scale.sh with 100 daemons, ike/tests/mesh.rs).
+        let keep =
+            matches!(&self.phase, Phase::Init(init) if group == Some(init.key_share.group()));
+        let fresh = if keep {
+            None
+        } else {
+            let Some(ks) = group.and_then(|g| KeyShare::generate(g).ok()) else {
+                self.close(Reason::Protocol(
+                    "no usable key exchange group in our IKE proposals".into(),
+                ));
+                return;
+            };
+            Some(ks)
+        };
+        let (ke_group, ke_data) = match (&fresh, &self.phase) {
+            (Some(ks), _) => (ks.group(), ks.public().to_vec()),
+            (None, Phase::Init(init)) => (init.key_share.group(), init.key_share.public().to_vec()),
+            // `keep` implies Phase::Init.
+            (None, _) => return,
         };
         // A retry after COOKIE or INVALID_KE_PAYLOAD keeps the nonce: the cookie is computed over it.
         let (ni, cookie) = match &self.phase {
@@ -34,8 +53,8 @@ impl IkeSa {
         let props = wire_proposals(&self.cfg.ike_proposals, &[], true);
         payloads.push(Payload::Sa(props));
         payloads.push(Payload::Ke {
-            group: ks.group(),
-            data: ks.public().to_vec(),
+            group: ke_group,
+            data: ke_data,
         });
         payloads.push(Payload::Nonce(ni.clone()));
         payloads.extend(self.nat_detection_payloads());
@@ -56,11 +75,14 @@ impl IkeSa {
             message::encode_plain(self.header(ExchangeType::IKE_SA_INIT, false, 0), &payloads);
         match &mut self.phase {
             Phase::Init(init) => {
-                init.key_share = ks;
+                if let Some(ks) = fresh {
+                    init.key_share = ks;
+                }
                 init.request = msg.clone();
                 init.tries += 1;
             }
             _ => {
+                let Some(ks) = fresh else { return };
                 self.phase = Phase::Init(Box::new(InitState {
                     key_share: ks,
                     ni,

@@ -1,0 +1,303 @@
+//! A full mesh of N endpoints, every one configured with all others and all starting at once, on an in-memory
+//! LAN with a virtual clock: how long until every pair holds an established IKE SA. Reproduces the
+//! benches/mesh_scale.sh run with 100 daemons (190 s instead of < 60 s) without the daemons: the initiation
+//! schedule is the daemon's (tunnel/src/daemon/schedule.rs: the lower address at once, the other after 3 s if
+//! no IKE SA came up, retries after a doubling back-off from 2 s).
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::peer;
+use ike::endpoint::Endpoint;
+use ike::event::{Event, Reason, Transmit};
+use ike::sa::State;
+
+const FOLLOWER_DELAY: Duration = Duration::from_secs(3);
+const BACKOFF_FIRST: Duration = Duration::from_secs(2);
+const BACKOFF_MAX: Duration = Duration::from_secs(120);
+/// One-way delay of the LAN.
+const DELAY: Duration = Duration::from_micros(200);
+
+fn ip(i: usize) -> String {
+    format!("198.18.{}.{}", i / 250, i % 250 + 1)
+}
+
+struct Node {
+    ep: Endpoint,
+    /// Before this the daemon neither reads its socket (datagrams wait in its receive buffer) nor runs timers
+    /// (not started yet, or busy starting).
+    start: Instant,
+    /// Next initiation and back-off, per peer index.
+    sched: HashMap<usize, (Option<Instant>, Duration)>,
+}
+
+struct Mesh {
+    nodes: Vec<Node>,
+    addr: HashMap<IpAddr, usize>,
+    now: Instant,
+    /// Datagrams in flight: (arrival, sequence) -> (to, from, transmit).
+    wire: BTreeMap<(Instant, u64), (usize, usize, Transmit)>,
+    seq: u64,
+    sent: u64,
+    /// Each node's next timer, recomputed when the node handled something.
+    timers: Vec<Option<Instant>>,
+    /// Percentage of datagrams lost (chosen by a fixed hash of their sequence number).
+    loss_pct: u64,
+    /// IKE SAs given up for lack of answers (Reason::PeerDead): every one a request the peer never answered.
+    dead: u64,
+}
+
+impl Mesh {
+    fn new(n: usize, jitter_ms: u64) -> Mesh {
+        let now = Instant::now();
+        let mut nodes = Vec::new();
+        let mut addr = HashMap::new();
+        for i in 0..n {
+            let mut peers = Vec::new();
+            let mut sched = HashMap::new();
+            for j in (0..n).filter(|j| *j != i) {
+                let mut p = peer(
+                    &format!("h{j}"),
+                    &ip(i),
+                    &ip(j),
+                    &format!("10.{}.{}.0/24", i / 250, i % 250),
+                    &format!("10.{}.{}.0/24", j / 250, j % 250),
+                );
+                p.udp_with_vmsecd = true;
+                // No liveness checks: a duplicate IKE SA that one end closed silently (INITIAL_CONTACT, duplicate
+                // resolution) would be declared dead by the other's check 30 s later, harmlessly (the pair keeps
+                // its other SA), and hide what this test counts: attempts whose requests were never answered.
+                p.lifetimes.dpd_delay = Duration::from_secs(100_000);
+                peers.push(Arc::new(p));
+                // Daemons start within a few seconds of each other.
+                let start = now + Duration::from_millis((i as u64 * 7919) % (jitter_ms + 1));
+                let first = if i < j { start } else { start + FOLLOWER_DELAY };
+                sched.insert(j, (Some(first), BACKOFF_FIRST));
+            }
+            addr.insert(ip(i).parse().unwrap(), i);
+            nodes.push(Node {
+                ep: Endpoint::new(peers),
+                start: now + Duration::from_millis((i as u64 * 7919) % (jitter_ms + 1)),
+                sched,
+            });
+        }
+        Mesh {
+            nodes,
+            addr,
+            now,
+            wire: BTreeMap::new(),
+            seq: 0,
+            sent: 0,
+            timers: Vec::new(),
+            loss_pct: 0,
+            dead: 0,
+        }
+    }
+
+    fn flush(&mut self, i: usize) {
+        while let Some(t) = self.nodes[i].ep.poll_transmit() {
+            let Some(&to) = self.addr.get(&t.remote.ip()) else {
+                continue;
+            };
+            self.seq += 1;
+            self.sent += 1;
+            if (self.seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 100 < self.loss_pct {
+                continue;
+            }
+            self.wire.insert((self.now + DELAY, self.seq), (to, i, t));
+        }
+        while let Some(e) = self.nodes[i].ep.poll_event() {
+            let node = &mut self.nodes[i];
+            match e {
+                Event::IkeUp { peer, .. } => {
+                    let j: usize = peer[1..].parse().unwrap();
+                    if let Some(s) = node.sched.get_mut(&j) {
+                        s.1 = BACKOFF_FIRST;
+                    }
+                }
+                Event::IkeDown {
+                    peer,
+                    unauthenticated: false,
+                    reason,
+                } => {
+                    if reason == Reason::PeerDead {
+                        self.dead += 1;
+                    }
+                    let j: usize = peer[1..].parse().unwrap();
+                    if let Some(s) = node.sched.get_mut(&j) {
+                        s.0 = Some(self.now + s.1);
+                        s.1 = (s.1 * 2).min(BACKOFF_MAX);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn next_timer(&self, i: usize) -> Option<Instant> {
+        let n = &self.nodes[i];
+        let s = n.sched.values().filter_map(|s| s.0).min();
+        [n.ep.poll_timeout(), s]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.max(n.start))
+    }
+
+    fn run_timers(&mut self, i: usize) {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        if node.ep.poll_timeout().is_some_and(|t| t <= now) {
+            node.ep.handle_timeout(now);
+        }
+        let due: Vec<usize> = node
+            .sched
+            .iter_mut()
+            .filter(|(_, s)| s.0.is_some_and(|t| t <= now))
+            .map(|(j, s)| {
+                s.0 = None;
+                *j
+            })
+            .collect();
+        for j in due {
+            let name = format!("h{j}");
+            if !node.ep.has_sa(&name) {
+                node.ep.connect(now, &name);
+            }
+        }
+        self.flush(i);
+    }
+
+    fn full(&self) -> bool {
+        let n = self.nodes.len();
+        self.nodes.iter().all(|node| {
+            let mut up = node
+                .ep
+                .status()
+                .into_iter()
+                .filter(|(_, s)| s.state == State::Established)
+                .map(|(p, _)| p)
+                .collect::<Vec<_>>();
+            up.sort();
+            up.dedup();
+            up.len() == n - 1
+        })
+    }
+
+    /// Runs for `limit`; returns when every pair was first up.
+    fn run(&mut self, limit: Duration) -> Option<Duration> {
+        let mut up = None;
+        let start = self.now;
+        let n = self.nodes.len();
+        self.timers = (0..n).map(|i| self.next_timer(i)).collect();
+        let mut last_check = start;
+        loop {
+            let next_wire = self.wire.keys().next().map(|k| k.0);
+            let next_timer = (0..n).filter_map(|i| self.timers[i].map(|t| (t, i))).min();
+            let t = match (next_wire, next_timer) {
+                (Some(w), Some((t, _))) => w.min(t),
+                (Some(w), None) => w,
+                (None, Some((t, _))) => t,
+                (None, None) => return up,
+            };
+            if t > start + limit {
+                return up;
+            }
+            self.now = self.now.max(t);
+            // Deliver everything due now, then run due timers.
+            while let Some(entry) = self.wire.first_entry() {
+                if entry.key().0 > self.now {
+                    break;
+                }
+                let (to, from, tr) = entry.remove();
+                let src = SocketAddr::new(ip(from).parse().unwrap(), tr.local_port);
+                let mut data = &tr.data[..];
+                if data == [0xff] {
+                    continue;
+                }
+                if self.now < self.nodes[to].start {
+                    // Queued in the socket's receive buffer until the daemon reads it.
+                    self.seq += 1;
+                    self.wire
+                        .insert((self.nodes[to].start, self.seq), (to, from, tr));
+                    continue;
+                }
+                if tr.remote.port() == 4500 {
+                    if data.len() < 4 || data[..4] != [0, 0, 0, 0] {
+                        continue;
+                    }
+                    data = &data[4..];
+                }
+                self.nodes[to]
+                    .ep
+                    .handle(self.now, data, src, tr.remote.port());
+                self.flush(to);
+                self.timers[to] = self.next_timer(to);
+            }
+            for i in 0..n {
+                if self.timers[i].is_some_and(|x| x <= self.now) {
+                    self.run_timers(i);
+                    self.timers[i] = self.next_timer(i);
+                }
+            }
+            if self.now >= last_check + Duration::from_millis(500) {
+                last_check = self.now;
+                if up.is_none() && self.full() {
+                    up = Some(self.now - start);
+                }
+            }
+        }
+    }
+}
+
+fn mesh(n: usize, jitter_ms: u64, loss_pct: u64, limit: Duration) -> Option<Duration> {
+    let wall = Instant::now();
+    let mut m = Mesh::new(n, jitter_ms);
+    m.loss_pct = loss_pct;
+    let r = m.run(limit);
+    let stats: Vec<_> = m.nodes.iter().map(|n| n.ep.stats()).collect();
+    let sum = |f: fn(&ike::endpoint::Stats) -> u64| stats.iter().map(f).sum::<u64>();
+    eprintln!(
+        "n={n} jitter={jitter_ms}ms loss={loss_pct}%: full mesh after {r:?} (virtual), {} IKE SAs declared dead, \
+         {} datagrams, {:?} wall; cookies {} \
+         valid {} rate_limited {} capped {} key_exchanges {} half_open_expired {} evicted {}",
+        m.dead,
+        m.sent,
+        wall.elapsed(),
+        sum(|s| s.cookies_sent),
+        sum(|s| s.cookies_valid),
+        sum(|s| s.rate_limited),
+        sum(|s| s.capped),
+        sum(|s| s.key_exchanges),
+        sum(|s| s.half_open_expired),
+        sum(|s| s.evicted),
+    );
+    assert_eq!(m.dead, 0, "IKE SAs whose requests were never answered");
+    r
+}
+
+#[test]
+fn mesh_30_comes_up_quickly() {
+    let t = mesh(30, 10000, 0, Duration::from_secs(200)).expect("mesh of 30 never complete");
+    assert!(t < Duration::from_secs(30), "{t:?}");
+}
+
+#[test]
+#[ignore = "slow in debug builds"]
+fn mesh_100_comes_up_within_a_minute() {
+    let t = mesh(100, 10000, 0, Duration::from_secs(300)).expect("mesh of 100 never complete");
+    assert!(t < Duration::from_secs(60), "{t:?}");
+}
+
+/// Open: with 5% loss, 72 IKE SAs of 9,900 still get no answer for their whole retransmission budget (2
+/// half-open SAs expire; full mesh after 63 s virtual). Uniform 5% loss alone fails six transmissions far more
+/// rarely, so another admission or retry path loses requests; not found yet.
+#[test]
+#[ignore = "slow in debug builds; fails: 72 unanswered IKE SAs with 5% loss (open)"]
+fn mesh_100_with_loss_comes_up_within_a_minute() {
+    let t = mesh(100, 10000, 5, Duration::from_secs(300)).expect("mesh of 100 never complete");
+    assert!(t < Duration::from_secs(60), "{t:?}");
+}
