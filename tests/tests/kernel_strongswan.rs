@@ -18,7 +18,7 @@ use vmsecd_e2e::kernel_peer::{
 };
 use vmsecd_e2e::kernel_peer::{AVM, BVM};
 use vmsecd_e2e::netns::Netns;
-use vmsecd_e2e::strongswan::{pki_keygen, Conn};
+use vmsecd_e2e::strongswan::{pki_ca, pki_issue, pki_keygen, Conn};
 use vmsecd_e2e::traffic;
 use vmsecd_e2e::vmsecd::{peer, Mesh, Vmsecd};
 
@@ -269,6 +269,75 @@ fn kernel_strongswan_framing_both_roles() {
             v.diagnostics()
         );
         end_cell(v, &charon);
+    }
+    cert_cells(&bed, &charon, only.as_deref());
+}
+
+/// X.509 certificates from `pki` (a root CA, one 2048-bit end certificate per side with its FQDN as
+/// subjectAltName; vmsecd `auth = "pubkey"` with `ca`, charon `certs` and the root in `x509ca/`), raw ESP, each
+/// side initiating, on the guest the other cells booted. `only` is `VT_CELLS`.
+fn cert_cells(bed: &GuestBed, charon: &GuestCharon, only: Option<&str>) {
+    let names = ["cert-vmsecd-init", "cert-charon-init"];
+    let wanted = |n: &str| only.is_none_or(|o| o.split(',').any(|x| x == n));
+    if !names.iter().any(|n| wanted(n)) {
+        return;
+    }
+    const A_ID: &str = "ha.example.net";
+    const B_ID: &str = "hb.example.net";
+    let dir = bed.dir("pki");
+    let root = pki_ca(&dir, "root", 2048, "C=CH, O=vmsecd test, CN=Kernel Mesh CA");
+    let issue = |name: &str, id: &str, ip: &str| {
+        pki_issue(
+            &dir,
+            &root,
+            name,
+            2048,
+            &format!("C=CH, O=vmsecd test, CN={id}"),
+            &[id, ip],
+            &[],
+        )
+    };
+    let a = issue("hacert", A_ID, "198.18.0.1");
+    let b = issue("hbcert", B_ID, "198.18.0.2");
+    charon.put("x509", &b.cert);
+    charon.put("private", &b.key);
+    charon.put("x509ca", &root.cert);
+    let mut c = conn().with_cert("hbcert.pem");
+    (c.local_id, c.remote_id) = (B_ID.into(), A_ID.into());
+    let text = format!(
+        "[mesh]\nauth = \"pubkey\"\nprivate_key = {:?}\nca = {:?}\nencap = \"auto\"\n\n[[host]]\n\
+         name = \"hA\"\naddress = \"198.18.0.1\"\nid = \"{A_ID}\"\ncert = {:?}\nsubnets = [\"198.19.1.0/24\"]\n\n\
+         [[host]]\nname = \"hB\"\naddress = \"198.18.0.2\"\nid = \"{B_ID}\"\nsubnets = [\"198.19.2.0/24\"]\n",
+        a.key.display().to_string(),
+        root.cert.display().to_string(),
+        a.cert.display().to_string(),
+    );
+    for (name, vmsecd_initiates) in [(names[0], true), (names[1], false)] {
+        if !wanted(name) {
+            continue;
+        }
+        let cell = Cell {
+            name,
+            vmsecd_encap: "auto",
+            charon_encap: false,
+            vmsecd_initiates,
+            udp: false,
+        };
+        let before = charon.log().len();
+        let v = run_cell(bed, charon, &cell, &c, &mesh(), GCM128, Some(&text));
+        let log = charon.log();
+        let log = log.get(before..).unwrap_or(&log);
+        for needle in [
+            format!("authentication of '{A_ID}' with RSA_EMSA_PSS_SHA2_256_SALT_32 successful"),
+            "reached self-signed root ca with a path length of 0".into(),
+        ] {
+            assert!(
+                log.contains(&needle),
+                "{name}: charon verified vmsecd's certificate chain and signature ({needle})\n{}",
+                diag(&v, charon)
+            );
+        }
+        end_cell(v, charon);
     }
 }
 
