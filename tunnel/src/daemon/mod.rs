@@ -30,7 +30,6 @@ mod rx;
 mod schedule;
 mod setup;
 mod sockets;
-mod spin;
 mod status;
 mod timing;
 mod tx;
@@ -123,8 +122,6 @@ struct Daemon {
     members: (Vec<crate::membership::entry::Member>, Vec<String>),
     /// The refusals last logged (logged again only when they change).
     members_refused: Vec<String>,
-    /// Keeps a core awake for a moment after each burst of packets (see `spin.rs`).
-    spinner: spin::Spinner,
 }
 
 /// Resolves when the membership from etcd changed; never without etcd. False when the task is gone.
@@ -196,14 +193,12 @@ impl Daemon {
                 // A read error is counted and survived; only a closed descriptor ends the daemon (review item 10).
                 r = self.tun.read_vnet(bufs.tx.read_buf()) => match r {
                     Ok(n) => {
-                        self.spinner.touch();
                         self.on_tun_readable(bufs, n)?;
                     }
                     Err(e) => self.tx.survive_read_error(e)?,
                 },
                 r = self.udp4500.readable() => {
                     r?;
-                    self.spinner.touch();
                     self.on_udp4500_readable(bufs)?;
                 }
                 r = self.udp500.recv_from(udp500_buf) => match r {
@@ -214,7 +209,6 @@ impl Daemon {
                 },
                 r = self.raw.readable() => {
                     r?;
-                    self.spinner.touch();
                     self.on_raw_readable(bufs)?;
                 }
                 _ = tokio::time::sleep_until(deadline) => {
