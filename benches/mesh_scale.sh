@@ -264,8 +264,13 @@ if has rekey; then
       t1=$(cpu_ticks "${PID[1]}")
       echo "h1 CPU in the ${PERF} s window: $(echo "($t1 - $t0) / $HZ" | bc -l | xargs printf '%.2f') s" \
         >"$DIR/perf-rekey.txt"
-      perf report -i "$DIR/perf-rekey.data" --no-children --sort symbol --stdio --percent-limit 0.7 2>/dev/null \
-        | grep -E '^ +[0-9]' | head -40 >>"$DIR/perf-rekey.txt" || true ) &
+      rep() { perf report -i "$DIR/perf-rekey.data" --no-children -g none --stdio "$@" 2>/dev/null \
+        | grep -E '^ +[0-9]' | sed -E 's/[ -]*$//' || true; }
+      { echo "by object:"; rep --sort dso | head -5
+        echo "top symbols:"; rep --sort dso,symbol | head -25
+        echo "top symbols in vmsecd itself (share of all samples):"; rep --sort symbol --dsos vmsecd | head -15
+        echo "all of ike::* together: $(rep --sort symbol --dsos vmsecd | awk '/ike::/ {s += $1} END {printf "%.1f%%", s}')"
+      } >>"$DIR/perf-rekey.txt" ) &
     PERFPID=$!; EXTRA+=("$PERFPID")
   fi
   ip netns exec "$P-v1" ping -n -q -i 0.02 -w 60 198.19.2.10 >"$DIR/rekey-ping.txt" 2>&1 || true
