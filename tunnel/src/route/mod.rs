@@ -24,7 +24,7 @@ use self::msg::{
     addr_msg, align4, attrs, ext_ack_msg, family_of, ip_bytes, ip_from, parse_route, route_msg,
     unreachable_msg, Msg, IFA_ADDRESS, IFA_LOCAL, NDA_DST, NDA_LLADDR, NETLINK_CAP_ACK,
     NETLINK_EXT_ACK, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_MULTI, NLM_F_REQUEST, RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_PREFSRC,
+    NLM_F_EXCL, NLM_F_MULTI, NLM_F_REQUEST, RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_PREFSRC, RTA_SRC,
     RTM_DELADDR, RTM_DELROUTE, RTM_GETADDR, RTM_GETNEIGH, RTM_GETROUTE, RTM_NEWADDR, RTM_NEWNEIGH,
     RTM_NEWROUTE, RTN_UNREACHABLE, RT_TABLE_MAIN, SOL_NETLINK,
 };
@@ -354,11 +354,26 @@ impl Netlink {
 
     /// Asks the kernel where it would send a packet to `dst` (`ip route get DST`).
     pub fn route_get(&mut self, dst: IpAddr) -> Result<RouteLookup, NetlinkError> {
+        self.route_get_from(dst, None)
+    }
+
+    /// As [`Netlink::route_get`], for a packet from `src` (`ip route get DST from SRC`): the answer a socket
+    /// bound to `src` gets, policy routing by source included.
+    pub fn route_get_from(
+        &mut self,
+        dst: IpAddr,
+        src: Option<IpAddr>,
+    ) -> Result<RouteLookup, NetlinkError> {
         let mut msg = Msg::new(RTM_GETROUTE, NLM_F_REQUEST);
         let (family, bits) = family_of(dst);
-        msg.bytes(&[family, bits, 0, 0, 0, 0, 0, 0]);
+        let src = src.filter(|s| s.is_ipv4() == dst.is_ipv4());
+        let src_bits = if src.is_some() { bits } else { 0 };
+        msg.bytes(&[family, bits, src_bits, 0, 0, 0, 0, 0]);
         msg.bytes(&0u32.to_ne_bytes());
         msg.attr(RTA_DST, &ip_bytes(dst));
+        if let Some(src) = src {
+            msg.attr(RTA_SRC, &ip_bytes(src));
+        }
         let mut found = RouteLookup {
             oif: None,
             gateway: None,

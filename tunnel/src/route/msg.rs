@@ -35,6 +35,7 @@ pub(super) const RTM_GETNEIGH: u16 = 30;
 pub(super) const NDA_DST: u16 = 1;
 pub(super) const NDA_LLADDR: u16 = 2;
 pub(super) const RTA_DST: u16 = 1;
+pub(super) const RTA_SRC: u16 = 2;
 pub(super) const RTA_OIF: u16 = 4;
 pub(super) const RTA_GATEWAY: u16 = 5;
 pub(super) const RTA_PRIORITY: u16 = 6;

@@ -12,8 +12,10 @@
 //! - a packet larger than the interface's MTU (the kernel fragments it; the ring would not);
 //! - what does not fit in the ring while earlier frames are still in flight.
 //!
-//! What the ring skips: netfilter's OUTPUT and POSTROUTING hooks (iptables/nft rules on outgoing ESP do not see
-//! these packets; `tc` and the qdisc still do), and the kernel's IP output counters. README "Raw ESP".
+//! What the ring skips: netfilter's OUTPUT and POSTROUTING hooks (iptables/nft rules on outgoing ESP see only
+//! the one batch per peer and second that takes the socket; `tc` and the qdisc see everything), and the kernel's
+//! IP output counters. `VMSECD_RAW_TX=socket` in the daemon's environment sends everything through the raw
+//! socket, as before. README "Raw ESP".
 
 // Writes bytes from the VM into frames: nothing here may panic on them.
 #![cfg_attr(
@@ -48,6 +50,8 @@ const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_ESP: u8 = 50;
 /// The TTL and hop limit the raw socket uses by default (net.ipv4.ip_default_ttl, the IPv6 route's hop limit).
 const HOPS: u8 = 64;
+/// The environment variable that turns the ring off (`socket`); the default is `ring`.
+const ENV: &str = "VMSECD_RAW_TX";
 
 /// Packets sent each way, shared by all transmitters (for tests and the status).
 #[derive(Default)]
@@ -61,7 +65,8 @@ pub(super) struct RawTx {
     socket: OwnedFd,
     /// Our underlay address, the packets' source; `None` (unknown) keeps the ring unused.
     local: Option<IpAddr>,
-    hops: Arc<NextHops>,
+    /// The next hop table; `None` when the ring is off (`VMSECD_RAW_TX=socket`, or no local address).
+    hops: Option<Arc<NextHops>>,
     ring: Mutex<RingState>,
     counters: Arc<Counters>,
 }
@@ -78,10 +83,23 @@ impl RawTx {
     /// A sender on the raw ESP socket `socket` (bound to our underlay address), with its own next hop table.
     pub(super) fn new(socket: OwnedFd) -> RawTx {
         let local = local_addr(&socket);
+        let ring = match std::env::var(ENV).as_deref() {
+            Ok("socket") => false,
+            Ok("ring") | Err(_) => true,
+            Ok(other) => {
+                tracing::warn!(
+                    "{ENV}={other:?} is neither \"ring\" nor \"socket\": using the ring"
+                );
+                true
+            }
+        };
+        if !ring {
+            tracing::info!("{ENV}=socket: raw ESP leaves through the raw socket only");
+        }
         RawTx {
             socket,
             local,
-            hops: NextHops::start(),
+            hops: local.filter(|_| ring).map(NextHops::start),
             ring: Mutex::new(RingState::Unopened),
             counters: Arc::default(),
         }
@@ -108,7 +126,7 @@ impl RawTx {
     pub(super) fn send(&self, data: &[u8], stride: usize, to: IpAddr) -> io::Result<()> {
         let stride = stride.max(1);
         let mut done = 0;
-        if let Some(hop) = self.local.and_then(|_| self.hops.get(to)) {
+        if let Some(hop) = self.hops.as_ref().and_then(|h| h.get(to)) {
             done = self.send_ring(data, stride, to, &hop);
         }
         let rest = data.get(done * stride..).unwrap_or_default();

@@ -4,10 +4,11 @@
 //! datapath only reads a table.
 //!
 //! A peer the table does not know (yet), or whose neighbour entry is not resolved, is sent to through the raw
-//! socket, which makes the kernel resolve it (ARP or ND). Because the ring's packets do not pass through the
-//! kernel's neighbour code, an entry would stay STALE for ever and miss a changed MAC: whenever the refresh finds
-//! it not REACHABLE, the next batch to that peer goes through the raw socket once, which makes the kernel
-//! confirm the neighbour (STALE, DELAY, PROBE, REACHABLE: a unicast ARP or ND probe).
+//! socket, which makes the kernel resolve it (ARP or ND). The ring's packets pass neither through the kernel's
+//! neighbour code nor through conntrack, so after each refresh (once a second) the next batch to each peer goes
+//! through the raw socket: the kernel then confirms the neighbour (a STALE entry goes DELAY, PROBE, REACHABLE by
+//! a unicast ARP or ND probe, so a changed MAC is learnt) and conntrack keeps seeing the flow (a host firewall
+//! that accepts inbound ESP as ESTABLISHED keeps accepting it).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -20,9 +21,7 @@ use crate::route::Netlink;
 /// How often the table is refreshed from the kernel.
 const REFRESH: Duration = Duration::from_secs(1);
 /// `NUD_*` states (include/uapi/linux/neighbour.h) whose link-layer address may be used.
-const NUD_REACHABLE: u16 = 0x02;
 const NUD_USABLE: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x80; // REACHABLE STALE DELAY PROBE PERMANENT
-const NUD_PERMANENT: u16 = 0x80;
 /// `ARPHRD_ETHER`: the ring writes Ethernet headers, so only Ethernet interfaces qualify.
 const ARPHRD_ETHER: u16 = 1;
 
@@ -39,7 +38,7 @@ pub(super) struct NextHop {
 #[derive(Default)]
 struct Entry {
     hop: Option<NextHop>,
-    /// Set by a refresh that found the neighbour not REACHABLE: the next batch takes the raw socket.
+    /// Set by each refresh: the next batch takes the raw socket (see the module's doc).
     probe: AtomicBool,
     /// Set by the datapath when it sends; an entry unused for a refresh is forgotten.
     used: AtomicBool,
@@ -47,6 +46,8 @@ struct Entry {
 
 /// The table, shared by the transmitters and the thread that refreshes it.
 pub(super) struct NextHops {
+    /// Our underlay address: routes are looked up from it, as for the raw socket bound to it.
+    local: IpAddr,
     table: RwLock<HashMap<IpAddr, Entry>>,
     wake: Condvar,
     woken: Mutex<bool>,
@@ -54,8 +55,9 @@ pub(super) struct NextHops {
 
 impl NextHops {
     /// The table, and its refresh thread, which ends when the last transmitter drops it.
-    pub(super) fn start() -> Arc<NextHops> {
+    pub(super) fn start(local: IpAddr) -> Arc<NextHops> {
         let hops = Arc::new(NextHops {
+            local,
             table: RwLock::new(HashMap::new()),
             wake: Condvar::new(),
             woken: Mutex::new(false),
@@ -130,14 +132,14 @@ fn refresh_loop(weak: Weak<NextHops>) {
             t.keys().copied().collect()
         };
         for to in wanted {
-            let (hop, probe) = match resolve(&mut nl, to) {
+            let hop = match resolve(&mut nl, hops.local, to) {
                 Ok(r) => r,
                 Err(e) => {
                     if !logged {
                         tracing::warn!(%to, "raw ESP next hop lookup failed, using the raw socket: {e}");
                         logged = true;
                     }
-                    (None, false)
+                    None
                 }
             };
             let mut t = hops.table.write().unwrap_or_else(PoisonError::into_inner);
@@ -146,33 +148,32 @@ fn refresh_loop(weak: Weak<NextHops>) {
                     tracing::debug!(%to, ?hop, "raw ESP next hop");
                 }
                 e.hop = hop;
-                if probe {
-                    e.probe.store(true, Ordering::Relaxed);
-                }
+                e.probe.store(true, Ordering::Relaxed);
             }
         }
     }
 }
 
-/// The next hop to `to` and whether its neighbour entry wants confirming; `None` if the ring cannot be used
-/// (no route, not Ethernet, neighbour unresolved).
+/// The next hop from `local` to `to`; `None` if the ring cannot be used (no route, not Ethernet, neighbour
+/// unresolved).
 fn resolve(
     nl: &mut Netlink,
+    local: IpAddr,
     to: IpAddr,
-) -> Result<(Option<NextHop>, bool), crate::route::NetlinkError> {
-    let route = nl.route_get(to)?;
+) -> Result<Option<NextHop>, crate::route::NetlinkError> {
+    let route = nl.route_get_from(to, Some(local))?;
     let Some(oif) = route.oif else {
-        return Ok((None, false));
+        return Ok(None);
     };
     let Some(link) = link_of(oif) else {
-        return Ok((None, false));
+        return Ok(None);
     };
     let via = route.gateway.unwrap_or(to);
     let Some(n) = nl.neigh_get(oif, via)? else {
-        return Ok((None, false));
+        return Ok(None);
     };
     let (Some(dst_mac), true) = (n.lladdr, n.state & NUD_USABLE != 0) else {
-        return Ok((None, false));
+        return Ok(None);
     };
     let hop = NextHop {
         ifindex: oif as i32,
@@ -180,7 +181,7 @@ fn resolve(
         dst_mac,
         mtu: link.1,
     };
-    Ok((Some(hop), n.state & (NUD_REACHABLE | NUD_PERMANENT) == 0))
+    Ok(Some(hop))
 }
 
 /// An Ethernet interface's MAC and MTU (SIOCGIFHWADDR, SIOCGIFMTU); `None` for any other kind of link.

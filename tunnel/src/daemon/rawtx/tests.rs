@@ -124,9 +124,11 @@ fn batch(mark: u8, n: usize, stride: usize, last: usize) -> Vec<u8> {
     v
 }
 
-/// Sends batches from a until the ring carried one, then a last batch marked 0xEE (through the ring) and one
-/// packet larger than the MTU (through the socket); returns the counters' (ring, socket) after each step.
-fn send_side(local: IpAddr, to: IpAddr) -> [(u64, u64); 2] {
+/// Sends batches from a until the ring carried one, then a batch marked 0xE0 + n that went through the ring (a
+/// batch after each refresh of the next hops takes the socket: the next mark is tried then), then one packet
+/// larger than the MTU (through the socket, marked 0xFF). Returns the mark and the counters' (ring, socket)
+/// after the marked batch and at the end.
+fn send_side(local: IpAddr, to: IpAddr) -> (u8, [(u64, u64); 2]) {
     let tx = RawTx::new(OwnedFd::from(raw_socket(local)));
     let c = |tx: &RawTx| {
         let c = tx.counters();
@@ -145,20 +147,24 @@ fn send_side(local: IpAddr, to: IpAddr) -> [(u64, u64); 2] {
         tx.send(&batch(0x11, 2, 600, 600), 600, to).expect("send");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let before = c(&tx);
-    tx.send(&batch(0xEE, 3, 1000, 500), 1000, to).expect("send");
-    let ring = c(&tx);
-    assert_eq!(
-        ring,
-        (before.0 + 3, before.1),
-        "the marked batch went through the ring"
-    );
+    let mut mark = 0xE0;
+    let ring = loop {
+        let before = c(&tx);
+        tx.send(&batch(mark, 3, 1000, 500), 1000, to).expect("send");
+        let after = c(&tx);
+        if after == (before.0 + 3, before.1) {
+            break after;
+        }
+        assert_eq!(after, (before.0, before.1 + 3), "a batch goes one way");
+        mark += 1;
+        assert!(mark < 0xF0, "the ring never carried a marked batch");
+    };
     tx.send(&batch(0xFF, 1, 3000, 3000), 3000, to)
         .expect("send");
-    [ring, c(&tx)]
+    (mark, [ring, c(&tx)])
 }
 
-/// Receives on b until the 0xEE batch and the 0xFF packet arrived; returns them (IPv4: with their header).
+/// Receives on b until the 0xFF packet arrived; returns the marked batches and it (IPv4: with their header).
 fn receive_side(local: IpAddr) -> impl FnOnce() -> Vec<Vec<u8>> {
     let s = raw_socket(local);
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -167,18 +173,29 @@ fn receive_side(local: IpAddr) -> impl FnOnce() -> Vec<Vec<u8>> {
         let mut got = Vec::new();
         let mut buf = vec![0u8; 65536];
         let off = if local.is_ipv4() { 20 } else { 0 };
-        while got.len() < 4 {
+        loop {
             let n = s.read(&mut buf).expect("the packets arrive");
-            if matches!(buf.get(off), Some(0xEE | 0xFF)) {
+            let mark = buf.get(off).copied().unwrap_or(0);
+            if mark >= 0xE0 {
                 got.push(buf[..n].to_vec());
             }
+            if mark == 0xFF {
+                return got;
+            }
         }
-        got
     }
+}
+
+/// The packets of the batch marked `mark`, then the last (large) one.
+fn pick(got: Vec<Vec<u8>>, off: usize, mark: u8) -> Vec<Vec<u8>> {
+    got.into_iter()
+        .filter(|p| p[off] == mark || p[off] == 0xFF)
+        .collect()
 }
 
 #[test]
 fn ring_sends_raw_esp_with_the_ipv4_header_the_socket_would_write() {
+    const OFF: usize = 20;
     let pair = Pair::new("ring_sends_raw_esp_with_the_ipv4_header_the_socket_would_write");
     let (a, b): (IpAddr, IpAddr) = (
         "198.18.77.1".parse().unwrap(),
@@ -187,14 +204,19 @@ fn ring_sends_raw_esp_with_the_ipv4_header_the_socket_would_write() {
     let rx = pair.run('b', move || receive_side(b));
     // The socket was opened in b: it receives there, whichever thread reads it.
     let rx = std::thread::spawn(rx);
-    let [ring, after] = pair.run('a', move || send_side(a, b));
+    let (mark, [ring, after]) = pair.run('a', move || send_side(a, b));
     assert_eq!(
         after,
         (ring.0, ring.1 + 1),
         "the packet over the MTU went through the socket"
     );
-    let got = rx.join().unwrap();
-    let want = batch(0xEE, 3, 1000, 500);
+    let got = pick(rx.join().unwrap(), OFF, mark);
+    assert_eq!(
+        got.len(),
+        4,
+        "the marked batch and the large packet arrived"
+    );
+    let want = batch(mark, 3, 1000, 500);
     let mut esp: Vec<&[u8]> = want.chunks(1000).collect();
     esp.push(&[]);
     for (i, p) in got.iter().enumerate() {
@@ -225,19 +247,25 @@ fn ring_sends_raw_esp_with_the_ipv4_header_the_socket_would_write() {
 
 #[test]
 fn ring_sends_raw_esp_over_ipv6() {
+    const OFF: usize = 0;
     let pair = Pair::new("ring_sends_raw_esp_over_ipv6");
     let (a, b): (IpAddr, IpAddr) = ("fd00:77::1".parse().unwrap(), "fd00:77::2".parse().unwrap());
     let rx = pair.run('b', move || receive_side(b));
     // The socket was opened in b: it receives there, whichever thread reads it.
     let rx = std::thread::spawn(rx);
-    let [ring, after] = pair.run('a', move || send_side(a, b));
+    let (mark, [ring, after]) = pair.run('a', move || send_side(a, b));
     assert_eq!(
         after,
         (ring.0, ring.1 + 1),
         "the packet over the MTU went through the socket"
     );
-    let got = rx.join().unwrap();
-    let want = batch(0xEE, 3, 1000, 500);
+    let got = pick(rx.join().unwrap(), OFF, mark);
+    assert_eq!(
+        got.len(),
+        4,
+        "the marked batch and the large packet arrived"
+    );
+    let want = batch(mark, 3, 1000, 500);
     let mut esp: Vec<&[u8]> = want.chunks(1000).collect();
     esp.push(&[]);
     for (i, p) in got.iter().enumerate() {
