@@ -11,7 +11,8 @@
 #   vmsecd      vmsecd <-> vmsecd, aes128gcm16, ESP in UDP 4500
 #   vmsecd-2w   as vmsecd, with `workers = 2`: two TUN queues, a transmit thread for the second
 #   vmsecd-chacha  vmsecd <-> vmsecd, chacha20poly1305, ESP in UDP 4500
-#   vmsecd-raw  vmsecd <-> vmsecd, aes128gcm16, raw ESP (IP protocol 50)
+#   vmsecd-raw  vmsecd <-> vmsecd, aes128gcm16, raw ESP (IP protocol 50), sent through the AF_PACKET ring
+#   vmsecd-raw-socket  as vmsecd-raw with VMSECD_RAW_TX=socket: raw ESP sent with sendmmsg (before issue 15)
 #   vmsecd-swan vmsecd (h1) <-> strongSwan (h2), aes128gcm16
 #   boringtun   boringtun-cli <-> boringtun-cli, WG_THREADS=1 (its fastest setting here)
 #   wggo        wireguard-go <-> wireguard-go (Debian's)
@@ -37,7 +38,7 @@ ONLY=""
 JSON=""
 ALLOCS=0
 BORINGTUN=${BORINGTUN:-$(command -v boringtun-cli || echo /tmp/bt-root/bin/boringtun-cli)}
-usage() { echo "usage: $0 [--seconds N] [--runs N] [--only plain,swan,vmsecd-mesh,vmsecd,vmsecd-2w,vmsecd-chacha,vmsecd-raw,vmsecd-swan,boringtun,wggo] [--json FILE] [--bin PATH] [--allocs]" >&2; exit 2; }
+usage() { echo "usage: $0 [--seconds N] [--runs N] [--only plain,swan,vmsecd-mesh,vmsecd,vmsecd-2w,vmsecd-chacha,vmsecd-raw,vmsecd-raw-socket,vmsecd-swan,boringtun,wggo] [--json FILE] [--bin PATH] [--allocs]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) BIN="$2"; shift ;;
@@ -209,6 +210,8 @@ start_config() {
     vmsecd-2w) start_vmsecd 1 aes128gcm16 udp 2; start_vmsecd 2 aes128gcm16 udp 2 ;;
     vmsecd-chacha) start_vmsecd 1 chacha20poly1305 udp; start_vmsecd 2 chacha20poly1305 udp ;;
     vmsecd-raw) start_vmsecd 1 aes128gcm16 raw; start_vmsecd 2 aes128gcm16 raw ;;
+    vmsecd-raw-socket) export VMSECD_RAW_TX=socket; start_vmsecd 1 aes128gcm16 raw; start_vmsecd 2 aes128gcm16 raw
+      unset VMSECD_RAW_TX ;;
     vmsecd-swan) start_charon 2; start_vmsecd 1 aes128gcm16 udp ;;
     boringtun) start_wg boringtun ;;
     wggo) start_wg wggo ;;
@@ -248,7 +251,7 @@ median() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.argv[1:]]
 TICK=$(getconf CLK_TCK)
 echo "# vmsecd e2e benchmark, $SECS s per iperf3 run x $RUNS, $(nproc) cores, $(date -u +%FT%TZ)"
 echo "# load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-for cfg in plain swan vmsecd-mesh vmsecd vmsecd-2w vmsecd-chacha vmsecd-raw vmsecd-swan boringtun wggo; do
+for cfg in plain swan vmsecd-mesh vmsecd vmsecd-2w vmsecd-chacha vmsecd-raw vmsecd-raw-socket vmsecd-swan boringtun wggo; do
   want "$cfg" || continue
   case "$cfg" in
     swan|vmsecd-swan) [ -x /usr/lib/ipsec/charon ] || { echo "# $cfg: skipped, no charon (apt-get install strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins)"; continue; } ;;

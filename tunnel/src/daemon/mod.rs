@@ -24,6 +24,7 @@ mod metrics;
 mod metrics_http;
 mod offload;
 mod peers;
+mod rawtx;
 mod reload;
 mod reload_plan;
 mod rx;
