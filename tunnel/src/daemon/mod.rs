@@ -26,6 +26,7 @@ mod offload;
 mod peers;
 mod reload;
 mod reload_plan;
+mod route_repair;
 mod rx;
 mod schedule;
 mod setup;
@@ -89,6 +90,8 @@ struct Daemon {
     cp: ControlPlane,
     datapath: Datapath,
     routes: Routes,
+    /// Whether putting back the routes into the TUN is failing, so that it is not logged every second.
+    route_repairs: route_repair::FailureLog,
     /// Unreachable routes behind the TUN routes, kept after a crash (see [`crate::failclosed`]).
     failclosed: crate::failclosed::FailClosed,
     tun: AsyncQueue,
