@@ -28,6 +28,7 @@ mod peers;
 mod rawtx;
 mod reload;
 mod reload_plan;
+mod route_repair;
 mod rx;
 mod schedule;
 mod setup;
@@ -90,6 +91,8 @@ struct Daemon {
     cp: ControlPlane,
     datapath: Datapath,
     routes: Routes,
+    /// Whether putting back the routes into the TUN is failing, so that it is not logged every second.
+    route_repairs: route_repair::FailureLog,
     /// Unreachable routes behind the TUN routes, kept after a crash (see [`crate::failclosed`]).
     failclosed: crate::failclosed::FailClosed,
     tun: AsyncQueue,
@@ -217,7 +220,6 @@ impl Daemon {
                 }
                 r = sockets::second_readable(&self.second, |s| &s.udp4500) => {
                     r?;
-                    self.spinner.touch();
                     self.on_second_udp4500_readable(bufs)?;
                 }
                 r = sockets::second_readable(&self.second, |s| &s.udp500) => {
@@ -226,7 +228,6 @@ impl Daemon {
                 }
                 r = sockets::second_raw_readable(&self.second) => {
                     r?;
-                    self.spinner.touch();
                     self.on_second_raw_readable(bufs)?;
                 }
                 _ = tokio::time::sleep_until(deadline) => {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::apply::local_sources;
 use super::control_plane::ControlPlane;
 use super::datapath::Datapath;
-use super::{apply, control, logcap, metrics_http, sockets, tx, workers, Daemon};
+use super::{apply, control, logcap, metrics_http, route_repair, sockets, tx, workers, Daemon};
 use crate::config::Config;
 use crate::route::{Netlink, Route, Routes};
 use crate::tun::{AsyncQueue, Tun, TunOptions};
@@ -154,6 +154,7 @@ impl Daemon {
             libvirt_dirs,
             recv_errors: 0,
             logs: logcap::Limits::new(),
+            route_repairs: route_repair::FailureLog::default(),
         })
     }
 

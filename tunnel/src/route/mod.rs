@@ -135,12 +135,21 @@ pub struct ListedRoute {
     pub metric: u32,
     /// The protocol number.
     pub proto: u8,
+    /// The outgoing interface (`RTA_OIF`), 0 when the route has none (unreachable, multipath).
+    pub oif: u32,
 }
 
 impl ListedRoute {
     /// True if it is an `unreachable` route.
     pub fn is_unreachable(&self) -> bool {
         self.kind == RTN_UNREACHABLE
+    }
+
+    /// True if this listed route is `route` as vmsecd installed it: the same prefix into the same interface. A
+    /// route to the same prefix through another device (someone else's, or a leftover) is not ours: counting
+    /// it as present would leave the remote subnet routed away from the TUN for good.
+    pub fn is(&self, route: &Route) -> bool {
+        self.dst == route.dst && self.oif == route.ifindex && !self.is_unreachable()
     }
 }
 
@@ -601,7 +610,7 @@ impl Routes {
             .installed
             .iter()
             .copied()
-            .partition(|r| listed.iter().any(|l| l.dst == r.dst && !l.is_unreachable()));
+            .partition(|r| listed.iter().any(|l| l.is(r)));
         if missing.is_empty() {
             return Ok(Vec::new());
         }

@@ -149,9 +149,11 @@ pub(super) fn parse_route(ty: u16, body: &[u8]) -> Option<(ListedRoute, u32)> {
     let mut table = u32::from(table);
     let mut dst = None;
     let mut metric = 0;
+    let mut oif = 0;
     for (t, v) in attrs(&body[12..]) {
         match t {
             RTA_DST => dst = ip_from(family, v),
+            RTA_OIF if v.len() == 4 => oif = u32::from_ne_bytes(v.try_into().ok()?),
             RTA_PRIORITY if v.len() == 4 => metric = u32::from_ne_bytes(v.try_into().ok()?),
             RTA_TABLE if v.len() == 4 => table = u32::from_ne_bytes(v.try_into().ok()?),
             _ => {}
@@ -170,6 +172,7 @@ pub(super) fn parse_route(ty: u16, body: &[u8]) -> Option<(ListedRoute, u32)> {
             kind,
             metric,
             proto,
+            oif,
         },
         table,
     ))
@@ -277,6 +280,25 @@ mod tests {
         assert_eq!(a[0], (RTA_DST, &[198u8, 19, 2, 0][..]));
         assert_eq!(a[1], (RTA_OIF, &7u32.to_ne_bytes()[..]));
         assert_eq!(a[2], (RTA_PREFSRC, &[198u8, 19, 1, 1][..]));
+        // The kernel's dump of it carries the interface back; only that prefix into that interface is ours.
+        let (listed, _) = parse_route(RTM_NEWROUTE, &b[16..]).unwrap();
+        assert_eq!((listed.dst, listed.oif), (r.dst, 7));
+        assert!(listed.is(&r));
+        let elsewhere = ListedRoute { oif: 8, ..listed };
+        assert!(!elsewhere.is(&r), "same prefix through another device");
+        let other_prefix = ListedRoute {
+            dst: "198.19.3.0/24".parse().unwrap(),
+            ..listed
+        };
+        assert!(!other_prefix.is(&r));
+        let refusing = ListedRoute {
+            kind: RTN_UNREACHABLE,
+            ..listed
+        };
+        assert!(
+            !refusing.is(&r),
+            "an unreachable route is never the TUN route"
+        );
     }
 
     #[test]
@@ -314,7 +336,8 @@ mod tests {
                 dst: r.dst,
                 kind: RTN_UNREACHABLE,
                 metric: r.metric,
-                proto: 118
+                proto: 118,
+                oif: 0,
             }
         );
         assert!(listed.is_unreachable());
