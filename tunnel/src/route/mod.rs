@@ -19,6 +19,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use crate::prefix::Prefix;
 
 mod msg;
+#[cfg(test)]
+mod repair_tests;
 
 use self::msg::{
     addr_msg, align4, attrs, ext_ack_msg, family_of, ip_bytes, ip_from, parse_route, route_msg,
@@ -616,6 +618,10 @@ impl Routes {
         }
         self.installed = kept;
         let mut back = Vec::new();
+        let mut first_error = None;
+        // Every missing route is tried, and every one that fails stays tracked: one that cannot be put back
+        // (another device's route to the same prefix in the way) must not keep the others out, nor make them
+        // forgotten (never put back, nor removed at exit).
         for r in missing {
             // With the source first: it is back if the address is (net-start), else add() goes without it.
             match self.add(r) {
@@ -623,11 +629,25 @@ impl Routes {
                 Err(e) => {
                     // Remember it, so the next round tries again.
                     self.installed.push(r);
-                    return Err(e);
+                    first_error.get_or_insert(e);
                 }
             }
         }
-        Ok(back)
+        match first_error {
+            Some(e) => {
+                if !back.is_empty() {
+                    tracing::warn!(
+                        "routes into the TUN were gone and are put back: {}",
+                        back.iter()
+                            .map(|p| p.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                Err(e)
+            }
+            None => Ok(back),
+        }
     }
 
     /// Removes the tracked route to `dst`. A route already gone (its interface removed) counts as removed.
