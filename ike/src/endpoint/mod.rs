@@ -364,7 +364,9 @@ impl Endpoint {
 
     /// Before an initiator in IKE_SA_INIT handles a datagram (its response, which sends IKE_AUTH): tells it
     /// whether another IKE SA with the peer is established, which its IKE_AUTH must then not deny by claiming
-    /// INITIAL_CONTACT (RFC 7296 2.4). Scans the SAs once or twice per IKE SA we initiate, never for others.
+    /// INITIAL_CONTACT (RFC 7296 2.4). Looks at the peer's SAs only: it runs for every datagram that names an
+    /// initiator's SPI while it waits for its IKE_SA_INIT response, and anyone who saw the request may send
+    /// those, so a walk over every SA would make their cost grow with the mesh again.
     fn note_other_established(&mut self, spi: u64) {
         let Some(name) = self
             .sas
@@ -374,11 +376,12 @@ impl Endpoint {
         else {
             return;
         };
-        let other = self.sas.iter().any(|(k, sa)| {
+        let other = self.peer_sas(&name).iter().any(|k| {
             *k != spi
-                && sa.config().name == name
-                && sa.state() == State::Established
-                && !sa.is_superseded()
+                && self
+                    .sas
+                    .get(k)
+                    .is_some_and(|sa| sa.state() == State::Established && !sa.is_superseded())
         });
         if let Some(sa) = self.sas.get_mut(&spi) {
             sa.set_other_established(other);
