@@ -167,7 +167,7 @@ impl RawTx {
         let RingState::Open(ring) = &mut *guard else {
             return 0;
         };
-        let mut n = 0;
+        let mut n: usize = 0;
         for esp in data.chunks(stride) {
             let len = ETH_HLEN + l3 + esp.len();
             let Some(frame) = ring.frame(len) else {
@@ -181,7 +181,13 @@ impl RawTx {
         }
         if n > 0 {
             if let Err(e) = ring.flush(hop.ifindex, ethertype) {
-                tracing::debug!("sending ESP (ring): {e}");
+                // What the kernel did not take is the end of this batch: the raw socket tries it.
+                tracing::debug!(
+                    "sending ESP (ring): {}; {} packets left to the raw socket",
+                    e.error,
+                    e.frames
+                );
+                n = n.saturating_sub(e.frames);
             }
         }
         n

@@ -13,6 +13,12 @@
 //! - Every byte range written is checked against the frame's size first (`Frame::data`).
 //! - The kernel walks the ring from its own head index, one frame after the other, and sends those marked
 //!   SEND_REQUEST; `next` follows it in the same order and never skips a frame, so both stay in step.
+//! - The kernel looks at SEND_REQUEST frames only inside our `sendto` (`tpacket_snd`, under the ring's lock);
+//!   what it leaves SEND_REQUEST when that fails (all of them for a link that is down) starts at its head and
+//!   ends at `next - 1`. [`Ring::flush`] takes those back (AVAILABLE, `next` back to the first), so a failed
+//!   send neither leaves them to go out with a later batch, on another interface and behind another next hop,
+//!   nor fills the ring for good: a full ring is never flushed again, as only a batch that found a frame
+//!   flushes.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -33,7 +39,7 @@ const DATA_AT: usize = 32;
 /// Offset of `tp_len` in `struct tpacket2_hdr`.
 const TP_LEN_AT: usize = 4;
 /// The ring's memory, whatever the frame size: 2 MiB (1024 frames of 2 KiB for a 1500-byte MTU).
-const RING_BYTES: usize = 2 << 20;
+pub(super) const RING_BYTES: usize = 2 << 20;
 /// The kernel's block size for the ring (a multiple of the page size, and of every frame size we use).
 const BLOCK: usize = 1 << 16;
 
@@ -152,8 +158,9 @@ impl Ring {
     }
 
     /// Asks the kernel to send every committed frame, on interface `ifindex` with link-layer protocol
-    /// `ethertype`; does not wait for the frames to leave.
-    pub(super) fn flush(&self, ifindex: i32, ethertype: u16) -> io::Result<()> {
+    /// `ethertype`; does not wait for the frames to leave. On failure, the frames the kernel did not take are
+    /// dropped (ours again), and counted in the error.
+    pub(super) fn flush(&mut self, ifindex: i32, ethertype: u16) -> Result<(), Unsent> {
         // SAFETY: sockaddr_ll is plain data; zeroes are valid.
         let mut ll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         ll.sll_family = libc::AF_PACKET as u16;
@@ -171,10 +178,44 @@ impl Ring {
             )
         };
         if r < 0 {
-            return Err(io::Error::last_os_error());
+            let error = io::Error::last_os_error();
+            let frames = self.reclaim();
+            return Err(Unsent { error, frames });
         }
         Ok(())
     }
+
+    /// After a failed `sendto`: the last committed frames still SEND_REQUEST (the kernel did not take them) are
+    /// ours again, and `next` goes back to the first of them, where the kernel's head stopped. Returns how many.
+    fn reclaim(&mut self) -> usize {
+        let mut n = 0;
+        while n < self.frames {
+            let i = (self.next + self.frames - 1) % self.frames;
+            let s = self.status(i);
+            if s.load(Ordering::Acquire) != TP_STATUS_SEND_REQUEST {
+                break;
+            }
+            s.store(TP_STATUS_AVAILABLE, Ordering::Relaxed);
+            self.next = i;
+            n += 1;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+impl Ring {
+    /// True when every frame is available (the kernel sent all committed ones).
+    pub(super) fn idle(&self) -> bool {
+        (0..self.frames).all(|i| self.status(i).load(Ordering::Acquire) == TP_STATUS_AVAILABLE)
+    }
+}
+
+/// A failed [`Ring::flush`]: why, and how many committed frames were dropped.
+#[derive(Debug)]
+pub(super) struct Unsent {
+    pub(super) error: io::Error,
+    pub(super) frames: usize,
 }
 
 impl Drop for Ring {

@@ -294,3 +294,48 @@ fn ipv4_checksum_matches_rfc_1071_example() {
     assert_eq!(ipv4_checksum(&built), 0);
     assert_eq!(u16::from_be_bytes([built[2], built[3]]), 120);
 }
+
+/// A flush that fails (here: the link is down, ENETDOWN) drops the frames the kernel did not take and keeps the
+/// ring in step with the kernel's head: twice the ring's frames go by one failed flush each without the ring
+/// filling up (the frames used to stay SEND_REQUEST: a full ring, which nothing flushed again, put all raw ESP
+/// on the raw socket for good, and a partly filled one sent its stale frames with a later batch, on that
+/// batch's interface), and once the link is up again the kernel sends what follows.
+#[test]
+fn a_failed_flush_leaves_no_frame_behind() {
+    let pair = Pair::new("a_failed_flush_leaves_no_frame_behind");
+    ip(&["-n", &pair.ns('a'), "link", "set", "r0", "down"]);
+    let (mut ring, ifindex) = pair.run('a', || {
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c"r0".as_ptr()) } as i32;
+        assert_ne!(ifindex, 0);
+        let mut ring = Ring::open(ETH_HLEN + 1500).expect("ring");
+        let frames = ring::RING_BYTES / 2048;
+        for i in 0..2 * frames {
+            let f = ring
+                .frame(64)
+                .unwrap_or_else(|| panic!("no frame after {i} failed flushes"));
+            f.fill(0);
+            ring.commit(64);
+            let e = ring.flush(ifindex, ETH_P_IP).expect_err("the link is down");
+            assert_eq!(e.error.raw_os_error(), Some(libc::ENETDOWN), "{e:?}");
+            assert_eq!(e.frames, 1, "the frame is dropped");
+        }
+        (ring, ifindex)
+    });
+    ip(&["-n", &pair.ns('a'), "link", "set", "r0", "up"]);
+    for _ in 0..3 {
+        let f = ring.frame(64).expect("a frame");
+        f.fill(0);
+        ring.commit(64);
+    }
+    ring.flush(ifindex, ETH_P_IP).expect("the link is up");
+    // The kernel took them from where its head was: all three sent and available again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ring.idle() {
+        assert!(
+            Instant::now() < deadline,
+            "the kernel never sent the frames"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
