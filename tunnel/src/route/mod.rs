@@ -26,9 +26,9 @@ use self::msg::{
     addr_msg, align4, attrs, ext_ack_msg, family_of, ip_bytes, ip_from, parse_route, route_msg,
     unreachable_msg, Msg, IFA_ADDRESS, IFA_LOCAL, NDA_DST, NDA_LLADDR, NETLINK_CAP_ACK,
     NETLINK_EXT_ACK, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_MULTI, NLM_F_REQUEST, RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_PREFSRC, RTA_SRC,
-    RTM_DELADDR, RTM_DELROUTE, RTM_GETADDR, RTM_GETNEIGH, RTM_GETROUTE, RTM_NEWADDR, RTM_NEWNEIGH,
-    RTM_NEWROUTE, RTN_UNREACHABLE, RT_TABLE_MAIN, SOL_NETLINK,
+    NLM_F_EXCL, NLM_F_MULTI, NLM_F_REQUEST, RTAX_MTU, RTA_DST, RTA_GATEWAY, RTA_METRICS, RTA_OIF,
+    RTA_PREFSRC, RTA_SRC, RTM_DELADDR, RTM_DELROUTE, RTM_GETADDR, RTM_GETNEIGH, RTM_GETROUTE,
+    RTM_NEWADDR, RTM_NEWNEIGH, RTM_NEWROUTE, RTN_UNREACHABLE, RT_TABLE_MAIN, SOL_NETLINK,
 };
 
 /// A netlink request the kernel refused, or a socket failure.
@@ -89,6 +89,9 @@ pub struct RouteLookup {
     pub gateway: Option<IpAddr>,
     /// Source address the kernel would pick.
     pub prefsrc: Option<IpAddr>,
+    /// The route's MTU (`RTAX_MTU` in `RTA_METRICS`): a route's `mtu`, or a path MTU the kernel learned from an
+    /// ICMP "fragmentation needed" / "packet too big"; `None` when the interface's holds.
+    pub mtu: Option<u32>,
 }
 
 /// A neighbour entry (`ip neigh get ADDR dev IF`): the link-layer address and the entry's `NUD_*` state.
@@ -389,6 +392,7 @@ impl Netlink {
             oif: None,
             gateway: None,
             prefsrc: None,
+            mtu: None,
         };
         self.request(&format!("look up route to {dst}"), msg, |ty, body| {
             if ty != RTM_NEWROUTE || body.len() < 12 {
@@ -401,6 +405,13 @@ impl Netlink {
                     }
                     RTA_GATEWAY => found.gateway = ip_from(family, v),
                     RTA_PREFSRC => found.prefsrc = ip_from(family, v),
+                    RTA_METRICS => {
+                        found.mtu = attrs(v)
+                            .find(|(t, m)| *t == RTAX_MTU && m.len() == 4)
+                            .and_then(|(_, m)| <[u8; 4]>::try_from(m).ok())
+                            .map(u32::from_ne_bytes)
+                            .filter(|m| *m > 0)
+                    }
                     _ => {}
                 }
             }

@@ -39,6 +39,9 @@ pub(super) const RTA_SRC: u16 = 2;
 pub(super) const RTA_OIF: u16 = 4;
 pub(super) const RTA_GATEWAY: u16 = 5;
 pub(super) const RTA_PRIORITY: u16 = 6;
+pub(super) const RTA_METRICS: u16 = 8;
+/// In `RTA_METRICS` (nested): the route's MTU.
+pub(super) const RTAX_MTU: u16 = 2;
 pub(super) const RTA_PREFSRC: u16 = 7;
 pub(super) const RTA_TABLE: u16 = 15;
 pub(super) const IFA_ADDRESS: u16 = 1;

@@ -9,7 +9,8 @@
 //! the ring cannot carry:
 //! - a peer whose route or neighbour is not (yet) resolved, or not over Ethernet (the socket's send makes the
 //!   kernel resolve it);
-//! - a packet larger than the interface's MTU (the kernel fragments it; the ring would not);
+//! - a packet larger than the path's MTU: the interface's, or the route's when lower (a route's `mtu`, or a
+//!   path MTU the kernel learned from ICMP): the kernel fragments it; the ring would not;
 //! - what does not fit in the ring while earlier frames are still in flight.
 //!
 //! What the ring skips: netfilter's OUTPUT and POSTROUTING hooks (iptables/nft rules on outgoing ESP see only
@@ -156,7 +157,7 @@ impl RawTx {
         }
         let mut guard = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
         if matches!(*guard, RingState::Unopened) {
-            *guard = match Ring::open(ETH_HLEN + hop.mtu) {
+            *guard = match Ring::open(ETH_HLEN + hop.link_mtu) {
                 Ok(r) => RingState::Open(r),
                 Err(e) => {
                     tracing::warn!("raw ESP transmit ring unavailable, using the raw socket: {e}");

@@ -31,8 +31,12 @@ pub(super) struct NextHop {
     pub(super) ifindex: i32,
     pub(super) src_mac: [u8; 6],
     pub(super) dst_mac: [u8; 6],
-    /// The interface's MTU: larger packets go through the raw socket, which fragments them.
+    /// The path's MTU: the interface's, or the route's when lower (a route's `mtu`, or a path MTU the kernel
+    /// learned from ICMP). Larger packets go through the raw socket, which fragments them (or reports the
+    /// error), as it would without the ring.
     pub(super) mtu: usize,
+    /// The interface's MTU, which sizes the ring's frames.
+    pub(super) link_mtu: usize,
 }
 
 #[derive(Default)]
@@ -179,7 +183,8 @@ fn resolve(
         ifindex: oif as i32,
         src_mac: link.0,
         dst_mac,
-        mtu: link.1,
+        mtu: route.mtu.map_or(link.1, |m| link.1.min(m as usize)),
+        link_mtu: link.1,
     };
     Ok(Some(hop))
 }

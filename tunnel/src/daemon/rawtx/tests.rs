@@ -339,3 +339,47 @@ fn a_failed_flush_leaves_no_frame_behind() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A route's MTU below its interface's (`ip route ... mtu`, or a path MTU the kernel learned from an ICMP
+/// "fragmentation needed") holds for the ring as for the raw socket: a packet over it goes through the socket,
+/// which fragments it (or reports the error), never through the ring, which would send it whole with DF set
+/// into a path that drops it.
+#[test]
+fn a_route_mtu_below_the_link_mtu_keeps_larger_packets_off_the_ring() {
+    let pair = Pair::new("a_route_mtu_below_the_link_mtu_keeps_larger_packets_off_the_ring");
+    ip(&[
+        "-n",
+        &pair.ns('a'),
+        "route",
+        "add",
+        "198.18.77.2/32",
+        "dev",
+        "r0",
+        "mtu",
+        "lock",
+        "1200",
+    ]);
+    let (a, b): (IpAddr, IpAddr) = (
+        "198.18.77.1".parse().unwrap(),
+        "198.18.77.2".parse().unwrap(),
+    );
+    pair.run('a', move || {
+        let tx = RawTx::new(OwnedFd::from(raw_socket(a)));
+        let ring = |tx: &RawTx| tx.counters().ring.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ring(&tx) == 0 {
+            assert!(Instant::now() < deadline, "the ring never carried a packet");
+            tx.send(&batch(0x11, 2, 600, 600), 600, b).expect("send");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for i in 0..5 {
+            let before = ring(&tx);
+            let _ = tx.send(&batch(0x22, 3, 1300, 1300), 1300, b);
+            assert_eq!(
+                ring(&tx),
+                before,
+                "try {i}: 1300 bytes over a 1200-byte route took the ring"
+            );
+        }
+    });
+}
