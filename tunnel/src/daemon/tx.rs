@@ -91,6 +91,11 @@ impl Transmitter {
         })
     }
 
+    /// Raw ESP packets sent so far through the ring and the raw socket, by every transmitter of this table.
+    pub(super) fn raw_esp_out(&self) -> super::control::RawEspOut {
+        self.raw.sent()
+    }
+
     /// TUN read errors survived so far, by every transmitter of this table.
     pub(super) fn tun_errors(&self) -> u64 {
         self.errors.count.load(Ordering::Relaxed)
