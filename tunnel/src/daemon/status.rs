@@ -114,5 +114,7 @@ pub(super) fn status(
             recv_errors,
             tun_errors,
         },
+        // Filled in by the caller, which owns the transmitters.
+        raw_esp_out: Default::default(),
     }
 }
