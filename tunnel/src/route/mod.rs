@@ -537,11 +537,17 @@ impl Routes {
     /// a restart). A flush by hand is repaired the same way. Called every second: one dump of the main table.
     pub fn repair(&mut self) -> Result<Vec<Prefix>, NetlinkError> {
         let listed = self.nl.routes_of_proto(msg::RTPROT_STATIC)?;
+        // Once a second with one route per peer: a set, not a search of the listing per route.
+        let present: std::collections::HashSet<Prefix> = listed
+            .iter()
+            .filter(|l| !l.is_unreachable())
+            .map(|l| l.dst)
+            .collect();
         let (kept, missing): (Vec<Route>, Vec<Route>) = self
             .installed
             .iter()
             .copied()
-            .partition(|r| listed.iter().any(|l| l.dst == r.dst && !l.is_unreachable()));
+            .partition(|r| present.contains(&r.dst));
         if missing.is_empty() {
             return Ok(Vec::new());
         }
