@@ -16,10 +16,12 @@
 #            VM1 pings VM2 every 20 ms for 60 s, in which every Child SA of the mesh rekeys at least once: pings
 #            lost (want 0) and Child SA rekeys logged
 #
-# Usage: benches/mesh_scale.sh [--n N] [--auth psk|pubkey] [--phases LIST] [--pairs K] [--bin PATH] [--out DIR]
-#                                [--perf SECS]
+# Usage: benches/mesh_scale.sh [--n N] [--auth psk|pubkey] [--loss PCT] [--phases LIST] [--pairs K] [--bin PATH]
+#                              [--out DIR] [--perf SECS]
 #   --n N        hosts (default 100; at most 200)
 #   --auth A     psk (default) or pubkey (3072-bit RSA keys from `vmsecd keygen`, RFC 7427 signatures)
+#   --loss PCT   lose PCT % of the datagrams each host sends on the underlay (netem on its uplink, inside its
+#                namespace; each datagram crosses one lossy link, as in ike/tests/mesh.rs); pings lose as much
 #   --bin PATH   the vmsecd binary (default target/release/vmsecd)
 #   --out DIR    keep the logs there (default: a temporary directory, printed)
 #   --perf SECS  in the rekey phase, `perf record -g` h1's daemon for SECS seconds in the middle of the 60 s of
@@ -36,14 +38,16 @@ N=100
 AUTH=psk
 PHASES=up,ping,reload,restart,rekey
 PAIRS=20
+LOSS=0
 BIN=$ROOT/target/release/vmsecd
 OUT=""
 PERF=0
-usage() { sed -n '2,32p' "$0" >&2; exit 2; }
+usage() { awk 'NR > 1 && /^set -euo/ {exit} NR > 1' "$0" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --n) N="$2"; shift ;;
     --auth) AUTH="$2"; shift ;;
+    --loss) LOSS="$2"; shift ;;
     --phases) PHASES="$2"; shift ;;
     --pairs) PAIRS="$2"; shift ;;
     --bin) BIN="$2"; shift ;;
@@ -62,6 +66,8 @@ for t in ip ping jq; do command -v "$t" >/dev/null || { echo "$t is missing" >&2
 case "$N" in ''|*[!0-9]*) usage ;; esac
 [ "$N" -ge 3 ] && [ "$N" -le 200 ] || { echo "--n: 3 to 200" >&2; exit 2; }
 case "$AUTH" in psk|pubkey) ;; *) usage ;; esac
+case "$LOSS" in ''|*[!0-9.]*) usage ;; esac
+if [ "$LOSS" != 0 ]; then command -v tc >/dev/null || { echo "tc is missing (iproute2)" >&2; exit 1; }; fi
 has() { case ",$PHASES," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 P="msc$$"
@@ -104,6 +110,7 @@ for i in $(seq 1 $((N + 1))); do
   ip -n "$h" addr add "198.18.0.$i/32" dev u0; ip -n "$h" link set u0 up
   ip -n "$h" route add 198.18.0.254 dev u0
   ip -n "$h" route add 198.18.0.0/24 via 198.18.0.254
+  if [ "$LOSS" != 0 ]; then ip netns exec "$h" tc qdisc add dev u0 root netem loss "$LOSS%"; fi
   ip -n "$h" link add virbr0 type bridge; ip -n "$h" addr add "198.19.$i.1/24" dev virbr0
   ip -n "$h" link set virbr0 up
   ip netns exec "$h" sysctl -qw net.ipv4.ip_forward=1
@@ -186,7 +193,7 @@ if has up || has ping || has reload || has restart || has rekey; then
   # The idle baseline: one daemon, one peer configured, none up.
   write_mesh "$DIR/idle.toml" 1 2
   start 1 "$DIR/idle.toml"; sleep 3; IDLE=$(rss_kib "${PID[1]}"); stop 1
-  say "up: starting $N daemons (auth $AUTH)"
+  say "up: starting $N daemons (auth $AUTH, underlay loss $LOSS%)"
   T0=$(now)
   for i in $ALL; do start "$i" "$DIR/mesh.toml"; done
   wait_up $((N - 1)) 600 $ALL
@@ -198,7 +205,7 @@ if has up || has ping || has reload || has restart || has rekey; then
   done
   SAS=$((N * (N - 1) / 2))
   rss_mean=$((rss_sum / N))
-  say "RESULT up: full mesh of $N ($SAS IKE SAs, auth $AUTH) in $FULL s; CPU $(echo "$ticks / $HZ" | bc -l | xargs printf '%.1f') s in all, $(echo "$ticks / $HZ / $SAS * 1000" | bc -l | xargs printf '%.2f') ms per IKE SA (both ends together)"
+  say "RESULT up: full mesh of $N ($SAS IKE SAs, auth $AUTH, loss $LOSS%) in $FULL s; CPU $(echo "$ticks / $HZ" | bc -l | xargs printf '%.1f') s in all, $(echo "$ticks / $HZ / $SAS * 1000" | bc -l | xargs printf '%.2f') ms per IKE SA (both ends together)"
   say "RESULT rss: per daemon mean $rss_mean KiB, max $rss_max KiB; idle daemon $IDLE KiB; per peer $(( (rss_mean - IDLE) / (N - 1) )) KiB"
 fi
 

@@ -339,6 +339,7 @@ impl Endpoint {
             } else {
                 h.spi_i
             };
+            self.note_other_established(ours);
             if let Some(sa) = self.sas.get_mut(&ours) {
                 sa.handle(now, data, from, local_port);
                 self.mark(ours);
@@ -363,6 +364,29 @@ impl Endpoint {
         self.collect();
         self.honour_initial_contact(now);
         self.resolve_duplicates(now);
+    }
+
+    /// Before an initiator in IKE_SA_INIT handles a datagram (its response, which sends IKE_AUTH): tells it
+    /// whether another IKE SA with the peer is established, which its IKE_AUTH must then not deny by claiming
+    /// INITIAL_CONTACT (RFC 7296 2.4). Scans the SAs once or twice per IKE SA we initiate, never for others.
+    fn note_other_established(&mut self, spi: u64) {
+        let Some(name) = self
+            .sas
+            .get(&spi)
+            .filter(|sa| sa.state() == State::InitSent)
+            .map(|sa| sa.config().name.clone())
+        else {
+            return;
+        };
+        let other = self.sas.iter().any(|(k, sa)| {
+            *k != spi
+                && sa.config().name == name
+                && sa.state() == State::Established
+                && !sa.is_superseded()
+        });
+        if let Some(sa) = self.sas.get_mut(&spi) {
+            sa.set_other_established(other);
+        }
     }
 
     /// A peer's new IKE SA carried INITIAL_CONTACT (RFC 7296 2.4): its older IKE SAs are gone on its side (it

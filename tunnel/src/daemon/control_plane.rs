@@ -84,9 +84,10 @@ impl ControlPlane {
     /// The control plane of the local host of `config`, with every peer's first initiation scheduled.
     pub(super) fn new(config: Config, now: Instant) -> ControlPlane {
         let mut schedule = Schedule::default();
-        let local = config.local().address;
         for p in config.peers() {
-            schedule.add(&p.name, local, p.address, now);
+            if let Ok((local, remote)) = crate::config::underlay_pair(config.local(), p) {
+                schedule.add(&p.name, local, remote, now);
+            }
         }
         ControlPlane {
             endpoint: Endpoint::new(peers::peer_configs(&config)),
@@ -230,9 +231,10 @@ impl ControlPlane {
         for n in &plan.remove {
             self.schedule.remove(n);
         }
-        let local = new.local().address;
         for p in new.peers().filter(|p| plan.add.contains(&p.name)) {
-            self.schedule.add(&p.name, local, p.address, now);
+            if let Ok((local, remote)) = crate::config::underlay_pair(new.local(), p) {
+                self.schedule.add(&p.name, local, remote, now);
+            }
         }
         // Subnets learned from the Child SAs of `subnets = "libvirt"` peers stay while their tunnel does.
         for n in plan.remove.iter().chain(&plan.change) {
