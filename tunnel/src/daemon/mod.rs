@@ -25,13 +25,14 @@ mod metrics;
 mod metrics_http;
 mod offload;
 mod peers;
+mod rawtx;
 mod reload;
 mod reload_plan;
+mod route_repair;
 mod rx;
 mod schedule;
 mod setup;
 mod sockets;
-mod spin;
 mod status;
 mod timing;
 mod tx;
@@ -90,6 +91,8 @@ struct Daemon {
     cp: ControlPlane,
     datapath: Datapath,
     routes: Routes,
+    /// Whether putting back the routes into the TUN is failing, so that it is not logged every second.
+    route_repairs: route_repair::FailureLog,
     /// Unreachable routes behind the TUN routes, kept after a crash (see [`crate::failclosed`]).
     failclosed: crate::failclosed::FailClosed,
     tun: AsyncQueue,
@@ -126,8 +129,6 @@ struct Daemon {
     members: (Vec<crate::membership::entry::Member>, Vec<String>),
     /// The refusals last logged (logged again only when they change).
     members_refused: Vec<String>,
-    /// Keeps a core awake for a moment after each burst of packets (see `spin.rs`).
-    spinner: spin::Spinner,
 }
 
 /// Resolves when the membership from etcd changed; never without etcd. False when the task is gone.
@@ -199,14 +200,12 @@ impl Daemon {
                 // A read error is counted and survived; only a closed descriptor ends the daemon (review item 10).
                 r = self.tun.read_vnet(bufs.tx.read_buf()) => match r {
                     Ok(n) => {
-                        self.spinner.touch();
                         self.on_tun_readable(bufs, n)?;
                     }
                     Err(e) => self.tx.survive_read_error(e)?,
                 },
                 r = self.udp4500.readable() => {
                     r?;
-                    self.spinner.touch();
                     self.on_udp4500_readable(bufs)?;
                 }
                 r = self.udp500.recv_from(udp500_buf) => match r {
@@ -217,12 +216,10 @@ impl Daemon {
                 },
                 r = self.raw.readable() => {
                     r?;
-                    self.spinner.touch();
                     self.on_raw_readable(bufs)?;
                 }
                 r = sockets::second_readable(&self.second, |s| &s.udp4500) => {
                     r?;
-                    self.spinner.touch();
                     self.on_second_udp4500_readable(bufs)?;
                 }
                 r = sockets::second_readable(&self.second, |s| &s.udp500) => {
@@ -231,7 +228,6 @@ impl Daemon {
                 }
                 r = sockets::second_raw_readable(&self.second) => {
                     r?;
-                    self.spinner.touch();
                     self.on_second_raw_readable(bufs)?;
                 }
                 _ = tokio::time::sleep_until(deadline) => {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::apply::local_sources;
 use super::control_plane::ControlPlane;
 use super::datapath::Datapath;
-use super::{apply, control, logcap, metrics_http, sockets, spin, tx, workers, Daemon};
+use super::{apply, control, logcap, metrics_http, route_repair, sockets, tx, workers, Daemon};
 use crate::config::Config;
 use crate::route::{Netlink, Route, Routes};
 use crate::tun::{AsyncQueue, Tun, TunOptions};
@@ -102,7 +102,6 @@ impl Daemon {
         let workers = workers::Workers::start(queues, &tx)
             .map_err(|e| anyhow::anyhow!("starting the transmit workers: {e}"))?;
         let control = control::listen(&s.control_socket)?;
-        let busy_poll = spin::Spinner::window();
         let metrics_addr = s.metrics.map(|m| m.resolve(local.address));
         let metrics = metrics_addr.map(metrics_http::listen).transpose()?;
         if let Some(addr) = metrics_addr {
@@ -110,7 +109,7 @@ impl Daemon {
         }
         tracing::info!(
             host = %local.name, address = %local.addresses_text(), interface = %s.interface, peers = config.peers().count(),
-            workers = s.workers, busy_poll_us = busy_poll.as_micros() as u64,
+            workers = s.workers,
             "vmsecd up: routes to {} remote subnets point into {}",
             routes.installed().len(), s.interface
         );
@@ -155,7 +154,7 @@ impl Daemon {
             libvirt_dirs,
             recv_errors: 0,
             logs: logcap::Limits::new(),
-            spinner: spin::Spinner::start(busy_poll),
+            route_repairs: route_repair::FailureLog::default(),
         })
     }
 

@@ -28,13 +28,13 @@ use esp::{PacketBuf, HEADROOM, TAILROOM};
 
 use super::datapath::{Outbound, SharedOutbound, Wire};
 use super::logcap::Limiter;
-use super::{batch, offload, sockets, BATCH};
+use super::{batch, offload, rawtx, sockets, BATCH};
 
 /// What a transmitter needs: the outbound table and its own descriptors of the two ESP sockets.
 pub(super) struct Transmitter {
     out: SharedOutbound,
     udp: OwnedFd,
-    raw: OwnedFd,
+    raw: rawtx::RawTx,
     /// TUN read errors survived, shared by the daemon's task and the workers.
     errors: Arc<TunErrors>,
     /// A dual-stack host's sockets of the other family: ESP to a peer of that family leaves through them.
@@ -119,7 +119,7 @@ impl Transmitter {
         Transmitter {
             out,
             udp,
-            raw,
+            raw: rawtx::RawTx::new(raw),
             errors: Arc::new(TunErrors {
                 count: AtomicU64::new(0),
                 limit: Mutex::new(Limiter::new(
@@ -319,8 +319,8 @@ impl Transmitter {
         }
     }
 
-    /// Sends back-to-back datagrams of `stride` bytes (the last may be shorter): UDP GSO, or sendmmsg for raw
-    /// ESP.
+    /// Sends back-to-back datagrams of `stride` bytes (the last may be shorter): UDP GSO, or the transmit ring
+    /// (or sendmmsg) for raw ESP.
     fn send_datagrams(&self, data: &[u8], stride: usize, wire: Wire) {
         if let Some(s) = self.second.as_ref().filter(|s| s.carries(&wire)) {
             return s.send(data, stride, wire);
@@ -328,8 +328,8 @@ impl Transmitter {
         match wire {
             Wire::Udp(to) => self.send_udp_gso(data, stride, to),
             Wire::Raw(to) => {
-                // Raw ESP has no GSO: sendmmsg, up to 64 datagrams per call.
-                if let Err(e) = sockets::send_many(&self.raw, data, stride, to) {
+                // Raw ESP has no GSO: an AF_PACKET ring, or sendmmsg on the raw socket (rawtx.rs).
+                if let Err(e) = self.raw.send(data, stride, to) {
                     tracing::debug!("sending ESP: {e}");
                 }
             }
