@@ -653,3 +653,62 @@ fn simultaneous_initiation_under_delay_leaves_a_live_pair_both_ways() {
         failures.join("\n")
     );
 }
+
+/// Last session's flake, as the namespace test `simultaneous_start` caught it: b (the follower) initiates while
+/// a's daemon is not up yet, so its IKE_SA_INIT is lost; a starts and brings its own IKE SA up; b's
+/// retransmission then completes a second one. b's IKE_AUTH must not carry INITIAL_CONTACT (RFC 7296 2.4: it
+/// asserts the IKE SA is the only one, and b had a's up): with it, a closed its own IKE SA silently while b kept
+/// that one and deleted its own as the duplicate, which left a with none and b sending on a pair a had removed
+/// (pings lost until a initiated again, a third IKE SA).
+#[test]
+fn a_late_second_ike_sa_does_not_claim_initial_contact() {
+    let (_f, mut net) = plain();
+    let t = net.now + super::super::timing::FOLLOWER_DELAY;
+    net.now = t;
+    net.b.handle_timeout(t);
+    // a is not running yet: b's IKE_SA_INIT is lost.
+    while net.b.poll_transmit().is_some() {}
+    net.now = t + Duration::from_millis(100);
+    net.a.handle_timeout(net.now);
+    let mut da = crate::daemon::datapath::Datapath::new(&[(
+        "b".into(),
+        vec!["198.19.2.0/24".parse().unwrap()],
+    )]);
+    let mut db = crate::daemon::datapath::Datapath::new(&[(
+        "a".into(),
+        vec!["198.19.1.0/24".parse().unwrap()],
+    )]);
+    let (mut all_a, mut all_b) = (Vec::new(), Vec::new());
+    // Every 100 ms of virtual time for 30 s, the datapaths as the actions so far left them: once the first
+    // pair is up, traffic must pass both ways at every step.
+    for step in 0..300 {
+        net.run_for(Duration::from_millis(100));
+        let (acts_a, acts_b) = net.take();
+        apply_all(&mut da, &acts_a, net.now);
+        apply_all(&mut db, &acts_b, net.now);
+        all_a.extend(acts_a);
+        all_b.extend(acts_b);
+        if installs(&all_a).is_empty() || installs(&all_b).is_empty() {
+            continue;
+        }
+        let ab = across(&mut da, &mut db, [198, 19, 1, 10], [198, 19, 2, 10]);
+        let ba = across(&mut db, &mut da, [198, 19, 2, 10], [198, 19, 1, 10]);
+        assert!(
+            ab.1 && ba.1,
+            "after {} ms: a->b {ab:?}, b->a {ba:?}\n{all_a:#?}\n{all_b:#?}",
+            step * 100 + 100
+        );
+    }
+    assert_eq!(
+        installs(&all_a).len(),
+        2,
+        "b's retransmission made a second one: {all_a:?}"
+    );
+    // One IKE SA left, the same at both ends (the one a, the lower address, initiated); nothing removed at a
+    // but b's duplicate.
+    let (sa, sb) = (net.a.endpoint().status(), net.b.endpoint().status());
+    assert_eq!((sa.len(), sb.len()), (1, 1), "{sa:#?}\n{sb:#?}");
+    assert_eq!(sa[0].1.spis, sb[0].1.spis);
+    assert!(sa[0].1.initiator);
+    assert_eq!(removes(&all_a).len(), 1, "{all_a:?}");
+}
