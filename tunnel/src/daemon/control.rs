@@ -23,6 +23,9 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     /// Datapath drops that belong to no SA.
     pub drops: GlobalDrops,
+    /// Hosts of the mesh this one has no tunnel to, each with why (no underlay address family in common).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
 
 /// One peer.
@@ -477,6 +480,9 @@ pub fn render(s: &Status) -> String {
                 secs(Some(c.rekey_in_seconds))
             );
         }
+    }
+    for r in &s.refused {
+        out += &format!("refused: {r}\n");
     }
     let d = &s.drops;
     out += &format!(

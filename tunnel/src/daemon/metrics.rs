@@ -329,6 +329,7 @@ mod tests {
                     no_sa_out: 7,
                     ..GlobalDrops::default()
                 },
+                refused: vec![],
             },
             ike: ike::endpoint::Stats::default(),
             half_open: 2,

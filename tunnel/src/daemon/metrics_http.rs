@@ -252,6 +252,7 @@ mod tests {
                             host: "h1".into(),
                             peers: vec![],
                             drops: Default::default(),
+                            refused: vec![],
                         },
                         ike: Default::default(),
                         half_open: 0,
