@@ -27,6 +27,9 @@ pub struct Status {
     /// transmit ring").
     #[serde(default)]
     pub raw_esp_out: RawEspOut,
+    /// Hosts of the mesh this one has no tunnel to, each with why (no underlay address family in common).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
 
 /// Raw ESP packets sent, by path, since the daemon started.
@@ -491,6 +494,9 @@ pub fn render(s: &Status) -> String {
                 secs(Some(c.rekey_in_seconds))
             );
         }
+    }
+    for r in &s.refused {
+        out += &format!("refused: {r}\n");
     }
     let d = &s.drops;
     out += &format!(

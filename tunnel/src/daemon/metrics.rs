@@ -351,6 +351,7 @@ mod tests {
                     ring: 90,
                     socket: 10,
                 },
+                refused: vec![],
             },
             ike: ike::endpoint::Stats::default(),
             half_open: 2,

@@ -253,6 +253,7 @@ mod tests {
                             peers: vec![],
                             drops: Default::default(),
                             raw_esp_out: Default::default(),
+                            refused: vec![],
                         },
                         ike: Default::default(),
                         half_open: 0,
