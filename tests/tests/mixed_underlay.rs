@@ -211,7 +211,12 @@ fn mixed(encap: &str) {
     for (v, other) in [(&vb, "c"), (&vc, "b")] {
         let s = v.status().expect("status");
         assert!(s.peers.iter().all(|p| p.name != other), "{s:#?}");
+        assert!(
+            s.refused.len() == 1 && s.refused[0].starts_with("no tunnel between hosts"),
+            "{s:#?}"
+        );
     }
+    assert!(st.refused.is_empty(), "{st:#?}");
 
     let why = || {
         format!(

@@ -22,7 +22,7 @@ impl Endpoint {
         let name = sa.config().name.clone();
         if let Some(old) = self.sas.insert(spi, sa) {
             // Our SPIs are random and unique; kept consistent anyway.
-            self.unindex(spi, &old.config().name.clone());
+            self.unindex(spi, &old.config().name);
         }
         self.by_peer.entry(name).or_default().push(spi);
         self.mark(spi);
@@ -37,12 +37,12 @@ impl Endpoint {
     /// Forgets a closed SA: its map entry, its timer and its place in its peer's list.
     pub(super) fn remove_sa(&mut self, spi: u64) {
         if let Some(sa) = self.sas.remove(&spi) {
-            let name = sa.config().name.clone();
-            self.unindex(spi, &name);
-            self.dup_check.insert(name);
+            self.unindex(spi, &sa.config().name);
         }
     }
 
+    /// Takes the SA out of the timers, its peer's list and the sets of SAs to check; if it counted towards its
+    /// peer's duplicates, the peer is checked again.
     fn unindex(&mut self, spi: u64, peer: &str) {
         if let Some(t) = self.armed.remove(&spi) {
             self.timers.remove(&(t, spi));
@@ -54,6 +54,9 @@ impl Endpoint {
             }
         }
         self.contact_check.remove(&spi);
+        if self.counted.remove(&spi) && !self.dup_check.contains(peer) {
+            self.dup_check.insert(peer.to_owned());
+        }
     }
 
     /// Files the SA's next timer again after something touched it.
@@ -136,6 +139,7 @@ impl Endpoint {
         assert!(self.dirty.is_empty(), "dirty SAs left after a call");
         assert!(self.dirty_set.is_empty(), "dirty set left after a call");
         assert_eq!(self.timers.len(), self.armed.len());
+        assert!(self.counted.iter().all(|k| self.sas.contains_key(k)));
         for (spi, sa) in &self.sas {
             assert_ne!(sa.state(), State::Closed, "closed SA {spi:x} kept");
             let due = sa.poll_timeout();
@@ -148,6 +152,11 @@ impl Endpoint {
                 assert!(self.timers.contains(&(t, *spi)));
             }
             assert!(self.peer_sas(&sa.config().name).contains(spi));
+            assert_eq!(
+                self.counted.contains(spi),
+                sa.state() == State::Established && !sa.is_superseded(),
+                "SA {spi:x}: counted for duplicates or not, wrongly"
+            );
         }
         for (t, spi) in &self.timers {
             assert_eq!(self.armed.get(spi), Some(t));

@@ -107,8 +107,11 @@ pub struct Endpoint {
     duplicates: HashMap<String, Instant>,
     /// The same, by the end of their grace (`since + DUPLICATE_GRACE`).
     dup_due: BTreeSet<(Instant, String)>,
-    /// Peers whose SAs changed since the last duplicate check: only they are checked.
+    /// Peers whose count of established current SAs changed since the last duplicate check: only they are
+    /// checked.
     dup_check: HashSet<String>,
+    /// The SAs counted as established and current at their last collect (what a duplicate is made of).
+    counted: HashSet<u64>,
     /// Every SA's next timer, in deadline order, and the same by SPI (see `index.rs`).
     timers: BTreeSet<(Instant, u64)>,
     armed: HashMap<u64, Instant>,
@@ -169,6 +172,7 @@ impl Endpoint {
             duplicates: HashMap::new(),
             dup_due: BTreeSet::new(),
             dup_check: HashSet::new(),
+            counted: HashSet::new(),
             timers: BTreeSet::new(),
             armed: HashMap::new(),
             by_peer: HashMap::new(),
@@ -399,7 +403,7 @@ impl Endpoint {
     /// Only the SAs touched since the last check can carry the flag, and only the peer's SAs are closed.
     fn honour_initial_contact(&mut self, now: Instant) {
         let mut fresh = Vec::new();
-        for k in std::mem::take(&mut self.contact_check) {
+        for k in self.contact_check.drain() {
             if let Some(sa) = self.sas.get_mut(&k) {
                 if sa.take_initial_contact() {
                     fresh.push((k, sa.config().name.clone(), sa.created_at()));
@@ -594,7 +598,9 @@ impl Endpoint {
                 }
             }
         }
-        for k in std::mem::take(&mut self.dirty) {
+        // Taken and given back, so that its allocation is reused by the next call.
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for k in dirty.drain(..) {
             if !self.dirty_set.remove(&k) {
                 continue; // listed twice
             }
@@ -604,12 +610,22 @@ impl Endpoint {
             if sa.state() == State::Closed {
                 self.remove_sa(k);
             } else {
-                if !self.dup_check.contains(&sa.config().name) {
-                    self.dup_check.insert(sa.config().name.clone());
+                // A peer's duplicate state changes only when one of its SAs starts or stops counting.
+                let counts = sa.state() == State::Established && !sa.is_superseded();
+                if counts != self.counted.contains(&k) {
+                    if !self.dup_check.contains(&sa.config().name) {
+                        self.dup_check.insert(sa.config().name.clone());
+                    }
+                    if counts {
+                        self.counted.insert(k);
+                    } else {
+                        self.counted.remove(&k);
+                    }
                 }
                 self.contact_check.insert(k);
                 self.rearm(k);
             }
         }
+        self.dirty = dirty;
     }
 }

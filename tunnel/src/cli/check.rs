@@ -176,6 +176,21 @@ pub(crate) fn render_check(
     }
     for e in config.unreachable() {
         let _ = writeln!(o, "refused: {e}");
+        if let Some(peer) = config.mesh.host(&e.peer) {
+            let t = vmsecd::config::Tunnel {
+                local: config.local(),
+                peer,
+            };
+            for r in t.remote_selectors() {
+                let _ = writeln!(
+                    o,
+                    "  fail closed: unreachable {r} proto {} metric {} (no tunnel to {})",
+                    vmsecd::failclosed::PROTO,
+                    vmsecd::failclosed::METRIC,
+                    peer.name
+                );
+            }
+        }
     }
     if let Some(w) = config.mesh.trust_warning() {
         let _ = writeln!(o, "warning: {w}");
@@ -319,5 +334,60 @@ id = "gw.example"
             !out.contains("0123456789abcdef"),
             "the key must never be printed: {out}"
         );
+    }
+
+    /// A mixed underlay: each tunnel at the address of the family the pair shares; a host with none in common
+    /// refused by name, its subnets still fail-closed.
+    #[test]
+    fn check_names_the_family_of_each_pair_and_the_refused_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let psk = dir.path().join("psk");
+        std::fs::write(&psk, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let file = dir.path().join("mesh.toml");
+        std::fs::write(
+            &file,
+            r#"
+[mesh]
+psk_file = "psk"
+
+[[host]]
+name = "a"
+address = ["198.18.0.1", "2001:db8:0:ff::1"]
+subnets = ["198.19.1.0/24"]
+
+[[host]]
+name = "b"
+address = "198.18.0.2"
+subnets = ["198.19.2.0/24"]
+
+[[host]]
+name = "c"
+address = "2001:db8:0:ff::3"
+subnets = ["198.19.3.0/24"]
+"#,
+        )
+        .unwrap();
+        let a = Config::load(&file, None, &["2001:db8:0:ff::1".parse().unwrap()]).unwrap();
+        let out = render_check(&a, None);
+        for want in [
+            "this host: a (found by local address 198.18.0.1, 2001:db8:0:ff::1)",
+            "address 198.18.0.1, 2001:db8:0:ff::1, IKE port 500",
+            "2 tunnels:",
+            "a <-> b at 198.18.0.2 port 500",
+            "a <-> c at 2001:db8:0:ff::3 port 500",
+        ] {
+            assert!(out.contains(want), "{want}\n{out}");
+        }
+        assert!(!out.contains("refused"), "{out}");
+        let b = Config::load(&file, Some("b"), &[]).unwrap();
+        let out = render_check(&b, None);
+        for want in [
+            "1 tunnel:",
+            "refused: no tunnel between hosts b (198.18.0.2) and c (2001:db8:0:ff::3)",
+            "  fail closed: unreachable 198.19.3.0/24 proto 118 metric 1000000000 (no tunnel to c)",
+        ] {
+            assert!(out.contains(want), "{want}\n{out}");
+        }
     }
 }

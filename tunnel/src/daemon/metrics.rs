@@ -78,6 +78,11 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabel {
+    path: &'static str,
+}
+
 fn counter(v: u64) -> Counter {
     let c = Counter::default();
     c.inc_by(v);
@@ -225,6 +230,17 @@ pub(crate) fn render(s: &Snapshot, ev: &EventCounters) -> String {
          (socket receive errors survived), tun_error",
         drops,
     );
+    let raw = Family::<PathLabel, Counter>::default();
+    let r = &s.status.raw_esp_out;
+    for (path, v) in [("ring", r.ring), ("socket", r.socket)] {
+        raw.get_or_create(&PathLabel { path }).inc_by(v);
+    }
+    reg.register(
+        "raw_esp_out_packets",
+        "Raw ESP (IP protocol 50) packets sent, by path: ring (the AF_PACKET transmit ring) or socket (the raw \
+         socket: next hop unresolved, over the MTU, ring full, one batch per peer and second)",
+        raw,
+    );
     let init = Family::<ReasonLabel, Counter>::default();
     for (reason, v) in [
         ("unknown_source", s.ike.unknown_source),
@@ -284,7 +300,9 @@ pub(crate) fn render(s: &Snapshot, ev: &EventCounters) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::control::{ChildStatus, GlobalDrops, PeerStatus, SaDrops, Traffic};
+    use crate::daemon::control::{
+        ChildStatus, GlobalDrops, PeerStatus, RawEspOut, SaDrops, Traffic,
+    };
 
     fn snapshot() -> Snapshot {
         let child = |bytes| ChildStatus {
@@ -329,6 +347,11 @@ mod tests {
                     no_sa_out: 7,
                     ..GlobalDrops::default()
                 },
+                raw_esp_out: RawEspOut {
+                    ring: 90,
+                    socket: 10,
+                },
+                refused: vec![],
             },
             ike: ike::endpoint::Stats::default(),
             half_open: 2,
@@ -355,6 +378,8 @@ mod tests {
             r#"vmsecd_peer_in_packets_total{host="h1",peer="h2"} 6"#,
             r#"vmsecd_peer_drops_total{host="h1",peer="h2",reason="replay"} 2"#,
             r#"vmsecd_drops_total{host="h1",reason="no_sa_out"} 7"#,
+            r#"vmsecd_raw_esp_out_packets_total{host="h1",path="ring"} 90"#,
+            r#"vmsecd_raw_esp_out_packets_total{host="h1",path="socket"} 10"#,
             r#"vmsecd_ike_half_open_sas{host="h1"} 2"#,
             r#"vmsecd_ike_cookies_demanded{host="h1"} 1"#,
             r#"vmsecd_ike_handshake_duration_seconds_count{host="h1"} 1"#,

@@ -252,6 +252,8 @@ mod tests {
                             host: "h1".into(),
                             peers: vec![],
                             drops: Default::default(),
+                            raw_esp_out: Default::default(),
+                            refused: vec![],
                         },
                         ike: Default::default(),
                         half_open: 0,

@@ -237,12 +237,15 @@ impl Daemon {
                 }
                 Some(req) = requests.recv() => {
                     let body = match req.what.as_str() {
-                        "status" => serde_json::to_string(&status::status(
-                            &self.cp,
-                            &self.datapath,
-                            self.recv_errors,
-                            self.tx.tun_errors(),
-                        ))?,
+                        "status" => serde_json::to_string(&control::Status {
+                            raw_esp_out: self.tx.raw_esp_out(),
+                            ..status::status(
+                                &self.cp,
+                                &self.datapath,
+                                self.recv_errors,
+                                self.tx.tun_errors(),
+                            )
+                        })?,
                         "reload" => self.reload_answer(Instant::now()),
                         _ => r#"{"error":"unknown request"}"#.to_owned(),
                     };
@@ -281,12 +284,15 @@ impl Daemon {
     fn metrics_snapshot(&self) -> metrics::Snapshot {
         let ep = self.cp.endpoint();
         metrics::Snapshot {
-            status: status::status(
-                &self.cp,
-                &self.datapath,
-                self.recv_errors,
-                self.tx.tun_errors(),
-            ),
+            status: control::Status {
+                raw_esp_out: self.tx.raw_esp_out(),
+                ..status::status(
+                    &self.cp,
+                    &self.datapath,
+                    self.recv_errors,
+                    self.tx.tun_errors(),
+                )
+            },
             ike: ep.stats(),
             half_open: ep.half_open_count(),
             demanding_cookies: ep.demanding_cookies(Instant::now()),

@@ -172,3 +172,47 @@ pub(crate) fn same(a: &PeerConfig, b: &PeerConfig) -> bool {
         && *replay_window == b.replay_window
         && *fragment_size == b.fragment_size
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A dual-stack host's peer configurations: each with both addresses of the pair's family, so the IKE
+    /// engine's NAT hashes, designated initiator and duplicate resolution compare one family; no configuration
+    /// for a peer without a family in common.
+    #[test]
+    fn each_peer_is_bound_to_the_address_of_its_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let psk = dir.path().join("psk");
+        std::fs::write(&psk, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = "[mesh]\npsk_file = \"psk\"\n\
+            [[host]]\nname = \"a\"\naddress = [\"198.18.0.1\", \"2001:db8:0:ff::1\"]\nsubnets = [\"198.19.1.0/24\"]\n\
+            [[host]]\nname = \"b\"\naddress = \"198.18.0.2\"\nsubnets = [\"198.19.2.0/24\"]\n\
+            [[host]]\nname = \"c\"\naddress = \"2001:db8:0:ff::3\"\nsubnets = [\"198.19.3.0/24\"]\n";
+        let m = crate::config::Mesh::parse(text, &dir.path().join("mesh.toml")).unwrap();
+        let addrs = |me: &str| -> Vec<(String, String, String)> {
+            let c = crate::config::Config::new(m.clone(), Some(me), &[]).unwrap();
+            super::peer_configs(&c)
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        p.local_addr.to_string(),
+                        p.remote_addr.to_string(),
+                    )
+                })
+                .collect()
+        };
+        let s = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+        assert_eq!(
+            addrs("a"),
+            [
+                s("b", "198.18.0.1", "198.18.0.2"),
+                s("c", "2001:db8:0:ff::1", "2001:db8:0:ff::3")
+            ]
+        );
+        assert_eq!(addrs("b"), [s("a", "198.18.0.2", "198.18.0.1")]);
+        assert_eq!(addrs("c"), [s("a", "2001:db8:0:ff::3", "2001:db8:0:ff::1")]);
+    }
+}

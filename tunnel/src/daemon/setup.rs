@@ -86,12 +86,11 @@ impl Daemon {
                 .map(|p| (p.name.clone(), p.subnets.clone()))
                 .collect::<Vec<_>>(),
         );
-        let tx = tx::Transmitter::new(
+        let mut tx = tx::Transmitter::new(
             datapath.outbound().clone(),
             std::os::fd::AsFd::as_fd(&udp4500).try_clone_to_owned()?,
             raw.try_clone_fd()?,
         );
-        let mut tx = tx;
         if let Some(s) = &second {
             tx.set_second(
                 s.is_ipv6(),

@@ -105,6 +105,11 @@ pub(super) fn status(
     Status {
         host: cp.config().local().name.clone(),
         peers,
+        refused: running
+            .unreachable()
+            .iter()
+            .map(|e| e.to_string())
+            .collect(),
         drops: GlobalDrops {
             no_sa_in: datapath.no_sa_in(),
             no_sa_out: d.no_sa_out,
@@ -114,5 +119,7 @@ pub(super) fn status(
             recv_errors,
             tun_errors,
         },
+        // Filled in by the caller, which owns the transmitters.
+        raw_esp_out: Default::default(),
     }
 }

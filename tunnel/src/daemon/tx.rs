@@ -1,7 +1,7 @@
 //! The transmit path: packets read from one TUN queue are encrypted and sent. The daemon's task runs it for
 //! queue 0 and each transmit worker (`workers.rs`) for its own queue, on the same code: TSO super-packets are
-//! cut into segments laid out back to back as ESP datagrams and leave with one UDP GSO send (`sendmmsg` for raw
-//! ESP); smaller packets join a batch of equal-sized datagrams that leaves the same way.
+//! cut into segments laid out back to back as ESP datagrams and leave with one UDP GSO send (for raw ESP, one
+//! batch through the AF_PACKET transmit ring, `rawtx/`); smaller packets join a batch of equal-sized datagrams that leaves the same way.
 //!
 //! A batch of reads holds the read lock of the outbound table once; each burst of segments draws its sequence
 //! numbers from the SA at once (`esp::OutboundSa::reserve`). Nothing allocates per packet.
@@ -149,6 +149,11 @@ impl Transmitter {
         })
     }
 
+    /// Raw ESP packets sent so far through the ring and the raw socket, by every transmitter of this table.
+    pub(super) fn raw_esp_out(&self) -> super::control::RawEspOut {
+        self.raw.sent()
+    }
+
     /// TUN read errors survived so far, by every transmitter of this table.
     pub(super) fn tun_errors(&self) -> u64 {
         self.errors.count.load(Ordering::Relaxed)
@@ -210,7 +215,7 @@ impl Transmitter {
     /// Encrypts what one TUN read put at `tx.read_at()` (its virtio-net header in front, `len` bytes of packet
     /// behind). A TCP super-packet is cut into segments laid out so that their ESP datagrams lie back to back,
     /// and goes out at once with one UDP GSO send per 64 KiB; any other packet joins the pending batch of
-    /// equal-sized datagrams (ACKs, mostly), sent by [`Transmitter::flush`] with one GSO send or `sendmmsg`.
+    /// equal-sized datagrams (ACKs, mostly), sent by [`Transmitter::flush`] with one GSO send or one ring batch.
     fn on_tun(&self, out: &Outbound, tx: &mut batch::TxBatch, len: usize) {
         let at = tx.read_at();
         // The read put its header and packet there (`read_buf`): the checked forms cost one comparison each.

@@ -619,11 +619,18 @@ impl Routes {
     /// a restart). A flush by hand is repaired the same way. Called every second: one dump of the main table.
     pub fn repair(&mut self) -> Result<Vec<Prefix>, NetlinkError> {
         let listed = self.nl.routes_of_proto(msg::RTPROT_STATIC)?;
+        // Once a second with one route per peer: a set, not a search of the listing per route. Keyed as
+        // `ListedRoute::is` compares: the prefix and the device, unreachable routes left out.
+        let present: std::collections::HashSet<(Prefix, u32)> = listed
+            .iter()
+            .filter(|l| !l.is_unreachable())
+            .map(|l| (l.dst, l.oif))
+            .collect();
         let (kept, missing): (Vec<Route>, Vec<Route>) = self
             .installed
             .iter()
             .copied()
-            .partition(|r| listed.iter().any(|l| l.is(r)));
+            .partition(|r| present.contains(&(r.dst, r.ifindex)));
         if missing.is_empty() {
             return Ok(Vec::new());
         }

@@ -50,6 +50,8 @@ struct Net {
     now: Instant,
     acts_a: Vec<Action>,
     acts_b: Vec<Action>,
+    /// Deliver b's queued datagrams before a's in each round (a's first otherwise).
+    b_first: bool,
 }
 
 impl Net {
@@ -61,6 +63,7 @@ impl Net {
             now,
             acts_a: Vec::new(),
             acts_b: Vec::new(),
+            b_first: false,
         }
     }
 
@@ -68,7 +71,7 @@ impl Net {
     fn drive(&mut self) {
         loop {
             let mut moved = false;
-            for from_a in [true, false] {
+            for from_a in [!self.b_first, self.b_first] {
                 let side = if from_a { &mut self.a } else { &mut self.b };
                 let queued: Vec<Transmit> = std::iter::from_fn(|| side.poll_transmit()).collect();
                 for t in queued {
@@ -402,4 +405,310 @@ fn refused_child_sa_asks_for_nothing() {
             .sum()
     };
     assert_eq!((children(&net.a), children(&net.b)), (1, 1));
+}
+
+/// Carries out `acts` on a real datapath, as `apply.rs` does.
+fn apply_all(d: &mut crate::daemon::datapath::Datapath, acts: &[Action], now: Instant) {
+    for a in acts {
+        match a {
+            Action::Install { child, outbound } => match outbound {
+                Outbound::Now => d.install(child, 1024).unwrap(),
+                Outbound::WhenPeerUsesIt => d.install_deferred(child, 1024).unwrap(),
+            },
+            Action::Retire {
+                peer,
+                spi_in,
+                spi_out,
+            } => d.retire(now, peer, *spi_in, *spi_out),
+            Action::Remove {
+                peer,
+                spi_in,
+                spi_out,
+            } => d.remove(peer, *spi_in, *spi_out),
+            Action::SubnetsChanged => {}
+        }
+    }
+}
+
+/// One IPv4 packet from `src` to `dst` through `from`'s datapath and into `to`'s: the SPI it left on, and
+/// whether `to` decrypted it.
+fn across(
+    from: &mut crate::daemon::datapath::Datapath,
+    to: &mut crate::daemon::datapath::Datapath,
+    src: [u8; 4],
+    dst: [u8; 4],
+) -> (Option<u32>, bool) {
+    use esp::{PacketBuf, HEADROOM, TAILROOM};
+    let mut pkt = vec![0x45, 0, 0, 20, 0, 0, 0x40, 0, 64, 253, 0, 0];
+    pkt.extend_from_slice(&src);
+    pkt.extend_from_slice(&dst);
+    let mut buf = vec![0u8; HEADROOM + pkt.len() + TAILROOM];
+    buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+    let mut b = PacketBuf::new(&mut buf, HEADROOM, HEADROOM + pkt.len());
+    if from.encap(&mut b).is_none() {
+        return (None, false);
+    }
+    let mut esp = b.as_slice().to_vec();
+    let spi = u32::from_be_bytes(esp[..4].try_into().unwrap());
+    (Some(spi), to.decap(&mut PacketBuf::full(&mut esp)))
+}
+
+/// Both ends initiate at the same instant (both daemons started together under load, the follower's timer
+/// firing before the leader's IKE_SA_INIT arrived): two IKE SAs come up, duplicate resolution deletes one a
+/// second later. With every action carried out on a real datapath at each end, in either delivery order, each
+/// end then sends on a pair the other still has, both ways, and one IKE SA with one Child SA is left.
+#[test]
+fn simultaneous_initiation_leaves_one_live_pair_both_ways() {
+    for b_first in [false, true] {
+        let (_f, mut net) = plain();
+        net.b_first = b_first;
+        let both = net.now + super::super::timing::FOLLOWER_DELAY;
+        net.now = both;
+        net.a.handle_timeout(both);
+        net.b.handle_timeout(both);
+        net.run_for(Duration::from_secs(20));
+        let (acts_a, acts_b) = net.take();
+        assert_eq!(
+            installs(&acts_a).len(),
+            2,
+            "both IKE SAs came up: {acts_a:?}"
+        );
+        assert_eq!(removes(&acts_a).len(), 1, "{acts_a:?}");
+        assert_eq!(removes(&acts_b).len(), 1, "{acts_b:?}");
+        let mut da = crate::daemon::datapath::Datapath::new(&[(
+            "b".into(),
+            vec!["198.19.2.0/24".parse().unwrap()],
+        )]);
+        let mut db = crate::daemon::datapath::Datapath::new(&[(
+            "a".into(),
+            vec!["198.19.1.0/24".parse().unwrap()],
+        )]);
+        apply_all(&mut da, &acts_a, net.now);
+        apply_all(&mut db, &acts_b, net.now);
+        let ab = across(&mut da, &mut db, [198, 19, 1, 10], [198, 19, 2, 10]);
+        let ba = across(&mut db, &mut da, [198, 19, 2, 10], [198, 19, 1, 10]);
+        assert!(
+            ab.1 && ba.1,
+            "b_first {b_first}: a->b {ab:?}, b->a {ba:?}\n{acts_a:#?}\n{acts_b:#?}"
+        );
+        assert_eq!(net.a.endpoint().status().len(), 1);
+        assert_eq!(net.b.endpoint().status().len(), 1);
+    }
+}
+
+/// A tiny deterministic generator for the randomized runs below.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// One datagram on its way.
+struct Flight {
+    at: Instant,
+    to_a: bool,
+    data: Vec<u8>,
+    from: SocketAddr,
+    port: u16,
+}
+
+/// Runs `net` for `span` with every datagram delayed at random (0 to `max_ms`), b's clock `b_lag` behind a's
+/// (its timers fire that much later), and every action carried out at once on the two datapaths.
+fn chaos(
+    net: &mut Net,
+    rng: &mut Lcg,
+    span: Duration,
+    max_ms: u64,
+    b_lag: Duration,
+    dps: (
+        &mut crate::daemon::datapath::Datapath,
+        &mut crate::daemon::datapath::Datapath,
+    ),
+    flights: &mut Vec<Flight>,
+) {
+    let end = net.now + span;
+    let (da, db) = dps;
+    loop {
+        for from_a in [true, false] {
+            let side = if from_a { &mut net.a } else { &mut net.b };
+            while let Some(t) = side.poll_transmit() {
+                let src: IpAddr = if from_a { A } else { B }.parse().unwrap();
+                let mut data = t.data.clone();
+                if t.remote.port() == ike::sa::NAT_T_PORT {
+                    data.drain(..4);
+                }
+                flights.push(Flight {
+                    at: net.now + Duration::from_millis(rng.below(max_ms + 1)),
+                    to_a: !from_a,
+                    data,
+                    from: SocketAddr::new(src, t.local_port),
+                    port: t.remote.port(),
+                });
+            }
+        }
+        while let Some(v) = net.a.poll_actions(net.now) {
+            apply_all(da, &v, net.now);
+            net.acts_a.extend(v);
+        }
+        while let Some(v) = net.b.poll_actions(net.now) {
+            apply_all(db, &v, net.now);
+            net.acts_b.extend(v);
+        }
+        let next = [
+            net.a.next_timer(),
+            net.b.next_timer().map(|t| t + b_lag),
+            flights.iter().map(|f| f.at).min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(t) = next.filter(|t| *t <= end) else {
+            break;
+        };
+        net.now = net.now.max(t);
+        if let Some(i) = flights.iter().position(|f| f.at <= net.now) {
+            let f = flights.remove(i);
+            let to = if f.to_a { &mut net.a } else { &mut net.b };
+            to.handle(net.now, &f.data, f.from, f.port);
+            continue;
+        }
+        if net.a.next_timer().is_some_and(|t| t <= net.now) {
+            net.a.handle_timeout(net.now);
+        }
+        if net.b.next_timer().is_some_and(|t| t + b_lag <= net.now) {
+            net.b.handle_timeout(net.now);
+        }
+    }
+    net.now = net.now.max(end);
+}
+
+/// The flake of the last session, in memory: both ends initiate within a moment of each other, on a loaded
+/// machine (every datagram late by up to a second and a half, one side's timers late), duplicate resolution
+/// (or INITIAL_CONTACT) removes one IKE SA. Once things settle, each end must send on a pair the other still
+/// has, in both directions; a lane left on a pair the peer removed shows as a packet the other end cannot
+/// decrypt.
+#[test]
+fn simultaneous_initiation_under_delay_leaves_a_live_pair_both_ways() {
+    let mut failures = Vec::new();
+    for seed in 0..300u64 {
+        let mut rng = Lcg(seed);
+        // Half the runs with dual-stack subnets (two selectors a side, whose order the lanes compare).
+        let dual = seed % 2 == 1;
+        let f = Files::new();
+        let text = if dual {
+            mesh("subnets = [\"198.19.2.0/24\", \"2001:db8:2::/64\"]").replace(
+                "subnets = [\"198.19.1.0/24\"]",
+                "subnets = [\"198.19.1.0/24\", \"2001:db8:1::/64\"]",
+            )
+        } else {
+            mesh(B_PLAIN)
+        };
+        let mut net = Net::new(f.config(&text, "a"), f.config(&text, "b"));
+        let both = net.now + super::super::timing::FOLLOWER_DELAY;
+        net.now = both;
+        let mut da = crate::daemon::datapath::Datapath::new(&[(
+            "b".into(),
+            vec!["198.19.2.0/24".parse().unwrap()],
+        )]);
+        let mut db = crate::daemon::datapath::Datapath::new(&[(
+            "a".into(),
+            vec!["198.19.1.0/24".parse().unwrap()],
+        )]);
+        let b_lag = Duration::from_millis(rng.below(1500));
+        let max_ms = [50, 300, 1500][rng.below(3) as usize];
+        let mut flights = Vec::new();
+        chaos(
+            &mut net,
+            &mut rng,
+            Duration::from_secs(20),
+            max_ms,
+            b_lag,
+            (&mut da, &mut db),
+            &mut flights,
+        );
+        let ab = across(&mut da, &mut db, [198, 19, 1, 10], [198, 19, 2, 10]);
+        let ba = across(&mut db, &mut da, [198, 19, 2, 10], [198, 19, 1, 10]);
+        if !(ab.1 && ba.1) {
+            let (sa, sb) = (net.a.endpoint().status(), net.b.endpoint().status());
+            failures.push(format!(
+                "seed {seed} (dual {dual}, delay up to {max_ms} ms, b {b_lag:?} late): a->b {ab:?}, b->a {ba:?}; a has {} IKE \
+                 SAs, b {}\n a: {:?}\n b: {:?}",
+                sa.len(),
+                sb.len(),
+                net.acts_a,
+                net.acts_b
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 300 runs:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Last session's flake, as the namespace test `simultaneous_start` caught it: b (the follower) initiates while
+/// a's daemon is not up yet, so its IKE_SA_INIT is lost; a starts and brings its own IKE SA up; b's
+/// retransmission then completes a second one. b's IKE_AUTH must not carry INITIAL_CONTACT (RFC 7296 2.4: it
+/// asserts the IKE SA is the only one, and b had a's up): with it, a closed its own IKE SA silently while b kept
+/// that one and deleted its own as the duplicate, which left a with none and b sending on a pair a had removed
+/// (pings lost until a initiated again, a third IKE SA).
+#[test]
+fn a_late_second_ike_sa_does_not_claim_initial_contact() {
+    let (_f, mut net) = plain();
+    let t = net.now + super::super::timing::FOLLOWER_DELAY;
+    net.now = t;
+    net.b.handle_timeout(t);
+    // a is not running yet: b's IKE_SA_INIT is lost.
+    while net.b.poll_transmit().is_some() {}
+    net.now = t + Duration::from_millis(100);
+    net.a.handle_timeout(net.now);
+    let mut da = crate::daemon::datapath::Datapath::new(&[(
+        "b".into(),
+        vec!["198.19.2.0/24".parse().unwrap()],
+    )]);
+    let mut db = crate::daemon::datapath::Datapath::new(&[(
+        "a".into(),
+        vec!["198.19.1.0/24".parse().unwrap()],
+    )]);
+    let (mut all_a, mut all_b) = (Vec::new(), Vec::new());
+    // Every 100 ms of virtual time for 30 s, the datapaths as the actions so far left them: once the first
+    // pair is up, traffic must pass both ways at every step.
+    for step in 0..300 {
+        net.run_for(Duration::from_millis(100));
+        let (acts_a, acts_b) = net.take();
+        apply_all(&mut da, &acts_a, net.now);
+        apply_all(&mut db, &acts_b, net.now);
+        all_a.extend(acts_a);
+        all_b.extend(acts_b);
+        if installs(&all_a).is_empty() || installs(&all_b).is_empty() {
+            continue;
+        }
+        let ab = across(&mut da, &mut db, [198, 19, 1, 10], [198, 19, 2, 10]);
+        let ba = across(&mut db, &mut da, [198, 19, 2, 10], [198, 19, 1, 10]);
+        assert!(
+            ab.1 && ba.1,
+            "after {} ms: a->b {ab:?}, b->a {ba:?}\n{all_a:#?}\n{all_b:#?}",
+            step * 100 + 100
+        );
+    }
+    assert_eq!(
+        installs(&all_a).len(),
+        2,
+        "b's retransmission made a second one: {all_a:?}"
+    );
+    // One IKE SA left, the same at both ends (the one a, the lower address, initiated); nothing removed at a
+    // but b's duplicate.
+    let (sa, sb) = (net.a.endpoint().status(), net.b.endpoint().status());
+    assert_eq!((sa.len(), sb.len()), (1, 1), "{sa:#?}\n{sb:#?}");
+    assert_eq!(sa[0].1.spis, sb[0].1.spis);
+    assert!(sa[0].1.initiator);
+    assert_eq!(removes(&all_a).len(), 1, "{all_a:?}");
 }

@@ -394,7 +394,7 @@ impl Datapath {
 
     /// Encapsulates one inner packet in place as the transmit path does; returns where to send it.
     #[cfg(test)]
-    fn encap(&mut self, pkt: &mut PacketBuf<'_>) -> Option<Wire> {
+    pub(in crate::daemon) fn encap(&mut self, pkt: &mut PacketBuf<'_>) -> Option<Wire> {
         let o = self.out.read();
         let (sa, wire) = o.route(pkt.as_slice())?;
         sa.encap(pkt).ok().map(|()| wire)

@@ -122,6 +122,14 @@ impl RawTx {
         &self.counters
     }
 
+    /// Packets sent so far each way, by this sender and its clones.
+    pub(super) fn sent(&self) -> super::control::RawEspOut {
+        super::control::RawEspOut {
+            ring: self.counters.ring.load(Ordering::Relaxed),
+            socket: self.counters.socket.load(Ordering::Relaxed),
+        }
+    }
+
     /// Sends back-to-back ESP packets of `stride` bytes (the last may be shorter) to `to`: as many as it can
     /// through the ring, the rest through the raw socket. A full socket buffer drops the rest (as a router would).
     pub(super) fn send(&self, data: &[u8], stride: usize, to: IpAddr) -> io::Result<()> {
