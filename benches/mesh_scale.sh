@@ -16,11 +16,17 @@
 #            VM1 pings VM2 every 20 ms for 60 s, in which every Child SA of the mesh rekeys at least once: pings
 #            lost (want 0) and Child SA rekeys logged
 #
-# Usage: benches/mesh_scale.sh [--n N] [--auth psk|pubkey] [--phases LIST] [--pairs K] [--bin PATH] [--out DIR]
+# Usage: benches/mesh_scale.sh [--n N] [--auth psk|pubkey] [--loss PCT] [--phases LIST] [--pairs K] [--bin PATH]
+#                              [--out DIR] [--perf SECS]
 #   --n N        hosts (default 100; at most 200)
 #   --auth A     psk (default) or pubkey (3072-bit RSA keys from `vmsecd keygen`, RFC 7427 signatures)
+#   --loss PCT   lose PCT % of the datagrams each host sends on the underlay (netem on its uplink, inside its
+#                namespace; each datagram crosses one lossy link, as in ike/tests/mesh.rs); pings lose as much
 #   --bin PATH   the vmsecd binary (default target/release/vmsecd)
 #   --out DIR    keep the logs there (default: a temporary directory, printed)
+#   --perf SECS  in the rekey phase, `perf record -g` h1's daemon for SECS seconds in the middle of the 60 s of
+#                pings (perf-rekey.data in the logs directory; its top symbols in perf-rekey.txt, printed), and
+#                h1's CPU time over the same window
 #
 # Addresses: underlay 198.18.0.I for host I (routed through 198.18.0.254 on the same bridge: see the topology
 # below), VM subnet 198.19.I.0/24 (shared/conventions.md). Everything
@@ -32,27 +38,36 @@ N=100
 AUTH=psk
 PHASES=up,ping,reload,restart,rekey
 PAIRS=20
+LOSS=0
 BIN=$ROOT/target/release/vmsecd
 OUT=""
-usage() { sed -n '2,28p' "$0" >&2; exit 2; }
+PERF=0
+usage() { awk 'NR > 1 && /^set -euo/ {exit} NR > 1' "$0" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --n) N="$2"; shift ;;
     --auth) AUTH="$2"; shift ;;
+    --loss) LOSS="$2"; shift ;;
     --phases) PHASES="$2"; shift ;;
     --pairs) PAIRS="$2"; shift ;;
     --bin) BIN="$2"; shift ;;
     --out) OUT="$2"; shift ;;
+    --perf) PERF="$2"; shift ;;
     *) usage ;;
   esac
   shift
 done
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+case "$PERF" in ''|*[!0-9]*) usage ;; esac
+[ "$PERF" -le 60 ] || { echo "--perf: at most 60 s (the rekey phase's pings last 60 s)" >&2; exit 2; }
+if [ "$PERF" -gt 0 ]; then command -v perf >/dev/null || { echo "perf is missing (apt-get install linux-perf)" >&2; exit 1; }; fi
 for t in ip ping jq; do command -v "$t" >/dev/null || { echo "$t is missing" >&2; exit 1; }; done
 [ -x "$BIN" ] || { echo "no vmsecd binary at $BIN: cargo build --release -p vmsecd" >&2; exit 1; }
 case "$N" in ''|*[!0-9]*) usage ;; esac
 [ "$N" -ge 3 ] && [ "$N" -le 200 ] || { echo "--n: 3 to 200" >&2; exit 2; }
 case "$AUTH" in psk|pubkey) ;; *) usage ;; esac
+case "$LOSS" in ''|*[!0-9.]*) usage ;; esac
+if [ "$LOSS" != 0 ]; then command -v tc >/dev/null || { echo "tc is missing (iproute2)" >&2; exit 1; }; fi
 has() { case ",$PHASES," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 P="msc$$"
@@ -95,6 +110,7 @@ for i in $(seq 1 $((N + 1))); do
   ip -n "$h" addr add "198.18.0.$i/32" dev u0; ip -n "$h" link set u0 up
   ip -n "$h" route add 198.18.0.254 dev u0
   ip -n "$h" route add 198.18.0.0/24 via 198.18.0.254
+  if [ "$LOSS" != 0 ]; then ip netns exec "$h" tc qdisc add dev u0 root netem loss "$LOSS%"; fi
   ip -n "$h" link add virbr0 type bridge; ip -n "$h" addr add "198.19.$i.1/24" dev virbr0
   ip -n "$h" link set virbr0 up
   ip netns exec "$h" sysctl -qw net.ipv4.ip_forward=1
@@ -177,7 +193,7 @@ if has up || has ping || has reload || has restart || has rekey; then
   # The idle baseline: one daemon, one peer configured, none up.
   write_mesh "$DIR/idle.toml" 1 2
   start 1 "$DIR/idle.toml"; sleep 3; IDLE=$(rss_kib "${PID[1]}"); stop 1
-  say "up: starting $N daemons (auth $AUTH)"
+  say "up: starting $N daemons (auth $AUTH, underlay loss $LOSS%)"
   T0=$(now)
   for i in $ALL; do start "$i" "$DIR/mesh.toml"; done
   wait_up $((N - 1)) 600 $ALL
@@ -189,7 +205,7 @@ if has up || has ping || has reload || has restart || has rekey; then
   done
   SAS=$((N * (N - 1) / 2))
   rss_mean=$((rss_sum / N))
-  say "RESULT up: full mesh of $N ($SAS IKE SAs, auth $AUTH) in $FULL s; CPU $(echo "$ticks / $HZ" | bc -l | xargs printf '%.1f') s in all, $(echo "$ticks / $HZ / $SAS * 1000" | bc -l | xargs printf '%.2f') ms per IKE SA (both ends together)"
+  say "RESULT up: full mesh of $N ($SAS IKE SAs, auth $AUTH, loss $LOSS%) in $FULL s; CPU $(echo "$ticks / $HZ" | bc -l | xargs printf '%.1f') s in all, $(echo "$ticks / $HZ / $SAS * 1000" | bc -l | xargs printf '%.2f') ms per IKE SA (both ends together)"
   say "RESULT rss: per daemon mean $rss_mean KiB, max $rss_max KiB; idle daemon $IDLE KiB; per peer $(( (rss_mean - IDLE) / (N - 1) )) KiB"
 fi
 
@@ -247,7 +263,25 @@ if has rekey; then
   for i in $ALL; do ip netns exec "$P-h$i" "$BIN" reload >/dev/null; done
   wait_up $((cnt - 1)) 600 $ALL
   before=$(cat "$DIR"/h*.log | grep -c "Child SA rekeyed" || true)
+  if [ "$PERF" -gt 0 ]; then
+    # Centred in the 60 s of pings; perf is ended by its own `sleep`, and the script waits for it below.
+    ( sleep $(( (60 - PERF) / 2 ))
+      t0=$(cpu_ticks "${PID[1]}")
+      perf record -q -g -p "${PID[1]}" -o "$DIR/perf-rekey.data" -- sleep "$PERF" >/dev/null 2>&1 || true
+      t1=$(cpu_ticks "${PID[1]}")
+      echo "h1 CPU in the ${PERF} s window: $(echo "($t1 - $t0) / $HZ" | bc -l | xargs printf '%.2f') s" \
+        >"$DIR/perf-rekey.txt"
+      rep() { perf report -i "$DIR/perf-rekey.data" --no-children -g none --stdio "$@" 2>/dev/null \
+        | grep -E '^ +[0-9]' | sed -E 's/[ -]*$//' || true; }
+      { echo "by object:"; rep --sort dso | head -5
+        echo "top symbols:"; rep --sort dso,symbol | head -25
+        echo "top symbols in vmsecd itself (share of all samples):"; rep --sort symbol --dsos vmsecd | head -15
+        echo "all of ike::* together: $(rep --sort symbol --dsos vmsecd | awk '/ike::/ {s += $1} END {printf "%.1f%%", s}')"
+      } >>"$DIR/perf-rekey.txt" ) &
+    PERFPID=$!; EXTRA+=("$PERFPID")
+  fi
   ip netns exec "$P-v1" ping -n -q -i 0.02 -w 60 198.19.2.10 >"$DIR/rekey-ping.txt" 2>&1 || true
+  if [ "$PERF" -gt 0 ]; then wait "$PERFPID" || true; say "perf of h1 (N = $N):"; cat "$DIR/perf-rekey.txt"; fi
   after=$(cat "$DIR"/h*.log | grep -c "Child SA rekeyed" || true)
   say "RESULT rekey: $((after - before)) Child SA rekeys logged in 60 s (lifetime 60 s, margin 25 s; $((cnt * (cnt - 1) / 2)) Child SAs, each logged by both ends); VM1 -> VM2 pings lost: $(ping_loss "$DIR/rekey-ping.txt")"
 fi

@@ -48,6 +48,8 @@ struct Mesh {
     loss_pct: u64,
     /// IKE SAs given up for lack of answers (Reason::PeerDead): every one a request the peer never answered.
     dead: u64,
+    /// IkeDown events by reason (diagnostics).
+    downs: BTreeMap<String, u64>,
 }
 
 impl Mesh {
@@ -94,6 +96,7 @@ impl Mesh {
             timers: Vec::new(),
             loss_pct: 0,
             dead: 0,
+            downs: BTreeMap::new(),
         }
     }
 
@@ -119,10 +122,24 @@ impl Mesh {
                     }
                 }
                 Event::IkeDown {
+                    unauthenticated: true,
+                    reason,
+                    ..
+                } => {
+                    let r = format!("{reason:?}");
+                    let r: String = r.chars().take(60).collect();
+                    *self
+                        .downs
+                        .entry(format!("unauthenticated {r}"))
+                        .or_default() += 1;
+                }
+                Event::IkeDown {
                     peer,
                     unauthenticated: false,
                     reason,
                 } => {
+                    let r = format!("{reason:?}");
+                    *self.downs.entry(r.chars().take(60).collect()).or_default() += 1;
                     if reason == Reason::PeerDead {
                         self.dead += 1;
                     }
@@ -275,6 +292,7 @@ fn mesh(n: usize, jitter_ms: u64, loss_pct: u64, limit: Duration) -> Option<Dura
         sum(|s| s.half_open_expired),
         sum(|s| s.evicted),
     );
+    eprintln!("IkeDown reasons: {:?}", m.downs);
     assert_eq!(m.dead, 0, "IKE SAs whose requests were never answered");
     r
 }
@@ -292,12 +310,20 @@ fn mesh_100_comes_up_within_a_minute() {
     assert!(t < Duration::from_secs(60), "{t:?}");
 }
 
-/// Open: with 5% loss, 72 IKE SAs of 9,900 still get no answer for their whole retransmission budget (2
-/// half-open SAs expire; full mesh after 63 s virtual). Uniform 5% loss alone fails six transmissions far more
-/// rarely, so another admission or retry path loses requests; not found yet.
+/// With 5% loss, no IKE SA may go unanswered and the mesh must come up within a minute. Before issue 14's fixes,
+/// 72-82 IKE SAs of 9,900 ended as PeerDead: the duplicate IKE SAs deleted after simultaneous starts (about 1,400
+/// here) whose delete answer was lost, retransmitting the delete to a peer that had already forgotten the SA
+/// (pair test `delete_whose_answer_is_lost_ends_as_our_delete`).
 #[test]
-#[ignore = "slow in debug builds; fails: 72 unanswered IKE SAs with 5% loss (open)"]
+#[ignore = "slow in debug builds (about 75 s here); mesh_30_with_loss_comes_up_quickly runs in CI"]
 fn mesh_100_with_loss_comes_up_within_a_minute() {
     let t = mesh(100, 10000, 5, Duration::from_secs(300)).expect("mesh of 100 never complete");
+    assert!(t < Duration::from_secs(60), "{t:?}");
+}
+
+/// The lossy case at a size that runs in CI (under a second in debug).
+#[test]
+fn mesh_30_with_loss_comes_up_quickly() {
+    let t = mesh(30, 10000, 5, Duration::from_secs(300)).expect("mesh of 30 never complete");
     assert!(t < Duration::from_secs(60), "{t:?}");
 }

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// IKE_SA_INIT requests of one IKE SA at most: the first, then retries after COOKIE or INVALID_KE_PAYLOAD (a
+/// responder needs one of each at most; strongSwan allows five). Bounds what forged answers can make us send.
+const MAX_INIT_TRIES: u32 = 3;
+
 impl IkeSa {
     // ---- IKE_SA_INIT, initiator ------------------------------------------------------------------------------
 
@@ -213,16 +217,27 @@ impl IkeSa {
         for p in &payloads {
             if let Payload::Notify(x) = p {
                 match x.ntype {
-                    n::COOKIE if init.cookie.is_none() || tries < 3 => {
-                        init.cookie = Some(x.data.clone());
-                        let group = init.key_share.group();
-                        self.send_init(now, Some(group));
+                    //= https://www.rfc-editor.org/rfc/rfc7296#section-2.6
+                    //# the initiator MUST retry the IKE_SA_INIT with a Notify payload of type COOKIE containing the
+                    //# responder-supplied cookie data as the first payload and all other payloads unchanged.
+                    // A COOKIE answer is never a response to use: one carrying the cookie our request already
+                    // returns answers an older copy (a responder that read our first request and its
+                    // retransmissions late answers each), and one beyond our retries may be anyone's; both are
+                    // ignored while our request keeps being retransmitted. Taking a third one for a response had
+                    // the IKE SA closed ("without an SA payload") when a late-reading responder sent three
+                    // (ike/tests/mesh.rs with 5% loss).
+                    n::COOKIE => {
+                        if init.cookie.as_deref() != Some(&x.data[..]) && tries < MAX_INIT_TRIES {
+                            init.cookie = Some(x.data.clone());
+                            let group = init.key_share.group();
+                            self.send_init(now, Some(group));
+                        }
                         return;
                     }
                     //= https://www.rfc-editor.org/rfc/rfc7296#section-1.2
                     //# If the initiator guesses wrong, the responder will respond with a Notify payload of type
                     //# INVALID_KE_PAYLOAD indicating the selected group.
-                    n::INVALID_KE_PAYLOAD if x.data.len() == 2 && tries < 3 => {
+                    n::INVALID_KE_PAYLOAD if x.data.len() == 2 && tries < MAX_INIT_TRIES => {
                         let Ok(g) = <[u8; 2]>::try_from(&x.data[..]).map(u16::from_be_bytes) else {
                             continue;
                         };

@@ -299,6 +299,9 @@ pub struct IkeSa {
     created_at: Instant,
     /// The peer's IKE_AUTH request carried INITIAL_CONTACT; taken by the endpoint once established.
     initial_contact: bool,
+    /// Initiator: the endpoint holds another established IKE SA with this peer, so our IKE_AUTH must not claim
+    /// INITIAL_CONTACT (see [`IkeSa::set_other_established`]).
+    other_established: bool,
     ike_rekey_at: Option<Instant>,
     /// The IkeDown event went out already (a refused Child SA is reported at once, before the delete exchange
     /// that follows): closing must not report the SA a second time.
@@ -438,6 +441,7 @@ impl IkeSa {
             established_at: None,
             created_at: now,
             initial_contact: false,
+            other_established: false,
             ike_rekey_at: None,
             down_reported: false,
             standing: Standing::Current,
@@ -546,6 +550,12 @@ impl IkeSa {
             self.initial_contact = false;
         }
         t
+    }
+
+    /// Tells an initiator, before its IKE_SA_INIT response is handled, whether the endpoint holds another
+    /// established IKE SA with the peer: its IKE_AUTH then claims no INITIAL_CONTACT.
+    pub(crate) fn set_other_established(&mut self, yes: bool) {
+        self.other_established = yes;
     }
 
     /// When this SA began.

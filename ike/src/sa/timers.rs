@@ -250,6 +250,20 @@ impl IkeSa {
                         Phase::Init(init) if self.state == State::InitSent => init.error.take(),
                         _ => None,
                     };
+                    // An unanswered delete of our IKE SA ends it as our delete, not as a dead peer: a peer that
+                    // took the delete forgets the IKE SA as it answers, so when that answer is lost, our
+                    // retransmissions reach no SA, and a receiver stays silent to those (2.21.4, below). Reporting
+                    // it as PeerDead had the daemon back off and re-initiate to a peer whose other IKE SA is up
+                    // (the duplicate deleted after a simultaneous start, ike/tests/mesh.rs with 5% loss). strongSwan
+                    // likewise just destroys it ("proper IKE_SA delete failed, peer not responding").
+                    //= https://www.rfc-editor.org/rfc/rfc7296#section-2.21.4
+                    //# If a node receives a message on UDP port 500 or 4500 outside the context of an IKE SA
+                    //# known to it (and the message is not a request to start an IKE SA), this may be the result
+                    //# of a recent crash of the node.
+                    let reason = match &o.what {
+                        Request::DeleteIke => Some(Reason::DeletedByUs),
+                        _ => reason,
+                    };
                     let reason = reason.unwrap_or(Reason::PeerDead);
                     self.close(reason);
                     return Break(());

@@ -61,6 +61,13 @@ struct PeerStateLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerAddressLabel {
+    peer: String,
+    address: String,
+    family: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerReasonLabel {
     peer: String,
     reason: &'static str,
@@ -99,7 +106,19 @@ pub(crate) fn render(s: &Snapshot, ev: &EventCounters) -> String {
     let [in_b, out_b, in_p, out_p] =
         std::array::from_fn(|_| Family::<PeerLabel, Counter>::default());
     let peer_drops = Family::<PeerReasonLabel, Counter>::default();
+    let underlay = Family::<PeerAddressLabel, Gauge>::default();
     for p in &s.status.peers {
+        underlay
+            .get_or_create(&PeerAddressLabel {
+                peer: p.name.clone(),
+                address: p.address.clone(),
+                family: if p.address.contains(':') {
+                    "ipv6"
+                } else {
+                    "ipv4"
+                },
+            })
+            .set(1);
         let l = PeerLabel {
             peer: p.name.clone(),
         };
@@ -151,6 +170,11 @@ pub(crate) fn render(s: &Snapshot, ev: &EventCounters) -> String {
         state,
     );
     reg.register("peer_up", "1 while the peer's IKE SA is established", up);
+    reg.register(
+        "peer_underlay",
+        "1, labelled with the underlay address the peer is reached at and its family (a dual-stack pair uses one)",
+        underlay,
+    );
     reg.register("peer_child_sas", "Child SAs with the peer", children);
     let traffic = "of inner packets through the peer's current Child SAs (a rekeyed SA starts at 0: a counter reset)";
     reg.register_with_unit(
@@ -324,6 +348,7 @@ mod tests {
             r#"vmsecd_peer_state{host="h1",peer="h2",state="established"} 1"#,
             r#"vmsecd_peer_state{host="h1",peer="h3",state="down"} 1"#,
             r#"vmsecd_peer_up{host="h1",peer="h2"} 1"#,
+            r#"vmsecd_peer_underlay{host="h1",peer="h2",address="198.18.0.2",family="ipv4"} 1"#,
             r#"vmsecd_peer_in_bytes_total{host="h1",peer="h2"} 1000"#,
             r#"vmsecd_peer_in_bytes_total{host="h1",peer="h3"} 0"#,
             r#"vmsecd_peer_out_bytes_total{host="h1",peer="h2"} 800"#,
