@@ -52,6 +52,9 @@ pub(crate) fn boot(dir: &Path, name: &str, tap: &str) -> anyhow::Result<()> {
         "-device",
         &qemu::nic_device("n0", tag, name.len() as u8, 0),
     ]);
+    // A process group of its own: a Ctrl-C at the terminal reaches the demo script, which stops the guests
+    // after the daemons (by PID) and says it was interrupted, instead of QEMU dying first under its feet.
+    cmd.process_group(0);
     let e = cmd.exec();
     Err(anyhow::anyhow!(
         "cannot run qemu-system-x86_64 (apt-get install qemu-system-x86): {e}"
