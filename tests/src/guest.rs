@@ -2,18 +2,15 @@
 //! the host kernel lacks) booted straight into the host's own root file system, read-only over virtio-9p under a
 //! tmpfs overlay, so every tool installed on the host (charon, pluto, ip, tcpdump, python3) runs in the guest.
 //!
-//! - [`image`] builds once per kernel version and caches in `$TMPDIR/vmsecd-guest-<version>-v1`: the
-//!   uncompressed `vmlinux` (booted through its PVH entry, no firmware, no disk) taken from the xz payload of
-//!   `/boot/vmlinuz-<version>`, and a busybox initramfs that loads the virtio, 9p and overlay modules (order from
-//!   `modprobe --show-depends`), mounts the root and `switch_root`s into it. Built in a private directory and
-//!   renamed into place, so concurrent tests never see half an image.
+//! - The image (kernel and initramfs), QEMU's boot arguments and the command agent are the `vmsecd-guest`
+//!   crate's (guest/), shared with `vmsecd demo --vms`; [`image`] here panics with what to install.
 //! - [`Guest::boot`] starts QEMU with one virtio NIC per [`Nic`], each on a tap in a namespace of the test (the
 //!   tap is opened here in that namespace and handed to QEMU as a file descriptor, so one guest can sit on
 //!   several namespaces, e.g. the underlay and its own "VM" subnet). KVM is used only if a probe boot under KVM
 //!   works on this machine (it does not here: the paravirtual `/dev/kvm` cannot run a stock kernel), otherwise
 //!   TCG (`-accel tcg -cpu max`); never skipped.
-//! - A second 9p share without caching is the command agent: [`Guest::exec`] writes a shell script there, the
-//!   guest runs it and writes its standard output, error and exit code back. [`Guest::read_file`] and
+//! - A second 9p share without caching is the command agent ([`Agent`]): [`Guest::exec`] writes a shell script
+//!   there, the guest runs it and writes its standard output, error and exit code back. [`Guest::read_file`] and
 //!   [`Guest::write_file`] move files through the same share.
 //! - [`lock`] serializes guests across test processes (an `flock` on `$TMPDIR/vmsecd-guest.lock`): under TCG
 //!   each guest takes a core, and CI must not boot a dozen at once.
@@ -27,308 +24,24 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
+
 use std::thread::sleep;
 use std::time::{Duration, Instant};
+pub use vmsecd_guest::agent::{Agent, GuestOutput};
+pub use vmsecd_guest::image::Image;
+use vmsecd_guest::{qemu, FileLock};
 
-use crate::netns::{output_of, run_checked, Netns, NsChild, KEEP_DIR_ENV};
+use crate::netns::{output_of, Netns, NsChild, KEEP_DIR_ENV};
 
-/// Bumped whenever the cached image's contents change (its directory name carries it).
-const IMAGE_VERSION: &str = "v1";
-/// The modules the initramfs loads, with their dependencies, before it can mount the root.
-const BOOT_MODULES: &[&str] = &["virtio_pci", "virtio_net", "9pnet_virtio", "9p", "overlay"];
 /// Set to `tcg` or `kvm` to force an accelerator instead of probing.
 pub const ACCEL_ENV: &str = "VT_GUEST_ACCEL";
 /// How long a guest may take from QEMU's start to a running command agent (TCG on a loaded machine).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// The cached kernel and initramfs.
-#[derive(Debug)]
-pub struct Image {
-    /// The kernel version (`/lib/modules/<version>`).
-    pub version: String,
-    /// The uncompressed kernel, booted through its PVH note.
-    pub vmlinux: PathBuf,
-    /// The busybox initramfs (newc cpio, uncompressed).
-    pub initrd: PathBuf,
-}
-
 /// The guest image, built (or found in the cache) on first use. Panics with what to install if the host has no
-/// Debian kernel with the needed modules, no busybox-static or no QEMU.
+/// Debian kernel with the needed modules, no busybox-static or no QEMU (guest tests never skip).
 pub fn image() -> &'static Image {
-    static IMAGE: OnceLock<Image> = OnceLock::new();
-    IMAGE.get_or_init(build_or_reuse_image)
-}
-
-fn require(path: &str, package: &str) {
-    assert!(
-        Path::new(path).exists(),
-        "{path} is missing: apt-get install {package} (guest tests never skip)"
-    );
-}
-
-/// The newest `/boot/vmlinuz-*` whose modules include 9p over virtio.
-fn pick_kernel() -> String {
-    let mut versions: Vec<String> = fs::read_dir("/boot")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()
-                        .and_then(|n| n.strip_prefix("vmlinuz-"))
-                        .map(str::to_owned)
-                })
-                .filter(|v| {
-                    Path::new("/lib/modules")
-                        .join(v)
-                        .join("kernel/net/9p/9pnet_virtio.ko")
-                        .exists()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    // Version order, not text order: 6.1.0-10 after 6.1.0-9.
-    versions.sort_by_key(|v| {
-        v.split(|c: char| !c.is_ascii_digit())
-            .filter_map(|n| n.parse::<u64>().ok())
-            .collect::<Vec<_>>()
-    });
-    versions.pop().unwrap_or_else(|| {
-        panic!(
-            "no /boot/vmlinuz-* with uncompressed virtio/9p modules under /lib/modules: apt-get install \
-             linux-image-amd64 (the guest kernel; guest tests never skip)"
-        )
-    })
-}
-
-fn build_or_reuse_image() -> Image {
-    require("/usr/bin/qemu-system-x86_64", "qemu-system-x86");
-    require("/bin/busybox", "busybox-static");
-    let version = pick_kernel();
-    let dir = std::env::temp_dir().join(format!("vmsecd-guest-{version}-{IMAGE_VERSION}"));
-    let img = Image {
-        version: version.clone(),
-        vmlinux: dir.join("vmlinux"),
-        initrd: dir.join("initrd.cpio"),
-    };
-    if dir.join("complete").exists() {
-        return img;
-    }
-    // One builder at a time; the others wait and then find the complete directory.
-    let _build = FileLock::acquire(&sibling(&dir, ".lock"));
-    if dir.join("complete").exists() {
-        return img;
-    }
-    let tmp = sibling(&dir, &format!(".tmp-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).unwrap_or_else(|e| panic!("cannot create {}: {e}", tmp.display()));
-    extract_vmlinux(&format!("/boot/vmlinuz-{version}"), &tmp.join("vmlinux"));
-    fs::write(tmp.join("initrd.cpio"), initramfs(&version)).expect("write the initramfs");
-    fs::write(tmp.join("complete"), "").expect("mark the image complete");
-    let _ = fs::remove_dir_all(&dir);
-    fs::rename(&tmp, &dir)
-        .unwrap_or_else(|e| panic!("cannot rename {} to {}: {e}", tmp.display(), dir.display()));
-    img
-}
-
-/// `dir` with `suffix` appended to its last component (`with_extension` would cut at the version's dots).
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let mut s = dir.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
-/// The uncompressed kernel: Debian's bzImage carries it xz-compressed; Python's lzma takes it out (it stops at
-/// the end of the xz stream and ignores what follows).
-fn extract_vmlinux(vmlinuz: &str, out: &Path) {
-    let script = r#"
-import lzma, sys
-d = open(sys.argv[1], 'rb').read()
-i = d.find(b'\xfd7zXZ\x00')
-if i < 0:
-    sys.exit('no xz payload in ' + sys.argv[1])
-k = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(d[i:])
-if k[:4] != b'\x7fELF':
-    sys.exit('the xz payload of ' + sys.argv[1] + ' is not an ELF kernel')
-open(sys.argv[2], 'wb').write(k)
-"#;
-    run_checked(
-        Command::new("python3")
-            .args(["-c", script, vmlinuz])
-            .arg(out),
-    );
-}
-
-/// The module files to insmod, dependencies first, each once.
-fn boot_modules(version: &str) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = Vec::new();
-    for m in BOOT_MODULES {
-        let out = run_checked(Command::new("modprobe").args(["-S", version, "--show-depends", m]));
-        for line in out.lines() {
-            let mut w = line.split_whitespace();
-            if w.next() == Some("insmod") {
-                if let Some(f) = w.next() {
-                    let f = PathBuf::from(f);
-                    if !files.contains(&f) {
-                        files.push(f);
-                    }
-                }
-            }
-            // "builtin NAME": nothing to load.
-        }
-    }
-    files
-}
-
-/// Stage one, run by busybox as PID 1: modules, the root over 9p under a tmpfs overlay, the agent share, then
-/// `switch_root` into the host's own `/bin/sh` running the agent's `stage2.sh` (written by [`Guest::boot`], so
-/// it can change without rebuilding the image).
-const INIT: &str = r#"#!/bin/busybox sh
-B=/bin/busybox
-$B mkdir -p /proc /sys /dev /lower /rw /newroot
-$B mount -t proc proc /proc
-$B mount -t devtmpfs dev /dev
-if $B grep -q vmsecd.probe /proc/cmdline; then
-  echo VMSECD-GUEST-PROBE-OK
-  $B poweroff -f
-fi
-for m in $($B ls /modules); do
-  $B insmod /modules/$m || echo "vmsecd-guest: insmod $m failed"
-done
-$B mount -t 9p -o ro,trans=virtio,version=9p2000.L,cache=loose,msize=262144 hostroot /lower || echo "vmsecd-guest: no root share"
-$B mount -t tmpfs -o size=512m,mode=0755 rw /rw
-$B mkdir -p /rw/upper /rw/work
-$B mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot || echo "vmsecd-guest: no overlay"
-$B mkdir -p /newroot/vmsecd-agent
-$B mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=262144 agent /newroot/vmsecd-agent || echo "vmsecd-guest: no agent share"
-$B umount /proc
-$B umount /dev
-exec $B switch_root /newroot /bin/sh /vmsecd-agent/stage2.sh
-echo "vmsecd-guest: switch_root failed"
-$B poweroff -f
-"#;
-
-/// Stage two, the host's `/bin/sh` in the guest: a fresh `/proc`, `/sys`, `/dev`, `/run` and `/tmp`, links up,
-/// then the agent loop: runs `cmd-N.sh` in order, leaving `out-N.stdout`, `out-N.stderr` and `out-N.rc` (the
-/// last one renamed into place, so the host never reads half a result).
-pub(crate) const STAGE2: &str = r#"#!/bin/sh
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/root
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs dev /dev
-mkdir -p /dev/pts /dev/shm
-mount -t devpts devpts /dev/pts
-mount -t tmpfs shm /dev/shm
-mount -t tmpfs -o mode=0755 run /run
-mount -t tmpfs -o mode=1777 tmp /tmp
-mkdir -p /run/lock /run/netns
-A=/vmsecd-agent
-hostname "$(cat $A/hostname)"
-ip link set lo up
-for i in $(ls /sys/class/net); do ip link set "$i" up; done
-echo "vmsecd-guest: agent ready"
-echo ready > $A/ready.tmp && mv $A/ready.tmp $A/ready
-n=0
-while :; do
-  if [ -f $A/cmd-$n.sh ]; then
-    sh $A/cmd-$n.sh > $A/out-$n.stdout 2> $A/out-$n.stderr < /dev/null
-    echo $? > $A/out-$n.rc.tmp
-    mv $A/out-$n.rc.tmp $A/out-$n.rc
-    n=$((n+1))
-  else
-    sleep 0.05
-  fi
-done
-"#;
-
-/// A newc cpio archive, written by hand (one format, a dozen entries: no need for a crate or `cpio`).
-struct Cpio {
-    data: Vec<u8>,
-    ino: u32,
-}
-
-impl Cpio {
-    fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), body: &[u8]) {
-        self.ino += 1;
-        let fields = [
-            self.ino,
-            mode,
-            0,
-            0,
-            1,
-            0,
-            body.len() as u32,
-            0,
-            0,
-            rdev.0,
-            rdev.1,
-            name.len() as u32 + 1,
-            0,
-        ];
-        self.data.extend_from_slice(b"070701");
-        for f in fields {
-            self.data.extend_from_slice(format!("{f:08x}").as_bytes());
-        }
-        self.data.extend_from_slice(name.as_bytes());
-        self.data.push(0);
-        self.pad();
-        self.data.extend_from_slice(body);
-        self.pad();
-    }
-
-    fn pad(&mut self) {
-        while !self.data.len().is_multiple_of(4) {
-            self.data.push(0);
-        }
-    }
-}
-
-fn initramfs(version: &str) -> Vec<u8> {
-    let mut c = Cpio {
-        data: Vec::new(),
-        ino: 0,
-    };
-    for d in ["bin", "dev", "proc", "sys", "modules"] {
-        c.entry(d, 0o040755, (0, 0), b"");
-    }
-    // The kernel opens /dev/console for PID 1 before anything is mounted.
-    c.entry("dev/console", 0o020600, (5, 1), b"");
-    let busybox = fs::read("/bin/busybox").expect("read /bin/busybox (busybox-static)");
-    c.entry("bin/busybox", 0o100755, (0, 0), &busybox);
-    c.entry("init", 0o100755, (0, 0), INIT.as_bytes());
-    for (i, m) in boot_modules(version).iter().enumerate() {
-        let body = fs::read(m).unwrap_or_else(|e| panic!("read {}: {e}", m.display()));
-        let name = m.file_name().and_then(|n| n.to_str()).expect("module name");
-        c.entry(&format!("modules/{i:02}-{name}"), 0o100644, (0, 0), &body);
-    }
-    c.entry("TRAILER!!!", 0, (0, 0), b"");
-    c.data
-}
-
-/// An exclusive `flock` on a file, released when dropped.
-struct FileLock {
-    _file: fs::File,
-}
-
-impl FileLock {
-    fn acquire(path: &Path) -> FileLock {
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-        // SAFETY: flock on a descriptor this function owns; blocks until the lock is ours.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        assert_eq!(
-            r,
-            0,
-            "flock {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-        FileLock { _file: file }
-    }
+    vmsecd_guest::image::image().unwrap_or_else(|e| panic!("{e} (guest tests never skip)"))
 }
 
 /// The right to run guests: one holder per machine at a time (this process's tests and other test processes).
@@ -343,7 +56,9 @@ pub fn lock() -> GuestLock {
     static IN_PROCESS: Mutex<()> = Mutex::new(());
     let t = Instant::now();
     let in_process = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
-    let file = FileLock::acquire(&std::env::temp_dir().join("vmsecd-guest.lock"));
+    let path = std::env::temp_dir().join("vmsecd-guest.lock");
+    let file =
+        FileLock::acquire(&path).unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
     if t.elapsed() > Duration::from_secs(1) {
         eprintln!(
             "[guest] waited {:.1} s for the guest lock",
@@ -449,85 +164,6 @@ impl Nic {
     }
 }
 
-/// What a command in the guest did.
-#[derive(Debug, Clone)]
-pub struct GuestOutput {
-    /// Its exit code.
-    pub code: i32,
-    /// Its standard output.
-    pub stdout: String,
-    /// Its standard error.
-    pub stderr: String,
-}
-
-/// The host's end of a guest's command agent, the uncached 9p share the guest mounts at /vmsecd-agent: a
-/// script goes in as `cmd-N.sh` (written then renamed, so the guest never runs half of one), its output and exit
-/// code come back as `out-N.stdout`, `out-N.stderr` and `out-N.rc`. Both kinds of guest ([`Guest`] and
-/// libvirt's [`crate::libvirt_guest::VirtGuest`]) talk through it.
-pub struct Agent {
-    dir: PathBuf,
-    next: Mutex<u64>,
-}
-
-impl Agent {
-    /// The agent share in `dir` (made by [`Agent::prepare`]).
-    pub fn new(dir: PathBuf) -> Agent {
-        Agent {
-            dir,
-            next: Mutex::new(0),
-        }
-    }
-
-    /// The share's folder on the host.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Empties the share for a new boot of guest `hostname`: the stage-2 script and the hostname in it, the
-    /// command numbers from 0 again.
-    pub fn prepare(&self, hostname: &str) {
-        let _ = fs::remove_dir_all(&self.dir);
-        fs::create_dir_all(&self.dir)
-            .unwrap_or_else(|e| panic!("create {}: {e}", self.dir.display()));
-        fs::write(self.dir.join("stage2.sh"), STAGE2).expect("stage2");
-        fs::write(self.dir.join("hostname"), hostname).expect("hostname");
-        *self.lock() = 0;
-    }
-
-    fn lock(&self) -> MutexGuard<'_, u64> {
-        self.next.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The number the next command will get (transfer files are named after it, so they never collide).
-    pub fn current(&self) -> u64 {
-        *self.lock()
-    }
-
-    /// Hands `script` to the guest; returns its number for [`Agent::outcome`].
-    pub fn submit(&self, script: &str) -> u64 {
-        let mut next = self.lock();
-        let n = *next;
-        *next += 1;
-        let tmp = self.dir.join(format!("cmd-{n}.tmp"));
-        fs::write(&tmp, script).expect("write the guest command");
-        fs::rename(&tmp, self.dir.join(format!("cmd-{n}.sh"))).expect("rename the guest command");
-        n
-    }
-
-    /// What command `n` returned, once the guest has finished it.
-    pub fn outcome(&self, n: u64) -> Option<GuestOutput> {
-        let code = fs::read_to_string(self.dir.join(format!("out-{n}.rc"))).ok()?;
-        let read = |ext: &str| {
-            fs::read_to_string(self.dir.join(format!("out-{n}.{ext}"))).unwrap_or_default()
-        };
-        Some(GuestOutput {
-            code: code.trim().parse().unwrap_or(-1),
-            stdout: read("stdout"),
-            stderr: read("stderr"),
-        })
-    }
-}
-
 /// A running guest; see the module documentation. Killed and cleaned up when dropped.
 pub struct Guest {
     name: String,
@@ -614,7 +250,9 @@ impl Guest {
         let img = image();
         let accel = accel();
         self.boots += 1;
-        self.agent.prepare(&self.name);
+        self.agent
+            .prepare(&self.name)
+            .unwrap_or_else(|e| panic!("agent share of {}: {e}", self.name));
         let agent = self.agent_dir().to_path_buf();
 
         let fds: Vec<OwnedFd> = self.nics.iter().map(|n| open_tap(&n.ns, &n.tap)).collect();
@@ -626,48 +264,25 @@ impl Guest {
             Some(n) => n.ns.command("qemu-system-x86_64"),
             None => Command::new("qemu-system-x86_64"),
         };
-        match accel {
-            "kvm" => cmd.args(["-accel", "kvm", "-cpu", "host"]),
-            _ => cmd.args(["-accel", "tcg", "-cpu", "max"]),
-        };
-        cmd.args(["-m", &self.mem_mb.to_string(), "-smp", "1"])
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-no-reboot",
-            ])
-            .arg("-kernel")
-            .arg(&img.vmlinux)
-            .arg("-initrd")
-            .arg(&img.initrd)
-            .args([
-                "-append",
-                "console=ttyS0 panic=-1 loglevel=4 net.ifnames=0 random.trust_cpu=on",
-            ])
-            .arg("-serial")
-            .arg(format!("file:{}", self.console_path().display()))
-            .args([
-                "-fsdev",
-                "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
-            ])
-            .args(["-device", "virtio-9p-pci,fsdev=root,mount_tag=hostroot"])
-            .arg("-fsdev")
-            .arg(format!(
-                "local,id=agent,path={},security_model=none",
-                agent.display()
-            ))
-            .args(["-device", "virtio-9p-pci,fsdev=agent,mount_tag=agent"]);
+        qemu::boot_args(
+            &mut cmd,
+            img,
+            accel,
+            self.mem_mb,
+            &self.console_path(),
+            &agent,
+        );
         // Above anything the test process has open, so no dup2 lands on a descriptor still to be copied.
         let base_fd = 200usize;
         for (i, _) in fds.iter().enumerate() {
             cmd.arg("-netdev")
                 .arg(format!("tap,id=n{i},fd={}", base_fd + i))
                 .arg("-device")
-                .arg(format!(
-                    "virtio-net-pci,netdev=n{i},mac=52:54:00:{tag:02x}:{:02x}:{i:02x}",
-                    self.name.len() as u8
+                .arg(qemu::nic_device(
+                    &format!("n{i}"),
+                    tag,
+                    self.name.len() as u8,
+                    i as u8,
                 ));
         }
         let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
@@ -740,7 +355,7 @@ impl Guest {
     /// the script outlives the timeout (the agent runs one script at a time, so a hung one ends the guest's
     /// use). Background processes must redirect their output and not hold the script's streams.
     pub fn exec_timeout(&self, script: &str, timeout: Duration) -> GuestOutput {
-        let n = self.agent.submit(script);
+        let n = self.agent.submit(script).expect("write the guest command");
         let t = Instant::now();
         loop {
             if let Some(out) = self.agent.outcome(n) {

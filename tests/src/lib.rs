@@ -5,6 +5,7 @@
 //! Everything here needs root and real namespaces; the tests using it fail (never skip) without them.
 
 pub mod bed;
+pub mod demo;
 pub mod dualstack;
 pub mod etcd;
 pub mod faultlink;

@@ -46,7 +46,7 @@ impl VirtGuest {
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{kernel}</kernel>
     <initrd>{initrd}</initrd>
-    <cmdline>console=ttyS0 panic=-1 loglevel=4 net.ifnames=0 random.trust_cpu=on</cmdline>
+    <cmdline>{cmdline}</cmdline>
   </os>
   <cpu mode='maximum' migratable='off'/>
   <on_reboot>destroy</on_reboot>
@@ -77,6 +77,7 @@ impl VirtGuest {
 "#,
             kernel = img.vmlinux.display(),
             initrd = img.initrd.display(),
+            cmdline = vmsecd_guest::qemu::KERNEL_CMDLINE,
             agent = dir.join("agent").display(),
             console = dir.join("console.log").display(),
         );
@@ -101,7 +102,9 @@ impl VirtGuest {
 
     /// `virsh start`, then waits for the agent; returns how long the boot took.
     pub fn start(&mut self) -> Duration {
-        self.agent.prepare(&self.name);
+        self.agent
+            .prepare(&self.name)
+            .unwrap_or_else(|e| panic!("agent share of {}: {e}", self.name));
         let agent = self.agent().to_path_buf();
         self.boots += 1;
         let t = Instant::now();
@@ -133,7 +136,7 @@ impl VirtGuest {
 
     /// Runs `script` with `/bin/sh` in the guest (the agent of [`crate::guest`]), waiting up to `timeout`.
     pub fn exec_timeout(&self, script: &str, timeout: Duration) -> GuestOutput {
-        let n = self.agent.submit(script);
+        let n = self.agent.submit(script).expect("write the guest command");
         let t = Instant::now();
         loop {
             if let Some(out) = self.agent.outcome(n) {

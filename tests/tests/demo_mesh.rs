@@ -41,45 +41,7 @@ fn demo_mesh_of_three_hypervisors() {
         );
     }
     // `vmsecd demo`, exactly as the README's first command runs it (the script is built into the binary).
-    let out = Command::new(vmsecd_e2e::vmsecd::vmsecd_bin())
-        .arg("demo")
-        .env("PATH", &bin_dir)
-        .output()
-        .expect("run vmsecd demo");
+    let text = vmsecd_e2e::demo::run(&[], Some(&bin_dir));
     let _ = std::fs::remove_dir_all(&bin_dir);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "demo failed:\n{text}");
-    assert_eq!(
-        text.matches(" ok, avg RTT").count(),
-        12,
-        "every VM reaches every other VM, IPv4 and IPv6:\n{text}"
-    );
-    assert!(
-        text.contains("packets with a VM address in clear on the underlay: 0"),
-        "{text}"
-    );
-    assert!(text.contains("ESP"), "the underlay carried ESP:\n{text}");
-    // Nothing the demo started may outlive it: no process still has its config folder on its command line.
-    let dir = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("the mesh file is ")
-                .and_then(|r| r.split("/mesh.toml").next())
-        })
-        .expect("the demo names its folder")
-        .to_owned();
-    let left = Command::new("pgrep")
-        .args(["-f", &dir])
-        .output()
-        .expect("pgrep");
-    assert!(
-        left.stdout.is_empty(),
-        "processes left behind: {}",
-        String::from_utf8_lossy(&left.stdout)
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    vmsecd_e2e::demo::check_mesh_and_cleanup(&text);
 }

@@ -40,13 +40,17 @@ fn a_route_through_another_device_is_not_ours_and_a_lasting_failure_is_logged_on
     a.ip(&["route", "del", REMOTE, "dev", "vmsec0"]);
     a.ip(&["route", "add", REMOTE, "dev", "other0", "proto", "static"]);
     va.wait_log(
-        "cannot put back a route into vmsec0",
+        "cannot check or put back the routes into vmsec0",
         Duration::from_secs(10),
     );
     // Five more repair rounds: no more lines about it (the next one is due a minute after the first).
     sleep(Duration::from_secs(5));
     let log = va.log();
-    assert_eq!(log.matches("cannot put back a route").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("cannot check or put back the routes").count(),
+        1,
+        "{log}"
+    );
     assert!(
         route().contains("dev other0"),
         "vmsecd touched a route that is not its own: {}",

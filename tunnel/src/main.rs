@@ -17,6 +17,7 @@ use vmsecd::route::Netlink;
 mod cli {
     pub(crate) mod check;
     pub(crate) mod demo_probe;
+    pub(crate) mod demo_vm;
 }
 
 /// IKEv2/ESP tunnels between the VM subnets of a mesh of hypervisors.
@@ -109,6 +110,33 @@ enum Command {
         /// Leave the demo running and print the commands to explore it.
         #[arg(long)]
         keep: bool,
+        /// A real QEMU guest (TCG, Debian's kernel) per hypervisor instead of a VM namespace; needs
+        /// qemu-system-x86, linux-image-amd64, busybox-static and python3. Slower: the guests boot in 5-30 s.
+        #[arg(long)]
+        vms: bool,
+    },
+    /// For `demo --vms`: with --check, checks what the guests need and builds their image; else boots guest NAME
+    /// on tap TAP of the current namespace, its files in DIR (becomes QEMU: the PID is QEMU's).
+    #[command(hide = true)]
+    DemoVm {
+        #[arg(long)]
+        check: bool,
+        #[arg(long, required_unless_present = "check")]
+        dir: Option<PathBuf>,
+        #[arg(long, required_unless_present = "check")]
+        name: Option<String>,
+        #[arg(long, required_unless_present = "check")]
+        tap: Option<String>,
+    },
+    /// For `demo --vms`: runs SCRIPT with /bin/sh in the guest whose files are in DIR; its output and exit code.
+    #[command(hide = true)]
+    DemoVmExec {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Seconds to wait for the script.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+        script: String,
     },
     /// For the demo script: ICMP echo to DST from the current namespace (raw socket, needs root); prints
     /// "N sent, M received, avg RTT X ms" and fails unless every request was answered.
@@ -248,7 +276,32 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keygen { out, bits, name } => keygen(&out, bits, name),
-        Command::Demo { keep } => demo(keep),
+        Command::Demo { keep, vms } => demo(keep, vms),
+        Command::DemoVm { check: true, .. } => cli::demo_vm::check(),
+        Command::DemoVm {
+            dir: Some(dir),
+            name: Some(name),
+            tap: Some(tap),
+            ..
+        } => cli::demo_vm::boot(&dir, &name, &tap),
+        Command::DemoVm { .. } => {
+            anyhow::bail!("demo-vm needs --check, or --dir, --name and --tap")
+        }
+        Command::DemoVmExec {
+            dir,
+            timeout,
+            script,
+        } => {
+            let code = cli::demo_vm::exec(
+                &dir,
+                &script,
+                std::time::Duration::from_secs_f64(timeout.clamp(0.1, 3600.0)),
+            )?;
+            if code != 0 {
+                std::process::exit(code.clamp(1, 255));
+            }
+            Ok(())
+        }
         Command::DemoPing {
             dst,
             count,
@@ -333,7 +386,7 @@ fn control_socket(control: Option<&str>) -> anyhow::Result<ControlSocket> {
 const DEMO_SCRIPT: &str = include_str!("../../scripts/demo");
 
 /// `vmsecd demo`: runs the built-in script with this binary as the daemon.
-fn demo(keep: bool) -> anyhow::Result<()> {
+fn demo(keep: bool, vms: bool) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt as _;
     let exe = std::env::current_exe().context("cannot find the path of this vmsecd binary")?;
     let mut cmd = std::process::Command::new("bash");
@@ -344,6 +397,9 @@ fn demo(keep: bool) -> anyhow::Result<()> {
         .arg(&exe);
     if keep {
         cmd.arg("--keep");
+    }
+    if vms {
+        cmd.arg("--vms");
     }
     // exec, not spawn: the script becomes this process, so Ctrl-C reaches it alone and its clean-up runs.
     let e = cmd.exec();

@@ -106,11 +106,11 @@ impl Daemon {
             }
             Err(e) => match self.route_repairs.failed(now) {
                 Report::First => tracing::warn!(
-                    "cannot put back a route into {interface} ({e}); traffic to that subnet meets the \
-                     fail-closed route until it is back. Retrying every second, reporting once a minute"
+                    "cannot check or put back the routes into {interface} ({e}); traffic to a subnet whose route is \
+                     missing meets its fail-closed route until the route is back. Retrying every second, reporting once a minute"
                 ),
                 Report::Again { failures, over } => tracing::warn!(
-                    "still cannot put back a route into {interface} ({e}): {failures} failed repairs over \
+                    "still cannot check or put back the routes into {interface} ({e}): {failures} failed repairs over \
                      {:.0} s",
                     over.as_secs_f64()
                 ),
