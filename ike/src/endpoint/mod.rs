@@ -432,6 +432,7 @@ impl Endpoint {
             .collect();
         self.duplicates.retain(|p, _| dup_peers.contains(p));
         let mut delete = Vec::new();
+        let mut confirm = Vec::new();
         for peer in dup_peers {
             let since = *self.duplicates.entry(peer.clone()).or_insert(now);
             if now < since + DUPLICATE_GRACE {
@@ -452,21 +453,37 @@ impl Endpoint {
                 })
             };
             let keep = keys.iter().min_by_key(|k| rank(k)).copied();
-            delete.extend(
-                keys.iter()
-                    .filter(|k| {
-                        Some(**k) != keep && self.sas.get(*k).is_some_and(IkeSa::is_initiator)
-                    })
-                    .copied(),
-            );
+            let ours: Vec<u64> = keys
+                .iter()
+                .filter(|k| Some(**k) != keep && self.sas.get(*k).is_some_and(IkeSa::is_initiator))
+                .copied()
+                .collect();
+            // The SA kept must be established at the peer too before ours go: as its responder we do not know
+            // whether our IKE_AUTH response arrived, and deleting a duplicate the peer holds established left
+            // it with none until its IKE_AUTH retransmission got through (24 s for the last pairs of
+            // benches/mesh_scale.sh with 100 hosts and 5% loss). So we ask it first (a liveness check on the
+            // kept SA) and delete once it answered, checking again each DUPLICATE_GRACE meanwhile.
+            if let Some(k) = keep.filter(|k| {
+                !ours.is_empty() && self.sas.get(k).is_some_and(|sa| !sa.peer_confirmed())
+            }) {
+                confirm.push((k, peer));
+                continue;
+            }
+            delete.extend(ours);
             self.duplicates.remove(&peer);
+        }
+        for (k, peer) in &confirm {
+            if let Some(sa) = self.sas.get_mut(k) {
+                sa.confirm_peer(now);
+            }
+            self.duplicates.insert(peer.clone(), now);
         }
         for k in &delete {
             if let Some(sa) = self.sas.get_mut(k) {
                 sa.delete(now);
             }
         }
-        if !delete.is_empty() {
+        if !delete.is_empty() || !confirm.is_empty() {
             self.collect();
         }
     }
