@@ -11,16 +11,16 @@
 #   vmsecd      vmsecd <-> vmsecd, aes128gcm16, ESP in UDP 4500
 #   vmsecd-2w   as vmsecd, with `workers = 2`: two TUN queues, a transmit thread for the second
 #   vmsecd-chacha  vmsecd <-> vmsecd, chacha20poly1305, ESP in UDP 4500
-#   vmsecd-raw  vmsecd <-> vmsecd, aes128gcm16, raw ESP (IP protocol 50)
+#   vmsecd-raw  vmsecd <-> vmsecd, aes128gcm16, raw ESP (IP protocol 50), sent through the AF_PACKET ring
+#   vmsecd-raw-socket  as vmsecd-raw with VMSECD_RAW_TX=socket: raw ESP sent with sendmmsg (before issue 15)
 #   vmsecd-swan vmsecd (h1) <-> strongSwan (h2), aes128gcm16
 #   boringtun   boringtun-cli <-> boringtun-cli, WG_THREADS=1 (its fastest setting here)
 #   wggo        wireguard-go <-> wireguard-go (Debian's)
 # For each: iperf3 TCP VM1->VM2 single stream, VM2->VM1 single stream (-R), 4 streams; ping RTT p50 at idle;
 # CPU seconds per GB moved (utime+stime of the tunnel processes from /proc/PID/task/*/stat, all threads, over
 # the three iperf3 runs; kernel forwarding work in softirq is not attributed, so plain routing shows "-"), and
-# how much of it vmsecd's SCHED_IDLE busy-poll thread took ("of it spin"); the tunnel processes' CPU in % of one
+# the tunnel processes' CPU in % of one
 # core over 3 s without traffic ("idle CPU") and during the 50 pings ("ping CPU").
-# VMSECD_BUSY_POLL_US in the environment reaches the daemons (a busy-poll window in us; default 0: none).
 #
 # Usage: benches/e2e.sh [--seconds N] [--only a,b,...] [--json FILE] [--bin PATH] [--runs N] [--allocs]
 #   --runs N   repeat every iperf3 measurement N times and report the median (default 1)
@@ -38,7 +38,7 @@ ONLY=""
 JSON=""
 ALLOCS=0
 BORINGTUN=${BORINGTUN:-$(command -v boringtun-cli || echo /tmp/bt-root/bin/boringtun-cli)}
-usage() { echo "usage: $0 [--seconds N] [--runs N] [--only plain,swan,vmsecd-mesh,vmsecd,vmsecd-2w,vmsecd-chacha,vmsecd-raw,vmsecd-swan,boringtun,wggo] [--json FILE] [--bin PATH] [--allocs]" >&2; exit 2; }
+usage() { echo "usage: $0 [--seconds N] [--runs N] [--only plain,swan,vmsecd-mesh,vmsecd,vmsecd-2w,vmsecd-chacha,vmsecd-raw,vmsecd-raw-socket,vmsecd-swan,boringtun,wggo] [--json FILE] [--bin PATH] [--allocs]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) BIN="$2"; shift ;;
@@ -210,6 +210,8 @@ start_config() {
     vmsecd-2w) start_vmsecd 1 aes128gcm16 udp 2; start_vmsecd 2 aes128gcm16 udp 2 ;;
     vmsecd-chacha) start_vmsecd 1 chacha20poly1305 udp; start_vmsecd 2 chacha20poly1305 udp ;;
     vmsecd-raw) start_vmsecd 1 aes128gcm16 raw; start_vmsecd 2 aes128gcm16 raw ;;
+    vmsecd-raw-socket) export VMSECD_RAW_TX=socket; start_vmsecd 1 aes128gcm16 raw; start_vmsecd 2 aes128gcm16 raw
+      unset VMSECD_RAW_TX ;;
     vmsecd-swan) start_charon 2; start_vmsecd 1 aes128gcm16 udp ;;
     boringtun) start_wg boringtun ;;
     wggo) start_wg wggo ;;
@@ -222,11 +224,10 @@ stop_config() {
   esac
 }
 
-cpu_ticks() { # sum of utime+stime of PIDS (all threads), in clock ticks; SPIN=1: only vmsecd's busy-poll threads
+cpu_ticks() { # sum of utime+stime of PIDS (all threads), in clock ticks
   local t=0 pid task s
   for pid in "${PIDS[@]}"; do
     for task in /proc/"$pid"/task/*; do
-      if [ "${SPIN:-0}" = 1 ] && [ "$(cat "$task/comm" 2>/dev/null)" != vmsecd-spin ]; then continue; fi
       s=$(cat "$task/stat" 2>/dev/null) || continue
       s=${s##*) }
       t=$((t + $(echo "$s" | awk '{print $12 + $13}')))
@@ -250,7 +251,7 @@ median() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.argv[1:]]
 TICK=$(getconf CLK_TCK)
 echo "# vmsecd e2e benchmark, $SECS s per iperf3 run x $RUNS, $(nproc) cores, $(date -u +%FT%TZ)"
 echo "# load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-for cfg in plain swan vmsecd-mesh vmsecd vmsecd-2w vmsecd-chacha vmsecd-raw vmsecd-swan boringtun wggo; do
+for cfg in plain swan vmsecd-mesh vmsecd vmsecd-2w vmsecd-chacha vmsecd-raw vmsecd-raw-socket vmsecd-swan boringtun wggo; do
   want "$cfg" || continue
   case "$cfg" in
     swan|vmsecd-swan) [ -x /usr/lib/ipsec/charon ] || { echo "# $cfg: skipped, no charon (apt-get install strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins)"; continue; } ;;
@@ -284,14 +285,14 @@ for cfg in plain swan vmsecd-mesh vmsecd vmsecd-2w vmsecd-chacha vmsecd-raw vmse
     perf stat --per-thread -x, -o "$DIR/allocs.csv" -e probe_libc:malloc,probe_libc:realloc -p "$pids" & PERF_PID=$!
     sleep 0.5
   fi
-  t0=$(cpu_ticks); st0=$(SPIN=1 cpu_ticks); bytes=0
+  t0=$(cpu_ticks); bytes=0
   declare -a f=() r=() m=()
   for _ in $(seq "$RUNS"); do
     read -r bps b < <(iperf); f+=("$bps"); bytes=$((bytes + ${b%.*}))
     read -r bps b < <(iperf -R); r+=("$bps"); bytes=$((bytes + ${b%.*}))
     read -r bps b < <(iperf -P 4); m+=("$bps"); bytes=$((bytes + ${b%.*}))
   done
-  t1=$(cpu_ticks); st1=$(SPIN=1 cpu_ticks)
+  t1=$(cpu_ticks)
   allocs="-"
   if [ -n "$PERF_PID" ]; then
     kill -INT "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true
@@ -300,10 +301,9 @@ for cfg in plain swan vmsecd-mesh vmsecd vmsecd-2w vmsecd-chacha vmsecd-raw vmse
   fi
   kill -TERM "$IPERF_PID" 2>/dev/null || true; wait "$IPERF_PID" 2>/dev/null || true
   cpu=$(python3 -c "t=($t1-$t0)/$TICK; b=$bytes/1e9; print('%.2f' % (t/b) if b > 0 and t > 0 else '-')")
-  spin=$(python3 -c "t=($st1-$st0)/$TICK; b=$bytes/1e9; print('%.2f' % (t/b) if b > 0 else '-')")
-  if [ "$cfg" = plain ]; then cpu="-"; spin="-"; idle_cpu="-"; ping_cpu="-"; fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$cfg" "$(median "${f[@]}")" "$(median "${r[@]}")" "$(median "${m[@]}")" "$rtt" "$cpu" "$allocs" \
-    "$spin" "$idle_cpu" "$ping_cpu" >> "$RES"
+  if [ "$cfg" = plain ]; then cpu="-"; idle_cpu="-"; ping_cpu="-"; fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$cfg" "$(median "${f[@]}")" "$(median "${r[@]}")" "$(median "${m[@]}")" "$rtt" "$cpu" "$allocs" \
+    "$idle_cpu" "$ping_cpu" >> "$RES"
   echo "# $cfg done: $(tail -1 "$RES") (cpu ticks $t0 -> $t1, $bytes bytes)"
   stop_config "$cfg"
   unset f r m
@@ -314,19 +314,19 @@ import json, sys, datetime, os
 res, out, secs, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 rows = []
 for line in open(res):
-    c, f, r, m, rtt, cpu, allocs, spin, idle, pcpu = line.rstrip("\n").split("\t")
+    c, f, r, m, rtt, cpu, allocs, idle, pcpu = line.rstrip("\n").split("\t")
     num = lambda v: None if v == "-" else float(v)
     rows.append({"config": c, "tcp_1_fwd_gbps": round(float(f) / 1e9, 3), "tcp_1_rev_gbps": round(float(r) / 1e9, 3),
                  "tcp_4_gbps": round(float(m) / 1e9, 3), "ping_p50_ms": float(rtt),
-                 "cpu_s_per_gb": num(cpu), "spin_cpu_s_per_gb": num(spin),
+                 "cpu_s_per_gb": num(cpu),
                  "idle_cpu_pct": num(idle), "ping_cpu_pct": num(pcpu),
                  "datapath_allocs": None if allocs == "-" else int(allocs)})
 dash = lambda v, f="%.2f": "-" if v is None else f % v
-print("%-14s %8s %8s %8s %9s %9s %9s %9s %9s %9s" % ("config", "1x fwd", "1x rev", "4x", "ping p50", "CPU s/GB", "of it", "idle CPU", "ping CPU", "allocs"))
-print("%-14s %8s %8s %8s %9s %9s %9s %9s %9s %9s" % ("", "Gbit/s", "Gbit/s", "Gbit/s", "ms", "", "spin", "%", "%", "datapath"))
+print("%-14s %8s %8s %8s %9s %9s %9s %9s %9s" % ("config", "1x fwd", "1x rev", "4x", "ping p50", "CPU s/GB", "idle CPU", "ping CPU", "allocs"))
+print("%-14s %8s %8s %8s %9s %9s %9s %9s %9s" % ("", "Gbit/s", "Gbit/s", "Gbit/s", "ms", "", "%", "%", "datapath"))
 for x in rows:
-    print("%-14s %8.2f %8.2f %8.2f %9.3f %9s %9s %9s %9s %9s" % (x["config"], x["tcp_1_fwd_gbps"], x["tcp_1_rev_gbps"], x["tcp_4_gbps"],
-          x["ping_p50_ms"], dash(x["cpu_s_per_gb"]), dash(x["spin_cpu_s_per_gb"]), dash(x["idle_cpu_pct"], "%.1f"),
+    print("%-14s %8.2f %8.2f %8.2f %9.3f %9s %9s %9s %9s" % (x["config"], x["tcp_1_fwd_gbps"], x["tcp_1_rev_gbps"], x["tcp_4_gbps"],
+          x["ping_p50_ms"], dash(x["cpu_s_per_gb"]), dash(x["idle_cpu_pct"], "%.1f"),
           dash(x["ping_cpu_pct"], "%.1f"), "-" if x["datapath_allocs"] is None else x["datapath_allocs"]))
 if out:
     json.dump({"date": datetime.datetime.utcnow().isoformat() + "Z", "seconds": secs, "runs": runs,

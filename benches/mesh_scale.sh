@@ -17,7 +17,7 @@
 #            lost (want 0) and Child SA rekeys logged
 #
 # Usage: benches/mesh_scale.sh [--n N] [--auth psk|pubkey] [--loss PCT] [--phases LIST] [--pairs K] [--bin PATH]
-#                              [--out DIR]
+#                              [--out DIR] [--perf SECS]
 #   --n N        hosts (default 100; at most 200)
 #   --auth A     psk (default) or pubkey (3072-bit RSA keys from `vmsecd keygen`, RFC 7427 signatures)
 #   --loss PCT   lose PCT % (an integer) of the UDP and ESP datagrams each host receives on the underlay, each
@@ -27,6 +27,9 @@
 #                traffic loses as much
 #   --bin PATH   the vmsecd binary (default target/release/vmsecd)
 #   --out DIR    keep the logs there (default: a temporary directory, printed)
+#   --perf SECS  in the rekey phase, `perf record -g` h1's daemon for SECS seconds in the middle of the 60 s of
+#                pings (perf-rekey.data in the logs directory; its top symbols in perf-rekey.txt, printed), and
+#                h1's CPU time over the same window
 #
 # Addresses: underlay 198.18.0.I for host I (routed through 198.18.0.254 on the same bridge: see the topology
 # below), VM subnet 198.19.I.0/24 (shared/conventions.md). Everything
@@ -41,6 +44,7 @@ PAIRS=20
 LOSS=0
 BIN=$ROOT/target/release/vmsecd
 OUT=""
+PERF=0
 usage() { awk 'NR > 1 && /^set -euo/ {exit} NR > 1' "$0" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -51,11 +55,15 @@ while [ $# -gt 0 ]; do
     --pairs) PAIRS="$2"; shift ;;
     --bin) BIN="$2"; shift ;;
     --out) OUT="$2"; shift ;;
+    --perf) PERF="$2"; shift ;;
     *) usage ;;
   esac
   shift
 done
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+case "$PERF" in ''|*[!0-9]*) usage ;; esac
+[ "$PERF" -le 60 ] || { echo "--perf: at most 60 s (the rekey phase's pings last 60 s)" >&2; exit 2; }
+if [ "$PERF" -gt 0 ]; then command -v perf >/dev/null || { echo "perf is missing (apt-get install linux-perf)" >&2; exit 1; }; fi
 for t in ip ping jq; do command -v "$t" >/dev/null || { echo "$t is missing" >&2; exit 1; }; done
 [ -x "$BIN" ] || { echo "no vmsecd binary at $BIN: cargo build --release -p vmsecd" >&2; exit 1; }
 case "$N" in ''|*[!0-9]*) usage ;; esac
@@ -273,7 +281,25 @@ if has rekey; then
   for i in $ALL; do ip netns exec "$P-h$i" "$BIN" reload >/dev/null; done
   wait_up $((cnt - 1)) 600 $ALL
   before=$(cat "$DIR"/h*.log | grep -c "Child SA rekeyed" || true)
+  if [ "$PERF" -gt 0 ]; then
+    # Centred in the 60 s of pings; perf is ended by its own `sleep`, and the script waits for it below.
+    ( sleep $(( (60 - PERF) / 2 ))
+      t0=$(cpu_ticks "${PID[1]}")
+      perf record -q -g -p "${PID[1]}" -o "$DIR/perf-rekey.data" -- sleep "$PERF" >/dev/null 2>&1 || true
+      t1=$(cpu_ticks "${PID[1]}")
+      echo "h1 CPU in the ${PERF} s window: $(echo "($t1 - $t0) / $HZ" | bc -l | xargs printf '%.2f') s" \
+        >"$DIR/perf-rekey.txt"
+      rep() { perf report -i "$DIR/perf-rekey.data" --no-children -g none --stdio "$@" 2>/dev/null \
+        | grep -E '^ +[0-9]' | sed -E 's/[ -]*$//' || true; }
+      { echo "by object:"; rep --sort dso | head -5
+        echo "top symbols:"; rep --sort dso,symbol | head -25
+        echo "top symbols in vmsecd itself (share of all samples):"; rep --sort symbol --dsos vmsecd | head -15
+        echo "all of ike::* together: $(rep --sort symbol --dsos vmsecd | awk '/ike::/ {s += $1} END {printf "%.1f%%", s}')"
+      } >>"$DIR/perf-rekey.txt" ) &
+    PERFPID=$!; EXTRA+=("$PERFPID")
+  fi
   ip netns exec "$P-v1" ping -n -q -i 0.02 -w 60 198.19.2.10 >"$DIR/rekey-ping.txt" 2>&1 || true
+  if [ "$PERF" -gt 0 ]; then wait "$PERFPID" || true; say "perf of h1 (N = $N):"; cat "$DIR/perf-rekey.txt"; fi
   after=$(cat "$DIR"/h*.log | grep -c "Child SA rekeyed" || true)
   say "RESULT rekey: $((after - before)) Child SA rekeys logged in 60 s (lifetime 60 s, margin 25 s; $((cnt * (cnt - 1) / 2)) Child SAs, each logged by both ends); VM1 -> VM2 pings lost: $(ping_loss "$DIR/rekey-ping.txt")"
 fi

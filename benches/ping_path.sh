@@ -2,7 +2,7 @@
 # Where an idle ping's time goes through vmsecd (issue 15): the two-hypervisor namespace topology of e2e.sh, the
 # minimal mesh file, 100 pings 20 ms apart from VM1 to VM2, captured on h1 with nanosecond timestamps; prints the
 # medians of: h1 from the TUN to the ESP datagram leaving, the peer's whole turn (ESP out to the reply's ESP in),
-# h1 from the reply's ESP to the VM. Run as root; not a test. SPIN=US sets VMSECD_BUSY_POLL_US for both daemons.
+# h1 from the reply's ESP to the VM. Run as root; not a test.
 # Uses only 198.18.0.0/15 inside namespaces it creates (names end in its PID); removes them on exit.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,7 +35,7 @@ name = "h2"
 address = "198.18.0.2"
 subnets = ["198.19.2.0/24"]
 EOT
-ip netns exec "$P-h$i" env VMSECD_BUSY_POLL_US=${SPIN:-0} "$BIN" run --config $DIR/mesh$i.toml --host h$i > $DIR/v$i.log 2>&1 & PIDS+=($!)
+ip netns exec "$P-h$i" "$BIN" run --config $DIR/mesh$i.toml --host h$i > $DIR/v$i.log 2>&1 & PIDS+=($!)
 done
 for _ in $(seq 100); do ip netns exec "$P-vm1" ping -c1 -W0.2 198.19.2.10 >/dev/null 2>&1 && break; sleep 0.1; done
 ip netns exec "$P-h1" tcpdump -i any -nn -j adapter_unsynced --time-stamp-precision=nano -w $DIR/h1.pcap 'icmp or udp port 4500' >/dev/null 2>&1 & PIDS+=($!)

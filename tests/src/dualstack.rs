@@ -168,15 +168,22 @@ addr = c.makefile().readline().split()[0]
 print(addr, c.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
 "#;
 
-/// One TCP connection from `client` to `server_addr:port` (either family) where a one-shot server in `server`
-/// answers with the source address it saw: `Ok((that address, the MSS the client's side uses))`, at most what
-/// the server's SYN-ACK advertised, so it shows a clamp on the way; `Err` with why the connection failed.
+/// One TCP connection from `client` to `server_addr:port` (either family: the one-shot server in `server` listens
+/// on a dual-stack socket) where the server answers with the source address it saw: `Ok((that address, the MSS
+/// the client's side uses))`, at most what the server's SYN-ACK advertised, so it shows NAT and a clamp on the
+/// way (a router sending the SYN-ACK into the tunnel); `Err` with why the connection failed (refused by a
+/// REJECT, timed out, ...).
 pub fn tcp_probe(
     server: &Netns,
     client: &Netns,
     server_addr: &str,
     port: u16,
 ) -> Result<(String, u32), String> {
+    if server_addr.contains(':') {
+        check_test_address6(server_addr);
+    } else {
+        crate::netns::check_test_address(server_addr);
+    }
     let mut srv = server.spawn(
         server
             .command("python3")
@@ -189,7 +196,12 @@ pub fn tcp_probe(
     std::io::BufReader::new(stdout)
         .read_line(&mut line)
         .expect("server output");
-    assert_eq!(line.trim(), "ready", "the TCP server did not start");
+    assert_eq!(
+        line.trim(),
+        "ready",
+        "the TCP server in {} did not start",
+        server.name()
+    );
     let out = output_of(client.command("python3").args([
         "-c",
         TCP_CLIENT,
@@ -197,13 +209,22 @@ pub fn tcp_probe(
         &port.to_string(),
     ]));
     drop(srv);
-    if out.status.success() {
-        let text = String::from_utf8_lossy(&out.stdout);
-        let (addr, mss) = text.trim().split_once(' ').unwrap_or((text.trim(), "0"));
+    probe_outcome(
+        out.status.success(),
+        &String::from_utf8_lossy(&out.stdout),
+        &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// What [`TCP_CLIENT`] reported, wherever it ran: `Ok((address the server saw, MSS))` when it succeeded, else
+/// `Err` with the last line of its error output.
+pub(crate) fn probe_outcome(ok: bool, stdout: &str, stderr: &str) -> Result<(String, u32), String> {
+    if ok {
+        let text = stdout.trim();
+        let (addr, mss) = text.split_once(' ').unwrap_or((text, "0"));
         Ok((addr.to_owned(), mss.parse().unwrap_or(0)))
     } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        Err(err.lines().last().unwrap_or("failed").to_owned())
+        Err(stderr.lines().last().unwrap_or("failed").to_owned())
     }
 }
 

@@ -11,17 +11,16 @@
 //! test on the guest's second NIC, so the traffic helpers of [`crate::traffic`] run unchanged between `avm` and
 //! `bvm`, and the guest's kernel forwards between its VM NIC and its XFRM policies.
 
-use std::fmt::Write as _;
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use crate::guest::{self, Guest, GuestLock, GuestOutput, Nic};
+use crate::guest::{self, Guest, GuestLock, Nic};
 use crate::netns::{Netns, NetnsGuard};
-use crate::strongswan::{self, parse_list_sas, Conn, IkeSaInfo};
 use crate::traffic::{self, Capture, Captured};
-use crate::vmsecd::{peer, Status, Vmsecd};
+use crate::vmsecd::{peer, Mesh, Status, Vmsecd};
+
+pub use crate::guest_charon::GuestCharon;
 
 /// vmsecd's underlay address (host a).
 pub const A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -109,9 +108,10 @@ impl GuestBed {
     /// `a`'s firewall drops every IKE_SA_INIT request vmsecd sends (so that the guest's daemon initiates), or
     /// stops doing so.
     pub fn block_vmsecd_initiation(&self, on: bool) {
-        let _ = self.a.output("nft", &["delete", "table", "ip", "vt"]);
+        let _ = self.a.output("nft", &["delete", "table", "inet", "vt"]);
         if on {
-            let rules = "table ip vt {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    \
+            // `inet`: over either underlay family ([`GuestBed::add_ipv6`]).
+            let rules = "table inet vt {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    \
                          udp dport 500 @th,208,8 34 @th,218,1 0 counter drop\n  }\n}\n";
             let file = self.dir("nft").join("block-init.nft");
             std::fs::write(&file, rules).expect("nft rules");
@@ -119,6 +119,33 @@ impl GuestBed {
         }
     }
 }
+
+impl GuestBed {
+    /// The IPv6 underlay and VM subnets next to the IPv4 ones: [`A6`] on `a`'s `tb0` and [`B6`] on the guest's
+    /// eth0, 2001:db8:1::/64 behind `a` (`avm` 2001:db8:1::10) and 2001:db8:2::/64 behind the guest (`bvm`
+    /// 2001:db8:2::10), forwarding, and the guest's IPv6 ESP modules.
+    pub fn add_ipv6(&self) {
+        crate::dualstack::add_addr6(&self.a, "tb0", &format!("{A6}/64"));
+        crate::dualstack::vm_subnet6(&self.a, &self.avm, 1);
+        crate::dualstack::add_addr6(&self.bvm, "vm0", &format!("{BVM6}/64"));
+        self.bvm
+            .ip(&["-6", "route", "add", "default", "via", "2001:db8:2::1"]);
+        self.guest.run(&format!(
+            "ip -6 addr add {B6}/64 dev eth0 nodad && ip -6 addr add 2001:db8:2::1/64 dev eth1 nodad && \
+             sysctl -qw net.ipv6.conf.all.forwarding=1 && \
+             for m in esp6 xfrm6_tunnel tunnel6 ip6_tunnel; do modprobe -q $m 2>/dev/null; done; true"
+        ));
+    }
+}
+
+/// vmsecd's IPv6 underlay address ([`GuestBed::add_ipv6`]).
+pub const A6: &str = "2001:db8:0:ff::1";
+/// The guest's IPv6 underlay address.
+pub const B6: &str = "2001:db8:0:ff::2";
+/// The VM behind vmsecd, IPv6.
+pub const AVM6: &str = "2001:db8:1::10";
+/// The VM behind the guest, IPv6.
+pub const BVM6: &str = "2001:db8:2::10";
 
 impl Drop for GuestBed {
     fn drop(&mut self) {
@@ -161,146 +188,6 @@ pub fn configure_gateway(guest: &Guest, underlay: &str, vm_side: &str) {
         );
 }
 
-/// Where a guest charon keeps its files (in the guest's own tmpfs).
-const CHARON_DIR: &str = "/tmp/charon";
-
-/// strongSwan's charon in the guest with the kernel's ESP (kernel-netlink: XFRM states, policies, and routes in
-/// table 220), started with a private `strongswan.conf` (`STRONGSWAN_CONF`), driven with swanctl.
-pub struct GuestCharon<'g> {
-    guest: &'g Guest,
-    pid: u32,
-}
-
-impl<'g> GuestCharon<'g> {
-    /// Writes the configuration, starts charon, waits for VICI and loads `conns`.
-    pub fn start(guest: &'g Guest, conns: &[Conn]) -> GuestCharon<'g> {
-        strongswan::require_charon();
-        let dir = Path::new(CHARON_DIR);
-        let debug = std::env::var_os("VT_CHARON_DEBUG").is_some();
-        let plugins = strongswan::kernel_plugins();
-        guest.write_file(
-            &format!("{CHARON_DIR}/strongswan.conf"),
-            strongswan::strongswan_conf_with(dir, debug, &plugins).as_bytes(),
-        );
-        guest.write_file(
-            &format!("{CHARON_DIR}/swanctl/swanctl.conf"),
-            strongswan::swanctl_conf(conns).as_bytes(),
-        );
-        guest.run(&format!(
-            "chmod 600 {CHARON_DIR}/swanctl/swanctl.conf; mkdir -p {CHARON_DIR}/swanctl/x509 \
-             {CHARON_DIR}/swanctl/x509ca {CHARON_DIR}/swanctl/private {CHARON_DIR}/swanctl/pubkey"
-        ));
-        let pid = guest.spawn(
-            &format!(
-                "export STRONGSWAN_CONF={CHARON_DIR}/strongswan.conf\nexec /usr/lib/ipsec/charon\n"
-            ),
-            &format!("{CHARON_DIR}/charon.out"),
-        );
-        let c = GuestCharon { guest, pid };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while c.swanctl(&["--stats"]).code != 0 {
-            assert!(
-                Instant::now() < deadline,
-                "charon in the guest: no VICI after 60 s\n{}",
-                c.diagnostics()
-            );
-            sleep(Duration::from_millis(200));
-        }
-        c.swanctl_ok(&["--load-all", "--noprompt"]);
-        c
-    }
-
-    /// Copies a file of the host into charon's `swanctl/SUB/` (keys and certificates).
-    pub fn put(&self, sub: &str, host_file: &Path) {
-        let name = host_file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("file name");
-        let data = std::fs::read(host_file).expect("read the file for the guest");
-        self.guest
-            .write_file(&format!("{CHARON_DIR}/swanctl/{sub}/{name}"), &data);
-    }
-
-    /// charon's PID in the guest.
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// `swanctl ARGS` in the guest, whatever its exit code.
-    pub fn swanctl(&self, args: &[&str]) -> GuestOutput {
-        let mut cmd = format!(
-            "STRONGSWAN_CONF={CHARON_DIR}/strongswan.conf SWANCTL_DIR={CHARON_DIR}/swanctl swanctl"
-        );
-        for a in args {
-            let _ = write!(cmd, " '{a}'");
-        }
-        self.guest.exec_timeout(&cmd, Duration::from_secs(90))
-    }
-
-    /// `swanctl ARGS`; panics with its output and charon's log if it fails. Returns stdout.
-    pub fn swanctl_ok(&self, args: &[&str]) -> String {
-        let out = self.swanctl(args);
-        assert!(
-            out.code == 0,
-            "swanctl {args:?} failed ({}):\n{}\n{}\n{}",
-            out.code,
-            out.stdout,
-            out.stderr,
-            self.diagnostics()
-        );
-        out.stdout
-    }
-
-    /// Replaces the configuration with `conns` and loads it (what is gone is unloaded).
-    pub fn reload(&self, conns: &[Conn]) {
-        self.guest.write_file(
-            &format!("{CHARON_DIR}/swanctl/swanctl.conf"),
-            strongswan::swanctl_conf(conns).as_bytes(),
-        );
-        self.swanctl_ok(&["--load-all", "--noprompt"]);
-    }
-
-    /// `swanctl --initiate --child CHILD`.
-    pub fn initiate(&self, child: &str, timeout_secs: u32) -> GuestOutput {
-        self.swanctl(&[
-            "--initiate",
-            "--child",
-            child,
-            "--timeout",
-            &timeout_secs.to_string(),
-        ])
-    }
-
-    /// The SAs charon has now.
-    pub fn list_sas(&self) -> Vec<IkeSaInfo> {
-        parse_list_sas(&self.swanctl_ok(&["--list-sas", "--raw"]))
-    }
-
-    /// charon's log so far.
-    pub fn log(&self) -> String {
-        self.guest
-            .exec(&format!("cat {CHARON_DIR}/charon.log"))
-            .stdout
-    }
-
-    /// The end of charon's log, its output and the guest's XFRM state, for failure messages.
-    pub fn diagnostics(&self) -> String {
-        let out = self.guest.exec(&format!(
-            "tail -n 80 {CHARON_DIR}/charon.log; echo '--- charon.out ---'; cat {CHARON_DIR}/charon.out; \
-             echo '--- ip xfrm state ---'; ip xfrm state; echo '--- ip xfrm policy ---'; ip xfrm policy"
-        ));
-        format!("--- guest charon ---\n{}{}", out.stdout, out.stderr)
-    }
-
-    /// Stops charon (SIGTERM, then waits up to 10 s for it).
-    pub fn stop(self) {
-        self.guest.exec(&format!(
-            "kill {p}; for i in $(seq 100); do kill -0 {p} 2>/dev/null || exit 0; sleep 0.1; done; kill -9 {p}",
-            p = self.pid
-        ));
-    }
-}
-
 /// One IKE SA as either kernel peer reports it, in vmsecd's notation, to compare with vmsecd's status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerSa {
@@ -314,30 +201,6 @@ pub struct PeerSa {
     pub algorithms: String,
     /// Installed Child SAs: (peer's inbound SPI, peer's outbound SPI, algorithms, ESP in UDP).
     pub children: Vec<(String, String, String, bool)>,
-}
-
-impl From<&IkeSaInfo> for PeerSa {
-    fn from(s: &IkeSaInfo) -> PeerSa {
-        PeerSa {
-            spi_i: s.spi_i.clone(),
-            spi_r: s.spi_r.clone(),
-            peer_initiated: s.charon_initiated,
-            algorithms: s.algorithms.clone(),
-            children: s
-                .children
-                .iter()
-                .filter(|c| c.state == "INSTALLED")
-                .map(|c| {
-                    (
-                        c.spi_in.clone(),
-                        c.spi_out.clone(),
-                        c.algorithms.clone(),
-                        c.encap,
-                    )
-                })
-                .collect(),
-        }
-    }
 }
 
 /// What a case expects both sides to agree on.
@@ -565,5 +428,434 @@ pub fn check_capture(cap: &Captured, udp: bool, what: &str) {
     assert!(
         esp >= 20,
         "{what}: the capture shows only {esp} ESP packets"
+    );
+}
+
+/// What the cell runner needs of a kernel IPsec daemon in the guest (charon, pluto).
+pub trait KernelPeer {
+    /// Its name in log lines and cell names (`charon`, `pluto`).
+    fn kind(&self) -> &'static str;
+    /// The SAs it holds now, in vmsecd's notation.
+    fn sas(&self) -> Vec<PeerSa>;
+    /// Initiates its connection towards vmsecd; its output if that fails at once.
+    fn initiate_to_vmsecd(&self) -> Result<(), String>;
+    /// Its log, its state and the guest's XFRM state, for failure messages.
+    fn diagnostics(&self) -> String;
+    /// Once vmsecd has stopped (deleting its SAs): waits until the peer holds none, forcing it after 20 s.
+    fn forget_sas(&self);
+}
+
+/// vmsecd's diagnostics and the peer's, for failure messages.
+pub fn diag(v: &Vmsecd, p: &dyn KernelPeer) -> String {
+    format!("{}\n{}", v.diagnostics(), p.diagnostics())
+}
+
+/// One cell: who initiates, what each side forces, what must come out.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    /// Its name (also its capture's and vmsecd directory's, and what `VT_CELLS` selects).
+    pub name: String,
+    /// vmsecd's `encap` (`auto`, `udp`).
+    pub vmsecd_encap: &'static str,
+    /// The peer forces ESP in UDP (charon `encap = yes`, pluto `encapsulation=yes`).
+    pub peer_encap: bool,
+    /// vmsecd initiates (else the peer, vmsecd's IKE_SA_INIT requests dropped by `a`'s firewall).
+    pub vmsecd_initiates: bool,
+    /// ESP in UDP 4500 expected (else raw ESP).
+    pub udp: bool,
+    /// IKE and ESP over the IPv6 underlay ([`GuestBed::add_ipv6`]), carrying IPv4 and IPv6 between the VMs.
+    pub ipv6: bool,
+}
+
+impl Cell {
+    /// A raw ESP cell, nobody forcing UDP.
+    pub fn raw(name: &str, vmsecd_initiates: bool) -> Cell {
+        Cell {
+            name: name.into(),
+            vmsecd_encap: "auto",
+            peer_encap: false,
+            vmsecd_initiates,
+            udp: false,
+            ipv6: false,
+        }
+    }
+}
+
+/// The six framing cells against `kind` (`charon`, `pluto`): raw ESP, ESP in UDP forced by the peer, ESP in
+/// UDP forced by vmsecd, each with either side initiating.
+pub fn framing_cells(kind: &str) -> Vec<Cell> {
+    let cell = |name: String, vmsecd_encap, peer_encap, vmsecd_initiates| Cell {
+        name,
+        vmsecd_encap,
+        peer_encap,
+        vmsecd_initiates,
+        udp: vmsecd_encap == "udp" || peer_encap,
+        ipv6: false,
+    };
+    vec![
+        cell("raw-vmsecd-init".into(), "auto", false, true),
+        cell(format!("raw-{kind}-init"), "auto", false, false),
+        cell(
+            format!("udp-{kind}-forces-{kind}-init"),
+            "auto",
+            true,
+            false,
+        ),
+        cell(format!("udp-{kind}-forces-vmsecd-init"), "auto", true, true),
+        cell("udp-vmsecd-forces-vmsecd-init".into(), "udp", false, true),
+        cell(
+            format!("udp-vmsecd-forces-{kind}-init"),
+            "udp",
+            false,
+            false,
+        ),
+    ]
+}
+
+/// True if `VT_CELLS` (a comma-separated list of cell names, for debugging) is unset or names `cell`.
+pub fn wanted(cell: &str) -> bool {
+    std::env::var("VT_CELLS")
+        .ok()
+        .is_none_or(|o| o.split(',').any(|n| n == cell))
+}
+
+/// Runs one cell against a peer already configured for it: vmsecd started (from `mesh` with the cell's `encap`,
+/// or from `mesh_text` verbatim), the cell's initiator initiating, then both sides' agreement on `algs` (IKE,
+/// ESP in vmsecd's notation), traffic and the capture checked. Returns vmsecd, still running.
+pub fn run_cell(
+    bed: &GuestBed,
+    p: &dyn KernelPeer,
+    cell: &Cell,
+    mesh: &Mesh,
+    algs: (&str, &str),
+    mesh_text: Option<&str>,
+) -> Vmsecd {
+    let t = Instant::now();
+    let mut mesh = mesh.clone();
+    mesh.encap = cell.vmsecd_encap.into();
+    bed.block_vmsecd_initiation(!cell.vmsecd_initiates);
+    let cap = bed.capture(&cell.name);
+    let vdir = bed.dir(&format!("vmsecd-{}", cell.name));
+    let mut v = match mesh_text {
+        None => Vmsecd::start(&bed.a, &vdir, &mesh, "hA"),
+        Some(text) => {
+            let file = vdir.join("mesh.toml");
+            std::fs::write(&file, text).expect("mesh file");
+            Vmsecd::start_with_file(&bed.a, &vdir, &file, "hA")
+        }
+    };
+    if !cell.vmsecd_initiates {
+        v.wait_status("vmsecd listening", Duration::from_secs(10), |_| true);
+        if let Err(e) = p.initiate_to_vmsecd() {
+            panic!("{}: {e}\n{}", cell.name, diag(&v, p));
+        }
+    }
+    let d = || diag(&v, p);
+    let (st, sa) = wait_agree(&v, PEER, || p.sas(), Duration::from_secs(60), &d);
+    let e = Expect {
+        peer: PEER,
+        vmsecd_initiated: cell.vmsecd_initiates,
+        ike_alg: algs.0,
+        esp_alg: algs.1,
+        udp: cell.udp,
+    };
+    check_agree(&st, &sa, &e);
+    check_traffic(&bed.avm, &bed.bvm, 2, 1 << 20, 100, &d);
+    let cap = if cell.ipv6 {
+        for (vm, dst) in [(&bed.avm, BVM6), (&bed.bvm, AVM6)] {
+            crate::dualstack::ping_ok(vm, dst, &d);
+        }
+        crate::dualstack::byte_checked(&bed.avm, &bed.bvm, AVM6, BVM6, &d);
+        let cap = cap.stop();
+        check_capture6(&cap, cell.udp, &cell.name);
+        cap
+    } else {
+        let cap = cap.stop();
+        check_capture(&cap, cell.udp, &cell.name);
+        cap
+    };
+    drop(cap);
+    eprintln!(
+        "[{}] cell {} ok in {:.1} s",
+        bed.name,
+        cell.name,
+        t.elapsed().as_secs_f64()
+    );
+    v
+}
+
+/// Ends a cell: vmsecd stops (deleting its SAs), the peer is left with none.
+pub fn end_cell(mut v: Vmsecd, p: &dyn KernelPeer) {
+    v.terminate(Duration::from_secs(10));
+    p.forget_sas();
+}
+
+/// vmsecd's name for the guest in [`Mesh::two_hosts`].
+pub const PEER: &str = "hB";
+
+/// The current SPIs on vmsecd's side: (IKE initiator SPI, Child inbound SPI).
+pub fn spis(v: &Vmsecd) -> (String, String) {
+    let st = v.status().expect("status");
+    let p = peer(&st, PEER);
+    (
+        p.ike.as_ref().map(|i| i.spi_i.clone()).unwrap_or_default(),
+        p.children
+            .first()
+            .map(|c| c.spi_in.clone())
+            .unwrap_or_default(),
+    )
+}
+
+/// Waits until vmsecd's log shows every kind of rekey at least once: (Child SA rekeys by vmsecd, by the peer,
+/// IKE SA rekeys by vmsecd, by the peer). Panics after `timeout` with the counts and `diag()`.
+pub fn wait_all_rekeys(v: &Vmsecd, timeout: Duration, diag: &dyn Fn() -> String) -> [usize; 4] {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = v.log();
+        let count = |what: &str, ours: bool| {
+            let role = if ours {
+                "initiator=true"
+            } else {
+                "initiator=false"
+            };
+            log.lines()
+                .filter(|l| l.contains(what) && l.contains(role))
+                .count()
+        };
+        let c = [
+            count("Child SA rekeyed", true),
+            count("Child SA rekeyed", false),
+            count("IKE SA rekeyed", true),
+            count("IKE SA rekeyed", false),
+        ];
+        if c.iter().all(|&n| n >= 1) {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every kind of rekey in {timeout:?}: (Child by vmsecd, by the peer, IKE by vmsecd, by the peer) \
+             = {c:?}\n{}",
+            diag()
+        );
+        sleep(Duration::from_millis(500));
+    }
+}
+
+/// Traffic that keeps running on a thread until stopped: rounds of `tcp_intact` (2 connections of 1 MiB) and
+/// `udp_intact` (50 datagrams) in both directions; returns (rounds, failures) when finished.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u32, Vec<String>)>,
+}
+
+impl Load {
+    /// Starts the rounds between the VMs.
+    pub fn start(avm: &Netns, bvm: &Netns) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (avm, bvm, s) = (avm.clone(), bvm.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let (mut rounds, mut failures) = (0, Vec::new());
+            while !s.load(Ordering::Relaxed) {
+                for (server, client, addr, dir) in
+                    [(&bvm, &avm, BVM, "a -> b"), (&avm, &bvm, AVM, "b -> a")]
+                {
+                    let tcp = traffic::tcp_intact(server, client, addr, 2, 1 << 20);
+                    if tcp != 2 {
+                        failures.push(format!("round {rounds}: TCP {dir}: {tcp} of 2 intact"));
+                    }
+                    let udp = traffic::udp_intact(server, client, addr, 50);
+                    if udp != (50, 0) {
+                        failures.push(format!(
+                            "round {rounds}: UDP {dir}: (intact, damaged) {udp:?} of 50"
+                        ));
+                    }
+                }
+                rounds += 1;
+            }
+            (rounds, failures)
+        });
+        Load { stop, thread }
+    }
+
+    /// Stops after the current round: (rounds, failures).
+    pub fn finish(self) -> (u32, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("load thread")
+    }
+}
+
+/// vmsecd's identity in the certificate and public-key cells.
+pub const A_ID: &str = "ha.example.net";
+/// The guest's identity in the certificate cells.
+pub const B_ID: &str = "hb.example.net";
+
+/// A root CA and one end certificate per side, from `pki`: 2048-bit RSA, the FQDN ([`A_ID`], [`B_ID`]) and the
+/// underlay address as subjectAltNames.
+pub struct CertSet {
+    /// The root CA (`C=CH, O=vmsecd test, CN=Kernel Mesh CA`).
+    pub root: crate::strongswan::PkiCert,
+    /// vmsecd's (`hacert`).
+    pub a: crate::strongswan::PkiCert,
+    /// The guest's (`hbcert`).
+    pub b: crate::strongswan::PkiCert,
+}
+
+impl CertSet {
+    /// Issues the set into `dir`.
+    pub fn issue(dir: &std::path::Path) -> CertSet {
+        use crate::strongswan::{pki_ca, pki_issue};
+        let root = pki_ca(dir, "root", 2048, CA_DN);
+        let issue = |name: &str, id: &str, ip: &str| {
+            let dn = format!("C=CH, O=vmsecd test, CN={id}");
+            pki_issue(dir, &root, name, 2048, &dn, &[id, ip], &[])
+        };
+        let a = issue("hacert", A_ID, "198.18.0.1");
+        let b = issue("hbcert", B_ID, "198.18.0.2");
+        CertSet { root, a, b }
+    }
+
+    /// vmsecd's mesh file: `auth = "pubkey"` with the root as `ca`, its own certificate, the guest known by
+    /// [`B_ID`] only.
+    pub fn mesh_text(&self) -> String {
+        format!(
+            "[mesh]\nauth = \"pubkey\"\nprivate_key = {:?}\nca = {:?}\nencap = \"auto\"\n\n[[host]]\n\
+             name = \"hA\"\naddress = \"198.18.0.1\"\nid = \"{A_ID}\"\ncert = {:?}\nsubnets = [\"198.19.1.0/24\"]\n\n\
+             [[host]]\nname = \"hB\"\naddress = \"198.18.0.2\"\nid = \"{B_ID}\"\nsubnets = [\"198.19.2.0/24\"]\n",
+            self.a.key.display().to_string(),
+            self.root.cert.display().to_string(),
+            self.a.cert.display().to_string(),
+        )
+    }
+}
+
+/// The root's subject.
+pub const CA_DN: &str = "C=CH, O=vmsecd test, CN=Kernel Mesh CA";
+
+/// vmsecd's mesh file for raw public keys: its key pair (PEM files), the guest's public key and identity.
+pub fn pubkey_mesh_text(
+    a_private: &std::path::Path,
+    a_public: &std::path::Path,
+    b_public: &std::path::Path,
+    b_id: &str,
+) -> String {
+    format!(
+        "[mesh]\nauth = \"pubkey\"\nprivate_key = {:?}\nencap = \"auto\"\n\n[[host]]\nname = \"hA\"\n\
+         address = \"198.18.0.1\"\nid = \"{A_ID}\"\npubkey = {:?}\nsubnets = [\"198.19.1.0/24\"]\n\n\
+         [[host]]\nname = \"hB\"\naddress = \"198.18.0.2\"\nid = \"{b_id}\"\npubkey = {:?}\n\
+         subnets = [\"198.19.2.0/24\"]\n",
+        a_private.display().to_string(),
+        a_public.display().to_string(),
+        b_public.display().to_string()
+    )
+}
+
+/// IKE liveness checks in a capture of the underlay: INFORMATIONAL requests (exchange type 37, Response flag
+/// clear; RFC 7296 3.1: "R (Response) - This bit indicates that this message is a response to a message
+/// containing the same Message ID") sent by A and by B, over UDP 500 or behind the non-ESP marker on 4500. On
+/// an idle tunnel these are the liveness checks (no deletes or rekeys happen meanwhile).
+pub fn informational_requests(cap: &Captured) -> (usize, usize) {
+    let (mut from_a, mut from_b) = (0, 0);
+    for f in cap
+        .ipv4
+        .iter()
+        .filter(|f| f.proto == 17 && !f.later_fragment)
+    {
+        let ike = match (f.sport, f.dport) {
+            (Some(500), Some(500)) => f.payload.get(..),
+            (Some(4500), Some(4500)) if f.payload.starts_with(&[0; 4]) => f.payload.get(4..),
+            _ => None,
+        };
+        let Some(ike) = ike else { continue };
+        let (Some(&exchange), Some(&flags)) = (ike.get(18), ike.get(19)) else {
+            continue;
+        };
+        if exchange == 37 && flags & 0x20 == 0 {
+            if f.src == A {
+                from_a += 1;
+            } else if f.src == B {
+                from_b += 1;
+            }
+        }
+    }
+    (from_a, from_b)
+}
+
+/// [`check_capture`] for a cell over the IPv6 underlay: between [`A6`] and [`B6`] only ICMPv6 (neighbour
+/// discovery), IKE (UDP 500/4500) and ESP of the expected framing (fragments of it too: next header 44 whose
+/// fragment header names 50, or 17 for UDP); no IPv4 between the hosts; no VM address of either family in clear.
+pub fn check_capture6(cap: &Captured, udp: bool, what: &str) {
+    use std::net::{IpAddr, Ipv6Addr};
+    let hosts: [Ipv6Addr; 2] = [A6.parse().expect("addr"), B6.parse().expect("addr")];
+    let vms: Vec<IpAddr> = [AVM, BVM, AVM6, BVM6]
+        .iter()
+        .map(|s| s.parse().expect("addr"))
+        .collect();
+    let mut bad = crate::dualstack::leaks(
+        cap,
+        &[],
+        &["198.19.0.0/16", "2001:db8:1::/48", "2001:db8:2::/48"],
+        &vms,
+    );
+    let ike_port = |p: Option<u16>| matches!(p, Some(500) | Some(4500));
+    let (mut esp, mut ike) = (0, 0);
+    for f in cap
+        .ipv6
+        .iter()
+        .filter(|f| hosts.contains(&f.src) && hosts.contains(&f.dst))
+    {
+        let udp_ike_ports = f.next == 17 && ike_port(f.sport) && ike_port(f.dport);
+        let udp_esp = udp_ike_ports
+            && f.sport == Some(4500)
+            && !f.payload.starts_with(&[0; 4])
+            && f.payload != [0xff];
+        let why = match f.next {
+            58 => None,
+            50 => {
+                esp += 1;
+                udp.then_some("raw ESP where ESP in UDP was expected")
+            }
+            44 => (f.payload.first() != Some(if udp { &17 } else { &50 }))
+                .then_some("a fragment of something else"),
+            _ if udp_esp => {
+                esp += 1;
+                (!udp).then_some("ESP in UDP where raw ESP was expected")
+            }
+            _ if udp_ike_ports => {
+                ike += 1;
+                None
+            }
+            _ => Some("neither IKE nor ESP"),
+        };
+        if let Some(why) = why {
+            bad.push(format!(
+                "{:.3}s {} > {} next header {} ports {:?} > {:?}: {why}",
+                f.t, f.src, f.dst, f.next, f.sport, f.dport
+            ));
+        }
+    }
+    for f in cap
+        .ipv4
+        .iter()
+        .filter(|f| [A, B].contains(&f.src) && [A, B].contains(&f.dst))
+    {
+        bad.push(format!(
+            "{:.3}s {} > {} proto {}: IPv4 between the hosts on an IPv6 cell",
+            f.t, f.src, f.dst, f.proto
+        ));
+    }
+    assert!(
+        bad.is_empty(),
+        "{what}: the IPv6 underlay carried {} frames that do not belong:\n{}",
+        bad.len(),
+        bad.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        ike >= 2,
+        "{what}: the capture shows {ike} IKE datagrams over IPv6"
+    );
+    assert!(
+        esp >= 20,
+        "{what}: the capture shows only {esp} ESP packets over IPv6"
     );
 }

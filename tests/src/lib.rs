@@ -9,6 +9,7 @@ pub mod dualstack;
 pub mod etcd;
 pub mod faultlink;
 pub mod guest;
+pub mod guest_charon;
 pub mod hostile;
 pub mod kernel_peer;
 pub mod libreswan;

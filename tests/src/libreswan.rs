@@ -17,7 +17,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use crate::guest::{Guest, GuestOutput};
-use crate::kernel_peer::PeerSa;
+use crate::kernel_peer::{KernelPeer, PeerSa};
 
 /// Where the unpacked package is looked for, unless `VT_LIBRESWAN_DIR` says otherwise.
 pub const DEFAULT_DIR: &str = "/var/cache/vmsecd-tests/libreswan";
@@ -72,6 +72,39 @@ pub struct LswConn {
     pub dpddelay: Option<String>,
     /// More `key=value` lines.
     pub extra: Vec<String>,
+    /// How both ends authenticate.
+    pub auth: LswAuth,
+}
+
+/// How a [`LswConn`] authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LswAuth {
+    /// `authby=secret`, the ids the underlay addresses, the PSK in ipsec.secrets.
+    Psk,
+    /// `authby=rsasig` with `leftcert` (an NSS nickname), FQDN ids, the peer's certificate checked against
+    /// `rightca` (trusted in NSS, see [`GuestPluto::import_p12`]).
+    Cert {
+        /// The certificate's NSS nickname.
+        nickname: String,
+        /// This end's FQDN id (without `@`).
+        leftid: String,
+        /// The peer's FQDN id.
+        rightid: String,
+        /// The CA's subject the peer's certificate must chain to.
+        rightca: String,
+    },
+    /// `authby=rsasig` with raw RSA keys in RFC 3110 form (`0s...`): this end's private key is the one in NSS
+    /// that matches `leftrsasigkey` (pluto warns that it ignores `leftckaid` when both are given).
+    RawRsa {
+        /// This end's public key (`leftrsasigkey`).
+        left_key: String,
+        /// The peer's public key (`rightrsasigkey`).
+        right_key: String,
+        /// This end's FQDN id.
+        leftid: String,
+        /// The peer's FQDN id.
+        rightid: String,
+    },
 }
 
 impl LswConn {
@@ -94,21 +127,56 @@ impl LswConn {
             salifetime: "8h".into(),
             dpddelay: None,
             extra: Vec::new(),
+            auth: LswAuth::Psk,
         }
     }
 
-    /// The conn section, as the README's migration section shows it.
+    /// The conn section, as the README's migration section shows it (PSK).
     pub fn render(&self) -> String {
+        let (authby, leftid, rightid, auth_lines) = match &self.auth {
+            LswAuth::Psk => (
+                "secret",
+                self.left.clone(),
+                self.right.clone(),
+                String::new(),
+            ),
+            LswAuth::Cert {
+                nickname,
+                leftid,
+                rightid,
+                rightca,
+            } => (
+                "rsasig",
+                format!("@{leftid}"),
+                format!("@{rightid}"),
+                format!(
+                    "    leftcert={nickname}\n    leftsendcert=always\n    rightca=\"{rightca}\"\n"
+                ),
+            ),
+            LswAuth::RawRsa {
+                left_key,
+                right_key,
+                leftid,
+                rightid,
+            } => (
+                "rsasig",
+                format!("@{leftid}"),
+                format!("@{rightid}"),
+                format!("    leftrsasigkey={left_key}\n    rightrsasigkey={right_key}\n"),
+            ),
+        };
         let mut o = String::new();
         let _ = write!(
             o,
-            "conn {}\n    ikev2=yes\n    authby=secret\n    left={l}\n    leftid={l}\n    \
-             leftsubnet={}\n    leftsourceip={}\n    right={r}\n    rightid={r}\n    \
+            "conn {}\n    ikev2=yes\n    authby={authby}\n    left={}\n    leftid={leftid}\n    \
+             leftsubnet={}\n    leftsourceip={}\n    right={}\n    rightid={rightid}\n    \
              rightsubnet={}\n    ike={}\n    esp={}\n    encapsulation={}\n    ikelifetime={}\n    \
-             salifetime={}\n    auto={}\n    leftupdown=/usr/libexec/ipsec/_updown\n",
+             salifetime={}\n    auto={}\n    leftupdown=/usr/libexec/ipsec/_updown\n{auth_lines}",
             self.name,
+            self.left,
             self.leftsubnet,
             self.leftsourceip,
+            self.right,
             self.rightsubnet,
             self.ike,
             self.esp,
@@ -116,8 +184,6 @@ impl LswConn {
             self.ikelifetime,
             self.salifetime,
             self.auto,
-            l = self.left,
-            r = self.right,
         );
         if let Some(d) = &self.dpddelay {
             let _ = writeln!(
@@ -148,6 +214,7 @@ pub fn ipsec_conf(conns: &[LswConn]) -> String {
 pub fn ipsec_secrets(conns: &[LswConn]) -> String {
     conns
         .iter()
+        .filter(|c| c.auth == LswAuth::Psk)
         .map(|c| format!("{} {} : PSK \"{}\"\n", c.left, c.right, c.psk))
         .collect()
 }
@@ -155,6 +222,7 @@ pub fn ipsec_secrets(conns: &[LswConn]) -> String {
 /// pluto running in a guest.
 pub struct GuestPluto<'g> {
     guest: &'g Guest,
+    pid: u32,
 }
 
 impl<'g> GuestPluto<'g> {
@@ -173,14 +241,14 @@ impl<'g> GuestPluto<'g> {
              [ -f {LSW}/nss/cert9.db ] || certutil -N -d sql:{LSW}/nss --empty-password",
             d = dir.display()
         ));
-        guest.spawn(
+        let pid = guest.spawn(
             &format!(
                 "exec /usr/libexec/ipsec/pluto --nofork --config {LSW}/ipsec.conf --ipsecdir {LSW}/ipsec.d \
                  --nssdir {LSW}/nss --rundir /run/pluto --secretsfile {LSW}/ipsec.secrets\n"
             ),
             &format!("{LSW}/pluto.out"),
         );
-        let p = GuestPluto { guest };
+        let p = GuestPluto { guest, pid };
         let deadline = Instant::now() + Duration::from_secs(60);
         while p.whack(&["--status"]).code != 0 {
             assert!(
@@ -268,15 +336,250 @@ impl<'g> GuestPluto<'g> {
         self.guest.exec(&format!("cat {LSW}/pluto.log")).stdout
     }
 
+    /// Imports a PKCS#12 file of the host (an end certificate, its key and its chain) into pluto's NSS
+    /// database, and trusts `ca_pem` (a file of the host) as a CA under `ca_nickname`.
+    pub fn import_p12(
+        &self,
+        p12: &std::path::Path,
+        password: &str,
+        ca_pem: &std::path::Path,
+        ca_nickname: &str,
+    ) {
+        let put = |host: &std::path::Path, name: &str| {
+            let data = std::fs::read(host).expect("read the file for the guest");
+            self.guest.write_file(&format!("{LSW}/{name}"), &data);
+        };
+        put(p12, "import.p12");
+        put(ca_pem, "ca.pem");
+        self.guest.run(&format!(
+            "set -e; pk12util -i {LSW}/import.p12 -d sql:{LSW}/nss -W '{password}'; \
+             certutil -A -d sql:{LSW}/nss -n '{ca_nickname}' -t 'CT,,' -a -i {LSW}/ca.pem; \
+             certutil -L -d sql:{LSW}/nss"
+        ));
+    }
+
+    /// A new RSA key pair in pluto's NSS database (`rsasigkey`, as `ipsec newhostkey` makes it): its public key
+    /// as `leftrsasigkey` wants it (`0s...`, RFC 3110) and as PEM (`showhostkey --pem`).
+    pub fn new_host_key(&self, bits: u32) -> (String, String) {
+        let out = self.guest.run(&format!(
+            "/usr/libexec/ipsec/rsasigkey --seeddev /dev/urandom --nssdir {LSW}/nss {bits} 2>&1"
+        ));
+        let ckaid = out
+            .split_whitespace()
+            .skip_while(|w| *w != "--ckaid")
+            .nth(1)
+            .unwrap_or_else(|| panic!("rsasigkey printed no CKAID:\n{out}"))
+            .to_owned();
+        let left = self.guest.run(&format!(
+            "/usr/libexec/ipsec/showhostkey --nssdir {LSW}/nss --left --ckaid {ckaid}"
+        ));
+        let key = left
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("leftrsasigkey="))
+            .unwrap_or_else(|| panic!("showhostkey --left printed no leftrsasigkey:\n{left}"))
+            .to_owned();
+        let pem = self.guest.run(&format!(
+            "/usr/libexec/ipsec/showhostkey --nssdir {LSW}/nss --pem --ckaid {ckaid}"
+        ));
+        (key, pem)
+    }
+
+    /// Stops pluto (SIGTERM, then waits up to 10 s for it; it deletes its SAs and XFRM states).
+    pub fn stop(self) {
+        self.guest.exec(&format!(
+            "kill {p}; for i in $(seq 100); do kill -0 {p} 2>/dev/null || exit 0; sleep 0.1; done; kill -9 {p}",
+            p = self.pid
+        ));
+    }
+
+    /// `whack --status`.
+    pub fn status(&self) -> String {
+        self.whack(&["--status"]).stdout
+    }
+
+    /// The ESP SPIs of the Child SAs `whack --status` lists between `local` and `remote`: (inbound, outbound),
+    /// 8 hex digits (`#2: "hA" esp.946f5380@198.18.0.1 esp.35d1d725@198.18.0.2 ...`: the SPI at the peer is
+    /// the outbound one).
+    pub fn status_esp_spis(&self, local: &str, remote: &str) -> Vec<(String, String)> {
+        esp_spis_of_status(&self.status(), local, remote)
+    }
+
+    /// The algorithms of the conn's newest IKE SA as `whack --status` names them, in vmsecd's notation (see
+    /// [`ike_algorithms_of_status`]).
+    pub fn ike_algorithms(&self) -> Option<String> {
+        ike_algorithms_of_status(&self.status())
+    }
+
     /// The end of pluto's log, its output and the guest's XFRM state, for failure messages.
     pub fn diagnostics(&self) -> String {
         let out = self.guest.exec(&format!(
-            "tail -n 60 {LSW}/pluto.log; echo '--- pluto.out ---'; tail -n 20 {LSW}/pluto.out; \
+            "tail -n 60 {LSW}/pluto.log; echo '--- whack --status (SAs) ---'; \
+             /usr/libexec/ipsec/whack --ctlsocket {CTL} --status | grep -e '#[0-9]' -e 'algorithm'; echo '--- pluto.out ---'; tail -n 20 {LSW}/pluto.out; \
              echo '--- ip xfrm state ---'; ip xfrm state | grep -v -e '^\\s*auth' -e '^\\s*enc' -e '^\\s*aead'; \
              echo '--- ip xfrm policy ---'; ip xfrm policy | grep -v socket"
         ));
         format!("--- guest pluto ---\n{}{}", out.stdout, out.stderr)
     }
+}
+
+impl KernelPeer for GuestPluto<'_> {
+    fn kind(&self) -> &'static str {
+        "pluto"
+    }
+
+    fn sas(&self) -> Vec<PeerSa> {
+        GuestPluto::sas(self)
+    }
+
+    fn initiate_to_vmsecd(&self) -> Result<(), String> {
+        let out = self.whack(&["--initiate", "--name", "hA", "--asynchronous"]);
+        if out.code == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "whack --initiate failed:\n{}{}",
+                out.stdout, out.stderr
+            ))
+        }
+    }
+
+    fn diagnostics(&self) -> String {
+        GuestPluto::diagnostics(self)
+    }
+
+    fn forget_sas(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !GuestPluto::sas(self).is_empty() && Instant::now() < deadline {
+            sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+/// See [`GuestPluto::status_esp_spis`].
+pub fn esp_spis_of_status(status: &str, local: &str, remote: &str) -> Vec<(String, String)> {
+    let spi = |w: &str, at: &str| {
+        let hex = w.strip_prefix("esp.")?.strip_suffix(&format!("@{at}"))?;
+        u32::from_str_radix(hex, 16)
+            .ok()
+            .map(|v| format!("{v:08x}"))
+    };
+    status
+        .lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let out = words.iter().find_map(|w| spi(w, remote))?;
+            let inb = words.iter().find_map(|w| spi(w, local))?;
+            Some((inb, out))
+        })
+        .collect()
+}
+
+/// The IKE algorithms of `whack --status`'s `IKEv2 algorithm newest: AES_CBC_256-HMAC_SHA2_256-MODP2048` in
+/// vmsecd's notation (`AES_CBC_256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048`). pluto names one hash for
+/// both the PRF and the integrity of a non-AEAD cipher: the integrity is that hash's RFC 4868 truncation.
+pub fn ike_algorithms_of_status(status: &str) -> Option<String> {
+    let line = status
+        .lines()
+        .find_map(|l| l.split_once("IKEv2 algorithm newest: "))?
+        .1;
+    let mut parts = line.trim().split('-');
+    let (enc, hash, dh) = (parts.next()?, parts.next()?, parts.next()?);
+    let enc = enc
+        .strip_suffix("_POLY1305_256")
+        .map_or(enc.to_owned(), |c| format!("{c}_POLY1305"));
+    let group = match dh {
+        "DH31" => "CURVE_25519".to_owned(),
+        "DH19" => "ECP_256".to_owned(),
+        "DH20" => "ECP_384".to_owned(),
+        "DH21" => "ECP_521".to_owned(),
+        m => m
+            .strip_prefix("MODP")
+            .map_or(m.to_owned(), |b| format!("MODP_{b}")),
+    };
+    let aead = enc.starts_with("AES_GCM") || enc.starts_with("CHACHA20");
+    let integ = match hash {
+        _ if aead => String::new(),
+        "HMAC_SHA2_256" => "/HMAC_SHA2_256_128".into(),
+        "HMAC_SHA2_384" => "/HMAC_SHA2_384_192".into(),
+        "HMAC_SHA2_512" => "/HMAC_SHA2_512_256".into(),
+        h => format!("/{h}"),
+    };
+    Some(format!("{enc}{integ}/PRF_{hash}/{group}"))
+}
+
+fn openssl(args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// An RSA public key (a PEM file of the host) as libreswan's `rsasigkey` value: `0s` and the base64 of RFC 3110's
+/// form (exponent length, exponent, modulus).
+pub fn rsasigkey_of_pem(pem: &std::path::Path, work: &std::path::Path) -> String {
+    let path = pem.to_str().expect("UTF-8");
+    let text = String::from_utf8(openssl(&["rsa", "-pubin", "-in", path, "-noout", "-text"]))
+        .expect("UTF-8");
+    let exponent: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Exponent: "))
+        .and_then(|e| e.split_whitespace().next())
+        .and_then(|e| e.parse().ok())
+        .expect("the key's exponent");
+    let modulus = String::from_utf8(openssl(&[
+        "rsa", "-pubin", "-in", path, "-noout", "-modulus",
+    ]))
+    .expect("UTF-8");
+    let hex = modulus.trim().strip_prefix("Modulus=").expect("Modulus=");
+    let e: Vec<u8> = exponent
+        .to_be_bytes()
+        .into_iter()
+        .skip_while(|b| *b == 0)
+        .collect();
+    let mut raw = vec![u8::try_from(e.len()).expect("short exponent")];
+    raw.extend_from_slice(&e);
+    for i in (0..hex.len()).step_by(2) {
+        raw.push(u8::from_str_radix(&hex[i..i + 2], 16).expect("hex modulus"));
+    }
+    let file = work.join("rsasigkey.bin");
+    std::fs::write(&file, &raw).expect("write the key");
+    let b64 = openssl(&["base64", "-A", "-in", file.to_str().expect("UTF-8")]);
+    format!("0s{}", String::from_utf8(b64).expect("base64").trim())
+}
+
+/// A PKCS#12 file (`out`) of an end certificate, its key and its CA, its friendly name `nickname` (what
+/// `leftcert` names once imported into NSS).
+pub fn pkcs12(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    ca: &std::path::Path,
+    nickname: &str,
+    password: &str,
+    out: &std::path::Path,
+) {
+    let s = |p: &std::path::Path| p.to_str().expect("UTF-8").to_owned();
+    openssl(&[
+        "pkcs12",
+        "-export",
+        "-in",
+        &s(cert),
+        "-inkey",
+        &s(key),
+        "-certfile",
+        &s(ca),
+        "-name",
+        nickname,
+        "-passout",
+        &format!("pass:{password}"),
+        "-out",
+        &s(out),
+    ]);
 }
 
 /// One ESP state of `ip xfrm state`.
@@ -427,6 +730,31 @@ mod tests {
         );
         let sas = xfrm_peer_sas(&st, "198.18.0.2", "198.18.0.1");
         assert_eq!(sas[0].children.len(), 1);
+        assert_eq!(
+            esp_spis_of_status(
+                "000 #2: \"hA\" esp.946f5380@198.18.0.1 esp.35d1d725@198.18.0.2 tun.0@198.18.0.1 \
+                 tun.0@198.18.0.2 Traffic: ESPin=2MB ESPout=2MB ESPmax=2^63B\n",
+                "198.18.0.2",
+                "198.18.0.1"
+            ),
+            vec![("35d1d725".to_owned(), "946f5380".to_owned())]
+        );
+        for (status, ours) in [
+            (
+                "000 \"hA\":   IKEv2 algorithm newest: AES_GCM_16_256-HMAC_SHA2_384-DH20\n",
+                "AES_GCM_16_256/PRF_HMAC_SHA2_384/ECP_384",
+            ),
+            (
+                "000 \"hA\":   IKEv2 algorithm newest: AES_CBC_256-HMAC_SHA2_256-MODP2048\n",
+                "AES_CBC_256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048",
+            ),
+            (
+                "000 \"hA\":   IKEv2 algorithm newest: CHACHA20_POLY1305_256-HMAC_SHA2_256-DH31\n",
+                "CHACHA20_POLY1305/PRF_HMAC_SHA2_256/CURVE_25519",
+            ),
+        ] {
+            assert_eq!(ike_algorithms_of_status(status).as_deref(), Some(ours));
+        }
         assert_eq!(sas[0].children[0].0, "c24b0671");
         assert_eq!(sas[0].children[0].1, "00001234");
     }

@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use crate::netns::{check_test_address, output_of, Netns, NsChild};
 
+/// The TCP probe of both families (it lived here for IPv4 before the dual-stack tests).
+pub use crate::dualstack::tcp_probe;
+
 /// What libvirtd runs inside its own mount namespace: private /run, /etc/libvirt and /var/*/libvirt, only the
 /// network driver, then `exec libvirtd` (so the PID stays libvirtd's).
 const START_SCRIPT: &str = r#"#!/bin/sh
@@ -335,27 +338,6 @@ pub fn ruleset(ns: Option<&Netns>) -> String {
         .join("\n")
 }
 
-const TCP_SERVER: &str = r#"
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-s.listen(4)
-s.settimeout(30)
-print("ready", flush=True)
-c, peer = s.accept()
-c.sendall((peer[0] + "\n").encode())
-c.close()
-"#;
-
-const TCP_CLIENT: &str = r#"
-import socket, sys
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
-c.settimeout(float(sys.argv[3]))
-addr = c.makefile().readline().split()[0]
-print(addr, c.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
-"#;
-
 /// Opens one TCP connection from `client` to `server_addr:port`, where a one-shot server in `server` answers
 /// with the peer address it saw. `Ok(address the server saw)`, or `Err` with why the connection failed
 /// (refused by a REJECT, timed out, ...).
@@ -366,53 +348,6 @@ pub fn tcp_seen_source(
     port: u16,
 ) -> Result<String, String> {
     tcp_probe(server, client, server_addr, port).map(|(addr, _)| addr)
-}
-
-/// Like [`tcp_seen_source`], and also the MSS the client's side of the connection uses (`TCP_MAXSEG`): at most
-/// what the server's SYN-ACK advertised, so it shows whether a router on the way (the server's hypervisor,
-/// sending the SYN-ACK into the tunnel) clamped it; the client's own route would allow its interface's MTU.
-pub fn tcp_probe(
-    server: &Netns,
-    client: &Netns,
-    server_addr: &str,
-    port: u16,
-) -> Result<(String, u32), String> {
-    use std::io::BufRead as _;
-    check_test_address(server_addr);
-    let mut srv = server.spawn(
-        server
-            .command("python3")
-            .args(["-c", TCP_SERVER, &port.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    );
-    let stdout = srv.child_mut().stdout.take().expect("server stdout");
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("server output");
-    assert_eq!(
-        line.trim(),
-        "ready",
-        "the TCP server in {} did not start",
-        server.name()
-    );
-    let out = output_of(client.command("python3").args([
-        "-c",
-        TCP_CLIENT,
-        server_addr,
-        &port.to_string(),
-        "5",
-    ]));
-    drop(srv);
-    if out.status.success() {
-        let text = String::from_utf8_lossy(&out.stdout);
-        let (addr, mss) = text.trim().split_once(' ').unwrap_or((text.trim(), "0"));
-        Ok((addr.to_owned(), mss.parse().unwrap_or(0)))
-    } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        Err(err.lines().last().unwrap_or("failed").to_owned())
-    }
 }
 
 /// What libvirt 10.4 and newer does with its nftables backend (`firewall_backend = "nftables"`) when it starts

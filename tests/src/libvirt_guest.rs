@@ -273,13 +273,7 @@ pub fn tcp_probe(
         Duration::from_secs(60),
     );
     drop(srv);
-    if out.code == 0 {
-        let text = out.stdout.trim();
-        let (addr, mss) = text.split_once(' ').unwrap_or((text, "0"));
-        Ok((addr.to_owned(), mss.parse().unwrap_or(0)))
-    } else {
-        Err(out.stderr.lines().last().unwrap_or("failed").to_owned())
-    }
+    crate::dualstack::probe_outcome(out.code == 0, &out.stdout, &out.stderr)
 }
 
 /// [`tcp_probe`] between two guests: the one-shot server in guest `server`, the client in guest `client`.
@@ -299,11 +293,5 @@ pub fn tcp_probe_guests(
         &format!("python3 {script} {server_addr} {port}"),
         Duration::from_secs(60),
     );
-    if out.code == 0 {
-        let text = out.stdout.trim();
-        let (addr, mss) = text.split_once(' ').unwrap_or((text, "0"));
-        Ok((addr.to_owned(), mss.parse().unwrap_or(0)))
-    } else {
-        Err(out.stderr.lines().last().unwrap_or("failed").to_owned())
-    }
+    crate::dualstack::probe_outcome(out.code == 0, &out.stdout, &out.stderr)
 }

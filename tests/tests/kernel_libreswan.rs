@@ -8,159 +8,237 @@
 //!
 //! Needs what `kernel_strongswan` needs and the unpacked libreswan (`scripts/setup test` does it).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vmsecd_e2e::kernel_peer::{
-    check_agree, check_capture, check_traffic, wait_agree, Expect, GuestBed, AVM, BVM,
+    check_agree, diag, end_cell, framing_cells, run_cell, spis, wait_agree, wait_all_rekeys,
+    wanted, Cell, CertSet, Expect, GuestBed, Load, A6, A_ID, B6, B_ID, CA_DN, PEER,
 };
-use vmsecd_e2e::libreswan::{GuestPluto, LswConn};
-use vmsecd_e2e::netns::Netns;
-use vmsecd_e2e::traffic;
+use vmsecd_e2e::libreswan::{pkcs12, rsasigkey_of_pem, GuestPluto, LswAuth, LswConn};
+use vmsecd_e2e::strongswan::pki_keygen;
 use vmsecd_e2e::vmsecd::{peer, Mesh, Vmsecd};
 
 const PSK: &str = "kernel-interop-psk-0123456789abcdef";
-const PEER: &str = "hB";
 const CONN: &str = "hA";
 const GUEST_MEM: u32 = 384;
-const IKE_ALG: &str = "AES_GCM_16_128/PRF_HMAC_SHA2_256/CURVE_25519";
-const ESP_ALG: &str = "AES_GCM_16_128";
+const GCM128: (&str, &str) = (
+    "AES_GCM_16_128/PRF_HMAC_SHA2_256/CURVE_25519",
+    "AES_GCM_16_128",
+);
 
-fn diag(v: &Vmsecd, p: &GuestPluto) -> String {
-    format!("{}\n{}", v.diagnostics(), p.diagnostics())
-}
+/// (cell, libreswan `ike=`, `esp=`, vmsecd's IKE and ESP proposals, what both sides must report).
+const ALGORITHMS: &[(&str, &str, &str, &str, &str, &str, &str)] = &[
+    (
+        "gcm256",
+        "aes_gcm256-sha2_384-dh20",
+        "aes_gcm256",
+        "aes256gcm16-prfsha384-ecp384",
+        "aes256gcm16",
+        "AES_GCM_16_256/PRF_HMAC_SHA2_384/ECP_384",
+        "AES_GCM_16_256",
+    ),
+    (
+        "cbc-sha256",
+        "aes256-sha2_256-modp2048",
+        "aes256-sha2_256",
+        "aes256-sha256-modp2048",
+        "aes256-sha256",
+        "AES_CBC_256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048",
+        "AES_CBC_256/HMAC_SHA2_256_128",
+    ),
+    (
+        "chacha20poly1305",
+        "chacha20_poly1305-sha2_256-dh31",
+        "chacha20_poly1305",
+        "chacha20poly1305-prfsha256-x25519",
+        "chacha20poly1305",
+        "CHACHA20_POLY1305/PRF_HMAC_SHA2_256/CURVE_25519",
+        "CHACHA20_POLY1305",
+    ),
+];
 
-struct Cell {
-    name: &'static str,
-    vmsecd_encap: &'static str,
-    pluto_encap: bool,
-    vmsecd_initiates: bool,
-    udp: bool,
-}
-
-fn run_cell(bed: &GuestBed, pluto: &GuestPluto, cell: &Cell) -> Vmsecd {
-    let t = Instant::now();
-    let mut conn = LswConn::to_vmsecd(PSK);
-    conn.encapsulation = if cell.pluto_encap { "yes" } else { "auto" }.into();
+/// pluto reloaded with `conn` (`encapsulation=yes` if the cell says the peer forces UDP), then the shared cell.
+fn cell(
+    bed: &GuestBed,
+    pluto: &GuestPluto,
+    cell: &Cell,
+    conn: &LswConn,
+    mesh: &Mesh,
+    algs: (&str, &str),
+    mesh_text: Option<&str>,
+) -> Vmsecd {
+    let mut conn = conn.clone();
+    conn.encapsulation = if cell.peer_encap { "yes" } else { "auto" }.into();
     pluto.reload(&[conn]);
-    let mut mesh = Mesh::two_hosts(PSK);
-    mesh.encap = cell.vmsecd_encap.into();
-    bed.block_vmsecd_initiation(!cell.vmsecd_initiates);
-    let cap = bed.capture(cell.name);
-    let mut v = Vmsecd::start(
-        &bed.a,
-        &bed.dir(&format!("vmsecd-{}", cell.name)),
-        &mesh,
-        "hA",
-    );
-    if !cell.vmsecd_initiates {
-        v.wait_status("vmsecd listening", Duration::from_secs(10), |_| true);
-        pluto.initiate(CONN);
-    }
-    let d = || diag(&v, pluto);
-    let (st, sa) = wait_agree(&v, PEER, || pluto.sas(), Duration::from_secs(60), &d);
-    check_agree(
-        &st,
-        &sa,
-        &Expect {
-            peer: PEER,
-            vmsecd_initiated: cell.vmsecd_initiates,
-            ike_alg: IKE_ALG,
-            esp_alg: ESP_ALG,
-            udp: cell.udp,
-        },
-    );
-    check_traffic(&bed.avm, &bed.bvm, 2, 1 << 20, 100, &d);
-    let cap = cap.stop();
-    check_capture(&cap, cell.udp, cell.name);
-    eprintln!(
-        "[{}] cell {} ok in {:.1} s",
-        bed.name,
+    let v = run_cell(bed, pluto, cell, mesh, algs, mesh_text);
+    // pluto's own account of the IKE SA (the Child SA's came from the guest's kernel).
+    assert_eq!(
+        pluto.ike_algorithms().as_deref(),
+        Some(algs.0),
+        "{}: the IKE algorithms in `whack --status`\n{}",
         cell.name,
-        t.elapsed().as_secs_f64()
+        diag(&v, pluto)
+    );
+    let st = v.status().expect("status");
+    let child = &peer(&st, PEER).children[0];
+    let (local, remote) = if cell.ipv6 {
+        (B6, A6)
+    } else {
+        ("198.18.0.2", "198.18.0.1")
+    };
+    assert_eq!(
+        pluto.status_esp_spis(local, remote),
+        vec![(child.spi_out.clone(), child.spi_in.clone())],
+        "{}: the ESP SPIs in `whack --status` are vmsecd's crosswise\n{}",
+        cell.name,
+        diag(&v, pluto)
     );
     v
 }
 
-fn end_cell(mut v: Vmsecd, pluto: &GuestPluto) {
-    v.terminate(Duration::from_secs(10));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !pluto.sas().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-/// Raw ESP and ESP in UDP, each side forcing UDP, each side initiating.
+/// Raw ESP and ESP in UDP, each side forcing UDP, each side initiating; then the other algorithms, raw RSA
+/// keys and certificates, each a cell on the same guest.
 #[test]
 fn kernel_libreswan_framing_both_roles() {
     let bed = GuestBed::new("kls", "framing", GUEST_MEM);
-    let pluto = GuestPluto::start(&bed.guest, &[LswConn::to_vmsecd(PSK)]);
-    let cells = [
-        Cell {
-            name: "raw-vmsecd-init",
-            vmsecd_encap: "auto",
-            pluto_encap: false,
-            vmsecd_initiates: true,
-            udp: false,
-        },
-        Cell {
-            name: "raw-pluto-init",
-            vmsecd_encap: "auto",
-            pluto_encap: false,
-            vmsecd_initiates: false,
-            udp: false,
-        },
-        Cell {
-            name: "udp-pluto-forces-pluto-init",
-            vmsecd_encap: "auto",
-            pluto_encap: true,
-            vmsecd_initiates: false,
-            udp: true,
-        },
-        Cell {
-            name: "udp-pluto-forces-vmsecd-init",
-            vmsecd_encap: "auto",
-            pluto_encap: true,
-            vmsecd_initiates: true,
-            udp: true,
-        },
-        Cell {
-            name: "udp-vmsecd-forces-vmsecd-init",
-            vmsecd_encap: "udp",
-            pluto_encap: false,
-            vmsecd_initiates: true,
-            udp: true,
-        },
-        Cell {
-            name: "udp-vmsecd-forces-pluto-init",
-            vmsecd_encap: "udp",
-            pluto_encap: false,
-            vmsecd_initiates: false,
-            udp: true,
-        },
-    ];
-    let only = std::env::var("VT_CELLS").ok();
-    for cell in cells.iter().filter(|c| {
-        only.as_deref()
-            .is_none_or(|o| o.split(',').any(|n| n == c.name))
-    }) {
-        let v = run_cell(&bed, &pluto, cell);
+    let conn = LswConn::to_vmsecd(PSK);
+    let pluto = GuestPluto::start(&bed.guest, std::slice::from_ref(&conn));
+    let mesh = Mesh::two_hosts(PSK);
+    for c in framing_cells("pluto").iter().filter(|c| wanted(&c.name)) {
+        let v = cell(&bed, &pluto, c, &conn, &mesh, GCM128, None);
         end_cell(v, &pluto);
+    }
+    // The other algorithms the guest's kernel has, over raw ESP with vmsecd initiating.
+    for (name, ike, esp, v_ike, v_esp, ike_alg, esp_alg) in
+        ALGORITHMS.iter().filter(|a| wanted(a.0))
+    {
+        let (mut c, mut m) = (conn.clone(), mesh.clone());
+        (c.ike, c.esp) = ((*ike).into(), (*esp).into());
+        (m.ike_proposals, m.esp_proposals) = (vec![(*v_ike).into()], vec![(*v_esp).into()]);
+        let v = self::cell(
+            &bed,
+            &pluto,
+            &Cell::raw(name, true),
+            &c,
+            &m,
+            (ike_alg, esp_alg),
+            None,
+        );
+        end_cell(v, &pluto);
+    }
+    raw_rsa_cell(&bed, &pluto);
+    cert_cells(&bed, &pluto);
+}
+
+/// libreswan's raw RSA keys: pluto's key made in its NSS database by `rsasigkey` (what `ipsec newhostkey`
+/// runs; 3072 bits, it refuses fewer than 2192), shown with `showhostkey --left` for its conn and `--pem` for
+/// vmsecd's `pubkey`; vmsecd's `pki` key (2048 bits) given to pluto as `rightrsasigkey` (RFC 3110). pluto
+/// verifies vmsecd's RSA-PSS signature (RFC 7427) against it and signs with its own the same way. Raw ESP,
+/// each side initiating.
+fn raw_rsa_cell(bed: &GuestBed, pluto: &GuestPluto) {
+    let names = ["rsasigkey-vmsecd-init", "rsasigkey-pluto-init"];
+    if !names.iter().any(|n| wanted(n)) {
+        return;
+    }
+    let dir = bed.dir("keys-vmsecd");
+    let (a_private, a_public) = pki_keygen(&dir, "ha", 2048);
+    let (left_key, pem) = pluto.new_host_key(3072);
+    let b_public = dir.join("hb.pub.pem");
+    std::fs::write(&b_public, pem).expect("pluto's public key");
+    let mut c = LswConn::to_vmsecd(PSK);
+    c.auth = LswAuth::RawRsa {
+        left_key,
+        right_key: rsasigkey_of_pem(&a_public, &dir),
+        leftid: B_ID.into(),
+        rightid: A_ID.into(),
+    };
+    let text = vmsecd_e2e::kernel_peer::pubkey_mesh_text(&a_private, &a_public, &b_public, B_ID);
+    for (name, vmsecd_initiates) in [(names[0], true), (names[1], false)] {
+        if !wanted(name) {
+            continue;
+        }
+        let before = pluto.log().len();
+        let v = cell(
+            bed,
+            pluto,
+            &Cell::raw(name, vmsecd_initiates),
+            &c,
+            &Mesh::two_hosts(PSK),
+            GCM128,
+            Some(&text),
+        );
+        check_pluto_verified(
+            pluto,
+            before,
+            name,
+            &format!("using preloaded certificate '@{A_ID}'"),
+            &v,
+        );
+        end_cell(v, pluto);
     }
 }
 
-/// vmsecd's current inbound Child SPI and IKE initiator SPI.
-fn spis(v: &Vmsecd) -> (String, String) {
-    let st = v.status().expect("status");
-    let p = peer(&st, PEER);
-    (
-        p.ike.as_ref().map(|i| i.spi_i.clone()).unwrap_or_default(),
-        p.children
-            .first()
-            .map(|c| c.spi_in.clone())
-            .unwrap_or_default(),
-    )
+/// pluto's log since `before` (bytes) shows vmsecd's RSA-PSS signature (RFC 7427 method 14, which vmsecd
+/// signs with) verified against the key `how` names.
+fn check_pluto_verified(pluto: &GuestPluto, before: usize, name: &str, how: &str, v: &Vmsecd) {
+    let log = pluto.log();
+    let log = log.get(before..).unwrap_or(&log);
+    let needle = format!(
+        "established IKE SA; authenticated peer '2048-bit RSASSA-PSS with SHA2_256' digital signature {how}"
+    );
+    assert!(
+        log.contains(&needle),
+        "{name}: pluto verified vmsecd's signature ({needle})\n{}",
+        diag(v, pluto)
+    );
+}
+
+/// X.509 certificates in pluto's NSS database (a `pki` root CA and end certificates, as the strongSwan cells use;
+/// pluto's imported with `pk12util`, the root trusted with `certutil -t CT,,`; `leftcert`, `rightca`), raw ESP,
+/// each side initiating.
+fn cert_cells(bed: &GuestBed, pluto: &GuestPluto) {
+    let names = ["cert-vmsecd-init", "cert-pluto-init"];
+    if !names.iter().any(|n| wanted(n)) {
+        return;
+    }
+    let dir = bed.dir("pki");
+    let certs = CertSet::issue(&dir);
+    let p12 = dir.join("hb.p12");
+    pkcs12(
+        &certs.b.cert,
+        &certs.b.key,
+        &certs.root.cert,
+        "hbcert",
+        "p12-test",
+        &p12,
+    );
+    pluto.import_p12(&p12, "p12-test", &certs.root.cert, "Kernel Mesh CA");
+    let mut c = LswConn::to_vmsecd(PSK);
+    c.auth = LswAuth::Cert {
+        nickname: "hbcert".into(),
+        leftid: B_ID.into(),
+        rightid: A_ID.into(),
+        rightca: CA_DN.into(),
+    };
+    let text = certs.mesh_text();
+    for (name, vmsecd_initiates) in [(names[0], true), (names[1], false)] {
+        if !wanted(name) {
+            continue;
+        }
+        let before = pluto.log().len();
+        let v = cell(
+            bed,
+            pluto,
+            &Cell::raw(name, vmsecd_initiates),
+            &c,
+            &Mesh::two_hosts(PSK),
+            GCM128,
+            Some(&text),
+        );
+        let by_ca = format!("using peer certificate '@{A_ID}' issued by CA '{CA_DN}'");
+        check_pluto_verified(pluto, before, name, &by_ca, &v);
+        end_cell(v, pluto);
+    }
 }
 
 /// Child SA and IKE SA rekeys by pluto (`whack --rekey-ipsec`, `--rekey-ike`) and by vmsecd (lifetimes 30 s /
@@ -188,84 +266,31 @@ fn kernel_libreswan_rekeys_both_sides_under_traffic() {
             &Expect {
                 peer: PEER,
                 vmsecd_initiated,
-                ike_alg: IKE_ALG,
-                esp_alg: ESP_ALG,
+                ike_alg: GCM128.0,
+                esp_alg: GCM128.1,
                 udp: false,
             },
         );
     };
     agree();
     let t0 = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (avm, bvm, s): (Netns, Netns, _) = (bed.avm.clone(), bed.bvm.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let (mut rounds, mut failures) = (0u32, Vec::new());
-            while !s.load(Ordering::Relaxed) {
-                for (server, client, addr, dir) in
-                    [(&bvm, &avm, BVM, "a -> b"), (&avm, &bvm, AVM, "b -> a")]
-                {
-                    let tcp = traffic::tcp_intact(server, client, addr, 2, 1 << 20);
-                    if tcp != 2 {
-                        failures.push(format!("round {rounds}: TCP {dir}: {tcp} of 2 intact"));
-                    }
-                    let udp = traffic::udp_intact(server, client, addr, 50);
-                    if udp != (50, 0) {
-                        failures.push(format!("round {rounds}: UDP {dir}: {udp:?} of 50"));
-                    }
-                }
-                rounds += 1;
-            }
-            (rounds, failures)
-        })
-    };
+    let load = Load::start(&bed.avm, &bed.bvm);
     let before = spis(&v);
     pluto.whack_ok(&["--rekey-ipsec", "--name", CONN, "--asynchronous"]);
     v.wait_log("Child SA rekeyed", Duration::from_secs(60));
     pluto.whack_ok(&["--rekey-ike", "--name", CONN, "--asynchronous"]);
     v.wait_log("IKE SA rekeyed", Duration::from_secs(60));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let counts = loop {
-        let log = v.log();
-        let count = |what: &str, ours: bool| {
-            log.lines()
-                .filter(|l| {
-                    l.contains(what)
-                        && l.contains(if ours {
-                            "initiator=true"
-                        } else {
-                            "initiator=false"
-                        })
-                })
-                .count()
-        };
-        let c = (
-            count("Child SA rekeyed", true),
-            count("Child SA rekeyed", false),
-            count("IKE SA rekeyed", true),
-            count("IKE SA rekeyed", false),
-        );
-        if c.0 >= 1 && c.1 >= 1 && c.2 >= 1 && c.3 >= 1 {
-            break c;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not every kind of rekey in 120 s: (Child by vmsecd, by pluto, IKE by vmsecd, by pluto) = {c:?}\n{}",
-            d()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let counts = wait_all_rekeys(&v, Duration::from_secs(120), &d);
     agree();
-    stop.store(true, Ordering::Relaxed);
-    let (rounds, failures) = load.join().expect("load thread");
+    let (rounds, failures) = load.finish();
     let after = spis(&v);
     eprintln!(
         "[rekeys] Child SA rekeys by vmsecd {}, by pluto {}; IKE SA rekeys by vmsecd {}, by pluto {} in {:.1} s; \
          SPIs {before:?} -> {after:?}; {rounds} rounds of traffic",
-        counts.0,
-        counts.1,
-        counts.2,
-        counts.3,
+        counts[0],
+        counts[1],
+        counts[2],
+        counts[3],
         t0.elapsed().as_secs_f64()
     );
     assert!(
@@ -308,3 +333,135 @@ fn readme_migration_snippets_are_the_tested_configurations() {
 
 /// The PSK the README's snippets show (the tests use another; the rest is identical).
 const README_PSK: &str = "the-mesh-psk-from-psk_file";
+
+/// Refusals with a clear line in vmsecd's log (a wrong PSK each way, no common proposal each way), liveness
+/// checks both ways on an idle tunnel (`dpddelay=5s` against vmsecd's `dpd_delay = "5s"`, counted as
+/// INFORMATIONAL requests in a capture), then the guest killed (a power cut) and booted again: its pluto
+/// (`auto=start`) comes back and the VMs reach each other again within [`RESTART_BOUND`] of the kill.
+#[test]
+fn kernel_libreswan_refusals_dpd_and_guest_restart() {
+    let mut bed = GuestBed::new("kls", "restart", GUEST_MEM);
+    let ok = LswConn::to_vmsecd(PSK);
+    let mut wrong = ok.clone();
+    wrong.psk = "a-different-psk-0123456789abcdef".into();
+    {
+        let pluto = GuestPluto::start(&bed.guest, std::slice::from_ref(&wrong));
+        // vmsecd initiates with the other PSK: pluto refuses it.
+        let mut v = Vmsecd::start(&bed.a, &bed.dir("vmsecd-psk"), &Mesh::two_hosts(PSK), "hA");
+        v.wait_log(
+            "authentication failed: the peer refused our authentication (AUTHENTICATION_FAILED)",
+            Duration::from_secs(60),
+        );
+        // pluto initiates with the other PSK: vmsecd refuses it.
+        pluto.initiate(CONN);
+        v.wait_log(
+            "authentication failed: AUTH from 198.18.0.2 does not verify: the PSKs differ",
+            Duration::from_secs(60),
+        );
+        assert!(!v.log().contains(PSK), "the PSK must never be logged");
+        v.terminate(Duration::from_secs(10));
+        let _ = pluto.whack(&["--delete", "--name", CONN]);
+
+        // No common proposal: vmsecd offers only AES-GCM-256 with ECP-384 to a pluto that wants AES-GCM-128
+        // with Curve25519, then pluto initiates with its own.
+        pluto.reload(std::slice::from_ref(&ok));
+        let mut m = Mesh::two_hosts(PSK);
+        m.ike_proposals = vec!["aes256gcm16-prfsha384-ecp384".into()];
+        let mut v = Vmsecd::start(&bed.a, &bed.dir("vmsecd-noprop"), &m, "hA");
+        v.wait_log(
+            "no proposal chosen: the peer accepted none of ours (aes256gcm16-prfsha384-ecp384)",
+            Duration::from_secs(60),
+        );
+        pluto.initiate(CONN);
+        v.wait_log(
+            "no proposal chosen: ours aes256gcm16-prfsha384-ecp384, theirs",
+            Duration::from_secs(60),
+        );
+        eprintln!(
+            "[restart] refusals: {}",
+            v.log()
+                .lines()
+                .filter(|l| l.contains("no proposal chosen") || l.contains("authentication failed"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        v.terminate(Duration::from_secs(10));
+        let _ = pluto.whack(&["--delete", "--name", CONN]);
+        pluto.stop();
+    }
+
+    // Liveness checks both ways on an idle tunnel, vmsecd initiating.
+    let mut c = ok.clone();
+    c.dpddelay = Some("5s".into());
+    let mut m = Mesh::two_hosts(PSK);
+    m.dpd_delay = Some("5s".into());
+    m.encap = "auto".into();
+    let v = Vmsecd::start(&bed.a, &bed.dir("vmsecd"), &m, "hA");
+    {
+        let pluto = GuestPluto::start(&bed.guest, std::slice::from_ref(&c));
+        let d = || diag(&v, &pluto);
+        wait_agree(&v, PEER, || pluto.sas(), Duration::from_secs(60), &d);
+        let before = spis(&v);
+        // Both send a check after 5 s without traffic from the other: 25 s of an idle tunnel show several.
+        let cap = bed.capture("dpd");
+        std::thread::sleep(Duration::from_secs(25));
+        let seen = vmsecd_e2e::kernel_peer::informational_requests(&cap.stop());
+        eprintln!(
+            "[restart] liveness checks in 25 s: {} from vmsecd, {} from pluto",
+            seen.0, seen.1
+        );
+        assert!(
+            seen.0 >= 1 && seen.1 >= 1,
+            "no liveness checks both ways in 25 s (INFORMATIONAL requests from vmsecd, from pluto: {seen:?})\n{}",
+            d()
+        );
+        assert_eq!(
+            spis(&v),
+            before,
+            "the idle tunnel stays the same SAs\n{}",
+            d()
+        );
+    }
+
+    // A power cut and a reboot.
+    c.auto = "start".into();
+    let t = Instant::now();
+    bed.guest.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    bed.guest.boot_again();
+    bed.configure_guest();
+    let pluto = GuestPluto::start(&bed.guest, std::slice::from_ref(&c));
+    let d = || diag(&v, &pluto);
+    assert!(
+        vmsecd_e2e::traffic::ping_until_ok(
+            &bed.avm,
+            vmsecd_e2e::kernel_peer::BVM,
+            RESTART_BOUND.saturating_sub(t.elapsed())
+        ),
+        "no traffic within {RESTART_BOUND:?} of the guest's kill\n{}",
+        d()
+    );
+    eprintln!(
+        "[restart] traffic back {:.1} s after the kill (the guest booted in {:.1} s)",
+        t.elapsed().as_secs_f64(),
+        bed.guest.booted_in().as_secs_f64()
+    );
+    let (st, sa) = wait_agree(&v, PEER, || pluto.sas(), Duration::from_secs(60), &d);
+    let vmsecd_initiated = peer(&st, PEER).ike.as_ref().is_some_and(|i| i.initiator);
+    check_agree(
+        &st,
+        &sa,
+        &Expect {
+            peer: PEER,
+            vmsecd_initiated,
+            ike_alg: GCM128.0,
+            esp_alg: GCM128.1,
+            udp: false,
+        },
+    );
+    vmsecd_e2e::kernel_peer::check_traffic(&bed.avm, &bed.bvm, 2, 1 << 20, 100, &d);
+}
+
+/// From the guest's kill to traffic through the tunnel again: its boot (7-9 s under TCG here, 25 s seen on a
+/// loaded machine), pluto's start and IKE.
+const RESTART_BOUND: Duration = Duration::from_secs(120);

@@ -9,40 +9,24 @@
 //! Needs root, iproute2, nftables, tcpdump, python3, QEMU, Debian's kernel image and busybox-static, and charon
 //! (see tests/README.md); fails, never skips, without them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vmsecd_e2e::guest_charon::CHILD;
 use vmsecd_e2e::kernel_peer::{
-    check_agree, check_capture, check_traffic, wait_agree, Expect, GuestBed, GuestCharon, PeerSa,
+    check_agree, check_traffic, diag, end_cell, framing_cells, pubkey_mesh_text, run_cell, spis,
+    wait_agree, wait_all_rekeys, wanted, Cell, CertSet, Expect, GuestBed, GuestCharon, KernelPeer,
+    Load, A6, A_ID, B6, BVM, B_ID, PEER,
 };
-use vmsecd_e2e::kernel_peer::{AVM, BVM};
-use vmsecd_e2e::netns::Netns;
-use vmsecd_e2e::strongswan::{pki_ca, pki_issue, pki_keygen, Conn};
+use vmsecd_e2e::strongswan::{pki_keygen, Conn};
 use vmsecd_e2e::traffic;
 use vmsecd_e2e::vmsecd::{peer, Mesh, Vmsecd};
 
 const PSK: &str = "kernel-interop-psk-0123456789abcdef";
-const PEER: &str = "hB";
-const CHILD: &str = "net";
 const GUEST_MEM: u32 = 384;
 const GCM128: (&str, &str) = (
     "AES_GCM_16_128/PRF_HMAC_SHA2_256/CURVE_25519",
     "AES_GCM_16_128",
 );
-
-fn diag(v: &Vmsecd, c: &GuestCharon) -> String {
-    format!("{}\n{}", v.diagnostics(), c.diagnostics())
-}
-
-/// One framing cell: who initiates, what each side forces, what must come out.
-struct Cell {
-    name: &'static str,
-    vmsecd_encap: &'static str,
-    charon_encap: bool,
-    vmsecd_initiates: bool,
-    udp: bool,
-}
 
 /// Proposals (strongSwan syntax, the same on both sides) and what both sides must report for them.
 const ALGORITHMS: &[(&str, &str, &str, &str, &str)] = &[
@@ -69,13 +53,8 @@ const ALGORITHMS: &[(&str, &str, &str, &str, &str)] = &[
     ),
 ];
 
-fn charon_sas(c: &GuestCharon) -> Vec<PeerSa> {
-    c.list_sas().iter().map(PeerSa::from).collect()
-}
-
-/// Sets the cell up on a fresh vmsecd and a reloaded charon, checks agreement, traffic and capture; returns
-/// vmsecd, still running.
-fn run_cell(
+/// charon reloaded with `conn` (ESP in UDP forced as the cell says), then the shared cell.
+fn cell(
     bed: &GuestBed,
     charon: &GuestCharon,
     cell: &Cell,
@@ -84,67 +63,10 @@ fn run_cell(
     algs: (&str, &str),
     mesh_text: Option<&str>,
 ) -> Vmsecd {
-    let t = Instant::now();
     let mut conn = conn.clone();
-    conn.encap = cell.charon_encap;
+    conn.encap = cell.peer_encap;
     charon.reload(&[conn]);
-    let mut mesh = mesh.clone();
-    mesh.encap = cell.vmsecd_encap.into();
-    bed.block_vmsecd_initiation(!cell.vmsecd_initiates);
-    let cap = bed.capture(cell.name);
-    let vdir = bed.dir(&format!("vmsecd-{}", cell.name));
-    let mut v = match mesh_text {
-        None => Vmsecd::start(&bed.a, &vdir, &mesh, "hA"),
-        Some(text) => {
-            let file = vdir.join("mesh.toml");
-            std::fs::write(&file, text).expect("mesh file");
-            Vmsecd::start_with_file(&bed.a, &vdir, &file, "hA")
-        }
-    };
-    if !cell.vmsecd_initiates {
-        v.wait_status("vmsecd listening", Duration::from_secs(10), |_| true);
-        let out = charon.initiate(CHILD, 30);
-        assert!(
-            out.code == 0,
-            "{}: swanctl --initiate failed:\n{}\n{}",
-            cell.name,
-            out.stdout,
-            diag(&v, charon)
-        );
-    }
-    let d = || diag(&v, charon);
-    let (st, sa) = wait_agree(&v, PEER, || charon_sas(charon), Duration::from_secs(60), &d);
-    let e = Expect {
-        peer: PEER,
-        vmsecd_initiated: cell.vmsecd_initiates,
-        ike_alg: algs.0,
-        esp_alg: algs.1,
-        udp: cell.udp,
-    };
-    check_agree(&st, &sa, &e);
-    check_traffic(&bed.avm, &bed.bvm, 2, 1 << 20, 100, &d);
-    let cap = cap.stop();
-    check_capture(&cap, cell.udp, cell.name);
-    eprintln!(
-        "[{}] cell {} ok in {:.1} s",
-        bed.name,
-        cell.name,
-        t.elapsed().as_secs_f64()
-    );
-    v
-}
-
-/// Ends a cell: vmsecd stops (deleting its SAs), charon is left with none.
-fn end_cell(mut v: Vmsecd, charon: &GuestCharon) {
-    v.terminate(Duration::from_secs(10));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !charon.list_sas().is_empty() {
-        if Instant::now() > deadline {
-            charon.swanctl(&["--terminate", "--ike", "hA", "--force"]);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    run_cell(bed, charon, cell, mesh, algs, mesh_text)
 }
 
 fn conn() -> Conn {
@@ -160,83 +82,29 @@ fn mesh() -> Mesh {
 fn kernel_strongswan_framing_both_roles() {
     let bed = GuestBed::new("kss", "framing", GUEST_MEM);
     let charon = GuestCharon::start(&bed.guest, &[conn()]);
-    let cells = [
-        Cell {
-            name: "raw-vmsecd-init",
-            vmsecd_encap: "auto",
-            charon_encap: false,
-            vmsecd_initiates: true,
-            udp: false,
-        },
-        Cell {
-            name: "raw-charon-init",
-            vmsecd_encap: "auto",
-            charon_encap: false,
-            vmsecd_initiates: false,
-            udp: false,
-        },
-        Cell {
-            name: "udp-charon-forces-charon-init",
-            vmsecd_encap: "auto",
-            charon_encap: true,
-            vmsecd_initiates: false,
-            udp: true,
-        },
-        Cell {
-            name: "udp-charon-forces-vmsecd-init",
-            vmsecd_encap: "auto",
-            charon_encap: true,
-            vmsecd_initiates: true,
-            udp: true,
-        },
-        Cell {
-            name: "udp-vmsecd-forces-vmsecd-init",
-            vmsecd_encap: "udp",
-            charon_encap: false,
-            vmsecd_initiates: true,
-            udp: true,
-        },
-        Cell {
-            name: "udp-vmsecd-forces-charon-init",
-            vmsecd_encap: "udp",
-            charon_encap: false,
-            vmsecd_initiates: false,
-            udp: true,
-        },
-    ];
-    // VT_CELLS=name,name runs only those (debugging).
-    let only = std::env::var("VT_CELLS").ok();
-    for cell in cells.iter().filter(|c| {
-        only.as_deref()
-            .is_none_or(|o| o.split(',').any(|n| n == c.name))
-    }) {
-        let v = run_cell(&bed, &charon, cell, &conn(), &mesh(), GCM128, None);
+    for c in framing_cells("charon").iter().filter(|c| wanted(&c.name)) {
+        let v = cell(&bed, &charon, c, &conn(), &mesh(), GCM128, None);
         end_cell(v, &charon);
     }
     // The other algorithms the guest's kernel has, over raw ESP with vmsecd initiating.
-    for (name, ike, esp, ike_alg, esp_alg) in ALGORITHMS.iter().filter(|a| {
-        only.as_deref()
-            .is_none_or(|o| o.split(',').any(|n| n == a.0))
-    }) {
+    for (name, ike, esp, ike_alg, esp_alg) in ALGORITHMS.iter().filter(|a| wanted(a.0)) {
         let (mut c, mut m) = (conn(), mesh());
         (c.proposals, c.esp_proposals) = ((*ike).into(), (*esp).into());
         (m.ike_proposals, m.esp_proposals) = (vec![(*ike).into()], vec![(*esp).into()]);
-        let cell = Cell {
-            name,
-            vmsecd_encap: "auto",
-            charon_encap: false,
-            vmsecd_initiates: true,
-            udp: false,
-        };
-        let v = run_cell(&bed, &charon, &cell, &c, &m, (ike_alg, esp_alg), None);
+        let v = cell(
+            &bed,
+            &charon,
+            &Cell::raw(name, true),
+            &c,
+            &m,
+            (ike_alg, esp_alg),
+            None,
+        );
         end_cell(v, &charon);
     }
     // RSA raw public keys (swanctl `pubkeys`, `pki` keys of 2048 bits) with DN-less FQDN/e-mail identities, raw
     // ESP, vmsecd initiating.
-    if only
-        .as_deref()
-        .is_none_or(|o| o.split(',').any(|n| n == "rsa-pubkey"))
-    {
+    if wanted("rsa-pubkey") {
         let vdir = bed.dir("keys-vmsecd");
         let cdir = bed.dir("keys-charon");
         let (a_private, a_public) = pki_keygen(&vdir, "ha", 2048);
@@ -245,24 +113,10 @@ fn kernel_strongswan_framing_both_roles() {
         charon.put("pubkey", &a_public);
         charon.put("pubkey", &b_public);
         let mut c = conn().with_pubkeys("hb.pub.pem", "ha.pub.pem");
-        (c.local_id, c.remote_id) = ("gw@hb.example.net".into(), "ha.example.net".into());
-        let text = format!(
-            "[mesh]\nauth = \"pubkey\"\nprivate_key = {:?}\nencap = \"auto\"\n\n[[host]]\nname = \"hA\"\n\
-             address = \"198.18.0.1\"\nid = \"ha.example.net\"\npubkey = {:?}\nsubnets = [\"198.19.1.0/24\"]\n\n\
-             [[host]]\nname = \"hB\"\naddress = \"198.18.0.2\"\nid = \"gw@hb.example.net\"\npubkey = {:?}\n\
-             subnets = [\"198.19.2.0/24\"]\n",
-            a_private.display().to_string(),
-            a_public.display().to_string(),
-            b_public.display().to_string()
-        );
-        let cell = Cell {
-            name: "rsa-pubkey",
-            vmsecd_encap: "auto",
-            charon_encap: false,
-            vmsecd_initiates: true,
-            udp: false,
-        };
-        let v = run_cell(&bed, &charon, &cell, &c, &mesh(), GCM128, Some(&text));
+        (c.local_id, c.remote_id) = ("gw@hb.example.net".into(), A_ID.into());
+        let text = pubkey_mesh_text(&a_private, &a_public, &b_public, "gw@hb.example.net");
+        let cell = Cell::raw("rsa-pubkey", true);
+        let v = self::cell(&bed, &charon, &cell, &c, &mesh(), GCM128, Some(&text));
         assert!(
             v.log().contains("IKE SA established"),
             "{}",
@@ -270,61 +124,76 @@ fn kernel_strongswan_framing_both_roles() {
         );
         end_cell(v, &charon);
     }
-    cert_cells(&bed, &charon, only.as_deref());
+    cert_cells(&bed, &charon);
+    ipv6_cells(&bed, &charon);
+}
+
+/// IKE and the guest kernel's ESP over an IPv6 underlay (2001:db8:0:ff::1 and ::2 next to the IPv4 addresses on
+/// the same link), one Child SA carrying the VMs' IPv4 and IPv6 (both families' subnets as traffic selectors):
+/// raw ESP (next header 50) with vmsecd initiating, ESP in UDP 4500 forced by vmsecd with charon initiating.
+/// Pings, TCP and UDP byte-checked both ways in both families; the capture holds only IKE and ESP over IPv6.
+fn ipv6_cells(bed: &GuestBed, charon: &GuestCharon) {
+    let cells = [
+        ("ipv6-raw-vmsecd-init", "auto", true),
+        ("ipv6-udp-vmsecd-forces-charon-init", "udp", false),
+    ];
+    if !cells.iter().any(|c| wanted(c.0)) {
+        return;
+    }
+    bed.add_ipv6();
+    let mut c = conn();
+    (c.local_addr, c.remote_addr) = (B6.into(), A6.into());
+    (c.local_id, c.remote_id) = (B6.into(), A6.into());
+    c.local_ts = "198.19.2.0/24,2001:db8:2::/64".into();
+    c.remote_ts = "198.19.1.0/24,2001:db8:1::/64".into();
+    let mut m = mesh();
+    m.hosts[0].address = A6.into();
+    m.hosts[1].address = B6.into();
+    m.hosts[0].subnets.push("2001:db8:1::/64".into());
+    m.hosts[1].subnets.push("2001:db8:2::/64".into());
+    for (name, vmsecd_encap, vmsecd_initiates) in cells.into_iter().filter(|c| wanted(c.0)) {
+        let cell = Cell {
+            name: name.into(),
+            vmsecd_encap,
+            peer_encap: false,
+            vmsecd_initiates,
+            udp: vmsecd_encap == "udp",
+            ipv6: true,
+        };
+        let v = self::cell(bed, charon, &cell, &c, &m, GCM128, None);
+        end_cell(v, charon);
+    }
 }
 
 /// X.509 certificates from `pki` (a root CA, one 2048-bit end certificate per side with its FQDN as
 /// subjectAltName; vmsecd `auth = "pubkey"` with `ca`, charon `certs` and the root in `x509ca/`), raw ESP, each
-/// side initiating, on the guest the other cells booted. `only` is `VT_CELLS`.
-fn cert_cells(bed: &GuestBed, charon: &GuestCharon, only: Option<&str>) {
+/// side initiating, on the guest the other cells booted.
+fn cert_cells(bed: &GuestBed, charon: &GuestCharon) {
     let names = ["cert-vmsecd-init", "cert-charon-init"];
-    let wanted = |n: &str| only.is_none_or(|o| o.split(',').any(|x| x == n));
     if !names.iter().any(|n| wanted(n)) {
         return;
     }
-    const A_ID: &str = "ha.example.net";
-    const B_ID: &str = "hb.example.net";
-    let dir = bed.dir("pki");
-    let root = pki_ca(&dir, "root", 2048, "C=CH, O=vmsecd test, CN=Kernel Mesh CA");
-    let issue = |name: &str, id: &str, ip: &str| {
-        pki_issue(
-            &dir,
-            &root,
-            name,
-            2048,
-            &format!("C=CH, O=vmsecd test, CN={id}"),
-            &[id, ip],
-            &[],
-        )
-    };
-    let a = issue("hacert", A_ID, "198.18.0.1");
-    let b = issue("hbcert", B_ID, "198.18.0.2");
-    charon.put("x509", &b.cert);
-    charon.put("private", &b.key);
-    charon.put("x509ca", &root.cert);
+    let certs = CertSet::issue(&bed.dir("pki"));
+    charon.put("x509", &certs.b.cert);
+    charon.put("private", &certs.b.key);
+    charon.put("x509ca", &certs.root.cert);
     let mut c = conn().with_cert("hbcert.pem");
     (c.local_id, c.remote_id) = (B_ID.into(), A_ID.into());
-    let text = format!(
-        "[mesh]\nauth = \"pubkey\"\nprivate_key = {:?}\nca = {:?}\nencap = \"auto\"\n\n[[host]]\n\
-         name = \"hA\"\naddress = \"198.18.0.1\"\nid = \"{A_ID}\"\ncert = {:?}\nsubnets = [\"198.19.1.0/24\"]\n\n\
-         [[host]]\nname = \"hB\"\naddress = \"198.18.0.2\"\nid = \"{B_ID}\"\nsubnets = [\"198.19.2.0/24\"]\n",
-        a.key.display().to_string(),
-        root.cert.display().to_string(),
-        a.cert.display().to_string(),
-    );
+    let text = certs.mesh_text();
     for (name, vmsecd_initiates) in [(names[0], true), (names[1], false)] {
         if !wanted(name) {
             continue;
         }
-        let cell = Cell {
-            name,
-            vmsecd_encap: "auto",
-            charon_encap: false,
-            vmsecd_initiates,
-            udp: false,
-        };
         let before = charon.log().len();
-        let v = run_cell(bed, charon, &cell, &c, &mesh(), GCM128, Some(&text));
+        let v = cell(
+            bed,
+            charon,
+            &Cell::raw(name, vmsecd_initiates),
+            &c,
+            &mesh(),
+            GCM128,
+            Some(&text),
+        );
         let log = charon.log();
         let log = log.get(before..).unwrap_or(&log);
         for needle in [
@@ -338,60 +207,6 @@ fn cert_cells(bed: &GuestBed, charon: &GuestCharon, only: Option<&str>) {
             );
         }
         end_cell(v, charon);
-    }
-}
-
-/// The current SPIs on vmsecd's side: (IKE initiator SPI, Child inbound SPI).
-fn spis(v: &Vmsecd) -> (String, String) {
-    let st = v.status().expect("status");
-    let p = peer(&st, PEER);
-    (
-        p.ike.as_ref().map(|i| i.spi_i.clone()).unwrap_or_default(),
-        p.children
-            .first()
-            .map(|c| c.spi_in.clone())
-            .unwrap_or_default(),
-    )
-}
-
-/// Traffic that keeps running on a thread until stopped: rounds of `tcp_intact` (2 connections of 1 MiB) and
-/// `udp_intact` (50 datagrams) in both directions; returns (rounds, failures) when joined.
-struct Load {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<(u32, Vec<String>)>,
-}
-
-impl Load {
-    fn start(avm: &Netns, bvm: &Netns) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (avm, bvm, s) = (avm.clone(), bvm.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let (mut rounds, mut failures) = (0, Vec::new());
-            while !s.load(Ordering::Relaxed) {
-                for (server, client, addr, dir) in
-                    [(&bvm, &avm, BVM, "a -> b"), (&avm, &bvm, AVM, "b -> a")]
-                {
-                    let tcp = traffic::tcp_intact(server, client, addr, 2, 1 << 20);
-                    if tcp != 2 {
-                        failures.push(format!("round {rounds}: TCP {dir}: {tcp} of 2 intact"));
-                    }
-                    let udp = traffic::udp_intact(server, client, addr, 50);
-                    if udp != (50, 0) {
-                        failures.push(format!(
-                            "round {rounds}: UDP {dir}: (intact, damaged) {udp:?} of 50"
-                        ));
-                    }
-                }
-                rounds += 1;
-            }
-            (rounds, failures)
-        });
-        Load { stop, thread }
-    }
-
-    fn finish(self) -> (u32, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("load thread")
     }
 }
 
@@ -419,26 +234,14 @@ fn kernel_strongswan_rekeys_both_sides_under_traffic() {
         esp_alg: GCM128.1,
         udp: false,
     };
-    let (st, sa) = wait_agree(
-        &v,
-        PEER,
-        || charon_sas(&charon),
-        Duration::from_secs(60),
-        &d,
-    );
+    let (st, sa) = wait_agree(&v, PEER, || charon.sas(), Duration::from_secs(60), &d);
     check_agree(&st, &sa, &e);
     let t0 = Instant::now();
     let load = Load::start(&bed.avm, &bed.bvm);
     let agree_after = |what: &str, before: &(String, String), ike_changes: bool| {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let (st, sa) = wait_agree(
-                &v,
-                PEER,
-                || charon_sas(&charon),
-                Duration::from_secs(60),
-                &d,
-            );
+            let (st, sa) = wait_agree(&v, PEER, || charon.sas(), Duration::from_secs(60), &d);
             let now = spis(&v);
             let child_new = now.1 != before.1;
             let ike_new = now.0 != before.0;
@@ -482,52 +285,16 @@ fn kernel_strongswan_rekeys_both_sides_under_traffic() {
     // vmsecd's own rekeys by lifetime: the Child SA's (22-25 s after charon's), then the IKE SA's.
     let s2 = agree_after("rekeys by charon (IKE) and vmsecd (Child)", &s1, true);
     let _ = s2;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let log = v.log();
-        let by_us = |what: &str| {
-            log.lines()
-                .filter(|l| l.contains(what) && l.contains("initiator=true"))
-                .count()
-        };
-        let by_them = |what: &str| {
-            log.lines()
-                .filter(|l| l.contains(what) && l.contains("initiator=false"))
-                .count()
-        };
-        let counts = (
-            by_us("Child SA rekeyed"),
-            by_them("Child SA rekeyed"),
-            by_us("IKE SA rekeyed"),
-            by_them("IKE SA rekeyed"),
-        );
-        if counts.0 >= 1 && counts.1 >= 1 && counts.2 >= 1 && counts.3 >= 1 {
-            eprintln!(
-                "[rekeys] Child SA rekeys by vmsecd {}, by charon {}; IKE SA rekeys by vmsecd {}, by charon {} \
-                 ({:.1} s)",
-                counts.0,
-                counts.1,
-                counts.2,
-                counts.3,
-                t0.elapsed().as_secs_f64()
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not every kind of rekey happened in 120 s: (Child by vmsecd, by charon, IKE by vmsecd, by charon) = \
-             {counts:?}\n{}",
-            d()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let (st, sa) = wait_agree(
-        &v,
-        PEER,
-        || charon_sas(&charon),
-        Duration::from_secs(60),
-        &d,
+    let counts = wait_all_rekeys(&v, Duration::from_secs(120), &d);
+    eprintln!(
+        "[rekeys] Child SA rekeys by vmsecd {}, by charon {}; IKE SA rekeys by vmsecd {}, by charon {} ({:.1} s)",
+        counts[0],
+        counts[1],
+        counts[2],
+        counts[3],
+        t0.elapsed().as_secs_f64()
     );
+    let (st, sa) = wait_agree(&v, PEER, || charon.sas(), Duration::from_secs(60), &d);
     let vmsecd_initiated = peer(&st, PEER).ike.as_ref().is_some_and(|i| i.initiator);
     check_agree(
         &st,
@@ -613,13 +380,7 @@ fn kernel_strongswan_refusals_dpd_and_guest_restart() {
         first.start_action = "none".into();
         let charon = GuestCharon::start(&bed.guest, std::slice::from_ref(&first));
         let d = || diag(&v, &charon);
-        wait_agree(
-            &v,
-            PEER,
-            || charon_sas(&charon),
-            Duration::from_secs(60),
-            &d,
-        );
+        wait_agree(&v, PEER, || charon.sas(), Duration::from_secs(60), &d);
         let before = spis(&v);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -664,13 +425,7 @@ fn kernel_strongswan_refusals_dpd_and_guest_restart() {
         back.as_secs_f64(),
         bed.guest.booted_in().as_secs_f64()
     );
-    let (st, sa) = wait_agree(
-        &v,
-        PEER,
-        || charon_sas(&charon),
-        Duration::from_secs(60),
-        &d,
-    );
+    let (st, sa) = wait_agree(&v, PEER, || charon.sas(), Duration::from_secs(60), &d);
     let vmsecd_initiated = peer(&st, PEER).ike.as_ref().is_some_and(|i| i.initiator);
     check_agree(
         &st,

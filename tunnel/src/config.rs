@@ -35,6 +35,7 @@ mod psk;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod underlay;
 mod validate;
 
 use std::fmt;
@@ -50,6 +51,7 @@ pub use self::identity::{Identity, IdentityError};
 pub(crate) use self::keys::read_private as read_private_key_file;
 pub use self::keys::{CaFile, CertFile, PrivateKeyFile, PublicKeyFile};
 pub use self::psk::Psk;
+pub use self::underlay::{pair as underlay_pair, NoCommonFamily, PREFERRED_IS_V6};
 use self::validate::Cx;
 use crate::prefix::Prefix;
 
@@ -328,8 +330,11 @@ impl CertAuth {
 pub struct Host {
     /// Unique name, used by `--host`, logs and `vmsecd status`.
     pub name: String,
-    /// Underlay address IKE and ESP are sent to (and from, when this host is us).
+    /// Underlay address IKE and ESP are sent to (and from, when this host is us): the first of `address`.
     pub address: IpAddr,
+    /// With `address = [IPv4, IPv6]` (either order): the second, of the other family. Which of the two a pair
+    /// of hosts uses is [`Tunnel::underlay`]'s choice.
+    pub second_address: Option<IpAddr>,
     /// The VM subnets behind the host; the traffic selectors of its Child SAs. Empty for a `subnets =
     /// "libvirt"` host, except for the local host after [`Config::resolve_libvirt`] (its libvirt networks'
     /// subnets) and, in the daemon, for a peer whose Child SA is up (the subnets it negotiated).
@@ -523,8 +528,27 @@ impl Config {
         &self.mesh.hosts[self.local]
     }
 
-    /// Every other host, in file order.
+    /// Every other host we can reach, in file order: those with an underlay address family in common with us
+    /// (see [`Config::unreachable`] for the others).
     pub fn peers(&self) -> impl Iterator<Item = &Host> {
+        let local = self.local();
+        self.mesh
+            .peers(local)
+            .filter(move |p| underlay::pair(local, p).is_ok())
+    }
+
+    /// The other hosts we have no underlay family in common with, and why: no tunnel to them (their subnets
+    /// stay behind the fail-closed routes).
+    pub fn unreachable(&self) -> Vec<NoCommonFamily> {
+        let local = self.local();
+        self.mesh
+            .peers(local)
+            .filter_map(|p| underlay::pair(local, p).err())
+            .collect()
+    }
+
+    /// Every other host, reachable or not (the fail-closed routes cover them all).
+    pub fn all_peers(&self) -> impl Iterator<Item = &Host> {
         self.mesh.peers(self.local())
     }
 
@@ -664,7 +688,7 @@ impl Mesh {
             };
         }
         let ours: Vec<usize> = (0..self.hosts.len())
-            .filter(|&i| local_addrs.contains(&self.hosts[i].address))
+            .filter(|&i| self.hosts[i].addresses().any(|a| local_addrs.contains(&a)))
             .collect();
         match ours[..] {
             [i] => Ok((i, FoundBy::LocalAddress)),
@@ -679,7 +703,7 @@ impl Mesh {
                     hosts: join(
                         self.hosts
                             .iter()
-                            .map(|h| format!("{} {}", h.name, h.address)),
+                            .map(|h| format!("{} {}", h.name, h.addresses_text())),
                     ),
                 },
             )),

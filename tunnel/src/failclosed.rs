@@ -55,8 +55,10 @@ pub enum RouteChange {
 /// lie in). Our own subnets are not in it (they are local), nor are learned subnets: they lie inside a range
 /// that is.
 pub fn plan(config: &Config) -> BTreeSet<Prefix> {
+    // Every other host, also one we have no underlay family in common with: no tunnel to it, and its VMs'
+    // traffic must not leave in clear either.
     config
-        .peers()
+        .all_peers()
         .flat_map(|peer| {
             Tunnel {
                 local: config.local(),

@@ -314,8 +314,7 @@ impl Endpoint {
             || per_addr >= MAX_HALF_OPEN_PER_ADDR
             || valid.raw().len() > MAX_INIT_REQUEST_LEN
             // Counted only here, for a request that passed every check and limit above.
-            || self.sas.values().filter(|sa| sa.config().name == cfg.name).count()
-                >= MAX_IKE_SAS_PER_PEER
+            || self.peer_sa_count(&cfg.name) >= MAX_IKE_SAS_PER_PEER
         {
             self.stats.capped += 1;
             return;
@@ -416,7 +415,7 @@ impl Endpoint {
             self.drop_half_open(spi);
         } else if authenticated {
             if let Some(sa) = self.remove_half_open(spi) {
-                self.sas.insert(spi, sa);
+                self.insert_sa(spi, sa);
             }
         }
     }

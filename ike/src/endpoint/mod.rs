@@ -6,9 +6,11 @@
 //! its delete completes.
 //!
 //! What an unauthenticated IKE_SA_INIT request may cost us (rate limits, cookies, half-open caps) is decided in
-//! `admission.rs`; this file holds the endpoint's state, demultiplexing, timers and event collection.
+//! `admission.rs`; this file holds the endpoint's state, demultiplexing, timers and event collection. What keeps
+//! the cost of one event independent of the number of SAs (timers in deadline order, SAs by peer, the SAs an
+//! event touched) is in `index.rs`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +27,9 @@ use crate::sa::{IkeSa, InitOutcome, SaStatus, State, IKE_PORT};
 use crate::suite;
 
 mod admission;
+mod index;
+#[cfg(test)]
+mod tests;
 
 use admission::{CookieSecrets, Pressure};
 pub use admission::{
@@ -100,6 +105,23 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     /// Peers with more than one established IKE SA, since when (see [`Endpoint::resolve_duplicates`]).
     duplicates: HashMap<String, Instant>,
+    /// The same, by the end of their grace (`since + DUPLICATE_GRACE`).
+    dup_due: BTreeSet<(Instant, String)>,
+    /// Peers whose count of established current SAs changed since the last duplicate check: only they are
+    /// checked.
+    dup_check: HashSet<String>,
+    /// The SAs counted as established and current at their last collect (what a duplicate is made of).
+    counted: HashSet<u64>,
+    /// Every SA's next timer, in deadline order, and the same by SPI (see `index.rs`).
+    timers: BTreeSet<(Instant, u64)>,
+    armed: HashMap<u64, Instant>,
+    /// The SPIs in `sas` of each peer.
+    by_peer: HashMap<String, Vec<u64>>,
+    /// SAs the current call touched, in order (possibly twice), and as a set: collected at its end.
+    dirty: Vec<u64>,
+    dirty_set: HashSet<u64>,
+    /// SAs touched since the last INITIAL_CONTACT check (see [`Endpoint::honour_initial_contact`]).
+    contact_check: HashSet<u64>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -148,6 +170,15 @@ impl Endpoint {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             duplicates: HashMap::new(),
+            dup_due: BTreeSet::new(),
+            dup_check: HashSet::new(),
+            counted: HashSet::new(),
+            timers: BTreeSet::new(),
+            armed: HashMap::new(),
+            by_peer: HashMap::new(),
+            dirty: Vec::new(),
+            dirty_set: HashSet::new(),
+            contact_check: HashSet::new(),
         }
     }
 
@@ -166,7 +197,8 @@ impl Endpoint {
         &self.peers
     }
 
-    /// Replaces the peer list (reload). SAs of peers no longer present are deleted.
+    /// Replaces the peer list (reload). SAs of peers no longer present are deleted. Scans every SA: a reload is
+    /// no per-message event.
     pub fn set_peers(&mut self, now: Instant, peers: Vec<Arc<PeerConfig>>) {
         let gone: Vec<u64> = self
             .sas
@@ -177,6 +209,7 @@ impl Endpoint {
         for k in gone {
             if let Some(sa) = self.sas.get_mut(&k) {
                 sa.delete(now);
+                self.mark(k);
             }
         }
         // Half-open SAs hold the old configuration: let a new request start over with the new one.
@@ -198,7 +231,7 @@ impl Endpoint {
         let cfg = self.peers.iter().find(|p| p.name == peer)?.clone();
         let sa = IkeSa::initiate(cfg, now);
         let spi = sa.local_spi();
-        self.sas.insert(spi, sa);
+        self.insert_sa(spi, sa);
         self.collect();
         Some(spi)
     }
@@ -206,9 +239,10 @@ impl Endpoint {
     /// True if an IKE SA with this peer exists in any state but closed. Half-open responder SAs do not count:
     /// anyone who can send from the peer's address makes one, and it must not keep us from initiating.
     pub fn has_sa(&self, peer: &str) -> bool {
-        self.sas
-            .values()
-            .any(|sa| sa.config().name == peer && sa.state() != State::Closed)
+        self.peer_sas(peer)
+            .iter()
+            .filter_map(|k| self.sas.get(k))
+            .any(|sa| sa.state() != State::Closed)
     }
 
     /// Status of every current SA: (peer name, status). IKE SAs a rekey replaced are left out while their
@@ -238,17 +272,29 @@ impl Endpoint {
     }
 
     /// Asks for the Child SA with inbound SPI `spi_in` to be rekeyed now (see [`IkeSa::rekey_child_now`]);
-    /// false if no IKE SA holds it.
+    /// false if no IKE SA holds it. Scans the SAs for the Child SA: asked once per Child SA whose sequence
+    /// numbers run low, never per message.
     pub fn rekey_child_now(&mut self, now: Instant, spi_in: u32) -> bool {
-        self.sas
-            .values_mut()
-            .any(|sa| sa.rekey_child_now(now, spi_in))
+        let found = self
+            .sas
+            .iter_mut()
+            .find_map(|(k, sa)| sa.rekey_child_now(now, spi_in).then_some(*k));
+        match found {
+            Some(k) => {
+                self.mark(k);
+                self.collect();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Deletes every IKE SA (shutdown).
     pub fn delete_all(&mut self, now: Instant) {
-        for sa in self.sas.values_mut() {
+        for (k, sa) in self.sas.iter_mut() {
             sa.delete(now);
+            self.dirty.push(*k);
+            self.dirty_set.insert(*k);
         }
         let half_open: Vec<u64> = self.half_open.keys().copied().collect();
         for k in half_open {
@@ -259,8 +305,11 @@ impl Endpoint {
 
     /// Deletes the IKE SAs with one peer.
     pub fn delete_peer(&mut self, now: Instant, peer: &str) {
-        for sa in self.sas.values_mut().filter(|sa| sa.config().name == peer) {
-            sa.delete(now);
+        for k in self.peer_sas(peer).to_vec() {
+            if let Some(sa) = self.sas.get_mut(&k) {
+                sa.delete(now);
+                self.mark(k);
+            }
         }
         let half_open: Vec<u64> = self
             .half_open
@@ -293,8 +342,10 @@ impl Endpoint {
             self.note_other_established(ours);
             if let Some(sa) = self.sas.get_mut(&ours) {
                 sa.handle(now, data, from, local_port);
+                self.mark(ours);
             } else if let Some(sa) = self.half_open.get_mut(&ours) {
                 sa.handle(now, data, from, local_port);
+                // Authenticated, it is filed (and marked) among the SAs.
                 self.settle_half_open(ours);
                 if !self.sas.contains_key(&ours) {
                     // Still half-open or gone: nothing else changed.
@@ -317,7 +368,7 @@ impl Endpoint {
 
     /// Before an initiator in IKE_SA_INIT handles a datagram (its response, which sends IKE_AUTH): tells it
     /// whether another IKE SA with the peer is established, which its IKE_AUTH must then not deny by claiming
-    /// INITIAL_CONTACT (RFC 7296 2.4). Scans the SAs once or twice per IKE SA we initiate, never for others.
+    /// INITIAL_CONTACT (RFC 7296 2.4). Looks at the peer's SAs only, once or twice per IKE SA we initiate.
     fn note_other_established(&mut self, spi: u64) {
         let Some(name) = self
             .sas
@@ -327,11 +378,12 @@ impl Endpoint {
         else {
             return;
         };
-        let other = self.sas.iter().any(|(k, sa)| {
+        let other = self.peer_sas(&name).iter().any(|k| {
             *k != spi
-                && sa.config().name == name
-                && sa.state() == State::Established
-                && !sa.is_superseded()
+                && self
+                    .sas
+                    .get(k)
+                    .is_some_and(|sa| sa.state() == State::Established && !sa.is_superseded())
         });
         if let Some(sa) = self.sas.get_mut(&spi) {
             sa.set_other_established(other);
@@ -345,51 +397,58 @@ impl Endpoint {
     /// Only SAs established before the new one began are closed: when both ends initiate at once, each
     /// IKE_AUTH carries INITIAL_CONTACT, and neither SA was established when the other began, so both stay and
     /// [`Endpoint::resolve_duplicates`] keeps one.
+    ///
+    /// Only the SAs touched since the last check can carry the flag, and only the peer's SAs are closed.
     fn honour_initial_contact(&mut self, now: Instant) {
         let mut fresh = Vec::new();
-        for (k, sa) in self.sas.iter_mut() {
-            if sa.take_initial_contact() {
-                fresh.push((*k, sa.config().name.clone(), sa.created_at()));
+        for k in self.contact_check.drain() {
+            if let Some(sa) = self.sas.get_mut(&k) {
+                if sa.take_initial_contact() {
+                    fresh.push((k, sa.config().name.clone(), sa.created_at()));
+                }
             }
         }
         if fresh.is_empty() {
             return;
         }
         for (key, peer, began) in fresh {
-            for (k, sa) in self.sas.iter_mut() {
+            for k in self.peer_sas(&peer).to_vec() {
+                let Some(sa) = self.sas.get_mut(&k) else {
+                    continue;
+                };
                 //= https://www.rfc-editor.org/rfc/rfc7296#section-2.4
                 //# the receiver MAY delete other SAs it has for the same authenticated identity without waiting
                 //# for a timeout.
-                if *k != key
-                    && sa.config().name == peer
+                if k != key
                     && sa.state() == State::Established
                     && !sa.is_superseded()
                     && sa.established_at().is_some_and(|t| t < began)
                 {
                     sa.forget(now, Reason::PeerRestarted);
+                    self.mark(k);
                 }
             }
         }
         self.collect();
     }
 
-    /// When [`Endpoint::handle_timeout`] must run next.
+    /// When [`Endpoint::handle_timeout`] must run next: the first of three ordered sets, whatever the number
+    /// of SAs.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let dup = self.duplicates.values().map(|t| *t + DUPLICATE_GRACE);
+        let sas = self.timers.first().map(|(t, _)| *t);
+        let dup = self.dup_due.first().map(|(t, _)| *t);
         let half_open = self.half_open_expiry.front().map(|(t, _)| *t);
-        self.sas
-            .values()
-            .filter_map(IkeSa::poll_timeout)
-            .chain(dup)
-            .chain(half_open)
-            .min()
+        [sas, dup, half_open].into_iter().flatten().min()
     }
 
-    /// Runs every SA's timers that are due.
+    /// Runs the timers that are due, of the SAs whose timer is due only.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for sa in self.sas.values_mut() {
-            if sa.poll_timeout().is_some_and(|t| t <= now) {
-                sa.handle_timeout(now);
+        for k in self.take_due(now) {
+            if let Some(sa) = self.sas.get_mut(&k) {
+                if sa.poll_timeout().is_some_and(|t| t <= now) {
+                    sa.handle_timeout(now);
+                }
+                self.mark(k);
             }
         }
         // Half-open SAs expire oldest first; only the expired ones are looked at.
@@ -418,29 +477,35 @@ impl Endpoint {
     ///
     /// Why not act on INITIAL_CONTACT instead: when two IKE_AUTH exchanges cross, each carries it, and
     /// honouring both would delete both SAs.
+    ///
+    /// Only the peers whose SAs changed since the last call, and those whose grace ended, are looked at.
     fn resolve_duplicates(&mut self, now: Instant) {
-        let mut by_peer: HashMap<&str, Vec<u64>> = HashMap::new();
-        for (k, sa) in &self.sas {
-            if sa.state() == State::Established && !sa.is_superseded() {
-                by_peer.entry(&sa.config().name).or_default().push(*k);
-            }
-        }
-        let dup_peers: Vec<String> = by_peer
-            .iter()
-            .filter(|(_, k)| k.len() > 1)
-            .map(|(p, _)| (*p).to_owned())
-            .collect();
-        self.duplicates.retain(|p, _| dup_peers.contains(p));
+        let mut peers: Vec<String> = self.dup_check.drain().collect();
+        peers.extend(self.due_duplicates(now));
+        peers.sort_unstable();
+        peers.dedup();
         let mut delete = Vec::new();
         let mut confirm = Vec::new();
-        for peer in dup_peers {
-            let since = *self.duplicates.entry(peer.clone()).or_insert(now);
+        let mut resolved = Vec::new();
+        for peer in peers {
+            let keys: Vec<u64> = self
+                .peer_sas(&peer)
+                .iter()
+                .copied()
+                .filter(|k| {
+                    self.sas
+                        .get(k)
+                        .is_some_and(|sa| sa.state() == State::Established && !sa.is_superseded())
+                })
+                .collect();
+            if keys.len() < 2 {
+                self.clear_duplicate(&peer);
+                continue;
+            }
+            let since = self.note_duplicate(&peer, now);
             if now < since + DUPLICATE_GRACE {
                 continue;
             }
-            let Some(keys) = by_peer.get(peer.as_str()) else {
-                continue;
-            };
             let rank = |k: &u64| {
                 self.sas.get(k).map(|sa| {
                     let cfg = sa.config();
@@ -470,22 +535,30 @@ impl Endpoint {
                 continue;
             }
             delete.extend(ours);
-            self.duplicates.remove(&peer);
+            self.clear_duplicate(&peer);
+            // Looked at again at the next call, as any peer still holding duplicates (the other end may have
+            // to delete them): noted afresh then, with a new grace.
+            resolved.push(peer);
         }
         for (k, peer) in &confirm {
             if let Some(sa) = self.sas.get_mut(k) {
                 sa.confirm_peer(now);
+                self.mark(*k);
             }
-            self.duplicates.insert(peer.clone(), now);
+            // Checked again after a new grace (or at once when the answer changes the peer's SAs).
+            self.clear_duplicate(peer);
+            self.note_duplicate(peer, now);
         }
         for k in &delete {
             if let Some(sa) = self.sas.get_mut(k) {
                 sa.delete(now);
+                self.mark(*k);
             }
         }
         if !delete.is_empty() || !confirm.is_empty() {
             self.collect();
         }
+        self.dup_check.extend(resolved);
     }
 
     /// The next datagram to send.
@@ -498,14 +571,22 @@ impl Endpoint {
         self.events.pop_front()
     }
 
+    /// Takes what the SAs touched by the current call queued, files the IKE SAs a rekey created, hands Child
+    /// SAs over, then files each touched SA's next timer again and forgets the closed ones. SAs nobody touched
+    /// are not looked at (see `index.rs`).
     fn collect(&mut self) {
         // A rekey creates IKE SAs (filed under their own SPI, while the old one stays reachable until its delete
         // completes) and may move Child SAs between them; the new ones can have queued messages of their own.
+        let mut next = 0;
         loop {
             let mut spawned = Vec::new();
             let mut handoffs = Vec::new();
             let mut doomed = Vec::new();
-            for sa in self.sas.values_mut() {
+            while let Some(k) = self.dirty.get(next).copied() {
+                next += 1;
+                let Some(sa) = self.sas.get_mut(&k) else {
+                    continue;
+                };
                 spawned.extend(sa.take_spawned());
                 handoffs.extend(sa.take_handoff());
                 doomed.extend(sa.take_doomed());
@@ -520,27 +601,49 @@ impl Endpoint {
                 break;
             }
             for sa in spawned {
-                self.sas.insert(sa.local_spi(), sa);
+                self.insert_sa(sa.local_spi(), sa);
             }
             for (spi, children) in handoffs {
                 if let Some(sa) = self.sas.get_mut(&spi) {
                     sa.adopt(children);
+                    self.mark(spi);
                 }
             }
             for (spi, when) in doomed {
                 if let Some(sa) = self.sas.get_mut(&spi) {
                     sa.mark_redundant(when);
+                    self.mark(spi);
                 }
             }
         }
-        let closed: Vec<u64> = self
-            .sas
-            .iter()
-            .filter(|(_, sa)| sa.state() == State::Closed)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in closed {
-            self.sas.remove(&k);
+        // Taken and given back, so that its allocation is reused by the next call.
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for k in dirty.drain(..) {
+            if !self.dirty_set.remove(&k) {
+                continue; // listed twice
+            }
+            let Some(sa) = self.sas.get(&k) else {
+                continue;
+            };
+            if sa.state() == State::Closed {
+                self.remove_sa(k);
+            } else {
+                // A peer's duplicate state changes only when one of its SAs starts or stops counting.
+                let counts = sa.state() == State::Established && !sa.is_superseded();
+                if counts != self.counted.contains(&k) {
+                    if !self.dup_check.contains(&sa.config().name) {
+                        self.dup_check.insert(sa.config().name.clone());
+                    }
+                    if counts {
+                        self.counted.insert(k);
+                    } else {
+                        self.counted.remove(&k);
+                    }
+                }
+                self.contact_check.insert(k);
+                self.rearm(k);
+            }
         }
+        self.dirty = dirty;
     }
 }

@@ -51,13 +51,15 @@ pub(crate) fn render_check(
     let _ = writeln!(o, "{}: valid", config.mesh.file.display());
     let found = match config.found_by {
         FoundBy::Name => "chosen with --host".to_owned(),
-        FoundBy::LocalAddress => format!("found by local address {}", me.address),
+        FoundBy::LocalAddress => format!("found by local address {}", me.addresses_text()),
     };
     let _ = writeln!(o, "this host: {} ({found})", me.name);
     let _ = writeln!(
         o,
         "  address {}, IKE port {}, identity {}",
-        me.address, me.port, me.id
+        me.addresses_text(),
+        me.port,
+        me.id
     );
     match libvirt {
         Some(found) => {
@@ -106,7 +108,11 @@ pub(crate) fn render_check(
         let _ = writeln!(
             o,
             "  {} <-> {} at {} port {}, identity {}",
-            me.name, p.name, p.address, p.port, p.id
+            me.name,
+            p.name,
+            t.underlay().map_or(p.address, |(_, remote)| remote),
+            p.port,
+            p.id
         );
         if p.libvirt.is_some() {
             let _ = writeln!(
@@ -167,6 +173,9 @@ pub(crate) fn render_check(
                 vmsecd::failclosed::METRIC
             );
         }
+    }
+    for e in config.unreachable() {
+        let _ = writeln!(o, "refused: {e}");
     }
     if let Some(w) = config.mesh.trust_warning() {
         let _ = writeln!(o, "warning: {w}");

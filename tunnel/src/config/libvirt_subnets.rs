@@ -99,10 +99,15 @@ impl Config {
                         ))));
                     }
                 }
-                if let Some(h) = self.mesh.hosts.iter().find(|h| s.contains(h.address)) {
+                if let Some((h, a)) = self
+                    .mesh
+                    .hosts
+                    .iter()
+                    .find_map(|h| h.addresses().find(|&a| s.contains(a)).map(|a| (h, a)))
+                {
                     return Err(err(ErrorKind::Libvirt(format!(
-                        "libvirt network {net}'s subnet {s} holds {}'s address {}: the route for it would send IKE and ESP into the tunnel; renumber the network (virsh net-edit {net})",
-                        h.name, h.address
+                        "libvirt network {net}'s subnet {s} holds {}'s address {a}: the route for it would send IKE and ESP into the tunnel; renumber the network (virsh net-edit {net})",
+                        h.name
                     ))));
                 }
                 subnets.push(*s);

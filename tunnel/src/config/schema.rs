@@ -62,7 +62,7 @@ pub(super) struct MeshSection {
 #[serde(deny_unknown_fields)]
 pub(super) struct HostSection {
     pub(super) name: Option<S<String>>,
-    pub(super) address: Option<S<String>>,
+    pub(super) address: Option<S<Addresses>>,
     pub(super) subnets: Option<S<Subnets>>,
     pub(super) libvirt_networks: Option<S<Vec<S<String>>>>,
     pub(super) libvirt_range: Option<S<Vec<S<String>>>>,
@@ -101,6 +101,41 @@ impl<'de> Deserialize<'de> for Subnets {
                     list.push(x);
                 }
                 Ok(Subnets::List(list))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `address`: one underlay address, or a list of an IPv4 and an IPv6 one (dual stack).
+#[derive(Debug)]
+pub(super) enum Addresses {
+    One(String),
+    List(Vec<S<String>>),
+}
+
+impl<'de> Deserialize<'de> for Addresses {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Addresses, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Addresses;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "an address such as \"198.18.0.1\", or an IPv4 and an IPv6 one: [\"198.18.0.1\", \"2001:db8::1\"]",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Addresses, E> {
+                Ok(Addresses::One(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Addresses, A::Error> {
+                let mut list = Vec::new();
+                while let Some(x) = seq.next_element::<S<String>>()? {
+                    list.push(x);
+                }
+                Ok(Addresses::List(list))
             }
         }
         d.deserialize_any(V)

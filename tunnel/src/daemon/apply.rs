@@ -160,19 +160,3 @@ impl Daemon {
         changes
     }
 }
-
-impl Daemon {
-    /// Puts back the routes into the TUN the kernel dropped (see [`crate::route::Routes::repair`]), saying so.
-    pub(super) fn repair_routes(&mut self) {
-        match self.routes.repair() {
-            Ok(back) if !back.is_empty() => tracing::warn!(
-                "routes into {} were gone and are put back: {} (the kernel drops a route when its source \
-                 address goes, e.g. at `virsh net-destroy`, or they were flushed by hand)",
-                self.cp.config().settings().interface,
-                back.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("checking the routes into the TUN: {e}"),
-        }
-    }
-}

@@ -23,6 +23,20 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     /// Datapath drops that belong to no SA.
     pub drops: GlobalDrops,
+    /// How raw ESP left: through the AF_PACKET transmit ring or the raw socket (README "Raw ESP and the
+    /// transmit ring").
+    #[serde(default)]
+    pub raw_esp_out: RawEspOut,
+}
+
+/// Raw ESP packets sent, by path, since the daemon started.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct RawEspOut {
+    /// Through the transmit ring.
+    pub ring: u64,
+    /// Through the raw socket (next hop unresolved, over the MTU, ring full, one batch per peer and second,
+    /// or `VMSECD_RAW_TX=socket`).
+    pub socket: u64,
 }
 
 /// One peer.

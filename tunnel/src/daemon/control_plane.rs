@@ -66,6 +66,9 @@ pub(super) struct ControlPlane {
     schedule: Schedule,
     /// Subnets learned from the Child SAs of `subnets = "libvirt"` peers.
     learned: Learned,
+    /// The names of those peers in `config`: a Child SA event of any other peer is no business of `learned`,
+    /// found out without a walk over every host of the file.
+    libvirt_peers: HashSet<String>,
     /// The outbound SPIs whose early rekey was already asked for.
     rekey_asked: HashSet<u32>,
     /// Rate limits of the log lines that carry what unauthenticated senders chose.
@@ -81,12 +84,14 @@ impl ControlPlane {
     /// The control plane of the local host of `config`, with every peer's first initiation scheduled.
     pub(super) fn new(config: Config, now: Instant) -> ControlPlane {
         let mut schedule = Schedule::default();
-        let local = config.local().address;
         for p in config.peers() {
-            schedule.add(&p.name, local, p.address, now);
+            if let Ok((local, remote)) = crate::config::underlay_pair(config.local(), p) {
+                schedule.add(&p.name, local, remote, now);
+            }
         }
         ControlPlane {
             endpoint: Endpoint::new(peers::peer_configs(&config)),
+            libvirt_peers: libvirt_peers(&config),
             config,
             schedule,
             learned: Learned::default(),
@@ -226,14 +231,16 @@ impl ControlPlane {
         for n in &plan.remove {
             self.schedule.remove(n);
         }
-        let local = new.local().address;
         for p in new.peers().filter(|p| plan.add.contains(&p.name)) {
-            self.schedule.add(&p.name, local, p.address, now);
+            if let Ok((local, remote)) = crate::config::underlay_pair(new.local(), p) {
+                self.schedule.add(&p.name, local, remote, now);
+            }
         }
         // Subnets learned from the Child SAs of `subnets = "libvirt"` peers stay while their tunnel does.
         for n in plan.remove.iter().chain(&plan.change) {
             self.learned.drop_peer(n);
         }
+        self.libvirt_peers = libvirt_peers(&new);
         self.config = new;
     }
 
@@ -246,6 +253,9 @@ impl ControlPlane {
     /// Learns the subnets of a new Child SA of a `subnets = "libvirt"` peer (see `learned.rs`): false, with the
     /// peer's IKE SA deleted (it is tried again later), if they are refused; the caller then installs nothing.
     fn learn(&mut self, c: &ChildSaInfo, now: Instant, actions: &mut Vec<Action>) -> bool {
+        if !self.libvirt_peers.contains(&c.peer) {
+            return true;
+        }
         match self
             .learned
             .learn(&self.config, c, now, &mut self.logs.learned_refused)
@@ -384,6 +394,15 @@ impl ControlPlane {
         }
         actions
     }
+}
+
+/// The peers of `config` with `subnets = "libvirt"`.
+fn libvirt_peers(config: &Config) -> HashSet<String> {
+    config
+        .peers()
+        .filter(|p| p.libvirt.is_some())
+        .map(|p| p.name.clone())
+        .collect()
 }
 
 fn ts(t: &[ike::message::TrafficSelector]) -> String {

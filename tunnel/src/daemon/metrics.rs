@@ -61,6 +61,13 @@ struct PeerStateLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerAddressLabel {
+    peer: String,
+    address: String,
+    family: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerReasonLabel {
     peer: String,
     reason: &'static str,
@@ -69,6 +76,11 @@ struct PeerReasonLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabel {
+    path: &'static str,
 }
 
 fn counter(v: u64) -> Counter {
@@ -99,7 +111,19 @@ pub(crate) fn render(s: &Snapshot, ev: &EventCounters) -> String {
     let [in_b, out_b, in_p, out_p] =
         std::array::from_fn(|_| Family::<PeerLabel, Counter>::default());
     let peer_drops = Family::<PeerReasonLabel, Counter>::default();
+    let underlay = Family::<PeerAddressLabel, Gauge>::default();
     for p in &s.status.peers {
+        underlay
+            .get_or_create(&PeerAddressLabel {
+                peer: p.name.clone(),
+                address: p.address.clone(),
+                family: if p.address.contains(':') {
+                    "ipv6"
+                } else {
+                    "ipv4"
+                },
+            })
+            .set(1);
         let l = PeerLabel {
             peer: p.name.clone(),
         };
@@ -151,6 +175,11 @@ pub(crate) fn render(s: &Snapshot, ev: &EventCounters) -> String {
         state,
     );
     reg.register("peer_up", "1 while the peer's IKE SA is established", up);
+    reg.register(
+        "peer_underlay",
+        "1, labelled with the underlay address the peer is reached at and its family (a dual-stack pair uses one)",
+        underlay,
+    );
     reg.register("peer_child_sas", "Child SAs with the peer", children);
     let traffic = "of inner packets through the peer's current Child SAs (a rekeyed SA starts at 0: a counter reset)";
     reg.register_with_unit(
@@ -200,6 +229,17 @@ pub(crate) fn render(s: &Snapshot, ev: &EventCounters) -> String {
          no_route (no peer owns the address), policy (outside the SA's selectors), encap_failed, recv_error \
          (socket receive errors survived), tun_error",
         drops,
+    );
+    let raw = Family::<PathLabel, Counter>::default();
+    let r = &s.status.raw_esp_out;
+    for (path, v) in [("ring", r.ring), ("socket", r.socket)] {
+        raw.get_or_create(&PathLabel { path }).inc_by(v);
+    }
+    reg.register(
+        "raw_esp_out_packets",
+        "Raw ESP (IP protocol 50) packets sent, by path: ring (the AF_PACKET transmit ring) or socket (the raw \
+         socket: next hop unresolved, over the MTU, ring full, one batch per peer and second)",
+        raw,
     );
     let init = Family::<ReasonLabel, Counter>::default();
     for (reason, v) in [
@@ -260,7 +300,9 @@ pub(crate) fn render(s: &Snapshot, ev: &EventCounters) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::control::{ChildStatus, GlobalDrops, PeerStatus, SaDrops, Traffic};
+    use crate::daemon::control::{
+        ChildStatus, GlobalDrops, PeerStatus, RawEspOut, SaDrops, Traffic,
+    };
 
     fn snapshot() -> Snapshot {
         let child = |bytes| ChildStatus {
@@ -305,6 +347,10 @@ mod tests {
                     no_sa_out: 7,
                     ..GlobalDrops::default()
                 },
+                raw_esp_out: RawEspOut {
+                    ring: 90,
+                    socket: 10,
+                },
             },
             ike: ike::endpoint::Stats::default(),
             half_open: 2,
@@ -324,12 +370,15 @@ mod tests {
             r#"vmsecd_peer_state{host="h1",peer="h2",state="established"} 1"#,
             r#"vmsecd_peer_state{host="h1",peer="h3",state="down"} 1"#,
             r#"vmsecd_peer_up{host="h1",peer="h2"} 1"#,
+            r#"vmsecd_peer_underlay{host="h1",peer="h2",address="198.18.0.2",family="ipv4"} 1"#,
             r#"vmsecd_peer_in_bytes_total{host="h1",peer="h2"} 1000"#,
             r#"vmsecd_peer_in_bytes_total{host="h1",peer="h3"} 0"#,
             r#"vmsecd_peer_out_bytes_total{host="h1",peer="h2"} 800"#,
             r#"vmsecd_peer_in_packets_total{host="h1",peer="h2"} 6"#,
             r#"vmsecd_peer_drops_total{host="h1",peer="h2",reason="replay"} 2"#,
             r#"vmsecd_drops_total{host="h1",reason="no_sa_out"} 7"#,
+            r#"vmsecd_raw_esp_out_packets_total{host="h1",path="ring"} 90"#,
+            r#"vmsecd_raw_esp_out_packets_total{host="h1",path="socket"} 10"#,
             r#"vmsecd_ike_half_open_sas{host="h1"} 2"#,
             r#"vmsecd_ike_cookies_demanded{host="h1"} 1"#,
             r#"vmsecd_ike_handshake_duration_seconds_count{host="h1"} 1"#,

@@ -252,6 +252,7 @@ mod tests {
                             host: "h1".into(),
                             peers: vec![],
                             drops: Default::default(),
+                            raw_esp_out: Default::default(),
                         },
                         ike: Default::default(),
                         half_open: 0,

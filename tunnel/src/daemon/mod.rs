@@ -16,6 +16,7 @@ mod batch;
 pub mod control;
 mod control_plane;
 mod datapath;
+mod dualstack;
 #[doc(hidden)]
 pub mod fuzz_api;
 mod learned;
@@ -24,13 +25,14 @@ mod metrics;
 mod metrics_http;
 mod offload;
 mod peers;
+mod rawtx;
 mod reload;
 mod reload_plan;
+mod route_repair;
 mod rx;
 mod schedule;
 mod setup;
 mod sockets;
-mod spin;
 mod status;
 mod timing;
 mod tx;
@@ -89,6 +91,8 @@ struct Daemon {
     cp: ControlPlane,
     datapath: Datapath,
     routes: Routes,
+    /// Whether putting back the routes into the TUN is failing, so that it is not logged every second.
+    route_repairs: route_repair::FailureLog,
     /// Unreachable routes behind the TUN routes, kept after a crash (see [`crate::failclosed`]).
     failclosed: crate::failclosed::FailClosed,
     tun: AsyncQueue,
@@ -98,6 +102,8 @@ struct Daemon {
     udp500: UdpSocket,
     udp4500: UdpSocket,
     raw: sockets::RawEsp,
+    /// A dual-stack host's sockets on its other family's address (`address = [IPv4, IPv6]`).
+    second: Option<sockets::Second>,
     /// The control socket, until `run` hands it to the tasks that serve it (`control::serve`).
     control: Option<tokio::net::UnixListener>,
     /// The metrics listener (`mesh.metrics`), until `run` hands it to the tasks that serve it.
@@ -126,8 +132,6 @@ struct Daemon {
     /// With `auth = "pubkey"`: each member from etcd as first seen, whose key it keeps while its entry exists
     /// (see `membership::merge::merge`).
     member_pins: crate::membership::merge::Pins,
-    /// Keeps a core awake for a moment after each burst of packets (see `spin.rs`).
-    spinner: spin::Spinner,
 }
 
 /// Resolves when the membership from etcd changed; never without etcd. False when the task is gone.
@@ -199,14 +203,12 @@ impl Daemon {
                 // A read error is counted and survived; only a closed descriptor ends the daemon (review item 10).
                 r = self.tun.read_vnet(bufs.tx.read_buf()) => match r {
                     Ok(n) => {
-                        self.spinner.touch();
                         self.on_tun_readable(bufs, n)?;
                     }
                     Err(e) => self.tx.survive_read_error(e)?,
                 },
                 r = self.udp4500.readable() => {
                     r?;
-                    self.spinner.touch();
                     self.on_udp4500_readable(bufs)?;
                 }
                 r = self.udp500.recv_from(udp500_buf) => match r {
@@ -217,8 +219,19 @@ impl Daemon {
                 },
                 r = self.raw.readable() => {
                     r?;
-                    self.spinner.touch();
                     self.on_raw_readable(bufs)?;
+                }
+                r = sockets::second_readable(&self.second, |s| &s.udp4500) => {
+                    r?;
+                    self.on_second_udp4500_readable(bufs)?;
+                }
+                r = sockets::second_readable(&self.second, |s| &s.udp500) => {
+                    r?;
+                    self.on_second_udp500_readable(udp500_buf)?;
+                }
+                r = sockets::second_raw_readable(&self.second) => {
+                    r?;
+                    self.on_second_raw_readable(bufs)?;
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     let now = Instant::now();
@@ -227,12 +240,15 @@ impl Daemon {
                 }
                 Some(req) = requests.recv() => {
                     let body = match req.what.as_str() {
-                        "status" => serde_json::to_string(&status::status(
-                            &self.cp,
-                            &self.datapath,
-                            self.recv_errors,
-                            self.tx.tun_errors(),
-                        ))?,
+                        "status" => serde_json::to_string(&control::Status {
+                            raw_esp_out: self.tx.raw_esp_out(),
+                            ..status::status(
+                                &self.cp,
+                                &self.datapath,
+                                self.recv_errors,
+                                self.tx.tun_errors(),
+                            )
+                        })?,
                         "reload" => self.reload_answer(Instant::now()),
                         _ => r#"{"error":"unknown request"}"#.to_owned(),
                     };
@@ -271,12 +287,15 @@ impl Daemon {
     fn metrics_snapshot(&self) -> metrics::Snapshot {
         let ep = self.cp.endpoint();
         metrics::Snapshot {
-            status: status::status(
-                &self.cp,
-                &self.datapath,
-                self.recv_errors,
-                self.tx.tun_errors(),
-            ),
+            status: control::Status {
+                raw_esp_out: self.tx.raw_esp_out(),
+                ..status::status(
+                    &self.cp,
+                    &self.datapath,
+                    self.recv_errors,
+                    self.tx.tun_errors(),
+                )
+            },
             ike: ep.stats(),
             half_open: ep.half_open_count(),
             demanding_cookies: ep.demanding_cookies(Instant::now()),
@@ -295,10 +314,16 @@ impl Daemon {
     }
 
     async fn send_ike(&mut self, t: &Transmit) {
-        let sock = if t.local_port == ike::sa::NAT_T_PORT {
-            &self.udp4500
-        } else {
-            &self.udp500
+        // A dual-stack host sends to a peer from the address of that peer's family.
+        let second = self
+            .second
+            .as_ref()
+            .filter(|s| s.is_ipv6() == t.remote.is_ipv6());
+        let sock = match (second, t.local_port == ike::sa::NAT_T_PORT) {
+            (Some(s), true) => &s.udp4500,
+            (Some(s), false) => &s.udp500,
+            (None, true) => &self.udp4500,
+            (None, false) => &self.udp500,
         };
         if let Err(e) = sock.send_to(&t.data, t.remote).await {
             // The address may be anyone's that sent us an IKE_SA_INIT.
@@ -346,6 +371,13 @@ impl Daemon {
                     if let UdpPayload::Ike { offset } = framing::classify_udp(&buf2[..len]) {
                         self.cp.handle(Instant::now(), &buf2[offset..len], from, ike::sa::NAT_T_PORT);
                     }
+                },
+                // A dual-stack host: the other family's IKE (its ESP can wait, the SAs are going).
+                r = sockets::second_readable(&self.second, |s| &s.udp500) => if r.is_ok() {
+                    let _ = self.on_second_udp500_readable(&mut buf);
+                },
+                r = sockets::second_readable(&self.second, |s| &s.udp4500) => if r.is_ok() {
+                    self.drain_second_ike_4500(&mut buf2);
                 },
                 _ = tokio::time::sleep_until(end) => break,
             }

@@ -29,7 +29,9 @@ pub(crate) fn peer_configs(config: &Config) -> Vec<Arc<PeerConfig>> {
     };
     config
         .peers()
-        .map(|peer| {
+        .filter_map(|peer| {
+            // Config::peers gives only the peers we share an underlay family with.
+            let (local_addr, remote_addr) = crate::config::underlay_pair(local, peer).ok()?;
             let auth = match (&psk, &config.mesh.auth) {
                 (Some(psk), _) => psk.clone(),
                 (None, Auth::PubKey(pk)) => AuthMethod::PubKey {
@@ -48,10 +50,10 @@ pub(crate) fn peer_configs(config: &Config) -> Vec<Arc<PeerConfig>> {
                 },
                 (None, Auth::Psk(_)) => unreachable!("handled above"),
             };
-            Arc::new(PeerConfig {
+            Some(Arc::new(PeerConfig {
                 name: peer.name.clone(),
-                local_addr: local.address,
-                remote_addr: peer.address,
+                local_addr,
+                remote_addr,
                 remote_port: peer.port,
                 local_id: local.id.to_id(),
                 remote_id: peer.id.to_id(),
@@ -81,7 +83,7 @@ pub(crate) fn peer_configs(config: &Config) -> Vec<Arc<PeerConfig>> {
                 },
                 replay_window: s.replay_window,
                 fragment_size: s.ike_fragment_size,
-            })
+            }))
         })
         .collect()
 }

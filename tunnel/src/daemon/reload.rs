@@ -94,7 +94,9 @@ impl Daemon {
                 })?;
         let old = config.settings();
         let mut changes = Changes::new();
-        if new.local().address != config.local().address {
+        if new.local().address != config.local().address
+            || new.local().second_address != config.local().second_address
+        {
             return Err(ReloadError::AddressChanged {
                 file,
                 me,
@@ -149,6 +151,21 @@ impl Daemon {
         let plan = plan(self.cp.endpoint().peers(), peers::peer_configs(&new));
         changes.extend(plan.describe().into_iter().map(Change::Done));
         let local_changed = new.local().subnets != self.cp.config().local().subnets;
+        // Hosts newly in the mesh that we share no underlay family with: no tunnel, said once.
+        let before: Vec<String> = self
+            .cp
+            .config()
+            .unreachable()
+            .into_iter()
+            .map(|e| e.peer)
+            .collect();
+        for e in new
+            .unreachable()
+            .into_iter()
+            .filter(|e| !before.contains(&e.peer))
+        {
+            changes.push(Change::Failed(format!("FAILED: {e}")));
+        }
         self.cp.reload(now, new, &plan);
         let running = self.cp.running();
         changes.extend(

@@ -78,9 +78,19 @@ impl Daemon {
     /// UDP 4500 is readable: receive GRO batches until none is queued (or BATCH of them), decrypt in place,
     /// write the inner packets to the TUN, merged where they continue one TCP flow.
     pub(super) fn on_udp4500_readable(&mut self, bufs: &mut Buffers) -> anyhow::Result<()> {
+        self.udp4500_batch(bufs, false)
+    }
+
+    /// [`Daemon::on_udp4500_readable`] on the first address's socket, or on the second's (`second`, a
+    /// dual-stack host's other family).
+    pub(super) fn udp4500_batch(&mut self, bufs: &mut Buffers, second: bool) -> anyhow::Result<()> {
         let mut merge = offload::Coalescer::new(&mut bufs.coalesce);
         for _ in 0..BATCH {
-            match sockets::recv_gro(&self.udp4500, &mut bufs.udp) {
+            let sock = match (&self.second, second) {
+                (Some(s), true) => &s.udp4500,
+                _ => &self.udp4500,
+            };
+            match sockets::recv_gro(sock, &mut bufs.udp) {
                 Ok((len, from, seg)) => {
                     let Some(data) = bufs.udp.get_mut(..len) else {
                         continue;
@@ -110,17 +120,27 @@ impl Daemon {
     /// The raw ESP socket is readable: recvmmsg, up to 64 datagrams per call, decrypted in place and merged
     /// for the TUN as for UDP.
     pub(super) fn on_raw_readable(&mut self, bufs: &mut Buffers) -> anyhow::Result<()> {
+        self.raw_batch(bufs, false)
+    }
+
+    /// [`Daemon::on_raw_readable`] on the first address's socket, or on the second's (`second`).
+    pub(super) fn raw_batch(&mut self, bufs: &mut Buffers, second: bool) -> anyhow::Result<()> {
         let mut merge = offload::Coalescer::new(&mut bufs.coalesce);
         let mut all_lens = [0usize; sockets::MMSG_MAX];
         let slot = bufs.raw_slot;
         let slots = (bufs.raw.len() / slot).clamp(1, sockets::MMSG_MAX);
         let (lens, _) = all_lens.split_at_mut(slots);
         for _ in 0..BATCH {
-            match self.raw.try_recv_many(&mut bufs.raw, slot, lens) {
+            let sock = match (&self.second, second) {
+                (Some(s), true) => &s.raw,
+                _ => &self.raw,
+            };
+            let family = sock.family();
+            match sock.try_recv_many(&mut bufs.raw, slot, lens) {
                 Ok(n) => {
                     for (d, &len) in bufs.raw.chunks_mut(slot).zip(lens.iter()).take(n) {
                         if let Some(d) = d.get_mut(..len) {
-                            self.on_raw(d, &mut merge);
+                            self.on_raw(d, family, &mut merge);
                         }
                     }
                     if n < slots {
@@ -178,8 +198,13 @@ impl Daemon {
         }
     }
 
-    fn on_raw(&mut self, data: &mut [u8], merge: &mut offload::Coalescer<'_>) {
-        let Some((offset, end)) = framing::raw_esp_span(data, self.raw.family()) else {
+    fn on_raw(
+        &mut self,
+        data: &mut [u8],
+        family: framing::RawFamily,
+        merge: &mut offload::Coalescer<'_>,
+    ) {
+        let Some((offset, end)) = framing::raw_esp_span(data, family) else {
             return;
         };
         let mut pkt = PacketBuf::new(data, offset, end);

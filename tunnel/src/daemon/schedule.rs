@@ -1,7 +1,10 @@
 //! When to (re)initiate an IKE SA towards each peer: the first attempt (the lower address at once, the other
 //! after [`FOLLOWER_DELAY`]) and the back-off after failures, in one place.
+//!
+//! The daemon asks for the next initiation on every turn of its loop (after every batch of packets), so the
+//! pending ones are also kept in time order: [`Schedule::next`] costs the same with 3 peers or 200.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -18,6 +21,8 @@ struct Initiation {
 #[derive(Debug, Default)]
 pub(super) struct Schedule {
     peers: HashMap<String, Initiation>,
+    /// The pending initiations of `peers` (those with `next` set), by time.
+    pending: BTreeSet<(Instant, String)>,
 }
 
 impl Schedule {
@@ -29,6 +34,7 @@ impl Schedule {
         } else {
             now + FOLLOWER_DELAY
         };
+        self.remove(name);
         self.peers.insert(
             name.to_owned(),
             Initiation {
@@ -36,11 +42,14 @@ impl Schedule {
                 backoff: BACKOFF_FIRST,
             },
         );
+        self.pending.insert((first, name.to_owned()));
     }
 
     /// A peer left the mesh: never initiated again.
     pub(super) fn remove(&mut self, name: &str) {
-        self.peers.remove(name);
+        if let Some(Initiation { next: Some(t), .. }) = self.peers.remove(name) {
+            self.pending.remove(&(t, name.to_owned()));
+        }
     }
 
     /// An IKE SA with the peer came up: the next failure waits the shortest time again.
@@ -55,7 +64,10 @@ impl Schedule {
         if let Some(i) = self.peers.get_mut(name) {
             let wait = i.backoff;
             i.backoff = (i.backoff * 2).min(BACKOFF_MAX);
-            i.next = Some(now + wait);
+            if let Some(t) = i.next.replace(now + wait) {
+                self.pending.remove(&(t, name.to_owned()));
+            }
+            self.pending.insert((now + wait, name.to_owned()));
         }
     }
 
@@ -66,18 +78,59 @@ impl Schedule {
 
     /// The earliest pending initiation.
     pub(super) fn next(&self) -> Option<Instant> {
-        self.peers.values().filter_map(|i| i.next).min()
+        self.pending.first().map(|(t, _)| *t)
     }
 
     /// The peers whose initiation is due at `now`; each is taken off the schedule.
     pub(super) fn take_due(&mut self, now: Instant) -> Vec<String> {
         let mut due = Vec::new();
-        for (name, i) in self.peers.iter_mut() {
-            if i.next.is_some_and(|t| t <= now) {
+        while self.pending.first().is_some_and(|(t, _)| *t <= now) {
+            let Some((_, name)) = self.pending.pop_first() else {
+                break;
+            };
+            if let Some(i) = self.peers.get_mut(&name) {
                 i.next = None;
-                due.push(name.clone());
             }
+            due.push(name);
         }
         due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The time-ordered set follows every change: `next` is the earliest pending initiation, `take_due` takes
+    /// exactly the due ones, a failure reschedules, a removed peer is never due.
+    #[test]
+    fn pending_initiations_stay_in_time_order() {
+        let t0 = Instant::now();
+        let (lo, hi): (IpAddr, IpAddr) =
+            ("198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap());
+        let mut s = Schedule::default();
+        s.add("a", lo, hi, t0); // at once
+        s.add("b", hi, lo, t0); // after FOLLOWER_DELAY
+        s.add("c", hi, lo, t0);
+        assert_eq!(s.next(), Some(t0));
+        assert_eq!(s.take_due(t0), vec!["a".to_owned()]);
+        assert!(!s.is_scheduled("a"));
+        assert_eq!(s.next(), Some(t0 + FOLLOWER_DELAY));
+        s.remove("c");
+        s.failed("a", t0);
+        assert_eq!(s.next(), Some(t0 + BACKOFF_FIRST.min(FOLLOWER_DELAY)));
+        // A second failure before the first retry moves it, doubled.
+        s.failed("a", t0);
+        let later = t0 + FOLLOWER_DELAY.max(BACKOFF_FIRST * 2);
+        let mut due = s.take_due(later);
+        due.sort();
+        assert_eq!(due, vec!["a".to_owned(), "b".to_owned()]);
+        assert_eq!(s.next(), None);
+        assert_eq!(s.pending.len(), 0);
+        // Re-adding a peer replaces its entry.
+        s.add("b", lo, hi, later);
+        s.add("b", hi, lo, later);
+        assert_eq!(s.pending.len(), 1);
+        assert_eq!(s.next(), Some(later + FOLLOWER_DELAY));
     }
 }

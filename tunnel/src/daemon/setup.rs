@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::apply::local_sources;
 use super::control_plane::ControlPlane;
 use super::datapath::Datapath;
-use super::{apply, control, logcap, metrics_http, sockets, spin, tx, workers, Daemon};
+use super::{apply, control, logcap, metrics_http, route_repair, sockets, tx, workers, Daemon};
 use crate::config::Config;
 use crate::route::{Netlink, Route, Routes};
 use crate::tun::{AsyncQueue, Tun, TunOptions};
@@ -75,6 +75,11 @@ impl Daemon {
             tracing::warn!("UDP GRO unavailable: one ESP datagram per receive");
         }
         let raw = sockets::RawEsp::open(local.address)?;
+        // A dual-stack host: the same three on its other family's address.
+        let second = local
+            .second_address
+            .map(sockets::Second::open)
+            .transpose()?;
         let datapath = Datapath::new(
             &config
                 .peers()
@@ -86,21 +91,31 @@ impl Daemon {
             std::os::fd::AsFd::as_fd(&udp4500).try_clone_to_owned()?,
             raw.try_clone_fd()?,
         );
+        let mut tx = tx;
+        if let Some(s) = &second {
+            tx.set_second(
+                s.is_ipv6(),
+                std::os::fd::AsFd::as_fd(&s.udp4500).try_clone_to_owned()?,
+                s.raw.try_clone_fd()?,
+            );
+        }
         let workers = workers::Workers::start(queues, &tx)
             .map_err(|e| anyhow::anyhow!("starting the transmit workers: {e}"))?;
         let control = control::listen(&s.control_socket)?;
-        let busy_poll = spin::Spinner::window();
         let metrics_addr = s.metrics.map(|m| m.resolve(local.address));
         let metrics = metrics_addr.map(metrics_http::listen).transpose()?;
         if let Some(addr) = metrics_addr {
             tracing::info!(%addr, "serving Prometheus metrics on http://{addr}/metrics");
         }
         tracing::info!(
-            host = %local.name, address = %local.address, interface = %s.interface, peers = config.peers().count(),
-            workers = s.workers, busy_poll_us = busy_poll.as_micros() as u64,
+            host = %local.name, address = %local.addresses_text(), interface = %s.interface, peers = config.peers().count(),
+            workers = s.workers,
             "vmsecd up: routes to {} remote subnets point into {}",
             routes.installed().len(), s.interface
         );
+        for e in config.unreachable() {
+            tracing::error!("{e}");
+        }
         if let Some(w) = config.mesh.trust_warning() {
             tracing::warn!("{w}");
         }
@@ -132,6 +147,7 @@ impl Daemon {
             udp500,
             udp4500,
             raw,
+            second,
             control: Some(control),
             metrics,
             ifindex,
@@ -139,7 +155,7 @@ impl Daemon {
             libvirt_dirs,
             recv_errors: 0,
             logs: logcap::Limits::new(),
-            spinner: spin::Spinner::start(busy_poll),
+            route_repairs: route_repair::FailureLog::default(),
         })
     }
 

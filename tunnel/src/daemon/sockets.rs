@@ -54,6 +54,53 @@ pub(crate) fn udp(addr: IpAddr, port: u16) -> anyhow::Result<UdpSocket> {
     Ok(UdpSocket::from_std(s.into())?)
 }
 
+/// The sockets of a dual-stack host's second underlay address (the other family's): UDP 500, UDP 4500 and raw
+/// ESP, as for the first. Each peer talks over one family (`config::underlay_pair`), so over one set.
+pub(crate) struct Second {
+    pub(crate) udp500: UdpSocket,
+    pub(crate) udp4500: UdpSocket,
+    pub(crate) raw: RawEsp,
+}
+
+impl Second {
+    /// Opens the three on `addr`.
+    pub(crate) fn open(addr: IpAddr) -> anyhow::Result<Second> {
+        let udp4500 = udp(addr, ike::sa::NAT_T_PORT)?;
+        if !enable_gro(&udp4500) {
+            tracing::warn!("UDP GRO unavailable on {addr}: one ESP datagram per receive");
+        }
+        Ok(Second {
+            udp500: udp(addr, ike::sa::IKE_PORT)?,
+            udp4500,
+            raw: RawEsp::open(addr)?,
+        })
+    }
+
+    /// True for the IPv6 set.
+    pub(crate) fn is_ipv6(&self) -> bool {
+        self.raw.family() == esp::framing::RawFamily::V6
+    }
+}
+
+/// Waits until the second set's socket `which` may be readable; never when there is no second set.
+pub(crate) async fn second_readable(
+    second: &Option<Second>,
+    which: fn(&Second) -> &UdpSocket,
+) -> io::Result<()> {
+    match second {
+        Some(s) => which(s).readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// [`second_readable`] for the raw ESP socket.
+pub(crate) async fn second_raw_readable(second: &Option<Second>) -> io::Result<()> {
+    match second {
+        Some(s) => s.raw.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A raw socket for ESP (IP protocol 50).
 pub(crate) struct RawEsp {
     fd: AsyncFd<Socket>,

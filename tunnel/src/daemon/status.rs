@@ -89,7 +89,10 @@ pub(super) fn status(
                 .unwrap_or_default();
             PeerStatus {
                 name: p.name.clone(),
-                address: p.address.to_string(),
+                // The address this pair talks over (a dual-stack peer has two).
+                address: crate::config::underlay_pair(running.local(), p)
+                    .map_or(p.address, |(_, remote)| remote)
+                    .to_string(),
                 state: state.into(),
                 ike,
                 children,
@@ -111,5 +114,7 @@ pub(super) fn status(
             recv_errors,
             tun_errors,
         },
+        // Filled in by the caller, which owns the transmitters.
+        raw_esp_out: Default::default(),
     }
 }

@@ -1,7 +1,7 @@
 //! The transmit path: packets read from one TUN queue are encrypted and sent. The daemon's task runs it for
 //! queue 0 and each transmit worker (`workers.rs`) for its own queue, on the same code: TSO super-packets are
-//! cut into segments laid out back to back as ESP datagrams and leave with one UDP GSO send (`sendmmsg` for raw
-//! ESP); smaller packets join a batch of equal-sized datagrams that leaves the same way.
+//! cut into segments laid out back to back as ESP datagrams and leave with one UDP GSO send (for raw ESP, one
+//! batch through the AF_PACKET transmit ring, `rawtx/`); smaller packets join a batch of equal-sized datagrams that leaves the same way.
 //!
 //! A batch of reads holds the read lock of the outbound table once; each burst of segments draws its sequence
 //! numbers from the SA at once (`esp::OutboundSa::reserve`). Nothing allocates per packet.
@@ -28,15 +28,65 @@ use esp::{PacketBuf, HEADROOM, TAILROOM};
 
 use super::datapath::{Outbound, SharedOutbound, Wire};
 use super::logcap::Limiter;
-use super::{batch, offload, sockets, BATCH};
+use super::{batch, offload, rawtx, sockets, BATCH};
 
 /// What a transmitter needs: the outbound table and its own descriptors of the two ESP sockets.
 pub(super) struct Transmitter {
     out: SharedOutbound,
     udp: OwnedFd,
-    raw: OwnedFd,
+    raw: rawtx::RawTx,
     /// TUN read errors survived, shared by the daemon's task and the workers.
     errors: Arc<TunErrors>,
+    /// A dual-stack host's sockets of the other family: ESP to a peer of that family leaves through them.
+    second: Option<SecondFds>,
+}
+
+/// Descriptors of the second underlay address's ESP sockets (see `sockets::Second`).
+struct SecondFds {
+    v6: bool,
+    udp: OwnedFd,
+    raw: OwnedFd,
+}
+
+impl SecondFds {
+    fn try_clone(&self) -> io::Result<SecondFds> {
+        Ok(SecondFds {
+            v6: self.v6,
+            udp: self.udp.try_clone()?,
+            raw: self.raw.try_clone()?,
+        })
+    }
+
+    /// Whether ESP to `wire` leaves through these.
+    fn carries(&self, wire: &Wire) -> bool {
+        let v6 = match wire {
+            Wire::Udp(to) => to.is_ipv6(),
+            Wire::Raw(to) => to.is_ipv6(),
+        };
+        v6 == self.v6
+    }
+
+    fn send(&self, data: &[u8], stride: usize, wire: Wire) {
+        match wire {
+            Wire::Udp(to) => send_udp_gso(&self.udp, data, stride, to),
+            Wire::Raw(to) => {
+                if let Err(e) = sockets::send_many(&self.raw, data, stride, to) {
+                    tracing::debug!("sending ESP: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Sends back-to-back ESP datagrams of `stride` bytes (the last may be shorter) on `udp` in as few UDP GSO
+/// sends as the kernel's limits allow.
+fn send_udp_gso(udp: &OwnedFd, data: &[u8], stride: usize, to: SocketAddr) {
+    let per_send = (sockets::GSO_MAX_BYTES / stride).clamp(1, sockets::GSO_MAX_SEGMENTS) * stride;
+    for chunk in data.chunks(per_send) {
+        if let Err(e) = sockets::send_gso(udp, chunk, stride, to) {
+            tracing::debug!("sending ESP (GSO): {e}");
+        }
+    }
 }
 
 /// TUN read errors survived (`drops.tun_errors` in the status) and the limiter of their log lines.
@@ -69,7 +119,7 @@ impl Transmitter {
         Transmitter {
             out,
             udp,
-            raw,
+            raw: rawtx::RawTx::new(raw),
             errors: Arc::new(TunErrors {
                 count: AtomicU64::new(0),
                 limit: Mutex::new(Limiter::new(
@@ -78,7 +128,14 @@ impl Transmitter {
                     super::logcap::PER_SECOND,
                 )),
             }),
+            second: None,
         }
+    }
+
+    /// A dual-stack host: ESP to peers of the other family leaves through that family's sockets (`v6` for
+    /// IPv6 ones). Set before the workers clone this transmitter.
+    pub(super) fn set_second(&mut self, v6: bool, udp: OwnedFd, raw: OwnedFd) {
+        self.second = Some(SecondFds { v6, udp, raw });
     }
 
     /// Another transmitter on the same table and sockets (for a worker).
@@ -88,7 +145,13 @@ impl Transmitter {
             udp: self.udp.try_clone()?,
             raw: self.raw.try_clone()?,
             errors: self.errors.clone(),
+            second: self.second.as_ref().map(SecondFds::try_clone).transpose()?,
         })
+    }
+
+    /// Raw ESP packets sent so far through the ring and the raw socket, by every transmitter of this table.
+    pub(super) fn raw_esp_out(&self) -> super::control::RawEspOut {
+        self.raw.sent()
     }
 
     /// TUN read errors survived so far, by every transmitter of this table.
@@ -152,7 +215,7 @@ impl Transmitter {
     /// Encrypts what one TUN read put at `tx.read_at()` (its virtio-net header in front, `len` bytes of packet
     /// behind). A TCP super-packet is cut into segments laid out so that their ESP datagrams lie back to back,
     /// and goes out at once with one UDP GSO send per 64 KiB; any other packet joins the pending batch of
-    /// equal-sized datagrams (ACKs, mostly), sent by [`Transmitter::flush`] with one GSO send or `sendmmsg`.
+    /// equal-sized datagrams (ACKs, mostly), sent by [`Transmitter::flush`] with one GSO send or one ring batch.
     fn on_tun(&self, out: &Outbound, tx: &mut batch::TxBatch, len: usize) {
         let at = tx.read_at();
         // The read put its header and packet there (`read_buf`): the checked forms cost one comparison each.
@@ -261,14 +324,17 @@ impl Transmitter {
         }
     }
 
-    /// Sends back-to-back datagrams of `stride` bytes (the last may be shorter): UDP GSO, or sendmmsg for raw
-    /// ESP.
+    /// Sends back-to-back datagrams of `stride` bytes (the last may be shorter): UDP GSO, or the transmit ring
+    /// (or sendmmsg) for raw ESP.
     fn send_datagrams(&self, data: &[u8], stride: usize, wire: Wire) {
+        if let Some(s) = self.second.as_ref().filter(|s| s.carries(&wire)) {
+            return s.send(data, stride, wire);
+        }
         match wire {
             Wire::Udp(to) => self.send_udp_gso(data, stride, to),
             Wire::Raw(to) => {
-                // Raw ESP has no GSO: sendmmsg, up to 64 datagrams per call.
-                if let Err(e) = sockets::send_many(&self.raw, data, stride, to) {
+                // Raw ESP has no GSO: an AF_PACKET ring, or sendmmsg on the raw socket (rawtx.rs).
+                if let Err(e) = self.raw.send(data, stride, to) {
                     tracing::debug!("sending ESP: {e}");
                 }
             }
@@ -278,13 +344,7 @@ impl Transmitter {
     /// Sends back-to-back ESP datagrams of `stride` bytes (the last may be shorter) in as few UDP GSO sends as
     /// the kernel's limits allow.
     fn send_udp_gso(&self, data: &[u8], stride: usize, to: SocketAddr) {
-        let per_send =
-            (sockets::GSO_MAX_BYTES / stride).clamp(1, sockets::GSO_MAX_SEGMENTS) * stride;
-        for chunk in data.chunks(per_send) {
-            if let Err(e) = sockets::send_gso(&self.udp, chunk, stride, to) {
-                tracing::debug!("sending ESP (GSO): {e}");
-            }
-        }
+        send_udp_gso(&self.udp, data, stride, to)
     }
 }
 

@@ -22,8 +22,8 @@ pub const MAX_KEYS: usize = 1024;
 pub struct Entry {
     /// The host's name, equal to the key's last part.
     pub name: String,
-    /// Its underlay address.
-    pub address: String,
+    /// Its underlay address, or its IPv4 and IPv6 addresses (dual stack) as a list of two.
+    pub address: EntryAddress,
     /// Its VM subnets (CIDR): listed in the file, or read from its libvirt networks.
     pub subnets: Vec<String>,
     /// Its IKE identity, when not its address.
@@ -35,6 +35,27 @@ pub struct Entry {
     /// With `auth = "pubkey"`: its RSA public key (PEM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pubkey: Option<String>,
+}
+
+/// `address` in an entry: one address (a string, as before dual stack), or a list of an IPv4 and an IPv6 one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EntryAddress {
+    /// One address.
+    One(String),
+    /// Both families' (at most two; the first is the default identity).
+    Two(Vec<String>),
+}
+
+/// Parses one address of an entry.
+fn entry_address(text: &str) -> Result<IpAddr, EntryError> {
+    let address: IpAddr = text
+        .parse()
+        .map_err(|_| invalid("address", "not an IPv4 or IPv6 address"))?;
+    if address.is_unspecified() || address.is_multicast() || address.is_loopback() {
+        return Err(invalid("address", "not a host's unicast address"));
+    }
+    Ok(address)
 }
 
 /// An entry that parsed: a host, and its public key when it carried one.
@@ -105,13 +126,28 @@ pub fn parse(name_in_key: &str, value: &[u8]) -> Result<Member, EntryError> {
             name: crate::daemon::logcap::clean(&e.name, 64),
         });
     }
-    let address: IpAddr = e
-        .address
-        .parse()
-        .map_err(|_| invalid("address", "not an IPv4 or IPv6 address"))?;
-    if address.is_unspecified() || address.is_multicast() || address.is_loopback() {
-        return Err(invalid("address", "not a host's unicast address"));
-    }
+    let (address, second_address) = match &e.address {
+        EntryAddress::One(a) => (entry_address(a)?, None),
+        EntryAddress::Two(l) => match l.as_slice() {
+            [a] => (entry_address(a)?, None),
+            [a, b] => {
+                let (a, b) = (entry_address(a)?, entry_address(b)?);
+                if a.is_ipv4() == b.is_ipv4() {
+                    return Err(invalid(
+                        "address",
+                        "two addresses of one family (at most one IPv4 and one IPv6)",
+                    ));
+                }
+                (a, Some(b))
+            }
+            _ => {
+                return Err(invalid(
+                    "address",
+                    "one address, or a list of one IPv4 and one IPv6 address",
+                ))
+            }
+        },
+    };
     if e.subnets.len() > MAX_SUBNETS {
         return Err(invalid(
             "subnets",
@@ -126,7 +162,7 @@ pub fn parse(name_in_key: &str, value: &[u8]) -> Result<Member, EntryError> {
         if subnets.iter().any(|q| q.overlaps(&p)) {
             return Err(invalid("subnets", "two of its subnets overlap"));
         }
-        if p.contains(address) {
+        if p.contains(address) || second_address.is_some_and(|a| p.contains(a)) {
             return Err(invalid(
                 "subnets",
                 "a subnet holds the host's own underlay address",
@@ -152,6 +188,7 @@ pub fn parse(name_in_key: &str, value: &[u8]) -> Result<Member, EntryError> {
         host: Host {
             name: e.name,
             address,
+            second_address,
             subnets,
             libvirt: None,
             id,
@@ -167,7 +204,10 @@ pub fn parse(name_in_key: &str, value: &[u8]) -> Result<Member, EntryError> {
 pub fn of_host(h: &Host, pubkey_pem: Option<String>) -> Entry {
     Entry {
         name: h.name.clone(),
-        address: h.address.to_string(),
+        address: match h.second_address {
+            None => EntryAddress::One(h.address.to_string()),
+            Some(b) => EntryAddress::Two(vec![h.address.to_string(), b.to_string()]),
+        },
         subnets: h.subnets.iter().map(|p| p.to_string()).collect(),
         id: (h.id != Identity::Addr(h.address)).then(|| h.id.to_string()),
         port: (h.port != crate::config::DEFAULT_IKE_PORT).then_some(h.port),
@@ -221,5 +261,30 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("more than 64"));
+    }
+
+    #[test]
+    fn a_dual_stack_entry_carries_both_addresses() {
+        let ok = br#"{"name":"h7","address":["198.18.0.7","2001:db8:0:ff::7"],"subnets":["198.19.7.0/24"]}"#;
+        let m = parse("h7", ok).unwrap();
+        assert_eq!(m.host.address.to_string(), "198.18.0.7");
+        assert_eq!(
+            m.host.second_address.unwrap().to_string(),
+            "2001:db8:0:ff::7"
+        );
+        // The default identity stays the first address: no `id` written back.
+        let back = serde_json::to_vec(&of_host(&m.host, None)).unwrap();
+        assert_eq!(back, ok.to_vec());
+        for (v, want) in [
+            (&br#"{"name":"h7","address":["198.18.0.7","198.18.0.8"],"subnets":[]}"#[..], "one family"),
+            (br#"{"name":"h7","address":["198.18.0.7","2001:db8::7","2001:db8::8"],"subnets":[]}"#, "a list of one IPv4"),
+            (br#"{"name":"h7","address":[],"subnets":[]}"#, "a list of one IPv4"),
+            (br#"{"name":"h7","address":["198.18.0.7","::1"],"subnets":[]}"#, "unicast"),
+            (br#"{"name":"h7","address":["198.18.0.7","2001:db8:7::1"],"subnets":["2001:db8:7::/64"]}"#, "own underlay"),
+            (br#"{"name":"h7","address":7,"subnets":[]}"#, "not a host entry"),
+        ] {
+            let e = parse("h7", v).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
     }
 }

@@ -37,8 +37,8 @@ fn conflict(hosts: &[Host], m: &Host) -> Option<String> {
                 h.name, h.address
             ));
         }
-        if h.address == m.address {
-            return Some(format!("its address {} is host {}'s", m.address, h.name));
+        if let Some(a) = m.addresses().find(|a| h.addresses().any(|b| b == *a)) {
+            return Some(format!("its address {a} is host {}'s", h.name));
         }
         if h.id == m.id {
             return Some(format!("its identity {} is host {}'s", m.id, h.name));
@@ -51,17 +51,20 @@ fn conflict(hosts: &[Host], m: &Host) -> Option<String> {
             if let Some(q) = m.subnets.iter().find(|q| q.overlaps(p)) {
                 return Some(format!("its subnet {q} overlaps {p} of host {}", h.name));
             }
-            if p.contains(m.address) {
+            if let Some(a) = m.addresses().find(|a| p.contains(*a)) {
                 return Some(format!(
-                    "its address {} lies in {p}, a subnet of host {}",
-                    m.address, h.name
+                    "its address {a} lies in {p}, a subnet of host {}",
+                    h.name
                 ));
             }
         }
-        if m.subnets.iter().any(|q| q.contains(h.address)) {
+        if let Some(a) = h
+            .addresses()
+            .find(|a| m.subnets.iter().any(|q| q.contains(*a)))
+        {
             return Some(format!(
-                "one of its subnets holds host {}'s address {}",
-                h.name, h.address
+                "one of its subnets holds host {}'s address {a}",
+                h.name
             ));
         }
     }
@@ -87,7 +90,9 @@ impl Claims {
     /// Records what host `i` claims (the first claimant of each thing stays).
     fn add(&mut self, i: usize, h: &Host) {
         self.names.entry(h.name.clone()).or_insert(i);
-        self.addrs.entry(h.address).or_insert(i);
+        for a in h.addresses() {
+            self.addrs.entry(a).or_insert(i);
+        }
         self.ids.entry(h.id.clone()).or_insert(i);
         for p in h
             .subnets
@@ -110,11 +115,13 @@ impl Claims {
     fn conflict(&self, m: &Host) -> Option<usize> {
         let mut found = [
             self.names.get(&m.name).copied(),
-            self.addrs.get(&m.address).copied(),
             self.ids.get(&m.id).copied(),
-            self.holding(m.address),
         ]
         .into_iter()
+        .chain(
+            m.addresses()
+                .flat_map(|a| [self.addrs.get(&a).copied(), self.holding(a)]),
+        )
         .flatten()
         .min();
         for q in &m.subnets {
@@ -177,6 +184,7 @@ pub fn merge(file: &Config, members: &[Member], pins: &Pins) -> Merged {
         }
         if let Some(f) = file.mesh.host(&m.host.name) {
             let same = f.address == m.host.address
+                && f.second_address == m.host.second_address
                 && f.port == m.host.port
                 && f.id == m.host.id
                 && (f.libvirt.is_some() || f.subnets == m.host.subnets);
@@ -399,5 +407,39 @@ mod tests {
         let m = merge(&f, &[h2(&second, "198.19.2.0/24", 11)], &m.pins);
         assert!(m.refused.is_empty(), "{:?}", m.refused);
         assert_eq!(key_of(&m), second.public_key());
+    }
+
+    /// A dual-stack member: its second address is claimed too, and a member that shares no family with this
+    /// host is merged (the other hosts may reach it) but gets no tunnel from here.
+    #[test]
+    fn dual_stack_members_claim_both_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = file(dir.path(), true);
+        let parse = |name: &str, v: &str| entry::parse(name, v.as_bytes()).unwrap();
+        let ms = vec![
+            parse(
+                "h3",
+                r#"{"name":"h3","address":["198.18.0.3","2001:db8:0:ff::3"],"subnets":["198.19.3.0/24"]}"#,
+            ),
+            parse(
+                "h4",
+                r#"{"name":"h4","address":["2001:db8:0:ff::3","198.18.0.4"],"subnets":["198.19.4.0/24"]}"#,
+            ),
+            parse(
+                "h5",
+                r#"{"name":"h5","address":"2001:db8:0:ff::5","subnets":["198.19.5.0/24"]}"#,
+            ),
+        ];
+        let m = merge(&f, &ms, &Pins::new());
+        assert_eq!(m.taken, ["h3", "h5"]);
+        assert!(
+            m.refused[0]
+                .contains("etcd member h4 refused: its address 2001:db8:0:ff::3 is host h3's"),
+            "{:?}",
+            m.refused
+        );
+        let peers: Vec<&str> = m.config.peers().map(|h| h.name.as_str()).collect();
+        assert_eq!(peers, ["h2", "h3"]);
+        assert_eq!(m.config.unreachable()[0].peer, "h5");
     }
 }

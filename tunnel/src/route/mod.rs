@@ -22,11 +22,11 @@ mod msg;
 
 use self::msg::{
     addr_msg, align4, attrs, ext_ack_msg, family_of, ip_bytes, ip_from, parse_route, route_msg,
-    unreachable_msg, Msg, IFA_ADDRESS, IFA_LOCAL, NETLINK_CAP_ACK, NETLINK_EXT_ACK, NLMSG_DONE,
-    NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_MULTI,
-    NLM_F_REQUEST, RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_PREFSRC, RTM_DELADDR, RTM_DELROUTE,
-    RTM_GETADDR, RTM_GETROUTE, RTM_NEWADDR, RTM_NEWROUTE, RTN_UNREACHABLE, RT_TABLE_MAIN,
-    SOL_NETLINK,
+    unreachable_msg, Msg, IFA_ADDRESS, IFA_LOCAL, NDA_DST, NDA_LLADDR, NETLINK_CAP_ACK,
+    NETLINK_EXT_ACK, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_EXCL, NLM_F_MULTI, NLM_F_REQUEST, RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_PREFSRC, RTA_SRC,
+    RTM_DELADDR, RTM_DELROUTE, RTM_GETADDR, RTM_GETNEIGH, RTM_GETROUTE, RTM_NEWADDR, RTM_NEWNEIGH,
+    RTM_NEWROUTE, RTN_UNREACHABLE, RT_TABLE_MAIN, SOL_NETLINK,
 };
 
 /// A netlink request the kernel refused, or a socket failure.
@@ -89,6 +89,15 @@ pub struct RouteLookup {
     pub prefsrc: Option<IpAddr>,
 }
 
+/// A neighbour entry (`ip neigh get ADDR dev IF`): the link-layer address and the entry's `NUD_*` state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neighbour {
+    /// The link-layer address, when the kernel knows one (not for an INCOMPLETE or FAILED entry).
+    pub lladdr: Option<[u8; 6]>,
+    /// `NUD_*` bits (include/uapi/linux/neighbour.h): REACHABLE 0x02, STALE 0x04, DELAY 0x08, PROBE 0x10, ...
+    pub state: u16,
+}
+
 /// A route of the main table, as vmsecd installs them: a prefix into an interface, `proto static scope link`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
@@ -126,12 +135,21 @@ pub struct ListedRoute {
     pub metric: u32,
     /// The protocol number.
     pub proto: u8,
+    /// The outgoing interface (`RTA_OIF`), 0 when the route has none (unreachable, multipath).
+    pub oif: u32,
 }
 
 impl ListedRoute {
     /// True if it is an `unreachable` route.
     pub fn is_unreachable(&self) -> bool {
         self.kind == RTN_UNREACHABLE
+    }
+
+    /// True if this listed route is `route` as vmsecd installed it: the same prefix into the same interface. A
+    /// route to the same prefix through another device (someone else's, or a leftover) is not ours: counting
+    /// it as present would leave the remote subnet routed away from the TUN for good.
+    pub fn is(&self, route: &Route) -> bool {
+        self.dst == route.dst && self.oif == route.ifindex && !self.is_unreachable()
     }
 }
 
@@ -345,11 +363,26 @@ impl Netlink {
 
     /// Asks the kernel where it would send a packet to `dst` (`ip route get DST`).
     pub fn route_get(&mut self, dst: IpAddr) -> Result<RouteLookup, NetlinkError> {
+        self.route_get_from(dst, None)
+    }
+
+    /// As [`Netlink::route_get`], for a packet from `src` (`ip route get DST from SRC`): the answer a socket
+    /// bound to `src` gets, policy routing by source included.
+    pub fn route_get_from(
+        &mut self,
+        dst: IpAddr,
+        src: Option<IpAddr>,
+    ) -> Result<RouteLookup, NetlinkError> {
         let mut msg = Msg::new(RTM_GETROUTE, NLM_F_REQUEST);
         let (family, bits) = family_of(dst);
-        msg.bytes(&[family, bits, 0, 0, 0, 0, 0, 0]);
+        let src = src.filter(|s| s.is_ipv4() == dst.is_ipv4());
+        let src_bits = if src.is_some() { bits } else { 0 };
+        msg.bytes(&[family, bits, src_bits, 0, 0, 0, 0, 0]);
         msg.bytes(&0u32.to_ne_bytes());
         msg.attr(RTA_DST, &ip_bytes(dst));
+        if let Some(src) = src {
+            msg.attr(RTA_SRC, &ip_bytes(src));
+        }
         let mut found = RouteLookup {
             oif: None,
             gateway: None,
@@ -371,6 +404,42 @@ impl Netlink {
             }
         })?;
         Ok(found)
+    }
+
+    /// The kernel's neighbour entry for `addr` on interface `ifindex` (`ip neigh get`, Linux 5.0); `None` if it
+    /// has none (ENOENT). Only 6-byte (Ethernet) link-layer addresses are returned.
+    pub fn neigh_get(
+        &mut self,
+        ifindex: u32,
+        addr: IpAddr,
+    ) -> Result<Option<Neighbour>, NetlinkError> {
+        let mut msg = Msg::new(RTM_GETNEIGH, NLM_F_REQUEST);
+        let (family, _) = family_of(addr);
+        // struct ndmsg: family, 3 pad bytes, ifindex, state, flags, type (neigh_valid_get_req wants the rest 0).
+        msg.bytes(&[family, 0, 0, 0]);
+        msg.bytes(&ifindex.to_ne_bytes());
+        msg.bytes(&[0, 0, 0, 0]);
+        msg.attr(NDA_DST, &ip_bytes(addr));
+        let mut found = None;
+        let r = self.request(
+            &format!("look up neighbour {addr} on #{ifindex}"),
+            msg,
+            |ty, body| {
+                if ty != RTM_NEWNEIGH || body.len() < 12 {
+                    return;
+                }
+                let state = u16::from_ne_bytes([body[8], body[9]]);
+                let lladdr = attrs(&body[12..])
+                    .find(|(t, _)| *t == NDA_LLADDR)
+                    .and_then(|(_, v)| <[u8; 6]>::try_from(v).ok());
+                found = Some(Neighbour { lladdr, state });
+            },
+        );
+        match r {
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+            Ok(()) => Ok(found),
+        }
     }
 
     fn ack(&mut self, op: &str, msg: Msg) -> Result<(), NetlinkError> {
@@ -537,11 +606,18 @@ impl Routes {
     /// a restart). A flush by hand is repaired the same way. Called every second: one dump of the main table.
     pub fn repair(&mut self) -> Result<Vec<Prefix>, NetlinkError> {
         let listed = self.nl.routes_of_proto(msg::RTPROT_STATIC)?;
+        // Once a second with one route per peer: a set, not a search of the listing per route. Keyed as
+        // `ListedRoute::is` compares: the prefix and the device, unreachable routes left out.
+        let present: std::collections::HashSet<(Prefix, u32)> = listed
+            .iter()
+            .filter(|l| !l.is_unreachable())
+            .map(|l| (l.dst, l.oif))
+            .collect();
         let (kept, missing): (Vec<Route>, Vec<Route>) = self
             .installed
             .iter()
             .copied()
-            .partition(|r| listed.iter().any(|l| l.dst == r.dst && !l.is_unreachable()));
+            .partition(|r| present.contains(&(r.dst, r.ifindex)));
         if missing.is_empty() {
             return Ok(Vec::new());
         }

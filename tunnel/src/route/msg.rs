@@ -30,7 +30,12 @@ pub(super) const RTM_GETADDR: u16 = 22;
 pub(super) const RTM_NEWROUTE: u16 = 24;
 pub(super) const RTM_DELROUTE: u16 = 25;
 pub(super) const RTM_GETROUTE: u16 = 26;
+pub(super) const RTM_NEWNEIGH: u16 = 28;
+pub(super) const RTM_GETNEIGH: u16 = 30;
+pub(super) const NDA_DST: u16 = 1;
+pub(super) const NDA_LLADDR: u16 = 2;
 pub(super) const RTA_DST: u16 = 1;
+pub(super) const RTA_SRC: u16 = 2;
 pub(super) const RTA_OIF: u16 = 4;
 pub(super) const RTA_GATEWAY: u16 = 5;
 pub(super) const RTA_PRIORITY: u16 = 6;
@@ -144,9 +149,11 @@ pub(super) fn parse_route(ty: u16, body: &[u8]) -> Option<(ListedRoute, u32)> {
     let mut table = u32::from(table);
     let mut dst = None;
     let mut metric = 0;
+    let mut oif = 0;
     for (t, v) in attrs(&body[12..]) {
         match t {
             RTA_DST => dst = ip_from(family, v),
+            RTA_OIF if v.len() == 4 => oif = u32::from_ne_bytes(v.try_into().ok()?),
             RTA_PRIORITY if v.len() == 4 => metric = u32::from_ne_bytes(v.try_into().ok()?),
             RTA_TABLE if v.len() == 4 => table = u32::from_ne_bytes(v.try_into().ok()?),
             _ => {}
@@ -165,6 +172,7 @@ pub(super) fn parse_route(ty: u16, body: &[u8]) -> Option<(ListedRoute, u32)> {
             kind,
             metric,
             proto,
+            oif,
         },
         table,
     ))
@@ -272,6 +280,25 @@ mod tests {
         assert_eq!(a[0], (RTA_DST, &[198u8, 19, 2, 0][..]));
         assert_eq!(a[1], (RTA_OIF, &7u32.to_ne_bytes()[..]));
         assert_eq!(a[2], (RTA_PREFSRC, &[198u8, 19, 1, 1][..]));
+        // The kernel's dump of it carries the interface back; only that prefix into that interface is ours.
+        let (listed, _) = parse_route(RTM_NEWROUTE, &b[16..]).unwrap();
+        assert_eq!((listed.dst, listed.oif), (r.dst, 7));
+        assert!(listed.is(&r));
+        let elsewhere = ListedRoute { oif: 8, ..listed };
+        assert!(!elsewhere.is(&r), "same prefix through another device");
+        let other_prefix = ListedRoute {
+            dst: "198.19.3.0/24".parse().unwrap(),
+            ..listed
+        };
+        assert!(!other_prefix.is(&r));
+        let refusing = ListedRoute {
+            kind: RTN_UNREACHABLE,
+            ..listed
+        };
+        assert!(
+            !refusing.is(&r),
+            "an unreachable route is never the TUN route"
+        );
     }
 
     #[test]
@@ -309,7 +336,8 @@ mod tests {
                 dst: r.dst,
                 kind: RTN_UNREACHABLE,
                 metric: r.metric,
-                proto: 118
+                proto: 118,
+                oif: 0,
             }
         );
         assert!(listed.is_unreachable());

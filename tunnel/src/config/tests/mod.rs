@@ -1,6 +1,7 @@
 //! The mesh file's tests: the fixtures shared by all (a folder with a key file, the standard two hosts) and the
 //! tests of the `[mesh]` settings, hosts, subnets and local host; by topic in the files beside it: `psk.rs` (the
-//! key file), `pubkey.rs` (public keys, identities, certificates), `libvirt.rs` (`subnets = "libvirt"`).
+//! key file), `pubkey.rs` (public keys, identities, certificates), `libvirt.rs` (`subnets = "libvirt"`),
+//! `dualstack.rs` (`address = [IPv4, IPv6]`).
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -102,7 +103,7 @@ subnets = ["198.19.1.0/24", "198.19.11.0/24"]
 
 [[host]]
 name = "c0"
-address = "2001:db8::2"
+address = ["2001:db8::2", "198.18.0.2"]
 subnets = ["198.19.2.0/24", "2001:db8:2::/64"]
 id = "@c0.example"
 port = 4501
@@ -151,6 +152,7 @@ id = "@#0a0b"
     assert_eq!(m.hosts.len(), 3);
     let c0 = m.host("c0").unwrap();
     assert_eq!(c0.address, "2001:db8::2".parse::<IpAddr>().unwrap());
+    assert_eq!(c0.second_address, Some("198.18.0.2".parse().unwrap()));
     assert_eq!(c0.subnets[1].to_string(), "2001:db8:2::/64");
     assert_eq!(c0.id, Identity::Fqdn("c0.example".into()));
     assert_eq!(c0.id.wire(), (2, b"c0.example".to_vec()));
@@ -179,6 +181,11 @@ id = "@#0a0b"
     assert_eq!(t.len(), 2);
     assert_eq!(t[1].local_subnets()[0].to_string(), "198.19.3.0/24");
     assert_eq!(t[1].remote_subnets().len(), 2);
+    // gw has IPv4 only: the pair talks over c0's IPv4 address.
+    assert_eq!(
+        t[1].underlay().unwrap(),
+        ("198.18.0.3".parse().unwrap(), "198.18.0.2".parse().unwrap())
+    );
 }
 
 #[test]
@@ -775,6 +782,7 @@ fn metrics_listen_address() {
     }
 }
 
+mod dualstack;
 mod libvirt;
 mod psk;
 mod pubkey;

@@ -46,18 +46,20 @@ impl Cx<'_> {
                 ));
             }
             names.insert(&h.name, i);
-            if let Some(&first) = addrs.get(&h.address) {
-                return Err(self.err(
-                    r.address.as_ref().map(|v| v.span()),
-                    format!("host[{i}].address"),
-                    ErrorKind::DuplicateAddress {
-                        address: h.address,
-                        name: h.name.clone(),
-                        other: hosts[first].name.clone(),
-                    },
-                ));
+            for a in h.addresses() {
+                if let Some(&first) = addrs.get(&a) {
+                    return Err(self.err(
+                        r.address.as_ref().map(|v| v.span()),
+                        format!("host[{i}].address"),
+                        ErrorKind::DuplicateAddress {
+                            address: a,
+                            name: h.name.clone(),
+                            other: hosts[first].name.clone(),
+                        },
+                    ));
+                }
+                addrs.insert(a, i);
             }
-            addrs.insert(h.address, i);
             if let Some(&first) = ids.get(&h.id) {
                 let (span, key) = match &r.id {
                     Some(v) => (Some(v.span()), format!("host[{i}].id")),
@@ -102,13 +104,16 @@ impl Cx<'_> {
                         ));
                     }
                 }
-                if let Some(victim) = hosts.iter().find(|v| s.contains(v.address)) {
+                if let Some((victim, address)) = hosts
+                    .iter()
+                    .find_map(|v| v.addresses().find(|&a| s.contains(a)).map(|a| (v, a)))
+                {
                     return Err(self.err(
                         subnet_span(i, j),
                         format!("host[{i}].subnets[{j}]"),
                         ErrorKind::AddressInSubnet {
                             host: victim.name.clone(),
-                            address: victim.address,
+                            address,
                             owner: h.name.clone(),
                             subnet: *s,
                         },
@@ -341,13 +346,16 @@ impl Cx<'_> {
                     allowed,
                 ));
             }
-            if let Some(h) = hosts.iter().find(|h| p.contains(h.address)) {
+            if let Some((h, a)) = hosts
+                .iter()
+                .find_map(|h| h.addresses().find(|&a| p.contains(a)).map(|a| (h, a)))
+            {
                 return Err(self.invalid(
                     r,
                     &key,
                     format!(
-                        "{p} holds {}'s address {}: a learned subnet there would route IKE and ESP into the tunnel",
-                        h.name, h.address
+                        "{p} holds {}'s address {a}: a learned subnet there would route IKE and ESP into the tunnel",
+                        h.name
                     ),
                     "a range that holds no host's underlay address",
                 ));
@@ -363,6 +371,79 @@ impl Cx<'_> {
             range.push(p);
         }
         Ok(range)
+    }
+
+    /// `address`: one address, or an IPv4 and an IPv6 one (dual stack; either order, the first is the default
+    /// identity).
+    fn addresses(
+        &self,
+        i: usize,
+        address: &S<schema::Addresses>,
+    ) -> Result<(IpAddr, Option<IpAddr>), ConfigError> {
+        let key = format!("host[{i}].address");
+        let items: Vec<(&str, std::ops::Range<usize>, String)> = match address.get_ref() {
+            schema::Addresses::One(a) => vec![(a.as_str(), address.span(), key.clone())],
+            schema::Addresses::List(l) => l
+                .iter()
+                .enumerate()
+                .map(|(j, a)| (a.get_ref().as_str(), a.span(), format!("{key}[{j}]")))
+                .collect(),
+        };
+        if items.is_empty() || items.len() > 2 {
+            return Err(self.err(
+                Some(address.span()),
+                key,
+                ErrorKind::Invalid {
+                    problem: format!("a list of {} addresses", items.len()),
+                    allowed:
+                        "one address, or one IPv4 and one IPv6 address: address = [\"198.18.0.1\", \
+                              \"2001:db8::1\"]"
+                            .to_owned(),
+                },
+            ));
+        }
+        let mut out = Vec::with_capacity(2);
+        for (text, span, key) in items {
+            let bad = |problem: String, allowed: &str| {
+                self.err(
+                    Some(span.clone()),
+                    key.clone(),
+                    ErrorKind::Invalid {
+                        problem,
+                        allowed: allowed.to_owned(),
+                    },
+                )
+            };
+            let addr: IpAddr = text.parse().map_err(|_| {
+                bad(
+                    format!("{text:?} is not an IP address"),
+                    "an IPv4 or IPv6 address, without a prefix length or port",
+                )
+            })?;
+            let unusable = match addr {
+                IpAddr::V4(a) => {
+                    a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast()
+                }
+                IpAddr::V6(a) => a.is_unspecified() || a.is_loopback() || a.is_multicast(),
+            };
+            if unusable {
+                return Err(bad(
+                    format!("{addr} cannot be a host's address"),
+                    "a unicast address other hosts can reach (not loopback, multicast or unspecified)",
+                ));
+            }
+            if out.iter().any(|o: &IpAddr| o.is_ipv4() == addr.is_ipv4()) {
+                return Err(bad(
+                    format!(
+                        "a second {} address ({addr})",
+                        if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+                    ),
+                    "at most one address of each family: one IPv4 and one IPv6",
+                ));
+            }
+            out.push(addr);
+        }
+        Ok((out[0], out.get(1).copied()))
     }
 
     fn host(&self, i: usize, h: &S<schema::HostSection>) -> Result<Host, ConfigError> {
@@ -397,32 +478,11 @@ impl Cx<'_> {
         let address = r.address.as_ref().ok_or_else(|| {
             missing(
                 "address",
-                "the host's underlay IPv4 or IPv6 address, e.g. address = \"198.18.0.1\"",
+                "the host's underlay IPv4 or IPv6 address, e.g. address = \"198.18.0.1\" (or both: \
+                 address = [\"198.18.0.1\", \"2001:db8::1\"])",
             )
         })?;
-        let key = format!("host[{i}].address");
-        let addr: IpAddr = address.get_ref().parse().map_err(|_| {
-            self.invalid(
-                address,
-                &key,
-                format!("{:?} is not an IP address", address.get_ref()),
-                "an IPv4 or IPv6 address, without a prefix length or port",
-            )
-        })?;
-        let unusable = match addr {
-            IpAddr::V4(a) => {
-                a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast()
-            }
-            IpAddr::V6(a) => a.is_unspecified() || a.is_loopback() || a.is_multicast(),
-        };
-        if unusable {
-            return Err(self.invalid(
-                address,
-                &key,
-                format!("{addr} cannot be a host's address"),
-                "a unicast address other hosts can reach (not loopback, multicast or unspecified)",
-            ));
-        }
+        let (addr, second_address) = self.addresses(i, address)?;
         let subnets_v = r.subnets.as_ref().ok_or_else(|| {
             missing(
                 "subnets",
@@ -509,6 +569,7 @@ impl Cx<'_> {
         Ok(Host {
             name: n.clone(),
             address: addr,
+            second_address,
             subnets,
             libvirt,
             id,

@@ -23,6 +23,7 @@
     )
 )]
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use esp::{InboundSa, OutboundSa, PacketBuf, SaParams};
@@ -85,24 +86,30 @@ pub(crate) struct Datapath {
     inb: Inbound,
     /// (peer, inbound SPI) of Child SAs whose outbound SA waits for the peer's first packet on the new pair
     /// ([`Datapath::install_deferred`]): the inbound path checks this short list, so that it takes the write
-    /// lock of the outbound half only to promote one.
-    waiting: Vec<(usize, u32)>,
+    /// lock of the outbound half only to promote one. By inbound SPI (unique in the daemon): one lookup per
+    /// packet, however many rekeys are under way.
+    waiting: HashMap<u32, usize>,
 }
 
 impl Datapath {
     /// A datapath for these peers (name and their subnets), with no SA yet.
     pub(crate) fn new(peers: &[(String, Vec<Prefix>)]) -> Datapath {
-        Datapath {
+        let d = Datapath {
             out: SharedOutbound(std::sync::Arc::new(std::sync::RwLock::new(Outbound {
-                peers: peers.iter().map(|(name, _)| PeerPath::new(name)).collect(),
+                peers: Vec::new(),
+                by_name: HashMap::new(),
                 routes: Self::prefix_table(peers),
                 no_sa_out: std::sync::atomic::AtomicU64::new(0),
                 no_route: std::sync::atomic::AtomicU64::new(0),
                 encap_failed: std::sync::atomic::AtomicU64::new(0),
             }))),
             inb: Inbound::new(),
-            waiting: Vec::new(),
-        }
+            waiting: HashMap::new(),
+        };
+        d.out
+            .write()
+            .set_paths(peers.iter().map(|(name, _)| PeerPath::new(name)).collect());
+        d
     }
 
     /// The outbound half, for the transmit path and its workers.
@@ -134,7 +141,7 @@ impl Datapath {
                 }
             }
             if let Some((spi, _, _)) = p.pending.take() {
-                self.waiting.retain(|w| w.1 != spi);
+                self.waiting.remove(&spi);
             }
             p.out = Some(out);
             p.wire = Some(wire);
@@ -157,9 +164,9 @@ impl Datapath {
         if let Some((i, p)) = i.and_then(|i| Some((i, o.peers.get_mut(i)?.lane(c)))) {
             if p.out.is_some() {
                 if let Some((old, _, _)) = p.pending.replace((c.spi_in, out, wire)) {
-                    self.waiting.retain(|w| w.1 != old);
+                    self.waiting.remove(&old);
                 }
-                self.waiting.push((i, c.spi_in));
+                self.waiting.insert(c.spi_in, i);
             } else {
                 p.out = Some(out);
                 p.wire = Some(wire);
@@ -204,10 +211,10 @@ impl Datapath {
 
     /// Makes a waiting outbound SA the current one if it belongs to the pair whose inbound SPI is `spi_in`.
     fn promote(&mut self, peer: usize, spi_in: u32) {
-        if !self.waiting.contains(&(peer, spi_in)) {
+        if self.waiting.get(&spi_in) != Some(&peer) {
             return;
         }
-        self.waiting.retain(|w| *w != (peer, spi_in));
+        self.waiting.remove(&spi_in);
         let mut o = self.out.write();
         for p in o.peers.get_mut(peer).into_iter().flat_map(|p| &mut p.lanes) {
             if p.pending.as_ref().is_some_and(|(s, _, _)| *s == spi_in) {
@@ -248,7 +255,13 @@ impl Datapath {
     fn remove_outbound(&mut self, peer: &str, spi_in: u32, spi_out: u32) {
         let mut o = self.out.write();
         let i = o.peer_index(peer);
-        if let Some((i, path)) = i.and_then(|i| Some((i, o.peers.get_mut(i)?))) {
+        if let Some(path) = i.and_then(|i| o.peers.get_mut(i)) {
+            // What waits in this peer's lanes now; whatever of it no longer waits afterwards leaves `waiting`.
+            let was_pending: Vec<u32> = path
+                .lanes
+                .iter()
+                .filter_map(|l| l.pending.as_ref().map(|(s, _, _)| *s))
+                .collect();
             for p in &mut path.lanes {
                 if p.pending.as_ref().is_some_and(|(s, _, _)| *s == spi_in) {
                     p.pending = None;
@@ -267,13 +280,15 @@ impl Datapath {
                 }
             }
             path.lanes.retain(|l| !l.is_empty());
-            let lanes = &path.lanes;
-            self.waiting.retain(|&(w_peer, w_spi)| {
-                w_peer != i
-                    || lanes
-                        .iter()
-                        .any(|l| l.pending.as_ref().is_some_and(|(s, _, _)| *s == w_spi))
-            });
+            for spi in was_pending {
+                if !path
+                    .lanes
+                    .iter()
+                    .any(|l| l.pending.as_ref().is_some_and(|(s, _, _)| *s == spi))
+                {
+                    self.waiting.remove(&spi);
+                }
+            }
         }
     }
 
@@ -284,25 +299,22 @@ impl Datapath {
         let mut o = self.out.write();
         let mut old: Vec<PeerPath> = std::mem::take(&mut o.peers);
         let old_names: Vec<String> = old.iter().map(|p| p.name.clone()).collect();
-        o.peers = peers
+        let paths = peers
             .iter()
             .map(|(name, _)| match old.iter().position(|p| &p.name == name) {
                 Some(i) => old.swap_remove(i),
                 None => PeerPath::new(name),
             })
             .collect();
-        let new_index = |i: usize| {
-            old_names
-                .get(i)
-                .and_then(|n| o.peers.iter().position(|p| &p.name == n))
-        };
+        o.set_paths(paths);
+        let new_index = |i: usize| old_names.get(i).and_then(|n| o.peer_index(n));
         for pol in self.inb.policy.values_mut() {
             pol.peer = pol.peer.and_then(new_index);
         }
         self.waiting = self
             .waiting
             .iter()
-            .filter_map(|&(i, spi)| Some((new_index(i)?, spi)))
+            .filter_map(|(&spi, &i)| Some((spi, new_index(i)?)))
             .collect();
         o.routes = Self::prefix_table(peers);
     }

@@ -106,6 +106,8 @@ impl Lane {
 /// comment); its drop counters are atomic because every worker counts into them.
 pub(crate) struct Outbound {
     pub(super) peers: Vec<PeerPath>,
+    /// Indexes into `peers` by name: IKE events name the peer, and one event must not compare every name.
+    pub(super) by_name: std::collections::HashMap<String, usize>,
     /// Prefixes to peer indexes, longest match first.
     pub(super) routes: super::lpm::PrefixTable,
     pub(super) no_sa_out: AtomicU64,
@@ -147,7 +149,16 @@ impl Outbound {
     }
 
     pub(super) fn peer_index(&self, name: &str) -> Option<usize> {
-        self.peers.iter().position(|p| p.name == name)
+        self.by_name.get(name).copied()
+    }
+
+    /// Sets `peers` and rebuilds `by_name` (the first peer of a name wins, as a search from the front would).
+    pub(super) fn set_paths(&mut self, peers: Vec<PeerPath>) {
+        self.by_name.clear();
+        for (i, p) in peers.iter().enumerate() {
+            self.by_name.entry(p.name.clone()).or_insert(i);
+        }
+        self.peers = peers;
     }
 }
 

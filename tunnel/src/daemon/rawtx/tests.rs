@@ -1,0 +1,296 @@
+//! The transmit ring against the kernel: two namespaces joined by a veth pair (198.18.77.0/24 and fd00:77::/64,
+//! created here and deleted on every path), the sender's next hop resolved by the kernel, and what arrives at a
+//! raw socket on the other side compared with what was sent. Needs root.
+
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::*;
+
+/// Two namespaces `<name>a` and `<name>b` with a veth pair between them, deleted when dropped.
+struct Pair {
+    name: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Pair {
+    fn new(test: &str) -> Pair {
+        crate::test_root::require_root(test, "it creates network namespaces");
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let p = Pair {
+            name: format!(
+                "vrtx{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ),
+        };
+        let (a, b) = (p.ns('a'), p.ns('b'));
+        // A panic past here drops `p`, which deletes what exists.
+        ip(&["netns", "add", &a]);
+        ip(&["netns", "add", &b]);
+        ip(&[
+            "-n", &a, "link", "add", "r0", "type", "veth", "peer", "name", "r0", "netns", &b,
+        ]);
+        for (ns, n) in [(&a, 1), (&b, 2)] {
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("198.18.77.{n}/24"),
+                "dev",
+                "r0",
+            ]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("fd00:77::{n}/64"),
+                "dev",
+                "r0",
+                "nodad",
+            ]);
+            ip(&["-n", ns, "link", "set", "r0", "up"]);
+        }
+        p
+    }
+
+    fn ns(&self, side: char) -> String {
+        format!("{}{side}", self.name)
+    }
+
+    /// Runs `f` on a thread inside namespace `side` (threads it spawns stay there too).
+    fn run<T: Send + 'static>(&self, side: char, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.ns(side));
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("namespace file");
+            // SAFETY: a valid namespace descriptor; only this thread moves.
+            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns");
+            f()
+        })
+        .join()
+        .expect("namespace thread")
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for side in ['a', 'b'] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(side)])
+                .status();
+        }
+    }
+}
+
+fn raw_socket(local: IpAddr) -> Socket {
+    let domain = if local.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::RAW, Some(Protocol::from(50))).expect("raw socket");
+    s.bind(&SockAddr::from(SocketAddr::new(local, 0)))
+        .expect("bind");
+    s
+}
+
+/// ESP-looking packets: `n` of `stride` bytes, the last `last` bytes, each starting with `mark` and its index.
+fn batch(mark: u8, n: usize, stride: usize, last: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        let len = if i + 1 == n { last } else { stride };
+        v.extend((0..len).map(|j| match j {
+            0 => mark,
+            1 => i as u8,
+            _ => j as u8,
+        }));
+    }
+    v
+}
+
+/// Sends batches from a until the ring carried one, then a batch marked 0xE0 + n that went through the ring (a
+/// batch after each refresh of the next hops takes the socket: the next mark is tried then), then one packet
+/// larger than the MTU (through the socket, marked 0xFF). Returns the mark and the counters' (ring, socket)
+/// after the marked batch and at the end.
+fn send_side(local: IpAddr, to: IpAddr) -> (u8, [(u64, u64); 2]) {
+    let tx = RawTx::new(OwnedFd::from(raw_socket(local)));
+    let c = |tx: &RawTx| {
+        let c = tx.counters();
+        (
+            c.ring.load(Ordering::Relaxed),
+            c.socket.load(Ordering::Relaxed),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c(&tx).0 == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the ring never carried a packet: {:?}",
+            c(&tx)
+        );
+        tx.send(&batch(0x11, 2, 600, 600), 600, to).expect("send");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut mark = 0xE0;
+    let ring = loop {
+        let before = c(&tx);
+        tx.send(&batch(mark, 3, 1000, 500), 1000, to).expect("send");
+        let after = c(&tx);
+        if after == (before.0 + 3, before.1) {
+            break after;
+        }
+        assert_eq!(after, (before.0, before.1 + 3), "a batch goes one way");
+        mark += 1;
+        assert!(mark < 0xF0, "the ring never carried a marked batch");
+    };
+    tx.send(&batch(0xFF, 1, 3000, 3000), 3000, to)
+        .expect("send");
+    (mark, [ring, c(&tx)])
+}
+
+/// Receives on b until the 0xFF packet arrived; returns the marked batches and it (IPv4: with their header).
+fn receive_side(local: IpAddr) -> impl FnOnce() -> Vec<Vec<u8>> {
+    let s = raw_socket(local);
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    move || {
+        let mut s = s;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let off = if local.is_ipv4() { 20 } else { 0 };
+        loop {
+            let n = s.read(&mut buf).expect("the packets arrive");
+            let mark = buf.get(off).copied().unwrap_or(0);
+            if mark >= 0xE0 {
+                got.push(buf[..n].to_vec());
+            }
+            if mark == 0xFF {
+                return got;
+            }
+        }
+    }
+}
+
+/// The packets of the batch marked `mark`, then the last (large) one.
+fn pick(got: Vec<Vec<u8>>, off: usize, mark: u8) -> Vec<Vec<u8>> {
+    got.into_iter()
+        .filter(|p| p[off] == mark || p[off] == 0xFF)
+        .collect()
+}
+
+#[test]
+fn ring_sends_raw_esp_with_the_ipv4_header_the_socket_would_write() {
+    const OFF: usize = 20;
+    let pair = Pair::new("ring_sends_raw_esp_with_the_ipv4_header_the_socket_would_write");
+    let (a, b): (IpAddr, IpAddr) = (
+        "198.18.77.1".parse().unwrap(),
+        "198.18.77.2".parse().unwrap(),
+    );
+    let rx = pair.run('b', move || receive_side(b));
+    // The socket was opened in b: it receives there, whichever thread reads it.
+    let rx = std::thread::spawn(rx);
+    let (mark, [ring, after]) = pair.run('a', move || send_side(a, b));
+    assert_eq!(
+        after,
+        (ring.0, ring.1 + 1),
+        "the packet over the MTU went through the socket"
+    );
+    let got = pick(rx.join().unwrap(), OFF, mark);
+    assert_eq!(
+        got.len(),
+        4,
+        "the marked batch and the large packet arrived"
+    );
+    let want = batch(mark, 3, 1000, 500);
+    let mut esp: Vec<&[u8]> = want.chunks(1000).collect();
+    esp.push(&[]);
+    for (i, p) in got.iter().enumerate() {
+        let h = &p[..20];
+        assert_eq!(h[0], 0x45, "version 4, no options");
+        assert_eq!(usize::from(u16::from_be_bytes([h[2], h[3]])), p.len());
+        assert_eq!(h[9], 50, "protocol ESP");
+        assert_eq!(&h[12..16], &[198, 18, 77, 1]);
+        assert_eq!(&h[16..20], &[198, 18, 77, 2]);
+        if i < 3 {
+            // What the ring wrote (the kernel hands raw sockets the header as it arrived).
+            assert_eq!(&h[4..9], &[0, 0, 0x40, 0, 64], "ID 0, DF, TTL 64");
+            let sum: u32 = h
+                .chunks(2)
+                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+                .sum();
+            assert_eq!((sum & 0xffff) + (sum >> 16), 0xffff, "header checksum");
+            assert_eq!(&p[20..], esp[i], "packet {i} intact and in order");
+        } else {
+            assert_eq!(
+                p.len(),
+                20 + 3000,
+                "the large packet arrived whole (reassembled)"
+            );
+        }
+    }
+}
+
+#[test]
+fn ring_sends_raw_esp_over_ipv6() {
+    const OFF: usize = 0;
+    let pair = Pair::new("ring_sends_raw_esp_over_ipv6");
+    let (a, b): (IpAddr, IpAddr) = ("fd00:77::1".parse().unwrap(), "fd00:77::2".parse().unwrap());
+    let rx = pair.run('b', move || receive_side(b));
+    // The socket was opened in b: it receives there, whichever thread reads it.
+    let rx = std::thread::spawn(rx);
+    let (mark, [ring, after]) = pair.run('a', move || send_side(a, b));
+    assert_eq!(
+        after,
+        (ring.0, ring.1 + 1),
+        "the packet over the MTU went through the socket"
+    );
+    let got = pick(rx.join().unwrap(), OFF, mark);
+    assert_eq!(
+        got.len(),
+        4,
+        "the marked batch and the large packet arrived"
+    );
+    let want = batch(mark, 3, 1000, 500);
+    let mut esp: Vec<&[u8]> = want.chunks(1000).collect();
+    esp.push(&[]);
+    for (i, p) in got.iter().enumerate() {
+        if i < 3 {
+            assert_eq!(p.as_slice(), esp[i], "packet {i} intact and in order");
+        } else {
+            assert_eq!(
+                p.len(),
+                3000,
+                "the large packet arrived whole (reassembled)"
+            );
+        }
+    }
+}
+
+#[test]
+fn ipv4_checksum_matches_rfc_1071_example() {
+    // A header whose checksum is known (from a capture): 4500 0073 0000 4000 4011 b861 c0a8 0001 c0a8 00c7.
+    let mut h = [
+        0x45, 0, 0, 0x73, 0, 0, 0x40, 0, 0x40, 0x11, 0, 0, 0xc0, 0xa8, 0, 1, 0xc0, 0xa8, 0, 0xc7,
+    ];
+    assert_eq!(ipv4_checksum(&h), 0xb861);
+    h[10..12].copy_from_slice(&0xb861u16.to_be_bytes());
+    assert_eq!(ipv4_checksum(&h), 0);
+    let built = ipv4_header([198, 18, 0, 1], [198, 18, 0, 2], 100);
+    assert_eq!(ipv4_checksum(&built), 0);
+    assert_eq!(u16::from_be_bytes([built[2], built[3]]), 120);
+}
