@@ -20,8 +20,11 @@
 #                              [--out DIR] [--perf SECS]
 #   --n N        hosts (default 100; at most 200)
 #   --auth A     psk (default) or pubkey (3072-bit RSA keys from `vmsecd keygen`, RFC 7427 signatures)
-#   --loss PCT   lose PCT % of the datagrams each host sends on the underlay (netem on its uplink, inside its
-#                namespace; each datagram crosses one lossy link, as in ike/tests/mesh.rs); pings lose as much
+#   --loss PCT   lose PCT % (an integer) of the UDP and ESP datagrams each host receives on the underlay, each
+#                one independently (this kernel has no sch_netem: an nftables rule on the host's input, inside its
+#                namespace, `numgen random mod 100 < PCT drop`, silent as a lossy link; on output the sender
+#                would see EPERM); each datagram crosses one lossy point, as in ike/tests/mesh.rs. Tunnelled
+#                traffic loses as much
 #   --bin PATH   the vmsecd binary (default target/release/vmsecd)
 #   --out DIR    keep the logs there (default: a temporary directory, printed)
 #   --perf SECS  in the rekey phase, `perf record -g` h1's daemon for SECS seconds in the middle of the 60 s of
@@ -66,8 +69,9 @@ for t in ip ping jq; do command -v "$t" >/dev/null || { echo "$t is missing" >&2
 case "$N" in ''|*[!0-9]*) usage ;; esac
 [ "$N" -ge 3 ] && [ "$N" -le 200 ] || { echo "--n: 3 to 200" >&2; exit 2; }
 case "$AUTH" in psk|pubkey) ;; *) usage ;; esac
-case "$LOSS" in ''|*[!0-9.]*) usage ;; esac
-if [ "$LOSS" != 0 ]; then command -v tc >/dev/null || { echo "tc is missing (iproute2)" >&2; exit 1; }; fi
+case "$LOSS" in ''|*[!0-9]*) usage ;; esac
+[ "$LOSS" -le 100 ] || usage
+if [ "$LOSS" != 0 ]; then command -v nft >/dev/null || { echo "nft is missing (nftables)" >&2; exit 1; }; fi
 has() { case ",$PHASES," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 P="msc$$"
@@ -110,7 +114,13 @@ for i in $(seq 1 $((N + 1))); do
   ip -n "$h" addr add "198.18.0.$i/32" dev u0; ip -n "$h" link set u0 up
   ip -n "$h" route add 198.18.0.254 dev u0
   ip -n "$h" route add 198.18.0.0/24 via 198.18.0.254
-  if [ "$LOSS" != 0 ]; then ip netns exec "$h" tc qdisc add dev u0 root netem loss "$LOSS%"; fi
+  if [ "$LOSS" != 0 ]; then
+    ip netns exec "$h" nft -f - <<EOF
+table inet msc_loss {
+  chain in { type filter hook input priority 0; iifname "u0" meta l4proto { udp, esp } numgen random mod 100 < $LOSS counter drop; }
+}
+EOF
+  fi
   ip -n "$h" link add virbr0 type bridge; ip -n "$h" addr add "198.19.$i.1/24" dev virbr0
   ip -n "$h" link set virbr0 up
   ip netns exec "$h" sysctl -qw net.ipv4.ip_forward=1
@@ -206,6 +216,14 @@ if has up || has ping || has reload || has restart || has rekey; then
   SAS=$((N * (N - 1) / 2))
   rss_mean=$((rss_sum / N))
   say "RESULT up: full mesh of $N ($SAS IKE SAs, auth $AUTH, loss $LOSS%) in $FULL s; CPU $(echo "$ticks / $HZ" | bc -l | xargs printf '%.1f') s in all, $(echo "$ticks / $HZ / $SAS * 1000" | bc -l | xargs printf '%.2f') ms per IKE SA (both ends together)"
+  if [ "$LOSS" != 0 ]; then
+    dropped=0
+    for i in $ALL; do
+      d=$(ip netns exec "$P-h$i" nft list table inet msc_loss | grep -o 'packets [0-9]*' | awk '{s += $2} END {print s + 0}')
+      dropped=$((dropped + d))
+    done
+    say "RESULT loss: $dropped datagrams dropped by the loss rules until full mesh"
+  fi
   say "RESULT rss: per daemon mean $rss_mean KiB, max $rss_max KiB; idle daemon $IDLE KiB; per peer $(( (rss_mean - IDLE) / (N - 1) )) KiB"
 fi
 

@@ -314,8 +314,10 @@ fn mesh_100_comes_up_within_a_minute() {
 /// 72-82 IKE SAs of 9,900 ended as PeerDead: the duplicate IKE SAs deleted after simultaneous starts (about 1,400
 /// here) whose delete answer was lost, retransmitting the delete to a peer that had already forgotten the SA
 /// (pair test `delete_whose_answer_is_lost_ends_as_our_delete`).
+///
+/// 11-12 s wall in the debug build here with the endpoint index of issue 14 (31-77 s before it), so it runs in
+/// CI.
 #[test]
-#[ignore = "slow in debug builds (about 75 s here); mesh_30_with_loss_comes_up_quickly runs in CI"]
 fn mesh_100_with_loss_comes_up_within_a_minute() {
     let t = mesh(100, 10000, 5, Duration::from_secs(300)).expect("mesh of 100 never complete");
     assert!(t < Duration::from_secs(60), "{t:?}");

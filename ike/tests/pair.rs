@@ -2134,3 +2134,49 @@ fn second_ike_sa_after_a_lost_request_claims_no_initial_contact() {
     assert_eq!(p.b.sa_count(), 1, "{:?}", p.b.status());
     assert_eq!(p.a.status()[0].1.spis, p.b.status()[0].1.spis);
 }
+
+/// Both ends start an IKE SA at once: B's (X) completes, A's (K) is established at B but B's IKE_AUTH response is
+/// lost. B holds two and must delete its own X in favour of K (A, the lower address, initiated it), but A holds
+/// only X established: B first checks that A holds K (a liveness check on K, answered once A has B's IKE_AUTH
+/// response from its retransmission) and deletes X only then. Deleting at once left A without an IKE SA until
+/// its IKE_AUTH retransmission got through (24 s for the slowest pairs of benches/mesh_scale.sh at N=100 with 5%
+/// loss).
+#[test]
+fn duplicate_is_deleted_only_once_the_kept_sa_is_up_at_the_peer() {
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b);
+    // B's IKE_AUTH responses (only K has one: B is X's initiator) are lost for the first 6 s.
+    let t0 = p.now;
+    let lost_until = std::rc::Rc::new(std::cell::Cell::new(t0 + Duration::from_secs(6)));
+    let clock = std::rc::Rc::new(std::cell::Cell::new(t0));
+    let (l, c) = (lost_until.clone(), clock.clone());
+    p.filter = Box::new(move |from_a, t| {
+        let d = ike_bytes(t);
+        let auth_response = !from_a && d.len() >= 28 && d[18] == 35 && d[19] & 0x20 != 0;
+        !(auth_response && c.get() < l.get())
+    });
+    p.a.connect(p.now, "b").unwrap();
+    p.b.connect(p.now, "a").unwrap();
+    p.drive();
+    let established = |e: &Endpoint| {
+        e.status()
+            .iter()
+            .filter(|(_, s)| s.state == ike::sa::State::Established)
+            .count()
+    };
+    assert_eq!((established(&p.a), established(&p.b)), (1, 2));
+    // Until A has K, it keeps X.
+    while p.now < t0 + Duration::from_secs(5) {
+        let step = p.now + Duration::from_millis(250);
+        p.run_for(Duration::from_millis(250));
+        clock.set(step);
+        assert_eq!(established(&p.a), 1, "A kept an IKE SA at {:?}", p.now - t0);
+    }
+    // K's IKE_AUTH retransmission (at 4 s) was answered into the loss; the next one (11.2 s) gets through.
+    lost_until.set(t0);
+    p.run_for(Duration::from_secs(20));
+    let (sa, sb) = (p.a.status(), p.b.status());
+    assert_eq!((sa.len(), sb.len()), (1, 1), "{sa:?}\n{sb:?}");
+    assert_eq!(sa[0].1.spis, sb[0].1.spis);
+    assert!(sa[0].1.initiator, "K, A's, is kept");
+}

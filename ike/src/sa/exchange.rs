@@ -235,6 +235,14 @@ impl IkeSa {
             return;
         };
         self.heard(now, from);
+        // An answer that refuses nothing shows the peer holds the IKE SA (one still waiting for our IKE_AUTH
+        // response answers a request with INVALID_SYNTAX).
+        if !payloads
+            .iter()
+            .any(|p| matches!(p, Payload::Notify(x) if n::is_error(x.ntype)))
+        {
+            self.peer_confirmed = true;
+        }
         match o.what {
             Request::Init => {}
             Request::Auth { offered, spi_in } => {
@@ -365,6 +373,10 @@ impl IkeSa {
             self.heard(now, from);
         }
         let exchange = header.exchange;
+        if self.state == State::Established {
+            // A request after IKE_AUTH: the peer holds the IKE SA established.
+            self.peer_confirmed = true;
+        }
         match (self.state, exchange) {
             (State::AwaitingAuth, ExchangeType::IKE_AUTH) => self.respond_auth(now, id, payloads),
             (

@@ -302,6 +302,10 @@ pub struct IkeSa {
     /// Initiator: the endpoint holds another established IKE SA with this peer, so our IKE_AUTH must not claim
     /// INITIAL_CONTACT (see [`IkeSa::set_other_established`]).
     other_established: bool,
+    /// The peer has shown that it holds this IKE SA established: it answered a request of ours on it without an
+    /// error (our IKE_AUTH included), or sent a request on it once established. A responder does not know
+    /// otherwise whether its IKE_AUTH response arrived (see [`IkeSa::confirm_peer`]).
+    peer_confirmed: bool,
     ike_rekey_at: Option<Instant>,
     /// The IkeDown event went out already (a refused Child SA is reported at once, before the delete exchange
     /// that follows): closing must not report the SA a second time.
@@ -442,6 +446,7 @@ impl IkeSa {
             created_at: now,
             initial_contact: false,
             other_established: false,
+            peer_confirmed: false,
             ike_rekey_at: None,
             down_reported: false,
             standing: Standing::Current,
@@ -556,6 +561,22 @@ impl IkeSa {
     /// established IKE SA with the peer: its IKE_AUTH then claims no INITIAL_CONTACT.
     pub(crate) fn set_other_established(&mut self, yes: bool) {
         self.other_established = yes;
+    }
+
+    /// True once the peer has shown that it holds this IKE SA established (see `peer_confirmed`).
+    pub(crate) fn peer_confirmed(&self) -> bool {
+        self.peer_confirmed
+    }
+
+    /// Asks the peer to show that it holds this established IKE SA: an empty INFORMATIONAL request (the
+    /// liveness check of RFC 7296 1.4), unless a request of ours is outstanding already (its answer shows it as
+    /// well). It is retransmitted until answered, as any request. The endpoint asks before it deletes a
+    /// duplicate IKE SA in favour of this one.
+    pub(crate) fn confirm_peer(&mut self, now: Instant) {
+        self.clock = now;
+        if self.state == State::Established && !self.peer_confirmed && self.outstanding.is_none() {
+            self.send_request(now, ExchangeType::INFORMATIONAL, vec![], Request::Liveness);
+        }
     }
 
     /// When this SA began.

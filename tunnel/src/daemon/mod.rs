@@ -129,6 +129,9 @@ struct Daemon {
     members: (Vec<crate::membership::entry::Member>, Vec<String>),
     /// The refusals last logged (logged again only when they change).
     members_refused: Vec<String>,
+    /// With `auth = "pubkey"`: each member from etcd as first seen, whose key it keeps while its entry exists
+    /// (see `membership::merge::merge`).
+    member_pins: crate::membership::merge::Pins,
 }
 
 /// Resolves when the membership from etcd changed; never without etcd. False when the task is gone.

@@ -182,7 +182,9 @@ impl Daemon {
         if self.file_config.mesh.etcd.is_none() {
             return self.file_config.clone();
         }
-        let m = crate::membership::merge::merge(&self.file_config, &self.members.0);
+        let m =
+            crate::membership::merge::merge(&self.file_config, &self.members.0, &self.member_pins);
+        self.member_pins = m.pins;
         let refused: Vec<String> = self.members.1.iter().chain(&m.refused).cloned().collect();
         if refused != self.members_refused {
             for r in crate::membership::refusal_lines(&refused) {

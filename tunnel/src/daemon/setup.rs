@@ -133,6 +133,7 @@ impl Daemon {
             membership: None,
             members: Default::default(),
             members_refused: Vec::new(),
+            member_pins: Default::default(),
             applied_subnets: apply::firewall_subnets(&config),
             firewall: crate::firewall::Handle::start(&config)?,
             cp: ControlPlane::new(config, Instant::now()),

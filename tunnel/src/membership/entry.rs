@@ -65,6 +65,9 @@ pub struct Member {
     pub host: Host,
     /// Its public key (PEM text and parsed), with `auth = "pubkey"`.
     pub pubkey: Option<ike::crypto::signature::PublicKey>,
+    /// The entry's create revision in etcd (0 when not read from etcd): the same while the entry is rewritten,
+    /// a new one once it was deleted and written anew.
+    pub created: i64,
 }
 
 /// Why an entry is refused.
@@ -192,6 +195,7 @@ pub fn parse(name_in_key: &str, value: &[u8]) -> Result<Member, EntryError> {
             port,
         },
         pubkey,
+        created: 0,
     })
 }
 

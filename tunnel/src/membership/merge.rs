@@ -11,6 +11,10 @@ use super::entry::Member;
 use crate::config::{Auth, Config, Host, Identity, PublicKeyFile};
 use crate::prefix::Prefix;
 
+/// With `auth = "pubkey"` (raw keys): each member as first seen, by name, with the create revision of its entry
+/// (see [`merge`]).
+pub type Pins = BTreeMap<String, Member>;
+
 /// The outcome of a merge.
 #[derive(Debug)]
 pub struct Merged {
@@ -20,6 +24,8 @@ pub struct Merged {
     pub taken: Vec<String>,
     /// One line per member refused: who, and what it conflicts with.
     pub refused: Vec<String>,
+    /// The pins to pass to the next merge.
+    pub pins: Pins,
 }
 
 /// What `m` conflicts with among `hosts`, if anything.
@@ -144,17 +150,38 @@ impl Claims {
 /// Merges `file` (the mesh file as loaded, this host in it) with `members` (from etcd, oldest first).
 ///
 /// A member that agrees exactly with a file host of the same name is that host publishing itself: nothing to
-/// add. With `auth = "pubkey"` (raw keys) a member must carry its public key.
-pub fn merge(file: &Config, members: &[Member]) -> Merged {
+/// add. With `auth = "pubkey"` (raw keys) a member must carry its public key, and keeps the key it was first seen
+/// with (`pins`, from the previous merge) for as long as its entry exists: an entry rewritten with another key
+/// (by whoever can write to etcd) is refused and the member stays as first seen, so that the store cannot hand
+/// a known host's name, address and subnets to another key pair (README, "Membership from etcd"). An entry
+/// deleted and written anew (a host leaving and joining again, with a new key pair perhaps) is a new member.
+pub fn merge(file: &Config, members: &[Member], pins: &Pins) -> Merged {
     let mut hosts = file.mesh.hosts.clone();
     let mut claims = Claims::default();
     for (i, h) in hosts.iter().enumerate() {
         claims.add(i, h);
     }
+    let raw_keys = matches!(file.mesh.auth, Auth::PubKey(_));
     let mut keys: BTreeMap<String, PublicKeyFile> = BTreeMap::new();
     let mut taken = Vec::new();
     let mut refused = Vec::new();
+    let mut pins_out = Pins::new();
     for m in members {
+        let m = match pins.get(&m.host.name) {
+            Some(first) if raw_keys && first.created == m.created && first.pubkey != m.pubkey => {
+                refused.push(format!(
+                    "etcd member {} refused: its public key is not the one it joined with (its entry was \
+                     rewritten in etcd); it stays as it was. A host whose key pair changed joins again once \
+                     its entry is deleted (a clean stop, or etcdctl del)",
+                    m.host.name
+                ));
+                first
+            }
+            _ => m,
+        };
+        if raw_keys && m.pubkey.is_some() {
+            pins_out.insert(m.host.name.clone(), m.clone());
+        }
         if let Some(f) = file.mesh.host(&m.host.name) {
             let same = f.address == m.host.address
                 && f.second_address == m.host.second_address
@@ -205,6 +232,7 @@ pub fn merge(file: &Config, members: &[Member]) -> Merged {
         config: file.with_members(hosts, keys),
         taken,
         refused,
+        pins: pins_out,
     }
 }
 
@@ -252,7 +280,7 @@ mod tests {
             member("h6", 6, "198.19.3.0/25"),
             member("h7", 7, "198.19.7.0/24"),
         ];
-        let m = merge(&f, &ms);
+        let m = merge(&f, &ms, &Pins::new());
         assert_eq!(m.taken, ["h3", "h7"]);
         let names: Vec<&str> = m
             .config
@@ -275,7 +303,7 @@ mod tests {
         assert_eq!(m.refused.len(), 4, "{all}");
         // The file alone with this host: a member is all the mesh has.
         let alone = file(dir.path(), false);
-        let m = merge(&alone, &[member("h9", 9, "198.19.9.0/24")]);
+        let m = merge(&alone, &[member("h9", 9, "198.19.9.0/24")], &Pins::new());
         assert_eq!(m.config.peers().count(), 1);
     }
 
@@ -304,7 +332,7 @@ mod tests {
         ms.push(member("late", 250, "fd00:3ff::3f/128"));
         ms.push(member("wide", 251, "fd00::/16"));
         let t = std::time::Instant::now();
-        let m = merge(&f, &ms);
+        let m = merge(&f, &ms, &Pins::new());
         assert!(
             t.elapsed() < std::time::Duration::from_secs(10),
             "{:?}",
@@ -318,6 +346,67 @@ mod tests {
             "{all}"
         );
         assert_eq!(m.refused.len(), 2, "{all}");
+    }
+
+    /// With raw public keys, a member keeps the key it joined with while its entry exists: the entry rewritten
+    /// with another key (same create revision) is refused and the member stays as it was; deleted and written
+    /// anew (a new create revision), it is a new member with the new key.
+    #[test]
+    fn a_rewritten_entry_cannot_change_a_members_key() {
+        use ike::crypto::signature::PrivateKey;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let [own, first, second] = [0, 1, 2].map(|_| PrivateKey::generate(2048).unwrap());
+        let private = dir.path().join("private.pem");
+        std::fs::write(&private, own.to_pkcs8_pem()).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(dir.path().join("h1.pub.pem"), own.public_key().to_pem()).unwrap();
+        let text = "[mesh]\nauth = \"pubkey\"\nprivate_key = \"private.pem\"\n[etcd]\n\
+                    endpoints = [\"http://198.18.0.10:2379\"]\nprefix = \"/vmsecd/t/\"\n[[host]]\nname = \"h1\"\n\
+                    address = \"198.18.0.1\"\nsubnets = [\"198.19.1.0/24\"]\npubkey = \"h1.pub.pem\"\n";
+        let mesh = dir.path().join("mesh.toml");
+        std::fs::write(&mesh, text).unwrap();
+        let f = Config::load(&mesh, Some("h1"), &[]).unwrap();
+        let h2 = |key: &PrivateKey, subnet: &str, created: i64| {
+            let v = serde_json::json!({
+                "name": "h2", "address": "198.18.0.2", "subnets": [subnet],
+                "pubkey": key.public_key().to_pem(),
+            });
+            Member {
+                created,
+                ..entry::parse("h2", v.to_string().as_bytes()).unwrap()
+            }
+        };
+        let key_of = |m: &Merged| match &m.config.mesh.auth {
+            Auth::PubKey(pk) => pk.public_keys["h2"].key.clone(),
+            _ => unreachable!(),
+        };
+        let m = merge(&f, &[h2(&first, "198.19.2.0/24", 5)], &Pins::new());
+        assert_eq!((m.taken.len(), m.refused.len()), (1, 0), "{:?}", m.refused);
+        // Rewritten with another key (and another subnet): refused, h2 stays as it joined.
+        let m = merge(&f, &[h2(&second, "198.19.9.0/24", 5)], &m.pins);
+        assert!(
+            m.refused[0]
+                .contains("etcd member h2 refused: its public key is not the one it joined with"),
+            "{:?}",
+            m.refused
+        );
+        assert_eq!(key_of(&m), first.public_key());
+        assert_eq!(
+            m.config.mesh.host("h2").unwrap().subnets[0].to_string(),
+            "198.19.2.0/24"
+        );
+        // The same key with a new subnet is a change the member may make.
+        let m = merge(&f, &[h2(&first, "198.19.3.0/24", 5)], &m.pins);
+        assert!(m.refused.is_empty(), "{:?}", m.refused);
+        assert_eq!(
+            m.config.mesh.host("h2").unwrap().subnets[0].to_string(),
+            "198.19.3.0/24"
+        );
+        // Deleted and written anew: a new member, with its new key.
+        let m = merge(&f, &[h2(&second, "198.19.2.0/24", 11)], &m.pins);
+        assert!(m.refused.is_empty(), "{:?}", m.refused);
+        assert_eq!(key_of(&m), second.public_key());
     }
 
     /// A dual-stack member: its second address is claimed too, and a member that shares no family with this
@@ -341,7 +430,7 @@ mod tests {
                 r#"{"name":"h5","address":"2001:db8:0:ff::5","subnets":["198.19.5.0/24"]}"#,
             ),
         ];
-        let m = merge(&f, &ms);
+        let m = merge(&f, &ms, &Pins::new());
         assert_eq!(m.taken, ["h3", "h5"]);
         assert!(
             m.refused[0]

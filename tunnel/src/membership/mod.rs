@@ -19,9 +19,12 @@ pub fn parse_entries(e: &Entries) -> (Vec<Member>, Vec<String>) {
     sorted.sort_by_key(|(n, (rev, _))| (*rev, (*n).clone()));
     let mut members = Vec::with_capacity(sorted.len());
     let mut refused = Vec::new();
-    for (name, (_, value)) in sorted {
+    for (name, (created, value)) in sorted {
         match entry::parse(name, value) {
-            Ok(m) => members.push(m),
+            Ok(m) => members.push(Member {
+                created: *created,
+                ..m
+            }),
             Err(err) => refused.push(format!(
                 "etcd entry {:?} refused: {err}",
                 crate::daemon::logcap::clean(name, 64)
