@@ -590,6 +590,62 @@ pub fn end_cell(mut v: Vmsecd, p: &dyn KernelPeer) {
     p.forget_sas();
 }
 
+/// Waits until vmsecd and `p` agree ([`wait_agree`]) and checks it ([`check_agree`]) with the roles vmsecd's
+/// status gives (after a rekey or a restart, whoever made the IKE SA now).
+pub fn agree_now(v: &Vmsecd, p: &dyn KernelPeer, algs: (&str, &str), udp: bool) -> Status {
+    let d = || diag(v, p);
+    let (st, sa) = wait_agree(v, PEER, || p.sas(), Duration::from_secs(60), &d);
+    let vmsecd_initiated = peer(&st, PEER).ike.as_ref().is_some_and(|i| i.initiator);
+    let e = Expect {
+        peer: PEER,
+        vmsecd_initiated,
+        ike_alg: algs.0,
+        esp_alg: algs.1,
+        udp,
+    };
+    check_agree(&st, &sa, &e);
+    st
+}
+
+impl GuestBed {
+    /// A power cut: the guest killed, booted again 2 s later and configured as before (its daemon is the
+    /// caller's to start).
+    pub fn power_cut_and_boot(&mut self) {
+        self.guest.kill();
+        sleep(Duration::from_secs(2));
+        self.guest.boot_again();
+        self.configure_guest();
+    }
+}
+
+/// After [`GuestBed::power_cut_and_boot`] at `t` and the peer's start: traffic must pass again within `bound`
+/// of `t`; then both sides agree (raw ESP, `algs`) and every byte passes both ways. Returns the time to traffic.
+pub fn check_back_after_restart(
+    bed: &GuestBed,
+    v: &Vmsecd,
+    p: &dyn KernelPeer,
+    t: Instant,
+    bound: Duration,
+    algs: (&str, &str),
+) -> Duration {
+    let d = || diag(v, p);
+    assert!(
+        traffic::ping_until_ok(&bed.avm, BVM, bound.saturating_sub(t.elapsed())),
+        "no traffic within {bound:?} of the guest's kill\n{}",
+        d()
+    );
+    let back = t.elapsed();
+    eprintln!(
+        "[{}] traffic back {:.1} s after the kill (the guest booted in {:.1} s)",
+        bed.name,
+        back.as_secs_f64(),
+        bed.guest.booted_in().as_secs_f64()
+    );
+    agree_now(v, p, algs, false);
+    check_traffic(&bed.avm, &bed.bvm, 2, 1 << 20, 100, &d);
+    back
+}
+
 /// vmsecd's name for the guest in [`Mesh::two_hosts`].
 pub const PEER: &str = "hB";
 
@@ -684,6 +740,48 @@ impl Load {
         self.thread.join().expect("load thread")
     }
 }
+
+/// One algorithm cell: vmsecd's proposals (strongSwan syntax, which charon takes verbatim) and what both sides
+/// must report for them.
+#[derive(Debug, Clone, Copy)]
+pub struct AlgCell {
+    /// The cell's name.
+    pub name: &'static str,
+    /// vmsecd's `ike_proposals` entry.
+    pub ike: &'static str,
+    /// vmsecd's `esp_proposals` entry.
+    pub esp: &'static str,
+    /// The IKE SA's algorithms in vmsecd's notation.
+    pub ike_alg: &'static str,
+    /// The Child SA's.
+    pub esp_alg: &'static str,
+}
+
+/// The algorithms beyond the defaults that the guest's kernel has: AES-GCM-256 with ECP-384, AES-CBC-256 with
+/// SHA2-256 and MODP-2048, ChaCha20-Poly1305 with Curve25519.
+pub const ALGORITHM_CELLS: &[AlgCell] = &[
+    AlgCell {
+        name: "gcm256",
+        ike: "aes256gcm16-prfsha384-ecp384",
+        esp: "aes256gcm16",
+        ike_alg: "AES_GCM_16_256/PRF_HMAC_SHA2_384/ECP_384",
+        esp_alg: "AES_GCM_16_256",
+    },
+    AlgCell {
+        name: "cbc-sha256",
+        ike: "aes256-sha256-modp2048",
+        esp: "aes256-sha256",
+        ike_alg: "AES_CBC_256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048",
+        esp_alg: "AES_CBC_256/HMAC_SHA2_256_128",
+    },
+    AlgCell {
+        name: "chacha20poly1305",
+        ike: "chacha20poly1305-prfsha256-x25519",
+        esp: "chacha20poly1305",
+        ike_alg: "CHACHA20_POLY1305/PRF_HMAC_SHA2_256/CURVE_25519",
+        esp_alg: "CHACHA20_POLY1305",
+    },
+];
 
 /// vmsecd's identity in the certificate and public-key cells.
 pub const A_ID: &str = "ha.example.net";
