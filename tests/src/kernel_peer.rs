@@ -17,10 +17,13 @@ use std::time::{Duration, Instant};
 
 use crate::guest::{self, Guest, GuestLock, Nic};
 use crate::netns::{Netns, NetnsGuard};
-use crate::traffic::{self, Capture, Captured};
+use crate::traffic::{self, Capture};
 use crate::vmsecd::{peer, Mesh, Status, Vmsecd};
 
 pub use crate::guest_charon::GuestCharon;
+pub use crate::kernel_capture::{
+    check_capture, check_capture6, informational_requests, underlay_offenders,
+};
 
 /// vmsecd's underlay address (host a).
 pub const A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -352,85 +355,6 @@ pub fn check_traffic(
     }
 }
 
-/// The frames that do not belong on the underlay: between A and B, with `udp`, anything but UDP between ports
-/// 500/4500; without, anything but raw ESP (protocol 50) and IKE (UDP 500, or 4500 behind the non-ESP marker).
-/// IP fragments after the first carry no ports: they are taken as part of their datagram (the first fragment
-/// is checked). Anywhere: an inner address in an IP header, or the source and destination of a packet between
-/// the VMs in clear in a payload. Returns (offenders, ESP packets seen, IKE datagrams seen).
-pub fn underlay_offenders(cap: &Captured, udp: bool) -> (Vec<String>, usize, usize) {
-    let vms: [Ipv4Addr; 2] = [AVM.parse().expect("addr"), BVM.parse().expect("addr")];
-    let inner = |x: Ipv4Addr| x.octets()[..2] == [198, 19];
-    let mut pairs = Vec::new();
-    for x in vms {
-        for y in vms {
-            if x != y {
-                let mut p = x.octets().to_vec();
-                p.extend_from_slice(&y.octets());
-                pairs.push(p);
-            }
-        }
-    }
-    let clear = |payload: &[u8]| payload.windows(8).any(|w| pairs.iter().any(|p| p == w));
-    let ike_port = |p: Option<u16>| matches!(p, Some(500) | Some(4500));
-    let (mut bad, mut esp, mut ike) = (Vec::new(), 0, 0);
-    for f in &cap.ipv4 {
-        let between = (f.src == A && f.dst == B) || (f.src == B && f.dst == A);
-        let udp_ike_ports = f.proto == 17 && ike_port(f.sport) && ike_port(f.dport);
-        let marker = f.payload.starts_with(&[0; 4]);
-        let keepalive = f.payload == [0xff];
-        let udp_esp = udp_ike_ports && f.sport == Some(4500) && !marker && !keepalive;
-        let why = if inner(f.src) || inner(f.dst) {
-            Some("inner address in the IP header")
-        } else if clear(&f.payload) {
-            Some("inner addresses in clear in the payload")
-        } else if !between {
-            None
-        } else if f.later_fragment {
-            (f.proto != if udp { 17 } else { 50 } && f.proto != 17)
-                .then_some("a fragment of something else")
-        } else if f.proto == 50 {
-            esp += 1;
-            udp.then_some("raw ESP where ESP in UDP was expected")
-        } else if udp_esp {
-            esp += 1;
-            (!udp).then_some("ESP in UDP where raw ESP was expected")
-        } else if udp_ike_ports {
-            ike += 1;
-            None
-        } else {
-            Some("neither IKE nor ESP")
-        };
-        if let Some(why) = why {
-            bad.push(format!(
-                "{:.3}s {} > {} proto {} ports {:?} > {:?}: {why}",
-                f.t, f.src, f.dst, f.proto, f.sport, f.dport
-            ));
-        }
-    }
-    (bad, esp, ike)
-}
-
-/// Asserts the capture carries only the expected framing, and enough ESP and IKE to show the case happened.
-pub fn check_capture(cap: &Captured, udp: bool, what: &str) {
-    let (bad, esp, ike) = underlay_offenders(cap, udp);
-    assert!(
-        bad.is_empty(),
-        "{what}: the underlay carried {} frames that do not belong ({}):\n{}",
-        bad.len(),
-        if udp {
-            "only UDP 500/4500 expected"
-        } else {
-            "only raw ESP and IKE expected"
-        },
-        bad.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
-    );
-    assert!(ike >= 2, "{what}: the capture shows {ike} IKE datagrams");
-    assert!(
-        esp >= 20,
-        "{what}: the capture shows only {esp} ESP packets"
-    );
-}
-
 /// What the cell runner needs of a kernel IPsec daemon in the guest (charon, pluto).
 pub trait KernelPeer {
     /// Its name in log lines and cell names (`charon`, `pluto`).
@@ -590,6 +514,62 @@ pub fn end_cell(mut v: Vmsecd, p: &dyn KernelPeer) {
     p.forget_sas();
 }
 
+/// Waits until vmsecd and `p` agree ([`wait_agree`]) and checks it ([`check_agree`]) with the roles vmsecd's
+/// status gives (after a rekey or a restart, whoever made the IKE SA now).
+pub fn agree_now(v: &Vmsecd, p: &dyn KernelPeer, algs: (&str, &str), udp: bool) -> Status {
+    let d = || diag(v, p);
+    let (st, sa) = wait_agree(v, PEER, || p.sas(), Duration::from_secs(60), &d);
+    let vmsecd_initiated = peer(&st, PEER).ike.as_ref().is_some_and(|i| i.initiator);
+    let e = Expect {
+        peer: PEER,
+        vmsecd_initiated,
+        ike_alg: algs.0,
+        esp_alg: algs.1,
+        udp,
+    };
+    check_agree(&st, &sa, &e);
+    st
+}
+
+impl GuestBed {
+    /// A power cut: the guest killed, booted again 2 s later and configured as before (its daemon is the
+    /// caller's to start).
+    pub fn power_cut_and_boot(&mut self) {
+        self.guest.kill();
+        sleep(Duration::from_secs(2));
+        self.guest.boot_again();
+        self.configure_guest();
+    }
+}
+
+/// After [`GuestBed::power_cut_and_boot`] at `t` and the peer's start: traffic must pass again within `bound`
+/// of `t`; then both sides agree (raw ESP, `algs`) and every byte passes both ways. Returns the time to traffic.
+pub fn check_back_after_restart(
+    bed: &GuestBed,
+    v: &Vmsecd,
+    p: &dyn KernelPeer,
+    t: Instant,
+    bound: Duration,
+    algs: (&str, &str),
+) -> Duration {
+    let d = || diag(v, p);
+    assert!(
+        traffic::ping_until_ok(&bed.avm, BVM, bound.saturating_sub(t.elapsed())),
+        "no traffic within {bound:?} of the guest's kill\n{}",
+        d()
+    );
+    let back = t.elapsed();
+    eprintln!(
+        "[{}] traffic back {:.1} s after the kill (the guest booted in {:.1} s)",
+        bed.name,
+        back.as_secs_f64(),
+        bed.guest.booted_in().as_secs_f64()
+    );
+    agree_now(v, p, algs, false);
+    check_traffic(&bed.avm, &bed.bvm, 2, 1 << 20, 100, &d);
+    back
+}
+
 /// vmsecd's name for the guest in [`Mesh::two_hosts`].
 pub const PEER: &str = "hB";
 
@@ -685,6 +665,48 @@ impl Load {
     }
 }
 
+/// One algorithm cell: vmsecd's proposals (strongSwan syntax, which charon takes verbatim) and what both sides
+/// must report for them.
+#[derive(Debug, Clone, Copy)]
+pub struct AlgCell {
+    /// The cell's name.
+    pub name: &'static str,
+    /// vmsecd's `ike_proposals` entry.
+    pub ike: &'static str,
+    /// vmsecd's `esp_proposals` entry.
+    pub esp: &'static str,
+    /// The IKE SA's algorithms in vmsecd's notation.
+    pub ike_alg: &'static str,
+    /// The Child SA's.
+    pub esp_alg: &'static str,
+}
+
+/// The algorithms beyond the defaults that the guest's kernel has: AES-GCM-256 with ECP-384, AES-CBC-256 with
+/// SHA2-256 and MODP-2048, ChaCha20-Poly1305 with Curve25519.
+pub const ALGORITHM_CELLS: &[AlgCell] = &[
+    AlgCell {
+        name: "gcm256",
+        ike: "aes256gcm16-prfsha384-ecp384",
+        esp: "aes256gcm16",
+        ike_alg: "AES_GCM_16_256/PRF_HMAC_SHA2_384/ECP_384",
+        esp_alg: "AES_GCM_16_256",
+    },
+    AlgCell {
+        name: "cbc-sha256",
+        ike: "aes256-sha256-modp2048",
+        esp: "aes256-sha256",
+        ike_alg: "AES_CBC_256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048",
+        esp_alg: "AES_CBC_256/HMAC_SHA2_256_128",
+    },
+    AlgCell {
+        name: "chacha20poly1305",
+        ike: "chacha20poly1305-prfsha256-x25519",
+        esp: "chacha20poly1305",
+        ike_alg: "CHACHA20_POLY1305/PRF_HMAC_SHA2_256/CURVE_25519",
+        esp_alg: "CHACHA20_POLY1305",
+    },
+];
+
 /// vmsecd's identity in the certificate and public-key cells.
 pub const A_ID: &str = "ha.example.net";
 /// The guest's identity in the certificate cells.
@@ -748,114 +770,4 @@ pub fn pubkey_mesh_text(
         a_public.display().to_string(),
         b_public.display().to_string()
     )
-}
-
-/// IKE liveness checks in a capture of the underlay: INFORMATIONAL requests (exchange type 37, Response flag
-/// clear; RFC 7296 3.1: "R (Response) - This bit indicates that this message is a response to a message
-/// containing the same Message ID") sent by A and by B, over UDP 500 or behind the non-ESP marker on 4500. On
-/// an idle tunnel these are the liveness checks (no deletes or rekeys happen meanwhile).
-pub fn informational_requests(cap: &Captured) -> (usize, usize) {
-    let (mut from_a, mut from_b) = (0, 0);
-    for f in cap
-        .ipv4
-        .iter()
-        .filter(|f| f.proto == 17 && !f.later_fragment)
-    {
-        let ike = match (f.sport, f.dport) {
-            (Some(500), Some(500)) => f.payload.get(..),
-            (Some(4500), Some(4500)) if f.payload.starts_with(&[0; 4]) => f.payload.get(4..),
-            _ => None,
-        };
-        let Some(ike) = ike else { continue };
-        let (Some(&exchange), Some(&flags)) = (ike.get(18), ike.get(19)) else {
-            continue;
-        };
-        if exchange == 37 && flags & 0x20 == 0 {
-            if f.src == A {
-                from_a += 1;
-            } else if f.src == B {
-                from_b += 1;
-            }
-        }
-    }
-    (from_a, from_b)
-}
-
-/// [`check_capture`] for a cell over the IPv6 underlay: between [`A6`] and [`B6`] only ICMPv6 (neighbour
-/// discovery), IKE (UDP 500/4500) and ESP of the expected framing (fragments of it too: next header 44 whose
-/// fragment header names 50, or 17 for UDP); no IPv4 between the hosts; no VM address of either family in clear.
-pub fn check_capture6(cap: &Captured, udp: bool, what: &str) {
-    use std::net::{IpAddr, Ipv6Addr};
-    let hosts: [Ipv6Addr; 2] = [A6.parse().expect("addr"), B6.parse().expect("addr")];
-    let vms: Vec<IpAddr> = [AVM, BVM, AVM6, BVM6]
-        .iter()
-        .map(|s| s.parse().expect("addr"))
-        .collect();
-    let mut bad = crate::dualstack::leaks(
-        cap,
-        &[],
-        &["198.19.0.0/16", "2001:db8:1::/48", "2001:db8:2::/48"],
-        &vms,
-    );
-    let ike_port = |p: Option<u16>| matches!(p, Some(500) | Some(4500));
-    let (mut esp, mut ike) = (0, 0);
-    for f in cap
-        .ipv6
-        .iter()
-        .filter(|f| hosts.contains(&f.src) && hosts.contains(&f.dst))
-    {
-        let udp_ike_ports = f.next == 17 && ike_port(f.sport) && ike_port(f.dport);
-        let udp_esp = udp_ike_ports
-            && f.sport == Some(4500)
-            && !f.payload.starts_with(&[0; 4])
-            && f.payload != [0xff];
-        let why = match f.next {
-            58 => None,
-            50 => {
-                esp += 1;
-                udp.then_some("raw ESP where ESP in UDP was expected")
-            }
-            44 => (f.payload.first() != Some(if udp { &17 } else { &50 }))
-                .then_some("a fragment of something else"),
-            _ if udp_esp => {
-                esp += 1;
-                (!udp).then_some("ESP in UDP where raw ESP was expected")
-            }
-            _ if udp_ike_ports => {
-                ike += 1;
-                None
-            }
-            _ => Some("neither IKE nor ESP"),
-        };
-        if let Some(why) = why {
-            bad.push(format!(
-                "{:.3}s {} > {} next header {} ports {:?} > {:?}: {why}",
-                f.t, f.src, f.dst, f.next, f.sport, f.dport
-            ));
-        }
-    }
-    for f in cap
-        .ipv4
-        .iter()
-        .filter(|f| [A, B].contains(&f.src) && [A, B].contains(&f.dst))
-    {
-        bad.push(format!(
-            "{:.3}s {} > {} proto {}: IPv4 between the hosts on an IPv6 cell",
-            f.t, f.src, f.dst, f.proto
-        ));
-    }
-    assert!(
-        bad.is_empty(),
-        "{what}: the IPv6 underlay carried {} frames that do not belong:\n{}",
-        bad.len(),
-        bad.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
-    );
-    assert!(
-        ike >= 2,
-        "{what}: the capture shows {ike} IKE datagrams over IPv6"
-    );
-    assert!(
-        esp >= 20,
-        "{what}: the capture shows only {esp} ESP packets over IPv6"
-    );
 }

@@ -12,6 +12,7 @@ pub mod faultlink;
 pub mod guest;
 pub mod guest_charon;
 pub mod hostile;
+pub mod kernel_capture;
 pub mod kernel_peer;
 pub mod libreswan;
 pub mod libvirt;

@@ -677,13 +677,15 @@ pub fn parse_xfrm_states(text: &str) -> Vec<XfrmState> {
 /// inbound state with an outbound one; more than one of either (a rekey under way) shows as more children, so
 /// that the caller waits.
 pub fn xfrm_peer_sas(states: &[XfrmState], local: &str, remote: &str) -> Vec<PeerSa> {
+    // A state without algorithms is one whose SPI pluto has allocated (XFRM_MSG_ALLOCSPI) but not yet filled
+    // in: taken as not there yet, so that callers wait for the Child SA to be installed whole.
     let ins: Vec<&XfrmState> = states
         .iter()
-        .filter(|s| s.dst == local && s.src == remote)
+        .filter(|s| s.dst == local && s.src == remote && !s.algorithms.is_empty())
         .collect();
     let outs: Vec<&XfrmState> = states
         .iter()
-        .filter(|s| s.src == local && s.dst == remote)
+        .filter(|s| s.src == local && s.dst == remote && !s.algorithms.is_empty())
         .collect();
     if ins.is_empty() && outs.is_empty() {
         return Vec::new();

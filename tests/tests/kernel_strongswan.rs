@@ -13,12 +13,11 @@ use std::time::{Duration, Instant};
 
 use vmsecd_e2e::guest_charon::CHILD;
 use vmsecd_e2e::kernel_peer::{
-    check_agree, check_traffic, diag, end_cell, framing_cells, pubkey_mesh_text, run_cell, spis,
-    wait_agree, wait_all_rekeys, wanted, Cell, CertSet, Expect, GuestBed, GuestCharon, KernelPeer,
-    Load, A6, A_ID, B6, BVM, B_ID, PEER,
+    agree_now, check_back_after_restart, diag, end_cell, framing_cells, pubkey_mesh_text, run_cell,
+    spis, wait_agree, wait_all_rekeys, wanted, Cell, CertSet, GuestBed, GuestCharon, KernelPeer,
+    Load, A6, ALGORITHM_CELLS, A_ID, B6, B_ID, PEER,
 };
 use vmsecd_e2e::strongswan::{pki_keygen, Conn};
-use vmsecd_e2e::traffic;
 use vmsecd_e2e::vmsecd::{peer, Mesh, Vmsecd};
 
 const PSK: &str = "kernel-interop-psk-0123456789abcdef";
@@ -27,31 +26,6 @@ const GCM128: (&str, &str) = (
     "AES_GCM_16_128/PRF_HMAC_SHA2_256/CURVE_25519",
     "AES_GCM_16_128",
 );
-
-/// Proposals (strongSwan syntax, the same on both sides) and what both sides must report for them.
-const ALGORITHMS: &[(&str, &str, &str, &str, &str)] = &[
-    (
-        "gcm256",
-        "aes256gcm16-prfsha384-ecp384",
-        "aes256gcm16",
-        "AES_GCM_16_256/PRF_HMAC_SHA2_384/ECP_384",
-        "AES_GCM_16_256",
-    ),
-    (
-        "cbc-sha256",
-        "aes256-sha256-modp2048",
-        "aes256-sha256",
-        "AES_CBC_256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048",
-        "AES_CBC_256/HMAC_SHA2_256_128",
-    ),
-    (
-        "chacha20poly1305",
-        "chacha20poly1305-prfsha256-x25519",
-        "chacha20poly1305",
-        "CHACHA20_POLY1305/PRF_HMAC_SHA2_256/CURVE_25519",
-        "CHACHA20_POLY1305",
-    ),
-];
 
 /// charon reloaded with `conn` (ESP in UDP forced as the cell says), then the shared cell.
 fn cell(
@@ -87,19 +61,12 @@ fn kernel_strongswan_framing_both_roles() {
         end_cell(v, &charon);
     }
     // The other algorithms the guest's kernel has, over raw ESP with vmsecd initiating.
-    for (name, ike, esp, ike_alg, esp_alg) in ALGORITHMS.iter().filter(|a| wanted(a.0)) {
+    for a in ALGORITHM_CELLS.iter().filter(|a| wanted(a.name)) {
         let (mut c, mut m) = (conn(), mesh());
-        (c.proposals, c.esp_proposals) = ((*ike).into(), (*esp).into());
-        (m.ike_proposals, m.esp_proposals) = (vec![(*ike).into()], vec![(*esp).into()]);
-        let v = cell(
-            &bed,
-            &charon,
-            &Cell::raw(name, true),
-            &c,
-            &m,
-            (ike_alg, esp_alg),
-            None,
-        );
+        (c.proposals, c.esp_proposals) = (a.ike.into(), a.esp.into());
+        (m.ike_proposals, m.esp_proposals) = (vec![a.ike.into()], vec![a.esp.into()]);
+        let algs = (a.ike_alg, a.esp_alg);
+        let v = cell(&bed, &charon, &Cell::raw(a.name, true), &c, &m, algs, None);
         end_cell(v, &charon);
     }
     // RSA raw public keys (swanctl `pubkeys`, `pki` keys of 2048 bits) with DN-less FQDN/e-mail identities, raw
@@ -227,36 +194,22 @@ fn kernel_strongswan_rekeys_both_sides_under_traffic() {
     charon.reload(&[conn]);
     let v = Vmsecd::start(&bed.a, &bed.dir("vmsecd"), &mesh, "hA");
     let d = || diag(&v, &charon);
-    let e = Expect {
-        peer: PEER,
-        vmsecd_initiated: true,
-        ike_alg: GCM128.0,
-        esp_alg: GCM128.1,
-        udp: false,
-    };
-    let (st, sa) = wait_agree(&v, PEER, || charon.sas(), Duration::from_secs(60), &d);
-    check_agree(&st, &sa, &e);
+    let st = agree_now(&v, &charon, GCM128, false);
+    assert!(
+        peer(&st, PEER).ike.as_ref().is_some_and(|i| i.initiator),
+        "vmsecd initiated"
+    );
     let t0 = Instant::now();
     let load = Load::start(&bed.avm, &bed.bvm);
     let agree_after = |what: &str, before: &(String, String), ike_changes: bool| {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let (st, sa) = wait_agree(&v, PEER, || charon.sas(), Duration::from_secs(60), &d);
+            // The roles are those of the IKE SA now: a rekeyed IKE SA's initiator is whoever rekeyed it.
+            agree_now(&v, &charon, GCM128, false);
             let now = spis(&v);
             let child_new = now.1 != before.1;
             let ike_new = now.0 != before.0;
             if child_new && (ike_new || !ike_changes) {
-                // The roles are those of the IKE SA now: a rekeyed IKE SA's initiator is whoever rekeyed it.
-                let p = peer(&st, PEER);
-                let vmsecd_initiated = p.ike.as_ref().is_some_and(|i| i.initiator);
-                check_agree(
-                    &st,
-                    &sa,
-                    &Expect {
-                        vmsecd_initiated,
-                        ..e.clone()
-                    },
-                );
                 eprintln!(
                     "[rekeys] {what} at {:.1} s: IKE {} -> {}, Child {} -> {}",
                     t0.elapsed().as_secs_f64(),
@@ -294,16 +247,7 @@ fn kernel_strongswan_rekeys_both_sides_under_traffic() {
         counts[3],
         t0.elapsed().as_secs_f64()
     );
-    let (st, sa) = wait_agree(&v, PEER, || charon.sas(), Duration::from_secs(60), &d);
-    let vmsecd_initiated = peer(&st, PEER).ike.as_ref().is_some_and(|i| i.initiator);
-    check_agree(
-        &st,
-        &sa,
-        &Expect {
-            vmsecd_initiated,
-            ..e.clone()
-        },
-    );
+    agree_now(&v, &charon, GCM128, false);
     let (rounds, failures) = load.finish();
     assert!(
         failures.is_empty(),
@@ -408,37 +352,9 @@ fn kernel_strongswan_refusals_dpd_and_guest_restart() {
 
     // A power cut and a reboot.
     let t = Instant::now();
-    bed.guest.kill();
-    std::thread::sleep(Duration::from_secs(2));
-    bed.guest.boot_again();
-    bed.configure_guest();
+    bed.power_cut_and_boot();
     let charon = GuestCharon::start(&bed.guest, std::slice::from_ref(&c));
-    let d = || diag(&v, &charon);
-    assert!(
-        traffic::ping_until_ok(&bed.avm, BVM, RESTART_BOUND.saturating_sub(t.elapsed())),
-        "no traffic within {RESTART_BOUND:?} of the guest's kill\n{}",
-        d()
-    );
-    let back = t.elapsed();
-    eprintln!(
-        "[restart] traffic back {:.1} s after the kill (the guest booted in {:.1} s)",
-        back.as_secs_f64(),
-        bed.guest.booted_in().as_secs_f64()
-    );
-    let (st, sa) = wait_agree(&v, PEER, || charon.sas(), Duration::from_secs(60), &d);
-    let vmsecd_initiated = peer(&st, PEER).ike.as_ref().is_some_and(|i| i.initiator);
-    check_agree(
-        &st,
-        &sa,
-        &Expect {
-            peer: PEER,
-            vmsecd_initiated,
-            ike_alg: GCM128.0,
-            esp_alg: GCM128.1,
-            udp: false,
-        },
-    );
-    check_traffic(&bed.avm, &bed.bvm, 2, 1 << 20, 100, &d);
+    check_back_after_restart(&bed, &v, &charon, t, RESTART_BOUND, GCM128);
 }
 
 /// From the guest's kill to traffic through the tunnel again: its boot (7-9 s under TCG here, 25 s seen on a
