@@ -240,15 +240,7 @@ impl Daemon {
                 }
                 Some(req) = requests.recv() => {
                     let body = match req.what.as_str() {
-                        "status" => serde_json::to_string(&control::Status {
-                            raw_esp_out: self.tx.raw_esp_out(),
-                            ..status::status(
-                                &self.cp,
-                                &self.datapath,
-                                self.recv_errors,
-                                self.tx.tun_errors(),
-                            )
-                        })?,
+                        "status" => serde_json::to_string(&self.status())?,
                         "reload" => self.reload_answer(Instant::now()),
                         _ => r#"{"error":"unknown request"}"#.to_owned(),
                     };
@@ -283,19 +275,25 @@ impl Daemon {
         }
     }
 
+    /// What `vmsecd status` and the metrics show: the control plane's and datapath's state, with the counters
+    /// only the transmitters hold.
+    fn status(&self) -> control::Status {
+        control::Status {
+            raw_esp_out: self.tx.raw_esp_out(),
+            ..status::status(
+                &self.cp,
+                &self.datapath,
+                self.recv_errors,
+                self.tx.tun_errors(),
+            )
+        }
+    }
+
     /// What a scrape of the metrics shows (rendered by the listener's task, not here).
     fn metrics_snapshot(&self) -> metrics::Snapshot {
         let ep = self.cp.endpoint();
         metrics::Snapshot {
-            status: control::Status {
-                raw_esp_out: self.tx.raw_esp_out(),
-                ..status::status(
-                    &self.cp,
-                    &self.datapath,
-                    self.recv_errors,
-                    self.tx.tun_errors(),
-                )
-            },
+            status: self.status(),
             ike: ep.stats(),
             half_open: ep.half_open_count(),
             demanding_cookies: ep.demanding_cookies(Instant::now()),
