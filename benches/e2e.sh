@@ -12,7 +12,7 @@
 #   vmsecd-2w   as vmsecd, with `workers = 2`: two TUN queues, a transmit thread for the second
 #   vmsecd-chacha  vmsecd <-> vmsecd, chacha20poly1305, ESP in UDP 4500
 #   vmsecd-raw  vmsecd <-> vmsecd, aes128gcm16, raw ESP (IP protocol 50), sent through the AF_PACKET ring
-#   vmsecd-raw-socket  as vmsecd-raw with VMSECD_RAW_TX=socket: raw ESP sent with sendmmsg (before issue 15)
+#   vmsecd-raw-socket  as vmsecd-raw with raw_tx = "socket": raw ESP sent with sendmmsg (before issue 15)
 #   vmsecd-swan vmsecd (h1) <-> strongSwan (h2), aes128gcm16
 #   boringtun   boringtun-cli <-> boringtun-cli, WG_THREADS=1 (its fastest setting here)
 #   wggo        wireguard-go <-> wireguard-go (Debian's)
@@ -104,7 +104,8 @@ h() { ip netns exec "$P-h$1" "${@:2}"; }
 vm() { ip netns exec "$P-vm$1" "${@:2}"; }
 
 # --- tunnels ----------------------------------------------------------------------------------------------
-start_vmsecd() { # HOSTNUM ESP ENCAP [WORKERS]; ESP and ENCAP empty: the key is left out (vmsecd's default)
+start_vmsecd() { # HOSTNUM ESP ENCAP [WORKERS]; ESP and ENCAP empty: the key is left out (vmsecd's default);
+  # RAW_TX in the environment: the mesh key raw_tx
   cat > "$DIR/mesh$1.toml" <<EOT
 [mesh]
 psk_file = "psk"
@@ -112,6 +113,7 @@ ${3:+encap = \"$3\"}
 ${2:+esp_proposals = [\"$2\"]}
 ${2:+dpd_delay = 0}
 ${4:+workers = $4}
+${RAW_TX:+raw_tx = \"$RAW_TX\"}
 [[host]]
 name = "h1"
 address = "198.18.0.1"
@@ -210,8 +212,8 @@ start_config() {
     vmsecd-2w) start_vmsecd 1 aes128gcm16 udp 2; start_vmsecd 2 aes128gcm16 udp 2 ;;
     vmsecd-chacha) start_vmsecd 1 chacha20poly1305 udp; start_vmsecd 2 chacha20poly1305 udp ;;
     vmsecd-raw) start_vmsecd 1 aes128gcm16 raw; start_vmsecd 2 aes128gcm16 raw ;;
-    vmsecd-raw-socket) export VMSECD_RAW_TX=socket; start_vmsecd 1 aes128gcm16 raw; start_vmsecd 2 aes128gcm16 raw
-      unset VMSECD_RAW_TX ;;
+    vmsecd-raw-socket) RAW_TX=socket; start_vmsecd 1 aes128gcm16 raw; start_vmsecd 2 aes128gcm16 raw
+      unset RAW_TX ;;
     vmsecd-swan) start_charon 2; start_vmsecd 1 aes128gcm16 udp ;;
     boringtun) start_wg boringtun ;;
     wggo) start_wg wggo ;;

@@ -134,6 +134,8 @@ pub struct Settings {
     pub replay_window: u32,
     /// Threads that encrypt and send, one per TUN queue (`workers`, default 1; at most [`MAX_WORKERS`]).
     pub workers: usize,
+    /// How raw ESP leaves (`raw_tx`, default ring): README "Raw ESP and the transmit ring".
+    pub raw_tx: RawTxPath,
     /// Where the daemon listens for `vmsecd status` (`control_socket`, default the abstract `@vmsecd`).
     pub control_socket: ControlSocket,
     /// Whether vmsecd keeps its rules ahead of libvirt's NAT and forward rules (`firewall`, default auto).
@@ -145,6 +147,16 @@ pub struct Settings {
     pub ike_fragment_size: u16,
     /// Where Prometheus metrics are served over HTTP (`metrics`); `None`, the default, serves none.
     pub metrics: Option<MetricsListen>,
+}
+
+/// `raw_tx` in `[mesh]`: how raw ESP (IP protocol 50) leaves the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawTxPath {
+    /// An AF_PACKET transmit ring, the raw socket for what the ring cannot carry (the default). Skips
+    /// netfilter's OUTPUT and POSTROUTING hooks.
+    Ring,
+    /// The raw socket only (`sendmmsg`): slower, but every packet passes the host's netfilter output rules.
+    Socket,
 }
 
 /// `metrics` in `[mesh]`: where the Prometheus metrics are served.

@@ -38,7 +38,7 @@ pub struct RawEspOut {
     /// Through the transmit ring.
     pub ring: u64,
     /// Through the raw socket (next hop unresolved, over the MTU, ring full, one batch per peer and second,
-    /// or `VMSECD_RAW_TX=socket`).
+    /// or `raw_tx = "socket"`).
     pub socket: u64,
 }
 

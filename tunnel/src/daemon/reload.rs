@@ -112,6 +112,7 @@ impl Daemon {
             ("control_socket", s.control_socket != old.control_socket),
             ("firewall", s.firewall != old.firewall),
             ("workers", s.workers != old.workers),
+            ("raw_tx", s.raw_tx != old.raw_tx),
             ("metrics", s.metrics != old.metrics),
         ] {
             if differs {
@@ -126,6 +127,7 @@ impl Daemon {
         s.control_socket = old.control_socket.clone();
         s.firewall = old.firewall;
         s.workers = old.workers;
+        s.raw_tx = old.raw_tx;
         s.metrics = old.metrics;
         if new.mesh.etcd != config.mesh.etcd {
             changes.push(Change::Done(format!(

@@ -90,6 +90,7 @@ impl Daemon {
             datapath.outbound().clone(),
             std::os::fd::AsFd::as_fd(&udp4500).try_clone_to_owned()?,
             raw.try_clone_fd()?,
+            s.raw_tx == crate::config::RawTxPath::Ring,
         );
         if let Some(s) = &second {
             tx.set_second(

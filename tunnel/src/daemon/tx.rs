@@ -115,11 +115,12 @@ pub(super) fn tx_batch() -> batch::TxBatch {
 }
 
 impl Transmitter {
-    pub(super) fn new(out: SharedOutbound, udp: OwnedFd, raw: OwnedFd) -> Transmitter {
+    /// `ring`: raw ESP may leave through the transmit ring (`raw_tx = "ring"`, the default).
+    pub(super) fn new(out: SharedOutbound, udp: OwnedFd, raw: OwnedFd, ring: bool) -> Transmitter {
         Transmitter {
             out,
             udp,
-            raw: rawtx::RawTx::new(raw),
+            raw: rawtx::RawTx::new(raw, ring),
             errors: Arc::new(TunErrors {
                 count: AtomicU64::new(0),
                 limit: Mutex::new(Limiter::new(
@@ -357,7 +358,7 @@ mod tests {
         let dp = Datapath::new(&[("p".to_owned(), vec!["198.19.2.0/24".parse().unwrap()])]);
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        Transmitter::new(dp.outbound().clone(), udp.into(), other.into())
+        Transmitter::new(dp.outbound().clone(), udp.into(), other.into(), true)
     }
 
     /// Review item 10: a TUN read error other than WouldBlock (here EIO, then a short read) is counted and

@@ -689,6 +689,20 @@ fn mesh_values_out_of_range() {
         .parse(&with_mesh("workers = 18\nreplay_window = 2048"))
         .unwrap();
     assert_eq!(m.settings.workers, 18);
+    assert_eq!(
+        f.parse(&with_mesh("")).unwrap().settings.raw_tx,
+        RawTxPath::Ring
+    );
+    assert_eq!(
+        f.parse(&with_mesh("raw_tx = \"socket\""))
+            .unwrap()
+            .settings
+            .raw_tx,
+        RawTxPath::Socket
+    );
+    let e = f.err(&with_mesh("raw_tx = \"xdp\""));
+    assert_eq!(e.key, "mesh.raw_tx");
+    assert!(invalid(&e).1.contains("\"socket\""), "{e}");
     let e = f.err(&with_mesh("control_socket = \"@\""));
     assert_eq!(e.key, "mesh.control_socket");
     let e = f.err(&with_mesh(&format!(

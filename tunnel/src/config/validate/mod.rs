@@ -16,10 +16,10 @@ use super::schema::{self, S};
 use super::{
     Auth, CaFile, CertAuth, CertFile, ConfigError, ControlSocket, Encap, ErrorKind, FirewallMode,
     Host, Identity, KeyFileError, LibvirtSubnets, MetricsListen, PrivateKeyFile, Psk, PubKeyAuth,
-    PublicKeyFile, Settings, DEFAULT_CHILD_LIFETIME, DEFAULT_CONTROL_SOCKET, DEFAULT_DPD_DELAY,
-    DEFAULT_ESP_PROPOSAL, DEFAULT_IKE_LIFETIME, DEFAULT_IKE_PORT, DEFAULT_IKE_PROPOSAL,
-    DEFAULT_INTERFACE, DEFAULT_MTU, DEFAULT_REKEY_MARGIN, DEFAULT_WORKERS, MAX_WORKERS,
-    MIN_LIFETIME,
+    PublicKeyFile, RawTxPath, Settings, DEFAULT_CHILD_LIFETIME, DEFAULT_CONTROL_SOCKET,
+    DEFAULT_DPD_DELAY, DEFAULT_ESP_PROPOSAL, DEFAULT_IKE_LIFETIME, DEFAULT_IKE_PORT,
+    DEFAULT_IKE_PROPOSAL, DEFAULT_INTERFACE, DEFAULT_MTU, DEFAULT_REKEY_MARGIN, DEFAULT_WORKERS,
+    MAX_WORKERS, MIN_LIFETIME,
 };
 use crate::prefix::Prefix;
 
@@ -176,6 +176,22 @@ impl Cx<'_> {
                 }
             },
         };
+        let raw_tx = match &m.raw_tx {
+            None => RawTxPath::Ring,
+            Some(v) => match v.get_ref().as_str() {
+                "ring" => RawTxPath::Ring,
+                "socket" => RawTxPath::Socket,
+                other => {
+                    return Err(self.invalid(
+                        v,
+                        "mesh.raw_tx",
+                        format!("unknown raw ESP transmit path {other:?}"),
+                        "\"ring\" (an AF_PACKET transmit ring, the default; skips netfilter's OUTPUT and \
+                         POSTROUTING hooks) or \"socket\" (the raw socket only, through netfilter)",
+                    ))
+                }
+            },
+        };
         let replay_window = match &m.replay_window {
             None => esp::DEFAULT_REPLAY_WINDOW,
             Some(v) => {
@@ -312,6 +328,7 @@ impl Cx<'_> {
             encap,
             replay_window,
             workers,
+            raw_tx,
             control_socket,
         })
     }

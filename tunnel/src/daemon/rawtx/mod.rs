@@ -15,8 +15,8 @@
 //!
 //! What the ring skips: netfilter's OUTPUT and POSTROUTING hooks (iptables/nft rules on outgoing ESP see only
 //! the one batch per peer and second that takes the socket; `tc` and the qdisc see everything), and the kernel's
-//! IP output counters. `VMSECD_RAW_TX=socket` in the daemon's environment sends everything through the raw
-//! socket, as before. README "Raw ESP".
+//! IP output counters. `raw_tx = "socket"` in the mesh file sends everything through the raw socket, as
+//! before. README "Raw ESP".
 
 // Writes bytes from the VM into frames: nothing here may panic on them.
 #![cfg_attr(
@@ -51,8 +51,6 @@ const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_ESP: u8 = 50;
 /// The TTL and hop limit the raw socket uses by default (net.ipv4.ip_default_ttl, the IPv6 route's hop limit).
 const HOPS: u8 = 64;
-/// The environment variable that turns the ring off (`socket`); the default is `ring`.
-const ENV: &str = "VMSECD_RAW_TX";
 
 /// Packets sent each way, shared by all transmitters (for tests and the status).
 #[derive(Default)]
@@ -66,7 +64,7 @@ pub(super) struct RawTx {
     socket: OwnedFd,
     /// Our underlay address, the packets' source; `None` (unknown) keeps the ring unused.
     local: Option<IpAddr>,
-    /// The next hop table; `None` when the ring is off (`VMSECD_RAW_TX=socket`, or no local address).
+    /// The next hop table; `None` when the ring is off (`raw_tx = "socket"`, or no local address).
     hops: Option<Arc<NextHops>>,
     ring: Mutex<RingState>,
     counters: Arc<Counters>,
@@ -81,21 +79,12 @@ enum RingState {
 }
 
 impl RawTx {
-    /// A sender on the raw ESP socket `socket` (bound to our underlay address), with its own next hop table.
-    pub(super) fn new(socket: OwnedFd) -> RawTx {
+    /// A sender on the raw ESP socket `socket` (bound to our underlay address), with its own next hop table;
+    /// `ring` false (`raw_tx = "socket"`) keeps the ring closed and sends everything through the socket.
+    pub(super) fn new(socket: OwnedFd, ring: bool) -> RawTx {
         let local = local_addr(&socket);
-        let ring = match std::env::var(ENV).as_deref() {
-            Ok("socket") => false,
-            Ok("ring") | Err(_) => true,
-            Ok(other) => {
-                tracing::warn!(
-                    "{ENV}={other:?} is neither \"ring\" nor \"socket\": using the ring"
-                );
-                true
-            }
-        };
         if !ring {
-            tracing::info!("{ENV}=socket: raw ESP leaves through the raw socket only");
+            tracing::info!("raw_tx = \"socket\": raw ESP leaves through the raw socket only");
         }
         RawTx {
             socket,

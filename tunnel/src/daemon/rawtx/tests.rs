@@ -129,7 +129,7 @@ fn batch(mark: u8, n: usize, stride: usize, last: usize) -> Vec<u8> {
 /// larger than the MTU (through the socket, marked 0xFF). Returns the mark and the counters' (ring, socket)
 /// after the marked batch and at the end.
 fn send_side(local: IpAddr, to: IpAddr) -> (u8, [(u64, u64); 2]) {
-    let tx = RawTx::new(OwnedFd::from(raw_socket(local)));
+    let tx = RawTx::new(OwnedFd::from(raw_socket(local)), true);
     let c = |tx: &RawTx| {
         let c = tx.counters();
         (
@@ -364,7 +364,7 @@ fn a_route_mtu_below_the_link_mtu_keeps_larger_packets_off_the_ring() {
         "198.18.77.2".parse().unwrap(),
     );
     pair.run('a', move || {
-        let tx = RawTx::new(OwnedFd::from(raw_socket(a)));
+        let tx = RawTx::new(OwnedFd::from(raw_socket(a)), true);
         let ring = |tx: &RawTx| tx.counters().ring.load(Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(20);
         while ring(&tx) == 0 {
