@@ -21,6 +21,17 @@ use vmsecd_e2e::traffic::{iperf3, ping, ping_until_ok, tcp_intact, udp_intact};
 use vmsecd_e2e::vmsecd::{is_up, Mesh, Vmsecd};
 
 const RELAY: &str = env!("CARGO_BIN_EXE_lossy-relay");
+
+/// The replay-window test runs alone; the others run side by side (they share it for reading). Its 300 UDP
+/// datagrams (up to 8 KB, IP fragments) cross the TUN beside a 100 Mbit/s stream: when the three other tests'
+/// daemons, relays and iperf3 starved a daemon of the 2 cores for ~100 ms, the TUN's 500-packet queue
+/// overflowed (600 `TX dropped` on vmsec0 in two of three full runs on 2026-12-06) and a tail of datagrams was
+/// lost before vmsecd saw it, which is not what the test is about.
+static ALONE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn side_by_side() -> std::sync::RwLockReadGuard<'static, ()> {
+    ALONE.read().unwrap_or_else(|e| e.into_inner())
+}
 const PSK: &str = "faults-test-psk-0123456789abcdef";
 const AVM: &str = "198.19.1.10";
 const BVM: &str = "198.19.2.10";
@@ -79,6 +90,7 @@ fn wait_both_up(va: &mut Vmsecd, vb: &mut Vmsecd, since: Instant, timeout: Durat
 
 #[test]
 fn establish_and_rekey_under_loss_reorder_duplication() {
+    let _shared = side_by_side();
     const ESTABLISH_LOSS: u32 = 20;
     const REKEY_LOSS: u32 = 10;
     const PHASE: Duration = Duration::from_secs(100);
@@ -225,6 +237,7 @@ fn establish_and_rekey_under_loss_reorder_duplication() {
 
 #[test]
 fn esp_reordered_within_window_loses_nothing_to_replay_check() {
+    let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let mut g = NetnsGuard::new("faults-reorder");
     let mut p = FaultyPair::new(&mut g);
@@ -324,6 +337,7 @@ fn check_reorder_only(stats: &std::collections::BTreeMap<String, u64>, min_overt
 /// `delete_rekeyed_delay` does (tunnel/src/daemon/datapath/inbound.rs, REKEYED_INBOUND_LINGER).
 #[test]
 fn esp_in_flight_across_child_rekey_is_delivered() {
+    let _shared = side_by_side();
     let started = Instant::now();
     let mut g = NetnsGuard::new("faults-rekeyflight");
     let mut p = FaultyPair::new(&mut g);
@@ -386,6 +400,7 @@ fn esp_in_flight_across_child_rekey_is_delivered() {
 /// lifetimes are long) under 10 % loss for 70 s; charon must hold the SAs vmsecd holds at the end.
 #[test]
 fn strongswan_peer_establishes_and_rekeys_under_faults() {
+    let _shared = side_by_side();
     let started = Instant::now();
     require_charon();
     let mut g = NetnsGuard::new("faults-swan");
