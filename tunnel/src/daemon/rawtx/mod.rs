@@ -43,6 +43,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use nexthop::{NextHop, NextHops};
 use ring::Ring;
 
+use super::offload::checksum;
 use super::sockets;
 
 const ETH_HLEN: usize = 14;
@@ -259,18 +260,9 @@ fn ipv4_header(src: [u8; 4], dst: [u8; 4], payload: usize) -> [u8; 20] {
 }
 
 /// RFC 791: "The checksum field is the 16 bit one's complement of the one's complement sum of all 16 bit words
-/// in the header."
+/// in the header." The sum is the datapath's own (`offload::checksum`, RFC 1071).
 fn ipv4_checksum(h: &[u8; 20]) -> u16 {
-    let mut sum: u32 = 0;
-    for w in h.chunks_exact(2) {
-        if let [a, b] = w {
-            sum += u32::from(u16::from_be_bytes([*a, *b]));
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    !checksum::fold(checksum::sum(h, 0))
 }
 
 /// The IPv6 header of an ESP packet (RFC 8200 section 3): traffic class and flow label 0, as the raw socket
