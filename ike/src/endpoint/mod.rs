@@ -291,10 +291,12 @@ impl Endpoint {
 
     /// Deletes every IKE SA (shutdown).
     pub fn delete_all(&mut self, now: Instant) {
-        for (k, sa) in self.sas.iter_mut() {
-            sa.delete(now);
-            self.dirty.push(*k);
-            self.dirty_set.insert(*k);
+        let all: Vec<u64> = self.sas.keys().copied().collect();
+        for k in all {
+            if let Some(sa) = self.sas.get_mut(&k) {
+                sa.delete(now);
+            }
+            self.mark(k);
         }
         let half_open: Vec<u64> = self.half_open.keys().copied().collect();
         for k in half_open {
