@@ -7,9 +7,19 @@
 //! frames) or `ring-bypass` (the same with PACKET_QDISC_BYPASS). Prints packets, seconds and CPU seconds.
 //! `raw_esp_tx recv SECS`: counts ESP packets on a raw socket with `recvmmsg` (64 per call) until SECS pass
 //! without one; prints packets, seconds from first to last and CPU seconds.
+//! `raw_esp_tx recv-xdp SECS MODE IFACE LOCAL`: the same through an AF_XDP socket (copy mode) on queue 0 of
+//! IFACE, fed by the daemon's XDP program (tunnel/src/daemon/rawrx) attached in MODE (`native` or `generic`)
+//! for ESP to LOCAL; a raw ESP socket stays open beside it, as in the daemon.
 #![allow(clippy::indexing_slicing, clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
+
+#[allow(dead_code)]
+#[path = "../src/daemon/rawrx/program.rs"]
+mod program;
+#[allow(dead_code)]
+#[path = "../src/daemon/rawrx/xsk.rs"]
+mod xsk;
 
 fn cpu() -> f64 {
     // SAFETY: rusage is plain data; getrusage fills it.
@@ -332,6 +342,54 @@ fn recv(idle: Duration) {
     report("received", got, span, cpu() - c0);
 }
 
+fn recv_xdp(idle: Duration, mode: &str, iface: &str, local: std::net::Ipv4Addr) {
+    use std::os::fd::AsRawFd;
+    let _raw = check(
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, 50) },
+        "socket",
+    );
+    let cname = std::ffi::CString::new(iface).unwrap();
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    let map = program::create_map(1).unwrap();
+    let prog = program::load(local, &map, xsk::MAX_FRAME, program::XDP_PASS).unwrap();
+    let mode = if mode == "native" {
+        program::Mode::Native
+    } else {
+        program::Mode::Generic
+    };
+    let mut sock = xsk::Xsk::open(ifindex, 0).unwrap();
+    program::map_socket(&map, 0, sock.as_raw_fd()).unwrap();
+    let _link = program::attach(&prog, iface, ifindex, mode).unwrap();
+    println!("ready");
+    let mut got = 0usize;
+    let mut first = None;
+    let mut last = Instant::now();
+    let c0 = cpu();
+    let mut sum = 0u64;
+    loop {
+        let n = sock.receive(64, |f| sum += u64::from(f[14 + 9]));
+        if n == 0 {
+            let mut p = libc::pollfd {
+                fd: sock.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let r = unsafe { libc::poll(&mut p, 1, idle.as_millis() as i32) };
+            if r == 0 {
+                break;
+            }
+            continue;
+        }
+        first.get_or_insert_with(Instant::now);
+        last = Instant::now();
+        got += n as usize;
+    }
+    let span = first.map(|f| last - f).unwrap_or_default();
+    report("received", got, span, cpu() - c0);
+    let (full, empty, dropped) = sock.drops().unwrap();
+    println!("xsk drops: rx ring full {full}, fill ring empty {empty}, other {dropped}; protocol sum ok {}", sum == 50 * got as u64);
+}
+
 fn report(what: &str, n: usize, t: Duration, cpu: f64) {
     let s = t.as_secs_f64();
     println!(
@@ -345,6 +403,12 @@ fn main() {
     let a: Vec<String> = std::env::args().collect();
     match a.get(1).map(String::as_str) {
         Some("recv") => recv(Duration::from_secs(a[2].parse().unwrap())),
+        Some("recv-xdp") => recv_xdp(
+            Duration::from_secs(a[2].parse().unwrap()),
+            &a[3],
+            &a[4],
+            a[5].parse().unwrap(),
+        ),
         Some("send") => {
             let (mode, count, size) = (&a[2], a[3].parse().unwrap(), a[4].parse().unwrap());
             let (src, dst) = (a[5].parse().unwrap(), a[6].parse().unwrap());
