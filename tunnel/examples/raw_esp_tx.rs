@@ -357,7 +357,7 @@ fn recv_xdp(idle: Duration, mode: &str, iface: &str, local: std::net::Ipv4Addr) 
     } else {
         program::Mode::Generic
     };
-    let mut sock = xsk::Xsk::open(ifindex, 0).unwrap();
+    let mut sock = xsk::Xsk::open(ifindex, 0, 2048).unwrap();
     program::map_socket(&map, 0, sock.as_raw_fd()).unwrap();
     let _link = program::attach(&prog, iface, ifindex, mode).unwrap();
     println!("ready");

@@ -136,6 +136,8 @@ pub struct Settings {
     pub workers: usize,
     /// How raw ESP leaves (`raw_tx`, default ring): README "Raw ESP and the transmit ring".
     pub raw_tx: RawTxPath,
+    /// How raw ESP arrives (`raw_rx`, default socket): README "Raw ESP received through AF_XDP".
+    pub raw_rx: RawRxPath,
     /// Where the daemon listens for `vmsecd status` (`control_socket`, default the abstract `@vmsecd`).
     pub control_socket: ControlSocket,
     /// Whether vmsecd keeps its rules ahead of libvirt's NAT and forward rules (`firewall`, default auto).
@@ -157,6 +159,19 @@ pub enum RawTxPath {
     Ring,
     /// The raw socket only (`sendmmsg`): slower, but every packet passes the host's netfilter output rules.
     Socket,
+}
+
+/// `raw_rx` in `[mesh]`: how raw ESP (IP protocol 50) sent to our IPv4 address is received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawRxPath {
+    /// The raw socket (`recvmmsg`), the default.
+    Socket,
+    /// An XDP program in generic mode on the interface holding our IPv4 address steers unfragmented ESP to an
+    /// AF_XDP socket; the raw socket still receives the rest. Falls back to the socket if XDP is unavailable.
+    Xdp,
+    /// The same with the program in the driver (native XDP): on some NIC drivers attaching it resets the
+    /// queues (a short link outage), so it is asked for by name.
+    XdpNative,
 }
 
 /// `metrics` in `[mesh]`: where the Prometheus metrics are served.

@@ -50,6 +50,7 @@ pub(super) struct MeshSection {
     pub(super) replay_window: Option<S<i64>>,
     pub(super) workers: Option<S<i64>>,
     pub(super) raw_tx: Option<S<String>>,
+    pub(super) raw_rx: Option<S<String>>,
     pub(super) control_socket: Option<S<String>>,
     pub(super) firewall: Option<S<String>>,
     pub(super) nat_keepalive: Option<S<toml::Value>>,

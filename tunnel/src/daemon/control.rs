@@ -27,6 +27,9 @@ pub struct Status {
     /// transmit ring").
     #[serde(default)]
     pub raw_esp_out: RawEspOut,
+    /// How raw ESP arrives: the raw socket, or AF_XDP (README "Raw ESP received through AF_XDP").
+    #[serde(default)]
+    pub raw_esp_in: RawEspIn,
     /// Hosts of the mesh this one has no tunnel to, each with why (no underlay address family in common).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<String>,
@@ -40,6 +43,17 @@ pub struct RawEspOut {
     /// Through the raw socket (next hop unresolved, over the MTU, ring full, one batch per peer and second,
     /// or `raw_tx = "socket"`).
     pub socket: u64,
+}
+
+/// The raw ESP receive path and what arrived through AF_XDP since the daemon started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RawEspIn {
+    /// `socket` (`raw_rx = "socket"`), `xdp (generic) on eth0, 1 queue`, or `socket (xdp unavailable: why)`.
+    pub path: String,
+    /// Packets received through the AF_XDP sockets (the raw socket receives the rest).
+    pub xdp: u64,
+    /// Frames the kernel dropped for the AF_XDP sockets (no free frame: the daemon fell behind).
+    pub xdp_dropped: u64,
 }
 
 /// One peer.
@@ -422,6 +436,12 @@ pub async fn query(sock: &ControlSocket) -> anyhow::Result<Status> {
 /// Renders the status as a table a sysadmin reads at a glance.
 pub fn render(s: &Status) -> String {
     let mut out = format!("vmsecd on {}\n", s.host);
+    if s.raw_esp_in.path.starts_with("xdp") || s.raw_esp_in.path.contains("xdp unavailable") {
+        out += &format!(
+            "raw ESP in: {}, {} packets through AF_XDP, {} dropped\n",
+            s.raw_esp_in.path, s.raw_esp_in.xdp, s.raw_esp_in.xdp_dropped
+        );
+    }
     out += &format!(
         "{:<12} {:<16} {:<12} {:<10} {:<10} {:>12} {:>12} {:>8}\n",
         "PEER", "ADDRESS", "STATE", "UP", "REKEY", "IN", "OUT", "DROPS"

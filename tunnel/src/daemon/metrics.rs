@@ -351,6 +351,7 @@ mod tests {
                     ring: 90,
                     socket: 10,
                 },
+                raw_esp_in: Default::default(),
                 refused: vec![],
             },
             ike: ike::endpoint::Stats::default(),

@@ -253,6 +253,7 @@ mod tests {
                             peers: vec![],
                             drops: Default::default(),
                             raw_esp_out: Default::default(),
+                            raw_esp_in: Default::default(),
                             refused: vec![],
                         },
                         ike: Default::default(),

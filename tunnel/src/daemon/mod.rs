@@ -25,6 +25,7 @@ mod metrics;
 mod metrics_http;
 mod offload;
 mod peers;
+mod rawrx;
 mod rawtx;
 mod reload;
 mod reload_plan;
@@ -102,6 +103,8 @@ struct Daemon {
     udp500: UdpSocket,
     udp4500: UdpSocket,
     raw: sockets::RawEsp,
+    /// Raw ESP through AF_XDP (`raw_rx`), beside the raw socket.
+    rawrx: rawrx::RawRx,
     /// A dual-stack host's sockets on its other family's address (`address = [IPv4, IPv6]`).
     second: Option<sockets::Second>,
     /// The control socket, until `run` hands it to the tasks that serve it (`control::serve`).
@@ -221,6 +224,10 @@ impl Daemon {
                     r?;
                     self.on_raw_readable(bufs)?;
                 }
+                r = self.rawrx.readable() => {
+                    r?;
+                    self.on_xdp_readable(bufs);
+                }
                 r = sockets::second_readable(&self.second, |s| &s.udp4500) => {
                     r?;
                     self.on_second_udp4500_readable(bufs)?;
@@ -280,6 +287,7 @@ impl Daemon {
     fn status(&self) -> control::Status {
         control::Status {
             raw_esp_out: self.tx.raw_esp_out(),
+            raw_esp_in: self.rawrx.status(),
             ..status::status(
                 &self.cp,
                 &self.datapath,

@@ -113,6 +113,7 @@ impl Daemon {
             ("firewall", s.firewall != old.firewall),
             ("workers", s.workers != old.workers),
             ("raw_tx", s.raw_tx != old.raw_tx),
+            ("raw_rx", s.raw_rx != old.raw_rx),
             ("metrics", s.metrics != old.metrics),
         ] {
             if differs {
@@ -128,6 +129,7 @@ impl Daemon {
         s.firewall = old.firewall;
         s.workers = old.workers;
         s.raw_tx = old.raw_tx;
+        s.raw_rx = old.raw_rx;
         s.metrics = old.metrics;
         if new.mesh.etcd != config.mesh.etcd {
             changes.push(Change::Done(format!(

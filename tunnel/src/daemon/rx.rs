@@ -24,6 +24,9 @@ use esp::{PacketBuf, HEADROOM, TAILROOM};
 
 use super::{batch, offload, sockets, tx, Daemon, BATCH};
 
+/// Frames taken from each AF_XDP socket per wake-up: as many as the raw socket's BATCH receives of up to 64.
+const XDP_BATCH: u32 = (BATCH * sockets::MMSG_MAX) as u32;
+
 /// One raw ESP receive slot: the largest IPv4 datagram (RFC 791 total length) and the room the in-place
 /// decapsulation needs around it.
 const RAW_SLOT: usize = 65535 + HEADROOM + TAILROOM;
@@ -155,6 +158,22 @@ impl Daemon {
             self.deliver_vnet(merge.take());
         }
         Ok(())
+    }
+
+    /// An AF_XDP socket has frames (`raw_rx = "xdp"`): each queue's, up to a batch, decrypted in place in the
+    /// UMEM and merged for the TUN as for the raw socket ([`Daemon::on_raw`]); the frames go back to the kernel.
+    pub(super) fn on_xdp_readable(&mut self, bufs: &mut Buffers) {
+        let Some(mut active) = self.rawrx.take() else {
+            return;
+        };
+        let mut merge = offload::Coalescer::new(&mut bufs.coalesce);
+        let (received, more) = active.receive(XDP_BATCH, |ip| {
+            self.on_raw(ip, framing::RawFamily::V4, &mut merge);
+        });
+        if !merge.is_empty() {
+            self.deliver_vnet(merge.take());
+        }
+        self.rawrx.put(active, received, more);
     }
 
     /// Writes a virtio-net header and packet (possibly a coalesced super-packet) to the TUN, on the queue its

@@ -6,7 +6,9 @@ use std::time::Instant;
 use super::apply::local_sources;
 use super::control_plane::ControlPlane;
 use super::datapath::Datapath;
-use super::{apply, control, logcap, metrics_http, route_repair, sockets, tx, workers, Daemon};
+use super::{
+    apply, control, logcap, metrics_http, rawrx, route_repair, sockets, tx, workers, Daemon,
+};
 use crate::config::Config;
 use crate::route::{Netlink, Route, Routes};
 use crate::tun::{AsyncQueue, Tun, TunOptions};
@@ -75,6 +77,8 @@ impl Daemon {
             tracing::warn!("UDP GRO unavailable: one ESP datagram per receive");
         }
         let raw = sockets::RawEsp::open(local.address)?;
+        // Beside the raw socket, never instead of it: see rawrx.
+        let rawrx = rawrx::RawRx::open(s.raw_rx, local.address);
         // A dual-stack host: the same three on its other family's address.
         let second = local
             .second_address
@@ -147,6 +151,7 @@ impl Daemon {
             udp500,
             udp4500,
             raw,
+            rawrx,
             second,
             control: Some(control),
             metrics,

@@ -121,5 +121,6 @@ pub(super) fn status(
         },
         // Filled in by the caller, which owns the transmitters.
         raw_esp_out: Default::default(),
+        raw_esp_in: Default::default(),
     }
 }

@@ -700,6 +700,21 @@ fn mesh_values_out_of_range() {
             .raw_tx,
         RawTxPath::Socket
     );
+    assert_eq!(
+        f.parse(&with_mesh("")).unwrap().settings.raw_rx,
+        RawRxPath::Socket
+    );
+    for (v, want) in [
+        ("socket", RawRxPath::Socket),
+        ("xdp", RawRxPath::Xdp),
+        ("xdp-native", RawRxPath::XdpNative),
+    ] {
+        let m = f.parse(&with_mesh(&format!("raw_rx = \"{v}\""))).unwrap();
+        assert_eq!(m.settings.raw_rx, want);
+    }
+    let e = f.err(&with_mesh("raw_rx = \"ring\""));
+    assert_eq!(e.key, "mesh.raw_rx");
+    assert!(invalid(&e).1.contains("\"xdp-native\""), "{e}");
     let e = f.err(&with_mesh("raw_tx = \"xdp\""));
     assert_eq!(e.key, "mesh.raw_tx");
     assert!(invalid(&e).1.contains("\"socket\""), "{e}");

@@ -16,7 +16,7 @@ use super::schema::{self, S};
 use super::{
     Auth, CaFile, CertAuth, CertFile, ConfigError, ControlSocket, Encap, ErrorKind, FirewallMode,
     Host, Identity, KeyFileError, LibvirtSubnets, MetricsListen, PrivateKeyFile, Psk, PubKeyAuth,
-    PublicKeyFile, RawTxPath, Settings, DEFAULT_CHILD_LIFETIME, DEFAULT_CONTROL_SOCKET,
+    PublicKeyFile, RawRxPath, RawTxPath, Settings, DEFAULT_CHILD_LIFETIME, DEFAULT_CONTROL_SOCKET,
     DEFAULT_DPD_DELAY, DEFAULT_ESP_PROPOSAL, DEFAULT_IKE_LIFETIME, DEFAULT_IKE_PORT,
     DEFAULT_IKE_PROPOSAL, DEFAULT_INTERFACE, DEFAULT_MTU, DEFAULT_REKEY_MARGIN, DEFAULT_WORKERS,
     MAX_WORKERS, MIN_LIFETIME,
@@ -192,6 +192,24 @@ impl Cx<'_> {
                 }
             },
         };
+        let raw_rx = match &m.raw_rx {
+            None => RawRxPath::Socket,
+            Some(v) => match v.get_ref().as_str() {
+                "socket" => RawRxPath::Socket,
+                "xdp" => RawRxPath::Xdp,
+                "xdp-native" => RawRxPath::XdpNative,
+                other => {
+                    return Err(self.invalid(
+                        v,
+                        "mesh.raw_rx",
+                        format!("unknown raw ESP receive path {other:?}"),
+                        "\"socket\" (the raw socket, the default), \"xdp\" (an XDP program in generic mode and an \
+                         AF_XDP socket for unfragmented ESP, the raw socket for the rest) or \"xdp-native\" (the \
+                         same in the driver; some NIC drivers reset their queues when it is attached)",
+                    ))
+                }
+            },
+        };
         let replay_window = match &m.replay_window {
             None => esp::DEFAULT_REPLAY_WINDOW,
             Some(v) => {
@@ -329,6 +347,7 @@ impl Cx<'_> {
             replay_window,
             workers,
             raw_tx,
+            raw_rx,
             control_socket,
         })
     }

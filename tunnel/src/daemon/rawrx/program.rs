@@ -31,10 +31,10 @@ const ATTACH_XDP: u32 = 37;
 const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 
-/// XDP verdicts.
+/// XDP verdicts (the tests load the program with `XDP_DROP` as the verdict of a queue with no socket).
+#[allow(dead_code)]
 pub(crate) const XDP_DROP: u32 = 1;
 pub(crate) const XDP_PASS: u32 = 2;
-pub(crate) const XDP_REDIRECT: u32 = 4;
 
 /// The helpers `bpf_redirect_map(map, key, flags)` and `bpf_xdp_get_buff_len(ctx)`: their numbers in
 /// `enum bpf_func_id`.

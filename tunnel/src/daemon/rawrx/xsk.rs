@@ -20,8 +20,6 @@ const CHUNK: usize = 4096;
 const KERNEL_HEADROOM: usize = 256;
 /// The longest Ethernet frame a UMEM frame holds; the XDP program passes longer ones to the stack.
 pub(crate) const MAX_FRAME: u32 = (CHUNK - KERNEL_HEADROOM) as u32;
-/// Frames in the UMEM, and entries of the fill and RX rings (all frames can be in the fill ring at once).
-const FRAMES: u32 = 2048;
 
 /// A shared mapping, unmapped on drop.
 struct Mmap {
@@ -66,9 +64,10 @@ impl Drop for Mmap {
 }
 
 /// One mapped ring of `u64` (fill) or `xdp_desc` (RX) entries: the producer and consumer indexes are free
-/// running u32 counters, the entry of index i is at `i & (FRAMES - 1)`.
+/// running u32 counters, the entry of index i is at `i & mask`.
 struct Ring {
     map: Mmap,
+    mask: u32,
     producer: usize,
     consumer: usize,
     desc: usize,
@@ -88,8 +87,8 @@ impl Ring {
     }
     /// The entry `i` (masked) of type `T`.
     fn entry<T>(&self, i: u32) -> *mut T {
-        let slot = (i & (FRAMES - 1)) as usize;
-        // SAFETY: the mapping is `desc + FRAMES * size_of::<T>()` bytes (see `Xsk::open`).
+        let slot = (i & self.mask) as usize;
+        // SAFETY: the mapping is `desc + (mask + 1) * size_of::<T>()` bytes (see `Xsk::open`).
         unsafe { self.map.ptr.as_ptr().add(self.desc).cast::<T>().add(slot) }
     }
 }
@@ -125,9 +124,12 @@ fn setsockopt<T>(fd: RawFd, opt: libc::c_int, v: &T) -> io::Result<()> {
 }
 
 impl Xsk {
-    /// A socket on queue `queue` of interface `ifindex`, its fill ring full: frames arrive once the XDP
-    /// program redirects to it (after [`super::program::map_socket`]).
-    pub(crate) fn open(ifindex: u32, queue: u32) -> io::Result<Xsk> {
+    /// A socket on queue `queue` of interface `ifindex` with a UMEM of `frames` frames (a power of two), its
+    /// fill ring full: frames arrive once the XDP program redirects to it (after `program::map_socket`).
+    pub(crate) fn open(ifindex: u32, queue: u32, frames: u32) -> io::Result<Xsk> {
+        if !frames.is_power_of_two() {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
         // SAFETY: socket(2) returns a new descriptor or -1.
         let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
         if raw < 0 {
@@ -135,17 +137,17 @@ impl Xsk {
         }
         // SAFETY: a new descriptor, owned here.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let umem = Mmap::new(None, CHUNK * FRAMES as usize, 0)?;
+        let umem = Mmap::new(None, CHUNK * frames as usize, 0)?;
         // SAFETY: plain data.
         let mut reg: libc::xdp_umem_reg = unsafe { std::mem::zeroed() };
         reg.addr = umem.ptr.as_ptr() as u64;
         reg.len = umem.len as u64;
         reg.chunk_size = CHUNK as u32;
         setsockopt(raw, libc::XDP_UMEM_REG, &reg)?;
-        setsockopt(raw, libc::XDP_UMEM_FILL_RING, &FRAMES)?;
+        setsockopt(raw, libc::XDP_UMEM_FILL_RING, &frames)?;
         // The kernel requires a completion ring to bind, even for a socket that never transmits.
-        setsockopt(raw, libc::XDP_UMEM_COMPLETION_RING, &FRAMES)?;
-        setsockopt(raw, libc::XDP_RX_RING, &FRAMES)?;
+        setsockopt(raw, libc::XDP_UMEM_COMPLETION_RING, &frames)?;
+        setsockopt(raw, libc::XDP_RX_RING, &frames)?;
         // SAFETY: plain data, filled by the kernel.
         let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
@@ -163,9 +165,10 @@ impl Xsk {
             return Err(io::Error::last_os_error());
         }
         let ring = |o: &libc::xdp_ring_offset, entry: usize, pgoff: u64| -> io::Result<Ring> {
-            let map = Mmap::new(Some(raw), o.desc as usize + FRAMES as usize * entry, pgoff)?;
+            let map = Mmap::new(Some(raw), o.desc as usize + frames as usize * entry, pgoff)?;
             Ok(Ring {
                 map,
+                mask: frames - 1,
                 producer: o.producer as usize,
                 consumer: o.consumer as usize,
                 desc: o.desc as usize,
@@ -178,11 +181,11 @@ impl Xsk {
             libc::XDP_PGOFF_RX_RING as u64,
         )?;
         // Every frame into the fill ring.
-        for i in 0..FRAMES {
+        for i in 0..frames {
             // SAFETY: an entry of the fill ring, which only we produce into.
             unsafe { fill.entry::<u64>(i).write(u64::from(i) * CHUNK as u64) };
         }
-        fill.producer().store(FRAMES, Ordering::Release);
+        fill.producer().store(frames, Ordering::Release);
         // SAFETY: plain data.
         let mut sa: libc::sockaddr_xdp = unsafe { std::mem::zeroed() };
         sa.sxdp_family = libc::AF_XDP as u16;
@@ -252,7 +255,12 @@ impl Xsk {
         n
     }
 
-    /// The kernel's drop counters for this socket: (RX ring full, fill ring empty, other drops).
+    /// The frames the kernel dropped for this socket (no free frame in the fill ring, or too long).
+    pub(crate) fn dropped(&self) -> io::Result<u64> {
+        self.drops().map(|(_, _, d)| d)
+    }
+
+    /// The kernel's drop counters for this socket: (RX ring full, fill ring empty, dropped).
     pub(crate) fn drops(&self) -> io::Result<(u64, u64, u64)> {
         // SAFETY: plain data, filled by the kernel.
         let mut s: libc::xdp_statistics = unsafe { std::mem::zeroed() };
