@@ -13,6 +13,9 @@
 #   vmsecd-chacha  vmsecd <-> vmsecd, chacha20poly1305, ESP in UDP 4500
 #   vmsecd-raw  vmsecd <-> vmsecd, aes128gcm16, raw ESP (IP protocol 50), sent through the AF_PACKET ring
 #   vmsecd-raw-socket  as vmsecd-raw with raw_tx = "socket": raw ESP sent with sendmmsg (before issue 15)
+#   vmsecd-raw-xdp  as vmsecd-raw with raw_rx = "xdp": raw ESP received through AF_XDP (generic XDP)
+#   vmsecd-raw-xdpn as vmsecd-raw with raw_rx = "xdp-native": the XDP program in the veth driver
+#   vmsecd-udp-xdp  as vmsecd (ESP in UDP) with raw_rx = "xdp": what the generic XDP program costs other traffic
 #   vmsecd-swan vmsecd (h1) <-> strongSwan (h2), aes128gcm16
 #   boringtun   boringtun-cli <-> boringtun-cli, WG_THREADS=1 (its fastest setting here)
 #   wggo        wireguard-go <-> wireguard-go (Debian's)
@@ -38,7 +41,7 @@ ONLY=""
 JSON=""
 ALLOCS=0
 BORINGTUN=${BORINGTUN:-$(command -v boringtun-cli || echo /tmp/bt-root/bin/boringtun-cli)}
-usage() { echo "usage: $0 [--seconds N] [--runs N] [--only plain,swan,vmsecd-mesh,vmsecd,vmsecd-2w,vmsecd-chacha,vmsecd-raw,vmsecd-raw-socket,vmsecd-swan,boringtun,wggo] [--json FILE] [--bin PATH] [--allocs]" >&2; exit 2; }
+usage() { echo "usage: $0 [--seconds N] [--runs N] [--only plain,swan,vmsecd-mesh,vmsecd,vmsecd-2w,vmsecd-chacha,vmsecd-raw,vmsecd-raw-socket,vmsecd-raw-xdp,vmsecd-raw-xdpn,vmsecd-udp-xdp,vmsecd-swan,boringtun,wggo] [--json FILE] [--bin PATH] [--allocs]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) BIN="$2"; shift ;;
@@ -105,7 +108,7 @@ vm() { ip netns exec "$P-vm$1" "${@:2}"; }
 
 # --- tunnels ----------------------------------------------------------------------------------------------
 start_vmsecd() { # HOSTNUM ESP ENCAP [WORKERS]; ESP and ENCAP empty: the key is left out (vmsecd's default);
-  # RAW_TX in the environment: the mesh key raw_tx
+  # RAW_TX and RAW_RX in the environment: the mesh keys raw_tx and raw_rx
   cat > "$DIR/mesh$1.toml" <<EOT
 [mesh]
 psk_file = "psk"
@@ -114,6 +117,7 @@ ${2:+esp_proposals = [\"$2\"]}
 ${2:+dpd_delay = 0}
 ${4:+workers = $4}
 ${RAW_TX:+raw_tx = \"$RAW_TX\"}
+${RAW_RX:+raw_rx = \"$RAW_RX\"}
 [[host]]
 name = "h1"
 address = "198.18.0.1"
@@ -214,6 +218,10 @@ start_config() {
     vmsecd-raw) start_vmsecd 1 aes128gcm16 raw; start_vmsecd 2 aes128gcm16 raw ;;
     vmsecd-raw-socket) RAW_TX=socket; start_vmsecd 1 aes128gcm16 raw; start_vmsecd 2 aes128gcm16 raw
       unset RAW_TX ;;
+    vmsecd-raw-xdp) RAW_RX=xdp; start_vmsecd 1 aes128gcm16 raw; start_vmsecd 2 aes128gcm16 raw; unset RAW_RX ;;
+    vmsecd-udp-xdp) RAW_RX=xdp; start_vmsecd 1 aes128gcm16 udp; start_vmsecd 2 aes128gcm16 udp; unset RAW_RX ;;
+    vmsecd-raw-xdpn) RAW_RX=xdp-native; start_vmsecd 1 aes128gcm16 raw; start_vmsecd 2 aes128gcm16 raw
+      unset RAW_RX ;;
     vmsecd-swan) start_charon 2; start_vmsecd 1 aes128gcm16 udp ;;
     boringtun) start_wg boringtun ;;
     wggo) start_wg wggo ;;
@@ -253,7 +261,7 @@ median() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.argv[1:]]
 TICK=$(getconf CLK_TCK)
 echo "# vmsecd e2e benchmark, $SECS s per iperf3 run x $RUNS, $(nproc) cores, $(date -u +%FT%TZ)"
 echo "# load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-for cfg in plain swan vmsecd-mesh vmsecd vmsecd-2w vmsecd-chacha vmsecd-raw vmsecd-raw-socket vmsecd-swan boringtun wggo; do
+for cfg in plain swan vmsecd-mesh vmsecd vmsecd-2w vmsecd-chacha vmsecd-raw vmsecd-raw-socket vmsecd-raw-xdp vmsecd-raw-xdpn vmsecd-udp-xdp vmsecd-swan boringtun wggo; do
   want "$cfg" || continue
   case "$cfg" in
     swan|vmsecd-swan) [ -x /usr/lib/ipsec/charon ] || { echo "# $cfg: skipped, no charon (apt-get install strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins)"; continue; } ;;

@@ -11,7 +11,7 @@
 //! the link closes, so when the daemon exits or is killed, and the attach fails (EBUSY) rather than replace a
 //! program someone else attached to the interface.
 //!
-//! This file uses only std and libc: benches' `raw_esp_tx` example includes it as it is.
+//! This file uses only std, libc and thiserror: the `raw_esp_tx` example (benches/raw_tx.sh) includes it as it is.
 
 use std::io;
 use std::net::Ipv4Addr;
