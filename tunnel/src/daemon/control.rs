@@ -573,6 +573,40 @@ mod tests {
         child
     }
 
+    /// The text status names the raw ESP receive path when XDP was asked for (working or not), and says nothing
+    /// of it on the default socket path.
+    #[test]
+    fn the_text_status_shows_the_raw_esp_receive_path() {
+        let mut s = Status {
+            host: "h1".into(),
+            peers: vec![],
+            drops: Default::default(),
+            raw_esp_out: Default::default(),
+            raw_esp_in: RawEspIn {
+                path: "socket".into(),
+                xdp: 0,
+                xdp_dropped: 0,
+            },
+            refused: vec![],
+        };
+        assert!(!render(&s).contains("raw ESP in"), "{}", render(&s));
+        s.raw_esp_in = RawEspIn {
+            path: "xdp (generic) on u0, 1 queue".into(),
+            xdp: 1234,
+            xdp_dropped: 5,
+        };
+        assert!(
+            render(&s).contains(
+                "raw ESP in: xdp (generic) on u0, 1 queue, 1234 packets through AF_XDP, 5 dropped"
+            ),
+            "{}",
+            render(&s)
+        );
+        s.raw_esp_in.path =
+            "socket (xdp unavailable: no interface holds our address 198.18.0.1)".into();
+        assert!(render(&s).contains("xdp unavailable"), "{}", render(&s));
+    }
+
     fn unique(what: &str) -> ControlSocket {
         ControlSocket::Abstract(format!("vmsecd-test-{}-{what}", std::process::id()))
     }

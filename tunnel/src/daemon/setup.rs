@@ -78,7 +78,13 @@ impl Daemon {
         }
         let raw = sockets::RawEsp::open(local.address)?;
         // Beside the raw socket, never instead of it: see rawrx.
-        let rawrx = rawrx::RawRx::open(s.raw_rx, local.address);
+        // A dual-stack host's IPv4 address may be its second (AF_XDP receive serves IPv4).
+        let v4 = [Some(local.address), local.second_address]
+            .into_iter()
+            .flatten()
+            .find(std::net::IpAddr::is_ipv4)
+            .unwrap_or(local.address);
+        let rawrx = rawrx::RawRx::open(s.raw_rx, v4);
         // A dual-stack host: the same three on its other family's address.
         let second = local
             .second_address
