@@ -11,7 +11,7 @@
 //!   kernel resolve it);
 //! - a packet larger than the path's MTU: the interface's, or the route's when lower (a route's `mtu`, or a
 //!   path MTU the kernel learned from ICMP): the kernel fragments it; the ring would not;
-//! - what does not fit in the ring while earlier frames are still in flight.
+//! - what does not fit in the ring, or in its socket's send buffer, while earlier frames are still in flight.
 //!
 //! What the ring skips: netfilter's OUTPUT and POSTROUTING hooks (iptables/nft rules on outgoing ESP see only
 //! the one batch per peer and second that takes the socket; `tc` and the qdisc see everything), and the kernel's

@@ -14,8 +14,8 @@
 //! - The kernel walks the ring from its own head index, one frame after the other, and sends those marked
 //!   SEND_REQUEST; `next` follows it in the same order and never skips a frame, so both stay in step.
 //! - The kernel looks at SEND_REQUEST frames only inside our `sendto` (`tpacket_snd`, under the ring's lock);
-//!   what it leaves SEND_REQUEST when that fails (all of them for a link that is down) starts at its head and
-//!   ends at `next - 1`. [`Ring::flush`] takes those back (AVAILABLE, `next` back to the first), so a failed
+//!   what it leaves SEND_REQUEST when that fails (all of them for a link that is down), or stops short with a
+//!   full send buffer (sendto then succeeds), starts at its head and ends at `next - 1`. [`Ring::flush`] takes those back (AVAILABLE, `next` back to the first), so a failed
 //!   send neither leaves them to go out with a later batch, on another interface and behind another next hop,
 //!   nor fills the ring for good: a full ring is never flushed again, as only a batch that found a frame
 //!   flushes.
@@ -158,8 +158,8 @@ impl Ring {
     }
 
     /// Asks the kernel to send every committed frame, on interface `ifindex` with link-layer protocol
-    /// `ethertype`; does not wait for the frames to leave. On failure, the frames the kernel did not take are
-    /// dropped (ours again), and counted in the error.
+    /// `ethertype`; does not wait for the frames to leave. The frames the kernel did not take (an error, or a
+    /// full send buffer) are dropped (ours again) and counted in the error: none is left SEND_REQUEST.
     pub(super) fn flush(&mut self, ifindex: i32, ethertype: u16) -> Result<(), Unsent> {
         // SAFETY: sockaddr_ll is plain data; zeroes are valid.
         let mut ll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -177,16 +177,27 @@ impl Ring {
                 std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         };
-        if r < 0 {
-            let error = io::Error::last_os_error();
-            let frames = self.reclaim();
-            return Err(Unsent { error, frames });
+        let error = (r < 0).then(io::Error::last_os_error);
+        // A full send buffer (SO_SNDBUF, charged until the NIC or qdisc frees each packet) stops the kernel at
+        // the frame it cannot allocate for, and sendto then reports success for the bytes it did take
+        // (`tpacket_snd`: "if (likely(len_sum > 0)) err = len_sum;"): the rest stays SEND_REQUEST, as after an
+        // error, and is taken back the same way.
+        let frames = self.reclaim();
+        match error {
+            Some(error) => Err(Unsent { error, frames }),
+            None if frames > 0 => Err(Unsent {
+                error: io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "the AF_PACKET socket's send buffer is full",
+                ),
+                frames,
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    /// After a failed `sendto`: the last committed frames still SEND_REQUEST (the kernel did not take them) are
-    /// ours again, and `next` goes back to the first of them, where the kernel's head stopped. Returns how many.
+    /// After a `sendto` that failed or stopped short: the last committed frames still SEND_REQUEST (the kernel
+    /// did not take them) are ours again, and `next` goes back to the first of them, where the kernel's head stopped. Returns how many.
     fn reclaim(&mut self) -> usize {
         let mut n = 0;
         while n < self.frames {
@@ -208,6 +219,28 @@ impl Ring {
     /// True when every frame is available (the kernel sent all committed ones).
     pub(super) fn idle(&self) -> bool {
         (0..self.frames).all(|i| self.status(i).load(Ordering::Acquire) == TP_STATUS_AVAILABLE)
+    }
+
+    /// How many frames are committed but not taken by the kernel (SEND_REQUEST).
+    pub(super) fn requested(&self) -> usize {
+        (0..self.frames)
+            .filter(|&i| self.status(i).load(Ordering::Acquire) == TP_STATUS_SEND_REQUEST)
+            .count()
+    }
+
+    /// Sets the socket's SO_SNDBUF (the kernel doubles it, and keeps a minimum).
+    pub(super) fn set_sndbuf(&self, bytes: libc::c_int) {
+        // SAFETY: bytes is valid for size_of::<c_int>() bytes for the call.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "SO_SNDBUF");
     }
 }
 

@@ -383,3 +383,60 @@ fn a_route_mtu_below_the_link_mtu_keeps_larger_packets_off_the_ring() {
         }
     });
 }
+
+/// A flush the socket's send buffer cuts short: the kernel charges each frame it takes to SO_SNDBUF until the
+/// qdisc or NIC frees it, stops at the first frame it cannot charge, and `sendto` still succeeds (with the bytes
+/// it took). Those frames used to stay SEND_REQUEST: sent later with another batch (on that batch's interface,
+/// behind its next hop, counted as sent now), and, as a saturated link left more each time, a ring full of
+/// them that nothing flushed again put all raw ESP on the raw socket for good. A slow qdisc (tbf, 8 kbit/s, a
+/// deep queue) keeps the first frames charged here.
+#[test]
+fn a_flush_cut_short_by_the_send_buffer_leaves_no_frame_behind() {
+    let pair = Pair::new("a_flush_cut_short_by_the_send_buffer_leaves_no_frame_behind");
+    let out = Command::new("tc")
+        .args(["-n", &pair.ns('a'), "qdisc", "add", "dev", "r0", "root"])
+        .args(["tbf", "rate", "8kbit", "burst", "1600", "limit", "1000000"])
+        .output()
+        .expect("tc runs");
+    assert!(
+        out.status.success(),
+        "tc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pair.run('a', || {
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c"r0".as_ptr()) } as i32;
+        assert_ne!(ifindex, 0);
+        let mut ring = Ring::open(ETH_HLEN + 1500).expect("ring");
+        ring.set_sndbuf(4096);
+        const N: usize = 32;
+        for _ in 0..N {
+            let f = ring.frame(1014).expect("a frame");
+            f.fill(0);
+            ring.commit(1014);
+        }
+        let unsent = match ring.flush(ifindex, ETH_P_IP) {
+            Ok(()) => 0,
+            Err(e) => e.frames,
+        };
+        assert_eq!(
+            ring.requested(),
+            0,
+            "frames left SEND_REQUEST after the flush ({unsent} reported unsent)"
+        );
+        assert!(
+            unsent > 0 && unsent < N,
+            "the send buffer took some frames, not all: {unsent} of {N} unsent"
+        );
+        // The next frame is the kernel's next: a frame committed now is taken (or reported) by the next flush.
+        let f = ring.frame(1014).expect("a frame");
+        f.fill(0);
+        ring.commit(1014);
+        let again = match ring.flush(ifindex, ETH_P_IP) {
+            Ok(()) => 0,
+            Err(e) => e.frames,
+        };
+        assert!(again <= 1, "{again}");
+        assert_eq!(ring.requested(), 0);
+    });
+}
