@@ -14,8 +14,9 @@
 //! - what does not fit in the ring, or in its socket's send buffer, while earlier frames are still in flight.
 //!
 //! What the ring skips: netfilter's OUTPUT and POSTROUTING hooks (iptables/nft rules on outgoing ESP see only
-//! the one batch per peer and second that takes the socket; `tc` and the qdisc see everything), and the kernel's
-//! IP output counters. `raw_tx = "socket"` in the mesh file sends everything through the raw socket, as
+//! the one batch per peer and second that takes the socket; `tc` and the qdisc see everything), cgroup BPF
+//! egress programs (systemd's `IPAddressDeny=`, `IPAccounting=`: they run in the IP output path), and the
+//! kernel's IP output counters. `raw_tx = "socket"` in the mesh file sends everything through the raw socket, as
 //! before. README "Raw ESP".
 
 // Writes bytes from the VM into frames: nothing here may panic on them.
