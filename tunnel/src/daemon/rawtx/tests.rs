@@ -440,3 +440,50 @@ fn a_flush_cut_short_by_the_send_buffer_leaves_no_frame_behind() {
         assert_eq!(ring.requested(), 0);
     });
 }
+
+/// The ring, not its socket's send buffer, bounds the frames in flight: one flush of 1,000 full-size frames into
+/// a slow qdisc (tbf, 8 kbit/s, a queue deep enough for all) hands all of them to the kernel. At the default
+/// send buffer (208 KiB) the kernel took 92 and left 908 to the raw socket.
+#[test]
+fn the_send_buffer_holds_a_full_ring() {
+    let pair = Pair::new("the_send_buffer_holds_a_full_ring");
+    let out = Command::new("tc")
+        .args(["-n", &pair.ns('a'), "qdisc", "add", "dev", "r0", "root"])
+        .args(["tbf", "rate", "8kbit", "burst", "1600", "limit", "4000000"])
+        .output()
+        .expect("tc runs");
+    assert!(
+        out.status.success(),
+        "tc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ip_link = Command::new("ip")
+        .args([
+            "-n",
+            &pair.ns('a'),
+            "link",
+            "set",
+            "r0",
+            "txqueuelen",
+            "2000",
+        ])
+        .status()
+        .expect("ip runs");
+    assert!(ip_link.success());
+    pair.run('a', || {
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c"r0".as_ptr()) } as i32;
+        assert_ne!(ifindex, 0);
+        let mut ring = Ring::open(ETH_HLEN + 1500).expect("ring");
+        const N: usize = 1000;
+        for _ in 0..N {
+            let f = ring.frame(ETH_HLEN + 1500).expect("a frame");
+            f.fill(0);
+            ring.commit(ETH_HLEN + 1500);
+        }
+        if let Err(e) = ring.flush(ifindex, ETH_P_IP) {
+            panic!("{} of {N} frames not taken: {}", e.frames, e.error);
+        }
+        assert_eq!(ring.requested(), 0);
+    });
+}
