@@ -195,11 +195,9 @@ impl Ring {
         let frames = self.reclaim();
         match error {
             Some(error) => Err(Unsent { error, frames }),
+            // What sendto says when the send buffer is full at the first frame (and no allocation here).
             None if frames > 0 => Err(Unsent {
-                error: io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    "the AF_PACKET socket's send buffer is full",
-                ),
+                error: io::Error::from_raw_os_error(libc::EAGAIN),
                 frames,
             }),
             None => Ok(()),
