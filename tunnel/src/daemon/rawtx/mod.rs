@@ -30,7 +30,7 @@
     )
 )]
 
-mod nexthop;
+pub(super) mod nexthop;
 mod ring;
 #[cfg(test)]
 mod tests;

@@ -487,3 +487,84 @@ fn the_send_buffer_holds_a_full_ring() {
         assert_eq!(ring.requested(), 0);
     });
 }
+
+/// An IPv4 route through an IPv6 next hop (RFC 5549, `via inet6`, as BGP unnumbered installs them) comes back
+/// from `ip route get` as RTA_VIA, not RTA_GATEWAY. The next hop table took such a route for an on-link one and
+/// asked for the neighbour entry of the peer's own address, which the kernel never uses there, and which anyone
+/// on the link can plant with an ARP request to us ("who has OURS, tell PEER"): the ring then sent the peer's
+/// ESP to the planter's MAC. The entry planted here by hand must not be used: the MAC is the IPv6 next hop's.
+#[test]
+fn an_ipv4_route_via_an_ipv6_next_hop_uses_that_next_hop() {
+    let pair = Pair::new("an_ipv4_route_via_an_ipv6_next_hop_uses_that_next_hop");
+    let (a, b) = (pair.ns('a'), pair.ns('b'));
+    let out = Command::new("ip")
+        .args(["-n", &b, "-o", "link", "show", "r0"])
+        .output()
+        .expect("ip runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let b_mac_text = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("b's MAC in {text:?}"))
+        .to_owned();
+    let b_mac: [u8; 6] = b_mac_text
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).unwrap())
+        .collect::<Vec<u8>>()
+        .try_into()
+        .unwrap();
+    ip(&[
+        "-n",
+        &a,
+        "route",
+        "add",
+        "198.18.99.0/24",
+        "via",
+        "inet6",
+        "fd00:77::2",
+        "dev",
+        "r0",
+    ]);
+    ip(&[
+        "-n",
+        &a,
+        "neigh",
+        "replace",
+        "fd00:77::2",
+        "lladdr",
+        &b_mac_text,
+        "dev",
+        "r0",
+        "nud",
+        "permanent",
+    ]);
+    // What an ARP request from the link could have left: the peer's IPv4 address at another MAC.
+    ip(&[
+        "-n",
+        &a,
+        "neigh",
+        "replace",
+        "198.18.99.5",
+        "lladdr",
+        "02:00:00:00:00:66",
+        "dev",
+        "r0",
+        "nud",
+        "permanent",
+    ]);
+    let hop = pair.run('a', || {
+        let mut nl = crate::route::Netlink::open().expect("netlink");
+        nexthop::resolve(
+            &mut nl,
+            "198.18.77.1".parse().unwrap(),
+            "198.18.99.5".parse().unwrap(),
+        )
+        .expect("route lookup")
+    });
+    let hop = hop.expect("the IPv6 next hop is resolved");
+    assert_eq!(
+        hop.dst_mac, b_mac,
+        "the IPv6 next hop's MAC, not the planted one"
+    );
+}
