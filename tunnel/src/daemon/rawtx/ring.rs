@@ -35,7 +35,7 @@ const TP_STATUS_SEND_REQUEST: u32 = 1;
 const TP_STATUS_WRONG_FORMAT: u32 = 4;
 /// Where a frame's data starts: `TPACKET2_HDRLEN - sizeof(struct sockaddr_ll)` = TPACKET_ALIGN(32) + 20 - 20,
 /// the offset `tpacket_parse_header` uses when PACKET_TX_HAS_OFF is off.
-const DATA_AT: usize = 32;
+pub(super) const DATA_AT: usize = 32;
 /// Offset of `tp_len` in `struct tpacket2_hdr`.
 const TP_LEN_AT: usize = 4;
 /// The ring's memory, whatever the frame size: 2 MiB (1024 frames of 2 KiB for a 1500-byte MTU).

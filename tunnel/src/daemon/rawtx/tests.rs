@@ -568,3 +568,38 @@ fn an_ipv4_route_via_an_ipv6_next_hop_uses_that_next_hop() {
         "the IPv6 next hop's MAC, not the planted one"
     );
 }
+
+/// An interface whose MTU is larger than the ring's largest frame (65535 here, which a veth or dummy allows) still
+/// gets the ring for the packets that fit a frame; opening the ring at that MTU failed, and the raw socket
+/// carried everything to every peer for good.
+#[test]
+fn a_link_mtu_over_the_largest_frame_keeps_the_ring() {
+    let pair = Pair::new("a_link_mtu_over_the_largest_frame_keeps_the_ring");
+    for side in ['a', 'b'] {
+        ip(&["-n", &pair.ns(side), "link", "set", "r0", "mtu", "65535"]);
+    }
+    let (a, b): (IpAddr, IpAddr) = (
+        "198.18.77.1".parse().unwrap(),
+        "198.18.77.2".parse().unwrap(),
+    );
+    pair.run('a', move || {
+        let tx = RawTx::new(OwnedFd::from(raw_socket(a)), true);
+        let ring = |tx: &RawTx| tx.counters().ring.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ring(&tx) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the ring never carried a packet (failed to open: {})",
+                matches!(*tx.ring.lock().unwrap(), RingState::Failed)
+            );
+            tx.send(&batch(0x11, 2, 1400, 1400), 1400, b).expect("send");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // A packet larger than a frame takes the socket, and the ring stays open.
+        let socket = tx.counters().socket.load(Ordering::Relaxed);
+        tx.send(&batch(0x22, 1, 20000, 20000), 20000, b)
+            .expect("send");
+        assert_eq!(tx.counters().socket.load(Ordering::Relaxed), socket + 1);
+        assert!(matches!(*tx.ring.lock().unwrap(), RingState::Open(_)));
+    });
+}
