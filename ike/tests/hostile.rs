@@ -1089,6 +1089,59 @@ fn forged_unusable_ike_sa_init_response_does_not_end_our_ike_sa() {
     }
 }
 
+/// A flood of forged IKE_SA_INIT responses costs a bounded amount of work: each one that gets as far as the key
+/// agreement costs one (milliseconds in a MODP group), so at most four responses are examined per transmission
+/// of our request; the rest, even a real one, wait for the next retransmission, whose real response is used.
+#[test]
+fn forged_ike_sa_init_responses_are_examined_a_few_per_transmission() {
+    let (cfg, _) = configs();
+    let mut a = Endpoint::new(vec![Arc::new(cfg)]);
+    let mut now = Instant::now();
+    a.connect(now, "b").unwrap();
+    let init = a.poll_transmit().unwrap();
+    for i in 0..4u8 {
+        // A well-formed response whose KE is not a point (each costs a key agreement).
+        let (_, real) = Fake::respond(&init.data, 0x5555_6666_7777_8800 + u64::from(i), None);
+        let parsed = message::parse(&real).unwrap();
+        let payloads: Vec<Payload> = parsed
+            .payloads
+            .into_iter()
+            .map(|x| match x {
+                Payload::Ke { group, .. } => Payload::Ke {
+                    group,
+                    data: vec![i; 31],
+                },
+                x => x,
+            })
+            .collect();
+        a.handle(
+            now,
+            &message::encode_plain(parsed.header, &payloads),
+            addr(B, 500),
+            500,
+        );
+    }
+    assert_eq!(downs(&events(&mut a)).len(), 1, "reported once");
+    // A fifth response in the same transmission is not examined, even a good one.
+    let (_, resp) = Fake::respond(&init.data, 0x1122_3344_5566_7788, None);
+    a.handle(now, &resp, addr(B, 500), 500);
+    assert!(
+        transmits(&mut a).is_empty(),
+        "the fifth response was not used"
+    );
+    assert!(a.has_sa("b"));
+    // After the retransmission the real response is used.
+    now = a.poll_timeout().expect("a retransmission timer");
+    a.handle_timeout(now);
+    let again = transmits(&mut a);
+    assert_eq!(again.len(), 1, "retransmitted");
+    let (fake, resp) = Fake::respond(&again[0].data, 0x1122_3344_5566_7788, None);
+    a.handle(now, &resp, addr(B, 500), 500);
+    let auth = a.poll_transmit().expect("IKE_AUTH request");
+    let (h, _) = fake.open(&auth.data);
+    assert_eq!(h.exchange, ExchangeType::IKE_AUTH);
+}
+
 /// A certificate of ike/src/crypto/x509/testdata (made by its make.sh with OpenSSL).
 fn test_cert(name: &str) -> ike::crypto::x509::Certificate {
     let path = format!(

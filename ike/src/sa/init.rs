@@ -7,6 +7,12 @@ use super::*;
 /// responder needs one of each at most; strongSwan allows five). Bounds what forged answers can make us send.
 const MAX_INIT_TRIES: u32 = 3;
 
+/// IKE_SA_INIT responses examined per transmission of our request: the peer's answer and a few copies or
+/// forgeries. Anyone who saw our request can answer it, and an answer that gets as far as the key agreement
+/// costs one (a MODP-3072 exponentiation: milliseconds); beyond this the rest are ignored until the next
+/// retransmission, which the real response then answers.
+const RESPONSES_PER_SEND: u32 = 4;
+
 impl IkeSa {
     // ---- IKE_SA_INIT, initiator ------------------------------------------------------------------------------
 
@@ -94,6 +100,7 @@ impl IkeSa {
                     tries: 1,
                     request: msg.clone(),
                     error: None,
+                    examined: (0, 0, 0),
                 }))
             }
         }
@@ -278,6 +285,14 @@ impl IkeSa {
         // unauthenticated as an error notification (RFC 7296 2.21.1 above), so it is reported and the request
         // keeps being retransmitted for the real response (an on-path sender who saw our request closed the IKE
         // SA with a response lacking an SA payload, naming another group, or carrying a bad KE).
+        let sent = (tries, self.outstanding.as_ref().map_or(0, |o| o.sent));
+        if (init.examined.0, init.examined.1) != sent {
+            init.examined = (sent.0, sent.1, 0);
+        }
+        if init.examined.2 >= RESPONSES_PER_SEND {
+            return;
+        }
+        init.examined.2 += 1;
         let (keys, nr) = match self.usable_init_response(&payloads, header.spi_r) {
             Ok(usable) => usable,
             Err(reason) => {
