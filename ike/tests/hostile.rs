@@ -1009,6 +1009,139 @@ fn forged_error_in_ike_sa_init_response_does_not_end_our_ike_sa() {
     )));
 }
 
+/// An IKE_SA_INIT response we cannot use is as unauthenticated as an error notification: anyone who saw our
+/// request can send one. Each of these closed our IKE SA at once; now each is reported (once, as
+/// unauthenticated) and the IKE SA keeps retransmitting until the real response sets it up.
+#[test]
+fn forged_unusable_ike_sa_init_response_does_not_end_our_ike_sa() {
+    type Forge = fn(Vec<Payload>) -> Vec<Payload>;
+    let forgeries: [(&str, Forge); 5] = [
+        ("INVALID_KE_PAYLOAD naming a group we did not offer", |_| {
+            vec![Payload::Notify(Notify::new(
+                n::INVALID_KE_PAYLOAD,
+                9999u16.to_be_bytes().to_vec(),
+            ))]
+        }),
+        ("no SA payload", |p| {
+            p.into_iter()
+                .filter(|x| !matches!(x, Payload::Sa(_)))
+                .collect()
+        }),
+        ("no nonce", |p| {
+            p.into_iter()
+                .filter(|x| !matches!(x, Payload::Nonce(_)))
+                .collect()
+        }),
+        ("a KE of the wrong length", |p| {
+            p.into_iter()
+                .map(|x| match x {
+                    Payload::Ke { group, .. } => Payload::Ke {
+                        group,
+                        data: vec![7; 5],
+                    },
+                    x => x,
+                })
+                .collect()
+        }),
+        ("a KE in another group", |p| {
+            p.into_iter()
+                .map(|x| match x {
+                    Payload::Ke { data, .. } => Payload::Ke { group: 19, data },
+                    x => x,
+                })
+                .collect()
+        }),
+    ];
+    for (what, forge) in forgeries {
+        let (cfg, _) = configs();
+        let mut a = Endpoint::new(vec![Arc::new(cfg)]);
+        let mut now = Instant::now();
+        a.connect(now, "b").unwrap();
+        let init = a.poll_transmit().unwrap();
+        // The forger answers our request with a response made from a real one.
+        let (_, real) = Fake::respond(&init.data, 0x5555_6666_7777_8888, None);
+        let parsed = message::parse(&real).unwrap();
+        let forged = message::encode_plain(parsed.header, &forge(parsed.payloads));
+        a.handle(now, &forged, addr(B, 500), 500);
+        let ev = events(&mut a);
+        assert!(
+            matches!(
+                &ev[..],
+                [Event::IkeDown {
+                    unauthenticated: true,
+                    reason: Reason::Protocol(_),
+                    ..
+                }]
+            ),
+            "{what}: {ev:?}"
+        );
+        assert!(a.has_sa("b"), "{what}: still waiting");
+        assert!(transmits(&mut a).is_empty(), "{what}: nothing sent for it");
+        now = a.poll_timeout().expect("a retransmission timer");
+        a.handle_timeout(now);
+        let again = transmits(&mut a);
+        assert_eq!(again.len(), 1, "{what}: retransmitted");
+        let (fake, resp) = Fake::respond(&again[0].data, 0x1122_3344_5566_7788, None);
+        a.handle(now, &resp, addr(B, 500), 500);
+        let auth = a.poll_transmit().expect("IKE_AUTH request");
+        let (h, _) = fake.open(&auth.data);
+        assert_eq!(h.exchange, ExchangeType::IKE_AUTH, "{what}");
+    }
+}
+
+/// A flood of forged IKE_SA_INIT responses costs a bounded amount of work: each one that gets as far as the key
+/// agreement costs one (milliseconds in a MODP group), so at most four responses are examined per transmission
+/// of our request; the rest, even a real one, wait for the next retransmission, whose real response is used.
+#[test]
+fn forged_ike_sa_init_responses_are_examined_a_few_per_transmission() {
+    let (cfg, _) = configs();
+    let mut a = Endpoint::new(vec![Arc::new(cfg)]);
+    let mut now = Instant::now();
+    a.connect(now, "b").unwrap();
+    let init = a.poll_transmit().unwrap();
+    for i in 0..4u8 {
+        // A well-formed response whose KE is not a point (each costs a key agreement).
+        let (_, real) = Fake::respond(&init.data, 0x5555_6666_7777_8800 + u64::from(i), None);
+        let parsed = message::parse(&real).unwrap();
+        let payloads: Vec<Payload> = parsed
+            .payloads
+            .into_iter()
+            .map(|x| match x {
+                Payload::Ke { group, .. } => Payload::Ke {
+                    group,
+                    data: vec![i; 31],
+                },
+                x => x,
+            })
+            .collect();
+        a.handle(
+            now,
+            &message::encode_plain(parsed.header, &payloads),
+            addr(B, 500),
+            500,
+        );
+    }
+    assert_eq!(downs(&events(&mut a)).len(), 1, "reported once");
+    // A fifth response in the same transmission is not examined, even a good one.
+    let (_, resp) = Fake::respond(&init.data, 0x1122_3344_5566_7788, None);
+    a.handle(now, &resp, addr(B, 500), 500);
+    assert!(
+        transmits(&mut a).is_empty(),
+        "the fifth response was not used"
+    );
+    assert!(a.has_sa("b"));
+    // After the retransmission the real response is used.
+    now = a.poll_timeout().expect("a retransmission timer");
+    a.handle_timeout(now);
+    let again = transmits(&mut a);
+    assert_eq!(again.len(), 1, "retransmitted");
+    let (fake, resp) = Fake::respond(&again[0].data, 0x1122_3344_5566_7788, None);
+    a.handle(now, &resp, addr(B, 500), 500);
+    let auth = a.poll_transmit().expect("IKE_AUTH request");
+    let (h, _) = fake.open(&auth.data);
+    assert_eq!(h.exchange, ExchangeType::IKE_AUTH);
+}
+
 /// A certificate of ike/src/crypto/x509/testdata (made by its make.sh with OpenSSL).
 fn test_cert(name: &str) -> ike::crypto::x509::Certificate {
     let path = format!(

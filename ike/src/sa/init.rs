@@ -7,6 +7,12 @@ use super::*;
 /// responder needs one of each at most; strongSwan allows five). Bounds what forged answers can make us send.
 const MAX_INIT_TRIES: u32 = 3;
 
+/// IKE_SA_INIT responses examined per transmission of our request: the peer's answer and a few copies or
+/// forgeries. Anyone who saw our request can answer it, and an answer that gets as far as the key agreement
+/// costs one (a MODP-3072 exponentiation: milliseconds); beyond this the rest are ignored until the next
+/// retransmission, which the real response then answers.
+const RESPONSES_PER_SEND: u32 = 4;
+
 impl IkeSa {
     // ---- IKE_SA_INIT, initiator ------------------------------------------------------------------------------
 
@@ -94,6 +100,7 @@ impl IkeSa {
                     tries: 1,
                     request: msg.clone(),
                     error: None,
+                    examined: (0, 0, 0),
                 }))
             }
         }
@@ -249,7 +256,10 @@ impl IkeSa {
                         if offered {
                             self.send_init(now, Some(g));
                         } else {
-                            self.close(Reason::Protocol(format!(
+                            // Not a correction we can make, and unauthenticated like any error notification
+                            // (RFC 7296 2.21.1 above): anyone who saw our request could have sent it to end
+                            // the IKE SA. Reported, and the request keeps being retransmitted.
+                            self.unprotected_init_error(Reason::Protocol(format!(
                                 "peer asked for key exchange group {g}, which we did not offer"
                             )));
                         }
@@ -271,39 +281,24 @@ impl IkeSa {
                 }
             }
         }
-        let offered = wire_proposals(&self.cfg.ike_proposals, &[], true);
-        let chosen = match first!(payloads, Payload::Sa(props) => props) {
-            Some(props) => proposal::check_response(&offered, props),
-            None => {
-                self.close(Reason::Protocol(
-                    "IKE_SA_INIT response without an SA payload".into(),
-                ));
-                return;
-            }
-        };
-        let chosen = match chosen {
-            Ok(c) if suite::ike_supported(&c) => c,
-            Ok(c) => {
-                self.close(Reason::Protocol(format!(
-                    "IKE_SA_INIT response chose {}, which we cannot use",
-                    c.describe()
-                )));
-                return;
-            }
-            Err(e) => {
-                self.close(Reason::Protocol(format!(
-                    "IKE_SA_INIT response refused: {e}"
-                )));
-                return;
-            }
-        };
-        let ke = first!(payloads, Payload::Ke { group, data } => (*group, data.clone()));
-        let nr = first!(payloads, Payload::Nonce(d) => d.clone());
-        let (Some((group, peer_pub)), Some(nr)) = (ke, nr) else {
-            self.close(Reason::Protocol(
-                "IKE_SA_INIT response lacks KE or Nonce".into(),
-            ));
+        // Everything below is checked before the IKE_SA_INIT state is consumed: a response we cannot use is as
+        // unauthenticated as an error notification (RFC 7296 2.21.1 above), so it is reported and the request
+        // keeps being retransmitted for the real response (an on-path sender who saw our request closed the IKE
+        // SA with a response lacking an SA payload, naming another group, or carrying a bad KE).
+        let sent = (tries, self.outstanding.as_ref().map_or(0, |o| o.sent));
+        if (init.examined.0, init.examined.1) != sent {
+            init.examined = (sent.0, sent.1, 0);
+        }
+        if init.examined.2 >= RESPONSES_PER_SEND {
             return;
+        }
+        init.examined.2 += 1;
+        let (keys, nr) = match self.usable_init_response(&payloads, header.spi_r) {
+            Ok(usable) => usable,
+            Err(reason) => {
+                self.unprotected_init_error(reason);
+                return;
+            }
         };
         let init = match std::mem::replace(&mut self.phase, Phase::Void) {
             Phase::Init(init) => init,
@@ -313,34 +308,13 @@ impl IkeSa {
             }
         };
         let InitState {
-            key_share: ks,
             ni,
             request: init_req,
             ..
         } = *init;
-        if Some(group) != chosen.dh || group != ks.group() {
-            self.close(Reason::Protocol(format!(
-                "responder used group {group}, not the one we sent"
-            )));
-            return;
-        }
-        let shared = match ks.agree(&peer_pub) {
-            Ok(s) => s,
-            Err(e) => {
-                self.close(Reason::Protocol(format!("bad KE payload: {e}")));
-                return;
-            }
-        };
         self.spi_r = header.spi_r;
         // A usable response after a (forged) error notification: the error reported was not the peer's word (it
         // went with the IKE_SA_INIT state).
-        let keys = match Suite::derive(&chosen, &shared, &ni, &nr, self.spi_i, self.spi_r, true) {
-            Ok(s) => s,
-            Err(e) => {
-                self.close(Reason::Protocol(e.to_string()));
-                return;
-            }
-        };
         self.phase = Phase::Auth(Box::new(Handshake {
             keys,
             ni,
@@ -353,6 +327,60 @@ impl IkeSa {
         self.frag = self.cfg.fragment_size != 0 && announces_fragmentation(&payloads);
         self.outstanding = None;
         self.send_auth(now);
+    }
+
+    /// The keys an IKE_SA_INIT response gives (from the proposal it chose, its KE and nonce; `spi_r` is its
+    /// header's) and the responder's nonce, or why the response cannot be used.
+    fn usable_init_response(
+        &self,
+        payloads: &[Payload],
+        spi_r: u64,
+    ) -> Result<(Suite, Vec<u8>), Reason> {
+        let Phase::Init(init) = &self.phase else {
+            return Err(Reason::Protocol("IKE_SA_INIT response out of turn".into()));
+        };
+        let offered = wire_proposals(&self.cfg.ike_proposals, &[], true);
+        let chosen = match first!(payloads, Payload::Sa(props) => props) {
+            Some(props) => proposal::check_response(&offered, props),
+            None => {
+                return Err(Reason::Protocol(
+                    "IKE_SA_INIT response without an SA payload".into(),
+                ))
+            }
+        };
+        let chosen = match chosen {
+            Ok(c) if suite::ike_supported(&c) => c,
+            Ok(c) => {
+                return Err(Reason::Protocol(format!(
+                    "IKE_SA_INIT response chose {}, which we cannot use",
+                    c.describe()
+                )))
+            }
+            Err(e) => {
+                return Err(Reason::Protocol(format!(
+                    "IKE_SA_INIT response refused: {e}"
+                )))
+            }
+        };
+        let ke = first!(payloads, Payload::Ke { group, data } => (*group, data));
+        let nr = first!(payloads, Payload::Nonce(d) => d);
+        let (Some((group, peer_pub)), Some(nr)) = (ke, nr) else {
+            return Err(Reason::Protocol(
+                "IKE_SA_INIT response lacks KE or Nonce".into(),
+            ));
+        };
+        if Some(group) != chosen.dh || group != init.key_share.group() {
+            return Err(Reason::Protocol(format!(
+                "responder used group {group}, not the one we sent"
+            )));
+        }
+        let shared = init
+            .key_share
+            .agree(peer_pub)
+            .map_err(|e| Reason::Protocol(format!("bad KE payload: {e}")))?;
+        let keys = Suite::derive(&chosen, &shared, &init.ni, nr, self.spi_i, spi_r, true)
+            .map_err(|e| Reason::Protocol(e.to_string()))?;
+        Ok((keys, nr.clone()))
     }
 }
 

@@ -252,6 +252,9 @@ struct InitState {
     /// An error notification in an IKE_SA_INIT response, reported (unauthenticated) but not acted on while a
     /// usable response may still come (see [`IkeSa::unprotected_init_error`]).
     error: Option<Reason>,
+    /// Responses examined (up to the key agreement) since the request in flight was last sent, and which
+    /// sending that was (try, transmission): bounds the work forged responses can cost.
+    examined: (u32, u32, u32),
 }
 
 /// IKE_SA_INIT done, IKE_AUTH under way: the keys, and what the AUTH payloads sign (RFC 7296 2.15).

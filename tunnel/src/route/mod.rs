@@ -27,8 +27,9 @@ use self::msg::{
     unreachable_msg, Msg, IFA_ADDRESS, IFA_LOCAL, NDA_DST, NDA_LLADDR, NETLINK_CAP_ACK,
     NETLINK_EXT_ACK, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
     NLM_F_EXCL, NLM_F_MULTI, NLM_F_REQUEST, RTAX_MTU, RTA_DST, RTA_GATEWAY, RTA_METRICS, RTA_OIF,
-    RTA_PREFSRC, RTA_SRC, RTM_DELADDR, RTM_DELROUTE, RTM_GETADDR, RTM_GETNEIGH, RTM_GETROUTE,
-    RTM_NEWADDR, RTM_NEWNEIGH, RTM_NEWROUTE, RTN_UNREACHABLE, RT_TABLE_MAIN, SOL_NETLINK,
+    RTA_PREFSRC, RTA_SRC, RTA_VIA, RTM_DELADDR, RTM_DELROUTE, RTM_GETADDR, RTM_GETNEIGH,
+    RTM_GETROUTE, RTM_NEWADDR, RTM_NEWNEIGH, RTM_NEWROUTE, RTN_UNREACHABLE, RT_TABLE_MAIN,
+    SOL_NETLINK,
 };
 
 /// A netlink request the kernel refused, or a socket failure.
@@ -85,7 +86,7 @@ pub struct LocalAddr {
 pub struct RouteLookup {
     /// Outgoing interface.
     pub oif: Option<u32>,
-    /// Next hop, if not on-link.
+    /// Next hop, if not on-link; for an IPv4 route through an IPv6 next hop (RFC 5549), that IPv6 address.
     pub gateway: Option<IpAddr>,
     /// Source address the kernel would pick.
     pub prefsrc: Option<IpAddr>,
@@ -404,6 +405,16 @@ impl Netlink {
                         found.oif = Some(u32::from_ne_bytes(v.try_into().expect("4 bytes")))
                     }
                     RTA_GATEWAY => found.gateway = ip_from(family, v),
+                    // The next hop of an IPv4 route through an IPv6 one (RFC 5549): without it the route read as
+                    // on-link, and the raw ESP ring looked up (and used) a neighbour entry for the peer's own
+                    // address, which anyone on the link can plant with an ARP request to us.
+                    RTA_VIA => {
+                        found.gateway = v.split_first_chunk::<2>().and_then(|(f, a)| {
+                            u8::try_from(u16::from_ne_bytes(*f))
+                                .ok()
+                                .and_then(|f| ip_from(f, a))
+                        })
+                    }
                     RTA_PREFSRC => found.prefsrc = ip_from(family, v),
                     RTA_METRICS => {
                         found.mtu = attrs(v)

@@ -44,6 +44,9 @@ pub(super) const RTA_METRICS: u16 = 8;
 pub(super) const RTAX_MTU: u16 = 2;
 pub(super) const RTA_PREFSRC: u16 = 7;
 pub(super) const RTA_TABLE: u16 = 15;
+/// A next hop of another family than the route's (`struct rtvia`: the family, host order, then the address), as
+/// an IPv4 route through an IPv6 next hop has (RFC 5549, `ip route add ... via inet6 ...`).
+pub(super) const RTA_VIA: u16 = 18;
 pub(super) const IFA_ADDRESS: u16 = 1;
 pub(super) const IFA_LOCAL: u16 = 2;
 pub(super) const IFA_F_NODAD: u8 = 0x02;

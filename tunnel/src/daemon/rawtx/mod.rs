@@ -11,11 +11,12 @@
 //!   kernel resolve it);
 //! - a packet larger than the path's MTU: the interface's, or the route's when lower (a route's `mtu`, or a
 //!   path MTU the kernel learned from ICMP): the kernel fragments it; the ring would not;
-//! - what does not fit in the ring while earlier frames are still in flight.
+//! - what does not fit in the ring, or in its socket's send buffer, while earlier frames are still in flight.
 //!
 //! What the ring skips: netfilter's OUTPUT and POSTROUTING hooks (iptables/nft rules on outgoing ESP see only
-//! the one batch per peer and second that takes the socket; `tc` and the qdisc see everything), and the kernel's
-//! IP output counters. `raw_tx = "socket"` in the mesh file sends everything through the raw socket, as
+//! the one batch per peer and second that takes the socket; `tc` and the qdisc see everything), cgroup BPF
+//! egress programs (systemd's `IPAddressDeny=`, `IPAccounting=`: they run in the IP output path), and the
+//! kernel's IP output counters. `raw_tx = "socket"` in the mesh file sends everything through the raw socket, as
 //! before. README "Raw ESP".
 
 // Writes bytes from the VM into frames: nothing here may panic on them.
@@ -29,7 +30,7 @@
     )
 )]
 
-mod nexthop;
+pub(super) mod nexthop;
 mod ring;
 #[cfg(test)]
 mod tests;
@@ -50,6 +51,9 @@ const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_ESP: u8 = 50;
+/// The largest frame the ring is sized for (link-layer header included): 16 KiB frames, 128 in the ring, carry a
+/// 9000-byte jumbo MTU.
+const MAX_FRAME: usize = (16 << 10) - ring::DATA_AT;
 /// The TTL and hop limit the raw socket uses by default (net.ipv4.ip_default_ttl, the IPv6 route's hop limit).
 const HOPS: u8 = 64;
 
@@ -155,7 +159,10 @@ impl RawTx {
         }
         let mut guard = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
         if matches!(*guard, RingState::Unopened) {
-            *guard = match Ring::open(ETH_HLEN + hop.link_mtu) {
+            // Frames of at most MAX_FRAME: an interface with a larger MTU (up to 65535 for veth or a dummy)
+            // used to make the ring fail for good, for every peer ("frame too large for the ring"); now only
+            // the packets over MAX_FRAME take the raw socket.
+            *guard = match Ring::open((ETH_HLEN + hop.link_mtu).min(MAX_FRAME)) {
                 Ok(r) => RingState::Open(r),
                 Err(e) => {
                     tracing::warn!("raw ESP transmit ring unavailable, using the raw socket: {e}");

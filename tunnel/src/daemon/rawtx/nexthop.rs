@@ -160,7 +160,7 @@ fn refresh_loop(weak: Weak<NextHops>) {
 
 /// The next hop from `local` to `to`; `None` if the ring cannot be used (no route, not Ethernet, neighbour
 /// unresolved).
-fn resolve(
+pub(super) fn resolve(
     nl: &mut Netlink,
     local: IpAddr,
     to: IpAddr,

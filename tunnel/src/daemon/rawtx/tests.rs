@@ -383,3 +383,223 @@ fn a_route_mtu_below_the_link_mtu_keeps_larger_packets_off_the_ring() {
         }
     });
 }
+
+/// A flush the socket's send buffer cuts short: the kernel charges each frame it takes to SO_SNDBUF until the
+/// qdisc or NIC frees it, stops at the first frame it cannot charge, and `sendto` still succeeds (with the bytes
+/// it took). Those frames used to stay SEND_REQUEST: sent later with another batch (on that batch's interface,
+/// behind its next hop, counted as sent now), and, as a saturated link left more each time, a ring full of
+/// them that nothing flushed again put all raw ESP on the raw socket for good. A slow qdisc (tbf, 8 kbit/s, a
+/// deep queue) keeps the first frames charged here.
+#[test]
+fn a_flush_cut_short_by_the_send_buffer_leaves_no_frame_behind() {
+    let pair = Pair::new("a_flush_cut_short_by_the_send_buffer_leaves_no_frame_behind");
+    let out = Command::new("tc")
+        .args(["-n", &pair.ns('a'), "qdisc", "add", "dev", "r0", "root"])
+        .args(["tbf", "rate", "8kbit", "burst", "1600", "limit", "1000000"])
+        .output()
+        .expect("tc runs");
+    assert!(
+        out.status.success(),
+        "tc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pair.run('a', || {
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c"r0".as_ptr()) } as i32;
+        assert_ne!(ifindex, 0);
+        let mut ring = Ring::open(ETH_HLEN + 1500).expect("ring");
+        ring.set_sndbuf(4096);
+        const N: usize = 32;
+        for _ in 0..N {
+            let f = ring.frame(1014).expect("a frame");
+            f.fill(0);
+            ring.commit(1014);
+        }
+        let unsent = match ring.flush(ifindex, ETH_P_IP) {
+            Ok(()) => 0,
+            Err(e) => e.frames,
+        };
+        assert_eq!(
+            ring.requested(),
+            0,
+            "frames left SEND_REQUEST after the flush ({unsent} reported unsent)"
+        );
+        assert!(
+            unsent > 0 && unsent < N,
+            "the send buffer took some frames, not all: {unsent} of {N} unsent"
+        );
+        // The next frame is the kernel's next: a frame committed now is taken (or reported) by the next flush.
+        let f = ring.frame(1014).expect("a frame");
+        f.fill(0);
+        ring.commit(1014);
+        let again = match ring.flush(ifindex, ETH_P_IP) {
+            Ok(()) => 0,
+            Err(e) => e.frames,
+        };
+        assert!(again <= 1, "{again}");
+        assert_eq!(ring.requested(), 0);
+    });
+}
+
+/// The ring, not its socket's send buffer, bounds the frames in flight: one flush of 1,000 full-size frames into
+/// a slow qdisc (tbf, 8 kbit/s, a queue deep enough for all) hands all of them to the kernel. At the default
+/// send buffer (208 KiB) the kernel took 92 and left 908 to the raw socket.
+#[test]
+fn the_send_buffer_holds_a_full_ring() {
+    let pair = Pair::new("the_send_buffer_holds_a_full_ring");
+    let out = Command::new("tc")
+        .args(["-n", &pair.ns('a'), "qdisc", "add", "dev", "r0", "root"])
+        .args(["tbf", "rate", "8kbit", "burst", "1600", "limit", "4000000"])
+        .output()
+        .expect("tc runs");
+    assert!(
+        out.status.success(),
+        "tc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ip_link = Command::new("ip")
+        .args([
+            "-n",
+            &pair.ns('a'),
+            "link",
+            "set",
+            "r0",
+            "txqueuelen",
+            "2000",
+        ])
+        .status()
+        .expect("ip runs");
+    assert!(ip_link.success());
+    pair.run('a', || {
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c"r0".as_ptr()) } as i32;
+        assert_ne!(ifindex, 0);
+        let mut ring = Ring::open(ETH_HLEN + 1500).expect("ring");
+        const N: usize = 1000;
+        for _ in 0..N {
+            let f = ring.frame(ETH_HLEN + 1500).expect("a frame");
+            f.fill(0);
+            ring.commit(ETH_HLEN + 1500);
+        }
+        if let Err(e) = ring.flush(ifindex, ETH_P_IP) {
+            panic!("{} of {N} frames not taken: {}", e.frames, e.error);
+        }
+        assert_eq!(ring.requested(), 0);
+    });
+}
+
+/// An IPv4 route through an IPv6 next hop (RFC 5549, `via inet6`, as BGP unnumbered installs them) comes back
+/// from `ip route get` as RTA_VIA, not RTA_GATEWAY. The next hop table took such a route for an on-link one and
+/// asked for the neighbour entry of the peer's own address, which the kernel never uses there, and which anyone
+/// on the link can plant with an ARP request to us ("who has OURS, tell PEER"): the ring then sent the peer's
+/// ESP to the planter's MAC. The entry planted here by hand must not be used: the MAC is the IPv6 next hop's.
+#[test]
+fn an_ipv4_route_via_an_ipv6_next_hop_uses_that_next_hop() {
+    let pair = Pair::new("an_ipv4_route_via_an_ipv6_next_hop_uses_that_next_hop");
+    let (a, b) = (pair.ns('a'), pair.ns('b'));
+    let out = Command::new("ip")
+        .args(["-n", &b, "-o", "link", "show", "r0"])
+        .output()
+        .expect("ip runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let b_mac_text = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("b's MAC in {text:?}"))
+        .to_owned();
+    let b_mac: [u8; 6] = b_mac_text
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).unwrap())
+        .collect::<Vec<u8>>()
+        .try_into()
+        .unwrap();
+    ip(&[
+        "-n",
+        &a,
+        "route",
+        "add",
+        "198.18.99.0/24",
+        "via",
+        "inet6",
+        "fd00:77::2",
+        "dev",
+        "r0",
+    ]);
+    ip(&[
+        "-n",
+        &a,
+        "neigh",
+        "replace",
+        "fd00:77::2",
+        "lladdr",
+        &b_mac_text,
+        "dev",
+        "r0",
+        "nud",
+        "permanent",
+    ]);
+    // What an ARP request from the link could have left: the peer's IPv4 address at another MAC.
+    ip(&[
+        "-n",
+        &a,
+        "neigh",
+        "replace",
+        "198.18.99.5",
+        "lladdr",
+        "02:00:00:00:00:66",
+        "dev",
+        "r0",
+        "nud",
+        "permanent",
+    ]);
+    let hop = pair.run('a', || {
+        let mut nl = crate::route::Netlink::open().expect("netlink");
+        nexthop::resolve(
+            &mut nl,
+            "198.18.77.1".parse().unwrap(),
+            "198.18.99.5".parse().unwrap(),
+        )
+        .expect("route lookup")
+    });
+    let hop = hop.expect("the IPv6 next hop is resolved");
+    assert_eq!(
+        hop.dst_mac, b_mac,
+        "the IPv6 next hop's MAC, not the planted one"
+    );
+}
+
+/// An interface whose MTU is larger than the ring's largest frame (65535 here, which a veth or dummy allows) still
+/// gets the ring for the packets that fit a frame; opening the ring at that MTU failed, and the raw socket
+/// carried everything to every peer for good.
+#[test]
+fn a_link_mtu_over_the_largest_frame_keeps_the_ring() {
+    let pair = Pair::new("a_link_mtu_over_the_largest_frame_keeps_the_ring");
+    for side in ['a', 'b'] {
+        ip(&["-n", &pair.ns(side), "link", "set", "r0", "mtu", "65535"]);
+    }
+    let (a, b): (IpAddr, IpAddr) = (
+        "198.18.77.1".parse().unwrap(),
+        "198.18.77.2".parse().unwrap(),
+    );
+    pair.run('a', move || {
+        let tx = RawTx::new(OwnedFd::from(raw_socket(a)), true);
+        let ring = |tx: &RawTx| tx.counters().ring.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ring(&tx) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the ring never carried a packet (failed to open: {})",
+                matches!(*tx.ring.lock().unwrap(), RingState::Failed)
+            );
+            tx.send(&batch(0x11, 2, 1400, 1400), 1400, b).expect("send");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // A packet larger than a frame takes the socket, and the ring stays open.
+        let socket = tx.counters().socket.load(Ordering::Relaxed);
+        tx.send(&batch(0x22, 1, 20000, 20000), 20000, b)
+            .expect("send");
+        assert_eq!(tx.counters().socket.load(Ordering::Relaxed), socket + 1);
+        assert!(matches!(*tx.ring.lock().unwrap(), RingState::Open(_)));
+    });
+}
