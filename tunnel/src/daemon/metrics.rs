@@ -241,6 +241,17 @@ pub(crate) fn render(s: &Snapshot, ev: &EventCounters) -> String {
          socket: next hop unresolved, over the MTU, ring full, one batch per peer and second)",
         raw,
     );
+    let xdp = &s.status.raw_esp_in;
+    reg.register(
+        "raw_esp_in_xdp_packets",
+        "Raw ESP packets received through AF_XDP (raw_rx = \"xdp\"); the raw socket receives the rest",
+        counter(xdp.xdp),
+    );
+    reg.register(
+        "raw_esp_in_xdp_dropped",
+        "Frames the kernel dropped for vmsecd's AF_XDP sockets (no free frame: the daemon fell behind)",
+        counter(xdp.xdp_dropped),
+    );
     let init = Family::<ReasonLabel, Counter>::default();
     for (reason, v) in [
         ("unknown_source", s.ike.unknown_source),
@@ -351,7 +362,11 @@ mod tests {
                     ring: 90,
                     socket: 10,
                 },
-                raw_esp_in: Default::default(),
+                raw_esp_in: crate::daemon::control::RawEspIn {
+                    path: "xdp (generic) on u0, 1 queue".into(),
+                    xdp: 70,
+                    xdp_dropped: 3,
+                },
                 refused: vec![],
             },
             ike: ike::endpoint::Stats::default(),
@@ -381,6 +396,8 @@ mod tests {
             r#"vmsecd_drops_total{host="h1",reason="no_sa_out"} 7"#,
             r#"vmsecd_raw_esp_out_packets_total{host="h1",path="ring"} 90"#,
             r#"vmsecd_raw_esp_out_packets_total{host="h1",path="socket"} 10"#,
+            r#"vmsecd_raw_esp_in_xdp_packets_total{host="h1"} 70"#,
+            r#"vmsecd_raw_esp_in_xdp_dropped_total{host="h1"} 3"#,
             r#"vmsecd_ike_half_open_sas{host="h1"} 2"#,
             r#"vmsecd_ike_cookies_demanded{host="h1"} 1"#,
             r#"vmsecd_ike_handshake_duration_seconds_count{host="h1"} 1"#,
