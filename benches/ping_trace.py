@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 
 SYSCALLS = {0: "read", 1: "write", 7: "poll", 16: "ioctl", 44: "sendto", 45: "recvfrom", 46: "sendmsg",
             47: "recvmsg", 202: "futex", 228: "clock_gettime", 232: "epoll_wait", 271: "ppoll",
-            281: "epoll_pwait", 299: "recvmmsg", 307: "sendmmsg", 441: "epoll_pwait2", 20: "writev", 19: "readv"}
+            281: "epoll_pwait", 299: "recvmmsg", 307: "sendmmsg", 441: "epoll_pwait2", 20: "writev", 19: "readv", 335: "uretprobe"}
 LINE = re.compile(r"^\s*(.+?)\s+(\d+)/(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+(\S+):\s*(.*)$")
 
 
