@@ -97,6 +97,9 @@ struct Daemon {
     /// Unreachable routes behind the TUN routes, kept after a crash (see [`crate::failclosed`]).
     failclosed: crate::failclosed::FailClosed,
     tun: AsyncQueue,
+    /// Set when a receive batch wrote to `tun` (queue 0): the batch then reads the TUN before going back to
+    /// epoll (see `rx::Daemon::read_tun_after_write`).
+    wrote_tun0: std::cell::Cell<bool>,
     /// The transmit path for queue 0 (the workers have their own).
     tx: tx::Transmitter,
     workers: workers::Workers,
@@ -200,16 +203,21 @@ impl Daemon {
         ),
         [term, int, hup]: [&mut tokio::signal::unix::Signal; 3],
     ) -> anyhow::Result<()> {
+        // One timer for the loop's life, moved only when the next deadline comes earlier (or it fired): not a
+        // new one registered in tokio's timer wheel and dropped again on each wake-up (issue 15). A deadline that
+        // moved later just wakes the loop early once, and the control plane's timers check their own times.
+        let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(self.next_deadline()));
+        tokio::pin!(sleep);
         loop {
             let deadline = tokio::time::Instant::from_std(self.next_deadline());
+            if deadline < sleep.deadline() || sleep.is_elapsed() {
+                sleep.as_mut().reset(deadline);
+            }
             tokio::select! {
                 // A read error is counted and survived; only a closed descriptor ends the daemon (review item 10).
-                r = self.tun.read_vnet(bufs.tx.read_buf()) => match r {
-                    Ok(n) => {
-                        self.on_tun_readable(bufs, n)?;
-                    }
-                    Err(e) => self.tx.survive_read_error(e)?,
-                },
+                r = self.tun.readable() => {
+                    self.on_tun_readable(bufs, &mut r?)?;
+                }
                 r = self.udp4500.readable() => {
                     r?;
                     self.on_udp4500_readable(bufs)?;
@@ -240,7 +248,7 @@ impl Daemon {
                     r?;
                     self.on_second_raw_readable(bufs)?;
                 }
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = &mut sleep => {
                     let now = Instant::now();
                     self.cp.handle_timeout(now);
                     self.datapath.expire_retired(now);

@@ -152,6 +152,7 @@ impl Daemon {
             routes,
             failclosed,
             tun,
+            wrote_tun0: std::cell::Cell::new(false),
             tx,
             workers,
             udp500,
