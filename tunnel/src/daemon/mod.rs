@@ -234,7 +234,7 @@ impl Daemon {
                 }
                 r = self.rawrx.readable() => {
                     r?;
-                    self.on_xdp_readable(bufs);
+                    self.on_xdp_readable(bufs)?;
                 }
                 r = sockets::second_readable(&self.second, |s| &s.udp4500) => {
                     r?;

@@ -105,12 +105,22 @@ impl Daemon {
         (r, drained)
     }
 
-    /// After a write to queue 0 of the TUN: what the VM answered (an echo reply, TCP ACKs) was made inside
-    /// that write, in the kernel's softirq, and is already queued on the TUN. Reading it now sends it at once,
-    /// without first going back to epoll and through a turn of the loop (issue 15: about 10 us of an idle
-    /// ping's round trip). Costs one read that finds nothing when the VM did not answer at once.
+    /// After a receive batch wrote to queue 0 of the TUN: what the VM answered (an echo reply, TCP ACKs) was
+    /// made inside that write, in the kernel's softirq, and is already queued on the TUN. Reading it now sends it
+    /// at once, without first going back to epoll and through a turn of the loop (issue 15: about 10 us of an
+    /// idle ping's round trip). Costs one read that finds nothing when the VM did not answer at once.
     fn read_tun_after_write(&self, bufs: &mut Buffers) -> Result<(), tx::TunUnusable> {
+        if !self.wrote_tun0.take() {
+            return Ok(());
+        }
         self.read_tun(bufs).0
+    }
+
+    /// The end of a receive batch: the run of merged segments still pending goes to the TUN.
+    fn deliver_rest(&self, merge: &mut offload::Coalescer<'_>) {
+        if !merge.is_empty() {
+            self.deliver_vnet(merge.take());
+        }
     }
 
     /// UDP 4500 is readable: receive GRO batches until none is queued (or BATCH of them), decrypt in place,
@@ -141,12 +151,8 @@ impl Daemon {
                 Err(e) => self.on_recv_error("UDP 4500", e)?,
             }
         }
-        if !merge.is_empty() {
-            self.deliver_vnet(merge.take());
-        }
-        if self.wrote_tun0.take() {
-            self.read_tun_after_write(bufs)?;
-        }
+        self.deliver_rest(&mut merge);
+        self.read_tun_after_write(bufs)?;
         Ok(())
     }
 
@@ -192,29 +198,24 @@ impl Daemon {
                 Err(e) => self.on_recv_error("raw ESP", e)?,
             }
         }
-        if !merge.is_empty() {
-            self.deliver_vnet(merge.take());
-        }
-        if self.wrote_tun0.take() {
-            self.read_tun_after_write(bufs)?;
-        }
+        self.deliver_rest(&mut merge);
+        self.read_tun_after_write(bufs)?;
         Ok(())
     }
 
     /// An AF_XDP socket has frames (`raw_rx = "xdp"`): each queue's, up to a batch, decrypted in place in the
     /// UMEM and merged for the TUN as for the raw socket ([`Daemon::on_raw`]); the frames go back to the kernel.
-    pub(super) fn on_xdp_readable(&mut self, bufs: &mut Buffers) {
+    pub(super) fn on_xdp_readable(&mut self, bufs: &mut Buffers) -> Result<(), tx::TunUnusable> {
         let Some(mut active) = self.rawrx.take() else {
-            return;
+            return Ok(());
         };
         let mut merge = offload::Coalescer::new(&mut bufs.coalesce);
         let (received, more) = active.receive(XDP_BATCH, |ip| {
             self.on_raw(ip, framing::RawFamily::V4, &mut merge);
         });
-        if !merge.is_empty() {
-            self.deliver_vnet(merge.take());
-        }
+        self.deliver_rest(&mut merge);
         self.rawrx.put(active, received, more);
+        self.read_tun_after_write(bufs)
     }
 
     /// Writes a virtio-net header and packet (possibly a coalesced super-packet) to the TUN, on the queue its
