@@ -937,7 +937,7 @@ fn forged_error_in_ike_sa_init_response_does_not_end_our_ike_sa() {
     for ntype in [n::NO_PROPOSAL_CHOSEN, n::AUTHENTICATION_FAILED] {
         let (cfg, _) = configs();
         let mut a = Endpoint::new(vec![Arc::new(cfg)]);
-        let mut now = Instant::now();
+        let now = Instant::now();
         a.connect(now, "b").unwrap();
         let init = a.poll_transmit().unwrap();
         let mut hdr = message::parse(&init.data).unwrap().header;
@@ -957,15 +957,7 @@ fn forged_error_in_ike_sa_init_response_does_not_end_our_ike_sa() {
         );
         assert!(a.has_sa("b"), "still waiting");
         // The real answer, after a retransmission.
-        now = a.poll_timeout().expect("a retransmission timer");
-        a.handle_timeout(now);
-        let again = transmits(&mut a);
-        assert_eq!(again.len(), 1, "retransmitted");
-        let (fake, resp) = Fake::respond(&again[0].data, 0x1122_3344_5566_7788, None);
-        a.handle(now, &resp, addr(B, 500), 500);
-        let auth = a.poll_transmit().expect("IKE_AUTH request");
-        let (h, _) = fake.open(&auth.data);
-        assert_eq!(h.exchange, ExchangeType::IKE_AUTH);
+        the_real_response_after_a_retransmission_completes(&mut a, "forged error");
     }
     // No real answer: one report, then the IKE SA is gone when the retransmissions run out.
     let (cfg, _) = configs();
@@ -1055,7 +1047,7 @@ fn forged_unusable_ike_sa_init_response_does_not_end_our_ike_sa() {
     for (what, forge) in forgeries {
         let (cfg, _) = configs();
         let mut a = Endpoint::new(vec![Arc::new(cfg)]);
-        let mut now = Instant::now();
+        let now = Instant::now();
         a.connect(now, "b").unwrap();
         let init = a.poll_transmit().unwrap();
         // The forger answers our request with a response made from a real one.
@@ -1077,15 +1069,7 @@ fn forged_unusable_ike_sa_init_response_does_not_end_our_ike_sa() {
         );
         assert!(a.has_sa("b"), "{what}: still waiting");
         assert!(transmits(&mut a).is_empty(), "{what}: nothing sent for it");
-        now = a.poll_timeout().expect("a retransmission timer");
-        a.handle_timeout(now);
-        let again = transmits(&mut a);
-        assert_eq!(again.len(), 1, "{what}: retransmitted");
-        let (fake, resp) = Fake::respond(&again[0].data, 0x1122_3344_5566_7788, None);
-        a.handle(now, &resp, addr(B, 500), 500);
-        let auth = a.poll_transmit().expect("IKE_AUTH request");
-        let (h, _) = fake.open(&auth.data);
-        assert_eq!(h.exchange, ExchangeType::IKE_AUTH, "{what}");
+        the_real_response_after_a_retransmission_completes(&mut a, what);
     }
 }
 
@@ -1096,7 +1080,7 @@ fn forged_unusable_ike_sa_init_response_does_not_end_our_ike_sa() {
 fn forged_ike_sa_init_responses_are_examined_a_few_per_transmission() {
     let (cfg, _) = configs();
     let mut a = Endpoint::new(vec![Arc::new(cfg)]);
-    let mut now = Instant::now();
+    let now = Instant::now();
     a.connect(now, "b").unwrap();
     let init = a.poll_transmit().unwrap();
     for i in 0..4u8 {
@@ -1131,15 +1115,21 @@ fn forged_ike_sa_init_responses_are_examined_a_few_per_transmission() {
     );
     assert!(a.has_sa("b"));
     // After the retransmission the real response is used.
-    now = a.poll_timeout().expect("a retransmission timer");
+    the_real_response_after_a_retransmission_completes(&mut a, "flood");
+}
+
+/// `a`, an initiator waiting for its IKE_SA_INIT response after forged ones (`what`), retransmits its request
+/// when the timer says so, and the real response to it takes the IKE SA on to IKE_AUTH.
+fn the_real_response_after_a_retransmission_completes(a: &mut Endpoint, what: &str) {
+    let now = a.poll_timeout().expect("a retransmission timer");
     a.handle_timeout(now);
-    let again = transmits(&mut a);
-    assert_eq!(again.len(), 1, "retransmitted");
+    let again = transmits(a);
+    assert_eq!(again.len(), 1, "{what}: retransmitted");
     let (fake, resp) = Fake::respond(&again[0].data, 0x1122_3344_5566_7788, None);
     a.handle(now, &resp, addr(B, 500), 500);
     let auth = a.poll_transmit().expect("IKE_AUTH request");
     let (h, _) = fake.open(&auth.data);
-    assert_eq!(h.exchange, ExchangeType::IKE_AUTH);
+    assert_eq!(h.exchange, ExchangeType::IKE_AUTH, "{what}");
 }
 
 /// A certificate of ike/src/crypto/x509/testdata (made by its make.sh with OpenSSL).
