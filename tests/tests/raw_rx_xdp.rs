@@ -49,6 +49,27 @@ fn reasm_oks(ns: &Netns) -> u64 {
     values.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
+/// VM A pings VM B, then 4 MiB of TCP goes each way intact (and, with `udp`, 200 UDP datagrams each way).
+fn traffic_intact_both_ways(avm: &Netns, bvm: &Netns, va: &Vmsecd, vb: &Vmsecd, udp: bool) {
+    assert!(ping_until_ok(avm, "198.19.2.10", Duration::from_secs(5)));
+    for (server, client, addr) in [(bvm, avm, "198.19.2.10"), (avm, bvm, "198.19.1.10")] {
+        assert_eq!(
+            tcp_intact(server, client, addr, 4, 1 << 20),
+            4,
+            "TCP intact\n{}\n{}",
+            va.diagnostics(),
+            vb.diagnostics()
+        );
+        if udp {
+            assert_eq!(
+                udp_intact(server, client, addr, 200),
+                (200, 0),
+                "UDP intact"
+            );
+        }
+    }
+}
+
 #[test]
 fn raw_esp_through_af_xdp_intact_fragments_through_the_socket_nothing_left_after_kill() {
     vmsecd_e2e::netns::require_root_and_ip();
@@ -85,21 +106,7 @@ fn raw_esp_through_af_xdp_intact_fragments_through_the_socket_nothing_left_after
             v.diagnostics()
         );
     }
-    assert!(ping_until_ok(&avm, "198.19.2.10", Duration::from_secs(5)));
-    for (server, client, addr) in [(&bvm, &avm, "198.19.2.10"), (&avm, &bvm, "198.19.1.10")] {
-        assert_eq!(
-            tcp_intact(server, client, addr, 4, 1 << 20),
-            4,
-            "TCP intact\n{}\n{}",
-            va.diagnostics(),
-            vb.diagnostics()
-        );
-        assert_eq!(
-            udp_intact(server, client, addr, 200),
-            (200, 0),
-            "UDP intact"
-        );
-    }
+    traffic_intact_both_ways(&avm, &bvm, &va, &vb, true);
     let (sa, sb) = (va.status().unwrap(), vb.status().unwrap());
     for (s, host) in [(&sa, "hA"), (&sb, "hB")] {
         // 4 MiB each way is about 3,000 ESP packets.
@@ -207,16 +214,7 @@ fn raw_esp_through_af_xdp_on_an_interface_of_four_queues() {
             v.diagnostics()
         );
     }
-    assert!(ping_until_ok(&avm, "198.19.2.10", Duration::from_secs(5)));
-    for (server, client, addr) in [(&bvm, &avm, "198.19.2.10"), (&avm, &bvm, "198.19.1.10")] {
-        assert_eq!(
-            tcp_intact(server, client, addr, 4, 1 << 20),
-            4,
-            "TCP intact\n{}\n{}",
-            va.diagnostics(),
-            vb.diagnostics()
-        );
-    }
+    traffic_intact_both_ways(&avm, &bvm, &va, &vb, false);
     for v in [&va, &vb] {
         let s = v.status().unwrap();
         assert!(
