@@ -384,6 +384,21 @@ fn a_route_mtu_below_the_link_mtu_keeps_larger_packets_off_the_ring() {
     });
 }
 
+/// A slow qdisc on a's r0 (tbf, 8 kbit/s) with a queue of `limit` bytes: frames handed to it stay charged to
+/// the sending socket's buffer for the whole test.
+fn slow_qdisc(pair: &Pair, limit: &str) {
+    let out = Command::new("tc")
+        .args(["-n", &pair.ns('a'), "qdisc", "add", "dev", "r0", "root"])
+        .args(["tbf", "rate", "8kbit", "burst", "1600", "limit", limit])
+        .output()
+        .expect("tc runs");
+    assert!(
+        out.status.success(),
+        "tc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A flush the socket's send buffer cuts short: the kernel charges each frame it takes to SO_SNDBUF until the
 /// qdisc or NIC frees it, stops at the first frame it cannot charge, and `sendto` still succeeds (with the bytes
 /// it took). Those frames used to stay SEND_REQUEST: sent later with another batch (on that batch's interface,
@@ -393,16 +408,7 @@ fn a_route_mtu_below_the_link_mtu_keeps_larger_packets_off_the_ring() {
 #[test]
 fn a_flush_cut_short_by_the_send_buffer_leaves_no_frame_behind() {
     let pair = Pair::new("a_flush_cut_short_by_the_send_buffer_leaves_no_frame_behind");
-    let out = Command::new("tc")
-        .args(["-n", &pair.ns('a'), "qdisc", "add", "dev", "r0", "root"])
-        .args(["tbf", "rate", "8kbit", "burst", "1600", "limit", "1000000"])
-        .output()
-        .expect("tc runs");
-    assert!(
-        out.status.success(),
-        "tc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    slow_qdisc(&pair, "1000000");
     pair.run('a', || {
         // SAFETY: a NUL-terminated name.
         let ifindex = unsafe { libc::if_nametoindex(c"r0".as_ptr()) } as i32;
@@ -447,16 +453,7 @@ fn a_flush_cut_short_by_the_send_buffer_leaves_no_frame_behind() {
 #[test]
 fn the_send_buffer_holds_a_full_ring() {
     let pair = Pair::new("the_send_buffer_holds_a_full_ring");
-    let out = Command::new("tc")
-        .args(["-n", &pair.ns('a'), "qdisc", "add", "dev", "r0", "root"])
-        .args(["tbf", "rate", "8kbit", "burst", "1600", "limit", "4000000"])
-        .output()
-        .expect("tc runs");
-    assert!(
-        out.status.success(),
-        "tc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    slow_qdisc(&pair, "4000000");
     let ip_link = Command::new("ip")
         .args([
             "-n",
