@@ -75,6 +75,10 @@ enum SetupError {
     NotIpv4(IpAddr),
     #[error("no interface holds our address {0}")]
     NoInterface(Ipv4Addr),
+    #[error(
+        "{iface} is not an Ethernet interface (ARPHRD {hwtype}); the XDP program reads an Ethernet header"
+    )]
+    NotEthernet { iface: String, hwtype: u16 },
     #[error("{iface} has {queues} receive queues; at most {MAX_QUEUES} are served")]
     TooManyQueues { iface: String, queues: u32 },
     #[error("opening the AF_XDP socket for queue {queue} of {iface}: {err}")]
@@ -221,6 +225,18 @@ impl Active {
             return Err(SetupError::NotIpv4(local));
         };
         let (iface, ifindex) = interface_of(local).ok_or(SetupError::NoInterface(local))?;
+        // On an interface without a link-layer header (TUN, PPP, GRE, IPIP, WireGuard) generic XDP hands the
+        // program the IPv4 header at offset 0: the program would read the source address as the EtherType and
+        // the payload as the destination, and steer (to be dropped) packets of any protocol, to any address.
+        match hardware_type(&iface) {
+            Some(libc::ARPHRD_ETHER) => {}
+            other => {
+                return Err(SetupError::NotEthernet {
+                    iface,
+                    hwtype: other.unwrap_or(0),
+                })
+            }
+        }
         let n = rx_queues(&iface);
         if n > MAX_QUEUES {
             return Err(SetupError::TooManyQueues { iface, queues: n });
@@ -294,6 +310,39 @@ fn interface_of(addr: Ipv4Addr) -> Option<(String, u32)> {
     // SAFETY: the list from getifaddrs, freed once.
     unsafe { libc::freeifaddrs(list) };
     found
+}
+
+/// The interface's hardware type (`ARPHRD_*`, `SIOCGIFHWADDR`), asked of the calling thread's namespace.
+fn hardware_type(iface: &str) -> Option<u16> {
+    // SAFETY: plain data.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req
+        .ifr_name
+        .iter_mut()
+        .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: a datagram socket for the ioctl, closed when `sock` drops.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: a new descriptor, owned here.
+    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // SAFETY: `req` names the interface; the kernel writes its hardware address into it.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SIOCGIFHWADDR,
+            &mut req,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: SIOCGIFHWADDR filled the union's `ifru_hwaddr`.
+    Some(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
 }
 
 /// The interface's receive queues (`ethtool -l`: rx plus combined channels); 1 if the driver does not say.

@@ -87,3 +87,55 @@ fn the_program_is_the_documented_length() {
         28
     );
 }
+
+/// An interface without an Ethernet header (here a TUN device; PPP, GRE, IPIP and WireGuard alike): generic XDP
+/// would hand the program the IPv4 header at offset 0, so its checks would read the source address as the
+/// EtherType and payload bytes as the destination, and steer (to be dropped) packets of any protocol to any
+/// address, while the status said XDP carried the ESP. Setup refuses it: the raw socket receives, and the status
+/// says why. Needs root; works in a namespace of its own.
+#[test]
+fn an_interface_without_ethernet_keeps_the_raw_socket() {
+    use std::os::fd::AsRawFd;
+    use std::process::Command;
+    crate::test_root::require_root(
+        "an_interface_without_ethernet_keeps_the_raw_socket",
+        "it makes a namespace and a TUN device",
+    );
+    struct Ns(String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let ip = |args: &[&str]| {
+        let st = Command::new("ip").args(args).status().expect("ip");
+        assert!(st.success(), "ip {args:?}");
+    };
+    let ns = Ns(format!("rawrxl3{}", std::process::id()));
+    ip(&["netns", "add", &ns.0]);
+    ip(&["-n", &ns.0, "tuntap", "add", "t0", "mode", "tun"]);
+    ip(&["-n", &ns.0, "addr", "add", "198.18.91.1/24", "dev", "t0"]);
+    ip(&["-n", &ns.0, "link", "set", "t0", "up"]);
+    let path = format!("/run/netns/{}", ns.0);
+    let status = std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("namespace file");
+        // SAFETY: a valid namespace descriptor; only this thread moves.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let _enter = rt.enter();
+        let rx = super::RawRx::open(
+            crate::config::RawRxPath::Xdp,
+            Ipv4Addr::new(198, 18, 91, 1).into(),
+        );
+        rx.status().path
+    })
+    .join()
+    .expect("namespace thread");
+    assert!(
+        status.starts_with("socket (xdp unavailable: t0 is not an Ethernet interface"),
+        "{status}"
+    );
+}
