@@ -221,12 +221,14 @@ impl Xsk {
             let idx = cons.wrapping_add(i);
             // SAFETY: an RX entry the kernel published (between consumer and producer).
             let d = unsafe { self.rx.entry::<libc::xdp_desc>(idx).read() };
-            // The address is the frame's data (its chunk plus headroom): check it against the UMEM rather than
-            // trust it, since a wrong one would read out of bounds.
+            // The address is the frame's data (its chunk plus headroom): check it against the UMEM and its own
+            // chunk rather than trust it, since a wrong one would read out of bounds or into a frame the kernel
+            // may be writing.
             let (addr, len) = (d.addr as usize, d.len as usize);
             if addr
                 .checked_add(len)
                 .is_some_and(|end| end <= self.umem.len)
+                && addr % CHUNK + len <= CHUNK
             {
                 // SAFETY: inside the UMEM (checked); the kernel does not write this frame until it is back in
                 // the fill ring, below.
