@@ -31,7 +31,7 @@ struct Node {
     /// (not started yet, or busy starting).
     start: Instant,
     /// Next initiation and back-off, per peer index.
-    sched: HashMap<usize, (Option<Instant>, Duration)>,
+    sched: BTreeMap<usize, (Option<Instant>, Duration)>,
 }
 
 struct Mesh {
@@ -42,6 +42,7 @@ struct Mesh {
     wire: BTreeMap<(Instant, u64), (usize, usize, Transmit)>,
     seq: u64,
     sent: u64,
+    t0: Instant,
     /// Each node's next timer, recomputed when the node handled something.
     timers: Vec<Option<Instant>>,
     /// Percentage of datagrams lost (chosen by a fixed hash of their sequence number).
@@ -50,6 +51,11 @@ struct Mesh {
     dead: u64,
     /// IkeDown events by reason (diagnostics).
     downs: BTreeMap<String, u64>,
+    /// Trace lines per unordered pair (diagnostics, with MESH_TRACE set).
+    trace: Option<HashMap<(usize, usize), Vec<String>>>,
+    dead_pairs: Vec<(usize, usize)>,
+    /// Pairs still without an IKE SA after 60 s (diagnostics, with MESH_TRACE set).
+    late_pairs: Vec<(usize, usize)>,
 }
 
 impl Mesh {
@@ -59,7 +65,7 @@ impl Mesh {
         let mut addr = HashMap::new();
         for i in 0..n {
             let mut peers = Vec::new();
-            let mut sched = HashMap::new();
+            let mut sched = BTreeMap::new();
             for j in (0..n).filter(|j| *j != i) {
                 let mut p = peer(
                     &format!("h{j}"),
@@ -91,12 +97,16 @@ impl Mesh {
             addr,
             now,
             wire: BTreeMap::new(),
+            t0: now,
             seq: 0,
             sent: 0,
             timers: Vec::new(),
             loss_pct: 0,
             dead: 0,
             downs: BTreeMap::new(),
+            trace: std::env::var_os("MESH_TRACE").map(|_| HashMap::new()),
+            dead_pairs: Vec::new(),
+            late_pairs: Vec::new(),
         }
     }
 
@@ -107,12 +117,49 @@ impl Mesh {
             };
             self.seq += 1;
             self.sent += 1;
-            if (self.seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 100 < self.loss_pct {
+            let lost = (self.seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 100 < self.loss_pct;
+            if let Some(tr) = &mut self.trace {
+                let d = if t.remote.port() == 4500 && t.data.len() > 4 {
+                    &t.data[4..]
+                } else {
+                    &t.data[..]
+                };
+                if let Ok(h) = ike::message::Header::parse(d) {
+                    tr.entry((i.min(to), i.max(to))).or_default().push(format!(
+                        "{:>9.3} h{i}->h{to} {:016x}/{:016x} ex{} id{} fl{:02x} len{}{}",
+                        (self.now - self.t0).as_secs_f64(),
+                        h.spi_i,
+                        h.spi_r,
+                        h.exchange.0,
+                        h.message_id,
+                        h.flags.0,
+                        d.len(),
+                        if lost { " LOST" } else { "" }
+                    ));
+                }
+            }
+            if lost {
                 continue;
             }
             self.wire.insert((self.now + DELAY, self.seq), (to, i, t));
         }
         while let Some(e) = self.nodes[i].ep.poll_event() {
+            if let Some(tr) = &mut self.trace {
+                let j = match &e {
+                    Event::IkeUp { peer, .. } | Event::IkeDown { peer, .. } => {
+                        peer[1..].parse::<usize>().ok()
+                    }
+                    _ => None,
+                };
+                if let Some(j) = j {
+                    let mut s = format!("{e:?}");
+                    s.truncate(200);
+                    tr.entry((i.min(j), i.max(j))).or_default().push(format!(
+                        "{:>9.3} EVENT at h{i}: {s}",
+                        (self.now - self.t0).as_secs_f64()
+                    ));
+                }
+            }
             let node = &mut self.nodes[i];
             match e {
                 Event::IkeUp { peer, .. } => {
@@ -140,10 +187,11 @@ impl Mesh {
                 } => {
                     let r = format!("{reason:?}");
                     *self.downs.entry(r.chars().take(60).collect()).or_default() += 1;
+                    let j: usize = peer[1..].parse().unwrap();
                     if reason == Reason::PeerDead {
                         self.dead += 1;
+                        self.dead_pairs.push((i, j));
                     }
-                    let j: usize = peer[1..].parse().unwrap();
                     if let Some(s) = node.sched.get_mut(&j) {
                         s.0 = Some(self.now + s.1);
                         s.1 = (s.1 * 2).min(BACKOFF_MAX);
@@ -186,6 +234,27 @@ impl Mesh {
             }
         }
         self.flush(i);
+    }
+
+    /// The pairs (i, j) where node i holds no established IKE SA with j (diagnostics).
+    fn missing(&self) -> Vec<(usize, usize)> {
+        let n = self.nodes.len();
+        let mut out = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let up: Vec<String> = node
+                .ep
+                .status()
+                .into_iter()
+                .filter(|(_, s)| s.state == State::Established)
+                .map(|(p, _)| p)
+                .collect();
+            out.extend(
+                (0..n)
+                    .filter(|j| *j != i && !up.contains(&format!("h{j}")))
+                    .map(|j| (i, j)),
+            );
+        }
+        out
     }
 
     fn full(&self) -> bool {
@@ -265,6 +334,13 @@ impl Mesh {
                 if up.is_none() && self.full() {
                     up = Some(self.now - start);
                 }
+                if up.is_none()
+                    && self.trace.is_some()
+                    && self.late_pairs.is_empty()
+                    && self.now >= start + Duration::from_secs(60)
+                {
+                    self.late_pairs = self.missing();
+                }
             }
         }
     }
@@ -293,6 +369,24 @@ fn mesh(n: usize, jitter_ms: u64, loss_pct: u64, limit: Duration) -> Option<Dura
         sum(|s| s.evicted),
     );
     eprintln!("IkeDown reasons: {:?}", m.downs);
+    for &(i, j) in m.dead_pairs.iter().chain(&m.late_pairs) {
+        eprintln!("PeerDead at h{i} for h{j}, or no IKE SA after 60 s; trace:");
+        if let Some(tr) = m.trace.as_ref().and_then(|t| t.get(&(i.min(j), i.max(j)))) {
+            for l in tr {
+                eprintln!("  {l}");
+            }
+        }
+        for (a, b) in [(i, j), (j, i)] {
+            for (p, s) in m.nodes[a].ep.status() {
+                if p == format!("h{b}") {
+                    eprintln!(
+                        "  status at h{a}: {:?} {:016x}/{:016x} init={}",
+                        s.state, s.spis.0, s.spis.1, s.initiator
+                    );
+                }
+            }
+        }
+    }
     assert_eq!(m.dead, 0, "IKE SAs whose requests were never answered");
     r
 }

@@ -394,6 +394,23 @@ impl Endpoint {
         }
     }
 
+    /// For an initiator's IKE SA not up yet (IKE_SA_INIT or IKE_AUTH outstanding): another established, current
+    /// IKE SA with the same peer, if there is one (`Some(None)` if not). `None` for any other SA. Looks at the
+    /// peer's SAs only.
+    fn up_elsewhere(&self, spi: u64) -> Option<Option<u64>> {
+        let sa = self.sas.get(&spi).filter(|sa| {
+            sa.is_initiator() && matches!(sa.state(), State::InitSent | State::AuthSent)
+        })?;
+        let other = self.peer_sas(&sa.config().name).iter().copied().find(|k| {
+            *k != spi
+                && self
+                    .sas
+                    .get(k)
+                    .is_some_and(|o| o.state() == State::Established && !o.is_superseded())
+        });
+        Some(other)
+    }
+
     /// A peer's new IKE SA carried INITIAL_CONTACT (RFC 7296 2.4): its older IKE SAs are gone on its side (it
     /// rebooted, or its daemon restarted), and ours would linger until liveness checks gave up on them (minutes)
     /// while holding the peer's slot in `status` and their Child SAs in the datapath. Closed here, silently.
@@ -448,11 +465,24 @@ impl Endpoint {
     /// Runs the timers that are due, of the SAs whose timer is due only.
     pub fn handle_timeout(&mut self, now: Instant) {
         for k in self.take_due(now) {
+            let elsewhere = self.up_elsewhere(k);
             if let Some(sa) = self.sas.get_mut(&k) {
+                if let Some(other) = elsewhere {
+                    sa.set_peer_up_elsewhere(other.is_some());
+                }
                 if sa.poll_timeout().is_some_and(|t| t <= now) {
                     sa.handle_timeout(now);
                 }
+                let gave_up = sa.state() == State::Closed;
                 self.mark(k);
+                // Our attempt gave up while the peer's other IKE SA is up (see `IkeSa::set_peer_up_elsewhere`):
+                // whether the peer is alive is asked on that SA, at once.
+                if let Some(Some(other)) = elsewhere.filter(|_| gave_up) {
+                    if let Some(o) = self.sas.get_mut(&other) {
+                        o.check_liveness(now);
+                        self.mark(other);
+                    }
+                }
             }
         }
         // Half-open SAs expire oldest first; only the expired ones are looked at.
