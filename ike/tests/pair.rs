@@ -3,6 +3,9 @@
 //! Every path of the state machine that depends on time or loss runs here in microseconds and never flakes:
 //! the clock only moves when the test says so or when both sides are idle until their next timer.
 
+// The scripted peer (`common::Fake`) plays a peer that is not vmsecd.
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -2220,4 +2223,61 @@ fn attempt_the_peer_forgot_is_no_dead_peer_while_its_other_sa_is_up() {
         vec![true, true],
         "A's liveness check and B's answer"
     );
+}
+
+/// A peer as libreswan: it rebooted and sets up a new IKE SA with us without INITIAL_CONTACT (a scripted
+/// initiator from A's address, common/mod.rs). We cannot tell that from a peer that re-authenticates, so the
+/// older IKE SA is not closed unasked, but its liveness is checked at once (with the new SA's IKE_AUTH
+/// response), not after `dpd_delay` of silence: it goes after the retransmission budget (165 s), not
+/// `dpd_delay` later (the 139 s seen with libreswan were its last liveness answer plus that), and the new one
+/// stays.
+#[test]
+fn older_ike_sa_is_checked_at_once_when_the_peer_sets_up_a_new_one_without_initial_contact() {
+    use ike::message::{ExchangeType, Header, Payload};
+    let (a, b) = configs();
+    let a_after_reboot = a.clone();
+    let mut p = Pair::new(a, b);
+    p.connect();
+    let x = p.b.status()[0].1.spis;
+    // The liveness checks at 30 s, answered: B last heard from A then.
+    p.run_for(Duration::from_secs(31));
+    assert_eq!(downs(&p.ev_b), vec![]);
+    // A reboots: its new endpoint knows no SA (and stays silent to X's), and A sets up Y by script.
+    p.a = Endpoint::new(vec![Arc::new(a_after_reboot)]);
+    let (mut f, req) = common::Fake::initiate(0x88);
+    let from = SocketAddr::new(A.parse().unwrap(), 500);
+    p.b.handle(p.now, &req, from, 500);
+    assert!(f.take_init_response(&p.b.poll_transmit().unwrap().data));
+    let idi = ike::config::id_from_addr(A.parse().unwrap());
+    let auth = f.auth(&idi);
+    let esp = ProposalSpec::esp("aes128gcm16")
+        .unwrap()
+        .to_wire(1, 0x2000u32.to_be_bytes().to_vec());
+    let m = f.request(
+        ExchangeType::IKE_AUTH,
+        &[
+            Payload::IdI(idi),
+            auth,
+            Payload::Sa(vec![esp]),
+            Payload::TsI(vec![ts("198.19.1.0/24")]),
+            Payload::TsR(vec![ts("198.19.2.0/24")]),
+        ],
+    );
+    p.b.handle(p.now, &m, from, 500);
+    let sent: Vec<Header> = std::iter::from_fn(|| p.b.poll_transmit())
+        .map(|t| Header::parse(ike_bytes(&t)).unwrap())
+        .collect();
+    assert!(
+        sent.iter().any(|h| (h.spi_i, h.spi_r) == x
+            && h.exchange == ExchangeType::INFORMATIONAL
+            && !h.flags.response()),
+        "a liveness check on X with Y's IKE_AUTH response: {sent:?}"
+    );
+    p.drive();
+    assert_eq!(p.b.status().len(), 2);
+    p.run_for(Duration::from_secs(170));
+    assert_eq!(downs(&p.ev_b), vec![Reason::PeerDead], "{:?}", p.ev_b);
+    let left = p.b.status();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].1.spis.0, 0x88, "Y stays");
 }

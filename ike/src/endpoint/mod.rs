@@ -122,6 +122,9 @@ pub struct Endpoint {
     dirty_set: HashSet<u64>,
     /// SAs touched since the last INITIAL_CONTACT check (see [`Endpoint::honour_initial_contact`]).
     contact_check: HashSet<u64>,
+    /// SAs that started counting as established and current since the last check for older ones (see
+    /// [`Endpoint::probe_older`]).
+    fresh_up: Vec<u64>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -179,6 +182,7 @@ impl Endpoint {
             dirty: Vec::new(),
             dirty_set: HashSet::new(),
             contact_check: HashSet::new(),
+            fresh_up: Vec::new(),
         }
     }
 
@@ -365,6 +369,7 @@ impl Endpoint {
         }
         self.collect();
         self.honour_initial_contact(now);
+        self.probe_older(now);
         self.resolve_duplicates(now);
     }
 
@@ -448,6 +453,50 @@ impl Endpoint {
                     sa.forget(now, Reason::PeerRestarted);
                     self.mark(k);
                 }
+            }
+        }
+        self.collect();
+    }
+
+    /// A new IKE SA with a peer came up while an older one, established before the new one began, is still up:
+    /// no simultaneous start (see [`Endpoint::resolve_duplicates`]) and no rekey (a replaced SA is not current).
+    /// Without INITIAL_CONTACT (libreswan sends none after a reboot) that is what a peer that lost the older SA
+    /// looks like, or one that re-authenticates and deletes the old SA itself. So the older SA's liveness is
+    /// checked at once rather than after `dpd_delay` of silence: it goes within the retransmission time if the
+    /// peer lost it, and costs one exchange if not. It is not closed unasked: the peer may still hold it.
+    //= https://www.rfc-editor.org/rfc/rfc7296#section-2.4
+    //# An endpoint MUST conclude that the other endpoint has failed only when repeated attempts to contact it
+    //# have gone unanswered for a timeout period or when a cryptographically protected INITIAL_CONTACT
+    //# notification is received on a different IKE SA to the same authenticated identity.
+    ///
+    /// Only the peers of SAs that came up in this call are looked at.
+    fn probe_older(&mut self, now: Instant) {
+        if self.fresh_up.is_empty() {
+            return;
+        }
+        let mut probe = Vec::new();
+        for k in std::mem::take(&mut self.fresh_up) {
+            let Some((peer, began)) = self
+                .sas
+                .get(&k)
+                .filter(|sa| sa.state() == State::Established && !sa.is_superseded())
+                .map(|sa| (sa.config().name.clone(), sa.created_at()))
+            else {
+                continue;
+            };
+            probe.extend(self.peer_sas(&peer).iter().copied().filter(|o| {
+                *o != k
+                    && self.sas.get(o).is_some_and(|sa| {
+                        sa.state() == State::Established
+                            && !sa.is_superseded()
+                            && sa.established_at().is_some_and(|t| t < began)
+                    })
+            }));
+        }
+        for o in probe {
+            if let Some(sa) = self.sas.get_mut(&o) {
+                sa.check_liveness(now);
+                self.mark(o);
             }
         }
         self.collect();
@@ -670,6 +719,7 @@ impl Endpoint {
                     }
                     if counts {
                         self.counted.insert(k);
+                        self.fresh_up.push(k);
                     } else {
                         self.counted.remove(&k);
                     }
