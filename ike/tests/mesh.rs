@@ -436,6 +436,13 @@ fn mesh(n: usize, jitter_ms: u64, loss_pct: u64, seed: u64, limit: Duration) -> 
         }
     }
     assert_eq!(m.dead, 0, "IKE SAs whose requests were never answered");
+    // Every IKE SA one end deleted, the other took the delete of: one that never reached the peer left it a
+    // stale IKE SA (a delete sent behind an unanswered liveness check, with the next message ID, did).
+    assert_eq!(
+        m.downs.get("DeletedByUs"),
+        m.downs.get("DeletedByPeer"),
+        "deletes that never reached the peer"
+    );
     r
 }
 

@@ -569,6 +569,7 @@ impl Endpoint {
         peers.dedup();
         let mut delete = Vec::new();
         let mut confirm = Vec::new();
+        let mut wait = Vec::new();
         let mut resolved = Vec::new();
         for peer in peers {
             let keys: Vec<u64> = self
@@ -617,11 +618,29 @@ impl Endpoint {
                 confirm.push((k, peer));
                 continue;
             }
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.3
+            //# An IKE endpoint MUST wait for a response to each of its messages before sending a subsequent
+            //# message
+            // A delete sent behind a request of ours still outstanding on that SA (a liveness check of
+            // `probe_older`) took the next message ID, which the peer does not take before the outstanding one's:
+            // it went unanswered and the peer kept the SA. So the SA is deleted once that request is done.
+            if ours
+                .iter()
+                .any(|k| self.sas.get(k).is_some_and(IkeSa::awaits_answer))
+            {
+                wait.push(peer);
+                continue;
+            }
             delete.extend(ours);
             self.clear_duplicate(&peer);
             // Looked at again at the next call, as any peer still holding duplicates (the other end may have
             // to delete them): noted afresh then, with a new grace.
             resolved.push(peer);
+        }
+        for peer in &wait {
+            // Checked again after a new grace (or at once when the answer changes the peer's SAs).
+            self.clear_duplicate(peer);
+            self.note_duplicate(peer, now);
         }
         for (k, peer) in &confirm {
             if let Some(sa) = self.sas.get_mut(k) {

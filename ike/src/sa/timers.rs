@@ -217,6 +217,11 @@ impl IkeSa {
         }
     }
 
+    /// True while a request of ours on this SA waits for its answer.
+    pub(crate) fn awaits_answer(&self) -> bool {
+        self.outstanding.is_some()
+    }
+
     /// Retransmits, gives up, checks liveness and starts rekeys whose time has come: serves the due timers of
     /// [`IkeSa::timers`] in order, until one of them starts or ends something.
     pub fn handle_timeout(&mut self, now: Instant) {
