@@ -42,6 +42,7 @@ struct Mesh {
     wire: BTreeMap<(Instant, u64), (usize, usize, Transmit)>,
     seq: u64,
     sent: u64,
+    /// When the run began (trace times are relative to it).
     t0: Instant,
     /// Each node's next timer, recomputed when the node handled something.
     timers: Vec<Option<Instant>>,
@@ -57,6 +58,7 @@ struct Mesh {
     downs: BTreeMap<String, u64>,
     /// Trace lines per unordered pair (diagnostics, with MESH_TRACE set).
     trace: Option<HashMap<(usize, usize), Vec<String>>>,
+    /// Pairs (i, j) where i declared j dead.
     dead_pairs: Vec<(usize, usize)>,
     /// Pairs still without an IKE SA after 60 s (diagnostics, with MESH_TRACE set).
     late_pairs: Vec<(usize, usize)>,
@@ -212,6 +214,7 @@ impl Mesh {
     /// message ID, flags, and which copy of it this is), never of anything random (SPIs, nonces) nor of the
     /// order in which the nodes' events run (which depends on the SPIs where two timers are due at once). So a
     /// seed loses the same transmissions of each pair's exchanges in every run, and a run can be repeated.
+    /// Datagrams that are no IKE message (NAT keepalives) are never lost.
     fn lost(&mut self, from: usize, to: usize, t: &Transmit) -> bool {
         if self.loss_pct == 0 {
             return false;

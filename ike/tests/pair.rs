@@ -2281,3 +2281,35 @@ fn older_ike_sa_is_checked_at_once_when_the_peer_sets_up_a_new_one_without_initi
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0].1.spis.0, 0x88, "Y stays");
 }
+
+/// B's IKE SA X is up when A starts a second one, Y (no INITIAL_CONTACT: A holds X). B checks X's liveness as Y
+/// comes up (see `older_ike_sa_is_checked_at_once_...`), and that check is lost; by the duplicate rule B must
+/// delete X (Y, A's, is kept). The delete waits for the check's answer: sent behind it with the next message ID,
+/// A did not take it (RFC 7296 2.3, a window of 1) and kept X for ever while B gave up on its delete.
+#[test]
+fn duplicate_with_a_liveness_check_outstanding_is_deleted_after_it() {
+    let (mut a, mut b) = configs();
+    a.lifetimes.dpd_delay = Duration::from_secs(100_000);
+    b.lifetimes.dpd_delay = Duration::from_secs(100_000);
+    let mut p = Pair::new(a, b);
+    p.b.connect(p.now, "a").unwrap();
+    p.drive();
+    p.run_for(Duration::from_secs(5));
+    let x = p.b.status()[0].1.spis;
+    let mut dropped = false;
+    p.filter = Box::new(move |from_a, t| {
+        let d = ike_bytes(t);
+        let on_x = d.len() >= 28 && d[..8] == x.0.to_be_bytes();
+        let check = !from_a && on_x && is_request(t, 37) && !dropped;
+        dropped |= check;
+        !check
+    });
+    p.connect();
+    p.run_for(Duration::from_secs(300));
+    let (sa, sb) = (p.a.status(), p.b.status());
+    assert_eq!((sa.len(), sb.len()), (1, 1), "{sa:?}\n{sb:?}");
+    assert_eq!(sa[0].1.spis, sb[0].1.spis);
+    assert_ne!(sa[0].1.spis, x, "Y is kept");
+    assert_eq!(downs(&p.ev_a), vec![Reason::DeletedByPeer], "{:?}", p.ev_a);
+    assert_eq!(downs(&p.ev_b), vec![Reason::DeletedByUs], "{:?}", p.ev_b);
+}
