@@ -122,6 +122,9 @@ pub struct Endpoint {
     dirty_set: HashSet<u64>,
     /// SAs touched since the last INITIAL_CONTACT check (see [`Endpoint::honour_initial_contact`]).
     contact_check: HashSet<u64>,
+    /// SAs that started counting as established and current since the last check for older ones (see
+    /// [`Endpoint::probe_older`]).
+    fresh_up: Vec<u64>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -179,6 +182,7 @@ impl Endpoint {
             dirty: Vec::new(),
             dirty_set: HashSet::new(),
             contact_check: HashSet::new(),
+            fresh_up: Vec::new(),
         }
     }
 
@@ -365,6 +369,7 @@ impl Endpoint {
         }
         self.collect();
         self.honour_initial_contact(now);
+        self.probe_older(now);
         self.resolve_duplicates(now);
     }
 
@@ -392,6 +397,23 @@ impl Endpoint {
         if let Some(sa) = self.sas.get_mut(&spi) {
             sa.set_other_established(other);
         }
+    }
+
+    /// For an initiator's IKE SA not up yet (IKE_SA_INIT or IKE_AUTH outstanding): another established, current
+    /// IKE SA with the same peer, if there is one (`Some(None)` if not). `None` for any other SA. Looks at the
+    /// peer's SAs only.
+    fn up_elsewhere(&self, spi: u64) -> Option<Option<u64>> {
+        let sa = self.sas.get(&spi).filter(|sa| {
+            sa.is_initiator() && matches!(sa.state(), State::InitSent | State::AuthSent)
+        })?;
+        let other = self.peer_sas(&sa.config().name).iter().copied().find(|k| {
+            *k != spi
+                && self
+                    .sas
+                    .get(k)
+                    .is_some_and(|o| o.state() == State::Established && !o.is_superseded())
+        });
+        Some(other)
     }
 
     /// A peer's new IKE SA carried INITIAL_CONTACT (RFC 7296 2.4): its older IKE SAs are gone on its side (it
@@ -436,6 +458,50 @@ impl Endpoint {
         self.collect();
     }
 
+    /// A new IKE SA with a peer came up while an older one, established before the new one began, is still up:
+    /// no simultaneous start (see [`Endpoint::resolve_duplicates`]) and no rekey (a replaced SA is not current).
+    /// Without INITIAL_CONTACT (libreswan sends none after a reboot) that is what a peer that lost the older SA
+    /// looks like, or one that re-authenticates and deletes the old SA itself. So the older SA's liveness is
+    /// checked at once rather than after `dpd_delay` of silence: it goes within the retransmission time if the
+    /// peer lost it, and costs one exchange if not. It is not closed unasked: the peer may still hold it.
+    //= https://www.rfc-editor.org/rfc/rfc7296#section-2.4
+    //# An endpoint MUST conclude that the other endpoint has failed only when repeated attempts to contact it
+    //# have gone unanswered for a timeout period or when a cryptographically protected INITIAL_CONTACT
+    //# notification is received on a different IKE SA to the same authenticated identity.
+    ///
+    /// Only the peers of SAs that came up in this call are looked at.
+    fn probe_older(&mut self, now: Instant) {
+        if self.fresh_up.is_empty() {
+            return;
+        }
+        let mut probe = Vec::new();
+        for k in std::mem::take(&mut self.fresh_up) {
+            let Some((peer, began)) = self
+                .sas
+                .get(&k)
+                .filter(|sa| sa.state() == State::Established && !sa.is_superseded())
+                .map(|sa| (sa.config().name.clone(), sa.created_at()))
+            else {
+                continue;
+            };
+            probe.extend(self.peer_sas(&peer).iter().copied().filter(|o| {
+                *o != k
+                    && self.sas.get(o).is_some_and(|sa| {
+                        sa.state() == State::Established
+                            && !sa.is_superseded()
+                            && sa.established_at().is_some_and(|t| t < began)
+                    })
+            }));
+        }
+        for o in probe {
+            if let Some(sa) = self.sas.get_mut(&o) {
+                sa.check_liveness(now);
+                self.mark(o);
+            }
+        }
+        self.collect();
+    }
+
     /// When [`Endpoint::handle_timeout`] must run next: the first of three ordered sets, whatever the number
     /// of SAs.
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -448,11 +514,24 @@ impl Endpoint {
     /// Runs the timers that are due, of the SAs whose timer is due only.
     pub fn handle_timeout(&mut self, now: Instant) {
         for k in self.take_due(now) {
+            let elsewhere = self.up_elsewhere(k);
             if let Some(sa) = self.sas.get_mut(&k) {
+                if let Some(other) = elsewhere {
+                    sa.set_peer_up_elsewhere(other.is_some());
+                }
                 if sa.poll_timeout().is_some_and(|t| t <= now) {
                     sa.handle_timeout(now);
                 }
+                let gave_up = sa.state() == State::Closed;
                 self.mark(k);
+                // Our attempt gave up while the peer's other IKE SA is up (see `IkeSa::set_peer_up_elsewhere`):
+                // whether the peer is alive is asked on that SA, at once.
+                if let Some(Some(other)) = elsewhere.filter(|_| gave_up) {
+                    if let Some(o) = self.sas.get_mut(&other) {
+                        o.check_liveness(now);
+                        self.mark(other);
+                    }
+                }
             }
         }
         // Half-open SAs expire oldest first; only the expired ones are looked at.
@@ -490,6 +569,7 @@ impl Endpoint {
         peers.dedup();
         let mut delete = Vec::new();
         let mut confirm = Vec::new();
+        let mut wait = Vec::new();
         let mut resolved = Vec::new();
         for peer in peers {
             let keys: Vec<u64> = self
@@ -538,11 +618,29 @@ impl Endpoint {
                 confirm.push((k, peer));
                 continue;
             }
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.3
+            //# An IKE endpoint MUST wait for a response to each of its messages before sending a subsequent
+            //# message
+            // A delete sent behind a request of ours still outstanding on that SA (a liveness check of
+            // `probe_older`) took the next message ID, which the peer does not take before the outstanding one's:
+            // it went unanswered and the peer kept the SA. So the SA is deleted once that request is done.
+            if ours
+                .iter()
+                .any(|k| self.sas.get(k).is_some_and(IkeSa::awaits_answer))
+            {
+                wait.push(peer);
+                continue;
+            }
             delete.extend(ours);
             self.clear_duplicate(&peer);
             // Looked at again at the next call, as any peer still holding duplicates (the other end may have
             // to delete them): noted afresh then, with a new grace.
             resolved.push(peer);
+        }
+        for peer in &wait {
+            // Checked again after a new grace (or at once when the answer changes the peer's SAs).
+            self.clear_duplicate(peer);
+            self.note_duplicate(peer, now);
         }
         for (k, peer) in &confirm {
             if let Some(sa) = self.sas.get_mut(k) {
@@ -640,6 +738,7 @@ impl Endpoint {
                     }
                     if counts {
                         self.counted.insert(k);
+                        self.fresh_up.push(k);
                     } else {
                         self.counted.remove(&k);
                     }

@@ -305,6 +305,9 @@ pub struct IkeSa {
     /// Initiator: the endpoint holds another established IKE SA with this peer, so our IKE_AUTH must not claim
     /// INITIAL_CONTACT (see [`IkeSa::set_other_established`]).
     other_established: bool,
+    /// Initiator before IKE_AUTH completed: the endpoint holds another established IKE SA with this peer, so
+    /// running out of retransmissions here shows no dead peer (see [`IkeSa::set_peer_up_elsewhere`]).
+    peer_up_elsewhere: bool,
     /// The peer has shown that it holds this IKE SA established: it answered a request of ours on it without an
     /// error (our IKE_AUTH included), or sent a request on it once established. A responder does not know
     /// otherwise whether its IKE_AUTH response arrived (see [`IkeSa::confirm_peer`]).
@@ -449,6 +452,7 @@ impl IkeSa {
             created_at: now,
             initial_contact: false,
             other_established: false,
+            peer_up_elsewhere: false,
             peer_confirmed: false,
             ike_rekey_at: None,
             down_reported: false,
