@@ -327,6 +327,7 @@ fn kernel_strongswan_refusals_dpd_and_guest_restart() {
         wait_agree(&v, PEER, || charon.sas(), Duration::from_secs(60), &d);
         let before = spis(&v);
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut paused = false;
         loop {
             let log = charon.log();
             let ours = log.matches("parsed INFORMATIONAL request").count();
@@ -334,6 +335,21 @@ fn kernel_strongswan_refusals_dpd_and_guest_restart() {
             if ours >= 1 && theirs >= 1 {
                 eprintln!("[restart] liveness checks: {ours} from vmsecd, {theirs} from charon");
                 break;
+            }
+            // Both ends check after 5 s without an inbound message, and each one's check is the other's
+            // inbound message: whichever fires first keeps doing so and the other never does (vmsecd won every
+            // round of a run). Once vmsecd's check was seen, vmsecd is stopped for 8 s (SIGSTOP, our own child):
+            // charon then hears nothing for 5 s and sends its check, which vmsecd answers when it resumes
+            // (charon retransmits after 4 s, then 7 s more).
+            if ours >= 1 && theirs == 0 && !paused {
+                paused = true;
+                eprintln!("[restart] vmsecd's check seen, charon's not: vmsecd stopped for 8 s");
+                let pid = v.pid() as libc::pid_t;
+                // SAFETY: plain kill(2) on the vmsecd process this test started.
+                assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+                std::thread::sleep(Duration::from_secs(8));
+                // SAFETY: as above.
+                assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
             }
             assert!(
                 Instant::now() < deadline,
