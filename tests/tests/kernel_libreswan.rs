@@ -345,12 +345,23 @@ fn kernel_libreswan_refusals_dpd_and_guest_restart() {
         let d = || diag(&v, &pluto);
         wait_agree(&v, PEER, || pluto.sas(), Duration::from_secs(60), &d);
         let before = spis(&v);
-        // Both send a check after 5 s without traffic from the other: 25 s of an idle tunnel show several.
+        // Both send a check after 5 s without traffic from the other, and each check is the other's traffic:
+        // whichever fires first keeps firing and the other never does (vmsecd won every round of a run today:
+        // 5 against 0). So vmsecd, once its first check is out (5 s after coming up), is stopped for 8 s
+        // (SIGSTOP, our own child): pluto hears nothing for 5 s and sends its check, which vmsecd answers when
+        // it resumes (pluto retransmits meanwhile).
         let cap = bed.capture("dpd");
-        std::thread::sleep(Duration::from_secs(25));
+        std::thread::sleep(Duration::from_secs(7));
+        let pid = v.pid() as libc::pid_t;
+        // SAFETY: plain kill(2) on the vmsecd process this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        std::thread::sleep(Duration::from_secs(8));
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+        std::thread::sleep(Duration::from_secs(10));
         let seen = vmsecd_e2e::kernel_peer::informational_requests(&cap.stop());
         eprintln!(
-            "[restart] liveness checks in 25 s: {} from vmsecd, {} from pluto",
+            "[restart] liveness checks in 25 s (vmsecd stopped for 8 of them): {} from vmsecd, {} from pluto",
             seen.0, seen.1
         );
         assert!(
