@@ -193,14 +193,12 @@ fn pick(got: Vec<Vec<u8>>, off: usize, mark: u8) -> Vec<Vec<u8>> {
         .collect()
 }
 
-#[test]
-fn ring_sends_raw_esp_with_the_ipv4_header_the_socket_would_write() {
-    const OFF: usize = 20;
-    let pair = Pair::new("ring_sends_raw_esp_with_the_ipv4_header_the_socket_would_write");
-    let (a, b): (IpAddr, IpAddr) = (
-        "198.18.77.1".parse().unwrap(),
-        "198.18.77.2".parse().unwrap(),
-    );
+/// The round both ring tests make: a (at `a`) sends a marked batch through the ring and one packet over the MTU
+/// through the socket to b (at `b`), which receives on a raw socket (`off`: the bytes before the ESP header it
+/// hands up). Returns the four marked packets b got, in order, and the batch that was sent.
+fn ring_then_socket(test: &str, a: &str, b: &str, off: usize) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let pair = Pair::new(test);
+    let (a, b): (IpAddr, IpAddr) = (a.parse().unwrap(), b.parse().unwrap());
     let rx = pair.run('b', move || receive_side(b));
     // The socket was opened in b: it receives there, whichever thread reads it.
     let rx = std::thread::spawn(rx);
@@ -210,13 +208,23 @@ fn ring_sends_raw_esp_with_the_ipv4_header_the_socket_would_write() {
         (ring.0, ring.1 + 1),
         "the packet over the MTU went through the socket"
     );
-    let got = pick(rx.join().unwrap(), OFF, mark);
+    let got = pick(rx.join().unwrap(), off, mark);
     assert_eq!(
         got.len(),
         4,
         "the marked batch and the large packet arrived"
     );
-    let want = batch(mark, 3, 1000, 500);
+    (got, batch(mark, 3, 1000, 500))
+}
+
+#[test]
+fn ring_sends_raw_esp_with_the_ipv4_header_the_socket_would_write() {
+    let (got, want) = ring_then_socket(
+        "ring_sends_raw_esp_with_the_ipv4_header_the_socket_would_write",
+        "198.18.77.1",
+        "198.18.77.2",
+        20,
+    );
     let mut esp: Vec<&[u8]> = want.chunks(1000).collect();
     esp.push(&[]);
     for (i, p) in got.iter().enumerate() {
@@ -247,25 +255,12 @@ fn ring_sends_raw_esp_with_the_ipv4_header_the_socket_would_write() {
 
 #[test]
 fn ring_sends_raw_esp_over_ipv6() {
-    const OFF: usize = 0;
-    let pair = Pair::new("ring_sends_raw_esp_over_ipv6");
-    let (a, b): (IpAddr, IpAddr) = ("fd00:77::1".parse().unwrap(), "fd00:77::2".parse().unwrap());
-    let rx = pair.run('b', move || receive_side(b));
-    // The socket was opened in b: it receives there, whichever thread reads it.
-    let rx = std::thread::spawn(rx);
-    let (mark, [ring, after]) = pair.run('a', move || send_side(a, b));
-    assert_eq!(
-        after,
-        (ring.0, ring.1 + 1),
-        "the packet over the MTU went through the socket"
+    let (got, want) = ring_then_socket(
+        "ring_sends_raw_esp_over_ipv6",
+        "fd00:77::1",
+        "fd00:77::2",
+        0,
     );
-    let got = pick(rx.join().unwrap(), OFF, mark);
-    assert_eq!(
-        got.len(),
-        4,
-        "the marked batch and the large packet arrived"
-    );
-    let want = batch(mark, 3, 1000, 500);
     let mut esp: Vec<&[u8]> = want.chunks(1000).collect();
     esp.push(&[]);
     for (i, p) in got.iter().enumerate() {
