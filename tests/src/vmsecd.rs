@@ -256,6 +256,17 @@ impl Vmsecd {
         self.child.pid()
     }
 
+    /// Stops the daemon (SIGSTOP) for `d`, then lets it go on (SIGCONT): it sends and answers nothing meanwhile,
+    /// and handles what queued up when it resumes.
+    pub fn pause_for(&self, d: Duration) {
+        let pid = self.pid() as libc::pid_t;
+        // SAFETY: plain kill(2) on the vmsecd process this helper started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP");
+        std::thread::sleep(d);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0, "SIGCONT");
+    }
+
     /// `vmsecd status --json`, or the reason it failed (daemon not up yet, or gone).
     pub fn status(&self) -> Result<Status, String> {
         let out = output_of(self.ns.command(&self.bin).args(["status", "--json"]));

@@ -352,12 +352,7 @@ fn kernel_libreswan_refusals_dpd_and_guest_restart() {
         // it resumes (pluto retransmits meanwhile).
         let cap = bed.capture("dpd");
         std::thread::sleep(Duration::from_secs(7));
-        let pid = v.pid() as libc::pid_t;
-        // SAFETY: plain kill(2) on the vmsecd process this test started.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-        std::thread::sleep(Duration::from_secs(8));
-        // SAFETY: as above.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+        v.pause_for(Duration::from_secs(8));
         std::thread::sleep(Duration::from_secs(10));
         let seen = vmsecd_e2e::kernel_peer::informational_requests(&cap.stop());
         eprintln!(

@@ -344,12 +344,7 @@ fn kernel_strongswan_refusals_dpd_and_guest_restart() {
             if ours >= 1 && theirs == 0 && !paused {
                 paused = true;
                 eprintln!("[restart] vmsecd's check seen, charon's not: vmsecd stopped for 8 s");
-                let pid = v.pid() as libc::pid_t;
-                // SAFETY: plain kill(2) on the vmsecd process this test started.
-                assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-                std::thread::sleep(Duration::from_secs(8));
-                // SAFETY: as above.
-                assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+                v.pause_for(Duration::from_secs(8));
             }
             assert!(
                 Instant::now() < deadline,
