@@ -584,7 +584,13 @@ fn on_path_attacker_is_held_to_the_per_address_cap() {
 
 /// A scripted initiator authenticated to B (198.18.0.2) with one Child SA (our SPI 0x1000).
 fn authenticated_to_b() -> (Endpoint, Fake, Instant) {
-    let (_, b) = configs();
+    authenticated_to_b_with(|_| {})
+}
+
+/// [`authenticated_to_b`] with B's configuration changed by `tweak` first.
+fn authenticated_to_b_with(tweak: impl FnOnce(&mut PeerConfig)) -> (Endpoint, Fake, Instant) {
+    let (_, mut b) = configs();
+    tweak(&mut b);
     let mut e = Endpoint::new(vec![Arc::new(b)]);
     let now = Instant::now();
     let (mut f, req) = Fake::initiate(0x77);
@@ -1302,4 +1308,110 @@ fn cookie_proven_request_evicts_an_unproven_half_open_sa_at_the_global_cap() {
     assert!(f.take_init_response(&t[0].data));
     assert_eq!(b.half_open_count(), endpoint::MAX_HALF_OPEN);
     assert_eq!(b.stats().capped, 0);
+}
+
+/// An authenticated peer rekeys the IKE SA once per IKE_REKEY_INTERVAL (within its rate limit), never deletes
+/// the SAs its rekeys replaced, and sends an empty INFORMATIONAL on each of them every 10 s. A replaced SA was
+/// dropped `total retransmission time` after the peer was last heard on it, so the pings kept every one alive:
+/// 40 IKE SAs after 20 minutes, one more per 30 s for ever (and each event walks the peer's SAs). Now a
+/// replaced SA goes that long after it was replaced, whatever the peer sends on it.
+#[test]
+fn replaced_ike_sas_are_dropped_even_when_the_peer_keeps_pinging_them() {
+    let (mut e, f, now) = authenticated_to_b();
+    let mut current = f;
+    let mut old: Vec<Fake> = Vec::new();
+    let mut rekeys = 0;
+    let mut most = 0;
+    let mut t = now;
+    for step in 0..120u64 {
+        t += Duration::from_secs(10);
+        if step % 3 == 0 {
+            let (req, finish) = current.rekey_request(0xa000 + step);
+            e.handle(t, &req, addr(A, 500), 500);
+            let (_, p) = current.open(&e.poll_transmit().unwrap().data);
+            if let Some(new) = finish(&current, &p) {
+                rekeys += 1;
+                old.push(std::mem::replace(&mut current, new));
+            }
+        }
+        for f in old.iter_mut().chain(std::iter::once(&mut current)) {
+            let ping = f.request(ExchangeType::INFORMATIONAL, &[]);
+            e.handle(t, &ping, addr(A, 500), 500);
+        }
+        e.handle_timeout(t);
+        transmits(&mut e);
+        events(&mut e);
+        most = most.max(e.sa_count());
+    }
+    assert!(rekeys >= 39, "{rekeys}");
+    assert!(
+        most <= endpoint::MAX_IKE_SAS_PER_PEER,
+        "{most} IKE SAs held for one peer"
+    );
+    assert_eq!(e.status().len(), 1, "the current one stays");
+}
+
+/// Our IKE SA rekey is outstanding when the authenticated peer rekeys the same IKE SA twice, then refuses
+/// ours. The first of its new SAs was noted as the collision's and the second overwrote it: the first was left
+/// contested, with no Child SA, no timer and nothing that would ever resolve it, held until the peer deleted it
+/// (a hostile one never does; one more per rekey of ours). Now a second rekey request while a collision is
+/// pending is refused with TEMPORARY_FAILURE, and once the peer falls silent every SA goes.
+#[test]
+fn a_second_ike_rekey_during_a_collision_leaves_no_ike_sa_behind() {
+    let (mut e, mut f, now) = authenticated_to_b();
+    // Our own rekey of the IKE SA comes due (configs(): ike_rekey 100,000 s).
+    let t = now + Duration::from_secs(100_001);
+    e.handle_timeout(t);
+    let ours = e.poll_transmit().expect("our IKE SA rekey request");
+    let (h_ours, p) = f.open(&ours.data);
+    assert_eq!(h_ours.exchange, ExchangeType::CREATE_CHILD_SA);
+    assert!(matches!(&sa_of(&p)[0], x if x.protocol == ProtocolId::IKE));
+    transmits(&mut e);
+    let mut answers = Vec::new();
+    for k in 0..2u64 {
+        let (req, _) = f.rekey_request(0xb000 + k);
+        e.handle(t, &req, addr(A, 500), 500);
+        let (_, p) = f.open(&e.poll_transmit().unwrap().data);
+        answers.push(notify_of(&p));
+    }
+    assert_eq!(answers, vec![None, Some(n::TEMPORARY_FAILURE)]);
+    let refusal = f.seal(
+        ExchangeType::CREATE_CHILD_SA,
+        true,
+        h_ours.message_id,
+        &[Payload::Notify(Notify::new(n::TEMPORARY_FAILURE, vec![]))],
+    );
+    e.handle(t, &refusal, addr(A, 500), 500);
+    transmits(&mut e);
+    // The peer falls silent: every IKE SA it holds with us goes within the retransmission budget.
+    for minute in 1..=30u64 {
+        e.handle_timeout(t + Duration::from_secs(60 * minute));
+        transmits(&mut e);
+    }
+    assert_eq!(e.sa_count(), 0, "{:?}", e.status());
+}
+
+/// The same collision (our IKE SA rekey outstanding, the peer's rekey of the same SA answered and noted), and
+/// then the IKE SA's hard lifetime ends before the peer answers ours. The delete that ends it replaced our
+/// outstanding rekey without resolving the collision, so the peer's new SA stayed contested, unseen and for
+/// ever. Now it is marked redundant as when our rekey is abandoned otherwise, and deleted after the grace.
+#[test]
+fn an_ike_sa_expiring_during_a_rekey_collision_leaves_no_ike_sa_behind() {
+    let (mut e, mut f, now) = authenticated_to_b_with(|c| {
+        c.lifetimes.ike_lifetime = Duration::from_secs(100_060);
+    });
+    let t = now + Duration::from_secs(100_001);
+    e.handle_timeout(t);
+    let ours = e.poll_transmit().expect("our IKE SA rekey request");
+    assert_eq!(f.open(&ours.data).0.exchange, ExchangeType::CREATE_CHILD_SA);
+    let (req, finish) = f.rekey_request(0xc000);
+    e.handle(t, &req, addr(A, 500), 500);
+    let (_, p) = f.open(&e.poll_transmit().unwrap().data);
+    assert!(finish(&f, &p).is_some(), "the peer's rekey is answered");
+    transmits(&mut e);
+    for s in 1..=1800u64 {
+        e.handle_timeout(t + Duration::from_secs(s));
+        transmits(&mut e);
+    }
+    assert_eq!(e.sa_count(), 0, "{:?}", e.status());
 }

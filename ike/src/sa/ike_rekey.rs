@@ -230,6 +230,27 @@ impl IkeSa {
             .outstanding
             .as_ref()
             .is_some_and(|o| !matches!(o.what, Request::Liveness | Request::RekeyIke(_)));
+        let collided = matches!(
+            &self.outstanding,
+            Some(Outstanding {
+                what: Request::RekeyIke(IkeRekey {
+                    collision: Some(_),
+                    ..
+                }),
+                ..
+            })
+        );
+        if collided {
+            // The peer rekeyed this SA already while ours is outstanding: the SA that made is noted as the
+            // collision's, and only the answer to ours resolves it (it wins, or is found redundant). A second
+            // rekey would overwrite that note and leave the first new SA contested for ever, with no timer (a
+            // hostile peer never deletes it). This SA is being replaced one way or the other.
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.25.2
+            //# If a peer receives a request to rekey an IKE SA that it is currently trying to close, it SHOULD
+            //# reply with TEMPORARY_FAILURE.
+            refuse(self, Notify::new(n::TEMPORARY_FAILURE, vec![]));
+            return;
+        }
         if busy {
             //= https://www.rfc-editor.org/rfc/rfc7296#section-2.25.1
             //# If a peer receives a request to rekey the IKE SA, and it is currently, rekeying, or closing a
@@ -390,7 +411,7 @@ impl IkeSa {
         self.standing = Standing::Replaced;
         if self.state == State::Established {
             self.state = State::Rekeyed;
-            self.last_heard = now;
+            self.replaced_at = Some(now);
         }
     }
 }

@@ -297,6 +297,9 @@ pub struct IkeSa {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     last_heard: Instant,
+    /// When the peer's rekey replaced this SA ([`State::Rekeyed`]): it is dropped a retransmission budget later
+    /// if the peer has not deleted it by then, however often the peer sends on it meanwhile.
+    replaced_at: Option<Instant>,
     established_at: Option<Instant>,
     /// When this SA began (our IKE_SA_INIT request sent, or the peer's received).
     created_at: Instant,
@@ -448,6 +451,7 @@ impl IkeSa {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             last_heard: now,
+            replaced_at: None,
             established_at: None,
             created_at: now,
             initial_contact: false,
