@@ -1415,3 +1415,71 @@ fn an_ike_sa_expiring_during_a_rekey_collision_leaves_no_ike_sa_behind() {
     }
     assert_eq!(e.sa_count(), 0, "{:?}", e.status());
 }
+
+/// One IKE_SA_INIT request with its cookie, from `from`, at `now`: the scripted initiator if it was answered
+/// with a key exchange, `None` if it was dropped.
+fn cookie_proven_init(e: &mut Endpoint, now: Instant, spi: u64, from: SocketAddr) -> Option<Fake> {
+    let (mut f, req) = Fake::initiate(spi);
+    e.handle(now, &req, from, 500);
+    let t = transmits(e);
+    assert_eq!(plain_notifies(&t.first()?.data), vec![n::COOKIE]);
+    e.handle(now, &with_cookie(&req, &t[0]), from, 500);
+    let t = transmits(e);
+    (t.len() == 1 && f.take_init_response(&t[0].data)).then_some(f)
+}
+
+/// Whoever receives at one mesh member's address (the member itself, hostile, or anyone on its path) returns
+/// cookies, and a cookie-proven request skips the answer limits; it then fails IKE_AUTH at once (a wrong AUTH),
+/// which frees its half-open slot, and starts again. Each round costs us a key exchange (and with certificates
+/// up to MAX_SIGNATURE_CHECKS signature checks), and only the global key exchange limit held it: one address
+/// took all of it, and every other peer's IKE_SA_INIT was dropped as rate-limited for as long as it kept on.
+/// Now each address has a key exchange allowance of its own, and other peers are served.
+#[test]
+fn one_address_cannot_take_every_key_exchange() {
+    let mut e = Endpoint::new(mesh_of(1));
+    // Under a flood, as cookies are then demanded of everyone.
+    e.set_cookie_threshold(0);
+    let now = Instant::now();
+    let mut served = 0;
+    // Fewer rounds than there are COOKIE answers at once (INIT_ANSWER_BURST): the key exchanges are the
+    // point here.
+    for k in 0..100u64 {
+        let Some(mut f) = cookie_proven_init(&mut e, now, 0x20_0000 + k, addr(A, 500)) else {
+            continue;
+        };
+        served += 1;
+        let idi = id_from_addr(A.parse().unwrap());
+        let m = f.request(
+            ExchangeType::IKE_AUTH,
+            &[
+                Payload::IdI(idi),
+                Payload::Auth {
+                    method: 2,
+                    data: vec![0; 32],
+                },
+                Payload::Sa(vec![esp_wire("aes128gcm16", 0x1000)]),
+                Payload::TsI(vec![ts("198.19.1.0/24")]),
+                Payload::TsR(vec![ts("198.19.2.0/24")]),
+            ],
+        );
+        e.handle(now, &m, addr(A, 500), 500);
+        transmits(&mut e);
+    }
+    events(&mut e);
+    assert_eq!(e.half_open_count(), 0, "every IKE_AUTH failed");
+    assert_eq!(
+        served,
+        endpoint::KEY_EXCHANGE_BURST_PER_ADDR,
+        "{:?}",
+        e.stats()
+    );
+    let other = SocketAddr::new(flood_addr(0), 500);
+    assert!(
+        cookie_proven_init(&mut e, now, 0x77, other).is_some(),
+        "another member is served at once: {:?}",
+        e.stats()
+    );
+    // And the address itself again once its allowance refilled.
+    let later = now + endpoint::KEY_EXCHANGE_INTERVAL_PER_ADDR;
+    assert!(cookie_proven_init(&mut e, later, 0x78, addr(A, 500)).is_some());
+}

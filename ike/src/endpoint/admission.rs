@@ -48,6 +48,18 @@ pub const KEY_EXCHANGE_BURST: u32 = 64;
 /// See [`KEY_EXCHANGE_BURST`].
 pub const KEY_EXCHANGE_INTERVAL: Duration = Duration::from_millis(20);
 
+/// Key exchanges for IKE_SA_INIT requests from one source address: a burst of this many, then one per
+/// [`KEY_EXCHANGE_INTERVAL_PER_ADDR`]. A returned cookie proves only that its sender receives at the address, and
+/// such a request skips the answer limits; one that fails IKE_AUTH at once frees its half-open slot, so without
+/// this a sender at one mesh member's address (the member itself, or anyone on its path) could take every key
+/// exchange of [`KEY_EXCHANGE_BURST`] and keep all other peers out. A peer needs one per IKE SA it starts with
+/// us (a few in a simultaneous start, and at most [`MAX_IKE_SAS_PER_PEER`] of them stay); the burst is twice
+/// [`MAX_HALF_OPEN_PER_ADDR`], so that the peer's own request still gets in at once after a sender on its path
+/// filled its half-open slots (it replaces one that proved no cookie).
+pub const KEY_EXCHANGE_BURST_PER_ADDR: u32 = 2 * MAX_HALF_OPEN_PER_ADDR as u32;
+/// See [`KEY_EXCHANGE_BURST_PER_ADDR`].
+pub const KEY_EXCHANGE_INTERVAL_PER_ADDR: Duration = Duration::from_secs(1);
+
 /// How long a cookie secret is used before a new one replaces it; the previous one is still accepted for as
 /// long again, so a cookie handed out just before a rotation stays good for a retry.
 pub const COOKIE_SECRET_LIFETIME: Duration = Duration::from_secs(300);
@@ -319,7 +331,18 @@ impl Endpoint {
             self.stats.capped += 1;
             return;
         }
-        if !self.key_exchange_limit.take(now) {
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.6
+        //# An expected attack against IKE is state and CPU exhaustion, where the target is flooded with session
+        //# initiation requests from forged IP addresses.
+        // And from one real address that returns its cookies: its own allowance first, then a global token.
+        // Configured peer addresses only come this far, so the map holds one bucket per peer at most.
+        let per_addr = self
+            .key_exchange_limit_per_addr
+            .entry(from.ip())
+            .or_insert_with(|| {
+                TokenBucket::new(KEY_EXCHANGE_BURST_PER_ADDR, KEY_EXCHANGE_INTERVAL_PER_ADDR)
+            });
+        if !(per_addr.peek(now) && self.key_exchange_limit.take(now) && per_addr.take(now)) {
             self.stats.rate_limited += 1;
             return;
         }

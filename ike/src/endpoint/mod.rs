@@ -35,8 +35,9 @@ use admission::{CookieSecrets, Pressure};
 pub use admission::{
     COOKIE_PRESSURE_WINDOW, COOKIE_SECRET_LIFETIME, DEFAULT_COOKIE_THRESHOLD, INIT_ANSWER_BURST,
     INIT_ANSWER_BURST_PER_ADDR, INIT_ANSWER_INTERVAL, INIT_ANSWER_INTERVAL_PER_ADDR,
-    KEY_EXCHANGE_BURST, KEY_EXCHANGE_INTERVAL, MAX_HALF_OPEN, MAX_HALF_OPEN_PER_ADDR,
-    MAX_IKE_SAS_PER_PEER, MAX_INIT_REQUEST_LEN, UNAUTHENTICATED_EVENT_INTERVAL,
+    KEY_EXCHANGE_BURST, KEY_EXCHANGE_BURST_PER_ADDR, KEY_EXCHANGE_INTERVAL,
+    KEY_EXCHANGE_INTERVAL_PER_ADDR, MAX_HALF_OPEN, MAX_HALF_OPEN_PER_ADDR, MAX_IKE_SAS_PER_PEER,
+    MAX_INIT_REQUEST_LEN, UNAUTHENTICATED_EVENT_INTERVAL,
 };
 
 /// How long a duplicate IKE SA is left alone before its initiator deletes it. A strongSwan peer resolves
@@ -98,6 +99,8 @@ pub struct Endpoint {
     answer_limit_per_addr: HashMap<IpAddr, TokenBucket>,
     answer_limit: TokenBucket,
     key_exchange_limit: TokenBucket,
+    /// Key exchanges per configured peer address.
+    key_exchange_limit_per_addr: HashMap<IpAddr, TokenBucket>,
     /// Reports about unauthenticated requests, per peer name, and how many were left out since the last one.
     unauthenticated_events: HashMap<String, (TokenBucket, u64)>,
     stats: Stats,
@@ -168,6 +171,7 @@ impl Endpoint {
             answer_limit_per_addr: HashMap::new(),
             answer_limit: TokenBucket::new(INIT_ANSWER_BURST, INIT_ANSWER_INTERVAL),
             key_exchange_limit: TokenBucket::new(KEY_EXCHANGE_BURST, KEY_EXCHANGE_INTERVAL),
+            key_exchange_limit_per_addr: HashMap::new(),
             unauthenticated_events: HashMap::new(),
             stats: Stats::default(),
             transmits: VecDeque::new(),
@@ -223,6 +227,8 @@ impl Endpoint {
         }
         self.by_addr = index_by_addr(&peers);
         self.answer_limit_per_addr
+            .retain(|a, _| peers.iter().any(|p| p.remote_addr == *a));
+        self.key_exchange_limit_per_addr
             .retain(|a, _| peers.iter().any(|p| p.remote_addr == *a));
         self.unauthenticated_events
             .retain(|name, _| peers.iter().any(|p| p.name == *name));
