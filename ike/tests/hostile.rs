@@ -1483,3 +1483,63 @@ fn one_address_cannot_take_every_key_exchange() {
     let later = now + endpoint::KEY_EXCHANGE_INTERVAL_PER_ADDR;
     assert!(cookie_proven_init(&mut e, later, 0x78, addr(A, 500)).is_some());
 }
+
+/// An off-path sender who knows one mesh member's address forges IKE_SA_INIT requests "from" it, 1,000 a
+/// second for 10 s, while cookies are demanded. COOKIE answers were limited in all (100/s) and not per
+/// address, so the forgeries took every one of them: another member asking once a second got no COOKIE, and
+/// no IKE SA, for as long as the flood lasted. Now COOKIE answers are limited per claimed address only
+/// (they cost one hash and are smaller than the request: nothing to amplify, and each address gets at most
+/// COOKIE_ANSWER_BURST_PER_ADDR at once, then one per COOKIE_ANSWER_INTERVAL_PER_ADDR), so a forger of one
+/// address competes with that address alone.
+#[test]
+fn forged_requests_from_one_address_do_not_use_up_everyone_s_cookies() {
+    let mut e = Endpoint::new(mesh_of(1));
+    e.set_cookie_threshold(0);
+    let other = SocketAddr::new(flood_addr(0), 500);
+    let t0 = Instant::now();
+    let (_, template) = Fake::initiate(1);
+    let mut cookies_to_a = 0;
+    let mut other_served = None;
+    for step in 0..1000u64 {
+        let now = t0 + Duration::from_millis(10 * step);
+        for k in 0..10u64 {
+            let mut d = template.clone();
+            d[..8].copy_from_slice(&(0x30_0000 + step * 10 + k).to_be_bytes());
+            e.handle(now, &d, addr(A, 500), 500);
+        }
+        cookies_to_a += transmits(&mut e).len();
+        if step % 100 == 50 && other_served.is_none() {
+            if let Some(f) = cookie_proven_init_or_none(&mut e, now, 0x77 + step, other) {
+                other_served = Some((step, f));
+            }
+        }
+    }
+    let stats = e.stats();
+    let (step, _) =
+        other_served.unwrap_or_else(|| panic!("the other member got no cookie: {stats:?}"));
+    assert_eq!(step, 50, "at its first try");
+    // What the forger made us send to the address it forged stays within that address's allowance.
+    let bound = ike::endpoint::COOKIE_ANSWER_BURST_PER_ADDR as usize
+        + (Duration::from_secs(10).as_millis()
+            / ike::endpoint::COOKIE_ANSWER_INTERVAL_PER_ADDR.as_millis()) as usize;
+    assert!(cookies_to_a <= bound, "{cookies_to_a} > {bound}");
+}
+
+/// [`cookie_proven_init`], but `None` also when the request gets no COOKIE answer.
+fn cookie_proven_init_or_none(
+    e: &mut Endpoint,
+    now: Instant,
+    spi: u64,
+    from: SocketAddr,
+) -> Option<Fake> {
+    let (mut f, req) = Fake::initiate(spi);
+    e.handle(now, &req, from, 500);
+    let t = transmits(e);
+    let answer = t.first()?;
+    if plain_notifies(&answer.data) != vec![n::COOKIE] {
+        return None;
+    }
+    e.handle(now, &with_cookie(&req, answer), from, 500);
+    let t = transmits(e);
+    (t.len() == 1 && f.take_init_response(&t[0].data)).then_some(f)
+}

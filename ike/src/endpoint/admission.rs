@@ -60,6 +60,17 @@ pub const KEY_EXCHANGE_BURST_PER_ADDR: u32 = 2 * MAX_HALF_OPEN_PER_ADDR as u32;
 /// See [`KEY_EXCHANGE_BURST_PER_ADDR`].
 pub const KEY_EXCHANGE_INTERVAL_PER_ADDR: Duration = Duration::from_secs(1);
 
+/// COOKIE answers per claimed source address: a burst of this many, then one per
+/// [`COOKIE_ANSWER_INTERVAL_PER_ADDR`] (100 per second), and no limit over all addresses. Only configured peer
+/// addresses are answered, so a forger must claim a member's; with a limit over all addresses (as before: 100/s
+/// in all), forging 1,000 requests a second "from" one member took every COOKIE answer and kept every other
+/// peer out. Per address, the forger competes with that address alone. What we send stays bounded: a COOKIE
+/// answer is smaller than the request that asked for it (nothing to amplify), at most this rate reaches any one
+/// address, and computing one costs a hash.
+pub const COOKIE_ANSWER_BURST_PER_ADDR: u32 = 100;
+/// See [`COOKIE_ANSWER_BURST_PER_ADDR`].
+pub const COOKIE_ANSWER_INTERVAL_PER_ADDR: Duration = Duration::from_millis(10);
+
 /// How long a cookie secret is used before a new one replaces it; the previous one is still accepted for as
 /// long again, so a cookie handed out just before a rotation stays good for a retry.
 pub const COOKIE_SECRET_LIFETIME: Duration = Duration::from_secs(300);
@@ -171,9 +182,19 @@ impl Endpoint {
             .is_some_and(|b| !b.peek(now))
     }
 
-    /// Takes a global answer token only (for COOKIE answers); false: drop the request unanswered.
-    pub(super) fn global_answer_allowed(&mut self, now: Instant) -> bool {
-        let allowed = self.answer_limit.take(now);
+    /// Takes a COOKIE answer token of `addr` (see [`COOKIE_ANSWER_BURST_PER_ADDR`]); false: drop the request
+    /// unanswered.
+    pub(super) fn cookie_answer_allowed(&mut self, now: Instant, addr: IpAddr) -> bool {
+        let allowed = self
+            .cookie_limit_per_addr
+            .entry(addr)
+            .or_insert_with(|| {
+                TokenBucket::new(
+                    COOKIE_ANSWER_BURST_PER_ADDR,
+                    COOKIE_ANSWER_INTERVAL_PER_ADDR,
+                )
+            })
+            .take(now);
         if !allowed {
             self.stats.rate_limited += 1;
         }
@@ -259,11 +280,11 @@ impl Endpoint {
             cookie_ok =
                 presented.is_some_and(|c| auth::verify_cookie(&secrets, c, ni, from.ip(), h.spi_i));
             if !cookie_ok {
-                // A COOKIE answer is smaller than the request (no amplification) and costs one hash: only the
-                // global limit applies. A per-address limit would be keyed by the claimed source, so that an
-                // off-path sender forging requests "from" a peer could use up the peer's allowance and keep it
-                // from ever getting a cookie.
-                if !self.global_answer_allowed(now) {
+                // A COOKIE answer is smaller than the request (no amplification) and costs one hash: only a
+                // limit of its own per claimed address applies, not the answer limits. Keyed by the claimed
+                // source, it lets a forger of a peer's address compete with that peer for it, but with no one
+                // else (see COOKIE_ANSWER_BURST_PER_ADDR).
+                if !self.cookie_answer_allowed(now, from.ip()) {
                     return;
                 }
                 let cookie = auth::cookie(&self.cookie_secrets.current, ni, from.ip(), h.spi_i);

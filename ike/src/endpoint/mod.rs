@@ -33,7 +33,8 @@ mod tests;
 
 use admission::{CookieSecrets, Pressure};
 pub use admission::{
-    COOKIE_PRESSURE_WINDOW, COOKIE_SECRET_LIFETIME, DEFAULT_COOKIE_THRESHOLD, INIT_ANSWER_BURST,
+    COOKIE_ANSWER_BURST_PER_ADDR, COOKIE_ANSWER_INTERVAL_PER_ADDR, COOKIE_PRESSURE_WINDOW,
+    COOKIE_SECRET_LIFETIME, DEFAULT_COOKIE_THRESHOLD, INIT_ANSWER_BURST,
     INIT_ANSWER_BURST_PER_ADDR, INIT_ANSWER_INTERVAL, INIT_ANSWER_INTERVAL_PER_ADDR,
     KEY_EXCHANGE_BURST, KEY_EXCHANGE_BURST_PER_ADDR, KEY_EXCHANGE_INTERVAL,
     KEY_EXCHANGE_INTERVAL_PER_ADDR, MAX_HALF_OPEN, MAX_HALF_OPEN_PER_ADDR, MAX_IKE_SAS_PER_PEER,
@@ -99,6 +100,8 @@ pub struct Endpoint {
     answer_limit_per_addr: HashMap<IpAddr, TokenBucket>,
     answer_limit: TokenBucket,
     key_exchange_limit: TokenBucket,
+    /// COOKIE answers per configured peer address.
+    cookie_limit_per_addr: HashMap<IpAddr, TokenBucket>,
     /// Key exchanges per configured peer address.
     key_exchange_limit_per_addr: HashMap<IpAddr, TokenBucket>,
     /// Reports about unauthenticated requests, per peer name, and how many were left out since the last one.
@@ -172,6 +175,7 @@ impl Endpoint {
             answer_limit: TokenBucket::new(INIT_ANSWER_BURST, INIT_ANSWER_INTERVAL),
             key_exchange_limit: TokenBucket::new(KEY_EXCHANGE_BURST, KEY_EXCHANGE_INTERVAL),
             key_exchange_limit_per_addr: HashMap::new(),
+            cookie_limit_per_addr: HashMap::new(),
             unauthenticated_events: HashMap::new(),
             stats: Stats::default(),
             transmits: VecDeque::new(),
@@ -229,6 +233,8 @@ impl Endpoint {
         self.answer_limit_per_addr
             .retain(|a, _| peers.iter().any(|p| p.remote_addr == *a));
         self.key_exchange_limit_per_addr
+            .retain(|a, _| peers.iter().any(|p| p.remote_addr == *a));
+        self.cookie_limit_per_addr
             .retain(|a, _| peers.iter().any(|p| p.remote_addr == *a));
         self.unauthenticated_events
             .retain(|name, _| peers.iter().any(|p| p.name == *name));
