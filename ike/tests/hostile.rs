@@ -1543,3 +1543,66 @@ fn cookie_proven_init_or_none(
     let t = transmits(e);
     (t.len() == 1 && f.take_init_response(&t[0].data)).then_some(f)
 }
+
+/// Our IKE SA rekey collides with the peer's, whose new SA the peer then deletes at once; its answer to ours
+/// then makes ours the redundant one (it chose the responder nonce, all zeros: the lowest of the four). So the
+/// Child SAs went to the peer's new SA, which was gone: they were dropped without a ChildDown, and the datapath
+/// kept them installed for ever, with no IKE SA to rekey or delete them. Now a Child SA whose new IKE SA is gone
+/// is reported down.
+#[test]
+fn child_sas_handed_to_a_deleted_ike_sa_are_reported_down() {
+    let (mut e, mut f, now) = authenticated_to_b();
+    let t = now + Duration::from_secs(100_001);
+    e.handle_timeout(t);
+    let ours = e.poll_transmit().expect("our IKE SA rekey request");
+    let (h_ours, _) = f.open(&ours.data);
+    transmits(&mut e);
+    // The peer's rekey of the same IKE SA, answered (a collision), then its new SA deleted by the peer.
+    let (req, finish) = f.rekey_request(0xd000);
+    e.handle(t, &req, addr(A, 500), 500);
+    let (_, p) = f.open(&e.poll_transmit().unwrap().data);
+    let mut c = finish(&f, &p).expect("the peer's rekey is answered");
+    let delete = c.request(
+        ExchangeType::INFORMATIONAL,
+        &[Payload::Delete(ike::message::Delete {
+            protocol: ProtocolId::IKE,
+            spis: vec![],
+        })],
+    );
+    e.handle(t, &delete, addr(A, 500), 500);
+    transmits(&mut e);
+    // Its answer to ours, with the lowest nonce of all.
+    let peer_ks = ike::crypto::KeyShare::generate(ike::crypto::DhGroup::Curve25519).unwrap();
+    let answer = f.seal(
+        ExchangeType::CREATE_CHILD_SA,
+        true,
+        h_ours.message_id,
+        &[
+            Payload::Sa(vec![ike_wire(0xd100u64.to_be_bytes().to_vec())]),
+            Payload::Nonce(vec![0; 32]),
+            Payload::Ke {
+                group: 31,
+                data: peer_ks.public().to_vec(),
+            },
+        ],
+    );
+    e.handle(t, &answer, addr(A, 500), 500);
+    transmits(&mut e);
+    let mut seen = events(&mut e);
+    for minute in 1..=30u64 {
+        e.handle_timeout(t + Duration::from_secs(60 * minute));
+        transmits(&mut e);
+        seen.extend(events(&mut e));
+    }
+    assert_eq!(e.sa_count(), 0, "{:?}", e.status());
+    assert!(
+        seen.iter().any(|ev| matches!(
+            ev,
+            Event::ChildDown {
+                spi_out: 0x1000,
+                ..
+            }
+        )),
+        "the Child SA is reported down: {seen:?}"
+    );
+}

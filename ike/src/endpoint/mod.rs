@@ -702,7 +702,9 @@ impl Endpoint {
                     continue;
                 };
                 spawned.extend(sa.take_spawned());
-                handoffs.extend(sa.take_handoff());
+                if let Some((target, children)) = sa.take_handoff() {
+                    handoffs.push((target, children, sa.config().name.clone()));
+                }
                 doomed.extend(sa.take_doomed());
                 while let Some(t) = sa.poll_transmit() {
                     self.transmits.push_back(t);
@@ -717,10 +719,26 @@ impl Endpoint {
             for sa in spawned {
                 self.insert_sa(sa.local_spi(), sa);
             }
-            for (spi, children) in handoffs {
-                if let Some(sa) = self.sas.get_mut(&spi) {
+            for (spi, children, peer) in handoffs {
+                if let Some(sa) = self
+                    .sas
+                    .get_mut(&spi)
+                    .filter(|sa| sa.state() != State::Closed)
+                {
                     sa.adopt(children);
                     self.mark(spi);
+                } else {
+                    // The winner of a rekey collision is gone already (the peer deleted the SA its own rekey
+                    // made, then answered ours so that ours lost): nothing carries these Child SAs any more, and
+                    // unreported they stayed in the datapath for ever.
+                    for c in children {
+                        self.events.push_back(c.down(
+                            &peer,
+                            Reason::Protocol(
+                                "the IKE SA that won a rekey collision and was to carry it is gone".into(),
+                            ),
+                        ));
+                    }
                 }
             }
             for (spi, when) in doomed {

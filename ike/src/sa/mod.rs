@@ -224,6 +224,19 @@ pub(crate) struct Child {
     rekeyed: bool,
 }
 
+impl Child {
+    /// The event that reports it gone, for the driver to remove.
+    pub(crate) fn down(&self, peer: &str, reason: Reason) -> Event {
+        Event::ChildDown {
+            peer: peer.to_owned(),
+            spi_in: self.spi_in,
+            spi_out: self.spi_out,
+            reason,
+            refused: false,
+        }
+    }
+}
+
 /// What an IKE SA holds of its handshake, which only the handshake needs: each phase owns only its data (as
 /// rustls's `client/hs.rs` states do), so that code needing the keys gets them from the phase that has them.
 enum Phase {
@@ -725,13 +738,8 @@ impl IkeSa {
 
     /// Reports a Child SA gone, for the driver to remove.
     fn child_down(&mut self, c: &Child, reason: Reason) {
-        self.events.push_back(Event::ChildDown {
-            peer: self.cfg.name.clone(),
-            spi_in: c.spi_in,
-            spi_out: c.spi_out,
-            reason,
-            refused: false,
-        });
+        let e = c.down(&self.cfg.name, reason);
+        self.events.push_back(e);
     }
 
     /// Reports a Child SA that never came up (either side refused it, or its answer was unusable): nothing to
