@@ -1606,3 +1606,59 @@ fn child_sas_handed_to_a_deleted_ike_sa_are_reported_down() {
         "the Child SA is reported down: {seen:?}"
     );
 }
+
+/// An authenticated peer holding the most IKE SAs IKE_SA_INIT lets it start (MAX_IKE_SAS_PER_PEER) rekeys
+/// each of them as fast as the rekey limit lets it, and never deletes the SAs its rekeys replaced. Each chain
+/// was limited on its own, so the peer held five times the cap for the retransmission budget (each SA with its
+/// keys, cached answer and a reassembly of up to 64 KiB). Now an IKE SA rekey is refused with
+/// TEMPORARY_FAILURE while the peer holds twice the cap.
+#[test]
+fn ike_rekeys_cannot_take_a_peer_past_twice_the_ike_sa_cap() {
+    let (_, b) = configs();
+    let mut e = Endpoint::new(vec![Arc::new(b)]);
+    let now = Instant::now();
+    let cap = endpoint::MAX_IKE_SAS_PER_PEER;
+    let mut chains = Vec::new();
+    for k in 0..cap as u64 {
+        let (mut f, req) = Fake::initiate(0x400 + k);
+        e.handle(now, &req, addr(A, 500), 500);
+        let resp = e.poll_transmit().expect("IKE_SA_INIT answered");
+        assert!(f.take_init_response(&resp.data));
+        let idi = id_from_addr(A.parse().unwrap());
+        let auth = f.auth(&idi);
+        let m = f.request(
+            ExchangeType::IKE_AUTH,
+            &[
+                Payload::IdI(idi),
+                auth,
+                Payload::Sa(vec![esp_wire("aes128gcm16", 0x1000 + k as u32)]),
+                Payload::TsI(vec![ts("198.19.1.0/24")]),
+                Payload::TsR(vec![ts("198.19.2.0/24")]),
+            ],
+        );
+        e.handle(now, &m, addr(A, 500), 500);
+        transmits(&mut e);
+        chains.push(f);
+    }
+    assert_eq!(e.sa_count(), cap);
+    let mut refused = 0;
+    for (c, f) in chains.iter_mut().enumerate() {
+        for r in 0..ike::sa::IKE_REKEY_BURST as u64 {
+            let (req, finish) = f.rekey_request(0xe000 + 16 * c as u64 + r);
+            e.handle(now, &req, addr(A, 500), 500);
+            let (_, p) = f.open(&e.poll_transmit().unwrap().data);
+            match finish(f, &p) {
+                Some(new) => *f = new,
+                None => {
+                    assert_eq!(notify_of(&p), Some(n::TEMPORARY_FAILURE));
+                    refused += 1;
+                }
+            }
+        }
+        transmits(&mut e);
+        events(&mut e);
+    }
+    assert!(e.sa_count() <= 2 * cap, "{} IKE SAs", e.sa_count());
+    assert!(refused > 0);
+    assert_eq!(e.status().len(), cap, "every chain keeps its current SA");
+}

@@ -27,6 +27,11 @@ pub const MAX_HALF_OPEN_PER_ADDR: usize = 8;
 /// or three (its old SA lingers until our liveness check gives up on it), a rekey collision four.
 pub const MAX_IKE_SAS_PER_PEER: usize = 16;
 
+/// IKE SAs one peer may hold before its IKE SA rekeys are refused (TEMPORARY_FAILURE): room for each of
+/// [`MAX_IKE_SAS_PER_PEER`] to be rekeyed once while the SA it replaces waits for its delete. The rekey limit holds
+/// each chain of rekeys alone, so without it a peer with that many IKE SAs held about ten times as many.
+pub const MAX_IKE_SAS_PER_PEER_WITH_REKEYS: usize = 2 * MAX_IKE_SAS_PER_PEER;
+
 /// The largest IKE_SA_INIT request we keep in a half-open SA (it is signed later, so it must be kept whole).
 /// Genuine ones are about 1 KiB even with MODP-3072 and several proposals.
 pub const MAX_INIT_REQUEST_LEN: usize = 16 * 1024;

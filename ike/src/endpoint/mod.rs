@@ -38,7 +38,7 @@ pub use admission::{
     INIT_ANSWER_BURST_PER_ADDR, INIT_ANSWER_INTERVAL, INIT_ANSWER_INTERVAL_PER_ADDR,
     KEY_EXCHANGE_BURST, KEY_EXCHANGE_BURST_PER_ADDR, KEY_EXCHANGE_INTERVAL,
     KEY_EXCHANGE_INTERVAL_PER_ADDR, MAX_HALF_OPEN, MAX_HALF_OPEN_PER_ADDR, MAX_IKE_SAS_PER_PEER,
-    MAX_INIT_REQUEST_LEN, UNAUTHENTICATED_EVENT_INTERVAL,
+    MAX_IKE_SAS_PER_PEER_WITH_REKEYS, MAX_INIT_REQUEST_LEN, UNAUTHENTICATED_EVENT_INTERVAL,
 };
 
 /// How long a duplicate IKE SA is left alone before its initiator deletes it. A strongSwan peer resolves
@@ -358,7 +358,12 @@ impl Endpoint {
                 h.spi_i
             };
             self.note_other_established(ours);
+            let room = self
+                .sas
+                .get(&ours)
+                .map(|sa| self.peer_sa_count(&sa.config().name) < MAX_IKE_SAS_PER_PEER_WITH_REKEYS);
             if let Some(sa) = self.sas.get_mut(&ours) {
+                sa.set_rekey_room(room.unwrap_or(true));
                 sa.handle(now, data, from, local_port);
                 self.mark(ours);
             } else if let Some(sa) = self.half_open.get_mut(&ours) {

@@ -356,6 +356,8 @@ pub struct IkeSa {
     create_limit: TokenBucket,
     /// The peer's IKE SA rekeys (inherited likewise).
     rekey_limit: TokenBucket,
+    /// False while the peer holds as many IKE SAs as a rekey may take it to (see `set_rekey_room`).
+    rekey_room: bool,
     /// Where the peer was when the SA was made (the key of a half-open SA's retransmission lookup).
     origin: SocketAddr,
     /// When the SA was made: [`Event::IkeUp`] reports how long the handshake took.
@@ -486,6 +488,7 @@ impl IkeSa {
             tried_pairs: Vec::new(),
             create_limit: TokenBucket::new(CREATE_CHILD_BURST, CREATE_CHILD_INTERVAL),
             rekey_limit: TokenBucket::new(IKE_REKEY_BURST, IKE_REKEY_INTERVAL),
+            rekey_room: true,
             origin: remote,
         }
     }
