@@ -247,15 +247,20 @@ impl IkeSa {
                 ..
             })
         );
-        if collided || !self.rekey_room {
+        if collided {
             // The peer rekeyed this SA already while ours is outstanding: the SA that made is noted as the
             // collision's, and only the answer to ours resolves it (it wins, or is found redundant). A second
             // rekey would overwrite that note and leave the first new SA contested for ever, with no timer (a
-            // hostile peer never deletes it). This SA is being replaced one way or the other. And a peer that
-            // holds as many IKE SAs as the endpoint allows must delete some first (see `set_rekey_room`).
+            // hostile peer never deletes it). This SA is being replaced one way or the other.
             //= https://www.rfc-editor.org/rfc/rfc7296#section-2.25.2
             //# If a peer receives a request to rekey an IKE SA that it is currently trying to close, it SHOULD
             //# reply with TEMPORARY_FAILURE.
+            refuse(self, Notify::new(n::TEMPORARY_FAILURE, vec![]));
+            return;
+        }
+        if !self.rekey_room {
+            // The peer holds as many IKE SAs as the endpoint allows (see `set_rekey_room`): it deletes the ones
+            // its rekeys replaced (or they expire), then asks again, as after the rekey rate limit.
             refuse(self, Notify::new(n::TEMPORARY_FAILURE, vec![]));
             return;
         }
