@@ -17,9 +17,10 @@ pub(super) struct InPolicy {
     pub(super) ts_remote: Vec<TrafficSelector>,
 }
 
-/// How long the inbound SA of a rekeyed Child SA keeps accepting packets after its delete exchange: ESP the
-/// peer sent on it just before it switched to the new SA may still be in flight, and reordered behind the
-/// DELETE (strongSwan keeps a rekeyed inbound SA for its `delete_rekeyed_delay`, 5 s by default).
+/// How long the inbound SA of a rekeyed Child SA (or of a duplicate, deleted while it carried traffic) keeps
+/// accepting packets after its delete exchange: ESP the peer sent on it just before it switched to the new SA
+/// may still be in flight, and reordered behind the DELETE (strongSwan keeps a rekeyed inbound SA for its
+/// `delete_rekeyed_delay`, 5 s by default).
 pub(crate) const REKEYED_INBOUND_LINGER: Duration = Duration::from_secs(5);
 
 /// SAD, policy and the rekeyed inbound SAs that linger.
