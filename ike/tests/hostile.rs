@@ -584,7 +584,13 @@ fn on_path_attacker_is_held_to_the_per_address_cap() {
 
 /// A scripted initiator authenticated to B (198.18.0.2) with one Child SA (our SPI 0x1000).
 fn authenticated_to_b() -> (Endpoint, Fake, Instant) {
-    let (_, b) = configs();
+    authenticated_to_b_with(|_| {})
+}
+
+/// [`authenticated_to_b`] with B's configuration changed by `tweak` first.
+fn authenticated_to_b_with(tweak: impl FnOnce(&mut PeerConfig)) -> (Endpoint, Fake, Instant) {
+    let (_, mut b) = configs();
+    tweak(&mut b);
     let mut e = Endpoint::new(vec![Arc::new(b)]);
     let now = Instant::now();
     let (mut f, req) = Fake::initiate(0x77);
@@ -1302,4 +1308,357 @@ fn cookie_proven_request_evicts_an_unproven_half_open_sa_at_the_global_cap() {
     assert!(f.take_init_response(&t[0].data));
     assert_eq!(b.half_open_count(), endpoint::MAX_HALF_OPEN);
     assert_eq!(b.stats().capped, 0);
+}
+
+/// An authenticated peer rekeys the IKE SA once per IKE_REKEY_INTERVAL (within its rate limit), never deletes
+/// the SAs its rekeys replaced, and sends an empty INFORMATIONAL on each of them every 10 s. A replaced SA was
+/// dropped `total retransmission time` after the peer was last heard on it, so the pings kept every one alive:
+/// 40 IKE SAs after 20 minutes, one more per 30 s for ever (and each event walks the peer's SAs). Now a
+/// replaced SA goes that long after it was replaced, whatever the peer sends on it.
+#[test]
+fn replaced_ike_sas_are_dropped_even_when_the_peer_keeps_pinging_them() {
+    let (mut e, f, now) = authenticated_to_b();
+    let mut current = f;
+    let mut old: Vec<Fake> = Vec::new();
+    let mut rekeys = 0;
+    let mut most = 0;
+    let mut t = now;
+    for step in 0..120u64 {
+        t += Duration::from_secs(10);
+        if step % 3 == 0 {
+            let (req, finish) = current.rekey_request(0xa000 + step);
+            e.handle(t, &req, addr(A, 500), 500);
+            let (_, p) = current.open(&e.poll_transmit().unwrap().data);
+            if let Some(new) = finish(&current, &p) {
+                rekeys += 1;
+                old.push(std::mem::replace(&mut current, new));
+            }
+        }
+        for f in old.iter_mut().chain(std::iter::once(&mut current)) {
+            let ping = f.request(ExchangeType::INFORMATIONAL, &[]);
+            e.handle(t, &ping, addr(A, 500), 500);
+        }
+        e.handle_timeout(t);
+        transmits(&mut e);
+        events(&mut e);
+        most = most.max(e.sa_count());
+    }
+    assert!(rekeys >= 39, "{rekeys}");
+    assert!(
+        most <= endpoint::MAX_IKE_SAS_PER_PEER,
+        "{most} IKE SAs held for one peer"
+    );
+    assert_eq!(e.status().len(), 1, "the current one stays");
+}
+
+/// Our IKE SA rekey is outstanding when the authenticated peer rekeys the same IKE SA twice, then refuses
+/// ours. The first of its new SAs was noted as the collision's and the second overwrote it: the first was left
+/// contested, with no Child SA, no timer and nothing that would ever resolve it, held until the peer deleted it
+/// (a hostile one never does; one more per rekey of ours). Now a second rekey request while a collision is
+/// pending is refused with TEMPORARY_FAILURE, and once the peer falls silent every SA goes.
+#[test]
+fn a_second_ike_rekey_during_a_collision_leaves_no_ike_sa_behind() {
+    let (mut e, mut f, now) = authenticated_to_b();
+    // Our own rekey of the IKE SA comes due (configs(): ike_rekey 100,000 s).
+    let t = now + Duration::from_secs(100_001);
+    e.handle_timeout(t);
+    let ours = e.poll_transmit().expect("our IKE SA rekey request");
+    let (h_ours, p) = f.open(&ours.data);
+    assert_eq!(h_ours.exchange, ExchangeType::CREATE_CHILD_SA);
+    assert!(matches!(&sa_of(&p)[0], x if x.protocol == ProtocolId::IKE));
+    transmits(&mut e);
+    let mut answers = Vec::new();
+    for k in 0..2u64 {
+        let (req, _) = f.rekey_request(0xb000 + k);
+        e.handle(t, &req, addr(A, 500), 500);
+        let (_, p) = f.open(&e.poll_transmit().unwrap().data);
+        answers.push(notify_of(&p));
+    }
+    assert_eq!(answers, vec![None, Some(n::TEMPORARY_FAILURE)]);
+    let refusal = f.seal(
+        ExchangeType::CREATE_CHILD_SA,
+        true,
+        h_ours.message_id,
+        &[Payload::Notify(Notify::new(n::TEMPORARY_FAILURE, vec![]))],
+    );
+    e.handle(t, &refusal, addr(A, 500), 500);
+    transmits(&mut e);
+    // The peer falls silent: every IKE SA it holds with us goes within the retransmission budget.
+    for minute in 1..=30u64 {
+        e.handle_timeout(t + Duration::from_secs(60 * minute));
+        transmits(&mut e);
+    }
+    assert_eq!(e.sa_count(), 0, "{:?}", e.status());
+}
+
+/// The same collision (our IKE SA rekey outstanding, the peer's rekey of the same SA answered and noted), and
+/// then the IKE SA's hard lifetime ends before the peer answers ours. The delete that ends it replaced our
+/// outstanding rekey without resolving the collision, so the peer's new SA stayed contested, unseen and for
+/// ever. Now it is marked redundant as when our rekey is abandoned otherwise, and deleted after the grace.
+#[test]
+fn an_ike_sa_expiring_during_a_rekey_collision_leaves_no_ike_sa_behind() {
+    let (mut e, mut f, now) = authenticated_to_b_with(|c| {
+        c.lifetimes.ike_lifetime = Duration::from_secs(100_060);
+    });
+    let t = now + Duration::from_secs(100_001);
+    e.handle_timeout(t);
+    let ours = e.poll_transmit().expect("our IKE SA rekey request");
+    assert_eq!(f.open(&ours.data).0.exchange, ExchangeType::CREATE_CHILD_SA);
+    let (req, finish) = f.rekey_request(0xc000);
+    e.handle(t, &req, addr(A, 500), 500);
+    let (_, p) = f.open(&e.poll_transmit().unwrap().data);
+    assert!(finish(&f, &p).is_some(), "the peer's rekey is answered");
+    transmits(&mut e);
+    for s in 1..=1800u64 {
+        e.handle_timeout(t + Duration::from_secs(s));
+        transmits(&mut e);
+    }
+    assert_eq!(e.sa_count(), 0, "{:?}", e.status());
+}
+
+/// One IKE_SA_INIT request with its cookie, from `from`, at `now`: the scripted initiator if it was answered
+/// with a key exchange, `None` if it was dropped.
+fn cookie_proven_init(e: &mut Endpoint, now: Instant, spi: u64, from: SocketAddr) -> Option<Fake> {
+    let (mut f, req) = Fake::initiate(spi);
+    e.handle(now, &req, from, 500);
+    let t = transmits(e);
+    assert_eq!(plain_notifies(&t.first()?.data), vec![n::COOKIE]);
+    e.handle(now, &with_cookie(&req, &t[0]), from, 500);
+    let t = transmits(e);
+    (t.len() == 1 && f.take_init_response(&t[0].data)).then_some(f)
+}
+
+/// Whoever receives at one mesh member's address (the member itself, hostile, or anyone on its path) returns
+/// cookies, and a cookie-proven request skips the answer limits; it then fails IKE_AUTH at once (a wrong AUTH),
+/// which frees its half-open slot, and starts again. Each round costs us a key exchange (and with certificates
+/// up to MAX_SIGNATURE_CHECKS signature checks), and only the global key exchange limit held it: one address
+/// took all of it, and every other peer's IKE_SA_INIT was dropped as rate-limited for as long as it kept on.
+/// Now each address has a key exchange allowance of its own, and other peers are served.
+#[test]
+fn one_address_cannot_take_every_key_exchange() {
+    let mut e = Endpoint::new(mesh_of(1));
+    // Under a flood, as cookies are then demanded of everyone.
+    e.set_cookie_threshold(0);
+    let now = Instant::now();
+    let mut served = 0;
+    // Fewer rounds than there are COOKIE answers at once (INIT_ANSWER_BURST): the key exchanges are the
+    // point here.
+    for k in 0..100u64 {
+        let Some(mut f) = cookie_proven_init(&mut e, now, 0x20_0000 + k, addr(A, 500)) else {
+            continue;
+        };
+        served += 1;
+        let idi = id_from_addr(A.parse().unwrap());
+        let m = f.request(
+            ExchangeType::IKE_AUTH,
+            &[
+                Payload::IdI(idi),
+                Payload::Auth {
+                    method: 2,
+                    data: vec![0; 32],
+                },
+                Payload::Sa(vec![esp_wire("aes128gcm16", 0x1000)]),
+                Payload::TsI(vec![ts("198.19.1.0/24")]),
+                Payload::TsR(vec![ts("198.19.2.0/24")]),
+            ],
+        );
+        e.handle(now, &m, addr(A, 500), 500);
+        transmits(&mut e);
+    }
+    events(&mut e);
+    assert_eq!(e.half_open_count(), 0, "every IKE_AUTH failed");
+    assert_eq!(
+        served,
+        endpoint::KEY_EXCHANGE_BURST_PER_ADDR,
+        "{:?}",
+        e.stats()
+    );
+    let other = SocketAddr::new(flood_addr(0), 500);
+    assert!(
+        cookie_proven_init(&mut e, now, 0x77, other).is_some(),
+        "another member is served at once: {:?}",
+        e.stats()
+    );
+    // And the address itself again once its allowance refilled.
+    let later = now + endpoint::KEY_EXCHANGE_INTERVAL_PER_ADDR;
+    assert!(cookie_proven_init(&mut e, later, 0x78, addr(A, 500)).is_some());
+}
+
+/// An off-path sender who knows one mesh member's address forges IKE_SA_INIT requests "from" it, 1,000 a
+/// second for 10 s, while cookies are demanded. COOKIE answers were limited in all (100/s) and not per
+/// address, so the forgeries took every one of them: another member asking once a second got no COOKIE, and
+/// no IKE SA, for as long as the flood lasted. Now COOKIE answers are limited per claimed address only
+/// (they cost one hash and are smaller than the request: nothing to amplify, and each address gets at most
+/// COOKIE_ANSWER_BURST_PER_ADDR at once, then one per COOKIE_ANSWER_INTERVAL_PER_ADDR), so a forger of one
+/// address competes with that address alone.
+#[test]
+fn forged_requests_from_one_address_do_not_use_up_everyone_s_cookies() {
+    let mut e = Endpoint::new(mesh_of(1));
+    e.set_cookie_threshold(0);
+    let other = SocketAddr::new(flood_addr(0), 500);
+    let t0 = Instant::now();
+    let (_, template) = Fake::initiate(1);
+    let mut cookies_to_a = 0;
+    let mut other_served = None;
+    for step in 0..1000u64 {
+        let now = t0 + Duration::from_millis(10 * step);
+        for k in 0..10u64 {
+            let mut d = template.clone();
+            d[..8].copy_from_slice(&(0x30_0000 + step * 10 + k).to_be_bytes());
+            e.handle(now, &d, addr(A, 500), 500);
+        }
+        cookies_to_a += transmits(&mut e).len();
+        if step % 100 == 50 && other_served.is_none() {
+            if let Some(f) = cookie_proven_init_or_none(&mut e, now, 0x77 + step, other) {
+                other_served = Some((step, f));
+            }
+        }
+    }
+    let stats = e.stats();
+    let (step, _) =
+        other_served.unwrap_or_else(|| panic!("the other member got no cookie: {stats:?}"));
+    assert_eq!(step, 50, "at its first try");
+    // What the forger made us send to the address it forged stays within that address's allowance.
+    let bound = ike::endpoint::COOKIE_ANSWER_BURST_PER_ADDR as usize
+        + (Duration::from_secs(10).as_millis()
+            / ike::endpoint::COOKIE_ANSWER_INTERVAL_PER_ADDR.as_millis()) as usize;
+    assert!(cookies_to_a <= bound, "{cookies_to_a} > {bound}");
+}
+
+/// [`cookie_proven_init`], but `None` also when the request gets no COOKIE answer.
+fn cookie_proven_init_or_none(
+    e: &mut Endpoint,
+    now: Instant,
+    spi: u64,
+    from: SocketAddr,
+) -> Option<Fake> {
+    let (mut f, req) = Fake::initiate(spi);
+    e.handle(now, &req, from, 500);
+    let t = transmits(e);
+    let answer = t.first()?;
+    if plain_notifies(&answer.data) != vec![n::COOKIE] {
+        return None;
+    }
+    e.handle(now, &with_cookie(&req, answer), from, 500);
+    let t = transmits(e);
+    (t.len() == 1 && f.take_init_response(&t[0].data)).then_some(f)
+}
+
+/// Our IKE SA rekey collides with the peer's, whose new SA the peer then deletes at once; its answer to ours
+/// then makes ours the redundant one (it chose the responder nonce, all zeros: the lowest of the four). So the
+/// Child SAs went to the peer's new SA, which was gone: they were dropped without a ChildDown, and the datapath
+/// kept them installed for ever, with no IKE SA to rekey or delete them. Now a Child SA whose new IKE SA is gone
+/// is reported down.
+#[test]
+fn child_sas_handed_to_a_deleted_ike_sa_are_reported_down() {
+    let (mut e, mut f, now) = authenticated_to_b();
+    let t = now + Duration::from_secs(100_001);
+    e.handle_timeout(t);
+    let ours = e.poll_transmit().expect("our IKE SA rekey request");
+    let (h_ours, _) = f.open(&ours.data);
+    transmits(&mut e);
+    // The peer's rekey of the same IKE SA, answered (a collision), then its new SA deleted by the peer.
+    let (req, finish) = f.rekey_request(0xd000);
+    e.handle(t, &req, addr(A, 500), 500);
+    let (_, p) = f.open(&e.poll_transmit().unwrap().data);
+    let mut c = finish(&f, &p).expect("the peer's rekey is answered");
+    let delete = c.request(
+        ExchangeType::INFORMATIONAL,
+        &[Payload::Delete(ike::message::Delete {
+            protocol: ProtocolId::IKE,
+            spis: vec![],
+        })],
+    );
+    e.handle(t, &delete, addr(A, 500), 500);
+    transmits(&mut e);
+    // Its answer to ours, with the lowest nonce of all.
+    let peer_ks = ike::crypto::KeyShare::generate(ike::crypto::DhGroup::Curve25519).unwrap();
+    let answer = f.seal(
+        ExchangeType::CREATE_CHILD_SA,
+        true,
+        h_ours.message_id,
+        &[
+            Payload::Sa(vec![ike_wire(0xd100u64.to_be_bytes().to_vec())]),
+            Payload::Nonce(vec![0; 32]),
+            Payload::Ke {
+                group: 31,
+                data: peer_ks.public().to_vec(),
+            },
+        ],
+    );
+    e.handle(t, &answer, addr(A, 500), 500);
+    transmits(&mut e);
+    let mut seen = events(&mut e);
+    for minute in 1..=30u64 {
+        e.handle_timeout(t + Duration::from_secs(60 * minute));
+        transmits(&mut e);
+        seen.extend(events(&mut e));
+    }
+    assert_eq!(e.sa_count(), 0, "{:?}", e.status());
+    assert!(
+        seen.iter().any(|ev| matches!(
+            ev,
+            Event::ChildDown {
+                spi_out: 0x1000,
+                ..
+            }
+        )),
+        "the Child SA is reported down: {seen:?}"
+    );
+}
+
+/// An authenticated peer holding the most IKE SAs IKE_SA_INIT lets it start (MAX_IKE_SAS_PER_PEER) rekeys
+/// each of them as fast as the rekey limit lets it, and never deletes the SAs its rekeys replaced. Each chain
+/// was limited on its own, so the peer held five times the cap for the retransmission budget (each SA with its
+/// keys, cached answer and a reassembly of up to 64 KiB). Now an IKE SA rekey is refused with
+/// TEMPORARY_FAILURE while the peer holds twice the cap.
+#[test]
+fn ike_rekeys_cannot_take_a_peer_past_twice_the_ike_sa_cap() {
+    let (_, b) = configs();
+    let mut e = Endpoint::new(vec![Arc::new(b)]);
+    let now = Instant::now();
+    let cap = endpoint::MAX_IKE_SAS_PER_PEER;
+    let mut chains = Vec::new();
+    for k in 0..cap as u64 {
+        let (mut f, req) = Fake::initiate(0x400 + k);
+        e.handle(now, &req, addr(A, 500), 500);
+        let resp = e.poll_transmit().expect("IKE_SA_INIT answered");
+        assert!(f.take_init_response(&resp.data));
+        let idi = id_from_addr(A.parse().unwrap());
+        let auth = f.auth(&idi);
+        let m = f.request(
+            ExchangeType::IKE_AUTH,
+            &[
+                Payload::IdI(idi),
+                auth,
+                Payload::Sa(vec![esp_wire("aes128gcm16", 0x1000 + k as u32)]),
+                Payload::TsI(vec![ts("198.19.1.0/24")]),
+                Payload::TsR(vec![ts("198.19.2.0/24")]),
+            ],
+        );
+        e.handle(now, &m, addr(A, 500), 500);
+        transmits(&mut e);
+        chains.push(f);
+    }
+    assert_eq!(e.sa_count(), cap);
+    let mut refused = 0;
+    for (c, f) in chains.iter_mut().enumerate() {
+        for r in 0..ike::sa::IKE_REKEY_BURST as u64 {
+            let (req, finish) = f.rekey_request(0xe000 + 16 * c as u64 + r);
+            e.handle(now, &req, addr(A, 500), 500);
+            let (_, p) = f.open(&e.poll_transmit().unwrap().data);
+            match finish(f, &p) {
+                Some(new) => *f = new,
+                None => {
+                    assert_eq!(notify_of(&p), Some(n::TEMPORARY_FAILURE));
+                    refused += 1;
+                }
+            }
+        }
+        transmits(&mut e);
+        events(&mut e);
+    }
+    assert!(e.sa_count() <= 2 * cap, "{} IKE SAs", e.sa_count());
+    assert!(refused > 0);
+    assert_eq!(e.status().len(), cap, "every chain keeps its current SA");
 }

@@ -27,6 +27,11 @@ pub const MAX_HALF_OPEN_PER_ADDR: usize = 8;
 /// or three (its old SA lingers until our liveness check gives up on it), a rekey collision four.
 pub const MAX_IKE_SAS_PER_PEER: usize = 16;
 
+/// IKE SAs one peer may hold before its IKE SA rekeys are refused (TEMPORARY_FAILURE): room for each of
+/// [`MAX_IKE_SAS_PER_PEER`] to be rekeyed once while the SA it replaces waits for its delete. The rekey limit holds
+/// each chain of rekeys alone, so without it a peer with that many IKE SAs held about ten times as many.
+pub const MAX_IKE_SAS_PER_PEER_WITH_REKEYS: usize = 2 * MAX_IKE_SAS_PER_PEER;
+
 /// The largest IKE_SA_INIT request we keep in a half-open SA (it is signed later, so it must be kept whole).
 /// Genuine ones are about 1 KiB even with MODP-3072 and several proposals.
 pub const MAX_INIT_REQUEST_LEN: usize = 16 * 1024;
@@ -47,6 +52,29 @@ pub const INIT_ANSWER_INTERVAL: Duration = Duration::from_millis(10);
 pub const KEY_EXCHANGE_BURST: u32 = 64;
 /// See [`KEY_EXCHANGE_BURST`].
 pub const KEY_EXCHANGE_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Key exchanges for IKE_SA_INIT requests from one source address: a burst of this many, then one per
+/// [`KEY_EXCHANGE_INTERVAL_PER_ADDR`]. A returned cookie proves only that its sender receives at the address, and
+/// such a request skips the answer limits; one that fails IKE_AUTH at once frees its half-open slot, so without
+/// this a sender at one mesh member's address (the member itself, or anyone on its path) could take every key
+/// exchange of [`KEY_EXCHANGE_BURST`] and keep all other peers out. A peer needs one per IKE SA it starts with
+/// us (a few in a simultaneous start, and at most [`MAX_IKE_SAS_PER_PEER`] of them stay); the burst is twice
+/// [`MAX_HALF_OPEN_PER_ADDR`], so that the peer's own request still gets in at once after a sender on its path
+/// filled its half-open slots (it replaces one that proved no cookie).
+pub const KEY_EXCHANGE_BURST_PER_ADDR: u32 = 2 * MAX_HALF_OPEN_PER_ADDR as u32;
+/// See [`KEY_EXCHANGE_BURST_PER_ADDR`].
+pub const KEY_EXCHANGE_INTERVAL_PER_ADDR: Duration = Duration::from_secs(1);
+
+/// COOKIE answers per claimed source address: a burst of this many, then one per
+/// [`COOKIE_ANSWER_INTERVAL_PER_ADDR`] (100 per second), and no limit over all addresses. Only configured peer
+/// addresses are answered, so a forger must claim a member's; with a limit over all addresses (as before: 100/s
+/// in all), forging 1,000 requests a second "from" one member took every COOKIE answer and kept every other
+/// peer out. Per address, the forger competes with that address alone. What we send stays bounded: a COOKIE
+/// answer is smaller than the request that asked for it (nothing to amplify), at most this rate reaches any one
+/// address, and computing one costs a hash.
+pub const COOKIE_ANSWER_BURST_PER_ADDR: u32 = 100;
+/// See [`COOKIE_ANSWER_BURST_PER_ADDR`].
+pub const COOKIE_ANSWER_INTERVAL_PER_ADDR: Duration = Duration::from_millis(10);
 
 /// How long a cookie secret is used before a new one replaces it; the previous one is still accepted for as
 /// long again, so a cookie handed out just before a rotation stays good for a retry.
@@ -159,9 +187,19 @@ impl Endpoint {
             .is_some_and(|b| !b.peek(now))
     }
 
-    /// Takes a global answer token only (for COOKIE answers); false: drop the request unanswered.
-    pub(super) fn global_answer_allowed(&mut self, now: Instant) -> bool {
-        let allowed = self.answer_limit.take(now);
+    /// Takes a COOKIE answer token of `addr` (see [`COOKIE_ANSWER_BURST_PER_ADDR`]); false: drop the request
+    /// unanswered.
+    pub(super) fn cookie_answer_allowed(&mut self, now: Instant, addr: IpAddr) -> bool {
+        let allowed = self
+            .cookie_limit_per_addr
+            .entry(addr)
+            .or_insert_with(|| {
+                TokenBucket::new(
+                    COOKIE_ANSWER_BURST_PER_ADDR,
+                    COOKIE_ANSWER_INTERVAL_PER_ADDR,
+                )
+            })
+            .take(now);
         if !allowed {
             self.stats.rate_limited += 1;
         }
@@ -247,11 +285,11 @@ impl Endpoint {
             cookie_ok =
                 presented.is_some_and(|c| auth::verify_cookie(&secrets, c, ni, from.ip(), h.spi_i));
             if !cookie_ok {
-                // A COOKIE answer is smaller than the request (no amplification) and costs one hash: only the
-                // global limit applies. A per-address limit would be keyed by the claimed source, so that an
-                // off-path sender forging requests "from" a peer could use up the peer's allowance and keep it
-                // from ever getting a cookie.
-                if !self.global_answer_allowed(now) {
+                // A COOKIE answer is smaller than the request (no amplification) and costs one hash: only a
+                // limit of its own per claimed address applies, not the answer limits. Keyed by the claimed
+                // source, it lets a forger of a peer's address compete with that peer for it, but with no one
+                // else (see COOKIE_ANSWER_BURST_PER_ADDR).
+                if !self.cookie_answer_allowed(now, from.ip()) {
                     return;
                 }
                 let cookie = auth::cookie(&self.cookie_secrets.current, ni, from.ip(), h.spi_i);
@@ -319,7 +357,18 @@ impl Endpoint {
             self.stats.capped += 1;
             return;
         }
-        if !self.key_exchange_limit.take(now) {
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.6
+        //# An expected attack against IKE is state and CPU exhaustion, where the target is flooded with session
+        //# initiation requests from forged IP addresses.
+        // And from one real address that returns its cookies: its own allowance first, then a global token.
+        // Configured peer addresses only come this far, so the map holds one bucket per peer at most.
+        let per_addr = self
+            .key_exchange_limit_per_addr
+            .entry(from.ip())
+            .or_insert_with(|| {
+                TokenBucket::new(KEY_EXCHANGE_BURST_PER_ADDR, KEY_EXCHANGE_INTERVAL_PER_ADDR)
+            });
+        if !(per_addr.peek(now) && self.key_exchange_limit.take(now) && per_addr.take(now)) {
             self.stats.rate_limited += 1;
             return;
         }

@@ -33,10 +33,12 @@ mod tests;
 
 use admission::{CookieSecrets, Pressure};
 pub use admission::{
-    COOKIE_PRESSURE_WINDOW, COOKIE_SECRET_LIFETIME, DEFAULT_COOKIE_THRESHOLD, INIT_ANSWER_BURST,
+    COOKIE_ANSWER_BURST_PER_ADDR, COOKIE_ANSWER_INTERVAL_PER_ADDR, COOKIE_PRESSURE_WINDOW,
+    COOKIE_SECRET_LIFETIME, DEFAULT_COOKIE_THRESHOLD, INIT_ANSWER_BURST,
     INIT_ANSWER_BURST_PER_ADDR, INIT_ANSWER_INTERVAL, INIT_ANSWER_INTERVAL_PER_ADDR,
-    KEY_EXCHANGE_BURST, KEY_EXCHANGE_INTERVAL, MAX_HALF_OPEN, MAX_HALF_OPEN_PER_ADDR,
-    MAX_IKE_SAS_PER_PEER, MAX_INIT_REQUEST_LEN, UNAUTHENTICATED_EVENT_INTERVAL,
+    KEY_EXCHANGE_BURST, KEY_EXCHANGE_BURST_PER_ADDR, KEY_EXCHANGE_INTERVAL,
+    KEY_EXCHANGE_INTERVAL_PER_ADDR, MAX_HALF_OPEN, MAX_HALF_OPEN_PER_ADDR, MAX_IKE_SAS_PER_PEER,
+    MAX_IKE_SAS_PER_PEER_WITH_REKEYS, MAX_INIT_REQUEST_LEN, UNAUTHENTICATED_EVENT_INTERVAL,
 };
 
 /// How long a duplicate IKE SA is left alone before its initiator deletes it. A strongSwan peer resolves
@@ -98,6 +100,10 @@ pub struct Endpoint {
     answer_limit_per_addr: HashMap<IpAddr, TokenBucket>,
     answer_limit: TokenBucket,
     key_exchange_limit: TokenBucket,
+    /// COOKIE answers per configured peer address.
+    cookie_limit_per_addr: HashMap<IpAddr, TokenBucket>,
+    /// Key exchanges per configured peer address.
+    key_exchange_limit_per_addr: HashMap<IpAddr, TokenBucket>,
     /// Reports about unauthenticated requests, per peer name, and how many were left out since the last one.
     unauthenticated_events: HashMap<String, (TokenBucket, u64)>,
     stats: Stats,
@@ -168,6 +174,8 @@ impl Endpoint {
             answer_limit_per_addr: HashMap::new(),
             answer_limit: TokenBucket::new(INIT_ANSWER_BURST, INIT_ANSWER_INTERVAL),
             key_exchange_limit: TokenBucket::new(KEY_EXCHANGE_BURST, KEY_EXCHANGE_INTERVAL),
+            key_exchange_limit_per_addr: HashMap::new(),
+            cookie_limit_per_addr: HashMap::new(),
             unauthenticated_events: HashMap::new(),
             stats: Stats::default(),
             transmits: VecDeque::new(),
@@ -223,6 +231,10 @@ impl Endpoint {
         }
         self.by_addr = index_by_addr(&peers);
         self.answer_limit_per_addr
+            .retain(|a, _| peers.iter().any(|p| p.remote_addr == *a));
+        self.key_exchange_limit_per_addr
+            .retain(|a, _| peers.iter().any(|p| p.remote_addr == *a));
+        self.cookie_limit_per_addr
             .retain(|a, _| peers.iter().any(|p| p.remote_addr == *a));
         self.unauthenticated_events
             .retain(|name, _| peers.iter().any(|p| p.name == *name));
@@ -346,7 +358,12 @@ impl Endpoint {
                 h.spi_i
             };
             self.note_other_established(ours);
+            let room = self
+                .sas
+                .get(&ours)
+                .map(|sa| self.peer_sa_count(&sa.config().name) < MAX_IKE_SAS_PER_PEER_WITH_REKEYS);
             if let Some(sa) = self.sas.get_mut(&ours) {
+                sa.set_rekey_room(room.unwrap_or(true));
                 sa.handle(now, data, from, local_port);
                 self.mark(ours);
             } else if let Some(sa) = self.half_open.get_mut(&ours) {
@@ -690,7 +707,9 @@ impl Endpoint {
                     continue;
                 };
                 spawned.extend(sa.take_spawned());
-                handoffs.extend(sa.take_handoff());
+                if let Some((target, children)) = sa.take_handoff() {
+                    handoffs.push((target, children, sa.config().name.clone()));
+                }
                 doomed.extend(sa.take_doomed());
                 while let Some(t) = sa.poll_transmit() {
                     self.transmits.push_back(t);
@@ -705,10 +724,26 @@ impl Endpoint {
             for sa in spawned {
                 self.insert_sa(sa.local_spi(), sa);
             }
-            for (spi, children) in handoffs {
-                if let Some(sa) = self.sas.get_mut(&spi) {
+            for (spi, children, peer) in handoffs {
+                if let Some(sa) = self
+                    .sas
+                    .get_mut(&spi)
+                    .filter(|sa| sa.state() != State::Closed)
+                {
                     sa.adopt(children);
                     self.mark(spi);
+                } else {
+                    // The winner of a rekey collision is gone already (the peer deleted the SA its own rekey
+                    // made, then answered ours so that ours lost): nothing carries these Child SAs any more, and
+                    // unreported they stayed in the datapath for ever.
+                    for c in children {
+                        self.events.push_back(c.down(
+                            &peer,
+                            Reason::Protocol(
+                                "the IKE SA that won a rekey collision and was to carry it is gone".into(),
+                            ),
+                        ));
+                    }
                 }
             }
             for (spi, when) in doomed {

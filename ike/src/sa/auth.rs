@@ -364,6 +364,10 @@ impl IkeSa {
     /// Abandons any outstanding request and deletes the IKE SA with INFORMATIONAL { D(IKE) }, first sent after
     /// `delay`; the SA closes when the peer answers or the retransmissions run out.
     pub(super) fn send_delete_ike(&mut self, now: Instant, delay: Duration) {
+        // An outstanding rekey of ours that collided with the peer's is abandoned here too: the SA made for the
+        // peer's must not stay contested for ever (the hard lifetime ending mid-collision left it so).
+        self.clock = now;
+        self.abandon_rekey();
         self.outstanding = None;
         let d = Payload::Delete(Delete {
             protocol: ProtocolId::IKE,

@@ -27,7 +27,17 @@ impl IkeSa {
         what: Request,
     ) {
         let id = self.next_id;
-        self.next_id += 1;
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.2
+        //# In the unlikely event that Message IDs grow too large to fit in 32 bits, the IKE SA MUST be closed or
+        //# rekeyed.
+        // The last ID is never sent: no message could follow it (4 billion requests of ours on one IKE SA).
+        let Some(next) = id.checked_add(1) else {
+            self.close(Reason::Protocol(
+                "the IKE SA has used up its message IDs".into(),
+            ));
+            return;
+        };
+        self.next_id = next;
         let header = self.header(exchange, false, id);
         let Some(datagrams) = self.protect(header, &payloads) else {
             return;
@@ -67,7 +77,9 @@ impl IkeSa {
         //# The responder MUST remember each response until it receives a request whose sequence number is larger
         //# than or equal to the sequence number in the response plus its window size.
         self.last_response = Some((id, datagrams));
-        self.peer_next_id = id + 1;
+        // Saturating: after the peer's request with the last ID the SA is deleted (`dispatch_request`), and
+        // a wrap to 0 would have taken the peer's oldest requests afresh meanwhile.
+        self.peer_next_id = id.saturating_add(1);
     }
 
     /// Encrypts a message, as fragments if it is too big for the path and both sides support that.
@@ -403,6 +415,13 @@ impl IkeSa {
                     vec![Payload::Notify(Notify::new(n::INVALID_SYNTAX, vec![]))],
                 );
             }
+        }
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.2
+        //# In the unlikely event that Message IDs grow too large to fit in 32 bits, the IKE SA MUST be closed or
+        //# rekeyed.
+        // The peer can send no request after this one (it takes hours of liveness checks to get here).
+        if id == u32::MAX && self.state == State::Established {
+            self.send_delete_ike(now, Duration::ZERO);
         }
     }
 }

@@ -48,6 +48,13 @@ pub(super) enum UnusableRekey {
 // ---- IKE SA rekey (RFC 7296 1.3.2, 2.18) and its collisions (2.8.2) ---------------------------------------------
 
 impl IkeSa {
+    /// Tells the SA, before it handles a datagram, whether the endpoint lets the peer hold one more IKE SA: a
+    /// rekey the peer asks for is refused with TEMPORARY_FAILURE while not (the rekey limit holds each chain of
+    /// rekeys alone, and each leaves the SA it replaced until the peer deletes it).
+    pub(crate) fn set_rekey_room(&mut self, room: bool) {
+        self.rekey_room = room;
+    }
+
     pub(super) fn start_ike_rekey(&mut self, now: Instant) {
         // Postponed at once: a refusal or a lost peer must not make this loop; success replaces the SA anyway.
         self.ike_rekey_at = Some(now + rekey_retry());
@@ -230,6 +237,28 @@ impl IkeSa {
             .outstanding
             .as_ref()
             .is_some_and(|o| !matches!(o.what, Request::Liveness | Request::RekeyIke(_)));
+        let collided = matches!(
+            &self.outstanding,
+            Some(Outstanding {
+                what: Request::RekeyIke(IkeRekey {
+                    collision: Some(_),
+                    ..
+                }),
+                ..
+            })
+        );
+        if collided || !self.rekey_room {
+            // The peer rekeyed this SA already while ours is outstanding: the SA that made is noted as the
+            // collision's, and only the answer to ours resolves it (it wins, or is found redundant). A second
+            // rekey would overwrite that note and leave the first new SA contested for ever, with no timer (a
+            // hostile peer never deletes it). This SA is being replaced one way or the other. And a peer that
+            // holds as many IKE SAs as the endpoint allows must delete some first (see `set_rekey_room`).
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.25.2
+            //# If a peer receives a request to rekey an IKE SA that it is currently trying to close, it SHOULD
+            //# reply with TEMPORARY_FAILURE.
+            refuse(self, Notify::new(n::TEMPORARY_FAILURE, vec![]));
+            return;
+        }
         if busy {
             //= https://www.rfc-editor.org/rfc/rfc7296#section-2.25.1
             //# If a peer receives a request to rekey the IKE SA, and it is currently, rekeying, or closing a
@@ -390,7 +419,7 @@ impl IkeSa {
         self.standing = Standing::Replaced;
         if self.state == State::Established {
             self.state = State::Rekeyed;
-            self.last_heard = now;
+            self.replaced_at = Some(now);
         }
     }
 }

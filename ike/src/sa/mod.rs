@@ -224,6 +224,19 @@ pub(crate) struct Child {
     rekeyed: bool,
 }
 
+impl Child {
+    /// The event that reports it gone, for the driver to remove.
+    pub(crate) fn down(&self, peer: &str, reason: Reason) -> Event {
+        Event::ChildDown {
+            peer: peer.to_owned(),
+            spi_in: self.spi_in,
+            spi_out: self.spi_out,
+            reason,
+            refused: false,
+        }
+    }
+}
+
 /// What an IKE SA holds of its handshake, which only the handshake needs: each phase owns only its data (as
 /// rustls's `client/hs.rs` states do), so that code needing the keys gets them from the phase that has them.
 enum Phase {
@@ -297,6 +310,9 @@ pub struct IkeSa {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     last_heard: Instant,
+    /// When the peer's rekey replaced this SA ([`State::Rekeyed`]): it is dropped a retransmission budget later
+    /// if the peer has not deleted it by then, however often the peer sends on it meanwhile.
+    replaced_at: Option<Instant>,
     established_at: Option<Instant>,
     /// When this SA began (our IKE_SA_INIT request sent, or the peer's received).
     created_at: Instant,
@@ -340,6 +356,8 @@ pub struct IkeSa {
     create_limit: TokenBucket,
     /// The peer's IKE SA rekeys (inherited likewise).
     rekey_limit: TokenBucket,
+    /// False while the peer holds as many IKE SAs as a rekey may take it to (see `set_rekey_room`).
+    rekey_room: bool,
     /// Where the peer was when the SA was made (the key of a half-open SA's retransmission lookup).
     origin: SocketAddr,
     /// When the SA was made: [`Event::IkeUp`] reports how long the handshake took.
@@ -448,6 +466,7 @@ impl IkeSa {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             last_heard: now,
+            replaced_at: None,
             established_at: None,
             created_at: now,
             initial_contact: false,
@@ -469,6 +488,7 @@ impl IkeSa {
             tried_pairs: Vec::new(),
             create_limit: TokenBucket::new(CREATE_CHILD_BURST, CREATE_CHILD_INTERVAL),
             rekey_limit: TokenBucket::new(IKE_REKEY_BURST, IKE_REKEY_INTERVAL),
+            rekey_room: true,
             origin: remote,
         }
     }
@@ -721,13 +741,8 @@ impl IkeSa {
 
     /// Reports a Child SA gone, for the driver to remove.
     fn child_down(&mut self, c: &Child, reason: Reason) {
-        self.events.push_back(Event::ChildDown {
-            peer: self.cfg.name.clone(),
-            spi_in: c.spi_in,
-            spi_out: c.spi_out,
-            reason,
-            refused: false,
-        });
+        let e = c.down(&self.cfg.name, reason);
+        self.events.push_back(e);
     }
 
     /// Reports a Child SA that never came up (either side refused it, or its answer was unusable): nothing to

@@ -116,3 +116,51 @@ fn half_open_sa_ends_unreported() {
     assert_eq!(b.state(), State::Closed);
     assert!(b.poll_event().is_none(), "nothing reported");
 }
+
+/// An established pair of SAs, A the initiator.
+fn established(now: Instant) -> (IkeSa, IkeSa) {
+    let mut a = IkeSa::initiate(peer("b", A, B), now);
+    let request = a.poll_transmit().unwrap();
+    let Some(InitOutcome::Created(mut b)) =
+        IkeSa::respond_init(peer("a", B, A), now, &request.data, addr(A))
+    else {
+        panic!("B answers IKE_SA_INIT");
+    };
+    deliver(now, &mut b, B, &mut a);
+    deliver(now, &mut a, A, &mut b);
+    deliver(now, &mut b, B, &mut a);
+    assert_eq!(
+        (a.state(), b.state()),
+        (State::Established, State::Established)
+    );
+    while a.poll_event().is_some() {}
+    while b.poll_event().is_some() {}
+    (a, *b)
+}
+
+/// Message IDs at the end of their 32 bits: the peer's request with ID 2^32-1 made `peer_next_id` overflow (a
+/// panic where overflow is checked, a wrap to 0 elsewhere, after which the peer's oldest requests would have
+/// been taken afresh); our own request with that ID did the same to `next_id`. A peer can send that many in
+/// hours (liveness checks are not rate-limited, and a peer that refuses our IKE SA rekeys keeps the counters).
+/// Now the request is answered and the IKE SA deleted, and we never send that ID: the SA is closed first.
+//= https://www.rfc-editor.org/rfc/rfc7296#section-2.2
+//# In the unlikely event that Message IDs grow too large to fit in 32 bits, the IKE SA MUST be closed or
+//# rekeyed.
+#[test]
+fn message_ids_at_the_end_of_32_bits_close_the_ike_sa() {
+    let now = Instant::now();
+    let (mut a, mut b) = established(now);
+    b.peer_next_id = u32::MAX;
+    let last = a
+        .protect(a.header(ExchangeType::INFORMATIONAL, false, u32::MAX), &[])
+        .unwrap();
+    b.handle(now, &last[0], addr(A), IKE_PORT);
+    let sent: Vec<Transmit> = std::iter::from_fn(|| b.poll_transmit()).collect();
+    assert_eq!(sent.len(), 2, "the answer, then the delete");
+    assert_eq!(b.state(), State::Deleting);
+    // Ours: the ID before the last is the last we send.
+    a.next_id = u32::MAX;
+    a.check_liveness(now);
+    assert!(a.poll_transmit().is_none());
+    assert_eq!(a.state(), State::Closed);
+}

@@ -64,7 +64,7 @@ pub(super) enum Timer {
     Retransmit,
     /// A half-open responder SA that never saw IKE_AUTH ([`HALF_OPEN_TIMEOUT`]).
     HalfOpen,
-    /// A rekeyed IKE SA whose peer never deleted it: dropped after the retransmission budget.
+    /// A rekeyed IKE SA whose peer never deleted it: dropped the retransmission budget after it was replaced.
     RekeyedDrop,
     /// The redundant IKE SA of a rekey collision whose creator did not delete it ([`REDUNDANT_GRACE`]).
     RedundantDelete,
@@ -128,10 +128,16 @@ impl IkeSa {
                 (idle && self.state == State::AwaitingAuth)
                     .then(|| self.last_heard + HALF_OPEN_TIMEOUT),
             ),
+            // From when it was replaced, not from when the peer was last heard on it: a peer that kept sending
+            // liveness checks on the SAs its rekeys replaced (one per IKE_REKEY_INTERVAL) kept them all.
+            //= https://www.rfc-editor.org/rfc/rfc7296#section-2.8
+            //# After the new equivalent IKE SA is created, the initiator deletes the old IKE SA, and the Delete
+            //# payload to delete itself MUST be the last request sent over the old IKE SA.
             (
                 Timer::RekeyedDrop,
                 (idle && self.state == State::Rekeyed)
-                    .then(|| self.last_heard + self.total_retransmit_time()),
+                    .then(|| self.replaced_at.map(|t| t + self.total_retransmit_time()))
+                    .flatten(),
             ),
             (
                 Timer::RedundantDelete,
