@@ -65,7 +65,9 @@ fn both_ends_initiating_at_once_leave_one_working_tunnel() {
             // socket was open, and its retransmission 4 s later made a second IKE SA while the pings ran) is
             // deleted 1 s later while it carries traffic: a packet in flight on it then meets no SA at the end
             // that already took the delete (seen once in three full runs: no_sa_in 1, every ping answered).
-            // That loss is bounded; anything more, or on the way out, is the bug this test is about.
+            // Since 2026-12-06 the deleted duplicate's inbound SA lingers 5 s as a rekeyed one does, which should
+            // take that loss away; the bound stays until full runs have shown it at 0. Anything more, or on the
+            // way out, is the bug this test is about.
             let duplicates = v.log().matches("IKE SA established").count() > 1;
             let in_flight = if duplicates { 2 } else { 0 };
             assert!(

@@ -248,6 +248,111 @@ impl<'a> Ipv6Packet<'a> {
     }
 }
 
+/// IP protocol numbers of ICMP and ICMPv6.
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+/// IPv6 extension headers [`icmp_error_quote`] walks: Hop-by-Hop Options, Routing, Fragment, Authentication
+/// Header, Destination Options.
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+/// Most extension headers walked before the ICMPv6 header: a packet with more is refused as unreadable (a
+/// real stack sends two or three at most).
+const MAX_EXT_HEADERS: usize = 8;
+/// Bytes of the ICMP and ICMPv6 header in front of the quoted packet of an error message.
+const ICMP_HEADER_LEN: usize = 8;
+
+/// What an inner packet says about the packet it is an ICMP or ICMPv6 error for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IcmpQuote {
+    /// Not an ICMP error (any other packet, an informational ICMP message, a non-first fragment).
+    NotAnError,
+    /// An ICMP error quoting a packet from `src` to `dst`.
+    Quotes { src: IpAddr, dst: IpAddr },
+    /// An ICMP error whose quoted header is not all there (or whose IPv6 header chain is cut short or too
+    /// long to walk): nothing says which flow it is about.
+    Unreadable,
+}
+
+/// Whether `pkt` is an ICMP error, and which packet it quotes. An error message acts on the flow of the packet
+/// it quotes (a path MTU, an unreachable port), so the inbound policy checks that packet too (`inbound.rs`).
+///
+/// A fragment with a non-zero offset carries no ICMP header and is [`IcmpQuote::NotAnError`]: the first
+/// fragment holds the ICMP header and is checked; a fragmented error whose quote lies beyond its first
+/// fragment is [`IcmpQuote::Unreadable`].
+pub(crate) fn icmp_error_quote(pkt: &[u8]) -> IcmpQuote {
+    let quoted = |q: Option<&[u8]>| -> IcmpQuote {
+        match q.and_then(|q| Some((src_addr(q)?, dst_addr(q)?))) {
+            Some((src, dst)) => IcmpQuote::Quotes { src, dst },
+            None => IcmpQuote::Unreadable,
+        }
+    };
+    match version(pkt) {
+        Some(4) => {
+            let Some(ip) = Ipv4Packet::new_checked(pkt) else {
+                return IcmpQuote::NotAnError;
+            };
+            if ip.protocol() != IPPROTO_ICMP || be16(ip.fixed, ipv4::FLG_OFF) & 0x1fff != 0 {
+                return IcmpQuote::NotAnError;
+            }
+            let Some(icmp) = ip.payload() else {
+                return IcmpQuote::Unreadable;
+            };
+            // The error types of RFC 792 (Linux's icmp_pointers marks the same five as errors): destination
+            // unreachable, source quench, redirect, time exceeded, parameter problem.
+            match icmp.first() {
+                Some(3 | 4 | 5 | 11 | 12) => quoted(icmp.get(ICMP_HEADER_LEN..)),
+                Some(_) => IcmpQuote::NotAnError,
+                None => IcmpQuote::Unreadable,
+            }
+        }
+        Some(6) => {
+            let Some(ip) = Ipv6Packet::new_checked(pkt) else {
+                return IcmpQuote::NotAnError;
+            };
+            let mut next = ip.next_header();
+            let mut at = ipv6::HEADER_LEN;
+            for _ in 0..MAX_EXT_HEADERS {
+                let (len, more) = match (next, pkt.get(at..).unwrap_or_default()) {
+                    (IPPROTO_ICMPV6, [ty, ..]) => {
+                        //= https://www.rfc-editor.org/rfc/rfc4443#section-2.1
+                        //# Error messages are identified as such by a zero in the high-order bit of their
+                        //# message Type field values.
+                        return if ty & 0x80 == 0 {
+                            quoted(pkt.get(at + ICMP_HEADER_LEN..))
+                        } else {
+                            IcmpQuote::NotAnError
+                        };
+                    }
+                    (IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS, [nh, len, ..]) => {
+                        ((usize::from(*len) + 1) * 8, *nh)
+                    }
+                    (IPV6_AH, [nh, len, ..]) => ((usize::from(*len) + 2) * 4, *nh),
+                    (IPV6_FRAGMENT, [nh, _, o0, o1, ..]) => {
+                        if u16::from_be_bytes([*o0, *o1]) >> 3 != 0 {
+                            return IcmpQuote::NotAnError;
+                        }
+                        (8, *nh)
+                    }
+                    // The chain ends in something else (TCP, UDP, ESP, No Next Header): not ICMPv6.
+                    (
+                        IPPROTO_ICMPV6 | IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AH
+                        | IPV6_FRAGMENT,
+                        _,
+                    ) => return IcmpQuote::Unreadable,
+                    _ => return IcmpQuote::NotAnError,
+                };
+                at += len;
+                next = more;
+            }
+            IcmpQuote::Unreadable
+        }
+        _ => IcmpQuote::NotAnError,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,5 +389,51 @@ mod tests {
         assert_eq!(v.payload(), &[9, 9, 9, 9]);
         assert!(Ipv6Packet::new_checked(&p6[..39]).is_none());
         assert!(Ipv4Packet::new_checked(&p6).is_none());
+    }
+
+    /// The IPv6 header chain in front of an ICMPv6 error is walked within bounds: a chain cut short or longer
+    /// than MAX_EXT_HEADERS is unreadable (the policy drops it), a later fragment or a chain ending in
+    /// something else is no error, and nothing reads past the packet.
+    #[test]
+    fn icmpv6_header_chain_is_walked_within_bounds() {
+        let v6 = |nh: u8, payload: &[u8]| {
+            let mut p = vec![0x60, 0, 0, 0, 0, payload.len() as u8, nh, 64];
+            p.extend_from_slice(&[0x20; 32]);
+            p.extend_from_slice(payload);
+            p
+        };
+        let dest_opts = |nh: u8| [nh, 0, 1, 4, 0, 0, 0, 0];
+        let mut chain = Vec::new();
+        for _ in 0..MAX_EXT_HEADERS {
+            chain.extend_from_slice(&dest_opts(IPV6_DEST_OPTS));
+        }
+        chain.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+        chain.extend_from_slice(&v6(IPPROTO_UDP, &[0; 8]));
+        assert_eq!(
+            icmp_error_quote(&v6(IPV6_DEST_OPTS, &chain)),
+            IcmpQuote::Unreadable
+        );
+        let short = &v6(IPV6_DEST_OPTS, &dest_opts(IPPROTO_ICMPV6))[..44];
+        assert_eq!(icmp_error_quote(short), IcmpQuote::Unreadable);
+        let later_fragment = [IPPROTO_ICMPV6, 0, 0x05, 0x01, 0, 0, 0, 1, 1, 0, 0, 0];
+        assert_eq!(
+            icmp_error_quote(&v6(IPV6_FRAGMENT, &later_fragment)),
+            IcmpQuote::NotAnError
+        );
+        assert_eq!(
+            icmp_error_quote(&v6(IPPROTO_TCP, &[1; 20])),
+            IcmpQuote::NotAnError
+        );
+        assert_eq!(
+            icmp_error_quote(&v6(IPV6_DEST_OPTS, &dest_opts(IPPROTO_TCP))),
+            IcmpQuote::NotAnError
+        );
+        let mut ok = vec![1, 0, 0, 0, 0, 0, 0, 0];
+        ok.extend_from_slice(&v6(IPPROTO_UDP, &[0; 8]));
+        let q = icmp_error_quote(&v6(
+            IPV6_AH,
+            &[&[IPPROTO_ICMPV6, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0][..], &ok].concat(),
+        ));
+        assert!(matches!(q, IcmpQuote::Quotes { .. }), "{q:?}");
     }
 }

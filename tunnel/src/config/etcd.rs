@@ -1,12 +1,14 @@
 //! `[etcd]`: mesh membership from an etcd cluster (v3 API). Each host publishes its own entry under
 //! `prefix` with a lease it keeps alive, and watches the prefix for the others (`crate::membership`).
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::schema::{self, S};
 use super::validate::Cx;
 use super::ConfigError;
+use crate::prefix::Prefix;
 
 /// `lease_ttl` when absent: a host that dies without deleting its entry disappears from the others' meshes
 /// this long after its last keep-alive.
@@ -28,6 +30,27 @@ pub struct EtcdSettings {
     pub client: Option<(PathBuf, PathBuf)>,
     /// `lease_ttl`: see [`DEFAULT_LEASE_TTL`].
     pub lease_ttl: Duration,
+    /// `subnets_within`: the ranges the subnets of etcd members must lie in; empty when not set (anywhere,
+    /// as before the key existed). Every subnet a member claims becomes a route into the tunnel on every host,
+    /// so without it whoever can write to the prefix can take any range no host claimed yet, the hypervisors'
+    /// management network, DNS servers or default gateway included, and blackhole it mesh-wide.
+    pub subnets_within: Vec<Prefix>,
+}
+
+impl EtcdSettings {
+    /// The addresses of the endpoints that name one (not a DNS name): an etcd member claiming a subnet that holds
+    /// one is refused, since the route would cut this host off from the store it needs to recover.
+    pub fn endpoint_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.endpoints.iter().filter_map(|u| {
+            let rest = u.split_once("://").map_or(u.as_str(), |(_, r)| r);
+            let authority = rest.split('/').next().unwrap_or(rest);
+            authority
+                .parse::<SocketAddr>()
+                .map(|s| s.ip())
+                .or_else(|_| authority.parse::<IpAddr>())
+                .ok()
+        })
+    }
 }
 
 impl Cx<'_> {
@@ -107,12 +130,40 @@ impl Cx<'_> {
                 ));
             }
         }
+        let mut subnets_within: Vec<Prefix> = Vec::new();
+        for (j, r) in e
+            .subnets_within
+            .iter()
+            .flat_map(|v| v.get_ref())
+            .enumerate()
+        {
+            let key = format!("etcd.subnets_within[{j}]");
+            let p = r.get_ref().parse::<Prefix>().map_err(|err| {
+                self.invalid(
+                    r,
+                    &key,
+                    err.to_string(),
+                    "a CIDR range such as \"198.19.0.0/16\" or \"fd00:19::/48\"",
+                )
+            })?;
+            subnets_within.push(p);
+        }
+        if let Some(v) = e.subnets_within.as_ref().filter(|v| v.get_ref().is_empty()) {
+            return Err(self.invalid(
+                v,
+                "etcd.subnets_within",
+                "the list is empty".into(),
+                "the CIDR ranges the VM subnets of hosts from etcd lie in, e.g. [\"198.19.0.0/16\"]; or remove the \
+                 key to accept them anywhere",
+            ));
+        }
         Ok(EtcdSettings {
             endpoints,
             prefix,
             ca,
             client,
             lease_ttl,
+            subnets_within,
         })
     }
 }

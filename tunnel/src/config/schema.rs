@@ -28,6 +28,7 @@ pub(super) struct EtcdSection {
     pub(super) cert: Option<S<String>>,
     pub(super) key: Option<S<String>>,
     pub(super) lease_ttl: Option<S<toml::Value>>,
+    pub(super) subnets_within: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -71,6 +71,9 @@ pub(super) struct ControlPlane {
     libvirt_peers: HashSet<String>,
     /// The outbound SPIs whose early rekey was already asked for.
     rekey_asked: HashSet<u32>,
+    /// Peers whose SAs we are deleting on purpose (reload removed or changed them, or their learned subnets
+    /// were refused): their Child SAs are cut at once, not left to linger (see `linger`).
+    cutting: HashSet<String>,
     /// Rate limits of the log lines that carry what unauthenticated senders chose.
     pub(super) logs: logcap::Limits,
     /// The endpoint's next timer as last asked, and whether the endpoint was called since (see `next_timer`).
@@ -96,6 +99,7 @@ impl ControlPlane {
             schedule,
             learned: Learned::default(),
             rekey_asked: HashSet::new(),
+            cutting: HashSet::new(),
             logs: logcap::Limits::new(),
             ike_deadline: None,
             touched: true,
@@ -223,7 +227,7 @@ impl ControlPlane {
         // IKE: delete what goes or changes, then the new peer list (unchanged peers keep their configuration
         // object, and with it their SAs).
         for n in plan.remove.iter().chain(&plan.change) {
-            self.endpoint.delete_peer(now, n);
+            self.delete_peer(now, n);
         }
         self.endpoint.set_peers(now, plan.peers.clone());
         // When to initiate: new peers as at start-up; changed ones once their old IKE SA is gone (the IkeDown
@@ -247,7 +251,27 @@ impl ControlPlane {
     /// Deletes the IKE SA with `peer` (its learned subnets were refused).
     pub(super) fn delete_peer(&mut self, now: Instant, peer: &str) {
         self.touched = true;
+        if self.endpoint.has_sa(peer) {
+            self.cutting.insert(peer.to_owned());
+        }
         self.endpoint.delete_peer(now, peer);
+    }
+
+    /// Whether a deleted Child SA's inbound SA keeps accepting packets for a while (the datapath's
+    /// `REKEYED_INBOUND_LINGER`, 5 s) rather than going at once. ESP the peer sent on it just
+    /// before the delete may still be in flight: behind the DELETE on another path (raw ESP is read from
+    /// another socket than IKE), or sent before the peer processed ours. That is so after a rekey, and after a
+    /// delete of one of two Child SAs or IKE SAs the peer and we hold (a duplicate of a simultaneous start,
+    /// resolved a second later while it carried traffic). An SA past its hard lifetime, of a peer found dead or restarted, or cut on purpose (reload, refused subnets) goes at
+    /// once. Bounded: Child SAs come and go only as fast as `ike`'s rate limits let a peer create them.
+    fn linger(&self, peer: &str, reason: &Reason) -> bool {
+        match reason {
+            Reason::Rekeyed => true,
+            Reason::DeletedByPeer | Reason::DeletedByUs => {
+                !self.cutting.contains(peer) && self.config.peers().any(|p| p.name == peer)
+            }
+            _ => false,
+        }
     }
 
     /// Learns the subnets of a new Child SA of a `subnets = "libvirt"` peer (see `learned.rs`): false, with the
@@ -312,6 +336,9 @@ impl ControlPlane {
                 unauthenticated,
             } => {
                 log_ike_down(&mut self.logs, &peer, &reason, unauthenticated, now);
+                if !self.endpoint.has_sa(&peer) {
+                    self.cutting.remove(&peer);
+                }
                 // Keep trying, with back-off: the mesh wants every tunnel up. But a report about an IKE SA that
                 // never authenticated the peer (a refused request from its address, or an unprotected error our own
                 // IKE_SA_INIT got, which `ike` does not act on) changes nothing while an IKE SA with the peer is
@@ -369,7 +396,7 @@ impl ControlPlane {
             } => {
                 if !refused {
                     tracing::info!(%peer, spi_in = format!("{spi_in:08x}"), spi_out = format!("{spi_out:08x}"), "Child SA deleted: {}", logcap::clean(&reason, logcap::MAX_FIELD));
-                    actions.push(if matches!(reason, Reason::Rekeyed) {
+                    actions.push(if self.linger(&peer, &reason) {
                         Action::Retire {
                             peer: peer.clone(),
                             spi_in,

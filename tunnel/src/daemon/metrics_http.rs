@@ -2,8 +2,8 @@
 //!
 //! It runs in tasks of its own and asks the event loop for a [`Snapshot`] at most once per [`SNAPSHOT_TTL`],
 //! however often it is scraped: no client can stall the loop or make it work more. Anyone who can reach the
-//! address can connect, so each connection is bounded: at most [`MAX_CONNECTIONS`] at once (more are closed at
-//! once), a request head of at most [`MAX_REQUEST_HEAD`] bytes read within [`IO_TIMEOUT`], the answer written
+//! address can connect, so each connection is bounded: at most [`MAX_CONNECTIONS`] at once (a new one takes the
+//! slot of the oldest that has not sent its whole request head yet, else it is closed at once), a request head of at most [`MAX_REQUEST_HEAD`] bytes read within [`IO_TIMEOUT`], the answer written
 //! within [`IO_TIMEOUT`], then the connection closed. Nothing a client sends is logged or kept.
 
 use std::sync::Arc;
@@ -41,6 +41,19 @@ pub(crate) fn listen(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> 
     Ok(TcpListener::from_std(l)?)
 }
 
+/// How long a new connection waits for the slot of the connection it displaced (which gives it up at its next
+/// poll).
+const EVICT_WAIT: Duration = Duration::from_millis(200);
+
+/// Connections still reading their request head, oldest first, each with what tells it to give its slot up.
+type Reading = Arc<std::sync::Mutex<std::collections::VecDeque<(u64, Arc<tokio::sync::Notify>)>>>;
+
+fn lock(
+    r: &Reading,
+) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, Arc<tokio::sync::Notify>)>> {
+    r.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The last rendered text and when its snapshot was taken.
 type Cache = Arc<tokio::sync::Mutex<Option<(Instant, Arc<String>)>>>;
 
@@ -52,20 +65,46 @@ pub(crate) fn serve(
 ) -> tokio::task::JoinHandle<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let cache: Cache = Arc::default();
+    let reading: Reading = Arc::default();
+    let mut next_id: u64 = 0;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((mut stream, _)) = listener.accept().await else {
                 // EMFILE and the like: wait a little instead of spinning.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                continue;
+            let permit = match slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                // Full: the oldest connection still reading its request head gives its slot up. Connections
+                // that say nothing (slowloris) then hold no slot against a scraper, whose request arrives with
+                // its connection; to lock it out, a client must now open connections faster than it sends.
+                Err(_) => {
+                    let Some((_, stop)) = lock(&reading).pop_front() else {
+                        continue; // every slot is answering a request: closed at once
+                    };
+                    stop.notify_one();
+                    match tokio::time::timeout(EVICT_WAIT, slots.clone().acquire_owned()).await {
+                        Ok(Ok(p)) => p,
+                        _ => continue,
+                    }
+                }
             };
             let (to_loop, events, cache) = (to_loop.clone(), events.clone(), cache.clone());
+            let (id, stop) = (next_id, Arc::new(tokio::sync::Notify::new()));
+            next_id += 1;
+            lock(&reading).push_back((id, stop.clone()));
+            let reading = reading.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                serve_one(stream, &to_loop, &events, &cache).await;
+                let head = tokio::select! {
+                    head = read_head(&mut stream) => head,
+                    () = stop.notified() => None,
+                };
+                lock(&reading).retain(|(i, _)| *i != id);
+                if let Some(head) = head {
+                    serve_one(stream, &head, &to_loop, &events, &cache).await;
+                }
             });
         }
     })
@@ -154,16 +193,15 @@ async fn metrics_text(
     Some(text)
 }
 
+/// Answers a connection whose request head was read.
 async fn serve_one(
     mut stream: TcpStream,
+    head: &[u8],
     to_loop: &mpsc::Sender<SnapshotRequest>,
     events: &EventCounters,
     cache: &Cache,
 ) {
-    let Some(head) = read_head(&mut stream).await else {
-        return;
-    };
-    let (status, body, head_only) = match parse_head(&head) {
+    let (status, body, head_only) = match parse_head(head) {
         Asked::Metrics { head_only } => match metrics_text(to_loop, events, cache).await {
             Some(t) => ("200 OK", t, head_only),
             None => (
@@ -302,6 +340,66 @@ mod tests {
                 .await
                 .expect("a silent client is closed within the timeout");
             assert_eq!(r.unwrap_or(0), 0);
+        });
+    }
+
+    /// Slowloris: as many silent connections as there are slots, made again as soon as they are closed, locked
+    /// every scrape out (a new connection was closed at once while the slots were full). A connection that has
+    /// not sent a whole request head now gives its slot to a new one, oldest first, so the scrape is answered
+    /// and the oldest silent client is closed.
+    #[test]
+    fn silent_clients_give_their_slots_to_a_scrape() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+            let addr = l.local_addr().unwrap();
+            let (tx, mut rx) = mpsc::channel::<SnapshotRequest>(1);
+            let _server = serve(l, tx, EventCounters::default());
+            tokio::spawn(async move {
+                while let Some(r) = rx.recv().await {
+                    let _ = r.send(Snapshot {
+                        status: crate::daemon::control::Status {
+                            host: "h1".into(),
+                            peers: vec![],
+                            drops: Default::default(),
+                            raw_esp_out: Default::default(),
+                            raw_esp_in: Default::default(),
+                            refused: vec![],
+                        },
+                        ike: Default::default(),
+                        half_open: 0,
+                        demanding_cookies: false,
+                        firewall_repairs: 0,
+                    });
+                }
+            });
+            let mut silent = Vec::new();
+            for _ in 0..MAX_CONNECTIONS {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                // One byte of a head that never ends: the connection is accepted and reading.
+                s.write_all(b"G").await.unwrap();
+                silent.push(s);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            for _ in 0..3 {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut text = String::new();
+                tokio::time::timeout(IO_TIMEOUT, s.read_to_string(&mut text))
+                    .await
+                    .expect("answered before the silent clients time out")
+                    .unwrap();
+                assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
+            }
+            let n = tokio::time::timeout(Duration::from_secs(2), silent[0].read(&mut [0u8; 16]))
+                .await
+                .expect("the oldest silent client was closed");
+            assert_eq!(n.unwrap_or(0), 0);
         });
     }
 }

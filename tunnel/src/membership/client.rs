@@ -364,6 +364,7 @@ mod tests {
             ca: Some(ca),
             client: Some((cert, key.clone())),
             lease_ttl: Duration::from_secs(10),
+            subnets_within: Vec::new(),
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()

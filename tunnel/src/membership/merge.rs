@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use super::entry::Member;
+use crate::config::etcd::EtcdSettings;
 use crate::config::{Auth, Config, Host, Identity, PublicKeyFile};
 use crate::prefix::Prefix;
 
@@ -65,6 +66,28 @@ fn conflict(hosts: &[Host], m: &Host) -> Option<String> {
             return Some(format!(
                 "one of its subnets holds host {}'s address {a}",
                 h.name
+            ));
+        }
+    }
+    None
+}
+
+/// Why the subnets of `m` may not come from etcd at all, if they may not: one holds an etcd endpoint's address,
+/// or lies outside `etcd.subnets_within` when that is set. Each subnet becomes a route into the tunnel on every
+/// host, whether or not the member ever authenticates.
+fn out_of_bounds(etcd: &EtcdSettings, m: &Host) -> Option<String> {
+    for q in &m.subnets {
+        if let Some(a) = etcd.endpoint_addresses().find(|a| q.contains(*a)) {
+            return Some(format!(
+                "its subnet {q} holds the address of etcd endpoint {a}: its route would cut the hosts off from etcd"
+            ));
+        }
+        let within = &etcd.subnets_within;
+        if !within.is_empty() && !within.iter().any(|r| r.contains_prefix(q)) {
+            let ranges: Vec<String> = within.iter().map(|r| r.to_string()).collect();
+            return Some(format!(
+                "its subnet {q} lies outside etcd.subnets_within ({})",
+                ranges.join(", ")
             ));
         }
     }
@@ -195,6 +218,15 @@ pub fn merge(file: &Config, members: &[Member], pins: &Pins) -> Merged {
                     m.host.name, f.name, f.address
                 ));
             }
+            continue;
+        }
+        if let Some(why) = file
+            .mesh
+            .etcd
+            .as_ref()
+            .and_then(|e| out_of_bounds(e, &m.host))
+        {
+            refused.push(format!("etcd member {} refused: {why}", m.host.name));
             continue;
         }
         if let Some(i) = claims.conflict(&m.host) {
@@ -441,5 +473,36 @@ mod tests {
         let peers: Vec<&str> = m.config.peers().map(|h| h.name.as_str()).collect();
         assert_eq!(peers, ["h2", "h3"]);
         assert_eq!(m.config.unreachable()[0].peer, "h5");
+    }
+
+    /// A writer of etcd (a compromised store, any holder of a client certificate it accepts) publishes a member
+    /// whose subnets are ranges no host claimed: the hypervisors' management network, or the range of the etcd
+    /// cluster itself. Every host would route them into the tunnel, towards a member that may never
+    /// authenticate: a mesh-wide blackhole, and cut off from etcd, no way back. A subnet that holds an etcd
+    /// endpoint's address is refused always; with `etcd.subnets_within`, so is one outside those ranges.
+    #[test]
+    fn members_cannot_claim_the_stores_address_or_subnets_outside_the_allowed_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = file(dir.path(), false);
+        let ms = vec![
+            member("h3", 3, "198.19.3.0/24"),
+            member("mgmt", 4, "10.0.0.0/8"),
+            member("store", 5, "198.18.0.8/29"),
+        ];
+        let m = merge(&f, &ms, &Pins::new());
+        assert_eq!(m.taken, ["h3", "mgmt"], "{:?}", m.refused);
+        assert_eq!(
+            m.refused,
+            ["etcd member store refused: its subnet 198.18.0.8/29 holds the address of etcd endpoint 198.18.0.10: \
+              its route would cut the hosts off from etcd"]
+        );
+        f.mesh.etcd.as_mut().unwrap().subnets_within = vec!["198.19.0.0/16".parse().unwrap()];
+        let m = merge(&f, &ms, &Pins::new());
+        assert_eq!(m.taken, ["h3"]);
+        assert_eq!(
+            m.refused[0],
+            "etcd member mgmt refused: its subnet 10.0.0.0/8 lies outside etcd.subnets_within (198.19.0.0/16)"
+        );
+        assert_eq!(m.refused.len(), 2);
     }
 }

@@ -440,6 +440,40 @@ fn subnets_must_be_cidr_prefixes() {
     assert_eq!(invalid(&e).0, "the list is empty");
 }
 
+/// `etcd.subnets_within`: the ranges etcd members' subnets must lie in (`membership::merge`), parsed as CIDR
+/// ranges; absent means anywhere, an empty list is refused.
+#[test]
+fn etcd_subnets_within_is_a_list_of_ranges() {
+    let f = Fixture::new();
+    let etcd = |within: &str| {
+        format!(
+            "[etcd]\nendpoints = [\"http://198.18.0.10:2379\"]\nprefix = \"/vmsecd/t/\"\n{within}\n{}",
+            with_mesh("")
+        )
+    };
+    let m = f.parse(&etcd("")).unwrap();
+    assert!(m.etcd.as_ref().unwrap().subnets_within.is_empty());
+    assert_eq!(
+        m.etcd
+            .as_ref()
+            .unwrap()
+            .endpoint_addresses()
+            .collect::<Vec<_>>(),
+        ["198.18.0.10".parse::<std::net::IpAddr>().unwrap()]
+    );
+    let m = f
+        .parse(&etcd(
+            r#"subnets_within = ["198.19.0.0/16", "fd00:19::/48"]"#,
+        ))
+        .unwrap();
+    assert_eq!(m.etcd.unwrap().subnets_within.len(), 2);
+    let e = f.err(&etcd("subnets_within = []"));
+    assert_eq!(e.key, "etcd.subnets_within");
+    assert_eq!(invalid(&e).0, "the list is empty");
+    let e = f.err(&etcd(r#"subnets_within = ["198.19.0.1/16"]"#));
+    assert_eq!(e.key, "etcd.subnets_within[0]");
+}
+
 #[test]
 fn ipv6_subnets_need_an_mtu_of_1280() {
     let f = Fixture::new();

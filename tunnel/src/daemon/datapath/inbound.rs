@@ -4,12 +4,13 @@
 //! while after their delete.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use esp::{InboundSa, PacketBuf, Sad};
 use ike::message::TrafficSelector;
 
-use crate::wire::{dst_addr, src_addr};
+use crate::wire::{dst_addr, icmp_error_quote, src_addr, IcmpQuote};
 
 pub(super) struct InPolicy {
     pub(super) peer: Option<usize>,
@@ -17,9 +18,35 @@ pub(super) struct InPolicy {
     pub(super) ts_remote: Vec<TrafficSelector>,
 }
 
-/// How long the inbound SA of a rekeyed Child SA keeps accepting packets after its delete exchange: ESP the
-/// peer sent on it just before it switched to the new SA may still be in flight, and reordered behind the
-/// DELETE (strongSwan keeps a rekeyed inbound SA for its `delete_rekeyed_delay`, 5 s by default).
+impl InPolicy {
+    /// Whether a packet from `src` to `dst` may arrive on the SA: from the peer's selectors to ours.
+    fn covers(&self, src: IpAddr, dst: IpAddr) -> bool {
+        self.ts_remote.iter().any(|t| t.contains_addr(src))
+            && self.ts_local.iter().any(|t| t.contains_addr(dst))
+    }
+
+    /// Whether an ICMP error may arrive on the SA: the packet it quotes must be one that left on it, from our
+    /// selectors to the peer's. Otherwise a peer could report errors about flows between our VMs and other
+    /// hosts (an unreachable port that resets a connected UDP socket, a Packet Too Big that shrinks the path
+    /// MTU towards another host's VMs), which the VMs' stacks believe from any router on the path. RFC 4301
+    /// 6.1.1.1 asks for this check of ICMP error messages received on an SA; Linux XFRM makes it in
+    /// icmp_rcv (xfrm4_policy_check_reverse on the quoted header) and drops an error it cannot read.
+    fn covers_quote(&self, inner: &[u8]) -> bool {
+        match icmp_error_quote(inner) {
+            IcmpQuote::NotAnError => true,
+            IcmpQuote::Quotes { src, dst } => {
+                self.ts_local.iter().any(|t| t.contains_addr(src))
+                    && self.ts_remote.iter().any(|t| t.contains_addr(dst))
+            }
+            IcmpQuote::Unreadable => false,
+        }
+    }
+}
+
+/// How long the inbound SA of a rekeyed Child SA (or of a duplicate, deleted while it carried traffic) keeps
+/// accepting packets after its delete exchange: ESP the peer sent on it just before it switched to the new SA
+/// may still be in flight, and reordered behind the DELETE (strongSwan keeps a rekeyed inbound SA for its
+/// `delete_rekeyed_delay`, 5 s by default).
 pub(crate) const REKEYED_INBOUND_LINGER: Duration = Duration::from_secs(5);
 
 /// SAD, policy and the rekeyed inbound SAs that linger.
@@ -86,10 +113,7 @@ impl Inbound {
         let ok = match (self.policy.get(&spi), src_addr(inner), dst_addr(inner)) {
             // RFC 4301 5.2: after decryption, the inner packet must match the SA's selectors; otherwise a peer
             // could inject traffic for subnets that belong to another host.
-            (Some(p), Some(s), Some(d)) => {
-                p.ts_remote.iter().any(|t| t.contains_addr(s))
-                    && p.ts_local.iter().any(|t| t.contains_addr(d))
-            }
+            (Some(p), Some(s), Some(d)) => p.covers(s, d) && p.covers_quote(inner),
             _ => false,
         };
         if !ok {

@@ -233,8 +233,9 @@ impl Datapath {
         self.remove_outbound(peer, spi_in, spi_out);
     }
 
-    /// A rekeyed Child SA's delete: its outbound SA goes now, its inbound SA keeps accepting what the peer sent
-    /// before it switched for [`inbound::REKEYED_INBOUND_LINGER`] ([`Datapath::expire_retired`] removes it).
+    /// A Child SA's delete after a rekey, or while the peer may still be sending on it (see the control plane's
+    /// `linger`): its outbound SA goes now, its inbound SA keeps accepting what the peer sent before it switched
+    /// for [`inbound::REKEYED_INBOUND_LINGER`] ([`Datapath::expire_retired`] removes it).
     pub(crate) fn retire(&mut self, now: Instant, peer: &str, spi_in: u32, spi_out: u32) {
         self.remove_outbound(peer, spi_in, spi_out);
         self.inb.retire(now, spi_in);

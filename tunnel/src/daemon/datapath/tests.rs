@@ -286,3 +286,153 @@ fn a_child_sa_with_too_many_selectors_is_not_installed() {
     d.install(&c, 64).unwrap();
     assert!(d.outbound_counters("p", 0x200).is_some());
 }
+
+/// The peer's outbound SA of the pair `c` (our inbound one).
+fn peer_out(c: &ChildSaInfo) -> OutboundSa {
+    OutboundSa::new(SaParams::new(c.spi_in, T, false), &c.keys_in).unwrap()
+}
+
+/// Decapsulates `pkt` as the peer sent it on `out`; true if it is delivered.
+fn receive_packet(d: &mut Datapath, out: &OutboundSa, pkt: &[u8]) -> bool {
+    let mut buf = vec![0u8; HEADROOM + pkt.len() + TAILROOM];
+    buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
+    let mut b = PacketBuf::new(&mut buf, HEADROOM, HEADROOM + pkt.len());
+    out.encap(&mut b).unwrap();
+    let mut esp = b.as_slice().to_vec();
+    d.decap(&mut PacketBuf::full(&mut esp))
+}
+
+/// An ICMPv4 message of `ty` from `src` to `dst` that quotes `quote` (the quoted packet's header and more).
+fn icmp4(src: [u8; 4], dst: [u8; 4], ty: u8, quote: &[u8]) -> Vec<u8> {
+    let mut p = inner(src, dst);
+    p[9] = 1;
+    let len = (20 + 8 + quote.len()) as u16;
+    p[2..4].copy_from_slice(&len.to_be_bytes());
+    p.extend_from_slice(&[ty, 4, 0, 0, 0, 0, 0x05, 0x14]);
+    p.extend_from_slice(quote);
+    p
+}
+
+/// A hostile peer (authenticated, inner addresses inside its selectors) sends ICMP errors to our VM about the
+/// VM's flows with a third host (198.19.3.0/24): a port unreachable resets the VM's connected UDP socket, a
+/// fragmentation needed shrinks its path MTU to that host. The packet an error quotes must have left on the
+/// same SA (RFC 4301 6.1.1.1): dropped as policy otherwise, and when the quote is not there to be read.
+#[test]
+fn icmp_errors_must_quote_a_packet_of_their_own_sa() {
+    let mut d = datapath();
+    let c = child(0x1001, 0x2001, 1);
+    d.install(&c, 64).unwrap();
+    let out = peer_out(&c);
+    let (router, vm, theirs, third) = (
+        [198, 19, 2, 1],
+        [198, 19, 1, 10],
+        [198, 19, 2, 10],
+        [198, 19, 3, 10],
+    );
+    let udp_quote = |from, to| {
+        let mut q = inner(from, to);
+        q[9] = 17;
+        q.extend_from_slice(&[0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
+        q
+    };
+    for ty in [3u8, 11, 12] {
+        assert!(
+            receive_packet(&mut d, &out, &icmp4(router, vm, ty, &udp_quote(vm, theirs))),
+            "type {ty} about a flow on this SA is delivered"
+        );
+        assert!(
+            !receive_packet(&mut d, &out, &icmp4(router, vm, ty, &udp_quote(vm, third))),
+            "type {ty} about the VM's flow with another host is dropped"
+        );
+    }
+    assert!(
+        !receive_packet(&mut d, &out, &icmp4(router, vm, 3, &udp_quote(theirs, vm))),
+        "a quote the wrong way round"
+    );
+    let truncated = udp_quote(vm, theirs);
+    assert!(
+        !receive_packet(&mut d, &out, &icmp4(router, vm, 3, &truncated[..19])),
+        "quote cut short"
+    );
+    assert_eq!(d.drops().policy, 5);
+    // Informational messages carry no quote; a fragment with an offset carries no ICMP header at all.
+    let echo = icmp4(router, vm, 8, &udp_quote(vm, third));
+    assert!(receive_packet(&mut d, &out, &echo));
+    let mut later_fragment = icmp4(router, vm, 3, &udp_quote(vm, third));
+    later_fragment[6..8].copy_from_slice(&[0, 0x10]);
+    assert!(receive_packet(&mut d, &out, &later_fragment));
+    assert_eq!(d.drops().policy, 5);
+}
+
+/// The same for ICMPv6, whose header may follow extension headers: a Packet Too Big behind a Destination
+/// Options header and a Fragment header (first fragment) is checked like one that is not.
+#[test]
+fn icmpv6_errors_behind_extension_headers_must_quote_a_packet_of_their_own_sa() {
+    let ts = |s: &str| s.parse::<Prefix>().unwrap().selector();
+    let mut d = Datapath::new(&[("p".into(), vec!["2001:db8:2::/64".parse().unwrap()])]);
+    let mut c = child(0x1001, 0x2001, 1);
+    c.ts_local = vec![ts("2001:db8:1::/64")];
+    c.ts_remote = vec![ts("2001:db8:2::/64")];
+    d.install(&c, 64).unwrap();
+    let out = peer_out(&c);
+    let addr = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let (router, vm, theirs, third) = (
+        addr("2001:db8:2::1"),
+        addr("2001:db8:1::10"),
+        addr("2001:db8:2::10"),
+        addr("2001:db8:3::10"),
+    );
+    let v6 = |nh: u8, src: [u8; 16], dst: [u8; 16], payload: &[u8]| {
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        p.extend_from_slice(&[nh, 64]);
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(payload);
+        p
+    };
+    let quote = |to| v6(17, vm, to, &[0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
+    let ptb = |ty: u8, to| {
+        let mut m = vec![ty, 0, 0, 0, 0, 0, 0x05, 0x00];
+        m.extend_from_slice(&quote(to));
+        m
+    };
+    // Destination Options (8 bytes, pad) then Fragment (offset 0, more fragments) then ICMPv6.
+    let behind_headers = |m: &[u8]| {
+        let mut p = vec![44, 0, 1, 4, 0, 0, 0, 0];
+        p.extend_from_slice(&[58, 0, 0, 1, 0, 0, 0, 7]);
+        p.extend_from_slice(m);
+        v6(60, router, vm, &p)
+    };
+    assert!(receive_packet(
+        &mut d,
+        &out,
+        &v6(58, router, vm, &ptb(2, theirs))
+    ));
+    assert!(!receive_packet(
+        &mut d,
+        &out,
+        &v6(58, router, vm, &ptb(2, third))
+    ));
+    assert!(receive_packet(
+        &mut d,
+        &out,
+        &behind_headers(&ptb(2, theirs))
+    ));
+    assert!(!receive_packet(
+        &mut d,
+        &out,
+        &behind_headers(&ptb(1, third))
+    ));
+    assert!(
+        !receive_packet(&mut d, &out, &v6(58, router, vm, &ptb(1, theirs)[..8 + 39])),
+        "quote cut short"
+    );
+    // Echo request (type 128): informational, no quote looked at.
+    assert!(receive_packet(
+        &mut d,
+        &out,
+        &v6(58, router, vm, &ptb(128, third))
+    ));
+    assert_eq!(d.drops().policy, 3);
+}
