@@ -99,7 +99,8 @@ fn ike_algorithms(c: &Chosen) -> Result<(sk::IkeEncr, Option<sk::Integ>, Prf), S
     ))
 }
 
-fn ike_prf(c: &Chosen) -> Option<Prf> {
+/// The PRF of a negotiated IKE proposal, if we implement it.
+pub(crate) fn ike_prf(c: &Chosen) -> Option<Prf> {
     Some(match c.prf?.id {
         ids::PRF_HMAC_SHA2_256 => Prf::HmacSha256,
         ids::PRF_HMAC_SHA2_384 => Prf::HmacSha384,
@@ -279,6 +280,11 @@ impl Suite {
             .keys
             .rekey(shared.as_ref(), ni, nr, spi_i, spi_r, encr, integ)?;
         Suite::with_keys(chosen, prf, keys, initiator)
+    }
+
+    /// The PRF: the one a nonce's least length depends on (RFC 7296 2.10).
+    pub(crate) fn prf(&self) -> Prf {
+        self.prf
     }
 
     /// The PRF (rekey proposals must keep it).

@@ -15,8 +15,8 @@ use ike::config::{id_from_addr, PeerConfig};
 use ike::endpoint::{self, Endpoint};
 use ike::event::{Event, Reason, Transmit};
 use ike::message::{
-    self, ExchangeType, Id, IdType, Notify, Payload, Proposal, ProtocolId, SaTransform,
-    TransformType,
+    self, ExchangeType, Header, Id, IdType, Notify, Payload, Proposal, ProtocolId, SaTransform,
+    TrafficSelector, TransformType,
 };
 use ike::notify as n;
 use ike::proposal::ProposalSpec;
@@ -1009,28 +1009,37 @@ fn forged_error_in_ike_sa_init_response_does_not_end_our_ike_sa() {
 
 /// An IKE_SA_INIT response we cannot use is as unauthenticated as an error notification: anyone who saw our
 /// request can send one. Each of these closed our IKE SA at once; now each is reported (once, as
-/// unauthenticated) and the IKE SA keeps retransmitting until the real response sets it up.
+/// unauthenticated) and the IKE SA keeps retransmitting until the real response sets it up. A zero responder
+/// SPI (RFC 7296 3.1) was accepted, and the IKE SA went on to IKE_AUTH with it; it is unusable too now. (A
+/// nonce outside 16..=256 octets makes the message malformed: the parser drops it.)
 #[test]
 fn forged_unusable_ike_sa_init_response_does_not_end_our_ike_sa() {
-    type Forge = fn(Vec<Payload>) -> Vec<Payload>;
-    let forgeries: [(&str, Forge); 5] = [
-        ("INVALID_KE_PAYLOAD naming a group we did not offer", |_| {
-            vec![Payload::Notify(Notify::new(
-                n::INVALID_KE_PAYLOAD,
-                9999u16.to_be_bytes().to_vec(),
-            ))]
-        }),
-        ("no SA payload", |p| {
+    type Forge = fn(&mut Header, Vec<Payload>) -> Vec<Payload>;
+    let forgeries: [(&str, Forge); 6] = [
+        (
+            "INVALID_KE_PAYLOAD naming a group we did not offer",
+            |_, _| {
+                vec![Payload::Notify(Notify::new(
+                    n::INVALID_KE_PAYLOAD,
+                    9999u16.to_be_bytes().to_vec(),
+                ))]
+            },
+        ),
+        ("no SA payload", |_, p| {
             p.into_iter()
                 .filter(|x| !matches!(x, Payload::Sa(_)))
                 .collect()
         }),
-        ("no nonce", |p| {
+        ("no nonce", |_, p| {
             p.into_iter()
                 .filter(|x| !matches!(x, Payload::Nonce(_)))
                 .collect()
         }),
-        ("a KE of the wrong length", |p| {
+        ("a zero responder SPI", |h, p| {
+            h.spi_r = 0;
+            p
+        }),
+        ("a KE of the wrong length", |_, p| {
             p.into_iter()
                 .map(|x| match x {
                     Payload::Ke { group, .. } => Payload::Ke {
@@ -1041,7 +1050,7 @@ fn forged_unusable_ike_sa_init_response_does_not_end_our_ike_sa() {
                 })
                 .collect()
         }),
-        ("a KE in another group", |p| {
+        ("a KE in another group", |_, p| {
             p.into_iter()
                 .map(|x| match x {
                     Payload::Ke { data, .. } => Payload::Ke { group: 19, data },
@@ -1059,7 +1068,9 @@ fn forged_unusable_ike_sa_init_response_does_not_end_our_ike_sa() {
         // The forger answers our request with a response made from a real one.
         let (_, real) = Fake::respond(&init.data, 0x5555_6666_7777_8888, None);
         let parsed = message::parse(&real).unwrap();
-        let forged = message::encode_plain(parsed.header, &forge(parsed.payloads));
+        let mut header = parsed.header;
+        let payloads = forge(&mut header, parsed.payloads);
+        let forged = message::encode_plain(header, &payloads);
         a.handle(now, &forged, addr(B, 500), 500);
         let ev = events(&mut a);
         assert!(
@@ -1136,6 +1147,212 @@ fn the_real_response_after_a_retransmission_completes(a: &mut Endpoint, what: &s
     let auth = a.poll_transmit().expect("IKE_AUTH request");
     let (h, _) = fake.open(&auth.data);
     assert_eq!(h.exchange, ExchangeType::IKE_AUTH, "{what}");
+}
+
+/// RFC 7296 2.10: nonces are at least half the key size of the negotiated PRF. With PRF_HMAC_SHA2_512 (64-byte
+/// keys) a responder nonce of 31 octets (legal by length alone) was accepted; it is an unusable response now,
+/// reported as unauthenticated while the IKE SA keeps waiting, and one of 32 octets is used.
+#[test]
+fn ike_sa_init_response_nonce_shorter_than_half_the_prf_key_is_unusable() {
+    let spec = "aes128gcm16-prfsha512-x25519";
+    for (len, usable) in [(31, false), (32, true)] {
+        let (mut cfg, _) = configs();
+        cfg.ike_proposals = vec![ProposalSpec::ike(spec).unwrap()];
+        let mut a = Endpoint::new(vec![Arc::new(cfg)]);
+        let now = Instant::now();
+        a.connect(now, "b").unwrap();
+        let init = a.poll_transmit().unwrap();
+        let chosen = ProposalSpec::ike(spec).unwrap().to_wire(1, vec![]);
+        let (_, real) = Fake::respond(&init.data, 0x5555_6666_7777_8888, Some(chosen));
+        let parsed = message::parse(&real).unwrap();
+        let payloads: Vec<Payload> = parsed
+            .payloads
+            .into_iter()
+            .map(|x| match x {
+                Payload::Nonce(_) => Payload::Nonce(vec![0x4e; len]),
+                x => x,
+            })
+            .collect();
+        a.handle(
+            now,
+            &message::encode_plain(parsed.header, &payloads),
+            addr(B, 500),
+            500,
+        );
+        let ev = events(&mut a);
+        let sent = transmits(&mut a);
+        if usable {
+            assert!(ev.is_empty(), "{len}: {ev:?}");
+            assert_eq!(sent.len(), 1, "{len}: IKE_AUTH request sent");
+        } else {
+            assert!(
+                matches!(
+                    &ev[..],
+                    [Event::IkeDown {
+                        unauthenticated: true,
+                        reason: Reason::Protocol(w),
+                        ..
+                    }] if w.contains("Nonce")
+                ),
+                "{len}: {ev:?}"
+            );
+            assert!(sent.is_empty(), "{len}: nothing sent for it");
+            assert!(a.has_sa("b"), "{len}: still waiting");
+        }
+    }
+}
+
+/// RFC 7296 2.10 at the responder: an IKE_SA_INIT request choosing PRF_HMAC_SHA2_512 with a nonce of 31
+/// octets (legal by length alone, shorter than half the PRF key) was answered with a key exchange and a
+/// half-open SA. Now it is refused with INVALID_SYNTAX before any key exchange, and 32 octets are answered.
+#[test]
+fn ike_sa_init_request_nonce_shorter_than_half_the_prf_key_is_refused() {
+    let spec = "aes128gcm16-prfsha512-x25519";
+    for (len, usable) in [(31, false), (32, true)] {
+        let (_, mut cfg) = configs();
+        cfg.ike_proposals = vec![ProposalSpec::ike(spec).unwrap()];
+        let mut b = Endpoint::new(vec![Arc::new(cfg)]);
+        let ke = ike::crypto::KeyShare::generate(ike::crypto::DhGroup::Curve25519).unwrap();
+        let req = init_with_ke(0x77, 31, ke.public().to_vec(), spec);
+        let p = message::parse(&req).unwrap();
+        let payloads: Vec<Payload> = p
+            .payloads
+            .into_iter()
+            .map(|x| match x {
+                Payload::Nonce(_) => Payload::Nonce(vec![0x4e; len]),
+                x => x,
+            })
+            .collect();
+        let now = Instant::now();
+        b.handle(
+            now,
+            &message::encode_plain(p.header, &payloads),
+            addr(A, 500),
+            500,
+        );
+        let t = transmits(&mut b);
+        assert_eq!(t.len(), 1, "{len}: answered");
+        let answer = message::parse(&t[0].data).unwrap().payloads;
+        let refused = answer
+            .iter()
+            .any(|x| matches!(x, Payload::Notify(y) if y.ntype == n::INVALID_SYNTAX));
+        assert_eq!(refused, !usable, "{len}: {answer:?}");
+        assert_eq!(b.half_open_count(), usize::from(usable), "{len}");
+    }
+}
+
+/// A (198.18.0.1, covering two subnets) authenticated to the scripted responder over an IKE SA with
+/// PRF_HMAC_SHA2_512 (64-byte keys: nonces of at least 32 octets), with one Child SA up. Returns A, the
+/// responder, that Child SA's inbound SPI and the clock.
+fn a_authenticated_with_prf_sha512() -> (Endpoint, Fake, u32, Instant) {
+    let spec = "aes128gcm16-prfsha512-x25519";
+    let (mut cfg, _) = configs();
+    cfg.ike_proposals = vec![ProposalSpec::ike(spec).unwrap()];
+    cfg.local_ts.push(TrafficSelector::from_prefix(
+        "198.19.3.0".parse().unwrap(),
+        24,
+    ));
+    let mut a = Endpoint::new(vec![Arc::new(cfg)]);
+    let now = Instant::now();
+    a.connect(now, "b").unwrap();
+    let init = a.poll_transmit().unwrap();
+    let chosen = ProposalSpec::ike(spec).unwrap().to_wire(1, vec![]);
+    let (fake, resp) = Fake::respond(&init.data, 0x1122_3344_5566_7788, Some(chosen));
+    a.handle(now, &resp, addr(B, 500), 500);
+    let auth = a.poll_transmit().expect("IKE_AUTH request");
+    let (h, req) = fake.open(&auth.data);
+    let mut esp = sa_of(&req)[0].clone();
+    esp.spi = vec![0xc0, 0, 0, 1];
+    // The first Child SA narrowed to the first subnet: the second one gets an additional Child SA.
+    let (tsi, tsr) = match ts_of(&req) {
+        (Payload::TsI(mut i), tsr) => {
+            i.truncate(1);
+            (Payload::TsI(i), tsr)
+        }
+        other => other,
+    };
+    let idr = id_from_addr(B.parse().unwrap());
+    let answer = fake.seal(
+        ExchangeType::IKE_AUTH,
+        true,
+        h.message_id,
+        &[
+            Payload::IdR(idr.clone()),
+            fake.auth(&idr),
+            Payload::Sa(vec![esp]),
+            tsi,
+            tsr,
+        ],
+    );
+    a.handle(now, &answer, addr(B, 500), 500);
+    let ev = events(&mut a);
+    let up = child_ups(&ev);
+    assert_eq!(up.len(), 1, "{ev:?}");
+    (a, fake, up[0].spi_in, now)
+}
+
+/// RFC 7296 2.10 in CREATE_CHILD_SA answers: a responder nonce shorter than half the PRF key (31 octets with
+/// PRF_HMAC_SHA2_512, legal by length alone) was taken into the Child SA's keys, of an additional Child SA and
+/// of a rekeyed one alike. Now each is refused like any unusable answer (ChildDown, the peer's SA deleted, the
+/// old Child SA and the IKE SA kept), and 32 octets are accepted.
+#[test]
+fn create_child_sa_answer_nonce_shorter_than_half_the_prf_key_is_refused() {
+    for (len, usable) in [(31, false), (32, true)] {
+        for rekey in [false, true] {
+            let what = format!("{len} octets, rekey {rekey}");
+            let (mut a, fake, spi_in, now) = a_authenticated_with_prf_sha512();
+            if rekey {
+                assert!(a.rekey_child_now(now, spi_in));
+                a.handle_timeout(now);
+            } else {
+                // The additional Child SA for the second subnet.
+                a.handle_timeout(a.poll_timeout().expect("a timer"));
+            }
+            let t = a.poll_transmit().expect("CREATE_CHILD_SA request");
+            let (h, req) = fake.open(&t.data);
+            assert_eq!(h.exchange, ExchangeType::CREATE_CHILD_SA, "{what}");
+            let is_rekey = req
+                .iter()
+                .any(|p| matches!(p, Payload::Notify(x) if x.ntype == n::REKEY_SA));
+            assert_eq!(is_rekey, rekey, "{what}");
+            let mut esp = sa_of(&req)[0].clone();
+            esp.spi = vec![0xc0, 0, 0, 2];
+            let (tsi, tsr) = ts_of(&req);
+            let answer = fake.seal(
+                ExchangeType::CREATE_CHILD_SA,
+                true,
+                h.message_id,
+                &[
+                    Payload::Sa(vec![esp]),
+                    Payload::Nonce(vec![0x4e; len]),
+                    tsi,
+                    tsr,
+                ],
+            );
+            a.handle(now, &answer, addr(B, 500), 500);
+            let ev = events(&mut a);
+            let made = ev
+                .iter()
+                .any(|e| matches!(e, Event::ChildRekeyed { .. } | Event::ChildUp(_)));
+            assert!(downs(&ev).is_empty(), "{what}: the IKE SA stays: {ev:?}");
+            if usable {
+                assert!(made, "{what}: {ev:?}");
+                continue;
+            }
+            assert!(!made, "{what}: {ev:?}");
+            assert!(
+                ev.iter().any(|e| matches!(e, Event::ChildDown { spi_in: 0, reason: Reason::Protocol(w), .. } if w.contains("Nonce"))),
+                "{what}: {ev:?}"
+            );
+            let t = a.poll_transmit().expect("a delete");
+            let (_, dp) = fake.open(&t.data);
+            assert!(
+                dp.iter()
+                    .any(|p| matches!(p, Payload::Delete(d) if d.protocol == ProtocolId::ESP)),
+                "{what}: {dp:?}"
+            );
+        }
+    }
 }
 
 /// A certificate of ike/src/crypto/x509/testdata (made by its make.sh with OpenSSL).

@@ -215,6 +215,19 @@ impl IkeSa {
             );
             return;
         };
+        let prf = self.keys().map(Suite::prf);
+        if !nonce_fits(&nr, prf) {
+            // The peer has installed its Child SA: deleted like any other we cannot use.
+            refused(
+                self,
+                Reason::Protocol(format!(
+                    "CREATE_CHILD_SA answer with {}",
+                    nonce_misfit(&nr, prf)
+                )),
+            );
+            self.delete_unusable_child(now, spi_in);
+            return;
+        }
         let Some(shared) = pfs_secret(ks.as_deref(), &payloads) else {
             refused(
                 self,
@@ -364,6 +377,12 @@ impl IkeSa {
             self.delete_unusable_child(now, spi_in);
             return;
         };
+        let prf = self.keys().map(Suite::prf);
+        if !nonce_fits(&nr, prf) {
+            let why = format!("CREATE_CHILD_SA answer with {}", nonce_misfit(&nr, prf));
+            refuse(self, Reason::Protocol(why));
+            return;
+        }
         let accepted = pfs_secret(ks.as_deref(), &payloads)
             .ok_or_else(|| {
                 Reason::Protocol("CREATE_CHILD_SA answer lacks a usable KE payload".into())
@@ -552,7 +571,7 @@ impl IkeSa {
                     return;
                 }
             };
-        if !NONCE_LEN_RANGE.contains(&ni.len()) {
+        if !nonce_fits(&ni, self.keys().map(Suite::prf)) {
             self.send_response(
                 ExchangeType::CREATE_CHILD_SA,
                 id,

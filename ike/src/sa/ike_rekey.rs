@@ -134,7 +134,7 @@ impl IkeSa {
             return Err(UnusableRekey::OtherGroup(proposal::dh_name(ks.group())));
         }
         let nr = first!(payloads, Payload::Nonce(x) => x.clone())
-            .filter(|nr| NONCE_LEN_RANGE.contains(&nr.len()))
+            .filter(|nr| nonce_fits(nr, suite::ike_prf(&chosen)))
             .ok_or(UnusableRekey::NoNonce)?;
         let ke = first!(payloads, Payload::Ke { group, data } => (*group, data.clone()))
             .filter(|ke| ke.0 == ks.group())
@@ -302,7 +302,7 @@ impl IkeSa {
             );
             return;
         }
-        if !NONCE_LEN_RANGE.contains(&ni.len()) || suite::check_public(group, &ke.1).is_err() {
+        if !nonce_fits(&ni, suite::ike_prf(&chosen)) || suite::check_public(group, &ke.1).is_err() {
             refuse(self, Notify::new(n::INVALID_SYNTAX, vec![]));
             return;
         }

@@ -339,6 +339,20 @@ impl IkeSa {
         let Phase::Init(init) = &self.phase else {
             return Err(Reason::Protocol("IKE_SA_INIT response out of turn".into()));
         };
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-3.1
+        //# Responder's SPI (8 octets) - A value chosen by the responder to identify a unique IKE Security
+        //# Association. This value MUST be zero in the first message of an IKE initial exchange (including
+        //# repeats of that message including a cookie).
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.6
+        //# Each endpoint chooses one of the two SPIs and MUST choose them so as to be unique identifiers of an
+        //# IKE SA. An SPI value of zero is special: it indicates that the remote SPI value is not yet known by
+        //# the sender.
+        // So a response whose responder SPI is zero names no IKE SA, and every later message would carry it.
+        if spi_r == 0 {
+            return Err(Reason::Protocol(
+                "IKE_SA_INIT response with a zero responder SPI".into(),
+            ));
+        }
         let offered = wire_proposals(&self.cfg.ike_proposals, &[], true);
         let chosen = match first!(payloads, Payload::Sa(props) => props) {
             Some(props) => proposal::check_response(&offered, props),
@@ -372,6 +386,14 @@ impl IkeSa {
         if Some(group) != chosen.dh || group != init.key_share.group() {
             return Err(Reason::Protocol(format!(
                 "responder used group {group}, not the one we sent"
+            )));
+        }
+        // Checked before the key agreement: an unusable response costs none.
+        let prf = suite::ike_prf(&chosen);
+        if !nonce_fits(nr, prf) {
+            return Err(Reason::Protocol(format!(
+                "IKE_SA_INIT response with {}",
+                nonce_misfit(nr, prf)
             )));
         }
         let shared = init
@@ -481,7 +503,7 @@ impl IkeSa {
         }
         // The peer's value and nonce are checked before a key of ours is generated for them: a spoofed request
         // with a bad value must cost no Diffie-Hellman work.
-        if suite::check_public(group, ke.1).is_err() || !NONCE_LEN_RANGE.contains(&ni.len()) {
+        if suite::check_public(group, ke.1).is_err() || !nonce_fits(ni, suite::ike_prf(&chosen)) {
             return Err(refuse(
                 vec![Payload::Notify(Notify::new(n::INVALID_SYNTAX, vec![]))],
                 None,

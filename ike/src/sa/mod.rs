@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{AuthMethod, PeerConfig};
+use crate::crypto::prf::Prf;
 use crate::crypto::signature as sig;
 use crate::crypto::x509;
 use crate::event::{ChildSaInfo, Encap, Event, Reason, Transmit};
@@ -88,6 +89,29 @@ pub const MAX_CHILD_SAS: usize = 16;
 //= https://www.rfc-editor.org/rfc/rfc7296#section-3.9
 //# The size of the Nonce Data MUST be between 16 and 256 octets, inclusive.
 pub const NONCE_LEN_RANGE: std::ops::RangeInclusive<usize> = 16..=256;
+
+/// Whether a nonce the peer sent is usable in an IKE SA whose PRF is `prf` (`None`: none negotiated yet, by
+/// [`NONCE_LEN_RANGE`] alone). A shorter one is treated as a malformed payload (strongSwan and libreswan refuse
+/// nonces outside 16..=256 octets; libreswan also those under half the PRF key, e.g. 32 octets for SHA2-512).
+//= https://www.rfc-editor.org/rfc/rfc7296#section-2.10
+//# Nonces used in IKEv2 MUST be randomly chosen, MUST be at least 128 bits in size, and MUST be at least half
+//# the key size of the negotiated pseudorandom function (PRF).
+fn nonce_fits(nonce: &[u8], prf: Option<Prf>) -> bool {
+    NONCE_LEN_RANGE.contains(&nonce.len())
+        && nonce.len() >= prf.map_or(0, |p| p.key_len().div_ceil(2))
+}
+
+/// Why a nonce the peer sent is not usable, for the reason reported (see [`nonce_fits`]).
+fn nonce_misfit(nonce: &[u8], prf: Option<Prf>) -> String {
+    let least = prf
+        .map_or(0, |p| p.key_len().div_ceil(2))
+        .max(*NONCE_LEN_RANGE.start());
+    format!(
+        "a Nonce of {} octets (RFC 7296 2.10, 3.9: {least} to {} with this PRF)",
+        nonce.len(),
+        NONCE_LEN_RANGE.end()
+    )
+}
 
 /// Where the SA is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

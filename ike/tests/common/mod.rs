@@ -15,7 +15,7 @@ use ike::endpoint::Endpoint;
 use ike::event::{ChildSaInfo, Event, Reason, Transmit};
 use ike::message::{
     self, encode_chain, parse_chain, ExchangeType, Flags, Header, Id, Notify, Payload, PayloadType,
-    Proposal, TrafficSelector, HEADER_LEN, IKE_VERSION,
+    Proposal, TrafficSelector, TransformType, HEADER_LEN, IKE_VERSION,
 };
 use ike::proposal::ProposalSpec;
 use zeroize::Zeroizing;
@@ -237,6 +237,8 @@ pub struct Fake {
     ks: Option<KeyShare>,
     /// Our next request's message ID.
     pub next_id: u32,
+    /// The IKE SA's PRF (HMAC-SHA2-256 unless the proposal given to [`Fake::respond`] chose another).
+    pub prf: Prf,
 }
 
 fn random_nonce() -> Vec<u8> {
@@ -274,6 +276,7 @@ impl Fake {
             ciphers: None,
             ks: Some(ks),
             next_id: 1,
+            prf: Prf::HmacSha256,
         };
         (fake, req)
     }
@@ -322,6 +325,11 @@ impl Fake {
             .unwrap();
         let ks = KeyShare::generate(DhGroup::Curve25519).unwrap();
         let nr = random_nonce();
+        let prf = sa
+            .as_ref()
+            .and_then(|p| p.transforms.iter().find(|t| t.ttype == TransformType::PRF))
+            .and_then(|t| Prf::from_id(t.id))
+            .unwrap_or(Prf::HmacSha256);
         let resp = message::encode_plain(
             header(
                 p.header.spi_i,
@@ -351,6 +359,7 @@ impl Fake {
             ciphers: None,
             ks: None,
             next_id: 0,
+            prf,
         };
         let shared = ks.agree(&ke).unwrap();
         fake.derive(shared.as_bytes());
@@ -359,7 +368,7 @@ impl Fake {
 
     fn derive(&mut self, shared: &[u8]) {
         let keys = IkeKeys::derive(
-            Prf::HmacSha256,
+            self.prf,
             shared,
             &self.ni,
             &self.nr,
@@ -434,6 +443,7 @@ impl Fake {
                 keys: Some(keys),
                 ks: None,
                 next_id: 0,
+                prf: old.prf,
             })
         };
         (req, finish)
@@ -447,10 +457,10 @@ impl Fake {
         } else {
             (&self.init_resp, &self.ni, &keys.sk_pr)
         };
-        let octets = crypto::signed_octets(first, nonce, Prf::HmacSha256, sk_p, &id.body());
+        let octets = crypto::signed_octets(first, nonce, self.prf, sk_p, &id.body());
         Payload::Auth {
             method: 2,
-            data: crypto::psk_auth(Prf::HmacSha256, PSK, &octets),
+            data: crypto::psk_auth(self.prf, PSK, &octets),
         }
     }
 
