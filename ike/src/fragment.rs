@@ -27,9 +27,13 @@ pub(crate) const MAX_FRAGMENTS: u16 = 128;
 /// The most memory the fragments held by one reassembly may occupy, counted as the capacity of their buffers
 /// (what is really allocated, not just what is used): an IKE message never needs more than a UDP datagram.
 ///
-/// An IKE SA holds at most one reassembly (the message it is receiving), so these two constants bound what a
-/// peer can make an SA hold in never-completed fragment sets: [`MAX_FRAGMENTS`] fragments and
-/// [`MAX_REASSEMBLY_BYTES`] bytes, plus one 24-byte slot per announced fragment.
+/// An IKE SA holds at most two reassemblies, the peer's request and the response to ours (a fragmented
+/// request crossing a fragmented response reset each other in a single shared slot), and only one before it
+/// is authenticated (a responder has no request outstanding, an initiator takes no request then). So these
+/// two constants bound what a peer can make an SA hold in never-completed fragment sets: per reassembly
+/// [`MAX_FRAGMENTS`] fragments and [`MAX_REASSEMBLY_BYTES`] bytes, plus one 24-byte slot per announced
+/// fragment; per IKE SA twice that once authenticated (256 fragments, 128 KiB and 6 KiB of slots), once that
+/// before.
 pub(crate) const MAX_REASSEMBLY_BYTES: usize = 64 * 1024;
 
 /// Splits the inner payload chain `plain` (whose first payload type is `first`) into SKF messages of at most

@@ -1425,6 +1425,78 @@ fn fragment_loss_reorder_and_forgery() {
     assert_eq!((child_ups(&p.ev_a).len(), child_ups(&p.ev_b).len()), (1, 1));
 }
 
+/// A fragmented request of the peer crossing the fragmented response to our own request: A and B rekey their
+/// Child SA at once (40 selectors each way: every message is fragmented at 576 bytes), and B's request and its
+/// response to A's reach A interleaved, fragment by fragment. With one reassembly slot per IKE SA each reset
+/// the other and neither completed until a retransmission; now requests and responses have their own slots:
+/// A answers B's request and takes B's response at once, and both ends finish the collision without any
+/// timer running.
+#[test]
+fn crossing_fragmented_request_and_response_both_reassemble() {
+    let (a, b) = big_configs(576);
+    let mut p = Pair::new(a, b);
+    p.connect();
+    let (up_a, up_b) = (child_ups(&p.ev_a), child_ups(&p.ev_b));
+    assert_eq!((up_a.len(), up_b.len()), (1, 1));
+    assert!(p.a.rekey_child_now(p.now, up_a[0].spi_in));
+    assert!(p.b.rekey_child_now(p.now, up_b[0].spi_in));
+    p.a.handle_timeout(p.now);
+    p.b.handle_timeout(p.now);
+    let request_a: Vec<Transmit> = std::iter::from_fn(|| p.a.poll_transmit()).collect();
+    let request_b: Vec<Transmit> = std::iter::from_fn(|| p.b.poll_transmit()).collect();
+    for t in request_a {
+        p.deliver(true, t);
+    }
+    let response_b: Vec<Transmit> = std::iter::from_fn(|| p.b.poll_transmit()).collect();
+    for m in [&request_b, &response_b] {
+        assert!(
+            m.len() > 1 && m.iter().all(is_fragment),
+            "{} fragments",
+            m.len()
+        );
+    }
+    // Fragment 1 of B's request, fragment 1 of B's response, fragment 2 of the request...
+    for i in 0..request_b.len().max(response_b.len()) {
+        for m in [&request_b, &response_b] {
+            if let Some(t) = m.get(i) {
+                p.deliver(false, t.clone());
+            }
+        }
+    }
+    let answered: Vec<Transmit> = std::iter::from_fn(|| p.a.poll_transmit()).collect();
+    let is_response = |t: &Transmit| ike_bytes(t)[19] & 0x20 != 0;
+    assert!(
+        answered.iter().any(is_response),
+        "A reassembled B's request and answered it"
+    );
+    while let Some(e) = p.a.poll_event() {
+        p.ev_a.push(e);
+    }
+    // Which of the two rekeys (ours: true, the peer's: false) each side has seen through.
+    let rekeyed = |ev: &[Event]| -> Vec<bool> {
+        let mut v: Vec<bool> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::ChildRekeyed { we_initiated, .. } => Some(*we_initiated),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        rekeyed(&p.ev_a),
+        vec![false, true],
+        "A took both B's request and B's response"
+    );
+    for t in answered {
+        p.deliver(true, t);
+    }
+    // B finishes the collision with A's answer: one Child SA pair left, no retransmission needed.
+    p.drive();
+    assert_one_consistent_sa(&p);
+}
+
 /// RFC 3948 4: the side behind a NAT (its NAT_DETECTION_DESTINATION_IP did not match) sends a one-byte 0xFF
 /// keepalive from and to port 4500 whenever it sent nothing for the interval; the other side sends none.
 #[test]

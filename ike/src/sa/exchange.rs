@@ -178,6 +178,12 @@ impl IkeSa {
                 return;
             }
         } else {
+            if matches!(self.state, State::InitSent | State::AuthSent) {
+                // Our IKE_SA_INIT or IKE_AUTH is outstanding: the peer has no request to make yet (one would be
+                // answered INVALID_SYNTAX), and the response's slot is in use: an SA not yet authenticated holds
+                // one reassembly at most.
+                return;
+            }
             if let Some((last, _)) = &self.last_response {
                 if id == *last {
                     //= https://www.rfc-editor.org/rfc/rfc7383#section-2.6.1
@@ -204,19 +210,28 @@ impl IkeSa {
         };
         let Some(enc) = parsed.encrypted else { return };
         let key = (id, response);
-        if self.reassembly.as_ref().map(|r| r.key) != Some(key) {
+        // Requests and responses each have their slot: both directions' exchanges can be under way at once.
+        //= https://www.rfc-editor.org/rfc/rfc7296#section-2.3
+        //# An IKE endpoint MUST be prepared to accept and process a request while it has a request outstanding
+        //# in order to avoid a deadlock in this situation.
+        let slot = if response {
+            &mut self.reassembly_response
+        } else {
+            &mut self.reassembly_request
+        };
+        if slot.as_ref().map(|r| r.key) != Some(key) {
             match Reassembly::new(key, f.total) {
-                Ok(r) => self.reassembly = Some(r),
+                Ok(r) => *slot = Some(r),
                 Err(_) => return,
             }
         }
-        let Some(r) = self.reassembly.as_mut() else {
+        let Some(r) = slot.as_mut() else {
             return;
         };
         let Ok(Some((first, whole))) = r.add(f.number, f.total, enc.inner_next, plain) else {
             return;
         };
-        self.reassembly = None;
+        *slot = None;
         let payloads = match message::parse_chain(first, &whole, 0) {
             Ok((payloads, None)) => payloads,
             _ => return,

@@ -368,8 +368,14 @@ pub struct IkeSa {
     nat_local: bool,
     /// Both sides announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383).
     frag: bool,
-    /// Fragments of a message being received.
-    reassembly: Option<Reassembly>,
+    /// Fragments of the peer's request being received. A slot of its own, apart from the response's: a
+    /// fragmented request of the peer crossing the fragmented response to ours reset each other's fragments in
+    /// a shared slot until a retransmission. Used only where the peer may send a request (not while our
+    /// IKE_SA_INIT or IKE_AUTH is outstanding), so an SA not yet authenticated holds one reassembly at most.
+    reassembly_request: Option<Reassembly>,
+    /// Fragments of the response to our outstanding request being received (only while one is outstanding:
+    /// never on a responder SA before IKE_AUTH completes).
+    reassembly_response: Option<Reassembly>,
     /// The `now` of the call being processed.
     clock: Instant,
     /// When we last sent something to the peer (for NAT keepalives).
@@ -505,7 +511,8 @@ impl IkeSa {
             doomed: None,
             nat_local: false,
             frag: false,
-            reassembly: None,
+            reassembly_request: None,
+            reassembly_response: None,
             clock: now,
             last_sent: now,
             created: now,
