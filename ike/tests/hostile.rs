@@ -589,11 +589,19 @@ fn authenticated_to_b() -> (Endpoint, Fake, Instant) {
 
 /// [`authenticated_to_b`] with B's configuration changed by `tweak` first.
 fn authenticated_to_b_with(tweak: impl FnOnce(&mut PeerConfig)) -> (Endpoint, Fake, Instant) {
+    authenticated_to_b_offering(ike_wire(vec![]), tweak)
+}
+
+/// [`authenticated_to_b_with`], the scripted initiator offering the IKE proposal `ike`.
+fn authenticated_to_b_offering(
+    ike: Proposal,
+    tweak: impl FnOnce(&mut PeerConfig),
+) -> (Endpoint, Fake, Instant) {
     let (_, mut b) = configs();
     tweak(&mut b);
     let mut e = Endpoint::new(vec![Arc::new(b)]);
     let now = Instant::now();
-    let (mut f, req) = Fake::initiate(0x77);
+    let (mut f, req) = Fake::initiate_with(0x77, ike);
     e.handle(now, &req, addr(A, 500), 500);
     let resp = e.poll_transmit().unwrap();
     assert!(f.take_init_response(&resp.data));
@@ -1241,10 +1249,57 @@ fn ike_sa_init_request_nonce_shorter_than_half_the_prf_key_is_refused() {
     }
 }
 
+/// RFC 7296 2.10 in CREATE_CHILD_SA requests, at the responder of an IKE SA with PRF_HMAC_SHA2_512: a new
+/// Child SA and an IKE SA rekey whose Ni has 31 octets (legal by length alone, shorter than half the PRF key)
+/// were keyed and answered. Now each is answered INVALID_SYNTAX and makes nothing; 32 octets are accepted.
+#[test]
+fn create_child_sa_request_nonce_shorter_than_half_the_prf_key_is_refused() {
+    let sha512 = || ProposalSpec::ike("aes128gcm16-prfsha512-x25519").unwrap();
+    for (len, usable) in [(31, false), (32, true)] {
+        let (mut e, mut f, now) = authenticated_to_b_offering(sha512().to_wire(1, vec![]), |b| {
+            b.ike_proposals = vec![sha512()]
+        });
+        let refusal = (!usable).then_some(n::INVALID_SYNTAX);
+        // A new Child SA.
+        let m = f.request(
+            ExchangeType::CREATE_CHILD_SA,
+            &[
+                Payload::Sa(vec![esp_wire("aes128gcm16", 0x2000)]),
+                Payload::Nonce(vec![0x4e; len]),
+                Payload::TsI(vec![ts("198.19.1.0/24")]),
+                Payload::TsR(vec![ts("198.19.2.0/24")]),
+            ],
+        );
+        e.handle(now, &m, addr(A, 500), 500);
+        let (_, p) = f.open(&e.poll_transmit().unwrap().data);
+        assert_eq!(notify_of(&p), refusal, "{len}: {p:?}");
+        assert_eq!(child_ups(&events(&mut e)).len(), usize::from(usable));
+        // An IKE SA rekey.
+        let ke = ike::crypto::KeyShare::generate(ike::crypto::DhGroup::Curve25519).unwrap();
+        let m = f.request(
+            ExchangeType::CREATE_CHILD_SA,
+            &[
+                Payload::Sa(vec![sha512().to_wire(1, 0xd200u64.to_be_bytes().to_vec())]),
+                Payload::Nonce(vec![0x4e; len]),
+                Payload::Ke {
+                    group: 31,
+                    data: ke.public().to_vec(),
+                },
+            ],
+        );
+        e.handle(now, &m, addr(A, 500), 500);
+        let (_, p) = f.open(&e.poll_transmit().unwrap().data);
+        assert_eq!(notify_of(&p), refusal, "{len}: {p:?}");
+        assert_eq!(e.sa_count(), 1 + usize::from(usable), "{len}");
+    }
+}
+
 /// A (198.18.0.1, covering two subnets) authenticated to the scripted responder over an IKE SA with
-/// PRF_HMAC_SHA2_512 (64-byte keys: nonces of at least 32 octets), with one Child SA up. Returns A, the
-/// responder, that Child SA's inbound SPI and the clock.
-fn a_authenticated_with_prf_sha512() -> (Endpoint, Fake, u32, Instant) {
+/// PRF_HMAC_SHA2_512 (64-byte keys: nonces of at least 32 octets), with one Child SA up, A's configuration
+/// changed by `tweak` last. Returns A, the responder, that Child SA's inbound SPI and the clock.
+fn a_authenticated_with_prf_sha512(
+    tweak: impl FnOnce(&mut PeerConfig),
+) -> (Endpoint, Fake, u32, Instant) {
     let spec = "aes128gcm16-prfsha512-x25519";
     let (mut cfg, _) = configs();
     cfg.ike_proposals = vec![ProposalSpec::ike(spec).unwrap()];
@@ -1252,6 +1307,7 @@ fn a_authenticated_with_prf_sha512() -> (Endpoint, Fake, u32, Instant) {
         "198.19.3.0".parse().unwrap(),
         24,
     ));
+    tweak(&mut cfg);
     let mut a = Endpoint::new(vec![Arc::new(cfg)]);
     let now = Instant::now();
     a.connect(now, "b").unwrap();
@@ -1300,7 +1356,7 @@ fn create_child_sa_answer_nonce_shorter_than_half_the_prf_key_is_refused() {
     for (len, usable) in [(31, false), (32, true)] {
         for rekey in [false, true] {
             let what = format!("{len} octets, rekey {rekey}");
-            let (mut a, fake, spi_in, now) = a_authenticated_with_prf_sha512();
+            let (mut a, fake, spi_in, now) = a_authenticated_with_prf_sha512(|_| {});
             if rekey {
                 assert!(a.rekey_child_now(now, spi_in));
                 a.handle_timeout(now);
@@ -1350,6 +1406,51 @@ fn create_child_sa_answer_nonce_shorter_than_half_the_prf_key_is_refused() {
                 dp.iter()
                     .any(|p| matches!(p, Payload::Delete(d) if d.protocol == ProtocolId::ESP)),
                 "{what}: {dp:?}"
+            );
+        }
+    }
+}
+
+/// RFC 7296 2.10 in the answer to our IKE SA rekey (PRF_HMAC_SHA2_512): an Nr of 31 octets, legal by length
+/// alone, was taken into the new IKE SA's keys. Now the answer is unusable like the others (the IKE SA is
+/// deleted: the peer believes the new one exists); 32 octets rekey it.
+#[test]
+fn ike_rekey_answer_nonce_shorter_than_half_the_prf_key_is_refused() {
+    for (len, usable) in [(31, false), (32, true)] {
+        let (mut a, fake, _, now) = a_authenticated_with_prf_sha512(|c| {
+            c.local_ts.truncate(1);
+            c.lifetimes.ike_rekey = Duration::from_secs(60);
+            c.lifetimes.dpd_delay = Duration::ZERO;
+        });
+        let later = now + Duration::from_secs(61);
+        a.handle_timeout(later);
+        let t = a.poll_transmit().expect("IKE rekey request");
+        let (h, req) = fake.open(&t.data);
+        let mut chosen = sa_of(&req)[0].clone();
+        assert_eq!(chosen.protocol, ProtocolId::IKE, "{len}");
+        chosen.spi = 0x5555_u64.to_be_bytes().to_vec();
+        let ke = ike::crypto::KeyShare::generate(ike::crypto::DhGroup::Curve25519).unwrap();
+        let answer = fake.seal(
+            ExchangeType::CREATE_CHILD_SA,
+            true,
+            h.message_id,
+            &[
+                Payload::Sa(vec![chosen]),
+                Payload::Nonce(vec![0x4e; len]),
+                Payload::Ke {
+                    group: 31,
+                    data: ke.public().to_vec(),
+                },
+            ],
+        );
+        a.handle(later, &answer, addr(B, 500), 500);
+        let ev = events(&mut a);
+        let rekeyed = ev.iter().any(|e| matches!(e, Event::IkeRekeyed { .. }));
+        assert_eq!(rekeyed, usable, "{len}: {ev:?}");
+        if !usable {
+            assert!(
+                matches!(&downs(&ev)[..], [Reason::Protocol(w)] if w.contains("Nonce")),
+                "{len}: {ev:?}"
             );
         }
     }

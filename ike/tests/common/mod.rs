@@ -250,13 +250,24 @@ fn random_nonce() -> Vec<u8> {
 impl Fake {
     /// An IKE_SA_INIT request as an initiator with SPI `spi_i` (proposal aes128gcm16-prfsha256-x25519).
     pub fn initiate(spi_i: u64) -> (Fake, Vec<u8>) {
+        Fake::initiate_with(spi_i, ike_wire(vec![]))
+    }
+
+    /// [`Fake::initiate`] offering `proposal` (its group must be Curve25519; its PRF is the SA's).
+    pub fn initiate_with(spi_i: u64, proposal: Proposal) -> (Fake, Vec<u8>) {
+        let prf = proposal
+            .transforms
+            .iter()
+            .find(|t| t.ttype == TransformType::PRF)
+            .and_then(|t| Prf::from_id(t.id))
+            .unwrap_or(Prf::HmacSha256);
         let ks = KeyShare::generate(DhGroup::Curve25519).unwrap();
         let ni = random_nonce();
         let header = header(spi_i, 0, ExchangeType::IKE_SA_INIT, Flags::INITIATOR, 0);
         let req = message::encode_plain(
             header,
             &[
-                Payload::Sa(vec![ike_wire(vec![])]),
+                Payload::Sa(vec![proposal]),
                 Payload::Ke {
                     group: 31,
                     data: ks.public().to_vec(),
@@ -276,7 +287,7 @@ impl Fake {
             ciphers: None,
             ks: Some(ks),
             next_id: 1,
-            prf: Prf::HmacSha256,
+            prf,
         };
         (fake, req)
     }
