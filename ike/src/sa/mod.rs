@@ -91,8 +91,9 @@ pub const MAX_CHILD_SAS: usize = 16;
 pub const NONCE_LEN_RANGE: std::ops::RangeInclusive<usize> = 16..=256;
 
 /// Whether a nonce the peer sent is usable in an IKE SA whose PRF is `prf` (`None`: none negotiated yet, by
-/// [`NONCE_LEN_RANGE`] alone). A shorter one is treated as a malformed payload (strongSwan and libreswan refuse
-/// nonces outside 16..=256 octets; libreswan also those under half the PRF key, e.g. 32 octets for SHA2-512).
+/// [`NONCE_LEN_RANGE`] alone). A shorter one is treated as a malformed payload. Real peers send more than the
+/// least: strongSwan 32 octets (its parser refuses what is outside 16..=256), libreswan's tests expect 32 both
+/// ways with SHA2-512, and ours are 32 ([`NONCE_LEN`]); the bound is 16 for SHA2-256, 24 for -384, 32 for -512.
 //= https://www.rfc-editor.org/rfc/rfc7296#section-2.10
 //# Nonces used in IKEv2 MUST be randomly chosen, MUST be at least 128 bits in size, and MUST be at least half
 //# the key size of the negotiated pseudorandom function (PRF).
