@@ -1486,6 +1486,53 @@ fn crossing_fragmented_request_and_response_both_reassemble() {
     assert_one_consistent_sa(&p);
 }
 
+/// With a slot for requests besides the one for responses, an initiator still holds one reassembly at most
+/// before IKE_AUTH completes: it takes no request fragments then. B, authenticated, rekeys its Child SA while
+/// its IKE_AUTH response is still on the way: A, whose IKE_AUTH is outstanding, neither keeps nor answers the
+/// fragments (it answered INVALID_SYNTAX, refusing B's rekey); once the IKE_AUTH response is in, B's
+/// retransmission is answered and the rekey completes.
+#[test]
+fn initiator_takes_no_request_fragments_before_ike_auth_completes() {
+    let (a, b) = big_configs(576);
+    let mut p = Pair::new(a, b);
+    p.a.connect(p.now, "b").unwrap();
+    let init = p.a.poll_transmit().unwrap();
+    p.deliver(true, init);
+    let resp = p.b.poll_transmit().unwrap();
+    p.deliver(false, resp);
+    for t in std::iter::from_fn(|| p.a.poll_transmit()).collect::<Vec<_>>() {
+        p.deliver(true, t);
+    }
+    // B's IKE_AUTH response is held back.
+    let auth_response: Vec<Transmit> = std::iter::from_fn(|| p.b.poll_transmit()).collect();
+    let ev_b: Vec<Event> = std::iter::from_fn(|| p.b.poll_event()).collect();
+    let up_b = child_ups(&ev_b);
+    assert_eq!(up_b.len(), 1);
+    p.ev_b = ev_b;
+    assert!(p.b.rekey_child_now(p.now, up_b[0].spi_in));
+    p.b.handle_timeout(p.now);
+    let request_b: Vec<Transmit> = std::iter::from_fn(|| p.b.poll_transmit()).collect();
+    assert!(request_b.len() > 1 && request_b.iter().all(is_fragment));
+    for t in request_b {
+        p.deliver(false, t);
+    }
+    assert!(
+        p.a.poll_transmit().is_none(),
+        "nothing kept or answered while IKE_AUTH is outstanding"
+    );
+    for t in auth_response {
+        p.deliver(false, t);
+    }
+    p.run_for(Duration::from_secs(30));
+    let rekeyed = |ev: &[Event]| {
+        ev.iter()
+            .filter(|e| matches!(e, Event::ChildRekeyed { .. }))
+            .count()
+    };
+    assert_eq!((rekeyed(&p.ev_a), rekeyed(&p.ev_b)), (1, 1));
+    assert_one_consistent_sa(&p);
+}
+
 /// RFC 3948 4: the side behind a NAT (its NAT_DETECTION_DESTINATION_IP did not match) sends a one-byte 0xFF
 /// keepalive from and to port 4500 whenever it sent nothing for the interval; the other side sends none.
 #[test]
