@@ -113,6 +113,31 @@ pub(super) fn rules(local: &[Prefix], remote: &[Prefix], interface: &str) -> Vec
                 true,
             ));
         }
+        // The remote subnets are reached through the TUN only, so a packet from one of them that arrives on any
+        // other interface came in clear text (spoofed on the underlay, or a local VM posing as a remote one):
+        // libvirt's own rules would let it in (a `route` network accepts all forwarding to it, a `nat` one
+        // accepts whatever conntrack calls ESTABLISHED, and conntrack does not look at the interface), and IPv6
+        // has no reverse-path filter, IPv4's loose one (Debian's default) passes it as long as the TUN route
+        // exists. Dropped in raw PREROUTING, before conntrack sees it. These rules outlive a SIGKILL, like the
+        // fail-closed routes.
+        //= https://www.rfc-editor.org/rfc/rfc4301#section-5
+        //# If no policy is found in the SPD that matches a packet (for either inbound or outbound traffic), the
+        //# packet MUST be discarded.
+        // (The mesh's subnets have PROTECT entries only: no SPD-I entry BYPASSes unprotected traffic from them,
+        // section 5.2 step 3b.) Linux XFRM does the same for kernel IPsec with its `dir fwd`/`dir in` policies.
+        let mut guarded: Vec<&Prefix> = pairs.iter().map(|(_, r)| *r).collect();
+        guarded.sort();
+        guarded.dedup();
+        for r in guarded {
+            out.push(rule(
+                "raw",
+                "PREROUTING",
+                format!("-s {r} ! -i {interface}"),
+                "-j DROP",
+                format!("drop {r} not from {interface}"),
+                true,
+            ));
+        }
         out.push(rule(
             "mangle",
             "FORWARD",
@@ -387,9 +412,28 @@ COMMIT
         );
         let v4: Vec<&Rule> = r.iter().filter(|r| r.family == Family::V4).collect();
         let v6: Vec<&Rule> = r.iter().filter(|r| r.family == Family::V6).collect();
-        // 2 pairs: 2 nat + 4 filter + 1 clamp; 1 pair: 1 + 2 + 1.
-        assert_eq!(v4.len(), 7);
-        assert_eq!(v6.len(), 4);
+        // 2 pairs: 2 nat + 4 filter + 2 raw + 1 clamp; 1 pair: 1 + 2 + 1 + 1.
+        assert_eq!(v4.len(), 9);
+        assert_eq!(v6.len(), 5);
+        // Each remote subnet arrives through the TUN only: from anywhere else it is dropped, ahead of
+        // everything in raw PREROUTING.
+        let guard: Vec<String> = r
+            .iter()
+            .filter(|r| r.table == "raw")
+            .map(|r| format!("{} {} {}", r.chain, r.matches, r.target))
+            .collect();
+        assert_eq!(
+            guard,
+            [
+                "PREROUTING -s 198.19.2.0/24 ! -i vmsec0 -j DROP",
+                "PREROUTING -s 198.19.3.0/24 ! -i vmsec0 -j DROP",
+                "PREROUTING -s fd00:2::/64 ! -i vmsec0 -j DROP"
+            ]
+        );
+        assert!(r
+            .iter()
+            .filter(|r| r.table == "raw")
+            .all(|r| r.ahead_of_libvirt));
         assert!(r.iter().all(|r| r.comment.starts_with(COMMENT_TAG)));
         let nat = &v4[0];
         assert_eq!(

@@ -100,8 +100,22 @@ impl Nft {
             .map(|(l, r)| format!("{COMMENT_TAG} no NAT {l} -> {r}"))
             .collect();
         c.push(format!("{COMMENT_TAG} clamp MSS into {}", self.interface));
+        c.extend(
+            self.guarded(f)
+                .into_iter()
+                .map(|r| format!("{COMMENT_TAG} drop {r} not from {}", self.interface)),
+        );
         c.sort();
         c
+    }
+
+    /// The remote subnets of one family, each once: what may arrive through the TUN only (see the `guard`
+    /// chain of [`Nft::own_table`], and `iptables.rs`, which explains why).
+    fn guarded(&self, f: Family) -> Vec<Prefix> {
+        let mut v: Vec<Prefix> = self.pairs(f).map(|(_, r)| *r).collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// vmsecd's own table, whole, as `nft -f` reads it.
@@ -119,9 +133,19 @@ impl Nft {
         t += &format!(
             "  }}\n  chain mss_clamp {{\n    type filter hook forward priority mangle; policy accept;\n    \
              oifname \"{i}\" tcp flags & (syn | rst) == syn tcp option maxseg size set rt mtu comment \
-             \"{COMMENT_TAG} clamp MSS into {i}\"\n  }}\n}}\n",
+             \"{COMMENT_TAG} clamp MSS into {i}\"\n  }}\n",
             i = self.interface
         );
+        // A remote subnet's packet that did not come out of the TUN came in clear text: dropped at priority raw,
+        // before conntrack (RFC 4301 section 5: the mesh's subnets have no BYPASS entry; see `iptables.rs`).
+        t += "  chain guard {\n    type filter hook prerouting priority raw; policy accept;\n";
+        for r in self.guarded(f) {
+            t += &format!(
+                "    iifname != \"{i}\" {p} saddr {r} drop comment \"{COMMENT_TAG} drop {r} not from {i}\"\n",
+                i = self.interface
+            );
+        }
+        t += "  }\n}\n";
         t
     }
 
@@ -340,8 +364,20 @@ mod tests {
         let t6 = n.own_table(Family::V6);
         assert!(t6.starts_with("table ip6 vmsecd {"), "{t6}");
         assert!(t6.contains("snat ip6 to ip6 saddr"), "{t6}");
-        // 2 own rules + 2 in libvirt's chains, per family.
-        assert_eq!(n.len(), 8);
+        // A remote subnet's packets are dropped unless they come out of the TUN, before conntrack.
+        assert!(
+            t.contains(
+                "type filter hook prerouting priority raw; policy accept;\n    iifname != \"vmsec0\" ip saddr \
+                 198.19.2.0/24 drop comment \"vmsecd: drop 198.19.2.0/24 not from vmsec0\""
+            ),
+            "{t}"
+        );
+        assert!(
+            t6.contains("iifname != \"vmsec0\" ip6 saddr fd00:2::/64 drop"),
+            "{t6}"
+        );
+        // 3 own rules + 2 in libvirt's chains, per family.
+        assert_eq!(n.len(), 10);
         assert!(Nft::new(&[p("198.19.1.0/24")], &[p("fd00:2::/64")], "vmsec0").is_none());
     }
 
