@@ -248,6 +248,33 @@ impl ControlPlane {
         self.config = new;
     }
 
+    /// The ranges of the `subnets = "libvirt"` peers: only this host's routes inside them matter to the control
+    /// plane (see [`ControlPlane::set_host_routes`]).
+    pub(super) fn libvirt_ranges(&self) -> Vec<crate::prefix::Prefix> {
+        self.config
+            .peers()
+            .filter_map(|p| p.libvirt.as_ref())
+            .flat_map(|lv| lv.range.iter().copied())
+            .collect()
+    }
+
+    /// This host's unicast routes through other interfaces than the TUN (the daemon reads them every second):
+    /// subnets a `subnets = "libvirt"` peer negotiates must not overlap those inside its range (see
+    /// `Learned::set_host_routes`). A peer whose learned subnets overlap one that appeared since loses its IKE
+    /// SA, and with it their routes.
+    pub(super) fn set_host_routes(
+        &mut self,
+        now: Instant,
+        routes: impl IntoIterator<Item = crate::prefix::Prefix>,
+    ) {
+        let clashing =
+            self.learned
+                .set_host_routes(&self.config, routes, now, &mut self.logs.learned_refused);
+        for peer in clashing {
+            self.delete_peer(now, &peer);
+        }
+    }
+
     /// Deletes the IKE SA with `peer` (its learned subnets were refused).
     pub(super) fn delete_peer(&mut self, now: Instant, peer: &str) {
         self.touched = true;
