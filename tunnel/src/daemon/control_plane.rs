@@ -246,6 +246,15 @@ impl ControlPlane {
         }
         self.libvirt_peers = libvirt_peers(&new);
         self.config = new;
+        // A host the new file adds may list subnets that a libvirt peer's range holds and that the peer already
+        // took (a listed subnet is never accepted from it when learned, but this one came first): its IKE SA goes
+        // now, not at its next rekey.
+        for peer in self
+            .learned
+            .recheck(&self.config, now, &mut self.logs.learned_refused)
+        {
+            self.delete_peer(now, &peer);
+        }
     }
 
     /// The ranges of the `subnets = "libvirt"` peers: only this host's routes inside them matter to the control

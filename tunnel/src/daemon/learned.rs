@@ -204,52 +204,9 @@ impl Learned {
                 return Learn::Refused;
             }
         };
-        let range: &[Prefix] = config
-            .peers()
-            .find(|p| p.name == c.peer)
-            .and_then(|p| p.libvirt.as_ref())
-            .map_or(&[], |lv| &lv.range);
-        let me = config.local();
-        let mut clash: Option<String> = None;
-        for s in &subnets {
-            if !range.iter().any(|r| r.contains_prefix(s)) {
-                clash = Some(format!(
-                    "{} negotiated {s}, outside its libvirt_range ({})",
-                    c.peer,
-                    range
-                        .iter()
-                        .map(|r| r.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            } else if let Some(o) = me.subnets.iter().find(|o| o.overlaps(s)) {
-                clash = Some(format!(
-                    "{}'s subnet {s} overlaps {}'s subnet {o} (this host)",
-                    c.peer, me.name
-                ));
-            } else if let Some((h, o)) = config.peers().filter(|h| h.name != c.peer).find_map(|h| {
-                self.subnets_of(h)
-                    .into_iter()
-                    .find(|o| o.overlaps(s))
-                    .map(|o| (h, o))
-            }) {
-                clash = Some(format!(
-                    "{}'s subnet {s} overlaps {}'s {} subnet {o}",
-                    c.peer,
-                    h.name,
-                    if h.libvirt.is_some() {
-                        "learned"
-                    } else {
-                        "configured"
-                    }
-                ));
-            } else if let Some(r) = self.host_routes.iter().find(|r| r.overlaps(s)) {
-                clash = Some(host_route_clash(&c.peer, s, r));
-            }
-            if clash.is_some() {
-                break;
-            }
-        }
+        let clash = subnets
+            .iter()
+            .find_map(|sub| self.clash(config, &c.peer, sub));
         if let Some(why) = clash {
             if limit.allow(now) {
                 tracing::error!(
@@ -269,6 +226,86 @@ impl Learned {
         } else {
             Learn::Kept
         }
+    }
+
+    /// Why `peer` may not have the subnet `s`, if it may not: outside its range, or overlapping a subnet of ours,
+    /// of another host (configured, or learned) or one of this host's own routes inside its range.
+    fn clash(&self, config: &Config, peer: &str, s: &Prefix) -> Option<String> {
+        let range: &[Prefix] = config
+            .peers()
+            .find(|p| p.name == peer)
+            .and_then(|p| p.libvirt.as_ref())
+            .map_or(&[], |lv| &lv.range);
+        let me = config.local();
+        if !range.iter().any(|r| r.contains_prefix(s)) {
+            return Some(format!(
+                "{peer} negotiated {s}, outside its libvirt_range ({})",
+                range
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some(o) = me.subnets.iter().find(|o| o.overlaps(s)) {
+            return Some(format!(
+                "{peer}'s subnet {s} overlaps {}'s subnet {o} (this host)",
+                me.name
+            ));
+        }
+        if let Some((h, o)) = config.peers().filter(|h| h.name != peer).find_map(|h| {
+            self.subnets_of(h)
+                .into_iter()
+                .find(|o| o.overlaps(s))
+                .map(|o| (h, o))
+        }) {
+            return Some(format!(
+                "{peer}'s subnet {s} overlaps {}'s {} subnet {o}",
+                h.name,
+                if h.libvirt.is_some() {
+                    "learned"
+                } else {
+                    "configured"
+                }
+            ));
+        }
+        self.host_routes
+            .iter()
+            .find(|r| r.overlaps(s))
+            .map(|r| host_route_clash(peer, s, r))
+    }
+
+    /// The peers whose learned subnets clash (see [`Learned::clash`]) with `config` and this host's routes as they
+    /// are now, each logged through `limit`: a reload may add a host whose listed subnets a libvirt peer's range
+    /// holds and the peer already took, and a network of this host's own may appear inside a peer's range.
+    /// The caller deletes their IKE SA (their routes go with it), so that what a peer took first does not
+    /// keep another host's traffic until its next rekey.
+    pub(super) fn recheck(
+        &self,
+        config: &Config,
+        now: Instant,
+        limit: &mut Limiter,
+    ) -> Vec<String> {
+        let mut names: Vec<&String> = self.peers.keys().collect();
+        names.sort();
+        let mut clashing = Vec::new();
+        for peer in names {
+            let why = self
+                .subnets(peer)
+                .iter()
+                .find_map(|sub| self.clash(config, peer, sub));
+            if let Some(why) = why {
+                if limit.allow(now) {
+                    tracing::error!(
+                        %peer,
+                        "refusing the subnets learned from its Child SA: {why}. Deleting the IKE SA with {peer} (it \
+                         is tried again later)"
+                    );
+                }
+                clashing.push(peer.clone());
+            }
+        }
+        clashing
     }
 
     /// Takes this host's unicast routes through other interfaces than the TUN (a connected network of its own,
@@ -303,28 +340,7 @@ impl Learned {
         kept.sort();
         kept.dedup();
         self.host_routes = kept;
-        let mut clashing = Vec::new();
-        let mut names: Vec<&String> = self.peers.keys().collect();
-        names.sort();
-        for peer in names {
-            let clash = self.subnets(peer).into_iter().find_map(|s| {
-                self.host_routes
-                    .iter()
-                    .find(|r| r.overlaps(&s))
-                    .map(|r| host_route_clash(peer, &s, r))
-            });
-            if let Some(why) = clash {
-                if limit.allow(now) {
-                    tracing::error!(
-                        %peer,
-                        "refusing the subnets learned from its Child SA: {why}. Deleting the IKE SA with {peer} (it \
-                         is tried again later)"
-                    );
-                }
-                clashing.push(peer.clone());
-            }
-        }
-        clashing
+        self.recheck(config, now, limit)
     }
 
     /// A Child SA went down: its subnets are forgotten; true (logged) if the peer's learned subnets changed,
