@@ -223,8 +223,8 @@ fn clear_text_from_a_remote_subnet_never_reaches_a_vm() {
         spoofed.join("\n")
     );
     assert!(
-        rules.contains("-s 198.19.2.0/24 ! -i vmsec0")
-            && rules.contains("-s 2001:db8:2::/64 ! -i vmsec0"),
+        rules.contains("-s 198.19.2.0/24 ! -i vmsec0 -m rpfilter --invert")
+            && rules.contains("-s 2001:db8:2::/64 ! -i vmsec0 -m rpfilter --invert"),
         "{rules}"
     );
 

@@ -118,7 +118,11 @@ pub(super) fn rules(local: &[Prefix], remote: &[Prefix], interface: &str) -> Vec
         // libvirt's own rules would let it in (a `route` network accepts all forwarding to it, a `nat` one
         // accepts whatever conntrack calls ESTABLISHED, and conntrack does not look at the interface), and IPv6
         // has no reverse-path filter, IPv4's loose one (Debian's default) passes it as long as the TUN route
-        // exists. Dropped in raw PREROUTING, before conntrack sees it. These rules outlive a SIGKILL, like the
+        // exists. Dropped in raw PREROUTING, before conntrack sees it, when its route does not lead back to the
+        // interface it came in on (`rpfilter`: the route into the TUN while vmsecd runs, the fail-closed
+        // `unreachable` route after a crash, both refusing it). A host whose own network duplicates a remote
+        // subnet (a libvirt `default` network not renumbered: vmsecd's route is refused beside the bridge's) keeps
+        // its local VMs: their source routes back to their bridge. These rules outlive a SIGKILL, like the
         // fail-closed routes.
         //= https://www.rfc-editor.org/rfc/rfc4301#section-5
         //# If no policy is found in the SPD that matches a packet (for either inbound or outbound traffic), the
@@ -132,7 +136,7 @@ pub(super) fn rules(local: &[Prefix], remote: &[Prefix], interface: &str) -> Vec
             out.push(rule(
                 "raw",
                 "PREROUTING",
-                format!("-s {r} ! -i {interface}"),
+                format!("-s {r} ! -i {interface} -m rpfilter --invert"),
                 "-j DROP",
                 format!("drop {r} not from {interface}"),
                 true,
@@ -425,9 +429,9 @@ COMMIT
         assert_eq!(
             guard,
             [
-                "PREROUTING -s 198.19.2.0/24 ! -i vmsec0 -j DROP",
-                "PREROUTING -s 198.19.3.0/24 ! -i vmsec0 -j DROP",
-                "PREROUTING -s fd00:2::/64 ! -i vmsec0 -j DROP"
+                "PREROUTING -s 198.19.2.0/24 ! -i vmsec0 -m rpfilter --invert -j DROP",
+                "PREROUTING -s 198.19.3.0/24 ! -i vmsec0 -m rpfilter --invert -j DROP",
+                "PREROUTING -s fd00:2::/64 ! -i vmsec0 -m rpfilter --invert -j DROP"
             ]
         );
         assert!(r

@@ -136,12 +136,14 @@ impl Nft {
              \"{COMMENT_TAG} clamp MSS into {i}\"\n  }}\n",
             i = self.interface
         );
-        // A remote subnet's packet that did not come out of the TUN came in clear text: dropped at priority raw,
-        // before conntrack (RFC 4301 section 5: the mesh's subnets have no BYPASS entry; see `iptables.rs`).
+        // A remote subnet's packet that did not come out of the TUN, and whose route does not lead back to where
+        // it came in (`fib saddr . iif oif missing`, nftables' rpfilter), came in clear text: dropped at priority
+        // raw, before conntrack (RFC 4301 section 5: the mesh's subnets have no BYPASS entry; see `iptables.rs`).
         t += "  chain guard {\n    type filter hook prerouting priority raw; policy accept;\n";
         for r in self.guarded(f) {
             t += &format!(
-                "    iifname != \"{i}\" {p} saddr {r} drop comment \"{COMMENT_TAG} drop {r} not from {i}\"\n",
+                "    iifname != \"{i}\" {p} saddr {r} fib saddr . iif oif missing drop comment \
+                 \"{COMMENT_TAG} drop {r} not from {i}\"\n",
                 i = self.interface
             );
         }
@@ -368,12 +370,14 @@ mod tests {
         assert!(
             t.contains(
                 "type filter hook prerouting priority raw; policy accept;\n    iifname != \"vmsec0\" ip saddr \
-                 198.19.2.0/24 drop comment \"vmsecd: drop 198.19.2.0/24 not from vmsec0\""
+                 198.19.2.0/24 fib saddr . iif oif missing drop comment \"vmsecd: drop 198.19.2.0/24 not from vmsec0\""
             ),
             "{t}"
         );
         assert!(
-            t6.contains("iifname != \"vmsec0\" ip6 saddr fd00:2::/64 drop"),
+            t6.contains(
+                "iifname != \"vmsec0\" ip6 saddr fd00:2::/64 fib saddr . iif oif missing drop"
+            ),
             "{t6}"
         );
         // 3 own rules + 2 in libvirt's chains, per family.
