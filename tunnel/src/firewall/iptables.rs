@@ -60,7 +60,12 @@ impl Rule {
 /// The rules for a host with `local` subnets whose peers have `remote` subnets, with the TUN `interface`:
 /// for each pair of the same family, no NAT (nat POSTROUTING) and accept both ways (filter FORWARD), ahead of
 /// libvirt's jumps; and for each family with a pair, the MSS clamp into the TUN (mangle FORWARD).
-pub(super) fn rules(local: &[Prefix], remote: &[Prefix], interface: &str) -> Vec<Rule> {
+pub(super) fn rules(
+    local: &[Prefix],
+    remote: &[Prefix],
+    guarded: &[Prefix],
+    interface: &str,
+) -> Vec<Rule> {
     let mut out = Vec::new();
     for family in [Family::V4, Family::V6] {
         let pairs: Vec<(&Prefix, &Prefix)> = local
@@ -129,10 +134,16 @@ pub(super) fn rules(local: &[Prefix], remote: &[Prefix], interface: &str) -> Vec
         //# packet MUST be discarded.
         // (The mesh's subnets have PROTECT entries only: no SPD-I entry BYPASSes unprotected traffic from them,
         // section 5.2 step 3b.) Linux XFRM does the same for kernel IPsec with its `dir fwd`/`dir in` policies.
-        let mut guarded: Vec<&Prefix> = pairs.iter().map(|(_, r)| *r).collect();
-        guarded.sort();
-        guarded.dedup();
-        for r in guarded {
+        // `guarded`: every prefix that leaves only through the tunnel (the fail-closed routes' prefixes: listed
+        // subnets, and a libvirt host's whole range, learned or not), with the remote subnets.
+        let mut guard: Vec<&Prefix> = pairs
+            .iter()
+            .map(|(_, r)| *r)
+            .chain(guarded.iter().filter(|g| Family::of(g) == family))
+            .collect();
+        guard.sort();
+        guard.dedup();
+        for r in guard {
             out.push(rule(
                 "raw",
                 "PREROUTING",
@@ -260,9 +271,10 @@ impl Iptables {
     pub(super) fn new(
         local: &[Prefix],
         remote: &[Prefix],
+        guarded: &[Prefix],
         interface: &str,
     ) -> Result<Result<Iptables, &'static str>, Error> {
-        let rules = rules(local, remote, interface);
+        let rules = rules(local, remote, guarded, interface);
         let mut backend = Backend::Nft;
         for family in families(&rules) {
             match iptables_backend(family)? {
@@ -400,7 +412,7 @@ COMMIT
 "#;
 
     fn mesh_rules() -> Vec<Rule> {
-        rules(&[p("198.19.1.0/24")], &[p("198.19.2.0/24")], "vmsec0")
+        rules(&[p("198.19.1.0/24")], &[p("198.19.2.0/24")], &[], "vmsec0")
     }
 
     fn chain<'a>(rules: &'a [Rule], table: &str) -> Vec<&'a Rule> {
@@ -412,13 +424,14 @@ COMMIT
         let r = rules(
             &[p("198.19.1.0/24"), p("fd00:1::/64")],
             &[p("198.19.2.0/24"), p("198.19.3.0/24"), p("fd00:2::/64")],
+            &[p("198.19.2.0/24"), p("198.19.64.0/18"), p("fd00:9::/48")],
             "vmsec0",
         );
         let v4: Vec<&Rule> = r.iter().filter(|r| r.family == Family::V4).collect();
         let v6: Vec<&Rule> = r.iter().filter(|r| r.family == Family::V6).collect();
-        // 2 pairs: 2 nat + 4 filter + 2 raw + 1 clamp; 1 pair: 1 + 2 + 1 + 1.
-        assert_eq!(v4.len(), 9);
-        assert_eq!(v6.len(), 5);
+        // 2 pairs: 2 nat + 4 filter + 3 raw + 1 clamp; 1 pair: 1 + 2 + 2 + 1.
+        assert_eq!(v4.len(), 10);
+        assert_eq!(v6.len(), 6);
         // Each remote subnet arrives through the TUN only: from anywhere else it is dropped, ahead of
         // everything in raw PREROUTING.
         let guard: Vec<String> = r
@@ -431,7 +444,9 @@ COMMIT
             [
                 "PREROUTING -s 198.19.2.0/24 ! -i vmsec0 -m rpfilter --invert -j DROP",
                 "PREROUTING -s 198.19.3.0/24 ! -i vmsec0 -m rpfilter --invert -j DROP",
-                "PREROUTING -s fd00:2::/64 ! -i vmsec0 -m rpfilter --invert -j DROP"
+                "PREROUTING -s 198.19.64.0/18 ! -i vmsec0 -m rpfilter --invert -j DROP",
+                "PREROUTING -s fd00:2::/64 ! -i vmsec0 -m rpfilter --invert -j DROP",
+                "PREROUTING -s fd00:9::/48 ! -i vmsec0 -m rpfilter --invert -j DROP"
             ]
         );
         assert!(r
@@ -466,7 +481,7 @@ COMMIT
         c.dedup();
         assert_eq!(c.len(), r.len());
         // No pair of one family, no rule of that family.
-        assert!(rules(&[p("198.19.1.0/24")], &[p("fd00:2::/64")], "vmsec0").is_empty());
+        assert!(rules(&[p("198.19.1.0/24")], &[p("fd00:2::/64")], &[], "vmsec0").is_empty());
     }
 
     #[test]

@@ -44,6 +44,8 @@ struct ChainRule {
 pub(super) struct Nft {
     interface: String,
     pairs: Vec<(Family, Prefix, Prefix)>,
+    /// What arrives through the TUN only, with the remote subnets (see [`Nft::guarded`]).
+    guarded: Vec<Prefix>,
 }
 
 fn fam(f: Family) -> &'static str {
@@ -55,7 +57,12 @@ fn fam(f: Family) -> &'static str {
 
 impl Nft {
     /// The rules for every (local, remote) pair of one family; `None` when there is no such pair.
-    pub(super) fn new(local: &[Prefix], remote: &[Prefix], interface: &str) -> Option<Nft> {
+    pub(super) fn new(
+        local: &[Prefix],
+        remote: &[Prefix],
+        guarded: &[Prefix],
+        interface: &str,
+    ) -> Option<Nft> {
         let pairs: Vec<(Family, Prefix, Prefix)> = local
             .iter()
             .flat_map(|l| {
@@ -68,6 +75,7 @@ impl Nft {
         (!pairs.is_empty()).then(|| Nft {
             interface: interface.to_owned(),
             pairs,
+            guarded: guarded.to_vec(),
         })
     }
 
@@ -109,10 +117,15 @@ impl Nft {
         c
     }
 
-    /// The remote subnets of one family, each once: what may arrive through the TUN only (see the `guard`
-    /// chain of [`Nft::own_table`], and `iptables.rs`, which explains why).
+    /// The remote subnets and the other prefixes that leave only through the tunnel, of one family, each once:
+    /// what may arrive through the TUN only (see the `guard` chain of [`Nft::own_table`], and `iptables.rs`,
+    /// which explains why).
     fn guarded(&self, f: Family) -> Vec<Prefix> {
-        let mut v: Vec<Prefix> = self.pairs(f).map(|(_, r)| *r).collect();
+        let mut v: Vec<Prefix> = self
+            .pairs(f)
+            .map(|(_, r)| *r)
+            .chain(self.guarded.iter().copied().filter(|g| Family::of(g) == f))
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -344,6 +357,7 @@ mod tests {
         Nft::new(
             &[p("198.19.1.0/24"), p("fd00:1::/64")],
             &[p("198.19.2.0/24"), p("fd00:2::/64")],
+            &[],
             "vmsec0",
         )
         .unwrap()
@@ -382,7 +396,7 @@ mod tests {
         );
         // 3 own rules + 2 in libvirt's chains, per family.
         assert_eq!(n.len(), 10);
-        assert!(Nft::new(&[p("198.19.1.0/24")], &[p("fd00:2::/64")], "vmsec0").is_none());
+        assert!(Nft::new(&[p("198.19.1.0/24")], &[p("fd00:2::/64")], &[], "vmsec0").is_none());
     }
 
     /// `nft -j list table ip libvirt_network` after libvirt started a NAT network above vmsecd's rules.
