@@ -339,6 +339,10 @@ impl Learned {
             .collect();
         kept.sort();
         kept.dedup();
+        // Read every second: the learned subnets are looked at again only when the routes changed.
+        if kept == self.host_routes {
+            return Vec::new();
+        }
         self.host_routes = kept;
         self.recheck(config, now, limit)
     }
