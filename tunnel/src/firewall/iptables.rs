@@ -136,13 +136,13 @@ pub(super) fn rules(
         // section 5.2 step 3b.) Linux XFRM does the same for kernel IPsec with its `dir fwd`/`dir in` policies.
         // `guarded`: every prefix that leaves only through the tunnel (the fail-closed routes' prefixes: listed
         // subnets, and a libvirt host's whole range, learned or not), with the remote subnets.
-        let mut guard: Vec<&Prefix> = pairs
-            .iter()
-            .map(|(_, r)| *r)
-            .chain(guarded.iter().filter(|g| Family::of(g) == family))
-            .collect();
-        guard.sort();
-        guard.dedup();
+        let guard = super::outermost(
+            pairs
+                .iter()
+                .map(|(_, r)| **r)
+                .chain(guarded.iter().copied().filter(|g| Family::of(g) == family))
+                .collect(),
+        );
         for r in guard {
             out.push(rule(
                 "raw",
@@ -424,7 +424,12 @@ COMMIT
         let r = rules(
             &[p("198.19.1.0/24"), p("fd00:1::/64")],
             &[p("198.19.2.0/24"), p("198.19.3.0/24"), p("fd00:2::/64")],
-            &[p("198.19.2.0/24"), p("198.19.64.0/18"), p("fd00:9::/48")],
+            &[
+                p("198.19.2.0/24"),
+                p("198.19.64.0/18"),
+                p("198.19.64.0/24"),
+                p("fd00:9::/48"),
+            ],
             "vmsec0",
         );
         let v4: Vec<&Rule> = r.iter().filter(|r| r.family == Family::V4).collect();

@@ -443,6 +443,20 @@ impl Firewall {
     }
 }
 
+/// `v` without the prefixes another of them holds (a libvirt host's learned subnets inside its range), sorted:
+/// one guard rule per outermost prefix.
+fn outermost(mut v: Vec<Prefix>) -> Vec<Prefix> {
+    v.sort_by_key(|p| (p.prefix_len(), *p));
+    let mut kept: Vec<Prefix> = Vec::with_capacity(v.len());
+    for p in v {
+        if !kept.iter().any(|k| k.contains_prefix(&p)) {
+            kept.push(p);
+        }
+    }
+    kept.sort();
+    kept
+}
+
 fn has_nft() -> bool {
     run("nft", &["--version"], None).is_ok()
 }

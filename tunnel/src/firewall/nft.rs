@@ -121,14 +121,12 @@ impl Nft {
     /// what may arrive through the TUN only (see the `guard` chain of [`Nft::own_table`], and `iptables.rs`,
     /// which explains why).
     fn guarded(&self, f: Family) -> Vec<Prefix> {
-        let mut v: Vec<Prefix> = self
-            .pairs(f)
-            .map(|(_, r)| *r)
-            .chain(self.guarded.iter().copied().filter(|g| Family::of(g) == f))
-            .collect();
-        v.sort();
-        v.dedup();
-        v
+        super::outermost(
+            self.pairs(f)
+                .map(|(_, r)| *r)
+                .chain(self.guarded.iter().copied().filter(|g| Family::of(g) == f))
+                .collect(),
+        )
     }
 
     /// vmsecd's own table, whole, as `nft -f` reads it.
