@@ -46,6 +46,32 @@ pub enum PrefixError {
 }
 
 impl Prefix {
+    /// The special-purpose range this prefix overlaps, if any, and its name: no VM subnet lies there, and a
+    /// route into the tunnel for one would take the host's own loopback, link-local (a cloud's metadata
+    /// service at 169.254.169.254), multicast or reserved traffic. Checked for every subnet and range of the
+    /// mesh file and of etcd entries: each becomes a route into the TUN on every host. Overlap, not
+    /// containment, so that halves of the address space (`0.0.0.0/1` and `128.0.0.0/1`, `::/1` and `8000::/1`,
+    /// a default route in two routes) are refused as well. The ranges are from RFC 6890's special-purpose
+    /// address registries (those no VM network is numbered from).
+    pub fn special_use(&self) -> Option<(Prefix, &'static str)> {
+        const SPECIAL: [(&str, &str); 10] = [
+            ("0.0.0.0/8", "\"this network\" (RFC 791)"),
+            ("127.0.0.0/8", "loopback"),
+            ("169.254.0.0/16", "link-local"),
+            ("224.0.0.0/4", "multicast"),
+            ("240.0.0.0/4", "reserved and broadcast"),
+            ("::/128", "the unspecified address"),
+            ("::1/128", "loopback"),
+            ("::ffff:0:0/96", "IPv4-mapped"),
+            ("fe80::/10", "link-local"),
+            ("ff00::/8", "multicast"),
+        ];
+        SPECIAL.iter().find_map(|(r, name)| {
+            let r: Prefix = r.parse().ok()?;
+            r.overlaps(self).then_some((r, *name))
+        })
+    }
+
     /// A prefix from an address and a length, with the host bits cleared. `len` is capped at the address width.
     pub fn new(addr: IpAddr, len: u8) -> Prefix {
         let len = len.min(max_len(addr));
@@ -205,6 +231,46 @@ impl fmt::Display for Prefix {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn special_use_ranges_are_named_halves_of_the_space_too() {
+        let p = |s: &str| s.parse::<Prefix>().unwrap();
+        let name = |s: &str| p(s).special_use().map(|(r, n)| format!("{r} {n}"));
+        assert_eq!(
+            name("169.254.169.254/32").as_deref(),
+            Some("169.254.0.0/16 link-local")
+        );
+        assert_eq!(
+            name("224.0.0.0/24").as_deref(),
+            Some("224.0.0.0/4 multicast")
+        );
+        assert_eq!(
+            name("127.0.0.1/32").as_deref(),
+            Some("127.0.0.0/8 loopback")
+        );
+        assert!(
+            name("0.0.0.0/0").is_some()
+                && name("0.0.0.0/1").is_some()
+                && name("128.0.0.0/1").is_some()
+        );
+        assert!(name("::/0").is_some() && name("::/1").is_some() && name("8000::/1").is_some());
+        assert_eq!(name("fe80::/64").as_deref(), Some("fe80::/10 link-local"));
+        assert_eq!(name("ff02::1/128").as_deref(), Some("ff00::/8 multicast"));
+        assert_eq!(
+            name("::ffff:198.19.0.0/112").as_deref(),
+            Some("::ffff:0.0.0.0/96 IPv4-mapped")
+        );
+        for ok in [
+            "198.19.1.0/24",
+            "192.168.122.0/24",
+            "10.0.0.0/8",
+            "2001:db8:1::/64",
+            "fd00::/8",
+        ] {
+            assert_eq!(name(ok), None, "{ok}");
+        }
+    }
+
     use super::*;
 
     fn p(s: &str) -> Prefix {

@@ -246,6 +246,42 @@ impl ControlPlane {
         }
         self.libvirt_peers = libvirt_peers(&new);
         self.config = new;
+        // A host the new file adds may list subnets that a libvirt peer's range holds and that the peer already
+        // took (a listed subnet is never accepted from it when learned, but this one came first): its IKE SA goes
+        // now, not at its next rekey.
+        for peer in self
+            .learned
+            .recheck(&self.config, now, &mut self.logs.learned_refused)
+        {
+            self.delete_peer(now, &peer);
+        }
+    }
+
+    /// The ranges of the `subnets = "libvirt"` peers: only this host's routes inside them matter to the control
+    /// plane (see [`ControlPlane::set_host_routes`]).
+    pub(super) fn libvirt_ranges(&self) -> Vec<crate::prefix::Prefix> {
+        self.config
+            .peers()
+            .filter_map(|p| p.libvirt.as_ref())
+            .flat_map(|lv| lv.range.iter().copied())
+            .collect()
+    }
+
+    /// This host's unicast routes through other interfaces than the TUN (the daemon reads them every second):
+    /// subnets a `subnets = "libvirt"` peer negotiates must not overlap those inside its range (see
+    /// `Learned::set_host_routes`). A peer whose learned subnets overlap one that appeared since loses its IKE
+    /// SA, and with it their routes.
+    pub(super) fn set_host_routes(
+        &mut self,
+        now: Instant,
+        routes: impl IntoIterator<Item = crate::prefix::Prefix>,
+    ) {
+        let clashing =
+            self.learned
+                .set_host_routes(&self.config, routes, now, &mut self.logs.learned_refused);
+        for peer in clashing {
+            self.delete_peer(now, &peer);
+        }
     }
 
     /// Deletes the IKE SA with `peer` (its learned subnets were refused).

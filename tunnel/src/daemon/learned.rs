@@ -6,6 +6,8 @@
 //! peer's own range, or overlapping our own or another host's, are refused and the IKE SA deleted, with a log
 //! line naming both hosts. Ranges of different hosts do not overlap (checked at load), so a peer cannot claim
 //! the subnets of another libvirt host, not even while that host is down and has nothing learned to clash with.
+//! Nor can it claim a prefix inside its range that this host routes through another interface (a network of
+//! its own there): see [`Learned::set_host_routes`].
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -65,6 +67,15 @@ pub(super) fn selector_subnets(
     Ok(v)
 }
 
+/// Why `peer`'s learned subnet `s` is refused: it overlaps `route`, one of this host's own routes.
+fn host_route_clash(peer: &str, s: &Prefix, route: &Prefix) -> String {
+    format!(
+        "{peer}'s subnet {s} overlaps {route}, which this host routes through another interface than the mesh's \
+         (a network of its own inside {peer}'s libvirt_range, or a route added by hand): a route into the tunnel \
+         would take this host's traffic to it. Narrow {peer}'s libvirt_range to its own VM networks"
+    )
+}
+
 /// A list of subnets as one log field: escaped and capped at [`logcap::MAX_FIELD`] bytes.
 fn subnet_list(subnets: &[Prefix]) -> String {
     struct List<'a>(&'a [Prefix]);
@@ -82,11 +93,18 @@ fn subnet_list(subnets: &[Prefix]) -> String {
     logcap::clean(&List(subnets), logcap::MAX_FIELD)
 }
 
+/// Most routes of this host's own inside `subnets = "libvirt"` peers' ranges that are kept (see
+/// [`Learned::set_host_routes`]); a hypervisor has a handful.
+pub(super) const MAX_HOST_ROUTES: usize = 1024;
+
 /// The subnets learned from the Child SAs of `subnets = "libvirt"` peers, kept apart from the mesh file's
 /// configuration: per peer, (inbound SPI, subnets) of each Child SA that is up.
 #[derive(Debug, Default)]
 pub(super) struct Learned {
     peers: HashMap<String, Vec<(u32, Vec<Prefix>)>>,
+    /// This host's unicast routes through other interfaces than the TUN to prefixes inside a libvirt peer's
+    /// range (see [`Learned::set_host_routes`]).
+    host_routes: Vec<Prefix>,
 }
 
 impl Learned {
@@ -186,50 +204,9 @@ impl Learned {
                 return Learn::Refused;
             }
         };
-        let range: &[Prefix] = config
-            .peers()
-            .find(|p| p.name == c.peer)
-            .and_then(|p| p.libvirt.as_ref())
-            .map_or(&[], |lv| &lv.range);
-        let me = config.local();
-        let mut clash: Option<String> = None;
-        for s in &subnets {
-            if !range.iter().any(|r| r.contains_prefix(s)) {
-                clash = Some(format!(
-                    "{} negotiated {s}, outside its libvirt_range ({})",
-                    c.peer,
-                    range
-                        .iter()
-                        .map(|r| r.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            } else if let Some(o) = me.subnets.iter().find(|o| o.overlaps(s)) {
-                clash = Some(format!(
-                    "{}'s subnet {s} overlaps {}'s subnet {o} (this host)",
-                    c.peer, me.name
-                ));
-            } else if let Some((h, o)) = config.peers().filter(|h| h.name != c.peer).find_map(|h| {
-                self.subnets_of(h)
-                    .into_iter()
-                    .find(|o| o.overlaps(s))
-                    .map(|o| (h, o))
-            }) {
-                clash = Some(format!(
-                    "{}'s subnet {s} overlaps {}'s {} subnet {o}",
-                    c.peer,
-                    h.name,
-                    if h.libvirt.is_some() {
-                        "learned"
-                    } else {
-                        "configured"
-                    }
-                ));
-            }
-            if clash.is_some() {
-                break;
-            }
-        }
+        let clash = subnets
+            .iter()
+            .find_map(|sub| self.clash(config, &c.peer, sub));
         if let Some(why) = clash {
             if limit.allow(now) {
                 tracing::error!(
@@ -249,6 +226,125 @@ impl Learned {
         } else {
             Learn::Kept
         }
+    }
+
+    /// Why `peer` may not have the subnet `s`, if it may not: outside its range, or overlapping a subnet of ours,
+    /// of another host (configured, or learned) or one of this host's own routes inside its range.
+    fn clash(&self, config: &Config, peer: &str, s: &Prefix) -> Option<String> {
+        let range: &[Prefix] = config
+            .peers()
+            .find(|p| p.name == peer)
+            .and_then(|p| p.libvirt.as_ref())
+            .map_or(&[], |lv| &lv.range);
+        let me = config.local();
+        if !range.iter().any(|r| r.contains_prefix(s)) {
+            return Some(format!(
+                "{peer} negotiated {s}, outside its libvirt_range ({})",
+                range
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some(o) = me.subnets.iter().find(|o| o.overlaps(s)) {
+            return Some(format!(
+                "{peer}'s subnet {s} overlaps {}'s subnet {o} (this host)",
+                me.name
+            ));
+        }
+        if let Some((h, o)) = config.peers().filter(|h| h.name != peer).find_map(|h| {
+            self.subnets_of(h)
+                .into_iter()
+                .find(|o| o.overlaps(s))
+                .map(|o| (h, o))
+        }) {
+            return Some(format!(
+                "{peer}'s subnet {s} overlaps {}'s {} subnet {o}",
+                h.name,
+                if h.libvirt.is_some() {
+                    "learned"
+                } else {
+                    "configured"
+                }
+            ));
+        }
+        self.host_routes
+            .iter()
+            .find(|r| r.overlaps(s))
+            .map(|r| host_route_clash(peer, s, r))
+    }
+
+    /// The peers whose learned subnets clash (see [`Learned::clash`]) with `config` and this host's routes as they
+    /// are now, each logged through `limit`: a reload may add a host whose listed subnets a libvirt peer's range
+    /// holds and the peer already took, and a network of this host's own may appear inside a peer's range.
+    /// The caller deletes their IKE SA (their routes go with it), so that what a peer took first does not
+    /// keep another host's traffic until its next rekey.
+    pub(super) fn recheck(
+        &self,
+        config: &Config,
+        now: Instant,
+        limit: &mut Limiter,
+    ) -> Vec<String> {
+        let mut names: Vec<&String> = self.peers.keys().collect();
+        names.sort();
+        let mut clashing = Vec::new();
+        for peer in names {
+            let why = self
+                .subnets(peer)
+                .iter()
+                .find_map(|sub| self.clash(config, peer, sub));
+            if let Some(why) = why {
+                if limit.allow(now) {
+                    tracing::error!(
+                        %peer,
+                        "refusing the subnets learned from its Child SA: {why}. Deleting the IKE SA with {peer} (it \
+                         is tried again later)"
+                    );
+                }
+                clashing.push(peer.clone());
+            }
+        }
+        clashing
+    }
+
+    /// Takes this host's unicast routes through other interfaces than the TUN (a connected network of its own,
+    /// a static route), keeping those to prefixes inside a `subnets = "libvirt"` peer's range, at most
+    /// [`MAX_HOST_ROUTES`]. A peer's range may hold networks of this host's own that are not in the mesh (the
+    /// fail-closed route of the range is less specific and leaves them alone), and a peer that narrowed its
+    /// selectors to a prefix inside one of them would get a route into the tunnel more specific than the
+    /// host's own, and with it the traffic this host sends to that network. Such subnets are refused when
+    /// learned; returns, logged through `limit`, the peers whose learned subnets overlap a route that appeared
+    /// since (the caller deletes their IKE SA).
+    //= https://www.rfc-editor.org/rfc/rfc7296#section-2.9
+    //# the responder is allowed to narrow the choices by selecting a subset of the traffic
+    // A subset of what we offered, that is: the offer (the peer's range) bounds what a peer may claim, not what
+    // this host may route elsewhere inside it.
+    pub(super) fn set_host_routes(
+        &mut self,
+        config: &Config,
+        routes: impl IntoIterator<Item = Prefix>,
+        now: Instant,
+        limit: &mut Limiter,
+    ) -> Vec<String> {
+        let ranges: Vec<Prefix> = config
+            .peers()
+            .filter_map(|p| p.libvirt.as_ref())
+            .flat_map(|lv| lv.range.iter().copied())
+            .collect();
+        let mut kept: Vec<Prefix> = routes
+            .into_iter()
+            .filter(|r| ranges.iter().any(|range| range.contains_prefix(r)))
+            .take(MAX_HOST_ROUTES)
+            .collect();
+        kept.sort();
+        kept.dedup();
+        // Read every second: the learned subnets are looked at again only when the routes changed.
+        if kept == self.host_routes {
+            return Vec::new();
+        }
+        self.host_routes = kept;
+        self.recheck(config, now, limit)
     }
 
     /// A Child SA went down: its subnets are forgotten; true (logged) if the peer's learned subnets changed,

@@ -60,7 +60,12 @@ impl Rule {
 /// The rules for a host with `local` subnets whose peers have `remote` subnets, with the TUN `interface`:
 /// for each pair of the same family, no NAT (nat POSTROUTING) and accept both ways (filter FORWARD), ahead of
 /// libvirt's jumps; and for each family with a pair, the MSS clamp into the TUN (mangle FORWARD).
-pub(super) fn rules(local: &[Prefix], remote: &[Prefix], interface: &str) -> Vec<Rule> {
+pub(super) fn rules(
+    local: &[Prefix],
+    remote: &[Prefix],
+    guarded: &[Prefix],
+    interface: &str,
+) -> Vec<Rule> {
     let mut out = Vec::new();
     for family in [Family::V4, Family::V6] {
         let pairs: Vec<(&Prefix, &Prefix)> = local
@@ -110,6 +115,41 @@ pub(super) fn rules(local: &[Prefix], remote: &[Prefix], interface: &str) -> Vec
                 format!("-s {l} -d {r} -o {interface}"),
                 "-j ACCEPT",
                 format!("accept {l} -> {r} into {interface}"),
+                true,
+            ));
+        }
+        // The remote subnets are reached through the TUN only, so a packet from one of them that arrives on any
+        // other interface came in clear text (spoofed on the underlay, or a local VM posing as a remote one):
+        // libvirt's own rules would let it in (a `route` network accepts all forwarding to it, a `nat` one
+        // accepts whatever conntrack calls ESTABLISHED, and conntrack does not look at the interface), and IPv6
+        // has no reverse-path filter, IPv4's loose one (Debian's default) passes it as long as the TUN route
+        // exists. Dropped in raw PREROUTING, before conntrack sees it, when its route does not lead back to the
+        // interface it came in on (`rpfilter`: the route into the TUN while vmsecd runs, the fail-closed
+        // `unreachable` route after a crash, both refusing it). A host whose own network duplicates a remote
+        // subnet (a libvirt `default` network not renumbered: vmsecd's route is refused beside the bridge's) keeps
+        // its local VMs: their source routes back to their bridge. These rules outlive a SIGKILL, like the
+        // fail-closed routes.
+        //= https://www.rfc-editor.org/rfc/rfc4301#section-5
+        //# If no policy is found in the SPD that matches a packet (for either inbound or outbound traffic), the
+        //# packet MUST be discarded.
+        // (The mesh's subnets have PROTECT entries only: no SPD-I entry BYPASSes unprotected traffic from them,
+        // section 5.2 step 3b.) Linux XFRM does the same for kernel IPsec with its `dir fwd`/`dir in` policies.
+        // `guarded`: every prefix that leaves only through the tunnel (the fail-closed routes' prefixes: listed
+        // subnets, and a libvirt host's whole range, learned or not), with the remote subnets.
+        let guard = super::outermost(
+            pairs
+                .iter()
+                .map(|(_, r)| **r)
+                .chain(guarded.iter().copied().filter(|g| Family::of(g) == family))
+                .collect(),
+        );
+        for r in guard {
+            out.push(rule(
+                "raw",
+                "PREROUTING",
+                format!("-s {r} ! -i {interface} -m rpfilter --invert"),
+                "-j DROP",
+                format!("drop {r} not from {interface}"),
                 true,
             ));
         }
@@ -231,9 +271,10 @@ impl Iptables {
     pub(super) fn new(
         local: &[Prefix],
         remote: &[Prefix],
+        guarded: &[Prefix],
         interface: &str,
     ) -> Result<Result<Iptables, &'static str>, Error> {
-        let rules = rules(local, remote, interface);
+        let rules = rules(local, remote, guarded, interface);
         let mut backend = Backend::Nft;
         for family in families(&rules) {
             match iptables_backend(family)? {
@@ -371,7 +412,7 @@ COMMIT
 "#;
 
     fn mesh_rules() -> Vec<Rule> {
-        rules(&[p("198.19.1.0/24")], &[p("198.19.2.0/24")], "vmsec0")
+        rules(&[p("198.19.1.0/24")], &[p("198.19.2.0/24")], &[], "vmsec0")
     }
 
     fn chain<'a>(rules: &'a [Rule], table: &str) -> Vec<&'a Rule> {
@@ -383,13 +424,40 @@ COMMIT
         let r = rules(
             &[p("198.19.1.0/24"), p("fd00:1::/64")],
             &[p("198.19.2.0/24"), p("198.19.3.0/24"), p("fd00:2::/64")],
+            &[
+                p("198.19.2.0/24"),
+                p("198.19.64.0/18"),
+                p("198.19.64.0/24"),
+                p("fd00:9::/48"),
+            ],
             "vmsec0",
         );
         let v4: Vec<&Rule> = r.iter().filter(|r| r.family == Family::V4).collect();
         let v6: Vec<&Rule> = r.iter().filter(|r| r.family == Family::V6).collect();
-        // 2 pairs: 2 nat + 4 filter + 1 clamp; 1 pair: 1 + 2 + 1.
-        assert_eq!(v4.len(), 7);
-        assert_eq!(v6.len(), 4);
+        // 2 pairs: 2 nat + 4 filter + 3 raw + 1 clamp; 1 pair: 1 + 2 + 2 + 1.
+        assert_eq!(v4.len(), 10);
+        assert_eq!(v6.len(), 6);
+        // Each remote subnet arrives through the TUN only: from anywhere else it is dropped, ahead of
+        // everything in raw PREROUTING.
+        let guard: Vec<String> = r
+            .iter()
+            .filter(|r| r.table == "raw")
+            .map(|r| format!("{} {} {}", r.chain, r.matches, r.target))
+            .collect();
+        assert_eq!(
+            guard,
+            [
+                "PREROUTING -s 198.19.2.0/24 ! -i vmsec0 -m rpfilter --invert -j DROP",
+                "PREROUTING -s 198.19.3.0/24 ! -i vmsec0 -m rpfilter --invert -j DROP",
+                "PREROUTING -s 198.19.64.0/18 ! -i vmsec0 -m rpfilter --invert -j DROP",
+                "PREROUTING -s fd00:2::/64 ! -i vmsec0 -m rpfilter --invert -j DROP",
+                "PREROUTING -s fd00:9::/48 ! -i vmsec0 -m rpfilter --invert -j DROP"
+            ]
+        );
+        assert!(r
+            .iter()
+            .filter(|r| r.table == "raw")
+            .all(|r| r.ahead_of_libvirt));
         assert!(r.iter().all(|r| r.comment.starts_with(COMMENT_TAG)));
         let nat = &v4[0];
         assert_eq!(
@@ -418,7 +486,7 @@ COMMIT
         c.dedup();
         assert_eq!(c.len(), r.len());
         // No pair of one family, no rule of that family.
-        assert!(rules(&[p("198.19.1.0/24")], &[p("fd00:2::/64")], "vmsec0").is_empty());
+        assert!(rules(&[p("198.19.1.0/24")], &[p("fd00:2::/64")], &[], "vmsec0").is_empty());
     }
 
     #[test]

@@ -278,6 +278,7 @@ fn parse_firewall_backend(text: &str) -> Option<String> {
 pub struct Firewall {
     local: Vec<Prefix>,
     remote: Vec<Prefix>,
+    guarded: Vec<Prefix>,
     interface: String,
     network_conf: std::path::PathBuf,
     kind: Kind,
@@ -303,9 +304,14 @@ impl Firewall {
             return Ok(None);
         }
         let remote: Vec<Prefix> = config.peers().flat_map(|p| p.subnets.clone()).collect();
+        // What leaves only through the tunnel arrives only through it: the fail-closed routes' prefixes (a
+        // libvirt host's whole range too, before anything is learned from it, and hosts with no underlay family
+        // in common), each guarded by the raw rule (see `iptables.rs`).
+        let guarded: Vec<Prefix> = crate::failclosed::plan(config).into_iter().collect();
         Firewall::new(
             &config.local().subnets,
             &remote,
+            &guarded,
             &s.interface,
             Path::new(LIBVIRT_NETWORK_CONF),
         )
@@ -315,12 +321,14 @@ impl Firewall {
     pub fn new(
         local: &[Prefix],
         remote: &[Prefix],
+        guarded: &[Prefix],
         interface: &str,
         network_conf: &Path,
     ) -> Result<Option<Firewall>, Error> {
         let Some(kind) = Self::kind(
             local,
             remote,
+            guarded,
             interface,
             libvirt_backend(network_conf),
             true,
@@ -331,6 +339,7 @@ impl Firewall {
         Ok(Some(Firewall {
             local: local.to_vec(),
             remote: remote.to_vec(),
+            guarded: guarded.to_vec(),
             interface: interface.to_owned(),
             network_conf: network_conf.to_owned(),
             kind,
@@ -340,18 +349,19 @@ impl Firewall {
     fn kind(
         local: &[Prefix],
         remote: &[Prefix],
+        guarded: &[Prefix],
         interface: &str,
         libvirt: LibvirtBackend,
         log: bool,
     ) -> Result<Option<Kind>, Error> {
-        let nft = || nft::Nft::new(local, remote, interface).map(Kind::Nft);
+        let nft = || nft::Nft::new(local, remote, guarded, interface).map(Kind::Nft);
         if libvirt == LibvirtBackend::Nftables {
             return Ok(nft());
         }
-        if nft::Nft::new(local, remote, interface).is_none() {
+        if nft::Nft::new(local, remote, guarded, interface).is_none() {
             return Ok(None);
         }
-        match iptables::Iptables::new(local, remote, interface)? {
+        match iptables::Iptables::new(local, remote, guarded, interface)? {
             Ok(i) => Ok(Some(Kind::Iptables(i))),
             // No iptables: libvirt cannot be using it either; if nft is there, libvirt may use that.
             Err(missing) if has_nft() => {
@@ -405,6 +415,7 @@ impl Firewall {
             if let Some(kind) = Self::kind(
                 &self.local,
                 &self.remote,
+                &self.guarded,
                 &self.interface,
                 LibvirtBackend::Nftables,
                 false,
@@ -430,6 +441,20 @@ impl Firewall {
             Kind::Nft(n) => n.remove(),
         }
     }
+}
+
+/// `v` without the prefixes another of them holds (a libvirt host's learned subnets inside its range), sorted:
+/// one guard rule per outermost prefix.
+fn outermost(mut v: Vec<Prefix>) -> Vec<Prefix> {
+    v.sort_by_key(|p| (p.prefix_len(), *p));
+    let mut kept: Vec<Prefix> = Vec::with_capacity(v.len());
+    for p in v {
+        if !kept.iter().any(|k| k.contains_prefix(&p)) {
+            kept.push(p);
+        }
+    }
+    kept.sort();
+    kept
 }
 
 fn has_nft() -> bool {

@@ -44,6 +44,8 @@ struct ChainRule {
 pub(super) struct Nft {
     interface: String,
     pairs: Vec<(Family, Prefix, Prefix)>,
+    /// What arrives through the TUN only, with the remote subnets (see [`Nft::guarded`]).
+    guarded: Vec<Prefix>,
 }
 
 fn fam(f: Family) -> &'static str {
@@ -55,7 +57,12 @@ fn fam(f: Family) -> &'static str {
 
 impl Nft {
     /// The rules for every (local, remote) pair of one family; `None` when there is no such pair.
-    pub(super) fn new(local: &[Prefix], remote: &[Prefix], interface: &str) -> Option<Nft> {
+    pub(super) fn new(
+        local: &[Prefix],
+        remote: &[Prefix],
+        guarded: &[Prefix],
+        interface: &str,
+    ) -> Option<Nft> {
         let pairs: Vec<(Family, Prefix, Prefix)> = local
             .iter()
             .flat_map(|l| {
@@ -68,6 +75,7 @@ impl Nft {
         (!pairs.is_empty()).then(|| Nft {
             interface: interface.to_owned(),
             pairs,
+            guarded: guarded.to_vec(),
         })
     }
 
@@ -100,8 +108,25 @@ impl Nft {
             .map(|(l, r)| format!("{COMMENT_TAG} no NAT {l} -> {r}"))
             .collect();
         c.push(format!("{COMMENT_TAG} clamp MSS into {}", self.interface));
+        c.extend(
+            self.guarded(f)
+                .into_iter()
+                .map(|r| format!("{COMMENT_TAG} drop {r} not from {}", self.interface)),
+        );
         c.sort();
         c
+    }
+
+    /// The remote subnets and the other prefixes that leave only through the tunnel, of one family, each once:
+    /// what may arrive through the TUN only (see the `guard` chain of [`Nft::own_table`], and `iptables.rs`,
+    /// which explains why).
+    fn guarded(&self, f: Family) -> Vec<Prefix> {
+        super::outermost(
+            self.pairs(f)
+                .map(|(_, r)| *r)
+                .chain(self.guarded.iter().copied().filter(|g| Family::of(g) == f))
+                .collect(),
+        )
     }
 
     /// vmsecd's own table, whole, as `nft -f` reads it.
@@ -119,9 +144,21 @@ impl Nft {
         t += &format!(
             "  }}\n  chain mss_clamp {{\n    type filter hook forward priority mangle; policy accept;\n    \
              oifname \"{i}\" tcp flags & (syn | rst) == syn tcp option maxseg size set rt mtu comment \
-             \"{COMMENT_TAG} clamp MSS into {i}\"\n  }}\n}}\n",
+             \"{COMMENT_TAG} clamp MSS into {i}\"\n  }}\n",
             i = self.interface
         );
+        // A remote subnet's packet that did not come out of the TUN, and whose route does not lead back to where
+        // it came in (`fib saddr . iif oif missing`, nftables' rpfilter), came in clear text: dropped at priority
+        // raw, before conntrack (RFC 4301 section 5: the mesh's subnets have no BYPASS entry; see `iptables.rs`).
+        t += "  chain guard {\n    type filter hook prerouting priority raw; policy accept;\n";
+        for r in self.guarded(f) {
+            t += &format!(
+                "    iifname != \"{i}\" {p} saddr {r} fib saddr . iif oif missing drop comment \
+                 \"{COMMENT_TAG} drop {r} not from {i}\"\n",
+                i = self.interface
+            );
+        }
+        t += "  }\n}\n";
         t
     }
 
@@ -318,6 +355,7 @@ mod tests {
         Nft::new(
             &[p("198.19.1.0/24"), p("fd00:1::/64")],
             &[p("198.19.2.0/24"), p("fd00:2::/64")],
+            &[],
             "vmsec0",
         )
         .unwrap()
@@ -340,9 +378,23 @@ mod tests {
         let t6 = n.own_table(Family::V6);
         assert!(t6.starts_with("table ip6 vmsecd {"), "{t6}");
         assert!(t6.contains("snat ip6 to ip6 saddr"), "{t6}");
-        // 2 own rules + 2 in libvirt's chains, per family.
-        assert_eq!(n.len(), 8);
-        assert!(Nft::new(&[p("198.19.1.0/24")], &[p("fd00:2::/64")], "vmsec0").is_none());
+        // A remote subnet's packets are dropped unless they come out of the TUN, before conntrack.
+        assert!(
+            t.contains(
+                "type filter hook prerouting priority raw; policy accept;\n    iifname != \"vmsec0\" ip saddr \
+                 198.19.2.0/24 fib saddr . iif oif missing drop comment \"vmsecd: drop 198.19.2.0/24 not from vmsec0\""
+            ),
+            "{t}"
+        );
+        assert!(
+            t6.contains(
+                "iifname != \"vmsec0\" ip6 saddr fd00:2::/64 fib saddr . iif oif missing drop"
+            ),
+            "{t6}"
+        );
+        // 3 own rules + 2 in libvirt's chains, per family.
+        assert_eq!(n.len(), 10);
+        assert!(Nft::new(&[p("198.19.1.0/24")], &[p("fd00:2::/64")], &[], "vmsec0").is_none());
     }
 
     /// `nft -j list table ip libvirt_network` after libvirt started a NAT network above vmsecd's rules.

@@ -84,7 +84,18 @@ pub fn install_hook(
             source,
         }
     };
-    fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
+    // libvirtd runs every script of this folder as root: whoever can write in it, or to the script, is root.
+    // Made 0755 when we create it, whatever the umask (`fs::create_dir_all` would leave 0777 under umask 0).
+    if !dir.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(io("cannot create", dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+            .map_err(io("cannot set the mode of", dir))?;
+    }
     let path = dir.join("network");
     let block = hook_block(vmsecd, control);
     let (text, what) = match fs::read_to_string(&path) {
@@ -99,7 +110,9 @@ pub fn install_hook(
         .map_err(io("cannot stat", &path))?
         .permissions()
         .mode();
-    fs::set_permissions(&path, fs::Permissions::from_mode(mode | 0o755))
+    // Executable, and writable by its owner only: a new file under umask 0 was 0666 (0777 after `| 0o755`),
+    // a root-run script any local user could rewrite.
+    fs::set_permissions(&path, fs::Permissions::from_mode((mode | 0o755) & !0o022))
         .map_err(io("cannot make executable", &path))?;
     Ok((path, what))
 }
@@ -164,6 +177,28 @@ mod tests {
             .status()
             .unwrap();
         assert!(st.success());
+    }
+
+    /// libvirtd runs the hook as root: neither the script nor a folder vmsecd creates for it may be writable by
+    /// others, whatever the umask (under umask 0 both were 0777: any local user could make libvirtd run their
+    /// commands as root), and a group- or world-writable script it edits loses that.
+    #[test]
+    fn the_hook_and_its_folder_are_writable_by_their_owner_only_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let hooks = dir.path().join("etc").join("hooks");
+        let sock = ControlSocket::Abstract("vmsecd".into());
+        // SAFETY: umask(2) cannot fail; the old mask is put back right after.
+        let old = unsafe { libc::umask(0) };
+        let r = install_hook(&hooks, Path::new("/usr/sbin/vmsecd"), &sock);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let (path, _) = r.unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o755);
+        assert_eq!(mode(&hooks), 0o755);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o777)).unwrap();
+        install_hook(&hooks, Path::new("/usr/sbin/vmsecd"), &sock).unwrap();
+        assert_eq!(mode(&path), 0o755);
     }
 
     #[test]

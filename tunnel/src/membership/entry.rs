@@ -162,6 +162,12 @@ pub fn parse(name_in_key: &str, value: &[u8]) -> Result<Member, EntryError> {
         if subnets.iter().any(|q| q.overlaps(&p)) {
             return Err(invalid("subnets", "two of its subnets overlap"));
         }
+        if let Some((r, name)) = p.special_use() {
+            return Err(invalid(
+                "subnets",
+                format!("{p} overlaps {r} ({name}), which holds no VM subnet"),
+            ));
+        }
         if p.contains(address) || second_address.is_some_and(|a| p.contains(a)) {
             return Err(invalid(
                 "subnets",
@@ -245,6 +251,23 @@ mod tests {
                 "h7",
                 br#"{"name":"h7","address":"198.18.0.7","subnets":[],"evil":1}"#,
                 "unknown field",
+            ),
+            // Every host would route them into the tunnel: a cloud's metadata service, multicast, all of IPv6
+            // in two halves.
+            (
+                "h7",
+                br#"{"name":"h7","address":"198.18.0.7","subnets":["169.254.169.254/32"]}"#,
+                "overlaps 169.254.0.0/16 (link-local)",
+            ),
+            (
+                "h7",
+                br#"{"name":"h7","address":"198.18.0.7","subnets":["224.0.0.0/4"]}"#,
+                "multicast",
+            ),
+            (
+                "h7",
+                br#"{"name":"h7","address":"198.18.0.7","subnets":["::/1","8000::/1"]}"#,
+                "overlaps ::/128",
             ),
         ] {
             let e = parse(name, v).unwrap_err().to_string();

@@ -146,6 +146,11 @@ pub struct ListedRoute {
 }
 
 impl ListedRoute {
+    /// True if it is a unicast route (`rtm_type` 1): one that delivers packets somewhere.
+    pub fn is_unicast(&self) -> bool {
+        self.kind == 1
+    }
+
     /// True if it is an `unreachable` route.
     pub fn is_unreachable(&self) -> bool {
         self.kind == RTN_UNREACHABLE
@@ -281,6 +286,14 @@ impl Netlink {
     /// Every route of the main table, IPv4 and IPv6, whose protocol number is `proto` (`ip route show table
     /// main proto PROTO`, both families).
     pub fn routes_of_proto(&mut self, proto: u8) -> Result<Vec<ListedRoute>, NetlinkError> {
+        self.main_routes(|r| r.proto == proto)
+    }
+
+    /// Every route of the main table, IPv4 and IPv6, that `keep` accepts.
+    pub fn main_routes(
+        &mut self,
+        mut keep: impl FnMut(&ListedRoute) -> bool,
+    ) -> Result<Vec<ListedRoute>, NetlinkError> {
         let mut out = Vec::new();
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             let mut msg = Msg::new(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP);
@@ -288,7 +301,7 @@ impl Netlink {
             msg.bytes(&0u32.to_ne_bytes());
             self.request("list routes", msg, |ty, body| {
                 if let Some(r) = parse_route(ty, body) {
-                    if r.1 == u32::from(RT_TABLE_MAIN) && r.0.proto == proto {
+                    if r.1 == u32::from(RT_TABLE_MAIN) && keep(&r.0) {
                         out.push(r.0);
                     }
                 }

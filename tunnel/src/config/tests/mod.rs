@@ -632,6 +632,22 @@ fn host_fields() {
     assert!(invalid(&e).0.contains("is not an IP address"));
     let e = case(&base.replace("198.18.0.2", "127.0.0.1"));
     assert!(invalid(&e).1.contains("not loopback"));
+    // A subnet in a special-purpose range: every host would route it into the tunnel.
+    let e = case(&base.replace("198.19.2.0/24", "169.254.169.254/32"));
+    assert_eq!(e.key, "host[1].subnets[0]");
+    assert!(
+        invalid(&e)
+            .0
+            .contains("overlaps 169.254.0.0/16 (link-local)"),
+        "{e}"
+    );
+    let e = case(&base.replace("\"198.19.2.0/24\"", "\"198.19.2.0/24\", \"8000::/1\""));
+    assert!(invalid(&e).0.contains("fe80::/10"), "{e}");
+    let e = case(&base.replace(
+        "subnets = [\"198.19.2.0/24\"]",
+        "subnets = \"libvirt\"\nlibvirt_range = [\"224.0.0.0/4\"]",
+    ));
+    assert!(invalid(&e).0.contains("multicast"), "{e}");
     let e = case(&format!("{base}port = 0\n"));
     assert_eq!(e.key, "host[1].port");
     let e = case(&format!("{base}port = 70000\n"));

@@ -119,6 +119,18 @@ impl Cx<'_> {
                         },
                     ));
                 }
+                if let Some((r, name)) = s.special_use() {
+                    return Err(self.err(
+                        subnet_span(i, j),
+                        format!("host[{i}].subnets[{j}]"),
+                        ErrorKind::Invalid {
+                            problem: format!("{s} overlaps {r} ({name})"),
+                            allowed: "the VMs' subnets: every host routes them into the tunnel, so none may \
+                                      hold loopback, link-local, multicast or reserved addresses"
+                                .to_owned(),
+                        },
+                    ));
+                }
                 if !s.is_ipv4() && settings.mtu < 1280 {
                     return Err(self.err(
                         subnet_span(i, j),
@@ -338,6 +350,15 @@ impl Cx<'_> {
                 .get_ref()
                 .parse::<Prefix>()
                 .map_err(|e| self.err(Some(r.span()), key.clone(), e))?;
+            if let Some((o, name)) = p.special_use() {
+                return Err(self.invalid(
+                    r,
+                    &key,
+                    format!("{p} overlaps {o} ({name})"),
+                    "a range of the host's VM networks: the other hosts route whatever it negotiates there \
+                     into the tunnel, so none may hold loopback, link-local, multicast or reserved addresses",
+                ));
+            }
             if let Some(o) = range.iter().find(|o| o.overlaps(&p)) {
                 return Err(self.invalid(
                     r,

@@ -378,6 +378,90 @@ fn learned_subnets_change_with_the_child_sas() {
     assert!(learned(&net).is_empty());
 }
 
+/// A `subnets = "libvirt"` peer may not claim a prefix inside its range that this host routes elsewhere (a
+/// network of its own there, not in the mesh): narrowed to 198.20.5.8/29 while a has 198.20.5.0/24 on a bridge
+/// of its own, b's subnets were learned and routed into the tunnel, more specific than a's own network, so a's
+/// traffic to its own VMs there went to b. Refused when learned, and when the route appears after.
+#[test]
+fn learned_subnets_may_not_take_a_network_this_host_routes_elsewhere() {
+    let f = Files::new();
+    let text = mesh(B_LIBVIRT);
+    let mut b = f.config(&text, "b");
+    let bi = b.mesh.hosts.iter().position(|h| h.name == "b").unwrap();
+    b.mesh.hosts[bi].subnets = vec!["198.20.5.8/29".parse().unwrap()];
+    let p = |s: &str| -> crate::prefix::Prefix { s.parse().unwrap() };
+    let learned = |net: &Net| -> Vec<String> {
+        net.a
+            .running()
+            .peers()
+            .flat_map(|p| p.subnets.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    // a's own network inside b's range (the default route and a's mesh subnet are outside it: ignored).
+    let mut net = Net::new(f.config(&text, "a"), b.clone());
+    let now = net.now;
+    net.a.set_host_routes(
+        now,
+        [p("198.20.5.0/24"), p("0.0.0.0/0"), p("198.19.1.0/24")],
+    );
+    net.run_for(Duration::from_secs(5));
+    let (a, _) = net.take();
+    assert_eq!(installs(&a).len(), 0, "{a:?}");
+    assert_eq!(subnets_changed(&a), 0, "{a:?}");
+    assert!(learned(&net).is_empty());
+    // Routes elsewhere in the range do not matter: learned and installed.
+    let mut net = Net::new(f.config(&text, "a"), b);
+    let now = net.now;
+    net.a.set_host_routes(now, [p("198.20.9.0/24")]);
+    net.run_for(Duration::from_secs(5));
+    let (a, _) = net.take();
+    assert_eq!(installs(&a).len(), 1, "{a:?}");
+    assert_eq!(learned(&net), ["198.20.5.8/29"]);
+    // a's own network appears later (a libvirt network started): the peer's tunnel goes, and its route.
+    let now = net.now;
+    net.a
+        .set_host_routes(now, [p("198.20.9.0/24"), p("198.20.5.0/24")]);
+    net.drive();
+    let (a, _) = net.take();
+    assert_eq!(subnets_changed(&a), 1, "{a:?}");
+    assert!(learned(&net).is_empty());
+}
+
+/// A reload that adds a host whose listed subnet a libvirt peer had already taken (its range may hold other
+/// hosts' listed subnets): the peer's IKE SA goes at once, and its routes with it. Before, the learned /29 kept
+/// carrying part of the new host's /24 into the peer's tunnel until its next rekey (up to the Child SA lifetime).
+#[test]
+fn a_reload_takes_back_a_subnet_a_libvirt_peer_took_first() {
+    let f = Files::new();
+    let text = mesh(B_LIBVIRT);
+    let mut b = f.config(&text, "b");
+    let bi = b.mesh.hosts.iter().position(|h| h.name == "b").unwrap();
+    b.mesh.hosts[bi].subnets = vec!["198.20.5.8/29".parse().unwrap()];
+    let mut net = Net::new(f.config(&text, "a"), b);
+    net.run_for(Duration::from_secs(5));
+    let (a, _) = net.take();
+    assert_eq!(installs(&a).len(), 1, "{a:?}");
+    let with_c = format!(
+        "{text}\n[[host]]\nname = \"c\"\naddress = \"198.18.0.3\"\nsubnets = [\"198.20.5.0/24\"]\n"
+    );
+    let new = f.config(&with_c, "a");
+    let p = super::super::reload_plan::plan(net.a.endpoint().peers(), peers::peer_configs(&new));
+    assert!(!p.change.iter().any(|n| n == "b"), "b itself is unchanged");
+    let now = net.now;
+    net.a.reload(now, new, &p);
+    net.drive();
+    let (a, _) = net.take();
+    assert_eq!(subnets_changed(&a), 1, "{a:?}");
+    let b_subnets: Vec<String> = net
+        .a
+        .running()
+        .peers()
+        .filter(|p| p.name == "b")
+        .flat_map(|p| p.subnets.iter().map(|s| s.to_string()))
+        .collect();
+    assert!(b_subnets.is_empty(), "{b_subnets:?}");
+}
+
 /// Review item 8: a flood of refused unauthenticated requests (forged from many peer addresses) must not
 /// hide the line that says a real IKE SA went down, logged at the same moment.
 #[test]
