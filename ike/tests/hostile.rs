@@ -174,25 +174,51 @@ fn create_child_sa_answer_without_integrity_is_refused_not_a_crash() {
     );
     a.handle(now, &answer, addr(B, 500), 500);
     let ev = events(&mut a);
-    assert!(
-        !ev.iter()
-            .any(|e| matches!(e, Event::ChildRekeyed { .. } | Event::ChildUp(_))),
-        "{ev:?}"
-    );
-    assert!(
-        ev.iter().any(|e| matches!(e, Event::ChildDown { spi_in: 0, reason: Reason::Protocol(w), .. } if w.contains("integrity"))),
-        "{ev:?}"
-    );
+    assert!(!child_made(&ev), "{ev:?}");
+    assert_child_refused_for(&ev, "integrity", "no integrity");
     assert!(downs(&ev).is_empty(), "the IKE SA stays: {ev:?}");
     assert!(a.has_sa("b"));
     // The unusable Child SA the peer installed is deleted.
+    assert_esp_delete_sent(&mut a, &fake, "no integrity");
+}
+
+/// Whether `ev` tells of a Child SA made (a new one or a rekeyed one).
+fn child_made(ev: &[Event]) -> bool {
+    ev.iter()
+        .any(|e| matches!(e, Event::ChildRekeyed { .. } | Event::ChildUp(_)))
+}
+
+/// `ev` tells of a Child SA refused before it was installed (a ChildDown without an inbound SPI) for a
+/// protocol error whose text holds `why`.
+fn assert_child_refused_for(ev: &[Event], why: &str, what: &str) {
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::ChildDown { spi_in: 0, reason: Reason::Protocol(w), .. } if w.contains(why))),
+        "{what}: {ev:?}"
+    );
+}
+
+/// The next message `a` sends is to the scripted peer and deletes an ESP SA (the unusable Child SA the peer
+/// installed).
+fn assert_esp_delete_sent(a: &mut Endpoint, fake: &Fake, what: &str) {
     let t = a.poll_transmit().expect("a delete");
     let (_, dp) = fake.open(&t.data);
     assert!(
         dp.iter()
             .any(|p| matches!(p, Payload::Delete(d) if d.protocol == ProtocolId::ESP)),
-        "{dp:?}"
+        "{what}: {dp:?}"
     );
+}
+
+/// The one event of `ev` if it is an unauthenticated IkeDown: its reason.
+fn only_unauthenticated_down(ev: &[Event]) -> Option<&Reason> {
+    match ev {
+        [Event::IkeDown {
+            unauthenticated: true,
+            reason,
+            ..
+        }] => Some(reason),
+        _ => None,
+    }
 }
 
 /// IKE_SA_INIT answers and IKE SA rekey answers are checked the same way, with a typed reason; an unusable
@@ -587,6 +613,24 @@ fn authenticated_to_b() -> (Endpoint, Fake, Instant) {
     authenticated_to_b_with(|_| {})
 }
 
+/// The scripted initiator `f`'s IKE_AUTH request from A (ESP SPI `spi`, 198.19.1.0/24 to 198.19.2.0/24),
+/// handled by `e`.
+fn send_ike_auth(e: &mut Endpoint, f: &mut Fake, now: Instant, spi: u32) {
+    let idi = id_from_addr(A.parse().unwrap());
+    let auth = f.auth(&idi);
+    let m = f.request(
+        ExchangeType::IKE_AUTH,
+        &[
+            Payload::IdI(idi),
+            auth,
+            Payload::Sa(vec![esp_wire("aes128gcm16", spi)]),
+            Payload::TsI(vec![ts("198.19.1.0/24")]),
+            Payload::TsR(vec![ts("198.19.2.0/24")]),
+        ],
+    );
+    e.handle(now, &m, addr(A, 500), 500);
+}
+
 /// [`authenticated_to_b`] with B's configuration changed by `tweak` first.
 fn authenticated_to_b_with(tweak: impl FnOnce(&mut PeerConfig)) -> (Endpoint, Fake, Instant) {
     authenticated_to_b_offering(ike_wire(vec![]), tweak)
@@ -605,19 +649,7 @@ fn authenticated_to_b_offering(
     e.handle(now, &req, addr(A, 500), 500);
     let resp = e.poll_transmit().unwrap();
     assert!(f.take_init_response(&resp.data));
-    let idi = id_from_addr(A.parse().unwrap());
-    let auth = f.auth(&idi);
-    let m = f.request(
-        ExchangeType::IKE_AUTH,
-        &[
-            Payload::IdI(idi),
-            auth,
-            Payload::Sa(vec![esp_wire("aes128gcm16", 0x1000)]),
-            Payload::TsI(vec![ts("198.19.1.0/24")]),
-            Payload::TsR(vec![ts("198.19.2.0/24")]),
-        ],
-    );
-    e.handle(now, &m, addr(A, 500), 500);
+    send_ike_auth(&mut e, &mut f, now, 0x1000);
     let r = e.poll_transmit().unwrap();
     let (_, p) = f.open(&r.data);
     assert!(notify_of(&p).is_none(), "{p:?}");
@@ -641,19 +673,7 @@ fn ike_sas_per_peer_are_capped() {
             continue;
         };
         assert!(f.take_init_response(&resp.data));
-        let idi = id_from_addr(A.parse().unwrap());
-        let auth = f.auth(&idi);
-        let m = f.request(
-            ExchangeType::IKE_AUTH,
-            &[
-                Payload::IdI(idi),
-                auth,
-                Payload::Sa(vec![esp_wire("aes128gcm16", 0x1000 + k as u32)]),
-                Payload::TsI(vec![ts("198.19.1.0/24")]),
-                Payload::TsR(vec![ts("198.19.2.0/24")]),
-            ],
-        );
-        e.handle(now, &m, addr(A, 500), 500);
+        send_ike_auth(&mut e, &mut f, now, 0x1000 + k as u32);
         transmits(&mut e);
         up += events(&mut e)
             .iter()
@@ -959,16 +979,7 @@ fn forged_error_in_ike_sa_init_response_does_not_end_our_ike_sa() {
         let forged = message::encode_plain(hdr, &[Payload::Notify(Notify::new(ntype, vec![]))]);
         a.handle(now, &forged, addr(B, 500), 500);
         let ev = events(&mut a);
-        assert!(
-            matches!(
-                &ev[..],
-                [Event::IkeDown {
-                    unauthenticated: true,
-                    ..
-                }]
-            ),
-            "{ntype}: {ev:?}"
-        );
+        assert!(only_unauthenticated_down(&ev).is_some(), "{ntype}: {ev:?}");
         assert!(a.has_sa("b"), "still waiting");
         // The real answer, after a retransmission.
         the_real_response_after_a_retransmission_completes(&mut a, "forged error");
@@ -1082,20 +1093,28 @@ fn forged_unusable_ike_sa_init_response_does_not_end_our_ike_sa() {
         a.handle(now, &forged, addr(B, 500), 500);
         let ev = events(&mut a);
         assert!(
-            matches!(
-                &ev[..],
-                [Event::IkeDown {
-                    unauthenticated: true,
-                    reason: Reason::Protocol(_),
-                    ..
-                }]
-            ),
+            matches!(only_unauthenticated_down(&ev), Some(Reason::Protocol(_))),
             "{what}: {ev:?}"
         );
         assert!(a.has_sa("b"), "{what}: still waiting");
         assert!(transmits(&mut a).is_empty(), "{what}: nothing sent for it");
         the_real_response_after_a_retransmission_completes(&mut a, what);
     }
+}
+
+/// The clear-text message `m` encoded again with each payload passed through `f`.
+fn rewritten(m: &[u8], f: impl FnMut(Payload) -> Payload) -> Vec<u8> {
+    let parsed = message::parse(m).unwrap();
+    let payloads: Vec<Payload> = parsed.payloads.into_iter().map(f).collect();
+    message::encode_plain(parsed.header, &payloads)
+}
+
+/// The clear-text message `m` with its nonce replaced by one of `len` octets.
+fn with_nonce(m: &[u8], len: usize) -> Vec<u8> {
+    rewritten(m, |x| match x {
+        Payload::Nonce(_) => Payload::Nonce(vec![0x4e; len]),
+        x => x,
+    })
 }
 
 /// A flood of forged IKE_SA_INIT responses costs a bounded amount of work: each one that gets as far as the key
@@ -1111,24 +1130,14 @@ fn forged_ike_sa_init_responses_are_examined_a_few_per_transmission() {
     for i in 0..4u8 {
         // A well-formed response whose KE is not a point (each costs a key agreement).
         let (_, real) = Fake::respond(&init.data, 0x5555_6666_7777_8800 + u64::from(i), None);
-        let parsed = message::parse(&real).unwrap();
-        let payloads: Vec<Payload> = parsed
-            .payloads
-            .into_iter()
-            .map(|x| match x {
-                Payload::Ke { group, .. } => Payload::Ke {
-                    group,
-                    data: vec![i; 31],
-                },
-                x => x,
-            })
-            .collect();
-        a.handle(
-            now,
-            &message::encode_plain(parsed.header, &payloads),
-            addr(B, 500),
-            500,
-        );
+        let forged = rewritten(&real, |x| match x {
+            Payload::Ke { group, .. } => Payload::Ke {
+                group,
+                data: vec![i; 31],
+            },
+            x => x,
+        });
+        a.handle(now, &forged, addr(B, 500), 500);
     }
     assert_eq!(downs(&events(&mut a)).len(), 1, "reported once");
     // A fifth response in the same transmission is not examined, even a good one.
@@ -1172,21 +1181,7 @@ fn ike_sa_init_response_nonce_shorter_than_half_the_prf_key_is_unusable() {
         let init = a.poll_transmit().unwrap();
         let chosen = ProposalSpec::ike(spec).unwrap().to_wire(1, vec![]);
         let (_, real) = Fake::respond(&init.data, 0x5555_6666_7777_8888, Some(chosen));
-        let parsed = message::parse(&real).unwrap();
-        let payloads: Vec<Payload> = parsed
-            .payloads
-            .into_iter()
-            .map(|x| match x {
-                Payload::Nonce(_) => Payload::Nonce(vec![0x4e; len]),
-                x => x,
-            })
-            .collect();
-        a.handle(
-            now,
-            &message::encode_plain(parsed.header, &payloads),
-            addr(B, 500),
-            500,
-        );
+        a.handle(now, &with_nonce(&real, len), addr(B, 500), 500);
         let ev = events(&mut a);
         let sent = transmits(&mut a);
         if usable {
@@ -1194,14 +1189,7 @@ fn ike_sa_init_response_nonce_shorter_than_half_the_prf_key_is_unusable() {
             assert_eq!(sent.len(), 1, "{len}: IKE_AUTH request sent");
         } else {
             assert!(
-                matches!(
-                    &ev[..],
-                    [Event::IkeDown {
-                        unauthenticated: true,
-                        reason: Reason::Protocol(w),
-                        ..
-                    }] if w.contains("Nonce")
-                ),
+                matches!(only_unauthenticated_down(&ev), Some(Reason::Protocol(w)) if w.contains("Nonce")),
                 "{len}: {ev:?}"
             );
             assert!(sent.is_empty(), "{len}: nothing sent for it");
@@ -1222,22 +1210,8 @@ fn ike_sa_init_request_nonce_shorter_than_half_the_prf_key_is_refused() {
         let mut b = Endpoint::new(vec![Arc::new(cfg)]);
         let ke = ike::crypto::KeyShare::generate(ike::crypto::DhGroup::Curve25519).unwrap();
         let req = init_with_ke(0x77, 31, ke.public().to_vec(), spec);
-        let p = message::parse(&req).unwrap();
-        let payloads: Vec<Payload> = p
-            .payloads
-            .into_iter()
-            .map(|x| match x {
-                Payload::Nonce(_) => Payload::Nonce(vec![0x4e; len]),
-                x => x,
-            })
-            .collect();
         let now = Instant::now();
-        b.handle(
-            now,
-            &message::encode_plain(p.header, &payloads),
-            addr(A, 500),
-            500,
-        );
+        b.handle(now, &with_nonce(&req, len), addr(A, 500), 500);
         let t = transmits(&mut b);
         assert_eq!(t.len(), 1, "{len}: answered");
         let answer = message::parse(&t[0].data).unwrap().payloads;
@@ -1387,26 +1361,15 @@ fn create_child_sa_answer_nonce_shorter_than_half_the_prf_key_is_refused() {
             );
             a.handle(now, &answer, addr(B, 500), 500);
             let ev = events(&mut a);
-            let made = ev
-                .iter()
-                .any(|e| matches!(e, Event::ChildRekeyed { .. } | Event::ChildUp(_)));
+            let made = child_made(&ev);
             assert!(downs(&ev).is_empty(), "{what}: the IKE SA stays: {ev:?}");
             if usable {
                 assert!(made, "{what}: {ev:?}");
                 continue;
             }
             assert!(!made, "{what}: {ev:?}");
-            assert!(
-                ev.iter().any(|e| matches!(e, Event::ChildDown { spi_in: 0, reason: Reason::Protocol(w), .. } if w.contains("Nonce"))),
-                "{what}: {ev:?}"
-            );
-            let t = a.poll_transmit().expect("a delete");
-            let (_, dp) = fake.open(&t.data);
-            assert!(
-                dp.iter()
-                    .any(|p| matches!(p, Payload::Delete(d) if d.protocol == ProtocolId::ESP)),
-                "{what}: {dp:?}"
-            );
+            assert_child_refused_for(&ev, "Nonce", &what);
+            assert_esp_delete_sent(&mut a, &fake, &what);
         }
     }
 }
@@ -1942,19 +1905,7 @@ fn ike_rekeys_cannot_take_a_peer_past_twice_the_ike_sa_cap() {
         e.handle(now, &req, addr(A, 500), 500);
         let resp = e.poll_transmit().expect("IKE_SA_INIT answered");
         assert!(f.take_init_response(&resp.data));
-        let idi = id_from_addr(A.parse().unwrap());
-        let auth = f.auth(&idi);
-        let m = f.request(
-            ExchangeType::IKE_AUTH,
-            &[
-                Payload::IdI(idi),
-                auth,
-                Payload::Sa(vec![esp_wire("aes128gcm16", 0x1000 + k as u32)]),
-                Payload::TsI(vec![ts("198.19.1.0/24")]),
-                Payload::TsR(vec![ts("198.19.2.0/24")]),
-            ],
-        );
-        e.handle(now, &m, addr(A, 500), 500);
+        send_ike_auth(&mut e, &mut f, now, 0x1000 + k as u32);
         transmits(&mut e);
         chains.push(f);
     }
