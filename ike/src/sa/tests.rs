@@ -98,17 +98,23 @@ fn handshake_data_lives_only_as_long_as_the_handshake() {
     }
 }
 
-/// A half-open SA given up ends without a word about the peer (it never authenticated).
-#[test]
-fn half_open_sa_ends_unreported() {
-    let now = Instant::now();
+/// A initiating to B, and B's SA created by A's IKE_SA_INIT request (its answer not yet sent).
+fn init_answered(now: Instant) -> (IkeSa, Box<IkeSa>) {
     let mut a = IkeSa::initiate(peer("b", A, B), now);
     let request = a.poll_transmit().unwrap();
-    let Some(InitOutcome::Created(mut b)) =
+    let Some(InitOutcome::Created(b)) =
         IkeSa::respond_init(peer("a", B, A), now, &request.data, addr(A))
     else {
         panic!("B answers IKE_SA_INIT");
     };
+    (a, b)
+}
+
+/// A half-open SA given up ends without a word about the peer (it never authenticated).
+#[test]
+fn half_open_sa_ends_unreported() {
+    let now = Instant::now();
+    let (_a, mut b) = init_answered(now);
     while b.poll_transmit().is_some() {}
     let later = now + HALF_OPEN_TIMEOUT;
     assert_eq!(b.poll_timeout(), Some(later));
@@ -119,13 +125,7 @@ fn half_open_sa_ends_unreported() {
 
 /// An established pair of SAs, A the initiator.
 fn established(now: Instant) -> (IkeSa, IkeSa) {
-    let mut a = IkeSa::initiate(peer("b", A, B), now);
-    let request = a.poll_transmit().unwrap();
-    let Some(InitOutcome::Created(mut b)) =
-        IkeSa::respond_init(peer("a", B, A), now, &request.data, addr(A))
-    else {
-        panic!("B answers IKE_SA_INIT");
-    };
+    let (mut a, mut b) = init_answered(now);
     deliver(now, &mut b, B, &mut a);
     deliver(now, &mut a, A, &mut b);
     deliver(now, &mut b, B, &mut a);
