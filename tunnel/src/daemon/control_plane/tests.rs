@@ -331,25 +331,34 @@ fn reload_plan_keeps_unchanged_peers() {
     );
 }
 
+/// b's configuration as a `subnets = "libvirt"` host whose libvirt networks hold `subnet` (what
+/// `resolve_libvirt` would have read from them).
+fn libvirt_b(f: &Files, text: &str, subnet: &str) -> Config {
+    let mut b = f.config(text, "b");
+    let bi = b.mesh.hosts.iter().position(|h| h.name == "b").unwrap();
+    b.mesh.hosts[bi].subnets = vec![subnet.parse().unwrap()];
+    b
+}
+
+/// The subnets a runs with for its peers (all of them, or only the one named).
+fn learned(net: &Net, peer: Option<&str>) -> Vec<String> {
+    net.a
+        .running()
+        .peers()
+        .filter(|p| peer.is_none_or(|name| p.name == name))
+        .flat_map(|p| p.subnets.iter().map(|s| s.to_string()))
+        .collect()
+}
+
 /// A `subnets = "libvirt"` peer: the subnets it narrows its range to are learned when its Child SA comes up
 /// (before the Child SA is installed), kept across a rekey, and forgotten when the tunnel goes.
 #[test]
 fn learned_subnets_change_with_the_child_sas() {
     let f = Files::new();
     let text = mesh(B_LIBVIRT);
-    let mut b = f.config(&text, "b");
-    // What `resolve_libvirt` would have read from b's libvirt networks.
-    let bi = b.mesh.hosts.iter().position(|h| h.name == "b").unwrap();
-    b.mesh.hosts[bi].subnets = vec!["198.20.5.0/24".parse().unwrap()];
+    let b = libvirt_b(&f, &text, "198.20.5.0/24");
     let mut net = Net::new(f.config(&text, "a"), b);
-    let learned = |net: &Net| -> Vec<String> {
-        net.a
-            .running()
-            .peers()
-            .flat_map(|p| p.subnets.iter().map(|s| s.to_string()))
-            .collect()
-    };
-    assert!(learned(&net).is_empty());
+    assert!(learned(&net, None).is_empty());
     net.run_for(Duration::from_secs(5));
     let (a, _) = net.take();
     assert!(
@@ -359,7 +368,7 @@ fn learned_subnets_change_with_the_child_sas() {
         ),
         "{a:?}"
     );
-    assert_eq!(learned(&net), ["198.20.5.0/24"]);
+    assert_eq!(learned(&net, None), ["198.20.5.0/24"]);
     // The file's configuration is left as it was.
     assert!(net.a.config().peers().all(|p| p.subnets.is_empty()));
     // A rekey learns the same subnets: nothing changes.
@@ -375,7 +384,7 @@ fn learned_subnets_change_with_the_child_sas() {
     net.drive();
     let (a, _) = net.take();
     assert_eq!(subnets_changed(&a), 1, "{a:?}");
-    assert!(learned(&net).is_empty());
+    assert!(learned(&net, None).is_empty());
 }
 
 /// A `subnets = "libvirt"` peer may not claim a prefix inside its range that this host routes elsewhere (a
@@ -386,17 +395,8 @@ fn learned_subnets_change_with_the_child_sas() {
 fn learned_subnets_may_not_take_a_network_this_host_routes_elsewhere() {
     let f = Files::new();
     let text = mesh(B_LIBVIRT);
-    let mut b = f.config(&text, "b");
-    let bi = b.mesh.hosts.iter().position(|h| h.name == "b").unwrap();
-    b.mesh.hosts[bi].subnets = vec!["198.20.5.8/29".parse().unwrap()];
+    let b = libvirt_b(&f, &text, "198.20.5.8/29");
     let p = |s: &str| -> crate::prefix::Prefix { s.parse().unwrap() };
-    let learned = |net: &Net| -> Vec<String> {
-        net.a
-            .running()
-            .peers()
-            .flat_map(|p| p.subnets.iter().map(|s| s.to_string()))
-            .collect()
-    };
     // a's own network inside b's range (the default route and a's mesh subnet are outside it: ignored).
     let mut net = Net::new(f.config(&text, "a"), b.clone());
     let now = net.now;
@@ -408,7 +408,7 @@ fn learned_subnets_may_not_take_a_network_this_host_routes_elsewhere() {
     let (a, _) = net.take();
     assert_eq!(installs(&a).len(), 0, "{a:?}");
     assert_eq!(subnets_changed(&a), 0, "{a:?}");
-    assert!(learned(&net).is_empty());
+    assert!(learned(&net, None).is_empty());
     // Routes elsewhere in the range do not matter: learned and installed.
     let mut net = Net::new(f.config(&text, "a"), b);
     let now = net.now;
@@ -416,7 +416,7 @@ fn learned_subnets_may_not_take_a_network_this_host_routes_elsewhere() {
     net.run_for(Duration::from_secs(5));
     let (a, _) = net.take();
     assert_eq!(installs(&a).len(), 1, "{a:?}");
-    assert_eq!(learned(&net), ["198.20.5.8/29"]);
+    assert_eq!(learned(&net, None), ["198.20.5.8/29"]);
     // a's own network appears later (a libvirt network started): the peer's tunnel goes, and its route.
     let now = net.now;
     net.a
@@ -424,7 +424,7 @@ fn learned_subnets_may_not_take_a_network_this_host_routes_elsewhere() {
     net.drive();
     let (a, _) = net.take();
     assert_eq!(subnets_changed(&a), 1, "{a:?}");
-    assert!(learned(&net).is_empty());
+    assert!(learned(&net, None).is_empty());
 }
 
 /// A reload that adds a host whose listed subnet a libvirt peer had already taken (its range may hold other
@@ -434,9 +434,7 @@ fn learned_subnets_may_not_take_a_network_this_host_routes_elsewhere() {
 fn a_reload_takes_back_a_subnet_a_libvirt_peer_took_first() {
     let f = Files::new();
     let text = mesh(B_LIBVIRT);
-    let mut b = f.config(&text, "b");
-    let bi = b.mesh.hosts.iter().position(|h| h.name == "b").unwrap();
-    b.mesh.hosts[bi].subnets = vec!["198.20.5.8/29".parse().unwrap()];
+    let b = libvirt_b(&f, &text, "198.20.5.8/29");
     let mut net = Net::new(f.config(&text, "a"), b);
     net.run_for(Duration::from_secs(5));
     let (a, _) = net.take();
@@ -452,13 +450,7 @@ fn a_reload_takes_back_a_subnet_a_libvirt_peer_took_first() {
     net.drive();
     let (a, _) = net.take();
     assert_eq!(subnets_changed(&a), 1, "{a:?}");
-    let b_subnets: Vec<String> = net
-        .a
-        .running()
-        .peers()
-        .filter(|p| p.name == "b")
-        .flat_map(|p| p.subnets.iter().map(|s| s.to_string()))
-        .collect();
+    let b_subnets = learned(&net, Some("b"));
     assert!(b_subnets.is_empty(), "{b_subnets:?}");
 }
 
