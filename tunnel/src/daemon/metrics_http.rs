@@ -245,6 +245,24 @@ async fn serve_one(
 mod tests {
     use super::*;
 
+    /// What the loop answers for a host with no peers and nothing counted.
+    fn empty_host_snapshot() -> Snapshot {
+        Snapshot {
+            status: crate::daemon::control::Status {
+                host: "h1".into(),
+                peers: vec![],
+                drops: Default::default(),
+                raw_esp_out: Default::default(),
+                raw_esp_in: Default::default(),
+                refused: vec![],
+            },
+            ike: Default::default(),
+            half_open: 0,
+            demanding_cookies: false,
+            firewall_repairs: 0,
+        }
+    }
+
     #[test]
     fn request_lines() {
         assert_eq!(
@@ -265,42 +283,44 @@ mod tests {
         assert_eq!(parse_head(&[0xff, b' ', b'\n', b'\n']), Asked::Bad);
     }
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A metrics listener on a free loopback port, served on the current runtime, whose loop answers every
+    /// snapshot request with [`empty_host_snapshot`]. Returns its address, how many snapshots the loop was
+    /// asked for, and the server's task.
+    fn serve_an_empty_host() -> (
+        std::net::SocketAddr,
+        Arc<std::sync::atomic::AtomicUsize>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let l = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, mut rx) = mpsc::channel::<SnapshotRequest>(1);
+        let server = serve(l, tx, EventCounters::default());
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = asked.clone();
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = r.send(empty_host_snapshot());
+            }
+        });
+        (addr, asked, server)
+    }
+
     /// Clients that connect and say nothing, or send an endless head, hold neither the loop nor the other
     /// scrapes for long: with every slot but one held by silent clients, a scrape is answered at once; a head
     /// over the limit is closed unanswered; a silent client is closed after the timeout; the loop is asked for
     /// one snapshot however many scrapes come within the TTL.
     #[test]
     fn stuck_and_greedy_clients_are_bounded() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let l = listen("127.0.0.1:0".parse().unwrap()).unwrap();
-            let addr = l.local_addr().unwrap();
-            let (tx, mut rx) = mpsc::channel::<SnapshotRequest>(1);
-            let _server = serve(l, tx, EventCounters::default());
-            let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let asked2 = asked.clone();
-            tokio::spawn(async move {
-                while let Some(r) = rx.recv().await {
-                    asked2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let _ = r.send(Snapshot {
-                        status: crate::daemon::control::Status {
-                            host: "h1".into(),
-                            peers: vec![],
-                            drops: Default::default(),
-                            raw_esp_out: Default::default(),
-                            raw_esp_in: Default::default(),
-                            refused: vec![],
-                        },
-                        ike: Default::default(),
-                        half_open: 0,
-                        demanding_cookies: false,
-                        firewall_repairs: 0,
-                    });
-                }
-            });
+        runtime().block_on(async {
+            let (addr, asked, _server) = serve_an_empty_host();
             let mut silent = Vec::new();
             for _ in 0..MAX_CONNECTIONS - 1 {
                 silent.push(TcpStream::connect(addr).await.unwrap());
@@ -349,33 +369,8 @@ mod tests {
     /// and the oldest silent client is closed.
     #[test]
     fn silent_clients_give_their_slots_to_a_scrape() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let l = listen("127.0.0.1:0".parse().unwrap()).unwrap();
-            let addr = l.local_addr().unwrap();
-            let (tx, mut rx) = mpsc::channel::<SnapshotRequest>(1);
-            let _server = serve(l, tx, EventCounters::default());
-            tokio::spawn(async move {
-                while let Some(r) = rx.recv().await {
-                    let _ = r.send(Snapshot {
-                        status: crate::daemon::control::Status {
-                            host: "h1".into(),
-                            peers: vec![],
-                            drops: Default::default(),
-                            raw_esp_out: Default::default(),
-                            raw_esp_in: Default::default(),
-                            refused: vec![],
-                        },
-                        ike: Default::default(),
-                        half_open: 0,
-                        demanding_cookies: false,
-                        firewall_repairs: 0,
-                    });
-                }
-            });
+        runtime().block_on(async {
+            let (addr, _, _server) = serve_an_empty_host();
             let mut silent = Vec::new();
             for _ in 0..MAX_CONNECTIONS {
                 let mut s = TcpStream::connect(addr).await.unwrap();
