@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::netns::{output_of, Netns};
+use crate::netns::{output_of, Netns, NetnsGuard};
 use crate::traffic::{self, Captured};
 
 /// Checks that an IPv6 address (with or without `/len`) lies in 2001:db8::/32, the only IPv6 range tests use.
@@ -47,6 +47,20 @@ pub fn vm_subnet6(host: &Netns, vm: &Netns, n: u8) {
         "via",
         &format!("2001:db8:{n}::1"),
     ]);
+}
+
+/// [`NetnsGuard::underlay_lan`] with IPv6 beside IPv4: the `i`-th host (198.18.0.`i+1`) also has
+/// 2001:db8:0:ff::`i+1`/64 on `u0`.
+///
+/// # Panics
+/// If a namespace or address cannot be made.
+pub fn underlay_lan6<const N: usize>(g: &mut NetnsGuard, hosts: [&str; N]) -> [Netns; N] {
+    let lan = g.underlay_lan(&hosts);
+    for (i, h) in lan.iter().enumerate() {
+        add_addr6(h, "u0", &format!("2001:db8:0:ff::{}/64", i + 1));
+    }
+    lan.try_into()
+        .unwrap_or_else(|_| panic!("underlay_lan made one namespace per host"))
 }
 
 /// IPv6 on the underlay `u0` of each `(host, n)`: 2001:db8:0:ff::`n`/64, and permanent neighbour entries for

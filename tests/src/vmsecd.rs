@@ -88,6 +88,19 @@ pub struct HostEntry {
     pub port: Option<u16>,
 }
 
+impl HostEntry {
+    /// Hypervisor `n` of the dual-stack beds (`dualstack`): underlay 198.18.0.`n`, VM subnets
+    /// 198.19.`n`.0/24 and 2001:db8:`n`::/64, IKE on port 500.
+    pub fn dual_stack(name: &str, n: u8) -> HostEntry {
+        HostEntry {
+            name: name.into(),
+            address: format!("198.18.0.{n}"),
+            subnets: vec![format!("198.19.{n}.0/24"), format!("2001:db8:{n}::/64")],
+            port: None,
+        }
+    }
+}
+
 /// The parts of a mesh file the tests vary; the rest is vmsecd's defaults.
 #[derive(Debug, Clone)]
 pub struct Mesh {

@@ -19,6 +19,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use vmsecd_e2e::dualstack::{underlay_lan6, vm_subnet6};
 use vmsecd_e2e::netns::{output_of, run_checked, Netns, NetnsGuard};
 use vmsecd_e2e::traffic::{ping, ping_until_ok, Capture, Captured};
 use vmsecd_e2e::vmsecd::{is_up, vmsecd_bin, HostEntry, Mesh, Vmsecd};
@@ -30,20 +31,14 @@ const PROTO: &str = "118";
 /// on the lower address, initiates at once; b takes the new IKE SA and Child SA in place of the dead ones).
 const RECOVERY: Duration = Duration::from_secs(10);
 
-fn host(name: &str, n: u8) -> HostEntry {
-    HostEntry {
-        name: name.into(),
-        address: format!("198.18.0.{n}"),
-        subnets: vec![format!("198.19.{n}.0/24"), format!("2001:db8:{n}::/64")],
-        port: None,
-    }
-}
-
 fn mesh(hosts: &[(&str, u8)]) -> Mesh {
     let mut m = Mesh::two_hosts(PSK);
     // ESP in UDP 4500 either way; no firewall handling (no libvirt here): only the routes are under test.
     m.firewall = Some("off".into());
-    m.hosts = hosts.iter().map(|(n, i)| host(n, *i)).collect();
+    m.hosts = hosts
+        .iter()
+        .map(|(n, i)| HostEntry::dual_stack(n, *i))
+        .collect();
     m
 }
 
@@ -151,8 +146,9 @@ fn no_clear_text_while_vmsecd_is_dead() {
     vmsecd_e2e::netns::require_root_and_ip();
     let started = Instant::now();
     let mut g = NetnsGuard::new("failclosed");
-    let hv = g.underlay_lan(&["a", "b", "r"]);
-    let (a, b, r) = (hv[0].clone(), hv[1].clone(), hv[2].clone());
+    // IPv6 the same way (2001:db8::/32, shared/conventions.md): underlay 2001:db8:0:ff::N, VM subnets
+    // 2001:db8:N::/64 (below), the router the hypervisors' default route.
+    let [a, b, r] = underlay_lan6(&mut g, ["a", "b", "r"]);
     let ul = g.namespaces()[0].clone();
     for h in [&a, &b] {
         h.ip(&["route", "add", "default", "via", "198.18.0.3"]);
@@ -161,48 +157,9 @@ fn no_clear_text_while_vmsecd_is_dead() {
     r.sysctl("net.ipv4.ip_forward=0");
     let avm = g.vm_subnet(&a, 1, "avm");
     let bvm = g.vm_subnet(&b, 2, "bvm");
-    // IPv6 the same way (2001:db8::/32, shared/conventions.md): underlay 2001:db8:0:ff::N, VM subnets
-    // 2001:db8:N::/64, the router the hypervisors' default route.
-    for (i, h) in [&a, &b, &r].into_iter().enumerate() {
-        h.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("2001:db8:0:ff::{}/64", i + 1),
-            "dev",
-            "u0",
-            "nodad",
-        ]);
-    }
     for (n, h, vm) in [(1, &a, &avm), (2, &b, &bvm)] {
         h.ip(&["-6", "route", "add", "default", "via", "2001:db8:0:ff::3"]);
-        h.sysctl("net.ipv6.conf.all.forwarding=1");
-        h.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("2001:db8:{n}::1/64"),
-            "dev",
-            "virbr0",
-            "nodad",
-        ]);
-        vm.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("2001:db8:{n}::10/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        vm.ip(&[
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("2001:db8:{n}::1"),
-        ]);
+        vm_subnet6(h, vm, n);
     }
     let root = g.dir();
     let (da, db) = (root.join("a"), root.join("b"));

@@ -19,6 +19,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use vmsecd_e2e::dualstack::{add_addr6, underlay_lan6, vm_subnet6};
 use vmsecd_e2e::netns::{Netns, NetnsGuard, NsChild};
 use vmsecd_e2e::traffic::ping_until_ok;
 use vmsecd_e2e::vmsecd::{is_up, HostEntry, Mesh, Vmsecd};
@@ -27,15 +28,6 @@ const PSK: &str = "inbound-clear-text-psk-0123456789";
 const PORT: &str = "5555";
 /// The addresses of b's VM subnets the outsider sends from.
 const SPOOFED: [&str; 2] = ["198.19.2.66", "2001:db8:2::66"];
-
-fn host(name: &str, n: u8) -> HostEntry {
-    HostEntry {
-        name: name.into(),
-        address: format!("198.18.0.{n}"),
-        subnets: vec![format!("198.19.{n}.0/24"), format!("2001:db8:{n}::/64")],
-        port: None,
-    }
-}
 
 /// A UDP listener in `vm` on [`PORT`] of both families: one line "SOURCE PAYLOAD" per datagram into `out`,
 /// until `stop` exists (at most 120 s).
@@ -113,49 +105,11 @@ fn clear_text_from_a_remote_subnet_never_reaches_a_vm() {
     vmsecd_e2e::netns::require_root_and_ip();
     let started = Instant::now();
     let mut g = NetnsGuard::new("inclear");
-    let hv = g.underlay_lan(&["a", "b", "x"]);
-    let (a, b, x) = (hv[0].clone(), hv[1].clone(), hv[2].clone());
+    let [a, b, x] = underlay_lan6(&mut g, ["a", "b", "x"]);
     let avm = g.vm_subnet(&a, 1, "avm");
     let bvm = g.vm_subnet(&b, 2, "bvm");
-    for (i, h) in [&a, &b, &x].into_iter().enumerate() {
-        h.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("2001:db8:0:ff::{}/64", i + 1),
-            "dev",
-            "u0",
-            "nodad",
-        ]);
-    }
     for (n, h, vm) in [(1, &a, &avm), (2, &b, &bvm)] {
-        h.sysctl("net.ipv6.conf.all.forwarding=1");
-        h.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("2001:db8:{n}::1/64"),
-            "dev",
-            "virbr0",
-            "nodad",
-        ]);
-        vm.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("2001:db8:{n}::10/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        vm.ip(&[
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("2001:db8:{n}::1"),
-        ]);
+        vm_subnet6(h, vm, n);
     }
     // Debian's default (systemd's 50-default.conf): loose reverse-path filtering.
     a.sysctl("net.ipv4.conf.all.rp_filter=2");
@@ -164,15 +118,7 @@ fn clear_text_from_a_remote_subnet_never_reaches_a_vm() {
     // The outsider: addresses of b's VM subnets, and a's VM subnets routed via a, as any host of the
     // underlay can do.
     x.ip(&["addr", "add", "198.19.2.66/32", "dev", "lo"]);
-    x.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:2::66/128",
-        "dev",
-        "lo",
-        "nodad",
-    ]);
+    add_addr6(&x, "lo", "2001:db8:2::66/128");
     x.ip(&["route", "add", "198.19.1.0/24", "via", "198.18.0.1"]);
     x.ip(&[
         "-6",
@@ -187,7 +133,10 @@ fn clear_text_from_a_remote_subnet_never_reaches_a_vm() {
     let (da, db) = (root.join("a"), root.join("b"));
     let mut mesh = Mesh::two_hosts(PSK);
     mesh.firewall = Some("auto".into());
-    mesh.hosts = vec![host("hA", 1), host("hB", 2)];
+    mesh.hosts = vec![
+        HostEntry::dual_stack("hA", 1),
+        HostEntry::dual_stack("hB", 2),
+    ];
     let t = Duration::from_secs(20);
     let mut va = Vmsecd::start(&a, &da, &mesh, "hA");
     let mut vb = Vmsecd::start(&b, &db, &mesh, "hB");
