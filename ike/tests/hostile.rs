@@ -84,8 +84,19 @@ fn auth_answer(
     req: &[Payload],
     chosen: Proposal,
 ) -> Vec<u8> {
-    let idr = id_from_addr(B.parse().unwrap());
     let (tsi, tsr) = ts_of(req);
+    auth_answer_with_ts(fake, h, chosen, tsi, tsr)
+}
+
+/// [`auth_answer`] with the traffic selectors `tsi` and `tsr`.
+fn auth_answer_with_ts(
+    fake: &Fake,
+    h: &ike::message::Header,
+    chosen: Proposal,
+    tsi: Payload,
+    tsr: Payload,
+) -> Vec<u8> {
+    let idr = id_from_addr(B.parse().unwrap());
     fake.seal(
         ExchangeType::IKE_AUTH,
         true,
@@ -1301,19 +1312,7 @@ fn a_authenticated_with_prf_sha512(
         }
         other => other,
     };
-    let idr = id_from_addr(B.parse().unwrap());
-    let answer = fake.seal(
-        ExchangeType::IKE_AUTH,
-        true,
-        h.message_id,
-        &[
-            Payload::IdR(idr.clone()),
-            fake.auth(&idr),
-            Payload::Sa(vec![esp]),
-            tsi,
-            tsr,
-        ],
-    );
+    let answer = auth_answer_with_ts(&fake, &h, esp, tsi, tsr);
     a.handle(now, &answer, addr(B, 500), 500);
     let ev = events(&mut a);
     let up = child_ups(&ev);
