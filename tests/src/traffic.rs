@@ -311,7 +311,14 @@ pub fn tcp_intact(
 /// Sends `count` UDP datagrams from `client` to `server_addr` in `server`, of sizes from 1 byte to past the
 /// tunnel's MTU (those leave the VM as IP fragments), each carrying the SHA-256 of its contents, paced so
 /// that no socket buffer overflows. Returns (datagrams that arrived intact, datagrams that arrived damaged).
+///
+/// A datagram missing while the kernel's per-CPU input backlog dropped packets (`netdev_max_backlog`, shared
+/// by every namespace: a parallel test's burst can fill it on these 2 cores) is the machine's loss, not the
+/// tunnel's: up to as many missing datagrams as the backlog dropped meanwhile are counted as arrived, and said
+/// so. Seen once in a full run (one 100-byte datagram of 300, mixed_underlay); a tunnel that loses more than
+/// the backlog dropped still fails, and a damaged datagram always does.
 pub fn udp_intact(server: &Netns, client: &Netns, server_addr: &str, count: u32) -> (u32, u32) {
+    let drops_before = backlog_drops();
     let (sink, _) = script_pair(
         server,
         client,
@@ -323,7 +330,29 @@ pub fn udp_intact(server: &Netns, client: &Netns, server_addr: &str, count: u32)
     if !missing.is_empty() {
         eprintln!("udp_intact to {server_addr}: missing datagrams (first 10) {missing:?}");
     }
-    (it.next().expect("intact"), it.next().expect("damaged"))
+    let (intact, damaged): (u32, u32) = (it.next().expect("intact"), it.next().expect("damaged"));
+    let dropped = backlog_drops().saturating_sub(drops_before);
+    let forgiven = count
+        .saturating_sub(intact)
+        .min(u32::try_from(dropped).unwrap_or(u32::MAX));
+    if forgiven > 0 {
+        eprintln!(
+            "udp_intact to {server_addr}: {forgiven} missing counted as arrived: the kernel's input backlog \
+             dropped {dropped} packets meanwhile (/proc/net/softnet_stat)"
+        );
+    }
+    (intact + forgiven, damaged)
+}
+
+/// Packets the kernel's per-CPU input backlogs dropped since boot (the second column of
+/// /proc/net/softnet_stat, one line per CPU, hexadecimal).
+fn backlog_drops() -> u64 {
+    fs::read_to_string("/proc/net/softnet_stat")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|x| u64::from_str_radix(x, 16).ok())
+        .sum()
 }
 
 /// Runs FLOWS_SCRIPT's sink in `server` until it listens, then its source in `client`; returns what each
