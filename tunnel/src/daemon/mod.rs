@@ -275,8 +275,7 @@ impl Daemon {
                 }
                 _ = seq_check.tick() => {
                     let now = Instant::now();
-                    self.repair_routes();
-                    self.read_host_routes(now);
+                    self.repair_routes(now);
                     self.cp.rekey_running_low(now, self.datapath.running_low());
                     self.cp.flush_logs(now);
                     self.logs.flush(now);

@@ -79,31 +79,24 @@ impl FailureLog {
 }
 
 impl Daemon {
-    /// Hands the control plane this host's unicast routes through other interfaces than the TUN inside the
-    /// ranges of `subnets = "libvirt"` peers, when there are such peers (one dump of the main table a second;
-    /// see `Learned::set_host_routes`). A
-    /// dump that fails keeps the last list (the route repair logs netlink trouble).
-    pub(super) fn read_host_routes(&mut self, now: Instant) {
+    /// Puts back the routes into the TUN the kernel dropped (see [`crate::route::Routes::repair`]), saying so;
+    /// a failure is logged at once, then once a minute while it lasts, and its end too. From the same dump of
+    /// the main table, when there are `subnets = "libvirt"` peers, it hands the control plane this host's
+    /// unicast routes through other interfaces than the TUN inside their ranges (see
+    /// `Learned::set_host_routes`); a dump that fails keeps the last list.
+    pub(super) fn repair_routes(&mut self, now: Instant) {
         let ranges = self.cp.libvirt_ranges();
-        if ranges.is_empty() {
-            return;
-        }
         let tun = self.ifindex;
         // Filtered as the dump is read: a host with a big routing table keeps only the few routes that matter.
-        if let Ok(routes) = self.routes.netlink().main_routes(|r| {
+        let (repaired, host_routes) = self.routes.repair_and_list(|r| {
             r.is_unicast() && r.oif != tun && ranges.iter().any(|g| g.contains_prefix(&r.dst))
-        }) {
+        });
+        if let Some(routes) = host_routes.filter(|_| !ranges.is_empty()) {
             self.cp
                 .set_host_routes(now, routes.into_iter().map(|r| r.dst));
         }
-    }
-
-    /// Puts back the routes into the TUN the kernel dropped (see [`crate::route::Routes::repair`]), saying so;
-    /// a failure is logged at once, then once a minute while it lasts, and its end too.
-    pub(super) fn repair_routes(&mut self) {
-        let now = Instant::now();
         let interface = &self.cp.config().settings().interface;
-        match self.routes.repair() {
+        match repaired {
             Ok(back) => {
                 if let Report::Recovered { failures, over } = self.route_repairs.succeeded(now) {
                     tracing::info!(

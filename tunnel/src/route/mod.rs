@@ -642,7 +642,30 @@ impl Routes {
     /// bring back (nor does anything else: traffic to the remote VMs would meet the fail-closed routes until
     /// a restart). A flush by hand is repaired the same way. Called every second: one dump of the main table.
     pub fn repair(&mut self) -> Result<Vec<Prefix>, NetlinkError> {
-        let listed = self.nl.routes_of_proto(msg::RTPROT_STATIC)?;
+        self.repair_and_list(|_| false).0
+    }
+
+    /// [`Routes::repair`], and the routes of the main table that `also` accepts, read in the same dump (`None`
+    /// when the dump failed): the daemon looks at other routes every second too, and one dump serves both.
+    pub fn repair_and_list(
+        &mut self,
+        mut also: impl FnMut(&ListedRoute) -> bool,
+    ) -> (Result<Vec<Prefix>, NetlinkError>, Option<Vec<ListedRoute>>) {
+        let mut other = Vec::new();
+        let listed = self.nl.main_routes(|r| {
+            if also(r) {
+                other.push(*r);
+            }
+            r.proto == msg::RTPROT_STATIC
+        });
+        match listed {
+            Ok(listed) => (self.repair_listed(&listed), Some(other)),
+            Err(e) => (Err(e), None),
+        }
+    }
+
+    /// [`Routes::repair`] on the main table's static routes as `listed`.
+    fn repair_listed(&mut self, listed: &[ListedRoute]) -> Result<Vec<Prefix>, NetlinkError> {
         // Once a second with one route per peer: a set, not a search of the listing per route. Keyed as
         // `ListedRoute::is` compares: the prefix and the device, unreachable routes left out.
         let present: std::collections::HashSet<(Prefix, u32)> = listed
